@@ -1,0 +1,3 @@
+"""snapbox: a sandbox runtime built around state serialization."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,5 @@
+"""`python -m snapbox` runs the command line."""
+
+from snapbox.cli import main
+
+main()

@@ -1,0 +1,119 @@
+"""The ELF loader: maps a static executable (non-PIE or static-PIE) and builds its stack."""
+
+from __future__ import annotations
+
+import errno
+import os
+import struct
+from dataclasses import dataclass
+
+from snapbox.kernel.errors import SyscallError
+from snapbox.kernel.mm import STACK_SIZE, STACK_TOP, MemoryManager
+from snapbox.memfile import PAGE_SIZE, page_align, page_round_down
+from snapbox.platform.stub import PROT_EXEC, PROT_READ, PROT_WRITE
+
+_EHDR = struct.Struct("<16sHHIQQQIHHHHHH")
+_PHDR = struct.Struct("<IIQQQQQQ")
+PT_LOAD, PT_INTERP, PT_PHDR = 1, 3, 6
+ET_EXEC, ET_DYN = 2, 3
+EM_X86_64 = 62
+PF_X, PF_W, PF_R = 1, 2, 4
+# Where a static-PIE program is placed (Linux's ELF_ET_DYN_BASE without randomisation).
+PIE_BASE = 0x555555554000
+
+AT_NULL, AT_PHDR, AT_PHENT, AT_PHNUM, AT_PAGESZ, AT_BASE, AT_FLAGS, AT_ENTRY = 0, 3, 4, 5, 6, 7, 8, 9
+AT_UID, AT_EUID, AT_GID, AT_EGID, AT_PLATFORM, AT_HWCAP, AT_CLKTCK = 11, 12, 13, 14, 15, 16, 17
+AT_SECURE, AT_RANDOM, AT_HWCAP2, AT_EXECFN, AT_MINSIGSTKSZ = 23, 25, 26, 31, 51
+MINSIGSTKSZ = 2048
+
+
+class NotStatic(SyscallError):
+    """The program needs a dynamic loader (PT_INTERP)."""
+
+
+@dataclass
+class LoadedImage:
+    entry: int
+    phdr: int
+    phnum: int
+    phent: int
+    end: int  # page-aligned end of the highest segment: where brk starts
+
+
+def _prot(flags: int) -> int:
+    return (PROT_READ if flags & PF_R else 0) | (PROT_WRITE if flags & PF_W else 0) | \
+        (PROT_EXEC if flags & PF_X else 0)
+
+
+def load(mm: MemoryManager, data: bytes, path: str) -> LoadedImage:
+    """Map the PT_LOAD segments of `data` into `mm`. Raises ENOEXEC for what it cannot run."""
+    if len(data) < _EHDR.size or data[:4] != b"\x7fELF":
+        raise SyscallError(errno.ENOEXEC, f"{path}: not an ELF file")
+    ident, etype, machine, _, entry, phoff, _, _, _, phent, phnum, _, _, _ = _EHDR.unpack_from(data)
+    if ident[4] != 2 or ident[5] != 1 or machine != EM_X86_64 or etype not in (ET_EXEC, ET_DYN):
+        raise SyscallError(errno.ENOEXEC, f"{path}: not an x86-64 executable")
+    if phent != _PHDR.size or phnum == 0 or phoff + phnum * phent > len(data):
+        raise SyscallError(errno.ENOEXEC, f"{path}: bad program headers")
+    phdrs = [_PHDR.unpack_from(data, phoff + i * phent) for i in range(phnum)]
+    if any(p[0] == PT_INTERP for p in phdrs):
+        raise NotStatic(errno.ENOEXEC, f"{path}: dynamically linked programs are not supported yet")
+    base = PIE_BASE if etype == ET_DYN else 0
+    loads = [p for p in phdrs if p[0] == PT_LOAD]
+    if not loads:
+        raise SyscallError(errno.ENOEXEC, f"{path}: no loadable segments")
+    mapped_end = 0
+    for _, flags, offset, vaddr, _, filesz, memsz, _ in loads:
+        if filesz > memsz or offset + filesz > len(data):
+            raise SyscallError(errno.ENOEXEC, f"{path}: segment outside the file")
+        start = page_round_down(base + vaddr)
+        end = page_align(base + vaddr + memsz)
+        # Two segments may share a boundary page: map only what is not mapped yet.
+        start = max(start, mapped_end)
+        if end > start:
+            mm.map_anonymous(start, end - start, _prot(flags), fixed=True, kind=path)
+            mm.vmas[mm.starts.index(start)].file_offset = page_round_down(offset)
+        mm.poke(base + vaddr, data[offset : offset + filesz])
+        mapped_end = max(mapped_end, end)
+    phdr_addr = 0
+    for ptype, _, offset, vaddr, _, filesz, _, _ in phdrs:
+        if ptype == PT_PHDR:
+            phdr_addr = base + vaddr
+    if not phdr_addr:
+        for _, _, offset, vaddr, _, filesz, _, _ in loads:
+            if offset <= phoff < offset + filesz:
+                phdr_addr = base + vaddr + (phoff - offset)
+    return LoadedImage(entry=base + entry, phdr=phdr_addr, phnum=phnum, phent=phent, end=mapped_end)
+
+
+def build_stack(mm: MemoryManager, image: LoadedImage, argv: list[bytes], envp: list[bytes],
+                execfn: bytes, hwcap: int) -> int:
+    """Map the main stack and lay out argc, argv, envp and auxv; returns the initial rsp."""
+    mm.map_anonymous(STACK_TOP - STACK_SIZE, STACK_SIZE, PROT_READ | PROT_WRITE, fixed=True, kind="stack")
+    sp = STACK_TOP
+
+    def push(blob: bytes) -> int:
+        nonlocal sp
+        sp -= len(blob)
+        mm.write(sp, blob)
+        return sp
+
+    execfn_addr = push(execfn + b"\0")
+    env_addrs = [push(e + b"\0") for e in reversed(envp)][::-1]
+    arg_addrs = [push(a + b"\0") for a in reversed(argv)][::-1]
+    platform = push(b"x86_64\0")
+    sp &= ~15
+    random = push(os.urandom(16))
+    auxv = [
+        (AT_PHDR, image.phdr), (AT_PHENT, image.phent), (AT_PHNUM, image.phnum),
+        (AT_PAGESZ, PAGE_SIZE), (AT_BASE, 0), (AT_FLAGS, 0), (AT_ENTRY, image.entry),
+        (AT_UID, 0), (AT_EUID, 0), (AT_GID, 0), (AT_EGID, 0), (AT_SECURE, 0),
+        (AT_RANDOM, random), (AT_HWCAP, hwcap), (AT_HWCAP2, 0), (AT_CLKTCK, 100),
+        (AT_PLATFORM, platform), (AT_EXECFN, execfn_addr), (AT_MINSIGSTKSZ, MINSIGSTKSZ),
+        (AT_NULL, 0),
+    ]
+    words = [len(argv), *arg_addrs, 0, *env_addrs, 0]
+    for key, value in auxv:
+        words += [key, value]
+    sp = (sp - len(words) * 8) & ~15
+    mm.write(sp, struct.pack(f"<{len(words)}Q", *words))
+    return sp

@@ -1,0 +1,113 @@
+"""File descriptions (what an fd refers to) and the per-process FD table."""
+
+from __future__ import annotations
+
+import errno
+from dataclasses import dataclass, field
+
+from snapbox.kernel.errors import SyscallError
+from snapbox.state import savable
+
+O_ACCMODE = 0o3
+O_RDONLY, O_WRONLY, O_RDWR = 0, 1, 2
+O_CREAT = 0o100
+O_EXCL = 0o200
+O_NOCTTY = 0o400
+O_TRUNC = 0o1000
+O_APPEND = 0o2000
+O_NONBLOCK = 0o4000
+O_DIRECTORY = 0o200000
+O_NOFOLLOW = 0o400000
+O_CLOEXEC = 0o2000000
+O_PATH = 0o10000000
+O_TMPFILE = 0o20000000 | O_DIRECTORY
+# Status flags F_SETFL may change (fcntl(2)).
+SETFL_MASK = O_APPEND | O_NONBLOCK | 0o40000 | 0o1000000  # | O_ASYNC | O_NOATIME
+
+RLIMIT_NOFILE_DEFAULT = 1024
+
+
+@savable
+@dataclass(eq=False)
+class OpenFile:
+    """An open file description: shared by every fd dup'd from one open(2)."""
+
+    flags: int = 0  # O_* status flags and access mode, as given to open (minus O_CLOEXEC)
+    offset: int = 0  # the file position, for seekable files
+    refs: int = 0  # fd table entries pointing here; 0 runs release()
+
+    def readable(self) -> bool:
+        return self.flags & O_ACCMODE in (O_RDONLY, O_RDWR) and not self.flags & O_PATH
+
+    def writable(self) -> bool:
+        return self.flags & O_ACCMODE in (O_WRONLY, O_RDWR) and not self.flags & O_PATH
+
+    def read(self, t, count: int, offset: int | None = None) -> bytes:
+        raise SyscallError(errno.EINVAL)
+
+    def write(self, t, data: bytes, offset: int | None = None) -> int:
+        raise SyscallError(errno.EINVAL)
+
+    def seek(self, offset: int, whence: int) -> int:
+        raise SyscallError(errno.ESPIPE)
+
+    def stat(self) -> dict:
+        raise SyscallError(errno.EBADF)
+
+    def ioctl(self, t, request: int, arg: int) -> int:
+        raise SyscallError(errno.ENOTTY)
+
+    def release(self) -> None:
+        """The last fd referring to this description was closed."""
+
+    def describe(self) -> str:
+        """What `inspect` and /proc/pid/fd show for this file."""
+        return type(self).__name__
+
+
+@savable
+@dataclass(eq=False)
+class FDTable:
+    """fd number -> open file description, plus each fd's close-on-exec flag."""
+
+    files: dict = field(default_factory=dict)  # int -> OpenFile
+    cloexec: set = field(default_factory=set)  # fds with FD_CLOEXEC
+    limit: int = RLIMIT_NOFILE_DEFAULT  # RLIMIT_NOFILE: fds must be below this
+
+    def get(self, fd: int) -> OpenFile:
+        f = self.files.get(fd)
+        if f is None:
+            raise SyscallError(errno.EBADF)
+        return f
+
+    def install(self, f: OpenFile, cloexec: bool = False, lowest: int = 0) -> int:
+        fd = lowest
+        while fd in self.files:
+            fd += 1
+        if fd >= self.limit:
+            raise SyscallError(errno.EMFILE)
+        self.install_at(fd, f, cloexec)
+        return fd
+
+    def install_at(self, fd: int, f: OpenFile, cloexec: bool = False) -> None:
+        if fd in self.files:
+            self.close(fd)
+        f.refs += 1
+        self.files[fd] = f
+        if cloexec:
+            self.cloexec.add(fd)
+        else:
+            self.cloexec.discard(fd)
+
+    def close(self, fd: int) -> None:
+        f = self.files.pop(fd, None)
+        if f is None:
+            raise SyscallError(errno.EBADF)
+        self.cloexec.discard(fd)
+        f.refs -= 1
+        if f.refs == 0:
+            f.release()
+
+    def close_all(self) -> None:
+        for fd in list(self.files):
+            self.close(fd)

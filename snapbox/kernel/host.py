@@ -1,0 +1,101 @@
+"""Host files imported into the sandbox: the sandbox process's stdio.
+
+A HostFile names which stdio stream it is, not a host fd: on restore it is bound to the
+stdio of the restoring process, the way a runc container's stdio is its caller's.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import select
+import selectors
+import stat as st
+from dataclasses import dataclass
+
+from snapbox.kernel.errors import SyscallError, WouldBlock
+from snapbox.kernel.fd import OpenFile
+from snapbox.state import nosave, savable
+
+TCGETS = 0x5401
+TIOCGWINSZ = 0x5413
+TIOCGPGRP = 0x540F
+# Requests forwarded to a host terminal, with the size of the struct they fill.
+_TTY_READS = {TCGETS: 60, TIOCGWINSZ: 8}
+_NAMES = ("stdin", "stdout", "stderr")
+
+
+@savable
+@dataclass(eq=False)
+class HostFile(OpenFile):
+    """One of the sandbox process's standard streams (0, 1 or 2)."""
+
+    stdio: int = 0
+    fd: int = nosave(default=-1)  # the host fd: a dup of the sandbox process's stdio
+
+    def __post_init__(self) -> None:
+        if self.fd < 0:
+            self.fd = os.dup(self.stdio)
+
+    def after_load(self, ctx) -> None:
+        self.fd = os.dup(self.stdio)
+
+    def _ready(self, events: int) -> bool:
+        r, w, _ = select.select([self.fd] if events == selectors.EVENT_READ else [],
+                                [self.fd] if events == selectors.EVENT_WRITE else [], [], 0)
+        return bool(r or w)
+
+    def read(self, t, count: int, offset: int | None = None) -> bytes:
+        if offset is not None:
+            return os.pread(self.fd, count, offset)
+        if not self._ready(selectors.EVENT_READ):
+            raise WouldBlock(t.kernel.host_queue(self.fd, selectors.EVENT_READ))
+        try:
+            return os.read(self.fd, count)
+        except OSError as e:
+            raise SyscallError(e.errno) from None
+
+    def write(self, t, data: bytes, offset: int | None = None) -> int:
+        if offset is not None:
+            return os.pwrite(self.fd, data, offset)
+        if not self._ready(selectors.EVENT_WRITE):
+            raise WouldBlock(t.kernel.host_queue(self.fd, selectors.EVENT_WRITE))
+        mode = os.fstat(self.fd).st_mode
+        # A pipe or socket that polls writable takes at least PIPE_BUF bytes without
+        # blocking; more could stall the whole sentry, so the caller loops.
+        if st.S_ISFIFO(mode) or st.S_ISSOCK(mode):
+            data = data[:select.PIPE_BUF]
+        try:
+            return os.write(self.fd, data)
+        except BrokenPipeError:
+            raise SyscallError(errno.EPIPE) from None
+        except OSError as e:
+            raise SyscallError(e.errno) from None
+
+    def seek(self, offset: int, whence: int) -> int:
+        try:
+            return os.lseek(self.fd, offset, whence)
+        except OSError as e:
+            raise SyscallError(e.errno) from None
+
+    def stat(self) -> dict:
+        s = os.fstat(self.fd)
+        return dict(dev=s.st_dev, ino=s.st_ino, mode=s.st_mode, nlink=s.st_nlink, uid=s.st_uid,
+                    gid=s.st_gid, rdev=s.st_rdev, size=s.st_size, blksize=s.st_blksize,
+                    blocks=s.st_blocks, atime=s.st_atime_ns, mtime=s.st_mtime_ns, ctime=s.st_ctime_ns)
+
+    def ioctl(self, t, request: int, arg: int) -> int:
+        if not os.isatty(self.fd) or request not in _TTY_READS:
+            raise SyscallError(errno.ENOTTY)
+        out = fcntl.ioctl(self.fd, request, bytes(_TTY_READS[request]))
+        t.mm.write(arg, out)
+        return 0
+
+    def release(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def describe(self) -> str:
+        return f"host {_NAMES[self.stdio]}"

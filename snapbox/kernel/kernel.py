@@ -1,0 +1,612 @@
+"""The Kernel: every kernel object of one sandbox, and the event loop that runs it.
+
+The loop is single-threaded. It waits on ptrace stops (SIGCHLD through a wakeup fd, then
+waitpid until empty), on host fds, and on the next timer deadline; all kernel state is
+changed only from it, so nothing needs a lock. Pausing means: interrupt every running
+task and resume none until unpause.
+"""
+
+from __future__ import annotations
+
+import collections
+import errno
+import heapq
+import logging
+import os
+import selectors
+import signal
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import IO, Any, Callable
+
+import zstandard
+
+from snapbox import __version__
+from snapbox.kernel import elf
+from snapbox.kernel.errors import SyscallError, TaskExit, WouldBlock
+from snapbox.kernel.fd import FDTable
+from snapbox.kernel.host import HostFile
+from snapbox.kernel.mm import MemoryManager
+from snapbox.kernel.signals import CORE_DUMPED, SIG_DFL, SIG_IGN, SIGKILL, Default, default_action, sigbit
+from snapbox.kernel.syscalls import MASK64, NAMES, TABLE, load_all
+from snapbox.kernel.task import FSContext, PIDNamespace, Run, Task, TaskSet, ThreadGroup
+from snapbox.kernel.time import Timekeeper
+from snapbox.kernel.vfs import Filesystem, LowerNode, MemRegular
+from snapbox.kernel.waiter import WaitQueue
+from snapbox.memfile import MemoryFile
+from snapbox.platform import ptrace
+from snapbox.platform.cpuid import FeatureSet
+from snapbox.platform.stub import Stub
+from snapbox.state import ImageError, SnapboxError, decode_graph, encode_graph, nosave, savable
+from snapbox.state.image import ImageReader, ImageWriter
+
+log = logging.getLogger("snapbox.kernel")
+
+WALL = 0x40000000
+MAX_KERNEL_SECTION = 1 << 30  # bound on the decompressed kernel graph of an image
+# Host faults that become the application's own signals.
+FAULT_SIGNALS = frozenset({signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGFPE, signal.SIGTRAP})
+
+load_all()
+
+
+@dataclass
+class LoadContext:
+    """What a restore supplies that the image does not: host facts of the new sandbox."""
+
+    rootfs: str | None = None  # the restoring bundle's rootfs (None: the one saved)
+
+
+@savable
+@dataclass(eq=False)
+class Kernel:
+    """One sandbox's kernel: tasks, memory, files, time, and the loop that drives them."""
+
+    features: FeatureSet
+    memfile: MemoryFile
+    fs: Filesystem
+    timekeeper: Timekeeper = field(default_factory=Timekeeper)
+    tasks: TaskSet = field(default_factory=TaskSet)
+    hostname: str = "snapbox"
+    exit_status: int | None = None  # wait(2) status of init once it has exited
+
+    # Loop state: host facts, rebuilt empty on restore.
+    selector: Any = nosave(default=None)
+    by_host: dict = nosave(dict)  # host tid -> Task
+    runq: Any = nosave(collections.deque)  # Tasks whose syscall handler must (re)run
+    timers: list = nosave(list)  # heap of (host monotonic ns, seq, Task, token)
+    timer_seq: int = nosave(default=0)
+    paused: bool = nosave(default=False)
+    host_queues: dict = nosave(dict)  # (host fd, event) -> WaitQueue
+    watched: dict = nosave(dict)  # host fd -> selector event mask registered
+    enosys_logged: set = nosave(set)  # syscall numbers already logged as unimplemented
+    strace: Callable | None = nosave(default=None)  # called (task, nr, args, result) if set
+    wakeup: Any = nosave(default=None)  # (read, write) socketpair for SIGCHLD wake-ups
+
+    def __post_init__(self) -> None:
+        self._init_loop()
+
+    def after_load(self, ctx) -> None:
+        self._init_loop()
+
+    def _init_loop(self) -> None:
+        self.selector = selectors.DefaultSelector()
+        r, w = socket.socketpair()
+        r.setblocking(False)
+        w.setblocking(False)
+        self.wakeup = (r, w)
+        signal.signal(signal.SIGCHLD, _ignore_signal)
+        signal.set_wakeup_fd(w.fileno(), warn_on_full_buffer=False)
+        self.selector.register(r, selectors.EVENT_READ, self._on_sigchld)
+
+    # -- building a sandbox --------------------------------------------------------------
+
+    @classmethod
+    def boot(cls, rootfs: str, argv: list[bytes], env: list[bytes], cwd: str = "/",
+             hostname: str = "snapbox") -> Kernel:
+        """A kernel with one process (pid 1) ready to run argv[0], stdio = ours."""
+        memfile = MemoryFile()
+        fs = Filesystem(rootfs=rootfs, memfile=memfile)
+        k = cls(features=FeatureSet.host(), memfile=memfile, fs=fs, hostname=hostname)
+        k.tasks.init = k._exec_init(argv, env, cwd)
+        return k
+
+    def _exec_init(self, argv: list[bytes], env: list[bytes], cwd: str) -> ThreadGroup:
+        fs = self.fs
+        root = fs.root
+        _, _, cwd_node = fs.walk(root, root, cwd.encode())
+        if cwd_node is None or not cwd_node.is_dir():
+            raise SnapboxError(f"working directory {cwd} does not exist in the rootfs")
+        path = argv[0]
+        if b"/" not in path:
+            path = self._search_path(path, env)
+        _, _, node = fs.walk(cwd_node, root, path)
+        if node is None or node.is_dir():
+            raise SnapboxError(f"executable {path.decode(errors='replace')} not found in the rootfs")
+        data = self._read_whole(node)
+        pidns: PIDNamespace = self.tasks.pidns
+        tgid = pidns.allocate()
+        mm = MemoryManager(memfile=self.memfile)
+        fds = FDTable()
+        for i in range(3):
+            fds.install_at(i, HostFile(flags=2, stdio=i))
+        tg = ThreadGroup(tgid=tgid, mm=mm, fds=fds, fs=FSContext(root=root, cwd=cwd_node),
+                         argv=list(argv), exe=path.decode(errors="replace"))
+        try:
+            image = elf.load(mm, data, tg.exe)
+        except SyscallError as e:
+            raise SnapboxError(f"cannot run {tg.exe}: {e.args[1] or os.strerror(e.errno)}") from None
+        mm.brk_start = mm.brk = image.end
+        sp = elf.build_stack(mm, image, argv, env, path, self.features.hwcap())
+        task = Task(tid=tgid, tg=tg, kernel=self, comm=os.path.basename(tg.exe)[:15])
+        tg.tasks.append(task)
+        pidns.tasks[tgid] = task
+        pidns.groups[tgid] = tg
+        stub = Stub.spawn(self.memfile.fd)
+        mm.attach(stub)
+        regs = ptrace.copy_regs(stub.base_regs)
+        for name in ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "r8", "r9", "r10", "r11",
+                     "r12", "r13", "r14", "r15", "fs_base", "gs_base"):
+            setattr(regs, name, 0)
+        regs.rip = image.entry
+        regs.rsp = sp
+        self._bind(task, stub.pid, regs)
+        return tg
+
+    def _search_path(self, name: bytes, env: list[bytes]) -> bytes:
+        paths = b"/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+        for e in env:
+            if e.startswith(b"PATH="):
+                paths = e[5:]
+        root = self.fs.root
+        for d in paths.split(b":"):
+            candidate = (d or b".") + b"/" + name
+            try:
+                _, _, node = self.fs.walk(root, root, candidate)
+            except SyscallError:
+                continue
+            if node is not None and not node.is_dir():
+                return candidate
+        raise SnapboxError(f"executable {name.decode(errors='replace')} not found in PATH")
+
+    def _read_whole(self, node) -> bytes:
+        if isinstance(node, MemRegular):
+            return node.read(0, node.length)
+        if isinstance(node, LowerNode):
+            fd = self.fs.lower.open(node.path, os.O_RDONLY)
+            try:
+                with os.fdopen(fd, "rb", closefd=False) as f:
+                    return f.read()
+            finally:
+                os.close(fd)
+        raise SnapboxError("executable is not a regular file")
+
+    def _bind(self, task: Task, host_tid: int, regs: ptrace.Regs) -> None:
+        """Make host thread `host_tid` run `task`, starting from `regs`."""
+        task.host_tid = host_tid
+        task.regs = regs
+        task.run = Run.STOPPED
+        task.cpu_start = _host_cpu_ns(host_tid)
+        ptrace.setregs(host_tid, regs)
+        task.tg.mm.stub.clobbered.discard(host_tid)
+        self.by_host[host_tid] = task
+
+    # -- running ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start time and every stopped task."""
+        self.timekeeper.resume()
+        self.paused = True
+        self.unpause()
+
+    def run(self) -> None:
+        """Run until init exits."""
+        while self.exit_status is None:
+            self.step()
+
+    def step(self, timeout: float | None = None) -> None:
+        """One turn of the loop: run woken syscalls, wait for events, dispatch them."""
+        self._run_queue()
+        wait = self._next_timeout()
+        if timeout is not None:
+            wait = timeout if wait is None else min(wait, timeout)
+        for key, mask in self.selector.select(wait):
+            key.data(mask)
+        self._fire_timers()
+        self._run_queue()
+
+    def _next_timeout(self) -> float | None:
+        if self.runq and not self.paused:
+            return 0
+        if self.timers:
+            return max(0.0, (self.timers[0][0] - time.monotonic_ns()) / 1e9)
+        return None
+
+    def _on_sigchld(self, mask: int) -> None:
+        r = self.wakeup[0]
+        try:
+            while r.recv(4096):
+                pass
+        except BlockingIOError:
+            pass
+        self.reap()
+
+    def reap(self) -> None:
+        """Collect every pending ptrace stop and exit of our stubs."""
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG | WALL)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            self._on_status(pid, status)
+
+    def _on_status(self, pid: int, status: int) -> None:
+        task = self.by_host.get(pid)
+        if task is None:
+            return  # a stub we killed, now reaped
+        if os.WIFEXITED(status) or os.WIFSIGNALED(status):
+            log.warning("stub %d of pid %d died underneath the sentry", pid, task.tg.tgid)
+            self.by_host.pop(pid, None)
+            task.host_tid = -1
+            self.exit_group(task.tg, SIGKILL)
+            return
+        sig = os.WSTOPSIG(status)
+        event = status >> 16
+        if sig == ptrace.SYSCALL_STOP_SIG:
+            ptrace.getregs(pid, task.regs)
+            task.run = Run.SYSCALL
+            if self.paused:
+                self._enqueue(task)
+            else:
+                self._dispatch(task)
+        elif event == ptrace.PTRACE_EVENT_STOP:
+            task.interrupt_pending = False
+            if task.run is Run.RUNNING:
+                ptrace.getregs(pid, task.regs)
+                task.run = Run.STOPPED
+                if not self.paused:
+                    self._resume(task)
+            elif task.run is Run.STOPPED and not self.paused:
+                self._resume(task)
+        elif event == 0 and sig in FAULT_SIGNALS:
+            ptrace.getregs(pid, task.regs)
+            task.run = Run.STOPPED
+            self._fault(task, sig)
+        else:
+            # A signal from the host (or an event we did not ask for): not the
+            # application's business. Suppress it and carry on.
+            if task.run is Run.RUNNING:
+                ptrace.sysemu(pid, 0)
+            else:
+                ptrace.cont(pid, 0)
+
+    def _fault(self, task: Task, sig: int) -> None:
+        act = task.tg.sigaction(sig)
+        if act.handler not in (SIG_DFL, SIG_IGN):
+            log.warning("pid %d: %s with a handler installed; handler delivery is not implemented, "
+                        "terminating as the default action does", task.tg.tgid, signal.Signals(sig).name)
+        self.exit_group(task.tg, sig | CORE_DUMPED)
+
+    def _dispatch(self, task: Task) -> None:
+        regs = task.regs
+        nr = regs.orig_rax
+        entry = TABLE.get(nr)
+        try:
+            if entry is None:
+                if nr not in self.enosys_logged:
+                    self.enosys_logged.add(nr)
+                    log.warning("unimplemented syscall %s (%d): ENOSYS", NAMES.get(nr, "?"), nr)
+                result = -errno.ENOSYS
+            else:
+                fn, nargs = entry
+                args = (regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, regs.r9)[:nargs]
+                result = fn(task, *args)
+        except SyscallError as e:
+            result = -e.errno
+        except WouldBlock as wb:
+            self._park(task, wb)
+            return
+        except TaskExit:
+            return
+        if self.strace is not None:
+            self.strace(task, nr, regs, result)
+        task.restart = None
+        regs.rax = result & MASK64
+        pid = task.host_tid
+        ptrace.setregs(pid, regs)
+        task.tg.mm.stub.clobbered.discard(pid)
+        task.run = Run.RUNNING
+        ptrace.sysemu(pid)
+
+    def _resume(self, task: Task) -> None:
+        pid = task.host_tid
+        stub = task.tg.mm.stub
+        if pid in stub.clobbered:
+            ptrace.setregs(pid, task.regs)
+            stub.clobbered.discard(pid)
+        task.run = Run.RUNNING
+        ptrace.sysemu(pid)
+
+    # -- blocking and waking -------------------------------------------------------------------
+
+    def _park(self, task: Task, wb: WouldBlock) -> None:
+        task.waiting = wb.waitables
+        for q in wb.waitables:
+            q.waiters.append(task)
+            if q.host_fd >= 0:
+                self._watch(q.host_fd)
+        if wb.deadline is not None:
+            task.timer_token += 1
+            self.timer_seq += 1
+            heapq.heappush(self.timers, (self.timekeeper.to_host(wb.deadline), self.timer_seq,
+                                         task, task.timer_token))
+
+    def wake(self, task: Task) -> None:
+        """Make a parked task re-run its syscall."""
+        if task.run is not Run.SYSCALL or task.queued:
+            return
+        for q in task.waiting:
+            if task in q.waiters:
+                q.waiters.remove(task)
+        task.waiting = ()
+        task.timer_token += 1
+        self._enqueue(task)
+
+    def _enqueue(self, task: Task) -> None:
+        task.queued = True
+        self.runq.append(task)
+
+    def _run_queue(self) -> None:
+        while self.runq and not self.paused:
+            task = self.runq.popleft()
+            task.queued = False
+            if task.run is Run.SYSCALL:
+                self._dispatch(task)
+
+    def _fire_timers(self) -> None:
+        now = time.monotonic_ns()
+        while self.timers and self.timers[0][0] <= now:
+            _, _, task, token = heapq.heappop(self.timers)
+            if task.timer_token == token:
+                self.wake(task)
+
+    def host_queue(self, fd: int, event: int) -> WaitQueue:
+        """The WaitQueue fired when host fd `fd` is ready for `event`."""
+        q = self.host_queues.get((fd, event))
+        if q is None:
+            q = self.host_queues[(fd, event)] = WaitQueue(host_fd=fd, host_events=event)
+        return q
+
+    def _watch(self, fd: int) -> None:
+        mask = 0
+        for ev in (selectors.EVENT_READ, selectors.EVENT_WRITE):
+            q = self.host_queues.get((fd, ev))
+            if q is not None and q.waiters:
+                mask |= ev
+        old = self.watched.get(fd, 0)
+        if mask == old:
+            return
+        if not mask:
+            self.selector.unregister(fd)
+            del self.watched[fd]
+        elif old:
+            self.selector.modify(fd, mask, lambda m, fd=fd: self._host_ready(fd, m))
+        else:
+            self.selector.register(fd, mask, lambda m, fd=fd: self._host_ready(fd, m))
+        if mask:
+            self.watched[fd] = mask
+
+    def _host_ready(self, fd: int, mask: int) -> None:
+        for ev in (selectors.EVENT_READ, selectors.EVENT_WRITE):
+            q = self.host_queues.get((fd, ev))
+            if q is not None and mask & ev:
+                q.notify()
+        self._watch(fd)
+
+    def add_reader(self, fileobj, callback: Callable[[], None]) -> None:
+        """Have the loop call `callback()` when `fileobj` is readable (the control socket)."""
+        self.selector.register(fileobj, selectors.EVENT_READ, lambda m: callback())
+
+    def remove_reader(self, fileobj) -> None:
+        self.selector.unregister(fileobj)
+
+    # -- pause ---------------------------------------------------------------------------------
+
+    def pause(self) -> None:
+        """Stop every task where it is; none runs again until unpause()."""
+        if self.paused:
+            return
+        self.paused = True
+        running = [t for t in self.by_host.values() if t.run is Run.RUNNING]
+        for t in running:
+            if not t.interrupt_pending:
+                ptrace.interrupt(t.host_tid)
+                t.interrupt_pending = True
+        for t in running:
+            while t.run is Run.RUNNING and t.host_tid >= 0:
+                pid, status = os.waitpid(t.host_tid, WALL)
+                self._on_status(pid, status)
+
+    def unpause(self) -> None:
+        if not self.paused:
+            return
+        self.paused = False
+        for t in list(self.by_host.values()):
+            if t.run is Run.STOPPED:
+                self._resume(t)
+        self._run_queue()
+
+    # -- exit and signals ------------------------------------------------------------------------
+
+    def exit_task(self, task: Task, status: int) -> None:
+        """exit(2) of one thread; the last thread's exit ends its thread group."""
+        if len(task.tg.tasks) <= 1:
+            self.exit_group(task.tg, status)
+            return
+        self._drop(task)
+        task.tg.tasks.remove(task)
+
+    def exit_group(self, tg: ThreadGroup, status: int) -> None:
+        """End every task of `tg` with wait status `status`; init's exit ends the sandbox."""
+        if tg.exit_status is not None:
+            return
+        for task in list(tg.tasks):
+            self._drop(task)
+        tg.tasks.clear()
+        stub = tg.mm.stub
+        if stub is not None:
+            stub.kill()
+            tg.mm.stub = None
+        tg.mm.release_all()
+        tg.fds.close_all()
+        tg.exit_status = status
+        if tg is self.tasks.init:
+            self.exit_status = status
+            for other in list(self.tasks.pidns.groups.values()):
+                if other.exit_status is None:
+                    self.exit_group(other, SIGKILL)
+
+    def _drop(self, task: Task) -> None:
+        task.run = Run.DEAD
+        for q in task.waiting:
+            if task in q.waiters:
+                q.waiters.remove(task)
+        task.waiting = ()
+        task.timer_token += 1
+        self.by_host.pop(task.host_tid, None)
+        self.tasks.pidns.tasks.pop(task.tid, None)
+
+    def send_signal(self, tg: ThreadGroup, sig: int) -> None:
+        """Send `sig` to a process. Default actions are carried out; a signal with a handler
+        stays pending (handler delivery is not implemented yet, and is logged)."""
+        if tg.exit_status is not None:
+            return
+        if sig == SIGKILL:
+            self.exit_group(tg, SIGKILL)
+            return
+        act = tg.sigaction(sig)
+        if act.handler == SIG_IGN:
+            return
+        if act.handler == SIG_DFL:
+            action = default_action(sig)
+            if action is Default.TERM:
+                self.exit_group(tg, sig)
+            elif action is Default.CORE:
+                self.exit_group(tg, sig | CORE_DUMPED)
+            elif action in (Default.STOP, Default.CONT):
+                log.warning("pid %d: job control signal %d is not implemented; ignored", tg.tgid, sig)
+            return
+        tg.pending |= sigbit(sig)
+        log.warning("pid %d: signal %d has a handler; handler delivery is not implemented, "
+                    "it stays pending", tg.tgid, sig)
+
+    def cpu_time_ns(self, task: Task) -> int:
+        if task.host_tid < 0:
+            return task.cpu_base
+        return task.cpu_base + _host_cpu_ns(task.host_tid) - task.cpu_start
+
+    def shutdown(self) -> None:
+        """Kill every stub (the sandbox is being torn down)."""
+        for tg in self.tasks.pidns.groups.values():
+            if tg.mm.stub is not None:
+                tg.mm.stub.kill()
+        self.reap()
+
+    # -- save and restore ---------------------------------------------------------------------------
+
+    def save(self, f: IO[bytes], compress: bool = True, meta: dict | None = None) -> dict:
+        """Write a checkpoint image of this (paused) kernel to `f`. Returns the image summary.
+
+        Order (as gVisor's Kernel.SaveTo): time stopped, CPU features, kernel graph, memory.
+        """
+        if not self.paused:
+            raise SnapboxError("internal: save needs a paused kernel")
+        self.timekeeper.stop()
+        try:
+            for t in self.tasks.live_tasks():
+                regs = ptrace.copy_regs(t.regs)
+                if t.run is Run.SYSCALL:
+                    # Rewind to the syscall instruction: the task will make the call again.
+                    regs.rip -= 2
+                    regs.rax = regs.orig_rax
+                t.saved_regs = ptrace.regs_to_tuple(regs)
+                t.saved_fpstate = ptrace.get_xstate(t.host_tid, max(self.features.xsave_size, 512))
+                t.cpu_base = self.cpu_time_ns(t)
+                t.cpu_start = _host_cpu_ns(t.host_tid)
+            header = {"snapbox": __version__, "created": time.time(), "host": os.uname().nodename}
+            header.update(meta or {})
+            w = ImageWriter(f, header)
+            with w.section("cpuid") as s:
+                s.write_chunk(encode_graph(self.features))
+            graph = encode_graph(self)
+            with w.section("kernel") as s:
+                s.write_chunk(zstandard.ZstdCompressor(level=3).compress(graph))
+            mem = 0
+            with w.section("memory") as s:
+                for chunk in self.memfile.save_chunks(compress):
+                    s.write_chunk(chunk)
+                    mem += len(chunk)
+            summary = {"graph_bytes": len(graph), "memory_allocated": self.memfile.allocated,
+                       "memory_section": mem}
+            w.finish(summary)
+            return summary
+        finally:
+            for t in self.tasks.live_tasks():
+                t.saved_regs = ()
+                t.saved_fpstate = b""
+
+    @classmethod
+    def load(cls, f: IO[bytes], ctx: LoadContext) -> Kernel:
+        """Read an image: check the CPU first, then the graph, then memory; start no task."""
+        r = ImageReader(f)
+        features = decode_graph(r.read_section("cpuid"))
+        if not isinstance(features, FeatureSet):
+            raise ImageError("image cpuid section does not hold a CPU feature set")
+        features.check_host(FeatureSet.host())
+        try:
+            raw = zstandard.ZstdDecompressor().decompress(r.read_section("kernel"),
+                                                         max_output_size=MAX_KERNEL_SECTION)
+        except zstandard.ZstdError as e:
+            raise ImageError(f"image kernel section is corrupt ({e})") from None
+        kernel = decode_graph(raw, ctx)
+        if not isinstance(kernel, Kernel):
+            raise ImageError("image kernel section does not hold a kernel")
+        kernel.paused = True
+        kernel.memfile.load_chunks(r.section("memory"))
+        r.finish()
+        kernel.timekeeper.stopped = True
+        kernel._attach_stubs()
+        return kernel
+
+    def _attach_stubs(self) -> None:
+        for tg in self.tasks.pidns.groups.values():
+            if tg.exit_status is not None or not tg.tasks:
+                continue
+            stub = Stub.spawn(self.memfile.fd)
+            tg.mm.attach(stub)
+            for t in tg.tasks:
+                if not t.saved_regs:
+                    raise ImageError(f"image holds task {t.tid} without registers")
+                regs = ptrace.regs_from_tuple(t.saved_regs)
+                regs.orig_rax = MASK64
+                ptrace.set_xstate(stub.pid, t.saved_fpstate)
+                self._bind(t, stub.pid, regs)
+                t.saved_regs = ()
+                t.saved_fpstate = b""
+
+
+def _ignore_signal(signum, frame) -> None:
+    """SIGCHLD's handler: the wakeup fd does the work."""
+
+
+
+def _host_cpu_ns(tid: int) -> int:
+    try:
+        with open(f"/proc/{tid}/schedstat") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
+

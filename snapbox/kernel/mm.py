@@ -1,0 +1,273 @@
+"""Address spaces: VMAs backed by MemoryFile ranges, mapped into the task's stub.
+
+Every VMA, whatever its kind, is a range of the MemoryFile mapped MAP_SHARED|MAP_FIXED
+into the stub. The sentry reads and writes application memory through its own map of the
+same memfd, so no /proc/pid/mem and no ptrace peeks are ever needed.
+"""
+
+from __future__ import annotations
+
+import bisect
+import errno
+from dataclasses import dataclass, field
+
+from snapbox.kernel.errors import SyscallError
+from snapbox.memfile import PAGE_SIZE, MemoryFile, page_align
+from snapbox.platform.stub import APP_TOP, PROT_EXEC, PROT_READ, PROT_WRITE, Stub
+from snapbox.state import nosave, savable
+
+MMAP_MIN_ADDR = 0x10000
+STACK_SIZE = 8 << 20  # the main thread's stack (RLIMIT_STACK's usual 8 MiB), mapped whole
+STACK_TOP = APP_TOP - PAGE_SIZE  # a guard page between the stack and the stub
+MMAP_TOP = STACK_TOP - STACK_SIZE - (1 << 30)  # mmap grows down from here, below a stack gap
+
+
+@savable
+@dataclass(eq=False)
+class Vma:
+    """A mapped range [start, end) of one address space."""
+
+    start: int
+    end: int
+    prot: int  # PROT_* bits the application asked for
+    offset: int  # MemoryFile offset backing `start`; the range is contiguous in the file
+    kind: str = "anon"  # anon, heap, stack, or the path of the ELF file it came from
+    file_offset: int = 0  # for ELF segments: offset in that file (shown in /proc/pid/maps)
+
+    def split(self, at: int) -> Vma:
+        """Cut this VMA at `at`; it keeps [start, at) and returns [at, end)."""
+        tail = Vma(at, self.end, self.prot, self.offset + (at - self.start), self.kind,
+                   self.file_offset + (at - self.start) if self.kind.startswith("/") else 0)
+        self.end = at
+        return tail
+
+
+@savable
+@dataclass(eq=False)
+class MemoryManager:
+    """One address space: its VMAs, program break, and the stub that runs it."""
+
+    memfile: MemoryFile
+    vmas: list = field(default_factory=list)  # disjoint Vmas sorted by start
+    brk_start: int = 0  # where the heap begins (page-aligned end of the loaded program)
+    brk: int = 0  # the current program break; [brk_start, page_align(brk)) is the heap VMA
+    stub: Stub | None = nosave(default=None)  # host process running this address space
+    starts: list = nosave(list)  # vma.start of each Vma, for bisect; kept in step with vmas
+
+    def __post_init__(self) -> None:
+        self.starts = [v.start for v in self.vmas]
+
+    def after_load(self, ctx) -> None:
+        self.starts = [v.start for v in self.vmas]
+
+    # -- lookup ---------------------------------------------------------------------------
+
+    def find(self, addr: int) -> Vma | None:
+        i = bisect.bisect_right(self.starts, addr) - 1
+        if i >= 0 and addr < self.vmas[i].end:
+            return self.vmas[i]
+        return None
+
+    def _insert(self, vma: Vma) -> None:
+        i = bisect.bisect_left(self.starts, vma.start)
+        self.vmas.insert(i, vma)
+        self.starts.insert(i, vma.start)
+
+    def _free_gap(self, length: int) -> int:
+        """Highest address below MMAP_TOP with `length` bytes unmapped (top-down, like Linux)."""
+        top = MMAP_TOP
+        for vma in reversed(self.vmas):
+            if vma.start >= top:
+                continue
+            if vma.end <= top - length:
+                return top - length
+            top = min(top, vma.start)
+        if top - length >= MMAP_MIN_ADDR:
+            return top - length
+        raise SyscallError(errno.ENOMEM, "no room in the address space")
+
+    # -- mapping ----------------------------------------------------------------------------
+
+    def map_anonymous(self, addr: int, length: int, prot: int, fixed: bool, kind: str = "anon") -> int:
+        """Map zeroed memory; returns the address chosen. Maps into the stub at once."""
+        length = page_align(length)
+        if length == 0:
+            raise SyscallError(errno.EINVAL)
+        if fixed:
+            if addr % PAGE_SIZE or addr < MMAP_MIN_ADDR or addr + length > APP_TOP:
+                raise SyscallError(errno.EINVAL if addr % PAGE_SIZE else errno.ENOMEM)
+            self.unmap(addr, length)
+        elif addr and addr % PAGE_SIZE == 0 and addr >= MMAP_MIN_ADDR and addr + length <= APP_TOP \
+                and not self._overlaps(addr, addr + length):
+            pass  # the hint is free: Linux honours it
+        else:
+            addr = self._free_gap(length)
+        offset = self.memfile.alloc(length)
+        vma = Vma(addr, addr + length, prot, offset, kind)
+        self._insert(vma)
+        if self.stub is not None:
+            self.stub.map(addr, length, prot, offset)
+        return addr
+
+    def _overlaps(self, start: int, end: int) -> bool:
+        i = bisect.bisect_left(self.starts, end) - 1
+        return i >= 0 and self.vmas[i].end > start
+
+    def _isolate(self, start: int, end: int) -> list[Vma]:
+        """Split VMAs so [start, end) is covered by whole VMAs; return those VMAs."""
+        out = []
+        i = max(bisect.bisect_right(self.starts, start) - 1, 0)
+        while i < len(self.vmas) and self.vmas[i].start < end:
+            vma = self.vmas[i]
+            if vma.end <= start:
+                i += 1
+                continue
+            if vma.start < start:
+                tail = vma.split(start)
+                self._insert(tail)
+                i += 1
+                continue
+            if vma.end > end:
+                tail = vma.split(end)
+                self._insert(tail)
+            out.append(vma)
+            i += 1
+        return out
+
+    def unmap(self, addr: int, length: int) -> None:
+        length = page_align(length)
+        if addr % PAGE_SIZE or length == 0 or addr + length > APP_TOP:
+            raise SyscallError(errno.EINVAL)
+        end = addr + length
+        doomed = self._isolate(addr, end)
+        if not doomed:
+            return
+        for vma in doomed:
+            i = self.vmas.index(vma)
+            del self.vmas[i]
+            del self.starts[i]
+            self.memfile.release(vma.offset, vma.end - vma.start)
+        if self.stub is not None:
+            self.stub.unmap(addr, length)
+
+    def protect(self, addr: int, length: int, prot: int) -> None:
+        length = page_align(length)
+        if addr % PAGE_SIZE or prot & ~(PROT_READ | PROT_WRITE | PROT_EXEC):
+            raise SyscallError(errno.EINVAL)
+        end = addr + length
+        # mprotect(2): ENOMEM if part of the range is not mapped.
+        pos = addr
+        for vma in self._isolate(addr, end):
+            if vma.start != pos:
+                raise SyscallError(errno.ENOMEM)
+            pos = vma.end
+        if pos < end:
+            raise SyscallError(errno.ENOMEM)
+        for vma in self._isolate(addr, end):
+            vma.prot = prot
+        if self.stub is not None and length:
+            self.stub.protect(addr, length, prot)
+
+    def discard(self, addr: int, length: int) -> None:
+        """Drop the pages of [addr, addr+length): they read as zeros from now on."""
+        length = page_align(length)
+        pos, end = addr, addr + length
+        while pos < end:
+            vma = self.find(pos)
+            if vma is None:
+                raise SyscallError(errno.ENOMEM)
+            n = min(end, vma.end) - pos
+            self.memfile.punch(vma.offset + (pos - vma.start), n)
+            pos += n
+
+    def set_brk(self, new: int) -> int:
+        """brk(2): move the break; returns the new break, or the old one on failure."""
+        if new < self.brk_start:
+            return self.brk
+        old_end = page_align(self.brk)
+        new_end = page_align(new)
+        if new_end > old_end:
+            if self._overlaps(old_end, new_end) or new_end > MMAP_TOP:
+                return self.brk
+            self.map_anonymous(old_end, new_end - old_end, PROT_READ | PROT_WRITE, fixed=True, kind="heap")
+        elif new_end < old_end:
+            self.unmap(new_end, old_end - new_end)
+        self.brk = new
+        return self.brk
+
+    def attach(self, stub: Stub) -> None:
+        """Give this address space a (fresh) stub and map every VMA into it."""
+        self.stub = stub
+        for vma in self.vmas:
+            stub.map(vma.start, vma.end - vma.start, vma.prot, vma.offset)
+
+    # -- access ------------------------------------------------------------------------------
+
+    def _spans(self, addr: int, length: int, need: int):
+        """Yield (memfile offset, length) pieces of [addr, addr+length); EFAULT if any part is
+        unmapped or lacks the `need` protection."""
+        end = addr + length
+        while addr < end:
+            vma = self.find(addr)
+            if vma is None or vma.prot & need != need:
+                raise SyscallError(errno.EFAULT)
+            n = min(end, vma.end) - addr
+            yield vma.offset + (addr - vma.start), n
+            addr += n
+
+    def read(self, addr: int, length: int) -> bytes:
+        if length == 0:
+            return b""
+        vma = self.find(addr)
+        if vma is not None and addr + length <= vma.end and vma.prot & PROT_READ:
+            off = vma.offset + (addr - vma.start)
+            return self.memfile.read(off, length)
+        return b"".join(self.memfile.read(o, n) for o, n in self._spans(addr, length, PROT_READ))
+
+    def write(self, addr: int, data: bytes | bytearray | memoryview) -> None:
+        length = len(data)
+        if length == 0:
+            return
+        vma = self.find(addr)
+        if vma is not None and addr + length <= vma.end and vma.prot & PROT_WRITE:
+            self.memfile.write(vma.offset + (addr - vma.start), data)
+            return
+        spans = list(self._spans(addr, length, PROT_WRITE))  # check all before writing any
+        view = memoryview(data)
+        for off, n in spans:
+            self.memfile.write(off, view[:n])
+            view = view[n:]
+
+    def poke(self, addr: int, data: bytes) -> None:
+        """Write regardless of protection (the loader filling read-only segments)."""
+        view = memoryview(data)
+        for off, n in self._spans(addr, len(data), 0):
+            self.memfile.write(off, view[:n])
+            view = view[n:]
+
+    def read_cstring(self, addr: int, limit: int = 4096) -> bytes:
+        """A NUL-terminated string; ENAMETOOLONG past `limit` bytes, EFAULT if unreadable."""
+        out = bytearray()
+        while len(out) < limit:
+            vma = self.find(addr)
+            if vma is None or not vma.prot & PROT_READ:
+                raise SyscallError(errno.EFAULT)
+            n = min(vma.end - addr, limit - len(out), PAGE_SIZE - addr % PAGE_SIZE)
+            chunk = self.memfile.read(vma.offset + (addr - vma.start), n)
+            nul = chunk.find(b"\0")
+            if nul >= 0:
+                out += chunk[:nul]
+                return bytes(out)
+            out += chunk
+            addr += n
+        raise SyscallError(errno.ENAMETOOLONG)
+
+    def release_all(self) -> None:
+        """Free every VMA's memory (the address space is gone)."""
+        for vma in self.vmas:
+            self.memfile.release(vma.offset, vma.end - vma.start)
+        self.vmas.clear()
+        self.starts.clear()
+
+    def resident_bytes(self) -> int:
+        return sum(v.end - v.start for v in self.vmas)

@@ -1,0 +1,469 @@
+"""File syscalls: open, read, write, seek, stat, ioctl and friends."""
+
+from __future__ import annotations
+
+import errno
+import stat as st
+import struct
+
+from snapbox.kernel.errors import SyscallError, WouldBlock
+from snapbox.kernel.fd import (
+    O_ACCMODE,
+    O_CLOEXEC,
+    O_CREAT,
+    O_DIRECTORY,
+    O_EXCL,
+    O_NOFOLLOW,
+    O_PATH,
+    O_RDONLY,
+    O_TRUNC,
+    O_WRONLY,
+    SETFL_MASK,
+)
+from snapbox.kernel.syscalls import NR, i32, i64, syscall
+from snapbox.kernel.vfs import Dir, DirFile, LowerNode, MemRegular, RegularFile, now_ns
+
+AT_FDCWD = -100
+AT_SYMLINK_NOFOLLOW = 0x100
+AT_EMPTY_PATH = 0x1000
+IOV_MAX = 1024
+MAX_RW = 0x7FFFF000  # Linux caps one read/write at this many bytes
+
+_STAT = struct.Struct("<QQQIIIiQqqqqqqqqq24x")
+_IOVEC = struct.Struct("<QQ")
+
+
+def pack_stat(s: dict) -> bytes:
+    """struct stat for x86-64."""
+    a, m, c = s["atime"], s["mtime"], s["ctime"]
+    return _STAT.pack(s["dev"], s["ino"], s["nlink"], s["mode"], s["uid"], s["gid"], 0, s["rdev"],
+                      s["size"], s["blksize"], s["blocks"], a // 10**9, a % 10**9,
+                      m // 10**9, m % 10**9, c // 10**9, c % 10**9)
+
+
+def _start_dir(t, dirfd: int, path: bytes):
+    if path.startswith(b"/") or dirfd == AT_FDCWD:
+        return t.fs.cwd
+    f = t.fds.get(dirfd)
+    if not isinstance(f, DirFile):
+        raise SyscallError(errno.ENOTDIR)
+    return f.node
+
+
+def lookup(t, dirfd: int, path_addr: int, follow: bool = True, empty_ok: bool = False):
+    """Resolve a path argument; returns (parent, name, node-or-None, path bytes)."""
+    path = t.mm.read_cstring(path_addr)
+    if not path and empty_ok:
+        return None, "", None, path
+    fs = t.kernel.fs
+    parent, name, node = fs.walk(_start_dir(t, dirfd, path), t.fs.root, path, follow)
+    return parent, name, node, path
+
+
+def open_node(t, dirfd: int, path_addr: int, flags: int, mode: int) -> int:
+    fs = t.kernel.fs
+    parent, name, node, path = lookup(t, dirfd, path_addr, follow=not flags & O_NOFOLLOW)
+    if node is None:
+        if not flags & O_CREAT:
+            raise SyscallError(errno.ENOENT)
+        if name in (".", ".."):
+            raise SyscallError(errno.EISDIR)
+        node = fs.create_regular(parent, name, mode & ~t.fs.umask, 0, 0)
+    elif flags & O_CREAT and flags & O_EXCL:
+        raise SyscallError(errno.EEXIST)
+    if st.S_ISLNK(node.mode) and not flags & O_PATH:
+        raise SyscallError(errno.ELOOP)
+    if flags & O_DIRECTORY and not node.is_dir():
+        raise SyscallError(errno.ENOTDIR)
+    accmode = flags & O_ACCMODE
+    if node.is_dir():
+        if accmode != O_RDONLY and not flags & O_PATH:
+            raise SyscallError(errno.EISDIR)
+        f = DirFile(flags=flags & ~O_CLOEXEC, node=node)
+    else:
+        if isinstance(node, LowerNode) and not st.S_ISREG(node.mode) and not flags & O_PATH:
+            raise SyscallError(errno.ENXIO, "device and fifo nodes of the rootfs are not supported")
+        if accmode != O_RDONLY and not flags & O_PATH and isinstance(node, LowerNode):
+            node = fs.copy_up(parent, name, node)
+        f = RegularFile(flags=flags & ~O_CLOEXEC, fs=fs, node=node, name=path.decode("utf-8", "replace"))
+        if isinstance(node, MemRegular):
+            node.opens += 1
+        if accmode != O_RDONLY and isinstance(node, MemRegular) and flags & O_TRUNC:
+            node.truncate(0)
+    return t.fds.install(f, cloexec=bool(flags & O_CLOEXEC))
+
+
+@syscall(NR.openat)
+def openat(t, dirfd, path, flags, mode):
+    return open_node(t, i32(dirfd), path, i32(flags), mode & 0o7777)
+
+
+@syscall(NR.open)
+def open_(t, path, flags, mode):
+    return open_node(t, AT_FDCWD, path, i32(flags), mode & 0o7777)
+
+
+@syscall(NR.creat)
+def creat(t, path, mode):
+    return open_node(t, AT_FDCWD, path, O_CREAT | O_WRONLY | O_TRUNC, mode & 0o7777)
+
+
+@syscall(NR.close)
+def close(t, fd):
+    t.fds.close(i32(fd))
+    return 0
+
+
+def _readable(t, fd: int):
+    f = t.fds.get(fd)
+    if not f.readable():
+        raise SyscallError(errno.EBADF)
+    return f
+
+
+def _writable(t, fd: int):
+    f = t.fds.get(fd)
+    if not f.writable():
+        raise SyscallError(errno.EBADF)
+    return f
+
+
+@syscall(NR.read)
+def read(t, fd, buf, count):
+    f = _readable(t, i32(fd))
+    data = f.read(t, min(count, MAX_RW))
+    t.mm.write(buf, data)
+    return len(data)
+
+
+@syscall(NR.pread64)
+def pread64(t, fd, buf, count, offset):
+    f = _readable(t, i32(fd))
+    if i64(offset) < 0:
+        raise SyscallError(errno.EINVAL)
+    data = f.read(t, min(count, MAX_RW), i64(offset))
+    t.mm.write(buf, data)
+    return len(data)
+
+
+def write_all(t, nr: int, f, data: bytes, offset: int | None = None) -> int:
+    """Write `data`, blocking until all of it is written, as write(2) does on a blocking file.
+
+    Bytes already written when the file blocks are kept in the task's restart state, so
+    the retry (or a restored task) goes on from there instead of writing them twice.
+    """
+    done = t.restart_value(nr) or 0
+    while done < len(data):
+        try:
+            done += f.write(t, data[done:], offset)
+        except WouldBlock:
+            if done:
+                t.restart = (nr, done)
+            raise
+        except SyscallError:
+            if done:
+                break
+            raise
+        if offset is not None:
+            break
+    return done
+
+
+@syscall(NR.write)
+def write(t, fd, buf, count):
+    f = _writable(t, i32(fd))
+    data = t.mm.read(buf, min(count, MAX_RW))
+    return write_all(t, NR.write, f, data)
+
+
+@syscall(NR.pwrite64)
+def pwrite64(t, fd, buf, count, offset):
+    f = _writable(t, i32(fd))
+    if i64(offset) < 0:
+        raise SyscallError(errno.EINVAL)
+    data = t.mm.read(buf, min(count, MAX_RW))
+    return f.write(t, data, i64(offset))
+
+
+def _iovecs(t, iov: int, iovcnt: int) -> list[tuple[int, int]]:
+    iovcnt = i32(iovcnt)
+    if iovcnt < 0 or iovcnt > IOV_MAX:
+        raise SyscallError(errno.EINVAL)
+    raw = t.mm.read(iov, iovcnt * _IOVEC.size)
+    return [_IOVEC.unpack_from(raw, i * _IOVEC.size) for i in range(iovcnt)]
+
+
+@syscall(NR.readv)
+def readv(t, fd, iov, iovcnt):
+    f = _readable(t, i32(fd))
+    vecs = _iovecs(t, iov, iovcnt)
+    data = f.read(t, min(sum(n for _, n in vecs), MAX_RW))
+    pos = 0
+    for base, n in vecs:
+        if pos >= len(data):
+            break
+        t.mm.write(base, data[pos : pos + n])
+        pos += n
+    return len(data)
+
+
+@syscall(NR.writev)
+def writev(t, fd, iov, iovcnt):
+    f = _writable(t, i32(fd))
+    data = b"".join(t.mm.read(base, n) for base, n in _iovecs(t, iov, iovcnt))
+    return write_all(t, NR.writev, f, data[:MAX_RW])
+
+
+@syscall(NR.lseek)
+def lseek(t, fd, offset, whence):
+    return t.fds.get(i32(fd)).seek(i64(offset), i32(whence))
+
+
+@syscall(NR.fstat)
+def fstat(t, fd, buf):
+    t.mm.write(buf, pack_stat(t.fds.get(i32(fd)).stat()))
+    return 0
+
+
+def _stat_at(t, dirfd: int, path: int, buf: int, flags: int) -> int:
+    if flags & ~(AT_SYMLINK_NOFOLLOW | AT_EMPTY_PATH):
+        raise SyscallError(errno.EINVAL)
+    _, _, node, raw = lookup(t, dirfd, path, follow=not flags & AT_SYMLINK_NOFOLLOW,
+                             empty_ok=bool(flags & AT_EMPTY_PATH))
+    if not raw and flags & AT_EMPTY_PATH:
+        s = (t.fds.get(dirfd).stat() if dirfd != AT_FDCWD else t.fs.cwd.stat())
+    elif node is None:
+        raise SyscallError(errno.ENOENT)
+    else:
+        s = node.stat()
+    t.mm.write(buf, pack_stat(s))
+    return 0
+
+
+@syscall(NR.newfstatat)
+def newfstatat(t, dirfd, path, buf, flags):
+    return _stat_at(t, i32(dirfd), path, buf, i32(flags))
+
+
+@syscall(NR.stat)
+def stat(t, path, buf):
+    return _stat_at(t, AT_FDCWD, path, buf, 0)
+
+
+@syscall(NR.lstat)
+def lstat(t, path, buf):
+    return _stat_at(t, AT_FDCWD, path, buf, AT_SYMLINK_NOFOLLOW)
+
+
+@syscall(NR.ioctl)
+def ioctl(t, fd, request, arg):
+    return t.fds.get(i32(fd)).ioctl(t, request & 0xFFFFFFFF, arg)
+
+
+F_DUPFD, F_GETFD, F_SETFD, F_GETFL, F_SETFL = 0, 1, 2, 3, 4
+F_DUPFD_CLOEXEC = 1030
+FD_CLOEXEC = 1
+
+
+@syscall(NR.fcntl)
+def fcntl(t, fd, cmd, arg):
+    fd, cmd = i32(fd), i32(cmd)
+    f = t.fds.get(fd)
+    if cmd in (F_DUPFD, F_DUPFD_CLOEXEC):
+        if i32(arg) < 0:
+            raise SyscallError(errno.EINVAL)
+        return t.fds.install(f, cloexec=cmd == F_DUPFD_CLOEXEC, lowest=i32(arg))
+    if cmd == F_GETFD:
+        return FD_CLOEXEC if fd in t.fds.cloexec else 0
+    if cmd == F_SETFD:
+        (t.fds.cloexec.add if arg & FD_CLOEXEC else t.fds.cloexec.discard)(fd)
+        return 0
+    if cmd == F_GETFL:
+        return f.flags
+    if cmd == F_SETFL:
+        f.flags = (f.flags & ~SETFL_MASK) | (arg & SETFL_MASK)
+        return 0
+    raise SyscallError(errno.EINVAL)
+
+
+@syscall(NR.dup)
+def dup(t, fd):
+    return t.fds.install(t.fds.get(i32(fd)))
+
+
+@syscall(NR.dup2)
+def dup2(t, oldfd, newfd):
+    oldfd, newfd = i32(oldfd), i32(newfd)
+    f = t.fds.get(oldfd)
+    if oldfd == newfd:
+        return newfd
+    if not 0 <= newfd < t.fds.limit:
+        raise SyscallError(errno.EBADF)
+    t.fds.install_at(newfd, f)
+    return newfd
+
+
+@syscall(NR.dup3)
+def dup3(t, oldfd, newfd, flags):
+    oldfd, newfd = i32(oldfd), i32(newfd)
+    if oldfd == newfd or flags & ~O_CLOEXEC:
+        raise SyscallError(errno.EINVAL)
+    f = t.fds.get(oldfd)
+    if not 0 <= newfd < t.fds.limit:
+        raise SyscallError(errno.EBADF)
+    t.fds.install_at(newfd, f, cloexec=bool(flags & O_CLOEXEC))
+    return newfd
+
+
+@syscall(NR.getcwd)
+def getcwd(t, buf, size):
+    path = t.fs.cwd.path().encode() + b"\0"
+    if size < len(path):
+        raise SyscallError(errno.ERANGE)
+    t.mm.write(buf, path)
+    return len(path)
+
+
+@syscall(NR.chdir)
+def chdir(t, path):
+    _, _, node, _ = lookup(t, AT_FDCWD, path)
+    if node is None:
+        raise SyscallError(errno.ENOENT)
+    if not node.is_dir():
+        raise SyscallError(errno.ENOTDIR)
+    t.fs.cwd = node
+    return 0
+
+
+@syscall(NR.fchdir)
+def fchdir(t, fd):
+    f = t.fds.get(i32(fd))
+    if not isinstance(f, DirFile):
+        raise SyscallError(errno.ENOTDIR)
+    t.fs.cwd = f.node
+    return 0
+
+
+@syscall(NR.umask)
+def umask(t, mask):
+    old, t.fs.umask = t.fs.umask, mask & 0o777
+    return old
+
+
+F_OK, X_OK, W_OK, R_OK = 0, 1, 2, 4
+
+
+def _access(t, dirfd: int, path: int, mode: int, flags: int) -> int:
+    if mode & ~7:
+        raise SyscallError(errno.EINVAL)
+    _, _, node, _ = lookup(t, dirfd, path, follow=not flags & AT_SYMLINK_NOFOLLOW)
+    if node is None:
+        raise SyscallError(errno.ENOENT)
+    # The sandbox runs as root: only execute needs some x bit (access(2), "root" note).
+    if mode & X_OK and not node.is_dir() and not node.mode & 0o111:
+        raise SyscallError(errno.EACCES)
+    return 0
+
+
+@syscall(NR.access)
+def access(t, path, mode):
+    return _access(t, AT_FDCWD, path, mode, 0)
+
+
+@syscall(NR.faccessat)
+def faccessat(t, dirfd, path, mode):
+    return _access(t, i32(dirfd), path, mode, 0)
+
+
+@syscall(NR.faccessat2)
+def faccessat2(t, dirfd, path, mode, flags):
+    return _access(t, i32(dirfd), path, mode, i32(flags))
+
+
+@syscall(NR.readlinkat)
+def readlinkat(t, dirfd, path, buf, size):
+    if i32(size) <= 0:
+        raise SyscallError(errno.EINVAL)
+    _, _, node, _ = lookup(t, i32(dirfd), path, follow=False)
+    if node is None:
+        raise SyscallError(errno.ENOENT)
+    target = t.kernel.fs.readlink(node)[:size]
+    t.mm.write(buf, target)
+    return len(target)
+
+
+@syscall(NR.readlink)
+def readlink(t, path, buf, size):
+    return readlinkat(t, AT_FDCWD & 0xFFFFFFFF, path, buf, size)
+
+
+@syscall(NR.fsync, NR.fdatasync)
+def fsync(t, fd):
+    t.fds.get(i32(fd))
+    return 0
+
+
+@syscall(NR.ftruncate)
+def ftruncate(t, fd, length):
+    f = t.fds.get(i32(fd))
+    if i64(length) < 0 or not isinstance(f, RegularFile):
+        raise SyscallError(errno.EINVAL)
+    if not f.writable() or not isinstance(f.node, MemRegular):
+        raise SyscallError(errno.EINVAL if not f.writable() else errno.EBADF)
+    f.node.truncate(i64(length))
+    return 0
+
+
+@syscall(NR.mkdirat)
+def mkdirat(t, dirfd, path, mode):
+    parent, name, node, _ = lookup(t, i32(dirfd), path, follow=False)
+    if node is not None:
+        raise SyscallError(errno.EEXIST)
+    now = now_ns()
+    parent.entries[name] = Dir(ino=t.kernel.fs.new_ino(), mode=st.S_IFDIR | (mode & 0o7777 & ~t.fs.umask),
+                               nlink=2, atime=now, mtime=now, ctime=now, name=name, parent=parent)
+    parent.whiteouts.discard(name)
+    return 0
+
+
+@syscall(NR.mkdir)
+def mkdir(t, path, mode):
+    return mkdirat(t, AT_FDCWD & 0xFFFFFFFF, path, mode)
+
+
+AT_REMOVEDIR = 0x200
+
+
+@syscall(NR.unlinkat)
+def unlinkat(t, dirfd, path, flags):
+    parent, name, node, _ = lookup(t, i32(dirfd), path, follow=False)
+    if node is None:
+        raise SyscallError(errno.ENOENT)
+    if flags & AT_REMOVEDIR:
+        if not node.is_dir():
+            raise SyscallError(errno.ENOTDIR)
+        if name in (".", "..") or node is t.fs.root:
+            raise SyscallError(errno.EINVAL if name == "." else errno.EBUSY)
+        if t.kernel.fs.list_dir(node):
+            raise SyscallError(errno.ENOTEMPTY)
+    elif node.is_dir():
+        raise SyscallError(errno.EISDIR)
+    parent.entries.pop(name, None)
+    if parent.lower is not None:
+        parent.whiteouts.add(name)
+    if isinstance(node, MemRegular):
+        node.nlink -= 1
+        if node.nlink == 0 and node.opens == 0:
+            node.release_pages()
+    return 0
+
+
+@syscall(NR.unlink)
+def unlink(t, path):
+    return unlinkat(t, AT_FDCWD & 0xFFFFFFFF, path, 0)
+
+
+@syscall(NR.rmdir)
+def rmdir(t, path):
+    return unlinkat(t, AT_FDCWD & 0xFFFFFFFF, path, AT_REMOVEDIR)
+

@@ -1,0 +1,109 @@
+"""Time syscalls: clocks and sleeps, all on the Timekeeper's virtual clocks."""
+
+from __future__ import annotations
+
+import errno
+import struct
+
+from snapbox.kernel.errors import SyscallError, WouldBlock
+from snapbox.kernel.syscalls import NR, i32, i64, syscall
+from snapbox.kernel.time import (
+    CLOCK_MONOTONIC_COARSE,
+    CLOCK_PROCESS_CPUTIME_ID,
+    CLOCK_REALTIME_COARSE,
+    CLOCK_THREAD_CPUTIME_ID,
+    MONOTONIC_CLOCKS,
+    REALTIME_CLOCKS,
+)
+
+_TIMESPEC = struct.Struct("<qq")
+NSEC = 1_000_000_000
+TIMER_ABSTIME = 1
+
+
+def clock_now(t, clock: int) -> int:
+    """The reading of `clock` in ns, as the sandbox sees it."""
+    tk = t.kernel.timekeeper
+    if clock in MONOTONIC_CLOCKS:
+        return tk.monotonic_ns()
+    if clock in REALTIME_CLOCKS:
+        return tk.realtime_ns()
+    if clock == CLOCK_THREAD_CPUTIME_ID:
+        return t.kernel.cpu_time_ns(t)
+    if clock == CLOCK_PROCESS_CPUTIME_ID:
+        return sum(t.kernel.cpu_time_ns(x) for x in t.tg.tasks)
+    raise SyscallError(errno.EINVAL)
+
+
+def read_timespec(t, addr: int) -> int:
+    sec, nsec = _TIMESPEC.unpack(t.mm.read(addr, _TIMESPEC.size))
+    if sec < 0 or not 0 <= nsec < NSEC:
+        raise SyscallError(errno.EINVAL)
+    return sec * NSEC + nsec
+
+
+def write_timespec(t, addr: int, ns: int) -> None:
+    t.mm.write(addr, _TIMESPEC.pack(*divmod(ns, NSEC)))
+
+
+@syscall(NR.clock_gettime)
+def clock_gettime(t, clock, tp):
+    write_timespec(t, tp, clock_now(t, i32(clock)))
+    return 0
+
+
+@syscall(NR.clock_getres)
+def clock_getres(t, clock, res):
+    clock = i32(clock)
+    clock_now(t, clock)  # EINVAL for an unknown clock
+    if res:
+        coarse = clock in (CLOCK_REALTIME_COARSE, CLOCK_MONOTONIC_COARSE)
+        write_timespec(t, res, 4_000_000 if coarse else 1)
+    return 0
+
+
+@syscall(NR.gettimeofday)
+def gettimeofday(t, tv, tz):
+    if tv:
+        sec, nsec = divmod(t.kernel.timekeeper.realtime_ns(), NSEC)
+        t.mm.write(tv, struct.pack("<qq", sec, nsec // 1000))
+    if tz:
+        t.mm.write(tz, bytes(8))
+    return 0
+
+
+@syscall(NR.time)
+def time_(t, tloc):
+    now = t.kernel.timekeeper.realtime_ns() // NSEC
+    if tloc:
+        t.mm.write(tloc, struct.pack("<q", now))
+    return now
+
+
+def sleep(t, nr: int, clock: int, request: int, absolute: bool, rem: int) -> int:
+    """Sleep until `request` on `clock`; restartable: the deadline lives in t.restart."""
+    deadline = t.restart_value(nr)
+    if deadline is None:
+        deadline = request if absolute else clock_now(t, clock) + request
+        t.restart = (nr, deadline)
+    left = deadline - clock_now(t, clock)
+    if left <= 0:
+        if rem and not absolute:
+            write_timespec(t, rem, 0)
+        return 0
+    raise WouldBlock(deadline=t.kernel.timekeeper.monotonic_ns() + left)
+
+
+@syscall(NR.nanosleep)
+def nanosleep(t, req, rem):
+    return sleep(t, NR.nanosleep, 1, read_timespec(t, req), False, rem)
+
+
+@syscall(NR.clock_nanosleep)
+def clock_nanosleep(t, clock, flags, req, rem):
+    clock = i32(clock)
+    if clock == CLOCK_THREAD_CPUTIME_ID:
+        raise SyscallError(errno.EINVAL)
+    if clock not in MONOTONIC_CLOCKS | REALTIME_CLOCKS:
+        raise SyscallError(errno.EINVAL if clock != CLOCK_PROCESS_CPUTIME_ID else errno.ENOTSUP)
+    return sleep(t, NR.clock_nanosleep, clock, read_timespec(t, req), bool(i64(flags) & TIMER_ABSTIME), rem)

@@ -1,0 +1,147 @@
+"""Tasks, thread groups and the PID namespace."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from snapbox.kernel.fd import FDTable
+from snapbox.kernel.mm import MemoryManager
+from snapbox.kernel.vfs import Dir
+from snapbox.platform import ptrace
+from snapbox.state import nosave, savable
+
+if TYPE_CHECKING:
+    from snapbox.kernel.kernel import Kernel
+
+
+class Run(enum.Enum):
+    """Where a task's host thread is. Never saved: a saved task is always stopped."""
+
+    STOPPED = "stopped"  # in a ptrace stop outside any syscall; its registers are exact
+    RUNNING = "running"  # executing application code on the host
+    SYSCALL = "syscall"  # stopped at a syscall entry whose handler has not completed
+    DEAD = "dead"
+
+
+@savable
+@dataclass(eq=False)
+class SigAction:
+    """One entry of a thread group's signal handler table (struct k_sigaction)."""
+
+    handler: int = 0  # SIG_DFL (0), SIG_IGN (1) or the handler's address
+    flags: int = 0  # SA_* flags
+    restorer: int = 0  # sa_restorer: where the handler returns to (rt_sigreturn)
+    mask: int = 0  # signals blocked while the handler runs
+
+
+@savable
+@dataclass(eq=False)
+class FSContext:
+    """A process's root and working directories and its umask."""
+
+    root: Dir
+    cwd: Dir
+    umask: int = 0o022
+
+
+@savable
+@dataclass(eq=False)
+class ThreadGroup:
+    """A process: the tasks sharing one address space, fd table and signal handlers."""
+
+    tgid: int
+    mm: MemoryManager
+    fds: FDTable
+    fs: FSContext
+    parent: ThreadGroup | None = None
+    tasks: list = field(default_factory=list)  # live Tasks; the leader first
+    sigactions: dict = field(default_factory=dict)  # signal number -> SigAction
+    argv: list = field(default_factory=list)  # bytes, as passed to execve (for ps, inspect)
+    exe: str = ""  # sandbox path of the executable
+    rlimits: dict = field(default_factory=dict)  # RLIMIT_* -> (soft, hard), for those set
+    pending: int = 0  # signals sent to the process and not yet delivered (sigset bits)
+    exit_status: int | None = None  # wait(2) status once the whole group has exited
+
+    def sigaction(self, sig: int) -> SigAction:
+        return self.sigactions.get(sig) or SigAction()
+
+
+@savable
+@dataclass(eq=False)
+class Task:
+    """One application thread, run by one host thread of its process's stub."""
+
+    tid: int
+    tg: ThreadGroup
+    kernel: Kernel
+    comm: str = ""  # the thread name (prctl PR_SET_NAME, /proc/pid/comm), at most 15 bytes
+    signal_mask: int = 0  # blocked signals, bit (n-1) for signal n
+    pending: int = 0  # signals sent to this thread and not yet delivered
+    cpu_base: int = 0  # CPU time (ns) used on earlier hosts, before the current stub
+    clear_child_tid: int = 0  # set_tid_address(2)
+    robust_list: tuple = (0, 0)  # set_robust_list(2): (head address, length)
+    # Progress of an interrupted syscall that must survive a block or a checkpoint:
+    # (syscall number, value), e.g. a sleep's deadline or bytes already written.
+    restart: tuple | None = None
+    # Registers and XSAVE area, filled in at checkpoint. A task stopped inside a syscall is
+    # saved rewound to the syscall instruction, so after restore it simply makes it again.
+    saved_regs: tuple = ()
+    saved_fpstate: bytes = b""
+
+    host_tid: int = nosave(default=-1)
+    run: Run = nosave(default=Run.STOPPED)
+    regs: Any = nosave(ptrace.Regs)  # live registers while stopped (ctypes user_regs_struct)
+    interrupt_pending: bool = nosave(default=False)  # PTRACE_INTERRUPT sent, stop not yet seen
+    waiting: tuple = nosave(tuple)  # WaitQueues this task is parked on
+    timer_token: int = nosave(default=0)  # bumped to cancel a pending wake-up timer
+    queued: bool = nosave(default=False)  # in the kernel's run queue
+    cpu_start: int = nosave(default=0)  # host CPU time (ns) of host_tid when it took this task
+
+    @property
+    def mm(self) -> MemoryManager:
+        return self.tg.mm
+
+    @property
+    def fds(self) -> FDTable:
+        return self.tg.fds
+
+    @property
+    def fs(self) -> FSContext:
+        return self.tg.fs
+
+    def restart_value(self, nr: int) -> Any:
+        """The saved progress of syscall `nr`, if this task is re-entering it."""
+        if self.restart is not None and self.restart[0] == nr:
+            return self.restart[1]
+        return None
+
+
+@savable
+@dataclass(eq=False)
+class PIDNamespace:
+    """Thread and process ids, as the sandbox sees them."""
+
+    next_id: int = 1
+    tasks: dict = field(default_factory=dict)  # tid -> live Task
+    groups: dict = field(default_factory=dict)  # tgid -> ThreadGroup, zombies included
+
+    def allocate(self) -> int:
+        while self.next_id in self.tasks or self.next_id in self.groups:
+            self.next_id += 1
+        tid = self.next_id
+        self.next_id += 1
+        return tid
+
+
+@savable
+@dataclass(eq=False)
+class TaskSet:
+    """Every task of the sandbox."""
+
+    pidns: PIDNamespace = field(default_factory=PIDNamespace)
+    init: ThreadGroup | None = None  # pid 1: when it exits, the sandbox is over
+
+    def live_tasks(self) -> list[Task]:
+        return list(self.pidns.tasks.values())

@@ -1,0 +1,482 @@
+"""The root filesystem: the bundle's rootfs read-only beneath an in-memory writable layer.
+
+Directories are all `Dir` nodes: a directory of the rootfs gets one the first time it is
+walked through (it then merges its lower directory), so a file can be created anywhere.
+Regular files written by the sandbox live in `MemRegular` nodes whose pages are MemoryFile
+ranges; files of the rootfs stay `LowerNode`s until opened for writing (copy-up).
+
+Host files are reached only through `Lower.open`, which resolves a path beneath the rootfs
+with openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS): the sentry
+resolves `..` and symlinks itself, in sandbox terms, so no host path outside the rootfs
+can ever be named.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import stat as st
+import time
+from dataclasses import dataclass, field
+
+from snapbox.kernel.errors import SyscallError
+from snapbox.kernel.fd import O_APPEND, O_TRUNC, OpenFile
+from snapbox.memfile import PAGE_SIZE, MemoryFile
+from snapbox.state import nosave, savable
+
+OVERLAY_DEV = 0x2A  # st_dev of every node of the root filesystem
+SYMLOOP_MAX = 40
+
+_SYS_OPENAT2 = 437
+_RESOLVE_NO_MAGICLINKS = 0x02
+_RESOLVE_NO_SYMLINKS = 0x04
+_RESOLVE_BENEATH = 0x08
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = (("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64))
+
+
+@dataclass(eq=False)
+class Lower:
+    """The read-only lower layer: a host directory, opened once, reached only beneath."""
+
+    path: str  # host path of the rootfs
+    dirfd: int = -1
+
+    def __post_init__(self) -> None:
+        try:
+            self.dirfd = os.open(self.path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as e:
+            raise SyscallError(e.errno, f"rootfs {self.path}") from None
+
+    def open(self, rel: str, flags: int = os.O_RDONLY) -> int:
+        """Open `rel` (relative to the rootfs, no symlinks in it) and return a host fd."""
+        if not rel:
+            return os.dup(self.dirfd)
+        how = _OpenHow(flags | os.O_CLOEXEC | os.O_NOFOLLOW, 0,
+                       _RESOLVE_BENEATH | _RESOLVE_NO_SYMLINKS | _RESOLVE_NO_MAGICLINKS)
+        fd = _libc.syscall(_SYS_OPENAT2, self.dirfd, rel.encode(), ctypes.byref(how), ctypes.sizeof(how))
+        if fd < 0:
+            e = ctypes.get_errno()
+            # A symlink as the last component: ELOOP from O_NOFOLLOW; the caller uses O_PATH.
+            raise SyscallError(e)
+        return fd
+
+    def lstat(self, rel: str) -> os.stat_result:
+        fd = self.open(rel, os.O_PATH)
+        try:
+            return os.fstat(fd)
+        finally:
+            os.close(fd)
+
+    def readlink(self, rel: str) -> bytes:
+        fd = self.open(rel, os.O_PATH)
+        try:
+            return _readlink_fd(fd)
+        finally:
+            os.close(fd)
+
+    def listdir(self, rel: str) -> list[str]:
+        fd = self.open(rel, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            return os.listdir(fd)
+        finally:
+            os.close(fd)
+
+    def close(self) -> None:
+        if self.dirfd >= 0:
+            os.close(self.dirfd)
+            self.dirfd = -1
+
+
+def _readlink_fd(fd: int) -> bytes:
+    buf = ctypes.create_string_buffer(4096)
+    n = _libc.readlinkat(fd, b"", buf, 4096)
+    if n < 0:
+        raise SyscallError(ctypes.get_errno())
+    return buf.raw[:n]
+
+
+def now_ns() -> int:
+    return time.time_ns()
+
+
+@savable
+@dataclass(eq=False)
+class Inode:
+    """What every node of the filesystem has: identity, type and permission bits, times."""
+
+    ino: int = 0
+    mode: int = 0  # S_IF* type bits and permission bits
+    uid: int = 0
+    gid: int = 0
+    nlink: int = 1
+    atime: int = 0  # ns since the epoch
+    mtime: int = 0
+    ctime: int = 0
+
+    def size(self) -> int:
+        return 0
+
+    def stat(self) -> dict:
+        size = self.size()
+        return dict(dev=OVERLAY_DEV, ino=self.ino, mode=self.mode, nlink=self.nlink, uid=self.uid,
+                    gid=self.gid, rdev=0, size=size, blksize=PAGE_SIZE, blocks=(size + 511) // 512,
+                    atime=self.atime, mtime=self.mtime, ctime=self.ctime)
+
+    def is_dir(self) -> bool:
+        return st.S_ISDIR(self.mode)
+
+
+@savable
+@dataclass(eq=False)
+class MemRegular(Inode):
+    """A regular file of the writable layer; its data lives in MemoryFile pages."""
+
+    memfile: MemoryFile | None = None
+    pages: dict = field(default_factory=dict)  # page index -> MemoryFile offset; absent = zeros
+    length: int = 0  # the file size in bytes
+    opens: int = 0  # open file descriptions of this file; pages go when this and nlink are 0
+
+    def size(self) -> int:
+        return self.length
+
+    def read(self, offset: int, count: int) -> bytes:
+        end = min(offset + count, self.length)
+        out = bytearray()
+        pos = offset
+        while pos < end:
+            index, within = divmod(pos, PAGE_SIZE)
+            n = min(PAGE_SIZE - within, end - pos)
+            off = self.pages.get(index)
+            out += self.memfile.read(off + within, n) if off is not None else bytes(n)
+            pos += n
+        return bytes(out)
+
+    def write(self, offset: int, data: bytes) -> None:
+        view = memoryview(data)
+        pos = offset
+        while view:
+            index, within = divmod(pos, PAGE_SIZE)
+            n = min(PAGE_SIZE - within, len(view))
+            off = self.pages.get(index)
+            if off is None:
+                off = self.pages[index] = self.memfile.alloc(PAGE_SIZE)
+            self.memfile.write(off + within, view[:n])
+            view = view[n:]
+            pos += n
+        self.length = max(self.length, pos)
+        self.mtime = self.ctime = now_ns()
+
+    def truncate(self, length: int) -> None:
+        if length < self.length:
+            last = (length + PAGE_SIZE - 1) // PAGE_SIZE
+            for index in [i for i in self.pages if i >= last]:
+                self.memfile.release(self.pages.pop(index), PAGE_SIZE)
+            within = length % PAGE_SIZE
+            if within and (length // PAGE_SIZE) in self.pages:
+                off = self.pages[length // PAGE_SIZE]
+                self.memfile.write(off + within, bytes(PAGE_SIZE - within))
+        self.length = length
+        self.mtime = self.ctime = now_ns()
+
+    def release_pages(self) -> None:
+        for off in self.pages.values():
+            self.memfile.release(off, PAGE_SIZE)
+        self.pages.clear()
+
+
+@savable
+@dataclass(eq=False)
+class MemSymlink(Inode):
+    target: bytes = b""
+
+    def size(self) -> int:
+        return len(self.target)
+
+
+@savable
+@dataclass(eq=False)
+class LowerNode(Inode):
+    """A non-directory of the read-only rootfs, described by its path beneath it."""
+
+    path: str = ""  # relative to the rootfs; never contains a symlink or ".."
+    length: int = 0
+    rdev: int = 0
+
+    def size(self) -> int:
+        return self.length
+
+    def stat(self) -> dict:
+        out = super().stat()
+        out["rdev"] = self.rdev
+        return out
+
+
+@savable
+@dataclass(eq=False)
+class Dir(Inode):
+    """A directory: entries of the writable layer merged over a lower directory, if any."""
+
+    name: str = ""  # the name in its parent (for getcwd); "/" for the root
+    parent: Dir | None = None  # None only for the root
+    entries: dict = field(default_factory=dict)  # name -> Inode, upper entries and cached lower ones
+    whiteouts: set = field(default_factory=set)  # lower names deleted in this layer
+    lower: str | None = None  # path of the merged lower directory ("" = rootfs top), or None
+
+    def path(self) -> str:
+        parts = []
+        d = self
+        while d.parent is not None:
+            parts.append(d.name)
+            d = d.parent
+        return "/" + "/".join(reversed(parts))
+
+
+@savable
+@dataclass(eq=False)
+class Filesystem:
+    """The sandbox's root filesystem."""
+
+    rootfs: str  # host path of the lower layer (the bundle's rootfs)
+    memfile: MemoryFile
+    root: Dir | None = None
+    next_ino: int = 2
+    lower: Lower | None = nosave(default=None)
+
+    def __post_init__(self) -> None:
+        self.lower = Lower(self.rootfs)
+        if self.root is None:
+            self.root = self._lower_dir(None, "/", "")
+
+    def after_load(self, ctx) -> None:
+        if ctx is not None and ctx.rootfs:
+            self.rootfs = ctx.rootfs
+        self.lower = Lower(self.rootfs)
+
+    def new_ino(self) -> int:
+        self.next_ino += 1
+        return self.next_ino
+
+    def _lower_dir(self, parent: Dir | None, name: str, rel: str) -> Dir:
+        s = self.lower.lstat(rel)
+        return Dir(ino=self.new_ino(), mode=s.st_mode, uid=s.st_uid, gid=s.st_gid, nlink=s.st_nlink,
+                   atime=s.st_atime_ns, mtime=s.st_mtime_ns, ctime=s.st_ctime_ns,
+                   name=name, parent=parent, lower=rel)
+
+    def lookup(self, d: Dir, name: str) -> Inode:
+        """The child `name` of `d`, or ENOENT."""
+        node = d.entries.get(name)
+        if node is not None:
+            return node
+        if d.lower is None or name in d.whiteouts:
+            raise SyscallError(errno.ENOENT)
+        rel = f"{d.lower}/{name}" if d.lower else name
+        try:
+            s = self.lower.lstat(rel)
+        except SyscallError as e:
+            if e.errno in (errno.ENOENT, errno.ENOTDIR):
+                raise SyscallError(errno.ENOENT) from None
+            raise
+        if st.S_ISDIR(s.st_mode):
+            node = self._lower_dir(d, name, rel)
+        else:
+            node = LowerNode(ino=self.new_ino(), mode=s.st_mode, uid=s.st_uid, gid=s.st_gid,
+                             nlink=s.st_nlink, atime=s.st_atime_ns, mtime=s.st_mtime_ns,
+                             ctime=s.st_ctime_ns, path=rel, length=s.st_size, rdev=s.st_rdev)
+        d.entries[name] = node
+        return node
+
+    def list_dir(self, d: Dir) -> list[str]:
+        """The names in `d` (without . and ..): its entries merged over its lower directory."""
+        names = dict.fromkeys(d.entries)
+        if d.lower is not None:
+            for name in self.lower.listdir(d.lower):
+                if name not in d.whiteouts:
+                    names.setdefault(name)
+        return list(names)
+
+    def readlink(self, node: Inode) -> bytes:
+        if isinstance(node, MemSymlink):
+            return node.target
+        if isinstance(node, LowerNode) and st.S_ISLNK(node.mode):
+            return self.lower.readlink(node.path)
+        raise SyscallError(errno.EINVAL)
+
+    def create_regular(self, d: Dir, name: str, mode: int, uid: int, gid: int) -> MemRegular:
+        now = now_ns()
+        node = MemRegular(ino=self.new_ino(), mode=st.S_IFREG | (mode & 0o7777), uid=uid, gid=gid,
+                          atime=now, mtime=now, ctime=now, memfile=self.memfile)
+        d.entries[name] = node
+        d.whiteouts.discard(name)
+        d.mtime = d.ctime = now
+        return node
+
+    def copy_up(self, d: Dir, name: str, node: LowerNode) -> MemRegular:
+        """Give a lower regular file a copy in the writable layer, replacing it in `d`."""
+        up = MemRegular(ino=node.ino, mode=node.mode, uid=node.uid, gid=node.gid,
+                        atime=node.atime, mtime=node.mtime, ctime=node.ctime, memfile=self.memfile)
+        fd = self.lower.open(node.path, os.O_RDONLY)
+        try:
+            pos = 0
+            while True:
+                chunk = os.pread(fd, 1 << 20, pos)
+                if not chunk:
+                    break
+                up.write(pos, chunk)
+                pos += len(chunk)
+        finally:
+            os.close(fd)
+        up.mtime, up.ctime = node.mtime, node.ctime
+        d.entries[name] = up
+        return up
+
+    def walk(self, start: Dir, root: Dir, path: bytes, follow_last: bool = True):
+        """Resolve `path` from `start` (or `root` if absolute) in sandbox terms.
+
+        Returns (parent Dir, last name, node or None when the last component does not
+        exist). Symlinks are followed in every component but the last, which is followed
+        only if `follow_last`. Raises ENOENT, ENOTDIR, ELOOP, ENAMETOOLONG.
+        """
+        if not path:
+            raise SyscallError(errno.ENOENT)
+        if len(path) >= 4096:
+            raise SyscallError(errno.ENAMETOOLONG)
+        budget = [SYMLOOP_MAX]
+        return self._walk(start, root, path, follow_last, budget)
+
+    def _walk(self, d: Dir, root: Dir, path: bytes, follow_last: bool, budget: list):
+        if path.startswith(b"/"):
+            d = root
+        trailing_slash = path.endswith(b"/")
+        parts = [p.decode("utf-8", "surrogateescape") for p in path.split(b"/") if p]
+        if not parts:
+            return d, ".", d
+        for i, name in enumerate(parts):
+            last = i == len(parts) - 1
+            if len(name) > 255:
+                raise SyscallError(errno.ENAMETOOLONG)
+            if not d.is_dir():
+                raise SyscallError(errno.ENOTDIR)
+            if name == ".":
+                node = d
+            elif name == "..":
+                node = d if d is root or d.parent is None else d.parent
+            else:
+                try:
+                    node = self.lookup(d, name)
+                except SyscallError as e:
+                    if e.errno == errno.ENOENT and last:
+                        return d, name, None
+                    raise
+            if st.S_ISLNK(node.mode) and (not last or follow_last or trailing_slash):
+                budget[0] -= 1
+                if budget[0] < 0:
+                    raise SyscallError(errno.ELOOP)
+                target = self.readlink(node)
+                rest = b"/".join(p.encode("utf-8", "surrogateescape") for p in parts[i + 1:])
+                joined = target + (b"/" + rest if rest else b"") + (b"/" if trailing_slash else b"")
+                return self._walk(d, root, joined, follow_last, budget)
+            if last:
+                if trailing_slash and not node.is_dir():
+                    raise SyscallError(errno.ENOTDIR)
+                return d, name, node
+            d = node
+        raise AssertionError("unreachable")
+
+
+@savable
+@dataclass(eq=False)
+class RegularFile(OpenFile):
+    """An open regular file of the root filesystem (either layer)."""
+
+    fs: Filesystem | None = None
+    node: Inode | None = None
+    name: str = ""  # the path it was opened by, for inspect and /proc/pid/fd
+    host_fd: int = nosave(default=-1)  # for a LowerNode: the host file, opened on first read
+
+    def _host(self) -> int:
+        if self.host_fd < 0:
+            self.host_fd = self.fs.lower.open(self.node.path, os.O_RDONLY)
+        return self.host_fd
+
+    def read(self, t, count: int, offset: int | None = None) -> bytes:
+        pos = self.offset if offset is None else offset
+        if isinstance(self.node, MemRegular):
+            data = self.node.read(pos, count)
+        else:
+            data = os.pread(self._host(), count, pos)
+        if offset is None:
+            self.offset += len(data)
+        return data
+
+    def write(self, t, data: bytes, offset: int | None = None) -> int:
+        node = self.node
+        if not isinstance(node, MemRegular):
+            raise SyscallError(errno.EBADF)
+        if offset is None:
+            pos = node.length if self.flags & O_APPEND else self.offset
+        else:
+            pos = offset
+        node.write(pos, data)
+        if offset is None:
+            self.offset = pos + len(data)
+        return len(data)
+
+    def seek(self, offset: int, whence: int) -> int:
+        if whence == os.SEEK_SET:
+            pos = offset
+        elif whence == os.SEEK_CUR:
+            pos = self.offset + offset
+        elif whence == os.SEEK_END:
+            pos = self.node.size() + offset
+        else:
+            raise SyscallError(errno.EINVAL)
+        if pos < 0:
+            raise SyscallError(errno.EINVAL)
+        self.offset = pos
+        return pos
+
+    def stat(self) -> dict:
+        return self.node.stat()
+
+    def truncate_on_open(self) -> None:
+        if self.flags & O_TRUNC and isinstance(self.node, MemRegular):
+            self.node.truncate(0)
+
+    def release(self) -> None:
+        if self.host_fd >= 0:
+            os.close(self.host_fd)
+            self.host_fd = -1
+        node = self.node
+        if isinstance(node, MemRegular):
+            node.opens -= 1
+            if node.opens == 0 and node.nlink == 0:
+                node.release_pages()
+
+    def describe(self) -> str:
+        return f"file {self.name}"
+
+
+@savable
+@dataclass(eq=False)
+class DirFile(OpenFile):
+    """An open directory (O_DIRECTORY or O_PATH on a directory)."""
+
+    node: Dir | None = None
+
+    def stat(self) -> dict:
+        return self.node.stat()
+
+    def read(self, t, count: int, offset: int | None = None) -> bytes:
+        raise SyscallError(errno.EISDIR)
+
+    def seek(self, offset: int, whence: int) -> int:
+        self.offset = 0 if whence == os.SEEK_SET and offset == 0 else self.offset
+        return self.offset
+
+    def describe(self) -> str:
+        return f"dir {self.node.path()}"

@@ -1,0 +1,1 @@
+"""The platform: stub processes run application code; the CPU feature set images record."""

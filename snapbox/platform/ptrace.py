@@ -1,0 +1,118 @@
+"""Thin ptrace(2) bindings for x86-64: the requests the ptrace platform needs, and registers.
+
+The register layout is python-ptrace's `user_regs_struct`; the requests python-ptrace does
+not name (SEIZE, INTERRUPT, SYSEMU, GETREGSET) are declared here.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+
+from ptrace.binding.linux_struct import user_regs_struct
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_ptrace = _libc.ptrace
+_ptrace.argtypes = (ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p)
+_ptrace.restype = ctypes.c_long
+
+PTRACE_PEEKUSER = 3
+PTRACE_CONT = 7
+PTRACE_KILL = 8
+PTRACE_GETREGS = 12
+PTRACE_SETREGS = 13
+PTRACE_SYSEMU = 31
+PTRACE_SETOPTIONS = 0x4200
+PTRACE_GETEVENTMSG = 0x4201
+PTRACE_GETSIGINFO = 0x4202
+PTRACE_GETREGSET = 0x4204
+PTRACE_SETREGSET = 0x4205
+PTRACE_SEIZE = 0x4206
+PTRACE_INTERRUPT = 0x4207
+
+PTRACE_O_TRACESYSGOOD = 0x1
+PTRACE_O_TRACEEXEC = 0x10
+PTRACE_O_EXITKILL = 1 << 20
+
+PTRACE_EVENT_EXEC = 4
+PTRACE_EVENT_STOP = 128
+
+NT_X86_XSTATE = 0x202
+
+# The status of a syscall stop with PTRACE_O_TRACESYSGOOD: SIGTRAP | 0x80.
+SYSCALL_STOP_SIG = 0x85
+
+REG_NAMES = tuple(name for name, _ in user_regs_struct._fields_)
+
+Regs = user_regs_struct
+
+
+class PtraceError(OSError):
+    pass
+
+
+def _check(result: int, what: str, pid: int) -> int:
+    if result == -1:
+        err = ctypes.get_errno()
+        if err:
+            raise PtraceError(err, f"ptrace {what} on pid {pid}: {os.strerror(err)}")
+    return result
+
+
+def seize(pid: int, options: int) -> None:
+    _check(_ptrace(PTRACE_SEIZE, pid, None, options), "SEIZE", pid)
+
+
+def interrupt(pid: int) -> None:
+    _check(_ptrace(PTRACE_INTERRUPT, pid, None, None), "INTERRUPT", pid)
+
+
+def sysemu(pid: int, sig: int = 0) -> None:
+    _check(_ptrace(PTRACE_SYSEMU, pid, None, sig), "SYSEMU", pid)
+
+
+def cont(pid: int, sig: int = 0) -> None:
+    _check(_ptrace(PTRACE_CONT, pid, None, sig), "CONT", pid)
+
+
+def getregs(pid: int, regs: Regs) -> None:
+    _check(_ptrace(PTRACE_GETREGS, pid, None, ctypes.addressof(regs)), "GETREGS", pid)
+
+
+def setregs(pid: int, regs: Regs) -> None:
+    _check(_ptrace(PTRACE_SETREGS, pid, None, ctypes.addressof(regs)), "SETREGS", pid)
+
+
+class _IoVec(ctypes.Structure):
+    _fields_ = (("base", ctypes.c_void_p), ("len", ctypes.c_size_t))
+
+
+def get_xstate(pid: int, size: int) -> bytes:
+    """The task's XSAVE area (FP, SSE, AVX, ... state)."""
+    buf = ctypes.create_string_buffer(size)
+    iov = _IoVec(ctypes.addressof(buf), size)
+    _check(_ptrace(PTRACE_GETREGSET, pid, NT_X86_XSTATE, ctypes.addressof(iov)), "GETREGSET", pid)
+    return buf.raw[: iov.len]
+
+
+def set_xstate(pid: int, data: bytes) -> None:
+    buf = ctypes.create_string_buffer(data, len(data))
+    iov = _IoVec(ctypes.addressof(buf), len(data))
+    _check(_ptrace(PTRACE_SETREGSET, pid, NT_X86_XSTATE, ctypes.addressof(iov)), "SETREGSET", pid)
+
+
+def regs_to_tuple(regs: Regs) -> tuple[int, ...]:
+    return tuple(getattr(regs, n) for n in REG_NAMES)
+
+
+def regs_from_tuple(values: tuple[int, ...] | list[int]) -> Regs:
+    regs = Regs()
+    for n, v in zip(REG_NAMES, values):
+        setattr(regs, n, v)
+    return regs
+
+
+def copy_regs(regs: Regs) -> Regs:
+    out = Regs()
+    ctypes.pointer(out)[0] = regs
+    return out

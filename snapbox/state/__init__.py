@@ -1,0 +1,22 @@
+"""Savable kernel objects, the object-graph codec, and the image file format."""
+
+from snapbox.state.errors import ImageError, IncompatibleHostError, SaveError, SnapboxError
+from snapbox.state.savable import (
+    decode_graph,
+    encode_graph,
+    nosave,
+    registered_types,
+    savable,
+)
+
+__all__ = [
+    "ImageError",
+    "IncompatibleHostError",
+    "SaveError",
+    "SnapboxError",
+    "decode_graph",
+    "encode_graph",
+    "nosave",
+    "registered_types",
+    "savable",
+]

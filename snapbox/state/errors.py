@@ -1,0 +1,17 @@
+"""The user-facing error family. It lives at the bottom of the stack so every layer can raise it."""
+
+
+class SnapboxError(Exception):
+    """A failure a user should read: one line, shown as `snapbox: error: ...`."""
+
+
+class ImageError(SnapboxError):
+    """An image that is corrupt, truncated, foreign or newer than this snapbox."""
+
+
+class IncompatibleHostError(ImageError):
+    """The image needs CPU features this host lacks."""
+
+
+class SaveError(SnapboxError):
+    """The object graph holds something that cannot be saved; names the field path."""

@@ -1,0 +1,178 @@
+"""The image file: a header, length-prefixed sections of checksummed chunks, and a trailer.
+
+    header   "SNAPBOX\\0" | u16 format version | u32 n | CBOR metadata (n bytes) | u32 crc32
+    section  "SECT" | u8 n | name (n bytes) | chunk* | u32 0 | u32 chunk count
+    chunk    u32 length (1..MAX_CHUNK) | u32 crc32 | payload
+    trailer  "TRLR" | u32 n | CBOR summary (n bytes) | u32 crc32
+
+Every length comes before its bytes, so an image can be written to and read from a pipe.
+Every chunk carries its own checksum, so corruption is found before anything is decoded.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from collections.abc import Iterator
+from typing import IO, Any
+
+import cbor2
+
+from snapbox.state.errors import ImageError
+
+MAGIC = b"SNAPBOX\0"
+FORMAT_VERSION = 1
+MAX_CHUNK = 64 << 20  # bounds the memory one chunk may take while reading
+MAX_META = 1 << 20
+
+_U16 = struct.Struct("<H")
+_U32 = struct.Struct("<I")
+_U32x2 = struct.Struct("<II")
+
+
+def _read_exact(f: IO[bytes], n: int, what: str) -> bytes:
+    parts = []
+    left = n
+    while left:
+        b = f.read(left)
+        if not b:
+            raise ImageError(f"image is truncated (in {what})")
+        parts.append(b)
+        left -= len(b)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+class SectionWriter:
+    """Writes one section's chunks; obtained from ImageWriter.section()."""
+
+    def __init__(self, writer: ImageWriter, name: str) -> None:
+        self.writer = writer
+        self.name = name
+        self.chunks = 0
+        self.bytes = 0
+
+    def write_chunk(self, data: bytes | memoryview) -> None:
+        n = len(data)
+        if n == 0:
+            return
+        if n > MAX_CHUNK:
+            view = memoryview(data)
+            for off in range(0, n, MAX_CHUNK):
+                self.write_chunk(view[off : off + MAX_CHUNK])
+            return
+        f = self.writer.f
+        f.write(_U32x2.pack(n, zlib.crc32(data)))
+        f.write(data)
+        self.chunks += 1
+        self.bytes += n
+
+    def __enter__(self) -> SectionWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.writer.f.write(_U32x2.pack(0, self.chunks))
+            self.writer.summary.append({"name": self.name, "chunks": self.chunks, "bytes": self.bytes})
+
+
+class ImageWriter:
+    """Streams an image to a binary file object."""
+
+    def __init__(self, f: IO[bytes], meta: dict[str, Any]) -> None:
+        self.f = f
+        self.summary: list[dict[str, Any]] = []
+        blob = cbor2.dumps(meta)
+        f.write(MAGIC + _U16.pack(FORMAT_VERSION) + _U32.pack(len(blob)) + blob + _U32.pack(zlib.crc32(blob)))
+
+    def section(self, name: str) -> SectionWriter:
+        raw = name.encode()
+        self.f.write(b"SECT" + bytes([len(raw)]) + raw)
+        return SectionWriter(self, name)
+
+    def finish(self, extra: dict[str, Any] | None = None) -> None:
+        summary = {"sections": self.summary}
+        if extra:
+            summary.update(extra)
+        blob = cbor2.dumps(summary)
+        self.f.write(b"TRLR" + _U32.pack(len(blob)) + blob + _U32.pack(zlib.crc32(blob)))
+
+
+class ImageReader:
+    """Reads an image from a binary file object, section by section, in order."""
+
+    def __init__(self, f: IO[bytes]) -> None:
+        self.f = f
+        magic = f.read(len(MAGIC))
+        if len(magic) < len(MAGIC):
+            if not magic:
+                raise ImageError("image is empty")
+            raise ImageError("image is truncated (in the header)")
+        if magic != MAGIC:
+            raise ImageError("file is not a snapbox image (bad magic)")
+        (version,) = _U16.unpack(_read_exact(f, 2, "the header"))
+        if version > FORMAT_VERSION:
+            raise ImageError(
+                f"image format version {version} is newer than this snapbox supports ({FORMAT_VERSION})"
+            )
+        if version < 1:
+            raise ImageError(f"image format version {version} is not a snapbox format")
+        self.version = version
+        self.meta = self._cbor_block("the header", MAX_META)
+        if not isinstance(self.meta, dict):
+            raise ImageError("image header is malformed")
+        self.sections_read: list[dict[str, Any]] = []
+
+    def _cbor_block(self, what: str, limit: int) -> Any:
+        (n,) = _U32.unpack(_read_exact(self.f, 4, what))
+        if n > limit:
+            raise ImageError(f"image is corrupt ({what} claims {n} bytes)")
+        blob = _read_exact(self.f, n, what)
+        (crc,) = _U32.unpack(_read_exact(self.f, 4, what))
+        if zlib.crc32(blob) != crc:
+            raise ImageError(f"image is corrupt (checksum mismatch in {what})")
+        try:
+            return cbor2.loads(blob)
+        except Exception as e:  # cbor2 raises several types on malformed input
+            raise ImageError(f"image is corrupt ({what}: {e})") from None
+
+    def section(self, name: str) -> Iterator[bytes]:
+        """Yield the payload chunks of the next section, which must be called `name`."""
+        what = f"the {name} section"
+        tag = _read_exact(self.f, 4, what)
+        if tag != b"SECT":
+            raise ImageError(f"image is corrupt (expected {what})")
+        (n,) = _read_exact(self.f, 1, what)
+        got = _read_exact(self.f, n, what).decode("utf-8", "replace")
+        if got != name:
+            raise ImageError(f"image is corrupt (expected {what}, found {got!r})")
+        return self._chunks(name, what)
+
+    def _chunks(self, name: str, what: str) -> Iterator[bytes]:
+        count = total = 0
+        while True:
+            n, crc = _U32x2.unpack(_read_exact(self.f, 8, what))
+            if n == 0:
+                if crc != count:
+                    raise ImageError(f"image is corrupt ({what} ends after {count} chunks, expected {crc})")
+                self.sections_read.append({"name": name, "chunks": count, "bytes": total})
+                return
+            if n > MAX_CHUNK:
+                raise ImageError(f"image is corrupt ({what} claims a chunk of {n} bytes)")
+            data = _read_exact(self.f, n, what)
+            if zlib.crc32(data) != crc:
+                raise ImageError(f"image is corrupt (checksum mismatch in {what})")
+            count += 1
+            total += n
+            yield data
+
+    def read_section(self, name: str) -> bytes:
+        return b"".join(self.section(name))
+
+    def finish(self) -> dict[str, Any]:
+        """Read and check the trailer against what was read; returns its summary."""
+        if _read_exact(self.f, 4, "the trailer") != b"TRLR":
+            raise ImageError("image is corrupt (expected the trailer)")
+        summary = self._cbor_block("the trailer", MAX_META)
+        if not isinstance(summary, dict) or summary.get("sections") != self.sections_read:
+            raise ImageError("image is corrupt (trailer does not match its sections)")
+        return summary

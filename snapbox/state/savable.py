@@ -1,0 +1,307 @@
+"""The savable registry and the object-graph codec.
+
+A savable type is a dataclass registered under a stable name. `encode_graph` walks the
+graph from a root object, gives every savable object one id, and writes references as ids,
+so shared objects stay shared and cycles survive. Type and field names are written once per
+graph, not once per object. `decode_graph` rebuilds the graph, fills `nosave` fields from
+their defaults, then runs every `after_load` hook.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from collections.abc import Callable
+from typing import Any
+
+import cbor2
+
+from snapbox.state.errors import ImageError, SaveError
+
+# CBOR tags private to this codec (the range 4000-4099 is unassigned by IANA).
+TAG_REF = 4000
+TAG_TUPLE = 4001
+TAG_SET = 4002
+TAG_DICT = 4003
+TAG_BYTEARRAY = 4004
+TAG_ENUM = 4005
+TAG_FROZENSET = 4006
+
+GRAPH_VERSION = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class TypeInfo:
+    """What the registry knows of one savable type."""
+
+    name: str  # stable name written in images; never derived from the module path
+    version: int  # schema version; an image with a newer one is refused
+    cls: type
+    saved_fields: tuple[str, ...]  # fields written to images, in declaration order
+    nosave_fields: tuple[dataclasses.Field, ...]  # rebuilt from their defaults on load
+
+
+_by_name: dict[str, TypeInfo] = {}
+_by_class: dict[type, TypeInfo] = {}
+_enums_by_name: dict[str, type[enum.Enum]] = {}
+
+
+def nosave(factory: Callable[[], Any] | None = None, default: Any = None) -> Any:
+    """A dataclass field that is never saved and is rebuilt (from `factory`) on load."""
+    meta = {"nosave": True}
+    if factory is not None:
+        return dataclasses.field(default_factory=factory, metadata=meta, repr=False, compare=False)
+    return dataclasses.field(default=default, metadata=meta, repr=False, compare=False)
+
+
+def savable(cls: type | None = None, *, name: str | None = None, version: int = 1):
+    """Register a dataclass (or an Enum) under a stable type name.
+
+    Use as `@savable` or `@savable(name="Pipe", version=2)`. The name defaults to the
+    class name and must be unique across snapbox.
+    """
+
+    def register(c: type) -> type:
+        type_name = name or c.__name__
+        if isinstance(c, type) and issubclass(c, enum.Enum):
+            if type_name in _enums_by_name and _enums_by_name[type_name] is not c:
+                raise TypeError(f"savable enum name {type_name!r} registered twice")
+            _enums_by_name[type_name] = c
+            c._savable_name = type_name
+            return c
+        if not dataclasses.is_dataclass(c):
+            raise TypeError(f"@savable needs a dataclass, not {c.__name__}")
+        if type_name in _by_name and _by_name[type_name].cls is not c:
+            raise TypeError(f"savable type name {type_name!r} registered twice")
+        fields = dataclasses.fields(c)
+        info = TypeInfo(
+            name=type_name,
+            version=version,
+            cls=c,
+            saved_fields=tuple(f.name for f in fields if not f.metadata.get("nosave")),
+            nosave_fields=tuple(f for f in fields if f.metadata.get("nosave")),
+        )
+        _by_name[type_name] = info
+        _by_class[c] = info
+        return c
+
+    if cls is not None:
+        return register(cls)
+    return register
+
+
+def registered_types() -> dict[str, type]:
+    """Every registered savable type (dataclasses and enums) by its stable name."""
+    out: dict[str, type] = {n: i.cls for n, i in _by_name.items()}
+    out.update(_enums_by_name)
+    return out
+
+
+class _Encoder:
+    def __init__(self) -> None:
+        self.ids: dict[int, int] = {}  # id(obj) -> object index
+        self.objects: list[Any] = []
+        self.paths: list[str] = []  # the first field path that reached each object
+        self.type_index: dict[str, int] = {}
+        self.types: list[list] = []
+
+    def ref(self, obj: Any, path: str) -> cbor2.CBORTag:
+        key = id(obj)
+        index = self.ids.get(key)
+        if index is None:
+            index = len(self.objects)
+            self.ids[key] = index
+            self.objects.append(obj)
+            self.paths.append(path)
+        return cbor2.CBORTag(TAG_REF, index)
+
+    def type_of(self, info: TypeInfo) -> int:
+        index = self.type_index.get(info.name)
+        if index is None:
+            index = len(self.types)
+            self.type_index[info.name] = index
+            self.types.append([info.name, info.version, list(info.saved_fields)])
+        return index
+
+    def value(self, v: Any, path: str) -> Any:
+        if v is None or isinstance(v, (bool, int, float, str, bytes)):
+            if isinstance(v, enum.Enum):
+                return self.enum(v, path)
+            return v
+        cls = type(v)
+        if cls in _by_class:
+            return self.ref(v, path)
+        if isinstance(v, enum.Enum):
+            return self.enum(v, path)
+        if cls is list:
+            return [self.value(x, f"{path}[{i}]") for i, x in enumerate(v)]
+        if cls is tuple:
+            return cbor2.CBORTag(TAG_TUPLE, [self.value(x, f"{path}[{i}]") for i, x in enumerate(v)])
+        if cls is dict:
+            return cbor2.CBORTag(
+                TAG_DICT,
+                [[self.value(k, f"{path}.key"), self.value(x, f"{path}[{k!r}]")] for k, x in v.items()],
+            )
+        if cls in (set, frozenset):
+            items = [self.value(x, f"{path}{{}}") for x in v]
+            items.sort(key=cbor2.dumps)  # deterministic: a set has no order of its own
+            return cbor2.CBORTag(TAG_SET if cls is set else TAG_FROZENSET, items)
+        if cls is bytearray:
+            return cbor2.CBORTag(TAG_BYTEARRAY, bytes(v))
+        if cls is memoryview:
+            return bytes(v)
+        raise SaveError(f"cannot save {path}: {cls.__qualname__} is not a savable type")
+
+    def enum(self, v: enum.Enum, path: str) -> cbor2.CBORTag:
+        name = getattr(type(v), "_savable_name", None)
+        if name is None or _enums_by_name.get(name) is not type(v):
+            raise SaveError(f"cannot save {path}: enum {type(v).__qualname__} is not registered")
+        return cbor2.CBORTag(TAG_ENUM, [name, v.value])
+
+    def encode(self, root: Any) -> dict:
+        if type(root) not in _by_class:
+            raise SaveError(f"cannot save {type(root).__qualname__}: not a savable type")
+        root_name = _by_class[type(root)].name
+        self.ref(root, root_name)
+        out = []
+        i = 0
+        while i < len(self.objects):
+            obj = self.objects[i]
+            info = _by_class[type(obj)]
+            before = getattr(obj, "before_save", None)
+            if before is not None:
+                before()
+            base = self.paths[i]
+            values = [self.value(getattr(obj, f), f"{base}.{f}") for f in info.saved_fields]
+            out.append([self.type_of(info), values])
+            i += 1
+        return {"version": GRAPH_VERSION, "types": self.types, "objects": out}
+
+
+def encode_graph(root: Any) -> bytes:
+    """Serialize the object graph reachable from `root` to deterministic CBOR bytes.
+
+    Raises SaveError naming the field path of the first value that cannot be saved.
+    """
+    graph = _Encoder().encode(root)
+    return cbor2.dumps(graph, canonical=False)
+
+
+class _Decoder:
+    def __init__(self, graph: Any) -> None:
+        if not isinstance(graph, dict) or graph.get("version") != GRAPH_VERSION:
+            raise ImageError("image kernel graph has an unknown layout version")
+        self.graph = graph
+        self.infos: list[tuple[TypeInfo, list[str]]] = []
+        self.objects: list[Any] = []
+
+    def types(self) -> None:
+        types = self.graph.get("types")
+        if not isinstance(types, list):
+            raise ImageError("image kernel graph has no type table")
+        for entry in types:
+            if not (isinstance(entry, list) and len(entry) == 3):
+                raise ImageError("image kernel graph has a malformed type table")
+            name, version, fields = entry
+            info = _by_name.get(name) if isinstance(name, str) else None
+            if info is None:
+                raise ImageError(f"image holds an object of unknown type {name!r}")
+            if not isinstance(version, int) or version > info.version:
+                raise ImageError(
+                    f"image holds {name} version {version}, newer than this snapbox's {info.version}"
+                )
+            if not isinstance(fields, list) or not all(isinstance(f, str) for f in fields):
+                raise ImageError(f"image type table entry for {name} is malformed")
+            unknown = set(fields) - set(info.saved_fields)
+            if unknown:
+                raise ImageError(f"image holds {name} fields this snapbox does not know: {sorted(unknown)}")
+            self.infos.append((info, fields))
+
+    def value(self, v: Any) -> Any:
+        if isinstance(v, list):
+            return [self.value(x) for x in v]
+        if isinstance(v, cbor2.CBORTag):
+            tag, body = v.tag, v.value
+            if tag == TAG_REF:
+                if not isinstance(body, int) or not 0 <= body < len(self.objects):
+                    raise ImageError("image kernel graph holds a dangling reference")
+                return self.objects[body]
+            if not isinstance(body, list) and tag not in (TAG_BYTEARRAY,):
+                raise ImageError("image kernel graph holds a malformed value")
+            if tag == TAG_TUPLE:
+                return tuple(self.value(x) for x in body)
+            if tag == TAG_SET:
+                return {self.value(x) for x in body}
+            if tag == TAG_FROZENSET:
+                return frozenset(self.value(x) for x in body)
+            if tag == TAG_DICT:
+                out = {}
+                for pair in body:
+                    if not (isinstance(pair, list) and len(pair) == 2):
+                        raise ImageError("image kernel graph holds a malformed mapping")
+                    out[self.value(pair[0])] = self.value(pair[1])
+                return out
+            if tag == TAG_BYTEARRAY:
+                if not isinstance(body, bytes):
+                    raise ImageError("image kernel graph holds a malformed byte array")
+                return bytearray(body)
+            if tag == TAG_ENUM:
+                if len(body) != 2 or body[0] not in _enums_by_name:
+                    raise ImageError("image holds a value of an unknown enum")
+                try:
+                    return _enums_by_name[body[0]](body[1])
+                except ValueError:
+                    raise ImageError(f"image holds an unknown {body[0]} value {body[1]!r}") from None
+            raise ImageError(f"image kernel graph holds an unknown tag {tag}")
+        if isinstance(v, dict):
+            raise ImageError("image kernel graph holds a malformed mapping")
+        return v
+
+    def decode(self, ctx: Any) -> Any:
+        self.types()
+        rows = self.graph.get("objects")
+        if not isinstance(rows, list) or not rows:
+            raise ImageError("image kernel graph holds no objects")
+        for row in rows:
+            if not (isinstance(row, list) and len(row) == 2 and isinstance(row[0], int)):
+                raise ImageError("image kernel graph holds a malformed object")
+            if not 0 <= row[0] < len(self.infos):
+                raise ImageError("image kernel graph names a type it does not declare")
+            info = self.infos[row[0]][0]
+            self.objects.append(object.__new__(info.cls))
+        for obj, (type_index, values) in zip(self.objects, rows):
+            info, fields = self.infos[type_index]
+            if not isinstance(values, list) or len(values) != len(fields):
+                raise ImageError(f"image holds a {info.name} with the wrong number of fields")
+            given = dict(zip(fields, values))
+            for f in dataclasses.fields(info.cls):
+                if f.name in given:
+                    val = self.value(given[f.name])
+                elif f.default is not dataclasses.MISSING:
+                    val = f.default
+                elif f.default_factory is not dataclasses.MISSING:
+                    val = f.default_factory()
+                else:
+                    raise ImageError(f"image holds a {info.name} without its field {f.name}")
+                object.__setattr__(obj, f.name, val)
+        # Hooks run children first (objects are numbered in discovery order from the root),
+        # so an object's after_load sees the objects it reaches already loaded.
+        for obj in reversed(self.objects):
+            hook = getattr(obj, "after_load", None)
+            if hook is not None:
+                hook(ctx)
+        return self.objects[0]
+
+
+def decode_graph(data: bytes, ctx: Any = None) -> Any:
+    """Rebuild the object graph from `encode_graph` bytes; `ctx` is passed to after_load hooks."""
+    try:
+        graph = cbor2.loads(data)
+    except (cbor2.CBORDecodeError, ValueError, TypeError, OverflowError, RecursionError) as e:
+        raise ImageError(f"image kernel graph is corrupt ({e})") from None
+    try:
+        return _Decoder(graph).decode(ctx)
+    except RecursionError:
+        raise ImageError("image kernel graph is nested too deeply") from None
+    except TypeError as e:
+        raise ImageError(f"image kernel graph is corrupt ({e})") from None
