@@ -111,6 +111,10 @@ class Task:
     def fs(self) -> FSContext:
         return self.tg.fs
 
+    def set_restart(self, nr: int, value: Any) -> None:
+        """Record progress of syscall `nr` that must survive a block or a checkpoint."""
+        self.restart = (int(nr), value)
+
     def restart_value(self, nr: int) -> Any:
         """The saved progress of syscall `nr`, if this task is re-entering it."""
         if self.restart is not None and self.restart[0] == nr:

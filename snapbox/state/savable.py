@@ -218,7 +218,8 @@ class _Decoder:
             self.infos.append((info, fields))
 
     def value(self, v: Any) -> Any:
-        if isinstance(v, list):
+        # cbor2 hands back arrays inside tags as tuples; an untagged array is always a list.
+        if isinstance(v, (list, tuple)):
             return [self.value(x) for x in v]
         if isinstance(v, cbor2.CBORTag):
             tag, body = v.tag, v.value
@@ -226,7 +227,7 @@ class _Decoder:
                 if not isinstance(body, int) or not 0 <= body < len(self.objects):
                     raise ImageError("image kernel graph holds a dangling reference")
                 return self.objects[body]
-            if not isinstance(body, list) and tag not in (TAG_BYTEARRAY,):
+            if not isinstance(body, (list, tuple)) and tag != TAG_BYTEARRAY:
                 raise ImageError("image kernel graph holds a malformed value")
             if tag == TAG_TUPLE:
                 return tuple(self.value(x) for x in body)
@@ -237,7 +238,7 @@ class _Decoder:
             if tag == TAG_DICT:
                 out = {}
                 for pair in body:
-                    if not (isinstance(pair, list) and len(pair) == 2):
+                    if not (isinstance(pair, (list, tuple)) and len(pair) == 2):
                         raise ImageError("image kernel graph holds a malformed mapping")
                     out[self.value(pair[0])] = self.value(pair[1])
                 return out

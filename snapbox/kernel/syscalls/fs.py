@@ -158,7 +158,7 @@ def write_all(t, nr: int, f, data: bytes, offset: int | None = None) -> int:
             done += f.write(t, data[done:], offset)
         except WouldBlock:
             if done:
-                t.restart = (nr, done)
+                t.set_restart(nr, done)
             raise
         except SyscallError:
             if done:

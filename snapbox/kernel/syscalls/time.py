@@ -85,7 +85,7 @@ def sleep(t, nr: int, clock: int, request: int, absolute: bool, rem: int) -> int
     deadline = t.restart_value(nr)
     if deadline is None:
         deadline = request if absolute else clock_now(t, clock) + request
-        t.restart = (nr, deadline)
+        t.set_restart(nr, deadline)
     left = deadline - clock_now(t, clock)
     if left <= 0:
         if rem and not absolute:

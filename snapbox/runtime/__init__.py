@@ -1,0 +1,1 @@
+"""The runtime: containers on disk, the sandbox process, and its control socket."""

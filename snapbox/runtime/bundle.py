@@ -1,0 +1,72 @@
+"""OCI bundles: the parts of config.json that snapbox runs."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+
+from snapbox.errors import BundleError
+
+log = logging.getLogger("snapbox.bundle")
+
+# Top-level and process fields snapbox reads; any other field gets a warning.
+_KNOWN = {"ociVersion", "process", "root", "hostname", "annotations"}
+_KNOWN_PROCESS = {"args", "env", "cwd", "terminal"}
+
+
+@dataclass
+class Bundle:
+    """A parsed bundle: what to run and on which root filesystem."""
+
+    path: str  # absolute path of the bundle directory
+    args: list[str]
+    env: list[str] = field(default_factory=list)
+    cwd: str = "/"
+    rootfs: str = ""  # absolute host path of the root filesystem
+    hostname: str = "snapbox"
+    annotations: dict = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)  # config fields snapbox ignores
+
+    @classmethod
+    def load(cls, path: str) -> Bundle:
+        path = os.path.abspath(path)
+        config_path = os.path.join(path, "config.json")
+        try:
+            with open(config_path) as f:
+                config = json.load(f)
+        except FileNotFoundError:
+            raise BundleError(f"bundle {path} has no config.json") from None
+        except (OSError, ValueError) as e:
+            raise BundleError(f"cannot read {config_path} ({e})") from None
+        if not isinstance(config, dict):
+            raise BundleError(f"{config_path} is not a JSON object")
+        process = config.get("process")
+        if not isinstance(process, dict):
+            raise BundleError(f"{config_path} has no process section")
+        args = process.get("args")
+        if not isinstance(args, list) or not args or not all(isinstance(a, str) for a in args):
+            raise BundleError(f"{config_path}: process.args must be a non-empty list of strings")
+        env = process.get("env", [])
+        if not isinstance(env, list) or not all(isinstance(e, str) for e in env):
+            raise BundleError(f"{config_path}: process.env must be a list of strings")
+        cwd = process.get("cwd", "/")
+        if not isinstance(cwd, str) or not cwd.startswith("/"):
+            raise BundleError(f"{config_path}: process.cwd must be an absolute path")
+        root = config.get("root", {})
+        root_path = root.get("path", "rootfs") if isinstance(root, dict) else None
+        if not isinstance(root_path, str):
+            raise BundleError(f"{config_path}: root.path must be a string")
+        rootfs = os.path.join(path, root_path)
+        if not os.path.isdir(rootfs):
+            raise BundleError(f"bundle rootfs {rootfs} is not a directory")
+        warnings = [f"config field {k!r} is not supported and is ignored"
+                    for k in config if k not in _KNOWN]
+        warnings += [f"config field 'process.{k}' is not supported and is ignored"
+                     for k in process if k not in _KNOWN_PROCESS]
+        if process.get("terminal"):
+            warnings.append("process.terminal is not supported yet: stdio is passed through")
+        return cls(path=path, args=args, env=env, cwd=cwd, rootfs=rootfs,
+                   hostname=config.get("hostname") or "snapbox",
+                   annotations=config.get("annotations") or {}, warnings=warnings)

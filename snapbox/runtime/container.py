@@ -1,0 +1,319 @@
+"""Containers on disk: the state directory, its lock, and the status machine.
+
+    <root>/<id>/state.json     status, sandbox pid, bundle (written atomically)
+    <root>/<id>/lock           flock'd by every command that changes the container
+    <root>/<id>/control.sock   the sandbox process's control socket
+    <root>/<id>/exit.json      the program's wait status, written by the sandbox at exit
+    <root>/<id>/sandbox.log    the sandbox process's log
+
+Statuses follow the OCI runtime (and gVisor's container.go): creating -> created ->
+running <-> paused -> stopped. A sandbox process that died is seen as stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import errno
+import fcntl
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import cbor2
+
+from snapbox.errors import ContainerStateError, SnapboxError
+from snapbox.runtime import control
+
+CREATING, CREATED, RUNNING, PAUSED, STOPPED = "creating", "created", "running", "paused", "stopped"
+OCI_VERSION = "1.0.2"
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,254}$")
+
+
+def default_root() -> str:
+    if os.geteuid() == 0:
+        return "/var/run/snapbox"
+    return os.path.join(os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/snapbox-{os.geteuid()}", "snapbox")
+
+
+def _proc_start(pid: int) -> int | None:
+    """The start time (clock ticks since boot) of host process `pid`, or None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    fields = data[data.rindex(b")") + 2 :].split()
+    if fields[0] == b"Z":
+        return None
+    return int(fields[19])
+
+
+def exit_code(status: int) -> int:
+    """A wait status as a shell exit code: the code, or 128+N when killed by signal N."""
+    if os.WIFSIGNALED(status):
+        return 128 + os.WTERMSIG(status)
+    return os.WEXITSTATUS(status)
+
+
+@dataclass
+class Container:
+    """One container's state directory, and the operations on it."""
+
+    root: str
+    id: str
+    state: dict[str, Any]
+    process: subprocess.Popen | None = None  # the sandbox process, when this CLI started it
+
+    @property
+    def dir(self) -> str:
+        return os.path.join(self.root, self.id)
+
+    @property
+    def control_path(self) -> str:
+        return os.path.join(self.dir, "control.sock")
+
+    @property
+    def status(self) -> str:
+        return self.state["status"]
+
+    # -- on-disk state ------------------------------------------------------------------------
+
+    @staticmethod
+    def check_id(cid: str) -> None:
+        if not _ID.match(cid):
+            raise SnapboxError(f"invalid container id {cid!r} (letters, digits, '_', '.', '-')")
+
+    @classmethod
+    def load(cls, root: str, cid: str) -> Container:
+        cls.check_id(cid)
+        path = os.path.join(root, cid, "state.json")
+        try:
+            with open(path) as f:
+                state = json.load(f)
+        except FileNotFoundError:
+            raise SnapboxError(f'container "{cid}" does not exist') from None
+        except (OSError, ValueError) as e:
+            raise SnapboxError(f'container "{cid}" has an unreadable state file ({e})') from None
+        c = cls(root, cid, state)
+        c._refresh()
+        return c
+
+    @classmethod
+    def list(cls, root: str) -> list[Container]:
+        try:
+            names = sorted(os.listdir(root))
+        except FileNotFoundError:
+            return []
+        out = []
+        for name in names:
+            if _ID.match(name) and os.path.exists(os.path.join(root, name, "state.json")):
+                with contextlib.suppress(SnapboxError):
+                    out.append(cls.load(root, name))
+        return out
+
+    def _refresh(self) -> None:
+        """A sandbox process that is gone means the container has stopped."""
+        if self.status in (CREATING, CREATED, RUNNING, PAUSED) and not self.alive():
+            self.state["status"] = STOPPED
+
+    def alive(self) -> bool:
+        pid = self.state.get("pid") or 0
+        return pid > 0 and _proc_start(pid) == self.state.get("pid_start")
+
+    def save_state(self) -> None:
+        tmp = os.path.join(self.dir, ".state.json.tmp")
+        with open(tmp, "w") as f:
+            json.dump(self.state, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, os.path.join(self.dir, "state.json"))
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[Container]:
+        """Hold the container's lock; the state is re-read under it."""
+        fd = os.open(os.path.join(self.dir, "lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            fresh = Container.load(self.root, self.id)
+            self.state = fresh.state
+            yield self
+        finally:
+            os.close(fd)
+
+    def exit_status(self) -> int | None:
+        """The program's wait status once the sandbox has recorded it (0 if the sandbox
+        ended because a checkpoint stopped it)."""
+        try:
+            with open(os.path.join(self.dir, "exit.json")) as f:
+                record = json.load(f)
+        except (OSError, ValueError):
+            return None
+        return 0 if record.get("checkpointed") else record.get("status")
+
+    def oci_state(self) -> dict[str, Any]:
+        return {
+            "ociVersion": OCI_VERSION,
+            "id": self.id,
+            "status": self.status,
+            "pid": self.state.get("pid", 0) if self.status != STOPPED else 0,
+            "bundle": self.state.get("bundle", ""),
+            "annotations": self.state.get("annotations", {}),
+            "created": self.state.get("created", ""),
+        }
+
+    def _require(self, op: str, *allowed: str) -> None:
+        if self.status not in allowed:
+            raise ContainerStateError(f'cannot {op} container "{self.id}" in state {self.status}')
+
+    # -- creating ------------------------------------------------------------------------------
+
+    @classmethod
+    def create(cls, root: str, cid: str, bundle: str, *, start: bool = False,
+               restore_image: str | None = None, compress: bool = True) -> Container:
+        """Make the state dir and start a sandbox process (which owns the caller's stdio).
+
+        With `restore_image`, the sandbox is restored from that image and started.
+        """
+        from snapbox.runtime.bundle import Bundle
+
+        cls.check_id(cid)
+        b = Bundle.load(bundle)
+        for w in b.warnings:
+            print(f"snapbox: warning: {w}", file=sys.stderr)
+        os.makedirs(root, mode=0o711, exist_ok=True)
+        cdir = os.path.join(root, cid)
+        try:
+            os.mkdir(cdir, 0o711)
+        except FileExistsError:
+            raise SnapboxError(f'container "{cid}" already exists') from None
+        c = cls(root, cid, {"id": cid, "status": CREATING, "bundle": b.path, "rootfs": b.rootfs,
+                            "annotations": b.annotations, "pid": 0, "pid_start": None,
+                            "created": datetime.datetime.now(datetime.timezone.utc).isoformat()})
+        try:
+            c.save_state()
+            c._spawn(start=start or restore_image is not None, restore_image=restore_image)
+        except BaseException:
+            c._kill_sandbox()
+            shutil.rmtree(cdir, ignore_errors=True)
+            raise
+        return c
+
+    def _spawn(self, start: bool, restore_image: str | None) -> None:
+        r, w = os.pipe()
+        cmd = [sys.executable, "-m", "snapbox", "--root", self.root, "boot", "--id", self.id,
+               "--bundle", self.state["bundle"], "--ready-fd", str(w)]
+        if start:
+            cmd.append("--start")
+        if restore_image is not None:
+            cmd += ["--restore", restore_image]
+        try:
+            self.process = subprocess.Popen(cmd, pass_fds=(w,), start_new_session=True)
+        finally:
+            os.close(w)
+        self.state["pid"] = self.process.pid
+        self.state["pid_start"] = _proc_start(self.process.pid)
+        with os.fdopen(r, "rb") as f:
+            blob = f.read()
+        try:
+            reply = cbor2.loads(blob) if blob else {"ok": False}
+        except cbor2.CBORDecodeError:
+            reply = {"ok": False}
+        if not reply.get("ok"):
+            self.process.wait()
+            raise SnapboxError(reply.get("error") or
+                               f"sandbox process failed to start (see {self.dir}/sandbox.log)")
+        self.state["status"] = RUNNING if start else CREATED
+        self.save_state()
+
+    # -- operations ----------------------------------------------------------------------------
+
+    def _call(self, op: str, **args: Any) -> dict[str, Any]:
+        return control.call(self.control_path, op, **args)
+
+    def start(self) -> None:
+        with self.locked():
+            self._require("start", CREATED)
+            self._call("start")
+            self.state["status"] = RUNNING
+            self.save_state()
+
+    def pause(self) -> None:
+        with self.locked():
+            self._require("pause", RUNNING)
+            self._call("pause")
+            self.state["status"] = PAUSED
+            self.save_state()
+
+    def resume(self) -> None:
+        with self.locked():
+            self._require("resume", PAUSED)
+            self._call("resume")
+            self.state["status"] = RUNNING
+            self.save_state()
+
+    def kill(self, sig: int) -> None:
+        with self.locked():
+            self._require("signal", CREATED, RUNNING, PAUSED)
+            self._call("kill", signal=sig)
+
+    def checkpoint(self, image_path: str, leave_running: bool = False, compress: bool = True) -> dict:
+        """Write an image of the sandbox; it stops unless `leave_running`."""
+        with self.locked():
+            self._require("checkpoint", RUNNING, PAUSED)
+            reply = self._call("checkpoint", path=os.path.abspath(image_path),
+                               leave_running=leave_running, compress=compress)
+            if not leave_running:
+                self._wait_gone(5.0)
+                self.state["status"] = STOPPED
+                self.save_state()
+            return reply.get("summary", {})
+
+    def _wait_gone(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while self.alive() and time.monotonic() < deadline:
+            time.sleep(0.005)
+
+    def _kill_sandbox(self) -> None:
+        pid = self.state.get("pid") or 0
+        if pid and self.alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            if self.process is not None:
+                self.process.wait()
+            else:
+                self._wait_gone(5.0)
+
+    def delete(self, force: bool = False) -> None:
+        """Remove the container; a live one only with `force` (its sandbox is killed)."""
+        with self.locked():
+            if self.status != STOPPED and not force:
+                raise ContainerStateError(
+                    f'cannot delete container "{self.id}" in state {self.status} (use --force)')
+            self._kill_sandbox()
+            try:
+                shutil.rmtree(self.dir)
+            except OSError as e:
+                if e.errno != errno.ENOENT:
+                    raise SnapboxError(f"cannot remove {self.dir} ({e.strerror})") from None
+
+    def wait(self) -> int:
+        """Wait for the sandbox process to end; returns the program's wait status."""
+        if self.process is not None:
+            code = self.process.wait()
+        else:
+            while self.alive():
+                time.sleep(0.01)
+            code = None
+        status = self.exit_status()
+        if status is None:
+            # No record: the sandbox itself died (killed from the host).
+            return signal.SIGKILL if code is None or code < 0 else code << 8
+        return status
