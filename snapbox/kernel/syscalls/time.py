@@ -8,6 +8,7 @@ import struct
 from snapbox.kernel.errors import SyscallError, WouldBlock
 from snapbox.kernel.syscalls import NR, i32, i64, syscall
 from snapbox.kernel.time import (
+    CLOCK_MONOTONIC,
     CLOCK_MONOTONIC_COARSE,
     CLOCK_PROCESS_CPUTIME_ID,
     CLOCK_REALTIME_COARSE,
@@ -80,23 +81,28 @@ def time_(t, tloc):
     return now
 
 
-def sleep(t, nr: int, clock: int, request: int, absolute: bool, rem: int) -> int:
-    """Sleep until `request` on `clock`; restartable: the deadline lives in t.restart."""
+def sleep(t, nr: int, clock: int, request: int, absolute: bool) -> int:
+    """Sleep until `request` on `clock`; restartable: the deadline lives in t.restart.
+
+    A relative sleep is an interval on the monotonic clock whatever `clock` is: setting
+    the realtime clock has no effect on it (clock_nanosleep(2)), and neither does the
+    wall-clock time a checkpoint spends on disk.
+    """
+    if not absolute:
+        clock = CLOCK_MONOTONIC
     deadline = t.restart_value(nr)
     if deadline is None:
         deadline = request if absolute else clock_now(t, clock) + request
         t.set_restart(nr, deadline)
     left = deadline - clock_now(t, clock)
     if left <= 0:
-        if rem and not absolute:
-            write_timespec(t, rem, 0)
         return 0
     raise WouldBlock(deadline=t.kernel.timekeeper.monotonic_ns() + left)
 
 
 @syscall(NR.nanosleep)
 def nanosleep(t, req, rem):
-    return sleep(t, NR.nanosleep, 1, read_timespec(t, req), False, rem)
+    return sleep(t, NR.nanosleep, CLOCK_MONOTONIC, read_timespec(t, req), False)
 
 
 @syscall(NR.clock_nanosleep)
@@ -106,4 +112,4 @@ def clock_nanosleep(t, clock, flags, req, rem):
         raise SyscallError(errno.EINVAL)
     if clock not in MONOTONIC_CLOCKS | REALTIME_CLOCKS:
         raise SyscallError(errno.EINVAL if clock != CLOCK_PROCESS_CPUTIME_ID else errno.ENOTSUP)
-    return sleep(t, NR.clock_nanosleep, clock, read_timespec(t, req), bool(i64(flags) & TIMER_ABSTIME), rem)
+    return sleep(t, NR.clock_nanosleep, clock, read_timespec(t, req), bool(i64(flags) & TIMER_ABSTIME))

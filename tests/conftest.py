@@ -1,0 +1,101 @@
+"""Shared test fixtures: the fixture bundles, and a snapbox CLI bound to a temporary root."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+IMAGES = REPO / "fixtures" / "images"
+BUNDLES = ("counter", "counter-glibc", "memhog", "memhog-glibc", "hello", "hello-glibc")
+
+
+@pytest.fixture(scope="session")
+def images() -> Path:
+    """The fixture bundles, built from fixtures/images/src if missing or stale."""
+    sources = max(p.stat().st_mtime for p in (IMAGES / "src").iterdir())
+    stale = any(not (IMAGES / b / "config.json").exists()
+                or (IMAGES / b / "config.json").stat().st_mtime < sources for b in BUNDLES)
+    if stale:
+        subprocess.run([str(IMAGES / "build.sh")], check=True, capture_output=True)
+    return IMAGES
+
+
+class Snapbox:
+    """The snapbox CLI with its own --root, as a user would run it."""
+
+    def __init__(self, root: Path, images: Path) -> None:
+        self.root = root
+        self.images = images
+
+    def cmd(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "snapbox", "--root", str(self.root), *args]
+
+    def __call__(self, *args: str, check: bool = True, env: dict | None = None,
+                 stdout=subprocess.PIPE, timeout: float = 60) -> subprocess.CompletedProcess:
+        p = subprocess.run(self.cmd(*args), stdout=stdout, stderr=subprocess.PIPE, text=True,
+                           env=env, timeout=timeout, stdin=subprocess.DEVNULL)
+        if check and p.returncode != 0:
+            raise AssertionError(f"snapbox {' '.join(args)} failed ({p.returncode}): {p.stderr}")
+        return p
+
+    def run_detached(self, cid: str, bundle: str, out: Path, *, restore: Path | None = None,
+                     env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
+        """run (or restore) --detach, the program's stdout appended to `out` and its stderr to
+        `out`.err. A detached sandbox keeps the caller's stdio, so no pipes: the returned
+        stderr is what the command itself added to the .err file."""
+        if restore is None:
+            args = ("run", "--bundle", str(self.images / bundle), "--detach", cid)
+        else:
+            args = ("restore", "--bundle", str(self.images / bundle), "--image-path", str(restore),
+                    "--detach", cid)
+        err_path = out.with_name(out.name + ".err")
+        start = err_path.stat().st_size if err_path.exists() else 0
+        with open(out, "a") as f, open(err_path, "a") as err:
+            p = subprocess.run(self.cmd(*args), stdout=f, stderr=err, env=env, timeout=60,
+                               stdin=subprocess.DEVNULL)
+        with open(err_path) as err:
+            err.seek(start)
+            p.stderr = err.read()
+        if check and p.returncode != 0:
+            raise AssertionError(f"snapbox {' '.join(args)} failed ({p.returncode}): {p.stderr}")
+        return p
+
+    def sandbox_pid(self, cid: str) -> int:
+        import json
+
+        return json.loads(self("state", cid).stdout)["pid"]
+
+
+@pytest.fixture
+def snapbox(tmp_path: Path, images: Path):
+    sb = Snapbox(tmp_path / "root", images)
+    yield sb
+    if sb.root.exists():
+        for cid in os.listdir(sb.root):
+            sb("delete", "--force", cid, check=False)
+
+
+def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02, what: str = "condition"):
+    """Poll until predicate() is truthy; return its value or fail the test."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(interval)
+
+
+def lines(path: Path) -> list[str]:
+    """The complete lines written so far to `path`."""
+    if not path.exists():
+        return []
+    text = path.read_text()
+    return text.split("\n")[:-1]
