@@ -82,7 +82,7 @@ class Kernel:
     watched: dict = nosave(dict)  # host fd -> selector event mask registered
     enosys_logged: set = nosave(set)  # syscall numbers already logged as unimplemented
     strace: Callable | None = nosave(default=None)  # called (task, nr, args, result) if set
-    wakeup: Any = nosave(default=None)  # (read, write) socketpair for SIGCHLD wake-ups
+    wakeup: Any = nosave(default=None)  # socket that turns readable when SIGCHLD arrives
 
     def __post_init__(self) -> None:
         self._init_loop()
@@ -92,13 +92,8 @@ class Kernel:
 
     def _init_loop(self) -> None:
         self.selector = selectors.DefaultSelector()
-        r, w = socket.socketpair()
-        r.setblocking(False)
-        w.setblocking(False)
-        self.wakeup = (r, w)
-        signal.signal(signal.SIGCHLD, _ignore_signal)
-        signal.set_wakeup_fd(w.fileno(), warn_on_full_buffer=False)
-        self.selector.register(r, selectors.EVENT_READ, self._on_sigchld)
+        self.wakeup = _sigchld_wakeup()
+        self.selector.register(self.wakeup, selectors.EVENT_READ, self._on_sigchld)
 
     # -- building a sandbox --------------------------------------------------------------
 
@@ -224,9 +219,8 @@ class Kernel:
         return None
 
     def _on_sigchld(self, mask: int) -> None:
-        r = self.wakeup[0]
         try:
-            while r.recv(4096):
+            while self.wakeup.recv(4096):
                 pass
         except BlockingIOError:
             pass
@@ -600,6 +594,23 @@ class Kernel:
 
 def _ignore_signal(signum, frame) -> None:
     """SIGCHLD's handler: the wakeup fd does the work."""
+
+
+_WAKEUP: tuple[socket.socket, socket.socket] | None = None
+
+
+def _sigchld_wakeup() -> socket.socket:
+    """The read end of this process's SIGCHLD wakeup socket (signal.set_wakeup_fd is
+    process-wide, so every kernel of the process shares one)."""
+    global _WAKEUP
+    if _WAKEUP is None:
+        r, w = socket.socketpair()
+        r.setblocking(False)
+        w.setblocking(False)
+        _WAKEUP = (r, w)
+        signal.signal(signal.SIGCHLD, _ignore_signal)
+        signal.set_wakeup_fd(w.fileno(), warn_on_full_buffer=False)
+    return _WAKEUP[0]
 
 
 
