@@ -194,10 +194,10 @@ def list_(root: str, fmt: str) -> None:
 
 @cli.command()
 @click.option("--image-path", required=True, type=click.Path(dir_okay=False),
-              help="Where to write the image.")
+              help="Where to write the image; - writes it to stdout (a pipe or a file).")
 @click.option("--leave-running", is_flag=True, help="Keep the container running afterwards.")
 @click.option("--compression", type=click.Choice(["zstd", "none"]), default="zstd", show_default=True,
-              help="How memory pages are stored in the image.")
+              help="How memory pages are stored: zstd, or none (pages laid out page-aligned).")
 @click.argument("container_id")
 @click.pass_obj
 def checkpoint(root: str, image_path: str, leave_running: bool, compression: str,
@@ -206,17 +206,24 @@ def checkpoint(root: str, image_path: str, leave_running: bool, compression: str
 
     The container stops afterwards unless --leave-running. The image is written under a
     temporary name and renamed into place when complete: an interrupted checkpoint leaves
-    nothing under IMAGE_PATH, and a failed one leaves the container running.
+    nothing under IMAGE_PATH, and a failed one leaves the container running. On a
+    terminal, progress is shown on stderr.
     """
-    _container(root, container_id).checkpoint(image_path, leave_running=leave_running,
-                                              compress=compression == "zstd")
+    image_fd = None
+    if image_path == "-":
+        if os.isatty(1):
+            raise SnapboxError("refusing to write an image to a terminal (redirect stdout)")
+        image_fd = 1
+    _container(root, container_id).checkpoint(
+        image_path, leave_running=leave_running, compress=compression == "zstd",
+        image_fd=image_fd, progress_fd=2 if os.isatty(2) else None)
 
 
 @cli.command()
 @click.option("--bundle", "-b", default=".", show_default=True, type=click.Path(),
               help="Path to the OCI bundle whose rootfs the program runs on.")
 @click.option("--image-path", required=True, type=click.Path(dir_okay=False),
-              help="The image to restore.")
+              help="The image to restore; - reads it from stdin.")
 @click.option("--detach", "-d", is_flag=True,
               help="Return once the program runs again; it keeps this command's stdio.")
 @click.argument("container_id")
@@ -224,16 +231,41 @@ def checkpoint(root: str, image_path: str, leave_running: bool, compression: str
 def restore(root: str, bundle: str, image_path: str, detach: bool, container_id: str) -> None:
     """Create a container from an image and start it where the checkpoint left it.
 
-    The image's CPU features are checked against this host before anything else is read.
-    The restored program's stdio is this command's.
+    The image's CPU features are checked against this host before anything else is read,
+    and the whole image is checked before anything starts. The restored program's stdio
+    is this command's (with --image-path -, its stdin is what follows the image).
     """
     from snapbox.runtime.container import Container
 
-    if not os.path.isfile(image_path):
-        raise SnapboxError(f"image {image_path} does not exist")
-    c = Container.create(root, container_id, bundle, restore_image=os.path.abspath(image_path))
+    if image_path == "-":
+        if os.isatty(0):
+            raise SnapboxError("refusing to read an image from a terminal (redirect stdin)")
+        source = "-"
+    else:
+        if not os.path.isfile(image_path):
+            raise SnapboxError(f"image {image_path} does not exist")
+        source = os.path.abspath(image_path)
+    c = Container.create(root, container_id, bundle, restore_image=source)
     if not detach:
         _attach(c)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the same as JSON, for scripts.")
+@click.argument("image_path", type=click.Path(dir_okay=False))
+def inspect(image_path: str, as_json: bool) -> None:
+    """Describe an image without running it: host and CPU, processes with their state,
+    open files and memory, object counts, and section sizes. The whole image is read, so
+    a corrupt one is reported as such."""
+    from snapbox.runtime.inspect import describe, render
+
+    try:
+        f = open(image_path, "rb") if image_path != "-" else os.fdopen(0, "rb", closefd=False)
+    except OSError as e:
+        raise SnapboxError(f"cannot open image {image_path} ({e.strerror})") from None
+    with f:
+        info = describe(f)
+    click.echo(json.dumps(info, indent=2) if as_json else render(info))
 
 
 @cli.command(name="cpu-features")

@@ -38,7 +38,15 @@ from snapbox.memfile import MemoryFile
 from snapbox.platform import ptrace
 from snapbox.platform.cpuid import FeatureSet
 from snapbox.platform.stub import Stub
-from snapbox.state import ImageError, SnapboxError, decode_graph, encode_graph, nosave, savable
+from snapbox.state import (
+    ImageError,
+    SnapboxError,
+    decode_graph,
+    encode_graph,
+    encode_graph_with_stats,
+    nosave,
+    savable,
+)
 from snapbox.state.image import ImageReader, ImageWriter
 
 log = logging.getLogger("snapbox.kernel")
@@ -511,10 +519,12 @@ class Kernel:
 
     # -- save and restore ---------------------------------------------------------------------------
 
-    def save(self, f: IO[bytes], compress: bool = True, meta: dict | None = None) -> dict:
+    def save(self, f: IO[bytes], compress: bool = True, meta: dict | None = None,
+             progress: Callable[[int, int], None] | None = None) -> dict:
         """Write a checkpoint image of this (paused) kernel to `f`. Returns the image summary.
 
         Order (as gVisor's Kernel.SaveTo): time stopped, CPU features, kernel graph, memory.
+        `progress(done, total)` is called as memory bytes are written.
         """
         if not self.paused:
             raise SnapboxError("internal: save needs a paused kernel")
@@ -522,44 +532,57 @@ class Kernel:
         try:
             for t in self.tasks.live_tasks():
                 regs = ptrace.copy_regs(t.regs)
+                t.saved_syscall = -1
                 if t.run is Run.SYSCALL:
                     # Rewind to the syscall instruction: the task will make the call again.
+                    t.saved_syscall = regs.orig_rax
                     regs.rip -= 2
                     regs.rax = regs.orig_rax
                 t.saved_regs = ptrace.regs_to_tuple(regs)
                 t.saved_fpstate = ptrace.get_xstate(t.host_tid, max(self.features.xsave_size, 512))
                 t.cpu_base = self.cpu_time_ns(t)
                 t.cpu_start = _host_cpu_ns(t.host_tid)
-            header = {"snapbox": __version__, "created": time.time(), "host": os.uname().nodename}
+            header = {"snapbox": __version__, "created": time.time(), "host": os.uname().nodename,
+                      "kernel": os.uname().release, "compression": "zstd" if compress else "none"}
             header.update(meta or {})
             w = ImageWriter(f, header)
             with w.section("cpuid") as s:
                 s.write_chunk(encode_graph(self.features))
-            graph = encode_graph(self)
+            graph, stats = encode_graph_with_stats(self)
             with w.section("kernel") as s:
                 s.write_chunk(zstandard.ZstdCompressor(level=3).compress(graph))
-            mem = 0
+            total = self.memfile.allocated
+            report = (lambda done: progress(done, total)) if progress else None
+            raw = 0
             with w.section("memory") as s:
-                for chunk in self.memfile.save_chunks(compress):
+                for chunk in self.memfile.save_chunks(compress, lambda: w.pos, report):
                     s.write_chunk(chunk)
-                    mem += len(chunk)
-            summary = {"graph_bytes": len(graph), "memory_allocated": self.memfile.allocated,
-                       "memory_section": mem}
+                raw = self.memfile.saved_bytes
+            summary = {"graph_bytes": len(graph), "types": stats,
+                       "memory_allocated": self.memfile.allocated, "memory_saved": raw}
             w.finish(summary)
+            summary["sections"] = w.summary
             return summary
         finally:
             for t in self.tasks.live_tasks():
                 t.saved_regs = ()
                 t.saved_fpstate = b""
+                t.saved_syscall = -1
 
     @classmethod
-    def load(cls, f: IO[bytes], ctx: LoadContext) -> Kernel:
-        """Read an image: check the CPU first, then the graph, then memory; start no task."""
+    def read_image(cls, f: IO[bytes], ctx: LoadContext, check_cpu: bool = True,
+                   progress: Callable[[int, int], None] | None = None,
+                   load_memory: bool = True) -> tuple[Kernel, dict]:
+        """Read a whole image: the CPU feature set first (checked against this host unless
+        `check_cpu` is false), then the graph, then memory (checked, and copied into the
+        MemoryFile if `load_memory`), then the trailer. Starts nothing. Returns the kernel
+        and the trailer's summary."""
         r = ImageReader(f)
         features = decode_graph(r.read_section("cpuid"))
         if not isinstance(features, FeatureSet):
             raise ImageError("image cpuid section does not hold a CPU feature set")
-        features.check_host(FeatureSet.host())
+        if check_cpu:
+            features.check_host(FeatureSet.host())
         try:
             raw = zstandard.ZstdDecompressor().decompress(r.read_section("kernel"),
                                                          max_output_size=MAX_KERNEL_SECTION)
@@ -569,13 +592,31 @@ class Kernel:
         if not isinstance(kernel, Kernel):
             raise ImageError("image kernel section does not hold a kernel")
         kernel.paused = True
-        kernel.memfile.load_chunks(r.section("memory"))
-        r.finish()
+        total = kernel.memfile.allocated
+        report = (lambda done: progress(done, total)) if progress else None
+        if load_memory:
+            kernel.memfile.load_chunks(r.section("memory"), report)
+        else:
+            for _ in r.section("memory"):
+                pass
+        summary = r.finish()
+        summary["meta"] = r.meta
+        summary["format"] = r.version
+        summary["sections"] = r.sections_read
+        return kernel, summary
+
+    @classmethod
+    def load(cls, f: IO[bytes], ctx: LoadContext,
+             progress: Callable[[int, int], None] | None = None) -> Kernel:
+        """Restore from an image: read it whole and checked, then give every process a new
+        stub with its memory mapped and its registers set. No task runs until start()."""
+        kernel, _ = cls.read_image(f, ctx, progress=progress)
         kernel.timekeeper.stopped = True
         kernel._attach_stubs()
         return kernel
 
     def _attach_stubs(self) -> None:
+        host = FeatureSet.host()
         for tg in self.tasks.pidns.groups.values():
             if tg.exit_status is not None or not tg.tasks:
                 continue
@@ -586,10 +627,26 @@ class Kernel:
                     raise ImageError(f"image holds task {t.tid} without registers")
                 regs = ptrace.regs_from_tuple(t.saved_regs)
                 regs.orig_rax = MASK64
-                ptrace.set_xstate(stub.pid, t.saved_fpstate)
+                ptrace.set_xstate(stub.pid, _fit_xstate(t.saved_fpstate, host))
                 self._bind(t, stub.pid, regs)
                 t.saved_regs = ()
                 t.saved_fpstate = b""
+
+
+def _fit_xstate(data: bytes, host: FeatureSet) -> bytes:
+    """An XSAVE area from the image, sized for this host's XSAVE layout.
+
+    The host check guarantees the image's state components are a subset of the host's,
+    and the standard XSAVE layout puts each component at a fixed offset, so the area only
+    needs padding (absent components are in their initial state) or trimming to the size
+    the host's kernel expects; XSTATE_BV keeps to the host's enabled components.
+    """
+    size = max(host.xsave_size, 512)
+    out = bytearray(data[:size].ljust(size, b"\0"))
+    if size >= 520:
+        bv = int.from_bytes(out[512:520], "little") & (host.xcr0 or 0x3)
+        out[512:520] = bv.to_bytes(8, "little")
+    return bytes(out)
 
 
 def _ignore_signal(signum, frame) -> None:

@@ -89,6 +89,7 @@ class Task:
     # saved rewound to the syscall instruction, so after restore it simply makes it again.
     saved_regs: tuple = ()
     saved_fpstate: bytes = b""
+    saved_syscall: int = -1  # the syscall it was in at checkpoint (-1: none), for inspect
 
     host_tid: int = nosave(default=-1)
     run: Run = nosave(default=Run.STOPPED)

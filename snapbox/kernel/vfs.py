@@ -44,13 +44,16 @@ class Lower:
     """The read-only lower layer: a host directory, opened once, reached only beneath."""
 
     path: str  # host path of the rootfs
-    dirfd: int = -1
+    fd: int = -1  # O_PATH fd of the rootfs, opened on first use
 
-    def __post_init__(self) -> None:
-        try:
-            self.dirfd = os.open(self.path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-        except OSError as e:
-            raise SyscallError(e.errno, f"rootfs {self.path}") from None
+    @property
+    def dirfd(self) -> int:
+        if self.fd < 0:
+            try:
+                self.fd = os.open(self.path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            except OSError as e:
+                raise SyscallError(e.errno, f"rootfs {self.path}") from None
+        return self.fd
 
     def open(self, rel: str, flags: int = os.O_RDONLY) -> int:
         """Open `rel` (relative to the rootfs, no symlinks in it) and return a host fd."""
@@ -87,9 +90,9 @@ class Lower:
             os.close(fd)
 
     def close(self) -> None:
-        if self.dirfd >= 0:
-            os.close(self.dirfd)
-            self.dirfd = -1
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
 
 def _readlink_fd(fd: int) -> bytes:

@@ -8,15 +8,19 @@ saved reference into it (a VMA, a tmpfs page) stays valid.
 from __future__ import annotations
 
 import bisect
+import collections
+import concurrent.futures
 import mmap
 import os
 import struct
-from collections.abc import Iterable, Iterator
+import threading
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import zstandard
 
 from snapbox.state import ImageError, SnapboxError, nosave, savable
+from snapbox.state.image import CHUNK_HEADER_SIZE
 
 PAGE_SIZE = 4096
 # The memfd's size. It is sparse: only pages that hold data take memory.
@@ -24,7 +28,7 @@ FILE_SIZE = 1 << 38
 # One memory-section chunk covers at most this many bytes of the file.
 RUN_LIMIT = 4 << 20
 
-_CHUNK_HEAD = struct.Struct("<QIB")
+_CHUNK_HEAD = struct.Struct("<QIBH")  # file offset, length, codec, padding before the data
 CODEC_NONE = 0
 CODEC_ZSTD = 1
 _ZERO_PAGE = bytes(PAGE_SIZE)
@@ -54,6 +58,7 @@ class MemoryFile:
     fd: int = nosave(default=-1)  # the host memfd; stubs inherit it as STUB_MEMFD
     map: mmap.mmap = nosave(default=None)  # the sentry's own MAP_SHARED view of the memfd
     view: memoryview = nosave(default=None)
+    saved_bytes: int = nosave(default=0)  # data bytes the last save_chunks wrote (before compression)
 
     def __post_init__(self) -> None:
         if self.fd < 0:
@@ -167,27 +172,66 @@ class MemoryFile:
         if run >= 0:
             yield run, end - run
 
-    def save_chunks(self, compress: bool) -> Iterator[bytes]:
-        """The memory section's chunks: each is a header (offset, length, codec) and data."""
-        cctx = zstandard.ZstdCompressor(level=1) if compress else None
-        for off, n in self.data_runs():
-            raw = self.view[off : off + n]
-            if cctx is not None:
-                yield _CHUNK_HEAD.pack(off, n, CODEC_ZSTD) + cctx.compress(raw)
-            else:
-                yield _CHUNK_HEAD.pack(off, n, CODEC_NONE) + bytes(raw)
+    def save_chunks(self, compress: bool, position: Callable[[], int] | None = None,
+                    progress: Callable[[int], None] | None = None) -> Iterator[bytes]:
+        """The memory section's chunks: each is a header (offset, length, codec, padding),
+        the padding, and the data.
 
-    def load_chunks(self, chunks: Iterable[bytes]) -> int:
+        With compression, runs are compressed on a pool of threads (zstd releases the GIL),
+        one per core, and come out in order. Without, `position()` tells where the chunk
+        will land in the image, and padding puts every run's data on a page boundary of the
+        file, so a restore could map it instead of copying it.
+        """
+        done = self.saved_bytes = 0
+        if not compress:
+            for off, n in self.data_runs():
+                pad = 0
+                if position is not None:
+                    pad = -(position() + CHUNK_HEADER_SIZE + _CHUNK_HEAD.size) % PAGE_SIZE
+                yield _CHUNK_HEAD.pack(off, n, CODEC_NONE, pad) + bytes(pad) + self.view[off : off + n]
+                done += n
+                self.saved_bytes = done
+                if progress is not None:
+                    progress(done)
+            return
+        workers = os.cpu_count() or 1
+        local = threading.local()
+
+        def compress_run(run: tuple[int, int]) -> bytes:
+            cctx = getattr(local, "cctx", None)
+            if cctx is None:
+                cctx = local.cctx = zstandard.ZstdCompressor(level=1)
+            off, n = run
+            return _CHUNK_HEAD.pack(off, n, CODEC_ZSTD, 0) + cctx.compress(self.view[off : off + n])
+
+        with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+            pending: collections.deque = collections.deque()
+            for run in self.data_runs():
+                pending.append((run[1], pool.submit(compress_run, run)))
+                if len(pending) >= 2 * workers:  # bounds the memory held by finished chunks
+                    n, fut = pending.popleft()
+                    yield fut.result()
+                    done = self.saved_bytes = done + n
+                    if progress is not None:
+                        progress(done)
+            while pending:
+                n, fut = pending.popleft()
+                yield fut.result()
+                done = self.saved_bytes = done + n
+                if progress is not None:
+                    progress(done)
+
+    def load_chunks(self, chunks: Iterable[bytes], progress: Callable[[int], None] | None = None) -> int:
         """Fill the memfd from memory-section chunks; returns the bytes restored."""
         dctx = zstandard.ZstdDecompressor()
         total = 0
         for chunk in chunks:
             if len(chunk) < _CHUNK_HEAD.size:
                 raise ImageError("image memory section holds a malformed chunk")
-            off, n, codec = _CHUNK_HEAD.unpack_from(chunk)
+            off, n, codec, pad = _CHUNK_HEAD.unpack_from(chunk)
             if off % PAGE_SIZE or off + n > self.high or n > RUN_LIMIT:
                 raise ImageError("image memory section holds a chunk outside the memory file")
-            body = memoryview(chunk)[_CHUNK_HEAD.size :]
+            body = memoryview(chunk)[_CHUNK_HEAD.size + pad :]
             if codec == CODEC_ZSTD:
                 try:
                     data = dctx.decompress(body, max_output_size=n)
@@ -201,4 +245,6 @@ class MemoryFile:
                 raise ImageError("image memory section holds a chunk of the wrong size")
             self.view[off : off + n] = data
             total += n
+            if progress is not None:
+                progress(total)
         return total

@@ -264,12 +264,30 @@ class Container:
             self._require("signal", CREATED, RUNNING, PAUSED)
             self._call("kill", signal=sig)
 
-    def checkpoint(self, image_path: str, leave_running: bool = False, compress: bool = True) -> dict:
-        """Write an image of the sandbox; it stops unless `leave_running`."""
+    def checkpoint(self, image_path: str, leave_running: bool = False, compress: bool = True,
+                   image_fd: int | None = None, progress_fd: int | None = None) -> dict:
+        """Write an image of the sandbox; it stops unless `leave_running`.
+
+        With image_path "-", the image goes to `image_fd` instead (a pipe, a socket);
+        with `progress_fd` (a terminal), progress is shown there.
+        """
+        fds: list[int] = []
+        args: dict[str, Any] = {}
+        if image_path == "-":
+            if image_fd is None:
+                raise SnapboxError("checkpoint to - needs an output fd")
+            args["image_fd"] = len(fds)
+            fds.append(image_fd)
+            path = "-"
+        else:
+            path = os.path.abspath(image_path)
+        if progress_fd is not None:
+            args["progress_fd"] = len(fds)
+            fds.append(progress_fd)
         with self.locked():
             self._require("checkpoint", RUNNING, PAUSED)
-            reply = self._call("checkpoint", path=os.path.abspath(image_path),
-                               leave_running=leave_running, compress=compress)
+            reply = control.call(self.control_path, "checkpoint", timeout=None, fds=fds, path=path,
+                                 leave_running=leave_running, compress=compress, **args)
             if not leave_running:
                 self._wait_gone(5.0)
                 self.state["status"] = STOPPED

@@ -22,6 +22,7 @@ from snapbox.kernel.kernel import Kernel, LoadContext
 from snapbox.runtime import control
 from snapbox.runtime.bundle import Bundle
 from snapbox.runtime.container import exit_code
+from snapbox.runtime.progress import Progress
 
 log = logging.getLogger("snapbox.sandbox")
 
@@ -38,7 +39,16 @@ def _pin_to_current_cpu() -> None:
         os.sched_setaffinity(0, {cpu})
 
 
-def write_image(kernel: Kernel, path: str, compress: bool) -> dict:
+def _passed_fd(msg: dict[str, Any], fds: list[int], key: str) -> int | None:
+    index = msg.get(key)
+    if index is None:
+        return None
+    if not isinstance(index, int) or not 0 <= index < len(fds):
+        raise SnapboxError(f"control request names a missing fd ({key})")
+    return fds[index]
+
+
+def write_image(kernel: Kernel, path: str, compress: bool, progress=None) -> dict:
     """Checkpoint `kernel` (paused) to `path`: written unnamed, fsynced, then linked and renamed
     into place, so an interrupted checkpoint never leaves a file under the target name."""
     directory = os.path.dirname(path) or "."
@@ -47,7 +57,7 @@ def write_image(kernel: Kernel, path: str, compress: bool) -> dict:
     except OSError as e:
         raise SnapboxError(f"cannot write image in {directory} ({e.strerror})") from None
     with os.fdopen(fd, "wb", buffering=1 << 20) as f:
-        summary = kernel.save(f, compress=compress)
+        summary = kernel.save(f, compress=compress, progress=progress)
         f.flush()
         os.fsync(fd)
         partial = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.partial")
@@ -102,7 +112,7 @@ class Sandbox:
                 log.warning("bad control request: %s", e)
                 return
             try:
-                reply = self.handle(msg)
+                reply = self.handle(msg, fds)
             except SnapboxError as e:
                 reply = {"ok": False, "error": str(e)}
             except Exception as e:  # a bug: keep the sandbox alive and say so
@@ -116,7 +126,7 @@ class Sandbox:
             except OSError as e:
                 log.warning("could not answer control request: %s", e)
 
-    def handle(self, msg: dict[str, Any]) -> dict[str, Any]:
+    def handle(self, msg: dict[str, Any], fds: list[int]) -> dict[str, Any]:
         op = msg.get("op")
         k = self.kernel
         if op == "start":
@@ -132,32 +142,46 @@ class Sandbox:
             if k.tasks.init is not None:
                 k.send_signal(k.tasks.init, sig)
         elif op == "checkpoint":
-            return {"ok": True, "summary": self.checkpoint(msg)}
+            return {"ok": True, "summary": self.checkpoint(msg, fds)}
         else:
             raise SnapboxError(f"unknown control operation {op!r}")
         return {"ok": True}
 
-    def checkpoint(self, msg: dict[str, Any]) -> dict:
+    def checkpoint(self, msg: dict[str, Any], fds: list[int]) -> dict:
+        """Write an image to msg["path"], or to a passed fd when the path is "-"."""
         path = msg.get("path")
-        if not isinstance(path, str) or not os.path.isabs(path):
+        image_fd = _passed_fd(msg, fds, "image_fd")
+        if path == "-" and image_fd is None:
+            raise SnapboxError("checkpoint to - needs the output fd")
+        if path != "-" and (not isinstance(path, str) or not os.path.isabs(path)):
             raise SnapboxError("checkpoint needs an absolute image path")
+        progress_fd = _passed_fd(msg, fds, "progress_fd")
+        progress = Progress(progress_fd, "checkpoint") if progress_fd is not None else None
+        compress = bool(msg.get("compress", True))
         k = self.kernel
         was_paused = k.paused
         k.pause()
         try:
-            summary = write_image(k, path, bool(msg.get("compress", True)))
+            if path == "-":
+                with os.fdopen(os.dup(image_fd), "wb", buffering=1 << 20) as f:
+                    summary = k.save(f, compress=compress, progress=progress)
+            else:
+                summary = write_image(k, path, compress, progress)
         except BaseException:
             k.timekeeper.resume()
             if not was_paused:
                 k.unpause()
             raise
+        finally:
+            if progress is not None:
+                progress.close()
         if msg.get("leave_running"):
             k.timekeeper.resume()
             if not was_paused:
                 k.unpause()
         else:
             self.done = True
-        return summary
+        return {"memory_saved": summary["memory_saved"], "graph_bytes": summary["graph_bytes"]}
 
     def run(self) -> int | None:
         """Serve until init exits or a checkpoint stops the sandbox; returns init's status."""
@@ -165,6 +189,24 @@ class Sandbox:
         while k.exit_status is None and not self.done:
             k.step()
         return k.exit_status
+
+
+def _restore(image: str, bundle: Bundle) -> Kernel:
+    """The Loader's restore path: from a file, or from stdin when `image` is "-"."""
+    try:
+        if image == "-":
+            f = os.fdopen(0, "rb", closefd=False, buffering=1 << 20)
+        else:
+            f = open(image, "rb", buffering=1 << 20)
+    except OSError as e:
+        raise SnapboxError(f"cannot open image {image} ({e.strerror})") from None
+    progress = Progress(2, "restore") if os.isatty(2) else None
+    try:
+        with f:
+            return Kernel.load(f, LoadContext(rootfs=bundle.rootfs), progress=progress)
+    finally:
+        if progress is not None:
+            progress.close()
 
 
 def boot_main(root: str, cid: str, bundle_path: str, ready_fd: int, start: bool,
@@ -178,12 +220,7 @@ def boot_main(root: str, cid: str, bundle_path: str, ready_fd: int, start: bool,
         _pin_to_current_cpu()
         bundle = Bundle.load(bundle_path)
         if restore is not None:
-            try:
-                f = open(restore, "rb")
-            except OSError as e:
-                raise SnapboxError(f"cannot open image {restore} ({e.strerror})") from None
-            with f:
-                kernel = Kernel.load(f, LoadContext(rootfs=bundle.rootfs))
+            kernel = _restore(restore, bundle)
         else:
             kernel = Kernel.boot(bundle.rootfs, [a.encode() for a in bundle.args],
                                  [e.encode() for e in bundle.env], bundle.cwd, bundle.hostname)

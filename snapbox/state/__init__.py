@@ -4,6 +4,7 @@ from snapbox.state.errors import ImageError, IncompatibleHostError, SaveError, S
 from snapbox.state.savable import (
     decode_graph,
     encode_graph,
+    encode_graph_with_stats,
     nosave,
     registered_types,
     savable,
@@ -16,6 +17,7 @@ __all__ = [
     "SnapboxError",
     "decode_graph",
     "encode_graph",
+    "encode_graph_with_stats",
     "nosave",
     "registered_types",
     "savable",

@@ -28,6 +28,7 @@ MAX_META = 1 << 20
 _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
 _U32x2 = struct.Struct("<II")
+CHUNK_HEADER_SIZE = _U32x2.size
 
 
 def _read_exact(f: IO[bytes], n: int, what: str) -> bytes:
@@ -60,9 +61,8 @@ class SectionWriter:
             for off in range(0, n, MAX_CHUNK):
                 self.write_chunk(view[off : off + MAX_CHUNK])
             return
-        f = self.writer.f
-        f.write(_U32x2.pack(n, zlib.crc32(data)))
-        f.write(data)
+        self.writer.write(_U32x2.pack(n, zlib.crc32(data)))
+        self.writer.write(data)
         self.chunks += 1
         self.bytes += n
 
@@ -71,7 +71,7 @@ class SectionWriter:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
-            self.writer.f.write(_U32x2.pack(0, self.chunks))
+            self.writer.write(_U32x2.pack(0, self.chunks))
             self.writer.summary.append({"name": self.name, "chunks": self.chunks, "bytes": self.bytes})
 
 
@@ -80,13 +80,18 @@ class ImageWriter:
 
     def __init__(self, f: IO[bytes], meta: dict[str, Any]) -> None:
         self.f = f
+        self.pos = 0  # bytes written so far: where the next byte lands in the file
         self.summary: list[dict[str, Any]] = []
         blob = cbor2.dumps(meta)
-        f.write(MAGIC + _U16.pack(FORMAT_VERSION) + _U32.pack(len(blob)) + blob + _U32.pack(zlib.crc32(blob)))
+        self.write(MAGIC + _U16.pack(FORMAT_VERSION) + _U32.pack(len(blob)) + blob + _U32.pack(zlib.crc32(blob)))
+
+    def write(self, data: bytes | memoryview) -> None:
+        self.f.write(data)
+        self.pos += len(data)
 
     def section(self, name: str) -> SectionWriter:
         raw = name.encode()
-        self.f.write(b"SECT" + bytes([len(raw)]) + raw)
+        self.write(b"SECT" + bytes([len(raw)]) + raw)
         return SectionWriter(self, name)
 
     def finish(self, extra: dict[str, Any] | None = None) -> None:
@@ -94,7 +99,7 @@ class ImageWriter:
         if extra:
             summary.update(extra)
         blob = cbor2.dumps(summary)
-        self.f.write(b"TRLR" + _U32.pack(len(blob)) + blob + _U32.pack(zlib.crc32(blob)))
+        self.write(b"TRLR" + _U32.pack(len(blob)) + blob + _U32.pack(zlib.crc32(blob)))
 
 
 class ImageReader:

@@ -158,12 +158,12 @@ class _Encoder:
             raise SaveError(f"cannot save {path}: enum {type(v).__qualname__} is not registered")
         return cbor2.CBORTag(TAG_ENUM, [name, v.value])
 
-    def encode(self, root: Any) -> dict:
+    def encode(self, root: Any) -> tuple[bytes, dict[str, list[int]]]:
         if type(root) not in _by_class:
             raise SaveError(f"cannot save {type(root).__qualname__}: not a savable type")
-        root_name = _by_class[type(root)].name
-        self.ref(root, root_name)
-        out = []
+        self.ref(root, _by_class[type(root)].name)
+        rows = []
+        stats: dict[str, list[int]] = {}
         i = 0
         while i < len(self.objects):
             obj = self.objects[i]
@@ -173,9 +173,31 @@ class _Encoder:
                 before()
             base = self.paths[i]
             values = [self.value(getattr(obj, f), f"{base}.{f}") for f in info.saved_fields]
-            out.append([self.type_of(info), values])
+            row = cbor2.dumps([self.type_of(info), values])
+            rows.append(row)
+            entry = stats.setdefault(info.name, [0, 0])
+            entry[0] += 1
+            entry[1] += len(row)
             i += 1
-        return {"version": GRAPH_VERSION, "types": self.types, "objects": out}
+        # {"version": V, "types": [...], "objects": [row, ...]}, with the rows encoded one by
+        # one above so that each type's share of the bytes is known exactly.
+        blob = b"".join([
+            _cbor_head(5, 3),
+            cbor2.dumps("version"), cbor2.dumps(GRAPH_VERSION),
+            cbor2.dumps("types"), cbor2.dumps(self.types),
+            cbor2.dumps("objects"), _cbor_head(4, len(rows)), *rows,
+        ])
+        return blob, stats
+
+
+def _cbor_head(major: int, n: int) -> bytes:
+    """The initial bytes of a CBOR item of major type `major` and length `n`."""
+    if n < 24:
+        return bytes([major << 5 | n])
+    for extra, size in ((24, 1), (25, 2), (26, 4), (27, 8)):
+        if n < 1 << (8 * size):
+            return bytes([major << 5 | extra]) + n.to_bytes(size, "big")
+    raise ValueError("CBOR length too large")
 
 
 def encode_graph(root: Any) -> bytes:
@@ -183,8 +205,12 @@ def encode_graph(root: Any) -> bytes:
 
     Raises SaveError naming the field path of the first value that cannot be saved.
     """
-    graph = _Encoder().encode(root)
-    return cbor2.dumps(graph, canonical=False)
+    return _Encoder().encode(root)[0]
+
+
+def encode_graph_with_stats(root: Any) -> tuple[bytes, dict[str, list[int]]]:
+    """encode_graph, plus {type name: [objects, bytes]} (like gVisor's state.Stats)."""
+    return _Encoder().encode(root)
 
 
 class _Decoder:
@@ -285,13 +311,34 @@ class _Decoder:
                 else:
                     raise ImageError(f"image holds a {info.name} without its field {f.name}")
                 object.__setattr__(obj, f.name, val)
-        # Hooks run children first (objects are numbered in discovery order from the root),
-        # so an object's after_load sees the objects it reaches already loaded.
-        for obj in reversed(self.objects):
+        self.run_after_load(ctx)
+        return self.objects[0]
+
+    def run_after_load(self, ctx: Any) -> None:
+        """Run every after_load hook: those an object names in `load_after` (field names)
+        first, otherwise children before parents (reverse discovery order). Deterministic."""
+        done: set[int] = set()
+        active: list[Any] = []
+
+        def visit(obj: Any) -> None:
+            if id(obj) in done:
+                return
+            if any(o is obj for o in active):
+                chain = " -> ".join(type(o).__name__ for o in active + [obj])
+                raise ImageError(f"after_load dependency cycle: {chain}")
+            active.append(obj)
+            for name in getattr(type(obj), "load_after", ()):
+                dep = getattr(obj, name, None)
+                if type(dep) in _by_class:
+                    visit(dep)
             hook = getattr(obj, "after_load", None)
             if hook is not None:
                 hook(ctx)
-        return self.objects[0]
+            active.pop()
+            done.add(id(obj))
+
+        for obj in reversed(self.objects):
+            visit(obj)
 
 
 def decode_graph(data: bytes, ctx: Any = None) -> Any:
