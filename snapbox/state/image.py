@@ -24,6 +24,7 @@ MAGIC = b"SNAPBOX\0"
 FORMAT_VERSION = 1
 MAX_CHUNK = 64 << 20  # bounds the memory one chunk may take while reading
 MAX_META = 1 << 20
+MAX_SECTION = 256 << 20  # bounds a section read whole (cpuid, kernel); memory is streamed
 
 _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
@@ -170,8 +171,15 @@ class ImageReader:
             total += n
             yield data
 
-    def read_section(self, name: str) -> bytes:
-        return b"".join(self.section(name))
+    def read_section(self, name: str, limit: int = MAX_SECTION) -> bytes:
+        """A whole section's payload, refused if it is larger than `limit` bytes."""
+        parts, size = [], 0
+        for chunk in self.section(name):
+            size += len(chunk)
+            if size > limit:
+                raise ImageError(f"image is corrupt (the {name} section exceeds {limit} bytes)")
+            parts.append(chunk)
+        return b"".join(parts)
 
     def finish(self) -> dict[str, Any]:
         """Read and check the trailer against what was read; returns its summary."""

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import sys
+import types
+import typing
 from collections.abc import Callable
 from typing import Any
 
@@ -58,7 +61,10 @@ def savable(cls: type | None = None, *, name: str | None = None, version: int = 
     """Register a dataclass (or an Enum) under a stable type name.
 
     Use as `@savable` or `@savable(name="Pipe", version=2)`. The name defaults to the
-    class name and must be unique across snapbox.
+    class name and must be unique across snapbox. Hooks a class may define:
+    `before_save()`, run as the encoder reaches the object; `after_load(ctx)`, run once the
+    whole graph is decoded; and `load_after = ("field", ...)`, naming fields whose objects'
+    after_load must run before this one's.
     """
 
     def register(c: type) -> type:
@@ -301,9 +307,14 @@ class _Decoder:
             if not isinstance(values, list) or len(values) != len(fields):
                 raise ImageError(f"image holds a {info.name} with the wrong number of fields")
             given = dict(zip(fields, values))
+            checks = _field_types(info)
             for f in dataclasses.fields(info.cls):
                 if f.name in given:
                     val = self.value(given[f.name])
+                    want = checks.get(f.name)
+                    if want is not None and not isinstance(val, want):
+                        raise ImageError(f"image holds a {info.name} whose {f.name} is a "
+                                         f"{type(val).__name__}")
                 elif f.default is not dataclasses.MISSING:
                     val = f.default
                 elif f.default_factory is not dataclasses.MISSING:
@@ -341,6 +352,42 @@ class _Decoder:
             visit(obj)
 
 
+_FIELD_TYPES: dict[type, dict[str, tuple[type, ...]]] = {}
+
+
+def _field_types(info: TypeInfo) -> dict[str, tuple[type, ...]]:
+    """For each field whose annotation names plain classes (`Vma`, `int`, `Dir | None`),
+    the classes a decoded value must be an instance of. Annotations that cannot be
+    resolved here (Any, names imported only for type checking) are not checked."""
+    cached = _FIELD_TYPES.get(info.cls)
+    if cached is not None:
+        return cached
+    namespace = vars(sys.modules[info.cls.__module__])
+    out: dict[str, tuple[type, ...]] = {}
+    for f in dataclasses.fields(info.cls):
+        ann = f.type
+        if isinstance(ann, str):
+            try:
+                ann = eval(ann, namespace)  # noqa: S307 - our own annotations
+            except Exception:
+                continue
+        parts = typing.get_args(ann) if isinstance(ann, types.UnionType) else (ann,)
+        classes = []
+        for part in parts:
+            part = typing.get_origin(part) or part
+            if part is None or part is type(None):
+                classes.append(type(None))
+            elif isinstance(part, type) and part is not object:
+                classes.append(part)
+            else:
+                classes = []
+                break
+        if classes:
+            out[f.name] = tuple(classes)
+    _FIELD_TYPES[info.cls] = out
+    return out
+
+
 def decode_graph(data: bytes, ctx: Any = None) -> Any:
     """Rebuild the object graph from `encode_graph` bytes; `ctx` is passed to after_load hooks."""
     try:
@@ -351,5 +398,6 @@ def decode_graph(data: bytes, ctx: Any = None) -> Any:
         return _Decoder(graph).decode(ctx)
     except RecursionError:
         raise ImageError("image kernel graph is nested too deeply") from None
-    except TypeError as e:
-        raise ImageError(f"image kernel graph is corrupt ({e})") from None
+    except (TypeError, ValueError, AttributeError, KeyError, IndexError) as e:
+        # A graph of the right types whose values still do not fit together.
+        raise ImageError(f"image kernel graph is inconsistent ({type(e).__name__}: {e})") from None

@@ -113,3 +113,38 @@ def test_newer_type_version_is_refused():
     blob = encode_graph(Node(value=1)).replace(b"test.Node\x01", b"test.Node\x09")
     with pytest.raises(ImageError, match="newer"):
         decode_graph(blob)
+
+
+ORDER: list[str] = []
+
+
+@savable(name="test.Dep")
+@dataclass(eq=False)
+class Dep:
+    name: str = ""
+    needs: "Dep | None" = None
+    other: "Dep | None" = None
+
+    load_after = ("needs",)
+
+    def after_load(self, ctx) -> None:
+        ORDER.append(self.name)
+
+
+def test_after_load_runs_declared_dependencies_first():
+    # Discovery order is root, a, b; without declarations hooks would run b, a, root.
+    b = Dep("b")
+    a = Dep("a", needs=None, other=b)
+    root = Dep("root", needs=None, other=a)
+    b.needs = root  # b declares it must load after root, though root is discovered first
+    ORDER.clear()
+    decode_graph(encode_graph(root))
+    assert ORDER == ["root", "b", "a"]
+
+
+def test_after_load_dependency_cycles_are_reported():
+    a = Dep("a")
+    b = Dep("b", needs=a)
+    a.needs = b
+    with pytest.raises(ImageError, match="after_load dependency cycle: Dep -> Dep -> Dep"):
+        decode_graph(encode_graph(a))
