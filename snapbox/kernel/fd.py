@@ -26,6 +26,9 @@ SETFL_MASK = O_APPEND | O_NONBLOCK | 0o40000 | 0o1000000  # | O_ASYNC | O_NOATIM
 
 RLIMIT_NOFILE_DEFAULT = 1024
 
+POLLIN, POLLPRI, POLLOUT, POLLERR, POLLHUP, POLLNVAL = 0x1, 0x2, 0x4, 0x8, 0x10, 0x20
+POLLRDNORM, POLLRDBAND, POLLWRNORM, POLLWRBAND = 0x40, 0x80, 0x100, 0x200
+
 
 @savable
 @dataclass(eq=False)
@@ -56,6 +59,14 @@ class OpenFile:
 
     def ioctl(self, t, request: int, arg: int) -> int:
         raise SyscallError(errno.ENOTTY)
+
+    def ready(self) -> int:
+        """The poll(2) events this file would report now (regular files: always ready)."""
+        return POLLIN | POLLOUT
+
+    def queues(self, t) -> tuple:
+        """The WaitQueues that fire when ready() may have changed (for poll and select)."""
+        return ()
 
     def release(self) -> None:
         """The last fd referring to this description was closed."""

@@ -15,7 +15,7 @@ import stat as st
 from dataclasses import dataclass
 
 from snapbox.kernel.errors import SyscallError, WouldBlock
-from snapbox.kernel.fd import OpenFile
+from snapbox.kernel.fd import POLLIN, POLLOUT, OpenFile
 from snapbox.state import nosave, savable
 
 TCGETS = 0x5401
@@ -72,6 +72,14 @@ class HostFile(OpenFile):
             raise SyscallError(errno.EPIPE) from None
         except OSError as e:
             raise SyscallError(e.errno) from None
+
+    def ready(self) -> int:
+        r, w, _ = select.select([self.fd], [self.fd], [], 0)
+        return (POLLIN if r else 0) | (POLLOUT if w else 0)
+
+    def queues(self, t) -> tuple:
+        return (t.kernel.host_queue(self.fd, selectors.EVENT_READ),
+                t.kernel.host_queue(self.fd, selectors.EVENT_WRITE))
 
     def seek(self, offset: int, whence: int) -> int:
         try:

@@ -16,6 +16,7 @@ import os
 import selectors
 import signal
 import socket
+import stat
 import time
 from dataclasses import dataclass, field
 from typing import IO, Any, Callable
@@ -28,16 +29,26 @@ from snapbox.kernel.errors import SyscallError, TaskExit, WouldBlock
 from snapbox.kernel.fd import FDTable
 from snapbox.kernel.host import HostFile
 from snapbox.kernel.mm import MemoryManager
-from snapbox.kernel.signals import CORE_DUMPED, SIG_DFL, SIG_IGN, SIGKILL, Default, default_action, sigbit
+from snapbox.kernel.signals import (
+    CORE_DUMPED,
+    SA_NOCLDWAIT,
+    SIG_DFL,
+    SIG_IGN,
+    SIGCHLD,
+    SIGKILL,
+    Default,
+    default_action,
+    sigbit,
+)
 from snapbox.kernel.syscalls import MASK64, NAMES, TABLE, load_all
-from snapbox.kernel.task import FSContext, PIDNamespace, Run, Task, TaskSet, ThreadGroup
+from snapbox.kernel.task import FSContext, PIDNamespace, Run, SigAction, Task, TaskSet, ThreadGroup
 from snapbox.kernel.time import Timekeeper
 from snapbox.kernel.vfs import Filesystem, LowerNode, MemRegular
 from snapbox.kernel.waiter import WaitQueue
 from snapbox.memfile import MemoryFile
 from snapbox.platform import ptrace
 from snapbox.platform.cpuid import FeatureSet
-from snapbox.platform.stub import Stub
+from snapbox.platform.stub import APP_TOP, Stub
 from snapbox.state import (
     ImageError,
     SnapboxError,
@@ -53,6 +64,10 @@ log = logging.getLogger("snapbox.kernel")
 
 WALL = 0x40000000
 MAX_KERNEL_SECTION = 1 << 30  # bound on the decompressed kernel graph of an image
+XSTATE_MAX = 1 << 14  # room for any XSAVE area
+CLONE_VM, CLONE_FS, CLONE_FILES, CLONE_SIGHAND = 0x100, 0x200, 0x400, 0x800
+CLONE_VFORK, CLONE_PARENT, CLONE_THREAD = 0x4000, 0x8000, 0x10000
+CLONE_SETTLS, CLONE_PARENT_SETTID, CLONE_CHILD_CLEARTID, CLONE_CHILD_SETTID = 0x80000, 0x100000, 0x200000, 0x1000000
 # Host faults that become the application's own signals.
 FAULT_SIGNALS = frozenset({signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGFPE, signal.SIGTRAP})
 
@@ -78,6 +93,7 @@ class Kernel:
     tasks: TaskSet = field(default_factory=TaskSet)
     hostname: str = "snapbox"
     exit_status: int | None = None  # wait(2) status of init once it has exited
+    pipe_ino: int = 0x10000  # inode numbers handed to pipes
 
     # Loop state: host facts, rebuilt empty on restore.
     selector: Any = nosave(default=None)
@@ -135,7 +151,7 @@ class Kernel:
         for i in range(3):
             fds.install_at(i, HostFile(flags=2, stdio=i))
         tg = ThreadGroup(tgid=tgid, mm=mm, fds=fds, fs=FSContext(root=root, cwd=cwd_node),
-                         argv=list(argv), exe=path.decode(errors="replace"))
+                         argv=list(argv), exe=path.decode(errors="replace"), pgid=tgid, sid=tgid)
         try:
             image = elf.load(mm, data, tg.exe)
         except SyscallError as e:
@@ -232,9 +248,9 @@ class Kernel:
                 pass
         except BlockingIOError:
             pass
-        self.reap()
+        self.collect_stops()
 
-    def reap(self) -> None:
+    def collect_stops(self) -> None:
         """Collect every pending ptrace stop and exit of our stubs."""
         while True:
             try:
@@ -313,6 +329,13 @@ class Kernel:
             return
         except TaskExit:
             return
+        except OSError as e:
+            # A host operation on the application's behalf failed: report it as Linux would.
+            result = -(e.errno or errno.EIO)
+        except Exception:
+            # A bug in a handler must not take the whole sandbox down: log it, fail the call.
+            log.exception("syscall %s (%d) of pid %d failed", NAMES.get(nr, "?"), nr, task.tg.tgid)
+            result = -errno.EIO
         if self.strace is not None:
             self.strace(task, nr, regs, result)
         task.restart = None
@@ -443,6 +466,107 @@ class Kernel:
 
     # -- exit and signals ------------------------------------------------------------------------
 
+    # -- processes ------------------------------------------------------------------------------
+
+    def fork(self, t: Task, flags: int, stack: int = 0, ptid: int = 0, ctid: int = 0, tls: int = 0) -> int:
+        """fork(2), or clone(2) without shared memory: a new process holding a copy of the
+        caller's address space, its fds, handlers and registers. Returns the child's pid."""
+        parent = t.tg
+        pidns = self.tasks.pidns
+        mm = parent.mm.fork()
+        try:
+            stub = Stub.spawn(self.memfile.fd)
+        except (OSError, SnapboxError) as e:
+            mm.release_all()
+            log.warning("fork: no stub for the child: %s", e)
+            raise SyscallError(errno.EAGAIN) from None
+        tgid = pidns.allocate()
+        fds = FDTable(cloexec=set(parent.fds.cloexec), limit=parent.fds.limit)
+        for fd, f in parent.fds.files.items():
+            f.refs += 1
+            fds.files[fd] = f
+        tg = ThreadGroup(
+            tgid=tgid, mm=mm, fds=fds, parent=parent,
+            fs=FSContext(root=parent.fs.root, cwd=parent.fs.cwd, umask=parent.fs.umask),
+            sigactions={n: SigAction(a.handler, a.flags, a.restorer, a.mask) for n, a in parent.sigactions.items()},
+            argv=list(parent.argv), exe=parent.exe, rlimits=dict(parent.rlimits),
+            pgid=parent.pgid, sid=parent.sid)
+        child = Task(tid=tgid, tg=tg, kernel=self, comm=t.comm, signal_mask=t.signal_mask)
+        tg.tasks.append(child)
+        pidns.tasks[tgid] = child
+        pidns.groups[tgid] = tg
+        parent.children.append(tg)
+        mm.attach(stub)
+        tid_bytes = tgid.to_bytes(4, "little")
+        if flags & CLONE_CHILD_SETTID:
+            mm.write(ctid, tid_bytes)
+        if flags & CLONE_PARENT_SETTID:
+            t.mm.write(ptid, tid_bytes)
+        if flags & CLONE_CHILD_CLEARTID:
+            child.clear_child_tid = ctid
+        regs = ptrace.copy_regs(t.regs)
+        regs.rax = 0
+        regs.orig_rax = MASK64
+        if stack:
+            regs.rsp = stack
+        if flags & CLONE_SETTLS:
+            regs.fs_base = tls
+        ptrace.set_xstate(stub.pid, ptrace.get_xstate(t.host_tid, XSTATE_MAX))
+        self._bind(child, stub.pid, regs)
+        if not self.paused:
+            self._resume(child)
+        return tgid
+
+    def execve(self, t: Task, path: bytes, argv: list[bytes], envp: list[bytes], depth: int = 0) -> None:
+        """execve(2): replace the caller's program. Fails with no side effect, or succeeds
+        with the task's registers set to the new program's entry."""
+        _, _, node = self.fs.walk(t.fs.cwd, t.fs.root, path)
+        if node is None:
+            raise SyscallError(errno.ENOENT)
+        if node.is_dir() or not stat.S_ISREG(node.mode) or not node.mode & 0o111:
+            raise SyscallError(errno.EACCES)
+        data = self._read_whole(node)
+        if data[:2] == b"#!":
+            # A script: run its interpreter with the script's path (binfmt_script).
+            if depth >= 4:
+                raise SyscallError(errno.ELOOP)
+            end = data.find(b"\n")
+            line = (data[2:end] if end >= 0 else data[2:])[:255].strip()
+            interp, _, arg = line.replace(b"\t", b" ").partition(b" ")
+            if not interp:
+                raise SyscallError(errno.ENOEXEC)
+            new_argv = [interp] + ([arg.strip()] if arg.strip() else []) + [path] + argv[1:]
+            self.execve(t, interp, new_argv, envp, depth + 1)
+            return
+        mm = MemoryManager(memfile=self.memfile)
+        try:
+            image = elf.load(mm, data, path.decode(errors="replace"))
+            mm.brk_start = mm.brk = image.end
+            sp = elf.build_stack(mm, image, argv, envp, path, self.features.hwcap())
+        except BaseException:
+            mm.release_all()
+            raise
+        # The point of no return: the old program is gone from here on.
+        tg = t.tg
+        stub = tg.mm.stub
+        stub.unmap(0, APP_TOP)
+        tg.mm.release_all()
+        tg.mm = mm
+        mm.attach(stub)
+        for fd in sorted(tg.fds.cloexec):
+            tg.fds.close(fd)
+        tg.sigactions = {n: a for n, a in tg.sigactions.items() if a.handler == SIG_IGN}
+        tg.argv = list(argv)
+        tg.exe = path.decode(errors="replace")
+        t.comm = os.path.basename(tg.exe)[:15]
+        regs = t.regs
+        for name in ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "r8", "r9", "r10", "r11",
+                     "r12", "r13", "r14", "r15", "fs_base", "gs_base"):
+            setattr(regs, name, 0)
+        regs.rip = image.entry
+        regs.rsp = sp
+        ptrace.set_xstate(t.host_tid, stub.base_xstate)
+
     def exit_task(self, task: Task, status: int) -> None:
         """exit(2) of one thread; the last thread's exit ends its thread group."""
         if len(task.tg.tasks) <= 1:
@@ -465,11 +589,32 @@ class Kernel:
         tg.mm.release_all()
         tg.fds.close_all()
         tg.exit_status = status
-        if tg is self.tasks.init:
+        init = self.tasks.init
+        for child in tg.children:
+            if tg is not init:
+                child.parent = init
+                init.children.append(child)
+        if tg is not init:
+            tg.children = []
+        parent = tg.parent
+        if parent is not None and parent.exit_status is None:
+            act = parent.sigaction(SIGCHLD)
+            if act.handler == SIG_IGN or act.flags & SA_NOCLDWAIT:
+                self.reap(tg)  # sigaction(2): the child does not become a zombie
+            else:
+                self.send_signal(parent, SIGCHLD)
+            parent.child_exit.notify()
+        if tg is init:
             self.exit_status = status
             for other in list(self.tasks.pidns.groups.values()):
                 if other.exit_status is None:
                     self.exit_group(other, SIGKILL)
+
+    def reap(self, tg: ThreadGroup) -> None:
+        """Forget an exited child: its pid is free again."""
+        if tg.parent is not None and tg in tg.parent.children:
+            tg.parent.children.remove(tg)
+        self.tasks.pidns.groups.pop(tg.tgid, None)
 
     def _drop(self, task: Task) -> None:
         task.run = Run.DEAD
@@ -515,7 +660,7 @@ class Kernel:
         for tg in self.tasks.pidns.groups.values():
             if tg.mm.stub is not None:
                 tg.mm.stub.kill()
-        self.reap()
+        self.collect_stops()
 
     # -- save and restore ---------------------------------------------------------------------------
 

@@ -195,6 +195,16 @@ class MemoryManager:
         self.brk = new
         return self.brk
 
+    def fork(self) -> MemoryManager:
+        """A private copy of this address space (fork(2)): every VMA's data copied to new
+        MemoryFile ranges, holes left as holes. Not yet attached to a stub."""
+        vmas = []
+        for v in self.vmas:
+            offset = self.memfile.alloc(v.end - v.start)
+            self.memfile.copy(offset, v.offset, v.end - v.start)
+            vmas.append(Vma(v.start, v.end, v.prot, offset, v.kind, v.file_offset))
+        return MemoryManager(memfile=self.memfile, vmas=vmas, brk_start=self.brk_start, brk=self.brk)
+
     def attach(self, stub: Stub) -> None:
         """Give this address space a (fresh) stub and map every VMA into it."""
         self.stub = stub

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from snapbox.kernel.fd import FDTable
 from snapbox.kernel.mm import MemoryManager
 from snapbox.kernel.vfs import Dir
+from snapbox.kernel.waiter import WaitQueue
 from snapbox.platform import ptrace
 from snapbox.state import nosave, savable
 
@@ -63,6 +64,10 @@ class ThreadGroup:
     rlimits: dict = field(default_factory=dict)  # RLIMIT_* -> (soft, hard), for those set
     pending: int = 0  # signals sent to the process and not yet delivered (sigset bits)
     exit_status: int | None = None  # wait(2) status once the whole group has exited
+    children: list = field(default_factory=list)  # child ThreadGroups, zombies until reaped
+    child_exit: WaitQueue = field(default_factory=WaitQueue)  # wait4 callers; fired when a child exits
+    pgid: int = 0  # process group id
+    sid: int = 0  # session id
 
     def sigaction(self, sig: int) -> SigAction:
         return self.sigactions.get(sig) or SigAction()

@@ -57,8 +57,7 @@ class Lower:
 
     def open(self, rel: str, flags: int = os.O_RDONLY) -> int:
         """Open `rel` (relative to the rootfs, no symlinks in it) and return a host fd."""
-        if not rel:
-            return os.dup(self.dirfd)
+        rel = rel or "."
         how = _OpenHow(flags | os.O_CLOEXEC | os.O_NOFOLLOW, 0,
                        _RESOLVE_BENEATH | _RESOLVE_NO_SYMLINKS | _RESOLVE_NO_MAGICLINKS)
         fd = _libc.syscall(_SYS_OPENAT2, self.dirfd, rel.encode(), ctypes.byref(how), ctypes.sizeof(how))

@@ -136,7 +136,19 @@ class MemoryFile:
         self.view[offset : offset + len(data)] = data
 
     def copy(self, dst: int, src: int, length: int) -> None:
-        self.map.move(dst, src, length)
+        """Copy a range's data to another (fresh, all-zero) range; holes stay holes."""
+        end = src + length
+        pos = src
+        while pos < end:
+            try:
+                start = os.lseek(self.fd, pos, os.SEEK_DATA)
+            except OSError:
+                return  # ENXIO: nothing but holes from here
+            if start >= end:
+                return
+            stop = min(os.lseek(self.fd, start, os.SEEK_HOLE), end)
+            self.map.move(dst + (start - src), start, stop - start)
+            pos = stop
 
     # -- save and load --------------------------------------------------------------------
 

@@ -88,8 +88,10 @@ def _elf_fd() -> int:
 class Stub:
     """One stub process (one application address space), traced by this sentry."""
 
-    def __init__(self, pid: int, base_regs: ptrace.Regs) -> None:
+    def __init__(self, pid: int, base_regs: ptrace.Regs, base_xstate: bytes) -> None:
         self.pid = pid
+        # The FP/SSE/AVX state of a fresh process, for execve.
+        self.base_xstate = base_xstate
         # Registers captured at the exec stop: valid segment selectors and flags, used as
         # the template for injected syscalls and for fresh application contexts.
         self.base_regs = base_regs
@@ -127,7 +129,7 @@ class Stub:
         base = ptrace.Regs()
         ptrace.getregs(pid, base)
         base.orig_rax = -1 & 0xFFFFFFFFFFFFFFFF
-        stub = cls(pid, base)
+        stub = cls(pid, base, ptrace.get_xstate(pid, 1 << 14))
         stub._unmap_host_mappings()
         return stub
 

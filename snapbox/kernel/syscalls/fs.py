@@ -467,3 +467,75 @@ def unlink(t, path):
 def rmdir(t, path):
     return unlinkat(t, AT_FDCWD & 0xFFFFFFFF, path, AT_REMOVEDIR)
 
+
+
+@syscall(NR.pipe2)
+def pipe2(t, fds, flags):
+    from snapbox.kernel.fd import O_NONBLOCK
+    from snapbox.kernel.pipe import make_pipe
+
+    if flags & ~(O_CLOEXEC | O_NONBLOCK | 0o40000):  # O_DIRECT is accepted and ignored
+        raise SyscallError(errno.EINVAL)
+    r, w = make_pipe(t.kernel, flags)
+    rfd = t.fds.install(r, cloexec=bool(flags & O_CLOEXEC))
+    try:
+        wfd = t.fds.install(w, cloexec=bool(flags & O_CLOEXEC))
+    except SyscallError:
+        t.fds.close(rfd)
+        raise
+    try:
+        t.mm.write(fds, struct.pack("<ii", rfd, wfd))
+    except SyscallError:
+        t.fds.close(rfd)
+        t.fds.close(wfd)
+        raise
+    return 0
+
+
+@syscall(NR.pipe)
+def pipe(t, fds):
+    return pipe2(t, fds, 0)
+
+
+DT_UNKNOWN, DT_FIFO, DT_CHR, DT_DIR, DT_BLK, DT_REG, DT_LNK, DT_SOCK = 0, 1, 2, 4, 6, 8, 10, 12
+
+
+def _dtype(mode: int) -> int:
+    return {st.S_IFIFO: DT_FIFO, st.S_IFCHR: DT_CHR, st.S_IFDIR: DT_DIR, st.S_IFBLK: DT_BLK,
+            st.S_IFREG: DT_REG, st.S_IFLNK: DT_LNK, st.S_IFSOCK: DT_SOCK}.get(st.S_IFMT(mode), DT_UNKNOWN)
+
+
+@syscall(NR.getdents64)
+def getdents64(t, fd, dirp, count):
+    f = t.fds.get(i32(fd))
+    if not isinstance(f, DirFile):
+        raise SyscallError(errno.ENOTDIR)
+    fs = t.kernel.fs
+    d = f.node
+    names = [".", ".."] + fs.list_dir(d)
+    out = bytearray()
+    index = f.offset
+    while index < len(names):
+        name = names[index]
+        if name == ".":
+            node = d
+        elif name == "..":
+            node = d.parent or d
+        else:
+            try:
+                node = fs.lookup(d, name)
+            except SyscallError:
+                index += 1
+                continue
+        raw = name.encode("utf-8", "surrogateescape")
+        reclen = (19 + len(raw) + 1 + 7) & ~7
+        if len(out) + reclen > count:
+            break
+        out += struct.pack("<QqHB", node.ino, index + 1, reclen, _dtype(node.mode)) + raw
+        out += bytes(reclen - 19 - len(raw))
+        index += 1
+    if not out and index < len(names):
+        raise SyscallError(errno.EINVAL)  # the buffer cannot hold one entry
+    t.mm.write(dirp, bytes(out))
+    f.offset = index
+    return len(out)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import errno
+import logging
 import struct
 
-from snapbox.kernel.errors import SyscallError, TaskExit
+from snapbox.kernel.errors import SyscallError, TaskExit, WouldBlock
 from snapbox.kernel.syscalls import NR, i32, syscall
 
 ARCH_SET_GS = 0x1001
@@ -13,6 +14,7 @@ ARCH_SET_FS = 0x1002
 ARCH_GET_FS = 0x1003
 ARCH_GET_GS = 0x1004
 USER_ADDR_LIMIT = 1 << 47
+log = logging.getLogger("snapbox.kernel")
 
 RLIM_INFINITY = (1 << 64) - 1
 RLIMIT_STACK = 3
@@ -142,3 +144,171 @@ def getrlimit(t, resource, old):
 @syscall(NR.setrlimit)
 def setrlimit(t, resource, new):
     return prlimit64(t, 0, resource, new, 0)
+
+
+SIGCHLD = 17
+CLONE_VM, CLONE_VFORK, CLONE_THREAD = 0x100, 0x4000, 0x10000
+WNOHANG, WUNTRACED, WEXITED, WCONTINUED, WNOWAIT = 1, 2, 4, 8, 0x01000000
+__WNOTHREAD, __WALL, __WCLONE = 0x20000000, 0x40000000, 0x80000000
+P_ALL, P_PID, P_PGID = 0, 1, 2
+CLD_EXITED, CLD_KILLED, CLD_DUMPED = 1, 2, 3
+_threads_logged = [False]
+
+
+@syscall(NR.fork)
+def fork(t):
+    return t.kernel.fork(t, SIGCHLD)
+
+
+@syscall(NR.vfork)
+def vfork(t):
+    # The child gets a copy of the address space: vfork's sharing is an optimisation that
+    # POSIX lets an implementation replace with fork's copy.
+    return t.kernel.fork(t, SIGCHLD)
+
+
+@syscall(NR.clone)
+def clone(t, flags, stack, ptid, ctid, tls):
+    if flags & CLONE_THREAD or (flags & CLONE_VM and not flags & CLONE_VFORK):
+        if not _threads_logged[0]:
+            _threads_logged[0] = True
+            log.warning("clone of a thread or of a shared address space: not supported yet (ENOSYS)")
+        raise SyscallError(errno.ENOSYS)
+    return t.kernel.fork(t, flags, stack, ptid, ctid, tls)
+
+
+def _strings(t, addr: int) -> list[bytes]:
+    """A NULL-terminated array of C strings (argv, envp)."""
+    out = []
+    while addr:
+        (ptr,) = struct.unpack("<Q", t.mm.read(addr, 8))
+        if not ptr:
+            break
+        out.append(t.mm.read_cstring(ptr, 1 << 17))
+        if len(out) > 1 << 16:
+            raise SyscallError(errno.E2BIG)
+        addr += 8
+    return out
+
+
+@syscall(NR.execve)
+def execve(t, path, argv, envp):
+    t.kernel.execve(t, t.mm.read_cstring(path), _strings(t, argv), _strings(t, envp))
+    return 0
+
+
+def _matches(t, child, pid: int) -> bool:
+    if pid > 0:
+        return child.tgid == pid
+    if pid == -1:
+        return True
+    return child.pgid == (t.tg.pgid if pid == 0 else -pid)
+
+
+def _rusage(t, addr: int) -> None:
+    if addr:
+        t.mm.write(addr, bytes(144))
+
+
+@syscall(NR.wait4)
+def wait4(t, pid, status, options, rusage):
+    pid, options = i32(pid), i32(options)
+    if options & ~(WNOHANG | WUNTRACED | WCONTINUED | __WNOTHREAD | __WALL | __WCLONE):
+        raise SyscallError(errno.EINVAL)
+    children = [c for c in t.tg.children if _matches(t, c, pid)]
+    if not children:
+        raise SyscallError(errno.ECHILD)
+    for child in children:
+        if child.exit_status is not None:
+            if status:
+                t.mm.write(status, struct.pack("<i", child.exit_status))
+            _rusage(t, rusage)
+            t.kernel.reap(child)
+            return child.tgid
+    if options & WNOHANG:
+        return 0
+    raise WouldBlock(t.tg.child_exit)
+
+
+@syscall(NR.waitid)
+def waitid(t, idtype, id_, infop, options, rusage):
+    idtype, id_, options = i32(idtype), i32(id_), i32(options)
+    if idtype == P_ALL:
+        pid = -1
+    elif idtype == P_PID and id_ > 0:
+        pid = id_
+    elif idtype == P_PGID and id_ >= 0:
+        pid = -id_ if id_ else 0
+    else:
+        raise SyscallError(errno.EINVAL)
+    if not options & (WEXITED | WUNTRACED | WCONTINUED):
+        raise SyscallError(errno.EINVAL)
+    children = [c for c in t.tg.children if _matches(t, c, pid)]
+    if not children:
+        raise SyscallError(errno.ECHILD)
+    for child in children:
+        if child.exit_status is not None and options & WEXITED:
+            st = child.exit_status
+            if st & 0x7F:
+                code, value = (CLD_DUMPED if st & 0x80 else CLD_KILLED), st & 0x7F
+            else:
+                code, value = CLD_EXITED, (st >> 8) & 0xFF
+            if infop:
+                # siginfo_t: si_signo, si_errno, si_code, (pad), si_pid, si_uid, si_status
+                t.mm.write(infop, struct.pack("<iiiiiIi", SIGCHLD, 0, code, 0, child.tgid, 0, value).ljust(128, b"\0"))
+            _rusage(t, rusage)
+            if not options & WNOWAIT:
+                t.kernel.reap(child)
+            return 0
+    if options & WNOHANG:
+        if infop:
+            t.mm.write(infop, bytes(128))
+        return 0
+    raise WouldBlock(t.tg.child_exit)
+
+
+def _group(t, pid: int):
+    if pid == 0:
+        return t.tg
+    tg = t.kernel.tasks.pidns.groups.get(pid)
+    if tg is None:
+        raise SyscallError(errno.ESRCH)
+    return tg
+
+
+@syscall(NR.setpgid)
+def setpgid(t, pid, pgid):
+    pid, pgid = i32(pid), i32(pgid)
+    if pgid < 0:
+        raise SyscallError(errno.EINVAL)
+    tg = _group(t, pid)
+    if tg is not t.tg and tg.parent is not t.tg:
+        raise SyscallError(errno.ESRCH)
+    if tg.sid == tg.tgid:
+        raise SyscallError(errno.EPERM)  # a session leader cannot move
+    tg.pgid = pgid or tg.tgid
+    return 0
+
+
+@syscall(NR.getpgid)
+def getpgid(t, pid):
+    return _group(t, i32(pid)).pgid
+
+
+@syscall(NR.getpgrp)
+def getpgrp(t):
+    return t.tg.pgid
+
+
+@syscall(NR.getsid)
+def getsid(t, pid):
+    return _group(t, i32(pid)).sid
+
+
+@syscall(NR.setsid)
+def setsid(t):
+    tg = t.tg
+    if any(g.pgid == tg.tgid for g in t.kernel.tasks.pidns.groups.values() if g is not tg):
+        raise SyscallError(errno.EPERM)
+    tg.sid = tg.pgid = tg.tgid
+    return tg.sid

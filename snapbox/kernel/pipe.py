@@ -1,0 +1,102 @@
+"""Pipes: a byte channel with a read end and a write end (pipe(7))."""
+
+from __future__ import annotations
+
+import errno
+import stat
+from dataclasses import dataclass, field
+
+from snapbox.kernel.errors import SyscallError, WouldBlock
+from snapbox.kernel.fd import O_NONBLOCK, POLLERR, POLLHUP, POLLIN, POLLOUT, OpenFile
+from snapbox.kernel.signals import SIGPIPE
+from snapbox.kernel.waiter import WaitQueue
+from snapbox.state import savable
+
+PIPE_BUF = 4096  # writes up to this size are atomic
+PIPE_CAPACITY = 65536
+
+
+@savable
+@dataclass(eq=False)
+class Pipe:
+    """A unidirectional byte channel shared by a read end and a write end."""
+
+    ino: int = 0  # for fstat and /proc/pid/fd ("pipe:[ino]")
+    buf: bytearray = field(default_factory=bytearray)  # bytes written and not yet read
+    capacity: int = PIPE_CAPACITY
+    readers: int = 0  # open read ends; 0 makes writes fail with EPIPE
+    writers: int = 0  # open write ends; 0 makes reads of an empty pipe return EOF
+    readable: WaitQueue = field(default_factory=WaitQueue)  # readers waiting for data or EOF
+    writable: WaitQueue = field(default_factory=WaitQueue)  # writers waiting for room
+
+
+@savable
+@dataclass(eq=False)
+class PipeFile(OpenFile):
+    """One end of a pipe."""
+
+    pipe: Pipe | None = None
+
+    def read(self, t, count: int, offset: int | None = None) -> bytes:
+        if offset is not None:
+            raise SyscallError(errno.ESPIPE)
+        p = self.pipe
+        if not p.buf:
+            if p.writers == 0 or count == 0:
+                return b""
+            if self.flags & O_NONBLOCK:
+                raise SyscallError(errno.EAGAIN)
+            raise WouldBlock(p.readable)
+        data = bytes(p.buf[:count])
+        del p.buf[:count]
+        p.writable.notify()
+        return data
+
+    def write(self, t, data: bytes, offset: int | None = None) -> int:
+        if offset is not None:
+            raise SyscallError(errno.ESPIPE)
+        p = self.pipe
+        if p.readers == 0:
+            t.kernel.send_signal(t.tg, SIGPIPE)
+            raise SyscallError(errno.EPIPE)
+        room = p.capacity - len(p.buf)
+        # pipe(7): writes of at most PIPE_BUF bytes are atomic; larger ones may be split.
+        if room == 0 or (len(data) <= PIPE_BUF and room < len(data)):
+            if self.flags & O_NONBLOCK:
+                raise SyscallError(errno.EAGAIN)
+            raise WouldBlock(p.writable)
+        n = min(room, len(data))
+        p.buf += data[:n]
+        p.readable.notify()
+        return n
+
+    def stat(self) -> dict:
+        return dict(dev=0xA, ino=self.pipe.ino, mode=stat.S_IFIFO | 0o600, nlink=1, uid=0, gid=0,
+                    rdev=0, size=len(self.pipe.buf), blksize=PIPE_BUF, blocks=0, atime=0, mtime=0, ctime=0)
+
+    def release(self) -> None:
+        p = self.pipe
+        if self.readable():
+            p.readers -= 1
+        else:
+            p.writers -= 1
+        p.readable.notify()
+        p.writable.notify()
+
+    def ready(self) -> int:
+        p = self.pipe
+        if self.readable():
+            return (POLLIN if p.buf else 0) | (POLLHUP if p.writers == 0 else 0)
+        return (POLLOUT if len(p.buf) + PIPE_BUF <= p.capacity else 0) | (POLLERR if p.readers == 0 else 0)
+
+    def queues(self, t) -> tuple[WaitQueue, ...]:
+        return (self.pipe.readable,) if self.readable() else (self.pipe.writable,)
+
+    def describe(self) -> str:
+        return f"pipe:[{self.pipe.ino}] ({'read' if self.readable() else 'write'} end)"
+
+
+def make_pipe(kernel, flags: int) -> tuple[PipeFile, PipeFile]:
+    kernel.pipe_ino += 1
+    p = Pipe(ino=kernel.pipe_ino, readers=1, writers=1)
+    return PipeFile(flags=flags & O_NONBLOCK, pipe=p), PipeFile(flags=1 | (flags & O_NONBLOCK), pipe=p)

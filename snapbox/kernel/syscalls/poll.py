@@ -1,0 +1,132 @@
+"""Waiting on many files: poll, ppoll, select, pselect6."""
+
+from __future__ import annotations
+
+import errno
+import struct
+
+from snapbox.kernel.errors import SyscallError, WouldBlock
+from snapbox.kernel.fd import (
+    POLLERR,
+    POLLHUP,
+    POLLIN,
+    POLLNVAL,
+    POLLOUT,
+    POLLPRI,
+    POLLRDNORM,
+    POLLWRNORM,
+)
+from snapbox.kernel.syscalls import NR, i32, syscall
+from snapbox.kernel.syscalls.time import NSEC, read_timespec
+
+_POLLFD = struct.Struct("<ihh")
+_ALWAYS = POLLERR | POLLHUP | POLLNVAL
+
+
+def _revents(f, events: int) -> int:
+    if f is None:
+        return POLLNVAL
+    r = f.ready()
+    if r & POLLIN:
+        r |= POLLRDNORM
+    if r & POLLOUT:
+        r |= POLLWRNORM
+    return r & (events | _ALWAYS)
+
+
+def _deadline(t, nr: int, timeout_ns: int | None) -> int | None:
+    """The sandbox-monotonic deadline of a wait, kept across restarts; None: wait forever."""
+    if timeout_ns is None:
+        return None
+    deadline = t.restart_value(nr)
+    if deadline is None:
+        deadline = t.kernel.timekeeper.monotonic_ns() + timeout_ns
+        t.set_restart(nr, deadline)
+    return deadline
+
+
+def do_poll(t, nr: int, fds: int, nfds: int, timeout_ns: int | None) -> int:
+    if nfds > t.fds.limit:
+        raise SyscallError(errno.EINVAL)
+    raw = t.mm.read(fds, nfds * _POLLFD.size)
+    entries = [_POLLFD.unpack_from(raw, i * _POLLFD.size) for i in range(nfds)]
+    out = []
+    files = []
+    for fd, events, _ in entries:
+        f = t.fds.files.get(fd) if fd >= 0 else None
+        files.append(f)
+        out.append(0 if fd < 0 else _revents(f, events & 0xFFFF))
+    count = sum(1 for r in out if r)
+    deadline = _deadline(t, nr, timeout_ns)
+    expired = timeout_ns == 0 or (deadline is not None and t.kernel.timekeeper.monotonic_ns() >= deadline)
+    if count or expired:
+        t.mm.write(fds, b"".join(_POLLFD.pack(fd, ev, r) for (fd, ev, _), r in zip(entries, out)))
+        return count
+    queues = tuple(q for f in files if f is not None for q in f.queues(t))
+    raise WouldBlock(*queues, deadline=deadline)
+
+
+@syscall(NR.poll)
+def poll(t, fds, nfds, timeout):
+    ms = i32(timeout)
+    return do_poll(t, NR.poll, fds, nfds, None if ms < 0 else ms * 1_000_000)
+
+
+@syscall(NR.ppoll)
+def ppoll(t, fds, nfds, tsp, sigmask, sigsetsize):
+    return do_poll(t, NR.ppoll, fds, nfds, read_timespec(t, tsp) if tsp else None)
+
+
+def do_select(t, nr: int, nfds: int, readfds: int, writefds: int, exceptfds: int,
+              timeout_ns: int | None) -> int:
+    nfds = i32(nfds)
+    if nfds < 0 or nfds > t.fds.limit:
+        raise SyscallError(errno.EINVAL)
+    nbytes = (nfds + 63) // 64 * 8
+    sets = [int.from_bytes(t.mm.read(a, nbytes), "little") if a else 0
+            for a in (readfds, writefds, exceptfds)]
+    results = [0, 0, 0]
+    queues = []
+    for fd in range(nfds):
+        want = [(s >> fd) & 1 for s in sets]
+        if not any(want):
+            continue
+        f = t.fds.files.get(fd)
+        if f is None:
+            raise SyscallError(errno.EBADF)
+        r = f.ready()
+        if want[0] and r & (POLLIN | POLLHUP | POLLERR):
+            results[0] |= 1 << fd
+        if want[1] and r & (POLLOUT | POLLERR):
+            results[1] |= 1 << fd
+        if want[2] and r & POLLPRI:
+            results[2] |= 1 << fd
+        queues.extend(f.queues(t))
+    count = sum(bin(r).count("1") for r in results)
+    deadline = _deadline(t, nr, timeout_ns)
+    expired = timeout_ns == 0 or (deadline is not None and t.kernel.timekeeper.monotonic_ns() >= deadline)
+    if count or expired:
+        for addr, r in zip((readfds, writefds, exceptfds), results):
+            if addr:
+                t.mm.write(addr, r.to_bytes(nbytes, "little"))
+        return count
+    raise WouldBlock(*queues, deadline=deadline)
+
+
+@syscall(NR.select)
+def select(t, nfds, readfds, writefds, exceptfds, timeout):
+    timeout_ns = None
+    if timeout:
+        sec, usec = struct.unpack("<qq", t.mm.read(timeout, 16))
+        if sec < 0 or not 0 <= usec < 1_000_000:
+            raise SyscallError(errno.EINVAL)
+        timeout_ns = sec * NSEC + usec * 1000
+    return do_select(t, NR.select, nfds, readfds, writefds, exceptfds, timeout_ns)
+
+
+@syscall(NR.pselect6)
+def pselect6(t, nfds, readfds, writefds, exceptfds, tsp, sigmask):
+    return do_select(t, NR.pselect6, nfds, readfds, writefds, exceptfds,
+                     read_timespec(t, tsp) if tsp else None)
+
+
