@@ -9,6 +9,7 @@ task and resume none until unpause.
 from __future__ import annotations
 
 import collections
+import contextlib
 import errno
 import heapq
 import logging
@@ -17,6 +18,7 @@ import selectors
 import signal
 import socket
 import stat
+import struct
 import time
 from dataclasses import dataclass, field
 from typing import IO, Any, Callable
@@ -30,17 +32,34 @@ from snapbox.kernel.fd import FDTable
 from snapbox.kernel.host import HostFile
 from snapbox.kernel.mm import MemoryManager
 from snapbox.kernel.signals import (
+    CLD_DUMPED,
+    CLD_EXITED,
+    CLD_KILLED,
     CORE_DUMPED,
+    EFLAGS_USER,
+    REDZONE,
     SA_NOCLDWAIT,
+    SA_NODEFER,
+    SA_ONSTACK,
+    SA_RESETHAND,
+    SA_RESTART,
+    SI_USER,
     SIG_DFL,
     SIG_IGN,
     SIGCHLD,
     SIGKILL,
+    SS_DISABLE,
+    SS_ONSTACK,
+    UCONTEXT_SIZE,
     Default,
+    build_frame,
     default_action,
+    parse_frame,
     sigbit,
+    siginfo,
+    xsave_for_frame,
 )
-from snapbox.kernel.syscalls import MASK64, NAMES, TABLE, load_all
+from snapbox.kernel.syscalls import MASK64, NAMES, NR, TABLE, load_all
 from snapbox.kernel.task import FSContext, PIDNamespace, Run, SigAction, Task, TaskSet, ThreadGroup
 from snapbox.kernel.time import Timekeeper
 from snapbox.kernel.vfs import Filesystem, LowerNode, MemRegular
@@ -61,6 +80,14 @@ from snapbox.state import (
 from snapbox.state.image import ImageReader, ImageWriter
 
 log = logging.getLogger("snapbox.kernel")
+
+# signal(7): calls that fail with EINTR after a handler even with SA_RESTART.
+NEVER_RESTARTED = frozenset({NR.poll, NR.ppoll, NR.select, NR.pselect6, NR.nanosleep, NR.clock_nanosleep,
+                             NR.rt_sigsuspend, NR.pause, NR.rt_sigtimedwait, NR.epoll_wait,
+                             NR.epoll_pwait, NR.epoll_pwait2})
+# Calls that return what they did so far, rather than EINTR, when interrupted part way.
+PARTIAL_RESULT_SYSCALLS = frozenset({NR.write, NR.writev})
+SLEEP_SYSCALLS = frozenset({NR.nanosleep, NR.clock_nanosleep})
 
 WALL = 0x40000000
 MAX_KERNEL_SECTION = 1 << 30  # bound on the decompressed kernel graph of an image
@@ -107,6 +134,7 @@ class Kernel:
     enosys_logged: set = nosave(set)  # syscall numbers already logged as unimplemented
     strace: Callable | None = nosave(default=None)  # called (task, nr, args, result) if set
     wakeup: Any = nosave(default=None)  # socket that turns readable when SIGCHLD arrives
+    current: Task | None = nosave(default=None)  # the task whose syscall handler is running
 
     def __post_init__(self) -> None:
         self._init_loop()
@@ -286,9 +314,9 @@ class Kernel:
                 ptrace.getregs(pid, task.regs)
                 task.run = Run.STOPPED
                 if not self.paused:
-                    self._resume(task)
+                    self._deliver_and_resume(task)
             elif task.run is Run.STOPPED and not self.paused:
-                self._resume(task)
+                self._deliver_and_resume(task)
         elif event == 0 and sig in FAULT_SIGNALS:
             ptrace.getregs(pid, task.regs)
             task.run = Run.STOPPED
@@ -302,11 +330,25 @@ class Kernel:
                 ptrace.cont(pid, 0)
 
     def _fault(self, task: Task, sig: int) -> None:
+        """A signal the stub's own execution raised: a fault becomes the application's
+        signal (with the host's siginfo: si_code, si_addr); one sent from the host is
+        not the application's business."""
+        info = ptrace.getsiginfo(task.host_tid)
+        code = struct.unpack_from("<i", info, 8)[0]
+        if code <= 0:
+            self._resume(task)
+            return
+        bit = sigbit(sig)
         act = task.tg.sigaction(sig)
-        if act.handler not in (SIG_DFL, SIG_IGN):
-            log.warning("pid %d: %s with a handler installed; handler delivery is not implemented, "
-                        "terminating as the default action does", task.tg.tgid, signal.Signals(sig).name)
-        self.exit_group(task.tg, sig | CORE_DUMPED)
+        if act.handler in (SIG_DFL, SIG_IGN) or task.signal_mask & bit:
+            # force_sig_info(): a fault that cannot be handled kills with the default action.
+            self.exit_group(task.tg, sig | CORE_DUMPED)
+            return
+        task.pending |= bit
+        task.siginfo[sig] = info
+        task.tg.mm.stub.clobbered.add(task.host_tid)
+        if not self.paused:
+            self._deliver_and_resume(task)
 
     def _dispatch(self, task: Task) -> None:
         regs = task.regs
@@ -321,7 +363,11 @@ class Kernel:
             else:
                 fn, nargs = entry
                 args = (regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, regs.r9)[:nargs]
-                result = fn(task, *args)
+                self.current = task
+                try:
+                    result = fn(task, *args)
+                finally:
+                    self.current = None
         except SyscallError as e:
             result = -e.errno
         except WouldBlock as wb:
@@ -336,11 +382,18 @@ class Kernel:
             # A bug in a handler must not take the whole sandbox down: log it, fail the call.
             log.exception("syscall %s (%d) of pid %d failed", NAMES.get(nr, "?"), nr, task.tg.tgid)
             result = -errno.EIO
+        if task.run is Run.DEAD:
+            return  # the call ended its own process (a fatal signal to itself)
         if self.strace is not None:
             self.strace(task, nr, regs, result)
         task.restart = None
         regs.rax = result & MASK64
         pid = task.host_tid
+        if (task.pending | task.tg.pending) & ~task.signal_mask:
+            task.run = Run.STOPPED
+            task.tg.mm.stub.clobbered.add(pid)
+            self._deliver_and_resume(task)
+            return
         ptrace.setregs(pid, regs)
         task.tg.mm.stub.clobbered.discard(pid)
         task.run = Run.RUNNING
@@ -368,6 +421,8 @@ class Kernel:
             self.timer_seq += 1
             heapq.heappush(self.timers, (self.timekeeper.to_host(wb.deadline), self.timer_seq,
                                          task, task.timer_token))
+        if self._deliverable(task) and not self.paused:
+            self._interrupt_syscall(task)
 
     def wake(self, task: Task) -> None:
         """Make a parked task re-run its syscall."""
@@ -461,7 +516,9 @@ class Kernel:
         self.paused = False
         for t in list(self.by_host.values()):
             if t.run is Run.STOPPED:
-                self._resume(t)
+                self._deliver_and_resume(t)
+            elif t.run is Run.SYSCALL and not t.queued and self._deliverable(t):
+                self._interrupt_syscall(t)
         self._run_queue()
 
     # -- exit and signals ------------------------------------------------------------------------
@@ -602,7 +659,9 @@ class Kernel:
             if act.handler == SIG_IGN or act.flags & SA_NOCLDWAIT:
                 self.reap(tg)  # sigaction(2): the child does not become a zombie
             else:
-                self.send_signal(parent, SIGCHLD)
+                code = (CLD_DUMPED if status & CORE_DUMPED else CLD_KILLED) if status & 0x7F else CLD_EXITED
+                value = status & 0x7F if status & 0x7F else (status >> 8) & 0xFF
+                self.send_signal(parent, SIGCHLD, siginfo(SIGCHLD, code, tg.tgid, 0, value))
             parent.child_exit.notify()
         if tg is init:
             self.exit_status = status
@@ -626,29 +685,171 @@ class Kernel:
         self.by_host.pop(task.host_tid, None)
         self.tasks.pidns.tasks.pop(task.tid, None)
 
-    def send_signal(self, tg: ThreadGroup, sig: int) -> None:
-        """Send `sig` to a process. Default actions are carried out; a signal with a handler
-        stays pending (handler delivery is not implemented yet, and is logged)."""
+    def send_signal(self, tg: ThreadGroup, sig: int, info: bytes | None = None,
+                    task: Task | None = None) -> None:
+        """Send `sig` to a process, or to one of its threads (`task`). It is delivered when
+        a thread that does not block it next returns to user space; a thread that is
+        running is interrupted for it, one that is blocked in a syscall is woken."""
         if tg.exit_status is not None:
             return
         if sig == SIGKILL:
             self.exit_group(tg, SIGKILL)
             return
+        bit = sigbit(sig)
         act = tg.sigaction(sig)
-        if act.handler == SIG_IGN:
+        ignored = act.handler == SIG_IGN or (act.handler == SIG_DFL and default_action(sig) is Default.IGNORE)
+        targets = [task] if task is not None else list(tg.tasks)
+        if ignored and all(not t.signal_mask & bit for t in targets):
+            return  # signal(7): an ignored signal is discarded when it is generated
+        info = info if info is not None else siginfo(sig, SI_USER)
+        holder = task if task is not None else tg
+        if not holder.pending & bit:  # standard signals do not queue: one pending at most
+            holder.pending |= bit
+            holder.siginfo[sig] = info
+        tg.signal_wait.notify()
+        for t in targets:
+            if not t.signal_mask & bit:
+                self._kick(t)
+                break
+
+    def _deliverable(self, t: Task) -> int:
+        return (t.pending | t.tg.pending) & ~t.signal_mask
+
+    def _kick(self, t: Task) -> None:
+        """Get `t` to a point where it can take a signal."""
+        if self.paused:
+            return  # unpause() looks at every task
+        if t.run is Run.RUNNING:
+            if not t.interrupt_pending:
+                ptrace.interrupt(t.host_tid)
+                t.interrupt_pending = True
+        elif t.run is Run.SYSCALL and not t.queued and t is not self.current:
+            self._interrupt_syscall(t)
+
+    def _interrupt_syscall(self, t: Task) -> None:
+        """A signal arrived for a task blocked in a syscall: end or restart the syscall
+        (signal(7), "Interruption of system calls"), deliver, and let the task run."""
+        regs = t.regs
+        nr = regs.orig_rax
+        for q in t.waiting:
+            if t in q.waiters:
+                q.waiters.remove(t)
+        t.waiting = ()
+        t.timer_token += 1
+        sig = _lowest(self._deliverable(t))
+        act = t.tg.sigaction(sig)
+        progress = t.restart_value(nr)
+        if nr in PARTIAL_RESULT_SYSCALLS and progress:
+            regs.rax = progress
+        elif act.handler not in (SIG_DFL, SIG_IGN) and act.flags & SA_RESTART and nr not in NEVER_RESTARTED:
+            regs.rip -= 2  # make the syscall again once the handler returns
+            regs.rax = regs.orig_rax
+        else:
+            regs.rax = -errno.EINTR & MASK64
+            if nr in SLEEP_SYSCALLS and progress is not None:
+                self._write_remaining(t, nr, progress)
+        t.restart = None
+        t.run = Run.STOPPED
+        t.tg.mm.stub.clobbered.add(t.host_tid)
+        self._deliver_and_resume(t)
+
+    def _write_remaining(self, t: Task, nr: int, deadline: int) -> None:
+        regs = t.regs
+        rem = regs.rsi if nr == NR.nanosleep else regs.r10
+        if nr == NR.clock_nanosleep and regs.rsi & 1:  # TIMER_ABSTIME: nothing to report
             return
-        if act.handler == SIG_DFL:
-            action = default_action(sig)
-            if action is Default.TERM:
-                self.exit_group(tg, sig)
-            elif action is Default.CORE:
-                self.exit_group(tg, sig | CORE_DUMPED)
-            elif action in (Default.STOP, Default.CONT):
-                log.warning("pid %d: job control signal %d is not implemented; ignored", tg.tgid, sig)
-            return
-        tg.pending |= sigbit(sig)
-        log.warning("pid %d: signal %d has a handler; handler delivery is not implemented, "
-                    "it stays pending", tg.tgid, sig)
+        if rem:
+            left = max(0, deadline - self.timekeeper.monotonic_ns())
+            with contextlib.suppress(SyscallError):
+                t.mm.write(rem, struct.pack("<qq", *divmod(left, 1_000_000_000)))
+
+    def _deliver_and_resume(self, t: Task) -> None:
+        if self._deliver_signals(t) and t.run is not Run.DEAD:
+            self._resume(t)
+
+    def _deliver_signals(self, t: Task) -> bool:
+        """Act on the lowest deliverable signal: discard it, carry out its default action,
+        or set up its handler's frame. Returns False if the task is gone."""
+        while True:
+            pending = self._deliverable(t)
+            if not pending:
+                return True
+            sig = _lowest(pending)
+            bit = sigbit(sig)
+            holder = t if t.pending & bit else t.tg
+            holder.pending &= ~bit
+            info = holder.siginfo.pop(sig, None) or siginfo(sig, SI_USER)
+            act = t.tg.sigaction(sig)
+            if act.handler == SIG_IGN:
+                continue
+            if act.handler == SIG_DFL:
+                action = default_action(sig)
+                if action in (Default.TERM, Default.CORE):
+                    self.exit_group(t.tg, sig | (CORE_DUMPED if action is Default.CORE else 0))
+                    return False
+                if action is Default.STOP:
+                    log.warning("pid %d: job control stop (signal %d) is not implemented; ignored",
+                                t.tg.tgid, sig)
+                continue
+            return self._setup_frame(t, sig, act, info)
+
+    def _setup_frame(self, t: Task, sig: int, act: SigAction, info: bytes) -> bool:
+        regs = t.regs
+        old_mask = t.saved_mask if t.saved_mask is not None else t.signal_mask
+        t.saved_mask = None
+        ss_sp, ss_flags, ss_size = t.altstack
+        on_altstack = ss_size and ss_sp <= regs.rsp < ss_sp + ss_size
+        if act.flags & SA_ONSTACK and not ss_flags & SS_DISABLE and not on_altstack:
+            sp = ss_sp + ss_size
+        else:
+            sp = regs.rsp - REDZONE
+        fpstate = ptrace.get_xstate(t.host_tid, XSTATE_MAX)
+        frame, data, fp_addr = build_frame(regs, sp, old_mask, t.altstack, fpstate, info, act.restorer)
+        try:
+            t.mm.write(fp_addr, xsave_for_frame(fpstate, self.features.xcr0))
+            t.mm.write(frame, data)
+        except SyscallError:
+            # No room for the frame (a blown stack): Linux kills with SIGSEGV.
+            self.exit_group(t.tg, signal.SIGSEGV | CORE_DUMPED)
+            return False
+        regs.rip = act.handler
+        regs.rsp = frame
+        regs.rdi = sig
+        regs.rsi = frame + 8 + UCONTEXT_SIZE
+        regs.rdx = frame + 8
+        regs.rax = 0
+        regs.orig_rax = MASK64
+        regs.eflags &= ~(0x400 | 0x100 | 0x10000)  # DF, TF, RF
+        mask = old_mask | act.mask | (0 if act.flags & SA_NODEFER else sigbit(sig))
+        t.signal_mask = mask & ~(sigbit(SIGKILL) | sigbit(signal.SIGSTOP))
+        if act.flags & SA_RESETHAND:
+            t.tg.sigactions.pop(sig, None)
+        t.tg.mm.stub.clobbered.add(t.host_tid)
+        return True
+
+    def sigreturn(self, t: Task) -> int:
+        """rt_sigreturn(2): restore the context the handler's frame saved."""
+        regs = t.regs
+        frame = regs.rsp - 8
+        try:
+            uc = parse_frame(t.mm.read(frame + 8, UCONTEXT_SIZE))
+            fpstate = t.mm.read(uc["fpstate"], max(self.features.xsave_size, 512)) if uc["fpstate"] else None
+        except SyscallError:
+            self.exit_group(t.tg, signal.SIGSEGV | CORE_DUMPED)
+            raise TaskExit from None
+        for name, value in uc["gprs"].items():
+            if name == "eflags":
+                regs.eflags = (regs.eflags & ~EFLAGS_USER) | (value & EFLAGS_USER)
+            else:
+                setattr(regs, name, value)
+        regs.orig_rax = MASK64
+        t.signal_mask = uc["mask"] & ~(sigbit(SIGKILL) | sigbit(signal.SIGSTOP))
+        ss_sp, ss_flags, ss_size = uc["stack"]
+        if not ss_flags & SS_ONSTACK:
+            t.altstack = (ss_sp, ss_flags & ~SS_ONSTACK, ss_size)
+        if fpstate is not None:
+            ptrace.set_xstate(t.host_tid, _fit_xstate(fpstate, FeatureSet.host()))
+        return regs.rax
 
     def cpu_time_ns(self, task: Task) -> int:
         if task.host_tid < 0:
@@ -792,6 +993,11 @@ def _fit_xstate(data: bytes, host: FeatureSet) -> bytes:
         bv = int.from_bytes(out[512:520], "little") & (host.xcr0 or 0x3)
         out[512:520] = bv.to_bytes(8, "little")
     return bytes(out)
+
+
+def _lowest(mask: int) -> int:
+    """The lowest-numbered signal in a sigset."""
+    return (mask & -mask).bit_length()
 
 
 def _ignore_signal(signum, frame) -> None:

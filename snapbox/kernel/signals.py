@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import struct
 
 NSIG = 64
 SIGHUP, SIGINT, SIGQUIT, SIGILL, SIGTRAP, SIGABRT, SIGBUS, SIGFPE = 1, 2, 3, 4, 5, 6, 7, 8
@@ -44,3 +45,70 @@ def default_action(sig: int) -> Default:
 def sigbit(sig: int) -> int:
     """The bit of signal `sig` in a sigset_t."""
     return 1 << (sig - 1)
+
+
+# -- signal frames (arch/x86/kernel/signal.c, the x86-64 rt_sigframe) ---------------------
+
+SI_USER, SI_TKILL, SI_KERNEL = 0, -6, 0x80
+CLD_EXITED, CLD_KILLED, CLD_DUMPED = 1, 2, 3
+SS_ONSTACK, SS_DISABLE = 1, 2
+MINSIGSTKSZ = 2048
+UC_FP_XSTATE, UC_SIGCONTEXT_SS, UC_STRICT_RESTORE_SS = 0x1, 0x2, 0x4
+FP_XSTATE_MAGIC1, FP_XSTATE_MAGIC2 = 0x46505853, 0x46505845
+REDZONE = 128
+SIGINFO_SIZE = 128
+# pretcode, then ucontext: uc_flags, uc_link, uc_stack (sp, flags, size), sigcontext, sigmask
+_SIGCONTEXT_GPRS = ("r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15", "rdi", "rsi", "rbp",
+                    "rbx", "rdx", "rax", "rcx", "rsp", "rip", "eflags")
+_UCONTEXT = struct.Struct("<QQQi4xQ" + "Q" * 18 + "HHHH" + "QQQQQ" + "64x" + "Q")
+FRAME_SIZE = 8 + _UCONTEXT.size + SIGINFO_SIZE
+EFLAGS_USER = 0x254DD5  # the flags rt_sigreturn lets user space set (FIX_EFLAGS)
+
+
+def siginfo(sig: int, code: int, pid: int = 0, uid: int = 0, status: int = 0, addr: int | None = None) -> bytes:
+    """A siginfo_t: kill-style (pid, uid), SIGCHLD-style (pid, uid, status) or fault (addr)."""
+    head = struct.pack("<iii4x", sig, 0, code)
+    if addr is not None:
+        body = struct.pack("<Q", addr)
+    elif sig == SIGCHLD:
+        body = struct.pack("<iIi", pid, uid, status)
+    else:
+        body = struct.pack("<iI", pid, uid)
+    return (head + body).ljust(SIGINFO_SIZE, b"\0")
+
+
+def build_frame(regs, sp: int, mask: int, altstack: tuple[int, int, int], fpstate: bytes,
+                info: bytes, restorer: int) -> tuple[int, bytes, int]:
+    """Lay out an rt_sigframe below `sp`: returns (frame address, frame bytes, address for
+    `fpstate`, which the caller writes there)."""
+    fp_addr = (sp - len(fpstate) - 4) & ~63  # room for FP_XSTATE_MAGIC2 after the area
+    frame = ((fp_addr - FRAME_SIZE) & ~15) - 8  # as after a call: (rsp + 8) % 16 == 0
+    gprs = [getattr(regs, n) for n in _SIGCONTEXT_GPRS]
+    uc = _UCONTEXT.pack(
+        UC_FP_XSTATE | UC_SIGCONTEXT_SS | UC_STRICT_RESTORE_SS, 0,
+        altstack[0], altstack[1], altstack[2],
+        *gprs, regs.cs, regs.gs, regs.fs, regs.ss,
+        0, 0, mask, 0, fp_addr,  # err, trapno, oldmask, cr2, fpstate
+        mask,
+    )
+    return frame, struct.pack("<Q", restorer) + uc + info, fp_addr
+
+
+def xsave_for_frame(fpstate: bytes, xcr0: int) -> bytes:
+    """The XSAVE area as a signal frame holds it: with the software-reserved bytes that
+    describe it (fpx_sw_bytes) and FP_XSTATE_MAGIC2 after it."""
+    area = bytearray(fpstate)
+    if len(area) >= 512:
+        area[464:464 + 20] = struct.pack("<IIQI", FP_XSTATE_MAGIC1, len(fpstate) + 4, xcr0, len(fpstate))
+    return bytes(area) + struct.pack("<I", FP_XSTATE_MAGIC2)
+
+
+def parse_frame(data: bytes) -> dict:
+    """The ucontext of a frame (read from frame + 8) as rt_sigreturn needs it."""
+    v = _UCONTEXT.unpack_from(data)
+    gprs = dict(zip(_SIGCONTEXT_GPRS, v[5:23]))
+    return {"stack": (v[2], v[3], v[4]), "gprs": gprs, "cs": v[23], "ss": v[26],
+            "fpstate": v[31], "mask": v[32]}
+
+
+UCONTEXT_SIZE = _UCONTEXT.size

@@ -63,6 +63,8 @@ class ThreadGroup:
     exe: str = ""  # sandbox path of the executable
     rlimits: dict = field(default_factory=dict)  # RLIMIT_* -> (soft, hard), for those set
     pending: int = 0  # signals sent to the process and not yet delivered (sigset bits)
+    siginfo: dict = field(default_factory=dict)  # signal -> siginfo_t bytes of a pending one
+    signal_wait: WaitQueue = field(default_factory=WaitQueue)  # sigtimedwait callers
     exit_status: int | None = None  # wait(2) status once the whole group has exited
     children: list = field(default_factory=list)  # child ThreadGroups, zombies until reaped
     child_exit: WaitQueue = field(default_factory=WaitQueue)  # wait4 callers; fired when a child exits
@@ -84,6 +86,9 @@ class Task:
     comm: str = ""  # the thread name (prctl PR_SET_NAME, /proc/pid/comm), at most 15 bytes
     signal_mask: int = 0  # blocked signals, bit (n-1) for signal n
     pending: int = 0  # signals sent to this thread and not yet delivered
+    siginfo: dict = field(default_factory=dict)  # signal -> siginfo_t bytes of a pending one
+    altstack: tuple = (0, 2, 0)  # sigaltstack: (ss_sp, ss_flags, ss_size); SS_DISABLE at first
+    saved_mask: int | None = None  # the mask rt_sigsuspend replaced, restored after the handler
     cpu_base: int = 0  # CPU time (ns) used on earlier hosts, before the current stub
     clear_child_tid: int = 0  # set_tid_address(2)
     robust_list: tuple = (0, 0)  # set_robust_list(2): (head address, length)

@@ -83,6 +83,13 @@ def setregs(pid: int, regs: Regs) -> None:
     _check(_ptrace(PTRACE_SETREGS, pid, None, ctypes.addressof(regs)), "SETREGS", pid)
 
 
+def getsiginfo(pid: int) -> bytes:
+    """The siginfo_t of the signal the tracee is stopped for."""
+    buf = ctypes.create_string_buffer(128)
+    _check(_ptrace(PTRACE_GETSIGINFO, pid, None, ctypes.addressof(buf)), "GETSIGINFO", pid)
+    return buf.raw
+
+
 class _IoVec(ctypes.Structure):
     _fields_ = (("base", ctypes.c_void_p), ("len", ctypes.c_size_t))
 

@@ -5,8 +5,19 @@ from __future__ import annotations
 import errno
 import struct
 
-from snapbox.kernel.errors import SyscallError
-from snapbox.kernel.signals import SIGKILL, SIGSTOP, NSIG, sigbit
+from snapbox.kernel.errors import SyscallError, WouldBlock
+from snapbox.kernel.signals import (
+    MINSIGSTKSZ,
+    NSIG,
+    SI_TKILL,
+    SI_USER,
+    SIGKILL,
+    SIGSTOP,
+    SS_DISABLE,
+    SS_ONSTACK,
+    sigbit,
+    siginfo,
+)
 from snapbox.kernel.syscalls import NR, i32, syscall
 from snapbox.kernel.task import SigAction
 
@@ -75,7 +86,7 @@ def kill(t, pid, sig):
     if tg is None or tg.exit_status is not None:
         raise SyscallError(errno.ESRCH)
     if sig:
-        t.kernel.send_signal(tg, sig)
+        t.kernel.send_signal(tg, sig, siginfo(sig, SI_USER, t.tg.tgid))
     return 0
 
 
@@ -88,7 +99,7 @@ def tgkill(t, tgid, tid, sig):
     if target is None or target.tg.tgid != tgid:
         raise SyscallError(errno.ESRCH)
     if sig:
-        t.kernel.send_signal(target.tg, sig)
+        t.kernel.send_signal(target.tg, sig, siginfo(sig, SI_TKILL, t.tg.tgid), task=target)
     return 0
 
 
@@ -98,3 +109,76 @@ def tkill(t, tid, sig):
     if target is None:
         raise SyscallError(errno.ESRCH)
     return tgkill(t, target.tg.tgid, i32(tid), sig)
+
+
+@syscall(NR.rt_sigreturn)
+def rt_sigreturn(t):
+    return t.kernel.sigreturn(t)
+
+
+_STACK_T = struct.Struct("<Qi4xQ")
+SS_AUTODISARM = 1 << 31
+
+
+@syscall(NR.sigaltstack)
+def sigaltstack(t, ss, old_ss):
+    sp, flags, size = t.altstack
+    on = bool(size) and sp <= t.regs.rsp < sp + size
+    if old_ss:
+        t.mm.write(old_ss, _STACK_T.pack(sp, SS_ONSTACK if on else flags, size))
+    if ss:
+        new_sp, new_flags, new_size = _STACK_T.unpack(t.mm.read(ss, _STACK_T.size))
+        if on:
+            raise SyscallError(errno.EPERM)
+        mode = new_flags & ~SS_AUTODISARM
+        if mode not in (0, SS_ONSTACK, SS_DISABLE):
+            raise SyscallError(errno.EINVAL)
+        if mode == SS_DISABLE:
+            t.altstack = (0, SS_DISABLE, 0)
+        else:
+            if new_size < MINSIGSTKSZ:
+                raise SyscallError(errno.ENOMEM)
+            t.altstack = (new_sp, 0, new_size)
+    return 0
+
+
+@syscall(NR.rt_sigsuspend)
+def rt_sigsuspend(t, mask, sigsetsize):
+    if sigsetsize != 8:
+        raise SyscallError(errno.EINVAL)
+    if t.saved_mask is None:
+        (new,) = _SIGSET.unpack(t.mm.read(mask, 8))
+        t.saved_mask = t.signal_mask
+        t.signal_mask = new & ~UNBLOCKABLE
+    raise WouldBlock()  # until a signal is delivered: that ends it with EINTR
+
+
+@syscall(NR.pause)
+def pause(t):
+    raise WouldBlock()
+
+
+@syscall(NR.rt_sigtimedwait)
+def rt_sigtimedwait(t, set_, info, timeout, sigsetsize):
+    from snapbox.kernel.syscalls.time import read_timespec
+
+    if sigsetsize != 8:
+        raise SyscallError(errno.EINVAL)
+    (wanted,) = _SIGSET.unpack(t.mm.read(set_, 8))
+    wanted &= ~UNBLOCKABLE
+    for holder in (t, t.tg):
+        ready = holder.pending & wanted
+        if ready:
+            sig = (ready & -ready).bit_length()
+            holder.pending &= ~sigbit(sig)
+            data = holder.siginfo.pop(sig, None) or siginfo(sig, SI_USER)
+            if info:
+                t.mm.write(info, data)
+            return sig
+    deadline = t.restart_value(NR.rt_sigtimedwait)
+    if deadline is None and timeout:
+        deadline = t.kernel.timekeeper.monotonic_ns() + read_timespec(t, timeout)
+        t.set_restart(NR.rt_sigtimedwait, deadline)
+    if deadline is not None and t.kernel.timekeeper.monotonic_ns() >= deadline:
+        raise SyscallError(errno.EAGAIN)
+    raise WouldBlock(t.tg.signal_wait, deadline=deadline)
