@@ -12,7 +12,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGES = REPO / "fixtures" / "images"
-BUNDLES = ("counter", "counter-glibc", "memhog", "memhog-glibc", "hello", "hello-glibc")
+BUNDLES = ("counter", "counter-glibc", "memhog", "memhog-glibc", "hello", "hello-glibc", "signals",
+           "signals-glibc", "busybox")
 
 
 @pytest.fixture(scope="session")

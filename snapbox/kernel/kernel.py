@@ -27,6 +27,7 @@ import zstandard
 
 from snapbox import __version__
 from snapbox.kernel import elf
+from snapbox.kernel.devices import mount_dev
 from snapbox.kernel.errors import SyscallError, TaskExit, WouldBlock
 from snapbox.kernel.fd import FDTable
 from snapbox.kernel.host import HostFile
@@ -155,6 +156,7 @@ class Kernel:
         """A kernel with one process (pid 1) ready to run argv[0], stdio = ours."""
         memfile = MemoryFile()
         fs = Filesystem(rootfs=rootfs, memfile=memfile)
+        mount_dev(fs)
         k = cls(features=FeatureSet.host(), memfile=memfile, fs=fs, hostname=hostname)
         k.tasks.init = k._exec_init(argv, env, cwd)
         return k

@@ -6,9 +6,11 @@ import errno
 import stat as st
 import struct
 
+from snapbox.kernel.devices import DeviceFile, DeviceNode
 from snapbox.kernel.errors import SyscallError, WouldBlock
 from snapbox.kernel.fd import (
     O_ACCMODE,
+    O_NONBLOCK,
     O_CLOEXEC,
     O_CREAT,
     O_DIRECTORY,
@@ -20,6 +22,7 @@ from snapbox.kernel.fd import (
     O_WRONLY,
     SETFL_MASK,
 )
+from snapbox.kernel.pipe import make_pipe
 from snapbox.kernel.syscalls import NR, i32, i64, syscall
 from snapbox.kernel.vfs import Dir, DirFile, LowerNode, MemRegular, RegularFile, now_ns
 
@@ -80,6 +83,8 @@ def open_node(t, dirfd: int, path_addr: int, flags: int, mode: int) -> int:
         if accmode != O_RDONLY and not flags & O_PATH:
             raise SyscallError(errno.EISDIR)
         f = DirFile(flags=flags & ~O_CLOEXEC, node=node)
+    elif isinstance(node, DeviceNode):
+        f = DeviceFile(flags=flags & ~O_CLOEXEC, node=node)
     else:
         if isinstance(node, LowerNode) and not st.S_ISREG(node.mode) and not flags & O_PATH:
             raise SyscallError(errno.ENXIO, "device and fifo nodes of the rootfs are not supported")
@@ -471,9 +476,6 @@ def rmdir(t, path):
 
 @syscall(NR.pipe2)
 def pipe2(t, fds, flags):
-    from snapbox.kernel.fd import O_NONBLOCK
-    from snapbox.kernel.pipe import make_pipe
-
     if flags & ~(O_CLOEXEC | O_NONBLOCK | 0o40000):  # O_DIRECT is accepted and ignored
         raise SyscallError(errno.EINVAL)
     r, w = make_pipe(t.kernel, flags)

@@ -1,0 +1,77 @@
+"""/dev: the character devices every program expects (null, zero, full, random, urandom)."""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from dataclasses import dataclass
+
+from snapbox.kernel.errors import SyscallError
+from snapbox.kernel.fd import OpenFile
+from snapbox.kernel.vfs import Dir, Filesystem, Inode, now_ns
+from snapbox.state import savable
+
+# name -> (major, minor), as on Linux (Documentation/admin-guide/devices.txt)
+DEVICES = {"null": (1, 3), "zero": (1, 5), "full": (1, 7), "random": (1, 8), "urandom": (1, 9)}
+MAX_READ = 1 << 20
+
+
+def makedev(major: int, minor: int) -> int:
+    return ((major & 0xFFF) << 8) | (minor & 0xFF) | ((minor & ~0xFF) << 12) | ((major & ~0xFFF) << 32)
+
+
+@savable
+@dataclass(eq=False)
+class DeviceNode(Inode):
+    """A character device node; `name` says which device it is."""
+
+    name: str = ""
+    rdev: int = 0
+
+    def stat(self) -> dict:
+        out = super().stat()
+        out["rdev"] = self.rdev
+        return out
+
+
+@savable
+@dataclass(eq=False)
+class DeviceFile(OpenFile):
+    """An open character device."""
+
+    node: DeviceNode | None = None
+
+    def read(self, t, count: int, offset: int | None = None) -> bytes:
+        name = self.node.name
+        if name == "null":
+            return b""
+        if name in ("zero", "full"):
+            return bytes(min(count, MAX_READ))
+        return os.urandom(min(count, MAX_READ))
+
+    def write(self, t, data: bytes, offset: int | None = None) -> int:
+        if self.node.name == "full":
+            raise SyscallError(errno.ENOSPC)
+        return len(data)
+
+    def seek(self, offset: int, whence: int) -> int:
+        return 0  # these devices ignore the file position (lseek succeeds, as on Linux)
+
+    def stat(self) -> dict:
+        return self.node.stat()
+
+    def describe(self) -> str:
+        return f"device /dev/{self.node.name}"
+
+
+def mount_dev(fs: Filesystem) -> None:
+    """Put a fresh /dev with the standard devices over whatever the rootfs has there."""
+    now = now_ns()
+    dev = Dir(ino=fs.new_ino(), mode=stat.S_IFDIR | 0o755, nlink=2, atime=now, mtime=now, ctime=now,
+              name="dev", parent=fs.root)
+    for name, (major, minor) in DEVICES.items():
+        dev.entries[name] = DeviceNode(ino=fs.new_ino(), mode=stat.S_IFCHR | 0o666, atime=now,
+                                       mtime=now, ctime=now, name=name, rdev=makedev(major, minor))
+    fs.root.entries["dev"] = dev
+    fs.root.whiteouts.discard("dev")

@@ -1,0 +1,149 @@
+"""Real static programs in a real sandbox, compared with the same programs run natively."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, lines, wait_for
+
+SCRIPTS = REPO / "tests" / "e2e" / "scripts"
+
+
+def busybox_bundle(images: Path, tmp_path: Path, script: str, name: str = "bb") -> Path:
+    """A bundle on the busybox fixture's rootfs that runs `script` with sh -c, in /work."""
+    bundle = tmp_path / name
+    bundle.mkdir()
+    (bundle / "config.json").write_text(json.dumps({
+        "ociVersion": "1.0.2",
+        "process": {"args": ["/bin/sh", "-c", script], "env": ["PATH=/bin", "HOME=/tmp"], "cwd": "/work"},
+        "root": {"path": str(images / "busybox" / "rootfs")},
+    }))
+    return bundle
+
+
+def native(images: Path, tmp_path: Path, script: str) -> str:
+    """The same script under the same busybox, on the host, in an empty directory; stdout
+    and stderr go to one file, as they do for the sandbox."""
+    work = tmp_path / "native-work"
+    work.mkdir()
+    busybox = images / "busybox" / "rootfs" / "bin" / "busybox"
+    out = tmp_path / "native.txt"
+    with open(out, "w") as f:
+        subprocess.run([str(busybox), "sh", "-c", script], cwd=work, stdout=f, stderr=f,
+                       env={"PATH": str(busybox.parent), "HOME": str(work)}, timeout=60)
+    return out.read_text()
+
+
+def in_sandbox(snapbox, out: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """A snapbox command whose stdout and stderr (and so the sandbox's) go to `out`."""
+    with open(out, "a") as f:
+        p = subprocess.run(snapbox.cmd(*args), stdout=f, stderr=f, stdin=subprocess.DEVNULL, timeout=60)
+    if check:
+        assert p.returncode == 0, out.read_text()
+    return p
+
+
+def test_busybox_suite_matches_native(snapbox, images, tmp_path):
+    script = (SCRIPTS / "suite.sh").read_text()
+    bundle = busybox_bundle(images, tmp_path, script)
+    out = tmp_path / "out.txt"
+    in_sandbox(snapbox, out, "run", "--bundle", str(bundle), "bb")
+    assert out.read_text() == native(images, tmp_path, script)
+
+
+def test_busybox_suite_with_checkpoints_matches_native(snapbox, images, tmp_path):
+    """Checkpoint at random moments, each time restoring into a fresh sandbox process."""
+    script = (SCRIPTS / "suite.sh").read_text()
+    bundle = busybox_bundle(images, tmp_path, script)
+    out = tmp_path / "out.txt"
+    rng = random.Random(1234)
+    in_sandbox(snapbox, out, "run", "--bundle", str(bundle), "--detach", "s0")
+    image = tmp_path / "s.img"
+    cid, restores = "s0", 0
+    while restores < 6:
+        time.sleep(rng.uniform(0.05, 0.3))
+        p = snapbox("checkpoint", "--image-path", str(image), cid, check=False)
+        if p.returncode != 0:
+            assert json.loads(snapbox("state", cid).stdout)["status"] == "stopped", p.stderr
+            break  # the script ended first
+        snapbox("delete", cid)
+        restores += 1
+        cid = f"s{restores}"
+        in_sandbox(snapbox, out, "restore", "--bundle", str(bundle), "--image-path", str(image),
+                   "--detach", cid)
+    wait_for(lambda: json.loads(snapbox("state", cid).stdout)["status"] == "stopped", timeout=30,
+             what="the script to finish")
+    assert restores >= 2
+    assert out.read_text() == native(images, tmp_path, script)
+
+
+@pytest.mark.parametrize("bundle", ["signals", "signals-glibc"])
+def test_signals_match_native(snapbox, images, bundle):
+    binary = images / bundle / "rootfs" / f"/{bundle}".lstrip("/")
+    want = subprocess.run([str(binary)], capture_output=True, text=True, timeout=30).stdout
+    got = snapbox("run", "--bundle", str(images / bundle), "sig").stdout
+
+    def normal(text: str) -> str:
+        return re.sub(r"pid=\d+", "pid=N", text)
+
+    assert normal(got) == normal(want)
+    assert "segv at 0x1234" in got and "read after restart n=1 c=x" in got
+
+
+def test_no_way_out_of_the_rootfs(snapbox, images, tmp_path):
+    secret = "host-secret-" + str(random.random())
+    (tmp_path / "secret.txt").write_text(secret)
+    rootfs = images / "busybox" / "rootfs"
+    up = "../" * (len(rootfs.parts) + 2)
+    script = f"""
+    cat {up}{tmp_path}/secret.txt
+    cat /../../../..{tmp_path}/secret.txt
+    ln -s / /tmp/root; cat /tmp/root/..{tmp_path}/secret.txt
+    ln -s {tmp_path} /tmp/hostdir; cat /tmp/hostdir/secret.txt
+    mkdir -p /tmp/a; ln -s ../../.. /tmp/a/up; cat /tmp/a/up/..{tmp_path}/secret.txt
+    cat /proc/self/root{tmp_path}/secret.txt
+    cd /; cd ..; cd ..; cat .{tmp_path}/secret.txt
+    echo tried
+    """
+    bundle = busybox_bundle(images, tmp_path, script)
+    p = snapbox("run", "--bundle", str(bundle), "esc", check=False)
+    assert "tried" in p.stdout
+    assert secret not in p.stdout + p.stderr
+    assert p.stderr.count("No such file or directory") == 7
+
+
+def test_dev_null_zero_and_random(snapbox, images, tmp_path):
+    script = """
+    echo gone > /dev/null && echo null-ok
+    head -c 5 /dev/zero | od -An -tx1
+    head -c 16 /dev/urandom | wc -c
+    echo x > /dev/full || echo full-refused
+    ls -l /dev/null | cut -c1-10
+    """
+    bundle = busybox_bundle(images, tmp_path, script)
+    p = snapbox("run", "--bundle", str(bundle), "dev", check=False)
+    assert p.stdout.split("\n")[:5] == ["null-ok", " 00 00 00 00 00", "16", "full-refused", "crw-rw-rw-"]
+    assert "No space left on device" in p.stderr
+
+
+def test_a_sandbox_with_many_processes_checkpoints_while_they_block(snapbox, images, tmp_path):
+    """Parked in wait4, in a pipe read, in nanosleep, in a pipe write: all carry on."""
+    script = "(sleep 0.6; echo from-sleeper) | (cat; echo reader-done) & yes | head -c 200000 | wc -c; wait; echo all-done"
+    bundle = busybox_bundle(images, tmp_path, script)
+    out = tmp_path / "out.txt"
+    in_sandbox(snapbox, out, "run", "--bundle", str(bundle), "--detach", "m0")
+    image = tmp_path / "m.img"
+    snapbox("checkpoint", "--image-path", str(image), "m0")
+    info = json.loads(snapbox("inspect", "--json", str(image)).stdout)
+    assert len(info["processes"]) >= 3
+    snapbox("delete", "m0")
+    in_sandbox(snapbox, out, "restore", "--bundle", str(bundle), "--image-path", str(image), "--detach", "m1")
+    wait_for(lambda: "all-done" in lines(out), timeout=30, what="the pipeline to finish")
+    assert sorted(lines(out)) == sorted(["from-sleeper", "reader-done", "200000", "all-done"])
