@@ -12,7 +12,9 @@ import stat
 
 import pytest
 
+from snapbox.kernel.devices import DeviceFile, mount_dev
 from snapbox.kernel.fd import FDTable, OpenFile
+from snapbox.kernel.pipe import make_pipe
 from snapbox.kernel.host import HostFile
 from snapbox.kernel.kernel import Kernel, LoadContext
 from snapbox.kernel.mm import MemoryManager, Vma
@@ -53,6 +55,12 @@ def build(name: str, kernel: Kernel):
     tg.tasks.append(task)
     tg.fds.install(RegularFile(flags=2, fs=fs, node=mem, name="/etc/new", offset=3))
     pidns = PIDNamespace(next_id=2, tasks={1: task}, groups={1: tg})
+    pipe_r, pipe_w = make_pipe(kernel, 0)
+    pipe_r.pipe.buf += b"in flight"
+    tg.fds.install(pipe_r)
+    tg.fds.install(pipe_w)
+    if "dev" not in fs.root.entries:
+        mount_dev(fs)
     factories = {
         "Kernel": lambda: kernel,
         "FeatureSet": FeatureSet.host,
@@ -78,6 +86,10 @@ def build(name: str, kernel: Kernel):
         "LowerNode": lambda: motd,
         "Dir": lambda: etc,
         "WaitQueue": WaitQueue,
+        "Pipe": lambda: pipe_r.pipe,
+        "PipeFile": lambda: pipe_w,
+        "DeviceNode": lambda: fs.root.entries["dev"].entries["zero"],
+        "DeviceFile": lambda: DeviceFile(flags=2, node=fs.root.entries["dev"].entries["urandom"]),
     }
     return factories[name]()
 
