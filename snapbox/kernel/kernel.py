@@ -61,6 +61,7 @@ from snapbox.kernel.signals import (
     xsave_for_frame,
 )
 from snapbox.kernel.syscalls import MASK64, NAMES, NR, TABLE, load_all
+from snapbox.kernel.syscalls.futex import wake as futex_wake
 from snapbox.kernel.task import FSContext, PIDNamespace, Run, SigAction, Task, TaskSet, ThreadGroup
 from snapbox.kernel.time import Timekeeper
 from snapbox.kernel.vfs import Filesystem, LowerNode, MemRegular
@@ -136,6 +137,7 @@ class Kernel:
     strace: Callable | None = nosave(default=None)  # called (task, nr, args, result) if set
     wakeup: Any = nosave(default=None)  # socket that turns readable when SIGCHLD arrives
     current: Task | None = nosave(default=None)  # the task whose syscall handler is running
+    futexes: dict = nosave(dict)  # MemoryFile offset of a futex word -> WaitQueue of its waiters
 
     def __post_init__(self) -> None:
         self._init_loop()
@@ -366,10 +368,14 @@ class Kernel:
                 fn, nargs = entry
                 args = (regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, regs.r9)[:nargs]
                 self.current = task
+                stub = task.tg.mm.stub
+                stub.active = task.host_tid
                 try:
                     result = fn(task, *args)
                 finally:
                     self.current = None
+                    if task.tg.mm.stub is not None:
+                        task.tg.mm.stub.active = None
         except SyscallError as e:
             result = -e.errno
         except WouldBlock as wb:
@@ -404,6 +410,9 @@ class Kernel:
     def _resume(self, task: Task) -> None:
         pid = task.host_tid
         stub = task.tg.mm.stub
+        if pid in stub.interrupts_seen:
+            stub.interrupts_seen.discard(pid)
+            task.interrupt_pending = False
         if pid in stub.clobbered:
             ptrace.setregs(pid, task.regs)
             stub.clobbered.discard(pid)
@@ -576,6 +585,20 @@ class Kernel:
             self._resume(child)
         return tgid
 
+    def _stop_thread(self, task: Task) -> None:
+        """Bring a running thread to a stop (so a syscall can be injected into it)."""
+        if task.run is Run.RUNNING:
+            if not task.interrupt_pending:
+                ptrace.interrupt(task.host_tid)
+                task.interrupt_pending = True
+            while task.run is Run.RUNNING:
+                pid, status = os.waitpid(task.host_tid, WALL)
+                saved, self.paused = self.paused, True
+                try:
+                    self._on_status(pid, status)
+                finally:
+                    self.paused = saved
+
     def execve(self, t: Task, path: bytes, argv: list[bytes], envp: list[bytes], depth: int = 0) -> None:
         """execve(2): replace the caller's program. Fails with no side effect, or succeeds
         with the task's registers set to the new program's entry."""
@@ -608,6 +631,11 @@ class Kernel:
         # The point of no return: the old program is gone from here on.
         tg = t.tg
         stub = tg.mm.stub
+        for other in [x for x in tg.tasks if x is not t]:
+            self._stop_thread(other)
+            self._drop(other)
+            tg.tasks.remove(other)
+            stub.exit_thread(other.host_tid)
         stub.unmap(0, APP_TOP)
         tg.mm.release_all()
         tg.mm = mm
@@ -631,8 +659,49 @@ class Kernel:
         if len(task.tg.tasks) <= 1:
             self.exit_group(task.tg, status)
             return
+        self._clear_child_tid(task)
         self._drop(task)
         task.tg.tasks.remove(task)
+        task.tg.mm.stub.exit_thread(task.host_tid)
+
+    def _clear_child_tid(self, task: Task) -> None:
+        """set_tid_address(2): at thread exit, zero the word and wake one futex waiter
+        (how pthread_join learns a thread is gone)."""
+        if task.clear_child_tid:
+            with contextlib.suppress(SyscallError):
+                task.mm.write(task.clear_child_tid, bytes(4))
+                futex_wake(task, task.clear_child_tid, 1)
+
+    def clone_thread(self, t: Task, flags: int, stack: int, ptid: int, ctid: int, tls: int) -> int:
+        """clone(2) with CLONE_THREAD: a new task in the caller's process, run by a new
+        host thread of the same stub."""
+        tg = t.tg
+        stub = tg.mm.stub
+        host_tid = stub.clone_thread(t.host_tid)
+        pidns = self.tasks.pidns
+        tid = pidns.allocate()
+        child = Task(tid=tid, tg=tg, kernel=self, comm=t.comm, signal_mask=t.signal_mask)
+        tg.tasks.append(child)
+        pidns.tasks[tid] = child
+        tid_bytes = tid.to_bytes(4, "little")
+        if flags & CLONE_CHILD_SETTID:
+            tg.mm.write(ctid, tid_bytes)
+        if flags & CLONE_PARENT_SETTID:
+            tg.mm.write(ptid, tid_bytes)
+        if flags & CLONE_CHILD_CLEARTID:
+            child.clear_child_tid = ctid
+        regs = ptrace.copy_regs(t.regs)
+        regs.rax = 0
+        regs.orig_rax = MASK64
+        if stack:
+            regs.rsp = stack
+        if flags & CLONE_SETTLS:
+            regs.fs_base = tls
+        ptrace.set_xstate(host_tid, ptrace.get_xstate(t.host_tid, XSTATE_MAX))
+        self._bind(child, host_tid, regs)
+        if not self.paused:
+            self._resume(child)
+        return tid
 
     def exit_group(self, tg: ThreadGroup, status: int) -> None:
         """End every task of `tg` with wait status `status`; init's exit ends the sandbox."""
@@ -970,13 +1039,14 @@ class Kernel:
                 continue
             stub = Stub.spawn(self.memfile.fd)
             tg.mm.attach(stub)
-            for t in tg.tasks:
+            for i, t in enumerate(tg.tasks):
                 if not t.saved_regs:
                     raise ImageError(f"image holds task {t.tid} without registers")
+                host_tid = stub.pid if i == 0 else stub.clone_thread(stub.pid)
                 regs = ptrace.regs_from_tuple(t.saved_regs)
                 regs.orig_rax = MASK64
-                ptrace.set_xstate(stub.pid, _fit_xstate(t.saved_fpstate, host))
-                self._bind(t, stub.pid, regs)
+                ptrace.set_xstate(host_tid, _fit_xstate(t.saved_fpstate, host))
+                self._bind(t, host_tid, regs)
                 t.saved_regs = ()
                 t.saved_fpstate = b""
 

@@ -108,6 +108,7 @@ class Task:
     waiting: tuple = nosave(tuple)  # WaitQueues this task is parked on
     timer_token: int = nosave(default=0)  # bumped to cancel a pending wake-up timer
     queued: bool = nosave(default=False)  # in the kernel's run queue
+    futex_bitset: int = nosave(default=0)  # FUTEX_WAIT_BITSET mask while parked on a futex
     cpu_start: int = nosave(default=0)  # host CPU time (ns) of host_tid when it took this task
 
     @property

@@ -36,6 +36,10 @@ WALL = 0x40000000
 SYS_MMAP = 9
 SYS_MPROTECT = 10
 SYS_MUNMAP = 11
+SYS_CLONE = 56
+SYS_EXIT = 60
+# CLONE_VM | CLONE_FS | CLONE_FILES | CLONE_SIGHAND | CLONE_THREAD | CLONE_SYSVSEM
+_THREAD_FLAGS = 0x100 | 0x200 | 0x400 | 0x800 | 0x10000 | 0x40000
 
 PROT_READ, PROT_WRITE, PROT_EXEC = 1, 2, 4
 MAP_SHARED, MAP_FIXED = 0x1, 0x10
@@ -99,6 +103,10 @@ class Stub:
         # Set when an injected syscall has overwritten the registers of a thread: the
         # task's own registers must be written back before it runs again.
         self.clobbered: set[int] = set()
+        # The thread injected syscalls run on by default (the one the kernel is serving).
+        self.active: int | None = None
+        # Threads whose pending PTRACE_INTERRUPT stop an injected syscall swallowed.
+        self.interrupts_seen: set[int] = set()
 
     @classmethod
     def spawn(cls, memfd: int) -> Stub:
@@ -111,7 +119,8 @@ class Stub:
             _stub_child(gate_r, gate_w, memfd, exe)
         os.close(gate_r)
         try:
-            ptrace.seize(pid, ptrace.PTRACE_O_EXITKILL | ptrace.PTRACE_O_TRACESYSGOOD | ptrace.PTRACE_O_TRACEEXEC)
+            ptrace.seize(pid, ptrace.PTRACE_O_EXITKILL | ptrace.PTRACE_O_TRACESYSGOOD
+                         | ptrace.PTRACE_O_TRACEEXEC | ptrace.PTRACE_O_TRACECLONE)
         except OSError:
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, WALL)
@@ -149,9 +158,27 @@ class Stub:
         if left:
             raise StubError(f"stub {self.pid} keeps host mappings at {left[0][0]:#x}")
 
-    def syscall(self, nr: int, *args: int) -> int:
-        """Run a host syscall inside the stub (its leader thread must be stopped)."""
-        tid = self.pid
+    def syscall(self, nr: int, *args: int, tid: int | None = None) -> int:
+        """Run a host syscall inside the stub, on thread `tid` (default: the thread the
+        kernel is serving, else the leader), which must be stopped."""
+        tid = tid or self.active or self.pid
+        self._enter(tid, nr, args)
+        while True:
+            _, status = os.waitpid(tid, WALL)
+            if os.WIFEXITED(status) or os.WIFSIGNALED(status):
+                raise StubError(f"stub {tid} died during an injected syscall {nr}")
+            if os.WSTOPSIG(status) == signal.SIGTRAP and status >> 16 == 0:
+                break
+            if status >> 16 == ptrace.PTRACE_EVENT_STOP:
+                self.interrupts_seen.add(tid)
+            # A stale PTRACE_INTERRUPT, our own clone's event, or a host signal: go on.
+            ptrace.cont(tid, 0)
+        regs = self.scratch
+        ptrace.getregs(tid, regs)
+        result = regs.rax
+        return result - (1 << 64) if result >= 1 << 63 else result
+
+    def _enter(self, tid: int, nr: int, args: tuple[int, ...]) -> None:
         regs = self.scratch
         ctypes.pointer(regs)[0] = self.base_regs
         regs.rip = TRAMPOLINE
@@ -161,17 +188,26 @@ class Stub:
         ptrace.setregs(tid, regs)
         self.clobbered.add(tid)
         ptrace.cont(tid, 0)
+
+    def clone_thread(self, tid: int) -> int:
+        """A new host thread in this stub, made by thread `tid` (stopped); returns its tid,
+        stopped and traced (PTRACE_O_TRACECLONE)."""
+        new = self.syscall(SYS_CLONE, _THREAD_FLAGS, 0, 0, 0, 0, tid=tid)
+        if new < 0:
+            raise StubError(f"stub {self.pid} could not make a thread: {os.strerror(-new)}")
+        os.waitpid(new, WALL)  # its first stop: it has run nothing of its own yet
+        self.clobbered.add(new)
+        return new
+
+    def exit_thread(self, tid: int) -> None:
+        """End host thread `tid` (stopped) of this stub; the others go on."""
+        self._enter(tid, SYS_EXIT, (0,))
         while True:
             _, status = os.waitpid(tid, WALL)
             if os.WIFEXITED(status) or os.WIFSIGNALED(status):
-                raise StubError(f"stub {tid} died during an injected syscall {nr}")
-            if os.WSTOPSIG(status) == signal.SIGTRAP and status >> 16 == 0:
                 break
-            # A stale PTRACE_INTERRUPT or a host signal: let the syscall finish.
             ptrace.cont(tid, 0)
-        ptrace.getregs(tid, regs)
-        result = regs.rax
-        return result - (1 << 64) if result >= 1 << 63 else result
+        self.clobbered.discard(tid)
 
     def map(self, addr: int, length: int, prot: int, offset: int) -> None:
         """Map MemoryFile range [offset, offset+length) at addr, shared and fixed."""

@@ -147,12 +147,12 @@ def setrlimit(t, resource, new):
 
 
 SIGCHLD = 17
-CLONE_VM, CLONE_VFORK, CLONE_THREAD = 0x100, 0x4000, 0x10000
+CLONE_VM, CLONE_SIGHAND, CLONE_VFORK, CLONE_THREAD = 0x100, 0x800, 0x4000, 0x10000
 WNOHANG, WUNTRACED, WEXITED, WCONTINUED, WNOWAIT = 1, 2, 4, 8, 0x01000000
 __WNOTHREAD, __WALL, __WCLONE = 0x20000000, 0x40000000, 0x80000000
 P_ALL, P_PID, P_PGID = 0, 1, 2
 CLD_EXITED, CLD_KILLED, CLD_DUMPED = 1, 2, 3
-_threads_logged = [False]
+_shared_vm_logged = [False]
 
 
 @syscall(NR.fork)
@@ -169,12 +169,29 @@ def vfork(t):
 
 @syscall(NR.clone)
 def clone(t, flags, stack, ptid, ctid, tls):
-    if flags & CLONE_THREAD or (flags & CLONE_VM and not flags & CLONE_VFORK):
-        if not _threads_logged[0]:
-            _threads_logged[0] = True
-            log.warning("clone of a thread or of a shared address space: not supported yet (ENOSYS)")
+    if flags & CLONE_THREAD:
+        if flags & (CLONE_VM | CLONE_SIGHAND) != CLONE_VM | CLONE_SIGHAND:
+            raise SyscallError(errno.EINVAL)  # clone(2): a thread shares memory and handlers
+        return t.kernel.clone_thread(t, flags, stack, ptid, ctid, tls)
+    if flags & CLONE_VM and not flags & CLONE_VFORK:
+        if not _shared_vm_logged[0]:
+            _shared_vm_logged[0] = True
+            log.warning("clone of a process sharing its parent's memory: not supported yet (ENOSYS)")
         raise SyscallError(errno.ENOSYS)
     return t.kernel.fork(t, flags, stack, ptid, ctid, tls)
+
+
+_CLONE_ARGS = struct.Struct("<QQQQQQQQ")  # flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size, tls
+
+
+@syscall(NR.clone3)
+def clone3(t, args, size):
+    if size < 64:
+        raise SyscallError(errno.EINVAL)
+    flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size, tls = \
+        _CLONE_ARGS.unpack(t.mm.read(args, 64))
+    top = stack + stack_size if stack else 0
+    return clone(t, flags | (exit_signal & 0xFF), top, parent_tid, child_tid, tls)
 
 
 def _strings(t, addr: int) -> list[bytes]:
