@@ -147,3 +147,27 @@ def test_a_sandbox_with_many_processes_checkpoints_while_they_block(snapbox, ima
     in_sandbox(snapbox, out, "restore", "--bundle", str(bundle), "--image-path", str(image), "--detach", "m1")
     wait_for(lambda: "all-done" in lines(out), timeout=30, what="the pipeline to finish")
     assert sorted(lines(out)) == sorted(["from-sleeper", "reader-done", "200000", "all-done"])
+
+
+@pytest.mark.parametrize("bundle", ["threads", "threads-glibc"])
+def test_pthreads_under_checkpoint_and_restore_at_random_moments(snapbox, images, tmp_path, bundle):
+    binary = images / bundle / "rootfs" / bundle
+    want = subprocess.run([str(binary), "300"], capture_output=True, text=True, timeout=60).stdout
+    out = tmp_path / "out.txt"
+    in_sandbox(snapbox, out, "run", "--bundle", str(images / bundle), "--detach", "t0")
+    rng = random.Random(99)
+    image = tmp_path / "t.img"
+    cid, restores = "t0", 0
+    while restores < 5:
+        time.sleep(rng.uniform(0.02, 0.2))
+        if snapbox("checkpoint", "--image-path", str(image), cid, check=False).returncode != 0:
+            break  # it finished first
+        snapbox("delete", cid)
+        restores += 1
+        cid = f"t{restores}"
+        in_sandbox(snapbox, out, "restore", "--bundle", str(images / bundle), "--image-path", str(image),
+                   "--detach", cid)
+    wait_for(lambda: json.loads(snapbox("state", cid).stdout)["status"] == "stopped", timeout=60,
+             what="the threads to finish")
+    assert restores >= 2
+    assert out.read_text() == want
