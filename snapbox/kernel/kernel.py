@@ -558,7 +558,8 @@ class Kernel:
             fs=FSContext(root=parent.fs.root, cwd=parent.fs.cwd, umask=parent.fs.umask),
             sigactions={n: SigAction(a.handler, a.flags, a.restorer, a.mask) for n, a in parent.sigactions.items()},
             argv=list(parent.argv), exe=parent.exe, rlimits=dict(parent.rlimits),
-            pgid=parent.pgid, sid=parent.sid)
+            pgid=parent.pgid, sid=parent.sid, creds=list(parent.creds), groups=list(parent.groups),
+            prctl={k: v for k, v in parent.prctl.items() if k != "subreaper"})
         child = Task(tid=tgid, tg=tg, kernel=self, comm=t.comm, signal_mask=t.signal_mask)
         tg.tasks.append(child)
         pidns.tasks[tgid] = child
@@ -719,6 +720,8 @@ class Kernel:
         tg.exit_status = status
         init = self.tasks.init
         for child in tg.children:
+            if child.pdeath_signal and child.exit_status is None:
+                self.send_signal(child, child.pdeath_signal)
             if tg is not init:
                 child.parent = init
                 init.children.append(child)

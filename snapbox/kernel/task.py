@@ -69,6 +69,10 @@ class ThreadGroup:
     children: list = field(default_factory=list)  # child ThreadGroups, zombies until reaped
     child_exit: WaitQueue = field(default_factory=WaitQueue)  # wait4 callers; fired when a child exits
     pgid: int = 0  # process group id
+    creds: list = field(default_factory=lambda: [0, 0, 0, 0, 0, 0])  # ruid euid suid rgid egid sgid
+    groups: list = field(default_factory=list)  # supplementary group ids
+    pdeath_signal: int = 0  # PR_SET_PDEATHSIG: sent when the parent exits
+    prctl: dict = field(default_factory=dict)  # other prctl(2) settings by name
     sid: int = 0  # session id
 
     def sigaction(self, sig: int) -> SigAction:

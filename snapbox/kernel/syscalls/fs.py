@@ -24,7 +24,7 @@ from snapbox.kernel.fd import (
 )
 from snapbox.kernel.pipe import make_pipe
 from snapbox.kernel.syscalls import NR, i32, i64, syscall
-from snapbox.kernel.vfs import Dir, DirFile, LowerNode, MemRegular, RegularFile, now_ns
+from snapbox.kernel.vfs import Dir, DirFile, LowerNode, MemRegular, MemSymlink, RegularFile, now_ns
 
 AT_FDCWD = -100
 AT_SYMLINK_NOFOLLOW = 0x100
@@ -541,3 +541,278 @@ def getdents64(t, fd, dirp, count):
     t.mm.write(dirp, bytes(out))
     f.offset = index
     return len(out)
+
+
+_STATX_TS = struct.Struct("<qI4x")
+STATX_BASIC_STATS = 0x7FF
+
+
+@syscall(NR.statx)
+def statx(t, dirfd, path, flags, mask, buf):
+    flags = i32(flags)
+    _, _, node, raw = lookup(t, i32(dirfd), path, follow=not flags & AT_SYMLINK_NOFOLLOW,
+                             empty_ok=bool(flags & AT_EMPTY_PATH))
+    if not raw and flags & AT_EMPTY_PATH:
+        s = t.fds.get(i32(dirfd)).stat() if i32(dirfd) != AT_FDCWD else t.fs.cwd.stat()
+    elif node is None:
+        raise SyscallError(errno.ENOENT)
+    else:
+        s = node.stat()
+
+    def ts(ns: int) -> bytes:
+        return _STATX_TS.pack(ns // 10**9, ns % 10**9)
+
+    out = struct.pack("<IIQIIIHxxQQQQ", STATX_BASIC_STATS, s["blksize"], 0, s["nlink"], s["uid"], s["gid"],
+                      s["mode"], s["ino"], s["size"], s["blocks"], 0)
+    out += ts(s["atime"]) + ts(0) + ts(s["ctime"]) + ts(s["mtime"])
+    out += struct.pack("<IIII", (s["rdev"] >> 8) & 0xFFF, s["rdev"] & 0xFF, (s["dev"] >> 8) & 0xFFF, s["dev"] & 0xFF)
+    t.mm.write(buf, out.ljust(256, b"\0"))
+    return 0
+
+
+def _transfer(t, nr: int, out_fd: int, in_fd: int, offset_addr: int, count: int) -> int:
+    src = _readable(t, in_fd)
+    dst = _writable(t, out_fd)
+    count = min(count, MAX_RW)
+    if offset_addr:
+        (offset,) = struct.unpack("<q", t.mm.read(offset_addr, 8))
+        if offset < 0:
+            raise SyscallError(errno.EINVAL)
+        data = src.read(t, count, offset)
+    else:
+        data = src.read(t, count)
+    n = write_all(t, nr, dst, data)
+    if offset_addr:
+        t.mm.write(offset_addr, struct.pack("<q", offset + n))
+    return n
+
+
+@syscall(NR.sendfile)
+def sendfile(t, out_fd, in_fd, offset, count):
+    return _transfer(t, NR.sendfile, i32(out_fd), i32(in_fd), offset, count)
+
+
+@syscall(NR.copy_file_range)
+def copy_file_range(t, fd_in, off_in, fd_out, off_out, length, flags):
+    if flags:
+        raise SyscallError(errno.EINVAL)
+    if off_out:
+        raise SyscallError(errno.EINVAL, "an explicit output offset is not supported yet")
+    return _transfer(t, NR.copy_file_range, i32(fd_out), i32(fd_in), off_in, length)
+
+
+RENAME_NOREPLACE, RENAME_EXCHANGE, RENAME_WHITEOUT = 1, 2, 4
+
+
+def _is_ancestor(a: Dir, b: Dir) -> bool:
+    while b is not None:
+        if b is a:
+            return True
+        b = b.parent
+    return False
+
+
+@syscall(NR.renameat2)
+def renameat2(t, olddirfd, oldpath, newdirfd, newpath, flags):
+    if flags & ~RENAME_NOREPLACE:
+        raise SyscallError(errno.EINVAL)
+    old_parent, old_name, node, _ = lookup(t, i32(olddirfd), oldpath, follow=False)
+    new_parent, new_name, target, _ = lookup(t, i32(newdirfd), newpath, follow=False)
+    if node is None:
+        raise SyscallError(errno.ENOENT)
+    if old_name in (".", "..") or new_name in (".", ".."):
+        raise SyscallError(errno.EBUSY)
+    if target is node:
+        return 0
+    if target is not None:
+        if flags & RENAME_NOREPLACE:
+            raise SyscallError(errno.EEXIST)
+        if node.is_dir() and not target.is_dir():
+            raise SyscallError(errno.ENOTDIR)
+        if target.is_dir() and not node.is_dir():
+            raise SyscallError(errno.EISDIR)
+        if target.is_dir() and t.kernel.fs.list_dir(target):
+            raise SyscallError(errno.ENOTEMPTY)
+    if node.is_dir():
+        if _is_ancestor(node, new_parent):
+            raise SyscallError(errno.EINVAL)
+        if node.lower is not None:
+            raise SyscallError(errno.EXDEV)  # as overlayfs does without redirect_dir
+        node.parent = new_parent
+        node.name = new_name
+    old_parent.entries.pop(old_name, None)
+    if old_parent.lower is not None:
+        old_parent.whiteouts.add(old_name)
+    new_parent.entries[new_name] = node
+    new_parent.whiteouts.discard(new_name)
+    now = now_ns()
+    old_parent.mtime = new_parent.mtime = node.ctime = now
+    return 0
+
+
+@syscall(NR.renameat)
+def renameat(t, olddirfd, oldpath, newdirfd, newpath):
+    return renameat2(t, olddirfd, oldpath, newdirfd, newpath, 0)
+
+
+@syscall(NR.rename)
+def rename(t, oldpath, newpath):
+    return renameat2(t, AT_FDCWD & 0xFFFFFFFF, oldpath, AT_FDCWD & 0xFFFFFFFF, newpath, 0)
+
+
+AT_SYMLINK_FOLLOW = 0x400
+
+
+@syscall(NR.linkat)
+def linkat(t, olddirfd, oldpath, newdirfd, newpath, flags):
+    parent, name, node, _ = lookup(t, i32(olddirfd), oldpath, follow=bool(i32(flags) & AT_SYMLINK_FOLLOW))
+    if node is None:
+        raise SyscallError(errno.ENOENT)
+    if node.is_dir():
+        raise SyscallError(errno.EPERM)
+    new_parent, new_name, target, _ = lookup(t, i32(newdirfd), newpath, follow=False)
+    if target is not None:
+        raise SyscallError(errno.EEXIST)
+    if isinstance(node, LowerNode) and st.S_ISREG(node.mode):
+        node = t.kernel.fs.copy_up(parent, name, node)
+    node.nlink += 1
+    node.ctime = now_ns()
+    new_parent.entries[new_name] = node
+    new_parent.whiteouts.discard(new_name)
+    return 0
+
+
+@syscall(NR.link)
+def link(t, oldpath, newpath):
+    return linkat(t, AT_FDCWD & 0xFFFFFFFF, oldpath, AT_FDCWD & 0xFFFFFFFF, newpath, 0)
+
+
+@syscall(NR.symlinkat)
+def symlinkat(t, target, newdirfd, linkpath):
+    content = t.mm.read_cstring(target)
+    if not content:
+        raise SyscallError(errno.ENOENT)
+    parent, name, node, _ = lookup(t, i32(newdirfd), linkpath, follow=False)
+    if node is not None:
+        raise SyscallError(errno.EEXIST)
+    now = now_ns()
+    parent.entries[name] = MemSymlink(ino=t.kernel.fs.new_ino(), mode=st.S_IFLNK | 0o777, atime=now,
+                                      mtime=now, ctime=now, target=content)
+    parent.whiteouts.discard(name)
+    return 0
+
+
+@syscall(NR.symlink)
+def symlink(t, target, linkpath):
+    return symlinkat(t, target, AT_FDCWD & 0xFFFFFFFF, linkpath)
+
+
+def _node_of(t, dirfd: int, path: int, flags: int):
+    _, _, node, raw = lookup(t, dirfd, path, follow=not flags & AT_SYMLINK_NOFOLLOW,
+                             empty_ok=bool(flags & AT_EMPTY_PATH))
+    if not raw and flags & AT_EMPTY_PATH:
+        f = t.fds.get(dirfd)
+        node = getattr(f, "node", None)
+        if node is None:
+            raise SyscallError(errno.EPERM)
+    if node is None:
+        raise SyscallError(errno.ENOENT)
+    return node
+
+
+def _chmod(node, mode: int) -> int:
+    node.mode = (node.mode & ~0o7777) | (mode & 0o7777)
+    node.ctime = now_ns()
+    return 0
+
+
+@syscall(NR.fchmodat)
+def fchmodat(t, dirfd, path, mode):
+    return _chmod(_node_of(t, i32(dirfd), path, 0), mode)
+
+
+@syscall(NR.chmod)
+def chmod(t, path, mode):
+    return _chmod(_node_of(t, AT_FDCWD, path, 0), mode)
+
+
+@syscall(NR.fchmod)
+def fchmod(t, fd, mode):
+    node = getattr(t.fds.get(i32(fd)), "node", None)
+    if node is None:
+        raise SyscallError(errno.EPERM)
+    return _chmod(node, mode)
+
+
+def _chown(node, uid: int, gid: int) -> int:
+    if i32(uid) != -1:
+        node.uid = uid & 0xFFFFFFFF
+    if i32(gid) != -1:
+        node.gid = gid & 0xFFFFFFFF
+    node.ctime = now_ns()
+    return 0
+
+
+@syscall(NR.fchownat)
+def fchownat(t, dirfd, path, uid, gid, flags):
+    return _chown(_node_of(t, i32(dirfd), path, i32(flags)), uid, gid)
+
+
+@syscall(NR.chown)
+def chown(t, path, uid, gid):
+    return _chown(_node_of(t, AT_FDCWD, path, 0), uid, gid)
+
+
+@syscall(NR.lchown)
+def lchown(t, path, uid, gid):
+    return _chown(_node_of(t, AT_FDCWD, path, AT_SYMLINK_NOFOLLOW), uid, gid)
+
+
+@syscall(NR.fchown)
+def fchown(t, fd, uid, gid):
+    node = getattr(t.fds.get(i32(fd)), "node", None)
+    if node is None:
+        raise SyscallError(errno.EPERM)
+    return _chown(node, uid, gid)
+
+
+UTIME_NOW, UTIME_OMIT = (1 << 30) - 1, (1 << 30) - 2
+
+
+@syscall(NR.utimensat)
+def utimensat(t, dirfd, path, times, flags):
+    flags = i32(flags)
+    if path:
+        node = _node_of(t, i32(dirfd), path, flags)
+    else:
+        node = getattr(t.fds.get(i32(dirfd)), "node", None)
+        if node is None:
+            raise SyscallError(errno.EBADF)
+    now = now_ns()
+    stamps = [(0, UTIME_NOW), (0, UTIME_NOW)] if not times else \
+        [struct.unpack_from("<qq", t.mm.read(times, 32), i * 16) for i in range(2)]
+    for (sec, nsec), attr in zip(stamps, ("atime", "mtime")):
+        if nsec == UTIME_OMIT:
+            continue
+        if nsec != UTIME_NOW and not 0 <= nsec < 10**9:
+            raise SyscallError(errno.EINVAL)
+        setattr(node, attr, now if nsec == UTIME_NOW else sec * 10**9 + nsec)
+    node.ctime = now
+    return 0
+
+
+@syscall(NR.truncate)
+def truncate(t, path, length):
+    if i64(length) < 0:
+        raise SyscallError(errno.EINVAL)
+    parent, name, node, _ = lookup(t, AT_FDCWD, path)
+    if node is None:
+        raise SyscallError(errno.ENOENT)
+    if node.is_dir():
+        raise SyscallError(errno.EISDIR)
+    if isinstance(node, LowerNode):
+        node = t.kernel.fs.copy_up(parent, name, node)
+    if not isinstance(node, MemRegular):
+        raise SyscallError(errno.EINVAL)
+    node.truncate(i64(length))
+    return 0

@@ -1,12 +1,13 @@
-"""System information syscalls: uname, getrandom."""
+"""System information syscalls: uname, sysinfo, getrandom, CPU affinity, resource usage."""
 
 from __future__ import annotations
 
 import errno
 import os
+import struct
 
 from snapbox.kernel.errors import SyscallError
-from snapbox.kernel.syscalls import NR, syscall
+from snapbox.kernel.syscalls import NR, i32, syscall
 
 # What uname(2) reports: a Linux the sandbox's programs can rely on, not the host's build.
 UTS_RELEASE = "6.1.0"
@@ -29,3 +30,89 @@ def getrandom(t, buf, count, flags):
     count = min(count, 1 << 25)
     t.mm.write(buf, os.urandom(count))
     return count
+
+
+_SYSINFO = struct.Struct("<q3QQQQQQQHxxxxxxQQI")
+
+
+def _meminfo() -> dict[str, int]:
+    out = {}
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                name, value = line.split(":", 1)
+                out[name] = int(value.split()[0]) * 1024
+    except (OSError, ValueError):
+        pass
+    return out
+
+
+@syscall(NR.sysinfo)
+def sysinfo(t, info):
+    mem = _meminfo()
+    uptime = t.kernel.timekeeper.monotonic_ns() // 1_000_000_000
+    procs = len(t.kernel.tasks.pidns.tasks)
+    data = _SYSINFO.pack(uptime, 0, 0, 0, mem.get("MemTotal", 0), mem.get("MemFree", 0),
+                         mem.get("Shmem", 0), mem.get("Buffers", 0), 0, 0, procs, 0, 0, 1)
+    t.mm.write(info, data.ljust(112, b"\0"))
+    return 0
+
+
+@syscall(NR.sched_getaffinity)
+def sched_getaffinity(t, pid, size, mask):
+    ncpu = os.cpu_count() or 1
+    nbytes = max(8, (ncpu + 63) // 64 * 8)
+    if size < nbytes or size % 8:
+        raise SyscallError(errno.EINVAL)
+    t.mm.write(mask, ((1 << ncpu) - 1).to_bytes(nbytes, "little"))
+    return nbytes
+
+
+@syscall(NR.sched_setaffinity)
+def sched_setaffinity(t, pid, size, mask):
+    t.mm.read(mask, min(size, 128))  # EFAULT as Linux would; placement is the host's business
+    return 0
+
+
+@syscall(NR.getcpu)
+def getcpu(t, cpu, node, cache):
+    if cpu:
+        t.mm.write(cpu, bytes(4))
+    if node:
+        t.mm.write(node, bytes(4))
+    return 0
+
+
+@syscall(NR.getrusage)
+def getrusage(t, who, usage):
+    who = i32(who)
+    if who == 0:  # RUSAGE_SELF
+        ns = sum(t.kernel.cpu_time_ns(x) for x in t.tg.tasks)
+    elif who == 1:  # RUSAGE_THREAD
+        ns = t.kernel.cpu_time_ns(t)
+    elif who == -1:  # RUSAGE_CHILDREN: reaped children's time is not accounted yet
+        ns = 0
+    else:
+        raise SyscallError(errno.EINVAL)
+    sec, rest = divmod(ns, 1_000_000_000)
+    t.mm.write(usage, struct.pack("<qq", sec, rest // 1000).ljust(144, b"\0"))
+    return 0
+
+
+CLK_TCK = 100
+
+
+@syscall(NR.times)
+def times(t, buf):
+    ticks = sum(t.kernel.cpu_time_ns(x) for x in t.tg.tasks) * CLK_TCK // 1_000_000_000
+    if buf:
+        t.mm.write(buf, struct.pack("<qqqq", ticks, 0, 0, 0))
+    return t.kernel.timekeeper.monotonic_ns() * CLK_TCK // 1_000_000_000
+
+
+@syscall(NR.sethostname)
+def sethostname(t, name, length):
+    if length > 64:
+        raise SyscallError(errno.EINVAL)
+    t.kernel.hostname = t.mm.read(name, length).decode("utf-8", "replace")
+    return 0

@@ -68,11 +68,6 @@ def getppid(t):
     return t.tg.parent.tgid if t.tg.parent is not None else 0
 
 
-@syscall(NR.getuid, NR.geteuid, NR.getgid, NR.getegid)
-def getuid(t):
-    return 0
-
-
 @syscall(NR.set_tid_address)
 def set_tid_address(t, addr):
     t.clear_child_tid = addr
@@ -329,3 +324,191 @@ def setsid(t):
         raise SyscallError(errno.EPERM)
     tg.sid = tg.pgid = tg.tgid
     return tg.sid
+
+
+PR_SET_PDEATHSIG, PR_GET_PDEATHSIG, PR_GET_DUMPABLE, PR_SET_DUMPABLE = 1, 2, 3, 4
+PR_SET_NAME, PR_GET_NAME, PR_GET_SECCOMP, PR_CAPBSET_READ = 15, 16, 21, 23
+PR_SET_TIMERSLACK, PR_GET_TIMERSLACK = 29, 30
+PR_SET_CHILD_SUBREAPER, PR_GET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS, PR_GET_NO_NEW_PRIVS = 36, 37, 38, 39
+CAP_LAST_CAP = 40
+
+
+@syscall(NR.prctl)
+def prctl(t, option, arg2, arg3, arg4, arg5):
+    option = i32(option)
+    tg = t.tg
+    if option == PR_SET_NAME:
+        t.comm = t.mm.read_cstring(arg2, 4096)[:15].decode("utf-8", "replace")
+        return 0
+    if option == PR_GET_NAME:
+        t.mm.write(arg2, t.comm.encode()[:15].ljust(16, b"\0"))
+        return 0
+    if option == PR_SET_PDEATHSIG:
+        if not 0 <= arg2 <= 64:
+            raise SyscallError(errno.EINVAL)
+        tg.pdeath_signal = arg2
+        return 0
+    if option == PR_GET_PDEATHSIG:
+        t.mm.write(arg2, struct.pack("<i", tg.pdeath_signal))
+        return 0
+    if option == PR_GET_DUMPABLE:
+        return tg.prctl.get("dumpable", 1)
+    if option == PR_SET_DUMPABLE:
+        if arg2 not in (0, 1):
+            raise SyscallError(errno.EINVAL)
+        tg.prctl["dumpable"] = arg2
+        return 0
+    if option == PR_GET_SECCOMP:
+        return 0
+    if option == PR_CAPBSET_READ:
+        if arg2 > CAP_LAST_CAP:
+            raise SyscallError(errno.EINVAL)
+        return 1
+    if option == PR_SET_TIMERSLACK:
+        tg.prctl["timerslack"] = arg2 or 50_000
+        return 0
+    if option == PR_GET_TIMERSLACK:
+        return tg.prctl.get("timerslack", 50_000)
+    if option == PR_SET_CHILD_SUBREAPER:
+        tg.prctl["subreaper"] = int(bool(arg2))
+        return 0
+    if option == PR_GET_CHILD_SUBREAPER:
+        t.mm.write(arg2, struct.pack("<i", tg.prctl.get("subreaper", 0)))
+        return 0
+    if option == PR_SET_NO_NEW_PRIVS:
+        if arg2 != 1 or arg3 or arg4 or arg5:
+            raise SyscallError(errno.EINVAL)
+        tg.prctl["no_new_privs"] = 1
+        return 0
+    if option == PR_GET_NO_NEW_PRIVS:
+        return tg.prctl.get("no_new_privs", 0)
+    raise SyscallError(errno.EINVAL)
+
+
+# Identity. The sandbox starts as root; a process may drop to other ids as Linux allows.
+def _creds(t) -> list[int]:
+    return t.tg.creds
+
+
+@syscall(NR.getuid)
+def getuid(t):
+    return _creds(t)[0]
+
+
+@syscall(NR.geteuid)
+def geteuid(t):
+    return _creds(t)[1]
+
+
+@syscall(NR.getgid)
+def getgid(t):
+    return _creds(t)[3]
+
+
+@syscall(NR.getegid)
+def getegid(t):
+    return _creds(t)[4]
+
+
+def _set_ids(t, base: int, real: int, eff: int, saved: int) -> int:
+    """setres[ug]id semantics on creds[base:base+3]; -1 leaves an id as it is."""
+    creds = _creds(t)
+    current = creds[base : base + 3]
+    privileged = creds[1] == 0
+    new = []
+    for want, cur in zip((real, eff, saved), current):
+        want = i32(want)
+        if want == -1:
+            new.append(cur)
+            continue
+        if not privileged and want not in current:
+            raise SyscallError(errno.EPERM)
+        new.append(want & 0xFFFFFFFF)
+    creds[base : base + 3] = new
+    return 0
+
+
+@syscall(NR.setresuid)
+def setresuid(t, ruid, euid, suid):
+    return _set_ids(t, 0, ruid, euid, suid)
+
+
+@syscall(NR.setresgid)
+def setresgid(t, rgid, egid, sgid):
+    return _set_ids(t, 3, rgid, egid, sgid)
+
+
+@syscall(NR.setuid)
+def setuid(t, uid):
+    if _creds(t)[1] == 0:
+        return _set_ids(t, 0, uid, uid, uid)
+    return _set_ids(t, 0, -1, uid, -1)
+
+
+@syscall(NR.setgid)
+def setgid(t, gid):
+    if _creds(t)[1] == 0:
+        return _set_ids(t, 3, gid, gid, gid)
+    return _set_ids(t, 3, -1, gid, -1)
+
+
+@syscall(NR.setreuid)
+def setreuid(t, ruid, euid):
+    return _set_ids(t, 0, ruid, euid, -1)
+
+
+@syscall(NR.setregid)
+def setregid(t, rgid, egid):
+    return _set_ids(t, 3, rgid, egid, -1)
+
+
+@syscall(NR.getresuid)
+def getresuid(t, ruid, euid, suid):
+    for addr, value in zip((ruid, euid, suid), _creds(t)[0:3]):
+        t.mm.write(addr, struct.pack("<I", value))
+    return 0
+
+
+@syscall(NR.getresgid)
+def getresgid(t, rgid, egid, sgid):
+    for addr, value in zip((rgid, egid, sgid), _creds(t)[3:6]):
+        t.mm.write(addr, struct.pack("<I", value))
+    return 0
+
+
+@syscall(NR.getgroups)
+def getgroups(t, size, lst):
+    groups = t.tg.groups
+    size = i32(size)
+    if size == 0:
+        return len(groups)
+    if size < len(groups):
+        raise SyscallError(errno.EINVAL)
+    t.mm.write(lst, struct.pack(f"<{len(groups)}I", *groups))
+    return len(groups)
+
+
+@syscall(NR.setgroups)
+def setgroups(t, size, lst):
+    size = i32(size)
+    if size < 0 or size > 65536:
+        raise SyscallError(errno.EINVAL)
+    if _creds(t)[1] != 0:
+        raise SyscallError(errno.EPERM)
+    t.tg.groups = list(struct.unpack(f"<{size}I", t.mm.read(lst, 4 * size))) if size else []
+    return 0
+
+
+@syscall(NR.capget)
+def capget(t, header, data):
+    version, pid = struct.unpack("<Ii", t.mm.read(header, 8))
+    if version not in (0x19980330, 0x20071026, 0x20080522):
+        t.mm.write(header, struct.pack("<I", 0x20080522))
+        raise SyscallError(errno.EINVAL)
+    if data:
+        full = (1 << (CAP_LAST_CAP + 1)) - 1 if _creds(t)[1] == 0 else 0
+        words = 1 if version == 0x19980330 else 2
+        out = b"".join(struct.pack("<III", (full >> (32 * i)) & 0xFFFFFFFF, (full >> (32 * i)) & 0xFFFFFFFF,
+                                   (full >> (32 * i)) & 0xFFFFFFFF) for i in range(words))
+        t.mm.write(data, out)
+    return 0
