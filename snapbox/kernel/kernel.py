@@ -128,7 +128,7 @@ class Kernel:
     selector: Any = nosave(default=None)
     by_host: dict = nosave(dict)  # host tid -> Task
     runq: Any = nosave(collections.deque)  # Tasks whose syscall handler must (re)run
-    timers: list = nosave(list)  # heap of (host monotonic ns, seq, Task, token)
+    timers: list = nosave(list)  # heap of (host monotonic ns, seq, callback)
     timer_seq: int = nosave(default=0)
     paused: bool = nosave(default=False)
     host_queues: dict = nosave(dict)  # (host fd, event) -> WaitQueue
@@ -246,8 +246,11 @@ class Kernel:
     # -- running ------------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start time and every stopped task."""
+        """Start time, the interval timers, and every stopped task."""
         self.timekeeper.resume()
+        for tg in self.tasks.pidns.groups.values():
+            if tg.exit_status is None and tg.itimer_real[0]:
+                self.arm_itimer(tg)
         self.paused = True
         self.unpause()
 
@@ -429,9 +432,8 @@ class Kernel:
                 self._watch(q.host_fd)
         if wb.deadline is not None:
             task.timer_token += 1
-            self.timer_seq += 1
-            heapq.heappush(self.timers, (self.timekeeper.to_host(wb.deadline), self.timer_seq,
-                                         task, task.timer_token))
+            token = task.timer_token
+            self.call_at(wb.deadline, lambda: task.timer_token == token and self.wake(task))
         if self._deliverable(task) and not self.paused:
             self._interrupt_syscall(task)
 
@@ -457,12 +459,34 @@ class Kernel:
             if task.run is Run.SYSCALL:
                 self._dispatch(task)
 
+    def call_at(self, deadline: int, callback: Callable[[], Any]) -> None:
+        """Call `callback()` from the loop once sandbox monotonic time reaches `deadline`."""
+        self.timer_seq += 1
+        heapq.heappush(self.timers, (self.timekeeper.to_host(deadline), self.timer_seq, callback))
+
     def _fire_timers(self) -> None:
         now = time.monotonic_ns()
         while self.timers and self.timers[0][0] <= now:
-            _, _, task, token = heapq.heappop(self.timers)
-            if task.timer_token == token:
-                self.wake(task)
+            _, _, callback = heapq.heappop(self.timers)
+            callback()
+
+    def arm_itimer(self, tg: ThreadGroup) -> None:
+        """(Re)start tg's ITIMER_REAL from tg.itimer_real: SIGALRM at its deadline."""
+        tg.itimer_token += 1
+        deadline, _ = tg.itimer_real
+        if not deadline:
+            return
+        token = tg.itimer_token
+
+        def fire() -> None:
+            if tg.itimer_token != token or tg.exit_status is not None:
+                return
+            when, interval = tg.itimer_real
+            tg.itimer_real = (when + interval, interval) if interval else (0, 0)
+            self.send_signal(tg, signal.SIGALRM)
+            self.arm_itimer(tg)
+
+        self.call_at(deadline, fire)
 
     def host_queue(self, fd: int, event: int) -> WaitQueue:
         """The WaitQueue fired when host fd `fd` is ready for `event`."""

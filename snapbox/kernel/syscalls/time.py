@@ -113,3 +113,55 @@ def clock_nanosleep(t, clock, flags, req, rem):
     if clock not in MONOTONIC_CLOCKS | REALTIME_CLOCKS:
         raise SyscallError(errno.EINVAL if clock != CLOCK_PROCESS_CPUTIME_ID else errno.ENOTSUP)
     return sleep(t, NR.clock_nanosleep, clock, read_timespec(t, req), bool(i64(flags) & TIMER_ABSTIME))
+
+
+ITIMER_REAL = 0
+_ITIMERVAL = struct.Struct("<qqqq")  # it_interval (sec, usec), it_value (sec, usec)
+
+
+def _itimer_now(t) -> tuple[int, int]:
+    """ITIMER_REAL as (time left, interval) in ns."""
+    deadline, interval = t.tg.itimer_real
+    left = max(0, deadline - t.kernel.timekeeper.monotonic_ns()) if deadline else 0
+    return left, interval
+
+
+def _pack_itimer(left: int, interval: int) -> bytes:
+    return _ITIMERVAL.pack(interval // NSEC, interval % NSEC // 1000, left // NSEC, left % NSEC // 1000)
+
+
+def _set_itimer(t, value: int, interval: int) -> None:
+    now = t.kernel.timekeeper.monotonic_ns()
+    t.tg.itimer_real = (now + value, interval) if value else (0, 0)
+    t.kernel.arm_itimer(t.tg)
+
+
+@syscall(NR.setitimer)
+def setitimer(t, which, new, old):
+    if i32(which) != ITIMER_REAL:
+        raise SyscallError(errno.EINVAL, "only ITIMER_REAL is supported")
+    left, interval = _itimer_now(t)
+    if new:
+        isec, iusec, vsec, vusec = _ITIMERVAL.unpack(t.mm.read(new, _ITIMERVAL.size))
+        if min(isec, vsec) < 0 or not (0 <= iusec < 10**6 and 0 <= vusec < 10**6):
+            raise SyscallError(errno.EINVAL)
+        _set_itimer(t, vsec * NSEC + vusec * 1000, isec * NSEC + iusec * 1000)
+    if old:
+        t.mm.write(old, _pack_itimer(left, interval))
+    return 0
+
+
+@syscall(NR.getitimer)
+def getitimer(t, which, cur):
+    if i32(which) != ITIMER_REAL:
+        raise SyscallError(errno.EINVAL, "only ITIMER_REAL is supported")
+    t.mm.write(cur, _pack_itimer(*_itimer_now(t)))
+    return 0
+
+
+@syscall(NR.alarm)
+def alarm(t, seconds):
+    left, _ = _itimer_now(t)
+    _set_itimer(t, (seconds & 0xFFFFFFFF) * NSEC, 0)
+    # alarm(2): the seconds remaining, rounded, and at least 1 if a timer was pending
+    return (left + NSEC // 2) // NSEC or (1 if left else 0)
