@@ -567,7 +567,7 @@ class Kernel:
         pidns = self.tasks.pidns
         mm = parent.mm.fork()
         try:
-            stub = Stub.spawn(self.memfile.fd)
+            stub = parent.mm.stub.fork(t.host_tid)
         except (OSError, SnapboxError) as e:
             mm.release_all()
             log.warning("fork: no stub for the child: %s", e)

@@ -37,6 +37,7 @@ SYS_MMAP = 9
 SYS_MPROTECT = 10
 SYS_MUNMAP = 11
 SYS_CLONE = 56
+SYS_FORK = 57
 SYS_EXIT = 60
 # CLONE_VM | CLONE_FS | CLONE_FILES | CLONE_SIGHAND | CLONE_THREAD | CLONE_SYSVSEM
 _THREAD_FLAGS = 0x100 | 0x200 | 0x400 | 0x800 | 0x10000 | 0x40000
@@ -120,7 +121,8 @@ class Stub:
         os.close(gate_r)
         try:
             ptrace.seize(pid, ptrace.PTRACE_O_EXITKILL | ptrace.PTRACE_O_TRACESYSGOOD
-                         | ptrace.PTRACE_O_TRACEEXEC | ptrace.PTRACE_O_TRACECLONE)
+                         | ptrace.PTRACE_O_TRACEEXEC | ptrace.PTRACE_O_TRACECLONE
+                         | ptrace.PTRACE_O_TRACEFORK)
         except OSError:
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, WALL)
@@ -198,6 +200,20 @@ class Stub:
         os.waitpid(new, WALL)  # its first stop: it has run nothing of its own yet
         self.clobbered.add(new)
         return new
+
+    def fork(self, tid: int) -> Stub:
+        """A new stub made by forking this one on thread `tid` (stopped): much cheaper
+        than spawn(). The child starts with nothing of the application mapped."""
+        pid = self.syscall(SYS_FORK, tid=tid)
+        if pid < 0:
+            raise StubError(f"stub {self.pid} could not fork: {os.strerror(-pid)}")
+        os.waitpid(pid, WALL)  # its first stop (PTRACE_O_TRACEFORK attached it)
+        child = Stub(pid, ptrace.copy_regs(self.base_regs), self.base_xstate)
+        r = child.syscall(SYS_MUNMAP, 0, APP_TOP)
+        if r < 0:
+            child.kill()
+            raise StubError(f"new stub {pid} could not drop its parent's mappings: {os.strerror(-r)}")
+        return child
 
     def exit_thread(self, tid: int) -> None:
         """End host thread `tid` (stopped) of this stub; the others go on."""

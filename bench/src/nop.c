@@ -1,0 +1,2 @@
+/* nop: exits at once (the program spawn runs). */
+int main(void) { return 0; }
