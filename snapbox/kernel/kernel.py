@@ -28,6 +28,7 @@ import zstandard
 from snapbox import __version__
 from snapbox.kernel import elf
 from snapbox.kernel.devices import mount_dev
+from snapbox.kernel.procfs import mount_proc
 from snapbox.kernel.errors import SyscallError, TaskExit, WouldBlock
 from snapbox.kernel.fd import FDTable
 from snapbox.kernel.host import HostFile
@@ -160,6 +161,7 @@ class Kernel:
         fs = Filesystem(rootfs=rootfs, memfile=memfile)
         mount_dev(fs)
         k = cls(features=FeatureSet.host(), memfile=memfile, fs=fs, hostname=hostname)
+        mount_proc(k)
         k.tasks.init = k._exec_init(argv, env, cwd)
         return k
 
@@ -172,7 +174,7 @@ class Kernel:
         path = argv[0]
         if b"/" not in path:
             path = self._search_path(path, env)
-        _, _, node = fs.walk(cwd_node, root, path)
+        parent, name, node = fs.walk(cwd_node, root, path)
         if node is None or node.is_dir():
             raise SnapboxError(f"executable {path.decode(errors='replace')} not found in the rootfs")
         data = self._read_whole(node)
@@ -183,14 +185,14 @@ class Kernel:
         for i in range(3):
             fds.install_at(i, HostFile(flags=2, stdio=i))
         tg = ThreadGroup(tgid=tgid, mm=mm, fds=fds, fs=FSContext(root=root, cwd=cwd_node),
-                         argv=list(argv), exe=path.decode(errors="replace"), pgid=tgid, sid=tgid)
+                         argv=list(argv), exe=_resolved(parent, name), pgid=tgid, sid=tgid)
         try:
             image = elf.load(mm, data, tg.exe)
         except SyscallError as e:
             raise SnapboxError(f"cannot run {tg.exe}: {e.args[1] or os.strerror(e.errno)}") from None
         mm.brk_start = mm.brk = image.end
         sp = elf.build_stack(mm, image, argv, env, path, self.features.hwcap())
-        task = Task(tid=tgid, tg=tg, kernel=self, comm=os.path.basename(tg.exe)[:15])
+        task = Task(tid=tgid, tg=tg, kernel=self, comm=os.path.basename(path).decode(errors="replace")[:15])
         tg.tasks.append(task)
         pidns.tasks[tgid] = task
         pidns.groups[tgid] = tg
@@ -627,7 +629,7 @@ class Kernel:
     def execve(self, t: Task, path: bytes, argv: list[bytes], envp: list[bytes], depth: int = 0) -> None:
         """execve(2): replace the caller's program. Fails with no side effect, or succeeds
         with the task's registers set to the new program's entry."""
-        _, _, node = self.fs.walk(t.fs.cwd, t.fs.root, path)
+        parent, name, node = self.fs.walk(t.fs.cwd, t.fs.root, path)
         if node is None:
             raise SyscallError(errno.ENOENT)
         if node.is_dir() or not stat.S_ISREG(node.mode) or not node.mode & 0o111:
@@ -647,7 +649,8 @@ class Kernel:
             return
         mm = MemoryManager(memfile=self.memfile)
         try:
-            image = elf.load(mm, data, path.decode(errors="replace"))
+            exe = _resolved(parent, name)
+            image = elf.load(mm, data, exe)
             mm.brk_start = mm.brk = image.end
             sp = elf.build_stack(mm, image, argv, envp, path, self.features.hwcap())
         except BaseException:
@@ -669,8 +672,8 @@ class Kernel:
             tg.fds.close(fd)
         tg.sigactions = {n: a for n, a in tg.sigactions.items() if a.handler == SIG_IGN}
         tg.argv = list(argv)
-        tg.exe = path.decode(errors="replace")
-        t.comm = os.path.basename(tg.exe)[:15]
+        tg.exe = exe
+        t.comm = os.path.basename(path).decode(errors="replace")[:15]  # execve(2): the name it was run by
         regs = t.regs
         for name in ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "r8", "r9", "r10", "r11",
                      "r12", "r13", "r14", "r15", "fs_base", "gs_base"):
@@ -1092,6 +1095,12 @@ def _fit_xstate(data: bytes, host: FeatureSet) -> bytes:
         bv = int.from_bytes(out[512:520], "little") & (host.xcr0 or 0x3)
         out[512:520] = bv.to_bytes(8, "little")
     return bytes(out)
+
+
+def _resolved(parent, name: str) -> str:
+    """The sandbox path of the node named `name` in directory `parent` (symlinks resolved)."""
+    base = parent.path()
+    return base + name if base.endswith("/") else f"{base}/{name}"
 
 
 def _lowest(mask: int) -> int:

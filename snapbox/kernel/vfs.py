@@ -271,6 +271,9 @@ class Filesystem:
 
     def lookup(self, d: Dir, name: str) -> Inode:
         """The child `name` of `d`, or ENOENT."""
+        dynamic = getattr(d, "child", None)
+        if dynamic is not None:
+            return dynamic(name)  # a synthetic directory (/proc)
         node = d.entries.get(name)
         if node is not None:
             return node
@@ -294,6 +297,9 @@ class Filesystem:
 
     def list_dir(self, d: Dir) -> list[str]:
         """The names in `d` (without . and ..): its entries merged over its lower directory."""
+        dynamic = getattr(d, "names", None)
+        if dynamic is not None:
+            return dynamic()
         names = dict.fromkeys(d.entries)
         if d.lower is not None:
             for name in self.lower.listdir(d.lower):
@@ -302,6 +308,9 @@ class Filesystem:
         return list(names)
 
     def readlink(self, node: Inode) -> bytes:
+        target = getattr(node, "target", None)
+        if callable(target):
+            return target()  # a synthetic link (/proc)
         if isinstance(node, MemSymlink):
             return node.target
         if isinstance(node, LowerNode) and st.S_ISLNK(node.mode):

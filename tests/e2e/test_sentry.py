@@ -171,3 +171,25 @@ def test_pthreads_under_checkpoint_and_restore_at_random_moments(snapbox, images
              what="the threads to finish")
     assert restores >= 2
     assert out.read_text() == want
+
+
+def test_proc_is_made_from_the_sandbox(snapbox, images, tmp_path):
+    script = """
+    sleep 5 &
+    echo "self=$(readlink /proc/self) exe=$(readlink /proc/self/exe)"
+    ps -o pid,args | grep -c '^ *2 sleep 5$'
+    grep -E '^(Name|PPid|Threads):' /proc/self/status
+    cut -d' ' -f1-4 /proc/$$/stat
+    tr '\\0' ' ' < /proc/2/cmdline
+    echo
+    readlink /proc/$$/fd/1
+    grep -c stack /proc/self/maps
+    echo x > /proc/new || echo no-create
+    kill %1
+    """
+    bundle = busybox_bundle(images, tmp_path, script)
+    p = snapbox("run", "--bundle", str(bundle), "proc", check=False)
+    out = p.stdout.splitlines()
+    assert re.fullmatch(r"self=\d+ exe=/bin/busybox", out[0]), out
+    assert out[1:] == ["1", "Name:\tgrep", "PPid:\t1", "Threads:\t1", "1 (sh) S 0", "sleep 5 ",
+                       "host:[stdout]", "1", "no-create"]

@@ -15,6 +15,7 @@ import pytest
 from snapbox.kernel.devices import DeviceFile, mount_dev
 from snapbox.kernel.fd import FDTable, OpenFile
 from snapbox.kernel.pipe import make_pipe
+from snapbox.kernel.procfs import ProcFile, ProcNode, mount_proc
 from snapbox.kernel.host import HostFile
 from snapbox.kernel.kernel import Kernel, LoadContext
 from snapbox.kernel.mm import MemoryManager, Vma
@@ -61,6 +62,7 @@ def build(name: str, kernel: Kernel):
     tg.fds.install(pipe_w)
     if "dev" not in fs.root.entries:
         mount_dev(fs)
+        mount_proc(kernel)
     factories = {
         "Kernel": lambda: kernel,
         "FeatureSet": FeatureSet.host,
@@ -90,6 +92,10 @@ def build(name: str, kernel: Kernel):
         "PipeFile": lambda: pipe_w,
         "DeviceNode": lambda: fs.root.entries["dev"].entries["zero"],
         "DeviceFile": lambda: DeviceFile(flags=2, node=fs.root.entries["dev"].entries["urandom"]),
+        "ProcDir": lambda: fs.root.entries["proc"],
+        "ProcNode": lambda: ProcNode(ino=5, mode=stat.S_IFREG | 0o444, kernel=kernel, pid=0, name="uptime"),
+        "ProcFile": lambda: ProcFile(flags=0, offset=3, node=ProcNode(kernel=kernel, name="loadavg"),
+                                     content=b"0.00 0.00 0.00 1/1 1\n"),
     }
     return factories[name]()
 

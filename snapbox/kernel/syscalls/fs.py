@@ -23,6 +23,7 @@ from snapbox.kernel.fd import (
     SETFL_MASK,
 )
 from snapbox.kernel.pipe import make_pipe
+from snapbox.kernel.procfs import ProcDir, ProcNode
 from snapbox.kernel.syscalls import NR, i32, i64, syscall
 from snapbox.kernel.vfs import Dir, DirFile, LowerNode, MemRegular, MemSymlink, RegularFile, now_ns
 
@@ -69,6 +70,8 @@ def open_node(t, dirfd: int, path_addr: int, flags: int, mode: int) -> int:
     if node is None:
         if not flags & O_CREAT:
             raise SyscallError(errno.ENOENT)
+        if isinstance(parent, ProcDir):
+            raise SyscallError(errno.EACCES)
         if name in (".", ".."):
             raise SyscallError(errno.EISDIR)
         node = fs.create_regular(parent, name, mode & ~t.fs.umask, 0, 0)
@@ -85,6 +88,10 @@ def open_node(t, dirfd: int, path_addr: int, flags: int, mode: int) -> int:
         f = DirFile(flags=flags & ~O_CLOEXEC, node=node)
     elif isinstance(node, DeviceNode):
         f = DeviceFile(flags=flags & ~O_CLOEXEC, node=node)
+    elif isinstance(node, ProcNode):
+        if accmode != O_RDONLY:
+            raise SyscallError(errno.EACCES)
+        f = node.open(flags & ~O_CLOEXEC)
     else:
         if isinstance(node, LowerNode) and not st.S_ISREG(node.mode) and not flags & O_PATH:
             raise SyscallError(errno.ENXIO, "device and fifo nodes of the rootfs are not supported")

@@ -35,7 +35,7 @@ def getrandom(t, buf, count, flags):
 _SYSINFO = struct.Struct("<q3QQQQQQQHxxxxxxQQI")
 
 
-def _meminfo() -> dict[str, int]:
+def host_meminfo() -> dict[str, int]:
     out = {}
     try:
         with open("/proc/meminfo") as f:
@@ -49,7 +49,7 @@ def _meminfo() -> dict[str, int]:
 
 @syscall(NR.sysinfo)
 def sysinfo(t, info):
-    mem = _meminfo()
+    mem = host_meminfo()
     uptime = t.kernel.timekeeper.monotonic_ns() // 1_000_000_000
     procs = len(t.kernel.tasks.pidns.tasks)
     data = _SYSINFO.pack(uptime, 0, 0, 0, mem.get("MemTotal", 0), mem.get("MemFree", 0),
