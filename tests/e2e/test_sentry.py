@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 import random
 import re
@@ -14,6 +15,14 @@ import pytest
 from tests.conftest import REPO, lines, wait_for
 
 SCRIPTS = REPO / "tests" / "e2e" / "scripts"
+
+
+def same_output(got: str, want: str) -> bool:
+    """Equal, or an assertion that shows the difference line by line."""
+    if got != want:
+        diff = "\n".join(difflib.unified_diff(want.splitlines(), got.splitlines(), "native", "snapbox", lineterm=""))
+        raise AssertionError(f"output differs from the native run:\n{diff}")
+    return True
 
 
 def busybox_bundle(images: Path, tmp_path: Path, script: str, name: str = "bb") -> Path:
@@ -55,7 +64,7 @@ def test_busybox_suite_matches_native(snapbox, images, tmp_path):
     bundle = busybox_bundle(images, tmp_path, script)
     out = tmp_path / "out.txt"
     in_sandbox(snapbox, out, "run", "--bundle", str(bundle), "bb")
-    assert out.read_text() == native(images, tmp_path, script)
+    assert same_output(out.read_text(), native(images, tmp_path, script))
 
 
 def test_busybox_suite_with_checkpoints_matches_native(snapbox, images, tmp_path):
@@ -81,7 +90,7 @@ def test_busybox_suite_with_checkpoints_matches_native(snapbox, images, tmp_path
     wait_for(lambda: json.loads(snapbox("state", cid).stdout)["status"] == "stopped", timeout=30,
              what="the script to finish")
     assert restores >= 2
-    assert out.read_text() == native(images, tmp_path, script)
+    assert same_output(out.read_text(), native(images, tmp_path, script))
 
 
 @pytest.mark.parametrize("bundle", ["signals", "signals-glibc"])

@@ -35,7 +35,7 @@ trap 'echo caught USR1' USR1
 kill -USR1 $$
 sleep 0.1
 echo "== background jobs"
-( sleep 0.2; echo late ) &
+( sleep 0.6; echo late ) &
 ( echo early ) &
 wait
 sleep 0.05 &
