@@ -31,13 +31,16 @@ class Vma:
     end: int
     prot: int  # PROT_* bits the application asked for
     offset: int  # MemoryFile offset backing `start`; the range is contiguous in the file
-    kind: str = "anon"  # anon, heap, stack, or the path of the ELF file it came from
-    file_offset: int = 0  # for ELF segments: offset in that file (shown in /proc/pid/maps)
+    kind: str = "anon"  # anon, heap, stack, or the path of the file it maps
+    file_offset: int = 0  # for file mappings: offset in that file (shown in /proc/pid/maps)
+    # MAP_SHARED: the MemoryFile range is not this address space's own (a file's pages, or
+    # memory shared with other processes): fork shares it and munmap does not free it.
+    shared: bool = False
 
     def split(self, at: int) -> Vma:
         """Cut this VMA at `at`; it keeps [start, at) and returns [at, end)."""
         tail = Vma(at, self.end, self.prot, self.offset + (at - self.start), self.kind,
-                   self.file_offset + (at - self.start) if self.kind.startswith("/") else 0)
+                   self.file_offset + (at - self.start) if self.kind.startswith("/") else 0, self.shared)
         self.end = at
         return tail
 
@@ -102,12 +105,66 @@ class MemoryManager:
             pass  # the hint is free: Linux honours it
         else:
             addr = self._free_gap(length)
-        offset = self.memfile.alloc(length)
-        vma = Vma(addr, addr + length, prot, offset, kind)
+        self.map_range(addr, length, prot, self.memfile.alloc(length), kind)
+        return addr
+
+    def map_shared_pages(self, addr: int, length: int, prot: int, fixed: bool, offsets: list[int],
+                         kind: str, file_offset: int) -> int:
+        """A MAP_SHARED mapping of pages that live elsewhere in the MemoryFile (a file's
+        pages, in any order): one VMA per page. Returns the address."""
+        length = page_align(length)
+        if fixed:
+            self.unmap(addr, length)
+        elif not (addr and addr % PAGE_SIZE == 0 and addr >= MMAP_MIN_ADDR and addr + length <= APP_TOP
+                  and not self._overlaps(addr, addr + length)):
+            addr = self._free_gap(length)
+        for i, offset in enumerate(offsets):
+            vma = self.map_range(addr + i * PAGE_SIZE, PAGE_SIZE, prot, offset, kind, shared=True)
+            vma.file_offset = file_offset + i * PAGE_SIZE
+        return addr
+
+    def map_range(self, addr: int, length: int, prot: int, offset: int, kind: str,
+                  shared: bool = False) -> Vma:
+        """Map MemoryFile range [offset, offset+length) at `addr` (already free)."""
+        vma = Vma(addr, addr + length, prot, offset, kind, shared=shared)
         self._insert(vma)
         if self.stub is not None:
             self.stub.map(addr, length, prot, offset)
-        return addr
+        return vma
+
+    def remap(self, old: int, old_size: int, new_size: int, may_move: bool, fixed_to: int | None) -> int:
+        """mremap(2): resize (and perhaps move) the mapping at `old`; returns its address."""
+        old_size, new_size = page_align(old_size), page_align(new_size)
+        if old % PAGE_SIZE or new_size == 0:
+            raise SyscallError(errno.EINVAL)
+        vma = self.find(old)
+        if vma is None or old + old_size > vma.end:
+            raise SyscallError(errno.EFAULT)
+        if vma.shared:
+            raise SyscallError(errno.EINVAL, "mremap of a shared mapping is not supported yet")
+        if fixed_to is None and new_size <= old_size:
+            if new_size < old_size:
+                self.unmap(old + new_size, old_size - new_size)
+            return old
+        if fixed_to is not None:
+            target = fixed_to
+        elif not self._overlaps(old + old_size, old + new_size) and old + new_size <= MMAP_TOP:
+            target = old  # grows in place
+        elif may_move:
+            target = None
+        else:
+            raise SyscallError(errno.ENOMEM)
+        prot, kind = vma.prot, vma.kind
+        file_offset = vma.file_offset + (old - vma.start)
+        offset = self.memfile.alloc(new_size)
+        self.memfile.copy(offset, vma.offset + (old - vma.start), min(old_size, new_size))
+        self.unmap(old, old_size)
+        if target is None:
+            target = self._free_gap(new_size)
+        elif target != old:
+            self.unmap(target, new_size)
+        self.map_range(target, new_size, prot, offset, kind).file_offset = file_offset
+        return target
 
     def _overlaps(self, start: int, end: int) -> bool:
         i = bisect.bisect_left(self.starts, end) - 1
@@ -146,7 +203,8 @@ class MemoryManager:
             i = self.vmas.index(vma)
             del self.vmas[i]
             del self.starts[i]
-            self.memfile.release(vma.offset, vma.end - vma.start)
+            if not vma.shared:
+                self.memfile.release(vma.offset, vma.end - vma.start)
         if self.stub is not None:
             self.stub.unmap(addr, length)
 
@@ -200,6 +258,9 @@ class MemoryManager:
         MemoryFile ranges, holes left as holes. Not yet attached to a stub."""
         vmas = []
         for v in self.vmas:
+            if v.shared:
+                vmas.append(Vma(v.start, v.end, v.prot, v.offset, v.kind, v.file_offset, True))
+                continue
             offset = self.memfile.alloc(v.end - v.start)
             self.memfile.copy(offset, v.offset, v.end - v.start)
             vmas.append(Vma(v.start, v.end, v.prot, offset, v.kind, v.file_offset))
@@ -273,9 +334,10 @@ class MemoryManager:
         raise SyscallError(errno.ENAMETOOLONG)
 
     def release_all(self) -> None:
-        """Free every VMA's memory (the address space is gone)."""
+        """Free every VMA's own memory (the address space is gone)."""
         for vma in self.vmas:
-            self.memfile.release(vma.offset, vma.end - vma.start)
+            if not vma.shared:
+                self.memfile.release(vma.offset, vma.end - vma.start)
         self.vmas.clear()
         self.starts.clear()
 

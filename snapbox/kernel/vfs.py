@@ -164,14 +164,18 @@ class MemRegular(Inode):
         while view:
             index, within = divmod(pos, PAGE_SIZE)
             n = min(PAGE_SIZE - within, len(view))
-            off = self.pages.get(index)
-            if off is None:
-                off = self.pages[index] = self.memfile.alloc(PAGE_SIZE)
-            self.memfile.write(off + within, view[:n])
+            self.memfile.write(self.page(index) + within, view[:n])
             view = view[n:]
             pos += n
         self.length = max(self.length, pos)
         self.mtime = self.ctime = now_ns()
+
+    def page(self, index: int) -> int:
+        """The MemoryFile offset of page `index`, allocated (zeroed) if it has none yet."""
+        off = self.pages.get(index)
+        if off is None:
+            off = self.pages[index] = self.memfile.alloc(PAGE_SIZE)
+        return off
 
     def truncate(self, length: int) -> None:
         if length < self.length:
@@ -325,6 +329,17 @@ class Filesystem:
         d.whiteouts.discard(name)
         d.mtime = d.ctime = now
         return node
+
+    def copy_up_node(self, node: LowerNode) -> MemRegular | LowerNode:
+        """copy_up() for a node found by identity (an open file): its directory is searched."""
+        parent_path, _, name = node.path.rpartition("/")
+        d = self.root
+        for part in (p for p in parent_path.split("/") if p):
+            d = self.lookup(d, part)
+        if d.entries.get(name) is node:
+            return self.copy_up(d, name, node)
+        current = d.entries.get(name)
+        return current if isinstance(current, MemRegular) else node
 
     def copy_up(self, d: Dir, name: str, node: LowerNode) -> MemRegular:
         """Give a lower regular file a copy in the writable layer, replacing it in `d`."""

@@ -93,6 +93,15 @@ def test_busybox_suite_with_checkpoints_matches_native(snapbox, images, tmp_path
     assert same_output(out.read_text(), native(images, tmp_path, script))
 
 
+@pytest.mark.parametrize("bundle", ["mapping", "mapping-glibc"])
+def test_memory_mappings_match_native(snapbox, images, tmp_path, bundle):
+    binary = images / bundle / "rootfs" / bundle
+    want = subprocess.run([str(binary)], capture_output=True, text=True, timeout=30, cwd=tmp_path).stdout
+    got = snapbox("run", "--bundle", str(images / bundle), "map").stdout
+    assert same_output(got, want)
+    assert "after fork: shared=42 private=1 map=kid!" in got
+
+
 @pytest.mark.parametrize("bundle", ["signals", "signals-glibc"])
 def test_signals_match_native(snapbox, images, bundle):
     binary = images / bundle / "rootfs" / f"/{bundle}".lstrip("/")

@@ -1,12 +1,19 @@
-"""Memory syscalls: brk, mmap, munmap, mprotect (anonymous memory)."""
+"""Memory syscalls: brk, mmap (anonymous and private file mappings), munmap, mprotect, mremap,
+madvise, msync, mlock."""
 
 from __future__ import annotations
 
 import errno
+import logging
 
+from snapbox.kernel.devices import DeviceFile
 from snapbox.kernel.errors import SyscallError
 from snapbox.kernel.syscalls import NR, i32, syscall
+from snapbox.kernel.vfs import LowerNode, MemRegular, RegularFile
 from snapbox.memfile import PAGE_SIZE
+from snapbox.platform.stub import PROT_WRITE
+
+log = logging.getLogger("snapbox.kernel")
 
 MAP_SHARED = 0x01
 MAP_PRIVATE = 0x02
@@ -31,15 +38,90 @@ def mmap(t, addr, length, prot, flags, fd, offset):
     kind = flags & MAP_SHARED_VALIDATE
     if kind == 0 or length == 0 or offset % PAGE_SIZE:
         raise SyscallError(errno.EINVAL)
+    source = None
     if not flags & MAP_ANONYMOUS:
-        t.fds.get(i32(fd))
-        raise SyscallError(errno.ENODEV, "file mappings are not supported yet")
+        source = t.fds.get(i32(fd))
+        if isinstance(source, DeviceFile) and source.node.name == "zero":
+            source = None  # a mapping of /dev/zero is anonymous memory
+        elif not isinstance(source, RegularFile):
+            raise SyscallError(errno.ENODEV)
+        elif not source.readable():
+            raise SyscallError(errno.EACCES)
+        elif kind != MAP_PRIVATE and prot & PROT_WRITE and not source.writable():
+            raise SyscallError(errno.EACCES)
     fixed = bool(flags & (MAP_FIXED | MAP_FIXED_NOREPLACE))
     if flags & MAP_FIXED_NOREPLACE and t.mm.find(addr) is not None:
         raise SyscallError(errno.EEXIST)
     if length > 1 << 46:
         raise SyscallError(errno.ENOMEM)
-    return t.mm.map_anonymous(addr, length, prot & 7, fixed, "stack" if flags & MAP_GROWSDOWN else "anon")
+    if source is None:
+        addr = t.mm.map_anonymous(addr, length, prot & 7, fixed, "stack" if flags & MAP_GROWSDOWN else "anon")
+        if kind != MAP_PRIVATE:
+            t.mm.find(addr).shared = True  # fork shares it instead of copying
+        return addr
+    if kind != MAP_PRIVATE:
+        node = source.node
+        if isinstance(node, LowerNode):
+            node = t.kernel.fs.copy_up_node(node)
+        if isinstance(node, MemRegular):
+            # The file's own pages, mapped page by page: writes reach the file and every
+            # other mapping of it, as with a shared mapping on Linux.
+            first = offset // PAGE_SIZE
+            pages = [node.page(first + i) for i in range((length + PAGE_SIZE - 1) // PAGE_SIZE)]
+            return t.mm.map_shared_pages(addr, length, prot & 7, fixed, pages, source.name, offset)
+    # A private (or read-only shared) file mapping: the file's pages copied into fresh
+    # memory; bytes past the end of the file read as zeros.
+    data = source.read(t, min(length, max(0, source.node.size() - offset)), offset)
+    addr = t.mm.map_anonymous(addr, length, prot & 7, fixed, source.name or "anon")
+    t.mm.poke(addr, data)
+    t.mm.find(addr).file_offset = offset
+    return addr
+
+
+MREMAP_MAYMOVE, MREMAP_FIXED, MREMAP_DONTUNMAP = 1, 2, 4
+
+
+@syscall(NR.mremap)
+def mremap(t, old_addr, old_size, new_size, flags, new_addr):
+    if flags & ~(MREMAP_MAYMOVE | MREMAP_FIXED) or (flags & MREMAP_FIXED and not flags & MREMAP_MAYMOVE):
+        raise SyscallError(errno.EINVAL)
+    fixed_to = new_addr if flags & MREMAP_FIXED else None
+    if fixed_to is not None and (fixed_to % PAGE_SIZE or fixed_to == old_addr):
+        raise SyscallError(errno.EINVAL)
+    return t.mm.remap(old_addr, old_size, new_size, bool(flags & MREMAP_MAYMOVE), fixed_to)
+
+
+MS_ASYNC, MS_INVALIDATE, MS_SYNC = 1, 2, 4
+
+
+@syscall(NR.msync)
+def msync(t, addr, length, flags):
+    if addr % PAGE_SIZE or flags & ~(MS_ASYNC | MS_INVALIDATE | MS_SYNC) or \
+            (flags & MS_ASYNC and flags & MS_SYNC):
+        raise SyscallError(errno.EINVAL)
+    end = addr + length
+    pos = addr
+    while pos < end:
+        vma = t.mm.find(pos)
+        if vma is None:
+            raise SyscallError(errno.ENOMEM)
+        pos = vma.end
+    return 0  # private mappings have nothing to write back
+
+
+@syscall(NR.mlock, NR.munlock)
+def mlock(t, addr, length):
+    return 0  # memory is never swapped out of the MemoryFile's memfd by snapbox
+
+
+@syscall(NR.mlockall)
+def mlockall(t, flags):
+    return 0
+
+
+@syscall(NR.munlockall)
+def munlockall(t):
+    return 0
 
 
 @syscall(NR.munmap)
