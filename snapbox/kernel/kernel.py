@@ -30,6 +30,7 @@ from snapbox.kernel import elf
 from snapbox.kernel.devices import mount_dev
 from snapbox.kernel.procfs import mount_proc
 from snapbox.kernel.errors import SyscallError, TaskExit, WouldBlock
+from snapbox.kernel.eventfiles import TimerFd
 from snapbox.kernel.fd import FDTable
 from snapbox.kernel.host import HostFile
 from snapbox.kernel.mm import MemoryManager
@@ -253,6 +254,9 @@ class Kernel:
         for tg in self.tasks.pidns.groups.values():
             if tg.exit_status is None and tg.itimer_real[0]:
                 self.arm_itimer(tg)
+            for f in tg.fds.files.values():
+                if isinstance(f, TimerFd) and f.deadline:
+                    f.arm(self)
         self.paused = True
         self.unpause()
 

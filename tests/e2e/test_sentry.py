@@ -102,6 +102,14 @@ def test_memory_mappings_match_native(snapbox, images, tmp_path, bundle):
     assert "after fork: shared=42 private=1 map=kid!" in got
 
 
+@pytest.mark.parametrize("bundle", ["events", "events-glibc"])
+def test_eventfd_timerfd_and_epoll_match_native(snapbox, images, bundle):
+    binary = images / bundle / "rootfs" / bundle
+    want = subprocess.run([str(binary)], capture_output=True, text=True, timeout=30).stdout
+    assert want == "eventfd=5 timer>=3:1 pipe=2\n"
+    assert same_output(snapbox("run", "--bundle", str(images / bundle), "ev").stdout, want)
+
+
 @pytest.mark.parametrize("bundle", ["signals", "signals-glibc"])
 def test_signals_match_native(snapbox, images, bundle):
     binary = images / bundle / "rootfs" / f"/{bundle}".lstrip("/")

@@ -13,6 +13,7 @@ import stat
 import pytest
 
 from snapbox.kernel.devices import DeviceFile, mount_dev
+from snapbox.kernel.eventfiles import EpollFile, EventFd, TimerFd
 from snapbox.kernel.fd import FDTable, OpenFile
 from snapbox.kernel.pipe import make_pipe
 from snapbox.kernel.procfs import ProcFile, ProcNode, mount_proc
@@ -92,6 +93,9 @@ def build(name: str, kernel: Kernel):
         "PipeFile": lambda: pipe_w,
         "DeviceNode": lambda: fs.root.entries["dev"].entries["zero"],
         "DeviceFile": lambda: DeviceFile(flags=2, node=fs.root.entries["dev"].entries["urandom"]),
+        "EventFd": lambda: EventFd(flags=2, counter=7, semaphore=True),
+        "TimerFd": lambda: TimerFd(clock=1, deadline=123456789, interval=1000, expirations=2),
+        "EpollFile": lambda: EpollFile(flags=2, interest={3: [pipe_r, 1, 99]}),
         "ProcDir": lambda: fs.root.entries["proc"],
         "ProcNode": lambda: ProcNode(ino=5, mode=stat.S_IFREG | 0o444, kernel=kernel, pid=0, name="uptime"),
         "ProcFile": lambda: ProcFile(flags=0, offset=3, node=ProcNode(kernel=kernel, name="loadavg"),
