@@ -31,6 +31,7 @@ from snapbox.kernel.devices import mount_dev
 from snapbox.kernel.procfs import mount_proc
 from snapbox.kernel.errors import SyscallError, TaskExit, WouldBlock
 from snapbox.kernel.eventfiles import TimerFd
+from snapbox.kernel.locks import release_owner
 from snapbox.kernel.fd import FDTable
 from snapbox.kernel.host import HostFile
 from snapbox.kernel.mm import MemoryManager
@@ -747,6 +748,10 @@ class Kernel:
             stub.kill()
             tg.mm.stub = None
         tg.mm.release_all()
+        for f in tg.fds.files.values():
+            node = getattr(f, "node", None)
+            if node is not None and getattr(node, "locks", None):
+                release_owner(self.fs, node, tg.tgid)
         tg.fds.close_all()
         tg.exit_status = status
         init = self.tasks.init

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 
 from snapbox.kernel.errors import SyscallError
 from snapbox.kernel.fd import O_APPEND, O_TRUNC, OpenFile
+from snapbox.kernel.locks import release_owner
+from snapbox.kernel.waiter import WaitQueue
 from snapbox.memfile import PAGE_SIZE, MemoryFile
 from snapbox.state import nosave, savable
 
@@ -119,6 +121,7 @@ class Inode:
     atime: int = 0  # ns since the epoch
     mtime: int = 0
     ctime: int = 0
+    locks: list = field(default_factory=list)  # [owner, F_RDLCK/F_WRLCK, start, end] advisory locks
 
     def size(self) -> int:
         return 0
@@ -252,6 +255,7 @@ class Filesystem:
     root: Dir | None = None
     next_ino: int = 2
     lower: Lower | None = nosave(default=None)
+    lock_queues: dict = nosave(dict)  # id(inode) -> WaitQueue of tasks waiting for its locks
 
     def __post_init__(self) -> None:
         self.lower = Lower(self.rootfs)
@@ -262,6 +266,12 @@ class Filesystem:
         if ctx is not None and ctx.rootfs:
             self.rootfs = ctx.rootfs
         self.lower = Lower(self.rootfs)
+
+    def lock_queue(self, node: Inode) -> WaitQueue:
+        q = self.lock_queues.get(id(node))
+        if q is None:
+            q = self.lock_queues[id(node)] = WaitQueue()
+        return q
 
     def new_ino(self) -> int:
         self.next_ino += 1
@@ -478,6 +488,9 @@ class RegularFile(OpenFile):
             os.close(self.host_fd)
             self.host_fd = -1
         node = self.node
+        if node is not None and node.locks:
+            release_owner(self.fs, node, ("flock", self))  # flock(2) locks go with the description
+            release_owner(self.fs, node, self)  # and so do open file description locks
         if isinstance(node, MemRegular):
             node.opens -= 1
             if node.opens == 0 and node.nlink == 0:

@@ -110,6 +110,14 @@ def test_eventfd_timerfd_and_epoll_match_native(snapbox, images, bundle):
     assert same_output(snapbox("run", "--bundle", str(images / bundle), "ev").stdout, want)
 
 
+@pytest.mark.parametrize("bundle", ["locks", "locks-glibc"])
+def test_file_locks_match_native(snapbox, images, tmp_path, bundle):
+    binary = images / bundle / "rootfs" / bundle
+    want = subprocess.run([str(binary)], capture_output=True, text=True, timeout=30, cwd=tmp_path).stdout
+    assert "child waits 0" in want
+    assert same_output(snapbox("run", "--bundle", str(images / bundle), "lk").stdout, want)
+
+
 @pytest.mark.parametrize("bundle", ["signals", "signals-glibc"])
 def test_signals_match_native(snapbox, images, bundle):
     binary = images / bundle / "rootfs" / f"/{bundle}".lstrip("/")

@@ -7,6 +7,7 @@ import stat as st
 import struct
 
 from snapbox.kernel.devices import DeviceFile, DeviceNode
+from snapbox.kernel import locks
 from snapbox.kernel.errors import SyscallError, WouldBlock
 from snapbox.kernel.fd import (
     O_ACCMODE,
@@ -122,6 +123,11 @@ def creat(t, path, mode):
 
 @syscall(NR.close)
 def close(t, fd):
+    f = t.fds.get(i32(fd))
+    node = getattr(f, "node", None)
+    if node is not None and getattr(node, "locks", None):
+        # fcntl(2): closing any fd of a file drops the process's record locks on it.
+        locks.release_owner(t.kernel.fs, node, t.tg.tgid)
     t.fds.close(i32(fd))
     return 0
 
@@ -274,6 +280,9 @@ def ioctl(t, fd, request, arg):
 
 F_DUPFD, F_GETFD, F_SETFD, F_GETFL, F_SETFL = 0, 1, 2, 3, 4
 F_DUPFD_CLOEXEC = 1030
+F_GETLK, F_SETLK, F_SETLKW = 5, 6, 7
+F_OFD_GETLK, F_OFD_SETLK, F_OFD_SETLKW = 36, 37, 38
+F_GETPIPE_SZ = 1032
 FD_CLOEXEC = 1
 
 
@@ -295,7 +304,23 @@ def fcntl(t, fd, cmd, arg):
     if cmd == F_SETFL:
         f.flags = (f.flags & ~SETFL_MASK) | (arg & SETFL_MASK)
         return 0
+    if cmd in (F_GETLK, F_SETLK, F_SETLKW, F_OFD_GETLK, F_OFD_SETLK, F_OFD_SETLKW):
+        if not isinstance(f, RegularFile):
+            raise SyscallError(errno.EINVAL)
+        if cmd in (F_GETLK, F_OFD_GETLK):
+            return locks.getlk(t, f, arg)
+        owner = f if cmd in (F_OFD_SETLK, F_OFD_SETLKW) else None
+        return locks.setlk(t, f, arg, cmd in (F_SETLKW, F_OFD_SETLKW), owner)
+    if cmd == F_GETPIPE_SZ:
+        if not hasattr(f, "pipe"):
+            raise SyscallError(errno.EBADF)
+        return f.pipe.capacity
     raise SyscallError(errno.EINVAL)
+
+
+@syscall(NR.flock)
+def flock(t, fd, op):
+    return locks.flock(t, t.fds.get(i32(fd)), i32(op))
 
 
 @syscall(NR.dup)
