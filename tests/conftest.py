@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parents[1]
 IMAGES = REPO / "fixtures" / "images"
 BUNDLES = ("counter", "counter-glibc", "memhog", "memhog-glibc", "hello", "hello-glibc", "signals",
            "signals-glibc", "threads", "threads-glibc", "mapping", "mapping-glibc", "events", "events-glibc", "locks", "locks-glibc",
-           "busybox")
+           "jobs", "jobs-glibc", "busybox")
 
 
 @pytest.fixture(scope="session")

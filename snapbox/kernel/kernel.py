@@ -36,12 +36,15 @@ from snapbox.kernel.fd import FDTable
 from snapbox.kernel.host import HostFile
 from snapbox.kernel.mm import MemoryManager
 from snapbox.kernel.signals import (
+    CLD_CONTINUED,
     CLD_DUMPED,
     CLD_EXITED,
     CLD_KILLED,
+    CLD_STOPPED,
     CORE_DUMPED,
     EFLAGS_USER,
     REDZONE,
+    SA_NOCLDSTOP,
     SA_NOCLDWAIT,
     SA_NODEFER,
     SA_ONSTACK,
@@ -93,6 +96,7 @@ NEVER_RESTARTED = frozenset({NR.poll, NR.ppoll, NR.select, NR.pselect6, NR.nanos
 # Calls that return what they did so far, rather than EINTR, when interrupted part way.
 PARTIAL_RESULT_SYSCALLS = frozenset({NR.write, NR.writev})
 SLEEP_SYSCALLS = frozenset({NR.nanosleep, NR.clock_nanosleep})
+STOP_SIGNALS = sigbit(signal.SIGSTOP) | sigbit(signal.SIGTSTP) | sigbit(signal.SIGTTIN) | sigbit(signal.SIGTTOU)
 
 WALL = 0x40000000
 MAX_KERNEL_SECTION = 1 << 30  # bound on the decompressed kernel graph of an image
@@ -423,11 +427,57 @@ class Kernel:
         if pid in stub.interrupts_seen:
             stub.interrupts_seen.discard(pid)
             task.interrupt_pending = False
+        if task.tg.job_stopped:
+            # A stopped process (SIGSTOP, SIGTSTP, ...) runs again only on SIGCONT.
+            task.run = Run.STOPPED
+            stub.clobbered.add(pid)
+            return
         if pid in stub.clobbered:
             ptrace.setregs(pid, task.regs)
             stub.clobbered.discard(pid)
         task.run = Run.RUNNING
         ptrace.sysemu(pid)
+
+    # -- job control -----------------------------------------------------------------------------
+
+    def _stop_group(self, tg: ThreadGroup, sig: int) -> None:
+        """Stop every task of `tg` (the default action of SIGSTOP, SIGTSTP, SIGTTIN, SIGTTOU)."""
+        if tg.job_stopped or tg.exit_status is not None:
+            return
+        tg.job_stopped = sig
+        tg.job_report = "stopped"
+        tg.pending &= ~sigbit(signal.SIGCONT)
+        for t in tg.tasks:
+            if t.run is Run.RUNNING and not t.interrupt_pending and not self.paused:
+                ptrace.interrupt(t.host_tid)
+                t.interrupt_pending = True
+        self._notify_parent(tg, CLD_STOPPED, sig)
+
+    def _continue_group(self, tg: ThreadGroup) -> None:
+        """SIGCONT: a stopped process goes on (whatever the signal's disposition)."""
+        for t in tg.tasks:
+            t.pending &= ~STOP_SIGNALS
+        tg.pending &= ~STOP_SIGNALS
+        if not tg.job_stopped:
+            return
+        tg.job_stopped = 0
+        tg.job_report = "continued"
+        self._notify_parent(tg, CLD_CONTINUED, signal.SIGCONT)
+        if self.paused:
+            return
+        for t in tg.tasks:
+            if t.run is Run.STOPPED:
+                self._deliver_and_resume(t)
+            elif t.run is Run.SYSCALL and not t.waiting and not t.queued:
+                self._enqueue(t)
+
+    def _notify_parent(self, tg: ThreadGroup, code: int, status: int) -> None:
+        parent = tg.parent
+        if parent is None or parent.exit_status is not None:
+            return
+        parent.child_exit.notify()
+        if not parent.sigaction(SIGCHLD).flags & SA_NOCLDSTOP:
+            self.send_signal(parent, SIGCHLD, siginfo(SIGCHLD, code, tg.tgid, 0, status))
 
     # -- blocking and waking -------------------------------------------------------------------
 
@@ -460,11 +510,16 @@ class Kernel:
         self.runq.append(task)
 
     def _run_queue(self) -> None:
+        held = []
         while self.runq and not self.paused:
             task = self.runq.popleft()
+            if task.tg.job_stopped:
+                held.append(task)  # runs when the process is continued
+                continue
             task.queued = False
             if task.run is Run.SYSCALL:
                 self._dispatch(task)
+        self.runq.extend(held)
 
     def call_at(self, deadline: int, callback: Callable[[], Any]) -> None:
         """Call `callback()` from the loop once sandbox monotonic time reaches `deadline`."""
@@ -805,6 +860,13 @@ class Kernel:
         if sig == SIGKILL:
             self.exit_group(tg, SIGKILL)
             return
+        if sig == signal.SIGCONT:
+            self._continue_group(tg)
+        elif sigbit(sig) & STOP_SIGNALS:
+            tg.pending &= ~sigbit(signal.SIGCONT)
+            if sig == signal.SIGSTOP:
+                self._stop_group(tg, sig)  # it cannot be caught, blocked or ignored
+                return
         bit = sigbit(sig)
         act = tg.sigaction(sig)
         ignored = act.handler == SIG_IGN or (act.handler == SIG_DFL and default_action(sig) is Default.IGNORE)
@@ -898,8 +960,10 @@ class Kernel:
                     self.exit_group(t.tg, sig | (CORE_DUMPED if action is Default.CORE else 0))
                     return False
                 if action is Default.STOP:
-                    log.warning("pid %d: job control stop (signal %d) is not implemented; ignored",
-                                t.tg.tgid, sig)
+                    self._stop_group(t.tg, sig)
+                    t.tg.mm.stub.clobbered.add(t.host_tid)
+                    t.run = Run.STOPPED
+                    return True  # _resume keeps it stopped
                 continue
             return self._setup_frame(t, sig, act, info)
 

@@ -50,7 +50,7 @@ def sigbit(sig: int) -> int:
 # -- signal frames (arch/x86/kernel/signal.c, the x86-64 rt_sigframe) ---------------------
 
 SI_USER, SI_TKILL, SI_KERNEL = 0, -6, 0x80
-CLD_EXITED, CLD_KILLED, CLD_DUMPED = 1, 2, 3
+CLD_EXITED, CLD_KILLED, CLD_DUMPED, CLD_TRAPPED, CLD_STOPPED, CLD_CONTINUED = 1, 2, 3, 4, 5, 6
 SS_ONSTACK, SS_DISABLE = 1, 2
 MINSIGSTKSZ = 2048
 UC_FP_XSTATE, UC_SIGCONTEXT_SS, UC_STRICT_RESTORE_SS = 0x1, 0x2, 0x4

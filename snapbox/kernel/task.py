@@ -73,6 +73,8 @@ class ThreadGroup:
     groups: list = field(default_factory=list)  # supplementary group ids
     pdeath_signal: int = 0  # PR_SET_PDEATHSIG: sent when the parent exits
     prctl: dict = field(default_factory=dict)  # other prctl(2) settings by name
+    job_stopped: int = 0  # the signal that stopped the process (SIGSTOP, ...), 0 when not stopped
+    job_report: str = ""  # "stopped" or "continued": a change wait(WUNTRACED/WCONTINUED) has yet to report
     itimer_real: tuple = (0, 0)  # ITIMER_REAL: (sandbox-monotonic deadline or 0, interval) in ns
     itimer_token: int = nosave(default=0)  # bumped to cancel the armed ITIMER_REAL
     sid: int = 0  # session id

@@ -110,6 +110,14 @@ def test_eventfd_timerfd_and_epoll_match_native(snapbox, images, bundle):
     assert same_output(snapbox("run", "--bundle", str(images / bundle), "ev").stdout, want)
 
 
+@pytest.mark.parametrize("bundle", ["jobs", "jobs-glibc"])
+def test_job_control_stop_and_continue_match_native(snapbox, images, bundle):
+    binary = images / bundle / "rootfs" / bundle
+    want = subprocess.run([str(binary)], capture_output=True, text=True, timeout=30).stdout
+    assert "stopped=1 sig=19" in want and "continued=1" in want
+    assert same_output(snapbox("run", "--bundle", str(images / bundle), "jobs").stdout, want)
+
+
 @pytest.mark.parametrize("bundle", ["locks", "locks-glibc"])
 def test_file_locks_match_native(snapbox, images, tmp_path, bundle):
     binary = images / bundle / "rootfs" / bundle

@@ -146,7 +146,7 @@ CLONE_VM, CLONE_SIGHAND, CLONE_VFORK, CLONE_THREAD = 0x100, 0x800, 0x4000, 0x100
 WNOHANG, WUNTRACED, WEXITED, WCONTINUED, WNOWAIT = 1, 2, 4, 8, 0x01000000
 __WNOTHREAD, __WALL, __WCLONE = 0x20000000, 0x40000000, 0x80000000
 P_ALL, P_PID, P_PGID = 0, 1, 2
-CLD_EXITED, CLD_KILLED, CLD_DUMPED = 1, 2, 3
+CLD_EXITED, CLD_KILLED, CLD_DUMPED, CLD_STOPPED, CLD_CONTINUED = 1, 2, 3, 5, 6
 _shared_vm_logged = [False]
 
 
@@ -232,11 +232,21 @@ def wait4(t, pid, status, options, rusage):
         raise SyscallError(errno.ECHILD)
     for child in children:
         if child.exit_status is not None:
-            if status:
-                t.mm.write(status, struct.pack("<i", child.exit_status))
-            _rusage(t, rusage)
+            value = child.exit_status
+        elif child.job_report == "stopped" and options & WUNTRACED:
+            value = (child.job_stopped << 8) | 0x7F
+        elif child.job_report == "continued" and options & WCONTINUED:
+            value = 0xFFFF
+        else:
+            continue
+        if status:
+            t.mm.write(status, struct.pack("<i", value))
+        _rusage(t, rusage)
+        if child.exit_status is not None:
             t.kernel.reap(child)
-            return child.tgid
+        else:
+            child.job_report = ""
+        return child.tgid
     if options & WNOHANG:
         return 0
     raise WouldBlock(t.tg.child_exit)
@@ -265,13 +275,22 @@ def waitid(t, idtype, id_, infop, options, rusage):
                 code, value = (CLD_DUMPED if st & 0x80 else CLD_KILLED), st & 0x7F
             else:
                 code, value = CLD_EXITED, (st >> 8) & 0xFF
-            if infop:
-                # siginfo_t: si_signo, si_errno, si_code, (pad), si_pid, si_uid, si_status
-                t.mm.write(infop, struct.pack("<iiiiiIi", SIGCHLD, 0, code, 0, child.tgid, 0, value).ljust(128, b"\0"))
-            _rusage(t, rusage)
-            if not options & WNOWAIT:
+        elif child.job_report == "stopped" and options & WUNTRACED:
+            code, value = CLD_STOPPED, child.job_stopped
+        elif child.job_report == "continued" and options & WCONTINUED:
+            code, value = CLD_CONTINUED, 18
+        else:
+            continue
+        if infop:
+            # siginfo_t: si_signo, si_errno, si_code, (pad), si_pid, si_uid, si_status
+            t.mm.write(infop, struct.pack("<iiiiiIi", SIGCHLD, 0, code, 0, child.tgid, 0, value).ljust(128, b"\0"))
+        _rusage(t, rusage)
+        if not options & WNOWAIT:
+            if child.exit_status is not None:
                 t.kernel.reap(child)
-            return 0
+            else:
+                child.job_report = ""
+        return 0
     if options & WNOHANG:
         if infop:
             t.mm.write(infop, bytes(128))
