@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from snapbox.kernel.errors import SyscallError, WouldBlock
 from snapbox.kernel.fd import POLLIN, POLLOUT, OpenFile
-from snapbox.state import nosave, savable
+from snapbox.state import ImageError, nosave, savable
 
 TCGETS = 0x5401
 TIOCGWINSZ = 0x5413
@@ -24,6 +24,14 @@ TIOCGPGRP = 0x540F
 # Requests forwarded to a host terminal, with the size of the struct they fill.
 _TTY_READS = {TCGETS: 60, TIOCGWINSZ: 8}
 _NAMES = ("stdin", "stdout", "stderr")
+
+
+def _dup_stdio(n: int) -> int:
+    """Our stdio stream n for the sandbox; /dev/null if this process has none there."""
+    try:
+        return os.dup(n)
+    except OSError:
+        return os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
 
 
 @savable
@@ -36,10 +44,12 @@ class HostFile(OpenFile):
 
     def __post_init__(self) -> None:
         if self.fd < 0:
-            self.fd = os.dup(self.stdio)
+            self.fd = _dup_stdio(self.stdio)
 
     def after_load(self, ctx) -> None:
-        self.fd = os.dup(self.stdio)
+        if self.stdio not in (0, 1, 2):
+            raise ImageError(f"image holds a host stdio file numbered {self.stdio}")
+        self.fd = _dup_stdio(self.stdio)
 
     def _ready(self, events: int) -> bool:
         r, w, _ = select.select([self.fd] if events == selectors.EVENT_READ else [],
