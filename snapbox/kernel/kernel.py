@@ -262,6 +262,9 @@ class Kernel:
             for f in tg.fds.files.values():
                 if isinstance(f, TimerFd) and f.deadline:
                     f.arm(self)
+            for timer in tg.posix_timers.values():
+                if timer.deadline and tg.exit_status is None:
+                    timer.arm(self, tg)
         self.paused = True
         self.unpause()
 

@@ -75,6 +75,7 @@ class ThreadGroup:
     prctl: dict = field(default_factory=dict)  # other prctl(2) settings by name
     job_stopped: int = 0  # the signal that stopped the process (SIGSTOP, ...), 0 when not stopped
     job_report: str = ""  # "stopped" or "continued": a change wait(WUNTRACED/WCONTINUED) has yet to report
+    posix_timers: dict = field(default_factory=dict)  # timer_create(2) id -> PosixTimer
     itimer_real: tuple = (0, 0)  # ITIMER_REAL: (sandbox-monotonic deadline or 0, interval) in ns
     itimer_token: int = nosave(default=0)  # bumped to cancel the armed ITIMER_REAL
     sid: int = 0  # session id

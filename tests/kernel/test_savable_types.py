@@ -22,6 +22,7 @@ from snapbox.kernel.kernel import Kernel, LoadContext
 from snapbox.kernel.mm import MemoryManager, Vma
 from snapbox.kernel.task import FSContext, PIDNamespace, SigAction, Task, TaskSet, ThreadGroup
 from snapbox.kernel.time import Timekeeper
+from snapbox.kernel.timers import PosixTimer
 from snapbox.kernel.vfs import Dir, DirFile, Filesystem, Inode, LowerNode, MemRegular, MemSymlink, RegularFile
 from snapbox.kernel.waiter import WaitQueue
 from snapbox.memfile import MemoryFile
@@ -93,6 +94,8 @@ def build(name: str, kernel: Kernel):
         "PipeFile": lambda: pipe_w,
         "DeviceNode": lambda: fs.root.entries["dev"].entries["zero"],
         "DeviceFile": lambda: DeviceFile(flags=2, node=fs.root.entries["dev"].entries["urandom"]),
+        "PosixTimer": lambda: PosixTimer(id=1, clock=1, notify=4, signo=34, value=77, tid=1, deadline=99,
+                                         interval=10, overrun=2),
         "EventFd": lambda: EventFd(flags=2, counter=7, semaphore=True),
         "TimerFd": lambda: TimerFd(clock=1, deadline=123456789, interval=1000, expirations=2),
         "EpollFile": lambda: EpollFile(flags=2, interest={3: [pipe_r, 1, 99]}),

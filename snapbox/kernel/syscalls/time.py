@@ -7,6 +7,7 @@ import struct
 
 from snapbox.kernel.errors import SyscallError, WouldBlock
 from snapbox.kernel.syscalls import NR, i32, i64, syscall
+from snapbox.kernel.timers import SIGEV_NONE, SIGEV_SIGNAL, SIGEV_THREAD_ID, PosixTimer
 from snapbox.kernel.time import (
     CLOCK_MONOTONIC,
     CLOCK_MONOTONIC_COARSE,
@@ -165,3 +166,82 @@ def alarm(t, seconds):
     _set_itimer(t, (seconds & 0xFFFFFFFF) * NSEC, 0)
     # alarm(2): the seconds remaining, rounded, and at least 1 if a timer was pending
     return (left + NSEC // 2) // NSEC or (1 if left else 0)
+
+
+_SIGEVENT = struct.Struct("<Qiii")  # sigev_value, sigev_signo, sigev_notify, sigev_notify_thread_id
+_ITIMERSPEC = struct.Struct("<qqqq")
+
+
+@syscall(NR.timer_create)
+def timer_create(t, clock, sevp, timerid):
+    clock = i32(clock)
+    if clock not in MONOTONIC_CLOCKS | REALTIME_CLOCKS:
+        raise SyscallError(errno.EINVAL)
+    tid = 0
+    if sevp:
+        value, signo, notify, tid = _SIGEVENT.unpack(t.mm.read(sevp, _SIGEVENT.size))
+        if notify not in (SIGEV_SIGNAL, SIGEV_NONE, SIGEV_THREAD_ID):
+            raise SyscallError(errno.EINVAL)
+        if notify != SIGEV_NONE and not 1 <= signo <= 64:
+            raise SyscallError(errno.EINVAL)
+        if notify == SIGEV_THREAD_ID and not any(x.tid == tid for x in t.tg.tasks):
+            raise SyscallError(errno.EINVAL)
+    else:
+        value, signo, notify = 0, 14, SIGEV_SIGNAL
+    timers = t.tg.posix_timers
+    tid_ = next(i for i in range(len(timers) + 1) if i not in timers)
+    timers[tid_] = PosixTimer(id=tid_, clock=clock, notify=notify, signo=signo, value=value or tid_, tid=tid)
+    t.mm.write(timerid, struct.pack("<i", tid_))
+    return 0
+
+
+def _timer(t, timerid: int):
+    timer = t.tg.posix_timers.get(i32(timerid))
+    if timer is None:
+        raise SyscallError(errno.EINVAL)
+    return timer
+
+
+def _timer_now(t, timer) -> bytes:
+    left = max(0, timer.deadline - t.kernel.timekeeper.monotonic_ns()) if timer.deadline else 0
+    return _ITIMERSPEC.pack(*divmod(timer.interval, NSEC), *divmod(left, NSEC))
+
+
+@syscall(NR.timer_settime)
+def timer_settime(t, timerid, flags, new, old):
+    timer = _timer(t, timerid)
+    isec, insec, vsec, vnsec = _ITIMERSPEC.unpack(t.mm.read(new, _ITIMERSPEC.size))
+    if min(isec, vsec) < 0 or not (0 <= insec < NSEC and 0 <= vnsec < NSEC):
+        raise SyscallError(errno.EINVAL)
+    if old:
+        t.mm.write(old, _timer_now(t, timer))
+    value = vsec * NSEC + vnsec
+    now = t.kernel.timekeeper.monotonic_ns()
+    if not value:
+        timer.deadline = 0
+    elif i32(flags) & TIMER_ABSTIME:
+        timer.deadline = now + max(0, value - clock_now(t, timer.clock))
+    else:
+        timer.deadline = now + value
+    timer.interval = isec * NSEC + insec
+    timer.arm(t.kernel, t.tg)
+    return 0
+
+
+@syscall(NR.timer_gettime)
+def timer_gettime(t, timerid, cur):
+    t.mm.write(cur, _timer_now(t, _timer(t, timerid)))
+    return 0
+
+
+@syscall(NR.timer_getoverrun)
+def timer_getoverrun(t, timerid):
+    return _timer(t, timerid).overrun
+
+
+@syscall(NR.timer_delete)
+def timer_delete(t, timerid):
+    timer = _timer(t, timerid)
+    timer.token += 1
+    del t.tg.posix_timers[timer.id]
+    return 0
