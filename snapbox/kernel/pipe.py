@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from snapbox.kernel.errors import SyscallError, WouldBlock
 from snapbox.kernel.fd import O_NONBLOCK, POLLERR, POLLHUP, POLLIN, POLLOUT, OpenFile
 from snapbox.kernel.signals import SIGPIPE
+from snapbox.kernel.vfs import Inode
 from snapbox.kernel.waiter import WaitQueue
 from snapbox.state import savable
 
@@ -26,6 +27,8 @@ class Pipe:
     capacity: int = PIPE_CAPACITY
     readers: int = 0  # open read ends; 0 makes writes fail with EPIPE
     writers: int = 0  # open write ends; 0 makes reads of an empty pipe return EOF
+    opens_for_read: int = 0  # times a FIFO was opened for reading (what waiting writers watch)
+    opens_for_write: int = 0  # times a FIFO was opened for writing (what waiting readers watch)
     readable: WaitQueue = field(default_factory=WaitQueue)  # readers waiting for data or EOF
     writable: WaitQueue = field(default_factory=WaitQueue)  # writers waiting for room
 
@@ -78,7 +81,7 @@ class PipeFile(OpenFile):
         p = self.pipe
         if self.readable():
             p.readers -= 1
-        else:
+        if self.writable():
             p.writers -= 1
         p.readable.notify()
         p.writable.notify()
@@ -100,3 +103,45 @@ def make_pipe(kernel, flags: int) -> tuple[PipeFile, PipeFile]:
     kernel.pipe_ino += 1
     p = Pipe(ino=kernel.pipe_ino, readers=1, writers=1)
     return PipeFile(flags=flags & O_NONBLOCK, pipe=p), PipeFile(flags=1 | (flags & O_NONBLOCK), pipe=p)
+
+
+@savable
+@dataclass(eq=False)
+class FifoNode(Inode):
+    """A named pipe (mkfifo): opening it joins the pipe it holds (fifo(7))."""
+
+    pipe: Pipe | None = None
+    opened: WaitQueue = field(default_factory=WaitQueue)  # openers waiting for the other end
+
+    def size(self) -> int:
+        return 0
+
+
+def open_fifo(t, node: FifoNode, flags: int) -> PipeFile:
+    """Open a FIFO as Linux does (fs/pipe.c fifo_open): a reader waits until some writer
+    has opened it since the reader came, and a writer waits for a reader, unless
+    O_NONBLOCK (a writer without a reader then fails with ENXIO) or O_RDWR. The end is
+    counted before waiting; the count it waits to see change is kept in t.restart."""
+    p = node.pipe
+    mode = flags & 3
+    state = t.restart[1] if t.restart is not None and isinstance(t.restart[1], tuple) else None
+    if mode == 1 and flags & O_NONBLOCK and p.readers == 0:
+        raise SyscallError(errno.ENXIO)
+    if state is None:
+        if mode in (0, 2):
+            p.readers += 1
+            p.opens_for_read += 1
+        if mode in (1, 2):
+            p.writers += 1
+            p.opens_for_write += 1
+        node.opened.notify()
+        p.readable.notify()
+        p.writable.notify()
+        state = ("fifo", p.opens_for_write if mode == 0 else p.opens_for_read)
+    if mode == 0 and not flags & O_NONBLOCK and p.writers == 0 and p.opens_for_write == state[1]:
+        t.set_restart(t.regs.orig_rax, state)
+        raise WouldBlock(node.opened)
+    if mode == 1 and p.readers == 0 and p.opens_for_read == state[1]:
+        t.set_restart(t.regs.orig_rax, state)
+        raise WouldBlock(node.opened)
+    return PipeFile(flags=flags & ~0o2000000, pipe=p)

@@ -23,7 +23,7 @@ from snapbox.kernel.fd import (
     O_WRONLY,
     SETFL_MASK,
 )
-from snapbox.kernel.pipe import make_pipe
+from snapbox.kernel.pipe import FifoNode, Pipe, make_pipe, open_fifo
 from snapbox.kernel.procfs import ProcDir, ProcNode
 from snapbox.kernel.syscalls import NR, i32, i64, syscall
 from snapbox.kernel.vfs import Dir, DirFile, LowerNode, MemRegular, MemSymlink, RegularFile, now_ns
@@ -89,6 +89,8 @@ def open_node(t, dirfd: int, path_addr: int, flags: int, mode: int) -> int:
         f = DirFile(flags=flags & ~O_CLOEXEC, node=node)
     elif isinstance(node, DeviceNode):
         f = DeviceFile(flags=flags & ~O_CLOEXEC, node=node)
+    elif isinstance(node, FifoNode):
+        f = open_fifo(t, node, flags)
     elif isinstance(node, ProcNode):
         if accmode != O_RDONLY:
             raise SyscallError(errno.EACCES)
@@ -848,3 +850,31 @@ def truncate(t, path, length):
         raise SyscallError(errno.EINVAL)
     node.truncate(i64(length))
     return 0
+
+
+@syscall(NR.mknodat)
+def mknodat(t, dirfd, path, mode, dev):
+    kind = st.S_IFMT(mode) or st.S_IFREG
+    parent, name, node, _ = lookup(t, i32(dirfd), path, follow=False)
+    if node is not None:
+        raise SyscallError(errno.EEXIST)
+    if isinstance(parent, ProcDir):
+        raise SyscallError(errno.EACCES)
+    perm = mode & 0o7777 & ~t.fs.umask
+    if kind == st.S_IFREG:
+        t.kernel.fs.create_regular(parent, name, perm, t.tg.creds[1], t.tg.creds[4])
+        return 0
+    if kind != st.S_IFIFO:
+        raise SyscallError(errno.EPERM, "device and socket nodes are not supported")
+    now = now_ns()
+    t.kernel.pipe_ino += 1
+    parent.entries[name] = FifoNode(ino=t.kernel.fs.new_ino(), mode=st.S_IFIFO | perm, uid=t.tg.creds[1],
+                                    gid=t.tg.creds[4], atime=now, mtime=now, ctime=now,
+                                    pipe=Pipe(ino=t.kernel.pipe_ino))
+    parent.whiteouts.discard(name)
+    return 0
+
+
+@syscall(NR.mknod)
+def mknod(t, path, mode, dev):
+    return mknodat(t, AT_FDCWD & 0xFFFFFFFF, path, mode, dev)

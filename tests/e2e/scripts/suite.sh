@@ -21,6 +21,7 @@ mkdir -p d/e; echo one > d/a.txt; echo two > d/e/b.txt
 find d -type f | sort
 find d -name '*.txt' | xargs cat | sort
 ls d | sort
+mkfifo fifo; ( echo through the fifo > fifo ) & cat fifo; wait; ls -l fifo | cut -c1
 cut -d: -f1 <<X
 root:x:0
 X
