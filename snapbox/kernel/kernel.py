@@ -67,6 +67,7 @@ from snapbox.kernel.signals import (
     xsave_for_frame,
 )
 from snapbox.kernel.syscalls import MASK64, NAMES, NR, TABLE, load_all
+from snapbox.kernel.syscalls.futex import exit_robust_list
 from snapbox.kernel.syscalls.futex import wake as futex_wake
 from snapbox.kernel.task import FSContext, PIDNamespace, Run, SigAction, Task, TaskSet, ThreadGroup
 from snapbox.kernel.time import Timekeeper
@@ -750,6 +751,7 @@ class Kernel:
         if len(task.tg.tasks) <= 1:
             self.exit_group(task.tg, status)
             return
+        exit_robust_list(task)
         self._clear_child_tid(task)
         self._drop(task)
         task.tg.tasks.remove(task)
@@ -799,6 +801,7 @@ class Kernel:
         if tg.exit_status is not None:
             return
         for task in list(tg.tasks):
+            exit_robust_list(task)
             self._drop(task)
         tg.tasks.clear()
         stub = tg.mm.stub

@@ -19,6 +19,7 @@ from snapbox.kernel.fd import (
     O_NOFOLLOW,
     O_PATH,
     O_RDONLY,
+    O_TMPFILE,
     O_TRUNC,
     O_WRONLY,
     SETFL_MASK,
@@ -68,6 +69,21 @@ def lookup(t, dirfd: int, path_addr: int, follow: bool = True, empty_ok: bool = 
 def open_node(t, dirfd: int, path_addr: int, flags: int, mode: int) -> int:
     fs = t.kernel.fs
     parent, name, node, path = lookup(t, dirfd, path_addr, follow=not flags & O_NOFOLLOW)
+    if flags & O_TMPFILE == O_TMPFILE:
+        # An unnamed file in directory `node`, which linkat(AT_EMPTY_PATH) may name later.
+        if node is None:
+            raise SyscallError(errno.ENOENT)
+        if not node.is_dir():
+            raise SyscallError(errno.ENOTDIR)
+        if flags & O_ACCMODE == O_RDONLY or isinstance(node, ProcDir):
+            raise SyscallError(errno.EINVAL if flags & O_ACCMODE == O_RDONLY else errno.EOPNOTSUPP)
+        tmp = fs.create_regular(node, ".tmpfile", mode & ~t.fs.umask, t.tg.creds[1], t.tg.creds[4])
+        del node.entries[".tmpfile"]
+        tmp.nlink = 0
+        tmp.opens += 1
+        f = RegularFile(flags=flags & ~(O_CLOEXEC | O_TMPFILE) | (flags & O_ACCMODE), fs=fs, node=tmp,
+                        name=f"{node.path().rstrip('/')}/#{tmp.ino} (deleted)")
+        return t.fds.install(f, cloexec=bool(flags & O_CLOEXEC))
     if node is None:
         if not flags & O_CREAT:
             raise SyscallError(errno.ENOENT)
@@ -699,7 +715,13 @@ AT_SYMLINK_FOLLOW = 0x400
 
 @syscall(NR.linkat)
 def linkat(t, olddirfd, oldpath, newdirfd, newpath, flags):
-    parent, name, node, _ = lookup(t, i32(olddirfd), oldpath, follow=bool(i32(flags) & AT_SYMLINK_FOLLOW))
+    flags = i32(flags)
+    parent, name, node, raw = lookup(t, i32(olddirfd), oldpath, follow=bool(flags & AT_SYMLINK_FOLLOW),
+                                     empty_ok=bool(flags & AT_EMPTY_PATH))
+    if not raw and flags & AT_EMPTY_PATH:
+        node = getattr(t.fds.get(i32(olddirfd)), "node", None)  # name an open (O_TMPFILE) file
+        if node is None or node.is_dir():
+            raise SyscallError(errno.ENOENT if node is None else errno.EPERM)
     if node is None:
         raise SyscallError(errno.ENOENT)
     if node.is_dir():

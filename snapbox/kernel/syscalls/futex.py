@@ -116,4 +116,76 @@ def futex(t, uaddr, op, val, timeout, uaddr2, val3):
             for waiter in dst.waiters:
                 waiter.waiting = tuple(dst if q is src else q for q in waiter.waiting)
         return woken + moved
+    if cmd == FUTEX_WAKE_OP:
+        return _wake_op(t, uaddr, i32(val), timeout & 0x7FFFFFFF, uaddr2, val3 & 0xFFFFFFFF)
     raise SyscallError(errno.ENOSYS, f"futex op {cmd} is not supported")
+
+
+def _sext12(x: int) -> int:
+    return x - 0x1000 if x & 0x800 else x
+
+
+def _wake_op(t, uaddr: int, nr_wake: int, nr_wake2: int, uaddr2: int, encoded: int) -> int:
+    """FUTEX_WAKE_OP: update *uaddr2, wake on uaddr, and on uaddr2 if the old value passes."""
+    op, cmp = (encoded >> 28) & 0xF, (encoded >> 24) & 0xF
+    oparg, cmparg = _sext12((encoded >> 12) & 0xFFF), _sext12(encoded & 0xFFF)
+    if op & 8:  # FUTEX_OP_OPARG_SHIFT
+        if not 0 <= oparg <= 31:
+            raise SyscallError(errno.EINVAL)
+        oparg = 1 << oparg
+    op &= 7
+    old = _word(t, uaddr2)
+    if op == 0:
+        new = oparg
+    elif op == 1:
+        new = old + oparg
+    elif op == 2:
+        new = old | oparg
+    elif op == 3:
+        new = old & ~oparg
+    elif op == 4:
+        new = old ^ oparg
+    else:
+        raise SyscallError(errno.ENOSYS)
+    t.mm.write(uaddr2, struct.pack("<I", new & 0xFFFFFFFF))
+    woken = wake(t, uaddr, nr_wake)
+    signed_old = old - (1 << 32) if old & 0x80000000 else old
+    tests = (signed_old == cmparg, signed_old != cmparg, signed_old < cmparg, signed_old <= cmparg,
+             signed_old > cmparg, signed_old >= cmparg)
+    if cmp >= len(tests):
+        raise SyscallError(errno.ENOSYS)
+    if tests[cmp]:
+        woken += wake(t, uaddr2, nr_wake2)
+    return woken
+
+
+FUTEX_WAITERS, FUTEX_OWNER_DIED, FUTEX_TID_MASK = 0x80000000, 0x40000000, 0x3FFFFFFF
+ROBUST_LIST_LIMIT = 2048
+
+
+def exit_robust_list(t) -> None:
+    """At a thread's exit, mark the robust futexes it still holds as owner-died and wake a
+    waiter of each (robust_futex(7)), as Linux's exit_robust_list does."""
+    head, _ = t.robust_list
+    if not head:
+        return
+    try:
+        entry, offset, pending = struct.unpack("<QqQ", t.mm.read(head, 24))
+        seen = 0
+        while entry != head and entry and seen < ROBUST_LIST_LIMIT:
+            _owner_died(t, entry + offset)
+            (entry,) = struct.unpack("<Q", t.mm.read(entry, 8))
+            seen += 1
+        if pending:
+            _owner_died(t, pending + offset)
+    except SyscallError:
+        return  # a broken list in application memory: nothing more to do, as on Linux
+
+
+def _owner_died(t, addr: int) -> None:
+    word = _word(t, addr)
+    if word & FUTEX_TID_MASK != t.tid:
+        return
+    t.mm.write(addr, struct.pack("<I", (word & FUTEX_WAITERS) | FUTEX_OWNER_DIED))
+    if word & FUTEX_WAITERS:
+        wake(t, addr, 1)

@@ -531,3 +531,15 @@ def capget(t, header, data):
                                    (full >> (32 * i)) & 0xFFFFFFFF) for i in range(words))
         t.mm.write(data, out)
     return 0
+
+
+@syscall(NR.get_robust_list)
+def get_robust_list(t, pid, head_ptr, len_ptr):
+    pid = i32(pid)
+    target = t if pid == 0 else t.kernel.tasks.pidns.tasks.get(pid)
+    if target is None:
+        raise SyscallError(errno.ESRCH)
+    head, length = target.robust_list
+    t.mm.write(head_ptr, struct.pack("<Q", head))
+    t.mm.write(len_ptr, struct.pack("<Q", length or 24))
+    return 0
