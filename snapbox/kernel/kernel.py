@@ -162,9 +162,10 @@ class Kernel:
 
     @classmethod
     def boot(cls, rootfs: str, argv: list[bytes], env: list[bytes], cwd: str = "/",
-             hostname: str = "snapbox") -> Kernel:
-        """A kernel with one process (pid 1) ready to run argv[0], stdio = ours."""
-        memfile = MemoryFile()
+             hostname: str = "snapbox", memory_limit: int = 0) -> Kernel:
+        """A kernel with one process (pid 1) ready to run argv[0], stdio = ours; its
+        memory (all processes together) limited to `memory_limit` bytes if not 0."""
+        memfile = MemoryFile(limit=memory_limit)
         fs = Filesystem(rootfs=rootfs, memfile=memfile)
         mount_dev(fs)
         k = cls(features=FeatureSet.host(), memfile=memfile, fs=fs, hostname=hostname)
@@ -195,10 +196,10 @@ class Kernel:
                          argv=list(argv), exe=_resolved(parent, name), pgid=tgid, sid=tgid)
         try:
             image = elf.load(mm, data, tg.exe)
+            mm.brk_start = mm.brk = image.end
+            sp = elf.build_stack(mm, image, argv, env, path, self.features.hwcap())
         except SyscallError as e:
             raise SnapboxError(f"cannot run {tg.exe}: {e.args[1] or os.strerror(e.errno)}") from None
-        mm.brk_start = mm.brk = image.end
-        sp = elf.build_stack(mm, image, argv, env, path, self.features.hwcap())
         task = Task(tid=tgid, tg=tg, kernel=self, comm=os.path.basename(path).decode(errors="replace")[:15])
         tg.tasks.append(task)
         pidns.tasks[tgid] = task

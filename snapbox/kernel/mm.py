@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from snapbox.kernel.errors import SyscallError
 from snapbox.memfile import PAGE_SIZE, MemoryFile, page_align
+from snapbox.memfile.memfile import OutOfMemory
 from snapbox.platform.stub import APP_TOP, PROT_EXEC, PROT_READ, PROT_WRITE, Stub
 from snapbox.state import nosave, savable
 
@@ -36,11 +37,14 @@ class Vma:
     # MAP_SHARED: the MemoryFile range is not this address space's own (a file's pages, or
     # memory shared with other processes): fork shares it and munmap does not free it.
     shared: bool = False
+    # Counted against the memory limit: every own mapping but PROT_NONE reservations.
+    charged: bool = True
 
     def split(self, at: int) -> Vma:
         """Cut this VMA at `at`; it keeps [start, at) and returns [at, end)."""
         tail = Vma(at, self.end, self.prot, self.offset + (at - self.start), self.kind,
-                   self.file_offset + (at - self.start) if self.kind.startswith("/") else 0, self.shared)
+                   self.file_offset + (at - self.start) if self.kind.startswith("/") else 0, self.shared,
+                   self.charged)
         self.end = at
         return tail
 
@@ -105,8 +109,15 @@ class MemoryManager:
             pass  # the hint is free: Linux honours it
         else:
             addr = self._free_gap(length)
-        self.map_range(addr, length, prot, self.memfile.alloc(length), kind)
+        offset = self._alloc(length, prot)
+        self.map_range(addr, length, prot, offset, kind).charged = prot != 0
         return addr
+
+    def _alloc(self, length: int, prot: int) -> int:
+        try:
+            return self.memfile.alloc(length, charge=prot != 0)
+        except OutOfMemory:
+            raise SyscallError(errno.ENOMEM, "sandbox memory limit") from None
 
     def map_shared_pages(self, addr: int, length: int, prot: int, fixed: bool, offsets: list[int],
                          kind: str, file_offset: int) -> int:
@@ -156,14 +167,16 @@ class MemoryManager:
             raise SyscallError(errno.ENOMEM)
         prot, kind = vma.prot, vma.kind
         file_offset = vma.file_offset + (old - vma.start)
-        offset = self.memfile.alloc(new_size)
+        offset = self._alloc(new_size, prot)
         self.memfile.copy(offset, vma.offset + (old - vma.start), min(old_size, new_size))
         self.unmap(old, old_size)
         if target is None:
             target = self._free_gap(new_size)
         elif target != old:
             self.unmap(target, new_size)
-        self.map_range(target, new_size, prot, offset, kind).file_offset = file_offset
+        moved = self.map_range(target, new_size, prot, offset, kind)
+        moved.file_offset = file_offset
+        moved.charged = prot != 0
         return target
 
     def _overlaps(self, start: int, end: int) -> bool:
@@ -204,7 +217,7 @@ class MemoryManager:
             del self.vmas[i]
             del self.starts[i]
             if not vma.shared:
-                self.memfile.release(vma.offset, vma.end - vma.start)
+                self.memfile.release(vma.offset, vma.end - vma.start, vma.charged)
         if self.stub is not None:
             self.stub.unmap(addr, length)
 
@@ -222,6 +235,16 @@ class MemoryManager:
         if pos < end:
             raise SyscallError(errno.ENOMEM)
         for vma in self._isolate(addr, end):
+            if not vma.shared and vma.charged != (prot != 0):
+                # A reservation made usable is charged now (as Linux accounts at mprotect).
+                if prot:
+                    try:
+                        self.memfile.charge(vma.end - vma.start)
+                    except OutOfMemory:
+                        raise SyscallError(errno.ENOMEM, "sandbox memory limit") from None
+                else:
+                    self.memfile.uncharge(vma.end - vma.start)
+                vma.charged = prot != 0
             vma.prot = prot
         if self.stub is not None and length:
             self.stub.protect(addr, length, prot)
@@ -261,9 +284,15 @@ class MemoryManager:
             if v.shared:
                 vmas.append(Vma(v.start, v.end, v.prot, v.offset, v.kind, v.file_offset, True))
                 continue
-            offset = self.memfile.alloc(v.end - v.start)
+            try:
+                offset = self.memfile.alloc(v.end - v.start, charge=v.charged)
+            except OutOfMemory:
+                for done in vmas:
+                    if not done.shared:
+                        self.memfile.release(done.offset, done.end - done.start, done.charged)
+                raise SyscallError(errno.ENOMEM, "sandbox memory limit") from None
             self.memfile.copy(offset, v.offset, v.end - v.start)
-            vmas.append(Vma(v.start, v.end, v.prot, offset, v.kind, v.file_offset))
+            vmas.append(Vma(v.start, v.end, v.prot, offset, v.kind, v.file_offset, charged=v.charged))
         return MemoryManager(memfile=self.memfile, vmas=vmas, brk_start=self.brk_start, brk=self.brk)
 
     def attach(self, stub: Stub) -> None:
@@ -337,7 +366,7 @@ class MemoryManager:
         """Free every VMA's own memory (the address space is gone)."""
         for vma in self.vmas:
             if not vma.shared:
-                self.memfile.release(vma.offset, vma.end - vma.start)
+                self.memfile.release(vma.offset, vma.end - vma.start, vma.charged)
         self.vmas.clear()
         self.starts.clear()
 

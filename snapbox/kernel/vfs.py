@@ -25,6 +25,7 @@ from snapbox.kernel.fd import O_APPEND, O_TRUNC, OpenFile
 from snapbox.kernel.locks import release_owner
 from snapbox.kernel.waiter import WaitQueue
 from snapbox.memfile import PAGE_SIZE, MemoryFile
+from snapbox.memfile.memfile import OutOfMemory
 from snapbox.state import nosave, savable
 
 OVERLAY_DEV = 0x2A  # st_dev of every node of the root filesystem
@@ -177,7 +178,10 @@ class MemRegular(Inode):
         """The MemoryFile offset of page `index`, allocated (zeroed) if it has none yet."""
         off = self.pages.get(index)
         if off is None:
-            off = self.pages[index] = self.memfile.alloc(PAGE_SIZE)
+            try:
+                off = self.pages[index] = self.memfile.alloc(PAGE_SIZE)
+            except OutOfMemory:
+                raise SyscallError(errno.ENOSPC, "sandbox memory limit") from None
         return off
 
     def truncate(self, length: int) -> None:

@@ -55,6 +55,8 @@ class MemoryFile:
     high: int = 0  # offsets at or past `high` have never been handed out
     free: list = field(default_factory=list)  # sorted, disjoint [offset, length] holes below `high`
     allocated: int = 0  # bytes currently handed out
+    limit: int = 0  # the sandbox's memory limit in bytes (0: none); charged may not pass it
+    charged: int = 0  # bytes counted against the limit (allocations minus PROT_NONE reservations)
     fd: int = nosave(default=-1)  # the host memfd; stubs inherit it as STUB_MEMFD
     map: mmap.mmap = nosave(default=None)  # the sentry's own MAP_SHARED view of the memfd
     view: memoryview = nosave(default=None)
@@ -86,9 +88,21 @@ class MemoryFile:
 
     # -- allocation -------------------------------------------------------------------
 
-    def alloc(self, length: int) -> int:
-        """Hand out `length` bytes (rounded up to pages) of zeroed memory; returns the offset."""
+    def charge(self, length: int) -> None:
+        """Count `length` bytes against the limit; OutOfMemory if they do not fit."""
+        if self.limit and self.charged + length > self.limit:
+            raise OutOfMemory(f"memory limit of {self.limit} bytes reached")
+        self.charged += length
+
+    def uncharge(self, length: int) -> None:
+        self.charged -= length
+
+    def alloc(self, length: int, charge: bool = True) -> int:
+        """Hand out `length` bytes (rounded up to pages) of zeroed memory; returns the offset.
+        Unless `charge` is false (a reservation), the bytes count against the limit."""
         length = page_align(length)
+        if charge:
+            self.charge(length)
         for i, (off, n) in enumerate(self.free):
             if n >= length:
                 if n == length:
@@ -104,11 +118,13 @@ class MemoryFile:
         self.allocated += length
         return off
 
-    def release(self, offset: int, length: int) -> None:
+    def release(self, offset: int, length: int, charged: bool = True) -> None:
         """Give back a range: its pages are dropped from the memfd and it reads as zeros."""
         length = page_align(length)
         if length == 0:
             return
+        if charged:
+            self.uncharge(length)
         self.punch(offset, length)
         self.allocated -= length
         i = bisect.bisect_left(self.free, [offset, 0])

@@ -12,7 +12,7 @@ from snapbox.errors import BundleError
 log = logging.getLogger("snapbox.bundle")
 
 # Top-level and process fields snapbox reads; any other field gets a warning.
-_KNOWN = {"ociVersion", "process", "root", "hostname", "annotations"}
+_KNOWN = {"ociVersion", "process", "root", "hostname", "annotations", "linux"}
 _KNOWN_PROCESS = {"args", "env", "cwd", "terminal"}
 
 
@@ -27,6 +27,7 @@ class Bundle:
     rootfs: str = ""  # absolute host path of the root filesystem
     hostname: str = "snapbox"
     annotations: dict = field(default_factory=dict)
+    memory_limit: int = 0  # linux.resources.memory.limit in bytes; 0 for none
     warnings: list[str] = field(default_factory=list)  # config fields snapbox ignores
 
     @classmethod
@@ -67,6 +68,12 @@ class Bundle:
                      for k in process if k not in _KNOWN_PROCESS]
         if process.get("terminal"):
             warnings.append("process.terminal is not supported yet: stdio is passed through")
+        linux = config.get("linux") or {}
+        limit = ((linux.get("resources") or {}).get("memory") or {}).get("limit") or 0
+        if not isinstance(limit, int) or limit < 0:
+            raise BundleError(f"{config_path}: linux.resources.memory.limit must be a byte count")
+        warnings += [f"config field 'linux.{k}' is not supported and is ignored"
+                     for k in linux if k not in ("resources", "namespaces")]
         return cls(path=path, args=args, env=env, cwd=cwd, rootfs=rootfs,
                    hostname=config.get("hostname") or "snapbox",
-                   annotations=config.get("annotations") or {}, warnings=warnings)
+                   annotations=config.get("annotations") or {}, memory_limit=limit, warnings=warnings)

@@ -223,7 +223,8 @@ def boot_main(root: str, cid: str, bundle_path: str, ready_fd: int, start: bool,
             kernel = _restore(restore, bundle)
         else:
             kernel = Kernel.boot(bundle.rootfs, [a.encode() for a in bundle.args],
-                                 [e.encode() for e in bundle.env], bundle.cwd, bundle.hostname)
+                                 [e.encode() for e in bundle.env], bundle.cwd, bundle.hostname,
+                                 memory_limit=bundle.memory_limit)
         sandbox = Sandbox(kernel, cdir)
         if start:
             kernel.start()

@@ -104,3 +104,36 @@ def test_address_space_unmap_splits_and_releases(images):
     with pytest.raises(SyscallError):
         mm.read(addr + 4096 * 2, 1)
     mf.close()
+
+
+def test_memory_limit_charges_usable_memory_not_reservations():
+    from snapbox.kernel.errors import SyscallError
+    from snapbox.memfile import MemoryFile
+
+    mf = MemoryFile(limit=1 << 20)
+    mm = MemoryManager(memfile=mf)
+    reserve = mm.map_anonymous(0, 64 << 20, 0, fixed=False)  # PROT_NONE: a reservation
+    assert mf.charged == 0
+    mm.protect(reserve, 512 << 10, 3)  # half a MiB made usable is charged now
+    assert mf.charged == 512 << 10
+    with pytest.raises(SyscallError) as e:
+        mm.protect(reserve + (512 << 10), 1 << 20, 3)
+    assert e.value.errno == 12  # ENOMEM
+    with pytest.raises(SyscallError):
+        mm.fork()  # a copy would pass the limit too
+    mm.unmap(reserve, 64 << 20)
+    assert mf.charged == 0
+    mf.close()
+
+
+def test_memory_limit_from_the_bundle_gives_enomem_not_a_host_oom(snapbox, images, tmp_path):
+    import json
+
+    bundle = tmp_path / "limited"
+    bundle.mkdir()
+    config = json.loads((images / "memhog" / "config.json").read_text())
+    config["root"]["path"] = str(images / "memhog" / "rootfs")
+    config["linux"] = {"resources": {"memory": {"limit": 48 << 20}}}
+    (bundle / "config.json").write_text(json.dumps(config))
+    p = snapbox("run", "--bundle", str(bundle), "lim", check=False)
+    assert p.returncode == 1 and "mmap: Out of memory" in p.stderr
