@@ -114,10 +114,10 @@ def test_memory_limit_charges_usable_memory_not_reservations():
     mm = MemoryManager(memfile=mf)
     reserve = mm.map_anonymous(0, 64 << 20, 0, fixed=False)  # PROT_NONE: a reservation
     assert mf.charged == 0
-    mm.protect(reserve, 512 << 10, 3)  # half a MiB made usable is charged now
-    assert mf.charged == 512 << 10
+    mm.protect(reserve, 768 << 10, 3)  # made usable: charged now
+    assert mf.charged == 768 << 10
     with pytest.raises(SyscallError) as e:
-        mm.protect(reserve + (512 << 10), 1 << 20, 3)
+        mm.protect(reserve + (768 << 10), 1 << 20, 3)
     assert e.value.errno == 12  # ENOMEM
     with pytest.raises(SyscallError):
         mm.fork()  # a copy would pass the limit too
