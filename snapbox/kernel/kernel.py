@@ -162,14 +162,23 @@ class Kernel:
 
     @classmethod
     def boot(cls, rootfs: str, argv: list[bytes], env: list[bytes], cwd: str = "/",
-             hostname: str = "snapbox", memory_limit: int = 0) -> Kernel:
+             hostname: str = "snapbox", memory_limit: int = 0, mounts: list | None = None) -> Kernel:
         """A kernel with one process (pid 1) ready to run argv[0], stdio = ours; its
-        memory (all processes together) limited to `memory_limit` bytes if not 0."""
+        memory (all processes together) limited to `memory_limit` bytes if not 0; `mounts`
+        are ("tmpfs", destination, "") and ("bind", destination, host source) entries."""
         memfile = MemoryFile(limit=memory_limit)
         fs = Filesystem(rootfs=rootfs, memfile=memfile)
         mount_dev(fs)
         k = cls(features=FeatureSet.host(), memfile=memfile, fs=fs, hostname=hostname)
         mount_proc(k)
+        for kind, destination, source in mounts or ():
+            try:
+                if kind == "tmpfs":
+                    fs.mount_tmpfs(destination)
+                else:
+                    fs.mount_bind(destination, source)
+            except SyscallError as e:
+                raise SnapboxError(f"cannot mount {destination} ({e})") from None
         k.tasks.init = k._exec_init(argv, env, cwd)
         return k
 
@@ -235,7 +244,7 @@ class Kernel:
         if isinstance(node, MemRegular):
             return node.read(0, node.length)
         if isinstance(node, LowerNode):
-            fd = self.fs.lower.open(node.path, os.O_RDONLY)
+            fd = self.fs.host(node.layer).open(node.path, os.O_RDONLY)
             try:
                 with os.fdopen(fd, "rb", closefd=False) as f:
                     return f.read()

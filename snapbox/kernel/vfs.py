@@ -216,9 +216,10 @@ class MemSymlink(Inode):
 class LowerNode(Inode):
     """A non-directory of the read-only rootfs, described by its path beneath it."""
 
-    path: str = ""  # relative to the rootfs; never contains a symlink or ".."
+    path: str = ""  # relative to its layer's host directory; never contains a symlink or ".."
     length: int = 0
     rdev: int = 0
+    layer: int = 0  # which host directory (Filesystem.layers) it lives in
 
     def size(self) -> int:
         return self.length
@@ -238,7 +239,8 @@ class Dir(Inode):
     parent: Dir | None = None  # None only for the root
     entries: dict = field(default_factory=dict)  # name -> Inode, upper entries and cached lower ones
     whiteouts: set = field(default_factory=set)  # lower names deleted in this layer
-    lower: str | None = None  # path of the merged lower directory ("" = rootfs top), or None
+    lower: str | None = None  # path of the merged lower directory ("" = its layer's top), or None
+    layer: int = 0  # the host directory (Filesystem.layers) `lower` is in: 0 is the rootfs
 
     def path(self) -> str:
         parts = []
@@ -258,18 +260,27 @@ class Filesystem:
     memfile: MemoryFile
     root: Dir | None = None
     next_ino: int = 2
-    lower: Lower | None = nosave(default=None)
+    binds: list = field(default_factory=list)  # host directories of read-only bind mounts (layers 1...)
+    lowers: list = nosave(list)  # Lower of each layer: the rootfs, then each bind
     lock_queues: dict = nosave(dict)  # id(inode) -> WaitQueue of tasks waiting for its locks
 
     def __post_init__(self) -> None:
-        self.lower = Lower(self.rootfs)
+        self.lowers = [Lower(p) for p in [self.rootfs, *self.binds]]
         if self.root is None:
-            self.root = self._lower_dir(None, "/", "")
+            self.root = self._lower_dir(None, "/", "", 0)
 
     def after_load(self, ctx) -> None:
         if ctx is not None and ctx.rootfs:
             self.rootfs = ctx.rootfs
-        self.lower = Lower(self.rootfs)
+        self.lowers = [Lower(p) for p in [self.rootfs, *self.binds]]
+
+    @property
+    def lower(self) -> Lower:
+        """The rootfs layer."""
+        return self.lowers[0]
+
+    def host(self, layer: int) -> Lower:
+        return self.lowers[layer]
 
     def lock_queue(self, node: Inode) -> WaitQueue:
         q = self.lock_queues.get(id(node))
@@ -281,11 +292,11 @@ class Filesystem:
         self.next_ino += 1
         return self.next_ino
 
-    def _lower_dir(self, parent: Dir | None, name: str, rel: str) -> Dir:
-        s = self.lower.lstat(rel)
+    def _lower_dir(self, parent: Dir | None, name: str, rel: str, layer: int) -> Dir:
+        s = self.host(layer).lstat(rel)
         return Dir(ino=self.new_ino(), mode=s.st_mode, uid=s.st_uid, gid=s.st_gid, nlink=s.st_nlink,
                    atime=s.st_atime_ns, mtime=s.st_mtime_ns, ctime=s.st_ctime_ns,
-                   name=name, parent=parent, lower=rel)
+                   name=name, parent=parent, lower=rel, layer=layer)
 
     def lookup(self, d: Dir, name: str) -> Inode:
         """The child `name` of `d`, or ENOENT."""
@@ -299,19 +310,68 @@ class Filesystem:
             raise SyscallError(errno.ENOENT)
         rel = f"{d.lower}/{name}" if d.lower else name
         try:
-            s = self.lower.lstat(rel)
+            s = self.host(d.layer).lstat(rel)
         except SyscallError as e:
             if e.errno in (errno.ENOENT, errno.ENOTDIR):
                 raise SyscallError(errno.ENOENT) from None
             raise
         if st.S_ISDIR(s.st_mode):
-            node = self._lower_dir(d, name, rel)
+            node = self._lower_dir(d, name, rel, d.layer)
         else:
             node = LowerNode(ino=self.new_ino(), mode=s.st_mode, uid=s.st_uid, gid=s.st_gid,
                              nlink=s.st_nlink, atime=s.st_atime_ns, mtime=s.st_mtime_ns,
-                             ctime=s.st_ctime_ns, path=rel, length=s.st_size, rdev=s.st_rdev)
+                             ctime=s.st_ctime_ns, path=rel, length=s.st_size, rdev=s.st_rdev, layer=d.layer)
         d.entries[name] = node
         return node
+
+    def _mount_point(self, destination: str) -> tuple[Dir, str]:
+        """The directory holding `destination` (made in the writable layer as needed)."""
+        parts = [p for p in destination.split("/") if p]
+        if not parts or ".." in parts:
+            raise SyscallError(errno.EINVAL, f"bad mount destination {destination!r}")
+        d = self.root
+        for part in parts[:-1]:
+            try:
+                node = self.lookup(d, part)
+            except SyscallError:
+                node = self.make_dir(d, part, 0o755)
+            if not isinstance(node, Dir):
+                raise SyscallError(errno.ENOTDIR, f"mount destination {destination}: {part} is not a directory")
+            d = node
+        return d, parts[-1]
+
+    def make_dir(self, parent: Dir, name: str, mode: int) -> Dir:
+        now = now_ns()
+        d = Dir(ino=self.new_ino(), mode=st.S_IFDIR | (mode & 0o7777), nlink=2, atime=now, mtime=now,
+                ctime=now, name=name, parent=parent)
+        parent.entries[name] = d
+        parent.whiteouts.discard(name)
+        return d
+
+    def mount_tmpfs(self, destination: str, mode: int = 0o1777) -> None:
+        """An empty in-memory directory at `destination`."""
+        parent, name = self._mount_point(destination)
+        self.make_dir(parent, name, mode)
+
+    def mount_bind(self, destination: str, source: str) -> None:
+        """Host file or directory `source`, read-only, at `destination`."""
+        if not os.path.exists(source):
+            raise SyscallError(errno.ENOENT, f"bind mount source {source} does not exist")
+        parent, name = self._mount_point(destination)
+        if os.path.isdir(source):
+            self.binds.append(source)
+            self.lowers.append(Lower(source))
+            node = self._lower_dir(parent, name, "", len(self.lowers) - 1)
+        else:
+            self.binds.append(os.path.dirname(source) or "/")
+            self.lowers.append(Lower(self.binds[-1]))
+            layer = len(self.lowers) - 1
+            s = self.host(layer).lstat(os.path.basename(source))
+            node = LowerNode(ino=self.new_ino(), mode=s.st_mode, uid=s.st_uid, gid=s.st_gid, nlink=1,
+                             atime=s.st_atime_ns, mtime=s.st_mtime_ns, ctime=s.st_ctime_ns,
+                             path=os.path.basename(source), length=s.st_size, layer=layer)
+        parent.entries[name] = node
+        parent.whiteouts.discard(name)
 
     def list_dir(self, d: Dir) -> list[str]:
         """The names in `d` (without . and ..): its entries merged over its lower directory."""
@@ -320,7 +380,7 @@ class Filesystem:
             return dynamic()
         names = dict.fromkeys(d.entries)
         if d.lower is not None:
-            for name in self.lower.listdir(d.lower):
+            for name in self.host(d.layer).listdir(d.lower):
                 if name not in d.whiteouts:
                     names.setdefault(name)
         return list(names)
@@ -332,7 +392,7 @@ class Filesystem:
         if isinstance(node, MemSymlink):
             return node.target
         if isinstance(node, LowerNode) and st.S_ISLNK(node.mode):
-            return self.lower.readlink(node.path)
+            return self.host(node.layer).readlink(node.path)
         raise SyscallError(errno.EINVAL)
 
     def create_regular(self, d: Dir, name: str, mode: int, uid: int, gid: int) -> MemRegular:
@@ -346,6 +406,8 @@ class Filesystem:
 
     def copy_up_node(self, node: LowerNode) -> MemRegular | LowerNode:
         """copy_up() for a node found by identity (an open file): its directory is searched."""
+        if node.layer:
+            return node  # a bind mount's file: no copy of it
         parent_path, _, name = node.path.rpartition("/")
         d = self.root
         for part in (p for p in parent_path.split("/") if p):
@@ -359,7 +421,7 @@ class Filesystem:
         """Give a lower regular file a copy in the writable layer, replacing it in `d`."""
         up = MemRegular(ino=node.ino, mode=node.mode, uid=node.uid, gid=node.gid,
                         atime=node.atime, mtime=node.mtime, ctime=node.ctime, memfile=self.memfile)
-        fd = self.lower.open(node.path, os.O_RDONLY)
+        fd = self.host(node.layer).open(node.path, os.O_RDONLY)
         try:
             pos = 0
             while True:
@@ -440,7 +502,7 @@ class RegularFile(OpenFile):
 
     def _host(self) -> int:
         if self.host_fd < 0:
-            self.host_fd = self.fs.lower.open(self.node.path, os.O_RDONLY)
+            self.host_fd = self.fs.host(self.node.layer).open(self.node.path, os.O_RDONLY)
         return self.host_fd
 
     def read(self, t, count: int, offset: int | None = None) -> bytes:

@@ -12,7 +12,9 @@ from snapbox.errors import BundleError
 log = logging.getLogger("snapbox.bundle")
 
 # Top-level and process fields snapbox reads; any other field gets a warning.
-_KNOWN = {"ociVersion", "process", "root", "hostname", "annotations", "linux"}
+_KNOWN = {"ociVersion", "process", "root", "hostname", "annotations", "linux", "mounts"}
+# Mount types served by the sentry itself: /proc and /dev are always there.
+_BUILTIN_MOUNTS = {("proc", "/proc"), ("tmpfs", "/dev")}
 _KNOWN_PROCESS = {"args", "env", "cwd", "terminal"}
 
 
@@ -28,6 +30,7 @@ class Bundle:
     hostname: str = "snapbox"
     annotations: dict = field(default_factory=dict)
     memory_limit: int = 0  # linux.resources.memory.limit in bytes; 0 for none
+    mounts: list = field(default_factory=list)  # ("tmpfs", destination, "") or ("bind", destination, source)
     warnings: list[str] = field(default_factory=list)  # config fields snapbox ignores
 
     @classmethod
@@ -74,6 +77,29 @@ class Bundle:
             raise BundleError(f"{config_path}: linux.resources.memory.limit must be a byte count")
         warnings += [f"config field 'linux.{k}' is not supported and is ignored"
                      for k in linux if k not in ("resources", "namespaces")]
+        mounts = []
+        for m in config.get("mounts") or []:
+            if not isinstance(m, dict) or not isinstance(m.get("destination"), str):
+                raise BundleError(f"{config_path}: every mount needs a destination")
+            dest, kind = m["destination"], m.get("type", "")
+            options = m.get("options") or []
+            if not dest.startswith("/"):
+                raise BundleError(f"{config_path}: mount destination {dest!r} is not absolute")
+            if (kind, dest) in _BUILTIN_MOUNTS:
+                continue
+            if kind == "tmpfs":
+                mounts.append(("tmpfs", dest, ""))
+            elif kind == "bind" or "bind" in options or "rbind" in options:
+                source = os.path.join(path, m.get("source", ""))
+                if not os.path.exists(source):
+                    raise BundleError(f"{config_path}: bind mount source {source} does not exist")
+                if "ro" not in options:
+                    raise BundleError(f"{config_path}: read-write bind mounts are not supported yet ({dest}); "
+                                      "add \"ro\" to its options")
+                mounts.append(("bind", dest, source))
+            else:
+                warnings.append(f"mount of type {kind!r} on {dest} is not supported and is ignored")
         return cls(path=path, args=args, env=env, cwd=cwd, rootfs=rootfs,
                    hostname=config.get("hostname") or "snapbox",
-                   annotations=config.get("annotations") or {}, memory_limit=limit, warnings=warnings)
+                   annotations=config.get("annotations") or {}, memory_limit=limit, mounts=mounts,
+                   warnings=warnings)

@@ -224,7 +224,7 @@ def boot_main(root: str, cid: str, bundle_path: str, ready_fd: int, start: bool,
         else:
             kernel = Kernel.boot(bundle.rootfs, [a.encode() for a in bundle.args],
                                  [e.encode() for e in bundle.env], bundle.cwd, bundle.hostname,
-                                 memory_limit=bundle.memory_limit)
+                                 memory_limit=bundle.memory_limit, mounts=bundle.mounts)
         sandbox = Sandbox(kernel, cdir)
         if start:
             kernel.start()

@@ -235,3 +235,31 @@ def test_proc_is_made_from_the_sandbox(snapbox, images, tmp_path):
     assert re.fullmatch(r"self=\d+ exe=/bin/busybox", out[0]), out
     assert out[1:] == ["1", "Name:\tgrep", "PPid:\t1", "Threads:\t1", "1 (sh) S 0", "sleep 5 ",
                        "host:[stdout]", "1", "no-create"]
+
+
+def test_tmpfs_and_read_only_bind_mounts(snapbox, images, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "file.txt").write_text("host data\n")
+    bundle = tmp_path / "mounts"
+    bundle.mkdir()
+    script = ("cat /data/file.txt; echo x > /data/new || echo ro-refused; echo t > /scratch/t && cat /scratch/t;"
+              " ls -ld /scratch | cut -c1-10; ls -d /dev/shm /dev/null")
+    (bundle / "config.json").write_text(json.dumps({
+        "ociVersion": "1.0.2",
+        "process": {"args": ["/bin/sh", "-c", script], "env": ["PATH=/bin"], "cwd": "/"},
+        "root": {"path": str(images / "busybox" / "rootfs")},
+        "mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc"},
+            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs"},
+            {"destination": "/dev/shm", "type": "tmpfs", "source": "shm"},
+            {"destination": "/scratch", "type": "tmpfs", "source": "tmpfs"},
+            {"destination": "/data", "type": "bind", "source": str(data), "options": ["rbind", "ro"]},
+            {"destination": "/sys", "type": "sysfs", "source": "sysfs"},
+        ],
+    }))
+    p = snapbox("run", "--bundle", str(bundle), "mounts", check=False)
+    assert p.stdout.splitlines() == ["host data", "ro-refused", "t", "drwxrwxrwt", "/dev/null", "/dev/shm"]
+    assert "snapbox: warning: mount of type 'sysfs' on /sys is not supported and is ignored" in p.stderr
+    assert "Read-only file system" in p.stderr
+    assert not (data / "new").exists()

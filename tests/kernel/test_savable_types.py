@@ -36,8 +36,12 @@ def world(tmp_path_factory):
     rootfs = tmp_path_factory.mktemp("rootfs")
     (rootfs / "etc").mkdir()
     (rootfs / "etc" / "motd").write_text("hi\n")
+    shared = tmp_path_factory.mktemp("shared")
+    (shared / "data.txt").write_text("bound\n")
     memfile = MemoryFile()
     fs = Filesystem(rootfs=str(rootfs), memfile=memfile)
+    fs.mount_bind("/mnt/shared", str(shared))
+    fs.mount_tmpfs("/scratch")
     kernel = Kernel(features=FeatureSet.host(), memfile=memfile, fs=fs)
     yield kernel, rootfs
     memfile.close()

@@ -56,6 +56,12 @@ def _start_dir(t, dirfd: int, path: bytes):
     return f.node
 
 
+def writable(node) -> None:
+    """EROFS for anything inside a read-only bind mount (a layer other than the rootfs)."""
+    if getattr(node, "layer", 0):
+        raise SyscallError(errno.EROFS)
+
+
 def lookup(t, dirfd: int, path_addr: int, follow: bool = True, empty_ok: bool = False):
     """Resolve a path argument; returns (parent, name, node-or-None, path bytes)."""
     path = t.mm.read_cstring(path_addr)
@@ -91,6 +97,7 @@ def open_node(t, dirfd: int, path_addr: int, flags: int, mode: int) -> int:
             raise SyscallError(errno.EACCES)
         if name in (".", ".."):
             raise SyscallError(errno.EISDIR)
+        writable(parent)
         node = fs.create_regular(parent, name, mode & ~t.fs.umask, 0, 0)
     elif flags & O_CREAT and flags & O_EXCL:
         raise SyscallError(errno.EEXIST)
@@ -115,6 +122,7 @@ def open_node(t, dirfd: int, path_addr: int, flags: int, mode: int) -> int:
         if isinstance(node, LowerNode) and not st.S_ISREG(node.mode) and not flags & O_PATH:
             raise SyscallError(errno.ENXIO, "device and fifo nodes of the rootfs are not supported")
         if accmode != O_RDONLY and not flags & O_PATH and isinstance(node, LowerNode):
+            writable(node)
             node = fs.copy_up(parent, name, node)
         f = RegularFile(flags=flags & ~O_CLOEXEC, fs=fs, node=node, name=path.decode("utf-8", "replace"))
         if isinstance(node, MemRegular):
@@ -474,10 +482,10 @@ def mkdirat(t, dirfd, path, mode):
     parent, name, node, _ = lookup(t, i32(dirfd), path, follow=False)
     if node is not None:
         raise SyscallError(errno.EEXIST)
-    now = now_ns()
-    parent.entries[name] = Dir(ino=t.kernel.fs.new_ino(), mode=st.S_IFDIR | (mode & 0o7777 & ~t.fs.umask),
-                               nlink=2, atime=now, mtime=now, ctime=now, name=name, parent=parent)
-    parent.whiteouts.discard(name)
+    if isinstance(parent, ProcDir):
+        raise SyscallError(errno.EACCES)
+    writable(parent)
+    t.kernel.fs.make_dir(parent, name, mode & ~t.fs.umask)
     return 0
 
 
@@ -503,6 +511,8 @@ def unlinkat(t, dirfd, path, flags):
             raise SyscallError(errno.ENOTEMPTY)
     elif node.is_dir():
         raise SyscallError(errno.EISDIR)
+    writable(parent)
+    writable(node)
     parent.entries.pop(name, None)
     if parent.lower is not None:
         parent.whiteouts.add(name)
@@ -672,6 +682,8 @@ def renameat2(t, olddirfd, oldpath, newdirfd, newpath, flags):
         raise SyscallError(errno.ENOENT)
     if old_name in (".", "..") or new_name in (".", ".."):
         raise SyscallError(errno.EBUSY)
+    for d in (old_parent, new_parent, node):
+        writable(d)
     if target is node:
         return 0
     if target is not None:
@@ -729,6 +741,8 @@ def linkat(t, olddirfd, oldpath, newdirfd, newpath, flags):
     new_parent, new_name, target, _ = lookup(t, i32(newdirfd), newpath, follow=False)
     if target is not None:
         raise SyscallError(errno.EEXIST)
+    writable(new_parent)
+    writable(node)
     if isinstance(node, LowerNode) and st.S_ISREG(node.mode):
         node = t.kernel.fs.copy_up(parent, name, node)
     node.nlink += 1
@@ -751,6 +765,7 @@ def symlinkat(t, target, newdirfd, linkpath):
     parent, name, node, _ = lookup(t, i32(newdirfd), linkpath, follow=False)
     if node is not None:
         raise SyscallError(errno.EEXIST)
+    writable(parent)
     now = now_ns()
     parent.entries[name] = MemSymlink(ino=t.kernel.fs.new_ino(), mode=st.S_IFLNK | 0o777, atime=now,
                                       mtime=now, ctime=now, target=content)
@@ -777,6 +792,7 @@ def _node_of(t, dirfd: int, path: int, flags: int):
 
 
 def _chmod(node, mode: int) -> int:
+    writable(node)
     node.mode = (node.mode & ~0o7777) | (mode & 0o7777)
     node.ctime = now_ns()
     return 0
@@ -801,6 +817,7 @@ def fchmod(t, fd, mode):
 
 
 def _chown(node, uid: int, gid: int) -> int:
+    writable(node)
     if i32(uid) != -1:
         node.uid = uid & 0xFFFFFFFF
     if i32(gid) != -1:
@@ -844,6 +861,7 @@ def utimensat(t, dirfd, path, times, flags):
         node = getattr(t.fds.get(i32(dirfd)), "node", None)
         if node is None:
             raise SyscallError(errno.EBADF)
+    writable(node)
     now = now_ns()
     stamps = [(0, UTIME_NOW), (0, UTIME_NOW)] if not times else \
         [struct.unpack_from("<qq", t.mm.read(times, 32), i * 16) for i in range(2)]
@@ -866,6 +884,7 @@ def truncate(t, path, length):
         raise SyscallError(errno.ENOENT)
     if node.is_dir():
         raise SyscallError(errno.EISDIR)
+    writable(node)
     if isinstance(node, LowerNode):
         node = t.kernel.fs.copy_up(parent, name, node)
     if not isinstance(node, MemRegular):
@@ -882,6 +901,7 @@ def mknodat(t, dirfd, path, mode, dev):
         raise SyscallError(errno.EEXIST)
     if isinstance(parent, ProcDir):
         raise SyscallError(errno.EACCES)
+    writable(parent)
     perm = mode & 0o7777 & ~t.fs.umask
     if kind == st.S_IFREG:
         t.kernel.fs.create_regular(parent, name, perm, t.tg.creds[1], t.tg.creds[4])
