@@ -48,23 +48,23 @@ def _prot(flags: int) -> int:
 def load(mm: MemoryManager, data: bytes, path: str) -> LoadedImage:
     """Map the PT_LOAD segments of `data` into `mm`. Raises ENOEXEC for what it cannot run."""
     if len(data) < _EHDR.size or data[:4] != b"\x7fELF":
-        raise SyscallError(errno.ENOEXEC, f"{path}: not an ELF file")
+        raise SyscallError(errno.ENOEXEC, "not an ELF file")
     ident, etype, machine, _, entry, phoff, _, _, _, phent, phnum, _, _, _ = _EHDR.unpack_from(data)
     if ident[4] != 2 or ident[5] != 1 or machine != EM_X86_64 or etype not in (ET_EXEC, ET_DYN):
-        raise SyscallError(errno.ENOEXEC, f"{path}: not an x86-64 executable")
+        raise SyscallError(errno.ENOEXEC, "not an x86-64 executable")
     if phent != _PHDR.size or phnum == 0 or phoff + phnum * phent > len(data):
-        raise SyscallError(errno.ENOEXEC, f"{path}: bad program headers")
+        raise SyscallError(errno.ENOEXEC, "bad program headers")
     phdrs = [_PHDR.unpack_from(data, phoff + i * phent) for i in range(phnum)]
     if any(p[0] == PT_INTERP for p in phdrs):
-        raise NotStatic(errno.ENOEXEC, f"{path}: dynamically linked programs are not supported yet")
+        raise NotStatic(errno.ENOEXEC, "dynamically linked programs are not supported yet")
     base = PIE_BASE if etype == ET_DYN else 0
     loads = [p for p in phdrs if p[0] == PT_LOAD]
     if not loads:
-        raise SyscallError(errno.ENOEXEC, f"{path}: no loadable segments")
+        raise SyscallError(errno.ENOEXEC, "no loadable segments")
     mapped_end = 0
     for _, flags, offset, vaddr, _, filesz, memsz, _ in loads:
         if filesz > memsz or offset + filesz > len(data):
-            raise SyscallError(errno.ENOEXEC, f"{path}: segment outside the file")
+            raise SyscallError(errno.ENOEXEC, "a segment lies outside the file")
         start = page_round_down(base + vaddr)
         end = page_align(base + vaddr + memsz)
         # Two segments may share a boundary page: map only what is not mapped yet.

@@ -40,6 +40,7 @@ class HostFile(OpenFile):
     """One of the sandbox process's standard streams (0, 1 or 2)."""
 
     stdio: int = 0
+    passed: bool = False  # a stream handed over by `snapbox exec`, not the sandbox's own
     fd: int = nosave(default=-1)  # the host fd: a dup of the sandbox process's stdio
 
     def __post_init__(self) -> None:
@@ -49,7 +50,8 @@ class HostFile(OpenFile):
     def after_load(self, ctx) -> None:
         if self.stdio not in (0, 1, 2):
             raise ImageError(f"image holds a host stdio file numbered {self.stdio}")
-        self.fd = _dup_stdio(self.stdio)
+        # An exec'd process's streams belonged to an `exec` command that is gone now.
+        self.fd = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC) if self.passed else _dup_stdio(self.stdio)
 
     def _ready(self, events: int) -> bool:
         r, w, _ = select.select([self.fd] if events == selectors.EVENT_READ else [],
@@ -116,4 +118,4 @@ class HostFile(OpenFile):
             self.fd = -1
 
     def describe(self) -> str:
-        return f"host {_NAMES[self.stdio]}"
+        return f"host {_NAMES[self.stdio]}" + (" (of exec)" if self.passed else "")

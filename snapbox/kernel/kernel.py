@@ -142,9 +142,10 @@ class Kernel:
     host_queues: dict = nosave(dict)  # (host fd, event) -> WaitQueue
     watched: dict = nosave(dict)  # host fd -> selector event mask registered
     enosys_logged: set = nosave(set)  # syscall numbers already logged as unimplemented
-    strace: Callable | None = nosave(default=None)  # called (task, nr, args, result) if set
+    strace: Callable | None = nosave(default=None)  # called (task, nr, raw args, result or None) if set
     wakeup: Any = nosave(default=None)  # socket that turns readable when SIGCHLD arrives
     current: Task | None = nosave(default=None)  # the task whose syscall handler is running
+    on_exit: Callable | None = nosave(default=None)  # called (ThreadGroup) when a process exits
     futexes: dict = nosave(dict)  # MemoryFile offset of a futex word -> WaitQueue of its waiters
 
     def __post_init__(self) -> None:
@@ -162,7 +163,8 @@ class Kernel:
 
     @classmethod
     def boot(cls, rootfs: str, argv: list[bytes], env: list[bytes], cwd: str = "/",
-             hostname: str = "snapbox", memory_limit: int = 0, mounts: list | None = None) -> Kernel:
+             hostname: str = "snapbox", memory_limit: int = 0, mounts: list | None = None,
+             user: tuple[int, int] = (0, 0)) -> Kernel:
         """A kernel with one process (pid 1) ready to run argv[0], stdio = ours; its
         memory (all processes together) limited to `memory_limit` bytes if not 0; `mounts`
         are ("tmpfs", destination, "") and ("bind", destination, host source) entries."""
@@ -179,36 +181,54 @@ class Kernel:
                     fs.mount_bind(destination, source)
             except SyscallError as e:
                 raise SnapboxError(f"cannot mount {destination} ({e})") from None
-        k.tasks.init = k._exec_init(argv, env, cwd)
+        k.tasks.init = k.spawn(argv, env, cwd, creds=user)
         return k
 
-    def _exec_init(self, argv: list[bytes], env: list[bytes], cwd: str) -> ThreadGroup:
+    def spawn(self, argv: list[bytes], env: list[bytes], cwd: str, stdio: list[int] | None = None,
+              creds: tuple[int, int] = (0, 0)) -> ThreadGroup:
+        """A new process running argv[0] with no parent (init, or one `exec` adds).
+
+        Its stdio is the sandbox process's, or the host fds `stdio` (which it takes).
+        `creds` is (uid, gid). Starts when the kernel runs (at once if it is running).
+        """
         fs = self.fs
         root = fs.root
-        _, _, cwd_node = fs.walk(root, root, cwd.encode())
+        try:
+            _, _, cwd_node = fs.walk(root, root, cwd.encode())
+        except SyscallError:
+            cwd_node = None
         if cwd_node is None or not cwd_node.is_dir():
-            raise SnapboxError(f"working directory {cwd} does not exist in the rootfs")
+            raise SnapboxError(f"working directory {cwd} does not exist in the sandbox")
         path = argv[0]
         if b"/" not in path:
             path = self._search_path(path, env)
-        parent, name, node = fs.walk(cwd_node, root, path)
+        try:
+            parent, name, node = fs.walk(cwd_node, root, path)
+        except SyscallError:
+            node = None
         if node is None or node.is_dir():
-            raise SnapboxError(f"executable {path.decode(errors='replace')} not found in the rootfs")
+            raise SnapboxError(f"executable {path.decode(errors='replace')} not found in the sandbox")
         data = self._read_whole(node)
         pidns: PIDNamespace = self.tasks.pidns
-        tgid = pidns.allocate()
         mm = MemoryManager(memfile=self.memfile)
-        fds = FDTable()
-        for i in range(3):
-            fds.install_at(i, HostFile(flags=2, stdio=i))
-        tg = ThreadGroup(tgid=tgid, mm=mm, fds=fds, fs=FSContext(root=root, cwd=cwd_node),
-                         argv=list(argv), exe=_resolved(parent, name), pgid=tgid, sid=tgid)
+        exe = _resolved(parent, name)
         try:
-            image = elf.load(mm, data, tg.exe)
+            image = elf.load(mm, data, exe)
             mm.brk_start = mm.brk = image.end
             sp = elf.build_stack(mm, image, argv, env, path, self.features.hwcap())
         except SyscallError as e:
-            raise SnapboxError(f"cannot run {tg.exe}: {e.args[1] or os.strerror(e.errno)}") from None
+            mm.release_all()
+            raise SnapboxError(f"cannot run {exe}: {e.args[1] or os.strerror(e.errno)}") from None
+        tgid = pidns.allocate()
+        fds = FDTable()
+        for i in range(3):
+            if stdio is None:
+                fds.install_at(i, HostFile(flags=2, stdio=i))
+            else:
+                fds.install_at(i, HostFile(flags=2, stdio=i, passed=True, fd=stdio[i]))
+        uid, gid = creds
+        tg = ThreadGroup(tgid=tgid, mm=mm, fds=fds, fs=FSContext(root=root, cwd=cwd_node),
+                         argv=list(argv), exe=exe, pgid=tgid, sid=tgid, creds=[uid, uid, uid, gid, gid, gid])
         task = Task(tid=tgid, tg=tg, kernel=self, comm=os.path.basename(path).decode(errors="replace")[:15])
         tg.tasks.append(task)
         pidns.tasks[tgid] = task
@@ -216,13 +236,28 @@ class Kernel:
         stub = Stub.spawn(self.memfile.fd)
         mm.attach(stub)
         regs = ptrace.copy_regs(stub.base_regs)
-        for name in ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "r8", "r9", "r10", "r11",
-                     "r12", "r13", "r14", "r15", "fs_base", "gs_base"):
-            setattr(regs, name, 0)
+        for reg in ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "r8", "r9", "r10", "r11",
+                    "r12", "r13", "r14", "r15", "fs_base", "gs_base"):
+            setattr(regs, reg, 0)
         regs.rip = image.entry
         regs.rsp = sp
         self._bind(task, stub.pid, regs)
+        if not self.paused and self.tasks.init is not None:
+            self._resume(task)
         return tg
+
+    def processes(self) -> list[dict]:
+        """The live processes, for `snapbox ps`."""
+        out = []
+        for tgid, tg in sorted(self.tasks.pidns.groups.items()):
+            if tg.exit_status is not None or not tg.tasks:
+                continue
+            runs = {t.run for t in tg.tasks}
+            state = "T" if tg.job_stopped else ("R" if Run.RUNNING in runs else "S")
+            out.append({"pid": tgid, "ppid": tg.parent.tgid if tg.parent is not None else 0,
+                        "uid": tg.creds[1], "state": state, "threads": len(tg.tasks), "comm": tg.tasks[0].comm,
+                        "cmd": " ".join(a.decode(errors="replace") for a in tg.argv)})
+        return out
 
     def _search_path(self, name: bytes, env: list[bytes]) -> bytes:
         paths = b"/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -385,6 +420,7 @@ class Kernel:
     def _dispatch(self, task: Task) -> None:
         regs = task.regs
         nr = regs.orig_rax
+        raw = (regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, regs.r9) if self.strace is not None else None
         entry = TABLE.get(nr)
         try:
             if entry is None:
@@ -410,6 +446,8 @@ class Kernel:
             self._park(task, wb)
             return
         except TaskExit:
+            if raw is not None:
+                self.strace(task, nr, raw, None)
             return
         except OSError as e:
             # A host operation on the application's behalf failed: report it as Linux would.
@@ -420,8 +458,8 @@ class Kernel:
             result = -errno.EIO
         if task.run is Run.DEAD:
             return  # the call ended its own process (a fatal signal to itself)
-        if self.strace is not None:
-            self.strace(task, nr, regs, result)
+        if raw is not None:
+            self.strace(task, nr, raw, result)
         task.restart = None
         regs.rax = result & MASK64
         pid = task.host_tid
@@ -844,6 +882,8 @@ class Kernel:
                 value = status & 0x7F if status & 0x7F else (status >> 8) & 0xFF
                 self.send_signal(parent, SIGCHLD, siginfo(SIGCHLD, code, tg.tgid, 0, value))
             parent.child_exit.notify()
+        if self.on_exit is not None:
+            self.on_exit(tg)
         if tg is init:
             self.exit_status = status
             for other in list(self.tasks.pidns.groups.values()):
@@ -1089,13 +1129,11 @@ class Kernel:
                 s.write_chunk(zstandard.ZstdCompressor(level=3).compress(graph))
             total = self.memfile.allocated
             report = (lambda done: progress(done, total)) if progress else None
-            raw = 0
             with w.section("memory") as s:
                 for chunk in self.memfile.save_chunks(compress, lambda: w.pos, report):
                     s.write_chunk(chunk)
-                raw = self.memfile.saved_bytes
             summary = {"graph_bytes": len(graph), "types": stats,
-                       "memory_allocated": self.memfile.allocated, "memory_saved": raw}
+                       "memory_allocated": self.memfile.allocated, "memory_saved": self.memfile.saved_bytes}
             w.finish(summary)
             summary["sections"] = w.summary
             return summary

@@ -15,7 +15,7 @@ log = logging.getLogger("snapbox.bundle")
 _KNOWN = {"ociVersion", "process", "root", "hostname", "annotations", "linux", "mounts"}
 # Mount types served by the sentry itself: /proc and /dev are always there.
 _BUILTIN_MOUNTS = {("proc", "/proc"), ("tmpfs", "/dev")}
-_KNOWN_PROCESS = {"args", "env", "cwd", "terminal"}
+_KNOWN_PROCESS = {"args", "env", "cwd", "terminal", "user"}
 
 
 @dataclass
@@ -30,6 +30,7 @@ class Bundle:
     hostname: str = "snapbox"
     annotations: dict = field(default_factory=dict)
     memory_limit: int = 0  # linux.resources.memory.limit in bytes; 0 for none
+    user: tuple = (0, 0)  # process.user (uid, gid)
     mounts: list = field(default_factory=list)  # ("tmpfs", destination, "") or ("bind", destination, source)
     warnings: list[str] = field(default_factory=list)  # config fields snapbox ignores
 
@@ -71,6 +72,11 @@ class Bundle:
                      for k in process if k not in _KNOWN_PROCESS]
         if process.get("terminal"):
             warnings.append("process.terminal is not supported yet: stdio is passed through")
+        user = process.get("user") or {}
+        if not isinstance(user, dict) or not all(isinstance(user.get(k, 0), int) for k in ("uid", "gid")):
+            raise BundleError(f"{config_path}: process.user needs numeric uid and gid")
+        if user.get("additionalGids"):
+            warnings.append("process.user.additionalGids is not supported yet and is ignored")
         linux = config.get("linux") or {}
         limit = ((linux.get("resources") or {}).get("memory") or {}).get("limit") or 0
         if not isinstance(limit, int) or limit < 0:
@@ -102,4 +108,20 @@ class Bundle:
         return cls(path=path, args=args, env=env, cwd=cwd, rootfs=rootfs,
                    hostname=config.get("hostname") or "snapbox",
                    annotations=config.get("annotations") or {}, memory_limit=limit, mounts=mounts,
-                   warnings=warnings)
+                   user=(user.get("uid", 0), user.get("gid", 0)), warnings=warnings)
+
+
+def default_spec() -> dict:
+    """The config.json `snapbox spec` writes: sh on ./rootfs, with the usual mounts."""
+    return {
+        "ociVersion": "1.0.2",
+        "process": {"terminal": False, "user": {"uid": 0, "gid": 0}, "args": ["sh"],
+                    "env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"], "cwd": "/"},
+        "root": {"path": "rootfs", "readonly": True},
+        "hostname": "snapbox",
+        "mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc"},
+            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs"},
+            {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs"},
+        ],
+    }

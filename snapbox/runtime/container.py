@@ -24,7 +24,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 import cbor2
@@ -64,6 +64,23 @@ def exit_code(status: int) -> int:
 
 
 @dataclass
+class Options:
+    """How a sandbox process logs: set by the global flags of the command line."""
+
+    debug_log: str | None = None  # the sandbox's log file (default <root>/<id>/sandbox.log)
+    log_format: str = "text"  # text or json
+    strace: bool = False  # log every application syscall
+
+    def boot_args(self) -> list[str]:
+        args = ["--log-format", self.log_format]
+        if self.debug_log:
+            args += ["--debug-log", os.path.abspath(self.debug_log)]
+        if self.strace:
+            args.append("--strace")
+        return args
+
+
+@dataclass
 class Container:
     """One container's state directory, and the operations on it."""
 
@@ -71,6 +88,7 @@ class Container:
     id: str
     state: dict[str, Any]
     process: subprocess.Popen | None = None  # the sandbox process, when this CLI started it
+    options: Options = field(default_factory=Options)
 
     @property
     def dir(self) -> str:
@@ -177,7 +195,7 @@ class Container:
 
     @classmethod
     def create(cls, root: str, cid: str, bundle: str, *, start: bool = False,
-               restore_image: str | None = None, compress: bool = True) -> Container:
+               restore_image: str | None = None, options: Options | None = None) -> Container:
         """Make the state dir and start a sandbox process (which owns the caller's stdio).
 
         With `restore_image`, the sandbox is restored from that image and started.
@@ -197,6 +215,7 @@ class Container:
         c = cls(root, cid, {"id": cid, "status": CREATING, "bundle": b.path, "rootfs": b.rootfs,
                             "annotations": b.annotations, "pid": 0, "pid_start": None,
                             "created": datetime.datetime.now(datetime.timezone.utc).isoformat()})
+        c.options = options or Options()
         try:
             c.save_state()
             c._spawn(start=start or restore_image is not None, restore_image=restore_image)
@@ -209,7 +228,7 @@ class Container:
     def _spawn(self, start: bool, restore_image: str | None) -> None:
         r, w = os.pipe()
         cmd = [sys.executable, "-m", "snapbox", "--root", self.root, "boot", "--id", self.id,
-               "--bundle", self.state["bundle"], "--ready-fd", str(w)]
+               "--bundle", self.state["bundle"], "--ready-fd", str(w), *self.options.boot_args()]
         if start:
             cmd.append("--start")
         if restore_image is not None:
@@ -259,10 +278,49 @@ class Container:
             self.state["status"] = RUNNING
             self.save_state()
 
-    def kill(self, sig: int) -> None:
+    def kill(self, sig: int, all_processes: bool = False) -> None:
+        """Signal the init process (or, with all_processes, every process)."""
         with self.locked():
             self._require("signal", CREATED, RUNNING, PAUSED)
-            self._call("kill", signal=sig)
+            self._call("kill", signal=sig, all=all_processes)
+
+    def processes(self) -> list[dict[str, Any]]:
+        """The processes inside: pid, ppid, uid, state, threads, comm, cmd."""
+        self._require("list processes of", CREATED, RUNNING, PAUSED)
+        return self._call("ps")["processes"]
+
+    def stats(self) -> dict[str, Any]:
+        """Memory (bytes resident, charged, limit) and pids."""
+        self._require("get statistics of", CREATED, RUNNING, PAUSED)
+        return self._call("stats")["stats"]
+
+    def exec(self, args: list[str], env: list[str], cwd: str = "/", user: tuple[int, int] = (0, 0),
+             stdio: tuple[int, int, int] = (0, 1, 2), detach: bool = False,
+             forward: list[int] | None = None) -> int:
+        """Run another process in the container on the host fds `stdio`. Returns its pid
+        if `detach`, else waits and returns its wait status; the signals in `forward`
+        that reach this process while it waits are passed on to it."""
+        self._require("exec in", RUNNING)
+        sock = control.open_call(self.control_path, "exec", fds=list(stdio), args=args, env=env, cwd=cwd,
+                                 user=list(user), wait=not detach)
+        with sock:
+            reply = control.read_reply(sock, "exec")
+            pid = reply["pid"]
+            if detach:
+                return pid
+
+            def pass_on(signum, frame):
+                with contextlib.suppress(SnapboxError):
+                    control.call(self.control_path, "kill", timeout=5, signal=signum, pid=pid)
+
+            for sig in forward or ():
+                signal.signal(sig, pass_on)
+            sock.settimeout(None)
+            try:
+                msg, _ = control.recv_message(sock)
+            except (OSError, SnapboxError):
+                raise SnapboxError(f'container "{self.id}" stopped while process {pid} ran') from None
+            return msg.get("exit", 0)
 
     def checkpoint(self, image_path: str, leave_running: bool = False, compress: bool = True,
                    image_fd: int | None = None, progress_fd: int | None = None) -> dict:

@@ -59,28 +59,38 @@ def recv_message(sock: socket.socket) -> tuple[dict[str, Any], list[int]]:
     return msg, fds
 
 
-def call(socket_path: str, op: str, timeout: float | None = 30.0, fds: list[int] | None = None,
-         **args: Any) -> dict[str, Any]:
-    """Send one request to the sandbox at `socket_path` and return its reply; raise on refusal."""
+def open_call(socket_path: str, op: str, timeout: float | None = 30.0, fds: list[int] | None = None,
+              **args: Any) -> socket.socket:
+    """Connect to the sandbox at `socket_path` and send one request; returns the socket."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     sock.settimeout(timeout)
     try:
-        try:
-            _connect(sock, socket_path)
-        except OSError as e:
-            raise ControlError(f"cannot reach the sandbox ({e.strerror})") from None
+        _connect(sock, socket_path)
         send_message(sock, {"op": op, **args}, fds)
-        try:
-            reply, _ = recv_message(sock)
-        except socket.timeout:
-            raise ControlError(f"the sandbox did not answer {op} in {timeout:.0f}s") from None
-        except OSError as e:
-            raise ControlError(f"lost the sandbox during {op} ({e.strerror})") from None
-    finally:
+    except OSError as e:
         sock.close()
+        raise ControlError(f"cannot reach the sandbox ({e.strerror})") from None
+    return sock
+
+
+def read_reply(sock: socket.socket, op: str) -> dict[str, Any]:
+    """The sandbox's reply to request `op`; raises if it refused."""
+    try:
+        reply, _ = recv_message(sock)
+    except socket.timeout:
+        raise ControlError(f"the sandbox did not answer {op} in time") from None
+    except OSError as e:
+        raise ControlError(f"lost the sandbox during {op} ({e.strerror})") from None
     if not reply.get("ok"):
         raise SnapboxError(reply.get("error") or f"{op} failed")
     return reply
+
+
+def call(socket_path: str, op: str, timeout: float | None = 30.0, fds: list[int] | None = None,
+         **args: Any) -> dict[str, Any]:
+    """Send one request to the sandbox at `socket_path` and return its reply; raise on refusal."""
+    with open_call(socket_path, op, timeout, fds, **args) as sock:
+        return read_reply(sock, op)
 
 
 def _connect(sock: socket.socket, path: str) -> None:

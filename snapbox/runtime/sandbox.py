@@ -12,6 +12,7 @@ import errno
 import json
 import logging
 import os
+import socket
 import traceback
 from typing import Any
 
@@ -19,6 +20,7 @@ import cbor2
 
 from snapbox.errors import SnapboxError
 from snapbox.kernel.kernel import Kernel, LoadContext
+from snapbox.kernel.strace import tracer
 from snapbox.runtime import control
 from snapbox.runtime.bundle import Bundle
 from snapbox.runtime.container import exit_code
@@ -98,6 +100,21 @@ class Sandbox:
             os.unlink(path)
         self.server = control.listen(path)
         kernel.add_reader(self.server, self._accept)
+        self.exec_waiters: dict[int, int] = {}  # pid -> socket fd of the attached exec waiting for it
+        kernel.on_exit = self._process_exited
+
+    def _process_exited(self, tg) -> None:
+        fd = self.exec_waiters.pop(tg.tgid, None)
+        if tg.parent is None and tg is not self.kernel.tasks.init:
+            self.kernel.reap(tg)  # an exec'd process has no parent to wait for it
+        if fd is None:
+            return
+        with socket.socket(fileno=fd) as conn:
+            conn.settimeout(5)
+            try:
+                control.send_message(conn, {"exit": tg.exit_status})
+            except OSError as e:
+                log.warning("could not report the exit of pid %d: %s", tg.tgid, e)
 
     def _accept(self) -> None:
         try:
@@ -125,6 +142,10 @@ class Sandbox:
                 control.send_message(conn, reply)
             except OSError as e:
                 log.warning("could not answer control request: %s", e)
+                return
+            if msg.get("op") == "exec" and reply.get("ok") and msg.get("wait"):
+                # An attached exec: its command waits on this connection for the exit.
+                self.exec_waiters[reply["pid"]] = conn.detach()
 
     def handle(self, msg: dict[str, Any], fds: list[int]) -> dict[str, Any]:
         op = msg.get("op")
@@ -139,13 +160,51 @@ class Sandbox:
             sig = msg.get("signal")
             if not isinstance(sig, int) or not 1 <= sig <= 64:
                 raise SnapboxError(f"invalid signal {sig!r}")
-            if k.tasks.init is not None:
-                k.send_signal(k.tasks.init, sig)
+            groups = k.tasks.pidns.groups
+            if msg.get("all"):
+                targets = [g for g in groups.values() if g.exit_status is None]
+            elif msg.get("pid"):
+                targets = [groups[msg["pid"]]] if msg["pid"] in groups else []
+            else:
+                targets = [k.tasks.init] if k.tasks.init is not None else []
+            for tg in targets:
+                k.send_signal(tg, sig)
         elif op == "checkpoint":
             return {"ok": True, "summary": self.checkpoint(msg, fds)}
+        elif op == "ps":
+            return {"ok": True, "processes": k.processes()}
+        elif op == "stats":
+            return {"ok": True, "stats": self.stats()}
+        elif op == "exec":
+            return {"ok": True, "pid": self.exec(msg, fds)}
         else:
             raise SnapboxError(f"unknown control operation {op!r}")
         return {"ok": True}
+
+    def stats(self) -> dict[str, Any]:
+        k = self.kernel
+        mf = k.memfile
+        resident = os.fstat(mf.fd).st_blocks * 512
+        return {"memory": {"usage": resident, "charged": mf.charged, "limit": mf.limit},
+                "pids": {"current": len(k.processes())}}
+
+    def exec(self, msg: dict[str, Any], fds: list[int]) -> int:
+        """Start another process in the sandbox, on the stdio the exec command passed."""
+        argv, env, cwd = msg.get("args"), msg.get("env") or [], msg.get("cwd") or "/"
+        if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
+            raise SnapboxError("exec needs a command")
+        if len(fds) != 3:
+            raise SnapboxError("exec needs the caller's stdin, stdout and stderr")
+        uid, gid = msg.get("user") or (0, 0)
+        stdio = [os.dup(fd) for fd in fds]
+        try:
+            tg = self.kernel.spawn([a.encode() for a in argv], [e.encode() for e in env], cwd, stdio,
+                                   (uid, gid))
+        except BaseException:
+            for fd in stdio:
+                os.close(fd)
+            raise
+        return tg.tgid
 
     def checkpoint(self, msg: dict[str, Any], fds: list[int]) -> dict:
         """Write an image to msg["path"], or to a passed fd when the path is "-"."""
@@ -209,12 +268,27 @@ def _restore(image: str, bundle: Bundle) -> Kernel:
             progress.close()
 
 
+class _JSONFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return json.dumps({"time": self.formatTime(record), "level": record.levelname.lower(),
+                           "logger": record.name, "msg": record.getMessage()})
+
+
+def _setup_logging(path: str, log_format: str) -> None:
+    handler = logging.FileHandler(path)
+    if log_format == "json":
+        handler.setFormatter(_JSONFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
+
+
 def boot_main(root: str, cid: str, bundle_path: str, ready_fd: int, start: bool,
-              restore: str | None) -> int:
+              restore: str | None, debug_log: str | None = None, log_format: str = "text",
+              strace: bool = False) -> int:
     """Entry point of the sandbox process. Returns its exit code."""
     cdir = os.path.join(root, cid)
-    logging.basicConfig(filename=os.path.join(cdir, "sandbox.log"), level=logging.INFO,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    _setup_logging(debug_log or os.path.join(cdir, "sandbox.log"), log_format)
     ready = os.fdopen(ready_fd, "wb")
     try:
         _pin_to_current_cpu()
@@ -224,7 +298,9 @@ def boot_main(root: str, cid: str, bundle_path: str, ready_fd: int, start: bool,
         else:
             kernel = Kernel.boot(bundle.rootfs, [a.encode() for a in bundle.args],
                                  [e.encode() for e in bundle.env], bundle.cwd, bundle.hostname,
-                                 memory_limit=bundle.memory_limit, mounts=bundle.mounts)
+                                 memory_limit=bundle.memory_limit, mounts=bundle.mounts, user=bundle.user)
+        if strace:
+            kernel.strace = tracer
         sandbox = Sandbox(kernel, cdir)
         if start:
             kernel.start()

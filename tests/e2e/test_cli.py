@@ -1,0 +1,133 @@
+"""The command line beyond run/checkpoint/restore: exec, ps, events, wait, spec, do,
+kill --all, --strace, --log, and the errors users see."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import wait_for
+
+
+def sleeper(images: Path, tmp_path: Path, script: str = "echo started; sleep 100") -> Path:
+    bundle = tmp_path / "sleeper"
+    bundle.mkdir(exist_ok=True)
+    (bundle / "config.json").write_text(json.dumps({
+        "ociVersion": "1.0.2",
+        "process": {"args": ["/bin/sh", "-c", script], "env": ["PATH=/bin"], "cwd": "/"},
+        "root": {"path": str(images / "busybox" / "rootfs")},
+    }))
+    return bundle
+
+
+def start(snapbox, images, tmp_path, cid: str = "s1", *flags: str) -> Path:
+    out = tmp_path / f"{cid}.out"
+    with open(out, "w") as f:
+        subprocess.run(snapbox.cmd(*flags, "run", "--bundle", str(sleeper(images, tmp_path)), "--detach", cid),
+                       stdout=f, stderr=f, stdin=subprocess.DEVNULL, check=True, timeout=60)
+    wait_for(lambda: "started" in out.read_text(), what="the sleeper")
+    return out
+
+
+def exec_detached(snapbox, tmp_path: Path, cid: str, *command: str) -> int:
+    """exec --detach; the process keeps the command's stdio, so it gets a file, not a pipe."""
+    out = tmp_path / f"exec-{command[0]}.out"
+    with open(out, "w") as f:
+        subprocess.run(snapbox.cmd("exec", "--detach", cid, *command), stdout=f, stderr=f,
+                       stdin=subprocess.DEVNULL, check=True, timeout=60)
+    return int(out.read_text().split()[0])
+
+
+def test_exec_sees_the_containers_processes_and_files(snapbox, images, tmp_path):
+    start(snapbox, images, tmp_path)
+    p = snapbox("exec", "s1", "sh", "-c", "echo made > /tmp/x; ps -o pid,args; exit 3", check=False)
+    assert p.returncode == 3
+    assert "1 sleep 100" in p.stdout.replace("  ", " ")
+    p = snapbox("exec", "--cwd", "/tmp", "--env", "GREETING=hi", "s1", "sh", "-c", "echo $GREETING $(pwd); cat x")
+    assert p.stdout == "hi /tmp\nmade\n"
+    p = snapbox("exec", "--user", "1000:1000", "s1", "id")
+    assert p.stdout.startswith("uid=1000 gid=1000")
+    pid = exec_detached(snapbox, tmp_path, "s1", "sleep", "50")
+    procs = json.loads(snapbox("ps", "--format", "json", "s1").stdout)
+    assert {(x["pid"], x["cmd"]) for x in procs} == {(1, "sleep 100"), (pid, "sleep 50")}
+    table = snapbox("ps", "s1").stdout.splitlines()
+    assert table[0].split() == ["UID", "PID", "PPID", "STAT", "THR", "CMD"] and len(table) == 3
+
+
+def test_exec_forwards_signals_and_reports_them(snapbox, images, tmp_path):
+    start(snapbox, images, tmp_path)
+    proc = subprocess.Popen(snapbox.cmd("exec", "s1", "sleep", "60"), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: any(x["cmd"] == "sleep 60" for x in json.loads(snapbox("ps", "--format", "json", "s1").stdout)),
+             what="the exec'd sleep")
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=20) == 128 + signal.SIGTERM
+
+
+def test_events_stats_wait_and_kill_all(snapbox, images, tmp_path):
+    start(snapbox, images, tmp_path)
+    exec_detached(snapbox, tmp_path, "s1", "sleep", "50")
+    event = json.loads(snapbox("events", "--stats", "s1").stdout)
+    assert event["type"] == "stats" and event["id"] == "s1"
+    assert event["data"]["pids"]["current"] == 2 and event["data"]["memory"]["usage"] > 0
+    waiter = subprocess.Popen(snapbox.cmd("wait", "s1"), stdout=subprocess.PIPE, text=True)
+    snapbox("kill", "--all", "s1", "KILL")
+    assert json.loads(waiter.communicate(timeout=20)[0]) == {"id": "s1", "exitStatus": 137}
+    p = snapbox("ps", "s1", check=False)
+    assert p.stderr == 'snapbox: error: cannot list processes of container "s1" in state stopped\n'
+
+
+def test_strace_logs_decoded_syscalls(snapbox, images, tmp_path):
+    log = tmp_path / "debug.log"
+    p = snapbox("--strace", "--debug-log", str(log), "run", "--bundle", str(images / "hello"), "h1")
+    assert p.stdout == "hello, world\n"
+    text = log.read_text()
+    assert 'writev(1, ["hello, world\\n"], 2) = 13' in text  # musl writes stdout with writev
+    assert "ioctl(1, 0x5413, " in text and "= -1 ENOTTY (Inappropriate ioctl for device)" in text
+    assert "exit_group(0) = ?" in text
+
+
+def test_log_file_and_json_format(snapbox, tmp_path):
+    log = tmp_path / "runtime.log"
+    p = snapbox("--log", str(log), "--log-format", "json", "state", "nope", check=False)
+    assert p.returncode == 1
+    entry = json.loads(log.read_text().splitlines()[-1])
+    assert entry["level"] == "error" and entry["msg"] == 'container "nope" does not exist'
+
+
+def test_network_other_than_none_is_refused(snapbox):
+    p = snapbox("--network", "host", "list", check=False)
+    assert p.returncode == 1
+    assert p.stderr == "snapbox: error: --network=host is not supported yet (only none)\n"
+
+
+def test_spec_writes_a_usable_default(snapbox, images, tmp_path):
+    bundle = tmp_path / "b"
+    bundle.mkdir()
+    snapbox("spec", "--bundle", str(bundle))
+    config = json.loads((bundle / "config.json").read_text())
+    assert config["process"]["args"] == ["sh"] and config["root"]["path"] == "rootfs"
+    p = snapbox("spec", "--bundle", str(bundle), check=False)
+    assert p.stderr == f"snapbox: error: {bundle}/config.json already exists\n"
+    os.symlink(images / "busybox" / "rootfs", bundle / "rootfs")
+    config["process"]["args"] = ["/bin/sh", "-c", "echo spec works"]
+    (bundle / "config.json").write_text(json.dumps(config))
+    assert snapbox("run", "--bundle", str(bundle), "sp").stdout == "spec works\n"
+
+
+def test_do_runs_a_static_program_from_the_host_root(snapbox, images, tmp_path):
+    busybox = images / "busybox" / "rootfs" / "bin" / "busybox"
+    p = subprocess.run(snapbox.cmd("do", str(busybox), "sh", "-c", "pwd; echo $MARK; echo x > /tmp/y && cat /tmp/y"),
+                       capture_output=True, text=True, cwd=tmp_path, env=dict(os.environ, MARK="kept"), timeout=60)
+    assert p.stdout == f"{tmp_path}\nkept\nx\n"
+    assert not Path("/tmp/y").exists() or Path("/tmp/y").read_text() != "x\n"
+    p = snapbox("do", str(busybox), "sh", "-c", "exit 4", check=False)
+    assert p.returncode == 4
+    p = snapbox("do", sys.executable, "-c", "pass", check=False)
+    assert p.returncode == 1
+    assert p.stderr.endswith("dynamically linked programs are not supported yet\n")
+    assert p.stderr.count("\n") == 1
