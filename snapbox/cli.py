@@ -95,12 +95,14 @@ def _attach(c) -> None:
     from snapbox.runtime.container import exit_code
 
     def forward(signum, frame):
+        # Keyboard signals go to the foreground process group, as a terminal sends them.
+        foreground = signum in (signal.SIGINT, signal.SIGQUIT, signal.SIGWINCH)
         try:
-            control.call(c.control_path, "kill", timeout=5, signal=signum)
+            control.call(c.control_path, "kill", timeout=5, signal=signum, foreground=foreground)
         except SnapboxError:
             pass
 
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGWINCH):
         signal.signal(sig, forward)
     status = c.wait()
     c.delete(force=True)

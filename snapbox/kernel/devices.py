@@ -65,12 +65,14 @@ class DeviceFile(OpenFile):
         return f"device /dev/{self.node.name}"
 
 
-def mount_dev(fs: Filesystem) -> None:
-    """Put a fresh /dev with the standard devices over whatever the rootfs has there."""
+def mount_dev(fs: Filesystem, terminal: bool = False) -> None:
+    """Put a fresh /dev with the standard devices over whatever the rootfs has there; with
+    `terminal` (the sandbox's stdin is one), /dev/tty too."""
     now = now_ns()
     dev = Dir(ino=fs.new_ino(), mode=stat.S_IFDIR | 0o755, nlink=2, atime=now, mtime=now, ctime=now,
               name="dev", parent=fs.root)
-    for name, (major, minor) in DEVICES.items():
+    devices = dict(DEVICES, tty=(5, 0)) if terminal else DEVICES
+    for name, (major, minor) in devices.items():
         dev.entries[name] = DeviceNode(ino=fs.new_ino(), mode=stat.S_IFCHR | 0o666, atime=now,
                                        mtime=now, ctime=now, name=name, rdev=makedev(major, minor))
     fs.root.entries["dev"] = dev

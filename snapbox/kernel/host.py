@@ -12,17 +12,20 @@ import os
 import select
 import selectors
 import stat as st
+import struct
 from dataclasses import dataclass
 
 from snapbox.kernel.errors import SyscallError, WouldBlock
 from snapbox.kernel.fd import POLLIN, POLLOUT, OpenFile
 from snapbox.state import ImageError, nosave, savable
 
-TCGETS = 0x5401
-TIOCGWINSZ = 0x5413
-TIOCGPGRP = 0x540F
-# Requests forwarded to a host terminal, with the size of the struct they fill.
-_TTY_READS = {TCGETS: 60, TIOCGWINSZ: 8}
+TCGETS, TCSETS, TCSETSW, TCSETSF = 0x5401, 0x5402, 0x5403, 0x5404
+TIOCSCTTY, TIOCGPGRP, TIOCSPGRP = 0x540E, 0x540F, 0x5410
+TIOCGWINSZ, TIOCSWINSZ, FIONREAD, TIOCNOTTY, TIOCGSID = 0x5413, 0x5414, 0x541B, 0x5422, 0x5429
+# Terminal requests passed to the host terminal: request -> (bytes of its struct, written back?).
+# The kernel's struct termios is 36 bytes (glibc's own is bigger; the ioctl uses the kernel's).
+_TTY_FORWARDED = {TCGETS: (36, True), TCSETS: (36, False), TCSETSW: (36, False), TCSETSF: (36, False),
+                  TIOCGWINSZ: (8, True), TIOCSWINSZ: (8, False), FIONREAD: (4, True)}
 _NAMES = ("stdin", "stdout", "stderr")
 
 
@@ -106,10 +109,31 @@ class HostFile(OpenFile):
                     blocks=s.st_blocks, atime=s.st_atime_ns, mtime=s.st_mtime_ns, ctime=s.st_ctime_ns)
 
     def ioctl(self, t, request: int, arg: int) -> int:
-        if not os.isatty(self.fd) or request not in _TTY_READS:
+        if not os.isatty(self.fd):
             raise SyscallError(errno.ENOTTY)
-        out = fcntl.ioctl(self.fd, request, bytes(_TTY_READS[request]))
-        t.mm.write(arg, out)
+        k = t.kernel
+        # Job control on the terminal is the sandbox's own: process groups are its ids.
+        if request == TIOCGPGRP:
+            t.mm.write(arg, struct.pack("<i", k.tty_pgrp or (k.tasks.init.pgid if k.tasks.init else 0)))
+            return 0
+        if request == TIOCSPGRP:
+            (k.tty_pgrp,) = struct.unpack("<i", t.mm.read(arg, 4))
+            return 0
+        if request == TIOCGSID:
+            t.mm.write(arg, struct.pack("<i", k.tasks.init.sid if k.tasks.init else 0))
+            return 0
+        if request in (TIOCSCTTY, TIOCNOTTY):
+            return 0
+        if request not in _TTY_FORWARDED:
+            raise SyscallError(errno.ENOTTY)
+        size, out = _TTY_FORWARDED[request]
+        data = bytes(size) if out else t.mm.read(arg, size)
+        try:
+            result = fcntl.ioctl(self.fd, request, data)
+        except OSError as e:
+            raise SyscallError(e.errno) from None
+        if out:
+            t.mm.write(arg, result)
         return 0
 
     def release(self) -> None:

@@ -131,6 +131,7 @@ class Kernel:
     hostname: str = "snapbox"
     exit_status: int | None = None  # wait(2) status of init once it has exited
     pipe_ino: int = 0x10000  # inode numbers handed to pipes
+    tty_pgrp: int = 0  # the terminal's foreground process group (TIOCSPGRP), 0 for init's
 
     # Loop state: host facts, rebuilt empty on restore.
     selector: Any = nosave(default=None)
@@ -170,7 +171,7 @@ class Kernel:
         are ("tmpfs", destination, "") and ("bind", destination, host source) entries."""
         memfile = MemoryFile(limit=memory_limit)
         fs = Filesystem(rootfs=rootfs, memfile=memfile)
-        mount_dev(fs)
+        mount_dev(fs, terminal=os.isatty(0))
         k = cls(features=FeatureSet.host(), memfile=memfile, fs=fs, hostname=hostname)
         mount_proc(k)
         for kind, destination, source in mounts or ():

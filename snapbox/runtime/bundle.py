@@ -31,6 +31,7 @@ class Bundle:
     annotations: dict = field(default_factory=dict)
     memory_limit: int = 0  # linux.resources.memory.limit in bytes; 0 for none
     user: tuple = (0, 0)  # process.user (uid, gid)
+    terminal: bool = False  # process.terminal: the program runs on the caller's terminal
     mounts: list = field(default_factory=list)  # ("tmpfs", destination, "") or ("bind", destination, source)
     warnings: list[str] = field(default_factory=list)  # config fields snapbox ignores
 
@@ -70,8 +71,7 @@ class Bundle:
                     for k in config if k not in _KNOWN]
         warnings += [f"config field 'process.{k}' is not supported and is ignored"
                      for k in process if k not in _KNOWN_PROCESS]
-        if process.get("terminal"):
-            warnings.append("process.terminal is not supported yet: stdio is passed through")
+        terminal = bool(process.get("terminal"))
         user = process.get("user") or {}
         if not isinstance(user, dict) or not all(isinstance(user.get(k, 0), int) for k in ("uid", "gid")):
             raise BundleError(f"{config_path}: process.user needs numeric uid and gid")
@@ -108,7 +108,7 @@ class Bundle:
         return cls(path=path, args=args, env=env, cwd=cwd, rootfs=rootfs,
                    hostname=config.get("hostname") or "snapbox",
                    annotations=config.get("annotations") or {}, memory_limit=limit, mounts=mounts,
-                   user=(user.get("uid", 0), user.get("gid", 0)), warnings=warnings)
+                   user=(user.get("uid", 0), user.get("gid", 0)), terminal=terminal, warnings=warnings)
 
 
 def default_spec() -> dict:

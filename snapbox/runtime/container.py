@@ -204,6 +204,8 @@ class Container:
 
         cls.check_id(cid)
         b = Bundle.load(bundle)
+        if b.terminal and not os.isatty(0):
+            raise SnapboxError("the bundle asks for a terminal (process.terminal) but stdin is not one")
         for w in b.warnings:
             print(f"snapbox: warning: {w}", file=sys.stderr)
         os.makedirs(root, mode=0o711, exist_ok=True)

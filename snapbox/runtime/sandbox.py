@@ -163,6 +163,10 @@ class Sandbox:
             groups = k.tasks.pidns.groups
             if msg.get("all"):
                 targets = [g for g in groups.values() if g.exit_status is None]
+            elif msg.get("foreground") and k.tasks.init is not None:
+                # As a terminal does: to the foreground process group.
+                pgrp = k.tty_pgrp or k.tasks.init.pgid
+                targets = [g for g in groups.values() if g.exit_status is None and g.pgid == pgrp]
             elif msg.get("pid"):
                 targets = [groups[msg["pid"]]] if msg["pid"] in groups else []
             else:

@@ -131,3 +131,41 @@ def test_do_runs_a_static_program_from_the_host_root(snapbox, images, tmp_path):
     assert p.returncode == 1
     assert p.stderr.endswith("dynamically linked programs are not supported yet\n")
     assert p.stderr.count("\n") == 1
+
+
+def test_an_interactive_run_on_a_terminal(snapbox, images, tmp_path):
+    """Driven through tmux: what is typed is echoed and read, Ctrl-C reaches the program."""
+    import shutil
+    import time
+
+    assert shutil.which("tmux"), "tmux is installed by scripts/setup"
+    bundle = tmp_path / "tty"
+    bundle.mkdir()
+    script = ("[ -t 0 ] && echo on-a-tty; stty size; read line; echo got:$line; "
+              "trap 'echo caught INT' INT; sleep 30 & wait; echo after")
+    (bundle / "config.json").write_text(json.dumps({
+        "ociVersion": "1.0.2",
+        "process": {"terminal": True, "args": ["/bin/sh", "-c", script], "env": ["PATH=/bin"], "cwd": "/"},
+        "root": {"path": str(images / "busybox" / "rootfs")},
+    }))
+    session = f"snapbox-test-{os.getpid()}"
+    command = " ".join(snapbox.cmd("run", "--bundle", str(bundle), "tty1")) + "; echo EXIT=$?; sleep 30"
+    subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "100", "-y", "30", command], check=True)
+
+    def screen() -> str:
+        return subprocess.run(["tmux", "capture-pane", "-p", "-t", session], capture_output=True,
+                              text=True).stdout
+
+    try:
+        wait_for(lambda: "on-a-tty" in screen(), timeout=30, what="the program on the terminal")
+        assert "30 100" in screen()  # the terminal's size, as stty sees it inside
+        subprocess.run(["tmux", "send-keys", "-t", session, "hello there", "Enter"], check=True)
+        wait_for(lambda: "got:hello there" in screen(), timeout=20, what="the line read back")
+        assert "hello there\n" in screen()  # echoed as typed
+        time.sleep(0.3)
+        subprocess.run(["tmux", "send-keys", "-t", session, "C-c"], check=True)
+        wait_for(lambda: "EXIT=" in screen(), timeout=20, what="the program to end")
+        text = screen()
+        assert "caught INT" in text and "after" in text and "EXIT=0" in text
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)

@@ -9,6 +9,7 @@ import struct
 from snapbox.kernel.devices import DeviceFile, DeviceNode
 from snapbox.kernel import locks
 from snapbox.kernel.errors import SyscallError, WouldBlock
+from snapbox.kernel.host import HostFile
 from snapbox.kernel.fd import (
     O_ACCMODE,
     O_NONBLOCK,
@@ -110,6 +111,8 @@ def open_node(t, dirfd: int, path_addr: int, flags: int, mode: int) -> int:
         if accmode != O_RDONLY and not flags & O_PATH:
             raise SyscallError(errno.EISDIR)
         f = DirFile(flags=flags & ~O_CLOEXEC, node=node)
+    elif isinstance(node, DeviceNode) and node.name == "tty":
+        f = HostFile(flags=flags & ~O_CLOEXEC, stdio=0)  # the terminal the sandbox runs on
     elif isinstance(node, DeviceNode):
         f = DeviceFile(flags=flags & ~O_CLOEXEC, node=node)
     elif isinstance(node, FifoNode):
