@@ -133,13 +133,21 @@ def run(obj: _Context, bundle: str, detach: bool, container_id: str) -> None:
 @cli.command()
 @click.option("--bundle", "-b", default=".", show_default=True, type=click.Path(),
               help="Path to the OCI bundle.")
+@click.option("--pid-file", type=click.Path(dir_okay=False), default=None,
+              help="Write the sandbox process's pid to this file.")
+@click.option("--console-socket", type=click.Path(dir_okay=False), default=None,
+              help="A unix socket to send the master of the program's new terminal to (as runc does).")
 @click.argument("container_id")
 @click.pass_obj
-def create(obj: _Context, bundle: str, container_id: str) -> None:
-    """Create a container: its program is loaded but does not run until 'start'."""
+def create(obj: _Context, bundle: str, pid_file: str | None, console_socket: str | None,
+           container_id: str) -> None:
+    """Create a container: its program is loaded but does not run until 'start'.
+    OCI hooks createRuntime, prestart and createContainer run now; startContainer and
+    poststart at start; poststop at delete."""
     from snapbox.runtime.container import Container
 
-    Container.create(obj.root, container_id, bundle, start=False, options=obj.options)
+    Container.create(obj.root, container_id, bundle, start=False, options=obj.options, pid_file=pid_file,
+                     console_socket=console_socket)
 
 
 @cli.command()
@@ -322,18 +330,17 @@ def cpu_features(as_json: bool) -> None:
 @click.option("--id", "cid", required=True)
 @click.option("--bundle", required=True)
 @click.option("--ready-fd", type=int, required=True)
-@click.option("--start", is_flag=True)
 @click.option("--restore", default=None)
 @click.option("--debug-log", default=None)
 @click.option("--log-format", default="text")
 @click.option("--strace", is_flag=True)
 @click.pass_obj
-def boot(obj: _Context, cid: str, bundle: str, ready_fd: int, start: bool, restore: str | None,
+def boot(obj: _Context, cid: str, bundle: str, ready_fd: int, restore: str | None,
          debug_log: str | None, log_format: str, strace: bool) -> None:
     """The sandbox process (started by run, create and restore)."""
     from snapbox.runtime.sandbox import boot_main
 
-    sys.exit(boot_main(obj.root, cid, bundle, ready_fd, start, restore, debug_log, log_format, strace))
+    sys.exit(boot_main(obj.root, cid, bundle, ready_fd, restore, debug_log, log_format, strace))
 
 
 @cli.command()

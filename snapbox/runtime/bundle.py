@@ -12,10 +12,15 @@ from snapbox.errors import BundleError
 log = logging.getLogger("snapbox.bundle")
 
 # Top-level and process fields snapbox reads; any other field gets a warning.
-_KNOWN = {"ociVersion", "process", "root", "hostname", "annotations", "linux", "mounts"}
+_KNOWN = {"ociVersion", "process", "root", "hostname", "annotations", "linux", "mounts", "hooks"}
+_RLIMITS = {"RLIMIT_CPU": 0, "RLIMIT_FSIZE": 1, "RLIMIT_DATA": 2, "RLIMIT_STACK": 3, "RLIMIT_CORE": 4,
+            "RLIMIT_RSS": 5, "RLIMIT_NPROC": 6, "RLIMIT_NOFILE": 7, "RLIMIT_MEMLOCK": 8, "RLIMIT_AS": 9,
+            "RLIMIT_LOCKS": 10, "RLIMIT_SIGPENDING": 11, "RLIMIT_MSGQUEUE": 12, "RLIMIT_NICE": 13,
+            "RLIMIT_RTPRIO": 14, "RLIMIT_RTTIME": 15}
+HOOK_KINDS = ("prestart", "createRuntime", "createContainer", "startContainer", "poststart", "poststop")
 # Mount types served by the sentry itself: /proc and /dev are always there.
 _BUILTIN_MOUNTS = {("proc", "/proc"), ("tmpfs", "/dev")}
-_KNOWN_PROCESS = {"args", "env", "cwd", "terminal", "user"}
+_KNOWN_PROCESS = {"args", "env", "cwd", "terminal", "user", "rlimits", "noNewPrivileges"}
 
 
 @dataclass
@@ -32,6 +37,9 @@ class Bundle:
     memory_limit: int = 0  # linux.resources.memory.limit in bytes; 0 for none
     user: tuple = (0, 0)  # process.user (uid, gid)
     terminal: bool = False  # process.terminal: the program runs on the caller's terminal
+    rlimits: dict = field(default_factory=dict)  # RLIMIT_* number -> (soft, hard)
+    no_new_privs: bool = False  # process.noNewPrivileges
+    hooks: dict = field(default_factory=dict)  # kind -> [{"path", "args", "env", "timeout"}]
     mounts: list = field(default_factory=list)  # ("tmpfs", destination, "") or ("bind", destination, source)
     warnings: list[str] = field(default_factory=list)  # config fields snapbox ignores
 
@@ -77,6 +85,21 @@ class Bundle:
             raise BundleError(f"{config_path}: process.user needs numeric uid and gid")
         if user.get("additionalGids"):
             warnings.append("process.user.additionalGids is not supported yet and is ignored")
+        rlimits = {}
+        for r in process.get("rlimits") or []:
+            if not isinstance(r, dict) or r.get("type") not in _RLIMITS or \
+                    not all(isinstance(r.get(k), int) for k in ("soft", "hard")) or r["soft"] > r["hard"]:
+                raise BundleError(f"{config_path}: bad process.rlimits entry {r!r}")
+            rlimits[_RLIMITS[r["type"]]] = (r["soft"], r["hard"])
+        hooks = config.get("hooks") or {}
+        if not isinstance(hooks, dict):
+            raise BundleError(f"{config_path}: hooks must be an object")
+        for kind, entries in hooks.items():
+            if kind not in HOOK_KINDS:
+                warnings.append(f"hooks of kind {kind!r} are not known and are ignored")
+            elif not isinstance(entries, list) or not all(isinstance(h, dict) and isinstance(h.get("path"), str)
+                                                          for h in entries):
+                raise BundleError(f"{config_path}: every {kind} hook needs a path")
         linux = config.get("linux") or {}
         limit = ((linux.get("resources") or {}).get("memory") or {}).get("limit") or 0
         if not isinstance(limit, int) or limit < 0:
@@ -108,7 +131,9 @@ class Bundle:
         return cls(path=path, args=args, env=env, cwd=cwd, rootfs=rootfs,
                    hostname=config.get("hostname") or "snapbox",
                    annotations=config.get("annotations") or {}, memory_limit=limit, mounts=mounts,
-                   user=(user.get("uid", 0), user.get("gid", 0)), terminal=terminal, warnings=warnings)
+                   user=(user.get("uid", 0), user.get("gid", 0)), terminal=terminal, rlimits=rlimits,
+                   no_new_privs=bool(process.get("noNewPrivileges")),
+                   hooks={k: v for k, v in hooks.items() if k in HOOK_KINDS}, warnings=warnings)
 
 
 def default_spec() -> dict:

@@ -21,6 +21,8 @@ import os
 import re
 import shutil
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import time
@@ -54,6 +56,30 @@ def _proc_start(pid: int) -> int | None:
     if fields[0] == b"Z":
         return None
     return int(fields[19])
+
+
+def _write_atomically(path: str, text: str) -> None:
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _console(socket_path: str) -> int:
+    """runc's --console-socket: make a pty, send its master over the socket, return the slave."""
+    import pty
+
+    master, slave = pty.openpty()
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.connect(socket_path)
+            sock.sendmsg([b"/dev/ptmx"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", master))])
+    except OSError as e:
+        os.close(slave)
+        raise SnapboxError(f"cannot send the console to {socket_path} ({e.strerror})") from None
+    finally:
+        os.close(master)
+    return slave
 
 
 def exit_code(status: int) -> int:
@@ -195,7 +221,8 @@ class Container:
 
     @classmethod
     def create(cls, root: str, cid: str, bundle: str, *, start: bool = False,
-               restore_image: str | None = None, options: Options | None = None) -> Container:
+               restore_image: str | None = None, options: Options | None = None,
+               pid_file: str | None = None, console_socket: str | None = None) -> Container:
         """Make the state dir and start a sandbox process (which owns the caller's stdio).
 
         With `restore_image`, the sandbox is restored from that image and started.
@@ -204,8 +231,9 @@ class Container:
 
         cls.check_id(cid)
         b = Bundle.load(bundle)
-        if b.terminal and not os.isatty(0):
-            raise SnapboxError("the bundle asks for a terminal (process.terminal) but stdin is not one")
+        if b.terminal and not os.isatty(0) and console_socket is None:
+            raise SnapboxError("the bundle asks for a terminal (process.terminal) but stdin is not one "
+                               "(pass --console-socket)")
         for w in b.warnings:
             print(f"snapbox: warning: {w}", file=sys.stderr)
         os.makedirs(root, mode=0o711, exist_ok=True)
@@ -215,30 +243,61 @@ class Container:
         except FileExistsError:
             raise SnapboxError(f'container "{cid}" already exists') from None
         c = cls(root, cid, {"id": cid, "status": CREATING, "bundle": b.path, "rootfs": b.rootfs,
-                            "annotations": b.annotations, "pid": 0, "pid_start": None,
+                            "annotations": b.annotations, "pid": 0, "pid_start": None, "hooks": b.hooks,
                             "created": datetime.datetime.now(datetime.timezone.utc).isoformat()})
         c.options = options or Options()
         try:
             c.save_state()
-            c._spawn(start=start or restore_image is not None, restore_image=restore_image)
+            c._spawn(restore_image=restore_image, console_socket=console_socket)
+            if pid_file:
+                _write_atomically(pid_file, f"{c.state['pid']}")
+            c.run_hooks("createRuntime", "prestart", "createContainer")
+            if start or restore_image is not None:
+                c._start()
         except BaseException:
             c._kill_sandbox()
             shutil.rmtree(cdir, ignore_errors=True)
             raise
         return c
 
-    def _spawn(self, start: bool, restore_image: str | None) -> None:
+    def run_hooks(self, *kinds: str, fatal: bool = True) -> None:
+        """Run the bundle's OCI hooks of `kinds` on the host, the state JSON on their stdin."""
+        state = json.dumps(self.oci_state()).encode()
+        for kind in kinds:
+            for hook in self.state.get("hooks", {}).get(kind, []):
+                argv = hook.get("args") or [hook["path"]]
+                try:
+                    p = subprocess.run([hook["path"], *argv[1:]], input=state, capture_output=True,
+                                       env=dict(e.split("=", 1) for e in hook.get("env", []) if "=" in e),
+                                       timeout=hook.get("timeout"))
+                    failed = p.returncode != 0
+                    why = p.stderr.decode(errors="replace").strip() or f"exit code {p.returncode}"
+                except (OSError, subprocess.TimeoutExpired) as e:
+                    failed, why = True, str(e)
+                if failed:
+                    message = f"{kind} hook {hook['path']} failed ({why})"
+                    if fatal:
+                        raise SnapboxError(message)
+                    print(f"snapbox: warning: {message}", file=sys.stderr)
+
+    def _spawn(self, restore_image: str | None, console_socket: str | None = None) -> None:
+        """Start the sandbox process; it is ready (created) when this returns."""
         r, w = os.pipe()
         cmd = [sys.executable, "-m", "snapbox", "--root", self.root, "boot", "--id", self.id,
                "--bundle", self.state["bundle"], "--ready-fd", str(w), *self.options.boot_args()]
-        if start:
-            cmd.append("--start")
         if restore_image is not None:
             cmd += ["--restore", restore_image]
+        stdio: dict[str, int] = {}
+        slave = -1
+        if console_socket is not None:
+            slave = _console(console_socket)
+            stdio = {"stdin": slave, "stdout": slave, "stderr": slave}
         try:
-            self.process = subprocess.Popen(cmd, pass_fds=(w,), start_new_session=True)
+            self.process = subprocess.Popen(cmd, pass_fds=(w,), start_new_session=True, **stdio)
         finally:
             os.close(w)
+            if slave >= 0:
+                os.close(slave)
         self.state["pid"] = self.process.pid
         self.state["pid_start"] = _proc_start(self.process.pid)
         with os.fdopen(r, "rb") as f:
@@ -251,7 +310,7 @@ class Container:
             self.process.wait()
             raise SnapboxError(reply.get("error") or
                                f"sandbox process failed to start (see {self.dir}/sandbox.log)")
-        self.state["status"] = RUNNING if start else CREATED
+        self.state["status"] = CREATED
         self.save_state()
 
     # -- operations ----------------------------------------------------------------------------
@@ -262,9 +321,14 @@ class Container:
     def start(self) -> None:
         with self.locked():
             self._require("start", CREATED)
-            self._call("start")
-            self.state["status"] = RUNNING
-            self.save_state()
+            self._start()
+
+    def _start(self) -> None:
+        self.run_hooks("startContainer")
+        self._call("start")
+        self.state["status"] = RUNNING
+        self.save_state()
+        self.run_hooks("poststart", fatal=False)
 
     def pause(self) -> None:
         with self.locked():
@@ -376,6 +440,8 @@ class Container:
                 raise ContainerStateError(
                     f'cannot delete container "{self.id}" in state {self.status} (use --force)')
             self._kill_sandbox()
+            self.state["status"] = STOPPED
+            self.run_hooks("poststop", fatal=False)
             try:
                 shutil.rmtree(self.dir)
             except OSError as e:

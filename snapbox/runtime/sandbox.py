@@ -287,9 +287,8 @@ def _setup_logging(path: str, log_format: str) -> None:
     logging.basicConfig(level=logging.INFO, handlers=[handler])
 
 
-def boot_main(root: str, cid: str, bundle_path: str, ready_fd: int, start: bool,
-              restore: str | None, debug_log: str | None = None, log_format: str = "text",
-              strace: bool = False) -> int:
+def boot_main(root: str, cid: str, bundle_path: str, ready_fd: int, restore: str | None,
+              debug_log: str | None = None, log_format: str = "text", strace: bool = False) -> int:
     """Entry point of the sandbox process. Returns its exit code."""
     cdir = os.path.join(root, cid)
     _setup_logging(debug_log or os.path.join(cdir, "sandbox.log"), log_format)
@@ -303,11 +302,16 @@ def boot_main(root: str, cid: str, bundle_path: str, ready_fd: int, start: bool,
             kernel = Kernel.boot(bundle.rootfs, [a.encode() for a in bundle.args],
                                  [e.encode() for e in bundle.env], bundle.cwd, bundle.hostname,
                                  memory_limit=bundle.memory_limit, mounts=bundle.mounts, user=bundle.user)
+        if restore is None:
+            init = kernel.tasks.init
+            init.rlimits.update(bundle.rlimits)
+            if 7 in bundle.rlimits:  # RLIMIT_NOFILE
+                init.fds.limit = min(bundle.rlimits[7][0], 1 << 20)
+            if bundle.no_new_privs:
+                init.prctl["no_new_privs"] = 1
         if strace:
             kernel.strace = tracer
         sandbox = Sandbox(kernel, cdir)
-        if start:
-            kernel.start()
     except SnapboxError as e:
         log.error("start failed: %s", e)
         ready.write(cbor2.dumps({"ok": False, "error": str(e)}))
