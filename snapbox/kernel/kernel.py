@@ -705,9 +705,16 @@ class Kernel:
         pidns.groups[tgid] = tg
         parent.children.append(tg)
         mm.attach(stub)
-        tid_bytes = tgid.to_bytes(4, "little")
+        self._start_child(t, child, stub.pid, flags, stack, ptid, ctid, tls)
+        return tgid
+
+    def _start_child(self, t: Task, child: Task, host_tid: int, flags: int, stack: int, ptid: int,
+                     ctid: int, tls: int) -> None:
+        """The clone(2) work common to a new process and a new thread: the tid words, the
+        registers and FP state of the caller (rax 0), then run it."""
+        tid_bytes = child.tid.to_bytes(4, "little")
         if flags & CLONE_CHILD_SETTID:
-            mm.write(ctid, tid_bytes)
+            child.mm.write(ctid, tid_bytes)
         if flags & CLONE_PARENT_SETTID:
             t.mm.write(ptid, tid_bytes)
         if flags & CLONE_CHILD_CLEARTID:
@@ -719,11 +726,10 @@ class Kernel:
             regs.rsp = stack
         if flags & CLONE_SETTLS:
             regs.fs_base = tls
-        ptrace.set_xstate(stub.pid, ptrace.get_xstate(t.host_tid, XSTATE_MAX))
-        self._bind(child, stub.pid, regs)
+        ptrace.set_xstate(host_tid, ptrace.get_xstate(t.host_tid, XSTATE_MAX))
+        self._bind(child, host_tid, regs)
         if not self.paused:
             self._resume(child)
-        return tgid
 
     def _stop_thread(self, task: Task) -> None:
         """Bring a running thread to a stop (so a syscall can be injected into it)."""
@@ -825,24 +831,7 @@ class Kernel:
         child = Task(tid=tid, tg=tg, kernel=self, comm=t.comm, signal_mask=t.signal_mask)
         tg.tasks.append(child)
         pidns.tasks[tid] = child
-        tid_bytes = tid.to_bytes(4, "little")
-        if flags & CLONE_CHILD_SETTID:
-            tg.mm.write(ctid, tid_bytes)
-        if flags & CLONE_PARENT_SETTID:
-            tg.mm.write(ptid, tid_bytes)
-        if flags & CLONE_CHILD_CLEARTID:
-            child.clear_child_tid = ctid
-        regs = ptrace.copy_regs(t.regs)
-        regs.rax = 0
-        regs.orig_rax = MASK64
-        if stack:
-            regs.rsp = stack
-        if flags & CLONE_SETTLS:
-            regs.fs_base = tls
-        ptrace.set_xstate(host_tid, ptrace.get_xstate(t.host_tid, XSTATE_MAX))
-        self._bind(child, host_tid, regs)
-        if not self.paused:
-            self._resume(child)
+        self._start_child(t, child, host_tid, flags, stack, ptid, ctid, tls)
         return tid
 
     def exit_group(self, tg: ThreadGroup, status: int) -> None:

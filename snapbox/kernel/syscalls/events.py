@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import struct
 
 from snapbox.kernel.errors import SyscallError, WouldBlock
 from snapbox.kernel.eventfiles import (
@@ -18,11 +17,10 @@ from snapbox.kernel.eventfiles import (
 from snapbox.kernel.fd import O_CLOEXEC, O_NONBLOCK
 from snapbox.kernel.syscalls import NR, i32, syscall
 from snapbox.kernel.syscalls.poll import _deadline
-from snapbox.kernel.syscalls.time import NSEC, clock_now
+from snapbox.kernel.syscalls.time import itimerspec_now, read_itimerspec
 from snapbox.kernel.time import MONOTONIC_CLOCKS, REALTIME_CLOCKS
 
 TFD_TIMER_ABSTIME = 1
-_ITIMERSPEC = struct.Struct("<qqqq")  # it_interval, it_value
 
 
 @syscall(NR.eventfd2)
@@ -55,36 +53,21 @@ def _timerfd(t, fd: int) -> TimerFd:
     return f
 
 
-def _current(t, f: TimerFd) -> bytes:
-    left = max(0, f.deadline - t.kernel.timekeeper.monotonic_ns()) if f.deadline else 0
-    return _ITIMERSPEC.pack(f.interval // NSEC, f.interval % NSEC, left // NSEC, left % NSEC)
-
-
 @syscall(NR.timerfd_settime)
 def timerfd_settime(t, fd, flags, new, old):
     f = _timerfd(t, fd)
-    isec, insec, vsec, vnsec = _ITIMERSPEC.unpack(t.mm.read(new, _ITIMERSPEC.size))
-    if min(isec, vsec) < 0 or not (0 <= insec < NSEC and 0 <= vnsec < NSEC):
-        raise SyscallError(errno.EINVAL)
+    deadline, interval = read_itimerspec(t, new, f.clock, bool(flags & TFD_TIMER_ABSTIME))
     if old:
-        t.mm.write(old, _current(t, f))
-    value = vsec * NSEC + vnsec
-    now = t.kernel.timekeeper.monotonic_ns()
-    if not value:
-        f.deadline = 0
-    elif flags & TFD_TIMER_ABSTIME:
-        f.deadline = now + max(0, value - clock_now(t, f.clock))
-    else:
-        f.deadline = now + value
-    f.interval = isec * NSEC + insec
-    f.expirations = 0
+        t.mm.write(old, itimerspec_now(t, f.deadline, f.interval))
+    f.deadline, f.interval, f.expirations = deadline, interval, 0
     f.arm(t.kernel)
     return 0
 
 
 @syscall(NR.timerfd_gettime)
 def timerfd_gettime(t, fd, cur):
-    t.mm.write(cur, _current(t, _timerfd(t, fd)))
+    f = _timerfd(t, fd)
+    t.mm.write(cur, itimerspec_now(t, f.deadline, f.interval))
     return 0
 
 

@@ -202,35 +202,43 @@ def _timer(t, timerid: int):
     return timer
 
 
-def _timer_now(t, timer) -> bytes:
-    left = max(0, timer.deadline - t.kernel.timekeeper.monotonic_ns()) if timer.deadline else 0
-    return _ITIMERSPEC.pack(*divmod(timer.interval, NSEC), *divmod(left, NSEC))
+def itimerspec_now(t, deadline: int, interval: int) -> bytes:
+    """struct itimerspec of a timer: its interval and the time left to `deadline` (0: disarmed)."""
+    left = max(0, deadline - t.kernel.timekeeper.monotonic_ns()) if deadline else 0
+    return _ITIMERSPEC.pack(*divmod(interval, NSEC), *divmod(left, NSEC))
+
+
+def read_itimerspec(t, addr: int, clock: int, absolute: bool) -> tuple[int, int]:
+    """A struct itimerspec being set: (sandbox-monotonic deadline or 0 to disarm, interval)."""
+    isec, insec, vsec, vnsec = _ITIMERSPEC.unpack(t.mm.read(addr, _ITIMERSPEC.size))
+    if min(isec, vsec) < 0 or not (0 <= insec < NSEC and 0 <= vnsec < NSEC):
+        raise SyscallError(errno.EINVAL)
+    value = vsec * NSEC + vnsec
+    now = t.kernel.timekeeper.monotonic_ns()
+    if not value:
+        deadline = 0
+    elif absolute:
+        deadline = now + max(0, value - clock_now(t, clock))
+    else:
+        deadline = now + value
+    return deadline, isec * NSEC + insec
 
 
 @syscall(NR.timer_settime)
 def timer_settime(t, timerid, flags, new, old):
     timer = _timer(t, timerid)
-    isec, insec, vsec, vnsec = _ITIMERSPEC.unpack(t.mm.read(new, _ITIMERSPEC.size))
-    if min(isec, vsec) < 0 or not (0 <= insec < NSEC and 0 <= vnsec < NSEC):
-        raise SyscallError(errno.EINVAL)
+    deadline, interval = read_itimerspec(t, new, timer.clock, bool(i32(flags) & TIMER_ABSTIME))
     if old:
-        t.mm.write(old, _timer_now(t, timer))
-    value = vsec * NSEC + vnsec
-    now = t.kernel.timekeeper.monotonic_ns()
-    if not value:
-        timer.deadline = 0
-    elif i32(flags) & TIMER_ABSTIME:
-        timer.deadline = now + max(0, value - clock_now(t, timer.clock))
-    else:
-        timer.deadline = now + value
-    timer.interval = isec * NSEC + insec
+        t.mm.write(old, itimerspec_now(t, timer.deadline, timer.interval))
+    timer.deadline, timer.interval = deadline, interval
     timer.arm(t.kernel, t.tg)
     return 0
 
 
 @syscall(NR.timer_gettime)
 def timer_gettime(t, timerid, cur):
-    t.mm.write(cur, _timer_now(t, _timer(t, timerid)))
+    timer = _timer(t, timerid)
+    t.mm.write(cur, itimerspec_now(t, timer.deadline, timer.interval))
     return 0
 
 
