@@ -168,7 +168,7 @@ class Kernel:
              user: tuple[int, int] = (0, 0)) -> Kernel:
         """A kernel with one process (pid 1) ready to run argv[0], stdio = ours; its
         memory (all processes together) limited to `memory_limit` bytes if not 0; `mounts`
-        are ("tmpfs", destination, "") and ("bind", destination, host source) entries."""
+        are ("tmpfs", destination, "") and ("bind" or "rw-bind", destination, host source) entries."""
         memfile = MemoryFile(limit=memory_limit)
         fs = Filesystem(rootfs=rootfs, memfile=memfile)
         mount_dev(fs, terminal=os.isatty(0))
@@ -179,7 +179,7 @@ class Kernel:
                 if kind == "tmpfs":
                     fs.mount_tmpfs(destination)
                 else:
-                    fs.mount_bind(destination, source)
+                    fs.mount_bind(destination, source, writable=kind == "rw-bind")
             except SyscallError as e:
                 raise SnapboxError(f"cannot mount {destination} ({e})") from None
         k.tasks.init = k.spawn(argv, env, cwd, creds=user)

@@ -58,10 +58,10 @@ class Lower:
                 raise SyscallError(e.errno, f"rootfs {self.path}") from None
         return self.fd
 
-    def open(self, rel: str, flags: int = os.O_RDONLY) -> int:
+    def open(self, rel: str, flags: int = os.O_RDONLY, mode: int = 0) -> int:
         """Open `rel` (relative to the rootfs, no symlinks in it) and return a host fd."""
         rel = rel or "."
-        how = _OpenHow(flags | os.O_CLOEXEC | os.O_NOFOLLOW, 0,
+        how = _OpenHow(flags | os.O_CLOEXEC | os.O_NOFOLLOW, mode if flags & os.O_CREAT else 0,
                        _RESOLVE_BENEATH | _RESOLVE_NO_SYMLINKS | _RESOLVE_NO_MAGICLINKS)
         fd = _libc.syscall(_SYS_OPENAT2, self.dirfd, rel.encode(), ctypes.byref(how), ctypes.sizeof(how))
         if fd < 0:
@@ -83,6 +83,18 @@ class Lower:
             return _readlink_fd(fd)
         finally:
             os.close(fd)
+
+    def at(self, rel: str, op, *args, **kwargs):
+        """Run os.op(basename, *args, dir_fd=<its directory, opened beneath>): how a
+        read-write bind mount changes its host directory."""
+        parent, _, name = rel.rpartition("/")
+        dirfd = self.open(parent, os.O_PATH | os.O_DIRECTORY)
+        try:
+            return op(name, *args, dir_fd=dirfd, **kwargs)
+        except OSError as e:
+            raise SyscallError(e.errno) from None
+        finally:
+            os.close(dirfd)
 
     def listdir(self, rel: str) -> list[str]:
         fd = self.open(rel, os.O_RDONLY | os.O_DIRECTORY)
@@ -260,7 +272,8 @@ class Filesystem:
     memfile: MemoryFile
     root: Dir | None = None
     next_ino: int = 2
-    binds: list = field(default_factory=list)  # host directories of read-only bind mounts (layers 1...)
+    binds: list = field(default_factory=list)  # host directories of bind mounts (layers 1...)
+    rw_layers: set = field(default_factory=set)  # layers mounted read-write: changes go to the host
     lowers: list = nosave(list)  # Lower of each layer: the rootfs, then each bind
     lock_queues: dict = nosave(dict)  # id(inode) -> WaitQueue of tasks waiting for its locks
 
@@ -308,6 +321,7 @@ class Filesystem:
             return node
         if d.lower is None or name in d.whiteouts:
             raise SyscallError(errno.ENOENT)
+        rw = d.layer in self.rw_layers  # the host may change it: look each time, keep nothing
         rel = f"{d.lower}/{name}" if d.lower else name
         try:
             s = self.host(d.layer).lstat(rel)
@@ -321,7 +335,8 @@ class Filesystem:
             node = LowerNode(ino=self.new_ino(), mode=s.st_mode, uid=s.st_uid, gid=s.st_gid,
                              nlink=s.st_nlink, atime=s.st_atime_ns, mtime=s.st_mtime_ns,
                              ctime=s.st_ctime_ns, path=rel, length=s.st_size, rdev=s.st_rdev, layer=d.layer)
-        d.entries[name] = node
+        if not rw:
+            d.entries[name] = node
         return node
 
     def _mount_point(self, destination: str) -> tuple[Dir, str]:
@@ -353,8 +368,9 @@ class Filesystem:
         parent, name = self._mount_point(destination)
         self.make_dir(parent, name, mode)
 
-    def mount_bind(self, destination: str, source: str) -> None:
-        """Host file or directory `source`, read-only, at `destination`."""
+    def mount_bind(self, destination: str, source: str, writable: bool = False) -> None:
+        """Host file or directory `source` at `destination`, read-only unless `writable`
+        (then the sandbox's changes go to the host, and are not part of a checkpoint)."""
         if not os.path.exists(source):
             raise SyscallError(errno.ENOENT, f"bind mount source {source} does not exist")
         parent, name = self._mount_point(destination)
@@ -370,6 +386,8 @@ class Filesystem:
             node = LowerNode(ino=self.new_ino(), mode=s.st_mode, uid=s.st_uid, gid=s.st_gid, nlink=1,
                              atime=s.st_atime_ns, mtime=s.st_mtime_ns, ctime=s.st_ctime_ns,
                              path=os.path.basename(source), length=s.st_size, layer=layer)
+        if writable:
+            self.rw_layers.add(len(self.lowers) - 1)
         parent.entries[name] = node
         parent.whiteouts.discard(name)
 
@@ -502,8 +520,14 @@ class RegularFile(OpenFile):
 
     def _host(self) -> int:
         if self.host_fd < 0:
-            self.host_fd = self.fs.host(self.node.layer).open(self.node.path, os.O_RDONLY)
+            node = self.node
+            mode = self.flags & 3 if node.layer in self.fs.rw_layers else os.O_RDONLY
+            self.host_fd = self.fs.host(node.layer).open(node.path, mode)
         return self.host_fd
+
+    def _on_host(self) -> bool:
+        """A file of a read-write bind mount: reads and writes go to the host file."""
+        return isinstance(self.node, LowerNode) and self.node.layer in self.fs.rw_layers
 
     def read(self, t, count: int, offset: int | None = None) -> bytes:
         pos = self.offset if offset is None else offset
@@ -517,6 +541,13 @@ class RegularFile(OpenFile):
 
     def write(self, t, data: bytes, offset: int | None = None) -> int:
         node = self.node
+        if self._on_host():
+            fd = self._host()
+            pos = offset if offset is not None else (os.fstat(fd).st_size if self.flags & O_APPEND else self.offset)
+            n = os.pwrite(fd, data, pos)
+            if offset is None:
+                self.offset = pos + n
+            return n
         if not isinstance(node, MemRegular):
             raise SyscallError(errno.EBADF)
         if offset is None:
@@ -534,7 +565,7 @@ class RegularFile(OpenFile):
         elif whence == os.SEEK_CUR:
             pos = self.offset + offset
         elif whence == os.SEEK_END:
-            pos = self.node.size() + offset
+            pos = (os.fstat(self._host()).st_size if self._on_host() else self.node.size()) + offset
         else:
             raise SyscallError(errno.EINVAL)
         if pos < 0:
@@ -543,11 +574,12 @@ class RegularFile(OpenFile):
         return pos
 
     def stat(self) -> dict:
-        return self.node.stat()
-
-    def truncate_on_open(self) -> None:
-        if self.flags & O_TRUNC and isinstance(self.node, MemRegular):
-            self.node.truncate(0)
+        out = self.node.stat()
+        if self._on_host():
+            h = os.fstat(self._host())
+            out.update(size=h.st_size, blocks=h.st_blocks, mode=h.st_mode, mtime=h.st_mtime_ns,
+                       ctime=h.st_ctime_ns, atime=h.st_atime_ns)
+        return out
 
     def release(self) -> None:
         if self.host_fd >= 0:

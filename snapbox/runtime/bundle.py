@@ -40,7 +40,8 @@ class Bundle:
     rlimits: dict = field(default_factory=dict)  # RLIMIT_* number -> (soft, hard)
     no_new_privs: bool = False  # process.noNewPrivileges
     hooks: dict = field(default_factory=dict)  # kind -> [{"path", "args", "env", "timeout"}]
-    mounts: list = field(default_factory=list)  # ("tmpfs", destination, "") or ("bind", destination, source)
+    # ("tmpfs", destination, ""), or ("bind" / "rw-bind", destination, host source)
+    mounts: list = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)  # config fields snapbox ignores
 
     @classmethod
@@ -122,10 +123,7 @@ class Bundle:
                 source = os.path.join(path, m.get("source", ""))
                 if not os.path.exists(source):
                     raise BundleError(f"{config_path}: bind mount source {source} does not exist")
-                if "ro" not in options:
-                    raise BundleError(f"{config_path}: read-write bind mounts are not supported yet ({dest}); "
-                                      "add \"ro\" to its options")
-                mounts.append(("bind", dest, source))
+                mounts.append(("bind" if "ro" in options else "rw-bind", dest, source))
             else:
                 warnings.append(f"mount of type {kind!r} on {dest} is not supported and is ignored")
         return cls(path=path, args=args, env=env, cwd=cwd, rootfs=rootfs,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import os
 import random
 import re
 import subprocess
@@ -263,3 +264,30 @@ def test_tmpfs_and_read_only_bind_mounts(snapbox, images, tmp_path):
     assert "snapbox: warning: mount of type 'sysfs' on /sys is not supported and is ignored" in p.stderr
     assert "Read-only file system" in p.stderr
     assert not (data / "new").exists()
+
+
+def test_read_write_bind_mount_changes_the_host(snapbox, images, tmp_path):
+    vol = tmp_path / "vol"
+    vol.mkdir()
+    (vol / "existing.txt").write_text("orig\n")
+    outside = tmp_path / "outside.txt"
+    outside.write_text("untouched\n")
+    script = ("cd /vol && echo new > made.txt && echo more >> existing.txt && mkdir sub && "
+              "mv made.txt sub/moved.txt && ln -s existing.txt link && chmod 600 existing.txt && "
+              f"ln -s {outside} escape && echo x > escape; cat escape; rm -f gone; ls | sort | tr '\\n' ' '")
+    bundle = tmp_path / "rw"
+    bundle.mkdir()
+    (bundle / "config.json").write_text(json.dumps({
+        "ociVersion": "1.0.2",
+        "process": {"args": ["/bin/sh", "-c", script], "env": ["PATH=/bin"], "cwd": "/"},
+        "root": {"path": str(images / "busybox" / "rootfs")},
+        "mounts": [{"destination": "/vol", "type": "bind", "source": str(vol), "options": ["rbind", "rw"]}],
+    }))
+    p = snapbox("run", "--bundle", str(bundle), "rw", check=False)
+    assert p.stdout.endswith("escape existing.txt link sub ")
+    assert (vol / "existing.txt").read_text() == "orig\nmore\n"
+    assert (vol / "existing.txt").stat().st_mode & 0o777 == 0o600
+    assert (vol / "sub" / "moved.txt").read_text() == "new\n"
+    assert os.readlink(vol / "link") == "existing.txt"
+    # A symlink the sandbox makes is followed in sandbox terms: the host file stays as it was.
+    assert outside.read_text() == "untouched\n"

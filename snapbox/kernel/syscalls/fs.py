@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import os
 import stat as st
 import struct
 
@@ -57,10 +58,24 @@ def _start_dir(t, dirfd: int, path: bytes):
     return f.node
 
 
-def writable(node) -> None:
-    """EROFS for anything inside a read-only bind mount (a layer other than the rootfs)."""
-    if getattr(node, "layer", 0):
+def on_host(t, node):
+    """The host directory (a Lower) holding `node` if it is in a read-write bind mount, None
+    if it is in the in-memory layer; EROFS in a read-only bind mount."""
+    layer = getattr(node, "layer", 0)
+    if not layer:
+        return None
+    fs = t.kernel.fs
+    if layer not in fs.rw_layers:
         raise SyscallError(errno.EROFS)
+    return fs.host(layer)
+
+
+def host_path(node, name: str | None = None) -> str:
+    """A node's path in its host directory (or that of `name` inside directory `node`)."""
+    base = node.lower if isinstance(node, Dir) else node.path
+    if name is None:
+        return base
+    return f"{base}/{name}" if base else name
 
 
 def lookup(t, dirfd: int, path_addr: int, follow: bool = True, empty_ok: bool = False):
@@ -98,8 +113,13 @@ def open_node(t, dirfd: int, path_addr: int, flags: int, mode: int) -> int:
             raise SyscallError(errno.EACCES)
         if name in (".", ".."):
             raise SyscallError(errno.EISDIR)
-        writable(parent)
-        node = fs.create_regular(parent, name, mode & ~t.fs.umask, 0, 0)
+        host = on_host(t, parent)
+        if host is not None:
+            fd = host.open(host_path(parent, name), os.O_CREAT | os.O_EXCL | os.O_WRONLY, mode & ~t.fs.umask)
+            os.close(fd)
+            node = fs.lookup(parent, name)
+        else:
+            node = fs.create_regular(parent, name, mode & ~t.fs.umask, 0, 0)
     elif flags & O_CREAT and flags & O_EXCL:
         raise SyscallError(errno.EEXIST)
     if st.S_ISLNK(node.mode) and not flags & O_PATH:
@@ -124,10 +144,14 @@ def open_node(t, dirfd: int, path_addr: int, flags: int, mode: int) -> int:
     else:
         if isinstance(node, LowerNode) and not st.S_ISREG(node.mode) and not flags & O_PATH:
             raise SyscallError(errno.ENXIO, "device and fifo nodes of the rootfs are not supported")
+        host = None
         if accmode != O_RDONLY and not flags & O_PATH and isinstance(node, LowerNode):
-            writable(node)
-            node = fs.copy_up(parent, name, node)
+            host = on_host(t, node)
+            if host is None:
+                node = fs.copy_up(parent, name, node)
         f = RegularFile(flags=flags & ~O_CLOEXEC, fs=fs, node=node, name=path.decode("utf-8", "replace"))
+        if host is not None:
+            f.host_fd = host.open(node.path, accmode | (os.O_TRUNC if flags & O_TRUNC else 0))
         if isinstance(node, MemRegular):
             node.opens += 1
         if accmode != O_RDONLY and isinstance(node, MemRegular) and flags & O_TRUNC:
@@ -474,8 +498,13 @@ def ftruncate(t, fd, length):
     f = t.fds.get(i32(fd))
     if i64(length) < 0 or not isinstance(f, RegularFile):
         raise SyscallError(errno.EINVAL)
-    if not f.writable() or not isinstance(f.node, MemRegular):
-        raise SyscallError(errno.EINVAL if not f.writable() else errno.EBADF)
+    if not f.writable():
+        raise SyscallError(errno.EINVAL)
+    if f._on_host():
+        os.ftruncate(f._host(), i64(length))
+        return 0
+    if not isinstance(f.node, MemRegular):
+        raise SyscallError(errno.EBADF)
     f.node.truncate(i64(length))
     return 0
 
@@ -487,7 +516,10 @@ def mkdirat(t, dirfd, path, mode):
         raise SyscallError(errno.EEXIST)
     if isinstance(parent, ProcDir):
         raise SyscallError(errno.EACCES)
-    writable(parent)
+    host = on_host(t, parent)
+    if host is not None:
+        host.at(host_path(parent, name), os.mkdir, mode & 0o7777 & ~t.fs.umask)
+        return 0
     t.kernel.fs.make_dir(parent, name, mode & ~t.fs.umask)
     return 0
 
@@ -514,8 +546,11 @@ def unlinkat(t, dirfd, path, flags):
             raise SyscallError(errno.ENOTEMPTY)
     elif node.is_dir():
         raise SyscallError(errno.EISDIR)
-    writable(parent)
-    writable(node)
+    host = on_host(t, parent)
+    if host is not None:
+        host.at(host_path(parent, name), os.rmdir if flags & AT_REMOVEDIR else os.unlink)
+        return 0
+    on_host(t, node)
     parent.entries.pop(name, None)
     if parent.lower is not None:
         parent.whiteouts.add(name)
@@ -685,8 +720,20 @@ def renameat2(t, olddirfd, oldpath, newdirfd, newpath, flags):
         raise SyscallError(errno.ENOENT)
     if old_name in (".", "..") or new_name in (".", ".."):
         raise SyscallError(errno.EBUSY)
-    for d in (old_parent, new_parent, node):
-        writable(d)
+    hosts = [on_host(t, x) for x in (old_parent, new_parent)]
+    if hosts[0] is not None or hosts[1] is not None:
+        if hosts[0] is not hosts[1]:
+            raise SyscallError(errno.EXDEV)
+        if flags & RENAME_NOREPLACE and target is not None:
+            raise SyscallError(errno.EEXIST)
+        src = hosts[0].open(host_path(old_parent), os.O_PATH | os.O_DIRECTORY)
+        try:
+            hosts[0].at(host_path(new_parent, new_name), lambda n, dir_fd: os.rename(
+                old_name, n, src_dir_fd=src, dst_dir_fd=dir_fd))
+        finally:
+            os.close(src)
+        return 0
+    on_host(t, node)
     if target is node:
         return 0
     if target is not None:
@@ -744,8 +791,18 @@ def linkat(t, olddirfd, oldpath, newdirfd, newpath, flags):
     new_parent, new_name, target, _ = lookup(t, i32(newdirfd), newpath, follow=False)
     if target is not None:
         raise SyscallError(errno.EEXIST)
-    writable(new_parent)
-    writable(node)
+    host = on_host(t, new_parent)
+    if host is not None:
+        if on_host(t, node) is not host:
+            raise SyscallError(errno.EXDEV)
+        src = host.open(host_path(parent), os.O_PATH | os.O_DIRECTORY)
+        try:
+            host.at(host_path(new_parent, new_name), lambda n, dir_fd: os.link(
+                name, n, src_dir_fd=src, dst_dir_fd=dir_fd, follow_symlinks=False))
+        finally:
+            os.close(src)
+        return 0
+    on_host(t, node)
     if isinstance(node, LowerNode) and st.S_ISREG(node.mode):
         node = t.kernel.fs.copy_up(parent, name, node)
     node.nlink += 1
@@ -768,7 +825,10 @@ def symlinkat(t, target, newdirfd, linkpath):
     parent, name, node, _ = lookup(t, i32(newdirfd), linkpath, follow=False)
     if node is not None:
         raise SyscallError(errno.EEXIST)
-    writable(parent)
+    host = on_host(t, parent)
+    if host is not None:
+        host.at(host_path(parent, name), lambda n, dir_fd: os.symlink(content, n, dir_fd=dir_fd))
+        return 0
     now = now_ns()
     parent.entries[name] = MemSymlink(ino=t.kernel.fs.new_ino(), mode=st.S_IFLNK | 0o777, atime=now,
                                       mtime=now, ctime=now, target=content)
@@ -794,8 +854,11 @@ def _node_of(t, dirfd: int, path: int, flags: int):
     return node
 
 
-def _chmod(node, mode: int) -> int:
-    writable(node)
+def _chmod(t, node, mode: int) -> int:
+    host = on_host(t, node)
+    if host is not None:
+        host.at(host_path(node), os.chmod, mode & 0o7777)
+        return 0
     node.mode = (node.mode & ~0o7777) | (mode & 0o7777)
     node.ctime = now_ns()
     return 0
@@ -803,12 +866,12 @@ def _chmod(node, mode: int) -> int:
 
 @syscall(NR.fchmodat)
 def fchmodat(t, dirfd, path, mode):
-    return _chmod(_node_of(t, i32(dirfd), path, 0), mode)
+    return _chmod(t, _node_of(t, i32(dirfd), path, 0), mode)
 
 
 @syscall(NR.chmod)
 def chmod(t, path, mode):
-    return _chmod(_node_of(t, AT_FDCWD, path, 0), mode)
+    return _chmod(t, _node_of(t, AT_FDCWD, path, 0), mode)
 
 
 @syscall(NR.fchmod)
@@ -816,11 +879,15 @@ def fchmod(t, fd, mode):
     node = getattr(t.fds.get(i32(fd)), "node", None)
     if node is None:
         raise SyscallError(errno.EPERM)
-    return _chmod(node, mode)
+    return _chmod(t, node, mode)
 
 
-def _chown(node, uid: int, gid: int) -> int:
-    writable(node)
+def _chown(t, node, uid: int, gid: int) -> int:
+    host = on_host(t, node)
+    if host is not None:
+        host.at(host_path(node), lambda n, dir_fd: os.chown(n, i32(uid), i32(gid), dir_fd=dir_fd,
+                                                             follow_symlinks=False))
+        return 0
     if i32(uid) != -1:
         node.uid = uid & 0xFFFFFFFF
     if i32(gid) != -1:
@@ -831,17 +898,17 @@ def _chown(node, uid: int, gid: int) -> int:
 
 @syscall(NR.fchownat)
 def fchownat(t, dirfd, path, uid, gid, flags):
-    return _chown(_node_of(t, i32(dirfd), path, i32(flags)), uid, gid)
+    return _chown(t, _node_of(t, i32(dirfd), path, i32(flags)), uid, gid)
 
 
 @syscall(NR.chown)
 def chown(t, path, uid, gid):
-    return _chown(_node_of(t, AT_FDCWD, path, 0), uid, gid)
+    return _chown(t, _node_of(t, AT_FDCWD, path, 0), uid, gid)
 
 
 @syscall(NR.lchown)
 def lchown(t, path, uid, gid):
-    return _chown(_node_of(t, AT_FDCWD, path, AT_SYMLINK_NOFOLLOW), uid, gid)
+    return _chown(t, _node_of(t, AT_FDCWD, path, AT_SYMLINK_NOFOLLOW), uid, gid)
 
 
 @syscall(NR.fchown)
@@ -849,7 +916,7 @@ def fchown(t, fd, uid, gid):
     node = getattr(t.fds.get(i32(fd)), "node", None)
     if node is None:
         raise SyscallError(errno.EPERM)
-    return _chown(node, uid, gid)
+    return _chown(t, node, uid, gid)
 
 
 UTIME_NOW, UTIME_OMIT = (1 << 30) - 1, (1 << 30) - 2
@@ -864,7 +931,7 @@ def utimensat(t, dirfd, path, times, flags):
         node = getattr(t.fds.get(i32(dirfd)), "node", None)
         if node is None:
             raise SyscallError(errno.EBADF)
-    writable(node)
+    host = on_host(t, node)
     now = now_ns()
     stamps = [(0, UTIME_NOW), (0, UTIME_NOW)] if not times else \
         [struct.unpack_from("<qq", t.mm.read(times, 32), i * 16) for i in range(2)]
@@ -875,6 +942,9 @@ def utimensat(t, dirfd, path, times, flags):
             raise SyscallError(errno.EINVAL)
         setattr(node, attr, now if nsec == UTIME_NOW else sec * 10**9 + nsec)
     node.ctime = now
+    if host is not None:
+        host.at(host_path(node), lambda n, dir_fd: os.utime(n, ns=(node.atime, node.mtime), dir_fd=dir_fd,
+                                                             follow_symlinks=False))
     return 0
 
 
@@ -887,7 +957,14 @@ def truncate(t, path, length):
         raise SyscallError(errno.ENOENT)
     if node.is_dir():
         raise SyscallError(errno.EISDIR)
-    writable(node)
+    host = on_host(t, node)
+    if host is not None:
+        fd = host.open(node.path, os.O_WRONLY)
+        try:
+            os.ftruncate(fd, i64(length))
+        finally:
+            os.close(fd)
+        return 0
     if isinstance(node, LowerNode):
         node = t.kernel.fs.copy_up(parent, name, node)
     if not isinstance(node, MemRegular):
@@ -904,7 +981,8 @@ def mknodat(t, dirfd, path, mode, dev):
         raise SyscallError(errno.EEXIST)
     if isinstance(parent, ProcDir):
         raise SyscallError(errno.EACCES)
-    writable(parent)
+    if on_host(t, parent) is not None:
+        raise SyscallError(errno.EPERM, "special files in a read-write bind mount are not supported")
     perm = mode & 0o7777 & ~t.fs.umask
     if kind == st.S_IFREG:
         t.kernel.fs.create_regular(parent, name, perm, t.tg.creds[1], t.tg.creds[4])
