@@ -316,7 +316,13 @@ class Container:
     # -- operations ----------------------------------------------------------------------------
 
     def _call(self, op: str, **args: Any) -> dict[str, Any]:
-        return control.call(self.control_path, op, **args)
+        try:
+            return control.call(self.control_path, op, **args)
+        except control.ControlError:
+            if not self.alive():
+                # It ended while we asked (the program exited): say so, not "connection reset".
+                raise ContainerStateError(f'container "{self.id}" stopped before it could {op}') from None
+            raise
 
     def start(self) -> None:
         with self.locked():
@@ -410,8 +416,8 @@ class Container:
             fds.append(progress_fd)
         with self.locked():
             self._require("checkpoint", RUNNING, PAUSED)
-            reply = control.call(self.control_path, "checkpoint", timeout=None, fds=fds, path=path,
-                                 leave_running=leave_running, compress=compress, **args)
+            reply = self._call("checkpoint", timeout=None, fds=fds, path=path,
+                               leave_running=leave_running, compress=compress, **args)
             if not leave_running:
                 self._wait_gone(5.0)
                 self.state["status"] = STOPPED
