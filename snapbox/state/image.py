@@ -114,7 +114,7 @@ class ImageReader:
                 raise ImageError("image is empty")
             raise ImageError("image is truncated (in the header)")
         if magic != MAGIC:
-            raise ImageError("file is not a snapbox image (bad magic)")
+            raise ImageError("image is not a snapbox image (wrong magic)")
         (version,) = _U16.unpack(_read_exact(f, 2, "the header"))
         if version > FORMAT_VERSION:
             raise ImageError(

@@ -336,7 +336,7 @@ class _Decoder:
                 return
             if any(o is obj for o in active):
                 chain = " -> ".join(type(o).__name__ for o in active + [obj])
-                raise ImageError(f"after_load dependency cycle: {chain}")
+                raise ImageError(f"image cannot be loaded: after_load dependency cycle {chain}")
             active.append(obj)
             for name in getattr(type(obj), "load_after", ()):
                 dep = getattr(obj, name, None)

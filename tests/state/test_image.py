@@ -57,7 +57,7 @@ def test_every_single_bit_flip_is_caught():
 
 def test_wrong_magic_and_newer_version():
     data = make_image()
-    with pytest.raises(ImageError, match="not a snapbox image"):
+    with pytest.raises(ImageError, match="image is not a snapbox image"):
         read_all(b"NOTANIMG" + data[8:])
     newer = MAGIC + struct.pack("<H", FORMAT_VERSION + 1) + data[10:]
     with pytest.raises(ImageError, match=f"version {FORMAT_VERSION + 1} is newer"):

@@ -146,5 +146,5 @@ def test_after_load_dependency_cycles_are_reported():
     a = Dep("a")
     b = Dep("b", needs=a)
     a.needs = b
-    with pytest.raises(ImageError, match="after_load dependency cycle: Dep -> Dep -> Dep"):
+    with pytest.raises(ImageError, match="after_load dependency cycle Dep -> Dep -> Dep"):
         decode_graph(encode_graph(a))
