@@ -18,17 +18,15 @@ PT_LOAD, PT_INTERP, PT_PHDR = 1, 3, 6
 ET_EXEC, ET_DYN = 2, 3
 EM_X86_64 = 62
 PF_X, PF_W, PF_R = 1, 2, 4
-# Where a static-PIE program is placed (Linux's ELF_ET_DYN_BASE without randomisation).
+# Where a PIE program is placed (Linux's ELF_ET_DYN_BASE without randomisation), and its
+# program interpreter (the dynamic loader), which Linux puts where mmap would.
 PIE_BASE = 0x555555554000
+INTERP_BASE = 0x7FFFF7FC0000 - (64 << 20)
 
 AT_NULL, AT_PHDR, AT_PHENT, AT_PHNUM, AT_PAGESZ, AT_BASE, AT_FLAGS, AT_ENTRY = 0, 3, 4, 5, 6, 7, 8, 9
 AT_UID, AT_EUID, AT_GID, AT_EGID, AT_PLATFORM, AT_HWCAP, AT_CLKTCK = 11, 12, 13, 14, 15, 16, 17
 AT_SECURE, AT_RANDOM, AT_HWCAP2, AT_EXECFN, AT_MINSIGSTKSZ = 23, 25, 26, 31, 51
 MINSIGSTKSZ = 2048
-
-
-class NotStatic(SyscallError):
-    """The program needs a dynamic loader (PT_INTERP)."""
 
 
 @dataclass
@@ -38,6 +36,8 @@ class LoadedImage:
     phnum: int
     phent: int
     end: int  # page-aligned end of the highest segment: where brk starts
+    interp: str = ""  # PT_INTERP: the dynamic loader to run first ("" for a static program)
+    base: int = 0  # where the image was placed (AT_BASE, for an interpreter)
 
 
 def _prot(flags: int) -> int:
@@ -45,8 +45,9 @@ def _prot(flags: int) -> int:
         (PROT_EXEC if flags & PF_X else 0)
 
 
-def load(mm: MemoryManager, data: bytes, path: str) -> LoadedImage:
-    """Map the PT_LOAD segments of `data` into `mm`. Raises ENOEXEC for what it cannot run."""
+def load(mm: MemoryManager, data: bytes, path: str, base: int | None = None) -> LoadedImage:
+    """Map the PT_LOAD segments of `data` into `mm` (a position-independent one at `base`,
+    default PIE_BASE). Raises ENOEXEC for what it cannot run."""
     if len(data) < _EHDR.size or data[:4] != b"\x7fELF":
         raise SyscallError(errno.ENOEXEC, "not an ELF file")
     ident, etype, machine, _, entry, phoff, _, _, _, phent, phnum, _, _, _ = _EHDR.unpack_from(data)
@@ -55,9 +56,13 @@ def load(mm: MemoryManager, data: bytes, path: str) -> LoadedImage:
     if phent != _PHDR.size or phnum == 0 or phoff + phnum * phent > len(data):
         raise SyscallError(errno.ENOEXEC, "bad program headers")
     phdrs = [_PHDR.unpack_from(data, phoff + i * phent) for i in range(phnum)]
-    if any(p[0] == PT_INTERP for p in phdrs):
-        raise NotStatic(errno.ENOEXEC, "dynamically linked programs are not supported yet")
-    base = PIE_BASE if etype == ET_DYN else 0
+    interp = ""
+    for ptype, _, offset, _, _, filesz, _, _ in phdrs:
+        if ptype == PT_INTERP:
+            if offset + filesz > len(data) or filesz < 2:
+                raise SyscallError(errno.ENOEXEC, "bad PT_INTERP")
+            interp = data[offset : offset + filesz].rstrip(b"\0").decode("utf-8", "replace")
+    base = (PIE_BASE if base is None else base) if etype == ET_DYN else 0
     loads = [p for p in phdrs if p[0] == PT_LOAD]
     if not loads:
         raise SyscallError(errno.ENOEXEC, "no loadable segments")
@@ -82,11 +87,12 @@ def load(mm: MemoryManager, data: bytes, path: str) -> LoadedImage:
         for _, _, offset, vaddr, _, filesz, _, _ in loads:
             if offset <= phoff < offset + filesz:
                 phdr_addr = base + vaddr + (phoff - offset)
-    return LoadedImage(entry=base + entry, phdr=phdr_addr, phnum=phnum, phent=phent, end=mapped_end)
+    return LoadedImage(entry=base + entry, phdr=phdr_addr, phnum=phnum, phent=phent, end=mapped_end,
+                       interp=interp, base=base)
 
 
 def build_stack(mm: MemoryManager, image: LoadedImage, argv: list[bytes], envp: list[bytes],
-                execfn: bytes, hwcap: int) -> int:
+                execfn: bytes, hwcap: int, interp_base: int = 0) -> int:
     """Map the main stack and lay out argc, argv, envp and auxv; returns the initial rsp."""
     mm.map_anonymous(STACK_TOP - STACK_SIZE, STACK_SIZE, PROT_READ | PROT_WRITE, fixed=True, kind="stack")
     sp = STACK_TOP
@@ -105,7 +111,7 @@ def build_stack(mm: MemoryManager, image: LoadedImage, argv: list[bytes], envp: 
     random = push(os.urandom(16))
     auxv = [
         (AT_PHDR, image.phdr), (AT_PHENT, image.phent), (AT_PHNUM, image.phnum),
-        (AT_PAGESZ, PAGE_SIZE), (AT_BASE, 0), (AT_FLAGS, 0), (AT_ENTRY, image.entry),
+        (AT_PAGESZ, PAGE_SIZE), (AT_BASE, interp_base), (AT_FLAGS, 0), (AT_ENTRY, image.entry),
         (AT_UID, 0), (AT_EUID, 0), (AT_GID, 0), (AT_EGID, 0), (AT_SECURE, 0),
         (AT_RANDOM, random), (AT_HWCAP, hwcap), (AT_HWCAP2, 0), (AT_CLKTCK, 100),
         (AT_PLATFORM, platform), (AT_EXECFN, execfn_addr), (AT_MINSIGSTKSZ, MINSIGSTKSZ),

@@ -214,9 +214,7 @@ class Kernel:
         mm = MemoryManager(memfile=self.memfile)
         exe = _resolved(parent, name)
         try:
-            image = elf.load(mm, data, exe)
-            mm.brk_start = mm.brk = image.end
-            sp = elf.build_stack(mm, image, argv, env, path, self.features.hwcap())
+            image, entry, sp = self._load_program(mm, data, exe, argv, env, path, cwd_node)
         except SyscallError as e:
             mm.release_all()
             raise SnapboxError(f"cannot run {exe}: {e.args[1] or os.strerror(e.errno)}") from None
@@ -240,12 +238,33 @@ class Kernel:
         for reg in ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "r8", "r9", "r10", "r11",
                     "r12", "r13", "r14", "r15", "fs_base", "gs_base"):
             setattr(regs, reg, 0)
-        regs.rip = image.entry
+        regs.rip = entry
         regs.rsp = sp
         self._bind(task, stub.pid, regs)
         if not self.paused and self.tasks.init is not None:
             self._resume(task)
         return tg
+
+    def _load_program(self, mm: MemoryManager, data: bytes, exe: str, argv: list[bytes], env: list[bytes],
+                      path: bytes, cwd) -> tuple[elf.LoadedImage, int, int]:
+        """Map a program (and its dynamic loader, if it names one) and build its stack.
+        Returns the image, the address to start at, and the initial stack pointer."""
+        image = elf.load(mm, data, exe)
+        mm.brk_start = mm.brk = image.end
+        entry, interp_base = image.entry, 0
+        if image.interp:
+            try:
+                _, _, node = self.fs.walk(cwd, self.fs.root, image.interp.encode())
+            except SyscallError:
+                node = None
+            if node is None or node.is_dir():
+                raise SyscallError(errno.ENOENT, f"its loader {image.interp} is not in the sandbox")
+            loader = elf.load(mm, self._read_whole(node), image.interp, base=elf.INTERP_BASE)
+            if loader.interp:
+                raise SyscallError(errno.ELIBBAD, f"its loader {image.interp} needs a loader itself")
+            entry, interp_base = loader.entry, loader.base
+        sp = elf.build_stack(mm, image, argv, env, path, self.features.hwcap(), interp_base)
+        return image, entry, sp
 
     def processes(self) -> list[dict]:
         """The live processes, for `snapbox ps`."""
@@ -769,9 +788,7 @@ class Kernel:
         mm = MemoryManager(memfile=self.memfile)
         try:
             exe = _resolved(parent, name)
-            image = elf.load(mm, data, exe)
-            mm.brk_start = mm.brk = image.end
-            sp = elf.build_stack(mm, image, argv, envp, path, self.features.hwcap())
+            image, entry, sp = self._load_program(mm, data, exe, argv, envp, path, t.fs.cwd)
         except BaseException:
             mm.release_all()
             raise
@@ -797,7 +814,7 @@ class Kernel:
         for name in ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "r8", "r9", "r10", "r11",
                      "r12", "r13", "r14", "r15", "fs_base", "gs_base"):
             setattr(regs, name, 0)
-        regs.rip = image.entry
+        regs.rip = entry
         regs.rsp = sp
         ptrace.set_xstate(t.host_tid, stub.base_xstate)
 

@@ -1005,3 +1005,19 @@ def mknodat(t, dirfd, path, mode, dev):
 @syscall(NR.mknod)
 def mknod(t, path, mode, dev):
     return mknodat(t, AT_FDCWD & 0xFFFFFFFF, path, mode, dev)
+
+
+CLOSE_RANGE_UNSHARE, CLOSE_RANGE_CLOEXEC = 2, 4
+
+
+@syscall(NR.close_range)
+def close_range(t, first, last, flags):
+    first, last = first & 0xFFFFFFFF, last & 0xFFFFFFFF
+    if first > last or flags & ~(CLOSE_RANGE_UNSHARE | CLOSE_RANGE_CLOEXEC):
+        raise SyscallError(errno.EINVAL)
+    for fd in [fd for fd in t.fds.files if first <= fd <= last]:
+        if flags & CLOSE_RANGE_CLOEXEC:
+            t.fds.cloexec.add(fd)
+        else:
+            t.fds.close(fd)
+    return 0
