@@ -256,8 +256,9 @@ def checkpoint(obj: _Context, image_path: str, leave_running: bool, compression:
 
 
 @cli.command()
-@click.option("--bundle", "-b", default=".", show_default=True, type=click.Path(),
-              help="Path to the OCI bundle whose rootfs the program runs on.")
+@click.option("--bundle", "-b", default=None, type=click.Path(),
+              help="Path to the OCI bundle whose rootfs the program runs on (default: the one the "
+                   "image remembers).")
 @click.option("--image-path", required=True, type=click.Path(dir_okay=False),
               help="The image to restore; - reads it from stdin.")
 @click.option("--detach", "-d", is_flag=True,
@@ -281,9 +282,27 @@ def restore(obj: _Context, bundle: str, image_path: str, detach: bool, container
         if not os.path.isfile(image_path):
             raise SnapboxError(f"image {image_path} does not exist")
         source = os.path.abspath(image_path)
+    if bundle is None:
+        if source == "-":
+            raise SnapboxError("restore from stdin needs --bundle")
+        bundle = _bundle_of_image(obj, source, container_id)
     c = Container.create(obj.root, container_id, bundle, restore_image=source, options=obj.options)
     if not detach:
         _attach(c)
+
+
+def _bundle_of_image(obj: _Context, image: str, cid: str) -> str:
+    """The bundle an image was taken with (its config.json is in the header)."""
+    from snapbox.runtime.container import Container
+    from snapbox.state.image import ImageReader
+
+    with open(image, "rb") as f:
+        config = ImageReader(f).meta.get("bundle_config")
+    if not isinstance(config, dict):
+        raise SnapboxError(f"image {image} does not name its bundle: pass --bundle")
+    if os.path.exists(os.path.join(obj.root, cid)):
+        raise SnapboxError(f'container "{cid}" already exists')
+    return Container.owned_bundle(obj.root, cid, config)
 
 
 @cli.command()
@@ -468,27 +487,28 @@ def exec(obj: _Context, detach: bool, cwd: str | None, envs: tuple[str, ...], us
 
 @cli.command(context_settings={"ignore_unknown_options": True})
 @click.option("--id", "cid", default=None, help="Name the sandbox (default: a fresh do-NNNN).")
+@click.option("--detach", "-d", is_flag=True,
+              help="Leave it running (as container ID) instead of waiting: it can be checkpointed "
+                   "like any other, and its images restore without --bundle.")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 @click.pass_obj
-def do(obj: _Context, cid: str | None, command: tuple[str, ...]) -> None:
-    """Run COMMAND in a throwaway sandbox whose root is the host's / (read-only, beneath
-    a writable layer), in the current directory, with the current environment. Like
-    `runsc do`. Exits with the command's exit code."""
-    import tempfile
-
+def do(obj: _Context, cid: str | None, detach: bool, command: tuple[str, ...]) -> None:
+    """Run COMMAND in a sandbox whose root is the host's / (read-only, beneath a
+    writable layer), in the current directory, with the current environment. Like
+    `runsc do`. Attached, it exits with the command's exit code and is deleted."""
     from snapbox.runtime.bundle import default_spec
     from snapbox.runtime.container import Container
 
-    with tempfile.TemporaryDirectory(prefix="snapbox-do-") as tmp:
-        config = default_spec()
-        config["process"].update(args=list(command), cwd=os.getcwd(),
-                                 env=[f"{k}={v}" for k, v in os.environ.items()])
-        config["root"] = {"path": "/"}  # the host's files are only ever read: writes stay in memory
-        # Writes land in the in-memory layer; the host's /sys is not shown.
-        config["mounts"] = [{"destination": "/sys", "type": "tmpfs", "source": "none"}]
-        with open(os.path.join(tmp, "config.json"), "w") as f:
-            json.dump(config, f)
-        c = Container.create(obj.root, cid or f"do-{os.getpid()}", tmp, start=True, options=obj.options)
+    cid = cid or f"do-{os.getpid()}"
+    if os.path.exists(os.path.join(obj.root, cid)):
+        raise SnapboxError(f'container "{cid}" already exists')
+    config = default_spec()
+    config["process"].update(args=list(command), cwd=os.getcwd(), env=[f"{k}={v}" for k, v in os.environ.items()])
+    config["root"] = {"path": "/"}  # the host's files are only ever read: writes stay in memory
+    config["mounts"] = [{"destination": "/sys", "type": "tmpfs", "source": "none"}]  # not the host's /sys
+    c = Container.create(obj.root, cid, Container.owned_bundle(obj.root, cid, config), start=True,
+                         options=obj.options)
+    if not detach:
         _attach(c)
 
 

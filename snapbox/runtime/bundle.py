@@ -42,6 +42,7 @@ class Bundle:
     rlimits: dict = field(default_factory=dict)  # RLIMIT_* number -> (soft, hard)
     no_new_privs: bool = False  # process.noNewPrivileges
     hooks: dict = field(default_factory=dict)  # kind -> [{"path", "args", "env", "timeout"}]
+    config: dict = field(default_factory=dict)  # config.json as read
     # ("tmpfs", destination, ""), or ("bind" / "rw-bind", destination, host source)
     mounts: list = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)  # config fields snapbox ignores
@@ -135,7 +136,18 @@ class Bundle:
                    user=(user.get("uid", 0), user.get("gid", 0)), groups=groups,
                    readonly=bool(isinstance(root, dict) and root.get("readonly")), terminal=terminal, rlimits=rlimits,
                    no_new_privs=bool(process.get("noNewPrivileges")),
-                   hooks={k: v for k, v in hooks.items() if k in HOOK_KINDS}, warnings=warnings)
+                   hooks={k: v for k, v in hooks.items() if k in HOOK_KINDS}, config=config, warnings=warnings)
+
+
+    def absolute_config(self) -> dict:
+        """config.json with its root and bind sources as absolute paths: usable from anywhere."""
+        config = json.loads(json.dumps(self.config))
+        config.setdefault("root", {})["path"] = self.rootfs
+        for m in config.get("mounts") or []:
+            if isinstance(m, dict) and isinstance(m.get("source"), str) and (
+                    m.get("type") == "bind" or "bind" in (m.get("options") or []) or "rbind" in (m.get("options") or [])):
+                m["source"] = os.path.join(self.path, m["source"])
+        return config
 
 
 def default_spec() -> dict:

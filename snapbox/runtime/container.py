@@ -213,6 +213,16 @@ class Container:
             "created": self.state.get("created", ""),
         }
 
+    @staticmethod
+    def owned_bundle(root: str, cid: str, config: dict) -> str:
+        """A bundle snapbox writes itself (for `do`, or a restore without --bundle), kept
+        under the root until the container is deleted. Returns its directory."""
+        Container.check_id(cid)
+        path = os.path.join(root, ".bundles", cid)
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        _write_atomically(os.path.join(path, "config.json"), json.dumps(config, indent=1))
+        return path
+
     def _require(self, op: str, *allowed: str) -> None:
         if self.status not in allowed:
             raise ContainerStateError(f'cannot {op} container "{self.id}" in state {self.status}')
@@ -257,6 +267,7 @@ class Container:
         except BaseException:
             c._kill_sandbox()
             shutil.rmtree(cdir, ignore_errors=True)
+            shutil.rmtree(os.path.join(root, ".bundles", cid), ignore_errors=True)
             raise
         return c
 
@@ -448,6 +459,7 @@ class Container:
             self._kill_sandbox()
             self.state["status"] = STOPPED
             self.run_hooks("poststop", fatal=False)
+            shutil.rmtree(os.path.join(self.root, ".bundles", self.id), ignore_errors=True)
             try:
                 shutil.rmtree(self.dir)
             except OSError as e:

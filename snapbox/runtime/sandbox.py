@@ -50,7 +50,7 @@ def _passed_fd(msg: dict[str, Any], fds: list[int], key: str) -> int | None:
     return fds[index]
 
 
-def write_image(kernel: Kernel, path: str, compress: bool, progress=None) -> dict:
+def write_image(kernel: Kernel, path: str, compress: bool, progress=None, meta: dict | None = None) -> dict:
     """Checkpoint `kernel` (paused) to `path`: written unnamed, fsynced, then linked and renamed
     into place, so an interrupted checkpoint never leaves a file under the target name."""
     directory = os.path.dirname(path) or "."
@@ -59,7 +59,7 @@ def write_image(kernel: Kernel, path: str, compress: bool, progress=None) -> dic
     except OSError as e:
         raise SnapboxError(f"cannot write image in {directory} ({e.strerror})") from None
     with os.fdopen(fd, "wb", buffering=1 << 20) as f:
-        summary = kernel.save(f, compress=compress, progress=progress)
+        summary = kernel.save(f, compress=compress, progress=progress, meta=meta)
         f.flush()
         os.fsync(fd)
         partial = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.partial")
@@ -91,9 +91,12 @@ def _link_fd(fd: int, path: str) -> None:
 class Sandbox:
     """The kernel of one container plus its control server."""
 
-    def __init__(self, kernel: Kernel, cdir: str) -> None:
+    def __init__(self, kernel: Kernel, cdir: str, bundle_config: dict | None = None) -> None:
         self.kernel = kernel
         self.dir = cdir
+        # The bundle's config.json (root path made absolute), kept in every image so that a
+        # restore needs no bundle.
+        self.bundle_config = bundle_config
         self.done = False  # set once the sandbox should end (checkpointed and stopped)
         path = os.path.join(cdir, "control.sock")
         if os.path.exists(path):
@@ -185,6 +188,9 @@ class Sandbox:
             raise SnapboxError(f"unknown control operation {op!r}")
         return {"ok": True}
 
+    def image_meta(self) -> dict[str, Any]:
+        return {"bundle_config": self.bundle_config} if self.bundle_config else {}
+
     def stats(self) -> dict[str, Any]:
         k = self.kernel
         mf = k.memfile
@@ -227,9 +233,9 @@ class Sandbox:
         try:
             if path == "-":
                 with os.fdopen(os.dup(image_fd), "wb", buffering=1 << 20) as f:
-                    summary = k.save(f, compress=compress, progress=progress)
+                    summary = k.save(f, compress=compress, progress=progress, meta=self.image_meta())
             else:
-                summary = write_image(k, path, compress, progress)
+                summary = write_image(k, path, compress, progress, self.image_meta())
         except BaseException:
             k.timekeeper.resume()
             if not was_paused:
@@ -313,7 +319,7 @@ def boot_main(root: str, cid: str, bundle_path: str, ready_fd: int, restore: str
                 init.prctl["no_new_privs"] = 1
         if strace:
             kernel.strace = tracer
-        sandbox = Sandbox(kernel, cdir)
+        sandbox = Sandbox(kernel, cdir, bundle.absolute_config())
     except SnapboxError as e:
         log.error("start failed: %s", e)
         ready.write(cbor2.dumps({"ok": False, "error": str(e)}))

@@ -92,3 +92,25 @@ def test_a_python_loop_checkpointed_and_restored_keeps_its_state(snapbox, tmp_pa
     counts = [int(line.split()[0]) for line in lines(out)]
     assert counts == list(range(1, len(counts) + 1))
     assert all(line.endswith("True") for line in lines(out))
+
+
+def test_a_detached_do_sandbox_restores_without_a_bundle(snapbox, tmp_path):
+    out = tmp_path / "out.txt"
+    program = "import time\nn = 0\nwhile True:\n    n += 1\n    print(n, flush=True)\n    time.sleep(0.05)\n"
+    with open(out, "w") as f:
+        subprocess.run(snapbox.cmd("do", "--detach", "--id", "pyd", sys.executable, "-c", program),
+                       stdout=f, stderr=f, check=True, timeout=60, cwd=tmp_path)
+    wait_for(lambda: len(lines(out)) >= 3, timeout=60, what="the detached python")
+    image = tmp_path / "pyd.img"
+    snapbox("checkpoint", "--image-path", str(image), "pyd")
+    snapbox("delete", "pyd")
+    n = len(lines(out))
+    with open(out, "a") as f:
+        subprocess.run(snapbox.cmd("restore", "--image-path", str(image), "--detach", "again"),
+                       stdout=f, stderr=f, check=True, timeout=60)
+    wait_for(lambda: len(lines(out)) >= n + 3, timeout=60, what="the restored python")
+    snapbox("delete", "--force", "again")
+    assert [int(x) for x in lines(out)] == list(range(1, len(lines(out)) + 1))
+    assert not (snapbox.root / ".bundles" / "again").exists()
+    p = snapbox("restore", "--image-path", "-", "x", check=False)
+    assert p.stderr == "snapbox: error: restore from stdin needs --bundle\n"
