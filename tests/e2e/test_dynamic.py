@@ -32,6 +32,20 @@ g = gen()
 print(next(g), next(g))
 with tempfile.TemporaryDirectory() as d:
     print(os.path.isdir(d), os.listdir(d))
+import socket
+a, b = socket.socketpair()
+a.sendall(b"ping")
+print(b.recv(10), a.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE) == socket.SOCK_STREAM)
+pid = os.fork()
+if pid == 0:
+    b.sendall(b"from the child " * 5000)
+    os._exit(0)
+b.close()
+got = b""
+while len(got) < 75000:
+    got += a.recv(65536)
+os.waitpid(pid, 0)
+print(len(got))
 '''
 
 

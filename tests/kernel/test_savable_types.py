@@ -16,6 +16,7 @@ from snapbox.kernel.devices import DeviceFile, mount_dev
 from snapbox.kernel.eventfiles import EpollFile, EventFd, TimerFd
 from snapbox.kernel.fd import FDTable, OpenFile
 from snapbox.kernel.pipe import FifoNode, make_pipe
+from snapbox.kernel.socket import make_pair
 from snapbox.kernel.procfs import ProcFile, ProcNode, mount_proc
 from snapbox.kernel.host import HostFile
 from snapbox.kernel.kernel import Kernel, LoadContext
@@ -100,6 +101,7 @@ def build(name: str, kernel: Kernel):
         "DeviceFile": lambda: DeviceFile(flags=2, node=fs.root.entries["dev"].entries["urandom"]),
         "PosixTimer": lambda: PosixTimer(id=1, clock=1, notify=4, signo=34, value=77, tid=1, deadline=99,
                                          interval=10, overrun=2),
+        "UnixSocket": lambda: make_pair(kernel, 0)[0],
         "FifoNode": lambda: FifoNode(ino=8, mode=stat.S_IFIFO | 0o644, pipe=pipe_r.pipe),
         "EventFd": lambda: EventFd(flags=2, counter=7, semaphore=True),
         "TimerFd": lambda: TimerFd(clock=1, deadline=123456789, interval=1000, expirations=2),

@@ -39,7 +39,7 @@ def i64(x: int) -> int:
 
 def load_all() -> None:
     """Import every family so its handlers are registered."""
-    from snapbox.kernel.syscalls import events, fs, futex, info, mm, poll, process, signal, time  # noqa: F401
+    from snapbox.kernel.syscalls import events, fs, futex, info, mm, net, poll, process, signal, time  # noqa: F401
 
 
 __all__ = ["NAMES", "NR", "TABLE", "i32", "i64", "load_all", "syscall"]
