@@ -27,12 +27,6 @@ class DeviceNode(Inode):
     """A character device node; `name` says which device it is."""
 
     name: str = ""
-    rdev: int = 0
-
-    def stat(self) -> dict:
-        out = super().stat()
-        out["rdev"] = self.rdev
-        return out
 
 
 @savable

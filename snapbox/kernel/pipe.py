@@ -32,6 +32,19 @@ class Pipe:
     readable: WaitQueue = field(default_factory=WaitQueue)  # readers waiting for data or EOF
     writable: WaitQueue = field(default_factory=WaitQueue)  # writers waiting for room
 
+    def put(self, data: bytes, nonblock: bool, atomic: bool) -> int:
+        """Append what fits of `data` (all of it, or wait, if `atomic` and it is at most
+        PIPE_BUF bytes); EAGAIN or WouldBlock when nothing fits."""
+        room = self.capacity - len(self.buf)
+        if room == 0 or (atomic and len(data) <= PIPE_BUF and room < len(data)):
+            if nonblock:
+                raise SyscallError(errno.EAGAIN)
+            raise WouldBlock(self.writable)
+        n = min(room, len(data))
+        self.buf += data[:n]
+        self.readable.notify()
+        return n
+
 
 @savable
 @dataclass(eq=False)
@@ -62,16 +75,8 @@ class PipeFile(OpenFile):
         if p.readers == 0:
             t.kernel.send_signal(t.tg, SIGPIPE)
             raise SyscallError(errno.EPIPE)
-        room = p.capacity - len(p.buf)
         # pipe(7): writes of at most PIPE_BUF bytes are atomic; larger ones may be split.
-        if room == 0 or (len(data) <= PIPE_BUF and room < len(data)):
-            if self.flags & O_NONBLOCK:
-                raise SyscallError(errno.EAGAIN)
-            raise WouldBlock(p.writable)
-        n = min(room, len(data))
-        p.buf += data[:n]
-        p.readable.notify()
-        return n
+        return p.put(data, bool(self.flags & O_NONBLOCK), atomic=True)
 
     def stat(self) -> dict:
         return dict(dev=0xA, ino=self.pipe.ino, mode=stat.S_IFIFO | 0o600, nlink=1, uid=0, gid=0,

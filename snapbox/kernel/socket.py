@@ -56,15 +56,7 @@ class UnixSocket(OpenFile):
             if not flags & MSG_NOSIGNAL:
                 t.kernel.send_signal(t.tg, SIGPIPE)
             raise SyscallError(errno.EPIPE)
-        room = p.capacity - len(p.buf)
-        if room == 0:
-            if self.flags & O_NONBLOCK or flags & MSG_DONTWAIT:
-                raise SyscallError(errno.EAGAIN)
-            raise WouldBlock(p.writable)
-        n = min(room, len(data))
-        p.buf += data[:n]
-        p.readable.notify()
-        return n
+        return p.put(data, bool(self.flags & O_NONBLOCK or flags & MSG_DONTWAIT), atomic=False)
 
     def read(self, t, count: int, offset: int | None = None) -> bytes:
         if offset is not None:

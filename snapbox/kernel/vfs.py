@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 
 from snapbox.kernel.errors import SyscallError
-from snapbox.kernel.fd import O_APPEND, O_TRUNC, OpenFile
+from snapbox.kernel.fd import O_APPEND, OpenFile
 from snapbox.kernel.locks import release_owner
 from snapbox.kernel.waiter import WaitQueue
 from snapbox.memfile import PAGE_SIZE, MemoryFile
@@ -135,6 +135,7 @@ class Inode:
     mtime: int = 0
     ctime: int = 0
     locks: list = field(default_factory=list)  # [owner, F_RDLCK/F_WRLCK, start, end] advisory locks
+    rdev: int = 0  # the device number of a device node
 
     def size(self) -> int:
         return 0
@@ -142,7 +143,7 @@ class Inode:
     def stat(self) -> dict:
         size = self.size()
         return dict(dev=OVERLAY_DEV, ino=self.ino, mode=self.mode, nlink=self.nlink, uid=self.uid,
-                    gid=self.gid, rdev=0, size=size, blksize=PAGE_SIZE, blocks=(size + 511) // 512,
+                    gid=self.gid, rdev=self.rdev, size=size, blksize=PAGE_SIZE, blocks=(size + 511) // 512,
                     atime=self.atime, mtime=self.mtime, ctime=self.ctime)
 
     def is_dir(self) -> bool:
@@ -230,16 +231,10 @@ class LowerNode(Inode):
 
     path: str = ""  # relative to its layer's host directory; never contains a symlink or ".."
     length: int = 0
-    rdev: int = 0
     layer: int = 0  # which host directory (Filesystem.layers) it lives in
 
     def size(self) -> int:
         return self.length
-
-    def stat(self) -> dict:
-        out = super().stat()
-        out["rdev"] = self.rdev
-        return out
 
 
 @savable

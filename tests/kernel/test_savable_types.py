@@ -24,7 +24,7 @@ from snapbox.kernel.mm import MemoryManager, Vma
 from snapbox.kernel.task import FSContext, PIDNamespace, SigAction, Task, TaskSet, ThreadGroup
 from snapbox.kernel.time import Timekeeper
 from snapbox.kernel.timers import PosixTimer
-from snapbox.kernel.vfs import Dir, DirFile, Filesystem, Inode, LowerNode, MemRegular, MemSymlink, RegularFile
+from snapbox.kernel.vfs import DirFile, Filesystem, Inode, MemSymlink, RegularFile
 from snapbox.kernel.waiter import WaitQueue
 from snapbox.memfile import MemoryFile
 from snapbox.platform.cpuid import FeatureSet

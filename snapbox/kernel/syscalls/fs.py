@@ -273,13 +273,18 @@ def readv(t, fd, iov, iovcnt):
     f = _readable(t, i32(fd))
     vecs = _iovecs(t, iov, iovcnt)
     data = f.read(t, min(sum(n for _, n in vecs), MAX_RW))
+    scatter(t, vecs, data)
+    return len(data)
+
+
+def scatter(t, vecs: list[tuple[int, int]], data: bytes) -> None:
+    """Spread `data` over the (address, length) buffers of an iovec array, in order."""
     pos = 0
     for base, n in vecs:
         if pos >= len(data):
             break
         t.mm.write(base, data[pos : pos + n])
         pos += n
-    return len(data)
 
 
 @syscall(NR.writev)

@@ -10,7 +10,7 @@ from snapbox.kernel.errors import SyscallError
 from snapbox.kernel.fd import O_CLOEXEC, O_NONBLOCK
 from snapbox.kernel.socket import AF_UNIX, SOCK_STREAM, UnixSocket, make_pair
 from snapbox.kernel.syscalls import NR, i32, syscall
-from snapbox.kernel.syscalls.fs import MAX_RW, _iovecs, write_all
+from snapbox.kernel.syscalls.fs import MAX_RW, _iovecs, scatter, write_all
 
 SOCK_NONBLOCK, SOCK_CLOEXEC = O_NONBLOCK, O_CLOEXEC
 SOL_SOCKET, SO_TYPE, SO_ERROR, SO_DOMAIN, SO_ACCEPTCONN, SO_SNDBUF, SO_RCVBUF = 1, 3, 4, 39, 30, 7, 8
@@ -95,12 +95,7 @@ def recvmsg(t, fd, msg, flags):
     name, namelen, iov, iovlen, control, controllen, _ = _MSGHDR.unpack(t.mm.read(msg, _MSGHDR.size))
     vecs = _iovecs(t, iov, iovlen)
     data = s.recv(t, min(sum(n for _, n in vecs), MAX_RW), i32(flags))
-    pos = 0
-    for base, n in vecs:
-        if pos >= len(data):
-            break
-        t.mm.write(base, data[pos : pos + n])
-        pos += n
+    scatter(t, vecs, data)
     t.mm.write(msg, _MSGHDR.pack(name, 0, iov, iovlen, control, 0, 0))
     return len(data)
 
