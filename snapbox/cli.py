@@ -234,16 +234,23 @@ def list_(obj: _Context, fmt: str) -> None:
 @click.option("--leave-running", is_flag=True, help="Keep the container running afterwards.")
 @click.option("--compression", type=click.Choice(["zstd", "none"]), default="zstd", show_default=True,
               help="How memory pages are stored: zstd, or none (pages laid out page-aligned).")
+@click.option("--store-file-pages", is_flag=True,
+              help="Store the pages of mapped host files (libraries, executables) in the image "
+                   "instead of references to the files, so it restores where those files differ.")
 @click.argument("container_id")
 @click.pass_obj
 def checkpoint(obj: _Context, image_path: str, leave_running: bool, compression: str,
-               container_id: str) -> None:
+               store_file_pages: bool, container_id: str) -> None:
     """Save the container's whole state to an image.
 
     The container stops afterwards unless --leave-running. The image is written under a
     temporary name and renamed into place when complete: an interrupted checkpoint leaves
     nothing under IMAGE_PATH, and a failed one leaves the container running. On a
     terminal, progress is shown on stderr.
+
+    Read-only pages of host files (the program, its libraries) are stored as references:
+    path, size, mtime and a SHA-256 of the content. Restore reads the files again and
+    refuses, naming the file, if one changed; --store-file-pages avoids that.
     """
     image_fd = None
     if image_path == "-":
@@ -252,7 +259,7 @@ def checkpoint(obj: _Context, image_path: str, leave_running: bool, compression:
         image_fd = 1
     _container(obj, container_id).checkpoint(
         image_path, leave_running=leave_running, compress=compression == "zstd",
-        image_fd=image_fd, progress_fd=2 if os.isatty(2) else None)
+        image_fd=image_fd, progress_fd=2 if os.isatty(2) else None, store_file_pages=store_file_pages)
 
 
 @cli.command()

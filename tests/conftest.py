@@ -12,7 +12,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGES = REPO / "fixtures" / "images"
-BUNDLES = ("counter", "counter-glibc", "memhog", "memhog-glibc", "hello", "hello-glibc", "signals",
+BUNDLES = ("counter", "counter-glibc", "sockets", "sockets-glibc", "memhog", "memhog-glibc", "hello", "hello-glibc", "signals",
            "signals-glibc", "threads", "threads-glibc", "mapping", "mapping-glibc", "events", "events-glibc", "locks", "locks-glibc",
            "jobs", "jobs-glibc", "busybox")
 

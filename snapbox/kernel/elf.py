@@ -8,6 +8,7 @@ import struct
 from dataclasses import dataclass
 
 from snapbox.kernel.errors import SyscallError
+from snapbox.kernel.filepages import FilePages
 from snapbox.kernel.mm import STACK_SIZE, STACK_TOP, MemoryManager
 from snapbox.memfile import PAGE_SIZE, page_align, page_round_down
 from snapbox.platform.stub import PROT_EXEC, PROT_READ, PROT_WRITE
@@ -45,9 +46,12 @@ def _prot(flags: int) -> int:
         (PROT_EXEC if flags & PF_X else 0)
 
 
-def load(mm: MemoryManager, data: bytes, path: str, base: int | None = None) -> LoadedImage:
+def load(mm: MemoryManager, data: bytes, path: str, base: int | None = None,
+         pages: FilePages | None = None) -> LoadedImage:
     """Map the PT_LOAD segments of `data` into `mm` (a position-independent one at `base`,
-    default PIE_BASE). Raises ENOEXEC for what it cannot run."""
+    default PIE_BASE). With `pages` (the file's cached pages), a read-only segment maps them
+    instead of a copy, but for a page it shares with another segment. Raises ENOEXEC for
+    what it cannot run."""
     if len(data) < _EHDR.size or data[:4] != b"\x7fELF":
         raise SyscallError(errno.ENOEXEC, "not an ELF file")
     ident, etype, machine, _, entry, phoff, _, _, _, phent, phnum, _, _, _ = _EHDR.unpack_from(data)
@@ -67,17 +71,33 @@ def load(mm: MemoryManager, data: bytes, path: str, base: int | None = None) -> 
     if not loads:
         raise SyscallError(errno.ENOEXEC, "no loadable segments")
     mapped_end = 0
-    for _, flags, offset, vaddr, _, filesz, memsz, _ in loads:
+    for i, (_, flags, offset, vaddr, _, filesz, memsz, _) in enumerate(loads):
         if filesz > memsz or offset + filesz > len(data):
             raise SyscallError(errno.ENOEXEC, "a segment lies outside the file")
+        if (base + vaddr - offset) % PAGE_SIZE:
+            raise SyscallError(errno.ENOEXEC, "a segment's address and offset disagree")
         start = page_round_down(base + vaddr)
         end = page_align(base + vaddr + memsz)
         # Two segments may share a boundary page: map only what is not mapped yet.
         start = max(start, mapped_end)
-        if end > start:
-            mm.map_anonymous(start, end - start, _prot(flags), fixed=True, kind=path)
-            mm.vmas[mm.starts.index(start)].file_offset = page_round_down(offset)
-        mm.poke(base + vaddr, data[offset : offset + filesz])
+        file_start = offset + (start - (base + vaddr))
+        shared_end = end
+        if i + 1 < len(loads):
+            shared_end = min(end, page_round_down(base + loads[i + 1][3]))
+        if pages is not None and not flags & PF_W and filesz == memsz and shared_end > start:
+            mm.map_file(start, shared_end - start, _prot(flags), True, pages, file_start, path)
+            if end > shared_end:
+                mm.map_anonymous(shared_end, end - shared_end, _prot(flags), fixed=True, kind=path)
+                mm.vmas[mm.starts.index(shared_end)].file_offset = file_start + (shared_end - start)
+            copy_from = max(base + vaddr, shared_end)
+        else:
+            if end > start:
+                mm.map_anonymous(start, end - start, _prot(flags), fixed=True, kind=path)
+                mm.vmas[mm.starts.index(start)].file_offset = page_round_down(offset)
+            copy_from = base + vaddr
+        skip = copy_from - (base + vaddr)
+        if skip < filesz:
+            mm.poke(copy_from, data[offset + skip : offset + filesz])
         mapped_end = max(mapped_end, end)
     phdr_addr = 0
     for ptype, _, offset, vaddr, _, filesz, _, _ in phdrs:

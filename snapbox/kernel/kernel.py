@@ -31,6 +31,7 @@ from snapbox.kernel.devices import mount_dev
 from snapbox.kernel.procfs import mount_proc
 from snapbox.kernel.errors import SyscallError, TaskExit, WouldBlock
 from snapbox.kernel.eventfiles import TimerFd
+from snapbox.kernel.filepages import FileCache, FilePages
 from snapbox.kernel.locks import release_owner
 from snapbox.kernel.fd import FDTable
 from snapbox.kernel.host import HostFile
@@ -132,6 +133,8 @@ class Kernel:
     exit_status: int | None = None  # wait(2) status of init once it has exited
     pipe_ino: int = 0x10000  # inode numbers handed to pipes
     tty_pgrp: int = 0  # the terminal's foreground process group (TIOCSPGRP), 0 for init's
+    file_cache: FileCache | None = None  # host files' pages shared by read-only mappings
+    unix_names: dict = field(default_factory=dict)  # abstract AF_UNIX names (NUL first) -> UnixSocket
 
     # Loop state: host facts, rebuilt empty on restore.
     selector: Any = nosave(default=None)
@@ -150,10 +153,12 @@ class Kernel:
     futexes: dict = nosave(dict)  # MemoryFile offset of a futex word -> WaitQueue of its waiters
 
     def __post_init__(self) -> None:
+        if self.file_cache is None:
+            self.file_cache = FileCache(self.memfile, self.fs)
         self._init_loop()
 
     def after_load(self, ctx) -> None:
-        self._init_loop()
+        self.__post_init__()
 
     def _init_loop(self) -> None:
         self.selector = selectors.DefaultSelector()
@@ -209,12 +214,12 @@ class Kernel:
             node = None
         if node is None or node.is_dir():
             raise SnapboxError(f"executable {path.decode(errors='replace')} not found in the sandbox")
-        data = self._read_whole(node)
         pidns: PIDNamespace = self.tasks.pidns
-        mm = MemoryManager(memfile=self.memfile)
+        mm = MemoryManager(memfile=self.memfile, cache=self.file_cache)
         exe = _resolved(parent, name)
         try:
-            image, entry, sp = self._load_program(mm, data, exe, argv, env, path, cwd_node)
+            data, pages = self._program_file(node)
+            image, entry, sp = self._load_program(mm, data, pages, exe, argv, env, path, cwd_node)
         except SyscallError as e:
             mm.release_all()
             raise SnapboxError(f"cannot run {exe}: {e.args[1] or os.strerror(e.errno)}") from None
@@ -245,11 +250,16 @@ class Kernel:
             self._resume(task)
         return tg
 
-    def _load_program(self, mm: MemoryManager, data: bytes, exe: str, argv: list[bytes], env: list[bytes],
-                      path: bytes, cwd) -> tuple[elf.LoadedImage, int, int]:
-        """Map a program (and its dynamic loader, if it names one) and build its stack.
-        Returns the image, the address to start at, and the initial stack pointer."""
-        image = elf.load(mm, data, exe)
+    def _load_program(self, mm: MemoryManager, data: bytes, pages: FilePages | None, exe: str,
+                      argv: list[bytes], env: list[bytes], path: bytes, cwd) -> tuple[elf.LoadedImage, int, int]:
+        """Map a program (its content `data`, its cached `pages` if any) and its dynamic
+        loader, if it names one, and build its stack. Returns the image, the address to
+        start at, and the initial stack pointer."""
+        try:
+            image = elf.load(mm, data, exe, pages=pages)
+        finally:
+            if pages is not None:
+                self.file_cache.forget_unused(pages)
         mm.brk_start = mm.brk = image.end
         entry, interp_base = image.entry, 0
         if image.interp:
@@ -259,12 +269,23 @@ class Kernel:
                 node = None
             if node is None or node.is_dir():
                 raise SyscallError(errno.ENOENT, f"its loader {image.interp} is not in the sandbox")
-            loader = elf.load(mm, self._read_whole(node), image.interp, base=elf.INTERP_BASE)
+            data, pages = self._program_file(node)
+            try:
+                loader = elf.load(mm, data, image.interp, base=elf.INTERP_BASE, pages=pages)
+            finally:
+                if pages is not None:
+                    self.file_cache.forget_unused(pages)
             if loader.interp:
                 raise SyscallError(errno.ELIBBAD, f"its loader {image.interp} needs a loader itself")
             entry, interp_base = loader.entry, loader.base
         sp = elf.build_stack(mm, image, argv, env, path, self.features.hwcap(), interp_base)
         return image, entry, sp
+
+    def _program_file(self, node) -> tuple[bytes, FilePages | None]:
+        """A program's content, and its cache entry if its pages can be mapped from the
+        cache (the caller forgets the entry if it maps none)."""
+        data = self._read_whole(node)
+        return data, self.file_cache.get(node) if isinstance(node, LowerNode) else None
 
     def processes(self) -> list[dict]:
         """The live processes, for `snapbox ps`."""
@@ -772,23 +793,26 @@ class Kernel:
             raise SyscallError(errno.ENOENT)
         if node.is_dir() or not stat.S_ISREG(node.mode) or not node.mode & 0o111:
             raise SyscallError(errno.EACCES)
-        data = self._read_whole(node)
+        data, pages = self._program_file(node)
         if data[:2] == b"#!":
             # A script: run its interpreter with the script's path (binfmt_script).
+            head = data[:258]
+            if pages is not None:
+                self.file_cache.forget_unused(pages)
             if depth >= 4:
                 raise SyscallError(errno.ELOOP)
-            end = data.find(b"\n")
-            line = (data[2:end] if end >= 0 else data[2:])[:255].strip()
+            end = head.find(b"\n")
+            line = (head[2:end] if end >= 0 else head[2:])[:255].strip()
             interp, _, arg = line.replace(b"\t", b" ").partition(b" ")
             if not interp:
                 raise SyscallError(errno.ENOEXEC)
             new_argv = [interp] + ([arg.strip()] if arg.strip() else []) + [path] + argv[1:]
             self.execve(t, interp, new_argv, envp, depth + 1)
             return
-        mm = MemoryManager(memfile=self.memfile)
+        mm = MemoryManager(memfile=self.memfile, cache=self.file_cache)
         try:
             exe = _resolved(parent, name)
-            image, entry, sp = self._load_program(mm, data, exe, argv, envp, path, t.fs.cwd)
+            image, entry, sp = self._load_program(mm, data, pages, exe, argv, envp, path, t.fs.cwd)
         except BaseException:
             mm.release_all()
             raise
@@ -1103,11 +1127,12 @@ class Kernel:
     # -- save and restore ---------------------------------------------------------------------------
 
     def save(self, f: IO[bytes], compress: bool = True, meta: dict | None = None,
-             progress: Callable[[int, int], None] | None = None) -> dict:
+             progress: Callable[[int, int], None] | None = None, store_file_pages: bool = False) -> dict:
         """Write a checkpoint image of this (paused) kernel to `f`. Returns the image summary.
 
         Order (as gVisor's Kernel.SaveTo): time stopped, CPU features, kernel graph, memory.
-        `progress(done, total)` is called as memory bytes are written.
+        `progress(done, total)` is called as memory bytes are written. Host files' cached
+        pages are references the restore reads back, unless `store_file_pages`.
         """
         if not self.paused:
             raise SnapboxError("internal: save needs a paused kernel")
@@ -1131,16 +1156,19 @@ class Kernel:
             w = ImageWriter(f, header)
             with w.section("cpuid") as s:
                 s.write_chunk(encode_graph(self.features))
+            skip = self.file_cache.before_image(store_file_pages)
             graph, stats = encode_graph_with_stats(self)
             with w.section("kernel") as s:
                 s.write_chunk(zstandard.ZstdCompressor(level=3).compress(graph))
             total = self.memfile.allocated
             report = (lambda done: progress(done, total)) if progress else None
             with w.section("memory") as s:
-                for chunk in self.memfile.save_chunks(compress, lambda: w.pos, report):
+                for chunk in self.memfile.save_chunks(compress, lambda: w.pos, report, skip):
                     s.write_chunk(chunk)
             summary = {"graph_bytes": len(graph), "types": stats,
-                       "memory_allocated": self.memfile.allocated, "memory_saved": self.memfile.saved_bytes}
+                       "memory_allocated": self.memfile.allocated - self.file_cache.unread_bytes(),
+                       "memory_saved": self.memfile.saved_bytes,
+                       "file_references": len(skip), "file_bytes_referenced": self.file_cache.referenced_bytes()}
             w.finish(summary)
             summary["sections"] = w.summary
             return summary
@@ -1181,6 +1209,8 @@ class Kernel:
             for _ in r.section("memory"):
                 pass
         summary = r.finish()
+        if load_memory:
+            kernel.file_cache.restore()
         summary["meta"] = r.meta
         summary["format"] = r.version
         summary["sections"] = r.sections_read

@@ -12,6 +12,7 @@ import errno
 from dataclasses import dataclass, field
 
 from snapbox.kernel.errors import SyscallError
+from snapbox.kernel.filepages import FileCache, FilePages
 from snapbox.memfile import PAGE_SIZE, MemoryFile, page_align
 from snapbox.memfile.memfile import OutOfMemory
 from snapbox.platform.stub import APP_TOP, PROT_EXEC, PROT_READ, PROT_WRITE, Stub
@@ -39,12 +40,17 @@ class Vma:
     shared: bool = False
     # Counted against the memory limit: every own mapping but PROT_NONE reservations.
     charged: bool = True
+    # A read-only private file mapping: the range lies in the file's cached pages, shared
+    # with every other such mapping of the file (fork shares it, munmap drops a user).
+    pages: FilePages | None = None
 
     def split(self, at: int) -> Vma:
         """Cut this VMA at `at`; it keeps [start, at) and returns [at, end)."""
         tail = Vma(at, self.end, self.prot, self.offset + (at - self.start), self.kind,
                    self.file_offset + (at - self.start) if self.kind.startswith("/") else 0, self.shared,
-                   self.charged)
+                   self.charged, self.pages)
+        if self.pages is not None:
+            self.pages.users += 1
         self.end = at
         return tail
 
@@ -55,6 +61,7 @@ class MemoryManager:
     """One address space: its VMAs, program break, and the stub that runs it."""
 
     memfile: MemoryFile
+    cache: FileCache | None = None  # the sandbox's cached file pages (None: every mapping copies)
     vmas: list = field(default_factory=list)  # disjoint Vmas sorted by start
     brk_start: int = 0  # where the heap begins (page-aligned end of the loaded program)
     brk: int = 0  # the current program break; [brk_start, page_align(brk)) is the heap VMA
@@ -95,22 +102,47 @@ class MemoryManager:
 
     # -- mapping ----------------------------------------------------------------------------
 
+    def _place(self, addr: int, length: int, fixed: bool) -> int:
+        """Where a new mapping of `length` (page-aligned, not 0) bytes goes: `addr` itself
+        if fixed (anything there is unmapped first), else the hint if free, else a gap."""
+        if fixed:
+            if addr % PAGE_SIZE or addr < MMAP_MIN_ADDR or addr + length > APP_TOP:
+                raise SyscallError(errno.EINVAL if addr % PAGE_SIZE else errno.ENOMEM)
+            self.unmap(addr, length)
+            return addr
+        if addr and addr % PAGE_SIZE == 0 and addr >= MMAP_MIN_ADDR and addr + length <= APP_TOP \
+                and not self._overlaps(addr, addr + length):
+            return addr  # the hint is free: Linux honours it
+        return self._free_gap(length)
+
     def map_anonymous(self, addr: int, length: int, prot: int, fixed: bool, kind: str = "anon") -> int:
         """Map zeroed memory; returns the address chosen. Maps into the stub at once."""
         length = page_align(length)
         if length == 0:
             raise SyscallError(errno.EINVAL)
-        if fixed:
-            if addr % PAGE_SIZE or addr < MMAP_MIN_ADDR or addr + length > APP_TOP:
-                raise SyscallError(errno.EINVAL if addr % PAGE_SIZE else errno.ENOMEM)
-            self.unmap(addr, length)
-        elif addr and addr % PAGE_SIZE == 0 and addr >= MMAP_MIN_ADDR and addr + length <= APP_TOP \
-                and not self._overlaps(addr, addr + length):
-            pass  # the hint is free: Linux honours it
-        else:
-            addr = self._free_gap(length)
+        addr = self._place(addr, length, fixed)
         offset = self._alloc(length, prot)
         self.map_range(addr, length, prot, offset, kind).charged = prot != 0
+        return addr
+
+    def map_file(self, addr: int, length: int, prot: int, fixed: bool, pages: FilePages, file_offset: int,
+                 kind: str) -> int:
+        """A read-only private mapping of a cached file from `file_offset` (page-aligned):
+        the file's pages themselves; past the file's last page, zeroed memory. Returns the
+        address."""
+        length = page_align(length)
+        if length == 0 or prot & PROT_WRITE or file_offset % PAGE_SIZE:
+            raise SyscallError(errno.EINVAL)
+        addr = self._place(addr, length, fixed)
+        cached = min(length, max(0, pages.length - file_offset))
+        if cached:
+            self.cache.fill(pages, file_offset, file_offset + cached)
+            vma = self.map_range(addr, cached, prot, pages.offset + file_offset, kind)
+            vma.file_offset, vma.pages, vma.charged = file_offset, pages, False
+            pages.users += 1
+        if cached < length:
+            tail = self.map_range(addr + cached, length - cached, prot, self._alloc(length - cached, prot), kind)
+            tail.file_offset, tail.charged = file_offset + cached, prot != 0
         return addr
 
     def _alloc(self, length: int, prot: int) -> int:
@@ -124,11 +156,7 @@ class MemoryManager:
         """A MAP_SHARED mapping of pages that live elsewhere in the MemoryFile (a file's
         pages, in any order): one VMA per page. Returns the address."""
         length = page_align(length)
-        if fixed:
-            self.unmap(addr, length)
-        elif not (addr and addr % PAGE_SIZE == 0 and addr >= MMAP_MIN_ADDR and addr + length <= APP_TOP
-                  and not self._overlaps(addr, addr + length)):
-            addr = self._free_gap(length)
+        addr = self._place(addr, length, fixed)
         for i, offset in enumerate(offsets):
             vma = self.map_range(addr + i * PAGE_SIZE, PAGE_SIZE, prot, offset, kind, shared=True)
             vma.file_offset = file_offset + i * PAGE_SIZE
@@ -216,10 +244,26 @@ class MemoryManager:
             i = self.vmas.index(vma)
             del self.vmas[i]
             del self.starts[i]
-            if not vma.shared:
-                self.memfile.release(vma.offset, vma.end - vma.start, vma.charged)
+            self._release(vma)
         if self.stub is not None:
             self.stub.unmap(addr, length)
+
+    def _release(self, vma: Vma) -> None:
+        """Give back what a VMA being unmapped holds of the MemoryFile."""
+        if vma.pages is not None:
+            self.cache.unref(vma.pages)
+        elif not vma.shared:
+            self.memfile.release(vma.offset, vma.end - vma.start, vma.charged)
+
+    def _own_copy(self, vma: Vma, prot: int) -> None:
+        """Give a VMA of cached file pages its own copy of them (it is being made writable)."""
+        length = vma.end - vma.start
+        offset = self._alloc(length, prot)
+        self.memfile.copy(offset, vma.offset, length)
+        pages, vma.pages, vma.offset, vma.charged = vma.pages, None, offset, True
+        self.cache.unref(pages)
+        if self.stub is not None:
+            self.stub.map(vma.start, length, prot, offset)
 
     def protect(self, addr: int, length: int, prot: int) -> None:
         length = page_align(length)
@@ -235,7 +279,10 @@ class MemoryManager:
         if pos < end:
             raise SyscallError(errno.ENOMEM)
         for vma in self._isolate(addr, end):
-            if not vma.shared and vma.charged != (prot != 0):
+            if vma.pages is not None:
+                if prot & PROT_WRITE:
+                    self._own_copy(vma, prot)
+            elif not vma.shared and vma.charged != (prot != 0):
                 # A reservation made usable is charged now (as Linux accounts at mprotect).
                 if prot:
                     try:
@@ -258,7 +305,8 @@ class MemoryManager:
             if vma is None:
                 raise SyscallError(errno.ENOMEM)
             n = min(end, vma.end) - pos
-            self.memfile.punch(vma.offset + (pos - vma.start), n)
+            if vma.pages is None:  # a file's cached pages already read as the file does
+                self.memfile.punch(vma.offset + (pos - vma.start), n)
             pos += n
 
     def set_brk(self, new: int) -> int:
@@ -281,19 +329,22 @@ class MemoryManager:
         MemoryFile ranges, holes left as holes. Not yet attached to a stub."""
         vmas = []
         for v in self.vmas:
-            if v.shared:
-                vmas.append(Vma(v.start, v.end, v.prot, v.offset, v.kind, v.file_offset, True))
+            if v.shared or v.pages is not None:
+                vmas.append(Vma(v.start, v.end, v.prot, v.offset, v.kind, v.file_offset, v.shared, v.charged,
+                                v.pages))
+                if v.pages is not None:
+                    v.pages.users += 1
                 continue
             try:
                 offset = self.memfile.alloc(v.end - v.start, charge=v.charged)
             except OutOfMemory:
                 for done in vmas:
-                    if not done.shared:
-                        self.memfile.release(done.offset, done.end - done.start, done.charged)
+                    self._release(done)
                 raise SyscallError(errno.ENOMEM, "sandbox memory limit") from None
             self.memfile.copy(offset, v.offset, v.end - v.start)
             vmas.append(Vma(v.start, v.end, v.prot, offset, v.kind, v.file_offset, charged=v.charged))
-        return MemoryManager(memfile=self.memfile, vmas=vmas, brk_start=self.brk_start, brk=self.brk)
+        return MemoryManager(memfile=self.memfile, cache=self.cache, vmas=vmas, brk_start=self.brk_start,
+                             brk=self.brk)
 
     def attach(self, stub: Stub) -> None:
         """Give this address space a (fresh) stub and map every VMA into it."""
@@ -365,8 +416,7 @@ class MemoryManager:
     def release_all(self) -> None:
         """Free every VMA's own memory (the address space is gone)."""
         for vma in self.vmas:
-            if not vma.shared:
-                self.memfile.release(vma.offset, vma.end - vma.start, vma.charged)
+            self._release(vma)
         self.vmas.clear()
         self.starts.clear()
 

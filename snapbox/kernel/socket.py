@@ -1,32 +1,94 @@
-"""Unix stream sockets made by socketpair(2): two connected ends, a pipe each way."""
+"""Unix stream sockets (unix(7)): socketpair, and named ones that bind, listen, accept and
+connect, by a path in the sandbox's filesystem or a name in the abstract namespace.
+
+A connection is two StreamBuffers, one each way. Files sent with SCM_RIGHTS ride in the
+buffer beside the bytes they were sent with: a read that reaches those bytes receives them,
+and no read returns bytes of two sends that both carried files.
+"""
 
 from __future__ import annotations
 
 import errno
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from snapbox.kernel.errors import SyscallError, WouldBlock
 from snapbox.kernel.fd import O_NONBLOCK, POLLERR, POLLHUP, POLLIN, POLLOUT, OpenFile
 from snapbox.kernel.pipe import PIPE_BUF, Pipe
 from snapbox.kernel.signals import SIGPIPE
+from snapbox.kernel.vfs import Inode
+from snapbox.kernel.waiter import WaitQueue
 from snapbox.state import savable
 
 AF_UNIX = 1
 SOCK_STREAM = 1
 MSG_DONTWAIT, MSG_NOSIGNAL, MSG_PEEK = 0x40, 0x4000, 0x2
 SHUT_RD, SHUT_WR, SHUT_RDWR = 0, 1, 2
+SOMAXCONN = 4096
+
+
+def drop_ref(f: OpenFile) -> None:
+    """Let go of a reference to an open file held outside any fd table."""
+    f.refs -= 1
+    if f.refs == 0:
+        f.release()
+
+
+@savable
+@dataclass(eq=False)
+class StreamBuffer(Pipe):
+    """One direction of a connection: bytes not yet read, and the files sent with them."""
+
+    rights: list = field(default_factory=list)  # [offset in buf, [OpenFile...]], by offset
+    reset: bool = False  # the writer closed with data unread or never accepted: ECONNRESET once
+
+    def take(self, count: int, peek: bool) -> tuple[bytes, list]:
+        """Up to `count` bytes from the front, and the files sent with the first of them.
+        Stops short of bytes that came with other files."""
+        files: list = []
+        limit = count
+        if self.rights:
+            if self.rights[0][0] == 0:
+                files = self.rights[0][1]
+                limit = min(count, self.rights[1][0] if len(self.rights) > 1 else count)
+            else:
+                limit = min(count, self.rights[0][0])
+        data = bytes(self.buf[:limit])
+        if not peek:
+            del self.buf[:limit]
+            if files:
+                self.rights.pop(0)
+            for mark in self.rights:
+                mark[0] -= len(data)
+            self.writable.notify()
+        return data, files
+
+    def discard(self) -> None:
+        """No one will read this buffer again: drop its bytes and the files in it."""
+        self.buf.clear()
+        rights, self.rights = self.rights, []
+        for _, files in rights:
+            for f in files:
+                drop_ref(f)
 
 
 @savable
 @dataclass(eq=False)
 class UnixSocket(OpenFile):
-    """One end of a connected AF_UNIX stream socket pair."""
+    """An AF_UNIX stream socket: unconnected, listening, or one end of a connection."""
 
-    incoming: Pipe | None = None  # what the peer wrote, for us to read
-    outgoing: Pipe | None = None  # what we write, for the peer
+    incoming: StreamBuffer | None = None  # what the peer wrote, for us to read
+    outgoing: StreamBuffer | None = None  # what we write, for the peer
     shut_rd: bool = False
     shut_wr: bool = False
+    ino: int = 0
+    address: bytes = b""  # the bound name: a path, or NUL and an abstract name; b"" if unbound
+    peer: bytes = b""  # the peer's name when the connection was made
+    cred: list = field(default_factory=lambda: [0, 0, 0])  # pid, uid, gid: the peer's (SO_PEERCRED)
+    listening: bool = False
+    backlog: int = 0
+    pending: list = field(default_factory=list)  # connections made to us, waiting for accept
+    changed: WaitQueue = field(default_factory=WaitQueue)  # accept and connect waiters
 
     def readable(self) -> bool:
         return True
@@ -34,29 +96,54 @@ class UnixSocket(OpenFile):
     def writable(self) -> bool:
         return True
 
-    def recv(self, t, count: int, flags: int = 0) -> bytes:
+    @property
+    def connected(self) -> bool:
+        return self.incoming is not None
+
+    # -- data --------------------------------------------------------------------------------
+
+    def recv_msg(self, t, count: int, flags: int = 0) -> tuple[bytes, list]:
+        """Read up to `count` bytes; returns them and the files that came with them."""
+        if self.listening:
+            raise SyscallError(errno.EINVAL)
         p = self.incoming
+        if p is None:
+            raise SyscallError(errno.ENOTCONN)
         if self.shut_rd:
-            return b""
+            return b"", []
         if not p.buf:
+            if p.reset:
+                p.reset = False
+                raise SyscallError(errno.ECONNRESET)
             if p.writers == 0 or count == 0:
-                return b""
+                return b"", []
             if self.flags & O_NONBLOCK or flags & MSG_DONTWAIT:
                 raise SyscallError(errno.EAGAIN)
             raise WouldBlock(p.readable)
-        data = bytes(p.buf[:count])
+        return p.take(count, bool(flags & MSG_PEEK))
+
+    def recv(self, t, count: int, flags: int = 0) -> bytes:
+        data, files = self.recv_msg(t, count, flags)
         if not flags & MSG_PEEK:
-            del p.buf[:count]
-            p.writable.notify()
+            for f in files:  # read without recvmsg: the files are lost, as on Linux
+                drop_ref(f)
         return data
 
-    def send(self, t, data: bytes, flags: int = 0) -> int:
+    def send(self, t, data: bytes, flags: int = 0, files: tuple = ()) -> int:
+        """Write what fits of `data`; `files` (SCM_RIGHTS) go with its first byte."""
         p = self.outgoing
+        if p is None:
+            raise SyscallError(errno.ENOTCONN)
         if self.shut_wr or p.readers == 0:
             if not flags & MSG_NOSIGNAL:
                 t.kernel.send_signal(t.tg, SIGPIPE)
             raise SyscallError(errno.EPIPE)
-        return p.put(data, bool(self.flags & O_NONBLOCK or flags & MSG_DONTWAIT), atomic=False)
+        n = p.put(data, bool(self.flags & O_NONBLOCK or flags & MSG_DONTWAIT), atomic=False)
+        if files:
+            p.rights.append([len(p.buf) - n, list(files)])
+            for f in files:
+                f.refs += 1
+        return n
 
     def read(self, t, count: int, offset: int | None = None) -> bytes:
         if offset is not None:
@@ -71,9 +158,13 @@ class UnixSocket(OpenFile):
     def shutdown(self, how: int) -> None:
         if how not in (SHUT_RD, SHUT_WR, SHUT_RDWR):
             raise SyscallError(errno.EINVAL)
+        if not self.connected:
+            raise SyscallError(errno.ENOTCONN)
         if how in (SHUT_RD, SHUT_RDWR) and not self.shut_rd:
             self.shut_rd = True
             self.incoming.readers -= 1
+            if self.incoming.readers == 0:
+                self.incoming.discard()
         if how in (SHUT_WR, SHUT_RDWR) and not self.shut_wr:
             self.shut_wr = True
             self.outgoing.writers -= 1
@@ -81,10 +172,61 @@ class UnixSocket(OpenFile):
             p.readable.notify()
             p.writable.notify()
 
+    # -- connections -------------------------------------------------------------------------
+
+    def listen(self, backlog: int) -> None:
+        if self.connected:
+            raise SyscallError(errno.EINVAL)
+        if not self.address:
+            raise SyscallError(errno.EINVAL)  # unix(7): listen needs a bound socket
+        self.listening = True
+        self.backlog = min(max(backlog, 0), SOMAXCONN)
+
+    def connect_to(self, t, listener: UnixSocket) -> None:
+        """Connect to a listening socket: the connection waits in its backlog for accept."""
+        if self.listening:
+            raise SyscallError(errno.EINVAL)
+        if self.connected:
+            raise SyscallError(errno.EISCONN)
+        if not listener.listening or listener.refs == 0:
+            raise SyscallError(errno.ECONNREFUSED)
+        if len(listener.pending) > listener.backlog:
+            if self.flags & O_NONBLOCK:
+                raise SyscallError(errno.EAGAIN)
+            raise WouldBlock(listener.changed)
+        up, down = make_buffers(t.kernel)
+        server = UnixSocket(flags=2, incoming=up, outgoing=down, ino=up.ino, address=listener.address,
+                            peer=self.address, cred=[t.tg.tgid, t.tg.creds[1], t.tg.creds[4]])
+        self.incoming, self.outgoing = down, up
+        self.peer = listener.address
+        self.cred = list(listener.cred)
+        listener.pending.append(server)
+        listener.changed.notify()
+        self.changed.notify()
+
+    def accept(self) -> UnixSocket:
+        if not self.listening:
+            raise SyscallError(errno.EINVAL)
+        if not self.pending:
+            if self.flags & O_NONBLOCK:
+                raise SyscallError(errno.EAGAIN)
+            raise WouldBlock(self.changed)
+        server = self.pending.pop(0)
+        self.changed.notify()  # room in the backlog for a waiting connect
+        return server
+
+    # -- file ---------------------------------------------------------------------------------
+
     def ready(self) -> int:
+        if self.listening:
+            return POLLIN if self.pending else 0
+        if not self.connected:
+            return POLLOUT | POLLHUP
         r = 0
         if self.incoming.buf or self.incoming.writers == 0 or self.shut_rd:
             r |= POLLIN
+        if self.incoming.reset:
+            r |= POLLERR
         if self.incoming.writers == 0 and self.outgoing.readers == 0:
             r |= POLLHUP
         if self.outgoing.readers == 0:
@@ -94,22 +236,51 @@ class UnixSocket(OpenFile):
         return r
 
     def queues(self, t) -> tuple:
+        if not self.connected:
+            return (self.changed,)
         return (self.incoming.readable, self.outgoing.writable)
 
-    def release(self) -> None:
-        self.shutdown(SHUT_RDWR)
+    def release(self, embryo: bool = False) -> None:
+        if self.connected:
+            if self.incoming.buf or embryo:
+                self.outgoing.reset = True  # unix(7) as Linux: the peer's next read fails
+            self.shutdown(SHUT_RDWR)
+        pending, self.pending = self.pending, []
+        for server in pending:
+            server.release(embryo=True)  # never accepted: their connectors see ECONNRESET
+        self.listening = False
+        self.changed.notify()
 
     def stat(self) -> dict:
-        return dict(dev=0x8, ino=self.incoming.ino, mode=stat.S_IFSOCK | 0o777, nlink=1, uid=0, gid=0, rdev=0,
+        return dict(dev=0x8, ino=self.ino, mode=stat.S_IFSOCK | 0o777, nlink=1, uid=0, gid=0, rdev=0,
                     size=0, blksize=PIPE_BUF, blocks=0, atime=0, mtime=0, ctime=0)
 
     def describe(self) -> str:
-        return f"socket:[{self.incoming.ino}] (unix stream pair)"
+        state = "listening" if self.listening else "connected" if self.connected else "unconnected"
+        name = f" {self.address.decode(errors='replace').replace(chr(0), '@', 1)}" if self.address else ""
+        return f"socket:[{self.ino}] (unix stream, {state}{name})"
+
+
+@savable
+@dataclass(eq=False)
+class SocketNode(Inode):
+    """A socket's name in the filesystem (bind(2) to a path); connect(2) finds it here."""
+
+    socket: UnixSocket | None = None
+
+
+def make_buffers(kernel) -> tuple[StreamBuffer, StreamBuffer]:
+    kernel.pipe_ino += 2
+    return (StreamBuffer(ino=kernel.pipe_ino - 1, readers=1, writers=1),
+            StreamBuffer(ino=kernel.pipe_ino, readers=1, writers=1))
+
+
+def new_socket(kernel, flags: int) -> UnixSocket:
+    kernel.pipe_ino += 1
+    return UnixSocket(flags=2 | flags, ino=kernel.pipe_ino)
 
 
 def make_pair(kernel, flags: int) -> tuple[UnixSocket, UnixSocket]:
-    kernel.pipe_ino += 2
-    ab = Pipe(ino=kernel.pipe_ino - 1, readers=1, writers=1)
-    ba = Pipe(ino=kernel.pipe_ino, readers=1, writers=1)
-    return (UnixSocket(flags=2 | flags, incoming=ba, outgoing=ab),
-            UnixSocket(flags=2 | flags, incoming=ab, outgoing=ba))
+    ab, ba = make_buffers(kernel)
+    return (UnixSocket(flags=2 | flags, incoming=ba, outgoing=ab, ino=ab.ino),
+            UnixSocket(flags=2 | flags, incoming=ab, outgoing=ba, ino=ba.ino))

@@ -168,8 +168,12 @@ class MemoryFile:
 
     # -- save and load --------------------------------------------------------------------
 
-    def data_runs(self) -> Iterator[tuple[int, int]]:
-        """Yield (offset, length) runs that hold data: holes and all-zero pages left out."""
+    def data_runs(self, skip: list[tuple[int, int]] = ()) -> Iterator[tuple[int, int]]:
+        """Yield (offset, length) runs that hold data: holes, all-zero pages and the sorted,
+        disjoint, page-aligned (offset, length) ranges of `skip` left out."""
+        if skip:
+            yield from _without(self.data_runs(), skip)
+            return
         pos = 0
         while pos < self.high:
             try:
@@ -201,18 +205,19 @@ class MemoryFile:
             yield run, end - run
 
     def save_chunks(self, compress: bool, position: Callable[[], int] | None = None,
-                    progress: Callable[[int], None] | None = None) -> Iterator[bytes]:
+                    progress: Callable[[int], None] | None = None,
+                    skip: list[tuple[int, int]] = ()) -> Iterator[bytes]:
         """The memory section's chunks: each is a header (offset, length, codec, padding),
         the padding, and the data.
 
         With compression, runs are compressed on a pool of threads (zstd releases the GIL),
         one per core, and come out in order. Without, `position()` tells where the chunk
         will land in the image, and padding puts every run's data on a page boundary of the
-        file, so a restore could map it instead of copying it.
+        file, so a restore could map it instead of copying it. Ranges in `skip` are left out.
         """
         done = self.saved_bytes = 0
         if not compress:
-            for off, n in self.data_runs():
+            for off, n in self.data_runs(skip):
                 pad = 0
                 if position is not None:
                     pad = -(position() + CHUNK_HEADER_SIZE + _CHUNK_HEAD.size) % PAGE_SIZE
@@ -234,7 +239,7 @@ class MemoryFile:
 
         with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
             pending: collections.deque = collections.deque()
-            for run in self.data_runs():
+            for run in self.data_runs(skip):
                 pending.append((run[1], pool.submit(compress_run, run)))
                 if len(pending) >= 2 * workers:  # bounds the memory held by finished chunks
                     n, fut = pending.popleft()
@@ -276,3 +281,22 @@ class MemoryFile:
             if progress is not None:
                 progress(total)
         return total
+
+
+def _without(runs: Iterable[tuple[int, int]], skip: list[tuple[int, int]]) -> Iterator[tuple[int, int]]:
+    """The parts of sorted runs outside the sorted ranges of `skip`."""
+    i = 0
+    for off, n in runs:
+        end = off + n
+        while i < len(skip) and skip[i][0] + skip[i][1] <= off:
+            i += 1
+        j = i
+        while off < end:
+            if j >= len(skip) or skip[j][0] >= end:
+                yield off, end - off
+                break
+            s_off, s_len = skip[j]
+            if s_off > off:
+                yield off, s_off - off
+            off = max(off, s_off + s_len)
+            j += 1

@@ -406,8 +406,12 @@ class Container:
             return msg.get("exit", 0)
 
     def checkpoint(self, image_path: str, leave_running: bool = False, compress: bool = True,
-                   image_fd: int | None = None, progress_fd: int | None = None) -> dict:
+                   image_fd: int | None = None, progress_fd: int | None = None,
+                   store_file_pages: bool = False) -> dict:
         """Write an image of the sandbox; it stops unless `leave_running`.
+
+        Pages of host files mapped read-only (libraries) are stored as references to the
+        files unless `store_file_pages`.
 
         With image_path "-", the image goes to `image_fd` instead (a pipe, a socket);
         with `progress_fd` (a terminal), progress is shown there.
@@ -428,7 +432,8 @@ class Container:
         with self.locked():
             self._require("checkpoint", RUNNING, PAUSED)
             reply = self._call("checkpoint", timeout=None, fds=fds, path=path,
-                               leave_running=leave_running, compress=compress, **args)
+                               leave_running=leave_running, compress=compress,
+                               store_file_pages=store_file_pages, **args)
             if not leave_running:
                 self._wait_gone(5.0)
                 self.state["status"] = STOPPED

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import datetime
+import os
 from typing import IO, Any
 
 from snapbox.kernel.kernel import Kernel, LoadContext
@@ -61,6 +62,9 @@ def describe(f: IO[bytes]) -> dict[str, Any]:
         "memory": {"allocated": summary.get("memory_allocated", 0), "saved": memory_saved,
                    "stored": sections.get("memory", 0),
                    "ratio": round(sections.get("memory", 0) / memory_saved, 3) if memory_saved else None},
+        "file_references": [{"path": os.path.join(kernel.fs.host(p.layer).path, p.path), "size": p.size,
+                             "mtime": p.mtime, "referenced": min(p.filled_bytes(), p.size), "sha256": p.digest.hex()}
+                            for p in kernel.file_cache.files if not p.stored],
     }
 
 
@@ -102,4 +106,10 @@ def render(info: dict[str, Any]) -> str:
     ratio = f", stored at {mem['ratio']:.2f} of that" if mem["ratio"] is not None else ""
     lines.append(f"memory: {human(mem['allocated'])} allocated, {human(mem['saved'])} of data saved"
                  f" (holes and zero pages left out){ratio}")
+    refs = info["file_references"]
+    if refs:
+        total = sum(r["referenced"] for r in refs)
+        lines.append(f"file pages referenced, not stored: {human(total)} of {len(refs)} host files")
+        for r in refs:
+            lines.append(f"  {r['path']}: {human(r['referenced'])} of {human(r['size'])}")
     return "\n".join(lines)

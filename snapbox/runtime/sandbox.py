@@ -50,7 +50,8 @@ def _passed_fd(msg: dict[str, Any], fds: list[int], key: str) -> int | None:
     return fds[index]
 
 
-def write_image(kernel: Kernel, path: str, compress: bool, progress=None, meta: dict | None = None) -> dict:
+def write_image(kernel: Kernel, path: str, compress: bool, progress=None, meta: dict | None = None,
+                store_file_pages: bool = False) -> dict:
     """Checkpoint `kernel` (paused) to `path`: written unnamed, fsynced, then linked and renamed
     into place, so an interrupted checkpoint never leaves a file under the target name."""
     directory = os.path.dirname(path) or "."
@@ -59,7 +60,7 @@ def write_image(kernel: Kernel, path: str, compress: bool, progress=None, meta: 
     except OSError as e:
         raise SnapboxError(f"cannot write image in {directory} ({e.strerror})") from None
     with os.fdopen(fd, "wb", buffering=1 << 20) as f:
-        summary = kernel.save(f, compress=compress, progress=progress, meta=meta)
+        summary = kernel.save(f, compress=compress, progress=progress, meta=meta, store_file_pages=store_file_pages)
         f.flush()
         os.fsync(fd)
         partial = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.partial")
@@ -227,15 +228,17 @@ class Sandbox:
         progress_fd = _passed_fd(msg, fds, "progress_fd")
         progress = Progress(progress_fd, "checkpoint") if progress_fd is not None else None
         compress = bool(msg.get("compress", True))
+        store = bool(msg.get("store_file_pages", False))
         k = self.kernel
         was_paused = k.paused
         k.pause()
         try:
             if path == "-":
                 with os.fdopen(os.dup(image_fd), "wb", buffering=1 << 20) as f:
-                    summary = k.save(f, compress=compress, progress=progress, meta=self.image_meta())
+                    summary = k.save(f, compress=compress, progress=progress, meta=self.image_meta(),
+                                     store_file_pages=store)
             else:
-                summary = write_image(k, path, compress, progress, self.image_meta())
+                summary = write_image(k, path, compress, progress, self.image_meta(), store)
         except BaseException:
             k.timekeeper.resume()
             if not was_paused:

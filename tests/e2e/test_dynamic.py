@@ -4,6 +4,7 @@ run with `snapbox do` and from a bundle on the host's root, compared with native
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -128,3 +129,127 @@ def test_a_detached_do_sandbox_restores_without_a_bundle(snapbox, tmp_path):
     assert not (snapbox.root / ".bundles" / "again").exists()
     p = snapbox("restore", "--image-path", "-", "x", check=False)
     assert p.stderr == "snapbox: error: restore from stdin needs --bundle\n"
+
+
+def dash_bundle(tmp_path: Path) -> Path:
+    """A bundle of the host's dash and sleep with their libraries copied into its rootfs."""
+    bundle = tmp_path / "dash"
+    rootfs = bundle / "rootfs"
+    for rel in ("bin", "lib/x86_64-linux-gnu", "lib64", "tmp"):
+        (rootfs / rel).mkdir(parents=True)
+    shutil.copy("/bin/sh", rootfs / "bin" / "sh")
+    shutil.copy("/bin/sleep", rootfs / "bin" / "sleep")
+    shutil.copy("/lib/x86_64-linux-gnu/libc.so.6", rootfs / "lib/x86_64-linux-gnu")
+    shutil.copy("/lib64/ld-linux-x86-64.so.2", rootfs / "lib64")
+    loop = "i=0; while :; do i=$((i+1)); echo $i; sleep 0.05; done"
+    (bundle / "config.json").write_text(json.dumps({
+        "ociVersion": "1.0.2",
+        "process": {"args": ["/bin/sh", "-c", loop], "env": ["PATH=/bin"], "cwd": "/"},
+        "root": {"path": "rootfs"},
+    }))
+    return bundle
+
+
+def test_library_pages_are_references_checked_on_restore(snapbox, tmp_path):
+    bundle = dash_bundle(tmp_path)
+    libc = bundle / "rootfs/lib/x86_64-linux-gnu/libc.so.6"
+    out = tmp_path / "out.txt"
+
+    def run_and_checkpoint(cid: str, image: Path, *flags: str) -> None:
+        with open(out, "w") as f:
+            subprocess.run(snapbox.cmd("run", "--bundle", str(bundle), "--detach", cid), stdout=f, stderr=f,
+                           check=True, timeout=60)
+        wait_for(lambda: len(lines(out)) >= 3, timeout=30, what="the shell loop")
+        snapbox("checkpoint", *flags, "--image-path", str(image), cid)
+        snapbox("delete", cid)
+
+    image = tmp_path / "ref.img"
+    run_and_checkpoint("ref", image)
+    info = json.loads(snapbox("inspect", "--json", str(image)).stdout)
+    refs = {Path(r["path"]).name: r for r in info["file_references"]}
+    assert {"libc.so.6", "ld-linux-x86-64.so.2", "sh"} <= set(refs)
+    assert refs["libc.so.6"]["size"] == libc.stat().st_size
+    assert refs["libc.so.6"]["referenced"] > 1 << 20  # libc's text is not in the image...
+    assert image.stat().st_size < 256 << 10  # ...which holds the shell's own memory only
+
+    original = libc.read_bytes()
+    changed = bytearray(original)
+    changed[len(changed) // 2] ^= 0xFF  # in libc's text
+    libc.write_bytes(changed)
+    p = snapbox("restore", "--bundle", str(bundle), "--image-path", str(image), "--detach", "bad", check=False)
+    assert p.returncode != 0
+    assert p.stderr == (f"snapbox: error: {libc} changed since the checkpoint (its content differs); "
+                        "checkpoint with --store-file-pages to keep its pages in the image\n")
+    libc.write_bytes(original + b"\0")
+    p = snapbox("restore", "--bundle", str(bundle), "--image-path", str(image), "--detach", "bad", check=False)
+    assert "changed since the checkpoint (size" in p.stderr and p.returncode != 0
+
+    # The same file back (new mtime, same content): the reference holds.
+    libc.write_bytes(original)
+    with open(out, "a") as f:
+        subprocess.run(snapbox.cmd("restore", "--bundle", str(bundle), "--image-path", str(image), "--detach",
+                                   "good"), stdout=f, stderr=f, check=True, timeout=60)
+    n = len(lines(out))
+    wait_for(lambda: len(lines(out)) >= n + 3, timeout=30, what="the restored loop")
+    snapbox("delete", "--force", "good")
+    assert [int(x) for x in lines(out)] == list(range(1, len(lines(out)) + 1))
+
+    # With --store-file-pages the image holds the pages and restores whatever the file is now.
+    stored = tmp_path / "stored.img"
+    run_and_checkpoint("st", stored, "--store-file-pages")
+    assert json.loads(snapbox("inspect", "--json", str(stored)).stdout)["file_references"] == []
+    assert stored.stat().st_size > image.stat().st_size + (256 << 10)
+    libc.write_bytes(original + b"appended")
+    with open(out, "a") as f:
+        subprocess.run(snapbox.cmd("restore", "--bundle", str(bundle), "--image-path", str(stored), "--detach",
+                                   "st2"), stdout=f, stderr=f, check=True, timeout=60)
+    n = len(lines(out))
+    wait_for(lambda: len(lines(out)) >= n + 3, timeout=30, what="the loop restored from stored pages")
+    snapbox("delete", "--force", "st2")
+    assert [int(x) for x in lines(out)] == list(range(1, len(lines(out)) + 1))
+
+
+UNIX_ECHO = r"""
+import os, socket, time
+path = "/tmp/echo.sock"
+srv = socket.socket(socket.AF_UNIX)
+srv.bind(path)
+srv.listen()
+if os.fork() == 0:
+    c = socket.socket(socket.AF_UNIX)
+    c.connect(path)
+    r, w = os.pipe()
+    socket.send_fds(c, [b"fd"], [w])
+    print(os.read(r, 100).decode(), flush=True)
+    n = 0
+    while True:
+        n += 1
+        c.sendall(b"%d" % n)
+        print(c.recv(100).decode(), flush=True)
+        time.sleep(0.05)
+conn, _ = srv.accept()
+_, fds, _, _ = socket.recv_fds(conn, 10, 1)
+os.write(fds[0], b"hello through a passed fd")
+while True:
+    conn.sendall(b"echo " + conn.recv(100))
+"""
+
+
+def test_a_unix_socket_echo_pair_survives_checkpoint_and_restore(snapbox, tmp_path):
+    out = tmp_path / "out.txt"
+    with open(out, "w") as f:
+        subprocess.run(snapbox.cmd("do", "--detach", "--id", "echo", sys.executable, "-c", UNIX_ECHO),
+                       stdout=f, stderr=f, check=True, timeout=60, cwd=tmp_path)
+    wait_for(lambda: len(lines(out)) >= 4, timeout=60, what="the echo pair")
+    image = tmp_path / "echo.img"
+    snapbox("checkpoint", "--image-path", str(image), "echo")
+    snapbox("delete", "echo")
+    n = len(lines(out))
+    with open(out, "a") as f:
+        subprocess.run(snapbox.cmd("restore", "--image-path", str(image), "--detach", "echo2"),
+                       stdout=f, stderr=f, check=True, timeout=60)
+    wait_for(lambda: len(lines(out)) >= n + 3, timeout=60, what="the restored echo pair")
+    snapbox("delete", "--force", "echo2")
+    got = lines(out)
+    assert got[0] == "hello through a passed fd"
+    assert got[1:] == [f"echo {i}" for i in range(1, len(got))]

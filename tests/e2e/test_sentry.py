@@ -127,6 +127,14 @@ def test_file_locks_match_native(snapbox, images, tmp_path, bundle):
     assert same_output(snapbox("run", "--bundle", str(images / bundle), "lk").stdout, want)
 
 
+@pytest.mark.parametrize("bundle", ["sockets", "sockets-glibc"])
+def test_unix_sockets_match_native(snapbox, images, tmp_path, bundle):
+    binary = images / bundle / "rootfs" / bundle
+    want = subprocess.run([str(binary)], capture_output=True, text=True, timeout=30, cwd=tmp_path).stdout
+    assert "recv 2: second fd=yes" in want and "pipe: through the pipe" in want
+    assert same_output(snapbox("run", "--bundle", str(images / bundle), "so").stdout, want)
+
+
 @pytest.mark.parametrize("bundle", ["signals", "signals-glibc"])
 def test_signals_match_native(snapbox, images, bundle):
     binary = images / bundle / "rootfs" / f"/{bundle}".lstrip("/")

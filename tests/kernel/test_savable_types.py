@@ -16,7 +16,7 @@ from snapbox.kernel.devices import DeviceFile, mount_dev
 from snapbox.kernel.eventfiles import EpollFile, EventFd, TimerFd
 from snapbox.kernel.fd import FDTable, OpenFile
 from snapbox.kernel.pipe import FifoNode, make_pipe
-from snapbox.kernel.socket import make_pair
+from snapbox.kernel.socket import SocketNode, UnixSocket, make_pair
 from snapbox.kernel.procfs import ProcFile, ProcNode, mount_proc
 from snapbox.kernel.host import HostFile
 from snapbox.kernel.kernel import Kernel, LoadContext
@@ -67,6 +67,13 @@ def build(name: str, kernel: Kernel):
     pipe_r.pipe.buf += b"in flight"
     tg.fds.install(pipe_r)
     tg.fds.install(pipe_w)
+    left, right = make_pair(kernel, 0)
+    right.outgoing.buf += b"with a file"
+    right.outgoing.rights.append([0, [pipe_w]])
+    listener = UnixSocket(flags=2, ino=77, address=b"\0name", listening=True, backlog=3, pending=[left],
+                          cred=[1, 0, 0])
+    pages = kernel.file_cache.get(motd)
+    kernel.file_cache.fill(pages, 0, 4096)
     if "dev" not in fs.root.entries:
         mount_dev(fs)
         mount_proc(kernel)
@@ -84,6 +91,8 @@ def build(name: str, kernel: Kernel):
         "FSContext": lambda: tg.fs,
         "MemoryManager": lambda: mm,
         "Vma": lambda: mm.vmas[0],
+        "FileCache": lambda: kernel.file_cache,
+        "FilePages": lambda: pages,
         "FDTable": lambda: tg.fds,
         "OpenFile": lambda: OpenFile(flags=1, offset=7, refs=1),
         "RegularFile": lambda: tg.fds.get(0),
@@ -101,7 +110,9 @@ def build(name: str, kernel: Kernel):
         "DeviceFile": lambda: DeviceFile(flags=2, node=fs.root.entries["dev"].entries["urandom"]),
         "PosixTimer": lambda: PosixTimer(id=1, clock=1, notify=4, signo=34, value=77, tid=1, deadline=99,
                                          interval=10, overrun=2),
-        "UnixSocket": lambda: make_pair(kernel, 0)[0],
+        "UnixSocket": lambda: listener,
+        "StreamBuffer": lambda: right.outgoing,
+        "SocketNode": lambda: SocketNode(ino=12, mode=stat.S_IFSOCK | 0o755, socket=listener),
         "FifoNode": lambda: FifoNode(ino=8, mode=stat.S_IFIFO | 0o644, pipe=pipe_r.pipe),
         "EventFd": lambda: EventFd(flags=2, counter=7, semaphore=True),
         "TimerFd": lambda: TimerFd(clock=1, deadline=123456789, interval=1000, expirations=2),

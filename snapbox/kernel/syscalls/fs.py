@@ -27,6 +27,7 @@ from snapbox.kernel.fd import (
     SETFL_MASK,
 )
 from snapbox.kernel.pipe import FifoNode, Pipe, make_pipe, open_fifo
+from snapbox.kernel.socket import SocketNode
 from snapbox.kernel.procfs import ProcDir, ProcNode
 from snapbox.kernel.syscalls import NR, i32, i64, syscall
 from snapbox.kernel.vfs import Dir, DirFile, LowerNode, MemRegular, MemSymlink, RegularFile, now_ns
@@ -141,6 +142,8 @@ def open_node(t, dirfd: int, path_addr: int, flags: int, mode: int) -> int:
         f = DeviceFile(flags=flags & ~O_CLOEXEC, node=node)
     elif isinstance(node, FifoNode):
         f = open_fifo(t, node, flags)
+    elif isinstance(node, SocketNode) and not flags & O_PATH:
+        raise SyscallError(errno.ENXIO)  # open(2) of a socket
     elif isinstance(node, ProcNode):
         if accmode != O_RDONLY:
             raise SyscallError(errno.EACCES)

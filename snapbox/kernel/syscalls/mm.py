@@ -69,6 +69,15 @@ def mmap(t, addr, length, prot, flags, fd, offset):
             first = offset // PAGE_SIZE
             pages = [node.page(first + i) for i in range((length + PAGE_SIZE - 1) // PAGE_SIZE)]
             return t.mm.map_shared_pages(addr, length, prot & 7, fixed, pages, source.name, offset)
+    node = source.node
+    if kind == MAP_PRIVATE and not prot & PROT_WRITE and isinstance(node, LowerNode) and t.mm.cache is not None:
+        # Read-only and private: the file's cached pages, shared with every such mapping.
+        pages = t.mm.cache.get(node)
+        if pages is not None:
+            try:
+                return t.mm.map_file(addr, length, prot & 7, fixed, pages, offset, source.name or "anon")
+            finally:
+                t.mm.cache.forget_unused(pages)
     # A private (or read-only shared) file mapping: the file's pages copied into fresh
     # memory; bytes past the end of the file read as zeros.
     data = source.read(t, min(length, max(0, source.node.size() - offset)), offset)

@@ -1,25 +1,47 @@
-"""Sockets: socketpair(2) of AF_UNIX stream sockets and the calls that use them. Other
-families are not there yet: socket(2) fails with EAFNOSUPPORT."""
+"""Sockets: AF_UNIX stream sockets (socketpair, bind, listen, accept, connect, SCM_RIGHTS).
+Other families fail with EAFNOSUPPORT and other unix socket types with ESOCKTNOSUPPORT."""
 
 from __future__ import annotations
 
 import errno
+import stat as st
 import struct
 
 from snapbox.kernel.errors import SyscallError
 from snapbox.kernel.fd import O_CLOEXEC, O_NONBLOCK
-from snapbox.kernel.socket import AF_UNIX, SOCK_STREAM, UnixSocket, make_pair
+from snapbox.kernel.socket import AF_UNIX, MSG_PEEK, SOCK_STREAM, SocketNode, UnixSocket, drop_ref, make_pair, \
+    new_socket
 from snapbox.kernel.syscalls import NR, i32, syscall
-from snapbox.kernel.syscalls.fs import MAX_RW, _iovecs, scatter, write_all
+from snapbox.kernel.syscalls.fs import AT_FDCWD, MAX_RW, _iovecs, _start_dir, on_host, scatter, write_all
+from snapbox.kernel.vfs import now_ns
 
 SOCK_NONBLOCK, SOCK_CLOEXEC = O_NONBLOCK, O_CLOEXEC
-SOL_SOCKET, SO_TYPE, SO_ERROR, SO_DOMAIN, SO_ACCEPTCONN, SO_SNDBUF, SO_RCVBUF = 1, 3, 4, 39, 30, 7, 8
+SOL_SOCKET, SCM_RIGHTS, SCM_CREDENTIALS = 1, 1, 2
+SO_TYPE, SO_ERROR, SO_SNDBUF, SO_RCVBUF, SO_PASSCRED, SO_PEERCRED = 3, 4, 7, 8, 16, 17
+SO_ACCEPTCONN, SO_PROTOCOL, SO_DOMAIN = 30, 38, 39
+MSG_CTRUNC, MSG_CMSG_CLOEXEC = 0x8, 0x40000000
+SCM_MAX_FD = 253
+UNIX_PATH_MAX = 108
 _MSGHDR = struct.Struct("<QI4xQQQQi4x")  # name, namelen, iov, iovlen, control, controllen, flags
+_CMSGHDR = struct.Struct("<Qii")  # len, level, type
+
+
+def _cmsg_align(n: int) -> int:
+    return (n + 7) & ~7
 
 
 @syscall(NR.socket)
 def socket(t, domain, type_, protocol):
-    raise SyscallError(errno.EAFNOSUPPORT, "only socketpair(AF_UNIX, SOCK_STREAM) exists so far")
+    kind = i32(type_) & ~(SOCK_NONBLOCK | SOCK_CLOEXEC)
+    if i32(domain) != AF_UNIX:
+        raise SyscallError(errno.EAFNOSUPPORT, "only AF_UNIX sockets exist in the sandbox")
+    if kind != SOCK_STREAM:
+        raise SyscallError(errno.ESOCKTNOSUPPORT, "only SOCK_STREAM unix sockets are supported")
+    if i32(protocol) not in (0, 1):
+        raise SyscallError(errno.EPROTONOSUPPORT)
+    s = new_socket(t.kernel, i32(type_) & SOCK_NONBLOCK)
+    s.cred = [t.tg.tgid, t.tg.creds[1], t.tg.creds[4]]
+    return t.fds.install(s, cloexec=bool(i32(type_) & SOCK_CLOEXEC))
 
 
 @syscall(NR.socketpair)
@@ -32,6 +54,8 @@ def socketpair(t, domain, type_, protocol, sv):
     if i32(protocol) not in (0, 1):
         raise SyscallError(errno.EPROTONOSUPPORT)
     a, b = make_pair(t.kernel, i32(type_) & SOCK_NONBLOCK)
+    a.cred = [t.tg.tgid, t.tg.creds[1], t.tg.creds[4]]
+    b.cred = list(a.cred)
     cloexec = bool(i32(type_) & SOCK_CLOEXEC)
     fa = t.fds.install(a, cloexec=cloexec)
     try:
@@ -50,11 +74,128 @@ def _sock(t, fd: int) -> UnixSocket:
     return f
 
 
+def _read_address(t, addr: int, addrlen: int) -> bytes:
+    """The name in a sockaddr_un: a path (without its NUL), or NUL and an abstract name."""
+    addrlen = i32(addrlen)
+    if addrlen < 2 or addrlen > 2 + UNIX_PATH_MAX:
+        raise SyscallError(errno.EINVAL)
+    raw = t.mm.read(addr, addrlen)
+    if struct.unpack_from("<H", raw)[0] != AF_UNIX:
+        raise SyscallError(errno.EINVAL)
+    name = raw[2:]
+    return name if name[:1] == b"\0" else name.split(b"\0")[0]
+
+
+def _write_address(t, addr: int, addrlen: int, name: bytes) -> None:
+    """Fill a caller's sockaddr buffer (truncated to its size) and its length."""
+    if not addrlen:
+        return
+    full = struct.pack("<H", AF_UNIX) + name + (b"\0" if name[:1] not in (b"", b"\0") else b"")
+    room = i32(struct.unpack("<I", t.mm.read(addrlen, 4))[0])
+    if room < 0:
+        raise SyscallError(errno.EINVAL)
+    if addr and room:
+        t.mm.write(addr, full[:room])
+    t.mm.write(addrlen, struct.pack("<I", len(full)))
+
+
+def _bound(t, name: bytes) -> UnixSocket | SocketNode | None:
+    """What holds a name now: a live socket (abstract names), a node (paths), or None."""
+    if name[:1] == b"\0":
+        s = t.kernel.unix_names.get(name)
+        if s is not None and s.refs == 0:
+            del t.kernel.unix_names[name]
+            return None
+        return s
+    fs = t.kernel.fs
+    _, _, node = fs.walk(_start_dir(t, AT_FDCWD, name), t.fs.root, name, False)
+    return node
+
+
+@syscall(NR.bind)
+def bind(t, fd, addr, addrlen):
+    s = _sock(t, fd)
+    name = _read_address(t, addr, addrlen)
+    if s.address or s.connected:
+        raise SyscallError(errno.EINVAL)
+    if not name:  # autobind: an abstract name of five hex digits (unix(7))
+        n = 0
+        while (name := b"\0%05x" % n) in t.kernel.unix_names and t.kernel.unix_names[name].refs:
+            n += 1
+    if name[:1] == b"\0":
+        if _bound(t, name) is not None:
+            raise SyscallError(errno.EADDRINUSE)
+        t.kernel.unix_names[name] = s
+    else:
+        fs = t.kernel.fs
+        parent, base, node = fs.walk(_start_dir(t, AT_FDCWD, name), t.fs.root, name, False)
+        if node is not None:
+            raise SyscallError(errno.EADDRINUSE)
+        if parent is None or not base:
+            raise SyscallError(errno.ENOENT)
+        if on_host(t, parent) is not None:
+            raise SyscallError(errno.EPERM, "sockets in a read-write bind mount are not supported")
+        now = now_ns()
+        parent.entries[base] = SocketNode(ino=fs.new_ino(), mode=st.S_IFSOCK | (0o777 & ~t.fs.umask),
+                                          uid=t.tg.creds[1], gid=t.tg.creds[4], atime=now, mtime=now,
+                                          ctime=now, socket=s)
+        parent.whiteouts.discard(base)
+    s.address = name
+    return 0
+
+
+@syscall(NR.listen)
+def listen(t, fd, backlog):
+    _sock(t, fd).listen(i32(backlog))
+    return 0
+
+
+@syscall(NR.connect)
+def connect(t, fd, addr, addrlen):
+    s = _sock(t, fd)
+    name = _read_address(t, addr, addrlen)
+    if not name:
+        raise SyscallError(errno.EINVAL)
+    if s.connected:
+        raise SyscallError(errno.EISCONN)
+    target = _bound(t, name)
+    if target is None:
+        raise SyscallError(errno.ECONNREFUSED if name[:1] == b"\0" else errno.ENOENT)
+    if isinstance(target, SocketNode):
+        target = target.socket
+    if not isinstance(target, UnixSocket):
+        raise SyscallError(errno.ECONNREFUSED)
+    s.connect_to(t, target)
+    return 0
+
+
+@syscall(NR.accept)
+def accept(t, fd, addr, addrlen):
+    return accept4(t, fd, addr, addrlen, 0)
+
+
+@syscall(NR.accept4)
+def accept4(t, fd, addr, addrlen, flags):
+    flags = i32(flags)
+    if flags & ~(SOCK_NONBLOCK | SOCK_CLOEXEC):
+        raise SyscallError(errno.EINVAL)
+    s = _sock(t, fd)
+    conn = s.accept()
+    conn.flags |= flags & SOCK_NONBLOCK
+    try:
+        new = t.fds.install(conn, cloexec=bool(flags & SOCK_CLOEXEC))
+    except SyscallError:
+        s.pending.insert(0, conn)
+        raise
+    _write_address(t, addr, addrlen, conn.peer)
+    return new
+
+
 @syscall(NR.sendto)
 def sendto(t, fd, buf, length, flags, addr, addrlen):
     s = _sock(t, fd)
     if addr:
-        raise SyscallError(errno.EISCONN)
+        raise SyscallError(errno.EISCONN if s.connected else errno.EOPNOTSUPP)
     data = t.mm.read(buf, min(length, MAX_RW))
     return s.send(t, data, i32(flags))
 
@@ -64,39 +205,90 @@ def recvfrom(t, fd, buf, length, flags, addr, addrlen):
     s = _sock(t, fd)
     data = s.recv(t, min(length, MAX_RW), i32(flags))
     t.mm.write(buf, data)
-    if addrlen:
-        t.mm.write(addrlen, struct.pack("<I", 0))
+    _write_address(t, addr, addrlen, s.peer)
     return len(data)
+
+
+def _rights(t, control: int, controllen: int) -> list:
+    """The open files an SCM_RIGHTS control message names; other messages are read and
+    left (SCM_CREDENTIALS reaches no one: no receiver asks for SO_PASSCRED)."""
+    files: list = []
+    raw = t.mm.read(control, controllen) if controllen else b""
+    pos = 0
+    while pos + _CMSGHDR.size <= len(raw):
+        length, level, kind = _CMSGHDR.unpack_from(raw, pos)
+        if length < _CMSGHDR.size or pos + length > len(raw):
+            raise SyscallError(errno.EINVAL)
+        if level == SOL_SOCKET and kind == SCM_RIGHTS:
+            count = (length - _CMSGHDR.size) // 4
+            fds = struct.unpack_from(f"<{count}i", raw, pos + _CMSGHDR.size)
+            if len(files) + count > SCM_MAX_FD:
+                raise SyscallError(errno.EINVAL)
+            files += [t.fds.get(fd) for fd in fds]
+        elif level != SOL_SOCKET or kind != SCM_CREDENTIALS:
+            raise SyscallError(errno.EINVAL)
+        pos += _cmsg_align(length)
+    return files
 
 
 @syscall(NR.sendmsg)
 def sendmsg(t, fd, msg, flags):
     s = _sock(t, fd)
-    _, _, iov, iovlen, _, controllen, _ = _MSGHDR.unpack(t.mm.read(msg, _MSGHDR.size))
-    if controllen:
-        raise SyscallError(errno.EOPNOTSUPP, "ancillary data (SCM_RIGHTS) is not supported yet")
+    name, _, iov, iovlen, control, controllen, _ = _MSGHDR.unpack(t.mm.read(msg, _MSGHDR.size))
+    if name:
+        raise SyscallError(errno.EISCONN if s.connected else errno.EOPNOTSUPP)
+    files = _rights(t, control, controllen)
+    if t.restart_value(NR.sendmsg):
+        files = []  # a retry of a send that blocked part-way: the files went with its first bytes
     data = b"".join(t.mm.read(base, n) for base, n in _iovecs(t, iov, iovlen))
-    return write_all(t, NR.sendmsg, _Flagged(s, i32(flags)), data[:MAX_RW])
+    return write_all(t, NR.sendmsg, _Flagged(s, i32(flags), files), data[:MAX_RW])
 
 
 class _Flagged:
-    """A socket with send flags, for write_all."""
+    """A socket with send flags and files to send with the first bytes, for write_all."""
 
-    def __init__(self, sock: UnixSocket, flags: int) -> None:
-        self.sock, self.flags = sock, flags
+    def __init__(self, sock: UnixSocket, flags: int, files: list) -> None:
+        self.sock, self.flags, self.files = sock, flags, files
 
     def write(self, t, data: bytes, offset: int | None = None) -> int:
-        return self.sock.send(t, data, self.flags)
+        n = self.sock.send(t, data, self.flags, self.files)
+        self.files = []
+        return n
 
 
 @syscall(NR.recvmsg)
 def recvmsg(t, fd, msg, flags):
     s = _sock(t, fd)
+    flags = i32(flags)
     name, namelen, iov, iovlen, control, controllen, _ = _MSGHDR.unpack(t.mm.read(msg, _MSGHDR.size))
     vecs = _iovecs(t, iov, iovlen)
-    data = s.recv(t, min(sum(n for _, n in vecs), MAX_RW), i32(flags))
+    data, files = s.recv_msg(t, min(sum(n for _, n in vecs), MAX_RW), flags)
     scatter(t, vecs, data)
-    t.mm.write(msg, _MSGHDR.pack(name, 0, iov, iovlen, control, 0, 0))
+    out_flags, used = 0, 0
+    if files:
+        room = (controllen - _CMSGHDR.size) // 4 if control and controllen >= _CMSGHDR.size + 4 else 0
+        fds = []
+        for f in files[:room]:
+            try:
+                fds.append(t.fds.install(f, cloexec=bool(flags & MSG_CMSG_CLOEXEC)))
+            except SyscallError:
+                break
+        if len(fds) < len(files):
+            out_flags |= MSG_CTRUNC
+        if fds:
+            length = _CMSGHDR.size + 4 * len(fds)
+            t.mm.write(control, _CMSGHDR.pack(length, SOL_SOCKET, SCM_RIGHTS) + struct.pack(f"<{len(fds)}i", *fds))
+            used = min(_cmsg_align(length), controllen)
+        if not flags & MSG_PEEK:
+            for f in files:
+                drop_ref(f)  # the reference the message held; installed ones hold their own
+    if name and namelen:
+        full = struct.pack("<H", AF_UNIX) + s.peer + (b"\0" if s.peer[:1] not in (b"", b"\0") else b"")
+        t.mm.write(name, full[:namelen])
+        namelen = len(full)
+    else:
+        namelen = 0
+    t.mm.write(msg, _MSGHDR.pack(name, namelen, iov, iovlen, control, used, out_flags))
     return len(data)
 
 
@@ -108,16 +300,23 @@ def shutdown(t, fd, how):
 
 @syscall(NR.getsockopt)
 def getsockopt(t, fd, level, optname, optval, optlen):
-    _sock(t, fd)
+    s = _sock(t, fd)
     if i32(level) != SOL_SOCKET:
         raise SyscallError(errno.ENOPROTOOPT)
-    values = {SO_TYPE: SOCK_STREAM, SO_ERROR: 0, SO_DOMAIN: AF_UNIX, SO_ACCEPTCONN: 0,
-              SO_SNDBUF: 212992, SO_RCVBUF: 212992}
-    value = values.get(i32(optname))
-    if value is None:
-        raise SyscallError(errno.ENOPROTOOPT)
-    t.mm.write(optval, struct.pack("<i", value))
-    t.mm.write(optlen, struct.pack("<I", 4))
+    opt = i32(optname)
+    if opt == SO_PEERCRED:
+        value = struct.pack("<iII", *s.cred)
+    else:
+        values = {SO_TYPE: SOCK_STREAM, SO_ERROR: 0, SO_DOMAIN: AF_UNIX, SO_ACCEPTCONN: int(s.listening),
+                  SO_SNDBUF: 212992, SO_RCVBUF: 212992, SO_PASSCRED: 0, SO_PROTOCOL: 0}
+        if opt not in values:
+            raise SyscallError(errno.ENOPROTOOPT)
+        value = struct.pack("<i", values[opt])
+    room = i32(struct.unpack("<I", t.mm.read(optlen, 4))[0])
+    if room < 0:
+        raise SyscallError(errno.EINVAL)
+    t.mm.write(optval, value[:room])
+    t.mm.write(optlen, struct.pack("<I", min(room, len(value))))
     return 0
 
 
@@ -126,12 +325,19 @@ def setsockopt(t, fd, level, optname, optval, optlen):
     _sock(t, fd)
     if i32(level) != SOL_SOCKET:
         raise SyscallError(errno.ENOPROTOOPT)
-    return 0  # buffer sizes and the like: accepted, the pair's buffers are fixed
+    return 0  # buffer sizes and the like: accepted, the buffers are fixed
 
 
-@syscall(NR.getsockname, NR.getpeername)
+@syscall(NR.getsockname)
 def getsockname(t, fd, addr, addrlen):
-    _sock(t, fd)
-    t.mm.write(addr, struct.pack("<H", AF_UNIX))
-    t.mm.write(addrlen, struct.pack("<I", 2))
+    _write_address(t, addr, addrlen, _sock(t, fd).address)
+    return 0
+
+
+@syscall(NR.getpeername)
+def getpeername(t, fd, addr, addrlen):
+    s = _sock(t, fd)
+    if not s.connected:
+        raise SyscallError(errno.ENOTCONN)
+    _write_address(t, addr, addrlen, s.peer)
     return 0
