@@ -352,23 +352,6 @@ def cpu_features(as_json: bool) -> None:
         click.echo(" ".join(sorted(fs.features)))
 
 
-@cli.command(hidden=True)
-@click.option("--id", "cid", required=True)
-@click.option("--bundle", required=True)
-@click.option("--ready-fd", type=int, required=True)
-@click.option("--restore", default=None)
-@click.option("--debug-log", default=None)
-@click.option("--log-format", default="text")
-@click.option("--strace", is_flag=True)
-@click.pass_obj
-def boot(obj: _Context, cid: str, bundle: str, ready_fd: int, restore: str | None,
-         debug_log: str | None, log_format: str, strace: bool) -> None:
-    """The sandbox process (started by run, create and restore)."""
-    from snapbox.runtime.sandbox import boot_main
-
-    sys.exit(boot_main(obj.root, cid, bundle, ready_fd, restore, debug_log, log_format, strace))
-
-
 @cli.command()
 @click.argument("container_id")
 @click.pass_obj

@@ -1,7 +1,8 @@
 """Thin ptrace(2) bindings for x86-64: the requests the ptrace platform needs, and registers.
 
-The register layout is python-ptrace's `user_regs_struct`; the requests python-ptrace does
-not name (SEIZE, INTERRUPT, SYSEMU, GETREGSET) are declared here.
+Declared here rather than taken from python-ptrace: importing its bindings runs
+`ldconfig -p` (ctypes.util.find_library) in every sandbox process, and snapbox needs
+only one struct of it.
 """
 
 from __future__ import annotations
@@ -9,7 +10,14 @@ from __future__ import annotations
 import ctypes
 import os
 
-from ptrace.binding.linux_struct import user_regs_struct
+
+
+class user_regs_struct(ctypes.Structure):  # noqa: N801 - the kernel's name (sys/user.h)
+    """x86-64 general registers, as PTRACE_GETREGS and PTRACE_SETREGS move them."""
+
+    _fields_ = [(name, ctypes.c_ulong) for name in (
+        "r15", "r14", "r13", "r12", "rbp", "rbx", "r11", "r10", "r9", "r8", "rax", "rcx", "rdx", "rsi", "rdi",
+        "orig_rax", "rip", "cs", "eflags", "rsp", "ss", "fs_base", "gs_base", "ds", "es", "fs", "gs")]
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _ptrace = _libc.ptrace

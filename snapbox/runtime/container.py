@@ -31,6 +31,7 @@ from typing import Any, Iterator
 
 import cbor2
 
+import snapbox
 from snapbox.errors import ContainerStateError, SnapboxError
 from snapbox.runtime import control
 
@@ -294,7 +295,7 @@ class Container:
     def _spawn(self, restore_image: str | None, console_socket: str | None = None) -> None:
         """Start the sandbox process; it is ready (created) when this returns."""
         r, w = os.pipe()
-        cmd = [sys.executable, "-m", "snapbox", "--root", self.root, "boot", "--id", self.id,
+        cmd = [sys.executable, "-S", "-m", "snapbox.runtime.boot", "--root", self.root, "--id", self.id,
                "--bundle", self.state["bundle"], "--ready-fd", str(w), *self.options.boot_args()]
         if restore_image is not None:
             cmd += ["--restore", restore_image]
@@ -304,7 +305,8 @@ class Container:
             slave = _console(console_socket)
             stdio = {"stdin": slave, "stdout": slave, "stderr": slave}
         try:
-            self.process = subprocess.Popen(cmd, pass_fds=(w,), start_new_session=True, **stdio)
+            self.process = subprocess.Popen(cmd, pass_fds=(w,), start_new_session=True, env=_sandbox_env(),
+                                            **stdio)
         finally:
             os.close(w)
             if slave >= 0:
@@ -484,3 +486,11 @@ class Container:
             # No record: the sandbox itself died (killed from the host).
             return signal.SIGKILL if code is None or code < 0 else code << 8
         return status
+
+
+def _sandbox_env() -> dict[str, str]:
+    """The sandbox process's environment: ours, with our import path spelled out, as it
+    runs without the site module (which costs tens of milliseconds at every start)."""
+    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(snapbox.__file__)))
+    path = [package_parent, *(p for p in sys.path if p and os.path.isdir(p))]
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(dict.fromkeys(path)))
