@@ -1,4 +1,4 @@
-"""The sandbox process (`snapbox boot`): the Loader's run and restore paths, and the control
+"""The sandbox process (`python -S -m snapbox.runtime.boot`): the Loader's run and restore paths, and the control
 server, all inside the kernel's event loop.
 
 Its stdin, stdout and stderr are the application's; it never writes to them itself. Its

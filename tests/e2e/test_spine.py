@@ -31,7 +31,7 @@ def pids_of(root: Path) -> list[int]:
                 cmd = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
             except OSError:
                 continue
-            if str(root).encode() in cmd and b"boot" in cmd:
+            if str(root).encode() in cmd and b"snapbox.runtime.boot" in cmd:
                 found.append(int(pid))
     return found
 
@@ -101,6 +101,7 @@ def test_image_from_a_richer_cpu_is_refused_before_anything_starts(snapbox, tmp_
     image = tmp_path / "c.img"
     snapbox.run_detached("c1", "counter", out)
     wait_for(lambda: counts(out), what="a count")
+    assert len(pids_of(snapbox.root)) == 1  # the one sandbox process is seen
     snapbox("checkpoint", "--image-path", str(image), "c1")
     snapbox("delete", "c1")
     env = dict(os.environ, SNAPBOX_HOST_CPU_FEATURES="fpu,cx8,cmov,mmx,fxsr,sse,lm")
