@@ -227,6 +227,7 @@ def test_pthreads_under_checkpoint_and_restore_at_random_moments(snapbox, images
 def test_proc_is_made_from_the_sandbox(snapbox, images, tmp_path):
     script = """
     sleep 5 &
+    i=0; until grep -q sleep /proc/2/cmdline || [ $i -ge 1000 ]; do i=$((i+1)); done  # until it has exec'd
     echo "self=$(readlink /proc/self) exe=$(readlink /proc/self/exe)"
     ps -o pid,args | grep -c '^ *2 sleep 5$'
     grep -E '^(Name|PPid|Threads):' /proc/self/status
