@@ -330,6 +330,23 @@ def inspect(image_path: str, as_json: bool) -> None:
     click.echo(json.dumps(info, indent=2) if as_json else render(info))
 
 
+@cli.command()
+@click.option("--stop", is_flag=True, help="Stop the warm pool of this root.")
+@click.pass_obj
+def warm(obj: _Context, stop: bool) -> None:
+    """Keep a warm pool for this --root: a process that has imported the whole sandbox and
+    forks a sandbox process for each run, create, do and restore under the root, so they
+    skip the interpreter's start-up and imports. It runs in the background until
+    `snapbox warm --stop`; its log is <root>/.warm.log.
+    """
+    from snapbox.runtime.container import start_warm_pool, stop_warm_pool
+
+    if stop:
+        click.echo(f"stopped the warm pool of {obj.root} (pid {stop_warm_pool(obj.root)})")
+    else:
+        click.echo(f"warm pool of {obj.root} running (pid {start_warm_pool(obj.root)})")
+
+
 @cli.command(name="cpu-features")
 @click.option("--json", "as_json", is_flag=True, help="Print vendor, features and XSAVE layout as JSON.")
 def cpu_features(as_json: bool) -> None:

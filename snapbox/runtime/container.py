@@ -19,6 +19,7 @@ import fcntl
 import json
 import os
 import re
+import select
 import shutil
 import signal
 import socket
@@ -33,7 +34,7 @@ import cbor2
 
 import snapbox
 from snapbox.errors import ContainerStateError, SnapboxError
-from snapbox.runtime import control
+from snapbox.runtime import control, warm
 
 CREATING, CREATED, RUNNING, PAUSED, STOPPED = "creating", "created", "running", "paused", "stopped"
 OCI_VERSION = "1.0.2"
@@ -97,6 +98,11 @@ class Options:
     debug_log: str | None = None  # the sandbox's log file (default <root>/<id>/sandbox.log)
     log_format: str = "text"  # text or json
     strace: bool = False  # log every application syscall
+
+    def boot_kwargs(self) -> dict[str, Any]:
+        """The sandbox's settings, as boot_main takes them."""
+        return {"debug_log": os.path.abspath(self.debug_log) if self.debug_log else None,
+                "log_format": self.log_format, "strace": self.strace}
 
     def boot_args(self) -> list[str]:
         args = ["--log-format", self.log_format]
@@ -293,26 +299,32 @@ class Container:
                     print(f"snapbox: warning: {message}", file=sys.stderr)
 
     def _spawn(self, restore_image: str | None, console_socket: str | None = None) -> None:
-        """Start the sandbox process; it is ready (created) when this returns."""
+        """Start the sandbox process, forked by the root's warm pool if one runs; it is
+        ready (created) when this returns."""
         r, w = os.pipe()
-        cmd = [sys.executable, "-S", "-m", "snapbox.runtime.boot", "--root", self.root, "--id", self.id,
-               "--bundle", self.state["bundle"], "--ready-fd", str(w), *self.options.boot_args()]
-        if restore_image is not None:
-            cmd += ["--restore", restore_image]
         stdio: dict[str, int] = {}
         slave = -1
         if console_socket is not None:
             slave = _console(console_socket)
             stdio = {"stdin": slave, "stdout": slave, "stderr": slave}
         try:
-            self.process = subprocess.Popen(cmd, pass_fds=(w,), start_new_session=True, env=_sandbox_env(),
-                                            **stdio)
+            pid = warm.spawn(self.root, {"root": self.root, "cid": self.id, "bundle_path": self.state["bundle"],
+                                         "restore": restore_image, **self.options.boot_kwargs()},
+                             [slave] * 3 if slave >= 0 else [0, 1, 2], w)
+            if pid is None:
+                cmd = [sys.executable, "-S", "-m", "snapbox.runtime.boot", "--root", self.root, "--id", self.id,
+                       "--bundle", self.state["bundle"], "--ready-fd", str(w), *self.options.boot_args()]
+                if restore_image is not None:
+                    cmd += ["--restore", restore_image]
+                self.process = subprocess.Popen(cmd, pass_fds=(w,), start_new_session=True, env=sandbox_env(),
+                                                **stdio)
+                pid = self.process.pid
         finally:
             os.close(w)
             if slave >= 0:
                 os.close(slave)
-        self.state["pid"] = self.process.pid
-        self.state["pid_start"] = _proc_start(self.process.pid)
+        self.state["pid"] = pid
+        self.state["pid_start"] = _proc_start(pid)
         with os.fdopen(r, "rb") as f:
             blob = f.read()
         try:
@@ -320,7 +332,7 @@ class Container:
         except cbor2.CBORDecodeError:
             reply = {"ok": False}
         if not reply.get("ok"):
-            self.process.wait()
+            self._wait_gone(5.0)
             raise SnapboxError(reply.get("error") or
                                f"sandbox process failed to start (see {self.dir}/sandbox.log)")
         self.state["status"] = CREATED
@@ -443,19 +455,27 @@ class Container:
             return reply.get("summary", {})
 
     def _wait_gone(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while self.alive() and time.monotonic() < deadline:
-            time.sleep(0.005)
+        if self.process is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(timeout)
+            return
+        pid = self.state.get("pid") or 0
+        try:
+            pidfd = os.pidfd_open(pid)
+        except OSError:
+            return  # gone already
+        try:
+            if self.alive():
+                select.select([pidfd], [], [], timeout)
+        finally:
+            os.close(pidfd)
 
     def _kill_sandbox(self) -> None:
         pid = self.state.get("pid") or 0
         if pid and self.alive():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            if self.process is not None:
-                self.process.wait()
-            else:
-                self._wait_gone(5.0)
+            self._wait_gone(5.0)
 
     def delete(self, force: bool = False) -> None:
         """Remove the container; a live one only with `force` (its sandbox is killed)."""
@@ -479,7 +499,7 @@ class Container:
             code = self.process.wait()
         else:
             while self.alive():
-                time.sleep(0.01)
+                self._wait_gone(60.0)
             code = None
         status = self.exit_status()
         if status is None:
@@ -488,9 +508,45 @@ class Container:
         return status
 
 
-def _sandbox_env() -> dict[str, str]:
+def sandbox_env() -> dict[str, str]:
     """The sandbox process's environment: ours, with our import path spelled out, as it
     runs without the site module (which costs tens of milliseconds at every start)."""
     package_parent = os.path.dirname(os.path.dirname(os.path.abspath(snapbox.__file__)))
     path = [package_parent, *(p for p in sys.path if p and os.path.isdir(p))]
     return dict(os.environ, PYTHONPATH=os.pathsep.join(dict.fromkeys(path)))
+
+
+def start_warm_pool(root: str) -> int:
+    """Start the warm pool of `root` (see snapbox.runtime.warm); returns its pid once it
+    listens."""
+    pid = warm.running(root)
+    if pid is not None:
+        raise SnapboxError(f"a warm pool already runs for {root} (pid {pid})")
+    os.makedirs(root, exist_ok=True)
+    with open(os.path.join(root, ".warm.log"), "ab") as log:
+        p = subprocess.Popen([sys.executable, "-S", "-m", "snapbox.runtime.warm", "--root", root],
+                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log,
+                             start_new_session=True, env=sandbox_env())
+    line = p.stdout.readline()
+    p.stdout.close()
+    if line != b"ready\n":
+        p.wait()
+        raise SnapboxError(f"the warm pool did not start (see {root}/.warm.log)")
+    return p.pid
+
+
+def stop_warm_pool(root: str) -> int:
+    """Stop the warm pool of `root`; returns the pid it had."""
+    pid = warm.running(root)
+    if pid is None:
+        raise SnapboxError(f"no warm pool runs for {root}")
+    os.kill(pid, signal.SIGTERM)
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:
+        return pid
+    try:
+        select.select([pidfd], [], [], 10.0)
+    finally:
+        os.close(pidfd)
+    return pid

@@ -224,7 +224,7 @@ class _Decoder:
         if not isinstance(graph, dict) or graph.get("version") != GRAPH_VERSION:
             raise ImageError("image kernel graph has an unknown layout version")
         self.graph = graph
-        self.infos: list[tuple[TypeInfo, list[str]]] = []
+        self.infos: list[tuple[TypeInfo, list[str], list[tuple]]] = []
         self.objects: list[Any] = []
 
     def types(self) -> None:
@@ -247,7 +247,7 @@ class _Decoder:
             unknown = set(fields) - set(info.saved_fields)
             if unknown:
                 raise ImageError(f"image holds {name} fields this snapbox does not know: {sorted(unknown)}")
-            self.infos.append((info, fields))
+            self.infos.append((info, fields, _plan(info, fields)))
 
     def value(self, v: Any) -> Any:
         # cbor2 hands back arrays inside tags as tuples; an untagged array is always a list.
@@ -302,26 +302,23 @@ class _Decoder:
                 raise ImageError("image kernel graph names a type it does not declare")
             info = self.infos[row[0]][0]
             self.objects.append(object.__new__(info.cls))
+        setattr_ = object.__setattr__
         for obj, (type_index, values) in zip(self.objects, rows):
-            info, fields = self.infos[type_index]
+            info, fields, plan = self.infos[type_index]
             if not isinstance(values, list) or len(values) != len(fields):
                 raise ImageError(f"image holds a {info.name} with the wrong number of fields")
-            given = dict(zip(fields, values))
-            checks = _field_types(info)
-            for f in dataclasses.fields(info.cls):
-                if f.name in given:
-                    val = self.value(given[f.name])
-                    want = checks.get(f.name)
+            for name, index, default, factory, want in plan:
+                if index >= 0:
+                    val = self.value(values[index])
                     if want is not None and not isinstance(val, want):
-                        raise ImageError(f"image holds a {info.name} whose {f.name} is a "
-                                         f"{type(val).__name__}")
-                elif f.default is not dataclasses.MISSING:
-                    val = f.default
-                elif f.default_factory is not dataclasses.MISSING:
-                    val = f.default_factory()
+                        raise ImageError(f"image holds a {info.name} whose {name} is a {type(val).__name__}")
+                elif default is not dataclasses.MISSING:
+                    val = default
+                elif factory is not dataclasses.MISSING:
+                    val = factory()
                 else:
-                    raise ImageError(f"image holds a {info.name} without its field {f.name}")
-                object.__setattr__(obj, f.name, val)
+                    raise ImageError(f"image holds a {info.name} without its field {name}")
+                setattr_(obj, name, val)
         self.run_after_load(ctx)
         return self.objects[0]
 
@@ -353,6 +350,15 @@ class _Decoder:
 
 
 _FIELD_TYPES: dict[type, dict[str, tuple[type, ...]]] = {}
+
+
+def _plan(info: TypeInfo, fields: list[str]) -> list[tuple]:
+    """How to fill each field of `info`'s class from a row of an image that lists `fields`:
+    (name, index in the row or -1, default, default factory, classes the value must be)."""
+    checks = _field_types(info)
+    where = {name: i for i, name in enumerate(fields)}
+    return [(f.name, where.get(f.name, -1), f.default, f.default_factory, checks.get(f.name))
+            for f in dataclasses.fields(info.cls)]
 
 
 def _field_types(info: TypeInfo) -> dict[str, tuple[type, ...]]:

@@ -1,0 +1,170 @@
+"""The warm pool: a process that has imported the whole sandbox and forks sandbox processes.
+
+A sandbox process started from scratch spends most of its start-up in the Python
+interpreter and in importing the kernel. With `snapbox warm` running for a --root, `run`,
+`create`, `do` and `restore` under that root ask it instead: it forks, and the child takes
+the caller's stdio, working directory, umask and environment, and runs exactly what
+`python -S -m snapbox.runtime.boot` would. The pool reaps its sandboxes as they end.
+
+`python -S -m snapbox.runtime.warm --root R` serves until SIGTERM; the server's pid is in
+R/.warm.pid and its socket is R/.warm.sock.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import sys
+import traceback
+
+from snapbox.runtime import control
+
+SOCKET_NAME = ".warm.sock"
+PID_NAME = ".warm.pid"
+
+
+def socket_path(root: str) -> str:
+    return os.path.join(root, SOCKET_NAME)
+
+
+def pid_path(root: str) -> str:
+    return os.path.join(root, PID_NAME)
+
+
+def running(root: str) -> int | None:
+    """The pid of the pool serving `root`, if one does."""
+    try:
+        with open(pid_path(root)) as f:
+            pid = int(f.read())
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return None
+    return pid if os.path.exists(socket_path(root)) else None
+
+
+def spawn(root: str, args: dict, stdio: list[int], ready_fd: int) -> int | None:
+    """Ask the pool of `root` for a sandbox process; returns its pid, or None if no pool is
+    running there. `args` are boot_main's keyword arguments."""
+    path = socket_path(root)
+    if not os.path.exists(path):
+        return None
+    request = {"args": args, "cwd": os.getcwd(), "umask": _umask(), "env": dict(os.environ)}
+    try:
+        with control.open_call(path, "spawn", timeout=10.0, fds=[*stdio, ready_fd], **request) as sock:
+            return control.read_reply(sock, "spawn")["pid"]
+    except control.ControlError:
+        return None  # a stale socket: the pool is gone
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def serve(root: str) -> int:
+    """Serve spawn requests for `root` until SIGTERM or SIGINT. Prints "ready" on stdout
+    once it listens, then lets go of stdout."""
+    import snapbox.runtime.sandbox  # noqa: F401 - what every sandbox it forks would import
+
+    os.makedirs(root, exist_ok=True)
+    path = socket_path(root)
+    if os.path.exists(path):
+        os.unlink(path)  # the caller checked that no pool answers there
+    listener = control.listen(path)
+    listener.setblocking(True)
+    with open(pid_path(root), "w") as f:
+        f.write(f"{os.getpid()}\n")
+
+    def stop(signum, frame) -> None:
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGCHLD, _reap)
+    print("ready", flush=True)
+    devnull = os.open(os.devnull, os.O_RDWR)
+    os.dup2(devnull, 1)
+    os.close(devnull)
+    try:
+        while True:
+            conn, _ = listener.accept()
+            with conn:
+                _handle(conn, listener)
+    finally:
+        for name in (path, pid_path(root)):
+            try:
+                os.unlink(name)
+            except FileNotFoundError:
+                pass
+    return 0
+
+
+def _handle(conn: socket.socket, listener: socket.socket) -> None:
+    fds: list[int] = []
+    try:
+        msg, fds = control.recv_message(conn)
+        if msg.get("op") != "spawn" or len(fds) != 4:
+            control.send_message(conn, {"ok": False, "error": "malformed warm pool request"})
+            return
+        pid = _fork_sandbox(msg, fds, [conn.fileno(), listener.fileno()])
+        control.send_message(conn, {"ok": True, "pid": pid})
+    except (OSError, control.ControlError):
+        traceback.print_exc()  # to the pool's log
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def _fork_sandbox(msg: dict, fds: list[int], close: list[int]) -> int:
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            code = _become_sandbox(msg, fds, close)
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            os._exit(code)
+    return pid
+
+
+def _reap(signum, frame) -> None:
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def _become_sandbox(msg: dict, fds: list[int], close: list[int]) -> int:
+    """In the forked sandbox process: take the caller's setting, then boot."""
+    from snapbox.runtime.sandbox import boot_main
+
+    for fd in close:
+        os.close(fd)
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
+        signal.signal(sig, signal.SIG_DFL)
+    os.setsid()
+    for target, fd in enumerate(fds[:3]):
+        os.dup2(fd, target)
+        os.close(fd)
+    os.chdir(msg["cwd"])
+    os.umask(msg["umask"])
+    os.environ.clear()
+    os.environ.update(msg["env"])
+    return boot_main(ready_fd=fds[3], **msg["args"])
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(prog="snapbox-warm", description="The warm pool of one snapbox root.")
+    ap.add_argument("--root", required=True)
+    return serve(ap.parse_args().root)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,61 @@
+"""The warm pool: sandbox processes forked from a process that has imported the sandbox."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from tests.conftest import lines, wait_for
+
+
+def parent_of(pid: int) -> int:
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        data = f.read()
+    return int(data[data.rindex(b")") + 2 :].split()[1])
+
+
+@pytest.fixture
+def pool(snapbox):
+    out = snapbox("warm").stdout
+    pid = int(out.rsplit("pid ", 1)[1].rstrip(")\n"))
+    yield pid
+    if os.path.exists(snapbox.root / ".warm.pid"):
+        snapbox("warm", "--stop")
+
+
+def test_the_pool_forks_sandboxes_that_run_checkpoint_and_restore(snapbox, pool, tmp_path):
+    assert snapbox("run", "--bundle", str(snapbox.images / "hello"), "h").stdout == "hello, world\n"
+    assert snapbox("do", "/bin/sh", "-c", "echo $PWD; exit 7", check=False).returncode == 7
+    out = tmp_path / "out.txt"
+    snapbox.run_detached("c1", "counter", out)
+    assert parent_of(snapbox.sandbox_pid("c1")) == pool  # forked by the pool, not started anew
+    wait_for(lambda: len(lines(out)) >= 3, what="counts")
+    image = tmp_path / "c.img"
+    snapbox("checkpoint", "--image-path", str(image), "c1")
+    snapbox("delete", "c1")
+    snapbox.run_detached("c2", "counter", out, restore=image)
+    assert parent_of(snapbox.sandbox_pid("c2")) == pool
+    n = len(lines(out))
+    wait_for(lambda: len(lines(out)) >= n + 3, what="counts after the restore")
+    snapbox("delete", "--force", "c2")
+    counts = [int(line.split()[0].split("=")[1]) for line in lines(out)]
+    assert counts == list(range(1, len(counts) + 1))
+
+    # The caller's environment reaches the forked sandbox (here: the host CPU it may assume).
+    env = dict(os.environ, SNAPBOX_HOST_CPU_FEATURES="fpu,lm")
+    p = snapbox.run_detached("c3", "counter", out, restore=image, env=env, check=False)
+    assert p.returncode != 0 and "image needs CPU features this host lacks" in p.stderr
+    assert json.loads(snapbox("list", "--format", "json").stdout) == []
+
+
+def test_one_pool_per_root_and_stop(snapbox, pool):
+    p = snapbox("warm", check=False)
+    assert p.returncode == 1 and p.stderr == f"snapbox: error: a warm pool already runs for {snapbox.root} (pid {pool})\n"
+    assert snapbox("warm", "--stop").stdout == f"stopped the warm pool of {snapbox.root} (pid {pool})\n"
+    assert not os.path.exists(f"/proc/{pool}/stat") or b") Z" in open(f"/proc/{pool}/stat", "rb").read()
+    p = snapbox("warm", "--stop", check=False)
+    assert p.stderr == f"snapbox: error: no warm pool runs for {snapbox.root}\n"
+    # Without a pool, sandboxes start as before.
+    assert snapbox("run", "--bundle", str(snapbox.images / "hello"), "h").stdout == "hello, world\n"
