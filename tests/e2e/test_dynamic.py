@@ -109,23 +109,31 @@ def test_a_python_loop_checkpointed_and_restored_keeps_its_state(snapbox, tmp_pa
     assert all(line.endswith("True") for line in lines(out))
 
 
-def test_a_detached_do_sandbox_restores_without_a_bundle(snapbox, tmp_path):
+def do_through_a_restore(snapbox, tmp_path: Path, argv: list[str], ready: int) -> list[str]:
+    """`do --detach` of argv, checkpointed once it has printed `ready` lines, restored from
+    the image alone (no bundle), and deleted once it has printed three more; returns every
+    line it printed."""
     out = tmp_path / "out.txt"
-    program = "import time\nn = 0\nwhile True:\n    n += 1\n    print(n, flush=True)\n    time.sleep(0.05)\n"
     with open(out, "w") as f:
-        subprocess.run(snapbox.cmd("do", "--detach", "--id", "pyd", sys.executable, "-c", program),
+        subprocess.run(snapbox.cmd("do", "--detach", "--id", "first", *argv),
                        stdout=f, stderr=f, check=True, timeout=60, cwd=tmp_path)
-    wait_for(lambda: len(lines(out)) >= 3, timeout=60, what="the detached python")
-    image = tmp_path / "pyd.img"
-    snapbox("checkpoint", "--image-path", str(image), "pyd")
-    snapbox("delete", "pyd")
+    wait_for(lambda: len(lines(out)) >= ready, timeout=60, what="the detached sandbox")
+    image = tmp_path / "do.img"
+    snapbox("checkpoint", "--image-path", str(image), "first")
+    snapbox("delete", "first")
     n = len(lines(out))
     with open(out, "a") as f:
         subprocess.run(snapbox.cmd("restore", "--image-path", str(image), "--detach", "again"),
                        stdout=f, stderr=f, check=True, timeout=60)
-    wait_for(lambda: len(lines(out)) >= n + 3, timeout=60, what="the restored python")
+    wait_for(lambda: len(lines(out)) >= n + 3, timeout=60, what="the restored sandbox")
     snapbox("delete", "--force", "again")
-    assert [int(x) for x in lines(out)] == list(range(1, len(lines(out)) + 1))
+    return lines(out)
+
+
+def test_a_detached_do_sandbox_restores_without_a_bundle(snapbox, tmp_path):
+    program = "import time\nn = 0\nwhile True:\n    n += 1\n    print(n, flush=True)\n    time.sleep(0.05)\n"
+    got = do_through_a_restore(snapbox, tmp_path, [sys.executable, "-c", program], 3)
+    assert [int(x) for x in got] == list(range(1, len(got) + 1))
     assert not (snapbox.root / ".bundles" / "again").exists()
     p = snapbox("restore", "--image-path", "-", "x", check=False)
     assert p.stderr == "snapbox: error: restore from stdin needs --bundle\n"
@@ -236,20 +244,6 @@ while True:
 
 
 def test_a_unix_socket_echo_pair_survives_checkpoint_and_restore(snapbox, tmp_path):
-    out = tmp_path / "out.txt"
-    with open(out, "w") as f:
-        subprocess.run(snapbox.cmd("do", "--detach", "--id", "echo", sys.executable, "-c", UNIX_ECHO),
-                       stdout=f, stderr=f, check=True, timeout=60, cwd=tmp_path)
-    wait_for(lambda: len(lines(out)) >= 4, timeout=60, what="the echo pair")
-    image = tmp_path / "echo.img"
-    snapbox("checkpoint", "--image-path", str(image), "echo")
-    snapbox("delete", "echo")
-    n = len(lines(out))
-    with open(out, "a") as f:
-        subprocess.run(snapbox.cmd("restore", "--image-path", str(image), "--detach", "echo2"),
-                       stdout=f, stderr=f, check=True, timeout=60)
-    wait_for(lambda: len(lines(out)) >= n + 3, timeout=60, what="the restored echo pair")
-    snapbox("delete", "--force", "echo2")
-    got = lines(out)
+    got = do_through_a_restore(snapbox, tmp_path, [sys.executable, "-c", UNIX_ECHO], 4)
     assert got[0] == "hello through a passed fd"
     assert got[1:] == [f"echo {i}" for i in range(1, len(got))]
