@@ -171,6 +171,15 @@ def test_library_pages_are_references_checked_on_restore(snapbox, tmp_path):
         snapbox("checkpoint", *flags, "--image-path", str(image), cid)
         snapbox("delete", cid)
 
+    def restore_and_go_on(cid: str, image: Path) -> None:
+        with open(out, "a") as f:
+            subprocess.run(snapbox.cmd("restore", "--bundle", str(bundle), "--image-path", str(image), "--detach",
+                                       cid), stdout=f, stderr=f, check=True, timeout=60)
+        n = len(lines(out))
+        wait_for(lambda: len(lines(out)) >= n + 3, timeout=30, what=f"the loop restored as {cid}")
+        snapbox("delete", "--force", cid)
+        assert [int(x) for x in lines(out)] == list(range(1, len(lines(out)) + 1))
+
     image = tmp_path / "ref.img"
     run_and_checkpoint("ref", image)
     info = json.loads(snapbox("inspect", "--json", str(image)).stdout)
@@ -194,13 +203,7 @@ def test_library_pages_are_references_checked_on_restore(snapbox, tmp_path):
 
     # The same file back (new mtime, same content): the reference holds.
     libc.write_bytes(original)
-    with open(out, "a") as f:
-        subprocess.run(snapbox.cmd("restore", "--bundle", str(bundle), "--image-path", str(image), "--detach",
-                                   "good"), stdout=f, stderr=f, check=True, timeout=60)
-    n = len(lines(out))
-    wait_for(lambda: len(lines(out)) >= n + 3, timeout=30, what="the restored loop")
-    snapbox("delete", "--force", "good")
-    assert [int(x) for x in lines(out)] == list(range(1, len(lines(out)) + 1))
+    restore_and_go_on("good", image)
 
     # With --store-file-pages the image holds the pages and restores whatever the file is now.
     stored = tmp_path / "stored.img"
@@ -208,13 +211,7 @@ def test_library_pages_are_references_checked_on_restore(snapbox, tmp_path):
     assert json.loads(snapbox("inspect", "--json", str(stored)).stdout)["file_references"] == []
     assert stored.stat().st_size > image.stat().st_size + (256 << 10)
     libc.write_bytes(original + b"appended")
-    with open(out, "a") as f:
-        subprocess.run(snapbox.cmd("restore", "--bundle", str(bundle), "--image-path", str(stored), "--detach",
-                                   "st2"), stdout=f, stderr=f, check=True, timeout=60)
-    n = len(lines(out))
-    wait_for(lambda: len(lines(out)) >= n + 3, timeout=30, what="the loop restored from stored pages")
-    snapbox("delete", "--force", "st2")
-    assert [int(x) for x in lines(out)] == list(range(1, len(lines(out)) + 1))
+    restore_and_go_on("st2", stored)
 
 
 UNIX_ECHO = r"""
