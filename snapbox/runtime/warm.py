@@ -6,6 +6,13 @@ interpreter and in importing the kernel. With `snapbox warm` running for a --roo
 the caller's stdio, working directory, umask and environment, and runs exactly what
 `python -S -m snapbox.runtime.boot` would. The pool reaps its sandboxes as they end.
 
+It also runs whole commands: the native front end (snapbox/front.c, installed as the
+`snapbox` command by scripts/setup) sends a command's arguments, stdio, working directory,
+umask and environment, and the pool forks a worker that runs the command line exactly as
+`python -m snapbox` would, without a Python interpreter to start and a CLI to import. The
+worker first answers {"ok": true, "pid": PID} (the front end passes the signals it gets on
+to that pid) and at the end {"exit": CODE}.
+
 `python -S -m snapbox.runtime.warm --root R` serves until SIGTERM; the server's pid is in
 R/.warm.pid and its socket is R/.warm.sock.
 """
@@ -13,9 +20,11 @@ R/.warm.pid and its socket is R/.warm.sock.
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import signal
 import socket
+import struct
 import sys
 import traceback
 
@@ -67,6 +76,7 @@ def _umask() -> int:
 def serve(root: str) -> int:
     """Serve spawn requests for `root` until SIGTERM or SIGINT. Prints "ready" on stdout
     once it listens, then lets go of stdout."""
+    import snapbox.cli  # noqa: F401 - what every command it runs would import
     import snapbox.runtime.sandbox  # noqa: F401 - what every sandbox it forks would import
 
     os.makedirs(root, exist_ok=True)
@@ -106,11 +116,16 @@ def _handle(conn: socket.socket, listener: socket.socket) -> None:
     fds: list[int] = []
     try:
         msg, fds = control.recv_message(conn)
-        if msg.get("op") != "spawn" or len(fds) != 4:
+        uid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[1]
+        if uid != os.geteuid():
+            control.send_message(conn, {"ok": False, "error": "the warm pool serves only its own user"})
+        elif msg.get("op") == "spawn" and len(fds) == 4:
+            pid = _fork_sandbox(msg, fds, [conn.fileno(), listener.fileno()])
+            control.send_message(conn, {"ok": True, "pid": pid})
+        elif msg.get("op") == "cli" and len(fds) == 3 and isinstance(msg.get("argv"), list):
+            _fork_command(msg, fds, conn, listener)
+        else:
             control.send_message(conn, {"ok": False, "error": "malformed warm pool request"})
-            return
-        pid = _fork_sandbox(msg, fds, [conn.fileno(), listener.fileno()])
-        control.send_message(conn, {"ok": True, "pid": pid})
     except (OSError, control.ControlError):
         traceback.print_exc()  # to the pool's log
     finally:
@@ -129,6 +144,64 @@ def _fork_sandbox(msg: dict, fds: list[int], close: list[int]) -> int:
         finally:
             os._exit(code)
     return pid
+
+
+def _fork_command(msg: dict, fds: list[int], conn: socket.socket, listener: socket.socket) -> None:
+    if os.fork() != 0:
+        return
+    code = 1
+    try:
+        listener.close()
+        code = _run_command(msg, fds, conn)
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        os._exit(code)
+
+
+def _run_command(msg: dict, fds: list[int], conn: socket.socket) -> int:
+    """In the forked worker: take the caller's setting, run the command line, report its
+    exit code."""
+    from snapbox import cli
+
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    _take_setting(msg, fds)
+    env = msg.get("env") or []
+    os.environ.clear()
+    os.environ.update(e.split("=", 1) for e in env if "=" in e)
+    sys.stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False), line_buffering=False)
+    sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), line_buffering=os.isatty(1))
+    sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), line_buffering=True)
+    sys.argv = ["snapbox", *msg["argv"]]
+    control.send_message(conn, {"ok": True, "pid": os.getpid()})
+    try:
+        cli.main()
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        if isinstance(e.code, str):
+            print(e.code, file=sys.stderr)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except OSError:
+            pass
+    try:
+        control.send_message(conn, {"exit": code})
+    except OSError:
+        pass  # the front end is gone
+    return 0
+
+
+def _take_setting(msg: dict, fds: list[int]) -> None:
+    """The caller's stdio, working directory and umask."""
+    for target, fd in enumerate(fds[:3]):
+        os.dup2(fd, target)
+        os.close(fd)
+    os.chdir(msg["cwd"])
+    os.umask(msg["umask"])
 
 
 def _reap(signum, frame) -> None:
@@ -150,11 +223,7 @@ def _become_sandbox(msg: dict, fds: list[int], close: list[int]) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
         signal.signal(sig, signal.SIG_DFL)
     os.setsid()
-    for target, fd in enumerate(fds[:3]):
-        os.dup2(fd, target)
-        os.close(fd)
-    os.chdir(msg["cwd"])
-    os.umask(msg["umask"])
+    _take_setting(msg, fds)
     os.environ.clear()
     os.environ.update(msg["env"])
     return boot_main(ready_fd=fds[3], **msg["args"])
