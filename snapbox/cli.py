@@ -334,10 +334,14 @@ def inspect(image_path: str, as_json: bool) -> None:
 @click.option("--stop", is_flag=True, help="Stop the warm pool of this root.")
 @click.pass_obj
 def warm(obj: _Context, stop: bool) -> None:
-    """Keep a warm pool for this --root: a process that has imported the whole sandbox and
-    forks a sandbox process for each run, create, do and restore under the root, so they
-    skip the interpreter's start-up and imports. It runs in the background until
-    `snapbox warm --stop`; its log is <root>/.warm.log.
+    """Keep a warm pool for this --root: a process that has imported the whole sandbox,
+    runs the commands the native `snapbox` front end hands it and forks a sandbox process
+    for each run, create, do and restore under the root, so they skip the interpreter's
+    start-up and imports. It runs in the background until `snapbox warm --stop`; its log
+    is <root>/.warm.log.
+
+    Without this command, a root's first sandbox starts a pool that ends after
+    SNAPBOX_WARM_IDLE seconds (default 300) without work; SNAPBOX_WARM=0 turns pools off.
     """
     from snapbox.runtime.container import start_warm_pool, stop_warm_pool
 

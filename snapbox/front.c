@@ -6,8 +6,9 @@
  * the command's --root (`snapbox warm`), this program hands the command over to it: it
  * sends its arguments, working directory, umask and environment with its stdin, stdout and
  * stderr (SCM_RIGHTS) over <root>/.warm.sock, passes on the signals it receives to the
- * pool's worker running the command, and exits with the worker's exit code. Otherwise, and
- * for `warm` itself, it executes the Python command line (`python3 -m snapbox`).
+ * pool's worker running the command, and exits with the worker's exit code. Otherwise, for
+ * `warm` itself, and with SNAPBOX_WARM=0, it executes the Python command line
+ * (`python3 -m snapbox`).
  *
  * Messages are those of snapbox.runtime.control: a little-endian u32 length, then a CBOR map.
  *   request: {"op": "cli", "argv": [...], "cwd": "...", "umask": N, "env": ["K=V", ...]}
@@ -363,8 +364,9 @@ static int send_request(int fd, int argc, char **argv)
 int main(int argc, char **argv)
 {
     char buf[4096];
+    const char *warm = getenv("SNAPBOX_WARM");
     const char *root = command_root(argc, argv, buf, sizeof(buf));
-    if (root == NULL)
+    if (root == NULL || (warm != NULL && strcmp(warm, "0") == 0))
         exec_python(argc, argv);
     int fd = connect_pool(root);
     if (fd < 0)

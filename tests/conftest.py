@@ -74,13 +74,21 @@ class Snapbox:
         return json.loads(self("state", cid).stdout)["pid"]
 
 
+# The first sandbox of a root starts a warm pool there (see snapbox.runtime.warm); those of
+# the tests' roots end soon after their test even when a test leaves before it listens.
+os.environ.setdefault("SNAPBOX_WARM_IDLE", "10")
+
+
 @pytest.fixture
 def snapbox(tmp_path: Path, images: Path):
     sb = Snapbox(tmp_path / "root", images)
     yield sb
     if sb.root.exists():
         for cid in os.listdir(sb.root):
-            sb("delete", "--force", cid, check=False)
+            if not cid.startswith("."):
+                sb("delete", "--force", cid, check=False)
+        if (sb.root / ".warm.pid").exists():
+            sb("warm", "--stop", check=False)
 
 
 def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02, what: str = "condition"):

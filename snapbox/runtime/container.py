@@ -337,6 +337,8 @@ class Container:
                                f"sandbox process failed to start (see {self.dir}/sandbox.log)")
         self.state["status"] = CREATED
         self.save_state()
+        if self.process is not None:
+            autostart_warm_pool(self.root)
 
     # -- operations ----------------------------------------------------------------------------
 
@@ -522,17 +524,34 @@ def start_warm_pool(root: str) -> int:
     pid = warm.running(root)
     if pid is not None:
         raise SnapboxError(f"a warm pool already runs for {root} (pid {pid})")
-    os.makedirs(root, exist_ok=True)
-    with open(os.path.join(root, ".warm.log"), "ab") as log:
-        p = subprocess.Popen([sys.executable, "-S", "-m", "snapbox.runtime.warm", "--root", root],
-                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log,
-                             start_new_session=True, env=sandbox_env())
+    p = _launch_warm_pool(root, idle=None, stdout=subprocess.PIPE)
     line = p.stdout.readline()
     p.stdout.close()
     if line != b"ready\n":
         p.wait()
+        pid = warm.running(root)
+        if line == b"busy\n" and pid is not None:
+            raise SnapboxError(f"a warm pool already runs for {root} (pid {pid})")
         raise SnapboxError(f"the warm pool did not start (see {root}/.warm.log)")
     return p.pid
+
+
+def autostart_warm_pool(root: str) -> None:
+    """Start a warm pool for `root` in the background, one that ends by itself when idle, so
+    that the root's next commands are quick; unless SNAPBOX_WARM=0 or one runs already."""
+    if warm.enabled() and warm.running(root) is None:
+        with contextlib.suppress(OSError):
+            _launch_warm_pool(root, idle=warm.auto_idle(), stdout=subprocess.DEVNULL)
+
+
+def _launch_warm_pool(root: str, idle: float | None, stdout: int) -> subprocess.Popen:
+    os.makedirs(root, exist_ok=True)
+    cmd = [sys.executable, "-S", "-m", "snapbox.runtime.warm", "--root", os.path.abspath(root)]
+    if idle is not None:
+        cmd += ["--idle", str(idle)]
+    with open(os.path.join(root, ".warm.log"), "ab") as log:
+        return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=stdout, stderr=log, cwd="/",
+                                start_new_session=True, env=sandbox_env())
 
 
 def stop_warm_pool(root: str) -> int:

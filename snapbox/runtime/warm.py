@@ -14,24 +14,42 @@ worker first answers {"ok": true, "pid": PID} (the front end passes the signals 
 to that pid) and at the end {"exit": CODE}.
 
 `python -S -m snapbox.runtime.warm --root R` serves until SIGTERM; the server's pid is in
-R/.warm.pid and its socket is R/.warm.sock.
+R/.warm.pid and its socket is R/.warm.sock. The first sandbox started on a root without a
+pool starts one in the background (unless SNAPBOX_WARM=0); such a pool ends by itself once
+it has had no command and no sandbox for --idle seconds (SNAPBOX_WARM_IDLE, default 300).
 """
 
 from __future__ import annotations
 
 import argparse
+import fcntl
 import io
 import os
 import signal
 import socket
 import struct
 import sys
+import time
 import traceback
 
 from snapbox.runtime import control
 
 SOCKET_NAME = ".warm.sock"
 PID_NAME = ".warm.pid"
+LOCK_NAME = ".warm.lock"
+AUTO_IDLE = 300.0  # seconds an automatically started pool stays without work
+
+
+def enabled() -> bool:
+    """Whether commands may use, and start, warm pools (SNAPBOX_WARM=0 says no)."""
+    return os.environ.get("SNAPBOX_WARM", "1") != "0"
+
+
+def auto_idle() -> float:
+    try:
+        return max(0.1, float(os.environ.get("SNAPBOX_WARM_IDLE", AUTO_IDLE)))
+    except ValueError:
+        return AUTO_IDLE
 
 
 def socket_path(root: str) -> str:
@@ -57,7 +75,7 @@ def spawn(root: str, args: dict, stdio: list[int], ready_fd: int) -> int | None:
     """Ask the pool of `root` for a sandbox process; returns its pid, or None if no pool is
     running there. `args` are boot_main's keyword arguments."""
     path = socket_path(root)
-    if not os.path.exists(path):
+    if not enabled() or not os.path.exists(path):
         return None
     request = {"args": args, "cwd": os.getcwd(), "umask": _umask(), "env": dict(os.environ)}
     try:
@@ -73,18 +91,26 @@ def _umask() -> int:
     return mask
 
 
-def serve(root: str) -> int:
-    """Serve spawn requests for `root` until SIGTERM or SIGINT. Prints "ready" on stdout
-    once it listens, then lets go of stdout."""
+def serve(root: str, idle: float | None = None) -> int:
+    """Serve requests for `root` until SIGTERM or SIGINT, or until `idle` seconds without a
+    request or a live sandbox. Prints "ready" on stdout once it listens (or "busy" if another
+    pool serves the root), then lets go of stdout."""
     import snapbox.cli  # noqa: F401 - what every command it runs would import
     import snapbox.runtime.sandbox  # noqa: F401 - what every sandbox it forks would import
 
     os.makedirs(root, exist_ok=True)
+    global _lock
+    _lock = os.open(os.path.join(root, LOCK_NAME), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(_lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        print("busy", flush=True)
+        return 1
     path = socket_path(root)
     if os.path.exists(path):
         os.unlink(path)  # the caller checked that no pool answers there
     listener = control.listen(path)
-    listener.setblocking(True)
+    listener.settimeout(None if idle is None else min(idle, 5.0))
     with open(pid_path(root), "w") as f:
         f.write(f"{os.getpid()}\n")
 
@@ -98,11 +124,19 @@ def serve(root: str) -> int:
     devnull = os.open(os.devnull, os.O_RDWR)
     os.dup2(devnull, 1)
     os.close(devnull)
+    last = time.monotonic()
     try:
         while True:
-            conn, _ = listener.accept()
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                if _children or time.monotonic() - last < idle:
+                    continue
+                return 0
             with conn:
+                conn.settimeout(10.0)
                 _handle(conn, listener)
+            last = time.monotonic()
     finally:
         for name in (path, pid_path(root)):
             try:
@@ -135,7 +169,9 @@ def _handle(conn: socket.socket, listener: socket.socket) -> None:
 
 def _fork_sandbox(msg: dict, fds: list[int], close: list[int]) -> int:
     pid = os.fork()
-    if pid == 0:
+    if pid:
+        _children.add(pid)
+    else:
         code = 1
         try:
             code = _become_sandbox(msg, fds, close)
@@ -147,11 +183,15 @@ def _fork_sandbox(msg: dict, fds: list[int], close: list[int]) -> int:
 
 
 def _fork_command(msg: dict, fds: list[int], conn: socket.socket, listener: socket.socket) -> None:
-    if os.fork() != 0:
+    pid = os.fork()
+    if pid:
+        _children.add(pid)
         return
     code = 1
     try:
         listener.close()
+        os.close(_lock)
+        conn.settimeout(None)
         code = _run_command(msg, fds, conn)
     except BaseException:
         traceback.print_exc()
@@ -204,6 +244,10 @@ def _take_setting(msg: dict, fds: list[int]) -> None:
     os.umask(msg["umask"])
 
 
+_children: set[int] = set()  # the sandboxes and workers this pool forked that are alive
+_lock = -1  # the root's pool lock, held by the pool alone (not by what it forks)
+
+
 def _reap(signum, frame) -> None:
     while True:
         try:
@@ -212,13 +256,14 @@ def _reap(signum, frame) -> None:
             return
         if pid == 0:
             return
+        _children.discard(pid)
 
 
 def _become_sandbox(msg: dict, fds: list[int], close: list[int]) -> int:
     """In the forked sandbox process: take the caller's setting, then boot."""
     from snapbox.runtime.sandbox import boot_main
 
-    for fd in close:
+    for fd in (*close, _lock):
         os.close(fd)
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
         signal.signal(sig, signal.SIG_DFL)
@@ -232,7 +277,9 @@ def _become_sandbox(msg: dict, fds: list[int], close: list[int]) -> int:
 def main() -> int:
     ap = argparse.ArgumentParser(prog="snapbox-warm", description="The warm pool of one snapbox root.")
     ap.add_argument("--root", required=True)
-    return serve(ap.parse_args().root)
+    ap.add_argument("--idle", type=float, default=None, help="end after this many seconds without work")
+    a = ap.parse_args()
+    return serve(a.root, a.idle)
 
 
 if __name__ == "__main__":

@@ -48,23 +48,25 @@ def exe_of(pid: int) -> str:
     return os.readlink(f"/proc/{pid}/exe")
 
 
-def start_counter(sb: FrontSnapbox, cid: str, out: Path) -> subprocess.Popen:
+def start_counter(sb: FrontSnapbox, cid: str, out: Path, env: dict | None = None) -> subprocess.Popen:
     """`run` of the counter, attached, its output in `out`; returns once it counts."""
     f = open(out, "w")
     p = subprocess.Popen(sb.cmd("run", "--bundle", str(sb.images / "counter"), cid), stdout=f,
-                         stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+                         stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, env=env)
     f.close()
     wait_for(lambda: len(lines(out)) >= 2, what="the counter's first counts")
     return p
 
 
 def test_without_a_pool_the_python_command_line_runs(sb, tmp_path):
-    assert sb("run", "--bundle", str(sb.images / "hello"), "h").stdout == "hello, world\n"
+    no_pool = dict(os.environ, SNAPBOX_WARM="0")  # nor starts one
+    assert sb("run", "--bundle", str(sb.images / "hello"), "h", env=no_pool).stdout == "hello, world\n"
     assert sb("--version").stdout.startswith("snapbox, version ")
     p = sb("state", "nope", check=False)
     assert (p.returncode, p.stderr) == (1, 'snapbox: error: container "nope" does not exist\n')
+    assert not (sb.root / ".warm.pid").exists()
 
-    p = start_counter(sb, "c", tmp_path / "out.txt")
+    p = start_counter(sb, "c", tmp_path / "out.txt", env=no_pool)
     assert exe_of(p.pid) == os.path.realpath(sys.executable)  # the front end became Python
     p.send_signal(signal.SIGINT)
     assert p.wait(30) == 128 + signal.SIGINT

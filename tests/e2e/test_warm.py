@@ -59,3 +59,27 @@ def test_one_pool_per_root_and_stop(snapbox, pool):
     assert p.stderr == f"snapbox: error: no warm pool runs for {snapbox.root}\n"
     # Without a pool, sandboxes start as before.
     assert snapbox("run", "--bundle", str(snapbox.images / "hello"), "h").stdout == "hello, world\n"
+
+
+def test_the_first_sandbox_of_a_root_starts_a_pool_that_ends_when_idle(snapbox, tmp_path):
+    env = dict(os.environ, SNAPBOX_WARM_IDLE="2")
+    assert snapbox("run", "--bundle", str(snapbox.images / "hello"), "h", env=env).stdout == "hello, world\n"
+    pid_file = snapbox.root / ".warm.pid"
+    wait_for(pid_file.exists, what="the pool to start")
+    pool = int(pid_file.read_text())
+    out = tmp_path / "out.txt"
+    snapbox.run_detached("c1", "counter", out)
+    assert parent_of(snapbox.sandbox_pid("c1")) == pool
+    wait_for(lambda: len(lines(out)) >= 2, what="counts")
+    # A pool with a live sandbox stays, however idle.
+    wait_for(lambda: len(lines(out)) >= 30, what="more counts")
+    assert json.loads(snapbox("state", "c1").stdout)["status"] == "running" and pid_file.exists()
+    snapbox("delete", "--force", "c1")
+    wait_for(lambda: not pid_file.exists(), what="the idle pool to end")
+    assert not (snapbox.root / ".warm.sock").exists()
+
+
+def test_no_pool_with_snapbox_warm_0(snapbox):
+    env = dict(os.environ, SNAPBOX_WARM="0")
+    assert snapbox("run", "--bundle", str(snapbox.images / "hello"), "h", env=env).stdout == "hello, world\n"
+    assert not (snapbox.root / ".warm.log").exists()  # a pool being started would log there
