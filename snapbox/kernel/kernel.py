@@ -1119,10 +1119,14 @@ class Kernel:
 
     def shutdown(self) -> None:
         """Kill every stub (the sandbox is being torn down)."""
+        self.kill_stubs()
+        self.collect_stops()
+
+    def kill_stubs(self) -> None:
+        """SIGKILL every stub, without waiting: no task runs again."""
         for tg in self.tasks.pidns.groups.values():
             if tg.mm.stub is not None:
                 tg.mm.stub.kill()
-        self.collect_stops()
 
     # -- save and restore ---------------------------------------------------------------------------
 
@@ -1163,8 +1167,8 @@ class Kernel:
             total = self.memfile.allocated
             report = (lambda done: progress(done, total)) if progress else None
             with w.section("memory") as s:
-                for chunk in self.memfile.save_chunks(compress, lambda: w.pos, report, skip):
-                    s.write_chunk(chunk)
+                for chunk, crc in self.memfile.save_chunks(compress, lambda: w.pos, report, skip):
+                    s.write_chunk(chunk, crc)
             summary = {"graph_bytes": len(graph), "types": stats,
                        "memory_allocated": self.memfile.allocated - self.file_cache.unread_bytes(),
                        "memory_saved": self.memfile.saved_bytes,

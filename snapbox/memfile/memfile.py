@@ -14,6 +14,7 @@ import mmap
 import os
 import struct
 import threading
+import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -171,20 +172,27 @@ class MemoryFile:
     def data_runs(self, skip: list[tuple[int, int]] = ()) -> Iterator[tuple[int, int]]:
         """Yield (offset, length) runs that hold data: holes, all-zero pages and the sorted,
         disjoint, page-aligned (offset, length) ranges of `skip` left out."""
-        if skip:
-            yield from _without(self.data_runs(), skip)
-            return
+        for off, n in self._extents(skip):
+            yield from self._nonzero_runs(off, off + n)
+
+    def _extents(self, skip: list[tuple[int, int]] = ()) -> Iterator[tuple[int, int]]:
+        """The memfd's data extents (not holes) below `high`, outside `skip`, cut into
+        pieces of at most RUN_LIMIT bytes. They may hold all-zero pages."""
         pos = 0
+        extents = []
         while pos < self.high:
             try:
                 start = os.lseek(self.fd, pos, os.SEEK_DATA)
             except OSError:
-                return  # ENXIO: no data past pos
+                break  # ENXIO: no data past pos
             if start >= self.high:
-                return
+                break
             end = min(os.lseek(self.fd, start, os.SEEK_HOLE), self.high)
-            yield from self._nonzero_runs(start, end)
+            extents.append((start, end - start))
             pos = end
+        for off, n in _without(extents, skip) if skip else extents:
+            for piece in range(off, off + n, RUN_LIMIT):
+                yield piece, min(RUN_LIMIT, off + n - piece)
 
     def _nonzero_runs(self, start: int, end: int) -> Iterator[tuple[int, int]]:
         view = self.view
@@ -206,14 +214,15 @@ class MemoryFile:
 
     def save_chunks(self, compress: bool, position: Callable[[], int] | None = None,
                     progress: Callable[[int], None] | None = None,
-                    skip: list[tuple[int, int]] = ()) -> Iterator[bytes]:
-        """The memory section's chunks: each is a header (offset, length, codec, padding),
-        the padding, and the data.
+                    skip: list[tuple[int, int]] = ()) -> Iterator[tuple[bytes, int]]:
+        """The memory section's chunks, as (chunk, CRC-32 of the chunk): each chunk is a
+        header (offset, length, codec, padding), the padding, and the data.
 
-        With compression, runs are compressed on a pool of threads (zstd releases the GIL),
-        one per core, and come out in order. Without, `position()` tells where the chunk
-        will land in the image, and padding puts every run's data on a page boundary of the
-        file, so a restore could map it instead of copying it. Ranges in `skip` are left out.
+        With compression, pieces of the file are scanned for zero pages, compressed and
+        checksummed on a pool of threads (zstd and zlib release the GIL), one per core, and
+        come out in order. Without, `position()` tells where the chunk will land in the
+        image, and padding puts every run's data on a page boundary of the file, so a
+        restore could map it instead of copying it. Ranges in `skip` are left out.
         """
         done = self.saved_bytes = 0
         if not compress:
@@ -221,7 +230,8 @@ class MemoryFile:
                 pad = 0
                 if position is not None:
                     pad = -(position() + CHUNK_HEADER_SIZE + _CHUNK_HEAD.size) % PAGE_SIZE
-                yield _CHUNK_HEAD.pack(off, n, CODEC_NONE, pad) + bytes(pad) + self.view[off : off + n]
+                chunk = _CHUNK_HEAD.pack(off, n, CODEC_NONE, pad) + bytes(pad) + self.view[off : off + n]
+                yield chunk, zlib.crc32(chunk)
                 done += n
                 self.saved_bytes = done
                 if progress is not None:
@@ -230,29 +240,34 @@ class MemoryFile:
         workers = os.cpu_count() or 1
         local = threading.local()
 
-        def compress_run(run: tuple[int, int]) -> bytes:
+        def compress_piece(piece: tuple[int, int]) -> tuple[list[tuple[bytes, int]], int]:
             cctx = getattr(local, "cctx", None)
             if cctx is None:
                 cctx = local.cctx = zstandard.ZstdCompressor(level=1)
-            off, n = run
-            return _CHUNK_HEAD.pack(off, n, CODEC_ZSTD, 0) + cctx.compress(self.view[off : off + n])
+            chunks, data = [], 0
+            for off, n in self._nonzero_runs(piece[0], piece[0] + piece[1]):
+                chunk = _CHUNK_HEAD.pack(off, n, CODEC_ZSTD, 0) + cctx.compress(self.view[off : off + n])
+                chunks.append((chunk, zlib.crc32(chunk)))
+                data += n
+            return chunks, data
 
         with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
             pending: collections.deque = collections.deque()
-            for run in self.data_runs(skip):
-                pending.append((run[1], pool.submit(compress_run, run)))
-                if len(pending) >= 2 * workers:  # bounds the memory held by finished chunks
-                    n, fut = pending.popleft()
-                    yield fut.result()
-                    done = self.saved_bytes = done + n
-                    if progress is not None:
-                        progress(done)
-            while pending:
-                n, fut = pending.popleft()
-                yield fut.result()
-                done = self.saved_bytes = done + n
-                if progress is not None:
+
+            def finished() -> Iterator[tuple[bytes, int]]:
+                nonlocal done
+                chunks, data = pending.popleft().result()
+                yield from chunks
+                done = self.saved_bytes = done + data
+                if progress is not None and data:
                     progress(done)
+
+            for piece in self._extents(skip):
+                pending.append(pool.submit(compress_piece, piece))
+                if len(pending) >= 2 * workers:  # bounds the memory held by finished chunks
+                    yield from finished()
+            while pending:
+                yield from finished()
 
     def load_chunks(self, chunks: Iterable[bytes], progress: Callable[[int], None] | None = None) -> int:
         """Fill the memfd from memory-section chunks; returns the bytes restored."""

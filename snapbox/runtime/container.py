@@ -451,7 +451,8 @@ class Container:
                                leave_running=leave_running, compress=compress,
                                store_file_pages=store_file_pages, **args)
             if not leave_running:
-                self._wait_gone(5.0)
+                # The sandbox killed the program and recorded its end before replying; its
+                # process may take a moment more to give its memory back.
                 self.state["status"] = STOPPED
                 self.save_state()
             return reply.get("summary", {})

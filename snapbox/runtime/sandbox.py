@@ -7,6 +7,7 @@ own messages go to <root>/<id>/sandbox.log.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import json
@@ -14,7 +15,7 @@ import logging
 import os
 import socket
 import traceback
-from typing import Any
+from typing import Any, Iterator
 
 import cbor2
 
@@ -25,6 +26,7 @@ from snapbox.runtime import control
 from snapbox.runtime.bundle import Bundle
 from snapbox.runtime.container import exit_code
 from snapbox.runtime.progress import Progress
+from snapbox.state.direct import DirectWriter
 
 log = logging.getLogger("snapbox.sandbox")
 
@@ -32,13 +34,33 @@ AT_FDCWD = -100
 AT_EMPTY_PATH = 0x1000
 
 
+_GIVEN_CPUS: set[int] = set()  # the CPUs the sandbox process may use, before it pins itself
+
+
 def _pin_to_current_cpu() -> None:
     """Keep the sentry and its stubs on one CPU: a ptrace stop then wakes the sentry on
     the CPU it is already on, instead of an idle one (tens of microseconds saved per syscall)."""
+    global _GIVEN_CPUS
+    _GIVEN_CPUS = os.sched_getaffinity(0)
     libc = ctypes.CDLL(None)
     cpu = libc.sched_getcpu()
     if cpu >= 0:
         os.sched_setaffinity(0, {cpu})
+
+
+@contextlib.contextmanager
+def _on_all_cpus() -> Iterator[None]:
+    """Unpin the sentry's thread for a while: the threads it starts meanwhile (an image's
+    compressors and its writer) run on every CPU the sandbox was given, not all on one."""
+    pinned = os.sched_getaffinity(0)
+    if not _GIVEN_CPUS or _GIVEN_CPUS == pinned:
+        yield
+        return
+    os.sched_setaffinity(0, _GIVEN_CPUS)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, pinned)
 
 
 def _passed_fd(msg: dict[str, Any], fds: list[int], key: str) -> int | None:
@@ -52,16 +74,24 @@ def _passed_fd(msg: dict[str, Any], fds: list[int], key: str) -> int | None:
 
 def write_image(kernel: Kernel, path: str, compress: bool, progress=None, meta: dict | None = None,
                 store_file_pages: bool = False) -> dict:
-    """Checkpoint `kernel` (paused) to `path`: written unnamed, fsynced, then linked and renamed
-    into place, so an interrupted checkpoint never leaves a file under the target name."""
+    """Checkpoint `kernel` (paused) to `path`: written unnamed around the page cache where
+    the file system allows (see snapbox.state.direct), fsynced, then linked and renamed into
+    place, so an interrupted checkpoint never leaves a file under the target name."""
     directory = os.path.dirname(path) or "."
+    flags = os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC
     try:
-        fd = os.open(directory, os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, 0o600)
+        try:
+            fd = os.open(directory, flags | os.O_DIRECT, 0o600)
+        except OSError as e:
+            if e.errno != errno.EINVAL:
+                raise
+            fd = os.open(directory, flags, 0o600)  # no O_DIRECT here (tmpfs)
     except OSError as e:
         raise SnapboxError(f"cannot write image in {directory} ({e.strerror})") from None
-    with os.fdopen(fd, "wb", buffering=1 << 20) as f:
-        summary = kernel.save(f, compress=compress, progress=progress, meta=meta, store_file_pages=store_file_pages)
-        f.flush()
+    try:
+        with DirectWriter(fd) as f:
+            summary = kernel.save(f, compress=compress, progress=progress, meta=meta,
+                                  store_file_pages=store_file_pages)
         os.fsync(fd)
         partial = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.partial")
         try:
@@ -69,6 +99,8 @@ def write_image(kernel: Kernel, path: str, compress: bool, progress=None, meta: 
             os.replace(partial, path)
         except OSError as e:
             raise SnapboxError(f"cannot write image {path} ({e.strerror})") from None
+    finally:
+        os.close(fd)
     dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         os.fsync(dfd)
@@ -233,12 +265,13 @@ class Sandbox:
         was_paused = k.paused
         k.pause()
         try:
-            if path == "-":
-                with os.fdopen(os.dup(image_fd), "wb", buffering=1 << 20) as f:
-                    summary = k.save(f, compress=compress, progress=progress, meta=self.image_meta(),
-                                     store_file_pages=store)
-            else:
-                summary = write_image(k, path, compress, progress, self.image_meta(), store)
+            with _on_all_cpus():
+                if path == "-":
+                    with os.fdopen(os.dup(image_fd), "wb", buffering=1 << 20) as f:
+                        summary = k.save(f, compress=compress, progress=progress, meta=self.image_meta(),
+                                         store_file_pages=store)
+                else:
+                    summary = write_image(k, path, compress, progress, self.image_meta(), store)
         except BaseException:
             k.timekeeper.resume()
             if not was_paused:
@@ -252,15 +285,20 @@ class Sandbox:
             if not was_paused:
                 k.unpause()
         else:
+            # Stopped for good before the reply: the caller need not wait for this process
+            # (and the host for its memory) to go away.
+            k.kill_stubs()
+            record_end(self.dir, {"checkpointed": True})
             self.done = True
         return {"memory_saved": summary["memory_saved"], "graph_bytes": summary["graph_bytes"]}
 
     def run(self) -> int | None:
-        """Serve until init exits or a checkpoint stops the sandbox; returns init's status."""
+        """Serve until init exits or a checkpoint stops the sandbox; returns init's status
+        (None after a checkpoint)."""
         k = self.kernel
         while k.exit_status is None and not self.done:
             k.step()
-        return k.exit_status
+        return None if self.done else k.exit_status
 
 
 def _restore(image: str, bundle: Bundle) -> Kernel:
@@ -342,9 +380,16 @@ def boot_main(root: str, cid: str, bundle_path: str, ready_fd: int, restore: str
         kernel.shutdown()
         return 1
     kernel.shutdown()
-    record = {"status": status} if status is not None else {"checkpointed": True}
+    if status is None:
+        log.info("sandbox ends: checkpointed")
+        return 0
+    record_end(cdir, {"status": status})
+    log.info("sandbox ends: %s", status)
+    return exit_code(status)
+
+
+def record_end(cdir: str, record: dict) -> None:
+    """Write <cdir>/exit.json: the program's wait status, or that a checkpoint stopped it."""
     with open(os.path.join(cdir, ".exit.json.tmp"), "w") as f:
         json.dump(record, f)
     os.replace(os.path.join(cdir, ".exit.json.tmp"), os.path.join(cdir, "exit.json"))
-    log.info("sandbox ends: %s", record)
-    return exit_code(status) if status is not None else 0

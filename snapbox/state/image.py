@@ -53,7 +53,8 @@ class SectionWriter:
         self.chunks = 0
         self.bytes = 0
 
-    def write_chunk(self, data: bytes | memoryview) -> None:
+    def write_chunk(self, data: bytes | memoryview, crc: int | None = None) -> None:
+        """Write one chunk; `crc` is its CRC-32 if the caller has it already."""
         n = len(data)
         if n == 0:
             return
@@ -62,7 +63,7 @@ class SectionWriter:
             for off in range(0, n, MAX_CHUNK):
                 self.write_chunk(view[off : off + MAX_CHUNK])
             return
-        self.writer.write(_U32x2.pack(n, zlib.crc32(data)))
+        self.writer.write(_U32x2.pack(n, zlib.crc32(data) if crc is None else crc))
         self.writer.write(data)
         self.chunks += 1
         self.bytes += n

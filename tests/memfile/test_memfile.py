@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import zlib
 
 import pytest
 
@@ -59,7 +60,7 @@ def test_save_skips_holes_and_zero_pages_and_loads_back(mf, compress):
     mf.write(a + 3 * PAGE_SIZE, b"three")
     mf.write(a + 10 * PAGE_SIZE, bytes(PAGE_SIZE))  # a written page that holds only zeros
     mf.write(a + 40 * PAGE_SIZE, os.urandom(2 * PAGE_SIZE))
-    chunks = list(mf.save_chunks(compress))
+    chunks = [chunk for chunk, crc in mf.save_chunks(compress) if crc == zlib.crc32(chunk)]
     assert [r for r in mf.data_runs()] == [(a + 3 * PAGE_SIZE, PAGE_SIZE), (a + 40 * PAGE_SIZE, 2 * PAGE_SIZE)]
     other = MemoryFile(high=mf.high, free=list(mf.free), allocated=mf.allocated)
     try:
@@ -72,7 +73,7 @@ def test_save_skips_holes_and_zero_pages_and_loads_back(mf, compress):
 def test_load_refuses_chunks_outside_the_file(mf):
     a = mf.alloc(PAGE_SIZE)
     mf.write(a, b"z")
-    (chunk,) = mf.save_chunks(False)
+    ((chunk, _),) = mf.save_chunks(False)
     small = MemoryFile()
     try:
         with pytest.raises(ImageError, match="outside the memory file"):
