@@ -1226,11 +1226,13 @@ class Kernel:
         """Restore from an image: read it whole and checked, then give every process a new
         stub with its memory mapped and its registers set. No task runs until start()."""
         kernel, _ = cls.read_image(f, ctx, progress=progress)
-        kernel.timekeeper.stopped = True
-        kernel._attach_stubs()
+        kernel.attach_stubs()
         return kernel
 
-    def _attach_stubs(self) -> None:
+    def attach_stubs(self) -> None:
+        """After read_image: give every process a new stub with its memory mapped and its
+        registers set; the clock stays stopped until start()."""
+        self.timekeeper.stopped = True
         host = FeatureSet.host()
         for tg in self.tasks.pidns.groups.values():
             if tg.exit_status is not None or not tg.tasks:

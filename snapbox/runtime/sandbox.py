@@ -313,7 +313,10 @@ def _restore(image: str, bundle: Bundle) -> Kernel:
     progress = Progress(2, "restore") if os.isatty(2) else None
     try:
         with f:
-            return Kernel.load(f, LoadContext(rootfs=bundle.rootfs), progress=progress)
+            with _on_all_cpus():  # memory is decompressed on every CPU; stubs stay pinned
+                kernel, _ = Kernel.read_image(f, LoadContext(rootfs=bundle.rootfs), progress=progress)
+            kernel.attach_stubs()
+            return kernel
     finally:
         if progress is not None:
             progress.close()
