@@ -92,8 +92,8 @@ def _umask() -> int:
 
 
 def serve(root: str, idle: float | None = None) -> int:
-    """Serve requests for `root` until SIGTERM or SIGINT, or until `idle` seconds without a
-    request or a live sandbox. Prints "ready" on stdout once it listens (or "busy" if another
+    """Serve requests for `root` until SIGTERM or SIGINT, until `idle` seconds without a
+    request or a live sandbox, or until its socket is removed. Prints "ready" on stdout once it listens (or "busy" if another
     pool serves the root), then lets go of stdout."""
     import snapbox.cli  # noqa: F401 - what every command it runs would import
     import snapbox.runtime.sandbox  # noqa: F401 - what every sandbox it forks would import
@@ -110,7 +110,7 @@ def serve(root: str, idle: float | None = None) -> int:
     if os.path.exists(path):
         os.unlink(path)  # the caller checked that no pool answers there
     listener = control.listen(path)
-    listener.settimeout(None if idle is None else min(idle, 5.0))
+    listener.settimeout(5.0 if idle is None else min(idle, 5.0))
     with open(pid_path(root), "w") as f:
         f.write(f"{os.getpid()}\n")
 
@@ -130,7 +130,9 @@ def serve(root: str, idle: float | None = None) -> int:
             try:
                 conn, _ = listener.accept()
             except TimeoutError:
-                if _children or time.monotonic() - last < idle:
+                if not os.path.exists(path):
+                    return 0  # the root is gone: nobody can reach this pool
+                if idle is None or _children or time.monotonic() - last < idle:
                     continue
                 return 0
             with conn:

@@ -83,3 +83,10 @@ def test_no_pool_with_snapbox_warm_0(snapbox):
     env = dict(os.environ, SNAPBOX_WARM="0")
     assert snapbox("run", "--bundle", str(snapbox.images / "hello"), "h", env=env).stdout == "hello, world\n"
     assert not (snapbox.root / ".warm.log").exists()  # a pool being started would log there
+
+
+def test_a_pool_whose_socket_is_removed_ends(snapbox, pool):
+    os.unlink(snapbox.root / ".warm.sock")
+    wait_for(lambda: not os.path.exists(f"/proc/{pool}") or b") Z" in open(f"/proc/{pool}/stat", "rb").read(),
+             timeout=15, what="the pool to end")
+    assert not (snapbox.root / ".warm.pid").exists()
