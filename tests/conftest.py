@@ -83,6 +83,11 @@ os.environ.setdefault("SNAPBOX_WARM_IDLE", "10")
 def snapbox(tmp_path: Path, images: Path):
     sb = Snapbox(tmp_path / "root", images)
     yield sb
+    clean_up(sb)
+
+
+def clean_up(sb: Snapbox) -> None:
+    """Delete the containers left under the root, and stop its warm pool."""
     if sb.root.exists():
         for cid in os.listdir(sb.root):
             if not cid.startswith("."):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, Snapbox, lines, wait_for
+from tests.conftest import REPO, Snapbox, clean_up, lines, wait_for
 
 
 @pytest.fixture(scope="session")
@@ -36,12 +36,7 @@ class FrontSnapbox(Snapbox):
 def sb(tmp_path, images, front):
     s = FrontSnapbox(tmp_path / "root", images, front)
     yield s
-    if s.root.exists():
-        for cid in os.listdir(s.root):
-            if not cid.startswith("."):
-                s("delete", "--force", cid, check=False)
-    if (s.root / ".warm.pid").exists():
-        s("warm", "--stop", check=False)
+    clean_up(s)
 
 
 def exe_of(pid: int) -> str:
