@@ -93,8 +93,8 @@ def _umask() -> int:
 
 def serve(root: str, idle: float | None = None) -> int:
     """Serve requests for `root` until SIGTERM or SIGINT, until `idle` seconds without a
-    request or a live sandbox, or until its socket is removed. Prints "ready" on stdout once it listens (or "busy" if another
-    pool serves the root), then lets go of stdout."""
+    request or a live sandbox, or until its socket is removed. Prints "ready" on stdout
+    once it listens (or "busy" if another pool serves the root), then lets go of stdout."""
     import snapbox.cli  # noqa: F401 - what every command it runs would import
     import snapbox.runtime.sandbox  # noqa: F401 - what every sandbox it forks would import
 
