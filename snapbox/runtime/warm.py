@@ -93,7 +93,8 @@ def _umask() -> int:
 
 def serve(root: str, idle: float | None = None) -> int:
     """Serve requests for `root` until SIGTERM or SIGINT, until `idle` seconds without a
-    request or a live sandbox, or until its socket is removed. Prints "ready" on stdout
+    request or a live sandbox, or until its socket is removed or snapbox's code changes
+    (both checked every few seconds). Prints "ready" on stdout
     once it listens (or "busy" if another pool serves the root), then lets go of stdout."""
     import snapbox.cli  # noqa: F401 - what every command it runs would import
     import snapbox.runtime.sandbox  # noqa: F401 - what every sandbox it forks would import
@@ -125,6 +126,7 @@ def serve(root: str, idle: float | None = None) -> int:
     os.dup2(devnull, 1)
     os.close(devnull)
     last = time.monotonic()
+    stamp = _code_stamp()
     try:
         while True:
             try:
@@ -132,6 +134,8 @@ def serve(root: str, idle: float | None = None) -> int:
             except TimeoutError:
                 if not os.path.exists(path):
                     return 0  # the root is gone: nobody can reach this pool
+                if _code_stamp() != stamp:
+                    return 0  # snapbox was upgraded: commands would run the old code
                 if idle is None or _children or time.monotonic() - last < idle:
                     continue
                 return 0
@@ -146,6 +150,17 @@ def serve(root: str, idle: float | None = None) -> int:
             except FileNotFoundError:
                 pass
     return 0
+
+
+def _code_stamp() -> float:
+    """The newest modification time of snapbox's modules."""
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    newest = 0.0
+    for directory, _, names in os.walk(package):
+        for name in names:
+            if name.endswith(".py"):
+                newest = max(newest, os.stat(os.path.join(directory, name)).st_mtime)
+    return newest
 
 
 def _handle(conn: socket.socket, listener: socket.socket) -> None:

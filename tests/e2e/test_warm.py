@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import pytest
 
-from tests.conftest import lines, wait_for
+from tests.conftest import REPO, lines, wait_for
 
 
 def parent_of(pid: int) -> int:
@@ -90,3 +91,13 @@ def test_a_pool_whose_socket_is_removed_ends(snapbox, pool):
     wait_for(lambda: not os.path.exists(f"/proc/{pool}") or b") Z" in open(f"/proc/{pool}/stat", "rb").read(),
              timeout=15, what="the pool to end")
     assert not (snapbox.root / ".warm.pid").exists()
+
+
+def test_a_pool_ends_when_snapbox_is_upgraded(snapbox, pool):
+    module = REPO / "snapbox" / "__main__.py"
+    before = module.stat()
+    try:
+        os.utime(module, ns=(before.st_atime_ns, time.time_ns() + 10**9))  # as an upgrade would
+        wait_for(lambda: not (snapbox.root / ".warm.pid").exists(), timeout=15, what="the stale pool to end")
+    finally:
+        os.utime(module, ns=(before.st_atime_ns, before.st_mtime_ns))
