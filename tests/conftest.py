@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -72,6 +73,15 @@ class Snapbox:
         import json
 
         return json.loads(self("state", cid).stdout)["pid"]
+
+
+@pytest.fixture(autouse=True)
+def _sigchld_unblocked():
+    """Kernels run in this process block SIGCHLD (they read it from a signalfd); programs a
+    later test starts natively must not inherit that mask (a shell would never see its
+    children end)."""
+    yield
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
 
 
 # The first sandbox of a root starts a warm pool there (see snapbox.runtime.warm); those of

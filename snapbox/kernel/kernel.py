@@ -1,6 +1,6 @@
 """The Kernel: every kernel object of one sandbox, and the event loop that runs it.
 
-The loop is single-threaded. It waits on ptrace stops (SIGCHLD through a wakeup fd, then
+The loop is single-threaded. It waits on ptrace stops (SIGCHLD through a signalfd, then
 waitpid until empty), on host fds, and on the next timer deadline; all kernel state is
 changed only from it, so nothing needs a lock. Pausing means: interrupt every running
 task and resume none until unpause.
@@ -16,7 +16,7 @@ import logging
 import os
 import selectors
 import signal
-import socket
+import ctypes
 import stat
 import struct
 import time
@@ -147,7 +147,7 @@ class Kernel:
     watched: dict = nosave(dict)  # host fd -> selector event mask registered
     enosys_logged: set = nosave(set)  # syscall numbers already logged as unimplemented
     strace: Callable | None = nosave(default=None)  # called (task, nr, raw args, result or None) if set
-    wakeup: Any = nosave(default=None)  # socket that turns readable when SIGCHLD arrives
+    wakeup: int = nosave(default=-1)  # signalfd that turns readable when SIGCHLD arrives
     current: Task | None = nosave(default=None)  # the task whose syscall handler is running
     on_exit: Callable | None = nosave(default=None)  # called (ThreadGroup) when a process exits
     futexes: dict = nosave(dict)  # MemoryFile offset of a futex word -> WaitQueue of its waiters
@@ -380,8 +380,7 @@ class Kernel:
 
     def _on_sigchld(self, mask: int) -> None:
         try:
-            while self.wakeup.recv(4096):
-                pass
+            os.read(self.wakeup, 128 * 16)  # the pending SIGCHLD (they coalesce)
         except BlockingIOError:
             pass
         self.collect_stops()
@@ -1278,26 +1277,29 @@ def _lowest(mask: int) -> int:
     return (mask & -mask).bit_length()
 
 
-def _ignore_signal(signum, frame) -> None:
-    """SIGCHLD's handler: the wakeup fd does the work."""
+_SIGCHLD_FD = -1
+_SFD_NONBLOCK_CLOEXEC = os.O_NONBLOCK | os.O_CLOEXEC
 
 
-_WAKEUP: tuple[socket.socket, socket.socket] | None = None
-
-
-def _sigchld_wakeup() -> socket.socket:
-    """The read end of this process's SIGCHLD wakeup socket (signal.set_wakeup_fd is
-    process-wide, so every kernel of the process shares one)."""
-    global _WAKEUP
-    if _WAKEUP is None:
-        r, w = socket.socketpair()
-        r.setblocking(False)
-        w.setblocking(False)
-        _WAKEUP = (r, w)
-        signal.signal(signal.SIGCHLD, _ignore_signal)
-        signal.set_wakeup_fd(w.fileno(), warn_on_full_buffer=False)
-    return _WAKEUP[0]
-
+def _sigchld_wakeup() -> int:
+    """This process's SIGCHLD signalfd: SIGCHLD is blocked in the sentry's thread (and so in
+    every thread it starts) and read from this fd instead of being delivered, which spares
+    each ptrace stop a signal frame and a Python-level handler. Stubs unblock it before they
+    exec. One per process, shared by every kernel in it; each new kernel blocks SIGCHLD
+    again (a process that hosts a kernel and starts other programs must unblock it for them:
+    a blocked mask is inherited)."""
+    global _SIGCHLD_FD
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
+    if _SIGCHLD_FD < 0:
+        mask = (ctypes.c_uint8 * 128)()
+        mask[(signal.SIGCHLD - 1) // 8] |= 1 << ((signal.SIGCHLD - 1) % 8)
+        libc = ctypes.CDLL(None, use_errno=True)
+        fd = libc.signalfd(-1, mask, _SFD_NONBLOCK_CLOEXEC)
+        if fd < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"signalfd: {os.strerror(err)}")
+        _SIGCHLD_FD = fd
+    return _SIGCHLD_FD
 
 
 def _host_cpu_ns(tid: int) -> int:
