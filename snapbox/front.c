@@ -11,7 +11,8 @@
  * (`python3 -m snapbox`).
  *
  * Messages are those of snapbox.runtime.control: a little-endian u32 length, then a CBOR map.
- *   request: {"op": "cli", "argv": [...], "cwd": "...", "umask": N, "env": ["K=V", ...]}
+ *   request: {"op": "cli", "argv": [b"..."], "cwd": b"...", "umask": N, "env": [b"K=V", ...]}
+ *            (byte strings: arguments and paths need not be UTF-8)
  *   replies: {"ok": true, "pid": N} once the worker runs, then {"exit": N} at its end;
  *            or {"ok": false, "error": "..."} if the pool refuses.
  *
@@ -174,6 +175,14 @@ static void put_text(struct buf *b, const char *s)
     put(b, s, n);
 }
 
+/* Arguments, paths and the environment are bytes, not necessarily UTF-8. */
+static void put_bytes(struct buf *b, const char *s)
+{
+    size_t n = strlen(s);
+    put_head(b, 2, n);
+    put(b, s, n);
+}
+
 /* A reply holds only small maps of text keys to integers, booleans, null and text. */
 struct reply {
     int has_ok, ok, has_pid, has_exit;
@@ -328,15 +337,15 @@ static int send_request(int fd, int argc, char **argv)
     put_text(&b, "argv");
     put_head(&b, 4, (uint64_t)argc - 1);
     for (int i = 1; i < argc; i++)
-        put_text(&b, argv[i]);
+        put_bytes(&b, argv[i]);
     put_text(&b, "cwd");
-    put_text(&b, cwd);
+    put_bytes(&b, cwd);
     put_text(&b, "umask");
     put_head(&b, 0, mask);
     put_text(&b, "env");
     put_head(&b, 4, nenv);
     for (size_t i = 0; i < nenv; i++)
-        put_text(&b, environ[i]);
+        put_bytes(&b, environ[i]);
     uint32_t n = (uint32_t)(b.len - 4);
     for (int i = 0; i < 4; i++)
         b.data[i] = (uint8_t)(n >> (8 * i));

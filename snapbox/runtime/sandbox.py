@@ -241,7 +241,7 @@ class Sandbox:
         uid, gid = msg.get("user") or (0, 0)
         stdio = [os.dup(fd) for fd in fds]
         try:
-            tg = self.kernel.spawn([a.encode() for a in argv], [e.encode() for e in env], cwd, stdio,
+            tg = self.kernel.spawn([os.fsencode(a) for a in argv], [os.fsencode(e) for e in env], cwd, stdio,
                                    (uid, gid))
         except BaseException:
             for fd in stdio:
@@ -349,8 +349,10 @@ def boot_main(root: str, cid: str, bundle_path: str, ready_fd: int, restore: str
         if restore is not None:
             kernel = _restore(restore, bundle)
         else:
-            kernel = Kernel.boot(bundle.rootfs, [a.encode() for a in bundle.args],
-                                 [e.encode() for e in bundle.env], bundle.cwd, bundle.hostname,
+            # os.fsencode: arguments that were not UTF-8 on the command line (`do`) come
+            # back as they were.
+            kernel = Kernel.boot(bundle.rootfs, [os.fsencode(a) for a in bundle.args],
+                                 [os.fsencode(e) for e in bundle.env], bundle.cwd, bundle.hostname,
                                  memory_limit=bundle.memory_limit, mounts=bundle.mounts, user=bundle.user)
         if restore is None:
             init = kernel.tasks.init

@@ -77,7 +77,8 @@ def spawn(root: str, args: dict, stdio: list[int], ready_fd: int) -> int | None:
     path = socket_path(root)
     if not enabled() or not os.path.exists(path):
         return None
-    request = {"args": args, "cwd": os.getcwd(), "umask": _umask(), "env": dict(os.environ)}
+    request = {"args": args, "cwd": os.getcwdb(), "umask": _umask(),
+               "env": [os.fsencode(f"{k}={v}") for k, v in os.environ.items()]}
     try:
         with control.open_call(path, "spawn", timeout=10.0, fds=[*stdio, ready_fd], **request) as sock:
             return control.read_reply(sock, "spawn")["pid"]
@@ -177,7 +178,7 @@ def _handle(conn: socket.socket, listener: socket.socket) -> None:
             _fork_command(msg, fds, conn, listener)
         else:
             control.send_message(conn, {"ok": False, "error": "malformed warm pool request"})
-    except (OSError, control.ControlError):
+    except Exception:  # a bad request must not end the pool
         traceback.print_exc()  # to the pool's log
     finally:
         for fd in fds:
@@ -225,13 +226,10 @@ def _run_command(msg: dict, fds: list[int], conn: socket.socket) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     _take_setting(msg, fds)
-    env = msg.get("env") or []
-    os.environ.clear()
-    os.environ.update(e.split("=", 1) for e in env if "=" in e)
     sys.stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False), line_buffering=False)
     sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), line_buffering=os.isatty(1))
     sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), line_buffering=True)
-    sys.argv = ["snapbox", *msg["argv"]]
+    sys.argv = ["snapbox", *map(os.fsdecode, msg["argv"])]
     control.send_message(conn, {"ok": True, "pid": os.getpid()})
     try:
         cli.main()
@@ -253,12 +251,18 @@ def _run_command(msg: dict, fds: list[int], conn: socket.socket) -> int:
 
 
 def _take_setting(msg: dict, fds: list[int]) -> None:
-    """The caller's stdio, working directory and umask."""
+    """The caller's stdio, working directory, umask and environment (cwd and "K=V"
+    entries as bytes: they need not be UTF-8)."""
     for target, fd in enumerate(fds[:3]):
         os.dup2(fd, target)
         os.close(fd)
     os.chdir(msg["cwd"])
     os.umask(msg["umask"])
+    os.environ.clear()
+    for entry in msg.get("env") or []:
+        key, eq, value = os.fsdecode(entry).partition("=")
+        if eq:
+            os.environ[key] = value
 
 
 _children: set[int] = set()  # the sandboxes and workers this pool forked that are alive
@@ -286,8 +290,6 @@ def _become_sandbox(msg: dict, fds: list[int], close: list[int]) -> int:
         signal.signal(sig, signal.SIG_DFL)
     os.setsid()
     _take_setting(msg, fds)
-    os.environ.clear()
-    os.environ.update(msg["env"])
     return boot_main(ready_fd=fds[3], **msg["args"])
 
 

@@ -81,6 +81,11 @@ def test_with_a_pool_commands_run_in_it(sb, tmp_path):
                        capture_output=True, text=True, cwd=tmp_path, env=dict(os.environ, FRONT_TEST="env"),
                        timeout=60)
     assert p.stdout == f"hi {tmp_path} env\n"
+    # Arguments and the environment are bytes, not necessarily UTF-8.
+    odd = os.fsdecode(b"caf\xe9")
+    p = subprocess.run(sb.cmd("do", "/bin/sh", "-c", 'echo "$1 $ODD"', "sh", odd), capture_output=True,
+                       env=dict(os.environ, ODD=odd), timeout=60)
+    assert p.stdout == b"caf\xe9 caf\xe9\n"
 
     # A run in progress is this binary waiting on the pool's worker, which gets its signals.
     out = tmp_path / "out.txt"
