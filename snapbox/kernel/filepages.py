@@ -15,6 +15,7 @@ instead, for restoring where the files are not the same.
 
 from __future__ import annotations
 
+import concurrent.futures
 import errno
 import hashlib
 import os
@@ -183,24 +184,32 @@ class FileCache:
 
     def restore(self) -> None:
         """Read every referenced file's pages back into the MemoryFile, checking it is the
-        same file. Raises ChangedFileError naming the first one that is not."""
-        for pages in self.files:
-            if pages.stored:
-                continue
-            lower = self.fs.host(pages.layer)
-            where = os.path.join(lower.path, pages.path)
-            hint = "; checkpoint with --store-file-pages to keep its pages in the image"
-            try:
-                size = os.fstat(pages.fd if pages.fd >= 0 else self._open(pages)).st_size
-            except SyscallError as e:
-                raise ChangedFileError(f"{where}, mapped by the checkpointed sandbox, cannot be opened "
-                                       f"({os.strerror(e.errno)}){hint}") from None
-            if size != pages.size:
-                raise ChangedFileError(f"{where} changed since the checkpoint (size {size}, was {pages.size}){hint}")
-            for start, end in pages.filled:
-                self._read(pages, start, end)
-            if self._digest(pages) != pages.digest:
-                raise ChangedFileError(f"{where} changed since the checkpoint (its content differs){hint}")
+        same file; files are read and hashed on a thread per CPU. Raises ChangedFileError
+        naming the first one (in cache order) that is not."""
+        refs = [pages for pages in self.files if not pages.stored]
+        if not refs:
+            return
+        with concurrent.futures.ThreadPoolExecutor(max_workers=min(len(refs), os.cpu_count() or 1)) as pool:
+            problems = list(pool.map(self._restore_one, refs))
+        for problem in problems:
+            if problem:
+                raise ChangedFileError(problem)
+
+    def _restore_one(self, pages: FilePages) -> str | None:
+        """Read one file's pages back; what is wrong with the file, if anything."""
+        where = os.path.join(self.fs.host(pages.layer).path, pages.path)
+        hint = "; checkpoint with --store-file-pages to keep its pages in the image"
+        try:
+            size = os.fstat(pages.fd if pages.fd >= 0 else self._open(pages)).st_size
+        except SyscallError as e:
+            return f"{where}, mapped by the checkpointed sandbox, cannot be opened ({os.strerror(e.errno)}){hint}"
+        if size != pages.size:
+            return f"{where} changed since the checkpoint (size {size}, was {pages.size}){hint}"
+        for start, end in pages.filled:
+            self._read(pages, start, end)
+        if self._digest(pages) != pages.digest:
+            return f"{where} changed since the checkpoint (its content differs){hint}"
+        return None
 
     def _open(self, pages: FilePages) -> int:
         pages.fd = self.fs.host(pages.layer).open(pages.path, os.O_RDONLY)
