@@ -22,6 +22,7 @@ it has had no command and no sandbox for --idle seconds (SNAPBOX_WARM_IDLE, defa
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fcntl
 import io
 import os
@@ -239,14 +240,10 @@ def _run_command(msg: dict, fds: list[int], conn: socket.socket) -> int:
         if isinstance(e.code, str):
             print(e.code, file=sys.stderr)
     for stream in (sys.stdout, sys.stderr):
-        try:
+        with contextlib.suppress(OSError):  # its reader went away: not the command's failure
             stream.flush()
-        except OSError:
-            pass
-    try:
+    with contextlib.suppress(OSError):  # the front end is gone
         control.send_message(conn, {"exit": code})
-    except OSError:
-        pass  # the front end is gone
     return 0
 
 
