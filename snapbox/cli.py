@@ -270,14 +270,20 @@ def checkpoint(obj: _Context, image_path: str, leave_running: bool, compression:
               help="The image to restore; - reads it from stdin.")
 @click.option("--detach", "-d", is_flag=True,
               help="Return once the program runs again; it keeps this command's stdio.")
+@click.option("--lazy", is_flag=True,
+              help="Start the program before its memory is read: each part of the image's memory is "
+                   "loaded (and checked) when the program first needs it, and all of it in the "
+                   "background meanwhile. The image file must stay as it is until then; a part "
+                   "that turns out corrupt ends the sandbox. Ignored with --image-path -.")
 @click.argument("container_id")
 @click.pass_obj
-def restore(obj: _Context, bundle: str, image_path: str, detach: bool, container_id: str) -> None:
+def restore(obj: _Context, bundle: str, image_path: str, detach: bool, lazy: bool, container_id: str) -> None:
     """Create a container from an image and start it where the checkpoint left it.
 
     The image's CPU features are checked against this host before anything else is read,
-    and the whole image is checked before anything starts. The restored program's stdio
-    is this command's (with --image-path -, its stdin is what follows the image).
+    and the whole image is checked before anything starts (with --lazy: all but the
+    contents of memory). The restored program's stdio is this command's (with
+    --image-path -, its stdin is what follows the image).
     """
     from snapbox.runtime.container import Container
 
@@ -293,7 +299,7 @@ def restore(obj: _Context, bundle: str, image_path: str, detach: bool, container
         if source == "-":
             raise SnapboxError("restore from stdin needs --bundle")
         bundle = _bundle_of_image(obj, source, container_id)
-    c = Container.create(obj.root, container_id, bundle, restore_image=source, options=obj.options)
+    c = Container.create(obj.root, container_id, bundle, restore_image=source, lazy=lazy, options=obj.options)
     if not detach:
         _attach(c)
 

@@ -74,8 +74,9 @@ from snapbox.kernel.task import FSContext, PIDNamespace, Run, SigAction, Task, T
 from snapbox.kernel.time import Timekeeper
 from snapbox.kernel.vfs import Filesystem, LowerNode, MemRegular
 from snapbox.kernel.waiter import WaitQueue
-from snapbox.memfile import MemoryFile
-from snapbox.platform import ptrace
+from snapbox.memfile import PAGE_SIZE, MemoryFile
+from snapbox.memfile.memfile import CHUNK_HEAD_SIZE
+from snapbox.platform import ptrace, uffd
 from snapbox.platform.cpuid import FeatureSet
 from snapbox.platform.stub import APP_TOP, Stub
 from snapbox.state import (
@@ -149,6 +150,10 @@ class Kernel:
     strace: Callable | None = nosave(default=None)  # called (task, nr, raw args, result or None) if set
     wakeup: int = nosave(default=-1)  # signalfd that turns readable when SIGCHLD arrives
     current: Task | None = nosave(default=None)  # the task whose syscall handler is running
+    # A lazy restore: each address space's userfaultfd, which catches first touches of memory
+    # still in the image, and an eventfd that turns readable once it is all in.
+    faults: dict = nosave(dict)
+    loaded: int = nosave(default=-1)
     on_exit: Callable | None = nosave(default=None)  # called (ThreadGroup) when a process exits
     futexes: dict = nosave(dict)  # MemoryFile offset of a futex word -> WaitQueue of its waiters
 
@@ -886,6 +891,10 @@ class Kernel:
         if stub is not None:
             stub.kill()
             tg.mm.stub = None
+        fd = self.faults.pop(tg.mm, None)
+        if fd is not None:
+            self.selector.unregister(fd)
+            os.close(fd)
         tg.mm.release_all()
         for f in tg.fds.files.values():
             node = getattr(f, "node", None)
@@ -1120,6 +1129,7 @@ class Kernel:
         """Kill every stub (the sandbox is being torn down)."""
         self.kill_stubs()
         self.collect_stops()
+        self.memfile.stop_loading()
 
     def kill_stubs(self) -> None:
         """SIGKILL every stub, without waiting: no task runs again."""
@@ -1139,6 +1149,7 @@ class Kernel:
         """
         if not self.paused:
             raise SnapboxError("internal: save needs a paused kernel")
+        self.memfile.finish_loading()
         self.timekeeper.stop()
         try:
             for t in self.tasks.live_tasks():
@@ -1184,11 +1195,15 @@ class Kernel:
     @classmethod
     def read_image(cls, f: IO[bytes], ctx: LoadContext, check_cpu: bool = True,
                    progress: Callable[[int, int], None] | None = None,
-                   load_memory: bool = True) -> tuple[Kernel, dict]:
+                   load_memory: bool = True, lazy: bool = False) -> tuple[Kernel, dict]:
         """Read a whole image: the CPU feature set first (checked against this host unless
         `check_cpu` is false), then the graph, then memory (checked, and copied into the
         MemoryFile if `load_memory`), then the trailer. Starts nothing. Returns the kernel
-        and the trailer's summary."""
+        and the trailer's summary.
+
+        With `lazy` (and a seekable `f`), memory stays in the image: only its chunks' places
+        are read here, and each chunk is loaded (and checked) when first needed, or by
+        background threads meanwhile; the image must not change until that is done."""
         r = ImageReader(f)
         features = decode_graph(r.read_section("cpuid"))
         if not isinstance(features, FeatureSet):
@@ -1206,7 +1221,9 @@ class Kernel:
         kernel.paused = True
         total = kernel.memfile.allocated
         report = (lambda done: progress(done, total)) if progress else None
-        if load_memory:
+        if load_memory and lazy and _is_file(f):
+            kernel._load_lazily(r, f)
+        elif load_memory:
             kernel.memfile.load_chunks(r.section("memory"), report)
         else:
             for _ in r.section("memory"):
@@ -1228,6 +1245,64 @@ class Kernel:
         kernel.attach_stubs()
         return kernel
 
+    def _load_lazily(self, r: ImageReader, f: IO[bytes]) -> None:
+        self.loaded = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self.selector.register(self.loaded, selectors.EVENT_READ, lambda m: self._memory_loaded())
+        fd = os.dup(f.fileno())
+        index = r.section_index("memory", CHUNK_HEAD_SIZE)
+        self.memfile.load_lazily(fd, index, lambda: os.eventfd_write(self.loaded, 1))
+
+    def _catch_first_touches(self, mm: MemoryManager) -> None:
+        """Have the stub of `mm` stop at its first touch of memory a lazy restore has not
+        loaded yet, and tell us."""
+        lazy = self.memfile.lazy
+        ranges = [(v.start, v.end - v.start) for v in mm.vmas if lazy.pending(v.offset, v.end - v.start)]
+        if not ranges:
+            return
+        fd = uffd.open_for(mm.stub)
+        self.faults[mm] = fd
+        for start, length in ranges:
+            uffd.register(fd, start, length)
+        self.selector.register(fd, selectors.EVENT_READ, lambda m: self._on_faults(mm, fd))
+
+    def _on_faults(self, mm: MemoryManager, fd: int) -> None:
+        for addr in uffd.faults(fd):
+            vma = mm.find(addr)
+            if vma is not None:
+                try:
+                    self.memfile.ensure_loaded(vma.offset + (addr - vma.start), PAGE_SIZE)
+                except ImageError as e:
+                    self._memory_lost(e)
+                    return
+            uffd.resolve(fd, addr)
+
+    def _memory_loaded(self) -> None:
+        """The lazy restore's background threads are done (or one failed)."""
+        try:
+            self.memfile.finish_loading()
+        except ImageError as e:
+            self._memory_lost(e)
+            return
+        self._stop_catching()
+
+    def _stop_catching(self) -> None:
+        for fd in self.faults.values():
+            self.selector.unregister(fd)
+            os.close(fd)  # the registrations go with it, and waiting threads wake
+        self.faults.clear()
+        if self.loaded >= 0:
+            self.selector.unregister(self.loaded)
+            os.close(self.loaded)
+            self.loaded = -1
+
+    def _memory_lost(self, e: ImageError) -> None:
+        """Memory a lazy restore left in the image cannot be read back: the sandbox ends."""
+        log.error("memory could not be restored from the image: %s; every process is killed", e)
+        for tg in list(self.tasks.pidns.groups.values()):
+            self.exit_group(tg, SIGKILL)
+        self.memfile.stop_loading()
+        self._stop_catching()
+
     def attach_stubs(self) -> None:
         """After read_image: give every process a new stub with its memory mapped and its
         registers set; the clock stays stopped until start()."""
@@ -1237,7 +1312,9 @@ class Kernel:
             if tg.exit_status is not None or not tg.tasks:
                 continue
             stub = Stub.spawn(self.memfile.fd)
-            tg.mm.attach(stub)
+            tg.mm.attach(stub, lazy=self.memfile.lazy is not None)
+            if self.memfile.lazy is not None:
+                self._catch_first_touches(tg.mm)
             for i, t in enumerate(tg.tasks):
                 if not t.saved_regs:
                     raise ImageError(f"image holds task {t.tid} without registers")
@@ -1248,6 +1325,14 @@ class Kernel:
                 self._bind(t, host_tid, regs)
                 t.saved_regs = ()
                 t.saved_fpstate = b""
+
+
+def _is_file(f: IO[bytes]) -> bool:
+    """Whether `f` is a regular file (an image a lazy restore can go back to), not a pipe."""
+    try:
+        return stat.S_ISREG(os.fstat(f.fileno()).st_mode)
+    except (OSError, ValueError):
+        return False
 
 
 def _fit_xstate(data: bytes, host: FeatureSet) -> bytes:

@@ -168,6 +168,7 @@ class MemoryManager:
         vma = Vma(addr, addr + length, prot, offset, kind, shared=shared)
         self._insert(vma)
         if self.stub is not None:
+            self.memfile.ensure_loaded(offset, length)
             self.stub.map(addr, length, prot, offset)
         return vma
 
@@ -346,10 +347,14 @@ class MemoryManager:
         return MemoryManager(memfile=self.memfile, cache=self.cache, vmas=vmas, brk_start=self.brk_start,
                              brk=self.brk)
 
-    def attach(self, stub: Stub) -> None:
-        """Give this address space a (fresh) stub and map every VMA into it."""
+    def attach(self, stub: Stub, lazy: bool = False) -> None:
+        """Give this address space a (fresh) stub and map every VMA into it. A stub only
+        maps loaded memory (a lazy restore may not have loaded all yet), unless `lazy`: the
+        caller then has the stub's first touches of memory not yet loaded caught."""
         self.stub = stub
         for vma in self.vmas:
+            if not lazy:
+                self.memfile.ensure_loaded(vma.offset, vma.end - vma.start)
             stub.map(vma.start, vma.end - vma.start, vma.prot, vma.offset)
 
     # -- access ------------------------------------------------------------------------------

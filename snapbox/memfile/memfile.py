@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import zstandard
 
+from snapbox.memfile.lazy import Chunk, LazyLoader
 from snapbox.state import ImageError, SnapboxError, nosave, savable
 from snapbox.state.image import CHUNK_HEADER_SIZE
 
@@ -30,6 +31,7 @@ FILE_SIZE = 1 << 38
 RUN_LIMIT = 4 << 20
 
 _CHUNK_HEAD = struct.Struct("<QIBH")  # file offset, length, codec, padding before the data
+CHUNK_HEAD_SIZE = _CHUNK_HEAD.size
 CODEC_NONE = 0
 CODEC_ZSTD = 1
 _ZERO_PAGE = bytes(PAGE_SIZE)
@@ -62,6 +64,7 @@ class MemoryFile:
     map: mmap.mmap = nosave(default=None)  # the sentry's own MAP_SHARED view of the memfd
     view: memoryview = nosave(default=None)
     saved_bytes: int = nosave(default=0)  # data bytes the last save_chunks wrote (before compression)
+    lazy: LazyLoader | None = nosave(default=None)  # chunks of the image restored from, still to load
 
     def __post_init__(self) -> None:
         if self.fd < 0:
@@ -77,6 +80,7 @@ class MemoryFile:
         self.view = memoryview(self.map)
 
     def close(self) -> None:
+        self.stop_loading()
         if self.view is not None:
             self.view.release()
             self.view = None
@@ -142,18 +146,26 @@ class MemoryFile:
 
     def punch(self, offset: int, length: int) -> None:
         """Drop the pages of a range (it stays allocated and reads as zeros)."""
+        if self.lazy is not None:
+            self.lazy.discard(offset, length)
         self.map.madvise(mmap.MADV_REMOVE, offset, length)
 
     # -- access -------------------------------------------------------------------------
 
     def read(self, offset: int, length: int) -> bytes:
+        if self.lazy is not None:
+            self.lazy.ensure(offset, length)
         return bytes(self.view[offset : offset + length])
 
     def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
+        if self.lazy is not None:
+            self.lazy.ensure(offset, len(data))
         self.view[offset : offset + len(data)] = data
 
     def copy(self, dst: int, src: int, length: int) -> None:
         """Copy a range's data to another (fresh, all-zero) range; holes stay holes."""
+        if self.lazy is not None:
+            self.lazy.ensure(src, length)
         end = src + length
         pos = src
         while pos < end:
@@ -275,24 +287,12 @@ class MemoryFile:
         Chunks are checked here, in order, and decompressed and written into the memfd
         (pwrite: no page faults in this process) on a pool of threads, one per core."""
         workers = os.cpu_count() or 1
-        local = threading.local()
 
         def fill(off: int, n: int, codec: int, body: memoryview) -> int:
-            if codec == CODEC_ZSTD:
-                dctx = getattr(local, "dctx", None)
-                if dctx is None:
-                    dctx = local.dctx = zstandard.ZstdDecompressor()
-                try:
-                    data = dctx.decompress(body, max_output_size=n)
-                except zstandard.ZstdError as e:
-                    raise ImageError(f"image memory section is corrupt ({e})") from None
-            else:
-                data = body
-            if len(data) != n:
-                raise ImageError("image memory section holds a chunk of the wrong size")
+            data = memoryview(decode_chunk(body, codec, n))
             done = 0
             while done < n:
-                done += os.pwrite(self.fd, memoryview(data)[done:], off + done)
+                done += os.pwrite(self.fd, data[done:], off + done)
             return n
 
         total = 0
@@ -307,15 +307,8 @@ class MemoryFile:
 
             try:
                 for chunk in chunks:
-                    if len(chunk) < _CHUNK_HEAD.size:
-                        raise ImageError("image memory section holds a malformed chunk")
-                    off, n, codec, pad = _CHUNK_HEAD.unpack_from(chunk)
-                    if off % PAGE_SIZE or off + n > self.high or n > RUN_LIMIT:
-                        raise ImageError("image memory section holds a chunk outside the memory file")
-                    if codec not in (CODEC_ZSTD, CODEC_NONE):
-                        raise ImageError(f"image memory section uses an unknown codec {codec}")
-                    body = memoryview(chunk)[_CHUNK_HEAD.size + pad :]
-                    pending.append(pool.submit(fill, off, n, codec, body))
+                    off, n, codec, pad = self._chunk_head(chunk, len(chunk))
+                    pending.append(pool.submit(fill, off, n, codec, memoryview(chunk)[_CHUNK_HEAD.size + pad :]))
                     if len(pending) >= 2 * workers:  # bounds the chunks held in memory
                         finish_one()
                 while pending:
@@ -324,6 +317,78 @@ class MemoryFile:
                 for fut in pending:
                     fut.cancel()
         return total
+
+    def load_lazily(self, image_fd: int, index: Iterable[tuple[int, int, int, bytes]],
+                    on_done: Callable[[], None]) -> int:
+        """Leave the memory chunks in the image (open as `image_fd`, which this takes over):
+        each is loaded when first needed, and background threads (on `cpus`) load them all
+        meanwhile (one per CPU this thread may run on); `on_done()` is called, from any
+        thread, once all are in or one failed.
+        `index` holds each chunk's (position, size, CRC-32, first bytes), as
+        ImageReader.section_index gives them. Returns the bytes the chunks hold."""
+        chunks: list[Chunk] = []
+        try:
+            for pos, size, crc, head in index:
+                off, n, codec, pad = self._chunk_head(head, size)
+                if chunks and off < chunks[-1].offset + chunks[-1].length:
+                    raise ImageError("image memory section holds chunks out of order")
+                chunks.append(Chunk(off, n, codec, pos, size, crc, _CHUNK_HEAD.size + pad))
+        except BaseException:
+            os.close(image_fd)
+            raise
+        self.lazy = LazyLoader(self.fd, image_fd, chunks, on_done, decode_chunk)
+        return sum(c.length for c in chunks)
+
+    def ensure_loaded(self, offset: int, length: int) -> None:
+        """Make sure a lazy restore has loaded the range; ImageError if it cannot."""
+        if self.lazy is not None:
+            self.lazy.ensure(offset, length)
+
+    def finish_loading(self) -> None:
+        """Load whatever a lazy restore has left in the image; ImageError if that fails."""
+        if self.lazy is not None:
+            self.lazy.finish()
+            self.lazy = None
+
+    def stop_loading(self) -> None:
+        """Give up a lazy restore (the sandbox is going away)."""
+        if self.lazy is not None:
+            self.lazy.close()
+            self.lazy = None
+
+    def _chunk_head(self, head: bytes, size: int) -> tuple[int, int, int, int]:
+        """A chunk's (offset, length, codec, padding), checked against this file; `head` is
+        the start of a chunk of `size` bytes."""
+        if len(head) < _CHUNK_HEAD.size:
+            raise ImageError("image memory section holds a malformed chunk")
+        off, n, codec, pad = _CHUNK_HEAD.unpack_from(head)
+        if off % PAGE_SIZE or off + n > self.high or n > RUN_LIMIT:
+            raise ImageError("image memory section holds a chunk outside the memory file")
+        if codec not in (CODEC_ZSTD, CODEC_NONE):
+            raise ImageError(f"image memory section uses an unknown codec {codec}")
+        if _CHUNK_HEAD.size + pad > size or (codec == CODEC_NONE and size - _CHUNK_HEAD.size - pad != n):
+            raise ImageError("image memory section holds a chunk of the wrong size")
+        return off, n, codec, pad
+
+
+_local = threading.local()
+
+
+def decode_chunk(body: memoryview, codec: int, n: int) -> bytes | memoryview:
+    """The `n` bytes of data a memory chunk's body holds; ImageError if it does not."""
+    if codec == CODEC_ZSTD:
+        dctx = getattr(_local, "dctx", None)
+        if dctx is None:
+            dctx = _local.dctx = zstandard.ZstdDecompressor()
+        try:
+            data = dctx.decompress(body, max_output_size=n)
+        except zstandard.ZstdError as e:
+            raise ImageError(f"image memory section is corrupt ({e})") from None
+    else:
+        data = body
+    if len(data) != n:
+        raise ImageError("image memory section holds a chunk of the wrong size")
+    return data
 
 
 def _without(runs: Iterable[tuple[int, int]], skip: list[tuple[int, int]]) -> Iterator[tuple[int, int]]:

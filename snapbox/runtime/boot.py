@@ -20,11 +20,12 @@ def main() -> int:
     ap.add_argument("--bundle", required=True)
     ap.add_argument("--ready-fd", type=int, required=True)
     ap.add_argument("--restore", default=None)
+    ap.add_argument("--lazy", action="store_true")
     ap.add_argument("--debug-log", default=None)
     ap.add_argument("--log-format", default="text")
     ap.add_argument("--strace", action="store_true")
     a = ap.parse_args()
-    return boot_main(a.root, a.cid, a.bundle, a.ready_fd, a.restore, a.debug_log, a.log_format, a.strace)
+    return boot_main(a.root, a.cid, a.bundle, a.ready_fd, a.restore, a.debug_log, a.log_format, a.strace, a.lazy)
 
 
 if __name__ == "__main__":

@@ -238,11 +238,12 @@ class Container:
 
     @classmethod
     def create(cls, root: str, cid: str, bundle: str, *, start: bool = False,
-               restore_image: str | None = None, options: Options | None = None,
+               restore_image: str | None = None, lazy: bool = False, options: Options | None = None,
                pid_file: str | None = None, console_socket: str | None = None) -> Container:
         """Make the state dir and start a sandbox process (which owns the caller's stdio).
 
-        With `restore_image`, the sandbox is restored from that image and started.
+        With `restore_image`, the sandbox is restored from that image and started; with
+        `lazy`, memory is loaded from the image as the program needs it.
         """
         from snapbox.runtime.bundle import Bundle
 
@@ -265,7 +266,7 @@ class Container:
         c.options = options or Options()
         try:
             c.save_state()
-            c._spawn(restore_image=restore_image, console_socket=console_socket)
+            c._spawn(restore_image=restore_image, lazy=lazy, console_socket=console_socket)
             if pid_file:
                 _write_atomically(pid_file, f"{c.state['pid']}")
             c.run_hooks("createRuntime", "prestart", "createContainer")
@@ -298,7 +299,7 @@ class Container:
                         raise SnapboxError(message)
                     print(f"snapbox: warning: {message}", file=sys.stderr)
 
-    def _spawn(self, restore_image: str | None, console_socket: str | None = None) -> None:
+    def _spawn(self, restore_image: str | None, lazy: bool = False, console_socket: str | None = None) -> None:
         """Start the sandbox process, forked by the root's warm pool if one runs; it is
         ready (created) when this returns."""
         r, w = os.pipe()
@@ -309,13 +310,13 @@ class Container:
             stdio = {"stdin": slave, "stdout": slave, "stderr": slave}
         try:
             pid = warm.spawn(self.root, {"root": self.root, "cid": self.id, "bundle_path": self.state["bundle"],
-                                         "restore": restore_image, **self.options.boot_kwargs()},
+                                         "restore": restore_image, "lazy": lazy, **self.options.boot_kwargs()},
                              [slave] * 3 if slave >= 0 else [0, 1, 2], w)
             if pid is None:
                 cmd = [sys.executable, "-S", "-m", "snapbox.runtime.boot", "--root", self.root, "--id", self.id,
                        "--bundle", self.state["bundle"], "--ready-fd", str(w), *self.options.boot_args()]
                 if restore_image is not None:
-                    cmd += ["--restore", restore_image]
+                    cmd += ["--restore", restore_image] + (["--lazy"] if lazy else [])
                 self.process = subprocess.Popen(cmd, pass_fds=(w,), start_new_session=True, env=sandbox_env(),
                                                 **stdio)
                 pid = self.process.pid

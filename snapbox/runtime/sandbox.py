@@ -301,8 +301,9 @@ class Sandbox:
         return None if self.done else k.exit_status
 
 
-def _restore(image: str, bundle: Bundle) -> Kernel:
-    """The Loader's restore path: from a file, or from stdin when `image` is "-"."""
+def _restore(image: str, bundle: Bundle, lazy: bool = False) -> Kernel:
+    """The Loader's restore path: from a file, or from stdin when `image` is "-". With `lazy`,
+    memory is left in an image file to load as needed (a pipe is read whole all the same)."""
     try:
         if image == "-":
             f = os.fdopen(0, "rb", closefd=False, buffering=1 << 20)
@@ -314,7 +315,7 @@ def _restore(image: str, bundle: Bundle) -> Kernel:
     try:
         with f:
             with _on_all_cpus():  # memory is decompressed on every CPU; stubs stay pinned
-                kernel, _ = Kernel.read_image(f, LoadContext(rootfs=bundle.rootfs), progress=progress)
+                kernel, _ = Kernel.read_image(f, LoadContext(rootfs=bundle.rootfs), progress=progress, lazy=lazy)
             kernel.attach_stubs()
             return kernel
     finally:
@@ -338,7 +339,8 @@ def _setup_logging(path: str, log_format: str) -> None:
 
 
 def boot_main(root: str, cid: str, bundle_path: str, ready_fd: int, restore: str | None,
-              debug_log: str | None = None, log_format: str = "text", strace: bool = False) -> int:
+              debug_log: str | None = None, log_format: str = "text", strace: bool = False,
+              lazy: bool = False) -> int:
     """Entry point of the sandbox process. Returns its exit code."""
     cdir = os.path.join(root, cid)
     _setup_logging(debug_log or os.path.join(cdir, "sandbox.log"), log_format)
@@ -347,7 +349,7 @@ def boot_main(root: str, cid: str, bundle_path: str, ready_fd: int, restore: str
         _pin_to_current_cpu()
         bundle = Bundle.load(bundle_path)
         if restore is not None:
-            kernel = _restore(restore, bundle)
+            kernel = _restore(restore, bundle, lazy)
         else:
             # os.fsencode: arguments that were not UTF-8 on the command line (`do`) come
             # back as they were.

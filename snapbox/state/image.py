@@ -11,6 +11,7 @@ Every chunk carries its own checksum, so corruption is found before anything is 
 
 from __future__ import annotations
 
+import os
 import struct
 import zlib
 from collections.abc import Iterator
@@ -171,6 +172,37 @@ class ImageReader:
             count += 1
             total += n
             yield data
+
+    def section_index(self, name: str, head: int) -> Iterator[tuple[int, int, int, bytes]]:
+        """Yield (position, size, CRC-32, first `head` bytes) for each chunk of the next section,
+        which must be called `name`, skipping the payloads (the file must be a seekable file
+        with a descriptor). Payloads are neither read nor checked: whoever reads one later
+        checks its CRC."""
+        what = f"the {name} section"
+        chunks = self.section(name)
+        chunks.close()  # only its header was wanted
+        count = total = 0
+        fd = self.f.fileno()
+        pos = self.f.tell()
+        # One small pread per chunk: a buffered read after each seek would read a buffer's worth.
+        while True:
+            raw = os.pread(fd, _U32x2.size + head, pos)
+            if len(raw) < _U32x2.size:
+                raise ImageError(f"image is truncated (in {what})")
+            n, crc = _U32x2.unpack_from(raw)
+            pos += _U32x2.size
+            if n == 0:
+                if crc != count:
+                    raise ImageError(f"image is corrupt ({what} ends after {count} chunks, expected {crc})")
+                self.sections_read.append({"name": name, "chunks": count, "bytes": total})
+                self.f.seek(pos)
+                return
+            if n > MAX_CHUNK:
+                raise ImageError(f"image is corrupt ({what} claims a chunk of {n} bytes)")
+            count += 1
+            total += n
+            yield pos, n, crc, raw[_U32x2.size : _U32x2.size + min(head, n)]
+            pos += n
 
     def read_section(self, name: str, limit: int = MAX_SECTION) -> bytes:
         """A whole section's payload, refused if it is larger than `limit` bytes."""

@@ -69,7 +69,8 @@ def test_busybox_suite_matches_native(snapbox, images, tmp_path):
 
 
 def test_busybox_suite_with_checkpoints_matches_native(snapbox, images, tmp_path):
-    """Checkpoint at random moments, each time restoring into a fresh sandbox process."""
+    """Checkpoint at random moments, each time restoring into a fresh sandbox process, every
+    other time lazily (a checkpoint may come before a lazy restore has loaded everything)."""
     script = (SCRIPTS / "suite.sh").read_text()
     bundle = busybox_bundle(images, tmp_path, script)
     out = tmp_path / "out.txt"
@@ -87,7 +88,7 @@ def test_busybox_suite_with_checkpoints_matches_native(snapbox, images, tmp_path
         restores += 1
         cid = f"s{restores}"
         in_sandbox(snapbox, out, "restore", "--bundle", str(bundle), "--image-path", str(image),
-                   "--detach", cid)
+                   *(["--lazy"] if restores % 2 else []), "--detach", cid)
     wait_for(lambda: json.loads(snapbox("state", cid).stdout)["status"] == "stopped", timeout=30,
              what="the script to finish")
     assert restores >= 2
@@ -185,7 +186,8 @@ def test_dev_null_zero_and_random(snapbox, images, tmp_path):
 
 
 def test_a_sandbox_with_many_processes_checkpoints_while_they_block(snapbox, images, tmp_path):
-    """Parked in wait4, in a pipe read, in nanosleep, in a pipe write: all carry on."""
+    """Parked in wait4, in a pipe read, in nanosleep, in a pipe write: all carry on, restored
+    lazily."""
     script = "(sleep 0.6; echo from-sleeper) | (cat; echo reader-done) & yes | head -c 200000 | wc -c; wait; echo all-done"
     bundle = busybox_bundle(images, tmp_path, script)
     out = tmp_path / "out.txt"
@@ -195,7 +197,8 @@ def test_a_sandbox_with_many_processes_checkpoints_while_they_block(snapbox, ima
     info = json.loads(snapbox("inspect", "--json", str(image)).stdout)
     assert len(info["processes"]) >= 3
     snapbox("delete", "m0")
-    in_sandbox(snapbox, out, "restore", "--bundle", str(bundle), "--image-path", str(image), "--detach", "m1")
+    in_sandbox(snapbox, out, "restore", "--bundle", str(bundle), "--image-path", str(image), "--lazy",
+               "--detach", "m1")
     wait_for(lambda: "all-done" in lines(out), timeout=30, what="the pipeline to finish")
     assert sorted(lines(out)) == sorted(["from-sleeper", "reader-done", "200000", "all-done"])
 
@@ -217,7 +220,7 @@ def test_pthreads_under_checkpoint_and_restore_at_random_moments(snapbox, images
         restores += 1
         cid = f"t{restores}"
         in_sandbox(snapbox, out, "restore", "--bundle", str(images / bundle), "--image-path", str(image),
-                   "--detach", cid)
+                   *(["--lazy"] if restores % 2 else []), "--detach", cid)
     wait_for(lambda: json.loads(snapbox("state", cid).stdout)["status"] == "stopped", timeout=60,
              what="the threads to finish")
     assert restores >= 2
