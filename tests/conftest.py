@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from snapbox.kernel.kernel import SENTRY_SIGNALS
+
 REPO = Path(__file__).resolve().parents[1]
 IMAGES = REPO / "fixtures" / "images"
 BUNDLES = ("counter", "counter-glibc", "sockets", "sockets-glibc", "memhog", "memhog-glibc", "hello", "hello-glibc", "signals",
@@ -77,12 +79,12 @@ class Snapbox:
 
 
 @pytest.fixture(autouse=True)
-def _sigchld_unblocked():
-    """Kernels run in this process block SIGCHLD (they read it from a signalfd); programs a
-    later test starts natively must not inherit that mask (a shell would never see its
-    children end)."""
+def _sentry_signals_unblocked():
+    """Kernels run in this process block SIGCHLD and SIGIO (they read them from a signalfd);
+    programs a later test starts natively must not inherit that mask (a shell would never
+    see its children end)."""
     yield
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, SENTRY_SIGNALS)
 
 
 # The first sandbox of a root starts a warm pool there (see snapbox.runtime.warm); those of

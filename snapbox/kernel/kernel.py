@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import errno
+import fcntl
 import heapq
 import logging
 import os
@@ -78,7 +79,7 @@ from snapbox.memfile import PAGE_SIZE, MemoryFile
 from snapbox.memfile.memfile import CHUNK_HEAD_SIZE
 from snapbox.platform import ptrace, uffd
 from snapbox.platform.cpuid import FeatureSet
-from snapbox.platform.stub import APP_TOP, Stub
+from snapbox.platform.stub import APP_TOP, Stub, StubError
 from snapbox.state import (
     ImageError,
     SnapboxError,
@@ -148,7 +149,7 @@ class Kernel:
     watched: dict = nosave(dict)  # host fd -> selector event mask registered
     enosys_logged: set = nosave(set)  # syscall numbers already logged as unimplemented
     strace: Callable | None = nosave(default=None)  # called (task, nr, raw args, result or None) if set
-    wakeup: int = nosave(default=-1)  # signalfd that turns readable when SIGCHLD arrives
+    wakeup: int = nosave(default=-1)  # signalfd that turns readable when SIGCHLD (or SIGIO) arrives
     current: Task | None = nosave(default=None)  # the task whose syscall handler is running
     # A lazy restore: each address space's userfaultfd, which catches first touches of memory
     # still in the image, and an eventfd that turns readable once it is all in.
@@ -167,8 +168,8 @@ class Kernel:
 
     def _init_loop(self) -> None:
         self.selector = selectors.DefaultSelector()
-        self.wakeup = _sigchld_wakeup()
-        self.selector.register(self.wakeup, selectors.EVENT_READ, self._on_sigchld)
+        self.wakeup = _signal_wakeup()
+        self.selector.register(self.wakeup, selectors.EVENT_READ, self._on_signals)
 
     # -- building a sandbox --------------------------------------------------------------
 
@@ -383,11 +384,13 @@ class Kernel:
             return max(0.0, (self.timers[0][0] - time.monotonic_ns()) / 1e9)
         return None
 
-    def _on_sigchld(self, mask: int) -> None:
+    def _on_signals(self, mask: int) -> None:
         try:
-            os.read(self.wakeup, 128 * 16)  # the pending SIGCHLD (they coalesce)
+            data = os.read(self.wakeup, _SIGINFO_SIZE * 16)  # the pending signals (they coalesce)
         except BlockingIOError:
-            pass
+            data = b""
+        if any(data[i] == signal.SIGIO for i in range(0, len(data), _SIGINFO_SIZE)):
+            self._image_changing()
         self.collect_stops()
 
     def collect_stops(self) -> None:
@@ -1249,8 +1252,24 @@ class Kernel:
         self.loaded = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self.selector.register(self.loaded, selectors.EVENT_READ, lambda m: self._memory_loaded())
         fd = os.dup(f.fileno())
+        # A read lease: whoever opens the image to write or truncate it waits (and SIGIO tells
+        # us) until the rest of memory is loaded and the image closed.
+        try:
+            fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
+        except OSError as e:
+            log.warning("no lease on the image (%s): it must not change until memory is loaded", e.strerror)
         index = r.section_index("memory", CHUNK_HEAD_SIZE)
         self.memfile.load_lazily(fd, index, lambda: os.eventfd_write(self.loaded, 1))
+
+    def _image_changing(self) -> None:
+        """Someone opens the image of a lazy restore to change it: load the rest first."""
+        if self.memfile.lazy is None:
+            return
+        log.info("the image is being changed: loading the rest of memory now")
+        try:
+            self.memfile.finish_loading()  # closes the image: the lease goes, their open goes on
+        except ImageError as e:
+            self._memory_lost(e)
 
     def _catch_first_touches(self, mm: MemoryManager) -> None:
         """Have the stub of `mm` stop at its first touch of memory a lazy restore has not
@@ -1259,7 +1278,13 @@ class Kernel:
         ranges = [(v.start, v.end - v.start) for v in mm.vmas if lazy.pending(v.offset, v.end - v.start)]
         if not ranges:
             return
-        fd = uffd.open_for(mm.stub)
+        try:
+            fd = uffd.open_for(mm.stub)
+        except StubError as e:
+            # userfaultfd(2) may be filtered out (a container's seccomp profile): load it all now.
+            log.warning("%s: memory is loaded before the program runs", e)
+            self.memfile.finish_loading()
+            return
         self.faults[mm] = fd
         for start, length in ranges:
             uffd.register(fd, start, length)
@@ -1362,29 +1387,33 @@ def _lowest(mask: int) -> int:
     return (mask & -mask).bit_length()
 
 
-_SIGCHLD_FD = -1
+_SIGNAL_FD = -1
 _SFD_NONBLOCK_CLOEXEC = os.O_NONBLOCK | os.O_CLOEXEC
+_SIGINFO_SIZE = 128  # struct signalfd_siginfo, ssi_signo first
+# Read from the signalfd: SIGCHLD (stubs stopping), SIGIO (a lazy restore's image lease breaking).
+SENTRY_SIGNALS = frozenset({signal.SIGCHLD, signal.SIGIO})
 
 
-def _sigchld_wakeup() -> int:
-    """This process's SIGCHLD signalfd: SIGCHLD is blocked in the sentry's thread (and so in
-    every thread it starts) and read from this fd instead of being delivered, which spares
-    each ptrace stop a signal frame and a Python-level handler. Stubs unblock it before they
-    exec. One per process, shared by every kernel in it; each new kernel blocks SIGCHLD
-    again (a process that hosts a kernel and starts other programs must unblock it for them:
-    a blocked mask is inherited)."""
-    global _SIGCHLD_FD
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
-    if _SIGCHLD_FD < 0:
+def _signal_wakeup() -> int:
+    """This process's signalfd for SENTRY_SIGNALS: they are blocked in the sentry's thread
+    (and so in every thread it starts) and read from this fd instead of being delivered,
+    which spares each ptrace stop a signal frame and a Python-level handler. Stubs unblock
+    them before they exec. One per process, shared by every kernel in it; each new kernel
+    blocks them again (a process that hosts a kernel and starts other programs must unblock
+    them for them: a blocked mask is inherited)."""
+    global _SIGNAL_FD
+    signal.pthread_sigmask(signal.SIG_BLOCK, SENTRY_SIGNALS)
+    if _SIGNAL_FD < 0:
         mask = (ctypes.c_uint8 * 128)()
-        mask[(signal.SIGCHLD - 1) // 8] |= 1 << ((signal.SIGCHLD - 1) % 8)
+        for sig in SENTRY_SIGNALS:
+            mask[(sig - 1) // 8] |= 1 << ((sig - 1) % 8)
         libc = ctypes.CDLL(None, use_errno=True)
         fd = libc.signalfd(-1, mask, _SFD_NONBLOCK_CLOEXEC)
         if fd < 0:
             err = ctypes.get_errno()
             raise OSError(err, f"signalfd: {os.strerror(err)}")
-        _SIGCHLD_FD = fd
-    return _SIGCHLD_FD
+        _SIGNAL_FD = fd
+    return _SIGNAL_FD
 
 
 def _host_cpu_ns(tid: int) -> int:

@@ -4,9 +4,9 @@ A LazyLoader holds the index of an image's memory chunks (where each lies in the
 which MemoryFile range it fills). A chunk is read, checked (CRC-32, size), decompressed and
 written into the memfd the first time anything needs a page of it: the sentry reading or
 writing application memory, a stub touching it (see snapbox.platform.uffd), a range being
-freed or copied, a checkpoint. Meanwhile background threads, one per CPU, load the chunks
-in order, so the whole image is in within about the time an eager restore takes, but the
-program runs from the start.
+freed or copied, a checkpoint. Meanwhile background threads, one per CPU and at idle
+priority, load the chunks in order: on an idle machine the whole image is in about as soon
+as an eager restore would have it, but the program runs from the start and comes first.
 
 Every chunk is loaded once: a chunk is PENDING, LOADING (one thread reads it; others that
 need it wait) or DONE. A program cannot write a page before its chunk is DONE (its first
@@ -20,8 +20,6 @@ import os
 import threading
 import zlib
 from collections.abc import Callable
-
-import zstandard
 
 from snapbox.state import ImageError
 
@@ -52,6 +50,7 @@ class LazyLoader:
         self.chunks = chunks
         self.starts = [c.offset for c in chunks]
         self.state = bytearray(len(chunks))
+        self.owner = [0] * len(chunks)  # the background thread loading each chunk (0: none)
         self.left = len(chunks)
         self.error: ImageError | None = None
         self.on_done = on_done  # called once, from any thread, when no chunk is left or one failed
@@ -86,8 +85,7 @@ class LazyLoader:
             c = self.chunks[i]
             if c.offset >= offset and c.offset + c.length <= end:
                 with self.cond:
-                    while self.state[i] == LOADING:
-                        self.cond.wait()
+                    self._wait_for(i)
                     if self.state[i] == PENDING:
                         self._finished(i, DONE)
             elif self.state[i] != DONE:
@@ -128,8 +126,7 @@ class LazyLoader:
 
     def _get(self, i: int) -> None:
         with self.cond:
-            while self.state[i] == LOADING:
-                self.cond.wait()
+            self._wait_for(i)
             if self.state[i] == DONE:
                 return
             if self.state[i] == FAILED or self.error is not None:
@@ -138,6 +135,18 @@ class LazyLoader:
         self._load(i)
         if self.state[i] == FAILED:
             raise self.error
+
+    def _wait_for(self, i: int) -> None:
+        """Wait (self.cond held) while chunk i is being loaded by a background thread, which
+        runs at normal priority until it is done: at idle priority, it could be kept waiting
+        as long as the CPUs are busy, and us with it."""
+        while self.state[i] == LOADING:
+            if self.owner[i]:
+                try:
+                    os.sched_setscheduler(self.owner[i], os.SCHED_OTHER, os.sched_param(0))
+                except OSError:
+                    pass  # gone, or leaving idle priority is not allowed (no CAP_SYS_NICE): just wait
+            self.cond.wait()
 
     def _load(self, i: int) -> None:
         """Load chunk i (claimed: LOADING) into the memfd; DONE or FAILED after."""
@@ -177,9 +186,12 @@ class LazyLoader:
             self.on_done()
 
     def _work(self) -> None:
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        # Idle priority: the program and the sentry come first. A chunk they wait for has
+        # its loader raised to normal priority (see _wait_for), until its next chunk.
+        tid = threading.get_native_id()
         n = len(self.chunks)
         while True:
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
             with self.cond:
                 while self.cursor < n and self.state[self.cursor] != PENDING:
                     self.cursor += 1
@@ -187,4 +199,5 @@ class LazyLoader:
                     return
                 i = self.cursor
                 self.state[i] = LOADING
+                self.owner[i] = tid
             self._load(i)

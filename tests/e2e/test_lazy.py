@@ -4,7 +4,9 @@ same, and a corrupt page ends the sandbox instead of reaching the program."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -76,3 +78,53 @@ def test_lazy_restore_from_a_pipe_reads_the_image_whole(snapbox, tmp_path):
     after = _ticks_after(out, n, 2)
     snapbox("kill", "m1", "KILL")
     assert all(line.endswith(PAGES) for line in after), after
+
+
+def test_an_image_opened_for_writing_waits_until_memory_is_in(snapbox, tmp_path):
+    """restore --lazy holds a read lease on the image: truncating it while memory is still
+    being loaded waits for the load to finish, and the program's memory stays whole."""
+    bundle = tmp_path / "slow"
+    bundle.mkdir()
+    config = json.loads((snapbox.images / "memhog" / "config.json").read_text())
+    config["process"]["args"] = ["/memhog", "64", "3000"]  # a check of every page each 3 s
+    config["root"]["path"] = str(snapbox.images / "memhog" / "rootfs")
+    (bundle / "config.json").write_text(json.dumps(config))
+    out = tmp_path / "out.txt"
+    image = tmp_path / "m.img"
+    with open(out, "a") as o:
+        subprocess.run(snapbox.cmd("run", "--bundle", str(bundle), "--detach", "m0"), stdout=o, check=True,
+                       timeout=60, stdin=subprocess.DEVNULL)
+    wait_for(lambda: any(line.startswith("tick 1 ") for line in lines(out)), timeout=30, what="tick 1")
+    snapbox("checkpoint", "--image-path", str(image), "m0")
+    snapbox("delete", "m0")
+    n = len(lines(out))
+    # A busy loop on every CPU starves the idle-priority loading threads: memory stays in the
+    # image. (With autogroups, the sandbox's session would get its own share of the CPUs.)
+    hogs = []
+    autogroup = Path("/proc/sys/kernel/sched_autogroup_enabled")
+    grouping = autogroup.read_text() if autogroup.exists() else None
+    try:
+        if grouping is not None:
+            autogroup.write_text("0")
+        for cpu in os.sched_getaffinity(0):
+            hogs.append(subprocess.Popen([sys.executable, "-c", "print(flush=True)\nwhile True: pass"],
+                                         stdout=subprocess.PIPE))
+            os.sched_setaffinity(hogs[-1].pid, {cpu})
+        for h in hogs:
+            h.stdout.readline()  # it is spinning
+        with open(out, "a") as o:
+            subprocess.run(snapbox.cmd("restore", "--bundle", str(bundle), "--image-path", str(image), "--lazy",
+                                       "--detach", "m1"), stdout=o, check=True, timeout=60, stdin=subprocess.DEVNULL)
+        with open(image, "r+b") as f:  # waits for the lease to go
+            f.truncate(0)
+            f.write(b"garbage")
+    finally:
+        for h in hogs:
+            h.kill()
+            h.wait()
+        if grouping is not None:
+            autogroup.write_text(grouping)
+    after = _ticks_after(out, n, 1)
+    snapbox("kill", "m1", "KILL")
+    assert all(line.endswith(PAGES) for line in after), after
+    assert "the image is being changed: loading the rest of memory now" in (snapbox.root / "m1" / "sandbox.log").read_text()
