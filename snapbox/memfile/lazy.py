@@ -16,6 +16,7 @@ touch waits for the load), so a load never overwrites what the program wrote.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import os
 import threading
 import zlib
@@ -141,11 +142,11 @@ class LazyLoader:
         runs at normal priority until it is done: at idle priority, it could be kept waiting
         as long as the CPUs are busy, and us with it."""
         while self.state[i] == LOADING:
+            # OSError: the thread is gone, or leaving idle priority is not allowed (no
+            # CAP_SYS_NICE): then just wait.
             if self.owner[i]:
-                try:
+                with contextlib.suppress(OSError):
                     os.sched_setscheduler(self.owner[i], os.SCHED_OTHER, os.sched_param(0))
-                except OSError:
-                    pass  # gone, or leaving idle priority is not allowed (no CAP_SYS_NICE): just wait
             self.cond.wait()
 
     def _load(self, i: int) -> None:
