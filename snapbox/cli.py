@@ -273,8 +273,9 @@ def checkpoint(obj: _Context, image_path: str, leave_running: bool, compression:
 @click.option("--lazy", is_flag=True,
               help="Start the program before its memory is read: each part of the image's memory is "
                    "loaded (and checked) when the program first needs it, and all of it in the "
-                   "background meanwhile. The image file must stay as it is until then; a part "
-                   "that turns out corrupt ends the sandbox. Ignored with --image-path -.")
+                   "background meanwhile. Whoever opens the image to change it meanwhile waits "
+                   "until all of it is in; a part that turns out corrupt ends the sandbox. "
+                   "Ignored with --image-path -.")
 @click.argument("container_id")
 @click.pass_obj
 def restore(obj: _Context, bundle: str, image_path: str, detach: bool, lazy: bool, container_id: str) -> None:
