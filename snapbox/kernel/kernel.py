@@ -1322,7 +1322,7 @@ class Kernel:
 
     def _memory_lost(self, e: ImageError) -> None:
         """Memory a lazy restore left in the image cannot be read back: the sandbox ends."""
-        log.error("memory could not be restored from the image: %s; every process is killed", e)
+        log.error("memory could not be restored: %s; every process is killed", e)
         for tg in list(self.tasks.pidns.groups.values()):
             self.exit_group(tg, SIGKILL)
         self.memfile.stop_loading()

@@ -155,16 +155,16 @@ class LazyLoader:
         try:
             raw = os.pread(self.image_fd, c.size, c.pos)
             if len(raw) != c.size:
-                raise ImageError("image is truncated (in the memory section, read lazily)")
+                raise ImageError("the image restored from is truncated (in its memory section)")
             if zlib.crc32(raw) != c.crc:
-                raise ImageError("image is corrupt (checksum mismatch in the memory section, read lazily)")
+                raise ImageError("the image restored from is corrupt (checksum mismatch in its memory section)")
             data = self.decode(memoryview(raw)[c.skip:], c.codec, c.length)
             view = memoryview(data)
             done = 0
             while done < c.length:
                 done += os.pwrite(self.memfd, view[done:], c.offset + done)
         except (OSError, ImageError) as e:
-            err = e if isinstance(e, ImageError) else ImageError(f"cannot read the image ({e.strerror})")
+            err = e if isinstance(e, ImageError) else ImageError(f"cannot read the image restored from ({e.strerror})")
             with self.cond:
                 if self.error is None:
                     self.error = err

@@ -65,7 +65,7 @@ def test_a_corrupt_page_ends_the_sandbox_before_the_program_sees_it(snapbox, tmp
     wait_for(lambda: json.loads(snapbox("state", "m1").stdout)["status"] == "stopped", timeout=30,
              what="the sandbox to end")
     log = (snapbox.root / "m1" / "sandbox.log").read_text()
-    assert "memory could not be restored from the image: image is corrupt (checksum mismatch" in log
+    assert "memory could not be restored: the image restored from is corrupt (checksum mismatch" in log
     assert not any("CORRUPT" in line for line in lines(out)[n:])
     snapbox("delete", "m1")
 
