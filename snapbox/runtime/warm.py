@@ -95,7 +95,7 @@ def _umask() -> int:
 
 def serve(root: str, idle: float | None = None) -> int:
     """Serve requests for `root` until SIGTERM or SIGINT, until `idle` seconds without a
-    request or a live sandbox, or until its socket is removed or snapbox's code changes
+    request or a live sandbox of the root, or until its socket is removed or snapbox's code changes
     (both checked every few seconds). Prints "ready" on stdout
     once it listens (or "busy" if another pool serves the root), then lets go of stdout."""
     import snapbox.cli  # noqa: F401 - what every command it runs would import
@@ -138,7 +138,7 @@ def serve(root: str, idle: float | None = None) -> int:
                     return 0  # the root is gone: nobody can reach this pool
                 if _code_stamp() != stamp:
                     return 0  # snapbox was upgraded: commands would run the old code
-                if idle is None or _children or time.monotonic() - last < idle:
+                if idle is None or time.monotonic() - last < idle or _children or _sandboxes_alive(root):
                     continue
                 return 0
             with conn:
@@ -152,6 +152,14 @@ def serve(root: str, idle: float | None = None) -> int:
             except FileNotFoundError:
                 pass
     return 0
+
+
+def _sandboxes_alive(root: str) -> bool:
+    """Whether a sandbox of `root` still runs, forked by this pool or not (the root's first
+    sandbox, which started the pool, was not): its commands should stay quick."""
+    from snapbox.runtime.container import Container
+
+    return any(c.alive() for c in Container.list(root))
 
 
 def _code_stamp() -> float:

@@ -80,6 +80,21 @@ def test_the_first_sandbox_of_a_root_starts_a_pool_that_ends_when_idle(snapbox, 
     assert not (snapbox.root / ".warm.sock").exists()
 
 
+def test_a_pool_stays_while_the_sandbox_that_started_it_runs(snapbox, tmp_path):
+    """The root's first sandbox is not the pool's child; the pool stays for it all the same
+    (a checkpoint of it minutes later is still quick)."""
+    env = dict(os.environ, SNAPBOX_WARM_IDLE="1")
+    out = tmp_path / "out.txt"
+    snapbox.run_detached("c1", "counter", out, env=env)
+    pid_file = snapbox.root / ".warm.pid"
+    wait_for(pid_file.exists, what="the pool to start")
+    assert parent_of(snapbox.sandbox_pid("c1")) != int(pid_file.read_text())
+    time.sleep(3.5)  # three idle checks
+    assert pid_file.exists()
+    snapbox("delete", "--force", "c1", env=env)
+    wait_for(lambda: not pid_file.exists(), what="the idle pool to end")
+
+
 def test_no_pool_with_snapbox_warm_0(snapbox):
     env = dict(os.environ, SNAPBOX_WARM="0")
     assert snapbox("run", "--bundle", str(snapbox.images / "hello"), "h", env=env).stdout == "hello, world\n"
