@@ -1204,9 +1204,10 @@ class Kernel:
         MemoryFile if `load_memory`), then the trailer. Starts nothing. Returns the kernel
         and the trailer's summary.
 
-        With `lazy` (and a seekable `f`), memory stays in the image: only its chunks' places
-        are read here, and each chunk is loaded (and checked) when first needed, or by
-        background threads meanwhile; the image must not change until that is done."""
+        With `lazy` (and `f` a regular file), memory stays in the image: only its chunks'
+        places are read here, and each chunk is loaded (and checked) when first needed, or
+        by background threads meanwhile. A read lease on the image makes whoever opens it
+        to change it wait until all is loaded."""
         r = ImageReader(f)
         features = decode_graph(r.read_section("cpuid"))
         if not isinstance(features, FeatureSet):
@@ -1231,9 +1232,13 @@ class Kernel:
         else:
             for _ in r.section("memory"):
                 pass
-        summary = r.finish()
-        if load_memory:
-            kernel.file_cache.restore()
+        try:
+            summary = r.finish()
+            if load_memory:
+                kernel.file_cache.restore()
+        except BaseException:
+            kernel.memfile.stop_loading()  # a lazy restore's loaders
+            raise
         summary["meta"] = r.meta
         summary["format"] = r.version
         summary["sections"] = r.sections_read

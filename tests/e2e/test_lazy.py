@@ -128,3 +128,22 @@ def test_an_image_opened_for_writing_waits_until_memory_is_in(snapbox, tmp_path)
     snapbox("kill", "m1", "KILL")
     assert all(line.endswith(PAGES) for line in after), after
     assert "the image is being changed: loading the rest of memory now" in (snapbox.root / "m1" / "sandbox.log").read_text()
+
+
+@pytest.mark.parametrize("damage", ["flip-kernel", "truncate-tail", "truncate-memory"])
+def test_a_lazy_restore_still_refuses_a_damaged_image_up_front(snapbox, tmp_path, damage):
+    """Only the contents of memory chunks are checked late: the rest of the image, and where
+    every chunk lies, are checked before anything starts."""
+    image, out, _ = _memhog_image(snapbox, tmp_path)
+    data = bytearray(image.read_bytes())
+    if damage == "flip-kernel":
+        data[data.index(b"kernel") + 64] ^= 0x01
+    elif damage == "truncate-tail":
+        data = data[:-3]
+    else:
+        data = data[: len(data) // 2]
+    image.write_bytes(bytes(data))
+    p = snapbox.run_detached("m1", "memhog", out, restore=image, lazy=True, check=False)
+    assert p.returncode != 0
+    assert p.stderr.startswith("snapbox: error: image ") and p.stderr.count("\n") == 1, p.stderr
+    assert json.loads(snapbox("list", "--format", "json").stdout) == []
