@@ -45,7 +45,8 @@ class Chunk:
 class LazyLoader:
     """Fills the memfd `memfd` from the chunks of the image open as `image_fd` (owned)."""
 
-    def __init__(self, memfd: int, image_fd: int, chunks: list[Chunk], on_done: Callable[[], None], decode: Callable[[memoryview, int, int], bytes | memoryview]) -> None:
+    def __init__(self, memfd: int, image_fd: int, chunks: list[Chunk], on_done: Callable[[], None],
+                 decode: Callable[[memoryview, int, int], bytes | memoryview]) -> None:
         self.memfd = memfd
         self.image_fd = image_fd
         self.chunks = chunks

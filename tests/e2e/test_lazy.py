@@ -127,7 +127,8 @@ def test_an_image_opened_for_writing_waits_until_memory_is_in(snapbox, tmp_path)
     after = _ticks_after(out, n, 1)
     snapbox("kill", "m1", "KILL")
     assert all(line.endswith(PAGES) for line in after), after
-    assert "the image is being changed: loading the rest of memory now" in (snapbox.root / "m1" / "sandbox.log").read_text()
+    log = (snapbox.root / "m1" / "sandbox.log").read_text()
+    assert "the image is being changed: loading the rest of memory now" in log
 
 
 @pytest.mark.parametrize("damage", ["flip-kernel", "truncate-tail", "truncate-memory"])
