@@ -3,6 +3,8 @@ same, and a corrupt page ends the sandbox instead of reaching the program."""
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import json
 import os
 import subprocess
@@ -148,3 +150,38 @@ def test_a_lazy_restore_still_refuses_a_damaged_image_up_front(snapbox, tmp_path
     assert p.returncode != 0
     assert p.stderr.startswith("snapbox: error: image ") and p.stderr.count("\n") == 1, p.stderr
     assert json.loads(snapbox("list", "--format", "json").stdout) == []
+
+
+def _without_userfaultfd() -> None:
+    """In the child, before exec: a seccomp filter that fails userfaultfd(2) with EPERM, as
+    container runtimes' default profiles do. The sandbox process and its stubs inherit it."""
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    class SockFilter(ctypes.Structure):
+        _fields_ = [("code", ctypes.c_ushort), ("jt", ctypes.c_ubyte), ("jf", ctypes.c_ubyte), ("k", ctypes.c_uint)]
+
+    class SockFprog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(SockFilter))]
+
+    program = (SockFilter * 4)(
+        SockFilter(0x20, 0, 0, 0),  # BPF_LD|BPF_W|BPF_ABS: the syscall number
+        SockFilter(0x15, 0, 1, 323),  # BPF_JMP|BPF_JEQ|BPF_K: userfaultfd?
+        SockFilter(0x06, 0, 0, 0x00050000 | errno.EPERM),  # BPF_RET: SECCOMP_RET_ERRNO
+        SockFilter(0x06, 0, 0, 0x7FFF0000),  # BPF_RET: SECCOMP_RET_ALLOW
+    )
+    if libc.prctl(38, 1, 0, 0, 0) or libc.prctl(22, 2, ctypes.byref(SockFprog(4, program)), 0, 0):
+        os._exit(99)  # PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP SECCOMP_MODE_FILTER
+
+
+def test_without_userfaultfd_a_lazy_restore_loads_everything_first(snapbox, tmp_path):
+    image, out, n = _memhog_image(snapbox, tmp_path)
+    env = dict(os.environ, SNAPBOX_WARM="0")  # the sandbox process is this command's child
+    with open(out, "a") as o:
+        subprocess.run(snapbox.cmd("restore", "--bundle", str(snapbox.images / "memhog"), "--image-path", str(image),
+                                   "--lazy", "--detach", "m1"), stdout=o, env=env, check=True, timeout=60,
+                       stdin=subprocess.DEVNULL, preexec_fn=_without_userfaultfd)
+    after = _ticks_after(out, n, 2)
+    snapbox("kill", "m1", "KILL")
+    assert all(line.endswith(PAGES) for line in after), after
+    log = (snapbox.root / "m1" / "sandbox.log").read_text()
+    assert "could not make a userfaultfd: Operation not permitted: memory is loaded before the program runs" in log
