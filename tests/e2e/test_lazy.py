@@ -185,3 +185,22 @@ def test_without_userfaultfd_a_lazy_restore_loads_everything_first(snapbox, tmp_
     assert all(line.endswith(PAGES) for line in after), after
     log = (snapbox.root / "m1" / "sandbox.log").read_text()
     assert "could not make a userfaultfd: Operation not permitted: memory is loaded before the program runs" in log
+
+
+def test_memory_shared_by_two_processes_comes_back_lazily(snapbox, tmp_path):
+    out = tmp_path / "out.txt"
+    image = tmp_path / "s.img"
+    snapbox.run_detached("s0", "shared", out)
+    wait_for(lambda: len(lines(out)) >= 4, timeout=30, what="both processes ticking")
+    snapbox("checkpoint", "--image-path", str(image), "s0")
+    snapbox("delete", "s0")
+    before = max(int(line.split()[-1]) for line in lines(out))
+    n = len(lines(out))
+    snapbox.run_detached("s1", "shared", out, restore=image, lazy=True)
+    after = _ticks_after(out, n, 6)
+    snapbox("kill", "s1", "KILL")
+    assert all(" bad 0 " in line for line in after), after
+    # The child's counter goes on from where it was, and the parent sees it move.
+    parent = [int(line.split()[-1]) for line in after if line.startswith("parent")]
+    child = [int(line.split()[-1]) for line in after if line.startswith("child")]
+    assert child and parent and min(child) >= before and max(parent) > before, after
