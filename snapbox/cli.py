@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import json
@@ -97,10 +98,8 @@ def _attach(c) -> None:
     def forward(signum, frame):
         # Keyboard signals go to the foreground process group, as a terminal sends them.
         foreground = signum in (signal.SIGINT, signal.SIGQUIT, signal.SIGWINCH)
-        try:
+        with contextlib.suppress(SnapboxError):  # the sandbox is gone already
             control.call(c.control_path, "kill", timeout=5, signal=signum, foreground=foreground)
-        except SnapboxError:
-            pass
 
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGWINCH):
         signal.signal(sig, forward)
@@ -556,9 +555,6 @@ def _fail(message: str, code: int) -> None:
         path, fmt = _LOG
         line = (json.dumps({"level": "error", "msg": message, "time": datetime.datetime.now().isoformat()})
                 if fmt == "json" else f"snapbox: error: {message}")
-        try:
-            with open(path, "a") as f:
-                f.write(line + "\n")
-        except OSError:
-            pass
+        with contextlib.suppress(OSError), open(path, "a") as f:  # the error itself is on stderr
+            f.write(line + "\n")
     sys.exit(code)

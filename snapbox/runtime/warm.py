@@ -147,10 +147,8 @@ def serve(root: str, idle: float | None = None) -> int:
             last = time.monotonic()
     finally:
         for name in (path, pid_path(root)):
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(name)
-            except FileNotFoundError:
-                pass
     return 0
 
 
