@@ -164,8 +164,7 @@ class MemoryFile:
 
     def copy(self, dst: int, src: int, length: int) -> None:
         """Copy a range's data to another (fresh, all-zero) range; holes stay holes."""
-        if self.lazy is not None:
-            self.lazy.ensure(src, length)
+        self.ensure_loaded(src, length)
         end = src + length
         pos = src
         while pos < end:
@@ -319,13 +318,12 @@ class MemoryFile:
         return total
 
     def load_lazily(self, image_fd: int, index: Iterable[tuple[int, int, int, bytes]],
-                    on_done: Callable[[], None]) -> int:
+                    on_done: Callable[[], None]) -> None:
         """Leave the memory chunks in the image (open as `image_fd`, which this takes over):
-        each is loaded when first needed, and background threads (on `cpus`) load them all
-        meanwhile (one per CPU this thread may run on); `on_done()` is called, from any
-        thread, once all are in or one failed.
-        `index` holds each chunk's (position, size, CRC-32, first bytes), as
-        ImageReader.section_index gives them. Returns the bytes the chunks hold."""
+        each is loaded when first needed, and background threads (one per CPU this thread
+        may run on) load them all meanwhile; `on_done()` is called, from any thread, once
+        all are in or one failed. `index` holds each chunk's (position, size, CRC-32, first
+        bytes), as ImageReader.section_index gives them."""
         chunks: list[Chunk] = []
         try:
             for pos, size, crc, head in index:
@@ -337,7 +335,6 @@ class MemoryFile:
             os.close(image_fd)
             raise
         self.lazy = LazyLoader(self.fd, image_fd, chunks, on_done, decode_chunk)
-        return sum(c.length for c in chunks)
 
     def ensure_loaded(self, offset: int, length: int) -> None:
         """Make sure a lazy restore has loaded the range; ImageError if it cannot."""

@@ -3,8 +3,10 @@ by background threads into a real memfd."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -36,26 +38,37 @@ def _saved(tmp_path: Path, compress: bool) -> tuple[Path, MemoryFile, int]:
     return path, src, base
 
 
-def _lazy(path: Path, src: MemoryFile, truncate: int = 0) -> tuple[MemoryFile, threading.Event]:
-    """A MemoryFile restored lazily from the image; with `truncate`, the image is cut to that
-    size once its index is read (it changes under the restore)."""
+def _index(path: Path) -> list[tuple[int, int, int, bytes]]:
+    """The image's memory chunks, as ImageReader.section_index gives them."""
+    with open(path, "rb") as f:
+        return list(ImageReader(f).section_index("memory", CHUNK_HEAD_SIZE))
+
+
+@contextlib.contextmanager
+def _lazy(path: Path, src: MemoryFile, truncate: int = 0) -> Iterator[tuple[MemoryFile, threading.Event]]:
+    """A MemoryFile restored lazily from the image, and an event set once loading ends; with
+    `truncate`, the image is cut to that size once its index is read (it changes under the
+    restore). Both MemoryFiles are closed after."""
     dst = MemoryFile(high=src.high, allocated=src.allocated)
     done = threading.Event()
-    with open(path, "rb") as f:
-        r = ImageReader(f)
-        index = list(r.section_index("memory", CHUNK_HEAD_SIZE))
-        r.finish()
-        if truncate:
-            os.truncate(path, truncate)
-        dst.load_lazily(os.dup(f.fileno()), index, done.set)
-    return dst, done
+    try:
+        with open(path, "rb") as f:
+            r = ImageReader(f)
+            index = list(r.section_index("memory", CHUNK_HEAD_SIZE))
+            r.finish()
+            if truncate:
+                os.truncate(path, truncate)
+            dst.load_lazily(os.dup(f.fileno()), index, done.set)
+        yield dst, done
+    finally:
+        dst.close()
+        src.close()
 
 
 @pytest.mark.parametrize("compress", [True, False])
 def test_lazy_load_gives_back_every_byte(tmp_path, compress):
     path, src, base = _saved(tmp_path, compress)
-    dst, done = _lazy(path, src)
-    try:
+    with _lazy(path, src) as (dst, done):
         # What the sentry reads is there at once, whatever the background threads have done.
         page = base + 5 * RUN_LIMIT + 7 * PAGE_SIZE
         assert dst.read(page, 8) == (page - base).to_bytes(8, "little")
@@ -64,15 +77,11 @@ def test_lazy_load_gives_back_every_byte(tmp_path, compress):
         assert dst.lazy is None
         n = PIECES * RUN_LIMIT
         assert dst.read(base, n) == src.read(base, n)
-    finally:
-        dst.close()
-        src.close()
 
 
 def test_a_range_freed_before_its_chunk_is_loaded_stays_zero(tmp_path):
     path, src, base = _saved(tmp_path, compress=True)
-    dst, done = _lazy(path, src)
-    try:
+    with _lazy(path, src) as (dst, done):
         # The background threads start at the first chunk: these are most likely still waiting.
         dst.release(base + 4 * RUN_LIMIT, RUN_LIMIT)  # a whole chunk: never loaded
         dst.punch(base + 5 * RUN_LIMIT, PAGE_SIZE)  # part of one: loaded, then the page dropped
@@ -81,55 +90,40 @@ def test_a_range_freed_before_its_chunk_is_loaded_stays_zero(tmp_path):
         assert dst.read(base + 5 * RUN_LIMIT + PAGE_SIZE, 8) == (5 * RUN_LIMIT + PAGE_SIZE).to_bytes(8, "little")
         assert dst.read(base + 5 * RUN_LIMIT, PAGE_SIZE) == bytes(PAGE_SIZE)
         assert dst.read(base + 4 * RUN_LIMIT, RUN_LIMIT) == bytes(RUN_LIMIT)
-    finally:
-        dst.close()
-        src.close()
 
 
 def test_a_chunk_is_loaded_only_once(tmp_path):
     path, src, base = _saved(tmp_path, compress=True)
-    dst, done = _lazy(path, src)
-    try:
+    with _lazy(path, src) as (dst, done):
         assert done.wait(30)
         # A chunk already in is not read again over what was written since.
         dst.write(base, b"mine")
         dst.lazy.ensure(base, RUN_LIMIT)
         assert dst.read(base, 4) == b"mine"
         dst.finish_loading()
-    finally:
-        dst.close()
-        src.close()
 
 
 @pytest.mark.parametrize("damage", ["flip", "truncate"])
 def test_a_corrupt_chunk_is_found_when_it_is_loaded(tmp_path, damage):
     path, src, _ = _saved(tmp_path, compress=True)
     data = bytearray(path.read_bytes())
-    r = ImageReader(open(path, "rb"))
-    index = list(r.section_index("memory", CHUNK_HEAD_SIZE))
-    r.f.close()
+    index = _index(path)
     pos, size, _, head = index[3]
     offset = int.from_bytes(head[:8], "little")  # the chunk's place in the memory file
     if damage == "flip":
         data[pos + size // 2] ^= 0x40
     path.write_bytes(bytes(data))
-    dst, done = _lazy(path, src, truncate=pos + size // 2 if damage == "truncate" else 0)
-    try:
+    with _lazy(path, src, truncate=pos + size // 2 if damage == "truncate" else 0) as (dst, done):
         assert done.wait(30)
         with pytest.raises(ImageError, match="memory section"):
             dst.read(offset, 8)
         with pytest.raises(ImageError):
             dst.finish_loading()
-    finally:
-        dst.close()
-        src.close()
 
 
 def test_an_index_out_of_order_is_refused(tmp_path):
     path, src, base = _saved(tmp_path, compress=False)
-    r = ImageReader(open(path, "rb"))
-    index = list(r.section_index("memory", CHUNK_HEAD_SIZE))
-    r.f.close()
+    index = _index(path)
     dst = MemoryFile(high=src.high)
     try:
         with pytest.raises(ImageError, match="out of order"):
