@@ -29,6 +29,7 @@ PTRACE_CONT = 7
 PTRACE_KILL = 8
 PTRACE_GETREGS = 12
 PTRACE_SETREGS = 13
+PTRACE_SYSCALL = 24
 PTRACE_SYSEMU = 31
 PTRACE_SETOPTIONS = 0x4200
 PTRACE_GETEVENTMSG = 0x4201
@@ -37,17 +38,22 @@ PTRACE_GETREGSET = 0x4204
 PTRACE_SETREGSET = 0x4205
 PTRACE_SEIZE = 0x4206
 PTRACE_INTERRUPT = 0x4207
+PTRACE_GET_SYSCALL_INFO = 0x420E
 
 PTRACE_O_TRACESYSGOOD = 0x1
 PTRACE_O_TRACEFORK = 0x2
 PTRACE_O_TRACECLONE = 0x8
 PTRACE_O_TRACEEXEC = 0x10
+PTRACE_O_TRACESECCOMP = 0x80
 PTRACE_O_EXITKILL = 1 << 20
 
 PTRACE_EVENT_EXEC = 4
+PTRACE_EVENT_SECCOMP = 7
 PTRACE_EVENT_STOP = 128
 
 NT_X86_XSTATE = 0x202
+AUDIT_ARCH_X86_64 = 0xC000003E
+AUDIT_ARCH_I386 = 0x40000003
 
 # The status of a syscall stop with PTRACE_O_TRACESYSGOOD: SIGTRAP | 0x80.
 SYSCALL_STOP_SIG = 0x85
@@ -81,6 +87,10 @@ def sysemu(pid: int, sig: int = 0) -> None:
     _check(_ptrace(PTRACE_SYSEMU, pid, None, sig), "SYSEMU", pid)
 
 
+def syscall(pid: int, sig: int = 0) -> None:
+    _check(_ptrace(PTRACE_SYSCALL, pid, None, sig), "SYSCALL", pid)
+
+
 def cont(pid: int, sig: int = 0) -> None:
     _check(_ptrace(PTRACE_CONT, pid, None, sig), "CONT", pid)
 
@@ -98,6 +108,13 @@ def getsiginfo(pid: int) -> bytes:
     buf = ctypes.create_string_buffer(128)
     _check(_ptrace(PTRACE_GETSIGINFO, pid, None, ctypes.addressof(buf)), "GETSIGINFO", pid)
     return buf.raw
+
+
+def syscall_arch(pid: int) -> int:
+    """The AUDIT_ARCH_* of the syscall the tracee is stopped in (I386 for int 0x80)."""
+    buf = ctypes.create_string_buffer(24)
+    _check(_ptrace(PTRACE_GET_SYSCALL_INFO, pid, 24, ctypes.addressof(buf)), "GET_SYSCALL_INFO", pid)
+    return int.from_bytes(buf.raw[4:8], "little")
 
 
 class _IoVec(ctypes.Structure):

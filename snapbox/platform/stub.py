@@ -1,9 +1,18 @@
 """Stub processes: the host processes that lend their CPU context to application tasks.
 
 A stub runs a tiny static ELF that snapbox generates: one page holding a `syscall; int3`
-trampoline. Once it has exec'd, the sentry unmaps everything else in it (stack, vDSO,
-vvar), so the whole lower address space belongs to the application, and maps
-MemoryFile ranges into it by injecting syscalls through the trampoline.
+trampoline and a seccomp filter. Once it has exec'd, the sentry installs the filter,
+unmaps everything else in it (stack, vDSO, vvar), so the whole lower address space belongs
+to the application, and maps MemoryFile ranges into it by injecting syscalls through the
+trampoline.
+
+The application's own syscalls never reach the host: they stop in the sentry under
+PTRACE_SYSEMU, which skips them before seccomp is consulted. The filter is the second
+wall, for anything that is not such a stop: only the trampoline may make host syscalls,
+and only the few the sentry injects, with the arguments it uses; any other syscall kills
+the stub. The one exception is the vsyscall page, whose legacy entry points the host
+kernel emulates without a syscall instruction: seccomp sees them, and the filter hands
+them to the sentry (SECCOMP_RET_TRACE), which answers them from the sandbox's clock.
 """
 
 from __future__ import annotations
@@ -23,6 +32,8 @@ from snapbox.state import SnapboxError
 STUB_ADDR = 0x7FFFFFF00000
 TRAMPOLINE = STUB_ADDR + 0x78  # syscall; int3
 STUB_ENTRY = STUB_ADDR + 0x7C  # int3; jmp back: never run by design
+SECCOMP_PROG = STUB_ADDR + 0x80  # struct sock_fprog of the stub's filter, then the filter
+VSYSCALL_PAGE = 0xFFFFFFFFFF600000  # the host kernel's legacy vsyscall entry points
 APP_TOP = STUB_ADDR  # the application's address space is [0, APP_TOP)
 STUB_MEMFD = 3  # the MemoryFile's fd number inside every stub
 
@@ -39,6 +50,10 @@ SYS_MUNMAP = 11
 SYS_CLONE = 56
 SYS_FORK = 57
 SYS_EXIT = 60
+SYS_PRCTL = 157
+SYS_SECCOMP = 317
+SYS_CLOSE = 3
+SYS_USERFAULTFD = 323
 # CLONE_VM | CLONE_FS | CLONE_FILES | CLONE_SIGHAND | CLONE_THREAD | CLONE_SYSVSEM
 _THREAD_FLAGS = 0x100 | 0x200 | 0x400 | 0x800 | 0x10000 | 0x40000
 
@@ -52,10 +67,105 @@ class StubError(SnapboxError):
     """A stub process could not be created or died underneath the sentry."""
 
 
+# seccomp(2) and BPF constants (linux/seccomp.h, linux/filter.h, linux/audit.h).
+_AUDIT_ARCH_X86_64 = 0xC000003E
+_SECCOMP_RET_KILL_PROCESS = 0x80000000
+_SECCOMP_RET_TRACE = 0x7FF00000
+_SECCOMP_RET_ALLOW = 0x7FFF0000
+_SECCOMP_SET_MODE_FILTER = 1
+_PR_SET_NO_NEW_PRIVS = 38
+_BPF_LD_W_ABS = 0x20
+_BPF_JEQ_K = 0x15
+_BPF_AND_K = 0x54
+_BPF_RET_K = 0x06
+# struct seccomp_data: nr, arch, instruction_pointer, args[6]
+_NR, _ARCH, _IP_LO, _IP_HI = 0, 4, 8, 12
+
+
+def _arg_lo(i: int) -> int:
+    return 16 + 8 * i
+
+
+def _arg_hi(i: int) -> int:
+    return 20 + 8 * i
+
+
+def seccomp_filter() -> list[tuple[int, int, int, int]]:
+    """The stub's filter as (code, jt, jf, k) instructions.
+
+    Allowed: from the trampoline (seccomp's instruction pointer is the address after its
+    `syscall`), exactly the calls the sentry injects: mmap of the MemoryFile (shared, fixed),
+    mprotect, munmap, clone of a thread with the flags clone_thread uses, fork, exit,
+    userfaultfd and close (lazy restore). Traced: the vsyscall page. Everything else,
+    from any other address, with another architecture (int 0x80) or other arguments, kills
+    the stub."""
+    ret = TRAMPOLINE + 2
+    plain = (SYS_MPROTECT, SYS_MUNMAP, SYS_FORK, SYS_EXIT, SYS_USERFAULTFD, SYS_CLOSE)
+    # Each block is a list of instructions whose jump targets are labels, resolved below.
+    prog: list[tuple[int, object, object, int]] = []
+    labels: dict[str, int] = {}
+
+    def at(label: str) -> None:
+        labels[label] = len(prog)
+
+    def ld(offset: int) -> None:
+        prog.append((_BPF_LD_W_ABS, 0, 0, offset))
+
+    def jeq(k: int, yes: object, no: object) -> None:
+        prog.append((_BPF_JEQ_K, yes, no, k & 0xFFFFFFFF))
+
+    def ret_(action: int) -> None:
+        prog.append((_BPF_RET_K, 0, 0, action))
+
+    ld(_ARCH)
+    jeq(_AUDIT_ARCH_X86_64, 0, "kill")
+    ld(_IP_HI)
+    jeq(ret >> 32, 0, "elsewhere")
+    ld(_IP_LO)
+    jeq(ret, 0, "elsewhere")
+    ld(_NR)
+    for nr in plain:
+        jeq(nr, "allow", 0)
+    jeq(SYS_MMAP, "mmap", 0)
+    jeq(SYS_CLONE, "clone", "kill")
+    at("mmap")
+    for lo, hi, value in ((_arg_lo(3), _arg_hi(3), MAP_SHARED | MAP_FIXED), (_arg_lo(4), _arg_hi(4), STUB_MEMFD)):
+        ld(lo)
+        jeq(value, 0, "kill")
+        ld(hi)
+        jeq(0, 0, "kill")
+    ret_(_SECCOMP_RET_ALLOW)
+    at("clone")
+    ld(_arg_lo(0))
+    jeq(_THREAD_FLAGS, 0, "kill")
+    ld(_arg_hi(0))
+    jeq(0, "allow", "kill")
+    at("elsewhere")
+    ld(_IP_HI)
+    jeq(VSYSCALL_PAGE >> 32, 0, "kill")
+    ld(_IP_LO)
+    prog.append((_BPF_AND_K, 0, 0, 0xFFFFF000))
+    jeq(VSYSCALL_PAGE, 0, "kill")
+    ret_(_SECCOMP_RET_TRACE)
+    at("allow")
+    ret_(_SECCOMP_RET_ALLOW)
+    at("kill")
+    ret_(_SECCOMP_RET_KILL_PROCESS)
+
+    def target(pc: int, label: object) -> int:
+        return labels[label] - pc - 1 if isinstance(label, str) else label
+
+    return [(code, target(pc, jt), target(pc, jf), k) for pc, (code, jt, jf, k) in enumerate(prog)]
+
+
 def stub_elf() -> bytes:
-    """The stub executable: an ELF header, one PT_LOAD, and the trampoline code."""
-    code = b"\x0f\x05\xcc" + b"\x90" + b"\xcc\xeb\xfd"  # syscall; int3; nop | int3; jmp -3
-    size = 0x78 + len(code)
+    """The stub executable: an ELF header, one PT_LOAD, the trampoline code, and the
+    seccomp filter (a struct sock_fprog, then its instructions)."""
+    code = b"\x0f\x05\xcc" + b"\x90" + b"\xcc\xeb\xfd" + b"\x90"  # syscall; int3; nop | int3; jmp -3; nop
+    insns = seccomp_filter()
+    fprog = struct.pack("<H6xQ", len(insns), SECCOMP_PROG + 16)
+    bpf = b"".join(struct.pack("<HBBI", *insn) for insn in insns)
+    size = 0x78 + len(code) + len(fprog) + len(bpf)
     ehdr = struct.pack(
         "<16sHHIQQQIHHHHHH",
         b"\x7fELF\x02\x01\x01" + bytes(9),
@@ -75,7 +185,7 @@ def stub_elf() -> bytes:
     )
     phdr = struct.pack("<IIQQQQQQ", 1, 5, 0, STUB_ADDR, STUB_ADDR, size, size, 0x1000)
     image = ehdr + phdr
-    return image + bytes(0x78 - len(image)) + code
+    return image + bytes(0x78 - len(image)) + code + fprog + bpf
 
 
 _ELF_FD = -1
@@ -122,7 +232,7 @@ class Stub:
         try:
             ptrace.seize(pid, ptrace.PTRACE_O_EXITKILL | ptrace.PTRACE_O_TRACESYSGOOD
                          | ptrace.PTRACE_O_TRACEEXEC | ptrace.PTRACE_O_TRACECLONE
-                         | ptrace.PTRACE_O_TRACEFORK)
+                         | ptrace.PTRACE_O_TRACEFORK | ptrace.PTRACE_O_TRACESECCOMP)
         except OSError:
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, WALL)
@@ -137,12 +247,29 @@ class Stub:
             if status >> 16 == ptrace.PTRACE_EVENT_EXEC:
                 break
             ptrace.cont(pid, 0)
+        # On to the exit stop of execve: execve's own result is stored after its exec event,
+        # and would overwrite the number of a syscall injected from there.
+        ptrace.syscall(pid, 0)
+        _, status = os.waitpid(pid, WALL)
+        if os.WSTOPSIG(status) != ptrace.SYSCALL_STOP_SIG:
+            os.kill(pid, signal.SIGKILL)
+            raise StubError(f"stub {pid} stopped unexpectedly after exec (status {status:#x})")
         base = ptrace.Regs()
         ptrace.getregs(pid, base)
         base.orig_rax = -1 & 0xFFFFFFFFFFFFFFFF
         stub = cls(pid, base, ptrace.get_xstate(pid, 1 << 14))
+        stub._install_filter()
         stub._unmap_host_mappings()
         return stub
+
+    def _install_filter(self) -> None:
+        """Put the stub under its seccomp filter (inherited by its threads and forks)."""
+        for nr, args in ((SYS_PRCTL, (_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)),
+                         (SYS_SECCOMP, (_SECCOMP_SET_MODE_FILTER, 0, SECCOMP_PROG))):
+            r = self.syscall(nr, *args)
+            if r < 0:
+                self.kill()
+                raise StubError(f"stub {self.pid} could not install its seccomp filter: {os.strerror(-r)}")
 
     def _host_mappings(self) -> list[tuple[int, int]]:
         with open(f"/proc/{self.pid}/maps") as f:

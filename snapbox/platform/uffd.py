@@ -17,10 +17,8 @@ import fcntl
 import os
 import struct
 
-from snapbox.platform.stub import Stub, StubError
+from snapbox.platform.stub import SYS_CLOSE, SYS_USERFAULTFD, Stub, StubError
 
-SYS_CLOSE = 3
-SYS_USERFAULTFD = 323
 SYS_PIDFD_GETFD = 438
 UFFD_USER_MODE_ONLY = 1
 UFFD_API = 0xAA

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 
 import pytest
 
@@ -19,7 +21,8 @@ def stub():
     s = Stub.spawn(mf.fd)
     yield s, mf
     s.kill()
-    os.waitpid(s.pid, WALL)
+    with contextlib.suppress(ChildProcessError):  # a test may have seen it die already
+        os.waitpid(s.pid, WALL)
     mf.close()
 
 
@@ -78,3 +81,44 @@ def test_mapped_memory_is_shared_with_the_sentry_and_syscalls_are_caught(stub):
 def test_injected_syscall_errors_come_back_negative(stub):
     s, _ = stub
     assert s.syscall(11, 0x1001, 4096) == -22  # munmap of an unaligned address: EINVAL
+
+
+def test_stub_runs_under_its_seccomp_filter(stub):
+    s, _ = stub
+    with open(f"/proc/{s.pid}/status") as f:
+        assert "Seccomp:\t2\n" in f.read()  # SECCOMP_MODE_FILTER
+
+
+def run_until_death(pid: int) -> int:
+    """Resume the stub without SYSEMU (as if tracing had gone wrong) until it dies."""
+    while True:
+        _, status = os.waitpid(pid, WALL)
+        if os.WIFEXITED(status) or os.WIFSIGNALED(status):
+            return status
+        ptrace.cont(pid, 0)
+
+
+@pytest.mark.parametrize("nr,args", [
+    (39, ()),  # getpid: never injected
+    (59, (0, 0, 0)),  # execve
+    (9, (0x400000, 4096, 3, 0x22, -1 & (1 << 64) - 1, 0)),  # mmap of anonymous host memory
+    (56, (0x11, 0, 0, 0, 0)),  # clone with other flags than a thread's
+])
+def test_a_syscall_the_sentry_never_injects_kills_the_stub(stub, nr, args):
+    s, _ = stub
+    s._enter(s.pid, nr, args)
+    status = run_until_death(s.pid)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGSYS
+
+
+def test_a_syscall_from_application_memory_kills_a_stub_that_is_not_emulating(stub):
+    s, mf = stub
+    off = mf.alloc(4096)
+    mf.write(off, bytes([0xB8, 110, 0, 0, 0, 0x0F, 0x05, 0xEB, 0xF7]))  # getppid in a loop
+    s.map(0x400000, 4096, PROT_READ | PROT_EXEC, off)
+    regs = ptrace.copy_regs(s.base_regs)
+    regs.rip = 0x400000
+    ptrace.setregs(s.pid, regs)
+    ptrace.cont(s.pid)
+    status = run_until_death(s.pid)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGSYS
