@@ -12,6 +12,7 @@ import collections
 import contextlib
 import errno
 import fcntl
+import hashlib
 import heapq
 import logging
 import os
@@ -52,6 +53,7 @@ from snapbox.kernel.signals import (
     SA_ONSTACK,
     SA_RESETHAND,
     SA_RESTART,
+    SI_KERNEL,
     SI_USER,
     SIG_DFL,
     SIG_IGN,
@@ -76,6 +78,7 @@ from snapbox.kernel.time import Timekeeper
 from snapbox.kernel.vfs import Filesystem, LowerNode, MemRegular
 from snapbox.kernel.waiter import WaitQueue
 from snapbox.memfile import PAGE_SIZE, MemoryFile
+from snapbox.memfile.lazy import MemoryLost
 from snapbox.memfile.memfile import CHUNK_HEAD_SIZE
 from snapbox.platform import ptrace, uffd
 from snapbox.platform.cpuid import FeatureSet
@@ -110,6 +113,9 @@ CLONE_VFORK, CLONE_PARENT, CLONE_THREAD = 0x4000, 0x8000, 0x10000
 CLONE_SETTLS, CLONE_PARENT_SETTID, CLONE_CHILD_CLEARTID, CLONE_CHILD_SETTID = 0x80000, 0x100000, 0x200000, 0x1000000
 # Host faults that become the application's own signals.
 FAULT_SIGNALS = frozenset({signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGFPE, signal.SIGTRAP})
+# The calls behind the vsyscall page's entry points, which the host kernel emulates.
+VSYSCALLS = frozenset({NR.gettimeofday, NR.time, NR.getcpu})
+NR_COMPAT_INT80 = -0x80  # where enosys_logged remembers that int 0x80 was logged
 
 load_all()
 
@@ -155,6 +161,10 @@ class Kernel:
     # still in the image, and an eventfd that turns readable once it is all in.
     faults: dict = nosave(dict)
     loaded: int = nosave(default=-1)
+    started: bool = nosave(default=False)  # start() has run: the sandbox was handed to its user
+    # Memory a lazy restore found unreadable before start(): the sandbox ends once started,
+    # so that `restore` behaves the same whenever the damage is found.
+    memory_error: MemoryLost | None = nosave(default=None)
     on_exit: Callable | None = nosave(default=None)  # called (ThreadGroup) when a process exits
     futexes: dict = nosave(dict)  # MemoryFile offset of a futex word -> WaitQueue of its waiters
 
@@ -359,6 +369,10 @@ class Kernel:
                 if timer.deadline and tg.exit_status is None:
                     timer.arm(self, tg)
         self.paused = True
+        self.started = True
+        if self.memory_error is not None:
+            self._memory_lost(self.memory_error)
+            return
         self.unpause()
 
     def run(self) -> None:
@@ -436,6 +450,8 @@ class Kernel:
             ptrace.getregs(pid, task.regs)
             task.run = Run.STOPPED
             self._fault(task, sig)
+        elif event == ptrace.PTRACE_EVENT_SECCOMP:
+            self._vsyscall(task)
         else:
             # A signal from the host (or an event we did not ask for): not the
             # application's business. Suppress it and carry on.
@@ -453,6 +469,11 @@ class Kernel:
         if code <= 0:
             self._resume(task)
             return
+        self._force_signal(task, sig, info)
+
+    def _force_signal(self, task: Task, sig: int, info: bytes) -> None:
+        """force_sig_info(): deliver a synchronous signal to a stopped task; blocked or
+        ignored, it kills the process with its default action."""
         bit = sigbit(sig)
         act = task.tg.sigaction(sig)
         if act.handler in (SIG_DFL, SIG_IGN) or task.signal_mask & bit:
@@ -465,8 +486,47 @@ class Kernel:
         if not self.paused:
             self._deliver_and_resume(task)
 
+    def _vsyscall(self, task: Task) -> None:
+        """A call into the vsyscall page (the stub's seccomp filter traces them): answer it
+        here, from the sandbox's clock, as the host kernel would have without us. Skipping
+        the call (orig_rax -1) makes the host kernel finish the emulation with its `ret`."""
+        regs = task.regs
+        ptrace.getregs(task.host_tid, regs)
+        nr = regs.orig_rax
+        entry = TABLE.get(nr) if nr in VSYSCALLS else None
+        try:
+            result = entry[0](task, *(regs.rdi, regs.rsi, regs.rdx)[:entry[1]]) if entry else -errno.ENOSYS
+        except SyscallError as e:
+            result = -e.errno
+        if self.strace is not None:
+            self.strace(task, nr, (regs.rdi, regs.rsi, regs.rdx, 0, 0, 0), result)
+        regs.rax = result & MASK64
+        regs.orig_rax = MASK64
+        ptrace.setregs(task.host_tid, regs)
+        task.run = Run.RUNNING
+        ptrace.sysemu(task.host_tid)
+
+    def _compat_syscall(self, task: Task) -> None:
+        """An `int 0x80` (the i386 syscall ABI) from 64-bit code. snapbox has no IA32
+        emulation: answer as Linux built without it does (the gate does not exist, so the
+        instruction faults with SIGSEGV, si_code SI_KERNEL), and never run the 64-bit
+        syscall that has the same number."""
+        if NR_COMPAT_INT80 not in self.enosys_logged:
+            self.enosys_logged.add(NR_COMPAT_INT80)
+            log.warning("int 0x80 (32-bit syscall %d) from pid %d: SIGSEGV, no IA32 emulation",
+                        task.regs.orig_rax, task.tg.tgid)
+        task.regs.rip -= 2  # the fault is reported at the instruction
+        task.regs.orig_rax = MASK64
+        task.run = Run.STOPPED
+        self._force_signal(task, signal.SIGSEGV, siginfo(signal.SIGSEGV, SI_KERNEL, addr=0))
+
     def _dispatch(self, task: Task) -> None:
         regs = task.regs
+        if regs.rcx != regs.rip and ptrace.syscall_arch(task.host_tid) != ptrace.AUDIT_ARCH_X86_64:
+            # `syscall` leaves the return address in rcx: any other entry is checked with
+            # the kernel (a program can forge rcx, but then gets only what `syscall` gives).
+            self._compat_syscall(task)
+            return
         nr = regs.orig_rax
         raw = (regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, regs.r9) if self.strace is not None else None
         entry = TABLE.get(nr)
@@ -500,6 +560,9 @@ class Kernel:
         except OSError as e:
             # A host operation on the application's behalf failed: report it as Linux would.
             result = -(e.errno or errno.EIO)
+        except MemoryLost as e:
+            self._memory_lost(e)  # memory the call needed is damaged in the image restored from
+            return
         except Exception:
             # A bug in a handler must not take the whole sandbox down: log it, fail the call.
             log.exception("syscall %s (%d) of pid %d failed", NAMES.get(nr, "?"), nr, task.tg.tgid)
@@ -1182,7 +1245,7 @@ class Kernel:
             with w.section("memory") as s:
                 for chunk, crc in self.memfile.save_chunks(compress, lambda: w.pos, report, skip):
                     s.write_chunk(chunk, crc)
-            summary = {"graph_bytes": len(graph), "types": stats,
+            summary = {"graph_bytes": len(graph), "graph_sha256": hashlib.sha256(graph).digest(), "types": stats,
                        "memory_allocated": self.memfile.allocated - self.file_cache.unread_bytes(),
                        "memory_saved": self.memfile.saved_bytes,
                        "file_references": len(skip), "file_bytes_referenced": self.file_cache.referenced_bytes()}
@@ -1234,8 +1297,16 @@ class Kernel:
                 pass
         try:
             summary = r.finish()
+            digest = summary.get("graph_sha256")
+            if digest is not None and digest != hashlib.sha256(raw).digest():
+                # The chunks' checksums held, yet the graph is not the one written: whatever
+                # it says (of host files, say) is not to be believed.
+                raise ImageError("image is corrupt (its kernel graph does not match the trailer's digest)")
             if load_memory:
-                kernel.file_cache.restore()
+                try:
+                    kernel.file_cache.restore()
+                except MemoryLost as e:
+                    kernel._memory_lost(e)  # a lazy restore: the sandbox ends once started
         except BaseException:
             kernel.memfile.stop_loading()  # a lazy restore's loaders
             raise
@@ -1288,7 +1359,10 @@ class Kernel:
         except StubError as e:
             # userfaultfd(2) may be filtered out (a container's seccomp profile): load it all now.
             log.warning("%s: memory is loaded before the program runs", e)
-            self.memfile.finish_loading()
+            try:
+                self.memfile.finish_loading()
+            except MemoryLost as lost:
+                self._memory_lost(lost)
             return
         self.faults[mm] = fd
         for start, length in ranges:
@@ -1325,13 +1399,20 @@ class Kernel:
             os.close(self.loaded)
             self.loaded = -1
 
-    def _memory_lost(self, e: ImageError) -> None:
-        """Memory a lazy restore left in the image cannot be read back: the sandbox ends."""
+    def _memory_lost(self, e: MemoryLost) -> None:
+        """Memory a lazy restore left in the image cannot be read back: the sandbox ends,
+        its processes killed with SIGKILL (before start(): as soon as it starts)."""
+        if not self.started:
+            self.memory_error = self.memory_error or e
+            return
+        if self.memfile.lazy is None:
+            return  # ended already, by a loss found before
         log.error("memory could not be restored: %s; every process is killed", e)
-        for tg in list(self.tasks.pidns.groups.values()):
-            self.exit_group(tg, SIGKILL)
+        # No more loading: freeing the processes' memory must not go back to the image.
         self.memfile.stop_loading()
         self._stop_catching()
+        for tg in list(self.tasks.pidns.groups.values()):
+            self.exit_group(tg, SIGKILL)
 
     def attach_stubs(self) -> None:
         """After read_image: give every process a new stub with its memory mapped and its

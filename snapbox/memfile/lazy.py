@@ -27,6 +27,11 @@ from snapbox.state import ImageError
 PENDING, LOADING, DONE, FAILED = range(4)
 
 
+class MemoryLost(ImageError):
+    """Memory a lazy restore left in the image could not be read back (the sandbox is
+    started by then, or about to be: it ends)."""
+
+
 class Chunk:
     """One memory chunk still in the image."""
 
@@ -54,7 +59,7 @@ class LazyLoader:
         self.state = bytearray(len(chunks))
         self.owner = [0] * len(chunks)  # the background thread loading each chunk (0: none)
         self.left = len(chunks)
-        self.error: ImageError | None = None
+        self.error: MemoryLost | None = None
         self.on_done = on_done  # called once, from any thread, when no chunk is left or one failed
         self.decode = decode  # (data, codec, length) -> the chunk's bytes; ImageError if corrupt
         self.cond = threading.Condition()
@@ -165,7 +170,8 @@ class LazyLoader:
             while done < c.length:
                 done += os.pwrite(self.memfd, view[done:], c.offset + done)
         except (OSError, ImageError) as e:
-            err = e if isinstance(e, ImageError) else ImageError(f"cannot read the image restored from ({e.strerror})")
+            err = MemoryLost(str(e) if isinstance(e, ImageError) else
+                             f"cannot read the image restored from ({e.strerror})")
             with self.cond:
                 if self.error is None:
                     self.error = err

@@ -72,6 +72,10 @@ def _passed_fd(msg: dict[str, Any], fds: list[int], key: str) -> int | None:
     return fds[index]
 
 
+# What writing an image may fail with that is the destination's doing, not snapbox's.
+WRITE_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.EROFS, errno.EPIPE})
+
+
 def write_image(kernel: Kernel, path: str, compress: bool, progress=None, meta: dict | None = None,
                 store_file_pages: bool = False) -> dict:
     """Checkpoint `kernel` (paused) to `path`: written unnamed around the page cache where
@@ -89,10 +93,15 @@ def write_image(kernel: Kernel, path: str, compress: bool, progress=None, meta: 
     except OSError as e:
         raise SnapboxError(f"cannot write image in {directory} ({e.strerror})") from None
     try:
-        with DirectWriter(fd) as f:
-            summary = kernel.save(f, compress=compress, progress=progress, meta=meta,
-                                  store_file_pages=store_file_pages)
-        os.fsync(fd)
+        try:
+            with DirectWriter(fd) as f:
+                summary = kernel.save(f, compress=compress, progress=progress, meta=meta,
+                                      store_file_pages=store_file_pages)
+            os.fsync(fd)
+        except OSError as e:
+            if e.errno not in WRITE_ERRORS:
+                raise
+            raise SnapboxError(f"cannot write image {path} ({e.strerror})") from None
         partial = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.partial")
         try:
             _link_fd(fd, partial)
@@ -228,7 +237,7 @@ class Sandbox:
         k = self.kernel
         mf = k.memfile
         resident = os.fstat(mf.fd).st_blocks * 512
-        return {"memory": {"usage": resident, "charged": mf.charged, "limit": mf.limit},
+        return {"memory": {"usage": resident, "allocated": mf.allocated, "charged": mf.charged, "limit": mf.limit},
                 "pids": {"current": len(k.processes())}}
 
     def exec(self, msg: dict[str, Any], fds: list[int]) -> int:
@@ -267,9 +276,14 @@ class Sandbox:
         try:
             with _on_all_cpus():
                 if path == "-":
-                    with os.fdopen(os.dup(image_fd), "wb", buffering=1 << 20) as f:
-                        summary = k.save(f, compress=compress, progress=progress, meta=self.image_meta(),
-                                         store_file_pages=store)
+                    try:
+                        with os.fdopen(os.dup(image_fd), "wb", buffering=1 << 20) as f:
+                            summary = k.save(f, compress=compress, progress=progress, meta=self.image_meta(),
+                                             store_file_pages=store)
+                    except OSError as e:
+                        if e.errno not in WRITE_ERRORS:
+                            raise
+                        raise SnapboxError(f"cannot write image to the output ({e.strerror})") from None
                 else:
                     summary = write_image(k, path, compress, progress, self.image_meta(), store)
         except BaseException:

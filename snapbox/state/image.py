@@ -3,7 +3,7 @@
     header   "SNAPBOX\\0" | u16 format version | u32 n | CBOR metadata (n bytes) | u32 crc32
     section  "SECT" | u8 n | name (n bytes) | chunk* | u32 0 | u32 chunk count
     chunk    u32 length (1..MAX_CHUNK) | u32 crc32 | payload
-    trailer  "TRLR" | u32 n | CBOR summary (n bytes) | u32 crc32
+    trailer  "TRLR" | u32 n | CBOR summary (n bytes) | u32 crc32, and then the end of the file
 
 Every length comes before its bytes, so an image can be written to and read from a pipe.
 Every chunk carries its own checksum, so corruption is found before anything is decoded.
@@ -221,4 +221,6 @@ class ImageReader:
         summary = self._cbor_block("the trailer", MAX_META)
         if not isinstance(summary, dict) or summary.get("sections") != self.sections_read:
             raise ImageError("image is corrupt (trailer does not match its sections)")
+        if self.f.read(1):
+            raise ImageError("image is corrupt (it goes on after its trailer)")
         return summary

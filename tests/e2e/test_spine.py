@@ -115,7 +115,7 @@ def test_image_from_a_richer_cpu_is_refused_before_anything_starts(snapbox, tmp_
 
 
 @pytest.mark.parametrize("damage", ["flip-kernel", "flip-memory", "truncate-half", "truncate-tail",
-                                    "empty", "garbage"])
+                                    "appended", "empty", "garbage"])
 def test_corrupt_image_is_refused_with_one_line(snapbox, tmp_path, damage):
     out = tmp_path / "out.txt"
     image = tmp_path / "c.img"
@@ -133,6 +133,8 @@ def test_corrupt_image_is_refused_with_one_line(snapbox, tmp_path, damage):
         data = data[: len(data) // 2]
     elif damage == "truncate-tail":
         data = data[:-3]
+    elif damage == "appended":
+        data += b"\0" * 512  # an image ends at its trailer
     elif damage == "empty":
         data = bytearray()
     else:
