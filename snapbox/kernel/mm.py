@@ -106,14 +106,25 @@ class MemoryManager:
         """Where a new mapping of `length` (page-aligned, not 0) bytes goes: `addr` itself
         if fixed (anything there is unmapped first), else the hint if free, else a gap."""
         if fixed:
-            if addr % PAGE_SIZE or addr < MMAP_MIN_ADDR or addr + length > APP_TOP:
-                raise SyscallError(errno.EINVAL if addr % PAGE_SIZE else errno.ENOMEM)
+            self.check_fixed(addr, length)
             self.unmap(addr, length)
             return addr
         if addr and addr % PAGE_SIZE == 0 and addr >= MMAP_MIN_ADDR and addr + length <= APP_TOP \
                 and not self._overlaps(addr, addr + length):
             return addr  # the hint is free: Linux honours it
         return self._free_gap(length)
+
+    @staticmethod
+    def check_fixed(addr: int, length: int) -> None:
+        """Whether a mapping may be placed exactly at [addr, addr+length): EINVAL unaligned,
+        ENOMEM past the top of the address space, EPERM below mmap_min_addr (the sandbox's
+        processes never hold CAP_SYS_RAWIO: no NULL page, whatever the host lets a root stub do)."""
+        if addr % PAGE_SIZE:
+            raise SyscallError(errno.EINVAL)
+        if addr + length > APP_TOP:
+            raise SyscallError(errno.ENOMEM)
+        if addr < MMAP_MIN_ADDR:
+            raise SyscallError(errno.EPERM, "below mmap_min_addr")
 
     def map_anonymous(self, addr: int, length: int, prot: int, fixed: bool, kind: str = "anon") -> int:
         """Map zeroed memory; returns the address chosen. Maps into the stub at once."""
@@ -172,36 +183,47 @@ class MemoryManager:
             self.stub.map(addr, length, prot, offset)
         return vma
 
-    def remap(self, old: int, old_size: int, new_size: int, may_move: bool, fixed_to: int | None) -> int:
-        """mremap(2): resize (and perhaps move) the mapping at `old`; returns its address."""
+    def remap(self, old: int, old_size: int, new_size: int, may_move: bool, fixed_to: int | None,
+              keep_old: bool = False) -> int:
+        """mremap(2): resize (and perhaps move) the mapping at `old`; returns its address.
+        `keep_old` (MREMAP_DONTUNMAP): the source stays mapped, its pages dropped. Every
+        argument is checked before anything changes, so a failed call has no effect."""
         old_size, new_size = page_align(old_size), page_align(new_size)
         if old % PAGE_SIZE or new_size == 0:
             raise SyscallError(errno.EINVAL)
+        if fixed_to is not None:
+            if fixed_to % PAGE_SIZE or fixed_to + new_size > APP_TOP:
+                raise SyscallError(errno.EINVAL)
+            if old < fixed_to + new_size and fixed_to < old + old_size:
+                raise SyscallError(errno.EINVAL)  # the ranges may not overlap
         vma = self.find(old)
         if vma is None or old + old_size > vma.end:
             raise SyscallError(errno.EFAULT)
         if vma.shared:
             raise SyscallError(errno.EINVAL, "mremap of a shared mapping is not supported yet")
-        if fixed_to is None and new_size <= old_size:
+        if fixed_to is not None:
+            self.check_fixed(fixed_to, new_size)
+        if fixed_to is None and new_size <= old_size and not keep_old:
             if new_size < old_size:
                 self.unmap(old + new_size, old_size - new_size)
             return old
         if fixed_to is not None:
             target = fixed_to
-        elif not self._overlaps(old + old_size, old + new_size) and old + new_size <= MMAP_TOP:
+        elif not keep_old and not self._overlaps(old + old_size, old + new_size) and old + new_size <= MMAP_TOP:
             target = old  # grows in place
         elif may_move:
-            target = None
+            target = self._free_gap(new_size)
         else:
             raise SyscallError(errno.ENOMEM)
         prot, kind = vma.prot, vma.kind
         file_offset = vma.file_offset + (old - vma.start)
-        offset = self._alloc(new_size, prot)
+        offset = self._alloc(new_size, prot)  # the last check: ENOMEM at the memory limit
         self.memfile.copy(offset, vma.offset + (old - vma.start), min(old_size, new_size))
-        self.unmap(old, old_size)
-        if target is None:
-            target = self._free_gap(new_size)
-        elif target != old:
+        if keep_old:
+            self.discard(old, old_size)
+        else:
+            self.unmap(old, old_size)
+        if target != old:
             self.unmap(target, new_size)
         moved = self.map_range(target, new_size, prot, offset, kind)
         moved.file_offset = file_offset

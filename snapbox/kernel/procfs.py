@@ -158,15 +158,15 @@ def readlink(node: ProcNode) -> bytes:
     if tg is None:
         raise SyscallError(errno.ENOENT)
     if node.name == "exe":
-        return tg.exe.encode()
+        return os.fsencode(tg.exe)
     if node.name == "cwd":
-        return tg.fs.cwd.path().encode()
+        return os.fsencode(tg.fs.cwd.path())
     if node.name == "root":
         return b"/"
     f = tg.fds.files.get(int(node.name[3:]))
     if f is None:
         raise SyscallError(errno.ENOENT)
-    return _fd_target(f).encode()
+    return os.fsencode(_fd_target(f))
 
 
 def _fd_target(f) -> str:

@@ -63,7 +63,7 @@ class Lower:
         rel = rel or "."
         how = _OpenHow(flags | os.O_CLOEXEC | os.O_NOFOLLOW, mode if flags & os.O_CREAT else 0,
                        _RESOLVE_BENEATH | _RESOLVE_NO_SYMLINKS | _RESOLVE_NO_MAGICLINKS)
-        fd = _libc.syscall(_SYS_OPENAT2, self.dirfd, rel.encode(), ctypes.byref(how), ctypes.sizeof(how))
+        fd = _libc.syscall(_SYS_OPENAT2, self.dirfd, os.fsencode(rel), ctypes.byref(how), ctypes.sizeof(how))
         if fd < 0:
             e = ctypes.get_errno()
             # A symlink as the last component: ELOOP from O_NOFOLLOW; the caller uses O_PATH.
@@ -400,6 +400,30 @@ class Filesystem:
         parent.entries[name] = node
         parent.whiteouts.discard(name)
 
+    def mount_of(self, node: Inode, parent: Dir) -> object:
+        """The mount `node` (found in directory `parent`) is on: a tmpfs mount's top Dir,
+        a bind mount's layer number, or the root Dir for the rootfs and its writable layer.
+        link(2) and rename(2) never cross from one to another (EXDEV)."""
+        if not isinstance(node, Dir):
+            if getattr(node, "layer", 0):
+                return node.layer  # a file of a bind mount (or a bind-mounted file)
+            node = parent
+        d = node
+        while d is not None:
+            if d.tmpfs:
+                return d
+            if d.layer:
+                return d.layer
+            d = d.parent
+        return self.root
+
+    def is_mount_point(self, node: Inode, parent: Dir) -> bool:
+        """Whether `node` is the top of a mount (rename and rmdir of one fail with EBUSY)."""
+        if isinstance(node, Dir) and node.tmpfs:
+            return True
+        layer = getattr(node, "layer", 0)
+        return bool(layer) and getattr(parent, "layer", 0) != layer
+
     def list_dir(self, d: Dir) -> list[str]:
         """The names in `d` (without . and ..): its entries merged over its lower directory."""
         dynamic = getattr(d, "names", None)
@@ -481,12 +505,12 @@ class Filesystem:
         if path.startswith(b"/"):
             d = root
         trailing_slash = path.endswith(b"/")
-        parts = [p.decode("utf-8", "surrogateescape") for p in path.split(b"/") if p]
+        parts = [os.fsdecode(p) for p in path.split(b"/") if p]
         if not parts:
             return d, ".", d
         for i, name in enumerate(parts):
             last = i == len(parts) - 1
-            if len(name) > 255:
+            if len(name) > 63 and len(os.fsencode(name)) > 255:  # NAME_MAX counts bytes
                 raise SyscallError(errno.ENAMETOOLONG)
             if not d.is_dir():
                 raise SyscallError(errno.ENOTDIR)
@@ -506,7 +530,7 @@ class Filesystem:
                 if budget[0] < 0:
                     raise SyscallError(errno.ELOOP)
                 target = self.readlink(node)
-                rest = b"/".join(p.encode("utf-8", "surrogateescape") for p in parts[i + 1:])
+                rest = b"/".join(os.fsencode(p) for p in parts[i + 1:])
                 joined = target + (b"/" + rest if rest else b"") + (b"/" if trailing_slash else b"")
                 return self._walk(d, root, joined, follow_last, budget)
             if last:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import os
 import sys
 import types
 import typing
@@ -29,6 +30,9 @@ TAG_DICT = 4003
 TAG_BYTEARRAY = 4004
 TAG_ENUM = 4005
 TAG_FROZENSET = 4006
+# A str holding bytes that are not UTF-8, as os.fsdecode gives them (PEP 383 surrogates:
+# file names are bytes on Linux); saved as those bytes.
+TAG_FSSTR = 4007
 
 GRAPH_VERSION = 1
 
@@ -133,6 +137,11 @@ class _Encoder:
         if v is None or isinstance(v, (bool, int, float, str, bytes)):
             if isinstance(v, enum.Enum):
                 return self.enum(v, path)
+            if type(v) is str and not v.isascii():
+                try:
+                    v.encode()
+                except UnicodeEncodeError:
+                    return cbor2.CBORTag(TAG_FSSTR, os.fsencode(v))
             return v
         cls = type(v)
         if cls in _by_class:
@@ -259,6 +268,10 @@ class _Decoder:
                 if not isinstance(body, int) or not 0 <= body < len(self.objects):
                     raise ImageError("image kernel graph holds a dangling reference")
                 return self.objects[body]
+            if tag == TAG_FSSTR:
+                if not isinstance(body, bytes):
+                    raise ImageError("image kernel graph holds a malformed name")
+                return os.fsdecode(body)
             if not isinstance(body, (list, tuple)) and tag != TAG_BYTEARRAY:
                 raise ImageError("image kernel graph holds a malformed value")
             if tag == TAG_TUPLE:

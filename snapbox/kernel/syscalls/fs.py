@@ -156,7 +156,7 @@ def open_node(t, dirfd: int, path_addr: int, flags: int, mode: int) -> int:
             host = on_host(t, node)
             if host is None:
                 node = fs.copy_up(parent, name, node)
-        f = RegularFile(flags=flags & ~O_CLOEXEC, fs=fs, node=node, name=path.decode("utf-8", "replace"))
+        f = RegularFile(flags=flags & ~O_CLOEXEC, fs=fs, node=node, name=os.fsdecode(path))
         if host is not None:
             f.host_fd = host.open(node.path, accmode | (os.O_TRUNC if flags & O_TRUNC else 0))
         if isinstance(node, MemRegular):
@@ -419,7 +419,7 @@ def dup3(t, oldfd, newfd, flags):
 
 @syscall(NR.getcwd)
 def getcwd(t, buf, size):
-    path = t.fs.cwd.path().encode() + b"\0"
+    path = os.fsencode(t.fs.cwd.path()) + b"\0"
     if size < len(path):
         raise SyscallError(errno.ERANGE)
     t.mm.write(buf, path)
@@ -639,7 +639,7 @@ def getdents64(t, fd, dirp, count):
             except SyscallError:
                 index += 1
                 continue
-        raw = name.encode("utf-8", "surrogateescape")
+        raw = os.fsencode(name)
         reclen = (19 + len(raw) + 1 + 7) & ~7
         if len(out) + reclen > count:
             break
@@ -732,6 +732,11 @@ def renameat2(t, olddirfd, oldpath, newdirfd, newpath, flags):
         raise SyscallError(errno.ENOENT)
     if old_name in (".", "..") or new_name in (".", ".."):
         raise SyscallError(errno.EBUSY)
+    fs = t.kernel.fs
+    if fs.is_mount_point(node, old_parent) or (target is not None and fs.is_mount_point(target, new_parent)):
+        raise SyscallError(errno.EBUSY)
+    if fs.mount_of(node, old_parent) != fs.mount_of(new_parent, new_parent.parent):
+        raise SyscallError(errno.EXDEV)
     hosts = [on_host(t, x) for x in (old_parent, new_parent)]
     if hosts[0] is not None or hosts[1] is not None:
         if hosts[0] is not hosts[1]:
@@ -803,6 +808,9 @@ def linkat(t, olddirfd, oldpath, newdirfd, newpath, flags):
     new_parent, new_name, target, _ = lookup(t, i32(newdirfd), newpath, follow=False)
     if target is not None:
         raise SyscallError(errno.EEXIST)
+    fs = t.kernel.fs
+    if parent is not None and fs.mount_of(node, parent) != fs.mount_of(new_parent, new_parent.parent):
+        raise SyscallError(errno.EXDEV)
     host = on_host(t, new_parent)
     if host is not None:
         if on_host(t, node) is not host:

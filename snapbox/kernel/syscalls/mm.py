@@ -92,12 +92,12 @@ MREMAP_MAYMOVE, MREMAP_FIXED, MREMAP_DONTUNMAP = 1, 2, 4
 
 @syscall(NR.mremap)
 def mremap(t, old_addr, old_size, new_size, flags, new_addr):
-    if flags & ~(MREMAP_MAYMOVE | MREMAP_FIXED) or (flags & MREMAP_FIXED and not flags & MREMAP_MAYMOVE):
+    may_move, fixed, dontunmap = flags & MREMAP_MAYMOVE, flags & MREMAP_FIXED, flags & MREMAP_DONTUNMAP
+    if flags & ~(MREMAP_MAYMOVE | MREMAP_FIXED | MREMAP_DONTUNMAP) or ((fixed or dontunmap) and not may_move):
         raise SyscallError(errno.EINVAL)
-    fixed_to = new_addr if flags & MREMAP_FIXED else None
-    if fixed_to is not None and (fixed_to % PAGE_SIZE or fixed_to == old_addr):
-        raise SyscallError(errno.EINVAL)
-    return t.mm.remap(old_addr, old_size, new_size, bool(flags & MREMAP_MAYMOVE), fixed_to)
+    if dontunmap and old_size != new_size:
+        raise SyscallError(errno.EINVAL)  # mremap(2): MREMAP_DONTUNMAP moves, never resizes
+    return t.mm.remap(old_addr, old_size, new_size, bool(may_move), new_addr if fixed else None, bool(dontunmap))
 
 
 MS_ASYNC, MS_INVALIDATE, MS_SYNC = 1, 2, 4
