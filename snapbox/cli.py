@@ -273,7 +273,8 @@ def checkpoint(obj: _Context, image_path: str, leave_running: bool, compression:
               help="Start the program before its memory is read: each part of the image's memory is "
                    "loaded (and checked) when the program first needs it, and all of it in the "
                    "background meanwhile. Whoever opens the image to change it meanwhile waits "
-                   "until all of it is in; a part that turns out corrupt ends the sandbox. "
+                   "until all of it is in. A part that turns out corrupt ends the sandbox as if killed "
+                   "by SIGKILL, its log saying why (restore itself has succeeded by then). "
                    "Ignored with --image-path -.")
 @click.argument("container_id")
 @click.pass_obj

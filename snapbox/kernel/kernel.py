@@ -108,6 +108,7 @@ STOP_SIGNALS = sigbit(signal.SIGSTOP) | sigbit(signal.SIGTSTP) | sigbit(signal.S
 WALL = 0x40000000
 MAX_KERNEL_SECTION = 1 << 30  # bound on the decompressed kernel graph of an image
 XSTATE_MAX = 1 << 14  # room for any XSAVE area
+MAX_WAIT = 86400.0  # the longest one turn of the event loop waits, in seconds
 CLONE_VM, CLONE_FS, CLONE_FILES, CLONE_SIGHAND = 0x100, 0x200, 0x400, 0x800
 CLONE_VFORK, CLONE_PARENT, CLONE_THREAD = 0x4000, 0x8000, 0x10000
 CLONE_SETTLS, CLONE_PARENT_SETTID, CLONE_CHILD_CLEARTID, CLONE_CHILD_SETTID = 0x80000, 0x100000, 0x200000, 0x1000000
@@ -395,7 +396,9 @@ class Kernel:
         if self.runq and not self.paused:
             return 0
         if self.timers:
-            return max(0.0, (self.timers[0][0] - time.monotonic_ns()) / 1e9)
+            # A deadline years away (a program may ask for one) is waited for a day at a time:
+            # epoll's timeout is an int of milliseconds.
+            return min(max(0.0, (self.timers[0][0] - time.monotonic_ns()) / 1e9), MAX_WAIT)
         return None
 
     def _on_signals(self, mask: int) -> None:

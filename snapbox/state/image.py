@@ -3,7 +3,7 @@
     header   "SNAPBOX\\0" | u16 format version | u32 n | CBOR metadata (n bytes) | u32 crc32
     section  "SECT" | u8 n | name (n bytes) | chunk* | u32 0 | u32 chunk count
     chunk    u32 length (1..MAX_CHUNK) | u32 crc32 | payload
-    trailer  "TRLR" | u32 n | CBOR summary (n bytes) | u32 crc32, and then the end of the file
+    trailer  "TRLR" | u32 n | CBOR summary (n bytes) | u32 crc32; a file ends there
 
 Every length comes before its bytes, so an image can be written to and read from a pipe.
 Every chunk carries its own checksum, so corruption is found before anything is decoded.
@@ -12,6 +12,7 @@ Every chunk carries its own checksum, so corruption is found before anything is 
 from __future__ import annotations
 
 import os
+import stat
 import struct
 import zlib
 from collections.abc import Iterator
@@ -221,6 +222,14 @@ class ImageReader:
         summary = self._cbor_block("the trailer", MAX_META)
         if not isinstance(summary, dict) or summary.get("sections") != self.sections_read:
             raise ImageError("image is corrupt (trailer does not match its sections)")
-        if self.f.read(1):
+        if self._whole_file() and self.f.read(1):
             raise ImageError("image is corrupt (it goes on after its trailer)")
         return summary
+
+    def _whole_file(self) -> bool:
+        """Whether the image is all there is to read: a regular file or a buffer, not a pipe
+        (through a pipe, what follows an image is the restored program's stdin)."""
+        try:
+            return stat.S_ISREG(os.fstat(self.f.fileno()).st_mode)
+        except (OSError, ValueError):  # io.UnsupportedOperation: an in-memory buffer
+            return True

@@ -16,7 +16,7 @@ import pytest
 from tests.conftest import wait_for
 
 ATTACKS = Path(__file__).resolve().parent / "attacks"
-PROGRAMS = ("lowmap", "remapleak", "vsyscall", "int80", "names", "mounts")
+PROGRAMS = ("lowmap", "remapleak", "vsyscall", "int80", "names", "mounts", "initkill")
 
 
 @pytest.fixture(scope="session")
@@ -97,6 +97,16 @@ def test_attack_gets_what_linux_gives(snapbox, tmp_path, attack_rootfs, program)
     assert want and all(want.values()), want
 
 
+def test_signals_to_init_and_to_groups_reach_what_linux_reaches(snapbox, tmp_path, attack_rootfs):
+    got = checks(run_attack(snapbox, tmp_path, attack_rootfs, "/initkill"))
+    assert got and all(got.values()), got
+    # Natively: process 1 of a new PID namespace, as the program is in a sandbox.
+    native = subprocess.run(["unshare", "--pid", "--fork", "chroot", str(attack_rootfs), "/initkill"],
+                            capture_output=True, text=True, timeout=60)
+    want = checks(native.stdout)
+    assert want == got, native.stdout
+
+
 def test_vsyscalls_are_answered_by_the_sentry(snapbox, tmp_path, attack_rootfs):
     """musl's gettimeofday and time use clock_gettime: the only calls of those names are
     the vsyscall page's, and the sentry sees them."""
@@ -129,7 +139,7 @@ def stub_pids(sandbox_pid: int) -> list[int]:
 
 def test_no_stub_maps_anything_below_mmap_min_addr(snapbox, tmp_path, attack_rootfs):
     out = tmp_path / "out.txt"
-    b = bundle(tmp_path, attack_rootfs, "/remapleak", "50")
+    b = bundle(tmp_path, attack_rootfs, "/remapleak", "50", "hold")
     start(snapbox, out, "run", "--bundle", str(b), "leak")
     wait_for(lambda: "settled" in out.read_text(), timeout=60, what="the mremap loop")
     (stub,) = stub_pids(snapbox.sandbox_pid("leak"))
@@ -143,7 +153,7 @@ def test_failing_mremaps_leave_nothing_allocated(snapbox, tmp_path, attack_rootf
     """300 rounds of 1 MB, each tried against four bad targets: without the checks coming
     first, 1.2 GB would stay allocated with nothing mapped."""
     out = tmp_path / "out.txt"
-    b = bundle(tmp_path, attack_rootfs, "/remapleak", "300")
+    b = bundle(tmp_path, attack_rootfs, "/remapleak", "300", "hold")
     start(snapbox, out, "run", "--bundle", str(b), "leak")
     wait_for(lambda: "settled" in out.read_text(), timeout=120, what="the mremap loop")
     assert all(checks(out.read_text()).values()), out.read_text()
@@ -157,7 +167,7 @@ def test_failing_mremaps_leave_nothing_allocated(snapbox, tmp_path, attack_rootf
 
 def test_names_that_are_not_utf8_work_and_survive_a_checkpoint(snapbox, tmp_path, attack_rootfs):
     out = tmp_path / "out.txt"
-    b = bundle(tmp_path, attack_rootfs, "/names")
+    b = bundle(tmp_path, attack_rootfs, "/names", "hold")
     start(snapbox, out, "run", "--bundle", str(b), "names")
     wait_for(lambda: "made" in out.read_text() or "done" in out.read_text(), timeout=30, what="the files")
     made = checks(out.read_text())

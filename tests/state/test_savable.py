@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import os
 import socket
 from dataclasses import dataclass, field
 
@@ -57,6 +58,7 @@ def test_values_of_every_kind():
         "neg": -(1 << 70),
         "float": 1.5,
         "str": "héllo",
+        "not-utf8": os.fsdecode(b"/tmp/d\xff\xfe"),  # a file name as os.fsdecode gives it
         "bytes": b"\x00\xff",
         "bytearray": bytearray(b"abc"),
         "tuple": (1, (2, 3)),
@@ -71,6 +73,7 @@ def test_values_of_every_kind():
     assert out == values
     assert type(out["tuple"]) is tuple and type(out["bytearray"]) is bytearray
     assert type(out["frozenset"]) is frozenset and out["enum"] is Color.BLUE
+    assert os.fsencode(out["not-utf8"]) == b"/tmp/d\xff\xfe"
 
 
 def test_nosave_fields_are_rebuilt_and_after_load_runs():

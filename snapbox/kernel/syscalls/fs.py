@@ -995,7 +995,10 @@ def truncate(t, path, length):
 
 @syscall(NR.mknodat)
 def mknodat(t, dirfd, path, mode, dev):
+    mode &= 0xFFFF  # an umode_t
     kind = st.S_IFMT(mode) or st.S_IFREG
+    if kind not in (st.S_IFREG, st.S_IFCHR, st.S_IFBLK, st.S_IFIFO, st.S_IFSOCK):
+        raise SyscallError(errno.EINVAL)
     parent, name, node, _ = lookup(t, i32(dirfd), path, follow=False)
     if node is not None:
         raise SyscallError(errno.EEXIST)

@@ -12,6 +12,7 @@ from snapbox.kernel.signals import (
     SI_TKILL,
     SI_USER,
     SIGKILL,
+    SIG_DFL,
     SIGSTOP,
     SS_DISABLE,
     SS_ONSTACK,
@@ -79,15 +80,34 @@ def rt_sigpending(t, set_, sigsetsize):
 
 @syscall(NR.kill)
 def kill(t, pid, sig):
+    """kill(2): one process (pid > 0), the caller's process group (0), every process but
+    init and the caller (-1), or process group -pid."""
     pid, sig = i32(pid), i32(sig)
     if not 0 <= sig <= NSIG:
         raise SyscallError(errno.EINVAL)
-    tg = t.kernel.tasks.pidns.groups.get(pid) if pid > 0 else (t.tg if pid in (0, -1) else None)
-    if tg is None or tg.exit_status is not None:
+    groups = [g for g in t.kernel.tasks.pidns.groups.values() if g.exit_status is None]
+    if pid > 0:
+        targets = [g for g in groups if g.tgid == pid]
+    elif pid == 0:
+        targets = [g for g in groups if g.pgid == t.tg.pgid]
+    elif pid == -1:
+        targets = [g for g in groups if g.tgid != 1 and g is not t.tg]
+    else:
+        targets = [g for g in groups if g.pgid == -pid]
+    if not targets:
         raise SyscallError(errno.ESRCH)
     if sig:
-        t.kernel.send_signal(tg, sig, siginfo(sig, SI_USER, t.tg.tgid))
+        for tg in targets:
+            if not _init_ignores(tg, sig):
+                t.kernel.send_signal(tg, sig, siginfo(sig, SI_USER, t.tg.tgid))
     return 0
+
+
+def _init_ignores(tg, sig: int) -> bool:
+    """The sandbox's init gets from its own processes only the signals it handles (kill(2):
+    "the only signals that can be sent to process ID 1 ... are those for which init has
+    explicitly installed signal handlers"): SIGKILL and SIGSTOP never."""
+    return tg.tgid == 1 and (sig in (SIGKILL, SIGSTOP) or tg.sigaction(sig).handler == SIG_DFL)
 
 
 @syscall(NR.tgkill)
@@ -98,7 +118,7 @@ def tgkill(t, tgid, tid, sig):
     target = t.kernel.tasks.pidns.tasks.get(tid)
     if target is None or target.tg.tgid != tgid:
         raise SyscallError(errno.ESRCH)
-    if sig:
+    if sig and not _init_ignores(target.tg, sig):
         t.kernel.send_signal(target.tg, sig, siginfo(sig, SI_TKILL, t.tg.tgid), task=target)
     return 0
 

@@ -1,5 +1,7 @@
 /* A failing mremap must have no side effect: the source stays mapped with its data, and
- * nothing is allocated (a loop of them must not grow the sandbox's memory). */
+ * nothing is allocated (a loop of them must not grow the sandbox's memory).
+ *
+ *   remapleak [ROUNDS [hold]]     with "hold", it waits at the end for its memory to be seen */
 #include "attack.h"
 #include <stdint.h>
 #include <sys/mman.h>
@@ -50,6 +52,7 @@ int main(int argc, char **argv) {
     CHECK("dontunmap", d != MAP_FAILED && intact(d) && q[4096] == 0, "MREMAP_DONTUNMAP gave %p", d);
     printf("settled\n");
     fflush(stdout);
-    pause();
+    if (argc > 2 && strcmp(argv[2], "hold") == 0)
+        pause();
     return DONE();
 }
