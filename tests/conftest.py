@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from snapbox.kernel.kernel import SENTRY_SIGNALS
+from snapbox.kernel.loop import SENTRY_SIGNALS
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGES = REPO / "fixtures" / "images"

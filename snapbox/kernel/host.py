@@ -65,7 +65,7 @@ class HostFile(OpenFile):
         if offset is not None:
             return os.pread(self.fd, count, offset)
         if not self._ready(selectors.EVENT_READ):
-            raise WouldBlock(t.kernel.host_queue(self.fd, selectors.EVENT_READ))
+            raise WouldBlock(t.kernel.loop.host_queue(self.fd, selectors.EVENT_READ))
         try:
             return os.read(self.fd, count)
         except OSError as e:
@@ -75,7 +75,7 @@ class HostFile(OpenFile):
         if offset is not None:
             return os.pwrite(self.fd, data, offset)
         if not self._ready(selectors.EVENT_WRITE):
-            raise WouldBlock(t.kernel.host_queue(self.fd, selectors.EVENT_WRITE))
+            raise WouldBlock(t.kernel.loop.host_queue(self.fd, selectors.EVENT_WRITE))
         mode = os.fstat(self.fd).st_mode
         # A pipe or socket that polls writable takes at least PIPE_BUF bytes without
         # blocking; more could stall the whole sentry, so the caller loops.
@@ -93,8 +93,8 @@ class HostFile(OpenFile):
         return (POLLIN if r else 0) | (POLLOUT if w else 0)
 
     def queues(self, t) -> tuple:
-        return (t.kernel.host_queue(self.fd, selectors.EVENT_READ),
-                t.kernel.host_queue(self.fd, selectors.EVENT_WRITE))
+        return (t.kernel.loop.host_queue(self.fd, selectors.EVENT_READ),
+                t.kernel.loop.host_queue(self.fd, selectors.EVENT_WRITE))
 
     def seek(self, offset: int, whence: int) -> int:
         try:

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import enum
 import struct
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from snapbox.platform.cpuid import FeatureSet
 
 NSIG = 64
 SIGHUP, SIGINT, SIGQUIT, SIGILL, SIGTRAP, SIGABRT, SIGBUS, SIGFPE = 1, 2, 3, 4, 5, 6, 7, 8
@@ -112,3 +116,22 @@ def parse_frame(data: bytes) -> dict:
 
 
 UCONTEXT_SIZE = _UCONTEXT.size
+
+
+XSTATE_MAX = 1 << 14  # room for any XSAVE area
+
+
+def fit_xstate(data: bytes, host: FeatureSet) -> bytes:
+    """An XSAVE area from the image, sized for this host's XSAVE layout.
+
+    The host check guarantees the image's state components are a subset of the host's,
+    and the standard XSAVE layout puts each component at a fixed offset, so the area only
+    needs padding (absent components are in their initial state) or trimming to the size
+    the host's kernel expects; XSTATE_BV keeps to the host's enabled components.
+    """
+    size = max(host.xsave_size, 512)
+    out = bytearray(data[:size].ljust(size, b"\0"))
+    if size >= 520:
+        bv = int.from_bytes(out[512:520], "little") & (host.xcr0 or 0x3)
+        out[512:520] = bv.to_bytes(8, "little")
+    return bytes(out)

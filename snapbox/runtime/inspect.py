@@ -7,7 +7,8 @@ import datetime
 import os
 from typing import IO, Any
 
-from snapbox.kernel.kernel import Kernel, LoadContext
+from snapbox.kernel.checkpoint import LoadContext
+from snapbox.kernel.kernel import Kernel
 from snapbox.kernel.syscalls.numbers import NAMES
 from snapbox.runtime.progress import human
 

@@ -20,7 +20,8 @@ from typing import Any, Iterator
 import cbor2
 
 from snapbox.errors import SnapboxError
-from snapbox.kernel.kernel import Kernel, LoadContext
+from snapbox.kernel.checkpoint import LoadContext
+from snapbox.kernel.kernel import Kernel
 from snapbox.kernel.strace import tracer
 from snapbox.runtime import control
 from snapbox.runtime.bundle import Bundle
@@ -144,7 +145,7 @@ class Sandbox:
         if os.path.exists(path):
             os.unlink(path)
         self.server = control.listen(path)
-        kernel.add_reader(self.server, self._accept)
+        kernel.loop.add_reader(self.server, self._accept)
         self.exec_waiters: dict[int, int] = {}  # pid -> socket fd of the attached exec waiting for it
         kernel.on_exit = self._process_exited
 

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from snapbox.kernel.kernel import Kernel, LoadContext
+from snapbox.kernel.checkpoint import LoadContext
+from snapbox.kernel.kernel import Kernel
 from snapbox.platform.cpuid import FeatureSet
 from snapbox.state.image import ImageReader
 from tests.conftest import REPO, lines, wait_for

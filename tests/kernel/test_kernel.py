@@ -9,7 +9,8 @@ import os
 
 import pytest
 
-from snapbox.kernel.kernel import Kernel, LoadContext
+from snapbox.kernel.checkpoint import LoadContext
+from snapbox.kernel.kernel import Kernel
 from snapbox.kernel.mm import MemoryManager
 from snapbox.kernel.syscalls.fs import pack_stat
 

@@ -19,7 +19,8 @@ from snapbox.kernel.pipe import FifoNode, make_pipe
 from snapbox.kernel.socket import SocketNode, UnixSocket, make_pair
 from snapbox.kernel.procfs import ProcFile, ProcNode, mount_proc
 from snapbox.kernel.host import HostFile
-from snapbox.kernel.kernel import Kernel, LoadContext
+from snapbox.kernel.checkpoint import LoadContext
+from snapbox.kernel.kernel import Kernel
 from snapbox.kernel.mm import MemoryManager, Vma
 from snapbox.kernel.task import FSContext, PIDNamespace, SigAction, Task, TaskSet, ThreadGroup
 from snapbox.kernel.time import Timekeeper

@@ -157,7 +157,8 @@ GOLDEN_GRAPH = _golden_graph()
 def test_damaged_kernel_graphs_are_refused_or_decoded(edits):
     """A real kernel graph (the golden image's), damaged past its checksums: the decoder
     refuses it with an ImageError or builds a graph whose fields have the declared types."""
-    from snapbox.kernel.kernel import Kernel, LoadContext
+    from snapbox.kernel.checkpoint import LoadContext
+    from snapbox.kernel.kernel import Kernel
 
     blob = bytearray(GOLDEN_GRAPH)
     for pos, byte in edits:

@@ -1,0 +1,303 @@
+"""Checkpoint and restore: saving a paused kernel to an image, reading one back (eagerly or
+lazily), and giving a restored kernel's processes new stubs.
+
+Save order follows gVisor's Kernel.SaveTo: time stopped, the CPU feature set, the kernel
+graph, memory last; a restore reads them in that order, refusing an incompatible host
+before it decodes anything else.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import logging
+import os
+import stat
+import time
+from dataclasses import dataclass
+from typing import IO, TYPE_CHECKING, Callable
+
+import zstandard
+
+from snapbox import __version__
+from snapbox.kernel.lifecycle import host_cpu_ns
+from snapbox.kernel.mm import MemoryManager
+from snapbox.kernel.signals import (
+    SIGKILL,
+    fit_xstate,
+)
+from snapbox.kernel.syscalls import MASK64
+from snapbox.kernel.task import Run
+from snapbox.memfile import PAGE_SIZE
+from snapbox.memfile.lazy import MemoryLost
+from snapbox.memfile.memfile import CHUNK_HEAD_SIZE
+from snapbox.platform import ptrace, uffd
+from snapbox.platform.cpuid import FeatureSet
+from snapbox.platform.stub import Stub, StubError
+from snapbox.state import (
+    ImageError,
+    SnapboxError,
+    decode_graph,
+    encode_graph,
+    encode_graph_with_stats,
+)
+from snapbox.state.image import ImageReader, ImageWriter
+
+if TYPE_CHECKING:
+    from snapbox.kernel.kernel import Kernel
+
+log = logging.getLogger("snapbox.kernel")
+
+MAX_KERNEL_SECTION = 1 << 30  # bound on the decompressed kernel graph of an image
+
+
+@dataclass
+class LoadContext:
+    """What a restore supplies that the image does not: host facts of the new sandbox."""
+
+    rootfs: str | None = None  # the restoring bundle's rootfs (None: the one saved)
+
+
+class Checkpointing:
+    """Kernel methods for checkpoint and restore (mixed into Kernel)."""
+
+    def save(self, f: IO[bytes], compress: bool = True, meta: dict | None = None,
+             progress: Callable[[int, int], None] | None = None, store_file_pages: bool = False) -> dict:
+        """Write a checkpoint image of this (paused) kernel to `f`. Returns the image summary.
+
+        Order (as gVisor's Kernel.SaveTo): time stopped, CPU features, kernel graph, memory.
+        `progress(done, total)` is called as memory bytes are written. Host files' cached
+        pages are references the restore reads back, unless `store_file_pages`.
+        """
+        if not self.paused:
+            raise SnapboxError("internal: save needs a paused kernel")
+        self.memfile.finish_loading()
+        self.timekeeper.stop()
+        try:
+            for t in self.tasks.live_tasks():
+                regs = ptrace.copy_regs(t.regs)
+                t.saved_syscall = -1
+                if t.run is Run.SYSCALL:
+                    # Rewind to the syscall instruction: the task will make the call again.
+                    t.saved_syscall = regs.orig_rax
+                    regs.rip -= 2
+                    regs.rax = regs.orig_rax
+                t.saved_regs = ptrace.regs_to_tuple(regs)
+                t.saved_fpstate = ptrace.get_xstate(t.host_tid, max(self.features.xsave_size, 512))
+                t.cpu_base = self.cpu_time_ns(t)
+                t.cpu_start = host_cpu_ns(t.host_tid)
+            header = {"snapbox": __version__, "created": time.time(), "host": os.uname().nodename,
+                      "kernel": os.uname().release, "compression": "zstd" if compress else "none"}
+            header.update(meta or {})
+            w = ImageWriter(f, header)
+            with w.section("cpuid") as s:
+                s.write_chunk(encode_graph(self.features))
+            skip = self.file_cache.before_image(store_file_pages)
+            graph, stats = encode_graph_with_stats(self)
+            with w.section("kernel") as s:
+                s.write_chunk(zstandard.ZstdCompressor(level=3).compress(graph))
+            total = self.memfile.allocated
+            report = (lambda done: progress(done, total)) if progress else None
+            with w.section("memory") as s:
+                for chunk, crc in self.memfile.save_chunks(compress, lambda: w.pos, report, skip):
+                    s.write_chunk(chunk, crc)
+            summary = {"graph_bytes": len(graph), "graph_sha256": hashlib.sha256(graph).digest(), "types": stats,
+                       "memory_allocated": self.memfile.allocated - self.file_cache.unread_bytes(),
+                       "memory_saved": self.memfile.saved_bytes,
+                       "file_references": len(skip), "file_bytes_referenced": self.file_cache.referenced_bytes()}
+            w.finish(summary)
+            summary["sections"] = w.summary
+            return summary
+        finally:
+            for t in self.tasks.live_tasks():
+                t.saved_regs = ()
+                t.saved_fpstate = b""
+                t.saved_syscall = -1
+
+    @classmethod
+    def read_image(cls, f: IO[bytes], ctx: LoadContext, check_cpu: bool = True,
+                   progress: Callable[[int, int], None] | None = None,
+                   load_memory: bool = True, lazy: bool = False) -> tuple[Kernel, dict]:
+        """Read a whole image: the CPU feature set first (checked against this host unless
+        `check_cpu` is false), then the graph, then memory (checked, and copied into the
+        MemoryFile if `load_memory`), then the trailer. Starts nothing. Returns the kernel
+        and the trailer's summary.
+
+        With `lazy` (and `f` a regular file), memory stays in the image: only its chunks'
+        places are read here, and each chunk is loaded (and checked) when first needed, or
+        by background threads meanwhile. A read lease on the image makes whoever opens it
+        to change it wait until all is loaded."""
+        r = ImageReader(f)
+        features = decode_graph(r.read_section("cpuid"))
+        if not isinstance(features, FeatureSet):
+            raise ImageError("image cpuid section does not hold a CPU feature set")
+        if check_cpu:
+            features.check_host(FeatureSet.host())
+        try:
+            raw = zstandard.ZstdDecompressor().decompress(r.read_section("kernel"),
+                                                         max_output_size=MAX_KERNEL_SECTION)
+        except zstandard.ZstdError as e:
+            raise ImageError(f"image kernel section is corrupt ({e})") from None
+        kernel = decode_graph(raw, ctx)
+        if not isinstance(kernel, cls):
+            raise ImageError("image kernel section does not hold a kernel")
+        kernel.paused = True
+        total = kernel.memfile.allocated
+        report = (lambda done: progress(done, total)) if progress else None
+        if load_memory and lazy and _is_file(f):
+            kernel._load_lazily(r, f)
+        elif load_memory:
+            kernel.memfile.load_chunks(r.section("memory"), report)
+        else:
+            for _ in r.section("memory"):
+                pass
+        try:
+            summary = r.finish()
+            digest = summary.get("graph_sha256")
+            if digest is not None and digest != hashlib.sha256(raw).digest():
+                # The chunks' checksums held, yet the graph is not the one written: whatever
+                # it says (of host files, say) is not to be believed.
+                raise ImageError("image is corrupt (its kernel graph does not match the trailer's digest)")
+            if load_memory:
+                try:
+                    kernel.file_cache.restore()
+                except MemoryLost as e:
+                    kernel._memory_lost(e)  # a lazy restore: the sandbox ends once started
+        except BaseException:
+            kernel.memfile.stop_loading()  # a lazy restore's loaders
+            raise
+        summary["meta"] = r.meta
+        summary["format"] = r.version
+        summary["sections"] = r.sections_read
+        return kernel, summary
+
+    @classmethod
+    def load(cls, f: IO[bytes], ctx: LoadContext,
+             progress: Callable[[int, int], None] | None = None) -> Kernel:
+        """Restore from an image: read it whole and checked, then give every process a new
+        stub with its memory mapped and its registers set. No task runs until start()."""
+        kernel, _ = cls.read_image(f, ctx, progress=progress)
+        kernel.attach_stubs()
+        return kernel
+
+    def _load_lazily(self, r: ImageReader, f: IO[bytes]) -> None:
+        self.loaded = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self.loop.add_reader(self.loaded, self._memory_loaded)
+        fd = os.dup(f.fileno())
+        # A read lease: whoever opens the image to write or truncate it waits (and SIGIO tells
+        # us) until the rest of memory is loaded and the image closed.
+        try:
+            fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
+        except OSError as e:
+            log.warning("no lease on the image (%s): it must not change until memory is loaded", e.strerror)
+        index = r.section_index("memory", CHUNK_HEAD_SIZE)
+        self.memfile.load_lazily(fd, index, lambda: os.eventfd_write(self.loaded, 1))
+
+    def _image_changing(self) -> None:
+        """Someone opens the image of a lazy restore to change it: load the rest first."""
+        if self.memfile.lazy is None:
+            return
+        log.info("the image is being changed: loading the rest of memory now")
+        try:
+            self.memfile.finish_loading()  # closes the image: the lease goes, their open goes on
+        except ImageError as e:
+            self._memory_lost(e)
+
+    def _catch_first_touches(self, mm: MemoryManager) -> None:
+        """Have the stub of `mm` stop at its first touch of memory a lazy restore has not
+        loaded yet, and tell us."""
+        lazy = self.memfile.lazy
+        ranges = [(v.start, v.end - v.start) for v in mm.vmas if lazy.pending(v.offset, v.end - v.start)]
+        if not ranges:
+            return
+        try:
+            fd = uffd.open_for(mm.stub)
+        except StubError as e:
+            # userfaultfd(2) may be filtered out (a container's seccomp profile): load it all now.
+            log.warning("%s: memory is loaded before the program runs", e)
+            try:
+                self.memfile.finish_loading()
+            except MemoryLost as lost:
+                self._memory_lost(lost)
+            return
+        self.faults[mm] = fd
+        for start, length in ranges:
+            uffd.register(fd, start, length)
+        self.loop.add_reader(fd, lambda: self._on_faults(mm, fd))
+
+    def _on_faults(self, mm: MemoryManager, fd: int) -> None:
+        for addr in uffd.faults(fd):
+            vma = mm.find(addr)
+            if vma is not None:
+                try:
+                    self.memfile.ensure_loaded(vma.offset + (addr - vma.start), PAGE_SIZE)
+                except ImageError as e:
+                    self._memory_lost(e)
+                    return
+            uffd.resolve(fd, addr)
+
+    def _memory_loaded(self) -> None:
+        """The lazy restore's background threads are done (or one failed)."""
+        try:
+            self.memfile.finish_loading()
+        except ImageError as e:
+            self._memory_lost(e)
+            return
+        self._stop_catching()
+
+    def _stop_catching(self) -> None:
+        for fd in self.faults.values():
+            self.loop.remove_reader(fd)
+            os.close(fd)  # the registrations go with it, and waiting threads wake
+        self.faults.clear()
+        if self.loaded >= 0:
+            self.loop.remove_reader(self.loaded)
+            os.close(self.loaded)
+            self.loaded = -1
+
+    def _memory_lost(self, e: MemoryLost) -> None:
+        """Memory a lazy restore left in the image cannot be read back: the sandbox ends,
+        its processes killed with SIGKILL (before start(): as soon as it starts)."""
+        if not self.started:
+            self.memory_error = self.memory_error or e
+            return
+        if self.memfile.lazy is None:
+            return  # ended already, by a loss found before
+        log.error("memory could not be restored: %s; every process is killed", e)
+        # No more loading: freeing the processes' memory must not go back to the image.
+        self.memfile.stop_loading()
+        self._stop_catching()
+        for tg in list(self.tasks.pidns.groups.values()):
+            self.exit_group(tg, SIGKILL)
+
+    def attach_stubs(self) -> None:
+        """After read_image: give every process a new stub with its memory mapped and its
+        registers set; the clock stays stopped until start()."""
+        self.timekeeper.stopped = True
+        host = FeatureSet.host()
+        for tg in self.tasks.pidns.groups.values():
+            if tg.exit_status is not None or not tg.tasks:
+                continue
+            stub = Stub.spawn(self.memfile.fd)
+            tg.mm.attach(stub, lazy=self.memfile.lazy is not None)
+            if self.memfile.lazy is not None:
+                self._catch_first_touches(tg.mm)
+            for i, t in enumerate(tg.tasks):
+                if not t.saved_regs:
+                    raise ImageError(f"image holds task {t.tid} without registers")
+                host_tid = stub.pid if i == 0 else stub.clone_thread(stub.pid)
+                regs = ptrace.regs_from_tuple(t.saved_regs)
+                regs.orig_rax = MASK64
+                ptrace.set_xstate(host_tid, fit_xstate(t.saved_fpstate, host))
+                self._bind(t, host_tid, regs)
+                t.saved_regs = ()
+                t.saved_fpstate = b""
+
+
+def _is_file(f: IO[bytes]) -> bool:
+    """Whether `f` is a regular file (an image a lazy restore can go back to), not a pipe."""
+    try:
+        return stat.S_ISREG(os.fstat(f.fileno()).st_mode)
+    except (OSError, ValueError):
+        return False
+

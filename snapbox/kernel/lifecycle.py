@@ -1,0 +1,478 @@
+"""Processes: building a sandbox, fork, clone, execve, exit, reaping.
+
+The methods of Kernel that make and end processes and threads, each on its own stub (a
+process) or host thread of one (a thread): boot and spawn load a program into a new
+process, fork copies one, execve replaces its program, exit_group ends it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import stat
+from typing import TYPE_CHECKING
+
+from snapbox.kernel import elf
+from snapbox.kernel.devices import mount_dev
+from snapbox.kernel.errors import SyscallError
+from snapbox.kernel.fd import FDTable
+from snapbox.kernel.filepages import FilePages
+from snapbox.kernel.host import HostFile
+from snapbox.kernel.locks import release_owner
+from snapbox.kernel.mm import MemoryManager
+from snapbox.kernel.procfs import mount_proc
+from snapbox.kernel.signals import (
+    CLD_DUMPED,
+    CLD_EXITED,
+    CLD_KILLED,
+    CORE_DUMPED,
+    SA_NOCLDWAIT,
+    SIG_IGN,
+    SIGCHLD,
+    SIGKILL,
+    XSTATE_MAX,
+    siginfo,
+)
+from snapbox.kernel.syscalls import MASK64
+from snapbox.kernel.syscalls.futex import exit_robust_list
+from snapbox.kernel.syscalls.futex import wake as futex_wake
+from snapbox.kernel.task import (
+    FSContext,
+    PIDNamespace,
+    Run,
+    SigAction,
+    Task,
+    ThreadGroup,
+)
+from snapbox.kernel.vfs import Filesystem, LowerNode, MemRegular
+from snapbox.memfile import MemoryFile
+from snapbox.platform import ptrace
+from snapbox.platform.cpuid import FeatureSet
+from snapbox.platform.stub import APP_TOP, Stub
+from snapbox.state import SnapboxError
+
+if TYPE_CHECKING:
+    from snapbox.kernel.kernel import Kernel
+
+log = logging.getLogger("snapbox.kernel")
+
+WALL = 0x40000000
+CLONE_VM, CLONE_FS, CLONE_FILES, CLONE_SIGHAND = 0x100, 0x200, 0x400, 0x800
+CLONE_VFORK, CLONE_PARENT, CLONE_THREAD = 0x4000, 0x8000, 0x10000
+CLONE_SETTLS, CLONE_PARENT_SETTID, CLONE_CHILD_CLEARTID, CLONE_CHILD_SETTID = 0x80000, 0x100000, 0x200000, 0x1000000
+
+
+class Lifecycle:
+    """Kernel methods that make and end processes and threads (mixed into Kernel)."""
+
+    @classmethod
+    def boot(cls, rootfs: str, argv: list[bytes], env: list[bytes], cwd: str = "/",
+             hostname: str = "snapbox", memory_limit: int = 0, mounts: list | None = None,
+             user: tuple[int, int] = (0, 0)) -> Kernel:
+        """A kernel with one process (pid 1) ready to run argv[0], stdio = ours; its
+        memory (all processes together) limited to `memory_limit` bytes if not 0; `mounts`
+        are ("tmpfs", destination, "") and ("bind" or "rw-bind", destination, host source) entries."""
+        memfile = MemoryFile(limit=memory_limit)
+        fs = Filesystem(rootfs=rootfs, memfile=memfile)
+        mount_dev(fs, terminal=os.isatty(0))
+        k = cls(features=FeatureSet.host(), memfile=memfile, fs=fs, hostname=hostname)
+        mount_proc(k)
+        for kind, destination, source in mounts or ():
+            try:
+                if kind == "tmpfs":
+                    fs.mount_tmpfs(destination)
+                else:
+                    fs.mount_bind(destination, source, writable=kind == "rw-bind")
+            except SyscallError as e:
+                raise SnapboxError(f"cannot mount {destination} ({e})") from None
+        k.tasks.init = k.spawn(argv, env, cwd, creds=user)
+        return k
+
+    def spawn(self, argv: list[bytes], env: list[bytes], cwd: str, stdio: list[int] | None = None,
+              creds: tuple[int, int] = (0, 0)) -> ThreadGroup:
+        """A new process running argv[0] with no parent (init, or one `exec` adds).
+
+        Its stdio is the sandbox process's, or the host fds `stdio` (which it takes).
+        `creds` is (uid, gid). Starts when the kernel runs (at once if it is running).
+        """
+        fs = self.fs
+        root = fs.root
+        try:
+            _, _, cwd_node = fs.walk(root, root, cwd.encode())
+        except SyscallError:
+            cwd_node = None
+        if cwd_node is None or not cwd_node.is_dir():
+            raise SnapboxError(f"working directory {cwd} does not exist in the sandbox")
+        path = argv[0]
+        if b"/" not in path:
+            path = self._search_path(path, env)
+        try:
+            parent, name, node = fs.walk(cwd_node, root, path)
+        except SyscallError:
+            node = None
+        if node is None or node.is_dir():
+            raise SnapboxError(f"executable {path.decode(errors='replace')} not found in the sandbox")
+        pidns: PIDNamespace = self.tasks.pidns
+        mm = MemoryManager(memfile=self.memfile, cache=self.file_cache)
+        exe = _resolved(parent, name)
+        try:
+            data, pages = self._program_file(node)
+            image, entry, sp = self._load_program(mm, data, pages, exe, argv, env, path, cwd_node)
+        except SyscallError as e:
+            mm.release_all()
+            raise SnapboxError(f"cannot run {exe}: {e.args[1] or os.strerror(e.errno)}") from None
+        tgid = pidns.allocate()
+        fds = FDTable()
+        for i in range(3):
+            if stdio is None:
+                fds.install_at(i, HostFile(flags=2, stdio=i))
+            else:
+                fds.install_at(i, HostFile(flags=2, stdio=i, passed=True, fd=stdio[i]))
+        uid, gid = creds
+        tg = ThreadGroup(tgid=tgid, mm=mm, fds=fds, fs=FSContext(root=root, cwd=cwd_node),
+                         argv=list(argv), exe=exe, pgid=tgid, sid=tgid, creds=[uid, uid, uid, gid, gid, gid])
+        task = Task(tid=tgid, tg=tg, kernel=self, comm=os.path.basename(path).decode(errors="replace")[:15])
+        tg.tasks.append(task)
+        pidns.tasks[tgid] = task
+        pidns.groups[tgid] = tg
+        stub = Stub.spawn(self.memfile.fd)
+        mm.attach(stub)
+        regs = ptrace.copy_regs(stub.base_regs)
+        for reg in ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "r8", "r9", "r10", "r11",
+                    "r12", "r13", "r14", "r15", "fs_base", "gs_base"):
+            setattr(regs, reg, 0)
+        regs.rip = entry
+        regs.rsp = sp
+        self._bind(task, stub.pid, regs)
+        if not self.paused and self.tasks.init is not None:
+            self._resume(task)
+        return tg
+
+    def _load_program(self, mm: MemoryManager, data: bytes, pages: FilePages | None, exe: str,
+                      argv: list[bytes], env: list[bytes], path: bytes, cwd) -> tuple[elf.LoadedImage, int, int]:
+        """Map a program (its content `data`, its cached `pages` if any) and its dynamic
+        loader, if it names one, and build its stack. Returns the image, the address to
+        start at, and the initial stack pointer."""
+        try:
+            image = elf.load(mm, data, exe, pages=pages)
+        finally:
+            if pages is not None:
+                self.file_cache.forget_unused(pages)
+        mm.brk_start = mm.brk = image.end
+        entry, interp_base = image.entry, 0
+        if image.interp:
+            try:
+                _, _, node = self.fs.walk(cwd, self.fs.root, image.interp.encode())
+            except SyscallError:
+                node = None
+            if node is None or node.is_dir():
+                raise SyscallError(errno.ENOENT, f"its loader {image.interp} is not in the sandbox")
+            data, pages = self._program_file(node)
+            try:
+                loader = elf.load(mm, data, image.interp, base=elf.INTERP_BASE, pages=pages)
+            finally:
+                if pages is not None:
+                    self.file_cache.forget_unused(pages)
+            if loader.interp:
+                raise SyscallError(errno.ELIBBAD, f"its loader {image.interp} needs a loader itself")
+            entry, interp_base = loader.entry, loader.base
+        sp = elf.build_stack(mm, image, argv, env, path, self.features.hwcap(), interp_base)
+        return image, entry, sp
+
+    def _program_file(self, node) -> tuple[bytes, FilePages | None]:
+        """A program's content, and its cache entry if its pages can be mapped from the
+        cache (the caller forgets the entry if it maps none)."""
+        data = self._read_whole(node)
+        return data, self.file_cache.get(node) if isinstance(node, LowerNode) else None
+
+    def _search_path(self, name: bytes, env: list[bytes]) -> bytes:
+        paths = b"/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+        for e in env:
+            if e.startswith(b"PATH="):
+                paths = e[5:]
+        root = self.fs.root
+        for d in paths.split(b":"):
+            candidate = (d or b".") + b"/" + name
+            try:
+                _, _, node = self.fs.walk(root, root, candidate)
+            except SyscallError:
+                continue
+            if node is not None and not node.is_dir():
+                return candidate
+        raise SnapboxError(f"executable {name.decode(errors='replace')} not found in PATH")
+
+    def _read_whole(self, node) -> bytes:
+        if isinstance(node, MemRegular):
+            return node.read(0, node.length)
+        if isinstance(node, LowerNode):
+            fd = self.fs.host(node.layer).open(node.path, os.O_RDONLY)
+            try:
+                with os.fdopen(fd, "rb", closefd=False) as f:
+                    return f.read()
+            finally:
+                os.close(fd)
+        raise SnapboxError("executable is not a regular file")
+
+    def _bind(self, task: Task, host_tid: int, regs: ptrace.Regs) -> None:
+        """Make host thread `host_tid` run `task`, starting from `regs`."""
+        task.host_tid = host_tid
+        task.regs = regs
+        task.run = Run.STOPPED
+        task.cpu_start = host_cpu_ns(host_tid)
+        ptrace.setregs(host_tid, regs)
+        task.tg.mm.stub.clobbered.discard(host_tid)
+        self.by_host[host_tid] = task
+
+    def fork(self, t: Task, flags: int, stack: int = 0, ptid: int = 0, ctid: int = 0, tls: int = 0) -> int:
+        """fork(2), or clone(2) without shared memory: a new process holding a copy of the
+        caller's address space, its fds, handlers and registers. Returns the child's pid."""
+        parent = t.tg
+        pidns = self.tasks.pidns
+        mm = parent.mm.fork()
+        try:
+            stub = parent.mm.stub.fork(t.host_tid)
+        except (OSError, SnapboxError) as e:
+            mm.release_all()
+            log.warning("fork: no stub for the child: %s", e)
+            raise SyscallError(errno.EAGAIN) from None
+        tgid = pidns.allocate()
+        fds = FDTable(cloexec=set(parent.fds.cloexec), limit=parent.fds.limit)
+        for fd, f in parent.fds.files.items():
+            f.refs += 1
+            fds.files[fd] = f
+        tg = ThreadGroup(
+            tgid=tgid, mm=mm, fds=fds, parent=parent,
+            fs=FSContext(root=parent.fs.root, cwd=parent.fs.cwd, umask=parent.fs.umask),
+            sigactions={n: SigAction(a.handler, a.flags, a.restorer, a.mask) for n, a in parent.sigactions.items()},
+            argv=list(parent.argv), exe=parent.exe, rlimits=dict(parent.rlimits),
+            pgid=parent.pgid, sid=parent.sid, creds=list(parent.creds), groups=list(parent.groups),
+            prctl={k: v for k, v in parent.prctl.items() if k != "subreaper"})
+        child = Task(tid=tgid, tg=tg, kernel=self, comm=t.comm, signal_mask=t.signal_mask)
+        tg.tasks.append(child)
+        pidns.tasks[tgid] = child
+        pidns.groups[tgid] = tg
+        parent.children.append(tg)
+        mm.attach(stub)
+        self._start_child(t, child, stub.pid, flags, stack, ptid, ctid, tls)
+        return tgid
+
+    def _start_child(self, t: Task, child: Task, host_tid: int, flags: int, stack: int, ptid: int,
+                     ctid: int, tls: int) -> None:
+        """The clone(2) work common to a new process and a new thread: the tid words, the
+        registers and FP state of the caller (rax 0), then run it."""
+        tid_bytes = child.tid.to_bytes(4, "little")
+        if flags & CLONE_CHILD_SETTID:
+            child.mm.write(ctid, tid_bytes)
+        if flags & CLONE_PARENT_SETTID:
+            t.mm.write(ptid, tid_bytes)
+        if flags & CLONE_CHILD_CLEARTID:
+            child.clear_child_tid = ctid
+        regs = ptrace.copy_regs(t.regs)
+        regs.rax = 0
+        regs.orig_rax = MASK64
+        if stack:
+            regs.rsp = stack
+        if flags & CLONE_SETTLS:
+            regs.fs_base = tls
+        ptrace.set_xstate(host_tid, ptrace.get_xstate(t.host_tid, XSTATE_MAX))
+        self._bind(child, host_tid, regs)
+        if not self.paused:
+            self._resume(child)
+
+    def _stop_thread(self, task: Task) -> None:
+        """Bring a running thread to a stop (so a syscall can be injected into it)."""
+        if task.run is Run.RUNNING:
+            if not task.interrupt_pending:
+                ptrace.interrupt(task.host_tid)
+                task.interrupt_pending = True
+            while task.run is Run.RUNNING:
+                pid, status = os.waitpid(task.host_tid, WALL)
+                saved, self.paused = self.paused, True
+                try:
+                    self._on_status(pid, status)
+                finally:
+                    self.paused = saved
+
+    def execve(self, t: Task, path: bytes, argv: list[bytes], envp: list[bytes], depth: int = 0) -> None:
+        """execve(2): replace the caller's program. Fails with no side effect, or succeeds
+        with the task's registers set to the new program's entry."""
+        parent, name, node = self.fs.walk(t.fs.cwd, t.fs.root, path)
+        if node is None:
+            raise SyscallError(errno.ENOENT)
+        if node.is_dir() or not stat.S_ISREG(node.mode) or not node.mode & 0o111:
+            raise SyscallError(errno.EACCES)
+        data, pages = self._program_file(node)
+        if data[:2] == b"#!":
+            # A script: run its interpreter with the script's path (binfmt_script).
+            head = data[:258]
+            if pages is not None:
+                self.file_cache.forget_unused(pages)
+            if depth >= 4:
+                raise SyscallError(errno.ELOOP)
+            end = head.find(b"\n")
+            line = (head[2:end] if end >= 0 else head[2:])[:255].strip()
+            interp, _, arg = line.replace(b"\t", b" ").partition(b" ")
+            if not interp:
+                raise SyscallError(errno.ENOEXEC)
+            new_argv = [interp] + ([arg.strip()] if arg.strip() else []) + [path] + argv[1:]
+            self.execve(t, interp, new_argv, envp, depth + 1)
+            return
+        mm = MemoryManager(memfile=self.memfile, cache=self.file_cache)
+        try:
+            exe = _resolved(parent, name)
+            image, entry, sp = self._load_program(mm, data, pages, exe, argv, envp, path, t.fs.cwd)
+        except BaseException:
+            mm.release_all()
+            raise
+        # The point of no return: the old program is gone from here on.
+        tg = t.tg
+        stub = tg.mm.stub
+        for other in [x for x in tg.tasks if x is not t]:
+            self._stop_thread(other)
+            self._drop(other)
+            tg.tasks.remove(other)
+            stub.exit_thread(other.host_tid)
+        stub.unmap(0, APP_TOP)
+        tg.mm.release_all()
+        tg.mm = mm
+        mm.attach(stub)
+        for fd in sorted(tg.fds.cloexec):
+            tg.fds.close(fd)
+        tg.sigactions = {n: a for n, a in tg.sigactions.items() if a.handler == SIG_IGN}
+        tg.argv = list(argv)
+        tg.exe = exe
+        t.comm = os.path.basename(path).decode(errors="replace")[:15]  # execve(2): the name it was run by
+        regs = t.regs
+        for name in ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "r8", "r9", "r10", "r11",
+                     "r12", "r13", "r14", "r15", "fs_base", "gs_base"):
+            setattr(regs, name, 0)
+        regs.rip = entry
+        regs.rsp = sp
+        ptrace.set_xstate(t.host_tid, stub.base_xstate)
+
+    def exit_task(self, task: Task, status: int) -> None:
+        """exit(2) of one thread; the last thread's exit ends its thread group."""
+        if len(task.tg.tasks) <= 1:
+            self.exit_group(task.tg, status)
+            return
+        exit_robust_list(task)
+        self._clear_child_tid(task)
+        self._drop(task)
+        task.tg.tasks.remove(task)
+        task.tg.mm.stub.exit_thread(task.host_tid)
+
+    def _clear_child_tid(self, task: Task) -> None:
+        """set_tid_address(2): at thread exit, zero the word and wake one futex waiter
+        (how pthread_join learns a thread is gone)."""
+        if task.clear_child_tid:
+            with contextlib.suppress(SyscallError):
+                task.mm.write(task.clear_child_tid, bytes(4))
+                futex_wake(task, task.clear_child_tid, 1)
+
+    def clone_thread(self, t: Task, flags: int, stack: int, ptid: int, ctid: int, tls: int) -> int:
+        """clone(2) with CLONE_THREAD: a new task in the caller's process, run by a new
+        host thread of the same stub."""
+        tg = t.tg
+        stub = tg.mm.stub
+        host_tid = stub.clone_thread(t.host_tid)
+        pidns = self.tasks.pidns
+        tid = pidns.allocate()
+        child = Task(tid=tid, tg=tg, kernel=self, comm=t.comm, signal_mask=t.signal_mask)
+        tg.tasks.append(child)
+        pidns.tasks[tid] = child
+        self._start_child(t, child, host_tid, flags, stack, ptid, ctid, tls)
+        return tid
+
+    def exit_group(self, tg: ThreadGroup, status: int) -> None:
+        """End every task of `tg` with wait status `status`; init's exit ends the sandbox."""
+        if tg.exit_status is not None:
+            return
+        for task in list(tg.tasks):
+            exit_robust_list(task)
+            self._drop(task)
+        tg.tasks.clear()
+        stub = tg.mm.stub
+        if stub is not None:
+            stub.kill()
+            tg.mm.stub = None
+        fd = self.faults.pop(tg.mm, None)
+        if fd is not None:
+            self.loop.remove_reader(fd)
+            os.close(fd)
+        tg.mm.release_all()
+        for f in tg.fds.files.values():
+            node = getattr(f, "node", None)
+            if node is not None and getattr(node, "locks", None):
+                release_owner(self.fs, node, tg.tgid)
+        tg.fds.close_all()
+        tg.exit_status = status
+        init = self.tasks.init
+        for child in tg.children:
+            if child.pdeath_signal and child.exit_status is None:
+                self.send_signal(child, child.pdeath_signal)
+            if tg is not init:
+                child.parent = init
+                init.children.append(child)
+        if tg is not init:
+            tg.children = []
+        parent = tg.parent
+        if parent is not None and parent.exit_status is None:
+            act = parent.sigaction(SIGCHLD)
+            if act.handler == SIG_IGN or act.flags & SA_NOCLDWAIT:
+                self.reap(tg)  # sigaction(2): the child does not become a zombie
+            else:
+                code = (CLD_DUMPED if status & CORE_DUMPED else CLD_KILLED) if status & 0x7F else CLD_EXITED
+                value = status & 0x7F if status & 0x7F else (status >> 8) & 0xFF
+                self.send_signal(parent, SIGCHLD, siginfo(SIGCHLD, code, tg.tgid, 0, value))
+            parent.child_exit.notify()
+        if self.on_exit is not None:
+            self.on_exit(tg)
+        if tg is init:
+            self.exit_status = status
+            for other in list(self.tasks.pidns.groups.values()):
+                if other.exit_status is None:
+                    self.exit_group(other, SIGKILL)
+
+    def reap(self, tg: ThreadGroup) -> None:
+        """Forget an exited child: its pid is free again."""
+        if tg.parent is not None and tg in tg.parent.children:
+            tg.parent.children.remove(tg)
+        self.tasks.pidns.groups.pop(tg.tgid, None)
+
+    def _drop(self, task: Task) -> None:
+        task.run = Run.DEAD
+        for q in task.waiting:
+            if task in q.waiters:
+                q.waiters.remove(task)
+        task.waiting = ()
+        task.timer_token += 1
+        self.by_host.pop(task.host_tid, None)
+        self.tasks.pidns.tasks.pop(task.tid, None)
+
+    def shutdown(self) -> None:
+        """Kill every stub (the sandbox is being torn down)."""
+        self.kill_stubs()
+        self.collect_stops()
+        self.memfile.stop_loading()
+
+    def kill_stubs(self) -> None:
+        """SIGKILL every stub, without waiting: no task runs again."""
+        for tg in self.tasks.pidns.groups.values():
+            if tg.mm.stub is not None:
+                tg.mm.stub.kill()
+
+
+def _resolved(parent, name: str) -> str:
+    """The sandbox path of the node named `name` in directory `parent` (symlinks resolved)."""
+    base = parent.path()
+    return base + name if base.endswith("/") else f"{base}/{name}"
+
+def host_cpu_ns(tid: int) -> int:
+    """CPU time host thread `tid` has used, in ns (0 if it is gone)."""
+    try:
+        with open(f"/proc/{tid}/schedstat") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0

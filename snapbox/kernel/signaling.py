@@ -1,0 +1,327 @@
+"""Signals: sending, delivery on real x86-64 signal frames, sigreturn, faults, job control.
+
+The methods of Kernel that decide what a signal does to a task: run its handler (a frame
+on its stack, its syscall interrupted or restarted), carry out a default action (kill,
+stop, continue), or wait while it is blocked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import signal
+import struct
+
+from snapbox.kernel.errors import SyscallError, TaskExit
+from snapbox.kernel.signals import (
+    CLD_CONTINUED,
+    CLD_STOPPED,
+    CORE_DUMPED,
+    EFLAGS_USER,
+    REDZONE,
+    SA_NOCLDSTOP,
+    SA_NODEFER,
+    SA_ONSTACK,
+    SA_RESETHAND,
+    SA_RESTART,
+    SI_USER,
+    SIG_DFL,
+    SIG_IGN,
+    SIGCHLD,
+    SIGKILL,
+    SS_DISABLE,
+    SS_ONSTACK,
+    UCONTEXT_SIZE,
+    XSTATE_MAX,
+    Default,
+    build_frame,
+    default_action,
+    fit_xstate,
+    parse_frame,
+    sigbit,
+    siginfo,
+    xsave_for_frame,
+)
+from snapbox.kernel.syscalls import MASK64, NR
+from snapbox.kernel.task import Run, SigAction, Task, ThreadGroup
+from snapbox.platform import ptrace
+from snapbox.platform.cpuid import FeatureSet
+
+log = logging.getLogger("snapbox.kernel")
+
+# signal(7): calls that fail with EINTR after a handler even with SA_RESTART.
+NEVER_RESTARTED = frozenset({NR.poll, NR.ppoll, NR.select, NR.pselect6, NR.nanosleep, NR.clock_nanosleep,
+                             NR.rt_sigsuspend, NR.pause, NR.rt_sigtimedwait, NR.epoll_wait,
+                             NR.epoll_pwait, NR.epoll_pwait2})
+# Calls that return what they did so far, rather than EINTR, when interrupted part way.
+PARTIAL_RESULT_SYSCALLS = frozenset({NR.write, NR.writev})
+SLEEP_SYSCALLS = frozenset({NR.nanosleep, NR.clock_nanosleep})
+STOP_SIGNALS = sigbit(signal.SIGSTOP) | sigbit(signal.SIGTSTP) | sigbit(signal.SIGTTIN) | sigbit(signal.SIGTTOU)
+
+
+class Signaling:
+    """Kernel methods for signals and job control (mixed into Kernel)."""
+
+    def _fault(self, task: Task, sig: int) -> None:
+        """A signal the stub's own execution raised: a fault becomes the application's
+        signal (with the host's siginfo: si_code, si_addr); one sent from the host is
+        not the application's business."""
+        info = ptrace.getsiginfo(task.host_tid)
+        code = struct.unpack_from("<i", info, 8)[0]
+        if code <= 0:
+            self._resume(task)
+            return
+        self._force_signal(task, sig, info)
+
+    def _force_signal(self, task: Task, sig: int, info: bytes) -> None:
+        """force_sig_info(): deliver a synchronous signal to a stopped task; blocked or
+        ignored, it kills the process with its default action."""
+        bit = sigbit(sig)
+        act = task.tg.sigaction(sig)
+        if act.handler in (SIG_DFL, SIG_IGN) or task.signal_mask & bit:
+            # force_sig_info(): a fault that cannot be handled kills with the default action.
+            self.exit_group(task.tg, sig | CORE_DUMPED)
+            return
+        task.pending |= bit
+        task.siginfo[sig] = info
+        task.tg.mm.stub.clobbered.add(task.host_tid)
+        if not self.paused:
+            self._deliver_and_resume(task)
+
+    def _stop_group(self, tg: ThreadGroup, sig: int) -> None:
+        """Stop every task of `tg` (the default action of SIGSTOP, SIGTSTP, SIGTTIN, SIGTTOU)."""
+        if tg.job_stopped or tg.exit_status is not None:
+            return
+        tg.job_stopped = sig
+        tg.job_report = "stopped"
+        tg.pending &= ~sigbit(signal.SIGCONT)
+        for t in tg.tasks:
+            if t.run is Run.RUNNING and not t.interrupt_pending and not self.paused:
+                ptrace.interrupt(t.host_tid)
+                t.interrupt_pending = True
+        self._notify_parent(tg, CLD_STOPPED, sig)
+
+    def _continue_group(self, tg: ThreadGroup) -> None:
+        """SIGCONT: a stopped process goes on (whatever the signal's disposition)."""
+        for t in tg.tasks:
+            t.pending &= ~STOP_SIGNALS
+        tg.pending &= ~STOP_SIGNALS
+        if not tg.job_stopped:
+            return
+        tg.job_stopped = 0
+        tg.job_report = "continued"
+        self._notify_parent(tg, CLD_CONTINUED, signal.SIGCONT)
+        if self.paused:
+            return
+        for t in tg.tasks:
+            if t.run is Run.STOPPED:
+                self._deliver_and_resume(t)
+            elif t.run is Run.SYSCALL and not t.waiting and not t.queued:
+                self._enqueue(t)
+
+    def _notify_parent(self, tg: ThreadGroup, code: int, status: int) -> None:
+        parent = tg.parent
+        if parent is None or parent.exit_status is not None:
+            return
+        parent.child_exit.notify()
+        if not parent.sigaction(SIGCHLD).flags & SA_NOCLDSTOP:
+            self.send_signal(parent, SIGCHLD, siginfo(SIGCHLD, code, tg.tgid, 0, status))
+
+    def arm_itimer(self, tg: ThreadGroup) -> None:
+        """(Re)start tg's ITIMER_REAL from tg.itimer_real: SIGALRM at its deadline."""
+        tg.itimer_token += 1
+        deadline, _ = tg.itimer_real
+        if not deadline:
+            return
+        token = tg.itimer_token
+
+        def fire() -> None:
+            if tg.itimer_token != token or tg.exit_status is not None:
+                return
+            when, interval = tg.itimer_real
+            tg.itimer_real = (when + interval, interval) if interval else (0, 0)
+            self.send_signal(tg, signal.SIGALRM)
+            self.arm_itimer(tg)
+
+        self.call_at(deadline, fire)
+
+    def send_signal(self, tg: ThreadGroup, sig: int, info: bytes | None = None,
+                    task: Task | None = None) -> None:
+        """Send `sig` to a process, or to one of its threads (`task`). It is delivered when
+        a thread that does not block it next returns to user space; a thread that is
+        running is interrupted for it, one that is blocked in a syscall is woken."""
+        if tg.exit_status is not None:
+            return
+        if sig == SIGKILL:
+            self.exit_group(tg, SIGKILL)
+            return
+        if sig == signal.SIGCONT:
+            self._continue_group(tg)
+        elif sigbit(sig) & STOP_SIGNALS:
+            tg.pending &= ~sigbit(signal.SIGCONT)
+            if sig == signal.SIGSTOP:
+                self._stop_group(tg, sig)  # it cannot be caught, blocked or ignored
+                return
+        bit = sigbit(sig)
+        act = tg.sigaction(sig)
+        ignored = act.handler == SIG_IGN or (act.handler == SIG_DFL and default_action(sig) is Default.IGNORE)
+        targets = [task] if task is not None else list(tg.tasks)
+        if ignored and all(not t.signal_mask & bit for t in targets):
+            return  # signal(7): an ignored signal is discarded when it is generated
+        info = info if info is not None else siginfo(sig, SI_USER)
+        holder = task if task is not None else tg
+        if not holder.pending & bit:  # standard signals do not queue: one pending at most
+            holder.pending |= bit
+            holder.siginfo[sig] = info
+        tg.signal_wait.notify()
+        for t in targets:
+            if not t.signal_mask & bit:
+                self._kick(t)
+                break
+
+    def _deliverable(self, t: Task) -> int:
+        return (t.pending | t.tg.pending) & ~t.signal_mask
+
+    def _kick(self, t: Task) -> None:
+        """Get `t` to a point where it can take a signal."""
+        if self.paused:
+            return  # unpause() looks at every task
+        if t.run is Run.RUNNING:
+            if not t.interrupt_pending:
+                ptrace.interrupt(t.host_tid)
+                t.interrupt_pending = True
+        elif t.run is Run.SYSCALL and not t.queued and t is not self.current:
+            self._interrupt_syscall(t)
+
+    def _interrupt_syscall(self, t: Task) -> None:
+        """A signal arrived for a task blocked in a syscall: end or restart the syscall
+        (signal(7), "Interruption of system calls"), deliver, and let the task run."""
+        regs = t.regs
+        nr = regs.orig_rax
+        for q in t.waiting:
+            if t in q.waiters:
+                q.waiters.remove(t)
+        t.waiting = ()
+        t.timer_token += 1
+        sig = _lowest(self._deliverable(t))
+        act = t.tg.sigaction(sig)
+        progress = t.restart_value(nr)
+        if nr in PARTIAL_RESULT_SYSCALLS and progress:
+            regs.rax = progress
+        elif act.handler not in (SIG_DFL, SIG_IGN) and act.flags & SA_RESTART and nr not in NEVER_RESTARTED:
+            regs.rip -= 2  # make the syscall again once the handler returns
+            regs.rax = regs.orig_rax
+        else:
+            regs.rax = -errno.EINTR & MASK64
+            if nr in SLEEP_SYSCALLS and progress is not None:
+                self._write_remaining(t, nr, progress)
+        t.restart = None
+        t.run = Run.STOPPED
+        t.tg.mm.stub.clobbered.add(t.host_tid)
+        self._deliver_and_resume(t)
+
+    def _write_remaining(self, t: Task, nr: int, deadline: int) -> None:
+        regs = t.regs
+        rem = regs.rsi if nr == NR.nanosleep else regs.r10
+        if nr == NR.clock_nanosleep and regs.rsi & 1:  # TIMER_ABSTIME: nothing to report
+            return
+        if rem:
+            left = max(0, deadline - self.timekeeper.monotonic_ns())
+            with contextlib.suppress(SyscallError):
+                t.mm.write(rem, struct.pack("<qq", *divmod(left, 1_000_000_000)))
+
+    def _deliver_and_resume(self, t: Task) -> None:
+        if self._deliver_signals(t) and t.run is not Run.DEAD:
+            self._resume(t)
+
+    def _deliver_signals(self, t: Task) -> bool:
+        """Act on the lowest deliverable signal: discard it, carry out its default action,
+        or set up its handler's frame. Returns False if the task is gone."""
+        while True:
+            pending = self._deliverable(t)
+            if not pending:
+                return True
+            sig = _lowest(pending)
+            bit = sigbit(sig)
+            holder = t if t.pending & bit else t.tg
+            holder.pending &= ~bit
+            info = holder.siginfo.pop(sig, None) or siginfo(sig, SI_USER)
+            act = t.tg.sigaction(sig)
+            if act.handler == SIG_IGN:
+                continue
+            if act.handler == SIG_DFL:
+                action = default_action(sig)
+                if action in (Default.TERM, Default.CORE):
+                    self.exit_group(t.tg, sig | (CORE_DUMPED if action is Default.CORE else 0))
+                    return False
+                if action is Default.STOP:
+                    self._stop_group(t.tg, sig)
+                    t.tg.mm.stub.clobbered.add(t.host_tid)
+                    t.run = Run.STOPPED
+                    return True  # _resume keeps it stopped
+                continue
+            return self._setup_frame(t, sig, act, info)
+
+    def _setup_frame(self, t: Task, sig: int, act: SigAction, info: bytes) -> bool:
+        regs = t.regs
+        old_mask = t.saved_mask if t.saved_mask is not None else t.signal_mask
+        t.saved_mask = None
+        ss_sp, ss_flags, ss_size = t.altstack
+        on_altstack = ss_size and ss_sp <= regs.rsp < ss_sp + ss_size
+        if act.flags & SA_ONSTACK and not ss_flags & SS_DISABLE and not on_altstack:
+            sp = ss_sp + ss_size
+        else:
+            sp = regs.rsp - REDZONE
+        fpstate = ptrace.get_xstate(t.host_tid, XSTATE_MAX)
+        frame, data, fp_addr = build_frame(regs, sp, old_mask, t.altstack, fpstate, info, act.restorer)
+        try:
+            t.mm.write(fp_addr, xsave_for_frame(fpstate, self.features.xcr0))
+            t.mm.write(frame, data)
+        except SyscallError:
+            # No room for the frame (a blown stack): Linux kills with SIGSEGV.
+            self.exit_group(t.tg, signal.SIGSEGV | CORE_DUMPED)
+            return False
+        regs.rip = act.handler
+        regs.rsp = frame
+        regs.rdi = sig
+        regs.rsi = frame + 8 + UCONTEXT_SIZE
+        regs.rdx = frame + 8
+        regs.rax = 0
+        regs.orig_rax = MASK64
+        regs.eflags &= ~(0x400 | 0x100 | 0x10000)  # DF, TF, RF
+        mask = old_mask | act.mask | (0 if act.flags & SA_NODEFER else sigbit(sig))
+        t.signal_mask = mask & ~(sigbit(SIGKILL) | sigbit(signal.SIGSTOP))
+        if act.flags & SA_RESETHAND:
+            t.tg.sigactions.pop(sig, None)
+        t.tg.mm.stub.clobbered.add(t.host_tid)
+        return True
+
+    def sigreturn(self, t: Task) -> int:
+        """rt_sigreturn(2): restore the context the handler's frame saved."""
+        regs = t.regs
+        frame = regs.rsp - 8
+        try:
+            uc = parse_frame(t.mm.read(frame + 8, UCONTEXT_SIZE))
+            fpstate = t.mm.read(uc["fpstate"], max(self.features.xsave_size, 512)) if uc["fpstate"] else None
+        except SyscallError:
+            self.exit_group(t.tg, signal.SIGSEGV | CORE_DUMPED)
+            raise TaskExit from None
+        for name, value in uc["gprs"].items():
+            if name == "eflags":
+                regs.eflags = (regs.eflags & ~EFLAGS_USER) | (value & EFLAGS_USER)
+            else:
+                setattr(regs, name, value)
+        regs.orig_rax = MASK64
+        t.signal_mask = uc["mask"] & ~(sigbit(SIGKILL) | sigbit(signal.SIGSTOP))
+        ss_sp, ss_flags, ss_size = uc["stack"]
+        if not ss_flags & SS_ONSTACK:
+            t.altstack = (ss_sp, ss_flags & ~SS_ONSTACK, ss_size)
+        if fpstate is not None:
+            ptrace.set_xstate(t.host_tid, fit_xstate(fpstate, FeatureSet.host()))
+        return regs.rax
+
+
+def _lowest(mask: int) -> int:
+    """The lowest-numbered signal in a sigset."""
+    return (mask & -mask).bit_length()
