@@ -65,13 +65,16 @@ class Checkpointing:
              progress: Callable[[int, int], None] | None = None, store_file_pages: bool = False) -> dict:
         """Write a checkpoint image of this (paused) kernel to `f`. Returns the image summary.
 
-        Order (as gVisor's Kernel.SaveTo): time stopped, CPU features, kernel graph, memory.
-        `progress(done, total)` is called as memory bytes are written. Host files' cached
-        pages are references the restore reads back, unless `store_file_pages`.
+        Order (as gVisor's Kernel.SaveTo): time stopped, CPU features, kernel graph, memory;
+        time goes on again when the image is written (or the save fails): a sandbox that
+        goes on running does not see the time the checkpoint took. `progress(done, total)`
+        is called as memory bytes are written. Host files' cached pages are references the
+        restore reads back, unless `store_file_pages`.
         """
         if not self.paused:
             raise SnapboxError("internal: save needs a paused kernel")
         self.memfile.finish_loading()
+        time_was_stopped = self.timekeeper.stopped
         self.timekeeper.stop()
         try:
             for t in self.tasks.live_tasks():
@@ -113,6 +116,8 @@ class Checkpointing:
                 t.saved_regs = ()
                 t.saved_fpstate = b""
                 t.saved_syscall = -1
+            if not time_was_stopped:
+                self.timekeeper.resume()
 
     @classmethod
     def read_image(cls, f: IO[bytes], ctx: LoadContext, check_cpu: bool = True,

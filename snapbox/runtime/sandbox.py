@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import errno
 import json
 import logging
 import os
@@ -27,12 +26,11 @@ from snapbox.runtime import control
 from snapbox.runtime.bundle import Bundle
 from snapbox.runtime.container import exit_code
 from snapbox.runtime.progress import Progress
-from snapbox.state.direct import DirectWriter
+from snapbox.state import ImageWriteError
+from snapbox.state.image import WRITE_ERRORS, write_image
 
 log = logging.getLogger("snapbox.sandbox")
 
-AT_FDCWD = -100
-AT_EMPTY_PATH = 0x1000
 
 
 _GIVEN_CPUS: set[int] = set()  # the CPUs the sandbox process may use, before it pins itself
@@ -71,64 +69,6 @@ def _passed_fd(msg: dict[str, Any], fds: list[int], key: str) -> int | None:
     if not isinstance(index, int) or not 0 <= index < len(fds):
         raise SnapboxError(f"control request names a missing fd ({key})")
     return fds[index]
-
-
-# What writing an image may fail with that is the destination's doing, not snapbox's.
-WRITE_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.EROFS, errno.EPIPE})
-
-
-def write_image(kernel: Kernel, path: str, compress: bool, progress=None, meta: dict | None = None,
-                store_file_pages: bool = False) -> dict:
-    """Checkpoint `kernel` (paused) to `path`: written unnamed around the page cache where
-    the file system allows (see snapbox.state.direct), fsynced, then linked and renamed into
-    place, so an interrupted checkpoint never leaves a file under the target name."""
-    directory = os.path.dirname(path) or "."
-    flags = os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC
-    try:
-        try:
-            fd = os.open(directory, flags | os.O_DIRECT, 0o600)
-        except OSError as e:
-            if e.errno != errno.EINVAL:
-                raise
-            fd = os.open(directory, flags, 0o600)  # no O_DIRECT here (tmpfs)
-    except OSError as e:
-        raise SnapboxError(f"cannot write image in {directory} ({e.strerror})") from None
-    try:
-        try:
-            with DirectWriter(fd) as f:
-                summary = kernel.save(f, compress=compress, progress=progress, meta=meta,
-                                      store_file_pages=store_file_pages)
-            os.fsync(fd)
-        except OSError as e:
-            if e.errno not in WRITE_ERRORS:
-                raise
-            raise SnapboxError(f"cannot write image {path} ({e.strerror})") from None
-        partial = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.partial")
-        try:
-            _link_fd(fd, partial)
-            os.replace(partial, path)
-        except OSError as e:
-            raise SnapboxError(f"cannot write image {path} ({e.strerror})") from None
-    finally:
-        os.close(fd)
-    dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
-    return summary
-
-
-def _link_fd(fd: int, path: str) -> None:
-    """Give the unnamed (O_TMPFILE) file `fd` the name `path`."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.linkat(fd, b"", AT_FDCWD, os.fsencode(path), AT_EMPTY_PATH) == 0:
-        return
-    err = ctypes.get_errno()
-    if err not in (errno.EPERM, errno.ENOENT):
-        raise OSError(err, os.strerror(err))
-    # Without CAP_DAC_READ_SEARCH, linkat through /proc is the unprivileged way.
-    os.link(f"/proc/self/fd/{fd}", path, follow_symlinks=True)
 
 
 class Sandbox:
@@ -284,11 +224,11 @@ class Sandbox:
                     except OSError as e:
                         if e.errno not in WRITE_ERRORS:
                             raise
-                        raise SnapboxError(f"cannot write image to the output ({e.strerror})") from None
+                        raise ImageWriteError(f"cannot write image to the output ({e.strerror})") from None
                 else:
-                    summary = write_image(k, path, compress, progress, self.image_meta(), store)
+                    summary = write_image(path, lambda f: k.save(f, compress=compress, progress=progress,
+                                                                      meta=self.image_meta(), store_file_pages=store))
         except BaseException:
-            k.timekeeper.resume()
             if not was_paused:
                 k.unpause()
             raise
@@ -296,7 +236,6 @@ class Sandbox:
             if progress is not None:
                 progress.close()
         if msg.get("leave_running"):
-            k.timekeeper.resume()
             if not was_paused:
                 k.unpause()
         else:

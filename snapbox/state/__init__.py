@@ -1,6 +1,6 @@
 """Savable kernel objects, the object-graph codec, and the image file format."""
 
-from snapbox.state.errors import ImageError, IncompatibleHostError, SaveError, SnapboxError
+from snapbox.state.errors import ImageError, ImageWriteError, IncompatibleHostError, SaveError, SnapboxError
 from snapbox.state.savable import (
     decode_graph,
     encode_graph,
@@ -14,6 +14,7 @@ __all__ = [
     "ImageError",
     "IncompatibleHostError",
     "SaveError",
+    "ImageWriteError",
     "SnapboxError",
     "decode_graph",
     "encode_graph",

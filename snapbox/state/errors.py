@@ -13,5 +13,9 @@ class IncompatibleHostError(ImageError):
     """The image needs CPU features this host lacks."""
 
 
+class ImageWriteError(SnapboxError):
+    """An image could not be written where it was asked for (a full disk, say)."""
+
+
 class SaveError(SnapboxError):
     """The object graph holds something that cannot be saved; names the field path."""

@@ -7,26 +7,34 @@
 
 Every length comes before its bytes, so an image can be written to and read from a pipe.
 Every chunk carries its own checksum, so corruption is found before anything is decoded.
+write_image puts an image file in place whole or not at all.
 """
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import os
 import stat
 import struct
 import zlib
-from collections.abc import Iterator
-from typing import IO, Any
+from collections.abc import Callable, Iterator
+from typing import IO, Any, TypeVar
 
 import cbor2
 
-from snapbox.state.errors import ImageError
+from snapbox.state.direct import DirectWriter
+from snapbox.state.errors import ImageError, ImageWriteError
 
 MAGIC = b"SNAPBOX\0"
 FORMAT_VERSION = 1
 MAX_CHUNK = 64 << 20  # bounds the memory one chunk may take while reading
 MAX_META = 1 << 20
 MAX_SECTION = 256 << 20  # bounds a section read whole (cpuid, kernel); memory is streamed
+
+T = TypeVar("T")
+AT_FDCWD = -100
+AT_EMPTY_PATH = 0x1000
 
 _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
@@ -233,3 +241,60 @@ class ImageReader:
             return stat.S_ISREG(os.fstat(self.f.fileno()).st_mode)
         except (OSError, ValueError):  # io.UnsupportedOperation: an in-memory buffer
             return True
+
+
+# What writing an image may fail with that is the destination's doing, not snapbox's.
+WRITE_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.EROFS, errno.EPIPE})
+
+
+def write_image(path: str, write: Callable[[IO[bytes]], T]) -> T:
+    """Have `write(f)` write an image to `path` and return what it returns. The file is
+    written unnamed around the page cache where the file system allows (see
+    snapbox.state.direct), fsynced, then linked and renamed into place, so an interrupted
+    or failed write never leaves a file under the target name."""
+    directory = os.path.dirname(path) or "."
+    flags = os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC
+    try:
+        try:
+            fd = os.open(directory, flags | os.O_DIRECT, 0o600)
+        except OSError as e:
+            if e.errno != errno.EINVAL:
+                raise
+            fd = os.open(directory, flags, 0o600)  # no O_DIRECT here (tmpfs)
+    except OSError as e:
+        raise ImageWriteError(f"cannot write image in {directory} ({e.strerror})") from None
+    try:
+        try:
+            with DirectWriter(fd) as f:
+                result = write(f)
+            os.fsync(fd)
+        except OSError as e:
+            if e.errno not in WRITE_ERRORS:
+                raise
+            raise ImageWriteError(f"cannot write image {path} ({e.strerror})") from None
+        partial = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.partial")
+        try:
+            _link_fd(fd, partial)
+            os.replace(partial, path)
+        except OSError as e:
+            raise ImageWriteError(f"cannot write image {path} ({e.strerror})") from None
+    finally:
+        os.close(fd)
+    dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+    return result
+
+
+def _link_fd(fd: int, path: str) -> None:
+    """Give the unnamed (O_TMPFILE) file `fd` the name `path`."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.linkat(fd, b"", AT_FDCWD, os.fsencode(path), AT_EMPTY_PATH) == 0:
+        return
+    err = ctypes.get_errno()
+    if err not in (errno.EPERM, errno.ENOENT):
+        raise OSError(err, os.strerror(err))
+    # Without CAP_DAC_READ_SEARCH, linkat through /proc is the unprivileged way.
+    os.link(f"/proc/self/fd/{fd}", path, follow_symlinks=True)
