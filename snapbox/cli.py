@@ -93,7 +93,7 @@ def _container(obj: _Context, cid: str):
 def _attach(c) -> None:
     """Wait for an attached sandbox, forwarding signals; exit with the program's code."""
     from snapbox.runtime import control
-    from snapbox.runtime.container import exit_code
+    from snapbox.runtime.control import exit_code
 
     def forward(signum, frame):
         # Keyboard signals go to the foreground process group, as a terminal sends them.
@@ -339,8 +339,10 @@ def inspect(image_path: str, as_json: bool) -> None:
 
 @cli.command()
 @click.option("--stop", is_flag=True, help="Stop the warm pool of this root.")
+@click.option("--serve", is_flag=True, hidden=True, help="Be the pool (what the background process runs).")
+@click.option("--idle", type=float, default=None, hidden=True, help="With --serve: end after this many idle seconds.")
 @click.pass_obj
-def warm(obj: _Context, stop: bool) -> None:
+def warm(obj: _Context, stop: bool, serve: bool, idle: float | None) -> None:
     """Keep a warm pool for this --root: a process that has imported the whole sandbox,
     runs the commands the native `snapbox` front end hands it and forks a sandbox process
     for each run, create, do and restore under the root, so they skip the interpreter's
@@ -350,12 +352,14 @@ def warm(obj: _Context, stop: bool) -> None:
     Without this command, a root's first sandbox starts a pool that ends after
     SNAPBOX_WARM_IDLE seconds (default 300) without work; SNAPBOX_WARM=0 turns pools off.
     """
-    from snapbox.runtime.container import start_warm_pool, stop_warm_pool
+    from snapbox.runtime import warm as pool
 
+    if serve:
+        sys.exit(pool.serve(obj.root, command=main, idle=idle))  # it runs this command line
     if stop:
-        click.echo(f"stopped the warm pool of {obj.root} (pid {stop_warm_pool(obj.root)})")
+        click.echo(f"stopped the warm pool of {obj.root} (pid {pool.stop(obj.root)})")
     else:
-        click.echo(f"warm pool of {obj.root} running (pid {start_warm_pool(obj.root)})")
+        click.echo(f"warm pool of {obj.root} running (pid {pool.start(obj.root)})")
 
 
 @cli.command(name="cpu-features")
@@ -385,7 +389,7 @@ def cpu_features(as_json: bool) -> None:
 @click.pass_obj
 def wait(obj: _Context, container_id: str) -> None:
     """Wait for the container to stop and print its exit status as JSON."""
-    from snapbox.runtime.container import exit_code
+    from snapbox.runtime.control import exit_code
 
     status = _container(obj, container_id).wait()
     click.echo(json.dumps({"id": container_id, "exitStatus": exit_code(status)}))
@@ -474,7 +478,7 @@ def exec(obj: _Context, detach: bool, cwd: str | None, envs: tuple[str, ...], us
     Attached, it waits and exits with the process's exit code (128+N if killed by signal
     N), passing SIGINT, SIGTERM and SIGHUP on to it.
     """
-    from snapbox.runtime.container import exit_code
+    from snapbox.runtime.control import exit_code
 
     if tty and not os.isatty(0):
         raise SnapboxError("exec --tty needs a terminal on stdin")  # it runs on this command's terminal

@@ -1,4 +1,5 @@
-"""Host files imported into the sandbox: the sandbox process's stdio.
+"""The host as the sandbox sees it: the sandbox process's stdio, and the Linux that uname(2)
+and /proc report.
 
 A HostFile names which stdio stream it is, not a host fd: on restore it is bound to the
 stdio of the restoring process, the way a runc container's stdio is its caller's.
@@ -27,6 +28,22 @@ TIOCGWINSZ, TIOCSWINSZ, FIONREAD, TIOCNOTTY, TIOCGSID = 0x5413, 0x5414, 0x541B, 
 _TTY_FORWARDED = {TCGETS: (36, True), TCSETS: (36, False), TCSETSW: (36, False), TCSETSF: (36, False),
                   TIOCGWINSZ: (8, True), TIOCSWINSZ: (8, False), FIONREAD: (4, True)}
 _NAMES = ("stdin", "stdout", "stderr")
+
+# What uname(2) reports: a Linux the sandbox's programs can rely on, not the host's build.
+UTS_RELEASE = "6.1.0"
+UTS_VERSION = "#1 SMP snapbox"
+
+def host_meminfo() -> dict[str, int]:
+    """The host's /proc/meminfo in bytes (sysinfo(2) and the sandbox's /proc/meminfo)."""
+    out = {}
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                name, value = line.split(":", 1)
+                out[name] = int(value.split()[0]) * 1024
+    except (OSError, ValueError):
+        pass
+    return out
 
 
 def _dup_stdio(n: int) -> int:

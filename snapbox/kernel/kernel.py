@@ -1,4 +1,9 @@
-"""The Kernel: every kernel object of one sandbox, and the event loop that runs it.
+"""The Kernel: every kernel object of one sandbox, and the core that runs its tasks.
+
+Here: the Kernel's fields, and step/dispatch/park/wake/pause. Its other methods live by
+concern, as gVisor spreads a Task over task_*.go: lifecycle.py (boot, spawn, fork, clone,
+execve, exit, reap), signaling.py (signal delivery, frames, faults, job control) and
+checkpoint.py (save, restore, lazy loading); its event loop is loop.py.
 
 The loop is single-threaded. It waits on ptrace stops (SIGCHLD through a signalfd, then
 waitpid until empty), on host fds, and on the next timer deadline; all kernel state is
@@ -59,7 +64,12 @@ load_all()
 @savable
 @dataclass(eq=False)
 class Kernel(Lifecycle, Signaling, Checkpointing):
-    """One sandbox's kernel: tasks, memory, files, time, and the loop that drives them."""
+    """One sandbox's kernel: tasks, memory, files, time, and the loop that drives them.
+
+    A syscall stop reaches _dispatch, which runs the handler from syscalls.TABLE: it
+    returns a result, or raises WouldBlock before any side effect and the task is parked
+    (_park) until a WaitQueue or its deadline wakes it (wake), when the handler runs again
+    from the start."""
 
     features: FeatureSet
     memfile: MemoryFile

@@ -36,8 +36,8 @@ from snapbox.kernel.signals import (
     siginfo,
 )
 from snapbox.kernel.syscalls import MASK64
-from snapbox.kernel.syscalls.futex import exit_robust_list
-from snapbox.kernel.syscalls.futex import wake as futex_wake
+from snapbox.kernel.futex import exit_robust_list
+from snapbox.kernel.futex import wake as futex_wake
 from snapbox.kernel.task import (
     FSContext,
     PIDNamespace,

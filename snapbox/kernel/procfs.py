@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from snapbox.kernel.errors import SyscallError
 from snapbox.kernel.fd import OpenFile
+from snapbox.kernel.host import UTS_RELEASE, UTS_VERSION, host_meminfo
 from snapbox.kernel.vfs import Dir, Inode, now_ns
 from snapbox.memfile import PAGE_SIZE
 from snapbox.state import savable
@@ -261,12 +262,8 @@ def _top(k, name: str) -> str:
         return ("rootfs / overlay ro,relatime 0 0\nproc /proc proc rw,nosuid,nodev,noexec,relatime 0 0\n"
                 "devtmpfs /dev devtmpfs rw,nosuid 0 0\n")
     if name == "version":
-        from snapbox.kernel.syscalls.info import UTS_RELEASE, UTS_VERSION
-
         return f"Linux version {UTS_RELEASE} (snapbox) {UTS_VERSION}\n"
     if name == "meminfo":
-        from snapbox.kernel.syscalls.info import host_meminfo
-
         mem = host_meminfo()
         keys = ("MemTotal", "MemFree", "MemAvailable", "Buffers", "Cached", "SwapTotal", "SwapFree")
         return "".join(f"{key + ':':<16}{mem.get(key, 0) // 1024:8d} kB\n" for key in keys)

@@ -1,4 +1,5 @@
-"""Signal numbers and their default actions (signal(7))."""
+"""Signal numbers and default actions (signal(7)), siginfo, and the x86-64 signal frame
+(rt_sigframe, ucontext, the XSAVE area) a handler runs on."""
 
 from __future__ import annotations
 

@@ -26,13 +26,11 @@ import socket
 import struct
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 import cbor2
 
-import snapbox
 from snapbox.errors import ContainerStateError, SnapboxError
 from snapbox.runtime import control, warm
 
@@ -82,13 +80,6 @@ def _console(socket_path: str) -> int:
     finally:
         os.close(master)
     return slave
-
-
-def exit_code(status: int) -> int:
-    """A wait status as a shell exit code: the code, or 128+N when killed by signal N."""
-    if os.WIFSIGNALED(status):
-        return 128 + os.WTERMSIG(status)
-    return os.WEXITSTATUS(status)
 
 
 @dataclass
@@ -317,7 +308,7 @@ class Container:
                        "--bundle", self.state["bundle"], "--ready-fd", str(w), *self.options.boot_args()]
                 if restore_image is not None:
                     cmd += ["--restore", restore_image] + (["--lazy"] if lazy else [])
-                self.process = subprocess.Popen(cmd, pass_fds=(w,), start_new_session=True, env=sandbox_env(),
+                self.process = subprocess.Popen(cmd, pass_fds=(w,), start_new_session=True, env=warm.sandbox_env(),
                                                 **stdio)
                 pid = self.process.pid
         finally:
@@ -339,7 +330,7 @@ class Container:
         self.state["status"] = CREATED
         self.save_state()
         if self.process is not None:
-            autostart_warm_pool(self.root)
+            warm.autostart(self.root)
 
     # -- operations ----------------------------------------------------------------------------
 
@@ -510,64 +501,3 @@ class Container:
             # No record: the sandbox itself died (killed from the host).
             return signal.SIGKILL if code is None or code < 0 else code << 8
         return status
-
-
-def sandbox_env() -> dict[str, str]:
-    """The sandbox process's environment: ours, with our import path spelled out, as it
-    runs without the site module (which costs tens of milliseconds at every start)."""
-    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(snapbox.__file__)))
-    path = [package_parent, *(p for p in sys.path if p and os.path.isdir(p))]
-    return dict(os.environ, PYTHONPATH=os.pathsep.join(dict.fromkeys(path)))
-
-
-def start_warm_pool(root: str) -> int:
-    """Start the warm pool of `root` (see snapbox.runtime.warm); returns its pid once it
-    listens."""
-    pid = warm.running(root)
-    if pid is not None:
-        raise SnapboxError(f"a warm pool already runs for {root} (pid {pid})")
-    p = _launch_warm_pool(root, idle=None, stdout=subprocess.PIPE)
-    line = p.stdout.readline()
-    p.stdout.close()
-    if line != b"ready\n":
-        p.wait()
-        pid = warm.running(root)
-        if line == b"busy\n" and pid is not None:
-            raise SnapboxError(f"a warm pool already runs for {root} (pid {pid})")
-        raise SnapboxError(f"the warm pool did not start (see {root}/.warm.log)")
-    return p.pid
-
-
-def autostart_warm_pool(root: str) -> None:
-    """Start a warm pool for `root` in the background, one that ends by itself when idle, so
-    that the root's next commands are quick; unless SNAPBOX_WARM=0 or one runs already."""
-    if warm.enabled() and warm.running(root) is None:
-        with contextlib.suppress(OSError):
-            _launch_warm_pool(root, idle=warm.auto_idle(), stdout=subprocess.DEVNULL)
-
-
-def _launch_warm_pool(root: str, idle: float | None, stdout: int) -> subprocess.Popen:
-    os.makedirs(root, exist_ok=True)
-    cmd = [sys.executable, "-S", "-m", "snapbox.runtime.warm", "--root", os.path.abspath(root)]
-    if idle is not None:
-        cmd += ["--idle", str(idle)]
-    with open(os.path.join(root, ".warm.log"), "ab") as log:
-        return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=stdout, stderr=log, cwd="/",
-                                start_new_session=True, env=sandbox_env())
-
-
-def stop_warm_pool(root: str) -> int:
-    """Stop the warm pool of `root`; returns the pid it had."""
-    pid = warm.running(root)
-    if pid is None:
-        raise SnapboxError(f"no warm pool runs for {root}")
-    os.kill(pid, signal.SIGTERM)
-    try:
-        pidfd = os.pidfd_open(pid)
-    except OSError:
-        return pid
-    try:
-        select.select([pidfd], [], [], 10.0)
-    finally:
-        os.close(pidfd)
-    return pid

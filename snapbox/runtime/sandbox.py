@@ -24,7 +24,6 @@ from snapbox.kernel.kernel import Kernel
 from snapbox.kernel.strace import tracer
 from snapbox.runtime import control
 from snapbox.runtime.bundle import Bundle
-from snapbox.runtime.container import exit_code
 from snapbox.runtime.progress import Progress
 from snapbox.state import ImageWriteError
 from snapbox.state.image import WRITE_ERRORS, write_image
@@ -134,42 +133,58 @@ class Sandbox:
                 self.exec_waiters[reply["pid"]] = conn.detach()
 
     def handle(self, msg: dict[str, Any], fds: list[int]) -> dict[str, Any]:
-        op = msg.get("op")
+        """Carry out one request of the control protocol (snapbox.runtime.control) and
+        return its reply."""
+        op = control.check(msg.get("op"), msg)
+        return {"ok": True, **self.operations[op.name](self, msg, fds)}
+
+    def _start(self, msg: dict[str, Any], fds: list[int]) -> dict[str, Any]:
+        self.kernel.start()
+        return {}
+
+    def _pause(self, msg: dict[str, Any], fds: list[int]) -> dict[str, Any]:
+        self.kernel.pause()
+        return {}
+
+    def _resume(self, msg: dict[str, Any], fds: list[int]) -> dict[str, Any]:
+        self.kernel.unpause()
+        return {}
+
+    def _kill(self, msg: dict[str, Any], fds: list[int]) -> dict[str, Any]:
         k = self.kernel
-        if op == "start":
-            k.start()
-        elif op == "pause":
-            k.pause()
-        elif op == "resume":
-            k.unpause()
-        elif op == "kill":
-            sig = msg.get("signal")
-            if not isinstance(sig, int) or not 1 <= sig <= 64:
-                raise SnapboxError(f"invalid signal {sig!r}")
-            groups = k.tasks.pidns.groups
-            if msg.get("all"):
-                targets = [g for g in groups.values() if g.exit_status is None]
-            elif msg.get("foreground") and k.tasks.init is not None:
-                # As a terminal does: to the foreground process group.
-                pgrp = k.tty_pgrp or k.tasks.init.pgid
-                targets = [g for g in groups.values() if g.exit_status is None and g.pgid == pgrp]
-            elif msg.get("pid"):
-                targets = [groups[msg["pid"]]] if msg["pid"] in groups else []
-            else:
-                targets = [k.tasks.init] if k.tasks.init is not None else []
-            for tg in targets:
-                k.send_signal(tg, sig)
-        elif op == "checkpoint":
-            return {"ok": True, "summary": self.checkpoint(msg, fds)}
-        elif op == "ps":
-            return {"ok": True, "processes": k.processes()}
-        elif op == "stats":
-            return {"ok": True, "stats": self.stats()}
-        elif op == "exec":
-            return {"ok": True, "pid": self.exec(msg, fds)}
+        sig = msg.get("signal")
+        if not isinstance(sig, int) or not 1 <= sig <= 64:
+            raise SnapboxError(f"invalid signal {sig!r}")
+        groups = k.tasks.pidns.groups
+        if msg.get("all"):
+            targets = [g for g in groups.values() if g.exit_status is None]
+        elif msg.get("foreground") and k.tasks.init is not None:
+            # As a terminal does: to the foreground process group.
+            pgrp = k.tty_pgrp or k.tasks.init.pgid
+            targets = [g for g in groups.values() if g.exit_status is None and g.pgid == pgrp]
+        elif msg.get("pid"):
+            targets = [groups[msg["pid"]]] if msg["pid"] in groups else []
         else:
-            raise SnapboxError(f"unknown control operation {op!r}")
-        return {"ok": True}
+            targets = [k.tasks.init] if k.tasks.init is not None else []
+        for tg in targets:
+            k.send_signal(tg, sig)
+        return {}
+
+    def _checkpoint(self, msg: dict[str, Any], fds: list[int]) -> dict[str, Any]:
+        return {"summary": self.checkpoint(msg, fds)}
+
+    def _ps(self, msg: dict[str, Any], fds: list[int]) -> dict[str, Any]:
+        return {"processes": self.kernel.processes()}
+
+    def _stats(self, msg: dict[str, Any], fds: list[int]) -> dict[str, Any]:
+        return {"stats": self.stats()}
+
+    def _exec(self, msg: dict[str, Any], fds: list[int]) -> dict[str, Any]:
+        return {"pid": self.exec(msg, fds)}
+
+    # What carries out each operation of control.OPERATIONS.
+    operations = {"start": _start, "pause": _pause, "resume": _resume, "kill": _kill, "checkpoint": _checkpoint,
+                  "ps": _ps, "stats": _stats, "exec": _exec}
 
     def image_meta(self) -> dict[str, Any]:
         return {"bundle_config": self.bundle_config} if self.bundle_config else {}
@@ -346,7 +361,7 @@ def boot_main(root: str, cid: str, bundle_path: str, ready_fd: int, restore: str
         return 0
     record_end(cdir, {"status": status})
     log.info("sandbox ends: %s", status)
-    return exit_code(status)
+    return control.exit_code(status)
 
 
 def record_end(cdir: str, record: dict) -> None:

@@ -13,26 +13,30 @@ umask and environment, and the pool forks a worker that runs the command line ex
 worker first answers {"ok": true, "pid": PID} (the front end passes the signals it gets on
 to that pid) and at the end {"exit": CODE}.
 
-`python -S -m snapbox.runtime.warm --root R` serves until SIGTERM; the server's pid is in
-R/.warm.pid and its socket is R/.warm.sock. The first sandbox started on a root without a
+`snapbox --root R warm --serve` (the command line handing itself in to serve()) serves
+until SIGTERM; the server's pid is in R/.warm.pid and its socket is R/.warm.sock. The first sandbox started on a root without a
 pool starts one in the background (unless SNAPBOX_WARM=0); such a pool ends by itself once
 it has had no command and no sandbox for --idle seconds (SNAPBOX_WARM_IDLE, default 300).
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import fcntl
 import io
 import os
+import select
 import signal
 import socket
 import struct
+import subprocess
 import sys
 import time
 import traceback
+from collections.abc import Callable
 
+import snapbox
+from snapbox.errors import SnapboxError
 from snapbox.runtime import control
 
 SOCKET_NAME = ".warm.sock"
@@ -93,13 +97,15 @@ def _umask() -> int:
     return mask
 
 
-def serve(root: str, idle: float | None = None) -> int:
+def serve(root: str, command: Callable[[], None], idle: float | None = None) -> int:
     """Serve requests for `root` until SIGTERM or SIGINT, until `idle` seconds without a
     request or a live sandbox of the root, or until its socket is removed or snapbox's code changes
     (both checked every few seconds). Prints "ready" on stdout
     once it listens (or "busy" if another pool serves the root), then lets go of stdout."""
-    import snapbox.cli  # noqa: F401 - what every command it runs would import
     import snapbox.runtime.sandbox  # noqa: F401 - what every sandbox it forks would import
+
+    global _command
+    _command = command
 
     os.makedirs(root, exist_ok=True)
     global _lock
@@ -227,8 +233,6 @@ def _fork_command(msg: dict, fds: list[int], conn: socket.socket, listener: sock
 def _run_command(msg: dict, fds: list[int], conn: socket.socket) -> int:
     """In the forked worker: take the caller's setting, run the command line, report its
     exit code."""
-    from snapbox import cli
-
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
@@ -239,7 +243,7 @@ def _run_command(msg: dict, fds: list[int], conn: socket.socket) -> int:
     sys.argv = ["snapbox", *map(os.fsdecode, msg["argv"])]
     control.send_message(conn, {"ok": True, "pid": os.getpid()})
     try:
-        cli.main()
+        _command()
         code = 0
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
@@ -270,6 +274,7 @@ def _take_setting(msg: dict, fds: list[int]) -> None:
 
 _children: set[int] = set()  # the sandboxes and workers this pool forked that are alive
 _lock = -1  # the root's pool lock, held by the pool alone (not by what it forks)
+_command: Callable[[], None] = lambda: None  # the command line the pool runs (handed in by serve's caller)
 
 
 def _reap(signum, frame) -> None:
@@ -296,13 +301,62 @@ def _become_sandbox(msg: dict, fds: list[int], close: list[int]) -> int:
     return boot_main(ready_fd=fds[3], **msg["args"])
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(prog="snapbox-warm", description="The warm pool of one snapbox root.")
-    ap.add_argument("--root", required=True)
-    ap.add_argument("--idle", type=float, default=None, help="end after this many seconds without work")
-    a = ap.parse_args()
-    return serve(a.root, a.idle)
+def sandbox_env() -> dict[str, str]:
+    """The sandbox process's environment: ours, with our import path spelled out, as it
+    runs without the site module (which costs tens of milliseconds at every start)."""
+    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(snapbox.__file__)))
+    path = [package_parent, *(p for p in sys.path if p and os.path.isdir(p))]
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(dict.fromkeys(path)))
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def start(root: str) -> int:
+    """Start the warm pool of `root`; returns its pid once it listens."""
+    pid = running(root)
+    if pid is not None:
+        raise SnapboxError(f"a warm pool already runs for {root} (pid {pid})")
+    p = _launch(root, idle=None, stdout=subprocess.PIPE)
+    line = p.stdout.readline()
+    p.stdout.close()
+    if line != b"ready\n":
+        p.wait()
+        pid = running(root)
+        if line == b"busy\n" and pid is not None:
+            raise SnapboxError(f"a warm pool already runs for {root} (pid {pid})")
+        raise SnapboxError(f"the warm pool did not start (see {root}/.warm.log)")
+    return p.pid
+
+
+def autostart(root: str) -> None:
+    """Start a warm pool for `root` in the background, one that ends by itself when idle, so
+    that the root's next commands are quick; unless SNAPBOX_WARM=0 or one runs already."""
+    if enabled() and running(root) is None:
+        with contextlib.suppress(OSError):
+            _launch(root, idle=auto_idle(), stdout=subprocess.DEVNULL)
+
+
+def _launch(root: str, idle: float | None, stdout: int) -> subprocess.Popen:
+    os.makedirs(root, exist_ok=True)
+    # The command line serves the pool: it hands itself in to serve() (see `snapbox warm`).
+    cmd = [sys.executable, "-S", "-m", "snapbox", "--root", os.path.abspath(root), "warm", "--serve"]
+    if idle is not None:
+        cmd += ["--idle", str(idle)]
+    with open(os.path.join(root, ".warm.log"), "ab") as log:
+        return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=stdout, stderr=log, cwd="/",
+                                start_new_session=True, env=sandbox_env())
+
+
+def stop(root: str) -> int:
+    """Stop the warm pool of `root`; returns the pid it had."""
+    pid = running(root)
+    if pid is None:
+        raise SnapboxError(f"no warm pool runs for {root}")
+    os.kill(pid, signal.SIGTERM)
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:
+        return pid
+    try:
+        select.select([pidfd], [], [], 10.0)
+    finally:
+        os.close(pidfd)
+    return pid

@@ -12,7 +12,7 @@ import pytest
 from snapbox.kernel.checkpoint import LoadContext
 from snapbox.kernel.kernel import Kernel
 from snapbox.kernel.mm import MemoryManager
-from snapbox.kernel.syscalls.fs import pack_stat
+from snapbox.kernel.syscalls.stats import pack_stat
 
 
 def boot(images, bundle: str, *args: str) -> Kernel:

@@ -1,4 +1,27 @@
-"""The syscall table: one module per family registers its handlers with @syscall."""
+"""The syscall table: one module per family registers its handlers with @syscall.
+
+    rw        read, write, pread64, pwrite64, readv, writev, lseek, fsync, sendfile, copy_file_range
+    stats     stat, fstat, lstat, newfstatat, statx, access, faccessat(2), readlink(at)
+    fdops     open, openat, creat, close, close_range, dup(2,3), fcntl, flock, ioctl, pipe(2)
+    names     getcwd, chdir, fchdir, mkdir(at), unlink(at), rmdir, rename(at,at2), link(at),
+              symlink(at), mknod(at), getdents64
+    attrs     chmod, fchmod(at), chown, fchown(at), lchown, utimensat, truncate, ftruncate, umask
+    common    (no syscalls) what those five share: path arguments, iovecs, blocking writes
+    poll      poll, ppoll, select, pselect6, epoll_create(1), epoll_ctl, epoll_wait, epoll_pwait
+    events    eventfd, eventfd2
+    time      clock_gettime, clock_getres, gettimeofday, time, nanosleep, clock_nanosleep,
+              alarm, setitimer, getitimer, timer_*, timerfd_create, timerfd_settime, timerfd_gettime
+    mm        brk, mmap, munmap, mprotect, mremap, madvise, msync, mlock, mlockall, munlockall
+    process   exit, exit_group, fork, vfork, clone, clone3, execve, wait4, waitid, ids and
+              credentials, process groups and sessions, prctl, arch_prctl, rlimits, robust lists
+    signal    rt_sigaction, rt_sigprocmask, rt_sigpending, kill, tgkill, tkill, rt_sigreturn,
+              sigaltstack, rt_sigsuspend, pause, rt_sigtimedwait
+    futex     futex (the futex table itself: snapbox.kernel.futex)
+    net       socket, socketpair, bind, listen, accept(4), connect, send/recv(from,msg,to),
+              shutdown, get/setsockopt, getsockname, getpeername
+    info      uname, sysinfo, getrandom, sched_get/setaffinity, getcpu, getrusage, times, sethostname
+    numbers   the x86-64 syscall numbers and names
+"""
 
 from __future__ import annotations
 
@@ -39,7 +62,8 @@ def i64(x: int) -> int:
 
 def load_all() -> None:
     """Import every family so its handlers are registered."""
-    from snapbox.kernel.syscalls import events, fs, futex, info, mm, net, poll, process, signal, time  # noqa: F401
+    from snapbox.kernel.syscalls import (  # noqa: F401
+        attrs, events, fdops, futex, info, mm, names, net, poll, process, rw, signal, stats, time)
 
 
 __all__ = ["NAMES", "NR", "TABLE", "i32", "i64", "load_all", "syscall"]

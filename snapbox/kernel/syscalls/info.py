@@ -7,11 +7,8 @@ import os
 import struct
 
 from snapbox.kernel.errors import SyscallError
+from snapbox.kernel.host import UTS_RELEASE, UTS_VERSION, host_meminfo
 from snapbox.kernel.syscalls import NR, i32, syscall
-
-# What uname(2) reports: a Linux the sandbox's programs can rely on, not the host's build.
-UTS_RELEASE = "6.1.0"
-UTS_VERSION = "#1 SMP snapbox"
 
 GRND_NONBLOCK, GRND_RANDOM, GRND_INSECURE = 1, 2, 4
 
@@ -33,18 +30,6 @@ def getrandom(t, buf, count, flags):
 
 
 _SYSINFO = struct.Struct("<q3QQQQQQQHxxxxxxQQI")
-
-
-def host_meminfo() -> dict[str, int]:
-    out = {}
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                name, value = line.split(":", 1)
-                out[name] = int(value.split()[0]) * 1024
-    except (OSError, ValueError):
-        pass
-    return out
 
 
 @syscall(NR.sysinfo)

@@ -12,7 +12,7 @@ from snapbox.kernel.fd import O_CLOEXEC, O_NONBLOCK
 from snapbox.kernel.socket import AF_UNIX, MSG_PEEK, SOCK_STREAM, SocketNode, UnixSocket, drop_ref, make_pair, \
     new_socket
 from snapbox.kernel.syscalls import NR, i32, syscall
-from snapbox.kernel.syscalls.fs import AT_FDCWD, MAX_RW, _iovecs, _start_dir, on_host, scatter, write_all
+from snapbox.kernel.syscalls.common import AT_FDCWD, MAX_RW, iovecs, on_host, scatter, start_dir, write_all
 from snapbox.kernel.vfs import now_ns
 
 SOCK_NONBLOCK, SOCK_CLOEXEC = O_NONBLOCK, O_CLOEXEC
@@ -108,7 +108,7 @@ def _bound(t, name: bytes) -> UnixSocket | SocketNode | None:
             return None
         return s
     fs = t.kernel.fs
-    _, _, node = fs.walk(_start_dir(t, AT_FDCWD, name), t.fs.root, name, False)
+    _, _, node = fs.walk(start_dir(t, AT_FDCWD, name), t.fs.root, name, False)
     return node
 
 
@@ -128,7 +128,7 @@ def bind(t, fd, addr, addrlen):
         t.kernel.unix_names[name] = s
     else:
         fs = t.kernel.fs
-        parent, base, node = fs.walk(_start_dir(t, AT_FDCWD, name), t.fs.root, name, False)
+        parent, base, node = fs.walk(start_dir(t, AT_FDCWD, name), t.fs.root, name, False)
         if node is not None:
             raise SyscallError(errno.EADDRINUSE)
         if parent is None or not base:
@@ -240,7 +240,7 @@ def sendmsg(t, fd, msg, flags):
     files = _rights(t, control, controllen)
     if t.restart_value(NR.sendmsg):
         files = []  # a retry of a send that blocked part-way: the files went with its first bytes
-    data = b"".join(t.mm.read(base, n) for base, n in _iovecs(t, iov, iovlen))
+    data = b"".join(t.mm.read(base, n) for base, n in iovecs(t, iov, iovlen))
     return write_all(t, NR.sendmsg, _Flagged(s, i32(flags), files), data[:MAX_RW])
 
 
@@ -261,7 +261,7 @@ def recvmsg(t, fd, msg, flags):
     s = _sock(t, fd)
     flags = i32(flags)
     name, namelen, iov, iovlen, control, controllen, _ = _MSGHDR.unpack(t.mm.read(msg, _MSGHDR.size))
-    vecs = _iovecs(t, iov, iovlen)
+    vecs = iovecs(t, iov, iovlen)
     data, files = s.recv_msg(t, min(sum(n for _, n in vecs), MAX_RW), flags)
     scatter(t, vecs, data)
     out_flags, used = 0, 0

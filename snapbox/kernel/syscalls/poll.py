@@ -1,4 +1,4 @@
-"""Waiting on many files: poll, ppoll, select, pselect6."""
+"""Waiting on many files: poll, ppoll, select, pselect6, and epoll (create, ctl, wait, pwait)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ from snapbox.kernel.fd import (
     POLLRDNORM,
     POLLWRNORM,
 )
+from snapbox.kernel.eventfiles import EVENT_SIZE, EpollFile, pack_events, unpack_event
+from snapbox.kernel.fd import O_CLOEXEC
 from snapbox.kernel.syscalls import NR, i32, syscall
 from snapbox.kernel.syscalls.time import NSEC, read_timespec
 
@@ -130,3 +132,72 @@ def pselect6(t, nfds, readfds, writefds, exceptfds, tsp, sigmask):
                      read_timespec(t, tsp) if tsp else None)
 
 
+EPOLL_CTL_ADD, EPOLL_CTL_DEL, EPOLL_CTL_MOD = 1, 2, 3
+
+
+@syscall(NR.epoll_create1)
+def epoll_create1(t, flags):
+    if flags & ~O_CLOEXEC:
+        raise SyscallError(errno.EINVAL)
+    return t.fds.install(EpollFile(flags=2), cloexec=bool(flags & O_CLOEXEC))
+
+
+@syscall(NR.epoll_create)
+def epoll_create(t, size):
+    if i32(size) <= 0:
+        raise SyscallError(errno.EINVAL)
+    return epoll_create1(t, 0)
+
+
+@syscall(NR.epoll_ctl)
+def epoll_ctl(t, epfd, op, fd, event):
+    ep = t.fds.get(i32(epfd))
+    if not isinstance(ep, EpollFile):
+        raise SyscallError(errno.EINVAL)
+    fd, op = i32(fd), i32(op)
+    f = t.fds.get(fd)
+    if f is ep:
+        raise SyscallError(errno.EINVAL)
+    if type(f).__name__ in ("RegularFile", "DirFile"):
+        raise SyscallError(errno.EPERM)  # epoll_ctl(2): regular files and directories
+    if op == EPOLL_CTL_DEL:
+        if ep.interest.pop(fd, None) is None:
+            raise SyscallError(errno.ENOENT)
+        return 0
+    events, data = unpack_event(t.mm.read(event, EVENT_SIZE))
+    if op == EPOLL_CTL_ADD:
+        if fd in ep.interest:
+            raise SyscallError(errno.EEXIST)
+    elif op == EPOLL_CTL_MOD:
+        if fd not in ep.interest:
+            raise SyscallError(errno.ENOENT)
+    else:
+        raise SyscallError(errno.EINVAL)
+    ep.interest[fd] = [f, events & 0xFFFFFFFF, data]
+    return 0
+
+
+def _epoll_wait(t, nr: int, epfd: int, events: int, maxevents: int, timeout_ns: int | None) -> int:
+    ep = t.fds.get(i32(epfd))
+    if not isinstance(ep, EpollFile) or i32(maxevents) <= 0:
+        raise SyscallError(errno.EINVAL)
+    ready = ep.collect(t, i32(maxevents))
+    if ready:
+        t.mm.write(events, pack_events(ready))
+        return len(ready)
+    deadline = _deadline(t, nr, timeout_ns)
+    if timeout_ns == 0 or (deadline is not None and t.kernel.timekeeper.monotonic_ns() >= deadline):
+        return 0
+    raise WouldBlock(*ep.wait_queues(t), deadline=deadline)
+
+
+@syscall(NR.epoll_wait)
+def epoll_wait(t, epfd, events, maxevents, timeout):
+    ms = i32(timeout)
+    return _epoll_wait(t, NR.epoll_wait, epfd, events, maxevents, None if ms < 0 else ms * 1_000_000)
+
+
+@syscall(NR.epoll_pwait)
+def epoll_pwait(t, epfd, events, maxevents, timeout, sigmask, sigsetsize):
+    ms = i32(timeout)
+    return _epoll_wait(t, NR.epoll_pwait, epfd, events, maxevents, None if ms < 0 else ms * 1_000_000)

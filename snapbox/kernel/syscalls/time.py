@@ -1,4 +1,5 @@
-"""Time syscalls: clocks and sleeps, all on the Timekeeper's virtual clocks."""
+"""Time syscalls: clocks, sleeps, interval timers, POSIX timers and timerfd, all on the
+Timekeeper's virtual clocks."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import errno
 import struct
 
 from snapbox.kernel.errors import SyscallError, WouldBlock
+from snapbox.kernel.eventfiles import TimerFd
+from snapbox.kernel.fd import O_CLOEXEC, O_NONBLOCK
 from snapbox.kernel.syscalls import NR, i32, i64, syscall
 from snapbox.kernel.timers import SIGEV_NONE, SIGEV_SIGNAL, SIGEV_THREAD_ID, PosixTimer
 from snapbox.kernel.time import (
@@ -252,4 +255,41 @@ def timer_delete(t, timerid):
     timer = _timer(t, timerid)
     timer.token += 1
     del t.tg.posix_timers[timer.id]
+    return 0
+
+
+TFD_TIMER_ABSTIME = 1
+
+
+@syscall(NR.timerfd_create)
+def timerfd_create(t, clockid, flags):
+    clockid = i32(clockid)
+    if clockid not in MONOTONIC_CLOCKS | REALTIME_CLOCKS or flags & ~(O_CLOEXEC | O_NONBLOCK):
+        raise SyscallError(errno.EINVAL)
+    f = TimerFd(flags=flags & O_NONBLOCK, clock=clockid)
+    return t.fds.install(f, cloexec=bool(flags & O_CLOEXEC))
+
+
+def _timerfd(t, fd: int) -> TimerFd:
+    f = t.fds.get(i32(fd))
+    if not isinstance(f, TimerFd):
+        raise SyscallError(errno.EINVAL)
+    return f
+
+
+@syscall(NR.timerfd_settime)
+def timerfd_settime(t, fd, flags, new, old):
+    f = _timerfd(t, fd)
+    deadline, interval = read_itimerspec(t, new, f.clock, bool(flags & TFD_TIMER_ABSTIME))
+    if old:
+        t.mm.write(old, itimerspec_now(t, f.deadline, f.interval))
+    f.deadline, f.interval, f.expirations = deadline, interval, 0
+    f.arm(t.kernel)
+    return 0
+
+
+@syscall(NR.timerfd_gettime)
+def timerfd_gettime(t, fd, cur):
+    f = _timerfd(t, fd)
+    t.mm.write(cur, itimerspec_now(t, f.deadline, f.interval))
     return 0

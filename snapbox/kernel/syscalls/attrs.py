@@ -1,0 +1,167 @@
+"""Attributes: mode (chmod), owner (chown), times (utimensat), size (truncate), umask."""
+
+from __future__ import annotations
+
+import errno
+import os
+import struct
+
+from snapbox.kernel.errors import SyscallError
+from snapbox.kernel.syscalls import NR, i32, i64, syscall
+from snapbox.kernel.syscalls.common import AT_EMPTY_PATH, AT_FDCWD, AT_SYMLINK_NOFOLLOW, host_path, lookup, on_host
+from snapbox.kernel.vfs import LowerNode, MemRegular, RegularFile, now_ns
+
+
+
+@syscall(NR.umask)
+def umask(t, mask):
+    old, t.fs.umask = t.fs.umask, mask & 0o777
+    return old
+
+
+@syscall(NR.ftruncate)
+def ftruncate(t, fd, length):
+    f = t.fds.get(i32(fd))
+    if i64(length) < 0 or not isinstance(f, RegularFile):
+        raise SyscallError(errno.EINVAL)
+    if not f.writable():
+        raise SyscallError(errno.EINVAL)
+    if f._on_host():
+        os.ftruncate(f._host(), i64(length))
+        return 0
+    if not isinstance(f.node, MemRegular):
+        raise SyscallError(errno.EBADF)
+    f.node.truncate(i64(length))
+    return 0
+
+
+def _node_of(t, dirfd: int, path: int, flags: int):
+    _, _, node, raw = lookup(t, dirfd, path, follow=not flags & AT_SYMLINK_NOFOLLOW,
+                             empty_ok=bool(flags & AT_EMPTY_PATH))
+    if not raw and flags & AT_EMPTY_PATH:
+        f = t.fds.get(dirfd)
+        node = getattr(f, "node", None)
+        if node is None:
+            raise SyscallError(errno.EPERM)
+    if node is None:
+        raise SyscallError(errno.ENOENT)
+    return node
+
+
+def _chmod(t, node, mode: int) -> int:
+    host = on_host(t, node)
+    if host is not None:
+        host.at(host_path(node), os.chmod, mode & 0o7777)
+        return 0
+    node.mode = (node.mode & ~0o7777) | (mode & 0o7777)
+    node.ctime = now_ns()
+    return 0
+
+
+@syscall(NR.fchmodat)
+def fchmodat(t, dirfd, path, mode):
+    return _chmod(t, _node_of(t, i32(dirfd), path, 0), mode)
+
+
+@syscall(NR.chmod)
+def chmod(t, path, mode):
+    return _chmod(t, _node_of(t, AT_FDCWD, path, 0), mode)
+
+
+@syscall(NR.fchmod)
+def fchmod(t, fd, mode):
+    node = getattr(t.fds.get(i32(fd)), "node", None)
+    if node is None:
+        raise SyscallError(errno.EPERM)
+    return _chmod(t, node, mode)
+
+
+def _chown(t, node, uid: int, gid: int) -> int:
+    host = on_host(t, node)
+    if host is not None:
+        host.at(host_path(node), lambda n, dir_fd: os.chown(n, i32(uid), i32(gid), dir_fd=dir_fd,
+                                                             follow_symlinks=False))
+        return 0
+    if i32(uid) != -1:
+        node.uid = uid & 0xFFFFFFFF
+    if i32(gid) != -1:
+        node.gid = gid & 0xFFFFFFFF
+    node.ctime = now_ns()
+    return 0
+
+
+@syscall(NR.fchownat)
+def fchownat(t, dirfd, path, uid, gid, flags):
+    return _chown(t, _node_of(t, i32(dirfd), path, i32(flags)), uid, gid)
+
+
+@syscall(NR.chown)
+def chown(t, path, uid, gid):
+    return _chown(t, _node_of(t, AT_FDCWD, path, 0), uid, gid)
+
+
+@syscall(NR.lchown)
+def lchown(t, path, uid, gid):
+    return _chown(t, _node_of(t, AT_FDCWD, path, AT_SYMLINK_NOFOLLOW), uid, gid)
+
+
+@syscall(NR.fchown)
+def fchown(t, fd, uid, gid):
+    node = getattr(t.fds.get(i32(fd)), "node", None)
+    if node is None:
+        raise SyscallError(errno.EPERM)
+    return _chown(t, node, uid, gid)
+
+
+UTIME_NOW, UTIME_OMIT = (1 << 30) - 1, (1 << 30) - 2
+
+
+@syscall(NR.utimensat)
+def utimensat(t, dirfd, path, times, flags):
+    flags = i32(flags)
+    if path:
+        node = _node_of(t, i32(dirfd), path, flags)
+    else:
+        node = getattr(t.fds.get(i32(dirfd)), "node", None)
+        if node is None:
+            raise SyscallError(errno.EBADF)
+    host = on_host(t, node)
+    now = now_ns()
+    stamps = [(0, UTIME_NOW), (0, UTIME_NOW)] if not times else \
+        [struct.unpack_from("<qq", t.mm.read(times, 32), i * 16) for i in range(2)]
+    for (sec, nsec), attr in zip(stamps, ("atime", "mtime")):
+        if nsec == UTIME_OMIT:
+            continue
+        if nsec != UTIME_NOW and not 0 <= nsec < 10**9:
+            raise SyscallError(errno.EINVAL)
+        setattr(node, attr, now if nsec == UTIME_NOW else sec * 10**9 + nsec)
+    node.ctime = now
+    if host is not None:
+        host.at(host_path(node), lambda n, dir_fd: os.utime(n, ns=(node.atime, node.mtime), dir_fd=dir_fd,
+                                                             follow_symlinks=False))
+    return 0
+
+
+@syscall(NR.truncate)
+def truncate(t, path, length):
+    if i64(length) < 0:
+        raise SyscallError(errno.EINVAL)
+    parent, name, node, _ = lookup(t, AT_FDCWD, path)
+    if node is None:
+        raise SyscallError(errno.ENOENT)
+    if node.is_dir():
+        raise SyscallError(errno.EISDIR)
+    host = on_host(t, node)
+    if host is not None:
+        fd = host.open(node.path, os.O_WRONLY)
+        try:
+            os.ftruncate(fd, i64(length))
+        finally:
+            os.close(fd)
+        return 0
+    if isinstance(node, LowerNode):
+        node = t.kernel.fs.copy_up(parent, name, node)
+    if not isinstance(node, MemRegular):
+        raise SyscallError(errno.EINVAL)
+    node.truncate(i64(length))
+    return 0

@@ -1,0 +1,128 @@
+"""What the file families share: path arguments resolved in sandbox terms, iovec
+arrays, blocking writes that keep their progress, and the *at() flags."""
+
+from __future__ import annotations
+
+import errno
+import struct
+
+from snapbox.kernel.errors import SyscallError, WouldBlock
+from snapbox.kernel.syscalls import i32
+from snapbox.kernel.vfs import Dir, DirFile
+
+
+AT_FDCWD = -100
+
+
+AT_SYMLINK_NOFOLLOW = 0x100
+
+
+AT_EMPTY_PATH = 0x1000
+
+
+IOV_MAX = 1024
+
+
+MAX_RW = 0x7FFFF000  # Linux caps one read/write at this many bytes
+
+
+_IOVEC = struct.Struct("<QQ")
+
+
+def start_dir(t, dirfd: int, path: bytes):
+    if path.startswith(b"/") or dirfd == AT_FDCWD:
+        return t.fs.cwd
+    f = t.fds.get(dirfd)
+    if not isinstance(f, DirFile):
+        raise SyscallError(errno.ENOTDIR)
+    return f.node
+
+
+def on_host(t, node):
+    """The host directory (a Lower) holding `node` if it is in a read-write bind mount, None
+    if it is in the in-memory layer; EROFS in a read-only bind mount."""
+    layer = getattr(node, "layer", 0)
+    fs = t.kernel.fs
+    if not layer:
+        if not fs.writable_in_memory(node):
+            raise SyscallError(errno.EROFS)
+        return None
+    if layer not in fs.rw_layers:
+        raise SyscallError(errno.EROFS)
+    return fs.host(layer)
+
+
+def host_path(node, name: str | None = None) -> str:
+    """A node's path in its host directory (or that of `name` inside directory `node`)."""
+    base = node.lower if isinstance(node, Dir) else node.path
+    if name is None:
+        return base
+    return f"{base}/{name}" if base else name
+
+
+def lookup(t, dirfd: int, path_addr: int, follow: bool = True, empty_ok: bool = False):
+    """Resolve a path argument; returns (parent, name, node-or-None, path bytes)."""
+    path = t.mm.read_cstring(path_addr)
+    if not path and empty_ok:
+        return None, "", None, path
+    fs = t.kernel.fs
+    parent, name, node = fs.walk(start_dir(t, dirfd, path), t.fs.root, path, follow)
+    return parent, name, node, path
+
+
+def readable(t, fd: int):
+    f = t.fds.get(fd)
+    if not f.readable():
+        raise SyscallError(errno.EBADF)
+    return f
+
+
+def writable(t, fd: int):
+    f = t.fds.get(fd)
+    if not f.writable():
+        raise SyscallError(errno.EBADF)
+    return f
+
+
+def write_all(t, nr: int, f, data: bytes, offset: int | None = None) -> int:
+    """Write `data`, blocking until all of it is written, as write(2) does on a blocking file.
+
+    Bytes already written when the file blocks are kept in the task's restart state, so
+    the retry (or a restored task) goes on from there instead of writing them twice.
+    """
+    done = t.restart_value(nr) or 0
+    while done < len(data):
+        try:
+            done += f.write(t, data[done:], offset)
+        except WouldBlock:
+            if done:
+                t.set_restart(nr, done)
+            raise
+        except SyscallError:
+            if done:
+                break
+            raise
+        if offset is not None:
+            break
+    return done
+
+
+def iovecs(t, iov: int, iovcnt: int) -> list[tuple[int, int]]:
+    iovcnt = i32(iovcnt)
+    if iovcnt < 0 or iovcnt > IOV_MAX:
+        raise SyscallError(errno.EINVAL)
+    raw = t.mm.read(iov, iovcnt * _IOVEC.size)
+    return [_IOVEC.unpack_from(raw, i * _IOVEC.size) for i in range(iovcnt)]
+
+
+def scatter(t, vecs: list[tuple[int, int]], data: bytes) -> None:
+    """Spread `data` over the (address, length) buffers of an iovec array, in order."""
+    pos = 0
+    for base, n in vecs:
+        if pos >= len(data):
+            break
+        t.mm.write(base, data[pos : pos + n])
+        pos += n
+
+
+AT_SYMLINK_FOLLOW = 0x400

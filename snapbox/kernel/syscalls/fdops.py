@@ -1,0 +1,267 @@
+"""Opening and file descriptors: open, openat, creat, close, close_range, dup, fcntl,
+flock, ioctl, pipe."""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat as st
+import struct
+
+from snapbox.kernel.devices import DeviceFile, DeviceNode
+from snapbox.kernel import locks
+from snapbox.kernel.errors import SyscallError
+from snapbox.kernel.host import HostFile
+from snapbox.kernel.fd import (
+    O_ACCMODE,
+    O_NONBLOCK,
+    O_CLOEXEC,
+    O_CREAT,
+    O_DIRECTORY,
+    O_EXCL,
+    O_NOFOLLOW,
+    O_PATH,
+    O_RDONLY,
+    O_TMPFILE,
+    O_TRUNC,
+    O_WRONLY,
+    SETFL_MASK,
+)
+from snapbox.kernel.pipe import FifoNode, make_pipe, open_fifo
+from snapbox.kernel.socket import SocketNode
+from snapbox.kernel.procfs import ProcDir, ProcNode
+from snapbox.kernel.syscalls import NR, i32, syscall
+from snapbox.kernel.syscalls.common import AT_FDCWD, host_path, lookup, on_host
+from snapbox.kernel.vfs import DirFile, LowerNode, MemRegular, RegularFile
+
+
+
+def open_node(t, dirfd: int, path_addr: int, flags: int, mode: int) -> int:
+    fs = t.kernel.fs
+    parent, name, node, path = lookup(t, dirfd, path_addr, follow=not flags & O_NOFOLLOW)
+    if flags & O_TMPFILE == O_TMPFILE:
+        # An unnamed file in directory `node`, which linkat(AT_EMPTY_PATH) may name later.
+        if node is None:
+            raise SyscallError(errno.ENOENT)
+        if not node.is_dir():
+            raise SyscallError(errno.ENOTDIR)
+        if flags & O_ACCMODE == O_RDONLY or isinstance(node, ProcDir):
+            raise SyscallError(errno.EINVAL if flags & O_ACCMODE == O_RDONLY else errno.EOPNOTSUPP)
+        if on_host(t, node) is not None:
+            raise SyscallError(errno.EOPNOTSUPP, "O_TMPFILE in a read-write bind mount is not supported")
+        tmp = fs.create_regular(node, ".tmpfile", mode & ~t.fs.umask, t.tg.creds[1], t.tg.creds[4])
+        del node.entries[".tmpfile"]
+        tmp.nlink = 0
+        tmp.opens += 1
+        f = RegularFile(flags=flags & ~(O_CLOEXEC | O_TMPFILE) | (flags & O_ACCMODE), fs=fs, node=tmp,
+                        name=f"{node.path().rstrip('/')}/#{tmp.ino} (deleted)")
+        return t.fds.install(f, cloexec=bool(flags & O_CLOEXEC))
+    if node is None:
+        if not flags & O_CREAT:
+            raise SyscallError(errno.ENOENT)
+        if isinstance(parent, ProcDir):
+            raise SyscallError(errno.EACCES)
+        if name in (".", ".."):
+            raise SyscallError(errno.EISDIR)
+        host = on_host(t, parent)
+        if host is not None:
+            fd = host.open(host_path(parent, name), os.O_CREAT | os.O_EXCL | os.O_WRONLY, mode & ~t.fs.umask)
+            os.close(fd)
+            node = fs.lookup(parent, name)
+        else:
+            node = fs.create_regular(parent, name, mode & ~t.fs.umask, 0, 0)
+    elif flags & O_CREAT and flags & O_EXCL:
+        raise SyscallError(errno.EEXIST)
+    if st.S_ISLNK(node.mode) and not flags & O_PATH:
+        raise SyscallError(errno.ELOOP)
+    if flags & O_DIRECTORY and not node.is_dir():
+        raise SyscallError(errno.ENOTDIR)
+    accmode = flags & O_ACCMODE
+    if node.is_dir():
+        if accmode != O_RDONLY and not flags & O_PATH:
+            raise SyscallError(errno.EISDIR)
+        f = DirFile(flags=flags & ~O_CLOEXEC, node=node)
+    elif isinstance(node, DeviceNode) and node.name == "tty":
+        f = HostFile(flags=flags & ~O_CLOEXEC, stdio=0)  # the terminal the sandbox runs on
+    elif isinstance(node, DeviceNode):
+        f = DeviceFile(flags=flags & ~O_CLOEXEC, node=node)
+    elif isinstance(node, FifoNode):
+        f = open_fifo(t, node, flags)
+    elif isinstance(node, SocketNode) and not flags & O_PATH:
+        raise SyscallError(errno.ENXIO)  # open(2) of a socket
+    elif isinstance(node, ProcNode):
+        if accmode != O_RDONLY:
+            raise SyscallError(errno.EACCES)
+        f = node.open(flags & ~O_CLOEXEC)
+    else:
+        if isinstance(node, LowerNode) and not st.S_ISREG(node.mode) and not flags & O_PATH:
+            raise SyscallError(errno.ENXIO, "device and fifo nodes of the rootfs are not supported")
+        host = None
+        if accmode != O_RDONLY and not flags & O_PATH and isinstance(node, LowerNode):
+            host = on_host(t, node)
+            if host is None:
+                node = fs.copy_up(parent, name, node)
+        f = RegularFile(flags=flags & ~O_CLOEXEC, fs=fs, node=node, name=os.fsdecode(path))
+        if host is not None:
+            f.host_fd = host.open(node.path, accmode | (os.O_TRUNC if flags & O_TRUNC else 0))
+        if isinstance(node, MemRegular):
+            node.opens += 1
+        if accmode != O_RDONLY and isinstance(node, MemRegular) and flags & O_TRUNC:
+            node.truncate(0)
+    return t.fds.install(f, cloexec=bool(flags & O_CLOEXEC))
+
+
+@syscall(NR.openat)
+def openat(t, dirfd, path, flags, mode):
+    return open_node(t, i32(dirfd), path, i32(flags), mode & 0o7777)
+
+
+@syscall(NR.open)
+def open_(t, path, flags, mode):
+    return open_node(t, AT_FDCWD, path, i32(flags), mode & 0o7777)
+
+
+@syscall(NR.creat)
+def creat(t, path, mode):
+    return open_node(t, AT_FDCWD, path, O_CREAT | O_WRONLY | O_TRUNC, mode & 0o7777)
+
+
+@syscall(NR.close)
+def close(t, fd):
+    f = t.fds.get(i32(fd))
+    node = getattr(f, "node", None)
+    if node is not None and getattr(node, "locks", None):
+        # fcntl(2): closing any fd of a file drops the process's record locks on it.
+        locks.release_owner(t.kernel.fs, node, t.tg.tgid)
+    t.fds.close(i32(fd))
+    return 0
+
+
+@syscall(NR.ioctl)
+def ioctl(t, fd, request, arg):
+    return t.fds.get(i32(fd)).ioctl(t, request & 0xFFFFFFFF, arg)
+
+
+F_DUPFD, F_GETFD, F_SETFD, F_GETFL, F_SETFL = 0, 1, 2, 3, 4
+
+
+F_DUPFD_CLOEXEC = 1030
+
+
+F_GETLK, F_SETLK, F_SETLKW = 5, 6, 7
+
+
+F_OFD_GETLK, F_OFD_SETLK, F_OFD_SETLKW = 36, 37, 38
+
+
+F_GETPIPE_SZ = 1032
+
+
+FD_CLOEXEC = 1
+
+
+@syscall(NR.fcntl)
+def fcntl(t, fd, cmd, arg):
+    fd, cmd = i32(fd), i32(cmd)
+    f = t.fds.get(fd)
+    if cmd in (F_DUPFD, F_DUPFD_CLOEXEC):
+        if i32(arg) < 0:
+            raise SyscallError(errno.EINVAL)
+        return t.fds.install(f, cloexec=cmd == F_DUPFD_CLOEXEC, lowest=i32(arg))
+    if cmd == F_GETFD:
+        return FD_CLOEXEC if fd in t.fds.cloexec else 0
+    if cmd == F_SETFD:
+        (t.fds.cloexec.add if arg & FD_CLOEXEC else t.fds.cloexec.discard)(fd)
+        return 0
+    if cmd == F_GETFL:
+        return f.flags
+    if cmd == F_SETFL:
+        f.flags = (f.flags & ~SETFL_MASK) | (arg & SETFL_MASK)
+        return 0
+    if cmd in (F_GETLK, F_SETLK, F_SETLKW, F_OFD_GETLK, F_OFD_SETLK, F_OFD_SETLKW):
+        if not isinstance(f, RegularFile):
+            raise SyscallError(errno.EINVAL)
+        if cmd in (F_GETLK, F_OFD_GETLK):
+            return locks.getlk(t, f, arg)
+        owner = f if cmd in (F_OFD_SETLK, F_OFD_SETLKW) else None
+        return locks.setlk(t, f, arg, cmd in (F_SETLKW, F_OFD_SETLKW), owner)
+    if cmd == F_GETPIPE_SZ:
+        if not hasattr(f, "pipe"):
+            raise SyscallError(errno.EBADF)
+        return f.pipe.capacity
+    raise SyscallError(errno.EINVAL)
+
+
+@syscall(NR.flock)
+def flock(t, fd, op):
+    return locks.flock(t, t.fds.get(i32(fd)), i32(op))
+
+
+@syscall(NR.dup)
+def dup(t, fd):
+    return t.fds.install(t.fds.get(i32(fd)))
+
+
+@syscall(NR.dup2)
+def dup2(t, oldfd, newfd):
+    oldfd, newfd = i32(oldfd), i32(newfd)
+    f = t.fds.get(oldfd)
+    if oldfd == newfd:
+        return newfd
+    if not 0 <= newfd < t.fds.limit:
+        raise SyscallError(errno.EBADF)
+    t.fds.install_at(newfd, f)
+    return newfd
+
+
+@syscall(NR.dup3)
+def dup3(t, oldfd, newfd, flags):
+    oldfd, newfd = i32(oldfd), i32(newfd)
+    if oldfd == newfd or flags & ~O_CLOEXEC:
+        raise SyscallError(errno.EINVAL)
+    f = t.fds.get(oldfd)
+    if not 0 <= newfd < t.fds.limit:
+        raise SyscallError(errno.EBADF)
+    t.fds.install_at(newfd, f, cloexec=bool(flags & O_CLOEXEC))
+    return newfd
+
+
+@syscall(NR.pipe2)
+def pipe2(t, fds, flags):
+    if flags & ~(O_CLOEXEC | O_NONBLOCK | 0o40000):  # O_DIRECT is accepted and ignored
+        raise SyscallError(errno.EINVAL)
+    r, w = make_pipe(t.kernel, flags)
+    rfd = t.fds.install(r, cloexec=bool(flags & O_CLOEXEC))
+    try:
+        wfd = t.fds.install(w, cloexec=bool(flags & O_CLOEXEC))
+    except SyscallError:
+        t.fds.close(rfd)
+        raise
+    try:
+        t.mm.write(fds, struct.pack("<ii", rfd, wfd))
+    except SyscallError:
+        t.fds.close(rfd)
+        t.fds.close(wfd)
+        raise
+    return 0
+
+
+@syscall(NR.pipe)
+def pipe(t, fds):
+    return pipe2(t, fds, 0)
+
+
+CLOSE_RANGE_UNSHARE, CLOSE_RANGE_CLOEXEC = 2, 4
+
+
+@syscall(NR.close_range)
+def close_range(t, first, last, flags):
+    first, last = first & 0xFFFFFFFF, last & 0xFFFFFFFF
+    if first > last or flags & ~(CLOSE_RANGE_UNSHARE | CLOSE_RANGE_CLOEXEC):
+        raise SyscallError(errno.EINVAL)
+    for fd in [fd for fd in t.fds.files if first <= fd <= last]:
+        if flags & CLOSE_RANGE_CLOEXEC:
+            t.fds.cloexec.add(fd)
+        else:
+            t.fds.close(fd)
+    return 0

@@ -1,0 +1,332 @@
+"""Names: the working directory, mkdir, unlink and rmdir, rename, link, symlink, mknod,
+and listing a directory (getdents64)."""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat as st
+import struct
+
+from snapbox.kernel.errors import SyscallError
+from snapbox.kernel.pipe import FifoNode, Pipe
+from snapbox.kernel.procfs import ProcDir
+from snapbox.kernel.syscalls import NR, i32, syscall
+from snapbox.kernel.syscalls.common import AT_EMPTY_PATH, AT_FDCWD, AT_SYMLINK_FOLLOW, host_path, lookup, on_host
+from snapbox.kernel.vfs import Dir, DirFile, LowerNode, MemRegular, MemSymlink, now_ns
+
+
+
+@syscall(NR.getcwd)
+def getcwd(t, buf, size):
+    path = os.fsencode(t.fs.cwd.path()) + b"\0"
+    if size < len(path):
+        raise SyscallError(errno.ERANGE)
+    t.mm.write(buf, path)
+    return len(path)
+
+
+@syscall(NR.chdir)
+def chdir(t, path):
+    _, _, node, _ = lookup(t, AT_FDCWD, path)
+    if node is None:
+        raise SyscallError(errno.ENOENT)
+    if not node.is_dir():
+        raise SyscallError(errno.ENOTDIR)
+    t.fs.cwd = node
+    return 0
+
+
+@syscall(NR.fchdir)
+def fchdir(t, fd):
+    f = t.fds.get(i32(fd))
+    if not isinstance(f, DirFile):
+        raise SyscallError(errno.ENOTDIR)
+    t.fs.cwd = f.node
+    return 0
+
+
+@syscall(NR.mkdirat)
+def mkdirat(t, dirfd, path, mode):
+    parent, name, node, _ = lookup(t, i32(dirfd), path, follow=False)
+    if node is not None:
+        raise SyscallError(errno.EEXIST)
+    if isinstance(parent, ProcDir):
+        raise SyscallError(errno.EACCES)
+    host = on_host(t, parent)
+    if host is not None:
+        host.at(host_path(parent, name), os.mkdir, mode & 0o7777 & ~t.fs.umask)
+        return 0
+    t.kernel.fs.make_dir(parent, name, mode & ~t.fs.umask)
+    return 0
+
+
+@syscall(NR.mkdir)
+def mkdir(t, path, mode):
+    return mkdirat(t, AT_FDCWD & 0xFFFFFFFF, path, mode)
+
+
+AT_REMOVEDIR = 0x200
+
+
+@syscall(NR.unlinkat)
+def unlinkat(t, dirfd, path, flags):
+    parent, name, node, _ = lookup(t, i32(dirfd), path, follow=False)
+    if node is None:
+        raise SyscallError(errno.ENOENT)
+    if flags & AT_REMOVEDIR:
+        if not node.is_dir():
+            raise SyscallError(errno.ENOTDIR)
+        if name in (".", "..") or node is t.fs.root:
+            raise SyscallError(errno.EINVAL if name == "." else errno.EBUSY)
+        if t.kernel.fs.list_dir(node):
+            raise SyscallError(errno.ENOTEMPTY)
+    elif node.is_dir():
+        raise SyscallError(errno.EISDIR)
+    host = on_host(t, parent)
+    if host is not None:
+        host.at(host_path(parent, name), os.rmdir if flags & AT_REMOVEDIR else os.unlink)
+        return 0
+    on_host(t, node)
+    parent.entries.pop(name, None)
+    if parent.lower is not None:
+        parent.whiteouts.add(name)
+    if isinstance(node, MemRegular):
+        node.nlink -= 1
+        if node.nlink == 0 and node.opens == 0:
+            node.release_pages()
+    return 0
+
+
+@syscall(NR.unlink)
+def unlink(t, path):
+    return unlinkat(t, AT_FDCWD & 0xFFFFFFFF, path, 0)
+
+
+@syscall(NR.rmdir)
+def rmdir(t, path):
+    return unlinkat(t, AT_FDCWD & 0xFFFFFFFF, path, AT_REMOVEDIR)
+
+
+DT_UNKNOWN, DT_FIFO, DT_CHR, DT_DIR, DT_BLK, DT_REG, DT_LNK, DT_SOCK = 0, 1, 2, 4, 6, 8, 10, 12
+
+
+def _dtype(mode: int) -> int:
+    return {st.S_IFIFO: DT_FIFO, st.S_IFCHR: DT_CHR, st.S_IFDIR: DT_DIR, st.S_IFBLK: DT_BLK,
+            st.S_IFREG: DT_REG, st.S_IFLNK: DT_LNK, st.S_IFSOCK: DT_SOCK}.get(st.S_IFMT(mode), DT_UNKNOWN)
+
+
+@syscall(NR.getdents64)
+def getdents64(t, fd, dirp, count):
+    f = t.fds.get(i32(fd))
+    if not isinstance(f, DirFile):
+        raise SyscallError(errno.ENOTDIR)
+    fs = t.kernel.fs
+    d = f.node
+    names = [".", ".."] + fs.list_dir(d)
+    out = bytearray()
+    index = f.offset
+    while index < len(names):
+        name = names[index]
+        if name == ".":
+            node = d
+        elif name == "..":
+            node = d.parent or d
+        else:
+            try:
+                node = fs.lookup(d, name)
+            except SyscallError:
+                index += 1
+                continue
+        raw = os.fsencode(name)
+        reclen = (19 + len(raw) + 1 + 7) & ~7
+        if len(out) + reclen > count:
+            break
+        out += struct.pack("<QqHB", node.ino, index + 1, reclen, _dtype(node.mode)) + raw
+        out += bytes(reclen - 19 - len(raw))
+        index += 1
+    if not out and index < len(names):
+        raise SyscallError(errno.EINVAL)  # the buffer cannot hold one entry
+    t.mm.write(dirp, bytes(out))
+    f.offset = index
+    return len(out)
+
+
+RENAME_NOREPLACE, RENAME_EXCHANGE, RENAME_WHITEOUT = 1, 2, 4
+
+
+def _is_ancestor(a: Dir, b: Dir) -> bool:
+    while b is not None:
+        if b is a:
+            return True
+        b = b.parent
+    return False
+
+
+@syscall(NR.renameat2)
+def renameat2(t, olddirfd, oldpath, newdirfd, newpath, flags):
+    if flags & ~RENAME_NOREPLACE:
+        raise SyscallError(errno.EINVAL)
+    old_parent, old_name, node, _ = lookup(t, i32(olddirfd), oldpath, follow=False)
+    new_parent, new_name, target, _ = lookup(t, i32(newdirfd), newpath, follow=False)
+    if node is None:
+        raise SyscallError(errno.ENOENT)
+    if old_name in (".", "..") or new_name in (".", ".."):
+        raise SyscallError(errno.EBUSY)
+    fs = t.kernel.fs
+    if fs.is_mount_point(node, old_parent) or (target is not None and fs.is_mount_point(target, new_parent)):
+        raise SyscallError(errno.EBUSY)
+    if fs.mount_of(node, old_parent) != fs.mount_of(new_parent, new_parent.parent):
+        raise SyscallError(errno.EXDEV)
+    hosts = [on_host(t, x) for x in (old_parent, new_parent)]
+    if hosts[0] is not None or hosts[1] is not None:
+        if hosts[0] is not hosts[1]:
+            raise SyscallError(errno.EXDEV)
+        if flags & RENAME_NOREPLACE and target is not None:
+            raise SyscallError(errno.EEXIST)
+        src = hosts[0].open(host_path(old_parent), os.O_PATH | os.O_DIRECTORY)
+        try:
+            hosts[0].at(host_path(new_parent, new_name), lambda n, dir_fd: os.rename(
+                old_name, n, src_dir_fd=src, dst_dir_fd=dir_fd))
+        finally:
+            os.close(src)
+        return 0
+    on_host(t, node)
+    if target is node:
+        return 0
+    if target is not None:
+        if flags & RENAME_NOREPLACE:
+            raise SyscallError(errno.EEXIST)
+        if node.is_dir() and not target.is_dir():
+            raise SyscallError(errno.ENOTDIR)
+        if target.is_dir() and not node.is_dir():
+            raise SyscallError(errno.EISDIR)
+        if target.is_dir() and t.kernel.fs.list_dir(target):
+            raise SyscallError(errno.ENOTEMPTY)
+    if node.is_dir():
+        if _is_ancestor(node, new_parent):
+            raise SyscallError(errno.EINVAL)
+        if node.lower is not None:
+            raise SyscallError(errno.EXDEV)  # as overlayfs does without redirect_dir
+        node.parent = new_parent
+        node.name = new_name
+    old_parent.entries.pop(old_name, None)
+    if old_parent.lower is not None:
+        old_parent.whiteouts.add(old_name)
+    new_parent.entries[new_name] = node
+    new_parent.whiteouts.discard(new_name)
+    now = now_ns()
+    old_parent.mtime = new_parent.mtime = node.ctime = now
+    return 0
+
+
+@syscall(NR.renameat)
+def renameat(t, olddirfd, oldpath, newdirfd, newpath):
+    return renameat2(t, olddirfd, oldpath, newdirfd, newpath, 0)
+
+
+@syscall(NR.rename)
+def rename(t, oldpath, newpath):
+    return renameat2(t, AT_FDCWD & 0xFFFFFFFF, oldpath, AT_FDCWD & 0xFFFFFFFF, newpath, 0)
+
+
+@syscall(NR.linkat)
+def linkat(t, olddirfd, oldpath, newdirfd, newpath, flags):
+    flags = i32(flags)
+    parent, name, node, raw = lookup(t, i32(olddirfd), oldpath, follow=bool(flags & AT_SYMLINK_FOLLOW),
+                                     empty_ok=bool(flags & AT_EMPTY_PATH))
+    if not raw and flags & AT_EMPTY_PATH:
+        node = getattr(t.fds.get(i32(olddirfd)), "node", None)  # name an open (O_TMPFILE) file
+        if node is None or node.is_dir():
+            raise SyscallError(errno.ENOENT if node is None else errno.EPERM)
+    if node is None:
+        raise SyscallError(errno.ENOENT)
+    if node.is_dir():
+        raise SyscallError(errno.EPERM)
+    new_parent, new_name, target, _ = lookup(t, i32(newdirfd), newpath, follow=False)
+    if target is not None:
+        raise SyscallError(errno.EEXIST)
+    fs = t.kernel.fs
+    if parent is not None and fs.mount_of(node, parent) != fs.mount_of(new_parent, new_parent.parent):
+        raise SyscallError(errno.EXDEV)
+    host = on_host(t, new_parent)
+    if host is not None:
+        if on_host(t, node) is not host:
+            raise SyscallError(errno.EXDEV)
+        src = host.open(host_path(parent), os.O_PATH | os.O_DIRECTORY)
+        try:
+            host.at(host_path(new_parent, new_name), lambda n, dir_fd: os.link(
+                name, n, src_dir_fd=src, dst_dir_fd=dir_fd, follow_symlinks=False))
+        finally:
+            os.close(src)
+        return 0
+    on_host(t, node)
+    if isinstance(node, LowerNode) and st.S_ISREG(node.mode):
+        node = t.kernel.fs.copy_up(parent, name, node)
+    node.nlink += 1
+    node.ctime = now_ns()
+    new_parent.entries[new_name] = node
+    new_parent.whiteouts.discard(new_name)
+    return 0
+
+
+@syscall(NR.link)
+def link(t, oldpath, newpath):
+    return linkat(t, AT_FDCWD & 0xFFFFFFFF, oldpath, AT_FDCWD & 0xFFFFFFFF, newpath, 0)
+
+
+@syscall(NR.symlinkat)
+def symlinkat(t, target, newdirfd, linkpath):
+    content = t.mm.read_cstring(target)
+    if not content:
+        raise SyscallError(errno.ENOENT)
+    parent, name, node, _ = lookup(t, i32(newdirfd), linkpath, follow=False)
+    if node is not None:
+        raise SyscallError(errno.EEXIST)
+    host = on_host(t, parent)
+    if host is not None:
+        host.at(host_path(parent, name), lambda n, dir_fd: os.symlink(content, n, dir_fd=dir_fd))
+        return 0
+    now = now_ns()
+    parent.entries[name] = MemSymlink(ino=t.kernel.fs.new_ino(), mode=st.S_IFLNK | 0o777, atime=now,
+                                      mtime=now, ctime=now, target=content)
+    parent.whiteouts.discard(name)
+    return 0
+
+
+@syscall(NR.symlink)
+def symlink(t, target, linkpath):
+    return symlinkat(t, target, AT_FDCWD & 0xFFFFFFFF, linkpath)
+
+
+@syscall(NR.mknodat)
+def mknodat(t, dirfd, path, mode, dev):
+    mode &= 0xFFFF  # an umode_t
+    kind = st.S_IFMT(mode) or st.S_IFREG
+    if kind not in (st.S_IFREG, st.S_IFCHR, st.S_IFBLK, st.S_IFIFO, st.S_IFSOCK):
+        raise SyscallError(errno.EINVAL)
+    parent, name, node, _ = lookup(t, i32(dirfd), path, follow=False)
+    if node is not None:
+        raise SyscallError(errno.EEXIST)
+    if isinstance(parent, ProcDir):
+        raise SyscallError(errno.EACCES)
+    if on_host(t, parent) is not None:
+        raise SyscallError(errno.EPERM, "special files in a read-write bind mount are not supported")
+    perm = mode & 0o7777 & ~t.fs.umask
+    if kind == st.S_IFREG:
+        t.kernel.fs.create_regular(parent, name, perm, t.tg.creds[1], t.tg.creds[4])
+        return 0
+    if kind != st.S_IFIFO:
+        raise SyscallError(errno.EPERM, "device and socket nodes are not supported")
+    now = now_ns()
+    t.kernel.pipe_ino += 1
+    parent.entries[name] = FifoNode(ino=t.kernel.fs.new_ino(), mode=st.S_IFIFO | perm, uid=t.tg.creds[1],
+                                    gid=t.tg.creds[4], atime=now, mtime=now, ctime=now,
+                                    pipe=Pipe(ino=t.kernel.pipe_ino))
+    parent.whiteouts.discard(name)
+    return 0
+
+
+@syscall(NR.mknod)
+def mknod(t, path, mode, dev):
+    return mknodat(t, AT_FDCWD & 0xFFFFFFFF, path, mode, dev)

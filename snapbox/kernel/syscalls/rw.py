@@ -1,0 +1,104 @@
+"""Reading and writing: read, write and their p/v forms, lseek, fsync, sendfile and
+copy_file_range."""
+
+from __future__ import annotations
+
+import errno
+import struct
+
+from snapbox.kernel.errors import SyscallError
+from snapbox.kernel.syscalls import NR, i32, i64, syscall
+from snapbox.kernel.syscalls.common import MAX_RW, iovecs, readable, scatter, writable, write_all
+
+
+
+@syscall(NR.read)
+def read(t, fd, buf, count):
+    f = readable(t, i32(fd))
+    data = f.read(t, min(count, MAX_RW))
+    t.mm.write(buf, data)
+    return len(data)
+
+
+@syscall(NR.pread64)
+def pread64(t, fd, buf, count, offset):
+    f = readable(t, i32(fd))
+    if i64(offset) < 0:
+        raise SyscallError(errno.EINVAL)
+    data = f.read(t, min(count, MAX_RW), i64(offset))
+    t.mm.write(buf, data)
+    return len(data)
+
+
+@syscall(NR.write)
+def write(t, fd, buf, count):
+    f = writable(t, i32(fd))
+    data = t.mm.read(buf, min(count, MAX_RW))
+    return write_all(t, NR.write, f, data)
+
+
+@syscall(NR.pwrite64)
+def pwrite64(t, fd, buf, count, offset):
+    f = writable(t, i32(fd))
+    if i64(offset) < 0:
+        raise SyscallError(errno.EINVAL)
+    data = t.mm.read(buf, min(count, MAX_RW))
+    return f.write(t, data, i64(offset))
+
+
+@syscall(NR.readv)
+def readv(t, fd, iov, iovcnt):
+    f = readable(t, i32(fd))
+    vecs = iovecs(t, iov, iovcnt)
+    data = f.read(t, min(sum(n for _, n in vecs), MAX_RW))
+    scatter(t, vecs, data)
+    return len(data)
+
+
+@syscall(NR.writev)
+def writev(t, fd, iov, iovcnt):
+    f = writable(t, i32(fd))
+    data = b"".join(t.mm.read(base, n) for base, n in iovecs(t, iov, iovcnt))
+    return write_all(t, NR.writev, f, data[:MAX_RW])
+
+
+@syscall(NR.lseek)
+def lseek(t, fd, offset, whence):
+    return t.fds.get(i32(fd)).seek(i64(offset), i32(whence))
+
+
+@syscall(NR.fsync, NR.fdatasync)
+def fsync(t, fd):
+    t.fds.get(i32(fd))
+    return 0
+
+
+def _transfer(t, nr: int, out_fd: int, in_fd: int, offset_addr: int, count: int) -> int:
+    src = readable(t, in_fd)
+    dst = writable(t, out_fd)
+    count = min(count, MAX_RW)
+    if offset_addr:
+        (offset,) = struct.unpack("<q", t.mm.read(offset_addr, 8))
+        if offset < 0:
+            raise SyscallError(errno.EINVAL)
+        data = src.read(t, count, offset)
+    else:
+        data = src.read(t, count)
+    n = write_all(t, nr, dst, data)
+    if offset_addr:
+        t.mm.write(offset_addr, struct.pack("<q", offset + n))
+    return n
+
+
+@syscall(NR.sendfile)
+def sendfile(t, out_fd, in_fd, offset, count):
+    return _transfer(t, NR.sendfile, i32(out_fd), i32(in_fd), offset, count)
+
+
+@syscall(NR.copy_file_range)
+def copy_file_range(t, fd_in, off_in, fd_out, off_out, length, flags):
+    if flags:
+        raise SyscallError(errno.EINVAL)
+    if off_out:
+        raise SyscallError(errno.EINVAL, "an explicit output offset is not supported yet")
+    return _transfer(t, NR.copy_file_range, i32(fd_out), i32(fd_in), off_in, length)

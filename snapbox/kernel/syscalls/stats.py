@@ -1,0 +1,135 @@
+"""File status: stat and its forms (fstat, lstat, newfstatat, statx), access and
+faccessat, readlink."""
+
+from __future__ import annotations
+
+import errno
+import struct
+
+from snapbox.kernel.errors import SyscallError
+from snapbox.kernel.syscalls import NR, i32, syscall
+from snapbox.kernel.syscalls.common import AT_EMPTY_PATH, AT_FDCWD, AT_SYMLINK_NOFOLLOW, lookup
+
+
+
+_STAT = struct.Struct("<QQQIIIiQqqqqqqqqq24x")
+
+
+def pack_stat(s: dict) -> bytes:
+    """struct stat for x86-64."""
+    a, m, c = s["atime"], s["mtime"], s["ctime"]
+    return _STAT.pack(s["dev"], s["ino"], s["nlink"], s["mode"], s["uid"], s["gid"], 0, s["rdev"],
+                      s["size"], s["blksize"], s["blocks"], a // 10**9, a % 10**9,
+                      m // 10**9, m % 10**9, c // 10**9, c % 10**9)
+
+
+@syscall(NR.fstat)
+def fstat(t, fd, buf):
+    t.mm.write(buf, pack_stat(t.fds.get(i32(fd)).stat()))
+    return 0
+
+
+def _stat_at(t, dirfd: int, path: int, buf: int, flags: int) -> int:
+    if flags & ~(AT_SYMLINK_NOFOLLOW | AT_EMPTY_PATH):
+        raise SyscallError(errno.EINVAL)
+    _, _, node, raw = lookup(t, dirfd, path, follow=not flags & AT_SYMLINK_NOFOLLOW,
+                             empty_ok=bool(flags & AT_EMPTY_PATH))
+    if not raw and flags & AT_EMPTY_PATH:
+        s = (t.fds.get(dirfd).stat() if dirfd != AT_FDCWD else t.fs.cwd.stat())
+    elif node is None:
+        raise SyscallError(errno.ENOENT)
+    else:
+        s = node.stat()
+    t.mm.write(buf, pack_stat(s))
+    return 0
+
+
+@syscall(NR.newfstatat)
+def newfstatat(t, dirfd, path, buf, flags):
+    return _stat_at(t, i32(dirfd), path, buf, i32(flags))
+
+
+@syscall(NR.stat)
+def stat(t, path, buf):
+    return _stat_at(t, AT_FDCWD, path, buf, 0)
+
+
+@syscall(NR.lstat)
+def lstat(t, path, buf):
+    return _stat_at(t, AT_FDCWD, path, buf, AT_SYMLINK_NOFOLLOW)
+
+
+F_OK, X_OK, W_OK, R_OK = 0, 1, 2, 4
+
+
+def _access(t, dirfd: int, path: int, mode: int, flags: int) -> int:
+    if mode & ~7:
+        raise SyscallError(errno.EINVAL)
+    _, _, node, _ = lookup(t, dirfd, path, follow=not flags & AT_SYMLINK_NOFOLLOW)
+    if node is None:
+        raise SyscallError(errno.ENOENT)
+    # The sandbox runs as root: only execute needs some x bit (access(2), "root" note).
+    if mode & X_OK and not node.is_dir() and not node.mode & 0o111:
+        raise SyscallError(errno.EACCES)
+    return 0
+
+
+@syscall(NR.access)
+def access(t, path, mode):
+    return _access(t, AT_FDCWD, path, mode, 0)
+
+
+@syscall(NR.faccessat)
+def faccessat(t, dirfd, path, mode):
+    return _access(t, i32(dirfd), path, mode, 0)
+
+
+@syscall(NR.faccessat2)
+def faccessat2(t, dirfd, path, mode, flags):
+    return _access(t, i32(dirfd), path, mode, i32(flags))
+
+
+@syscall(NR.readlinkat)
+def readlinkat(t, dirfd, path, buf, size):
+    if i32(size) <= 0:
+        raise SyscallError(errno.EINVAL)
+    _, _, node, _ = lookup(t, i32(dirfd), path, follow=False)
+    if node is None:
+        raise SyscallError(errno.ENOENT)
+    target = t.kernel.fs.readlink(node)[:size]
+    t.mm.write(buf, target)
+    return len(target)
+
+
+@syscall(NR.readlink)
+def readlink(t, path, buf, size):
+    return readlinkat(t, AT_FDCWD & 0xFFFFFFFF, path, buf, size)
+
+
+_STATX_TS = struct.Struct("<qI4x")
+
+
+STATX_BASIC_STATS = 0x7FF
+
+
+@syscall(NR.statx)
+def statx(t, dirfd, path, flags, mask, buf):
+    flags = i32(flags)
+    _, _, node, raw = lookup(t, i32(dirfd), path, follow=not flags & AT_SYMLINK_NOFOLLOW,
+                             empty_ok=bool(flags & AT_EMPTY_PATH))
+    if not raw and flags & AT_EMPTY_PATH:
+        s = t.fds.get(i32(dirfd)).stat() if i32(dirfd) != AT_FDCWD else t.fs.cwd.stat()
+    elif node is None:
+        raise SyscallError(errno.ENOENT)
+    else:
+        s = node.stat()
+
+    def ts(ns: int) -> bytes:
+        return _STATX_TS.pack(ns // 10**9, ns % 10**9)
+
+    out = struct.pack("<IIQIIIHxxQQQQ", STATX_BASIC_STATS, s["blksize"], 0, s["nlink"], s["uid"], s["gid"],
+                      s["mode"], s["ino"], s["size"], s["blocks"], 0)
+    out += ts(s["atime"]) + ts(0) + ts(s["ctime"]) + ts(s["mtime"])
+    out += struct.pack("<IIII", (s["rdev"] >> 8) & 0xFFF, s["rdev"] & 0xFF, (s["dev"] >> 8) & 0xFFF, s["dev"] & 0xFF)
+    t.mm.write(buf, out.ljust(256, b"\0"))
+    return 0
