@@ -14,6 +14,7 @@ import select
 import selectors
 import stat as st
 import struct
+import weakref
 from dataclasses import dataclass
 
 from snapbox.kernel.errors import SyscallError, WouldBlock
@@ -62,16 +63,22 @@ class HostFile(OpenFile):
     stdio: int = 0
     passed: bool = False  # a stream handed over by `snapbox exec`, not the sandbox's own
     fd: int = nosave(default=-1)  # the host fd: a dup of the sandbox process's stdio
+    # Closes fd, once: at release(), or when the file is dropped unreleased (a kernel whose
+    # image was refused half way through).
+    closer: weakref.finalize | None = nosave(default=None)
 
     def __post_init__(self) -> None:
-        if self.fd < 0:
-            self.fd = _dup_stdio(self.stdio)
+        self._hold(self.fd if self.fd >= 0 else _dup_stdio(self.stdio))
 
     def after_load(self, ctx) -> None:
         if self.stdio not in (0, 1, 2):
             raise ImageError(f"image holds a host stdio file numbered {self.stdio}")
         # An exec'd process's streams belonged to an `exec` command that is gone now.
-        self.fd = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC) if self.passed else _dup_stdio(self.stdio)
+        self._hold(os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC) if self.passed else _dup_stdio(self.stdio))
+
+    def _hold(self, fd: int) -> None:
+        self.fd = fd
+        self.closer = weakref.finalize(self, os.close, fd)
 
     def _ready(self, events: int) -> bool:
         r, w, _ = select.select([self.fd] if events == selectors.EVENT_READ else [],
@@ -155,7 +162,7 @@ class HostFile(OpenFile):
 
     def release(self) -> None:
         if self.fd >= 0:
-            os.close(self.fd)
+            self.closer()
             self.fd = -1
 
     def describe(self) -> str:

@@ -18,6 +18,7 @@ import errno
 import os
 import stat as st
 import time
+import weakref
 from dataclasses import dataclass, field
 
 from snapbox.kernel.errors import SyscallError
@@ -48,6 +49,7 @@ class Lower:
 
     path: str  # host path of the rootfs
     fd: int = -1  # O_PATH fd of the rootfs, opened on first use
+    closer: weakref.finalize | None = None  # closes fd when called, or when this is collected
 
     @property
     def dirfd(self) -> int:
@@ -56,6 +58,7 @@ class Lower:
                 self.fd = os.open(self.path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
             except OSError as e:
                 raise SyscallError(e.errno, f"rootfs {self.path}") from None
+            self.closer = weakref.finalize(self, os.close, self.fd)
         return self.fd
 
     def open(self, rel: str, flags: int = os.O_RDONLY, mode: int = 0) -> int:
@@ -105,7 +108,7 @@ class Lower:
 
     def close(self) -> None:
         if self.fd >= 0:
-            os.close(self.fd)
+            self.closer()
             self.fd = -1
 
 

@@ -14,6 +14,7 @@ import mmap
 import os
 import struct
 import threading
+import weakref
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -65,6 +66,7 @@ class MemoryFile:
     view: memoryview = nosave(default=None)
     saved_bytes: int = nosave(default=0)  # data bytes the last save_chunks wrote (before compression)
     lazy: LazyLoader | None = nosave(default=None)  # chunks of the image restored from, still to load
+    closer: weakref.finalize | None = nosave(default=None)  # closes fd, once, when called or collected
 
     def __post_init__(self) -> None:
         if self.fd < 0:
@@ -75,6 +77,9 @@ class MemoryFile:
 
     def _open(self) -> None:
         self.fd = os.memfd_create("snapbox-memory", os.MFD_CLOEXEC)
+        # A MemoryFile dropped without close() (an image refused half way through its
+        # decoding) still gives its fd back.
+        self.closer = weakref.finalize(self, os.close, self.fd)
         os.ftruncate(self.fd, FILE_SIZE)
         self.map = mmap.mmap(self.fd, FILE_SIZE, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         self.view = memoryview(self.map)
@@ -88,7 +93,7 @@ class MemoryFile:
             self.map.close()
             self.map = None
         if self.fd >= 0:
-            os.close(self.fd)
+            self.closer()
             self.fd = -1
 
     # -- allocation -------------------------------------------------------------------

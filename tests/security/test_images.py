@@ -99,3 +99,25 @@ def test_the_image_fuzzer_finds_nothing_on_a_current_image(snapbox, tmp_path):
                         "--cases", "400"], capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr
     assert "0 decoded" in p.stdout, p.stdout
+
+
+def test_an_image_refused_after_its_graph_was_decoded_leaves_no_host_fd_open():
+    """A damaged trailer is found only after the whole graph was decoded (stdio dup'ed,
+    a memfd made): refusing the image must give all of that back, or a long-lived reader
+    (the fuzzer, a warm pool's worker) runs out of fds."""
+    import gc
+    import io
+    import os
+
+    from snapbox.kernel.checkpoint import LoadContext
+    from snapbox.kernel.kernel import Kernel
+    from snapbox.state import ImageError
+
+    data = bytearray((REPO / "tests" / "golden" / "counter-format1.img").read_bytes())
+    data[-1] ^= 0xFF  # the trailer's CRC
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(20):
+        with pytest.raises(ImageError, match="checksum mismatch in the trailer"):
+            Kernel.read_image(io.BytesIO(bytes(data)), LoadContext(), check_cpu=False)
+    gc.collect()
+    assert len(os.listdir("/proc/self/fd")) <= before + 1  # + the sentry's signalfd, made once
