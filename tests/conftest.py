@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+import json
 import os
 import signal
 import subprocess
@@ -127,3 +129,46 @@ def lines(path: Path) -> list[str]:
         return []
     text = path.read_text()
     return text.split("\n")[:-1]
+
+
+# Programs compared with their native runs.
+def same_output(got: str, want: str) -> bool:
+    """Equal, or an assertion that shows the difference line by line."""
+    if got != want:
+        diff = "\n".join(difflib.unified_diff(want.splitlines(), got.splitlines(), "native", "snapbox", lineterm=""))
+        raise AssertionError(f"output differs from the native run:\n{diff}")
+    return True
+
+
+def busybox_bundle(images: Path, tmp_path: Path, script: str, name: str = "bb") -> Path:
+    """A bundle on the busybox fixture's rootfs that runs `script` with sh -c, in /work."""
+    bundle = tmp_path / name
+    bundle.mkdir()
+    (bundle / "config.json").write_text(json.dumps({
+        "ociVersion": "1.0.2",
+        "process": {"args": ["/bin/sh", "-c", script], "env": ["PATH=/bin", "HOME=/tmp"], "cwd": "/work"},
+        "root": {"path": str(images / "busybox" / "rootfs")},
+    }))
+    return bundle
+
+
+def native(images: Path, tmp_path: Path, script: str) -> str:
+    """The same script under the same busybox, on the host, in an empty directory; stdout
+    and stderr go to one file, as they do for the sandbox."""
+    work = tmp_path / "native-work"
+    work.mkdir()
+    busybox = images / "busybox" / "rootfs" / "bin" / "busybox"
+    out = tmp_path / "native.txt"
+    with open(out, "w") as f:
+        subprocess.run([str(busybox), "sh", "-c", script], cwd=work, stdout=f, stderr=f,
+                       env={"PATH": str(busybox.parent), "HOME": str(work)}, timeout=60)
+    return out.read_text()
+
+
+def in_sandbox(snapbox, out: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """A snapbox command whose stdout and stderr (and so the sandbox's) go to `out`."""
+    with open(out, "a") as f:
+        p = subprocess.run(snapbox.cmd(*args), stdout=f, stderr=f, stdin=subprocess.DEVNULL, timeout=60)
+    if check:
+        assert p.returncode == 0, out.read_text()
+    return p

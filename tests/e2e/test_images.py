@@ -18,7 +18,7 @@ from snapbox.kernel.kernel import Kernel
 from snapbox.platform.cpuid import FeatureSet
 from snapbox.state.image import ImageReader
 from tests.conftest import REPO, lines, wait_for
-from tests.e2e.test_spine import counts
+from tests.e2e.test_checkpoint_restore import counts
 
 GOLDEN = REPO / "tests" / "golden" / "counter-format1.img"
 

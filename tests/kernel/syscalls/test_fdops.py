@@ -1,0 +1,31 @@
+"""File descriptors: record locks and flock, /dev's files."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from tests.conftest import busybox_bundle, same_output
+
+
+@pytest.mark.parametrize("bundle", ["locks", "locks-glibc"])
+def test_file_locks_match_native(snapbox, images, tmp_path, bundle):
+    binary = images / bundle / "rootfs" / bundle
+    want = subprocess.run([str(binary)], capture_output=True, text=True, timeout=30, cwd=tmp_path).stdout
+    assert "child waits 0" in want
+    assert same_output(snapbox("run", "--bundle", str(images / bundle), "lk").stdout, want)
+
+
+def test_dev_null_zero_and_random(snapbox, images, tmp_path):
+    script = """
+    echo gone > /dev/null && echo null-ok
+    head -c 5 /dev/zero | od -An -tx1
+    head -c 16 /dev/urandom | wc -c
+    echo x > /dev/full || echo full-refused
+    ls -l /dev/null | cut -c1-10
+    """
+    bundle = busybox_bundle(images, tmp_path, script)
+    p = snapbox("run", "--bundle", str(bundle), "dev", check=False)
+    assert p.stdout.split("\n")[:5] == ["null-ok", " 00 00 00 00 00", "16", "full-refused", "crw-rw-rw-"]
+    assert "No space left on device" in p.stderr

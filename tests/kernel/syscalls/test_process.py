@@ -1,0 +1,54 @@
+"""Processes and threads: many processes blocked at a checkpoint, pthreads restored at random moments."""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import time
+
+import pytest
+
+from tests.conftest import busybox_bundle, in_sandbox, lines, wait_for
+
+
+def test_a_sandbox_with_many_processes_checkpoints_while_they_block(snapbox, images, tmp_path):
+    """Parked in wait4, in a pipe read, in nanosleep, in a pipe write: all carry on, restored
+    lazily."""
+    script = "(sleep 0.6; echo from-sleeper) | (cat; echo reader-done) & yes | head -c 200000 | wc -c; wait; echo all-done"
+    bundle = busybox_bundle(images, tmp_path, script)
+    out = tmp_path / "out.txt"
+    in_sandbox(snapbox, out, "run", "--bundle", str(bundle), "--detach", "m0")
+    image = tmp_path / "m.img"
+    snapbox("checkpoint", "--image-path", str(image), "m0")
+    info = json.loads(snapbox("inspect", "--json", str(image)).stdout)
+    assert len(info["processes"]) >= 3
+    snapbox("delete", "m0")
+    in_sandbox(snapbox, out, "restore", "--bundle", str(bundle), "--image-path", str(image), "--lazy",
+               "--detach", "m1")
+    wait_for(lambda: "all-done" in lines(out), timeout=30, what="the pipeline to finish")
+    assert sorted(lines(out)) == sorted(["from-sleeper", "reader-done", "200000", "all-done"])
+
+
+@pytest.mark.parametrize("bundle", ["threads", "threads-glibc"])
+def test_pthreads_under_checkpoint_and_restore_at_random_moments(snapbox, images, tmp_path, bundle):
+    binary = images / bundle / "rootfs" / bundle
+    want = subprocess.run([str(binary), "300"], capture_output=True, text=True, timeout=60).stdout
+    out = tmp_path / "out.txt"
+    in_sandbox(snapbox, out, "run", "--bundle", str(images / bundle), "--detach", "t0")
+    rng = random.Random(99)
+    image = tmp_path / "t.img"
+    cid, restores = "t0", 0
+    while restores < 5:
+        time.sleep(rng.uniform(0.02, 0.2))
+        if snapbox("checkpoint", "--image-path", str(image), cid, check=False).returncode != 0:
+            break  # it finished first
+        snapbox("delete", cid)
+        restores += 1
+        cid = f"t{restores}"
+        in_sandbox(snapbox, out, "restore", "--bundle", str(images / bundle), "--image-path", str(image),
+                   *(["--lazy"] if restores % 2 else []), "--detach", cid)
+    wait_for(lambda: json.loads(snapbox("state", cid).stdout)["status"] == "stopped", timeout=60,
+             what="the threads to finish")
+    assert restores >= 2
+    assert out.read_text() == want
