@@ -12,6 +12,7 @@ write_image puts an image file in place whole or not at all.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import os
@@ -251,7 +252,10 @@ def write_image(path: str, write: Callable[[IO[bytes]], T]) -> T:
     """Have `write(f)` write an image to `path` and return what it returns. The file is
     written unnamed around the page cache where the file system allows (see
     snapbox.state.direct), fsynced, then linked and renamed into place, so an interrupted
-    or failed write never leaves a file under the target name."""
+    or failed write never leaves a file under the target name. Only a regular file is
+    ever replaced: a device, FIFO, socket, directory or symbolic link at `path` is refused
+    (the check is made again just before the rename)."""
+    _check_target(path)
     directory = os.path.dirname(path) or "."
     flags = os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC
     try:
@@ -272,11 +276,14 @@ def write_image(path: str, write: Callable[[IO[bytes]], T]) -> T:
             if e.errno not in WRITE_ERRORS:
                 raise
             raise ImageWriteError(f"cannot write image {path} ({e.strerror})") from None
+        _check_target(path)
         partial = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.partial")
         try:
             _link_fd(fd, partial)
             os.replace(partial, path)
         except OSError as e:
+            with contextlib.suppress(OSError):
+                os.unlink(partial)
             raise ImageWriteError(f"cannot write image {path} ({e.strerror})") from None
     finally:
         os.close(fd)
@@ -286,6 +293,23 @@ def write_image(path: str, write: Callable[[IO[bytes]], T]) -> T:
     finally:
         os.close(dfd)
     return result
+
+
+_KINDS = ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISDIR, "a directory"), (stat.S_ISCHR, "a device"),
+          (stat.S_ISBLK, "a device"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"))
+
+
+def _check_target(path: str) -> None:
+    """ImageWriteError unless `path` is missing or a regular file (what an image replaces)."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise ImageWriteError(f"cannot write image {path} ({e.strerror})") from None
+    for test, kind in _KINDS:
+        if test(mode):
+            raise ImageWriteError(f"cannot write image {path} (it is {kind}, not a regular file)")
 
 
 def _link_fd(fd: int, path: str) -> None:

@@ -87,6 +87,43 @@ def test_a_checkpoint_to_a_full_disk_says_so_and_the_sandbox_runs_on(snapbox, tm
         subprocess.run(["umount", str(full)], check=True)
 
 
+@pytest.mark.parametrize("kind", ["device", "fifo", "symlink", "directory"])
+def test_a_checkpoint_never_replaces_what_is_not_a_regular_file(snapbox, tmp_path, kind):
+    """runc's contract would have the path be a directory CRIU fills; snapbox writes one
+    file, and must never turn /dev/full, a FIFO or a link into it."""
+    import os
+    import stat
+
+    target = tmp_path / "here"
+    if kind == "device":
+        target = Path("/dev/full")
+    elif kind == "fifo":
+        os.mkfifo(target)
+    elif kind == "symlink":
+        (tmp_path / "elsewhere").write_text("keep me")
+        target.symlink_to(tmp_path / "elsewhere")
+    else:
+        target.mkdir()
+    before = os.lstat(target)
+    out = tmp_path / "out.txt"
+    snapbox.run_detached("c0", "counter", out)
+    wait_for(lambda: lines(out), timeout=30, what="counter ready")
+    p = snapbox("checkpoint", "--image-path", str(target), "c0", check=False)
+    if kind == "directory":  # refused by the command line itself: a usage error
+        assert p.returncode == 2 and "is a directory" in p.stderr
+    else:  # refused by the sandbox before anything is written
+        assert p.returncode == 1 and p.stderr.startswith(f"snapbox: error: cannot write image {target} (it is a")
+    assert p.stderr.startswith("snapbox: error: ") and p.stderr.count("\n") == 1
+    after = os.lstat(target)
+    assert (stat.S_IFMT(after.st_mode), after.st_ino, after.st_rdev) == \
+        (stat.S_IFMT(before.st_mode), before.st_ino, before.st_rdev)
+    if kind == "symlink":
+        assert (tmp_path / "elsewhere").read_text() == "keep me"
+    assert not [n for n in os.listdir(target.parent) if n.endswith(".partial")]
+    assert json.loads(snapbox("state", "c0").stdout)["status"] == "running"
+    snapbox("kill", "c0", "KILL")
+
+
 def test_the_image_fuzzer_finds_nothing_on_a_current_image(snapbox, tmp_path):
     """A bounded run of bench/fuzz-image on an image this snapbox made (the golden image is
     older than the kernel graph's digest): damaged images are all refused as damaged."""
