@@ -62,7 +62,7 @@ class _Context:
 @click.option("--strace", is_flag=True,
               help="Log every application syscall, with decoded arguments and results, to the sandbox's log.")
 @click.option("--network", type=click.Choice(["none", "sandbox", "host"]), default="none", show_default=True,
-              help="Networking: only none exists today (sockets are not supported yet).")
+              help="Networking: only none exists today (loopback only; TCP on it runs inside the sandbox).")
 @click.version_option(package_name="snapbox", prog_name="snapbox")
 @click.pass_context
 def cli(ctx: click.Context, root: str | None, debug: bool, debug_log: str | None, log_file: str | None,

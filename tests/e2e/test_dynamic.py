@@ -244,3 +244,34 @@ def test_a_unix_socket_echo_pair_survives_checkpoint_and_restore(snapbox, tmp_pa
     got = do_through_a_restore(snapbox, tmp_path, [sys.executable, "-c", UNIX_ECHO], 4)
     assert got[0] == "hello through a passed fd"
     assert got[1:] == [f"echo {i}" for i in range(1, len(got))]
+
+
+HTTP_LOOP = r"""
+import http.server, threading, time, urllib.request
+class Counter(http.server.BaseHTTPRequestHandler):
+    served = 0
+    def do_GET(self):
+        Counter.served += 1
+        body = b"reply %d to %s" % (Counter.served, self.path.encode())
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Counter)
+threading.Thread(target=server.serve_forever, daemon=True).start()
+url = "http://127.0.0.1:%d/n" % server.server_address[1]
+n = 0
+while True:
+    n += 1
+    print(urllib.request.urlopen(url + str(n), timeout=10).read().decode(), flush=True)
+    time.sleep(0.05)
+"""
+
+
+def test_a_python_http_server_and_its_client_survive_checkpoint_and_restore(snapbox, tmp_path):
+    """TCP over the sandbox's loopback: CPython's http.server in a thread, urllib asking it
+    (with a timeout: non-blocking sockets and poll) before and after a restore."""
+    got = do_through_a_restore(snapbox, tmp_path, [sys.executable, "-c", HTTP_LOOP], 3)
+    assert got == [f"reply {i} to /n{i}" for i in range(1, len(got) + 1)]

@@ -12,20 +12,10 @@ from snapbox.kernel.vfs import Dir, DirFile
 
 
 AT_FDCWD = -100
-
-
 AT_SYMLINK_NOFOLLOW = 0x100
-
-
 AT_EMPTY_PATH = 0x1000
-
-
 IOV_MAX = 1024
-
-
 MAX_RW = 0x7FFFF000  # Linux caps one read/write at this many bytes
-
-
 _IOVEC = struct.Struct("<QQ")
 
 

@@ -137,26 +137,29 @@ def close(t, fd):
     return 0
 
 
+# ioctl(2) requests every file takes (ioctl_list(2); Linux's do_vfs_ioctl), before its own.
+FIONCLEX, FIOCLEX, FIONBIO = 0x5450, 0x5451, 0x5421
+
+
 @syscall(NR.ioctl)
 def ioctl(t, fd, request, arg):
-    return t.fds.get(i32(fd)).ioctl(t, request & 0xFFFFFFFF, arg)
+    fd, request = i32(fd), request & 0xFFFFFFFF
+    f = t.fds.get(fd)
+    if request in (FIOCLEX, FIONCLEX):
+        (t.fds.cloexec.add if request == FIOCLEX else t.fds.cloexec.discard)(fd)
+        return 0
+    if request == FIONBIO:  # what Python's socket.settimeout uses
+        (on,) = struct.unpack("<i", t.mm.read(arg, 4))
+        f.flags = f.flags | O_NONBLOCK if on else f.flags & ~O_NONBLOCK
+        return 0
+    return f.ioctl(t, request, arg)
 
 
 F_DUPFD, F_GETFD, F_SETFD, F_GETFL, F_SETFL = 0, 1, 2, 3, 4
-
-
 F_DUPFD_CLOEXEC = 1030
-
-
 F_GETLK, F_SETLK, F_SETLKW = 5, 6, 7
-
-
 F_OFD_GETLK, F_OFD_SETLK, F_OFD_SETLKW = 36, 37, 38
-
-
 F_GETPIPE_SZ = 1032
-
-
 FD_CLOEXEC = 1
 
 

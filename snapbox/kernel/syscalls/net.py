@@ -1,5 +1,6 @@
-"""Sockets: AF_UNIX stream sockets (socketpair, bind, listen, accept, connect, SCM_RIGHTS).
-Other families fail with EAFNOSUPPORT and other unix socket types with ESOCKTNOSUPPORT."""
+"""Sockets: AF_UNIX stream sockets (socketpair, bind, listen, accept, connect, SCM_RIGHTS),
+and TCP over the sandbox's loopback (AF_INET, AF_INET6: see snapbox.kernel.inet). Other
+families fail with EAFNOSUPPORT, other types with ESOCKTNOSUPPORT."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from snapbox.kernel.errors import SyscallError
 from snapbox.kernel.fd import O_CLOEXEC, O_NONBLOCK
 from snapbox.kernel.socket import AF_UNIX, MSG_PEEK, SOCK_STREAM, SocketNode, UnixSocket, drop_ref, make_pair, \
     new_socket
+from snapbox.kernel.inet import AF_INET, AF_INET6, IPPROTO_TCP, InetSocket, Ports, is_local, pack_sockaddr, \
+    parse_sockaddr
 from snapbox.kernel.syscalls import NR, i32, syscall
 from snapbox.kernel.syscalls.common import AT_FDCWD, MAX_RW, iovecs, on_host, scatter, start_dir, write_all
 from snapbox.kernel.vfs import now_ns
@@ -33,13 +36,22 @@ def _cmsg_align(n: int) -> int:
 @syscall(NR.socket)
 def socket(t, domain, type_, protocol):
     kind = i32(type_) & ~(SOCK_NONBLOCK | SOCK_CLOEXEC)
-    if i32(domain) != AF_UNIX:
-        raise SyscallError(errno.EAFNOSUPPORT, "only AF_UNIX sockets exist in the sandbox")
-    if kind != SOCK_STREAM:
-        raise SyscallError(errno.ESOCKTNOSUPPORT, "only SOCK_STREAM unix sockets are supported")
-    if i32(protocol) not in (0, 1):
-        raise SyscallError(errno.EPROTONOSUPPORT)
-    s = new_socket(t.kernel, i32(type_) & SOCK_NONBLOCK)
+    domain = i32(domain)
+    if domain in (AF_INET, AF_INET6):
+        if kind != SOCK_STREAM:
+            raise SyscallError(errno.ESOCKTNOSUPPORT, "only TCP (SOCK_STREAM) inet sockets are supported")
+        if i32(protocol) not in (0, IPPROTO_TCP):
+            raise SyscallError(errno.EPROTONOSUPPORT)
+        t.kernel.pipe_ino += 1
+        s = InetSocket(flags=2 | i32(type_) & SOCK_NONBLOCK, ino=t.kernel.pipe_ino, family=domain)
+    elif domain == AF_UNIX:
+        if kind != SOCK_STREAM:
+            raise SyscallError(errno.ESOCKTNOSUPPORT, "only SOCK_STREAM unix sockets are supported")
+        if i32(protocol) not in (0, 1):
+            raise SyscallError(errno.EPROTONOSUPPORT)
+        s = new_socket(t.kernel, i32(type_) & SOCK_NONBLOCK)
+    else:
+        raise SyscallError(errno.EAFNOSUPPORT, "only AF_UNIX and TCP sockets exist in the sandbox")
     s.cred = [t.tg.tgid, t.tg.creds[1], t.tg.creds[4]]
     return t.fds.install(s, cloexec=bool(i32(type_) & SOCK_CLOEXEC))
 
@@ -47,6 +59,8 @@ def socket(t, domain, type_, protocol):
 @syscall(NR.socketpair)
 def socketpair(t, domain, type_, protocol, sv):
     kind = i32(type_) & ~(SOCK_NONBLOCK | SOCK_CLOEXEC)
+    if i32(domain) in (AF_INET, AF_INET6):
+        raise SyscallError(errno.EOPNOTSUPP)  # socketpair(2): TCP has no pairs
     if i32(domain) != AF_UNIX:
         raise SyscallError(errno.EAFNOSUPPORT)
     if kind != SOCK_STREAM:
@@ -86,11 +100,19 @@ def _read_address(t, addr: int, addrlen: int) -> bytes:
     return name if name[:1] == b"\0" else name.split(b"\0")[0]
 
 
+def _unix_sockaddr(name: bytes) -> bytes:
+    return struct.pack("<H", AF_UNIX) + name + (b"\0" if name[:1] not in (b"", b"\0") else b"")
+
+
 def _write_address(t, addr: int, addrlen: int, name: bytes) -> None:
-    """Fill a caller's sockaddr buffer (truncated to its size) and its length."""
+    """Fill a caller's sockaddr buffer (truncated to its size) and its length with a unix
+    socket's name."""
+    _write_sockaddr(t, addr, addrlen, _unix_sockaddr(name))
+
+
+def _write_sockaddr(t, addr: int, addrlen: int, full: bytes) -> None:
     if not addrlen:
         return
-    full = struct.pack("<H", AF_UNIX) + name + (b"\0" if name[:1] not in (b"", b"\0") else b"")
     room = i32(struct.unpack("<I", t.mm.read(addrlen, 4))[0])
     if room < 0:
         raise SyscallError(errno.EINVAL)
@@ -112,9 +134,28 @@ def _bound(t, name: bytes) -> UnixSocket | SocketNode | None:
     return node
 
 
+def _inet_address(t, s: InetSocket, addr: int, addrlen: int) -> tuple[str, int]:
+    addrlen = i32(addrlen)
+    if addrlen < 0 or addrlen > 128:
+        raise SyscallError(errno.EINVAL)
+    return parse_sockaddr(t.mm.read(addr, addrlen), s.family)
+
+
+def _autobind(t, s: InetSocket, ip: str) -> None:
+    """Give an unbound TCP socket an ephemeral port (connect and listen do, as Linux)."""
+    if not s.local:
+        Ports(t.kernel.inet_ports).bind(s, ip, 0)
+
+
 @syscall(NR.bind)
 def bind(t, fd, addr, addrlen):
     s = _sock(t, fd)
+    if isinstance(s, InetSocket):
+        ip, port = _inet_address(t, s, addr, addrlen)
+        if s.local or s.connected:
+            raise SyscallError(errno.EINVAL)
+        Ports(t.kernel.inet_ports).bind(s, ip, port)
+        return 0
     name = _read_address(t, addr, addrlen)
     if s.address or s.connected:
         raise SyscallError(errno.EINVAL)
@@ -146,13 +187,44 @@ def bind(t, fd, addr, addrlen):
 
 @syscall(NR.listen)
 def listen(t, fd, backlog):
-    _sock(t, fd).listen(i32(backlog))
+    s = _sock(t, fd)
+    if isinstance(s, InetSocket):
+        _autobind(t, s, "0.0.0.0" if s.family == AF_INET else "::")
+    s.listen(i32(backlog))
+    return 0
+
+
+def _connect_inet(t, s: InetSocket, addr: int, addrlen: int) -> int:
+    ip, port = _inet_address(t, s, addr, addrlen)
+    if s.in_progress:
+        s.in_progress = False  # connect(2) again after EINPROGRESS: it has succeeded
+        return 0
+    if s.connected:
+        raise SyscallError(errno.EISCONN)
+    if s.listening:
+        raise SyscallError(errno.EINVAL)
+    if not is_local(ip):
+        raise SyscallError(errno.ENETUNREACH, "the sandbox has no network but loopback")
+    if ip in ("0.0.0.0", "::"):
+        ip = "127.0.0.1" if ip == "0.0.0.0" else "::1"  # ip(7): the wildcard as a destination is this host
+    mapped = ip.startswith("::ffff:")
+    _autobind(t, s, "127.0.0.1" if s.family == AF_INET or mapped else "::1")
+    target = ip[len("::ffff:"):] if mapped else ip
+    listener = Ports(t.kernel.inet_ports).listener(target, port, s.family)
+    if listener is None:
+        raise SyscallError(errno.ECONNREFUSED)
+    s.connect_inet(t, listener, (target, port))
+    if s.flags & O_NONBLOCK:
+        s.in_progress = True
+        raise SyscallError(errno.EINPROGRESS)  # as on Linux: done already, writable at once
     return 0
 
 
 @syscall(NR.connect)
 def connect(t, fd, addr, addrlen):
     s = _sock(t, fd)
+    if isinstance(s, InetSocket):
+        return _connect_inet(t, s, addr, addrlen)
     name = _read_address(t, addr, addrlen)
     if not name:
         raise SyscallError(errno.EINVAL)
@@ -187,8 +259,14 @@ def accept4(t, fd, addr, addrlen, flags):
     except SyscallError:
         s.pending.insert(0, conn)
         raise
-    _write_address(t, addr, addrlen, conn.peer)
+    _write_sockaddr(t, addr, addrlen, _peer_sockaddr(conn))
     return new
+
+
+def _peer_sockaddr(s: UnixSocket) -> bytes:
+    if isinstance(s, InetSocket):
+        return pack_sockaddr(s.family, s.remote)
+    return _unix_sockaddr(s.peer)
 
 
 @syscall(NR.sendto)
@@ -205,7 +283,11 @@ def recvfrom(t, fd, buf, length, flags, addr, addrlen):
     s = _sock(t, fd)
     data = s.recv(t, min(length, MAX_RW), i32(flags))
     t.mm.write(buf, data)
-    _write_address(t, addr, addrlen, s.peer)
+    if isinstance(s, InetSocket):
+        if addrlen:
+            t.mm.write(addrlen, struct.pack("<I", 0))  # tcp(7) gives no source address
+    else:
+        _write_address(t, addr, addrlen, s.peer)
     return len(data)
 
 
@@ -238,6 +320,8 @@ def sendmsg(t, fd, msg, flags):
     if name:
         raise SyscallError(errno.EISCONN if s.connected else errno.EOPNOTSUPP)
     files = _rights(t, control, controllen)
+    if isinstance(s, InetSocket):
+        files = []  # TCP carries no files: its control messages are not SCM_RIGHTS
     if t.restart_value(NR.sendmsg):
         files = []  # a retry of a send that blocked part-way: the files went with its first bytes
     data = b"".join(t.mm.read(base, n) for base, n in iovecs(t, iov, iovlen))
@@ -282,8 +366,8 @@ def recvmsg(t, fd, msg, flags):
         if not flags & MSG_PEEK:
             for f in files:
                 drop_ref(f)  # the reference the message held; installed ones hold their own
-    if name and namelen:
-        full = struct.pack("<H", AF_UNIX) + s.peer + (b"\0" if s.peer[:1] not in (b"", b"\0") else b"")
+    if name and namelen and not isinstance(s, InetSocket):
+        full = _unix_sockaddr(s.peer)
         t.mm.write(name, full[:namelen])
         namelen = len(full)
     else:
@@ -298,13 +382,62 @@ def shutdown(t, fd, how):
     return 0
 
 
+# What getsockopt and setsockopt know of TCP sockets: (level, option) -> its default.
+# Options of timing (SO_RCVTIMEO, SO_SNDTIMEO) are refused rather than ignored.
+SOL_IP, SOL_IPV6 = 0, 41
+SO_REUSEADDR, SO_KEEPALIVE, SO_LINGER, SO_REUSEPORT = 2, 9, 13, 15
+TCP_NODELAY, TCP_MAXSEG, TCP_KEEPIDLE, TCP_KEEPINTVL, TCP_KEEPCNT = 1, 2, 4, 5, 6
+TCP_QUICKACK, TCP_USER_TIMEOUT, TCP_FASTOPEN = 12, 18, 23
+IP_TOS, IP_TTL, IPV6_V6ONLY = 1, 2, 26
+INET_OPTIONS = {
+    (SOL_SOCKET, SO_REUSEADDR): 0, (SOL_SOCKET, SO_KEEPALIVE): 0, (SOL_SOCKET, SO_REUSEPORT): 0,
+    (SOL_SOCKET, SO_SNDBUF): 212992, (SOL_SOCKET, SO_RCVBUF): 212992,
+    (IPPROTO_TCP, TCP_NODELAY): 0, (IPPROTO_TCP, TCP_MAXSEG): 65483, (IPPROTO_TCP, TCP_KEEPIDLE): 7200,
+    (IPPROTO_TCP, TCP_KEEPINTVL): 75, (IPPROTO_TCP, TCP_KEEPCNT): 9, (IPPROTO_TCP, TCP_QUICKACK): 1,
+    (IPPROTO_TCP, TCP_USER_TIMEOUT): 0, (IPPROTO_TCP, TCP_FASTOPEN): 0,
+    (SOL_IP, IP_TOS): 0, (SOL_IP, IP_TTL): 64, (SOL_IPV6, IPV6_V6ONLY): 0,
+}
+
+
+def _inet_getsockopt(s: InetSocket, level: int, opt: int) -> bytes:
+    fixed = {SO_TYPE: SOCK_STREAM, SO_ERROR: 0, SO_DOMAIN: s.family, SO_ACCEPTCONN: int(s.listening),
+             SO_PROTOCOL: IPPROTO_TCP}
+    if level == SOL_SOCKET and opt in fixed:
+        return struct.pack("<i", fixed[opt])
+    if level == SOL_SOCKET and opt == SO_LINGER:
+        return struct.pack("<ii", *s.options.get((level, opt), (0, 0)))
+    if (level, opt) not in INET_OPTIONS or (level == SOL_IPV6) != (s.family == AF_INET6):
+        raise SyscallError(errno.ENOPROTOOPT)
+    return struct.pack("<i", s.option(level, opt, INET_OPTIONS[(level, opt)]))
+
+
+def _inet_setsockopt(t, s: InetSocket, level: int, opt: int, optval: int, optlen: int) -> int:
+    if level == SOL_SOCKET and opt == SO_LINGER:
+        if optlen < 8:
+            raise SyscallError(errno.EINVAL)
+        s.options[(level, opt)] = struct.unpack("<ii", t.mm.read(optval, 8))
+        return 0
+    if (level, opt) not in INET_OPTIONS or (level == SOL_IPV6) != (s.family == AF_INET6):
+        raise SyscallError(errno.ENOPROTOOPT)
+    if optlen < 4:
+        raise SyscallError(errno.EINVAL)
+    if (level, opt) == (SOL_IPV6, IPV6_V6ONLY) and s.local:
+        raise SyscallError(errno.EINVAL)  # ipv6(7): only before bind
+    (value,) = struct.unpack("<i", t.mm.read(optval, 4))
+    s.options[(level, opt)] = int(bool(value)) if opt in (SO_REUSEADDR, SO_KEEPALIVE, TCP_NODELAY) and \
+        level in (SOL_SOCKET, IPPROTO_TCP) else value
+    return 0
+
+
 @syscall(NR.getsockopt)
 def getsockopt(t, fd, level, optname, optval, optlen):
     s = _sock(t, fd)
-    if i32(level) != SOL_SOCKET:
-        raise SyscallError(errno.ENOPROTOOPT)
     opt = i32(optname)
-    if opt == SO_PEERCRED:
+    if isinstance(s, InetSocket):
+        value = _inet_getsockopt(s, i32(level), opt)
+    elif i32(level) != SOL_SOCKET:
+        raise SyscallError(errno.ENOPROTOOPT)
+    elif opt == SO_PEERCRED:
         value = struct.pack("<iII", *s.cred)
     else:
         values = {SO_TYPE: SOCK_STREAM, SO_ERROR: 0, SO_DOMAIN: AF_UNIX, SO_ACCEPTCONN: int(s.listening),
@@ -322,7 +455,9 @@ def getsockopt(t, fd, level, optname, optval, optlen):
 
 @syscall(NR.setsockopt)
 def setsockopt(t, fd, level, optname, optval, optlen):
-    _sock(t, fd)
+    s = _sock(t, fd)
+    if isinstance(s, InetSocket):
+        return _inet_setsockopt(t, s, i32(level), i32(optname), optval, i32(optlen))
     if i32(level) != SOL_SOCKET:
         raise SyscallError(errno.ENOPROTOOPT)
     return 0  # buffer sizes and the like: accepted, the buffers are fixed
@@ -330,7 +465,11 @@ def setsockopt(t, fd, level, optname, optval, optlen):
 
 @syscall(NR.getsockname)
 def getsockname(t, fd, addr, addrlen):
-    _write_address(t, addr, addrlen, _sock(t, fd).address)
+    s = _sock(t, fd)
+    if isinstance(s, InetSocket):
+        _write_sockaddr(t, addr, addrlen, pack_sockaddr(s.family, s.local))
+    else:
+        _write_address(t, addr, addrlen, s.address)
     return 0
 
 
@@ -339,5 +478,5 @@ def getpeername(t, fd, addr, addrlen):
     s = _sock(t, fd)
     if not s.connected:
         raise SyscallError(errno.ENOTCONN)
-    _write_address(t, addr, addrlen, s.peer)
+    _write_sockaddr(t, addr, addrlen, _peer_sockaddr(s))
     return 0

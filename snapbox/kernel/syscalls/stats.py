@@ -107,8 +107,6 @@ def readlink(t, path, buf, size):
 
 
 _STATX_TS = struct.Struct("<qI4x")
-
-
 STATX_BASIC_STATS = 0x7FF
 
 

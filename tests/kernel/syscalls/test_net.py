@@ -1,12 +1,14 @@
-"""Unix sockets: socketpair, bound names, SCM_RIGHTS, against native runs."""
+"""Sockets against native runs: unix sockets (socketpair, bound names, SCM_RIGHTS) and TCP over
+loopback (127.0.0.1, ::1), which also survives a checkpoint mid-connection."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 
 import pytest
 
-from tests.conftest import same_output
+from tests.conftest import lines, same_output, wait_for
 
 
 @pytest.mark.parametrize("bundle", ["sockets", "sockets-glibc"])
@@ -15,3 +17,42 @@ def test_unix_sockets_match_native(snapbox, images, tmp_path, bundle):
     want = subprocess.run([str(binary)], capture_output=True, text=True, timeout=30, cwd=tmp_path).stdout
     assert "recv 2: second fd=yes" in want and "pipe: through the pipe" in want
     assert same_output(snapbox("run", "--bundle", str(images / bundle), "so").stdout, want)
+
+
+@pytest.mark.parametrize("bundle", ["inet", "inet-glibc"])
+def test_tcp_over_loopback_matches_native(snapbox, images, bundle):
+    binary = images / bundle / "rootfs" / bundle
+    want = subprocess.run([str(binary)], capture_output=True, text=True, timeout=30).stdout
+    assert "::1 server got: hello" in want and want.endswith("done\n")
+    assert same_output(snapbox("run", "--bundle", str(images / bundle), "tcp").stdout, want)
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+def test_a_tcp_connection_and_its_unread_bytes_survive_a_checkpoint(snapbox, images, tmp_path, lazy):
+    """The client has connected and sent; the server sleeps before accepting. Checkpointed
+    then, the connection waits in the listener's backlog with its bytes, the client in
+    recv(2): restored, the server accepts and reads them, and the client gets its reply."""
+    bundle = tmp_path / "hold"
+    bundle.mkdir()
+    config = json.loads((images / "inet" / "config.json").read_text())
+    config["process"]["args"] = ["/inet", "hold"]
+    config["root"]["path"] = str(images / "inet" / "rootfs")
+    (bundle / "config.json").write_text(json.dumps(config))
+    out = tmp_path / "out.txt"
+    with open(out, "a") as f:
+        subprocess.run(snapbox.cmd("run", "--bundle", str(bundle), "--detach", "h0"), stdout=f, stderr=f,
+                       check=True, timeout=60, stdin=subprocess.DEVNULL)
+    wait_for(lambda: "holding" in lines(out), timeout=30, what="the connection")
+    image = tmp_path / "h.img"
+    snapbox("checkpoint", "--image-path", str(image), "h0")
+    snapbox("delete", "h0")
+    with open(out, "a") as f:
+        subprocess.run(snapbox.cmd("restore", "--bundle", str(bundle), "--image-path", str(image),
+                                   *(["--lazy"] if lazy else []), "--detach", "h1"),
+                       stdout=f, stderr=f, check=True, timeout=60, stdin=subprocess.DEVNULL)
+    wait_for(lambda: "127.0.0.1 client then: 0 (the server closed)" in lines(out), timeout=30,
+             what="the exchange to finish")
+    assert lines(out) == ["holding", "127.0.0.1 accept: ok from 127.0.0.1",
+                          "127.0.0.1 accepted socket is on 127.0.0.1, same port as the listener: yes",
+                          "127.0.0.1 server got: sent before the checkpoint", "127.0.0.1 client connect: ok",
+                          "127.0.0.1 client got: reply", "127.0.0.1 client then: 0 (the server closed)"]
