@@ -1,29 +1,34 @@
-"""TCP over the sandbox's loopback (tcp(7), ip(7), ipv6(7)), inside the sentry.
+"""TCP and UDP over the sandbox's loopback (tcp(7), udp(7), ip(7), ipv6(7)), inside the sentry.
 
 With no network but loopback (`--network none`, as runsc's), every TCP connection joins
 two sockets of the same sandbox: it is a pair of StreamBuffers, as a unix stream
-connection is, so a checkpoint holds listeners, connections and their unread bytes in
-both directions, and a restore brings them back whole. The sandbox's addresses are
+connection is, and every UDP datagram goes from one socket's send to another's queue; so
+a checkpoint holds listeners, connections, queued datagrams and every unread byte, and a
+restore brings them back whole. The sandbox's addresses are
 127.0.0.0/8 and ::1; binding to another address fails with EADDRNOTAVAIL, and reaching one
 with ENETUNREACH. Ports are one space shared by IPv4 and IPv6 (a dual-stack IPv6 socket
 bound to :: takes the port for both), ephemeral ones taken from 32768-60999 as Linux's
-ip_local_port_range.
+ip_local_port_range (from a random place in it). TCP and UDP have a port space each.
 """
 
 from __future__ import annotations
 
 import errno
 import ipaddress
+import secrets
 import struct
 from dataclasses import dataclass, field
 
 from snapbox.kernel.errors import SyscallError, WouldBlock
-from snapbox.kernel.fd import O_NONBLOCK
-from snapbox.kernel.socket import UnixSocket, make_buffers
+from snapbox.kernel.fd import O_NONBLOCK, POLLERR, POLLIN, POLLOUT, OpenFile
+from snapbox.kernel.socket import MSG_DONTWAIT, MSG_PEEK, SHUT_RD, SHUT_RDWR, SHUT_WR, UnixSocket, make_buffers
+from snapbox.kernel.waiter import WaitQueue
 from snapbox.state import savable
 
 AF_INET, AF_INET6 = 2, 10
-IPPROTO_TCP = 6
+IPPROTO_TCP, IPPROTO_UDP = 6, 17
+UDP_MAX = 65507  # udp(7): the largest datagram over IPv4 (65535 less the IP and UDP headers)
+RCVBUF = 212992  # net.core.rmem_default: what a socket may hold queued
 EPHEMERAL = range(32768, 61000)
 _SOCKADDR_IN = struct.Struct("!HH4s8x")  # family (host order, fixed below), port, address
 _SOCKADDR_IN6 = struct.Struct("!HHI16sI")  # family, port, flowinfo, address, scope id
@@ -75,6 +80,157 @@ class InetSocket(UnixSocket):
         if self.remote:
             where += f" -> {format_address(self.remote)}"
         return f"socket:[{self.ino}] (tcp{'6' if self.family == AF_INET6 else ''}, {state}{where})"
+
+
+@savable
+@dataclass(eq=False)
+class UdpSocket(OpenFile):
+    """A UDP socket of the sandbox (AF_INET or AF_INET6, SOCK_DGRAM), on loopback."""
+
+    family: int = AF_INET
+    ino: int = 0
+    local: tuple = ()  # (ip, port) once bound (explicitly, or by the first send or connect)
+    remote: tuple = ()  # connect(2): where sends go by default, and the only source received
+    queue: list = field(default_factory=list)  # [[(ip, port) of the sender, bytes]], oldest first
+    queued: int = 0  # bytes in the queue; datagrams past RCVBUF are dropped, as Linux's
+    error: int = 0  # a pending ECONNREFUSED (a connected send found no one): reported once
+    port_locked: bool = False  # bound to a port it named: kept when an association is dissolved
+    shut_rd: bool = False
+    shut_wr: bool = False
+    options: dict = field(default_factory=dict)  # (level, option) -> int, as setsockopt left it
+    readable_queue: WaitQueue = field(default_factory=WaitQueue)  # readers waiting for a datagram
+    listening = False  # never (Ports asks)
+
+    def readable(self) -> bool:
+        return True
+
+    def writable(self) -> bool:
+        return True
+
+    @property
+    def connected(self) -> bool:
+        return bool(self.remote)
+
+    def option(self, level: int, name: int, default: int = 0) -> int:
+        return self.options.get((level, name), default)
+
+    def disconnect(self, ports: Ports) -> None:
+        """connect(AF_UNSPEC): no default destination; a port the socket did not choose
+        itself is given back, as Linux's __udp_disconnect does."""
+        self.remote = ()
+        if self.local and not self.port_locked:
+            ports.unbind(self)
+
+    def take_error(self) -> None:
+        if self.error:
+            err, self.error = self.error, 0
+            raise SyscallError(err)
+
+    def deliver(self, source: tuple, data: bytes) -> None:
+        """A datagram arrives from `source`: queued, unless connected elsewhere or full."""
+        if self.shut_rd or (self.remote and (_ip(self.remote[0]), self.remote[1]) != (_ip(source[0]), source[1])):
+            return
+        if self.queued + len(data) > self.option(1, 8, RCVBUF):  # SO_RCVBUF
+            return
+        self.queue.append([source, data])
+        self.queued += len(data)
+        self.readable_queue.notify()
+
+    def recv_from(self, t, count: int, flags: int) -> tuple[bytes, tuple, int]:
+        """The next datagram: (its first `count` bytes, its source, its whole length)."""
+        self.take_error()
+        if not self.queue:
+            if self.shut_rd:
+                return b"", (), 0
+            if self.flags & O_NONBLOCK or flags & MSG_DONTWAIT:
+                raise SyscallError(errno.EAGAIN)
+            raise WouldBlock(self.readable_queue)
+        source, data = self.queue[0]
+        if not flags & MSG_PEEK:
+            self.queue.pop(0)
+            self.queued -= len(data)
+        return data[:count], tuple(source), len(data)
+
+    def read(self, t, count: int, offset: int | None = None) -> bytes:
+        if offset is not None:
+            raise SyscallError(errno.ESPIPE)
+        return self.recv_from(t, count, 0)[0]
+
+    def write(self, t, data: bytes, offset: int | None = None) -> int:
+        if offset is not None:
+            raise SyscallError(errno.ESPIPE)
+        if not self.remote:
+            raise SyscallError(errno.EDESTADDRREQ)
+        return send_datagram(t, self, data, self.remote)
+
+    def shutdown(self, how: int) -> None:
+        if how not in (SHUT_RD, SHUT_WR, SHUT_RDWR):
+            raise SyscallError(errno.EINVAL)
+        if not self.remote:
+            raise SyscallError(errno.ENOTCONN)
+        self.shut_rd = self.shut_rd or how in (SHUT_RD, SHUT_RDWR)
+        self.shut_wr = self.shut_wr or how in (SHUT_WR, SHUT_RDWR)
+        self.readable_queue.notify()
+
+    def ready(self) -> int:
+        r = 0 if self.shut_wr else POLLOUT
+        if self.queue or self.shut_rd:
+            r |= POLLIN
+        if self.error:
+            r |= POLLERR
+        return r
+
+    def queues(self, t) -> tuple:
+        return (self.readable_queue,)
+
+    def release(self) -> None:
+        self.queue.clear()
+        self.queued = 0
+
+    def stat(self) -> dict:
+        return dict(dev=0x8, ino=self.ino, mode=0o140777, nlink=1, uid=0, gid=0, rdev=0, size=0, blksize=4096,
+                    blocks=0, atime=0, mtime=0, ctime=0)
+
+    def describe(self) -> str:
+        where = f" {format_address(self.local)}" if self.local else ""
+        if self.remote:
+            where += f" -> {format_address(self.remote)}"
+        return f"socket:[{self.ino}] (udp{'6' if self.family == AF_INET6 else ''}{where})"
+
+
+def send_datagram(t, s: UdpSocket, data: bytes, dest: tuple) -> int:
+    """Send one datagram from `s` to `dest` (ip, port) over loopback."""
+    s.take_error()
+    if s.shut_wr:
+        raise SyscallError(errno.EPIPE)
+    if len(data) > UDP_MAX:
+        raise SyscallError(errno.EMSGSIZE)
+    ip, port = dest
+    if not is_local(ip):
+        raise SyscallError(errno.ENETUNREACH, "the sandbox has no network but loopback")
+    if port == 0:
+        raise SyscallError(errno.EINVAL)
+    ip = local_destination(ip)
+    ports = Ports(t.kernel.udp_ports)
+    if not s.local:
+        ports.bind(s, "0.0.0.0" if s.family == AF_INET else "::", 0)
+    target = ports.receiver(ip, port, s.family)
+    if target is None:
+        if s.remote:
+            s.error = errno.ECONNREFUSED  # the ICMP port-unreachable a connected socket hears
+        return len(data)
+    source_ip = "127.0.0.1" if isinstance(_ip(ip), ipaddress.IPv4Address) else "::1"
+    target.deliver((source_ip, s.local[1]), bytes(data))
+    return len(data)
+
+
+def local_destination(ip: str) -> str:
+    """A destination as the address of this host it names: the wildcard is loopback,
+    an IPv4-mapped IPv6 address its IPv4 address."""
+    addr = _ip(ip)
+    if addr.is_unspecified:
+        return "127.0.0.1" if isinstance(addr, ipaddress.IPv4Address) else "::1"
+    return str(addr)
 
 
 def format_address(addr: tuple) -> str:
@@ -158,7 +314,11 @@ class Ports:
         if not is_local(ip):
             raise SyscallError(errno.EADDRNOTAVAIL)
         if port == 0:
-            for candidate in EPHEMERAL:
+            # From a random place in the range, as Linux picks them (a port just given back is
+            # not handed out again at once).
+            start = secrets.randbelow(len(EPHEMERAL))
+            for k in range(len(EPHEMERAL)):
+                candidate = EPHEMERAL[(start + k) % len(EPHEMERAL)]
                 if not self._live(candidate):
                     port = candidate
                     break
@@ -174,6 +334,21 @@ class Ports:
                 raise SyscallError(errno.EADDRINUSE)
         s.local = (ip, port)
         self.table.setdefault(port, []).append(s)
+
+    def unbind(self, s) -> None:
+        port = s.local[1]
+        self.table[port] = [other for other in self.table.get(port, []) if other is not s]
+        self._live(port)
+        s.local = ()
+
+    def receiver(self, ip: str, port: int, family: int) -> UdpSocket | None:
+        """The UDP socket that receives datagrams sent to (ip, port)."""
+        bound = self._live(port)
+        exact = [s for s in bound if _ip(s.local[0]) == _ip(ip)]
+        if exact:
+            return exact[-1]
+        wild = [s for s in bound if _covers(s, ip, family)]
+        return wild[-1] if wild else None
 
     def listener(self, ip: str, port: int, family: int) -> InetSocket | None:
         """The listening socket that takes connections to (ip, port)."""

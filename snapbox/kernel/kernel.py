@@ -83,6 +83,7 @@ class Kernel(Lifecycle, Signaling, Checkpointing):
     file_cache: FileCache | None = None  # host files' pages shared by read-only mappings
     unix_names: dict = field(default_factory=dict)  # abstract AF_UNIX names (NUL first) -> UnixSocket
     inet_ports: dict = field(default_factory=dict)  # TCP port -> the InetSockets bound to it (inet.Ports)
+    udp_ports: dict = field(default_factory=dict)  # UDP port -> the UdpSockets bound to it
 
     # Host facts, rebuilt empty on restore.
     loop: EventLoop = nosave(default=None)  # what the sentry waits on; see kernel/loop.py

@@ -16,7 +16,7 @@ from snapbox.kernel.devices import DeviceFile, mount_dev
 from snapbox.kernel.eventfiles import EpollFile, EventFd, TimerFd
 from snapbox.kernel.fd import FDTable, OpenFile
 from snapbox.kernel.pipe import FifoNode, make_pipe
-from snapbox.kernel.inet import InetSocket
+from snapbox.kernel.inet import InetSocket, UdpSocket
 from snapbox.kernel.socket import SocketNode, UnixSocket, make_pair
 from snapbox.kernel.procfs import ProcFile, ProcNode, mount_proc
 from snapbox.kernel.host import HostFile
@@ -113,6 +113,9 @@ def build(name: str, kernel: Kernel):
         "PosixTimer": lambda: PosixTimer(id=1, clock=1, notify=4, signo=34, value=77, tid=1, deadline=99,
                                          interval=10, overrun=2),
         "UnixSocket": lambda: listener,
+        "UdpSocket": lambda: UdpSocket(flags=2, ino=80, family=2, local=("127.0.0.1", 5353), remote=("127.0.0.1", 53),
+                                       queue=[[("127.0.0.1", 53), b"answer"]], queued=6, port_locked=True,
+                                       options={(1, 2): 1}),
         "InetSocket": lambda: InetSocket(flags=2, ino=78, family=10, local=("::", 8080), listening=True, backlog=5,
                                          options={(1, 2): 1, (6, 1): 1, (1, 13): (1, 5)},
                                          pending=[InetSocket(flags=2, ino=79, incoming=right.outgoing,

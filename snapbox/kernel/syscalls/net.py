@@ -1,6 +1,6 @@
 """Sockets: AF_UNIX stream sockets (socketpair, bind, listen, accept, connect, SCM_RIGHTS),
-and TCP over the sandbox's loopback (AF_INET, AF_INET6: see snapbox.kernel.inet). Other
-families fail with EAFNOSUPPORT, other types with ESOCKTNOSUPPORT."""
+and TCP and UDP over the sandbox's loopback (AF_INET, AF_INET6: see snapbox.kernel.inet).
+Other families fail with EAFNOSUPPORT, other types with ESOCKTNOSUPPORT."""
 
 from __future__ import annotations
 
@@ -12,13 +12,16 @@ from snapbox.kernel.errors import SyscallError
 from snapbox.kernel.fd import O_CLOEXEC, O_NONBLOCK
 from snapbox.kernel.socket import AF_UNIX, MSG_PEEK, SOCK_STREAM, SocketNode, UnixSocket, drop_ref, make_pair, \
     new_socket
-from snapbox.kernel.inet import AF_INET, AF_INET6, IPPROTO_TCP, InetSocket, Ports, is_local, pack_sockaddr, \
-    parse_sockaddr
+from snapbox.kernel.inet import AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP, InetSocket, Ports, UdpSocket, is_local, \
+    local_destination, pack_sockaddr, parse_sockaddr, send_datagram
 from snapbox.kernel.syscalls import NR, i32, syscall
 from snapbox.kernel.syscalls.common import AT_FDCWD, MAX_RW, iovecs, on_host, scatter, start_dir, write_all
 from snapbox.kernel.vfs import now_ns
 
 SOCK_NONBLOCK, SOCK_CLOEXEC = O_NONBLOCK, O_CLOEXEC
+SOCK_DGRAM = 2
+AF_UNSPEC = 0
+MSG_TRUNC = 0x20
 SOL_SOCKET, SCM_RIGHTS, SCM_CREDENTIALS = 1, 1, 2
 SO_TYPE, SO_ERROR, SO_SNDBUF, SO_RCVBUF, SO_PASSCRED, SO_PEERCRED = 3, 4, 7, 8, 16, 17
 SO_ACCEPTCONN, SO_PROTOCOL, SO_DOMAIN = 30, 38, 39
@@ -38,12 +41,13 @@ def socket(t, domain, type_, protocol):
     kind = i32(type_) & ~(SOCK_NONBLOCK | SOCK_CLOEXEC)
     domain = i32(domain)
     if domain in (AF_INET, AF_INET6):
-        if kind != SOCK_STREAM:
-            raise SyscallError(errno.ESOCKTNOSUPPORT, "only TCP (SOCK_STREAM) inet sockets are supported")
-        if i32(protocol) not in (0, IPPROTO_TCP):
+        if kind not in (SOCK_STREAM, SOCK_DGRAM):
+            raise SyscallError(errno.ESOCKTNOSUPPORT, "only TCP and UDP inet sockets are supported")
+        if i32(protocol) not in (0, IPPROTO_TCP if kind == SOCK_STREAM else IPPROTO_UDP):
             raise SyscallError(errno.EPROTONOSUPPORT)
         t.kernel.pipe_ino += 1
-        s = InetSocket(flags=2 | i32(type_) & SOCK_NONBLOCK, ino=t.kernel.pipe_ino, family=domain)
+        made = InetSocket if kind == SOCK_STREAM else UdpSocket
+        s = made(flags=2 | i32(type_) & SOCK_NONBLOCK, ino=t.kernel.pipe_ino, family=domain)
     elif domain == AF_UNIX:
         if kind != SOCK_STREAM:
             raise SyscallError(errno.ESOCKTNOSUPPORT, "only SOCK_STREAM unix sockets are supported")
@@ -81,11 +85,19 @@ def socketpair(t, domain, type_, protocol, sv):
     return 0
 
 
-def _sock(t, fd: int) -> UnixSocket:
+def _sock(t, fd: int) -> UnixSocket | UdpSocket:
     f = t.fds.get(i32(fd))
-    if not isinstance(f, UnixSocket):
+    if not isinstance(f, (UnixSocket, UdpSocket)):
         raise SyscallError(errno.ENOTSOCK)
     return f
+
+
+def _stream(t, fd: int) -> UnixSocket:
+    """A connection-mode socket (listen and accept have nothing to do with UDP)."""
+    s = _sock(t, fd)
+    if isinstance(s, UdpSocket):
+        raise SyscallError(errno.EOPNOTSUPP)
+    return s
 
 
 def _read_address(t, addr: int, addrlen: int) -> bytes:
@@ -134,7 +146,7 @@ def _bound(t, name: bytes) -> UnixSocket | SocketNode | None:
     return node
 
 
-def _inet_address(t, s: InetSocket, addr: int, addrlen: int) -> tuple[str, int]:
+def _inet_address(t, s: InetSocket | UdpSocket, addr: int, addrlen: int) -> tuple[str, int]:
     addrlen = i32(addrlen)
     if addrlen < 0 or addrlen > 128:
         raise SyscallError(errno.EINVAL)
@@ -150,11 +162,13 @@ def _autobind(t, s: InetSocket, ip: str) -> None:
 @syscall(NR.bind)
 def bind(t, fd, addr, addrlen):
     s = _sock(t, fd)
-    if isinstance(s, InetSocket):
+    if isinstance(s, (InetSocket, UdpSocket)):
         ip, port = _inet_address(t, s, addr, addrlen)
-        if s.local or s.connected:
+        if s.local or (isinstance(s, InetSocket) and s.connected):
             raise SyscallError(errno.EINVAL)
-        Ports(t.kernel.inet_ports).bind(s, ip, port)
+        Ports(t.kernel.udp_ports if isinstance(s, UdpSocket) else t.kernel.inet_ports).bind(s, ip, port)
+        if isinstance(s, UdpSocket):
+            s.port_locked = port != 0
         return 0
     name = _read_address(t, addr, addrlen)
     if s.address or s.connected:
@@ -187,7 +201,7 @@ def bind(t, fd, addr, addrlen):
 
 @syscall(NR.listen)
 def listen(t, fd, backlog):
-    s = _sock(t, fd)
+    s = _stream(t, fd)
     if isinstance(s, InetSocket):
         _autobind(t, s, "0.0.0.0" if s.family == AF_INET else "::")
     s.listen(i32(backlog))
@@ -220,9 +234,27 @@ def _connect_inet(t, s: InetSocket, addr: int, addrlen: int) -> int:
     return 0
 
 
+def _connect_udp(t, s: UdpSocket, addr: int, addrlen: int) -> int:
+    """connect(2) of a UDP socket: a default destination (AF_UNSPEC: none again)."""
+    raw = t.mm.read(addr, min(max(i32(addrlen), 0), 128))
+    if len(raw) >= 2 and struct.unpack_from("<H", raw)[0] == AF_UNSPEC:
+        s.disconnect(Ports(t.kernel.udp_ports))
+        return 0
+    ip, port = parse_sockaddr(raw, s.family)
+    if not is_local(ip):
+        raise SyscallError(errno.ENETUNREACH, "the sandbox has no network but loopback")
+    ip = local_destination(ip)
+    if not s.local:
+        Ports(t.kernel.udp_ports).bind(s, "127.0.0.1" if ":" not in ip else "::1", 0)
+    s.remote = (ip, port)
+    return 0
+
+
 @syscall(NR.connect)
 def connect(t, fd, addr, addrlen):
     s = _sock(t, fd)
+    if isinstance(s, UdpSocket):
+        return _connect_udp(t, s, addr, addrlen)
     if isinstance(s, InetSocket):
         return _connect_inet(t, s, addr, addrlen)
     name = _read_address(t, addr, addrlen)
@@ -251,7 +283,7 @@ def accept4(t, fd, addr, addrlen, flags):
     flags = i32(flags)
     if flags & ~(SOCK_NONBLOCK | SOCK_CLOEXEC):
         raise SyscallError(errno.EINVAL)
-    s = _sock(t, fd)
+    s = _stream(t, fd)
     conn = s.accept()
     conn.flags |= flags & SOCK_NONBLOCK
     try:
@@ -263,8 +295,8 @@ def accept4(t, fd, addr, addrlen, flags):
     return new
 
 
-def _peer_sockaddr(s: UnixSocket) -> bytes:
-    if isinstance(s, InetSocket):
+def _peer_sockaddr(s: UnixSocket | UdpSocket) -> bytes:
+    if isinstance(s, (InetSocket, UdpSocket)):
         return pack_sockaddr(s.family, s.remote)
     return _unix_sockaddr(s.peer)
 
@@ -272,6 +304,13 @@ def _peer_sockaddr(s: UnixSocket) -> bytes:
 @syscall(NR.sendto)
 def sendto(t, fd, buf, length, flags, addr, addrlen):
     s = _sock(t, fd)
+    if isinstance(s, UdpSocket):
+        data = t.mm.read(buf, min(length, MAX_RW))
+        if addr:
+            return send_datagram(t, s, data, _inet_address(t, s, addr, addrlen))
+        if not s.remote:
+            raise SyscallError(errno.EDESTADDRREQ)
+        return send_datagram(t, s, data, s.remote)
     if addr:
         raise SyscallError(errno.EISCONN if s.connected else errno.EOPNOTSUPP)
     data = t.mm.read(buf, min(length, MAX_RW))
@@ -281,6 +320,12 @@ def sendto(t, fd, buf, length, flags, addr, addrlen):
 @syscall(NR.recvfrom)
 def recvfrom(t, fd, buf, length, flags, addr, addrlen):
     s = _sock(t, fd)
+    if isinstance(s, UdpSocket):
+        data, source, whole = s.recv_from(t, min(length, MAX_RW), i32(flags))
+        t.mm.write(buf, data)
+        if source:
+            _write_sockaddr(t, addr, addrlen, pack_sockaddr(s.family, source))
+        return whole if i32(flags) & MSG_TRUNC else len(data)
     data = s.recv(t, min(length, MAX_RW), i32(flags))
     t.mm.write(buf, data)
     if isinstance(s, InetSocket):
@@ -316,7 +361,14 @@ def _rights(t, control: int, controllen: int) -> list:
 @syscall(NR.sendmsg)
 def sendmsg(t, fd, msg, flags):
     s = _sock(t, fd)
-    name, _, iov, iovlen, control, controllen, _ = _MSGHDR.unpack(t.mm.read(msg, _MSGHDR.size))
+    name, namelen, iov, iovlen, control, controllen, _ = _MSGHDR.unpack(t.mm.read(msg, _MSGHDR.size))
+    if isinstance(s, UdpSocket):
+        data = b"".join(t.mm.read(base, n) for base, n in iovecs(t, iov, iovlen))
+        if name:
+            return send_datagram(t, s, data, _inet_address(t, s, name, namelen))
+        if not s.remote:
+            raise SyscallError(errno.EDESTADDRREQ)
+        return send_datagram(t, s, data, s.remote)
     if name:
         raise SyscallError(errno.EISCONN if s.connected else errno.EOPNOTSUPP)
     files = _rights(t, control, controllen)
@@ -346,6 +398,16 @@ def recvmsg(t, fd, msg, flags):
     flags = i32(flags)
     name, namelen, iov, iovlen, control, controllen, _ = _MSGHDR.unpack(t.mm.read(msg, _MSGHDR.size))
     vecs = iovecs(t, iov, iovlen)
+    if isinstance(s, UdpSocket):
+        room = sum(n for _, n in vecs)
+        data, source, whole = s.recv_from(t, min(room, MAX_RW), flags)
+        scatter(t, vecs, data)
+        full = pack_sockaddr(s.family, source) if source else b""
+        if name and namelen and full:
+            t.mm.write(name, full[:namelen])
+        out = MSG_TRUNC if whole > len(data) else 0
+        t.mm.write(msg, _MSGHDR.pack(name, len(full) if name else 0, iov, iovlen, control, 0, out))
+        return whole if flags & MSG_TRUNC else len(data)
     data, files = s.recv_msg(t, min(sum(n for _, n in vecs), MAX_RW), flags)
     scatter(t, vecs, data)
     out_flags, used = 0, 0
@@ -399,9 +461,15 @@ INET_OPTIONS = {
 }
 
 
-def _inet_getsockopt(s: InetSocket, level: int, opt: int) -> bytes:
-    fixed = {SO_TYPE: SOCK_STREAM, SO_ERROR: 0, SO_DOMAIN: s.family, SO_ACCEPTCONN: int(s.listening),
-             SO_PROTOCOL: IPPROTO_TCP}
+def _inet_getsockopt(s: InetSocket | UdpSocket, level: int, opt: int) -> bytes:
+    udp = isinstance(s, UdpSocket)
+    if level == SOL_SOCKET and opt == SO_ERROR and udp:
+        err, s.error = s.error, 0  # getsockopt(SO_ERROR) reads and clears it
+        return struct.pack("<i", err)
+    fixed = {SO_TYPE: SOCK_DGRAM if udp else SOCK_STREAM, SO_ERROR: 0, SO_DOMAIN: s.family,
+             SO_ACCEPTCONN: int(s.listening), SO_PROTOCOL: IPPROTO_UDP if udp else IPPROTO_TCP}
+    if udp and level == IPPROTO_TCP:
+        raise SyscallError(errno.ENOPROTOOPT)
     if level == SOL_SOCKET and opt in fixed:
         return struct.pack("<i", fixed[opt])
     if level == SOL_SOCKET and opt == SO_LINGER:
@@ -411,7 +479,9 @@ def _inet_getsockopt(s: InetSocket, level: int, opt: int) -> bytes:
     return struct.pack("<i", s.option(level, opt, INET_OPTIONS[(level, opt)]))
 
 
-def _inet_setsockopt(t, s: InetSocket, level: int, opt: int, optval: int, optlen: int) -> int:
+def _inet_setsockopt(t, s: InetSocket | UdpSocket, level: int, opt: int, optval: int, optlen: int) -> int:
+    if isinstance(s, UdpSocket) and level == IPPROTO_TCP:
+        raise SyscallError(errno.ENOPROTOOPT)
     if level == SOL_SOCKET and opt == SO_LINGER:
         if optlen < 8:
             raise SyscallError(errno.EINVAL)
@@ -433,7 +503,7 @@ def _inet_setsockopt(t, s: InetSocket, level: int, opt: int, optval: int, optlen
 def getsockopt(t, fd, level, optname, optval, optlen):
     s = _sock(t, fd)
     opt = i32(optname)
-    if isinstance(s, InetSocket):
+    if isinstance(s, (InetSocket, UdpSocket)):
         value = _inet_getsockopt(s, i32(level), opt)
     elif i32(level) != SOL_SOCKET:
         raise SyscallError(errno.ENOPROTOOPT)
@@ -456,7 +526,7 @@ def getsockopt(t, fd, level, optname, optval, optlen):
 @syscall(NR.setsockopt)
 def setsockopt(t, fd, level, optname, optval, optlen):
     s = _sock(t, fd)
-    if isinstance(s, InetSocket):
+    if isinstance(s, (InetSocket, UdpSocket)):
         return _inet_setsockopt(t, s, i32(level), i32(optname), optval, i32(optlen))
     if i32(level) != SOL_SOCKET:
         raise SyscallError(errno.ENOPROTOOPT)
@@ -466,7 +536,7 @@ def setsockopt(t, fd, level, optname, optval, optlen):
 @syscall(NR.getsockname)
 def getsockname(t, fd, addr, addrlen):
     s = _sock(t, fd)
-    if isinstance(s, InetSocket):
+    if isinstance(s, (InetSocket, UdpSocket)):
         _write_sockaddr(t, addr, addrlen, pack_sockaddr(s.family, s.local))
     else:
         _write_address(t, addr, addrlen, s.address)

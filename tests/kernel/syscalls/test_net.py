@@ -1,5 +1,5 @@
-"""Sockets against native runs: unix sockets (socketpair, bound names, SCM_RIGHTS) and TCP over
-loopback (127.0.0.1, ::1), which also survives a checkpoint mid-connection."""
+"""Sockets against native runs: unix sockets (socketpair, bound names, SCM_RIGHTS), and TCP and
+UDP over loopback (127.0.0.1, ::1), which also survive a checkpoint mid-exchange."""
 
 from __future__ import annotations
 
@@ -27,16 +27,14 @@ def test_tcp_over_loopback_matches_native(snapbox, images, bundle):
     assert same_output(snapbox("run", "--bundle", str(images / bundle), "tcp").stdout, want)
 
 
-@pytest.mark.parametrize("lazy", [False, True])
-def test_a_tcp_connection_and_its_unread_bytes_survive_a_checkpoint(snapbox, images, tmp_path, lazy):
-    """The client has connected and sent; the server sleeps before accepting. Checkpointed
-    then, the connection waits in the listener's backlog with its bytes, the client in
-    recv(2): restored, the server accepts and reads them, and the client gets its reply."""
+def held_through_a_restore(snapbox, images, tmp_path, program: str, done: str, lazy: bool) -> list[str]:
+    """Run `program hold`, checkpoint it once it says "holding", restore it (perhaps
+    lazily), and return its lines once `done` is among them."""
     bundle = tmp_path / "hold"
     bundle.mkdir()
-    config = json.loads((images / "inet" / "config.json").read_text())
-    config["process"]["args"] = ["/inet", "hold"]
-    config["root"]["path"] = str(images / "inet" / "rootfs")
+    config = json.loads((images / program / "config.json").read_text())
+    config["process"]["args"] = [f"/{program}", "hold"]
+    config["root"]["path"] = str(images / program / "rootfs")
     (bundle / "config.json").write_text(json.dumps(config))
     out = tmp_path / "out.txt"
     with open(out, "a") as f:
@@ -50,9 +48,33 @@ def test_a_tcp_connection_and_its_unread_bytes_survive_a_checkpoint(snapbox, ima
         subprocess.run(snapbox.cmd("restore", "--bundle", str(bundle), "--image-path", str(image),
                                    *(["--lazy"] if lazy else []), "--detach", "h1"),
                        stdout=f, stderr=f, check=True, timeout=60, stdin=subprocess.DEVNULL)
-    wait_for(lambda: "127.0.0.1 client then: 0 (the server closed)" in lines(out), timeout=30,
-             what="the exchange to finish")
-    assert lines(out) == ["holding", "127.0.0.1 accept: ok from 127.0.0.1",
+    wait_for(lambda: done in lines(out), timeout=30, what="the exchange to finish")
+    return lines(out)
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+def test_a_tcp_connection_and_its_unread_bytes_survive_a_checkpoint(snapbox, images, tmp_path, lazy):
+    """The client has connected and sent; the server sleeps before accepting. Checkpointed
+    then, the connection waits in the listener's backlog with its bytes, the client in
+    recv(2): restored, the server accepts and reads them, and the client gets its reply."""
+    got = held_through_a_restore(snapbox, images, tmp_path, "inet", "127.0.0.1 client then: 0 (the server closed)",
+                                 lazy)
+    assert got == ["holding", "127.0.0.1 accept: ok from 127.0.0.1",
                           "127.0.0.1 accepted socket is on 127.0.0.1, same port as the listener: yes",
                           "127.0.0.1 server got: sent before the checkpoint", "127.0.0.1 client connect: ok",
                           "127.0.0.1 client got: reply", "127.0.0.1 client then: 0 (the server closed)"]
+
+
+@pytest.mark.parametrize("bundle", ["udp", "udp-glibc"])
+def test_udp_over_loopback_matches_native(snapbox, images, bundle):
+    binary = images / bundle / "rootfs" / bundle
+    want = subprocess.run([str(binary)], capture_output=True, text=True, timeout=30).stdout
+    assert "and recv: Connection refused" in want and want.endswith("done\n")
+    assert same_output(snapbox("run", "--bundle", str(images / bundle), "udp").stdout, want)
+
+
+def test_queued_datagrams_survive_a_checkpoint(snapbox, images, tmp_path):
+    got = held_through_a_restore(snapbox, images, tmp_path, "udp",
+                                 "after the sleep: second queued (ok) from 127.0.0.1, the sender's port: yes", False)
+    assert got == ["holding", "after the sleep: first queued (ok) from 127.0.0.1, the sender's port: yes",
+                   "after the sleep: second queued (ok) from 127.0.0.1, the sender's port: yes"]
