@@ -1,9 +1,12 @@
-"""Unix stream sockets (unix(7)): socketpair, and named ones that bind, listen, accept and
-connect, by a path in the sandbox's filesystem or a name in the abstract namespace.
+"""Unix sockets (unix(7)): stream, seqpacket and datagram; socketpair, and named ones that
+bind (and listen, accept, connect), by a path in the sandbox's filesystem or a name in the
+abstract namespace.
 
-A connection is two StreamBuffers, one each way. Files sent with SCM_RIGHTS ride in the
-buffer beside the bytes they were sent with: a read that reaches those bytes receives them,
-and no read returns bytes of two sends that both carried files.
+A stream or seqpacket connection is two StreamBuffers, one each way; a seqpacket one also
+keeps where each record ends. Files sent with SCM_RIGHTS ride in the buffer beside the
+bytes they were sent with: a read that reaches those bytes receives them, and no read
+returns bytes of two sends that both carried files. A datagram socket has a queue of
+whole datagrams, each with its sender's name and its files.
 """
 
 from __future__ import annotations
@@ -21,7 +24,9 @@ from snapbox.kernel.waiter import WaitQueue
 from snapbox.state import savable
 
 AF_UNIX = 1
-SOCK_STREAM = 1
+SOCK_STREAM, SOCK_DGRAM, SOCK_SEQPACKET = 1, 2, 5
+MAX_DGRAM_QLEN = 10  # net.unix.max_dgram_qlen: datagrams a socket holds before senders wait
+DGRAM_MAX = 212992 - 32  # net.core.wmem_default less a little: the largest datagram (else EMSGSIZE)
 MSG_DONTWAIT, MSG_NOSIGNAL, MSG_PEEK = 0x40, 0x4000, 0x2
 SHUT_RD, SHUT_WR, SHUT_RDWR = 0, 1, 2
 SOMAXCONN = 4096
@@ -41,12 +46,15 @@ class StreamBuffer(Pipe):
 
     rights: list = field(default_factory=list)  # [offset in buf, [OpenFile...]], by offset
     reset: bool = False  # the writer closed with data unread or never accepted: ECONNRESET once
+    records: list | None = None  # seqpacket: the length of each record in buf, in order
 
     def take(self, count: int, peek: bool) -> tuple[bytes, list]:
         """Up to `count` bytes from the front, and the files sent with the first of them.
         Stops short of bytes that came with other files."""
         files: list = []
         limit = count
+        if self.records is not None:
+            return self._take_record(count, peek)
         if self.rights:
             if self.rights[0][0] == 0:
                 files = self.rights[0][1]
@@ -62,6 +70,37 @@ class StreamBuffer(Pipe):
                 mark[0] -= len(data)
             self.writable.notify()
         return data, files
+
+    def _take_record(self, count: int, peek: bool) -> tuple[bytes, list]:
+        """The first record (its first `count` bytes: the rest of it is dropped, as
+        seqpacket reads do) and the files sent with it."""
+        if not self.records:
+            return b"", []
+        length = self.records[0]
+        files = self.rights[0][1] if self.rights and self.rights[0][0] == 0 else []
+        data = bytes(self.buf[:min(count, length)])
+        if not peek:
+            del self.buf[:length]
+            self.records.pop(0)
+            if files:
+                self.rights.pop(0)
+            for mark in self.rights:
+                mark[0] -= length
+            self.writable.notify()
+        return data, files
+
+    def put_record(self, data: bytes, nonblock: bool) -> int:
+        """Append one whole record, or wait for room for all of it."""
+        if len(data) > self.capacity:
+            raise SyscallError(errno.EMSGSIZE)
+        if self.capacity - len(self.buf) < len(data):
+            if nonblock:
+                raise SyscallError(errno.EAGAIN)
+            raise WouldBlock(self.writable)
+        self.buf += data
+        self.records.append(len(data))
+        self.readable.notify()
+        return len(data)
 
     def discard(self) -> None:
         """No one will read this buffer again: drop its bytes and the files in it."""
@@ -89,6 +128,7 @@ class UnixSocket(OpenFile):
     backlog: int = 0
     pending: list = field(default_factory=list)  # connections made to us, waiting for accept
     changed: WaitQueue = field(default_factory=WaitQueue)  # accept and connect waiters
+    kind: int = SOCK_STREAM  # or SOCK_SEQPACKET: records, not a byte stream
 
     def readable(self) -> bool:
         return True
@@ -138,7 +178,8 @@ class UnixSocket(OpenFile):
             if not flags & MSG_NOSIGNAL:
                 t.kernel.send_signal(t.tg, SIGPIPE)
             raise SyscallError(errno.EPIPE)
-        n = p.put(data, bool(self.flags & O_NONBLOCK or flags & MSG_DONTWAIT), atomic=False)
+        nonblock = bool(self.flags & O_NONBLOCK or flags & MSG_DONTWAIT)
+        n = p.put_record(data, nonblock) if p.records is not None else p.put(data, nonblock, atomic=False)
         if files:
             p.rights.append([len(p.buf) - n, list(files)])
             for f in files:
@@ -194,9 +235,11 @@ class UnixSocket(OpenFile):
             if self.flags & O_NONBLOCK:
                 raise SyscallError(errno.EAGAIN)
             raise WouldBlock(listener.changed)
-        up, down = make_buffers(t.kernel)
+        if listener.kind != self.kind:
+            raise SyscallError(errno.ECONNREFUSED)  # unix(7): a stream socket and a seqpacket one do not meet
+        up, down = make_buffers(t.kernel, self.kind)
         server = UnixSocket(flags=2, incoming=up, outgoing=down, ino=up.ino, address=listener.address,
-                            peer=self.address, cred=[t.tg.tgid, t.tg.creds[1], t.tg.creds[4]])
+                            peer=self.address, cred=[t.tg.tgid, t.tg.creds[1], t.tg.creds[4]], kind=self.kind)
         self.incoming, self.outgoing = down, up
         self.peer = listener.address
         self.cred = list(listener.cred)
@@ -257,8 +300,131 @@ class UnixSocket(OpenFile):
 
     def describe(self) -> str:
         state = "listening" if self.listening else "connected" if self.connected else "unconnected"
-        name = f" {self.address.decode(errors='replace').replace(chr(0), '@', 1)}" if self.address else ""
-        return f"socket:[{self.ino}] (unix stream, {state}{name})"
+        kind = "seqpacket" if self.kind == SOCK_SEQPACKET else "stream"
+        return f"socket:[{self.ino}] (unix {kind}, {state}{_shown(self.address)})"
+
+
+def _shown(address: bytes) -> str:
+    return f" {address.decode(errors='replace').replace(chr(0), '@', 1)}" if address else ""
+
+
+@savable
+@dataclass(eq=False)
+class UnixDgramSocket(OpenFile):
+    """An AF_UNIX datagram socket: a queue of whole datagrams, and perhaps a peer (connect,
+    socketpair) that is where sends go by default and the only sender it accepts."""
+
+    ino: int = 0
+    address: bytes = b""  # the bound name, as UnixSocket's
+    peer_socket: UnixDgramSocket | None = None
+    queue: list = field(default_factory=list)  # [[sender's name, bytes, [OpenFile...]]], oldest first
+    shut_rd: bool = False
+    shut_wr: bool = False
+    cred: list = field(default_factory=lambda: [0, 0, 0])  # pid, uid, gid of its maker
+    readable_queue: WaitQueue = field(default_factory=WaitQueue)  # readers waiting for a datagram
+    room: WaitQueue = field(default_factory=WaitQueue)  # senders waiting for the queue to shorten
+
+    def readable(self) -> bool:
+        return True
+
+    def writable(self) -> bool:
+        return True
+
+    @property
+    def connected(self) -> bool:
+        return self.peer_socket is not None
+
+    def send_to(self, t, target: UnixDgramSocket | None, data: bytes, flags: int, files: tuple = ()) -> int:
+        """Queue one datagram at `target` (None: the peer); waits while its queue is full."""
+        if self.shut_wr:
+            if not flags & MSG_NOSIGNAL:
+                t.kernel.send_signal(t.tg, SIGPIPE)
+            raise SyscallError(errno.EPIPE)
+        target = target or self.peer_socket
+        if target is None:
+            raise SyscallError(errno.ENOTCONN)
+        if target.refs == 0:
+            raise SyscallError(errno.ECONNREFUSED)
+        if target.peer_socket is not None and target.peer_socket is not self:
+            raise SyscallError(errno.EPERM)  # unix(7): it is connected to another socket
+        if len(data) > DGRAM_MAX:
+            raise SyscallError(errno.EMSGSIZE)
+        if len(target.queue) >= MAX_DGRAM_QLEN:
+            if self.flags & O_NONBLOCK or flags & MSG_DONTWAIT:
+                raise SyscallError(errno.EAGAIN)
+            raise WouldBlock(target.room)
+        if target.shut_rd:
+            return len(data)
+        for f in files:
+            f.refs += 1
+        target.queue.append([self.address, bytes(data), list(files)])
+        target.readable_queue.notify()
+        return len(data)
+
+    def recv_dgram(self, t, count: int, flags: int) -> tuple[bytes, bytes, int, list]:
+        """The next datagram: (its first `count` bytes, its sender's name, its length, its files)."""
+        if not self.queue:
+            if self.shut_rd:
+                return b"", b"", 0, []
+            if self.flags & O_NONBLOCK or flags & MSG_DONTWAIT:
+                raise SyscallError(errno.EAGAIN)
+            raise WouldBlock(self.readable_queue)
+        sender, data, files = self.queue[0]
+        if not flags & MSG_PEEK:
+            self.queue.pop(0)
+            self.room.notify()
+        return data[:count], sender, len(data), files
+
+    def recv_msg(self, t, count: int, flags: int = 0) -> tuple[bytes, list]:
+        data, _, _, files = self.recv_dgram(t, count, flags)
+        return data, files
+
+    def read(self, t, count: int, offset: int | None = None) -> bytes:
+        if offset is not None:
+            raise SyscallError(errno.ESPIPE)
+        data, _, _, files = self.recv_dgram(t, count, 0)
+        for f in files:
+            drop_ref(f)
+        return data
+
+    def write(self, t, data: bytes, offset: int | None = None) -> int:
+        if offset is not None:
+            raise SyscallError(errno.ESPIPE)
+        return self.send_to(t, None, data, 0)
+
+    def shutdown(self, how: int) -> None:
+        if how not in (SHUT_RD, SHUT_WR, SHUT_RDWR):
+            raise SyscallError(errno.EINVAL)
+        self.shut_rd = self.shut_rd or how in (SHUT_RD, SHUT_RDWR)
+        self.shut_wr = self.shut_wr or how in (SHUT_WR, SHUT_RDWR)
+        self.readable_queue.notify()
+
+    def ready(self) -> int:
+        r = 0
+        if self.queue or self.shut_rd:
+            r |= POLLIN
+        peer = self.peer_socket
+        if not self.shut_wr and (peer is None or len(peer.queue) < MAX_DGRAM_QLEN):
+            r |= POLLOUT
+        return r
+
+    def queues(self, t) -> tuple:
+        peer = self.peer_socket
+        return (self.readable_queue, self.room) + ((peer.room,) if peer is not None else ())
+
+    def release(self) -> None:
+        queue, self.queue = self.queue, []
+        for _, _, files in queue:
+            for f in files:
+                drop_ref(f)
+        self.room.notify()
+
+    def stat(self) -> dict:
+        return dict(dev=0x8, ino=self.ino, mode=stat.S_IFSOCK | 0o777, nlink=1, uid=0, gid=0, rdev=0,
+                    size=0, blksize=PIPE_BUF, blocks=0, atime=0, mtime=0, ctime=0)
+
+    def describe(self) -> str:
+        return f"socket:[{self.ino}] (unix dgram{_shown(self.address)})"
 
 
 @savable
@@ -266,21 +432,30 @@ class UnixSocket(OpenFile):
 class SocketNode(Inode):
     """A socket's name in the filesystem (bind(2) to a path); connect(2) finds it here."""
 
-    socket: UnixSocket | None = None
+    socket: UnixSocket | UnixDgramSocket | None = None
 
 
-def make_buffers(kernel) -> tuple[StreamBuffer, StreamBuffer]:
+def make_buffers(kernel, kind: int = SOCK_STREAM) -> tuple[StreamBuffer, StreamBuffer]:
     kernel.pipe_ino += 2
-    return (StreamBuffer(ino=kernel.pipe_ino - 1, readers=1, writers=1),
-            StreamBuffer(ino=kernel.pipe_ino, readers=1, writers=1))
+    records = (lambda: []) if kind == SOCK_SEQPACKET else (lambda: None)
+    return (StreamBuffer(ino=kernel.pipe_ino - 1, readers=1, writers=1, records=records()),
+            StreamBuffer(ino=kernel.pipe_ino, readers=1, writers=1, records=records()))
 
 
-def new_socket(kernel, flags: int) -> UnixSocket:
+def new_socket(kernel, flags: int, kind: int = SOCK_STREAM) -> UnixSocket | UnixDgramSocket:
     kernel.pipe_ino += 1
-    return UnixSocket(flags=2 | flags, ino=kernel.pipe_ino)
+    if kind == SOCK_DGRAM:
+        return UnixDgramSocket(flags=2 | flags, ino=kernel.pipe_ino)
+    return UnixSocket(flags=2 | flags, ino=kernel.pipe_ino, kind=kind)
 
 
-def make_pair(kernel, flags: int) -> tuple[UnixSocket, UnixSocket]:
-    ab, ba = make_buffers(kernel)
-    return (UnixSocket(flags=2 | flags, incoming=ba, outgoing=ab, ino=ab.ino),
-            UnixSocket(flags=2 | flags, incoming=ab, outgoing=ba, ino=ba.ino))
+def make_pair(kernel, flags: int, kind: int = SOCK_STREAM) -> tuple:
+    if kind == SOCK_DGRAM:
+        kernel.pipe_ino += 2
+        a = UnixDgramSocket(flags=2 | flags, ino=kernel.pipe_ino - 1)
+        b = UnixDgramSocket(flags=2 | flags, ino=kernel.pipe_ino, peer_socket=a)
+        a.peer_socket = b
+        return a, b
+    ab, ba = make_buffers(kernel, kind)
+    return (UnixSocket(flags=2 | flags, incoming=ba, outgoing=ab, ino=ab.ino, kind=kind),
+            UnixSocket(flags=2 | flags, incoming=ab, outgoing=ba, ino=ba.ino, kind=kind))

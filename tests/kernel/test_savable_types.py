@@ -74,6 +74,8 @@ def build(name: str, kernel: Kernel):
     right.outgoing.rights.append([0, [pipe_w]])
     listener = UnixSocket(flags=2, ino=77, address=b"\0name", listening=True, backlog=3, pending=[left],
                           cred=[1, 0, 0])
+    dgram_a, dgram_b = make_pair(kernel, 0, 2)  # SOCK_DGRAM: peers of each other
+    dgram_b.queue.append([b"\0sender", b"a datagram with a file", [pipe_w]])
     pages = kernel.file_cache.get(motd)
     kernel.file_cache.fill(pages, 0, 4096)
     if "dev" not in fs.root.entries:
@@ -113,6 +115,7 @@ def build(name: str, kernel: Kernel):
         "PosixTimer": lambda: PosixTimer(id=1, clock=1, notify=4, signo=34, value=77, tid=1, deadline=99,
                                          interval=10, overrun=2),
         "UnixSocket": lambda: listener,
+        "UnixDgramSocket": lambda: dgram_b,
         "UdpSocket": lambda: UdpSocket(flags=2, ino=80, family=2, local=("127.0.0.1", 5353), remote=("127.0.0.1", 53),
                                        queue=[[("127.0.0.1", 53), b"answer"]], queued=6, port_locked=True,
                                        options={(1, 2): 1}),

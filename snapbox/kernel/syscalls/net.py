@@ -1,6 +1,6 @@
-"""Sockets: AF_UNIX stream sockets (socketpair, bind, listen, accept, connect, SCM_RIGHTS),
-and TCP and UDP over the sandbox's loopback (AF_INET, AF_INET6: see snapbox.kernel.inet).
-Other families fail with EAFNOSUPPORT, other types with ESOCKTNOSUPPORT."""
+"""Sockets: AF_UNIX stream, seqpacket and datagram sockets (socketpair, bind, listen, accept,
+connect, SCM_RIGHTS), and TCP and UDP over the sandbox's loopback (AF_INET, AF_INET6: see
+snapbox.kernel.inet). Other families fail with EAFNOSUPPORT, other types with ESOCKTNOSUPPORT."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import struct
 
 from snapbox.kernel.errors import SyscallError
 from snapbox.kernel.fd import O_CLOEXEC, O_NONBLOCK
-from snapbox.kernel.socket import AF_UNIX, MSG_PEEK, SOCK_STREAM, SocketNode, UnixSocket, drop_ref, make_pair, \
-    new_socket
+from snapbox.kernel.socket import AF_UNIX, MSG_PEEK, SOCK_SEQPACKET, SOCK_STREAM, SocketNode, UnixDgramSocket, \
+    UnixSocket, drop_ref, make_pair, new_socket
 from snapbox.kernel.inet import AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP, InetSocket, Ports, UdpSocket, is_local, \
     local_destination, pack_sockaddr, parse_sockaddr, send_datagram
 from snapbox.kernel.syscalls import NR, i32, syscall
@@ -49,11 +49,11 @@ def socket(t, domain, type_, protocol):
         made = InetSocket if kind == SOCK_STREAM else UdpSocket
         s = made(flags=2 | i32(type_) & SOCK_NONBLOCK, ino=t.kernel.pipe_ino, family=domain)
     elif domain == AF_UNIX:
-        if kind != SOCK_STREAM:
-            raise SyscallError(errno.ESOCKTNOSUPPORT, "only SOCK_STREAM unix sockets are supported")
+        if kind not in (SOCK_STREAM, SOCK_DGRAM, SOCK_SEQPACKET):
+            raise SyscallError(errno.ESOCKTNOSUPPORT)
         if i32(protocol) not in (0, 1):
             raise SyscallError(errno.EPROTONOSUPPORT)
-        s = new_socket(t.kernel, i32(type_) & SOCK_NONBLOCK)
+        s = new_socket(t.kernel, i32(type_) & SOCK_NONBLOCK, kind)
     else:
         raise SyscallError(errno.EAFNOSUPPORT, "only AF_UNIX and TCP sockets exist in the sandbox")
     s.cred = [t.tg.tgid, t.tg.creds[1], t.tg.creds[4]]
@@ -67,11 +67,11 @@ def socketpair(t, domain, type_, protocol, sv):
         raise SyscallError(errno.EOPNOTSUPP)  # socketpair(2): TCP has no pairs
     if i32(domain) != AF_UNIX:
         raise SyscallError(errno.EAFNOSUPPORT)
-    if kind != SOCK_STREAM:
-        raise SyscallError(errno.EOPNOTSUPP, "only SOCK_STREAM socket pairs exist so far")
+    if kind not in (SOCK_STREAM, SOCK_DGRAM, SOCK_SEQPACKET):
+        raise SyscallError(errno.ESOCKTNOSUPPORT)
     if i32(protocol) not in (0, 1):
         raise SyscallError(errno.EPROTONOSUPPORT)
-    a, b = make_pair(t.kernel, i32(type_) & SOCK_NONBLOCK)
+    a, b = make_pair(t.kernel, i32(type_) & SOCK_NONBLOCK, kind)
     a.cred = [t.tg.tgid, t.tg.creds[1], t.tg.creds[4]]
     b.cred = list(a.cred)
     cloexec = bool(i32(type_) & SOCK_CLOEXEC)
@@ -85,19 +85,36 @@ def socketpair(t, domain, type_, protocol, sv):
     return 0
 
 
-def _sock(t, fd: int) -> UnixSocket | UdpSocket:
+def _sock(t, fd: int) -> UnixSocket | UnixDgramSocket | UdpSocket:
     f = t.fds.get(i32(fd))
-    if not isinstance(f, (UnixSocket, UdpSocket)):
+    if not isinstance(f, (UnixSocket, UnixDgramSocket, UdpSocket)):
         raise SyscallError(errno.ENOTSOCK)
     return f
 
 
 def _stream(t, fd: int) -> UnixSocket:
-    """A connection-mode socket (listen and accept have nothing to do with UDP)."""
+    """A connection-mode socket (listen and accept have nothing to do with datagrams)."""
     s = _sock(t, fd)
-    if isinstance(s, UdpSocket):
+    if not isinstance(s, UnixSocket):
         raise SyscallError(errno.EOPNOTSUPP)
     return s
+
+
+def _dgram_target(t, addr: int, addrlen: int) -> UnixDgramSocket:
+    """The datagram socket a sockaddr_un names (sendto, sendmsg, connect)."""
+    name = _read_address(t, addr, addrlen)
+    if not name:
+        raise SyscallError(errno.EINVAL)
+    target = _bound(t, name)
+    if target is None:
+        raise SyscallError(errno.ECONNREFUSED if name[:1] == b"\0" else errno.ENOENT)
+    if isinstance(target, SocketNode):
+        target = target.socket
+    if isinstance(target, UnixSocket):
+        raise SyscallError(errno.EPROTOTYPE)
+    if not isinstance(target, UnixDgramSocket):
+        raise SyscallError(errno.ECONNREFUSED)
+    return target
 
 
 def _read_address(t, addr: int, addrlen: int) -> bytes:
@@ -257,6 +274,13 @@ def connect(t, fd, addr, addrlen):
         return _connect_udp(t, s, addr, addrlen)
     if isinstance(s, InetSocket):
         return _connect_inet(t, s, addr, addrlen)
+    if isinstance(s, UnixDgramSocket):
+        raw = t.mm.read(addr, min(max(i32(addrlen), 0), 2))
+        if len(raw) == 2 and struct.unpack("<H", raw)[0] == AF_UNSPEC:
+            s.peer_socket = None  # connect(2): AF_UNSPEC dissolves the association
+            return 0
+        s.peer_socket = _dgram_target(t, addr, addrlen)
+        return 0
     name = _read_address(t, addr, addrlen)
     if not name:
         raise SyscallError(errno.EINVAL)
@@ -267,6 +291,8 @@ def connect(t, fd, addr, addrlen):
         raise SyscallError(errno.ECONNREFUSED if name[:1] == b"\0" else errno.ENOENT)
     if isinstance(target, SocketNode):
         target = target.socket
+    if isinstance(target, UnixDgramSocket):
+        raise SyscallError(errno.EPROTOTYPE)
     if not isinstance(target, UnixSocket):
         raise SyscallError(errno.ECONNREFUSED)
     s.connect_to(t, target)
@@ -295,9 +321,11 @@ def accept4(t, fd, addr, addrlen, flags):
     return new
 
 
-def _peer_sockaddr(s: UnixSocket | UdpSocket) -> bytes:
+def _peer_sockaddr(s: UnixSocket | UnixDgramSocket | UdpSocket) -> bytes:
     if isinstance(s, (InetSocket, UdpSocket)):
         return pack_sockaddr(s.family, s.remote)
+    if isinstance(s, UnixDgramSocket):
+        return _unix_sockaddr(s.peer_socket.address)
     return _unix_sockaddr(s.peer)
 
 
@@ -311,6 +339,9 @@ def sendto(t, fd, buf, length, flags, addr, addrlen):
         if not s.remote:
             raise SyscallError(errno.EDESTADDRREQ)
         return send_datagram(t, s, data, s.remote)
+    if isinstance(s, UnixDgramSocket):
+        target = _dgram_target(t, addr, addrlen) if addr else None
+        return s.send_to(t, target, t.mm.read(buf, min(length, MAX_RW)), i32(flags))
     if addr:
         raise SyscallError(errno.EISCONN if s.connected else errno.EOPNOTSUPP)
     data = t.mm.read(buf, min(length, MAX_RW))
@@ -325,6 +356,17 @@ def recvfrom(t, fd, buf, length, flags, addr, addrlen):
         t.mm.write(buf, data)
         if source:
             _write_sockaddr(t, addr, addrlen, pack_sockaddr(s.family, source))
+        return whole if i32(flags) & MSG_TRUNC else len(data)
+    if isinstance(s, UnixDgramSocket):
+        data, sender, whole, files = s.recv_dgram(t, min(length, MAX_RW), i32(flags))
+        if not i32(flags) & MSG_PEEK:
+            for f in files:  # read without recvmsg: the files are lost, as on Linux
+                drop_ref(f)
+        t.mm.write(buf, data)
+        if sender:
+            _write_address(t, addr, addrlen, sender)
+        elif addrlen:
+            t.mm.write(addrlen, struct.pack("<I", 0))  # an unnamed sender
         return whole if i32(flags) & MSG_TRUNC else len(data)
     data = s.recv(t, min(length, MAX_RW), i32(flags))
     t.mm.write(buf, data)
@@ -369,6 +411,10 @@ def sendmsg(t, fd, msg, flags):
         if not s.remote:
             raise SyscallError(errno.EDESTADDRREQ)
         return send_datagram(t, s, data, s.remote)
+    if isinstance(s, UnixDgramSocket):
+        files = _rights(t, control, controllen)
+        data = b"".join(t.mm.read(base, n) for base, n in iovecs(t, iov, iovlen))
+        return s.send_to(t, _dgram_target(t, name, namelen) if name else None, data, i32(flags), files)
     if name:
         raise SyscallError(errno.EISCONN if s.connected else errno.EOPNOTSUPP)
     files = _rights(t, control, controllen)
@@ -398,7 +444,10 @@ def recvmsg(t, fd, msg, flags):
     flags = i32(flags)
     name, namelen, iov, iovlen, control, controllen, _ = _MSGHDR.unpack(t.mm.read(msg, _MSGHDR.size))
     vecs = iovecs(t, iov, iovlen)
-    if isinstance(s, UdpSocket):
+    sender, whole = None, 0
+    if isinstance(s, UnixDgramSocket):
+        data, sender, whole, files = s.recv_dgram(t, min(sum(n for _, n in vecs), MAX_RW), flags)
+    elif isinstance(s, UdpSocket):
         room = sum(n for _, n in vecs)
         data, source, whole = s.recv_from(t, min(room, MAX_RW), flags)
         scatter(t, vecs, data)
@@ -408,9 +457,12 @@ def recvmsg(t, fd, msg, flags):
         out = MSG_TRUNC if whole > len(data) else 0
         t.mm.write(msg, _MSGHDR.pack(name, len(full) if name else 0, iov, iovlen, control, 0, out))
         return whole if flags & MSG_TRUNC else len(data)
-    data, files = s.recv_msg(t, min(sum(n for _, n in vecs), MAX_RW), flags)
+    else:
+        records = s.incoming.records if s.incoming is not None else None
+        whole = records[0] if records else 0  # a seqpacket record's length, for MSG_TRUNC
+        data, files = s.recv_msg(t, min(sum(n for _, n in vecs), MAX_RW), flags)
     scatter(t, vecs, data)
-    out_flags, used = 0, 0
+    out_flags, used = (MSG_TRUNC if whole > len(data) else 0), 0
     if files:
         room = (controllen - _CMSGHDR.size) // 4 if control and controllen >= _CMSGHDR.size + 4 else 0
         fds = []
@@ -428,14 +480,15 @@ def recvmsg(t, fd, msg, flags):
         if not flags & MSG_PEEK:
             for f in files:
                 drop_ref(f)  # the reference the message held; installed ones hold their own
-    if name and namelen and not isinstance(s, InetSocket):
-        full = _unix_sockaddr(s.peer)
+    peer = sender if isinstance(s, UnixDgramSocket) else s.peer
+    if name and namelen and not isinstance(s, InetSocket) and peer:
+        full = _unix_sockaddr(peer)
         t.mm.write(name, full[:namelen])
         namelen = len(full)
     else:
         namelen = 0
     t.mm.write(msg, _MSGHDR.pack(name, namelen, iov, iovlen, control, used, out_flags))
-    return len(data)
+    return whole if whole and flags & MSG_TRUNC else len(data)
 
 
 @syscall(NR.shutdown)
@@ -510,7 +563,8 @@ def getsockopt(t, fd, level, optname, optval, optlen):
     elif opt == SO_PEERCRED:
         value = struct.pack("<iII", *s.cred)
     else:
-        values = {SO_TYPE: SOCK_STREAM, SO_ERROR: 0, SO_DOMAIN: AF_UNIX, SO_ACCEPTCONN: int(s.listening),
+        kind = SOCK_DGRAM if isinstance(s, UnixDgramSocket) else s.kind
+        values = {SO_TYPE: kind, SO_ERROR: 0, SO_DOMAIN: AF_UNIX, SO_ACCEPTCONN: int(getattr(s, "listening", 0)),
                   SO_SNDBUF: 212992, SO_RCVBUF: 212992, SO_PASSCRED: 0, SO_PROTOCOL: 0}
         if opt not in values:
             raise SyscallError(errno.ENOPROTOOPT)

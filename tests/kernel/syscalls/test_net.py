@@ -1,5 +1,6 @@
-"""Sockets against native runs: unix sockets (socketpair, bound names, SCM_RIGHTS), and TCP and
-UDP over loopback (127.0.0.1, ::1), which also survive a checkpoint mid-exchange."""
+"""Sockets against native runs: unix stream, datagram and seqpacket sockets (socketpair, bound
+names, SCM_RIGHTS), and TCP and UDP over loopback (127.0.0.1, ::1); each survives a
+checkpoint mid-exchange."""
 
 from __future__ import annotations
 
@@ -78,3 +79,18 @@ def test_queued_datagrams_survive_a_checkpoint(snapbox, images, tmp_path):
                                  "after the sleep: second queued (ok) from 127.0.0.1, the sender's port: yes", False)
     assert got == ["holding", "after the sleep: first queued (ok) from 127.0.0.1, the sender's port: yes",
                    "after the sleep: second queued (ok) from 127.0.0.1, the sender's port: yes"]
+
+
+@pytest.mark.parametrize("bundle", ["unixdgram", "unixdgram-glibc"])
+def test_unix_datagram_and_seqpacket_sockets_match_native(snapbox, images, tmp_path, bundle):
+    binary = images / bundle / "rootfs" / bundle
+    want = subprocess.run([str(binary)], capture_output=True, text=True, timeout=30, cwd=tmp_path).stdout
+    assert "unnamed sends to sb, connected elsewhere: Operation not permitted" in want and want.endswith("done\n")
+    assert same_output(snapbox("run", "--bundle", str(images / bundle), "ud").stdout, want)
+
+
+def test_queued_datagrams_and_records_survive_a_checkpoint(snapbox, images, tmp_path):
+    got = held_through_a_restore(snapbox, images, tmp_path, "unixdgram", "datagram: second", True)
+    assert got == ["holding", "seqpacket record: record one (10)",
+                   "seqpacket into 6 bytes: record (6), MSG_TRUNC set", "seqpacket after the peer closed: 0",
+                   "datagram: first datagram", "datagram: second"]
