@@ -20,8 +20,9 @@ import struct
 from dataclasses import dataclass, field
 
 from snapbox.kernel.errors import SyscallError, WouldBlock
-from snapbox.kernel.fd import O_NONBLOCK, POLLERR, POLLIN, POLLOUT, OpenFile
-from snapbox.kernel.socket import MSG_DONTWAIT, MSG_PEEK, SHUT_RD, SHUT_RDWR, SHUT_WR, UnixSocket, make_buffers
+from snapbox.kernel.fd import O_NONBLOCK, POLLERR, POLLIN, POLLOUT
+from snapbox.kernel.socket import MSG_DONTWAIT, MSG_PEEK, SHUT_RD, SHUT_RDWR, SHUT_WR, SocketFile, UnixSocket, \
+    make_buffers
 from snapbox.kernel.waiter import WaitQueue
 from snapbox.state import savable
 
@@ -84,7 +85,7 @@ class InetSocket(UnixSocket):
 
 @savable
 @dataclass(eq=False)
-class UdpSocket(OpenFile):
+class UdpSocket(SocketFile):
     """A UDP socket of the sandbox (AF_INET or AF_INET6, SOCK_DGRAM), on loopback."""
 
     family: int = AF_INET
@@ -100,12 +101,6 @@ class UdpSocket(OpenFile):
     options: dict = field(default_factory=dict)  # (level, option) -> int, as setsockopt left it
     readable_queue: WaitQueue = field(default_factory=WaitQueue)  # readers waiting for a datagram
     listening = False  # never (Ports asks)
-
-    def readable(self) -> bool:
-        return True
-
-    def writable(self) -> bool:
-        return True
 
     @property
     def connected(self) -> bool:

@@ -111,9 +111,20 @@ class StreamBuffer(Pipe):
                 drop_ref(f)
 
 
+@dataclass(eq=False)
+class SocketFile(OpenFile):
+    """What every socket is as a file: open for reading and writing, whatever its flags."""
+
+    def readable(self) -> bool:
+        return True
+
+    def writable(self) -> bool:
+        return True
+
+
 @savable
 @dataclass(eq=False)
-class UnixSocket(OpenFile):
+class UnixSocket(SocketFile):
     """An AF_UNIX stream socket: unconnected, listening, or one end of a connection."""
 
     incoming: StreamBuffer | None = None  # what the peer wrote, for us to read
@@ -129,12 +140,6 @@ class UnixSocket(OpenFile):
     pending: list = field(default_factory=list)  # connections made to us, waiting for accept
     changed: WaitQueue = field(default_factory=WaitQueue)  # accept and connect waiters
     kind: int = SOCK_STREAM  # or SOCK_SEQPACKET: records, not a byte stream
-
-    def readable(self) -> bool:
-        return True
-
-    def writable(self) -> bool:
-        return True
 
     @property
     def connected(self) -> bool:
@@ -310,7 +315,7 @@ def _shown(address: bytes) -> str:
 
 @savable
 @dataclass(eq=False)
-class UnixDgramSocket(OpenFile):
+class UnixDgramSocket(SocketFile):
     """An AF_UNIX datagram socket: a queue of whole datagrams, and perhaps a peer (connect,
     socketpair) that is where sends go by default and the only sender it accepts."""
 
@@ -323,12 +328,6 @@ class UnixDgramSocket(OpenFile):
     cred: list = field(default_factory=lambda: [0, 0, 0])  # pid, uid, gid of its maker
     readable_queue: WaitQueue = field(default_factory=WaitQueue)  # readers waiting for a datagram
     room: WaitQueue = field(default_factory=WaitQueue)  # senders waiting for the queue to shorten
-
-    def readable(self) -> bool:
-        return True
-
-    def writable(self) -> bool:
-        return True
 
     @property
     def connected(self) -> bool:

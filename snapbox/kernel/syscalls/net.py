@@ -100,9 +100,9 @@ def _stream(t, fd: int) -> UnixSocket:
     return s
 
 
-def _dgram_target(t, addr: int, addrlen: int) -> UnixDgramSocket:
-    """The datagram socket a sockaddr_un names (sendto, sendmsg, connect)."""
-    name = _read_address(t, addr, addrlen)
+def _unix_target(t, name: bytes, kind: type) -> UnixSocket | UnixDgramSocket:
+    """The unix socket of class `kind` bound to `name` (connect, sendto, sendmsg):
+    EPROTOTYPE if a socket of the other kind holds the name (unix(7))."""
     if not name:
         raise SyscallError(errno.EINVAL)
     target = _bound(t, name)
@@ -110,11 +110,16 @@ def _dgram_target(t, addr: int, addrlen: int) -> UnixDgramSocket:
         raise SyscallError(errno.ECONNREFUSED if name[:1] == b"\0" else errno.ENOENT)
     if isinstance(target, SocketNode):
         target = target.socket
-    if isinstance(target, UnixSocket):
+    if isinstance(target, (UnixSocket, UnixDgramSocket)) and not isinstance(target, kind):
         raise SyscallError(errno.EPROTOTYPE)
-    if not isinstance(target, UnixDgramSocket):
+    if not isinstance(target, kind):
         raise SyscallError(errno.ECONNREFUSED)
     return target
+
+
+def _dgram_target(t, addr: int, addrlen: int) -> UnixDgramSocket:
+    """The datagram socket a sockaddr_un names."""
+    return _unix_target(t, _read_address(t, addr, addrlen), UnixDgramSocket)
 
 
 def _read_address(t, addr: int, addrlen: int) -> bytes:
@@ -282,19 +287,9 @@ def connect(t, fd, addr, addrlen):
         s.peer_socket = _dgram_target(t, addr, addrlen)
         return 0
     name = _read_address(t, addr, addrlen)
-    if not name:
-        raise SyscallError(errno.EINVAL)
     if s.connected:
         raise SyscallError(errno.EISCONN)
-    target = _bound(t, name)
-    if target is None:
-        raise SyscallError(errno.ECONNREFUSED if name[:1] == b"\0" else errno.ENOENT)
-    if isinstance(target, SocketNode):
-        target = target.socket
-    if isinstance(target, UnixDgramSocket):
-        raise SyscallError(errno.EPROTOTYPE)
-    if not isinstance(target, UnixSocket):
-        raise SyscallError(errno.ECONNREFUSED)
+    target = _unix_target(t, name, UnixSocket)
     s.connect_to(t, target)
     return 0
 
