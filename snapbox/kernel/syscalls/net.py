@@ -324,16 +324,20 @@ def _peer_sockaddr(s: UnixSocket | UnixDgramSocket | UdpSocket) -> bytes:
     return _unix_sockaddr(s.peer)
 
 
+def _udp_send(t, s: UdpSocket, data: bytes, addr: int, addrlen: int) -> int:
+    """One datagram to the address named (if any), else to the connected destination."""
+    if addr:
+        return send_datagram(t, s, data, _inet_address(t, s, addr, addrlen))
+    if not s.remote:
+        raise SyscallError(errno.EDESTADDRREQ)
+    return send_datagram(t, s, data, s.remote)
+
+
 @syscall(NR.sendto)
 def sendto(t, fd, buf, length, flags, addr, addrlen):
     s = _sock(t, fd)
     if isinstance(s, UdpSocket):
-        data = t.mm.read(buf, min(length, MAX_RW))
-        if addr:
-            return send_datagram(t, s, data, _inet_address(t, s, addr, addrlen))
-        if not s.remote:
-            raise SyscallError(errno.EDESTADDRREQ)
-        return send_datagram(t, s, data, s.remote)
+        return _udp_send(t, s, t.mm.read(buf, min(length, MAX_RW)), addr, addrlen)
     if isinstance(s, UnixDgramSocket):
         target = _dgram_target(t, addr, addrlen) if addr else None
         return s.send_to(t, target, t.mm.read(buf, min(length, MAX_RW)), i32(flags))
@@ -400,12 +404,7 @@ def sendmsg(t, fd, msg, flags):
     s = _sock(t, fd)
     name, namelen, iov, iovlen, control, controllen, _ = _MSGHDR.unpack(t.mm.read(msg, _MSGHDR.size))
     if isinstance(s, UdpSocket):
-        data = b"".join(t.mm.read(base, n) for base, n in iovecs(t, iov, iovlen))
-        if name:
-            return send_datagram(t, s, data, _inet_address(t, s, name, namelen))
-        if not s.remote:
-            raise SyscallError(errno.EDESTADDRREQ)
-        return send_datagram(t, s, data, s.remote)
+        return _udp_send(t, s, b"".join(t.mm.read(base, n) for base, n in iovecs(t, iov, iovlen)), name, namelen)
     if isinstance(s, UnixDgramSocket):
         files = _rights(t, control, controllen)
         data = b"".join(t.mm.read(base, n) for base, n in iovecs(t, iov, iovlen))
