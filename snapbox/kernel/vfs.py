@@ -30,6 +30,8 @@ from snapbox.memfile.memfile import OutOfMemory
 from snapbox.state import nosave, savable
 
 OVERLAY_DEV = 0x2A  # st_dev of every node of the root filesystem
+# fcntl(2) file seals (F_ADD_SEALS), on memfd files.
+F_SEAL_SEAL, F_SEAL_SHRINK, F_SEAL_GROW, F_SEAL_WRITE, F_SEAL_FUTURE_WRITE = 1, 2, 4, 8, 16
 SYMLOOP_MAX = 40
 
 _SYS_OPENAT2 = 437
@@ -162,6 +164,7 @@ class MemRegular(Inode):
     pages: dict = field(default_factory=dict)  # page index -> MemoryFile offset; absent = zeros
     length: int = 0  # the file size in bytes
     opens: int = 0  # open file descriptions of this file; pages go when this and nlink are 0
+    seals: int = 0  # F_SEAL_* bits (memfd_create(2)): what no one may do to this file any more
 
     def size(self) -> int:
         return self.length
@@ -179,6 +182,9 @@ class MemRegular(Inode):
         return bytes(out)
 
     def write(self, offset: int, data: bytes) -> None:
+        if self.seals & (F_SEAL_WRITE | F_SEAL_FUTURE_WRITE) or \
+                (self.seals & F_SEAL_GROW and offset + len(data) > self.length):
+            raise SyscallError(errno.EPERM)
         view = memoryview(data)
         pos = offset
         while view:
@@ -201,6 +207,8 @@ class MemRegular(Inode):
         return off
 
     def truncate(self, length: int) -> None:
+        if (length < self.length and self.seals & F_SEAL_SHRINK) or (length > self.length and self.seals & F_SEAL_GROW):
+            raise SyscallError(errno.EPERM)
         if length < self.length:
             last = (length + PAGE_SIZE - 1) // PAGE_SIZE
             for index in [i for i in self.pages if i >= last]:

@@ -275,3 +275,68 @@ def test_a_python_http_server_and_its_client_survive_checkpoint_and_restore(snap
     (with a timeout: non-blocking sockets and poll) before and after a restore."""
     got = do_through_a_restore(snapbox, tmp_path, [sys.executable, "-c", HTTP_LOOP], 3)
     assert got == [f"reply {i} to /n{i}" for i in range(1, len(got) + 1)]
+
+
+MEMFD_PROGRAM = r"""
+import fcntl, mmap, os
+fd = os.memfd_create("snapbox-test", os.MFD_ALLOW_SEALING)
+print(os.readlink(f"/proc/self/fd/{fd}"))
+os.write(fd, b"hello memfd")
+os.ftruncate(fd, 4096)
+m = mmap.mmap(fd, 4096)
+print(m[:11])
+pid = os.fork()
+if pid == 0:
+    m[:5] = b"HELLO"
+    os._exit(0)
+os.waitpid(pid, 0)
+print(os.pread(fd, 11, 0))
+m.close()
+print(fcntl.fcntl(fd, fcntl.F_GET_SEALS))
+fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_SEAL)
+print(fcntl.fcntl(fd, fcntl.F_GET_SEALS))
+for what, call in [("write", lambda: os.write(fd, b"x")), ("shrink", lambda: os.ftruncate(fd, 0)),
+                   ("mmap write", lambda: mmap.mmap(fd, 4096)),
+                   ("add seal", lambda: fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_GROW))]:
+    try:
+        call(); print(what, "ok")
+    except OSError as e:
+        print(what, e.strerror)
+os.ftruncate(fd, 8192); print("grow ok", os.fstat(fd).st_size)
+fd2 = os.memfd_create("plain")
+try:
+    fcntl.fcntl(fd2, fcntl.F_ADD_SEALS, fcntl.F_SEAL_WRITE)
+except OSError as e:
+    print("seal without MFD_ALLOW_SEALING:", e.strerror)
+print(fcntl.fcntl(fd2, fcntl.F_GET_SEALS), oct(os.fstat(fd2).st_mode))
+try:
+    os.memfd_create("x" * 250)
+except OSError as e:
+    print("long name:", e.strerror)
+"""
+
+
+def test_memfd_create_and_its_seals_match_native(snapbox, tmp_path):
+    native, boxed = native_and_sandboxed(snapbox, [sys.executable, "-c", MEMFD_PROGRAM], tmp_path)
+    assert boxed.returncode == 0, boxed.stderr
+    assert boxed.stdout == native.stdout
+    assert "b'HELLO memfd'" in boxed.stdout  # a child's write through a shared mapping
+
+
+MEMFD_LOOP = r"""
+import mmap, os, time
+fd = os.memfd_create("counter")
+os.ftruncate(fd, 4096)
+m = mmap.mmap(fd, 4096)
+n = 0
+while True:
+    n += 1
+    m[:8] = n.to_bytes(8, "little")
+    print(int.from_bytes(os.pread(fd, 8, 0), "little"), flush=True)
+    time.sleep(0.05)
+"""
+
+
+def test_a_memfd_and_its_mapping_survive_checkpoint_and_restore(snapbox, tmp_path):
+    got = do_through_a_restore(snapbox, tmp_path, [sys.executable, "-c", MEMFD_LOOP], 3)
+    assert [int(x) for x in got] == list(range(1, len(got) + 1))

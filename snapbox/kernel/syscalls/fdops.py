@@ -21,6 +21,7 @@ from snapbox.kernel.fd import (
     O_EXCL,
     O_NOFOLLOW,
     O_PATH,
+    O_RDWR,
     O_RDONLY,
     O_TMPFILE,
     O_TRUNC,
@@ -32,7 +33,8 @@ from snapbox.kernel.socket import SocketNode
 from snapbox.kernel.procfs import ProcDir, ProcNode
 from snapbox.kernel.syscalls import NR, i32, syscall
 from snapbox.kernel.syscalls.common import AT_FDCWD, host_path, lookup, on_host
-from snapbox.kernel.vfs import DirFile, LowerNode, MemRegular, RegularFile
+from snapbox.kernel.vfs import F_SEAL_FUTURE_WRITE, F_SEAL_GROW, F_SEAL_SEAL, F_SEAL_SHRINK, F_SEAL_WRITE, DirFile, \
+    LowerNode, MemRegular, RegularFile, now_ns
 
 
 
@@ -160,6 +162,8 @@ F_DUPFD_CLOEXEC = 1030
 F_GETLK, F_SETLK, F_SETLKW = 5, 6, 7
 F_OFD_GETLK, F_OFD_SETLK, F_OFD_SETLKW = 36, 37, 38
 F_GETPIPE_SZ = 1032
+F_ADD_SEALS, F_GET_SEALS = 1033, 1034
+ALL_SEALS = F_SEAL_SEAL | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE | F_SEAL_FUTURE_WRITE
 FD_CLOEXEC = 1
 
 
@@ -188,6 +192,20 @@ def fcntl(t, fd, cmd, arg):
             return locks.getlk(t, f, arg)
         owner = f if cmd in (F_OFD_SETLK, F_OFD_SETLKW) else None
         return locks.setlk(t, f, arg, cmd in (F_SETLKW, F_OFD_SETLKW), owner)
+    if cmd in (F_ADD_SEALS, F_GET_SEALS):
+        node = getattr(f, "node", None)
+        if not isinstance(node, MemRegular) or not getattr(f, "name", "").startswith("/memfd:"):
+            raise SyscallError(errno.EINVAL)  # only memfds take seals here
+        if cmd == F_GET_SEALS:
+            return node.seals
+        if arg & ~ALL_SEALS:
+            raise SyscallError(errno.EINVAL)
+        if node.seals & F_SEAL_SEAL:
+            raise SyscallError(errno.EPERM)
+        if not f.writable():
+            raise SyscallError(errno.EPERM)
+        node.seals |= arg
+        return 0
     if cmd == F_GETPIPE_SZ:
         if not hasattr(f, "pipe"):
             raise SyscallError(errno.EBADF)
@@ -268,3 +286,31 @@ def close_range(t, first, last, flags):
         else:
             t.fds.close(fd)
     return 0
+
+
+MFD_CLOEXEC, MFD_ALLOW_SEALING, MFD_HUGETLB, MFD_NOEXEC_SEAL, MFD_EXEC = 1, 2, 4, 8, 0x10
+MFD_NAME_MAX = 249  # memfd_create(2): NAME_MAX less "memfd:"
+
+
+@syscall(NR.memfd_create)
+def memfd_create(t, name, flags):
+    """An anonymous file in the sandbox's memory (its pages are MemoryFile pages, so it maps
+    shared, survives a checkpoint, and counts against the memory limit)."""
+    flags = i32(flags)
+    if flags & ~(MFD_CLOEXEC | MFD_ALLOW_SEALING | MFD_HUGETLB | MFD_NOEXEC_SEAL | MFD_EXEC) or \
+            flags & MFD_NOEXEC_SEAL and flags & MFD_EXEC:
+        raise SyscallError(errno.EINVAL)
+    if flags & MFD_HUGETLB:
+        raise SyscallError(errno.EINVAL, "huge pages are not offered to the sandbox")
+    try:
+        raw = t.mm.read_cstring(name, MFD_NAME_MAX + 1)
+    except SyscallError as e:
+        raise SyscallError(errno.EINVAL if e.errno == errno.ENAMETOOLONG else e.errno) from None
+    fs = t.kernel.fs
+    now = now_ns()
+    seals = 0 if flags & (MFD_ALLOW_SEALING | MFD_NOEXEC_SEAL) else F_SEAL_SEAL
+    node = MemRegular(ino=fs.new_ino(), mode=st.S_IFREG | (0o666 if flags & MFD_NOEXEC_SEAL else 0o777),
+                      uid=t.tg.creds[1], gid=t.tg.creds[4], atime=now, mtime=now, ctime=now, memfile=fs.memfile,
+                      nlink=0, opens=1, seals=seals)
+    f = RegularFile(flags=O_RDWR, fs=fs, node=node, name=f"/memfd:{os.fsdecode(raw)} (deleted)")
+    return t.fds.install(f, cloexec=bool(flags & MFD_CLOEXEC))

@@ -9,7 +9,7 @@ import logging
 from snapbox.kernel.devices import DeviceFile
 from snapbox.kernel.errors import SyscallError
 from snapbox.kernel.syscalls import NR, i32, syscall
-from snapbox.kernel.vfs import LowerNode, MemRegular, RegularFile
+from snapbox.kernel.vfs import F_SEAL_FUTURE_WRITE, F_SEAL_WRITE, LowerNode, MemRegular, RegularFile
 from snapbox.memfile import PAGE_SIZE
 from snapbox.platform.stub import PROT_WRITE
 
@@ -64,6 +64,8 @@ def mmap(t, addr, length, prot, flags, fd, offset):
         if isinstance(node, LowerNode):
             node = t.kernel.fs.copy_up_node(node)
         if isinstance(node, MemRegular):
+            if prot & PROT_WRITE and node.seals & (F_SEAL_WRITE | F_SEAL_FUTURE_WRITE):
+                raise SyscallError(errno.EPERM)  # memfd_create(2): a write-sealed file
             # The file's own pages, mapped page by page: writes reach the file and every
             # other mapping of it, as with a shared mapping on Linux.
             first = offset // PAGE_SIZE
