@@ -106,6 +106,10 @@ class UdpSocket(SocketFile):
     def connected(self) -> bool:
         return bool(self.remote)
 
+    def unread(self) -> int:
+        """FIONREAD: the length of the next datagram."""
+        return len(self.queue[0][1]) if self.queue else 0
+
     def option(self, level: int, name: int, default: int = 0) -> int:
         return self.options.get((level, name), default)
 

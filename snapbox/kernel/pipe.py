@@ -53,6 +53,10 @@ class PipeFile(OpenFile):
 
     pipe: Pipe | None = None
 
+    def unread(self) -> int:
+        """FIONREAD: the bytes in the pipe."""
+        return len(self.pipe.buf)
+
     def read(self, t, count: int, offset: int | None = None) -> bytes:
         if offset is not None:
             raise SyscallError(errno.ESPIPE)

@@ -145,6 +145,10 @@ class UnixSocket(SocketFile):
     def connected(self) -> bool:
         return self.incoming is not None
 
+    def unread(self) -> int:
+        """FIONREAD: the bytes waiting to be read (0 before a connection)."""
+        return len(self.incoming.buf) if self.incoming is not None and not self.listening else 0
+
     # -- data --------------------------------------------------------------------------------
 
     def recv_msg(self, t, count: int, flags: int = 0) -> tuple[bytes, list]:
@@ -332,6 +336,10 @@ class UnixDgramSocket(SocketFile):
     @property
     def connected(self) -> bool:
         return self.peer_socket is not None
+
+    def unread(self) -> int:
+        """FIONREAD: the length of the next datagram."""
+        return len(self.queue[0][1]) if self.queue else 0
 
     def send_to(self, t, target: UnixDgramSocket | None, data: bytes, flags: int, files: tuple = ()) -> int:
         """Queue one datagram at `target` (None: the peer); waits while its queue is full."""

@@ -191,6 +191,24 @@ class MemoryFile:
         for off, n in self._extents(skip):
             yield from self._nonzero_runs(off, off + n)
 
+    def resident(self, offset: int, length: int) -> bytearray:
+        """One byte per page of [offset, offset+length) (page-aligned): 1 where the memfd
+        holds the page, 0 for a hole (never written, dropped, or still in a lazy image)."""
+        out = bytearray(length // PAGE_SIZE)
+        pos, end = offset, offset + length
+        while pos < end:
+            try:
+                start = os.lseek(self.fd, pos, os.SEEK_DATA)
+            except OSError:
+                break  # ENXIO: no data past pos
+            if start >= end:
+                break
+            stop = min(os.lseek(self.fd, start, os.SEEK_HOLE), end)
+            first, last = (start - offset) // PAGE_SIZE, (stop - offset + PAGE_SIZE - 1) // PAGE_SIZE
+            out[first:last] = b"\1" * (last - first)
+            pos = stop
+        return out
+
     def _extents(self, skip: list[tuple[int, int]] = ()) -> Iterator[tuple[int, int]]:
         """The memfd's data extents (not holes) below `high`, outside `skip`, cut into
         pieces of at most RUN_LIMIT bytes. They may hold all-zero pages."""

@@ -140,7 +140,7 @@ def close(t, fd):
 
 
 # ioctl(2) requests every file takes (ioctl_list(2); Linux's do_vfs_ioctl), before its own.
-FIONCLEX, FIOCLEX, FIONBIO = 0x5450, 0x5451, 0x5421
+FIONCLEX, FIOCLEX, FIONBIO, FIONREAD = 0x5450, 0x5451, 0x5421, 0x541B
 
 
 @syscall(NR.ioctl)
@@ -153,6 +153,10 @@ def ioctl(t, fd, request, arg):
     if request == FIONBIO:  # what Python's socket.settimeout uses
         (on,) = struct.unpack("<i", t.mm.read(arg, 4))
         f.flags = f.flags | O_NONBLOCK if on else f.flags & ~O_NONBLOCK
+        return 0
+    unread = getattr(f, "unread", None)
+    if request == FIONREAD and unread is not None:  # pipes and sockets: what a read would get now
+        t.mm.write(arg, struct.pack("<i", unread()))
         return 0
     return f.ioctl(t, request, arg)
 

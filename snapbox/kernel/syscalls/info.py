@@ -59,6 +59,68 @@ def sched_setaffinity(t, pid, size, mask):
     return 0
 
 
+SCHED_OTHER, SCHED_FIFO, SCHED_RR, SCHED_BATCH, SCHED_IDLE, SCHED_DEADLINE = 0, 1, 2, 3, 5, 6
+SCHED_RESET_ON_FORK = 0x40000000
+
+
+def _sched_target(t, pid: int) -> None:
+    pid = i32(pid)
+    if pid < 0:
+        raise SyscallError(errno.EINVAL)
+    if pid and pid not in t.kernel.tasks.pidns.tasks:
+        raise SyscallError(errno.ESRCH)
+
+
+@syscall(NR.sched_getscheduler)
+def sched_getscheduler(t, pid):
+    """Every task of the sandbox runs under SCHED_OTHER: its stubs are ordinary host threads."""
+    _sched_target(t, pid)
+    return SCHED_OTHER
+
+
+@syscall(NR.sched_getparam)
+def sched_getparam(t, pid, param):
+    _sched_target(t, pid)
+    t.mm.write(param, struct.pack("<i", 0))
+    return 0
+
+
+@syscall(NR.sched_setscheduler)
+def sched_setscheduler(t, pid, policy, param):
+    _sched_target(t, pid)
+    (priority,) = struct.unpack("<i", t.mm.read(param, 4))
+    policy = i32(policy) & ~SCHED_RESET_ON_FORK
+    if policy in (SCHED_OTHER, SCHED_BATCH, SCHED_IDLE):
+        if priority != 0:
+            raise SyscallError(errno.EINVAL)
+        if policy != SCHED_OTHER:
+            raise SyscallError(errno.EPERM, "only SCHED_OTHER is offered to the sandbox")
+        return 0
+    if policy in (SCHED_FIFO, SCHED_RR):
+        if not 1 <= priority <= 99:
+            raise SyscallError(errno.EINVAL)
+        raise SyscallError(errno.EPERM, "real-time scheduling is not offered to the sandbox")
+    raise SyscallError(errno.EINVAL)
+
+
+@syscall(NR.sched_get_priority_max)
+def sched_get_priority_max(t, policy):
+    return _priority_range(i32(policy))[1]
+
+
+@syscall(NR.sched_get_priority_min)
+def sched_get_priority_min(t, policy):
+    return _priority_range(i32(policy))[0]
+
+
+def _priority_range(policy: int) -> tuple[int, int]:
+    if policy in (SCHED_FIFO, SCHED_RR):
+        return 1, 99
+    if policy in (SCHED_OTHER, SCHED_BATCH, SCHED_IDLE, SCHED_DEADLINE):
+        return 0, 0
+    raise SyscallError(errno.EINVAL)
+
+
 @syscall(NR.getcpu)
 def getcpu(t, cpu, node, cache):
     if cpu:

@@ -1,5 +1,5 @@
 """Memory syscalls: brk, mmap (anonymous and private file mappings), munmap, mprotect, mremap,
-madvise, msync, mlock."""
+madvise, msync, mlock, mincore."""
 
 from __future__ import annotations
 
@@ -155,4 +155,23 @@ def madvise(t, addr, length, advice):
     # anonymous memory, what Linux guarantees for DONTNEED). Other advice is a hint only.
     if advice in (4, 8, 9):
         t.mm.discard(addr, length)
+    return 0
+
+
+@syscall(NR.mincore)
+def mincore(t, addr, length, vec):
+    """Which pages of a mapped range are in memory: those the MemoryFile holds."""
+    if addr % PAGE_SIZE:
+        raise SyscallError(errno.EINVAL)
+    end = addr + (length + PAGE_SIZE - 1) // PAGE_SIZE * PAGE_SIZE
+    out = bytearray()
+    pos = addr
+    while pos < end:
+        vma = t.mm.find(pos)
+        if vma is None:
+            raise SyscallError(errno.ENOMEM)
+        n = min(end, vma.end) - pos
+        out += t.kernel.memfile.resident(vma.offset + (pos - vma.start), n)
+        pos += n
+    t.mm.write(vec, out)
     return 0

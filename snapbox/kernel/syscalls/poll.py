@@ -201,3 +201,9 @@ def epoll_wait(t, epfd, events, maxevents, timeout):
 def epoll_pwait(t, epfd, events, maxevents, timeout, sigmask, sigsetsize):
     ms = i32(timeout)
     return _epoll_wait(t, NR.epoll_pwait, epfd, events, maxevents, None if ms < 0 else ms * 1_000_000)
+
+
+@syscall(NR.epoll_pwait2)
+def epoll_pwait2(t, epfd, events, maxevents, timeout, sigmask, sigsetsize):
+    """epoll_pwait with a timespec timeout (NULL: wait for ever)."""
+    return _epoll_wait(t, NR.epoll_pwait2, epfd, events, maxevents, read_timespec(t, timeout) if timeout else None)

@@ -1,5 +1,5 @@
-"""Reading and writing: read, write and their p/v forms, lseek, fsync, sendfile and
-copy_file_range."""
+"""Reading and writing: read, write and their p/v forms (preadv2, pwritev2), lseek, fsync, sync,
+syncfs, sync_file_range, sendfile and copy_file_range."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import errno
 import struct
 
 from snapbox.kernel.errors import SyscallError
+from snapbox.kernel.vfs import RegularFile
 from snapbox.kernel.syscalls import NR, i32, i64, syscall
 from snapbox.kernel.syscalls.common import MAX_RW, iovecs, readable, scatter, writable, write_all
 
@@ -62,6 +63,58 @@ def writev(t, fd, iov, iovcnt):
     return write_all(t, NR.writev, f, data[:MAX_RW])
 
 
+RWF_HIPRI, RWF_DSYNC, RWF_SYNC, RWF_NOWAIT, RWF_APPEND = 1, 2, 4, 8, 0x10
+
+
+def _at(f, offset: int, flags: int) -> int | None:
+    """preadv2/pwritev2's offset: -1 is the file position (None), as for readv/writev."""
+    if flags & ~(RWF_HIPRI | RWF_DSYNC | RWF_SYNC | RWF_NOWAIT | RWF_APPEND):
+        raise SyscallError(errno.EOPNOTSUPP)
+    if flags & RWF_NOWAIT and not isinstance(f, RegularFile):
+        raise SyscallError(errno.EOPNOTSUPP)  # only files that never block say so here
+    if offset == -1:
+        return None
+    if offset < 0:
+        raise SyscallError(errno.EINVAL)
+    return offset
+
+
+@syscall(NR.preadv)
+def preadv(t, fd, iov, iovcnt, pos_l, pos_h):
+    if i64(pos_l) < 0:
+        raise SyscallError(errno.EINVAL)  # only preadv2 takes -1 for the file position
+    return preadv2(t, fd, iov, iovcnt, pos_l, pos_h, 0)
+
+
+@syscall(NR.preadv2)
+def preadv2(t, fd, iov, iovcnt, pos_l, pos_h, flags):
+    f = readable(t, i32(fd))
+    offset = _at(f, i64(pos_l), i32(flags))
+    vecs = iovecs(t, iov, iovcnt)
+    data = f.read(t, min(sum(n for _, n in vecs), MAX_RW), offset)
+    scatter(t, vecs, data)
+    return len(data)
+
+
+@syscall(NR.pwritev)
+def pwritev(t, fd, iov, iovcnt, pos_l, pos_h):
+    if i64(pos_l) < 0:
+        raise SyscallError(errno.EINVAL)
+    return pwritev2(t, fd, iov, iovcnt, pos_l, pos_h, 0)
+
+
+@syscall(NR.pwritev2)
+def pwritev2(t, fd, iov, iovcnt, pos_l, pos_h, flags):
+    f = writable(t, i32(fd))
+    offset = _at(f, i64(pos_l), i32(flags))
+    if i32(flags) & RWF_APPEND and isinstance(f, RegularFile):
+        offset = f.node.size()
+    data = b"".join(t.mm.read(base, n) for base, n in iovecs(t, iov, iovcnt))[:MAX_RW]
+    if offset is None:
+        return write_all(t, NR.pwritev2, f, data)
+    return f.write(t, data, offset)
+
+
 @syscall(NR.lseek)
 def lseek(t, fd, offset, whence):
     return t.fds.get(i32(fd)).seek(i64(offset), i32(whence))
@@ -70,6 +123,30 @@ def lseek(t, fd, offset, whence):
 @syscall(NR.fsync, NR.fdatasync)
 def fsync(t, fd):
     t.fds.get(i32(fd))
+    return 0
+
+
+@syscall(NR.sync)
+def sync(t):
+    return 0  # the sandbox's files are in its memory or a bind mount's: nothing waits to be written
+
+
+@syscall(NR.syncfs)
+def syncfs(t, fd):
+    t.fds.get(i32(fd))
+    return 0
+
+
+SYNC_FILE_RANGE_FLAGS = 1 | 2 | 4  # WAIT_BEFORE, WRITE, WAIT_AFTER
+
+
+@syscall(NR.sync_file_range)
+def sync_file_range(t, fd, offset, nbytes, flags):
+    f = t.fds.get(i32(fd))
+    if i32(flags) & ~SYNC_FILE_RANGE_FLAGS or i64(offset) < 0 or i64(nbytes) < 0:
+        raise SyscallError(errno.EINVAL)
+    if not isinstance(f, RegularFile):
+        raise SyscallError(errno.ESPIPE)
     return 0
 
 

@@ -1,5 +1,5 @@
-"""File status: stat and its forms (fstat, lstat, newfstatat, statx), access and
-faccessat, readlink."""
+"""File status: stat and its forms (fstat, lstat, newfstatat, statx), statfs and fstatfs,
+access and faccessat, readlink."""
 
 from __future__ import annotations
 
@@ -7,6 +7,10 @@ import errno
 import struct
 
 from snapbox.kernel.errors import SyscallError
+from snapbox.kernel.host import host_meminfo
+from snapbox.kernel.procfs import ProcDir, ProcNode
+from snapbox.kernel.vfs import Inode
+from snapbox.memfile import PAGE_SIZE
 from snapbox.kernel.syscalls import NR, i32, syscall
 from snapbox.kernel.syscalls.common import AT_EMPTY_PATH, AT_FDCWD, AT_SYMLINK_NOFOLLOW, lookup
 
@@ -130,4 +134,55 @@ def statx(t, dirfd, path, flags, mask, buf):
     out += ts(s["atime"]) + ts(0) + ts(s["ctime"]) + ts(s["mtime"])
     out += struct.pack("<IIII", (s["rdev"] >> 8) & 0xFFF, s["rdev"] & 0xFF, (s["dev"] >> 8) & 0xFFF, s["dev"] & 0xFF)
     t.mm.write(buf, out.ljust(256, b"\0"))
+    return 0
+
+
+# statfs(2) magic numbers of the file systems the sandbox has.
+OVERLAYFS_SUPER_MAGIC, TMPFS_MAGIC, PROC_SUPER_MAGIC = 0x794C7630, 0x01021994, 0x9FA0
+SOCKFS_MAGIC, PIPEFS_MAGIC, ANON_INODE_FS_MAGIC = 0x534F434B, 0x50495045, 0x09041934
+ST_RDONLY = 1
+_STATFS = struct.Struct("<qqqqqqqiiqqq32x")  # type, bsize, blocks, bfree, bavail, files, ffree, fsid, namelen, frsize, flags
+
+
+def _statfs_of(t, node, parent) -> bytes:
+    """struct statfs for the file system holding `node`: the sandbox's memory is its space."""
+    fs = t.kernel.fs
+    if isinstance(node, (ProcDir, ProcNode)) or isinstance(parent, ProcDir):
+        kind, readonly = PROC_SUPER_MAGIC, False
+    else:
+        mount = fs.mount_of(node, parent) if parent is not None or node.is_dir() else fs.root
+        kind = TMPFS_MAGIC if getattr(mount, "tmpfs", False) else OVERLAYFS_SUPER_MAGIC
+        readonly = fs.readonly_root and not fs.writable_in_memory(node)
+    return _pack_statfs(t, kind, readonly)
+
+
+def _pack_statfs(t, kind: int, readonly: bool) -> bytes:
+    mf = t.kernel.memfile
+    total = mf.limit or host_meminfo().get("MemTotal", 1 << 34)
+    blocks = total // PAGE_SIZE
+    free = max(0, blocks - mf.allocated // PAGE_SIZE)
+    return _STATFS.pack(kind, PAGE_SIZE, blocks, free, free, blocks, free, 0, 0, 255, PAGE_SIZE,
+                        ST_RDONLY if readonly else 0)
+
+
+@syscall(NR.statfs)
+def statfs(t, path, buf):
+    parent, _, node, _ = lookup(t, AT_FDCWD, path)
+    if node is None:
+        raise SyscallError(errno.ENOENT)
+    t.mm.write(buf, _statfs_of(t, node, parent))
+    return 0
+
+
+@syscall(NR.fstatfs)
+def fstatfs(t, fd, buf):
+    f = t.fds.get(i32(fd))
+    node = getattr(f, "node", None)
+    if isinstance(node, Inode):
+        data = _statfs_of(t, node, None)
+    else:
+        name = type(f).__name__
+        kind = PIPEFS_MAGIC if name == "PipeFile" else SOCKFS_MAGIC if "Socket" in name else ANON_INODE_FS_MAGIC
+        data = _pack_statfs(t, kind, False)
+    t.mm.write(buf, data)
     return 0

@@ -1,0 +1,20 @@
+"""Calls of several families that real programs and external suites expect, against native
+runs: preadv/pwritev and their v2 forms (rw), sync, syncfs and sync_file_range (rw), statfs
+and fstatfs (stats), scheduler queries (info), mincore (mm), FIONREAD (fdops), epoll_pwait2
+(poll)."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from tests.conftest import same_output
+
+
+@pytest.mark.parametrize("bundle", ["calls", "calls-glibc"])
+def test_calls_match_native(snapbox, images, tmp_path, bundle):
+    binary = images / bundle / "rootfs" / bundle
+    want = subprocess.run([str(binary)], capture_output=True, text=True, timeout=30, cwd=tmp_path).stdout
+    assert "mincore: ok 1010" in want and want.endswith("done\n")
+    assert same_output(snapbox("run", "--bundle", str(images / bundle), "calls").stdout, want)
