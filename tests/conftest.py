@@ -17,7 +17,7 @@ from snapbox.kernel.loop import SENTRY_SIGNALS
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGES = REPO / "fixtures" / "images"
-BUNDLES = ("counter", "counter-glibc", "sockets", "sockets-glibc", "inet", "inet-glibc", "udp", "udp-glibc", "unixdgram", "unixdgram-glibc", "calls", "calls-glibc", "memhog", "memhog-glibc", "hello", "hello-glibc", "signals",
+BUNDLES = ("counter", "counter-glibc", "sockets", "sockets-glibc", "inet", "inet-glibc", "udp", "udp-glibc", "unixdgram", "unixdgram-glibc", "calls", "calls-glibc", "sigfd", "sigfd-glibc", "memhog", "memhog-glibc", "hello", "hello-glibc", "signals",
            "signals-glibc", "threads", "threads-glibc", "mapping", "mapping-glibc", "events", "events-glibc", "locks", "locks-glibc",
            "jobs", "jobs-glibc", "shared", "busybox")
 
@@ -172,3 +172,28 @@ def in_sandbox(snapbox, out: Path, *args: str, check: bool = True) -> subprocess
     if check:
         assert p.returncode == 0, out.read_text()
     return p
+
+
+def held_through_a_restore(snapbox, images, tmp_path, program: str, done: str, lazy: bool) -> list[str]:
+    """Run `program hold`, checkpoint it once it says "holding", restore it (perhaps
+    lazily), and return its lines once `done` is among them."""
+    bundle = tmp_path / "hold"
+    bundle.mkdir()
+    config = json.loads((images / program / "config.json").read_text())
+    config["process"]["args"] = [f"/{program}", "hold"]
+    config["root"]["path"] = str(images / program / "rootfs")
+    (bundle / "config.json").write_text(json.dumps(config))
+    out = tmp_path / "out.txt"
+    with open(out, "a") as f:
+        subprocess.run(snapbox.cmd("run", "--bundle", str(bundle), "--detach", "h0"), stdout=f, stderr=f,
+                       check=True, timeout=60, stdin=subprocess.DEVNULL)
+    wait_for(lambda: "holding" in lines(out), timeout=30, what="the connection")
+    image = tmp_path / "h.img"
+    snapbox("checkpoint", "--image-path", str(image), "h0")
+    snapbox("delete", "h0")
+    with open(out, "a") as f:
+        subprocess.run(snapbox.cmd("restore", "--bundle", str(bundle), "--image-path", str(image),
+                                   *(["--lazy"] if lazy else []), "--detach", "h1"),
+                       stdout=f, stderr=f, check=True, timeout=60, stdin=subprocess.DEVNULL)
+    wait_for(lambda: done in lines(out), timeout=30, what="the exchange to finish")
+    return lines(out)

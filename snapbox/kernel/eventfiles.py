@@ -1,15 +1,19 @@
-"""Files that carry events rather than data: eventfd, timerfd and epoll."""
+"""Files that carry events rather than data: eventfd, timerfd, signalfd and epoll."""
 
 from __future__ import annotations
 
 import errno
 import struct
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from snapbox.kernel.errors import SyscallError, WouldBlock
 from snapbox.kernel.fd import POLLERR, POLLHUP, POLLIN, POLLOUT, O_NONBLOCK, OpenFile
 from snapbox.kernel.waiter import WaitQueue
 from snapbox.state import nosave, savable
+
+if TYPE_CHECKING:
+    from snapbox.kernel.task import ThreadGroup
 
 EVENTFD_MAX = (1 << 64) - 2
 EFD_SEMAPHORE = 1
@@ -69,6 +73,89 @@ class EventFd(OpenFile):
 
     def describe(self) -> str:
         return f"eventfd (count {self.counter})"
+
+
+# struct signalfd_siginfo: signo, errno, code, pid, uid, fd, tid, band, overrun, trapno,
+# status, int, ptr, utime, stime, addr, addr_lsb, then padding to 128 bytes.
+_SIGNALFD_SIGINFO = struct.Struct("<IiiIIiIIIIiiQQQQH46x")
+SIGNALFD_SIGINFO_SIZE = _SIGNALFD_SIGINFO.size
+SI_QUEUE, SI_TIMER, SI_TKILL = -1, -2, -6
+_FAULTS = {4, 5, 7, 8, 11}  # SIGILL, SIGTRAP, SIGBUS, SIGFPE, SIGSEGV: si_addr
+
+
+def signalfd_siginfo(info: bytes) -> bytes:
+    """A siginfo_t as signalfd(2) reads it (struct signalfd_siginfo)."""
+    signo, err, code = struct.unpack_from("<iii", info)
+    pid = uid = tid = overrun = status = value = addr = 0
+    if code > 0 and signo in _FAULTS:
+        (addr,) = struct.unpack_from("<Q", info, 16)
+    elif code == SI_TIMER:
+        tid, overrun, value = struct.unpack_from("<iiQ", info, 16)
+    elif code > 0 and signo == 17:  # SIGCHLD: pid, uid, status
+        pid, uid, status = struct.unpack_from("<iIi", info, 16)
+    else:  # kill, tkill, sigqueue: the sender
+        pid, uid = struct.unpack_from("<iI", info, 16)
+        if code == SI_QUEUE:
+            (value,) = struct.unpack_from("<Q", info, 24)
+    return _SIGNALFD_SIGINFO.pack(signo, err, code, pid, uid, 0, tid, 0, overrun, 0, status,
+                                  value & 0xFFFFFFFF if value < 1 << 63 else 0, value, 0, 0, addr, 0)
+
+
+@savable
+@dataclass(eq=False)
+class SignalFd(OpenFile):
+    """signalfd(2): the signals in `mask` that are pending for the reader, read as
+    signalfd_siginfo records instead of being delivered (the program blocks them)."""
+
+    mask: int = 0  # sigset bits (SIGKILL and SIGSTOP never)
+    owner: ThreadGroup | None = None  # the process that made it: whose pending signals poll reports
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, t, count: int, offset: int | None = None) -> bytes:
+        if count < SIGNALFD_SIGINFO_SIZE:
+            raise SyscallError(errno.EINVAL)
+        out = []
+        while len(out) < count // SIGNALFD_SIGINFO_SIZE:
+            taken = self._take(t)
+            if taken is None:
+                break
+            out.append(signalfd_siginfo(taken))
+        if out:
+            return b"".join(out)
+        if self.flags & O_NONBLOCK:
+            raise SyscallError(errno.EAGAIN)
+        raise WouldBlock(t.tg.signal_wait)
+
+    def _take(self, t) -> bytes | None:
+        """Dequeue the lowest pending signal of the mask: the thread's, then the process's."""
+        for holder in (t, t.tg):
+            ready = holder.pending & self.mask
+            if ready:
+                sig = (ready & -ready).bit_length()
+                holder.pending &= ~(1 << (sig - 1))
+                info = holder.siginfo.pop(sig, None)
+                return info or struct.pack("<iii4xiI", sig, 0, 0, 0, 0).ljust(128, b"\0")
+        return None
+
+    def ready(self) -> int:
+        tg = self.owner
+        if tg is None:
+            return 0
+        pending = tg.pending
+        for task in tg.tasks:
+            pending |= task.pending
+        return POLLIN if pending & self.mask else 0
+
+    def queues(self, t) -> tuple:
+        return (t.tg.signal_wait,)
+
+    def stat(self) -> dict:
+        return _anon_stat()
+
+    def describe(self) -> str:
+        return f"signalfd (mask {self.mask:#x})"
 
 
 @savable

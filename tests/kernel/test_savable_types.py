@@ -13,7 +13,7 @@ import stat
 import pytest
 
 from snapbox.kernel.devices import DeviceFile, mount_dev
-from snapbox.kernel.eventfiles import EpollFile, EventFd, TimerFd
+from snapbox.kernel.eventfiles import SignalFd, EpollFile, EventFd, TimerFd
 from snapbox.kernel.fd import FDTable, OpenFile
 from snapbox.kernel.pipe import FifoNode, make_pipe
 from snapbox.kernel.inet import InetSocket, UdpSocket
@@ -116,6 +116,7 @@ def build(name: str, kernel: Kernel):
                                          interval=10, overrun=2),
         "UnixSocket": lambda: listener,
         "UnixDgramSocket": lambda: dgram_b,
+        "SignalFd": lambda: SignalFd(flags=0, mask=(1 << 9) | (1 << 11), owner=tg),
         "UdpSocket": lambda: UdpSocket(flags=2, ino=80, family=2, local=("127.0.0.1", 5353), remote=("127.0.0.1", 53),
                                        queue=[[("127.0.0.1", 53), b"answer"]], queued=6, port_locked=True,
                                        options={(1, 2): 1}),

@@ -1,4 +1,4 @@
-"""Signal syscalls: the handler table, the signal mask, and sending signals."""
+"""Signal syscalls: the handler table, the signal mask, sending signals, and signalfd."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import errno
 import struct
 
 from snapbox.kernel.errors import SyscallError, WouldBlock
+from snapbox.kernel.eventfiles import SignalFd
+from snapbox.kernel.fd import O_CLOEXEC, O_NONBLOCK
 from snapbox.kernel.signals import (
     MINSIGSTKSZ,
     NSIG,
@@ -106,8 +108,16 @@ def kill(t, pid, sig):
 def _init_ignores(tg, sig: int) -> bool:
     """The sandbox's init gets from its own processes only the signals it handles (kill(2):
     "the only signals that can be sent to process ID 1 ... are those for which init has
-    explicitly installed signal handlers"): SIGKILL and SIGSTOP never."""
-    return tg.tgid == 1 and (sig in (SIGKILL, SIGSTOP) or tg.sigaction(sig).handler == SIG_DFL)
+    explicitly installed signal handlers"): SIGKILL and SIGSTOP never. A signal init blocks
+    is kept pending all the same (its handler may change before it is unblocked, and
+    sigwait or signalfd may take it), as Linux's sig_ignored does."""
+    if tg.tgid != 1:
+        return False
+    if sig in (SIGKILL, SIGSTOP):
+        return True
+    if tg.tasks and tg.tasks[0].signal_mask & sigbit(sig):
+        return False
+    return tg.sigaction(sig).handler == SIG_DFL
 
 
 @syscall(NR.tgkill)
@@ -202,3 +212,68 @@ def rt_sigtimedwait(t, set_, info, timeout, sigsetsize):
     if deadline is not None and t.kernel.timekeeper.monotonic_ns() >= deadline:
         raise SyscallError(errno.EAGAIN)
     raise WouldBlock(t.tg.signal_wait, deadline=deadline)
+
+
+SFD_CLOEXEC, SFD_NONBLOCK = O_CLOEXEC, O_NONBLOCK
+
+
+@syscall(NR.signalfd4)
+def signalfd4(t, fd, mask, sizemask, flags):
+    """A signalfd for the signals of `mask` (fd -1), or a new mask for an existing one."""
+    flags = i32(flags)
+    if sizemask != 8 or flags & ~(SFD_CLOEXEC | SFD_NONBLOCK):
+        raise SyscallError(errno.EINVAL)
+    (bits,) = _SIGSET.unpack(t.mm.read(mask, 8))
+    bits &= ~UNBLOCKABLE  # signalfd(2): SIGKILL and SIGSTOP are silently left out
+    fd = i32(fd)
+    if fd != -1:
+        f = t.fds.get(fd)
+        if not isinstance(f, SignalFd):
+            raise SyscallError(errno.EINVAL)
+        f.mask = bits
+        return fd
+    return t.fds.install(SignalFd(flags=flags & SFD_NONBLOCK, mask=bits, owner=t.tg), cloexec=bool(flags & SFD_CLOEXEC))
+
+
+@syscall(NR.signalfd)
+def signalfd(t, fd, mask, sizemask):
+    return signalfd4(t, fd, mask, sizemask, 0)
+
+
+def _queued_info(t, target_tgid: int, sig: int, uinfo: int) -> bytes:
+    """The caller's siginfo for rt_sigqueueinfo: only a process signalling itself may claim
+    to be the kernel or tkill (si_code >= 0 or SI_TKILL), as Linux checks."""
+    if not 0 < sig <= NSIG:
+        raise SyscallError(errno.EINVAL)
+    raw = bytearray(t.mm.read(uinfo, 128))
+    code = struct.unpack_from("<i", raw, 8)[0]
+    if (code >= 0 or code == SI_TKILL) and target_tgid != t.tg.tgid:
+        raise SyscallError(errno.EPERM)
+    struct.pack_into("<i", raw, 0, sig)
+    return bytes(raw)
+
+
+@syscall(NR.rt_sigqueueinfo)
+def rt_sigqueueinfo(t, tgid, sig, uinfo):
+    tgid, sig = i32(tgid), i32(sig)
+    tg = t.kernel.tasks.pidns.groups.get(tgid) if tgid > 0 else None
+    if tg is None or tg.exit_status is not None:
+        raise SyscallError(errno.ESRCH)
+    info = _queued_info(t, tgid, sig, uinfo)
+    if not _init_ignores(tg, sig):
+        t.kernel.send_signal(tg, sig, info)
+    return 0
+
+
+@syscall(NR.rt_tgsigqueueinfo)
+def rt_tgsigqueueinfo(t, tgid, tid, sig, uinfo):
+    tgid, tid, sig = i32(tgid), i32(tid), i32(sig)
+    target = t.kernel.tasks.pidns.tasks.get(tid)
+    if tgid <= 0 or tid <= 0:
+        raise SyscallError(errno.EINVAL)
+    if target is None or target.tg.tgid != tgid:
+        raise SyscallError(errno.ESRCH)
+    info = _queued_info(t, tgid, sig, uinfo)
+    if not _init_ignores(target.tg, sig):
+        t.kernel.send_signal(target.tg, sig, info, task=target)
+    return 0

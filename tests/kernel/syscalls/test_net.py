@@ -4,12 +4,11 @@ checkpoint mid-exchange."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 
 import pytest
 
-from tests.conftest import lines, same_output, wait_for
+from tests.conftest import held_through_a_restore, same_output
 
 
 @pytest.mark.parametrize("bundle", ["sockets", "sockets-glibc"])
@@ -26,31 +25,6 @@ def test_tcp_over_loopback_matches_native(snapbox, images, bundle):
     want = subprocess.run([str(binary)], capture_output=True, text=True, timeout=30).stdout
     assert "::1 server got: hello" in want and want.endswith("done\n")
     assert same_output(snapbox("run", "--bundle", str(images / bundle), "tcp").stdout, want)
-
-
-def held_through_a_restore(snapbox, images, tmp_path, program: str, done: str, lazy: bool) -> list[str]:
-    """Run `program hold`, checkpoint it once it says "holding", restore it (perhaps
-    lazily), and return its lines once `done` is among them."""
-    bundle = tmp_path / "hold"
-    bundle.mkdir()
-    config = json.loads((images / program / "config.json").read_text())
-    config["process"]["args"] = [f"/{program}", "hold"]
-    config["root"]["path"] = str(images / program / "rootfs")
-    (bundle / "config.json").write_text(json.dumps(config))
-    out = tmp_path / "out.txt"
-    with open(out, "a") as f:
-        subprocess.run(snapbox.cmd("run", "--bundle", str(bundle), "--detach", "h0"), stdout=f, stderr=f,
-                       check=True, timeout=60, stdin=subprocess.DEVNULL)
-    wait_for(lambda: "holding" in lines(out), timeout=30, what="the connection")
-    image = tmp_path / "h.img"
-    snapbox("checkpoint", "--image-path", str(image), "h0")
-    snapbox("delete", "h0")
-    with open(out, "a") as f:
-        subprocess.run(snapbox.cmd("restore", "--bundle", str(bundle), "--image-path", str(image),
-                                   *(["--lazy"] if lazy else []), "--detach", "h1"),
-                       stdout=f, stderr=f, check=True, timeout=60, stdin=subprocess.DEVNULL)
-    wait_for(lambda: done in lines(out), timeout=30, what="the exchange to finish")
-    return lines(out)
 
 
 @pytest.mark.parametrize("lazy", [False, True])

@@ -1,4 +1,4 @@
-"""Signals and job control, against native runs."""
+"""Signals, job control, signalfd and sigqueue, against native runs."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from tests.conftest import same_output
+from tests.conftest import held_through_a_restore, same_output
 
 
 @pytest.mark.parametrize("bundle", ["signals", "signals-glibc"])
@@ -29,3 +29,17 @@ def test_job_control_stop_and_continue_match_native(snapbox, images, bundle):
     want = subprocess.run([str(binary)], capture_output=True, text=True, timeout=30).stdout
     assert "stopped=1 sig=19" in want and "continued=1" in want
     assert same_output(snapbox("run", "--bundle", str(images / bundle), "jobs").stdout, want)
+
+
+@pytest.mark.parametrize("bundle", ["sigfd", "sigfd-glibc"])
+def test_signalfd_and_sigqueue_match_native(snapbox, images, bundle):
+    binary = images / bundle / "rootfs" / bundle
+    want = subprocess.run([str(binary)], capture_output=True, text=True, timeout=30).stdout
+    assert "sigqueue: 12, code SI_QUEUE 1, value 42" in want and want.endswith("done\n")
+    assert same_output(snapbox("run", "--bundle", str(images / bundle), "sfd").stdout, want)
+
+
+def test_a_signal_pending_on_a_signalfd_survives_a_checkpoint(snapbox, images, tmp_path):
+    got = held_through_a_restore(snapbox, images, tmp_path, "sigfd",
+                                 "after the sleep: 128 bytes, signal 10, from me: 1", False)
+    assert got == ["holding", "after the sleep: 128 bytes, signal 10, from me: 1"]
