@@ -115,6 +115,8 @@ class StreamBuffer(Pipe):
 class SocketFile(OpenFile):
     """What every socket is as a file: open for reading and writing, whatever its flags."""
 
+    rcvtimeo: int = 0  # SO_RCVTIMEO in ns (0: none): a receive that blocks longer fails with EAGAIN
+
     def readable(self) -> bool:
         return True
 

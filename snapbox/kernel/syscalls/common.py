@@ -116,3 +116,20 @@ def scatter(t, vecs: list[tuple[int, int]], data: bytes) -> None:
 
 
 AT_SYMLINK_FOLLOW = 0x400
+
+
+def receive_timeout(t, f, nr: int, wb: WouldBlock) -> WouldBlock:
+    """The block of a receive on `f` (read, recv, accept), with the socket's SO_RCVTIMEO as
+    its deadline: kept in the task's restart state, so a retry or a restored task keeps
+    it; raises EAGAIN once it has passed, as socket(7) says."""
+    timeout = getattr(f, "rcvtimeo", 0)
+    if not timeout:
+        return wb
+    now = t.kernel.timekeeper.monotonic_ns()
+    deadline = t.restart_value(nr)
+    if deadline is None:
+        deadline = now + timeout
+        t.set_restart(nr, deadline)
+    if now >= deadline:
+        raise SyscallError(errno.EAGAIN)
+    return WouldBlock(*wb.waitables, deadline=deadline if wb.deadline is None else min(deadline, wb.deadline))

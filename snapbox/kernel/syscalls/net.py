@@ -8,14 +8,15 @@ import errno
 import stat as st
 import struct
 
-from snapbox.kernel.errors import SyscallError
+from snapbox.kernel.errors import SyscallError, WouldBlock
 from snapbox.kernel.fd import O_CLOEXEC, O_NONBLOCK
 from snapbox.kernel.socket import AF_UNIX, MSG_PEEK, SOCK_SEQPACKET, SOCK_STREAM, SocketNode, UnixDgramSocket, \
     UnixSocket, drop_ref, make_pair, new_socket
 from snapbox.kernel.inet import AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP, InetSocket, Ports, UdpSocket, is_local, \
     local_destination, pack_sockaddr, parse_sockaddr, send_datagram
 from snapbox.kernel.syscalls import NR, i32, syscall
-from snapbox.kernel.syscalls.common import AT_FDCWD, MAX_RW, iovecs, on_host, scatter, start_dir, write_all
+from snapbox.kernel.syscalls.common import AT_FDCWD, MAX_RW, iovecs, on_host, receive_timeout, scatter, start_dir, \
+    write_all
 from snapbox.kernel.vfs import now_ns
 
 SOCK_NONBLOCK, SOCK_CLOEXEC = O_NONBLOCK, O_CLOEXEC
@@ -301,6 +302,13 @@ def accept(t, fd, addr, addrlen):
 
 @syscall(NR.accept4)
 def accept4(t, fd, addr, addrlen, flags):
+    try:
+        return _accept4(t, fd, addr, addrlen, flags)
+    except WouldBlock as wb:
+        raise receive_timeout(t, _sock(t, fd), NR.accept4, wb) from None
+
+
+def _accept4(t, fd, addr, addrlen, flags):
     flags = i32(flags)
     if flags & ~(SOCK_NONBLOCK | SOCK_CLOEXEC):
         raise SyscallError(errno.EINVAL)
@@ -349,6 +357,13 @@ def sendto(t, fd, buf, length, flags, addr, addrlen):
 
 @syscall(NR.recvfrom)
 def recvfrom(t, fd, buf, length, flags, addr, addrlen):
+    try:
+        return _recvfrom(t, fd, buf, length, flags, addr, addrlen)
+    except WouldBlock as wb:
+        raise receive_timeout(t, _sock(t, fd), NR.recvfrom, wb) from None
+
+
+def _recvfrom(t, fd, buf, length, flags, addr, addrlen):
     s = _sock(t, fd)
     if isinstance(s, UdpSocket):
         data, source, whole = s.recv_from(t, min(length, MAX_RW), i32(flags))
@@ -434,6 +449,13 @@ class _Flagged:
 
 @syscall(NR.recvmsg)
 def recvmsg(t, fd, msg, flags):
+    try:
+        return _recvmsg(t, fd, msg, flags)
+    except WouldBlock as wb:
+        raise receive_timeout(t, _sock(t, fd), NR.recvmsg, wb) from None
+
+
+def _recvmsg(t, fd, msg, flags):
     s = _sock(t, fd)
     flags = i32(flags)
     name, namelen, iov, iovlen, control, controllen, _ = _MSGHDR.unpack(t.mm.read(msg, _MSGHDR.size))
@@ -546,11 +568,33 @@ def _inet_setsockopt(t, s: InetSocket | UdpSocket, level: int, opt: int, optval:
     return 0
 
 
+SO_RCVTIMEO, SO_SNDTIMEO, SO_RCVTIMEO_NEW, SO_SNDTIMEO_NEW = 20, 21, 66, 67
+_TIMEVAL = struct.Struct("<qq")
+
+
+def _timeout_option(t, s, opt: int, optval: int, optlen: int) -> bool:
+    """setsockopt of SO_RCVTIMEO (honoured by every receive) or SO_SNDTIMEO (refused: sends
+    do not time out here, and saying yes would hide that); False for other options."""
+    if opt in (SO_SNDTIMEO, SO_SNDTIMEO_NEW):
+        raise SyscallError(errno.ENOPROTOOPT, "SO_SNDTIMEO is not supported")
+    if opt not in (SO_RCVTIMEO, SO_RCVTIMEO_NEW):
+        return False
+    if optlen < _TIMEVAL.size:
+        raise SyscallError(errno.EINVAL)
+    sec, usec = _TIMEVAL.unpack(t.mm.read(optval, _TIMEVAL.size))
+    if not 0 <= usec < 1_000_000:
+        raise SyscallError(errno.EDOM)
+    s.rcvtimeo = max(0, sec) * 1_000_000_000 + usec * 1000 if sec >= 0 else 0
+    return True
+
+
 @syscall(NR.getsockopt)
 def getsockopt(t, fd, level, optname, optval, optlen):
     s = _sock(t, fd)
     opt = i32(optname)
-    if isinstance(s, (InetSocket, UdpSocket)):
+    if i32(level) == SOL_SOCKET and opt in (SO_RCVTIMEO, SO_RCVTIMEO_NEW):
+        value = _TIMEVAL.pack(s.rcvtimeo // 1_000_000_000, s.rcvtimeo % 1_000_000_000 // 1000)
+    elif isinstance(s, (InetSocket, UdpSocket)):
         value = _inet_getsockopt(s, i32(level), opt)
     elif i32(level) != SOL_SOCKET:
         raise SyscallError(errno.ENOPROTOOPT)
@@ -574,6 +618,8 @@ def getsockopt(t, fd, level, optname, optval, optlen):
 @syscall(NR.setsockopt)
 def setsockopt(t, fd, level, optname, optval, optlen):
     s = _sock(t, fd)
+    if i32(level) == SOL_SOCKET and _timeout_option(t, s, i32(optname), optval, i32(optlen)):
+        return 0
     if isinstance(s, (InetSocket, UdpSocket)):
         return _inet_setsockopt(t, s, i32(level), i32(optname), optval, i32(optlen))
     if i32(level) != SOL_SOCKET:

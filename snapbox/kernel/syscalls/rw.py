@@ -6,17 +6,20 @@ from __future__ import annotations
 import errno
 import struct
 
-from snapbox.kernel.errors import SyscallError
+from snapbox.kernel.errors import SyscallError, WouldBlock
 from snapbox.kernel.vfs import RegularFile
 from snapbox.kernel.syscalls import NR, i32, i64, syscall
-from snapbox.kernel.syscalls.common import MAX_RW, iovecs, readable, scatter, writable, write_all
+from snapbox.kernel.syscalls.common import MAX_RW, iovecs, readable, receive_timeout, scatter, writable, write_all
 
 
 
 @syscall(NR.read)
 def read(t, fd, buf, count):
     f = readable(t, i32(fd))
-    data = f.read(t, min(count, MAX_RW))
+    try:
+        data = f.read(t, min(count, MAX_RW))
+    except WouldBlock as wb:
+        raise receive_timeout(t, f, NR.read, wb) from None
     t.mm.write(buf, data)
     return len(data)
 
@@ -51,7 +54,10 @@ def pwrite64(t, fd, buf, count, offset):
 def readv(t, fd, iov, iovcnt):
     f = readable(t, i32(fd))
     vecs = iovecs(t, iov, iovcnt)
-    data = f.read(t, min(sum(n for _, n in vecs), MAX_RW))
+    try:
+        data = f.read(t, min(sum(n for _, n in vecs), MAX_RW))
+    except WouldBlock as wb:
+        raise receive_timeout(t, f, NR.readv, wb) from None
     scatter(t, vecs, data)
     return len(data)
 
