@@ -132,6 +132,12 @@ def lines(path: Path) -> list[str]:
 
 
 # Programs compared with their native runs.
+def native_fixture(images: Path, bundle: str, *args: str, cwd: Path | None = None, timeout: float = 30) -> str:
+    """What the program of fixture bundle `bundle` prints run natively on the host."""
+    binary = images / bundle / "rootfs" / bundle
+    return subprocess.run([str(binary), *args], capture_output=True, text=True, timeout=timeout, cwd=cwd).stdout
+
+
 def same_output(got: str, want: str) -> bool:
     """Equal, or an assertion that shows the difference line by line."""
     if got != want:

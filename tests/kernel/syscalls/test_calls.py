@@ -10,13 +10,12 @@ import sys
 
 import pytest
 
-from tests.conftest import same_output
+from tests.conftest import native_fixture, same_output
 
 
 @pytest.mark.parametrize("bundle", ["calls", "calls-glibc"])
 def test_calls_match_native(snapbox, images, tmp_path, bundle):
-    binary = images / bundle / "rootfs" / bundle
-    want = subprocess.run([str(binary)], capture_output=True, text=True, timeout=30, cwd=tmp_path).stdout
+    want = native_fixture(images, bundle, cwd=tmp_path)
     assert "mincore: ok 1010" in want and want.endswith("done\n")
     assert same_output(snapbox("run", "--bundle", str(images / bundle), "calls").stdout, want)
 

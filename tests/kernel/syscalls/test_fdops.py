@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import subprocess
-
 import pytest
 
-from tests.conftest import busybox_bundle, same_output
+from tests.conftest import busybox_bundle, native_fixture, same_output
 
 
 @pytest.mark.parametrize("bundle", ["locks", "locks-glibc"])
 def test_file_locks_match_native(snapbox, images, tmp_path, bundle):
-    binary = images / bundle / "rootfs" / bundle
-    want = subprocess.run([str(binary)], capture_output=True, text=True, timeout=30, cwd=tmp_path).stdout
+    want = native_fixture(images, bundle, cwd=tmp_path)
     assert "child waits 0" in want
     assert same_output(snapbox("run", "--bundle", str(images / bundle), "lk").stdout, want)
 

@@ -4,25 +4,21 @@ checkpoint mid-exchange."""
 
 from __future__ import annotations
 
-import subprocess
-
 import pytest
 
-from tests.conftest import held_through_a_restore, same_output
+from tests.conftest import held_through_a_restore, native_fixture, same_output
 
 
 @pytest.mark.parametrize("bundle", ["sockets", "sockets-glibc"])
 def test_unix_sockets_match_native(snapbox, images, tmp_path, bundle):
-    binary = images / bundle / "rootfs" / bundle
-    want = subprocess.run([str(binary)], capture_output=True, text=True, timeout=30, cwd=tmp_path).stdout
+    want = native_fixture(images, bundle, cwd=tmp_path)
     assert "recv 2: second fd=yes" in want and "pipe: through the pipe" in want
     assert same_output(snapbox("run", "--bundle", str(images / bundle), "so").stdout, want)
 
 
 @pytest.mark.parametrize("bundle", ["inet", "inet-glibc"])
 def test_tcp_over_loopback_matches_native(snapbox, images, bundle):
-    binary = images / bundle / "rootfs" / bundle
-    want = subprocess.run([str(binary)], capture_output=True, text=True, timeout=30).stdout
+    want = native_fixture(images, bundle)
     assert "::1 server got: hello" in want and want.endswith("done\n")
     assert same_output(snapbox("run", "--bundle", str(images / bundle), "tcp").stdout, want)
 
@@ -42,8 +38,7 @@ def test_a_tcp_connection_and_its_unread_bytes_survive_a_checkpoint(snapbox, ima
 
 @pytest.mark.parametrize("bundle", ["udp", "udp-glibc"])
 def test_udp_over_loopback_matches_native(snapbox, images, bundle):
-    binary = images / bundle / "rootfs" / bundle
-    want = subprocess.run([str(binary)], capture_output=True, text=True, timeout=30).stdout
+    want = native_fixture(images, bundle)
     assert "and recv: Connection refused" in want and want.endswith("done\n")
     assert same_output(snapbox("run", "--bundle", str(images / bundle), "udp").stdout, want)
 
@@ -57,8 +52,7 @@ def test_queued_datagrams_survive_a_checkpoint(snapbox, images, tmp_path):
 
 @pytest.mark.parametrize("bundle", ["unixdgram", "unixdgram-glibc"])
 def test_unix_datagram_and_seqpacket_sockets_match_native(snapbox, images, tmp_path, bundle):
-    binary = images / bundle / "rootfs" / bundle
-    want = subprocess.run([str(binary)], capture_output=True, text=True, timeout=30, cwd=tmp_path).stdout
+    want = native_fixture(images, bundle, cwd=tmp_path)
     assert "unnamed sends to sb, connected elsewhere: Operation not permitted" in want and want.endswith("done\n")
     assert same_output(snapbox("run", "--bundle", str(images / bundle), "ud").stdout, want)
 

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 import random
-import subprocess
 import time
 
 import pytest
 
-from tests.conftest import busybox_bundle, in_sandbox, lines, wait_for
+from tests.conftest import busybox_bundle, in_sandbox, lines, native_fixture, wait_for
 
 
 def test_a_sandbox_with_many_processes_checkpoints_while_they_block(snapbox, images, tmp_path):
@@ -32,8 +31,7 @@ def test_a_sandbox_with_many_processes_checkpoints_while_they_block(snapbox, ima
 
 @pytest.mark.parametrize("bundle", ["threads", "threads-glibc"])
 def test_pthreads_under_checkpoint_and_restore_at_random_moments(snapbox, images, tmp_path, bundle):
-    binary = images / bundle / "rootfs" / bundle
-    want = subprocess.run([str(binary), "300"], capture_output=True, text=True, timeout=60).stdout
+    want = native_fixture(images, bundle, "300", timeout=60)
     out = tmp_path / "out.txt"
     in_sandbox(snapbox, out, "run", "--bundle", str(images / bundle), "--detach", "t0")
     rng = random.Random(99)

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import re
-import subprocess
 
 import pytest
 
-from tests.conftest import held_through_a_restore, same_output
+from tests.conftest import held_through_a_restore, native_fixture, same_output
 
 
 @pytest.mark.parametrize("bundle", ["signals", "signals-glibc"])
 def test_signals_match_native(snapbox, images, bundle):
-    binary = images / bundle / "rootfs" / f"/{bundle}".lstrip("/")
-    want = subprocess.run([str(binary)], capture_output=True, text=True, timeout=30).stdout
+    want = native_fixture(images, bundle)
     got = snapbox("run", "--bundle", str(images / bundle), "sig").stdout
 
     def normal(text: str) -> str:
@@ -25,16 +23,14 @@ def test_signals_match_native(snapbox, images, bundle):
 
 @pytest.mark.parametrize("bundle", ["jobs", "jobs-glibc"])
 def test_job_control_stop_and_continue_match_native(snapbox, images, bundle):
-    binary = images / bundle / "rootfs" / bundle
-    want = subprocess.run([str(binary)], capture_output=True, text=True, timeout=30).stdout
+    want = native_fixture(images, bundle)
     assert "stopped=1 sig=19" in want and "continued=1" in want
     assert same_output(snapbox("run", "--bundle", str(images / bundle), "jobs").stdout, want)
 
 
 @pytest.mark.parametrize("bundle", ["sigfd", "sigfd-glibc"])
 def test_signalfd_and_sigqueue_match_native(snapbox, images, bundle):
-    binary = images / bundle / "rootfs" / bundle
-    want = subprocess.run([str(binary)], capture_output=True, text=True, timeout=30).stdout
+    want = native_fixture(images, bundle)
     assert "sigqueue: 12, code SI_QUEUE 1, value 42" in want and want.endswith("done\n")
     assert same_output(snapbox("run", "--bundle", str(images / bundle), "sfd").stdout, want)
 
