@@ -452,8 +452,11 @@ class Lifecycle:
         self.tasks.pidns.tasks.pop(task.tid, None)
 
     def shutdown(self) -> None:
-        """Kill every stub (the sandbox is being torn down)."""
+        """Kill every stub (the sandbox is being torn down) and reap them. They are ours to
+        kill: their deaths are not the application's (no SIGCHLD, no exit to deliver, to
+        tasks whose stubs may be gone already)."""
         self.kill_stubs()
+        self.by_host.clear()
         self.collect_stops()
         self.memfile.stop_loading()
 
