@@ -45,7 +45,6 @@ class _Group(click.Group):
 class _Context:
     root: str
     options: object  # runtime.container.Options
-    network: str
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -61,8 +60,12 @@ class _Context:
               help="Format of --log and of the sandbox's log.")
 @click.option("--strace", is_flag=True,
               help="Log every application syscall, with decoded arguments and results, to the sandbox's log.")
-@click.option("--network", type=click.Choice(["none", "sandbox", "host"]), default="none", show_default=True,
-              help="Networking: only none exists today (loopback only; TCP on it runs inside the sandbox).")
+@click.option("--network", type=click.Choice(["sandbox", "host", "none"]), default=None,
+              help="The sandbox's network. sandbox (the default for bundles): a network namespace of its own "
+                   "(the one the bundle's config names, else one snapbox makes, with a veth pair to this host: "
+                   "sbxN here at 10.213.x.(4N+1), eth0 inside); host (the default for `do`): this host's "
+                   "stack; none: loopback only. Traffic between the sandbox's own sockets stays inside it "
+                   "whatever the mode, and is checkpointed whole; restore uses the image's mode.")
 @click.version_option(package_name="snapbox", prog_name="snapbox")
 @click.pass_context
 def cli(ctx: click.Context, root: str | None, debug: bool, debug_log: str | None, log_file: str | None,
@@ -78,10 +81,8 @@ def cli(ctx: click.Context, root: str | None, debug: bool, debug_log: str | None
     _LOG = (log_file, log_format) if log_file else None
     from snapbox.runtime.container import Options, default_root
 
-    if network != "none":
-        raise SnapboxError(f"--network={network} is not supported yet (only none)")
     ctx.obj = _Context(os.path.abspath(root or default_root()),
-                       Options(debug_log=debug_log, log_format=log_format, strace=strace), network)
+                       Options(debug_log=debug_log, log_format=log_format, strace=strace, network=network))
 
 
 def _container(obj: _Context, cid: str):
@@ -256,9 +257,20 @@ def checkpoint(obj: _Context, image_path: str, leave_running: bool, compression:
         if os.isatty(1):
             raise SnapboxError("refusing to write an image to a terminal (redirect stdout)")
         image_fd = 1
-    _container(obj, container_id).checkpoint(
+    summary = _container(obj, container_id).checkpoint(
         image_path, leave_running=leave_running, compress=compression == "zstd",
         image_fd=image_fd, progress_fd=2 if os.isatty(2) else None, store_file_pages=store_file_pages)
+    _report_connections(summary.get("connections") or [])
+
+
+def _report_connections(connections: list) -> None:
+    """One line on stderr for each of the sandbox's TCP connections through the host, and
+    what the checkpoint or restore did with it."""
+    for c in connections:
+        where = ":".join(map(str, c["local"]))
+        if c["remote"]:
+            where += " <-> " + ":".join(map(str, c["remote"]))
+        print(f"snapbox: {c['kind']} {c['role']} {where}: {c['fate']}", file=sys.stderr)
 
 
 @cli.command()
@@ -301,6 +313,7 @@ def restore(obj: _Context, bundle: str, image_path: str, detach: bool, lazy: boo
             raise SnapboxError("restore from stdin needs --bundle")
         bundle = _bundle_of_image(obj, source, container_id)
     c = Container.create(obj.root, container_id, bundle, restore_image=source, lazy=lazy, options=obj.options)
+    _report_connections(c.connections)
     if not detach:
         _attach(c)
 
@@ -516,8 +529,9 @@ def exec(obj: _Context, detach: bool, cwd: str | None, envs: tuple[str, ...], us
 @click.pass_obj
 def do(obj: _Context, cid: str | None, detach: bool, command: tuple[str, ...]) -> None:
     """Run COMMAND in a sandbox whose root is the host's / (read-only, beneath a
-    writable layer), in the current directory, with the current environment. Like
-    `runsc do`. Attached, it exits with the command's exit code and is deleted."""
+    writable layer), in the current directory, with the current environment, on the
+    host's network (unless the global --network says otherwise). Like `runsc do`.
+    Attached, it exits with the command's exit code and is deleted."""
     from snapbox.runtime.bundle import default_spec
     from snapbox.runtime.container import Container
 
@@ -528,8 +542,9 @@ def do(obj: _Context, cid: str | None, detach: bool, command: tuple[str, ...]) -
     config["process"].update(args=list(command), cwd=os.getcwd(), env=[f"{k}={v}" for k, v in os.environ.items()])
     config["root"] = {"path": "/"}  # the host's files are only ever read: writes stay in memory
     config["mounts"] = [{"destination": "/sys", "type": "tmpfs", "source": "none"}]  # not the host's /sys
+    options = dataclasses.replace(obj.options, network=obj.options.network or "host")  # as `runsc do`
     c = Container.create(obj.root, cid, Container.owned_bundle(obj.root, cid, config), start=True,
-                         options=obj.options)
+                         options=options)
     if not detach:
         _attach(c)
 

@@ -56,13 +56,16 @@ class LoadContext:
     """What a restore supplies that the image does not: host facts of the new sandbox."""
 
     rootfs: str | None = None  # the restoring bundle's rootfs (None: the one saved)
+    host_sockets: list | None = None  # filled with the HostSockets made again, if a list
+    network_mode: str = ""  # the restored sandbox's network mode (runtime.network)
 
 
 class Checkpointing:
     """Kernel methods for checkpoint and restore (mixed into Kernel)."""
 
     def save(self, f: IO[bytes], compress: bool = True, meta: dict | None = None,
-             progress: Callable[[int, int], None] | None = None, store_file_pages: bool = False) -> dict:
+             progress: Callable[[int, int], None] | None = None, store_file_pages: bool = False,
+             final: bool = False) -> dict:
         """Write a checkpoint image of this (paused) kernel to `f`. Returns the image summary.
 
         Order (as gVisor's Kernel.SaveTo): time stopped, CPU features, kernel graph, memory;
@@ -70,12 +73,17 @@ class Checkpointing:
         goes on running does not see the time the checkpoint took. `progress(done, total)`
         is called as memory bytes are written. Host files' cached pages are references the
         restore reads back, unless `store_file_pages`.
+
+        Connections through the host are read in TCP_REPAIR mode and stay in it when the
+        image is `final` (the sandbox ends: closed so, they say nothing to their peers);
+        otherwise, or if the save fails, they leave it again.
         """
         if not self.paused:
             raise SnapboxError("internal: save needs a paused kernel")
         self.memfile.finish_loading()
         time_was_stopped = self.timekeeper.stopped
         self.timekeeper.stop()
+        written = False
         try:
             for t in self.tasks.live_tasks():
                 regs = ptrace.copy_regs(t.regs)
@@ -110,8 +118,13 @@ class Checkpointing:
                        "file_references": len(skip), "file_bytes_referenced": self.file_cache.referenced_bytes()}
             w.finish(summary)
             summary["sections"] = w.summary
+            summary["connections"] = [h.report() for h in self.host_sockets if h.is_connection]
+            written = True
             return summary
         finally:
+            if not (final and written):
+                for h in self.host_sockets:
+                    h.resume()
             for t in self.tasks.live_tasks():
                 t.saved_regs = ()
                 t.saved_fpstate = b""
@@ -122,7 +135,8 @@ class Checkpointing:
     @classmethod
     def read_image(cls, f: IO[bytes], ctx: LoadContext, check_cpu: bool = True,
                    progress: Callable[[int, int], None] | None = None,
-                   load_memory: bool = True, lazy: bool = False) -> tuple[Kernel, dict]:
+                   load_memory: bool = True, lazy: bool = False,
+                   on_meta: Callable[[dict], None] | None = None) -> tuple[Kernel, dict]:
         """Read a whole image: the CPU feature set first (checked against this host unless
         `check_cpu` is false), then the graph, then memory (checked, and copied into the
         MemoryFile if `load_memory`), then the trailer. Starts nothing. Returns the kernel
@@ -131,8 +145,11 @@ class Checkpointing:
         With `lazy` (and `f` a regular file), memory stays in the image: only its chunks'
         places are read here, and each chunk is loaded (and checked) when first needed, or
         by background threads meanwhile. A read lease on the image makes whoever opens it
-        to change it wait until all is loaded."""
+        to change it wait until all is loaded. `on_meta(header)` runs before anything is
+        decoded (the sandbox joins its network there)."""
         r = ImageReader(f)
+        if on_meta is not None:
+            on_meta(r.meta)
         features = decode_graph(r.read_section("cpuid"))
         if not isinstance(features, FeatureSet):
             raise ImageError("image cpuid section does not hold a CPU feature set")

@@ -1,14 +1,21 @@
-"""TCP and UDP over the sandbox's loopback (tcp(7), udp(7), ip(7), ipv6(7)), inside the sentry.
+"""TCP and UDP sockets of the sandbox (tcp(7), udp(7), ip(7), ipv6(7)).
 
-With no network but loopback (`--network none`, as runsc's), every TCP connection joins
-two sockets of the same sandbox: it is a pair of StreamBuffers, as a unix stream
-connection is, and every UDP datagram goes from one socket's send to another's queue; so
-a checkpoint holds listeners, connections, queued datagrams and every unread byte, and a
-restore brings them back whole. The sandbox's addresses are
-127.0.0.0/8 and ::1; binding to another address fails with EADDRNOTAVAIL, and reaching one
-with ENETUNREACH. Ports are one space shared by IPv4 and IPv6 (a dual-stack IPv6 socket
-bound to :: takes the port for both), ephemeral ones taken from 32768-60999 as Linux's
-ip_local_port_range (from a random place in it). TCP and UDP have a port space each.
+A TCP connection between two sockets of the sandbox stays inside the sentry: it is a pair
+of StreamBuffers, as a unix stream connection is, and a UDP datagram between two of its
+sockets goes from one socket's send to another's queue; so a checkpoint holds listeners,
+connections, queued datagrams and every unread byte, and a restore brings them back whole.
+
+With no network but loopback (`--network none`, as runsc's) that is all there is: the
+sandbox's addresses are 127.0.0.0/8 and ::1; binding to another address fails with
+EADDRNOTAVAIL, and reaching one with ENETUNREACH. With a network (`sandbox` or `host`),
+a socket that binds or listens also gets a host socket in the sandbox's namespace, bound
+to the same address (the host chooses the port of port 0), so that the outside reaches
+it; and a connect or send that finds no socket of the sandbox at its destination goes
+out through a host socket (snapbox.kernel.hostnet).
+
+Ports are one space shared by IPv4 and IPv6 (a dual-stack IPv6 socket bound to :: takes
+the port for both), ephemeral ones taken from 32768-60999 as Linux's ip_local_port_range
+(from a random place in it). TCP and UDP have a port space each.
 """
 
 from __future__ import annotations
@@ -21,8 +28,10 @@ from dataclasses import dataclass, field
 
 from snapbox.kernel.errors import SyscallError, WouldBlock
 from snapbox.kernel.fd import O_NONBLOCK, POLLERR, POLLIN, POLLOUT
-from snapbox.kernel.socket import MSG_DONTWAIT, MSG_PEEK, SHUT_RD, SHUT_RDWR, SHUT_WR, SocketFile, UnixSocket, \
-    make_buffers
+from snapbox.kernel.hostnet import HostSocket
+from snapbox.kernel.signals import SIGPIPE
+from snapbox.kernel.socket import MSG_DONTWAIT, MSG_NOSIGNAL, MSG_PEEK, SHUT_RD, SHUT_RDWR, SHUT_WR, SocketFile, \
+    UnixSocket, make_buffers
 from snapbox.kernel.waiter import WaitQueue
 from snapbox.state import savable
 
@@ -47,9 +56,102 @@ class InetSocket(UnixSocket):
     remote: tuple = ()  # (ip, port) of the peer once connected
     options: dict = field(default_factory=dict)  # (level, option) -> int, as setsockopt left it
     in_progress: bool = False  # a nonblocking connect said EINPROGRESS: the next connect says 0
+    host: HostSocket | None = None  # the host socket behind it, where the outside can reach it
 
     def option(self, level: int, name: int, default: int = 0) -> int:
         return self.options.get((level, name), default)
+
+    @property
+    def external(self) -> bool:
+        """A connection made (or being made) through the host, not inside the sentry."""
+        return self.host is not None and self.host.role in ("connecting", "connected", "reset", "closed")
+
+    @property
+    def connected(self) -> bool:
+        if self.incoming is not None:
+            return True
+        if self.host is not None and self.host.role == "connecting":
+            self.host.settle()
+        return self.host is not None and self.host.role in ("connected", "reset", "closed")
+
+    def _nonblock(self, flags: int) -> bool:
+        return bool(self.flags & O_NONBLOCK or flags & MSG_DONTWAIT)
+
+    def recv_msg(self, t, count: int, flags: int = 0) -> tuple[bytes, list]:
+        if not self.external:
+            return super().recv_msg(t, count, flags)
+        if not self.connected:
+            raise SyscallError(errno.ENOTCONN)
+        if self.shut_rd:
+            return b"", []
+        return self.host.recv(t, count, flags, self._nonblock(flags))[0], []
+
+    def send(self, t, data: bytes, flags: int = 0, files: tuple = ()) -> int:
+        if not self.external:
+            return super().send(t, data, flags, files)
+        if not self.connected:
+            raise SyscallError(errno.EAGAIN) if self._nonblock(flags) else \
+                WouldBlock(*self.host.queues(t)[1:])  # tcp(7): a send waits for the handshake
+        try:
+            if self.shut_wr:
+                raise SyscallError(errno.EPIPE)
+            return self.host.send(t, data, flags, self._nonblock(flags))
+        except SyscallError as e:
+            if e.errno == errno.EPIPE and not flags & MSG_NOSIGNAL:
+                t.kernel.send_signal(t.tg, SIGPIPE)
+            raise
+
+    def shutdown(self, how: int) -> None:
+        if not self.external:
+            return super().shutdown(how)
+        if how not in (SHUT_RD, SHUT_WR, SHUT_RDWR):
+            raise SyscallError(errno.EINVAL)
+        if not self.connected:
+            raise SyscallError(errno.ENOTCONN)
+        self.host.shutdown(how)
+        self.shut_rd = self.shut_rd or how in (SHUT_RD, SHUT_RDWR)
+        self.shut_wr = self.shut_wr or how in (SHUT_WR, SHUT_RDWR)
+
+    def unread(self) -> int:
+        return self.host.unread() if self.external else super().unread()
+
+    def ready(self) -> int:
+        if self.listening:
+            r = POLLIN if self.pending else 0
+            return r | (self.host.poll() & POLLIN if self.host is not None else 0)
+        if self.external:
+            self.connected  # noqa: B018 - settles a connect the host has finished
+            return self.host.poll()
+        return super().ready()
+
+    def queues(self, t) -> tuple:
+        if self.listening and self.host is not None:
+            return (self.changed, *self.host.queues(t)[:1])
+        if self.external:
+            return self.host.queues(t)
+        return super().queues(t)
+
+    def accept(self, t=None) -> InetSocket:
+        """The next connection: one made inside the sandbox, else one from the outside."""
+        if not self.listening or self.pending or self.host is None or t is None:
+            return super().accept()
+        h = self.host.accept()
+        if h is None:
+            if self.flags & O_NONBLOCK:
+                raise SyscallError(errno.EAGAIN)
+            raise WouldBlock(*self.queues(t))
+        t.kernel.pipe_ino += 1
+        t.kernel.host_sockets.add(h)
+        return InetSocket(flags=2, ino=t.kernel.pipe_ino, family=self.family, local=h.local, remote=h.remote,
+                          options=dict(self.options), host=h)
+
+    def release(self, embryo: bool = False) -> None:
+        if self.host is not None:
+            external = self.external
+            self.host.close()
+            if external:
+                return
+        super().release(embryo)
 
     def listen(self, backlog: int) -> None:
         if self.connected:
@@ -80,7 +182,8 @@ class InetSocket(UnixSocket):
         where = f" {format_address(self.local)}" if self.local else ""
         if self.remote:
             where += f" -> {format_address(self.remote)}"
-        return f"socket:[{self.ino}] (tcp{'6' if self.family == AF_INET6 else ''}, {state}{where})"
+        outside = f", {self.host.describe()}" if self.host is not None else ""
+        return f"socket:[{self.ino}] (tcp{'6' if self.family == AF_INET6 else ''}, {state}{where}{outside})"
 
 
 @savable
@@ -100,6 +203,7 @@ class UdpSocket(SocketFile):
     shut_wr: bool = False
     options: dict = field(default_factory=dict)  # (level, option) -> int, as setsockopt left it
     readable_queue: WaitQueue = field(default_factory=WaitQueue)  # readers waiting for a datagram
+    host: HostSocket | None = None  # the host socket behind it, where the outside can reach it
     listening = False  # never (Ports asks)
 
     @property
@@ -119,6 +223,11 @@ class UdpSocket(SocketFile):
         self.remote = ()
         if self.local and not self.port_locked:
             ports.unbind(self)
+            if self.host is not None:
+                self.host.close()
+                self.host = None
+        elif self.host is not None:
+            self.host.associate(None)
 
     def take_error(self) -> None:
         if self.error:
@@ -141,6 +250,13 @@ class UdpSocket(SocketFile):
         if not self.queue:
             if self.shut_rd:
                 return b"", (), 0
+            if self.host is not None:
+                nonblock = bool(self.flags & O_NONBLOCK or flags & MSG_DONTWAIT)
+                try:
+                    data, source = self.host.recv(t, count, flags, nonblock)
+                except WouldBlock:
+                    raise WouldBlock(self.readable_queue, *self.host.queues(t)[:1]) from None
+                return data, source, len(data)
             if self.flags & O_NONBLOCK or flags & MSG_DONTWAIT:
                 raise SyscallError(errno.EAGAIN)
             raise WouldBlock(self.readable_queue)
@@ -173,18 +289,21 @@ class UdpSocket(SocketFile):
 
     def ready(self) -> int:
         r = 0 if self.shut_wr else POLLOUT
-        if self.queue or self.shut_rd:
+        outside = self.host.poll() if self.host is not None else 0
+        if self.queue or self.shut_rd or outside & POLLIN:
             r |= POLLIN
-        if self.error:
+        if self.error or outside & POLLERR:
             r |= POLLERR
         return r
 
     def queues(self, t) -> tuple:
-        return (self.readable_queue,)
+        return (self.readable_queue, *self.host.queues(t)[:1]) if self.host is not None else (self.readable_queue,)
 
     def release(self) -> None:
         self.queue.clear()
         self.queued = 0
+        if self.host is not None:
+            self.host.close()
 
     def stat(self) -> dict:
         return dict(dev=0x8, ino=self.ino, mode=0o140777, nlink=1, uid=0, gid=0, rdev=0, size=0, blksize=4096,
@@ -194,7 +313,8 @@ class UdpSocket(SocketFile):
         where = f" {format_address(self.local)}" if self.local else ""
         if self.remote:
             where += f" -> {format_address(self.remote)}"
-        return f"socket:[{self.ino}] (udp{'6' if self.family == AF_INET6 else ''}{where})"
+        outside = f", {self.host.describe()}" if self.host is not None else ""
+        return f"socket:[{self.ino}] (udp{'6' if self.family == AF_INET6 else ''}{where}{outside})"
 
 
 def send_datagram(t, s: UdpSocket, data: bytes, dest: tuple) -> int:
@@ -205,15 +325,20 @@ def send_datagram(t, s: UdpSocket, data: bytes, dest: tuple) -> int:
     if len(data) > UDP_MAX:
         raise SyscallError(errno.EMSGSIZE)
     ip, port = dest
-    if not is_local(ip):
+    local = is_local(ip)
+    if not local and not has_outside(t.kernel):
         raise SyscallError(errno.ENETUNREACH, "the sandbox has no network but loopback")
     if port == 0:
         raise SyscallError(errno.EINVAL)
-    ip = local_destination(ip)
     ports = Ports(t.kernel.udp_ports)
     if not s.local:
-        ports.bind(s, "0.0.0.0" if s.family == AF_INET else "::", 0)
-    target = ports.receiver(ip, port, s.family)
+        bind_inet(t, s, "0.0.0.0" if s.family == AF_INET else "::", 0)
+    target = ports.receiver(local_destination(ip), port, s.family) if local else None
+    if target is None and s.host is not None:
+        nonblock = bool(s.flags & O_NONBLOCK)
+        connected = s.host.remote and (_ip(s.host.remote[0]), s.host.remote[1]) == (_ip(ip), port)
+        return s.host.send(t, bytes(data), 0, nonblock, dest=None if connected else (ip, port))
+    ip = local_destination(ip)
     if target is None:
         if s.remote:
             s.error = errno.ECONNREFUSED  # the ICMP port-unreachable a connected socket hears
@@ -221,6 +346,32 @@ def send_datagram(t, s: UdpSocket, data: bytes, dest: tuple) -> int:
     source_ip = "127.0.0.1" if isinstance(_ip(ip), ipaddress.IPv4Address) else "::1"
     target.deliver((source_ip, s.local[1]), bytes(data))
     return len(data)
+
+
+def has_outside(kernel) -> bool:
+    """Whether the sandbox has a network beyond its own sockets (--network sandbox or host)."""
+    return kernel.network.get("mode", "none") != "none"
+
+
+def bind_inet(t, s: InetSocket | UdpSocket, ip: str, port: int) -> None:
+    """Give `s` the address (ip, port) (port 0: an ephemeral one). With a network, a host
+    socket takes the address first, in the sandbox's namespace: the host says whether the
+    address exists and is free, and chooses the port."""
+    udp = isinstance(s, UdpSocket)
+    ports = Ports(t.kernel.udp_ports if udp else t.kernel.inet_ports)
+    if not has_outside(t.kernel):
+        ports.bind(s, ip, port)
+        return
+    t.kernel.ensure_network()
+    h = HostSocket.open(s.family, 2 if udp else 1, s.options)  # SOCK_DGRAM, SOCK_STREAM
+    try:
+        _, port = h.bind((ip, port))
+        ports.bind(s, ip, port, anywhere=True)
+    except SyscallError:
+        h.close()
+        raise
+    s.host = h
+    t.kernel.host_sockets.add(h)
 
 
 def local_destination(ip: str) -> str:
@@ -308,9 +459,10 @@ class Ports:
             self.table.pop(port, None)
         return sockets
 
-    def bind(self, s: InetSocket, ip: str, port: int) -> None:
-        """Give `s` the address (ip, port); port 0 takes a free ephemeral port."""
-        if not is_local(ip):
+    def bind(self, s: InetSocket, ip: str, port: int, anywhere: bool = False) -> None:
+        """Give `s` the address (ip, port); port 0 takes a free ephemeral port. Only local
+        addresses, unless `anywhere` (the host has bound it already)."""
+        if not anywhere and not is_local(ip):
             raise SyscallError(errno.EADDRNOTAVAIL)
         if port == 0:
             # From a random place in the range, as Linux picks them (a port just given back is

@@ -17,6 +17,7 @@ import errno
 import logging
 import os
 import signal
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -84,6 +85,7 @@ class Kernel(Lifecycle, Signaling, Checkpointing):
     unix_names: dict = field(default_factory=dict)  # abstract AF_UNIX names (NUL first) -> UnixSocket
     inet_ports: dict = field(default_factory=dict)  # TCP port -> the InetSockets bound to it (inet.Ports)
     udp_ports: dict = field(default_factory=dict)  # UDP port -> the UdpSockets bound to it
+    network: dict = field(default_factory=dict)  # runtime.network.Network.as_dict(): mode, address, ...
 
     # Host facts, rebuilt empty on restore.
     loop: EventLoop = nosave(default=None)  # what the sentry waits on; see kernel/loop.py
@@ -103,6 +105,10 @@ class Kernel(Lifecycle, Signaling, Checkpointing):
     memory_error: MemoryLost | None = nosave(default=None)
     on_exit: Callable | None = nosave(default=None)  # called (ThreadGroup) when a process exits
     futexes: dict = nosave(dict)  # MemoryFile offset of a futex word -> WaitQueue of its waiters
+    host_sockets: weakref.WeakSet = nosave(weakref.WeakSet)  # live HostSockets (snapbox.kernel.hostnet)
+    # Makes the sandbox's network namespace (returning what `network` becomes): run before
+    # the first host socket is made, so that a sandbox that never needs one never pays for it.
+    make_network: Callable[[], dict] | None = nosave(default=None)
 
     def __post_init__(self) -> None:
         if self.file_cache is None:
@@ -112,6 +118,18 @@ class Kernel(Lifecycle, Signaling, Checkpointing):
     def after_load(self, ctx) -> None:
         self.__post_init__()
 
+
+    def ensure_network(self) -> None:
+        """The sandbox's network namespace, made (once) before its first host socket."""
+        if self.make_network is None:
+            return
+        make, self.make_network = self.make_network, None
+        try:
+            self.network = make()
+        except Exception as e:  # pyroute2's errors too: the program sees the network down, the log says why
+            log.error("the sandbox's network could not be made: %s", e)
+            self.network = {"mode": "none", "error": str(e)}
+            raise SyscallError(errno.ENETDOWN, "the sandbox's network could not be made") from None
 
     def processes(self) -> list[dict]:
         """The live processes, for `snapbox ps`."""

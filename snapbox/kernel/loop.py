@@ -103,7 +103,13 @@ class EventLoop:
             self.selector.unregister(fd)
             del self.watched[fd]
         elif old:
-            self.selector.modify(fd, mask, lambda m, fd=fd: self._host_ready(fd, m))
+            try:
+                self.selector.modify(fd, mask, lambda m, fd=fd: self._host_ready(fd, m))
+            except FileNotFoundError:
+                # The fd was closed since (the host forgot it) and its number is another
+                # file's now: a host socket of the sandbox, closed and made again. (The
+                # selector has let go of its old key.)
+                self.selector.register(fd, mask, lambda m, fd=fd: self._host_ready(fd, m))
         else:
             self.selector.register(fd, mask, lambda m, fd=fd: self._host_ready(fd, m))
         if mask:

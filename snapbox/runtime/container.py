@@ -89,11 +89,12 @@ class Options:
     debug_log: str | None = None  # the sandbox's log file (default <root>/<id>/sandbox.log)
     log_format: str = "text"  # text or json
     strace: bool = False  # log every application syscall
+    network: str | None = None  # --network: sandbox, host or none (None: the bundle's, or the image's)
 
     def boot_kwargs(self) -> dict[str, Any]:
         """The sandbox's settings, as boot_main takes them."""
         return {"debug_log": os.path.abspath(self.debug_log) if self.debug_log else None,
-                "log_format": self.log_format, "strace": self.strace}
+                "log_format": self.log_format, "strace": self.strace, "network": self.network}
 
     def boot_args(self) -> list[str]:
         args = ["--log-format", self.log_format]
@@ -101,6 +102,8 @@ class Options:
             args += ["--debug-log", os.path.abspath(self.debug_log)]
         if self.strace:
             args.append("--strace")
+        if self.network:
+            args += ["--network", self.network]
         return args
 
 
@@ -113,6 +116,7 @@ class Container:
     state: dict[str, Any]
     process: subprocess.Popen | None = None  # the sandbox process, when this CLI started it
     options: Options = field(default_factory=Options)
+    connections: list = field(default_factory=list)  # a restore's host connections, and what became of each
 
     @property
     def dir(self) -> str:
@@ -209,7 +213,18 @@ class Container:
             "bundle": self.state.get("bundle", ""),
             "annotations": self.state.get("annotations", {}),
             "created": self.state.get("created", ""),
+            # Beyond runc's fields (which its readers ignore): the sandbox's network.
+            "network": self.network(),
         }
+
+    def network(self) -> dict[str, Any]:
+        """The sandbox's network, as its sandbox process recorded it: the mode, and the
+        namespace and address once it has one."""
+        try:
+            with open(os.path.join(self.dir, "network.json")) as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return {}
 
     @staticmethod
     def owned_bundle(root: str, cid: str, config: dict) -> str:
@@ -329,6 +344,7 @@ class Container:
                                f"sandbox process failed to start (see {self.dir}/sandbox.log)")
         self.state["status"] = CREATED
         self.save_state()
+        self.connections = reply.get("connections") or []
         if self.process is not None:
             warm.autostart(self.root)
 

@@ -56,6 +56,7 @@ def describe(f: IO[bytes]) -> dict[str, Any]:
         "cpu": {"vendor": fs.vendor, "family": fs.family, "model": fs.model,
                 "features": sorted(fs.features), "xcr0": fs.xcr0, "xsave_size": fs.xsave_size},
         "hostname": kernel.hostname,
+        "network": kernel.network,
         "processes": processes,
         "objects": {name: {"count": c, "bytes": b} for name, (c, b) in sorted(summary.get("types", {}).items())},
         "graph_bytes": summary.get("graph_bytes", 0),
@@ -87,6 +88,7 @@ def render(info: dict[str, Any]) -> str:
         f"{len(cpu['features'])} features, XSAVE area {cpu['xsave_size']} bytes (xcr0 {cpu['xcr0']:#x})",
         f"  {' '.join(cpu['features'])}",
         f"hostname: {info['hostname']}",
+        "network: " + (" ".join(f"{k} {v}" for k, v in info["network"].items()) or "mode none"),
         "processes:",
     ]
     for p in info["processes"]:

@@ -24,6 +24,8 @@ from snapbox.kernel.kernel import Kernel
 from snapbox.kernel.strace import tracer
 from snapbox.runtime import control
 from snapbox.runtime.bundle import Bundle
+from snapbox.runtime.network import bundle_namespace
+from snapbox.runtime.network import enter as enter_network
 from snapbox.runtime.progress import Progress
 from snapbox.state import ImageWriteError
 from snapbox.state.image import WRITE_ERRORS, write_image
@@ -87,6 +89,19 @@ class Sandbox:
         kernel.loop.add_reader(self.server, self._accept)
         self.exec_waiters: dict[int, int] = {}  # pid -> socket fd of the attached exec waiting for it
         kernel.on_exit = self._process_exited
+        self._record_network(kernel.network)
+        if kernel.make_network is not None:
+            make = kernel.make_network
+
+            def made() -> dict:
+                network = make()
+                self._record_network(network)
+                return network
+            kernel.make_network = made
+
+    def _record_network(self, network: dict) -> None:
+        """<dir>/network.json: the sandbox's network as `snapbox state` shows it."""
+        _write_json(os.path.join(self.dir, "network.json"), network)
 
     def _process_exited(self, tg) -> None:
         fd = self.exec_waiters.pop(tg.tgid, None)
@@ -187,7 +202,10 @@ class Sandbox:
                   "ps": _ps, "stats": _stats, "exec": _exec}
 
     def image_meta(self) -> dict[str, Any]:
-        return {"bundle_config": self.bundle_config} if self.bundle_config else {}
+        meta: dict[str, Any] = {"network": self.kernel.network}
+        if self.bundle_config:
+            meta["bundle_config"] = self.bundle_config
+        return meta
 
     def stats(self) -> dict[str, Any]:
         k = self.kernel
@@ -227,6 +245,7 @@ class Sandbox:
         compress = bool(msg.get("compress", True))
         store = bool(msg.get("store_file_pages", False))
         k = self.kernel
+        final = not msg.get("leave_running")
         was_paused = k.paused
         k.pause()
         try:
@@ -235,14 +254,15 @@ class Sandbox:
                     try:
                         with os.fdopen(os.dup(image_fd), "wb", buffering=1 << 20) as f:
                             summary = k.save(f, compress=compress, progress=progress, meta=self.image_meta(),
-                                             store_file_pages=store)
+                                             store_file_pages=store, final=final)
                     except OSError as e:
                         if e.errno not in WRITE_ERRORS:
                             raise
                         raise ImageWriteError(f"cannot write image to the output ({e.strerror})") from None
                 else:
                     summary = write_image(path, lambda f: k.save(f, compress=compress, progress=progress,
-                                                                      meta=self.image_meta(), store_file_pages=store))
+                                                                      meta=self.image_meta(), store_file_pages=store,
+                                                                      final=final))
         except BaseException:
             if not was_paused:
                 k.unpause()
@@ -259,7 +279,8 @@ class Sandbox:
             k.kill_stubs()
             record_end(self.dir, {"checkpointed": True})
             self.done = True
-        return {"memory_saved": summary["memory_saved"], "graph_bytes": summary["graph_bytes"]}
+        return {"memory_saved": summary["memory_saved"], "graph_bytes": summary["graph_bytes"],
+                "connections": summary["connections"]}
 
     def run(self) -> int | None:
         """Serve until init exits or a checkpoint stops the sandbox; returns init's status
@@ -270,9 +291,11 @@ class Sandbox:
         return None if self.done else k.exit_status
 
 
-def _restore(image: str, bundle: Bundle, lazy: bool = False) -> Kernel:
+def _restore(image: str, bundle: Bundle, lazy: bool = False, network: str | None = None) -> Kernel:
     """The Loader's restore path: from a file, or from stdin when `image` is "-". With `lazy`,
-    memory is left in an image file to load as needed (a pipe is read whole all the same)."""
+    memory is left in an image file to load as needed (a pipe is read whole all the same).
+    The sandbox's network (`network`, else the image's own mode) is joined before the
+    graph is read: its sockets bind again as they load."""
     try:
         if image == "-":
             f = os.fdopen(0, "rb", closefd=False, buffering=1 << 20)
@@ -284,12 +307,37 @@ def _restore(image: str, bundle: Bundle, lazy: bool = False) -> Kernel:
     try:
         with f:
             with _on_all_cpus():  # memory is decompressed on every CPU; stubs stay pinned
-                kernel, _ = Kernel.read_image(f, LoadContext(rootfs=bundle.rootfs), progress=progress, lazy=lazy)
+                ctx = LoadContext(rootfs=bundle.rootfs, host_sockets=[])
+                net: dict = {}
+
+                def join(meta: dict) -> None:
+                    saved = meta.get("network") if isinstance(meta.get("network"), dict) else {}
+                    mode = ctx.network_mode = network or saved.get("mode") or "none"
+                    address = saved.get("address", "") if mode == saved.get("mode") else ""
+                    # A namespace snapbox never made (no socket needed it) is made when needed.
+                    net.update(_network(mode, bundle, lazy=mode == "sandbox" and not address, address=address))
+
+                kernel, _ = Kernel.read_image(f, ctx, progress=progress, lazy=lazy, on_meta=join)
+            kernel.network = net
+            kernel.make_network = net.pop("make", None)
+            for h in ctx.host_sockets:
+                h.reconnect()
+            kernel.host_sockets.update(ctx.host_sockets)
             kernel.attach_stubs()
             return kernel
     finally:
         if progress is not None:
             progress.close()
+
+
+def _network(mode: str, bundle: Bundle, lazy: bool, address: str = "") -> dict:
+    """The sandbox's network as Kernel.network holds it, joined now; or, when `lazy` and
+    it is a namespace snapbox makes, with a "make" function the kernel calls when the
+    sandbox first needs it (making one costs tens of ms, and pyroute2's import more)."""
+    path = bundle_namespace(bundle.config) if mode == "sandbox" else ""
+    if lazy and mode == "sandbox" and not path:
+        return {"mode": mode, "make": lambda: enter_network(mode).as_dict()}
+    return enter_network(mode, path, address).as_dict()
 
 
 class _JSONFormatter(logging.Formatter):
@@ -309,7 +357,7 @@ def _setup_logging(path: str, log_format: str) -> None:
 
 def boot_main(root: str, cid: str, bundle_path: str, ready_fd: int, restore: str | None,
               debug_log: str | None = None, log_format: str = "text", strace: bool = False,
-              lazy: bool = False) -> int:
+              lazy: bool = False, network: str | None = None) -> int:
     """Entry point of the sandbox process. Returns its exit code."""
     cdir = os.path.join(root, cid)
     _setup_logging(debug_log or os.path.join(cdir, "sandbox.log"), log_format)
@@ -318,13 +366,16 @@ def boot_main(root: str, cid: str, bundle_path: str, ready_fd: int, restore: str
         _pin_to_current_cpu()
         bundle = Bundle.load(bundle_path)
         if restore is not None:
-            kernel = _restore(restore, bundle, lazy)
+            kernel = _restore(restore, bundle, lazy, network)
         else:
+            net = _network(network or "sandbox", bundle, lazy=True)
             # os.fsencode: arguments that were not UTF-8 on the command line (`do`) come
             # back as they were.
             kernel = Kernel.boot(bundle.rootfs, [os.fsencode(a) for a in bundle.args],
                                  [os.fsencode(e) for e in bundle.env], bundle.cwd, bundle.hostname,
                                  memory_limit=bundle.memory_limit, mounts=bundle.mounts, user=bundle.user)
+            kernel.make_network = net.pop("make", None)
+            kernel.network = net
         if restore is None:
             init = kernel.tasks.init
             init.groups = list(bundle.groups)
@@ -347,7 +398,8 @@ def boot_main(root: str, cid: str, bundle_path: str, ready_fd: int, restore: str
         ready.write(cbor2.dumps({"ok": False, "error": f"internal error: {e!r} (see {cdir}/sandbox.log)"}))
         ready.close()
         return 1
-    ready.write(cbor2.dumps({"ok": True}))
+    ready.write(cbor2.dumps({"ok": True, "connections": [h.report() for h in kernel.host_sockets
+                                                         if h.is_connection]}))
     ready.close()
     try:
         status = sandbox.run()
@@ -366,6 +418,10 @@ def boot_main(root: str, cid: str, bundle_path: str, ready_fd: int, restore: str
 
 def record_end(cdir: str, record: dict) -> None:
     """Write <cdir>/exit.json: the program's wait status, or that a checkpoint stopped it."""
-    with open(os.path.join(cdir, ".exit.json.tmp"), "w") as f:
-        json.dump(record, f)
-    os.replace(os.path.join(cdir, ".exit.json.tmp"), os.path.join(cdir, "exit.json"))
+    _write_json(os.path.join(cdir, "exit.json"), record)
+
+
+def _write_json(path: str, value: dict) -> None:
+    with open(path + ".tmp", "w") as f:
+        json.dump(value, f)
+    os.replace(path + ".tmp", path)

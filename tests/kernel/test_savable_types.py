@@ -16,6 +16,7 @@ from snapbox.kernel.devices import DeviceFile, mount_dev
 from snapbox.kernel.eventfiles import SignalFd, EpollFile, EventFd, TimerFd
 from snapbox.kernel.fd import FDTable, OpenFile
 from snapbox.kernel.pipe import FifoNode, make_pipe
+from snapbox.kernel.hostnet import HostSocket
 from snapbox.kernel.inet import InetSocket, UdpSocket
 from snapbox.kernel.socket import SocketNode, UnixSocket, make_pair
 from snapbox.kernel.procfs import ProcFile, ProcNode, mount_proc
@@ -125,6 +126,8 @@ def build(name: str, kernel: Kernel):
                                          pending=[InetSocket(flags=2, ino=79, incoming=right.outgoing,
                                                              outgoing=left.outgoing, family=10,
                                                              local=("::1", 8080), remote=("::1", 40000))]),
+        "HostSocket": lambda: HostSocket(family=2, kind=1, role="listening", local=("127.0.0.1", 8080), backlog=5,
+                                         options={(1, 2): 1}),
         "StreamBuffer": lambda: right.outgoing,
         "SocketNode": lambda: SocketNode(ino=12, mode=stat.S_IFSOCK | 0o755, socket=listener),
         "FifoNode": lambda: FifoNode(ino=8, mode=stat.S_IFIFO | 0o644, pipe=pipe_r.pipe),

@@ -1,10 +1,12 @@
 """Sockets: AF_UNIX stream, seqpacket and datagram sockets (socketpair, bind, listen, accept,
-connect, SCM_RIGHTS), and TCP and UDP over the sandbox's loopback (AF_INET, AF_INET6: see
-snapbox.kernel.inet). Other families fail with EAFNOSUPPORT, other types with ESOCKTNOSUPPORT."""
+connect, SCM_RIGHTS), and TCP and UDP (AF_INET, AF_INET6: inside the sandbox, or through the
+host where its network reaches: see snapbox.kernel.inet). Other families fail with
+EAFNOSUPPORT, other types with ESOCKTNOSUPPORT."""
 
 from __future__ import annotations
 
 import errno
+import selectors
 import stat as st
 import struct
 
@@ -12,8 +14,9 @@ from snapbox.kernel.errors import SyscallError, WouldBlock
 from snapbox.kernel.fd import O_CLOEXEC, O_NONBLOCK
 from snapbox.kernel.socket import AF_UNIX, MSG_PEEK, SOCK_SEQPACKET, SOCK_STREAM, SocketNode, UnixDgramSocket, \
     UnixSocket, drop_ref, make_pair, new_socket
-from snapbox.kernel.inet import AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP, InetSocket, Ports, UdpSocket, is_local, \
-    local_destination, pack_sockaddr, parse_sockaddr, send_datagram
+from snapbox.kernel.hostnet import HostSocket
+from snapbox.kernel.inet import AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP, InetSocket, Ports, UdpSocket, bind_inet, \
+    has_outside, is_local, local_destination, pack_sockaddr, parse_sockaddr, send_datagram
 from snapbox.kernel.syscalls import NR, i32, syscall
 from snapbox.kernel.syscalls.common import AT_FDCWD, MAX_RW, iovecs, on_host, receive_timeout, scatter, start_dir, \
     write_all
@@ -189,7 +192,7 @@ def bind(t, fd, addr, addrlen):
         ip, port = _inet_address(t, s, addr, addrlen)
         if s.local or (isinstance(s, InetSocket) and s.connected):
             raise SyscallError(errno.EINVAL)
-        Ports(t.kernel.udp_ports if isinstance(s, UdpSocket) else t.kernel.inet_ports).bind(s, ip, port)
+        bind_inet(t, s, ip, port)
         if isinstance(s, UdpSocket):
             s.port_locked = port != 0
         return 0
@@ -226,13 +229,20 @@ def bind(t, fd, addr, addrlen):
 def listen(t, fd, backlog):
     s = _stream(t, fd)
     if isinstance(s, InetSocket):
-        _autobind(t, s, "0.0.0.0" if s.family == AF_INET else "::")
+        if s.external:
+            raise SyscallError(errno.EINVAL)
+        if not s.local:
+            bind_inet(t, s, "0.0.0.0" if s.family == AF_INET else "::", 0)
     s.listen(i32(backlog))
+    if isinstance(s, InetSocket) and s.host is not None:
+        s.host.listen(s.backlog)
     return 0
 
 
 def _connect_inet(t, s: InetSocket, addr: int, addrlen: int) -> int:
     ip, port = _inet_address(t, s, addr, addrlen)
+    if s.host is not None and s.host.role == "connecting":
+        return _connect_outside(t, s, (ip, port))
     if s.in_progress:
         s.in_progress = False  # connect(2) again after EINPROGRESS: it has succeeded
         return 0
@@ -240,21 +250,44 @@ def _connect_inet(t, s: InetSocket, addr: int, addrlen: int) -> int:
         raise SyscallError(errno.EISCONN)
     if s.listening:
         raise SyscallError(errno.EINVAL)
-    if not is_local(ip):
-        raise SyscallError(errno.ENETUNREACH, "the sandbox has no network but loopback")
+    local = is_local(ip)
     if ip in ("0.0.0.0", "::"):
         ip = "127.0.0.1" if ip == "0.0.0.0" else "::1"  # ip(7): the wildcard as a destination is this host
     mapped = ip.startswith("::ffff:")
-    _autobind(t, s, "127.0.0.1" if s.family == AF_INET or mapped else "::1")
     target = ip[len("::ffff:"):] if mapped else ip
-    listener = Ports(t.kernel.inet_ports).listener(target, port, s.family)
+    listener = Ports(t.kernel.inet_ports).listener(target, port, s.family) if local else None
+    if listener is None and has_outside(t.kernel):
+        return _connect_outside(t, s, (ip, port))
+    if not local:
+        raise SyscallError(errno.ENETUNREACH, "the sandbox has no network but loopback")
     if listener is None:
         raise SyscallError(errno.ECONNREFUSED)
+    _autobind(t, s, "127.0.0.1" if s.family == AF_INET or mapped else "::1")
     s.connect_inet(t, listener, (target, port))
     if s.flags & O_NONBLOCK:
         s.in_progress = True
         raise SyscallError(errno.EINPROGRESS)  # as on Linux: done already, writable at once
     return 0
+
+
+def _connect_outside(t, s: InetSocket, dest: tuple) -> int:
+    """connect(2) to a destination outside the sandbox, through a host socket: started by
+    the first call, finished (or failed) as the host says."""
+    h = s.host
+    if h is None:
+        t.kernel.ensure_network()
+        h = s.host = HostSocket.open(s.family, 1, s.options)  # SOCK_STREAM
+        t.kernel.host_sockets.add(h)
+    first = h.role != "connecting"
+    err = h.connect(dest)
+    if err == 0:
+        s.local, s.remote = h.local, dest
+        return 0
+    if err in (errno.EINPROGRESS, errno.EALREADY):
+        if s.flags & O_NONBLOCK:
+            raise SyscallError(errno.EINPROGRESS if first else errno.EALREADY)
+        raise WouldBlock(t.kernel.loop.host_queue(h.fd, selectors.EVENT_WRITE))
+    raise SyscallError(err)
 
 
 def _connect_udp(t, s: UdpSocket, addr: int, addrlen: int) -> int:
@@ -265,11 +298,19 @@ def _connect_udp(t, s: UdpSocket, addr: int, addrlen: int) -> int:
         return 0
     ip, port = parse_sockaddr(raw, s.family)
     if not is_local(ip):
-        raise SyscallError(errno.ENETUNREACH, "the sandbox has no network but loopback")
+        if not has_outside(t.kernel):
+            raise SyscallError(errno.ENETUNREACH, "the sandbox has no network but loopback")
+        if not s.local:
+            bind_inet(t, s, "0.0.0.0" if s.family == AF_INET else "::", 0)
+        s.remote = (ip, port)
+        s.host.associate(s.remote)
+        return 0
     ip = local_destination(ip)
     if not s.local:
-        Ports(t.kernel.udp_ports).bind(s, "127.0.0.1" if ":" not in ip else "::1", 0)
+        bind_inet(t, s, "127.0.0.1" if ":" not in ip else "::1", 0)
     s.remote = (ip, port)
+    if s.host is not None:
+        s.host.associate(s.remote)
     return 0
 
 
@@ -313,7 +354,7 @@ def _accept4(t, fd, addr, addrlen, flags):
     if flags & ~(SOCK_NONBLOCK | SOCK_CLOEXEC):
         raise SyscallError(errno.EINVAL)
     s = _stream(t, fd)
-    conn = s.accept()
+    conn = s.accept(t) if isinstance(s, InetSocket) else s.accept()
     conn.flags |= flags & SOCK_NONBLOCK
     try:
         new = t.fds.install(conn, cloexec=bool(flags & SOCK_CLOEXEC))
@@ -535,6 +576,8 @@ def _inet_getsockopt(s: InetSocket | UdpSocket, level: int, opt: int) -> bytes:
     if level == SOL_SOCKET and opt == SO_ERROR and udp:
         err, s.error = s.error, 0  # getsockopt(SO_ERROR) reads and clears it
         return struct.pack("<i", err)
+    if level == SOL_SOCKET and opt == SO_ERROR and s.host is not None:
+        return struct.pack("<i", s.host.error())
     fixed = {SO_TYPE: SOCK_DGRAM if udp else SOCK_STREAM, SO_ERROR: 0, SO_DOMAIN: s.family,
              SO_ACCEPTCONN: int(s.listening), SO_PROTOCOL: IPPROTO_UDP if udp else IPPROTO_TCP}
     if udp and level == IPPROTO_TCP:
@@ -565,6 +608,8 @@ def _inet_setsockopt(t, s: InetSocket | UdpSocket, level: int, opt: int, optval:
     (value,) = struct.unpack("<i", t.mm.read(optval, 4))
     s.options[(level, opt)] = int(bool(value)) if opt in (SO_REUSEADDR, SO_KEEPALIVE, TCP_NODELAY) and \
         level in (SOL_SOCKET, IPPROTO_TCP) else value
+    if s.host is not None:
+        s.host.set_option(level, opt, s.options[(level, opt)])
     return 0
 
 

@@ -1,0 +1,366 @@
+"""Networking with the outside: a sandbox's sockets on the host (`--network host`, what `do`
+uses), in a namespace a bundle names, in one snapbox makes; listeners and connections
+through checkpoint and restore (TCP_REPAIR, or reset as documented); and a transfer inside
+one sandbox checkpointed midway. Only 127.0.0.0/8 and namespaces these tests make."""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import http.client
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import lines, wait_for
+
+CLONE_NEWNET = 0x40000000
+NO_POOL = dict(os.environ, SNAPBOX_WARM="0")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def do_detached(snapbox, cid: str, cwd: Path, out: Path, *command: str, network: str | None = None) -> None:
+    """`snapbox do --detach` of a host command, its output appended to `out`."""
+    args = (["--network", network] if network else []) + ["do", "--id", cid, "--detach", "--", *command]
+    with open(out, "a") as f:
+        subprocess.run(snapbox.cmd(*args), stdout=f, stderr=f, stdin=subprocess.DEVNULL, cwd=cwd, check=True,
+                       timeout=60)
+
+
+def restore_detached(snapbox, image: Path, cid: str, out: Path, *options: str, env: dict | None = None,
+                     preexec_fn=None) -> str:
+    """`snapbox [OPTIONS] restore --detach`, the program's output appended to `out`; returns
+    what the command itself wrote on stderr (a detached sandbox keeps the caller's stdio,
+    so files, not pipes)."""
+    err = out.with_name(out.name + ".restore-err")
+    with open(out, "a") as f, open(err, "w") as e:
+        p = subprocess.run(snapbox.cmd(*options, "restore", "--image-path", str(image), "--detach", cid),
+                           stdout=f, stderr=e, stdin=subprocess.DEVNULL, timeout=60, env=env,
+                           preexec_fn=preexec_fn)
+    assert p.returncode == 0, err.read_text()
+    return err.read_text()
+
+
+def connect(port: int, host: str = "127.0.0.1") -> http.client.HTTPConnection:
+    """A keep-alive connection to a server that is starting, once it listens."""
+    def attempt():
+        conn = http.client.HTTPConnection(host, port, timeout=10)
+        try:
+            conn.connect()
+        except OSError:
+            return None
+        return conn
+    return wait_for(attempt, timeout=30, interval=0.1, what=f"a listener on {host}:{port}")
+
+
+def http_server(port: int, bind: str = "127.0.0.1") -> list[str]:
+    return [sys.executable, "-m", "http.server", "--protocol", "HTTP/1.1", "-b", bind, str(port)]
+
+
+def test_do_serves_http_to_the_host_and_reaches_it(snapbox, tmp_path):
+    """`do` keeps the host's network: a server in the sandbox answers the host, and a
+    client in the sandbox reaches a server on the host."""
+    (tmp_path / "page.txt").write_text("snapbox " * 2000)
+    port = free_port()
+    out = tmp_path / "out.txt"
+    do_detached(snapbox, "web", tmp_path, out, *http_server(port))
+    conn = connect(port)
+    conn.request("GET", "/page.txt")
+    assert conn.getresponse().read() == (tmp_path / "page.txt").read_bytes()
+    # The other way: the sandbox fetches the page from itself through the host.
+    fetch = f"import urllib.request; print(len(urllib.request.urlopen('http://127.0.0.1:{port}/page.txt').read()))"
+    got = subprocess.run(snapbox.cmd("do", "--", sys.executable, "-c", fetch), capture_output=True, text=True,
+                         timeout=60, cwd=tmp_path)
+    assert got.stdout.strip() == "16000", got.stderr
+
+
+UDP_ECHO = textwrap.dedent("""
+    import socket, sys
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", int(sys.argv[1])))
+    print("bound", flush=True)
+    for _ in range(3):
+        data, peer = s.recvfrom(2048)
+        s.sendto(data[::-1], peer)
+""")
+
+
+def test_udp_echo_between_the_host_and_the_sandbox(snapbox, tmp_path):
+    (tmp_path / "echo.py").write_text(UDP_ECHO)
+    port = free_port()
+    out = tmp_path / "out.txt"
+    do_detached(snapbox, "echo", tmp_path, out, sys.executable, "echo.py", str(port))
+    wait_for(lambda: "bound" in lines(out), timeout=30, what="the echo server")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as c:
+        c.settimeout(10)
+        for word in (b"one", b"datagram", b"x" * 1400):
+            c.sendto(word, ("127.0.0.1", port))
+            data, peer = c.recvfrom(2048)
+            assert (data, peer) == (word[::-1], ("127.0.0.1", port))
+
+
+def test_a_keepalive_connection_survives_checkpoint_and_restore(snapbox, tmp_path):
+    """The client's connection is the same socket before and after: saved with TCP_REPAIR,
+    made again at restore; checkpoint, restore and inspect all say so."""
+    (tmp_path / "a.txt").write_text("before")
+    (tmp_path / "b.txt").write_text("after the restore")
+    port = free_port()
+    out = tmp_path / "out.txt"
+    do_detached(snapbox, "ka", tmp_path, out, *http_server(port))
+    conn = connect(port)
+    conn.request("GET", "/a.txt")
+    assert conn.getresponse().read() == b"before"
+    mine = conn.sock.getsockname()
+    image = tmp_path / "ka.img"
+    p = snapbox("checkpoint", "--image-path", str(image), "ka")
+    assert f"tcp connected 127.0.0.1:{port} <-> 127.0.0.1:{mine[1]}: saved with TCP_REPAIR" in p.stderr
+    assert "listening" not in p.stderr  # listeners are not connections (inspect shows them)
+    described = snapbox("inspect", str(image)).stdout
+    assert "network: mode host" in described
+    assert f"connected 127.0.0.1:{port} -> 127.0.0.1:{mine[1]}, host connected, saved with TCP_REPAIR" in described
+    assert f"listening 127.0.0.1:{port}, host listening, address kept" in described
+    said = restore_detached(snapbox, image, "ka2", out)
+    assert f"127.0.0.1:{port} <-> 127.0.0.1:{mine[1]}: restored with TCP_REPAIR" in said
+    conn.request("GET", "/b.txt")
+    assert conn.getresponse().read() == b"after the restore"
+    assert conn.sock.getsockname() == mine  # no new connection was made
+    new = connect(port)  # and the listener answers new clients
+    new.request("GET", "/a.txt")
+    assert new.getresponse().read() == b"before"
+
+
+RESET_SERVER = textwrap.dedent("""
+    import socket, sys
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("127.0.0.1", int(sys.argv[1])))
+    s.listen()
+    c, _ = s.accept()
+    print("accepted", flush=True)
+    while True:
+        try:
+            data = c.recv(100)
+        except OSError as e:
+            print("recv:", e.strerror, flush=True)
+            break
+        if not data:
+            print("recv: end of file", flush=True)
+            break
+        c.sendall(data)
+""")
+
+
+def test_a_connection_that_cannot_come_back_is_reset(snapbox, tmp_path):
+    """Restored without a network, the connection cannot be made again: the program's next
+    receive fails with ECONNRESET, and restore says why."""
+    (tmp_path / "server.py").write_text(RESET_SERVER)
+    port = free_port()
+    out = tmp_path / "out.txt"
+    do_detached(snapbox, "r0", tmp_path, out, sys.executable, "server.py", str(port))
+    client = wait_for(lambda: _connected(port), timeout=30, what="the server")
+    wait_for(lambda: "accepted" in lines(out), what="the accept")
+    client.sendall(b"ping")
+    assert client.recv(100) == b"ping"
+    image = tmp_path / "r.img"
+    snapbox("checkpoint", "--image-path", str(image), "r0")
+    said = restore_detached(snapbox, image, "r1", out, "--network", "none")
+    assert "reset (the sandbox has no network now)" in said
+    assert wait_for(lambda: [x for x in lines(out) if x.startswith("recv:")], what="the receive") == \
+        ["recv: Connection reset by peer"]
+    client.close()
+
+
+def _connected(port: int) -> socket.socket | None:
+    try:
+        return socket.create_connection(("127.0.0.1", port), timeout=10)
+    except OSError:
+        return None
+
+
+def test_a_restore_whose_address_is_taken_fails_and_changes_nothing(snapbox, tmp_path):
+    (tmp_path / "a.txt").write_text("still here")
+    port = free_port()
+    out = tmp_path / "out.txt"
+    do_detached(snapbox, "one", tmp_path, out, *http_server(port))
+    connect(port).close()
+    image = tmp_path / "one.img"
+    snapbox("checkpoint", "--leave-running", "--image-path", str(image), "one")
+    digest = hashlib.sha256(image.read_bytes()).hexdigest()
+    p = snapbox("restore", "--image-path", str(image), "two", check=False)  # fails before it would attach
+    assert p.returncode != 0
+    assert p.stderr.strip().splitlines() == [
+        f"snapbox: error: cannot restore: the sandbox's address 127.0.0.1:{port} is not available on this host "
+        f"(Address already in use)"]
+    assert hashlib.sha256(image.read_bytes()).hexdigest() == digest
+    conn = connect(port)  # the first one goes on serving
+    conn.request("GET", "/a.txt")
+    assert conn.getresponse().read() == b"still here"
+    assert snapbox("state", "two", check=False).returncode != 0  # nothing of it is left
+
+
+TRANSFER = textwrap.dedent("""
+    # Server and client in one sandbox, over its loopback: 50 MB of a seeded stream, each end
+    # hashing what it sent or received, the client pausing midway for a checkpoint.
+    import hashlib, os, random, socket, sys, time
+    TOTAL, CHUNK = 50 << 20, 1 << 16
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen()
+    port = srv.getsockname()[1]
+    if os.fork() == 0:
+        c = socket.create_connection(("127.0.0.1", port))
+        rng, h, sent = random.Random(7), hashlib.sha256(), 0
+        while sent < TOTAL:
+            block = rng.randbytes(CHUNK)
+            c.sendall(block)
+            h.update(block)
+            sent += CHUNK
+            if sent == TOTAL // 2:
+                print("halfway", flush=True)
+                time.sleep(3)  # long enough for the test to checkpoint here
+        c.close()
+        print("sent", h.hexdigest(), flush=True)
+        os._exit(0)
+    conn, _ = srv.accept()
+    h, got = hashlib.sha256(), 0
+    while data := conn.recv(1 << 17):
+        h.update(data)
+        got += len(data)
+    os.wait()
+    print("received", got, h.hexdigest(), flush=True)
+""")
+
+
+@pytest.mark.parametrize("network", ["none", "host"])
+def test_a_transfer_inside_the_sandbox_survives_checkpoint_midway(snapbox, tmp_path, network):
+    """Inside the sandbox, the connection is the sentry's own, whatever the network: saved
+    with its unread bytes, not one lost or repeated."""
+    (tmp_path / "transfer.py").write_text(TRANSFER)
+    out = tmp_path / "out.txt"
+    do_detached(snapbox, "t0", tmp_path, out, sys.executable, "transfer.py", network=network)
+    wait_for(lambda: "halfway" in lines(out), timeout=120, what="half the transfer")
+    image = tmp_path / "t.img"
+    p = snapbox("checkpoint", "--image-path", str(image), "t0")
+    assert "TCP_REPAIR" not in p.stderr  # nothing went through the host
+    restore_detached(snapbox, image, "t1", out)
+    done = wait_for(lambda: [x for x in lines(out) if x.startswith("received")], timeout=180, what="the end")
+    sent = [x for x in lines(out) if x.startswith("sent")]
+    assert done[0].split()[1] == str(50 << 20)
+    assert done[0].split()[2] == sent[0].split()[1]
+
+
+# -- namespaces ---------------------------------------------------------------------------------
+
+@pytest.fixture
+def netns():
+    """A network namespace made for the test with pyroute2, loopback up; removed after."""
+    from pyroute2 import NetNS
+    from pyroute2 import netns as namespaces
+
+    name = f"snapbox-test-{uuid.uuid4().hex[:8]}"
+    namespaces.create(name)
+    try:
+        with NetNS(name) as ns:
+            (lo,) = ns.link_lookup(ifname="lo")
+            ns.link("set", index=lo, state="up")
+        yield name
+    finally:
+        namespaces.remove(name)
+
+
+def entering(name: str):
+    """A preexec_fn that puts the child in namespace `name`."""
+    def enter():
+        fd = os.open(f"/var/run/netns/{name}", os.O_RDONLY)
+        if ctypes.CDLL(None, use_errno=True).setns(fd, CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), "setns")
+        os.close(fd)
+    return enter
+
+
+def fetch_in(name: str, url: str) -> str:
+    """GET `url` from inside namespace `name` (retrying while the server starts)."""
+    script = textwrap.dedent(f"""
+        import time, urllib.request
+        for _ in range(300):
+            try:
+                print(urllib.request.urlopen({url!r}, timeout=10).read().decode(), end="")
+                break
+            except OSError:
+                time.sleep(0.1)
+    """)
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                          preexec_fn=entering(name)).stdout
+
+
+def host_bundle(tmp_path: Path, args: list[str], namespaces: list | None = None) -> Path:
+    """A bundle on the host's / (as `do` makes), running `args` in tmp_path."""
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    config = {"ociVersion": "1.0.2",
+              "process": {"args": args, "cwd": str(tmp_path), "env": [f"PATH={os.environ['PATH']}"]},
+              "root": {"path": "/"},
+              "mounts": [{"destination": "/sys", "type": "tmpfs", "source": "none"}]}
+    if namespaces:
+        config["linux"] = {"namespaces": namespaces}
+    (bundle / "config.json").write_text(json.dumps(config))
+    return bundle
+
+
+def test_a_bundle_runs_in_the_network_namespace_its_config_names(snapbox, tmp_path, netns):
+    """How containerd and CNI hand a network to a runtime: the server is reached on the
+    namespace's loopback, and not on the host's."""
+    (tmp_path / "page.txt").write_text("inside the namespace")
+    port = free_port()
+    bundle = host_bundle(tmp_path, http_server(port),
+                         [{"type": "network", "path": f"/var/run/netns/{netns}"}, {"type": "pid"}])
+    with open(tmp_path / "out.txt", "a") as f:
+        subprocess.run(snapbox.cmd("run", "--bundle", str(bundle), "--detach", "ns"), stdout=f, stderr=f,
+                       stdin=subprocess.DEVNULL, check=True, timeout=60)
+    assert fetch_in(netns, f"http://127.0.0.1:{port}/page.txt") == "inside the namespace"
+    assert json.loads(snapbox("state", "ns").stdout)["network"] == {"mode": "sandbox",
+                                                                     "path": f"/var/run/netns/{netns}"}
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=5)
+
+
+def test_snapbox_makes_the_sandbox_its_own_namespace(snapbox, tmp_path, netns):
+    """`--network sandbox` with no namespace named: one made by snapbox when the sandbox first
+    needs it, its veth pair's host end in the namespace snapbox ran in (here the test's),
+    the server reached at the sandbox's address; and a restore keeps the address."""
+    (tmp_path / "page.txt").write_text("own namespace")
+    port = free_port()
+    bundle = host_bundle(tmp_path, http_server(port, "0.0.0.0"))
+    in_ns = entering(netns)
+    with open(tmp_path / "out.txt", "a") as f:
+        subprocess.run(snapbox.cmd("run", "--bundle", str(bundle), "--detach", "own"), stdout=f, stderr=f,
+                       stdin=subprocess.DEVNULL, check=True, timeout=60, env=NO_POOL, preexec_fn=in_ns)
+    # Made when the server first binds; `state` shows it from then on.
+    network = wait_for(lambda: json.loads(snapbox("state", "own").stdout)["network"].get("address") and
+                       json.loads(snapbox("state", "own").stdout)["network"], timeout=30, what="the namespace")
+    assert network["mode"] == "sandbox" and network["interface"].startswith("sbx")
+    address = network["address"]
+    assert fetch_in(netns, f"http://{address}:{port}/page.txt") == "own namespace"
+    image = tmp_path / "own.img"
+    snapbox("checkpoint", "--image-path", str(image), "own")
+    restore_detached(snapbox, image, "own2", tmp_path / "out.txt", env=NO_POOL, preexec_fn=in_ns)
+    assert json.loads(snapbox("state", "own2").stdout)["network"]["address"] == address
+    assert fetch_in(netns, f"http://{address}:{port}/page.txt") == "own namespace"
+    snapbox("delete", "--force", "own2")
+
+    def links() -> str:
+        return subprocess.run([sys.executable, "-c", "import socket; print(socket.if_nameindex())"],
+                              capture_output=True, text=True, preexec_fn=in_ns).stdout
+    wait_for(lambda: "sbx" not in links(), what="the veth pair to go with the sandbox")
