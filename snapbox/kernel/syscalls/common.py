@@ -118,18 +118,26 @@ def scatter(t, vecs: list[tuple[int, int]], data: bytes) -> None:
 AT_SYMLINK_FOLLOW = 0x400
 
 
-def receive_timeout(t, f, nr: int, wb: WouldBlock) -> WouldBlock:
+def received(t, nr: int) -> int:
+    """Bytes a MSG_WAITALL receive has taken so far (its restart state)."""
+    v = t.restart_value(nr)
+    return v[1] if isinstance(v, tuple) else 0
+
+
+def receive_timeout(t, f, nr: int, wb: WouldBlock, done: int = 0) -> WouldBlock:
     """The block of a receive on `f` (read, recv, accept), with the socket's SO_RCVTIMEO as
-    its deadline: kept in the task's restart state, so a retry or a restored task keeps
-    it; raises EAGAIN once it has passed, as socket(7) says."""
+    its deadline: kept in the task's restart state (with the bytes a MSG_WAITALL receive
+    has taken, `done`), so a retry or a restored task keeps both; raises EAGAIN once the
+    deadline has passed, as socket(7) says."""
+    saved = t.restart_value(nr)
+    deadline = saved[2] if isinstance(saved, tuple) else saved
     timeout = getattr(f, "rcvtimeo", 0)
+    now = t.kernel.timekeeper.monotonic_ns()
+    if timeout and deadline is None:
+        deadline = now + timeout
+    t.set_restart(nr, ("waitall", done, deadline) if done else deadline)
     if not timeout:
         return wb
-    now = t.kernel.timekeeper.monotonic_ns()
-    deadline = t.restart_value(nr)
-    if deadline is None:
-        deadline = now + timeout
-        t.set_restart(nr, deadline)
     if now >= deadline:
         raise SyscallError(errno.EAGAIN)
     return WouldBlock(*wb.waitables, deadline=deadline if wb.deadline is None else min(deadline, wb.deadline))

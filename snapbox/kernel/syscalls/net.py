@@ -12,20 +12,20 @@ import struct
 
 from snapbox.kernel.errors import SyscallError, WouldBlock
 from snapbox.kernel.fd import O_CLOEXEC, O_NONBLOCK
-from snapbox.kernel.socket import AF_UNIX, MSG_PEEK, SOCK_SEQPACKET, SOCK_STREAM, SocketNode, UnixDgramSocket, \
+from snapbox.kernel.socket import AF_UNIX, MSG_DONTWAIT, MSG_PEEK, SOCK_SEQPACKET, SOCK_STREAM, SocketNode, UnixDgramSocket, \
     UnixSocket, drop_ref, make_pair, new_socket
 from snapbox.kernel.hostnet import HostSocket
 from snapbox.kernel.inet import AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP, InetSocket, Ports, UdpSocket, bind_inet, \
     has_outside, is_local, local_destination, pack_sockaddr, parse_sockaddr, send_datagram
 from snapbox.kernel.syscalls import NR, i32, syscall
-from snapbox.kernel.syscalls.common import AT_FDCWD, MAX_RW, iovecs, on_host, receive_timeout, scatter, start_dir, \
-    write_all
+from snapbox.kernel.syscalls.common import AT_FDCWD, MAX_RW, iovecs, on_host, receive_timeout, received, scatter, \
+    start_dir, write_all
 from snapbox.kernel.vfs import now_ns
 
 SOCK_NONBLOCK, SOCK_CLOEXEC = O_NONBLOCK, O_CLOEXEC
 SOCK_DGRAM = 2
 AF_UNSPEC = 0
-MSG_TRUNC = 0x20
+MSG_TRUNC, MSG_WAITALL = 0x20, 0x100
 SOL_SOCKET, SCM_RIGHTS, SCM_CREDENTIALS = 1, 1, 2
 SO_TYPE, SO_ERROR, SO_SNDBUF, SO_RCVBUF, SO_PASSCRED, SO_PEERCRED = 3, 4, 7, 8, 16, 17
 SO_ACCEPTCONN, SO_PROTOCOL, SO_DOMAIN = 30, 38, 39
@@ -401,11 +401,14 @@ def recvfrom(t, fd, buf, length, flags, addr, addrlen):
     try:
         return _recvfrom(t, fd, buf, length, flags, addr, addrlen)
     except WouldBlock as wb:
-        raise receive_timeout(t, _sock(t, fd), NR.recvfrom, wb) from None
+        raise receive_timeout(t, _sock(t, fd), NR.recvfrom, wb, received(t, NR.recvfrom)) from None
 
 
 def _recvfrom(t, fd, buf, length, flags, addr, addrlen):
     s = _sock(t, fd)
+    if i32(flags) & MSG_WAITALL and not i32(flags) & MSG_PEEK and isinstance(s, UnixSocket) and \
+            s.kind == SOCK_STREAM and not (s.flags & O_NONBLOCK or i32(flags) & MSG_DONTWAIT):
+        return _recv_all(t, NR.recvfrom, s, [(buf, min(length, MAX_RW))], i32(flags) & ~MSG_WAITALL)
     if isinstance(s, UdpSocket):
         data, source, whole = s.recv_from(t, min(length, MAX_RW), i32(flags))
         t.mm.write(buf, data)
@@ -431,6 +434,47 @@ def _recvfrom(t, fd, buf, length, flags, addr, addrlen):
     else:
         _write_address(t, addr, addrlen, s.peer)
     return len(data)
+
+
+def _recv_all(t, nr: int, s: UnixSocket, vecs: list, flags: int) -> int:
+    """A blocking stream receive with MSG_WAITALL: until the buffers are full, the peer
+    stops sending, or an error comes after some bytes (those are returned, as tcp(7) and
+    unix(7) do). What it has taken when it blocks is in the restart state (for a retry or
+    a restore), the bytes themselves already in the caller's memory."""
+    done = received(t, nr)
+    total = sum(n for _, n in vecs)
+    while done < total:
+        try:
+            data = s.recv(t, total - done, flags)
+        except WouldBlock as wb:
+            try:
+                block = receive_timeout(t, s, nr, wb, done)
+            except SyscallError:  # SO_RCVTIMEO has passed: what came is the result
+                if done:
+                    break
+                raise
+            raise block from None
+        except SyscallError:
+            if done:
+                break
+            raise
+        if not data:
+            break
+        scatter(t, _skip(vecs, done), data)
+        done += len(data)
+    return done
+
+
+def _skip(vecs: list, n: int) -> list:
+    """The buffers `vecs` less their first `n` bytes."""
+    out = []
+    for base, length in vecs:
+        if n >= length:
+            n -= length
+            continue
+        out.append((base + n, length - n))
+        n = 0
+    return out
 
 
 def _rights(t, control: int, controllen: int) -> list:
@@ -493,7 +537,7 @@ def recvmsg(t, fd, msg, flags):
     try:
         return _recvmsg(t, fd, msg, flags)
     except WouldBlock as wb:
-        raise receive_timeout(t, _sock(t, fd), NR.recvmsg, wb) from None
+        raise receive_timeout(t, _sock(t, fd), NR.recvmsg, wb, received(t, NR.recvmsg)) from None
 
 
 def _recvmsg(t, fd, msg, flags):
@@ -514,6 +558,11 @@ def _recvmsg(t, fd, msg, flags):
         out = MSG_TRUNC if whole > len(data) else 0
         t.mm.write(msg, _MSGHDR.pack(name, len(full) if name else 0, iov, iovlen, control, 0, out))
         return whole if flags & MSG_TRUNC else len(data)
+    elif flags & MSG_WAITALL and not flags & MSG_PEEK and s.kind == SOCK_STREAM and \
+            not (s.flags & O_NONBLOCK or flags & MSG_DONTWAIT):
+        got = _recv_all(t, NR.recvmsg, s, vecs, flags & ~MSG_WAITALL)  # files are not taken: see recv
+        t.mm.write(msg, _MSGHDR.pack(name, 0, iov, iovlen, control, 0, 0))
+        return got
     else:
         records = s.incoming.records if s.incoming is not None else None
         whole = records[0] if records else 0  # a seqpacket record's length, for MSG_TRUNC
