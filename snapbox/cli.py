@@ -237,10 +237,17 @@ def list_(obj: _Context, fmt: str) -> None:
 @click.option("--store-file-pages", is_flag=True,
               help="Store the pages of mapped host files (libraries, executables) in the image "
                    "instead of references to the files, so it restores where those files differ.")
+@click.option("--pre-dump", is_flag=True,
+              help="Write memory only, while the container runs on (as CRIU's pre-dump): the "
+                   "parent of a later --parent-path image. Cannot be restored by itself.")
+@click.option("--parent-path", type=click.Path(dir_okay=False), default=None,
+              help="Write only the pages changed since PARENT, this container's last pre-dump "
+                   "(as runc's --parent-path). Restore reads the chain, and refuses it if a "
+                   "parent is missing or has changed.")
 @click.argument("container_id")
 @click.pass_obj
 def checkpoint(obj: _Context, image_path: str, leave_running: bool, compression: str,
-               store_file_pages: bool, container_id: str) -> None:
+               store_file_pages: bool, pre_dump: bool, parent_path: str | None, container_id: str) -> None:
     """Save the container's whole state to an image.
 
     The container stops afterwards unless --leave-running. The image is written under a
@@ -251,6 +258,11 @@ def checkpoint(obj: _Context, image_path: str, leave_running: bool, compression:
     Read-only pages of host files (the program, its libraries) are stored as references:
     path, size, mtime and a SHA-256 of the content. Restore reads the files again and
     refuses, naming the file, if one changed; --store-file-pages avoids that.
+
+    Incremental images: `--pre-dump --image-path P1` writes memory while the container
+    runs; `--parent-path P1 --image-path P2` then writes only what changed since (and
+    may itself be a --pre-dump, for a longer chain). Pages that changed are found by
+    comparing a BLAKE2b digest of every page with the parent's.
     """
     image_fd = None
     if image_path == "-":
@@ -259,7 +271,8 @@ def checkpoint(obj: _Context, image_path: str, leave_running: bool, compression:
         image_fd = 1
     summary = _container(obj, container_id).checkpoint(
         image_path, leave_running=leave_running, compress=compression == "zstd",
-        image_fd=image_fd, progress_fd=2 if os.isatty(2) else None, store_file_pages=store_file_pages)
+        image_fd=image_fd, progress_fd=2 if os.isatty(2) else None, store_file_pages=store_file_pages,
+        pre_dump=pre_dump, parent_path=parent_path)
     _report_connections(summary.get("connections") or [])
 
 

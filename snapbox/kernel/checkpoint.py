@@ -14,6 +14,7 @@ import logging
 import os
 import stat
 import time
+import uuid
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Callable
 
@@ -30,7 +31,7 @@ from snapbox.kernel.syscalls import MASK64
 from snapbox.kernel.task import Run
 from snapbox.memfile import PAGE_SIZE
 from snapbox.memfile.lazy import MemoryLost
-from snapbox.memfile.memfile import CHUNK_HEAD_SIZE
+from snapbox.memfile.memfile import CHUNK_HEAD_SIZE, FILE_SIZE, page_runs
 from snapbox.platform import ptrace, uffd
 from snapbox.platform.cpuid import FeatureSet
 from snapbox.platform.stub import Stub, StubError
@@ -65,7 +66,7 @@ class Checkpointing:
 
     def save(self, f: IO[bytes], compress: bool = True, meta: dict | None = None,
              progress: Callable[[int, int], None] | None = None, store_file_pages: bool = False,
-             final: bool = False) -> dict:
+             final: bool = False, parent: dict | None = None) -> dict:
         """Write a checkpoint image of this (paused) kernel to `f`. Returns the image summary.
 
         Order (as gVisor's Kernel.SaveTo): time stopped, CPU features, kernel graph, memory;
@@ -77,6 +78,10 @@ class Checkpointing:
         Connections through the host are read in TCP_REPAIR mode and stay in it when the
         image is `final` (the sandbox ends: closed so, they say nothing to their peers);
         otherwise, or if the save fails, they leave it again.
+
+        With `parent` (the "id" and page "digests" of this sandbox's last pre-dump), memory
+        holds only the pages written since, and the trailer the pages dropped since; the
+        summary's "digests" are the pages' digests now.
         """
         if not self.paused:
             raise SnapboxError("internal: save needs a paused kernel")
@@ -97,9 +102,7 @@ class Checkpointing:
                 t.saved_fpstate = ptrace.get_xstate(t.host_tid, max(self.features.xsave_size, 512))
                 t.cpu_base = self.cpu_time_ns(t)
                 t.cpu_start = host_cpu_ns(t.host_tid)
-            header = {"snapbox": __version__, "created": time.time(), "host": os.uname().nodename,
-                      "kernel": os.uname().release, "compression": "zstd" if compress else "none"}
-            header.update(meta or {})
+            header = self._header(compress, meta, parent)
             w = ImageWriter(f, header)
             with w.section("cpuid") as s:
                 s.write_chunk(encode_graph(self.features))
@@ -107,16 +110,14 @@ class Checkpointing:
             graph, stats = encode_graph_with_stats(self)
             with w.section("kernel") as s:
                 s.write_chunk(zstandard.ZstdCompressor(level=3).compress(graph))
-            total = self.memfile.allocated
-            report = (lambda done: progress(done, total)) if progress else None
-            with w.section("memory") as s:
-                for chunk, crc in self.memfile.save_chunks(compress, lambda: w.pos, report, skip):
-                    s.write_chunk(chunk, crc)
             summary = {"graph_bytes": len(graph), "graph_sha256": hashlib.sha256(graph).digest(), "types": stats,
                        "memory_allocated": self.memfile.allocated - self.file_cache.unread_bytes(),
-                       "memory_saved": self.memfile.saved_bytes,
                        "file_references": len(skip), "file_bytes_referenced": self.file_cache.referenced_bytes()}
+            digests = self._save_memory(w, compress, progress, skip, parent, summary)
             w.finish(summary)
+            summary["image_id"] = header["image_id"]
+            if digests is not None:
+                summary["digests"] = digests
             summary["sections"] = w.summary
             summary["connections"] = [h.report() for h in self.host_sockets if h.is_connection]
             written = True
@@ -132,6 +133,54 @@ class Checkpointing:
             if not time_was_stopped:
                 self.timekeeper.resume()
 
+    def pre_dump(self, f: IO[bytes], compress: bool = True, meta: dict | None = None,
+                 progress: Callable[[int, int], None] | None = None, parent: dict | None = None) -> dict:
+        """Write a pre-dump: CPU features and memory only (all of it, or with `parent` the
+        pages written since that pre-dump), while the sandbox runs on. Every page's digest
+        is taken before any page is written out, so a page the program changes meanwhile
+        is sent again by the next image. Returns the summary, with the "digests"."""
+        header = self._header(compress, meta, parent, pre_dump=True)
+        w = ImageWriter(f, header)
+        with w.section("cpuid") as s:
+            s.write_chunk(encode_graph(self.features))
+        summary: dict = {"memory_allocated": self.memfile.allocated}
+        digests = self._save_memory(w, compress, progress, [], parent or {"digests": {}}, summary)
+        w.finish(summary)
+        summary["sections"] = w.summary
+        summary["digests"] = digests
+        summary["image_id"] = header["image_id"]
+        return summary
+
+    def _header(self, compress: bool, meta: dict | None, parent: dict | None, pre_dump: bool = False) -> dict:
+        header = {"snapbox": __version__, "created": time.time(), "host": os.uname().nodename,
+                  "kernel": os.uname().release, "compression": "zstd" if compress else "none",
+                  "image_id": uuid.uuid4().hex}
+        if pre_dump:
+            header["pre_dump"] = True
+        if parent is not None and parent.get("id"):
+            header["parent"] = {"path": parent["path"], "id": parent["id"]}
+        header.update(meta or {})
+        return header
+
+    def _save_memory(self, w: ImageWriter, compress: bool, progress: Callable[[int, int], None] | None,
+                     skip: list, parent: dict | None, summary: dict) -> dict | None:
+        """The memory section: every page with data, or (with `parent`) the pages whose
+        digest differs from the parent's, "dropped" (in `summary`) the runs the parent had
+        that hold no data now. Returns the digests taken (None without a parent)."""
+        only = digests = None
+        if parent is not None:
+            digests = self.memfile.page_digests(skip)
+            old = parent["digests"]
+            only = page_runs(off for off, d in digests.items() if old.get(off) != d)
+            summary["dropped"] = page_runs(off for off in old if off not in digests)
+        total = self.memfile.allocated if only is None else sum(n for _, n in only)
+        report = (lambda done: progress(done, total)) if progress else None
+        with w.section("memory") as s:
+            for chunk, crc in self.memfile.save_chunks(compress, lambda: w.pos, report, skip, only):
+                s.write_chunk(chunk, crc)
+        summary["memory_saved"] = self.memfile.saved_bytes
+        return digests
+
     @classmethod
     def read_image(cls, f: IO[bytes], ctx: LoadContext, check_cpu: bool = True,
                    progress: Callable[[int, int], None] | None = None,
@@ -146,8 +195,15 @@ class Checkpointing:
         places are read here, and each chunk is loaded (and checked) when first needed, or
         by background threads meanwhile. A read lease on the image makes whoever opens it
         to change it wait until all is loaded. `on_meta(header)` runs before anything is
-        decoded (the sandbox joins its network there)."""
+        decoded (the sandbox joins its network there).
+
+        An incremental image (made with a parent) is read on top of its chain of pre-dumps,
+        oldest first, each checked to be the very image its child was made after; the
+        summary's "chain" names them. Its memory is then read eagerly."""
         r = ImageReader(f)
+        if r.meta.get("pre_dump"):
+            raise ImageError("image is a pre-dump (memory only): restore the checkpoint made with "
+                             "--parent-path after it")
         if on_meta is not None:
             on_meta(r.meta)
         features = decode_graph(r.read_section("cpuid"))
@@ -166,7 +222,13 @@ class Checkpointing:
         kernel.paused = True
         total = kernel.memfile.allocated
         report = (lambda done: progress(done, total)) if progress else None
-        if load_memory and lazy and _is_file(f):
+        chain = parent_chain(r.meta)
+        if load_memory:
+            for path, ancestor in chain:
+                with ancestor.f:
+                    kernel.memfile.load_chunks(ancestor.section("memory"), anywhere=True)
+                    _drop(kernel.memfile, ancestor.finish(), path)
+        if load_memory and lazy and _is_file(f) and not chain:
             kernel._load_lazily(r, f)
         elif load_memory:
             kernel.memfile.load_chunks(r.section("memory"), report)
@@ -181,6 +243,7 @@ class Checkpointing:
                 # it says (of host files, say) is not to be believed.
                 raise ImageError("image is corrupt (its kernel graph does not match the trailer's digest)")
             if load_memory:
+                _drop(kernel.memfile, summary, "the image")
                 try:
                     kernel.file_cache.restore()
                 except MemoryLost as e:
@@ -191,6 +254,9 @@ class Checkpointing:
         summary["meta"] = r.meta
         summary["format"] = r.version
         summary["sections"] = r.sections_read
+        summary["chain"] = [path for path, _ in chain]
+        for _, ancestor in chain:
+            ancestor.f.close()
         return kernel, summary
 
     @classmethod
@@ -323,3 +389,39 @@ def _is_file(f: IO[bytes]) -> bool:
     except (OSError, ValueError):
         return False
 
+
+MAX_CHAIN = 64  # pre-dumps an incremental image may stand on
+
+
+def parent_chain(meta: dict) -> list[tuple[str, ImageReader]]:
+    """The pre-dumps an image's header names as its parent, and theirs, oldest first:
+    each opened and checked (present, a pre-dump, the very image the child was made
+    after), its reader positioned at its memory section."""
+    chain: list[tuple[str, ImageReader]] = []
+    child, parent = "the image", meta.get("parent")
+    while parent is not None:
+        if not isinstance(parent, dict) or not isinstance(parent.get("path"), str) or len(chain) >= MAX_CHAIN:
+            raise ImageError(f"{child} names a malformed parent image")
+        path = parent["path"]
+        try:
+            f = open(path, "rb", buffering=1 << 20)
+        except OSError as e:
+            raise ImageError(f"parent image {path} of {child} cannot be read ({e.strerror})") from None
+        r = ImageReader(f)
+        if r.meta.get("image_id") != parent.get("id"):
+            raise ImageError(f"parent image {path} of {child} has changed since (it is another image now)")
+        if not r.meta.get("pre_dump"):
+            raise ImageError(f"parent image {path} of {child} is not a pre-dump")
+        r.read_section("cpuid")
+        chain.append((path, r))
+        child, parent = path, r.meta.get("parent")
+    return chain[::-1]
+
+
+def _drop(memfile, summary: dict, where: str) -> None:
+    """Punch out the pages an incremental image says hold nothing now."""
+    for run in summary.get("dropped") or []:
+        if not (isinstance(run, (list, tuple)) and len(run) == 2 and all(isinstance(x, int) for x in run)) \
+                or run[0] % PAGE_SIZE or run[1] % PAGE_SIZE or run[1] <= 0 or run[0] + run[1] > FILE_SIZE:
+            raise ImageError(f"{where} holds a malformed list of dropped pages")
+        memfile.punch(run[0], run[1])

@@ -10,6 +10,7 @@ from __future__ import annotations
 import bisect
 import collections
 import concurrent.futures
+import hashlib
 import mmap
 import os
 import struct
@@ -246,9 +247,31 @@ class MemoryFile:
         if run >= 0:
             yield run, end - run
 
+    def page_digests(self, skip: list[tuple[int, int]] = ()) -> dict[int, bytes]:
+        """A digest (BLAKE2b, 128 bits) of every page that holds data (not a hole, not all
+        zeros), by offset, outside `skip`: an incremental checkpoint compares them with its
+        parent's to find the pages written since, whoever wrote them (the program, the
+        sentry, a restore's loaders). Pieces are hashed on a thread per core."""
+        self.finish_loading()
+
+        def digest_piece(piece: tuple[int, int]) -> dict[int, bytes]:
+            view, out = self.view, {}
+            for off in range(piece[0], piece[0] + piece[1], PAGE_SIZE):
+                page = view[off : off + PAGE_SIZE]
+                if page != _ZERO_PAGE:
+                    out[off] = hashlib.blake2b(page, digest_size=16).digest()
+            return out
+
+        digests: dict[int, bytes] = {}
+        with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+            for part in pool.map(digest_piece, self._extents(skip)):
+                digests.update(part)
+        return digests
+
     def save_chunks(self, compress: bool, position: Callable[[], int] | None = None,
                     progress: Callable[[int], None] | None = None,
-                    skip: list[tuple[int, int]] = ()) -> Iterator[tuple[bytes, int]]:
+                    skip: list[tuple[int, int]] = (),
+                    only: list[tuple[int, int]] | None = None) -> Iterator[tuple[bytes, int]]:
         """The memory section's chunks, as (chunk, CRC-32 of the chunk): each chunk is a
         header (offset, length, codec, padding), the padding, and the data.
 
@@ -256,11 +279,15 @@ class MemoryFile:
         checksummed on a pool of threads (zstd and zlib release the GIL), one per core, and
         come out in order. Without, `position()` tells where the chunk will land in the
         image, and padding puts every run's data on a page boundary of the file, so a
-        restore could map it instead of copying it. Ranges in `skip` are left out.
+        restore could map it instead of copying it. Ranges in `skip` are left out; with
+        `only` (sorted page runs: an incremental image's written pages), nothing else is
+        saved, zero pages included.
         """
         done = self.saved_bytes = 0
+        pieces = (lambda: self._extents(skip)) if only is None else (lambda: _pieces(only))
         if not compress:
-            for off, n in self.data_runs(skip):
+            runs = self.data_runs(skip) if only is None else _pieces(only)
+            for off, n in runs:
                 pad = 0
                 if position is not None:
                     pad = -(position() + CHUNK_HEADER_SIZE + _CHUNK_HEAD.size) % PAGE_SIZE
@@ -279,7 +306,8 @@ class MemoryFile:
             if cctx is None:
                 cctx = local.cctx = zstandard.ZstdCompressor(level=1)
             chunks, data = [], 0
-            for off, n in self._nonzero_runs(piece[0], piece[0] + piece[1]):
+            runs = self._nonzero_runs(piece[0], piece[0] + piece[1]) if only is None else [piece]
+            for off, n in runs:
                 chunk = _CHUNK_HEAD.pack(off, n, CODEC_ZSTD, 0) + cctx.compress(self.view[off : off + n])
                 chunks.append((chunk, zlib.crc32(chunk)))
                 data += n
@@ -296,18 +324,21 @@ class MemoryFile:
                 if progress is not None and data:
                     progress(done)
 
-            for piece in self._extents(skip):
+            for piece in pieces():
                 pending.append(pool.submit(compress_piece, piece))
                 if len(pending) >= 2 * workers:  # bounds the memory held by finished chunks
                     yield from finished()
             while pending:
                 yield from finished()
 
-    def load_chunks(self, chunks: Iterable[bytes], progress: Callable[[int], None] | None = None) -> int:
+    def load_chunks(self, chunks: Iterable[bytes], progress: Callable[[int], None] | None = None,
+                    anywhere: bool = False) -> int:
         """Fill the memfd from memory-section chunks; returns the bytes restored.
 
         Chunks are checked here, in order, and decompressed and written into the memfd
-        (pwrite: no page faults in this process) on a pool of threads, one per core."""
+        (pwrite: no page faults in this process) on a pool of threads, one per core. With
+        `anywhere` (an older image of a chain), a chunk may lie past what this file has
+        handed out: the newer image's list of dropped pages punches it out again."""
         workers = os.cpu_count() or 1
 
         def fill(off: int, n: int, codec: int, body: memoryview) -> int:
@@ -329,7 +360,7 @@ class MemoryFile:
 
             try:
                 for chunk in chunks:
-                    off, n, codec, pad = self._chunk_head(chunk, len(chunk))
+                    off, n, codec, pad = self._chunk_head(chunk, len(chunk), FILE_SIZE if anywhere else self.high)
                     pending.append(pool.submit(fill, off, n, codec, memoryview(chunk)[_CHUNK_HEAD.size + pad :]))
                     if len(pending) >= 2 * workers:  # bounds the chunks held in memory
                         finish_one()
@@ -376,13 +407,14 @@ class MemoryFile:
             self.lazy.close()
             self.lazy = None
 
-    def _chunk_head(self, head: bytes, size: int) -> tuple[int, int, int, int]:
-        """A chunk's (offset, length, codec, padding), checked against this file; `head` is
-        the start of a chunk of `size` bytes."""
+    def _chunk_head(self, head: bytes, size: int, limit: int | None = None) -> tuple[int, int, int, int]:
+        """A chunk's (offset, length, codec, padding), checked against this file (below
+        `limit`, by default what it has handed out); `head` is the start of a chunk of
+        `size` bytes."""
         if len(head) < _CHUNK_HEAD.size:
             raise ImageError("image memory section holds a malformed chunk")
         off, n, codec, pad = _CHUNK_HEAD.unpack_from(head)
-        if off % PAGE_SIZE or off + n > self.high or n > RUN_LIMIT:
+        if off % PAGE_SIZE or off + n > (self.high if limit is None else limit) or n > RUN_LIMIT:
             raise ImageError("image memory section holds a chunk outside the memory file")
         if codec not in (CODEC_ZSTD, CODEC_NONE):
             raise ImageError(f"image memory section uses an unknown codec {codec}")
@@ -409,6 +441,24 @@ def decode_chunk(body: memoryview, codec: int, n: int) -> bytes | memoryview:
     if len(data) != n:
         raise ImageError("image memory section holds a chunk of the wrong size")
     return data
+
+
+def page_runs(offsets: Iterable[int]) -> list[tuple[int, int]]:
+    """Sorted page offsets as (offset, length) runs of adjacent pages."""
+    runs: list[list[int]] = []
+    for off in sorted(offsets):
+        if runs and runs[-1][0] + runs[-1][1] == off:
+            runs[-1][1] += PAGE_SIZE
+        else:
+            runs.append([off, PAGE_SIZE])
+    return [(off, n) for off, n in runs]
+
+
+def _pieces(runs: Iterable[tuple[int, int]]) -> Iterator[tuple[int, int]]:
+    """Runs cut into pieces of at most RUN_LIMIT bytes (one chunk each)."""
+    for off, n in runs:
+        for piece in range(off, off + n, RUN_LIMIT):
+            yield piece, min(RUN_LIMIT, off + n - piece)
 
 
 def _without(runs: Iterable[tuple[int, int]], skip: list[tuple[int, int]]) -> Iterator[tuple[int, int]]:

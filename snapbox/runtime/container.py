@@ -431,8 +431,13 @@ class Container:
 
     def checkpoint(self, image_path: str, leave_running: bool = False, compress: bool = True,
                    image_fd: int | None = None, progress_fd: int | None = None,
-                   store_file_pages: bool = False) -> dict:
-        """Write an image of the sandbox; it stops unless `leave_running`.
+                   store_file_pages: bool = False, pre_dump: bool = False,
+                   parent_path: str | None = None) -> dict:
+        """Write an image of the sandbox; it stops unless `leave_running` or `pre_dump`.
+
+        A pre-dump holds memory alone, written while the sandbox runs; an image with
+        `parent_path` (the sandbox's last pre-dump) holds only the pages written since,
+        and restores on top of its chain of pre-dumps.
 
         Pages of host files mapped read-only (libraries) are stored as references to the
         files unless `store_file_pages`.
@@ -453,12 +458,14 @@ class Container:
         if progress_fd is not None:
             args["progress_fd"] = len(fds)
             fds.append(progress_fd)
+        if parent_path is not None:
+            args["parent_path"] = os.path.abspath(parent_path)
         with self.locked():
             self._require("checkpoint", RUNNING, PAUSED)
             reply = self._call("checkpoint", timeout=None, fds=fds, path=path,
                                leave_running=leave_running, compress=compress,
-                               store_file_pages=store_file_pages, **args)
-            if not leave_running:
+                               store_file_pages=store_file_pages, pre_dump=pre_dump, **args)
+            if not leave_running and not pre_dump:
                 # The sandbox killed the program and recorded its end before replying; its
                 # process may take a moment more to give its memory back.
                 self.state["status"] = STOPPED

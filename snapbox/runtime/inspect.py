@@ -7,8 +7,9 @@ import datetime
 import os
 from typing import IO, Any
 
-from snapbox.kernel.checkpoint import LoadContext
+from snapbox.kernel.checkpoint import LoadContext, parent_chain
 from snapbox.kernel.kernel import Kernel
+from snapbox.state.image import ImageReader
 from snapbox.kernel.syscalls.numbers import NAMES
 from snapbox.runtime.progress import human
 
@@ -19,6 +20,12 @@ def _vma_kind(kind: str) -> str:
 
 def describe(f: IO[bytes]) -> dict[str, Any]:
     """Read a whole image (checksums included) and summarise it as plain data."""
+    if f.seekable():
+        start = f.tell()
+        r = ImageReader(f)
+        if r.meta.get("pre_dump"):
+            return _describe_pre_dump(r)
+        f.seek(start)
     kernel, summary = Kernel.read_image(f, LoadContext(), check_cpu=False, load_memory=False)
     meta = summary["meta"]
     fs = kernel.features
@@ -64,10 +71,40 @@ def describe(f: IO[bytes]) -> dict[str, Any]:
         "memory": {"allocated": summary.get("memory_allocated", 0), "saved": memory_saved,
                    "stored": sections.get("memory", 0),
                    "ratio": round(sections.get("memory", 0) / memory_saved, 3) if memory_saved else None},
+        "parent": meta.get("parent"),
+        "chain": summary["chain"],
+        "dropped": sum(n for _, n in summary.get("dropped") or []),
         "file_references": [{"path": os.path.join(kernel.fs.host(p.layer).path, p.path), "size": p.size,
                              "mtime": p.mtime, "referenced": min(p.filled_bytes(), p.size), "sha256": p.digest.hex()}
                             for p in kernel.file_cache.files if not p.stored],
     }
+
+
+def _describe_pre_dump(r: ImageReader) -> dict[str, Any]:
+    """A pre-dump: its header, parent chain and memory (it holds nothing else)."""
+    meta = r.meta
+    r.read_section("cpuid")
+    stored = sum(len(chunk) for chunk in r.section("memory"))
+    summary = r.finish()
+    chain = parent_chain(meta)
+    for _, ancestor in chain:
+        ancestor.f.close()
+    return {"pre_dump": True, "format": r.version, "snapbox": meta.get("snapbox"), "created": meta.get("created"),
+            "host": meta.get("host"), "image_id": meta.get("image_id"), "parent": meta.get("parent"),
+            "chain": [path for path, _ in chain],
+            "memory": {"allocated": summary.get("memory_allocated", 0), "saved": summary.get("memory_saved", 0),
+                       "stored": stored},
+            "dropped": sum(n for _, n in summary.get("dropped") or [])}
+
+
+def _chain_lines(info: dict[str, Any]) -> list[str]:
+    if not info.get("parent"):
+        return []
+    lines = [f"parent: {info['parent']['path']} (chain of {len(info['chain'])} pre-dumps, oldest first: "
+             f"{', '.join(info['chain'])})"]
+    if info.get("dropped"):
+        lines.append(f"pages dropped since the parent: {human(info['dropped'])}")
+    return lines
 
 
 def _describe_file(f) -> str:
@@ -80,6 +117,16 @@ def _describe_file(f) -> str:
 def render(info: dict[str, Any]) -> str:
     """The text form of describe()'s summary."""
     created = datetime.datetime.fromtimestamp(info["created"] or 0, datetime.timezone.utc)
+    if info.get("pre_dump"):
+        mem = info["memory"]
+        return "\n".join([
+            f"pre-dump (memory only: restore the checkpoint made after it with --parent-path), image format "
+            f"{info['format']}, made by snapbox {info['snapbox']} on {info['host']} at "
+            f"{created:%Y-%m-%d %H:%M:%S} UTC",
+            *_chain_lines(info),
+            f"memory: {human(mem['saved'])} of data saved of {human(mem['allocated'])} allocated, "
+            f"stored in {human(mem['stored'])}",
+        ])
     cpu = info["cpu"]
     lines = [
         f"image format {info['format']}, made by snapbox {info['snapbox']} on {info['host']} "
@@ -87,6 +134,7 @@ def render(info: dict[str, Any]) -> str:
         f"cpu: {cpu['vendor']} family {cpu['family']} model {cpu['model']}, "
         f"{len(cpu['features'])} features, XSAVE area {cpu['xsave_size']} bytes (xcr0 {cpu['xcr0']:#x})",
         f"  {' '.join(cpu['features'])}",
+        *_chain_lines(info),
         f"hostname: {info['hostname']}",
         "network: " + (" ".join(f"{k} {v}" for k, v in info["network"].items()) or "mode none"),
         "processes:",

@@ -27,8 +27,8 @@ from snapbox.runtime.bundle import Bundle
 from snapbox.runtime.network import bundle_namespace
 from snapbox.runtime.network import enter as enter_network
 from snapbox.runtime.progress import Progress
-from snapbox.state import ImageWriteError
-from snapbox.state.image import WRITE_ERRORS, write_image
+from snapbox.state import ImageError, ImageWriteError
+from snapbox.state.image import WRITE_ERRORS, ImageReader, write_image
 
 log = logging.getLogger("snapbox.sandbox")
 
@@ -82,6 +82,9 @@ class Sandbox:
         # restore needs no bundle.
         self.bundle_config = bundle_config
         self.done = False  # set once the sandbox should end (checkpointed and stopped)
+        # The last pre-dump (or incremental checkpoint) and its pages' digests: what the
+        # next --parent-path image is made against.
+        self.tracking: dict | None = None
         path = os.path.join(cdir, "control.sock")
         if os.path.exists(path):
             os.unlink(path)
@@ -233,7 +236,9 @@ class Sandbox:
         return tg.tgid
 
     def checkpoint(self, msg: dict[str, Any], fds: list[int]) -> dict:
-        """Write an image to msg["path"], or to a passed fd when the path is "-"."""
+        """Write an image to msg["path"], or to a passed fd when the path is "-": a whole
+        checkpoint, or with msg["pre_dump"] memory alone while the sandbox runs on; with
+        msg["parent_path"] (this sandbox's last pre-dump), only what changed since."""
         path = msg.get("path")
         image_fd = _passed_fd(msg, fds, "image_fd")
         if path == "-" and image_fd is None:
@@ -241,28 +246,36 @@ class Sandbox:
         if path != "-" and (not isinstance(path, str) or not os.path.isabs(path)):
             raise SnapboxError("checkpoint needs an absolute image path")
         progress_fd = _passed_fd(msg, fds, "progress_fd")
-        progress = Progress(progress_fd, "checkpoint") if progress_fd is not None else None
+        progress = Progress(progress_fd, "pre-dump" if msg.get("pre_dump") else "checkpoint") \
+            if progress_fd is not None else None
         compress = bool(msg.get("compress", True))
         store = bool(msg.get("store_file_pages", False))
+        parent = self._parent(msg.get("parent_path"))
         k = self.kernel
-        final = not msg.get("leave_running")
+        pre_dump = bool(msg.get("pre_dump"))
+        final = not msg.get("leave_running") and not pre_dump
         was_paused = k.paused
-        k.pause()
+
+        def write(f) -> dict:
+            if pre_dump:
+                return k.pre_dump(f, compress=compress, progress=progress, meta=self.image_meta(), parent=parent)
+            return k.save(f, compress=compress, progress=progress, meta=self.image_meta(), store_file_pages=store,
+                          final=final, parent=parent)
+
+        if not pre_dump:
+            k.pause()
         try:
             with _on_all_cpus():
                 if path == "-":
                     try:
                         with os.fdopen(os.dup(image_fd), "wb", buffering=1 << 20) as f:
-                            summary = k.save(f, compress=compress, progress=progress, meta=self.image_meta(),
-                                             store_file_pages=store, final=final)
+                            summary = write(f)
                     except OSError as e:
                         if e.errno not in WRITE_ERRORS:
                             raise
                         raise ImageWriteError(f"cannot write image to the output ({e.strerror})") from None
                 else:
-                    summary = write_image(path, lambda f: k.save(f, compress=compress, progress=progress,
-                                                                      meta=self.image_meta(), store_file_pages=store,
-                                                                      final=final))
+                    summary = write_image(path, write)
         except BaseException:
             if not was_paused:
                 k.unpause()
@@ -270,6 +283,11 @@ class Sandbox:
         finally:
             if progress is not None:
                 progress.close()
+        if pre_dump or parent is not None:
+            # What the next incremental image is made against: this one.
+            self.tracking = {"path": path, "id": summary["image_id"], "digests": summary["digests"]}
+        if pre_dump:
+            return {"memory_saved": summary["memory_saved"], "pre_dump": True, "connections": []}
         if msg.get("leave_running"):
             if not was_paused:
                 k.unpause()
@@ -281,6 +299,27 @@ class Sandbox:
             self.done = True
         return {"memory_saved": summary["memory_saved"], "graph_bytes": summary["graph_bytes"],
                 "connections": summary["connections"]}
+
+    def _parent(self, path: str | None) -> dict | None:
+        """The parent an incremental checkpoint names: this sandbox's last pre-dump, still
+        the same file (None without --parent-path)."""
+        if path is None:
+            return None
+        if not isinstance(path, str) or not os.path.isabs(path):
+            raise SnapboxError("checkpoint needs an absolute parent path")
+        last = self.tracking
+        if last is None:
+            raise SnapboxError(f"--parent-path {path}: this sandbox has made no pre-dump to build on")
+        if last["path"] != path:
+            raise SnapboxError(f"--parent-path {path}: not this sandbox's last pre-dump (that is {last['path']})")
+        try:
+            with open(path, "rb") as f:
+                same = ImageReader(f).meta.get("image_id") == last["id"]
+        except (OSError, ImageError):
+            same = False
+        if not same:
+            raise SnapboxError(f"--parent-path {path}: the pre-dump there is gone or has changed")
+        return last
 
     def run(self) -> int | None:
         """Serve until init exits or a checkpoint stops the sandbox; returns init's status

@@ -1,0 +1,129 @@
+"""Incremental checkpoints: pre-dumps written while the program runs, images made against
+their parent with only the pages changed since, and restores that read the chain (and
+refuse a chain with a missing or changed link)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import lines, wait_for
+
+# A program whose memory changes all the time and can say whether it is right: each tick
+# writes 40 pages chosen by a seeded generator, then rebuilds what its 16 MB must hold by
+# replaying every tick from the seed and compares.
+WRITER = textwrap.dedent("""
+    import hashlib, random, sys, time
+    SIZE, PAGE = 16 << 20, 4096
+
+    def apply(buf, tick):
+        rng = random.Random(tick)
+        for _ in range(40):
+            page = rng.randrange(SIZE // PAGE)
+            buf[page * PAGE:(page + 1) * PAGE] = rng.randbytes(PAGE)
+
+    data = bytearray(SIZE)
+    for tick in range(1, 1000):
+        apply(data, tick)
+        expected = bytearray(SIZE)
+        for t in range(1, tick + 1):
+            apply(expected, t)
+        ok = hashlib.sha256(data).digest() == hashlib.sha256(expected).digest()
+        print("tick", tick, "ok" if ok else "CORRUPT", flush=True)
+        time.sleep(0.2)
+""")
+
+
+def ticks(out: Path) -> list[str]:
+    return [x for x in lines(out) if x.startswith("tick ")]
+
+
+def start_writer(snapbox, tmp_path: Path, cid: str) -> Path:
+    (tmp_path / "writer.py").write_text(WRITER)
+    out = tmp_path / "out.txt"
+    with open(out, "a") as f:
+        subprocess.run(snapbox.cmd("do", "--id", cid, "--detach", "--", sys.executable, "writer.py"), stdout=f,
+                       stderr=f, stdin=subprocess.DEVNULL, cwd=tmp_path, check=True, timeout=60)
+    return out
+
+
+def restore(snapbox, image: Path, cid: str, out: Path, check: bool = True) -> subprocess.CompletedProcess:
+    with open(out, "a") as f:
+        p = subprocess.run(snapbox.cmd("restore", "--image-path", str(image), "--detach", cid), stdout=f,
+                           stderr=subprocess.PIPE if not check else f, text=True, stdin=subprocess.DEVNULL,
+                           timeout=60)
+    if check:
+        assert p.returncode == 0, out.read_text()
+    return p
+
+
+def test_a_chain_of_three_restores_memory_the_program_kept_changing(snapbox, tmp_path):
+    out = start_writer(snapbox, tmp_path, "w0")
+    p1, p2, p3 = (tmp_path / name for name in ("p1", "p2", "p3"))
+    wait_for(lambda: len(ticks(out)) >= 2, timeout=60, what="tick 2")
+    snapbox("checkpoint", "--pre-dump", "--image-path", str(p1), "w0")
+    wait_for(lambda: len(ticks(out)) >= 4, timeout=60, what="tick 4")
+    snapbox("checkpoint", "--pre-dump", "--parent-path", str(p1), "--image-path", str(p2), "w0")
+    wait_for(lambda: len(ticks(out)) >= 6, timeout=60, what="tick 6")
+    snapbox("checkpoint", "--parent-path", str(p2), "--image-path", str(p3), "w0")
+    before = len(ticks(out))
+    # Each later image holds about the pages written since the one before, not all 16 MB.
+    assert p1.stat().st_size > 8 << 20
+    assert p2.stat().st_size < p1.stat().st_size / 2 and p3.stat().st_size < p1.stat().st_size / 2
+    described = snapbox("inspect", str(p3)).stdout
+    assert f"parent: {p2} (chain of 2 pre-dumps, oldest first: {p1}, {p2})" in described
+    assert "pre-dump (memory only" in snapbox("inspect", str(p2)).stdout
+    restore(snapbox, p3, "w1", out)
+    wait_for(lambda: len(ticks(out)) >= before + 3, timeout=60, what="ticks after the restore")
+    got = ticks(out)
+    assert all(x.endswith(" ok") for x in got), got
+    numbers = [int(x.split()[1]) for x in got]
+    assert numbers == list(range(1, len(numbers) + 1))  # every tick once, none lost or repeated
+
+
+def test_a_chain_with_a_missing_or_changed_parent_is_refused(snapbox, tmp_path):
+    out = start_writer(snapbox, tmp_path, "w0")
+    p1, p2 = tmp_path / "p1", tmp_path / "p2"
+    wait_for(lambda: len(ticks(out)) >= 1, timeout=60, what="tick 1")
+    snapbox("checkpoint", "--pre-dump", "--image-path", str(p1), "w0")
+    snapbox("checkpoint", "--leave-running", "--parent-path", str(p1), "--image-path", str(p2), "w0")
+    p = snapbox("restore", "--image-path", str(p1), "x", check=False)
+    assert p.returncode == 1 and p.stderr.startswith("snapbox: error: image is a pre-dump (memory only)")
+    p1.rename(tmp_path / "elsewhere")
+    p = restore(snapbox, p2, "x", out, check=False)
+    assert p.returncode == 1
+    assert p.stderr.strip().splitlines() == [
+        f"snapbox: error: parent image {p1} of the image cannot be read (No such file or directory)"]
+    # Another pre-dump at the parent's path is not the parent.
+    snapbox("checkpoint", "--pre-dump", "--image-path", str(p1), "w0")
+    p = restore(snapbox, p2, "x", out, check=False)
+    assert p.stderr.strip().splitlines() == [
+        f"snapbox: error: parent image {p1} of the image has changed since (it is another image now)"]
+    assert snapbox("state", "x", check=False).returncode != 0
+    wait_for(lambda: len(ticks(out)) >= 3, timeout=60, what="the source going on")
+    assert all(x.endswith(" ok") for x in ticks(out))
+
+
+@pytest.mark.parametrize("parent", ["none", "not-the-last", "replaced"])
+def test_a_parent_that_is_not_the_last_pre_dump_is_refused_and_the_program_runs_on(snapbox, tmp_path, parent):
+    out = start_writer(snapbox, tmp_path, "w0")
+    p1, p2, p3 = (tmp_path / name for name in ("p1", "p2", "p3"))
+    wait_for(lambda: len(ticks(out)) >= 1, timeout=60, what="tick 1")
+    if parent != "none":
+        snapbox("checkpoint", "--pre-dump", "--image-path", str(p1), "w0")
+    if parent == "not-the-last":
+        snapbox("checkpoint", "--pre-dump", "--parent-path", str(p1), "--image-path", str(p2), "w0")
+    if parent == "replaced":
+        p1.write_bytes(b"something else")
+    p = snapbox("checkpoint", "--parent-path", str(p1), "--image-path", str(p3), "w0", check=False)
+    assert p.returncode == 1 and not p3.exists()
+    want = {"none": "this sandbox has made no pre-dump to build on",
+            "not-the-last": f"not this sandbox's last pre-dump (that is {p2})",
+            "replaced": "the pre-dump there is gone or has changed"}[parent]
+    assert p.stderr == f"snapbox: error: --parent-path {p1}: {want}\n"
+    n = len(ticks(out))
+    wait_for(lambda: len(ticks(out)) >= n + 2, timeout=60, what="the program going on")
