@@ -287,11 +287,54 @@ def _report_connections(connections: list) -> None:
 
 
 @cli.command()
+@click.option("--to", "dest", required=True, metavar="DEST",
+              help="tcp://HOST:PORT (a receiver started with `snapbox restore --listen HOST:PORT ID`; "
+                   "not encrypted) or exec:COMMAND (run COMMAND, e.g. `ssh HOST snapbox restore "
+                   "--image-path - ID`, and speak to it over its stdin and stdout; encrypted if "
+                   "COMMAND is ssh).")
+@click.option("--token-file", default=None, type=click.Path(dir_okay=False),
+              help="The secret the receiver was given with its own --token-file.")
+@click.option("--max-rounds", type=click.IntRange(1, 64), default=8, show_default=True,
+              help="Rounds of copying while the program runs before the last, paused one.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.argument("container_id")
+@click.pass_obj
+def migrate(obj: _Context, dest: str, token_file: str | None, max_rounds: int, as_json: bool,
+            container_id: str) -> None:
+    """Move a running container to another snapbox, live.
+
+    Round 1 sends all of its memory while it runs; each later round sends the pages
+    written since the one before, until a round is small (1 MB), rounds stop shrinking,
+    or --max-rounds. Then the container is paused, the last pages and its kernel state
+    are sent, and once the receiver says the program runs there, it is deleted here.
+    Whatever fails before that (a refusal, a broken connection, Ctrl-C), it goes on
+    running here, and this command fails with one line saying what happened. Each
+    round is shown on a terminal (stderr); the summary says how long the program was
+    frozen and how written pages were found.
+    """
+    from snapbox.runtime.migrate import print_summary, read_token
+
+    token = read_token(token_file)
+    report = (lambda line: print(f"snapbox: {line}", file=sys.stderr)) if os.isatty(2) and not as_json else None
+    summary = _container(obj, container_id).migrate(dest, token=token, max_rounds=max_rounds, report=report)
+    print_summary(summary, as_json)
+
+
+@cli.command()
 @click.option("--bundle", "-b", default=None, type=click.Path(),
               help="Path to the OCI bundle whose rootfs the program runs on (default: the one the "
                    "image remembers).")
-@click.option("--image-path", required=True, type=click.Path(dir_okay=False),
-              help="The image to restore; - reads it from stdin.")
+@click.option("--image-path", default=None, type=click.Path(dir_okay=False),
+              help="The image to restore; - reads it from stdin (an image, or a migration stream "
+                   "from `migrate --to exec:...`, answered on stdout).")
+@click.option("--listen", default=None, metavar="HOST:PORT",
+              help="Receive the container from `snapbox migrate --to tcp://HOST:PORT` (one "
+                   "migration, then this command goes on as restore does). The stream is not "
+                   "encrypted: listen on loopback (the default host) or a network you trust, or "
+                   "migrate over ssh with --to exec:.")
+@click.option("--token-file", default=None, type=click.Path(dir_okay=False),
+              help="With --listen: accept only a migration that presents the secret in this file "
+                   "(`migrate --token-file` with the same file). Required unless the address is loopback.")
 @click.option("--detach", "-d", is_flag=True,
               help="Return once the program runs again; it keeps this command's stdio.")
 @click.option("--lazy", is_flag=True,
@@ -303,16 +346,26 @@ def _report_connections(connections: list) -> None:
                    "Ignored with --image-path -.")
 @click.argument("container_id")
 @click.pass_obj
-def restore(obj: _Context, bundle: str, image_path: str, detach: bool, lazy: bool, container_id: str) -> None:
+def restore(obj: _Context, bundle: str, image_path: str | None, listen: str | None, token_file: str | None,
+            detach: bool, lazy: bool, container_id: str) -> None:
     """Create a container from an image and start it where the checkpoint left it.
 
     The image's CPU features are checked against this host before anything else is read,
     and the whole image is checked before anything starts (with --lazy: all but the
     contents of memory). The restored program's stdio is this command's (with
     --image-path -, its stdin is what follows the image).
+
+    With --listen, or a migration stream on stdin, the container arrives from `snapbox
+    migrate` instead; over stdin (`--to exec:`), the program's stdin is /dev/null and its
+    output goes to this command's stderr, stdout carrying the answers to the source.
     """
     from snapbox.runtime.container import Container
 
+    if (image_path is None) == (listen is None):
+        raise SnapboxError("restore needs one of --image-path and --listen")
+    if listen is not None or (image_path == "-" and _stdin_is_migration()):
+        _receive(obj, bundle, listen, token_file, detach, container_id)
+        return
     if image_path == "-":
         if os.isatty(0):
             raise SnapboxError("refusing to read an image from a terminal (redirect stdin)")
@@ -326,6 +379,104 @@ def restore(obj: _Context, bundle: str, image_path: str, detach: bool, lazy: boo
             raise SnapboxError("restore from stdin needs --bundle")
         bundle = _bundle_of_image(obj, source, container_id)
     c = Container.create(obj.root, container_id, bundle, restore_image=source, lazy=lazy, options=obj.options)
+    _report_connections(c.connections)
+    if not detach:
+        _attach(c)
+
+
+def _stdin_is_migration() -> bool:
+    """Whether stdin starts with a migration stream's magic (looked at, not read: an
+    image on stdin is the sandbox process's to read)."""
+    from snapbox.runtime.migrate import MAGIC
+
+    return _peek(0, len(MAGIC)) == MAGIC
+
+
+def _peek(fd: int, n: int) -> bytes:
+    """The first `n` bytes waiting on `fd` without taking them: pread of a file, MSG_PEEK
+    of a socket, tee(2) of a pipe into a scratch pipe."""
+    import ctypes
+    import select
+    import stat
+
+    mode = os.fstat(fd).st_mode
+    if stat.S_ISREG(mode):
+        return os.pread(fd, n, os.lseek(fd, 0, os.SEEK_CUR))
+    if stat.S_ISSOCK(mode):
+        import socket as socket_module
+
+        with socket_module.socket(fileno=os.dup(fd)) as s:
+            return s.recv(n, socket_module.MSG_PEEK)
+    if not stat.S_ISFIFO(mode):
+        return b""
+    got = b""
+    libc = ctypes.CDLL(None, use_errno=True)
+    for _ in range(1000):
+        r, w = os.pipe()
+        try:
+            copied = libc.tee(fd, w, n, 0)  # waits for the writer; 0 at the end of the input
+            got = os.read(r, n) if copied > 0 else b""
+        finally:
+            os.close(r)
+            os.close(w)
+        if copied <= 0 or len(got) >= n:
+            break
+        select.select([], [], [], 0.01)  # part of it so far: let the writer go on
+    return got
+
+
+def _receive(obj: _Context, bundle: str | None, listen: str | None, token_file: str | None, detach: bool,
+             cid: str) -> None:
+    """The receiving end of `snapbox migrate`: over --listen's one connection, or stdin
+    and stdout."""
+    import socket as socket_module
+
+    from snapbox.runtime.container import Container
+    from snapbox.runtime.migrate import Channel, read_token, receive
+
+    token = read_token(token_file)
+    if bundle is not None and not os.path.isfile(os.path.join(bundle, "config.json")):
+        raise SnapboxError(f"bundle {bundle} has no config.json")
+    started: list = []
+
+    def start(image: str):
+        chosen = bundle or _bundle_of_image(obj, image, cid)
+        c = Container.create(obj.root, cid, chosen, restore_image=image, options=obj.options)
+        started.append(c)
+        return c
+
+    def check_bundle() -> None:
+        if bundle is not None and not os.path.isdir(bundle):
+            raise SnapboxError(f"bundle {bundle} does not exist")
+
+    if listen is None:
+        # Answers on stdout; the program's output goes to stderr, its stdin is /dev/null.
+        stream, answers = os.fdopen(os.dup(0), "rb"), os.fdopen(os.dup(1), "wb")
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.close(null)
+        os.dup2(2, 1)
+        with stream, answers:
+            c = receive(Channel(stream, answers, "the source"), obj.root, cid, token, start, check_bundle)
+        detach = True
+    else:
+        host, _, port = listen.rpartition(":")
+        host = host.strip("[]") or "127.0.0.1"
+        if not port.isdigit():
+            raise SnapboxError(f"--listen {listen}: expected HOST:PORT")
+        loopback = host in ("localhost", "::1") or host.startswith("127.")
+        if not token and not loopback:
+            raise SnapboxError(f"--listen {listen}: a non-loopback address needs --token-file")
+        try:
+            server = socket_module.create_server((host, int(port)), family=socket_module.AF_INET6 if ":" in host
+                                                 else socket_module.AF_INET)
+        except OSError as e:
+            raise SnapboxError(f"cannot listen on {listen} ({e.strerror})") from None
+        print(f"snapbox: listening on {host}:{server.getsockname()[1]} for container {cid}", file=sys.stderr)
+        with server:
+            conn, _ = server.accept()
+        with conn, conn.makefile("rb") as reader, conn.makefile("wb") as writer:
+            c = receive(Channel(reader, writer, "the source"), obj.root, cid, token, start, check_bundle)
     _report_connections(c.connections)
     if not detach:
         _attach(c)

@@ -222,7 +222,8 @@ class Checkpointing:
         kernel.paused = True
         total = kernel.memfile.allocated
         report = (lambda done: progress(done, total)) if progress else None
-        chain = parent_chain(r.meta)
+        name = getattr(f, "name", None)
+        chain = parent_chain(r.meta, os.path.dirname(os.path.abspath(name)) if isinstance(name, str) else None)
         if load_memory:
             for path, ancestor in chain:
                 with ancestor.f:
@@ -393,29 +394,54 @@ def _is_file(f: IO[bytes]) -> bool:
 MAX_CHAIN = 64  # pre-dumps an incremental image may stand on
 
 
-def parent_chain(meta: dict) -> list[tuple[str, ImageReader]]:
+def parent_chain(meta: dict, here: str | None = None) -> list[tuple[str, ImageReader]]:
     """The pre-dumps an image's header names as its parent, and theirs, oldest first:
     each opened and checked (present, a pre-dump, the very image the child was made
-    after), its reader positioned at its memory section."""
+    after), its reader positioned at its memory section. A parent is looked for where it
+    was written, then under its name beside the image (`here` is its directory) or its
+    child: a chain copied elsewhere together, or received by a migration, still reads."""
     chain: list[tuple[str, ImageReader]] = []
-    child, parent = "the image", meta.get("parent")
+    child, parent, beside = "the image", meta.get("parent"), here
     while parent is not None:
         if not isinstance(parent, dict) or not isinstance(parent.get("path"), str) or len(chain) >= MAX_CHAIN:
             raise ImageError(f"{child} names a malformed parent image")
         path = parent["path"]
-        try:
-            f = open(path, "rb", buffering=1 << 20)
-        except OSError as e:
-            raise ImageError(f"parent image {path} of {child} cannot be read ({e.strerror})") from None
-        r = ImageReader(f)
-        if r.meta.get("image_id") != parent.get("id"):
+        r = _open_parent(path, parent.get("id"))
+        for where in (here, beside):
+            if r is None and where is not None:
+                path = os.path.join(where, os.path.basename(parent["path"]))
+                r = _open_parent(path, parent.get("id"))
+        if r is None:
+            path = parent["path"]
+            try:
+                f = open(path, "rb", buffering=1 << 20)
+            except OSError as e:
+                raise ImageError(f"parent image {path} of {child} cannot be read ({e.strerror})") from None
+            f.close()
             raise ImageError(f"parent image {path} of {child} has changed since (it is another image now)")
         if not r.meta.get("pre_dump"):
             raise ImageError(f"parent image {path} of {child} is not a pre-dump")
         r.read_section("cpuid")
         chain.append((path, r))
-        child, parent = path, r.meta.get("parent")
+        child, parent, beside = path, r.meta.get("parent"), os.path.dirname(path)
     return chain[::-1]
+
+
+def _open_parent(path: str, image_id: str | None) -> ImageReader | None:
+    """The image at `path` if it is the one with `image_id`, else None."""
+    try:
+        f = open(path, "rb", buffering=1 << 20)
+    except OSError:
+        return None
+    try:
+        r = ImageReader(f)
+    except ImageError:
+        f.close()
+        return None
+    if r.meta.get("image_id") != image_id:
+        f.close()
+        return None
+    return r
 
 
 def _drop(memfile, summary: dict, where: str) -> None:

@@ -472,6 +472,14 @@ class Container:
                 self.save_state()
             return reply.get("summary", {})
 
+    def migrate(self, dest: str, token: str = "", max_rounds: int = 8, report=None):
+        """Move this container, running, to the receiver at `dest` (tcp://HOST:PORT or
+        exec:COMMAND; see snapbox.runtime.migrate). Returns the migration's Summary; on any
+        failure (MigrationError) the container goes on running here."""
+        from snapbox.runtime.migrate import migrate
+
+        return migrate(self, dest, token=token, max_rounds=max_rounds, report=report)
+
     def _wait_gone(self, timeout: float) -> None:
         if self.process is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):

@@ -1,0 +1,156 @@
+"""Live migration between two roots on this machine, over TCP and over a command's pipes:
+programs go on exactly where they were, and every failure before the receiver has the
+program running leaves it running at the source."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Snapbox, clean_up, lines, wait_for
+from tests.e2e.test_incremental import start_writer, ticks
+
+
+@pytest.fixture
+def receiver(tmp_path: Path, images: Path):
+    """A second snapbox root: the other host."""
+    sb = Snapbox(tmp_path / "other-root", images)
+    yield sb
+    clean_up(sb)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def counts(out: Path) -> list[int]:
+    return [int(x.split()[0].split("=")[1]) for x in lines(out) if x.startswith("count=")]
+
+
+def listen(receiver: Snapbox, cid: str, port: int, out: Path, *options: str) -> subprocess.Popen:
+    """`restore --listen` in the background, the program's output appended to `out`."""
+    f = open(out, "a")
+    p = subprocess.Popen(receiver.cmd("restore", "--listen", f"127.0.0.1:{port}", *options, "--detach", cid),
+                         stdout=f, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    f.close()
+    wait_for(lambda: _listening(port), timeout=30, what="the receiver to listen")
+    return p
+
+
+def _listening(port: int) -> bool:
+    """Whether something listens on the port (a connect would be taken as the migration
+    itself: the host's table of sockets says)."""
+    with open("/proc/net/tcp") as f:
+        return any(line.split()[1].endswith(f":{port:04X}") and line.split()[3] == "0A" for line in f)
+
+
+def test_the_counter_moves_over_tcp_and_goes_on_counting(snapbox, receiver, tmp_path):
+    out = tmp_path / "out.txt"
+    (tmp_path / "token").write_text("s3cret\n")
+    snapbox.run_detached("c", "counter", out)
+    wait_for(lambda: len(counts(out)) >= 3, what="counts")
+    port = free_port()
+    r = listen(receiver, "c", port, out, "--token-file", str(tmp_path / "token"))
+    p = snapbox("migrate", "--json", "--token-file", str(tmp_path / "token"), "--to", f"tcp://127.0.0.1:{port}",
+                "c")
+    summary = json.loads(p.stdout)
+    assert summary["converged"] and len(summary["rounds"]) >= 2 and summary["method"].startswith("page digests")
+    assert r.wait(60) == 0, r.stderr.read()
+    assert snapbox("state", "c", check=False).returncode != 0  # gone from the source
+    n = len(counts(out))
+    wait_for(lambda: len(counts(out)) >= n + 3, what="counts at the receiver")
+    got = counts(out)
+    assert got == list(range(1, len(got) + 1))  # not one count lost or repeated
+    # And once more, from there to a third root.
+    third = Snapbox(tmp_path / "third-root", snapbox.images)
+    try:
+        port = free_port()
+        r = listen(third, "c", port, out)
+        receiver("migrate", "--to", f"tcp://127.0.0.1:{port}", "c")
+        assert r.wait(60) == 0
+        n = len(counts(out))
+        wait_for(lambda: len(counts(out)) >= n + 3, what="counts at the third root")
+        got = counts(out)
+        assert got == list(range(1, len(got) + 1))
+    finally:
+        clean_up(third)
+
+
+def test_memory_that_keeps_changing_moves_over_exec_intact(snapbox, receiver, tmp_path):
+    out = start_writer(snapbox, tmp_path, "w")
+    wait_for(lambda: len(ticks(out)) >= 2, timeout=60, what="tick 2")
+    moved = tmp_path / "moved.txt"
+    command = " ".join(receiver.cmd("restore", "--image-path", "-", "w")) + f" 2>>{moved}"
+    summary = json.loads(snapbox("migrate", "--json", "--to", f"exec:{command}", "w").stdout)
+    assert summary["rounds"][0]["bytes"] > 8 << 20  # round 1: all 16 MB
+    assert sum(r["bytes"] for r in summary["rounds"][1:]) < 8 << 20  # later ones: what changed
+    wait_for(lambda: len(ticks(moved)) >= 3, timeout=60, what="ticks at the receiver")
+    got = ticks(out) + ticks(moved)
+    assert all(x.endswith(" ok") for x in got), got
+    numbers = [int(x.split()[1]) for x in got]
+    assert numbers == list(range(1, len(numbers) + 1))
+
+
+def _assert_source_runs_on(snapbox, out: Path) -> None:
+    assert json.loads(snapbox("state", "c").stdout)["status"] == "running"
+    n = len(counts(out))
+    wait_for(lambda: len(counts(out)) >= n + 2, what="the source counting on")
+
+
+@pytest.mark.parametrize("why", ["id-in-use", "bundle", "token"])
+def test_a_receiver_that_refuses_leaves_the_source_running(snapbox, receiver, tmp_path, images, why):
+    out = tmp_path / "out.txt"
+    snapbox.run_detached("c", "counter", out)
+    wait_for(lambda: len(counts(out)) >= 2, what="counts")
+    port = free_port()
+    (tmp_path / "token").write_text("right\n")
+    (tmp_path / "wrong").write_text("wrong\n")
+    options: list[str] = []
+    if why == "id-in-use":
+        receiver.run_detached("c", "counter", tmp_path / "other.txt")
+    if why == "bundle":
+        options = ["--bundle", str(tmp_path / "no-such-bundle")]
+    if why == "token":
+        options = ["--token-file", str(tmp_path / "token")]
+    if why == "bundle":
+        p = receiver("restore", "--listen", f"127.0.0.1:{port}", *options, "c", check=False)
+        assert p.stderr == f"snapbox: error: bundle {tmp_path / 'no-such-bundle'} has no config.json\n"
+        return
+    r = listen(receiver, "c", port, tmp_path / "recv.txt", *options)
+    p = snapbox("migrate", *(["--token-file", str(tmp_path / "wrong")] if why == "token" else []),
+                "--to", f"tcp://127.0.0.1:{port}", "c", check=False)
+    reason = {"id-in-use": 'container "c" already exists', "token": "the token does not match"}[why]
+    assert p.returncode == 1
+    assert p.stderr == (f"snapbox: error: migration of c failed: the receiver refused: {reason}; "
+                        f"it goes on running here\n")
+    assert r.wait(60) == 1
+    _assert_source_runs_on(snapbox, out)
+
+
+def test_a_receiver_that_dies_midway_leaves_the_source_running(snapbox, tmp_path):
+    out = tmp_path / "out.txt"
+    snapbox.run_detached("c", "counter", out)
+    wait_for(lambda: len(counts(out)) >= 2, what="counts")
+    # Answers "ready" as a receiver would, then goes away in the middle of round 1.
+    fake = tmp_path / "fake.py"
+    fake.write_text(
+        "import sys, cbor2, struct\n"
+        "sys.stdin.buffer.read(8)\n"
+        "n = struct.unpack('>I', sys.stdin.buffer.read(4))[0]; sys.stdin.buffer.read(n)\n"
+        "blob = cbor2.dumps({'type': 'ready'})\n"
+        "sys.stdout.buffer.write(struct.pack('>I', len(blob)) + blob); sys.stdout.flush()\n"
+        "sys.stdin.buffer.read(100)\n")
+    p = snapbox("migrate", "--to", f"exec:{sys.executable} {fake}", "c", check=False)
+    assert p.returncode == 1
+    assert p.stderr.startswith("snapbox: error: migration of c failed: ") and p.stderr.endswith(
+        "; it goes on running here\n") and len(p.stderr.splitlines()) == 1
+    _assert_source_runs_on(snapbox, out)
+    assert not [x for x in os.listdir(snapbox.root) if x.startswith(".migrate-")]  # nothing left behind
