@@ -360,7 +360,8 @@ class MemoryFile:
 
             try:
                 for chunk in chunks:
-                    off, n, codec, pad = self._chunk_head(chunk, len(chunk), FILE_SIZE if anywhere else self.high)
+                    limit = FILE_SIZE if anywhere else self.high
+                    off, n, codec, pad = self._chunk_head(chunk, len(chunk), limit)
                     pending.append(pool.submit(fill, off, n, codec, memoryview(chunk)[_CHUNK_HEAD.size + pad :]))
                     if len(pending) >= 2 * workers:  # bounds the chunks held in memory
                         finish_one()

@@ -268,7 +268,8 @@ def migrate(container, dest: str, token: str = "", max_rounds: int = 8, small: i
 
 def _round_line(n: int, r: Round) -> str:
     rate = r.bytes / r.seconds / (1 << 20) if r.seconds else 0.0
-    return f"round {n}: {r.pages} pages, {r.bytes / (1 << 20):.1f} MB sent in {r.seconds * 1000:.0f} ms ({rate:.0f} MB/s)"
+    return (f"round {n}: {r.pages} pages, {r.bytes / (1 << 20):.1f} MB sent in {r.seconds * 1000:.0f} ms "
+            f"({rate:.0f} MB/s)")
 
 
 # -- the receiver -------------------------------------------------------------------------------

@@ -21,5 +21,6 @@ def test_bench_smoke_prints_a_full_table():
         snapbox, runsc, ratio = table[name][:3]
         assert number.match(snapbox) and number.match(runsc) and number.match(ratio), (name, table[name])
     for what in ("hello start→exit", "getppid round trip", "fork+exec+wait", "tiny program: checkpoint",
-                 "tiny program: restore→running, warm pool, --lazy", "all read back", "echo server"):
+                 "tiny program: restore→running, warm pool, --lazy", "all read back", "echo server",
+                 "TCP ping-pong inside the sandbox", "TCP bulk inside the sandbox", "freeze"):
         assert any(what in name for name in side_by_side), what

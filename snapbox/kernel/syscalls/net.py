@@ -12,8 +12,8 @@ import struct
 
 from snapbox.kernel.errors import SyscallError, WouldBlock
 from snapbox.kernel.fd import O_CLOEXEC, O_NONBLOCK
-from snapbox.kernel.socket import AF_UNIX, MSG_DONTWAIT, MSG_PEEK, SOCK_SEQPACKET, SOCK_STREAM, SocketNode, UnixDgramSocket, \
-    UnixSocket, drop_ref, make_pair, new_socket
+from snapbox.kernel.socket import AF_UNIX, MSG_DONTWAIT, MSG_PEEK, SOCK_SEQPACKET, SOCK_STREAM, SocketNode, \
+    UnixDgramSocket, UnixSocket, drop_ref, make_pair, new_socket
 from snapbox.kernel.hostnet import HostSocket
 from snapbox.kernel.inet import AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP, InetSocket, Ports, UdpSocket, bind_inet, \
     has_outside, is_local, local_destination, pack_sockaddr, parse_sockaddr, send_datagram
