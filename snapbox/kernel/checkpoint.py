@@ -167,17 +167,18 @@ class Checkpointing:
         """The memory section: every page with data, or (with `parent`) the pages whose
         digest differs from the parent's, "dropped" (in `summary`) the runs the parent had
         that hold no data now. Returns the digests taken (None without a parent)."""
-        only = digests = None
-        if parent is not None:
-            digests = self.memfile.page_digests(skip)
-            old = parent["digests"]
-            only = page_runs(off for off, d in digests.items() if old.get(off) != d)
-            summary["dropped"] = page_runs(off for off in old if off not in digests)
-        total = self.memfile.allocated if only is None else sum(n for _, n in only)
+        total = self.memfile.allocated
         report = (lambda done: progress(done, total)) if progress else None
+        digests = None if parent is None else {}
+        if parent is None:
+            chunks = self.memfile.save_chunks(compress, lambda: w.pos, report, skip)
+        else:
+            chunks = self.memfile.save_changed(compress, parent["digests"], digests, skip, report)
         with w.section("memory") as s:
-            for chunk, crc in self.memfile.save_chunks(compress, lambda: w.pos, report, skip, only):
+            for chunk, crc in chunks:
                 s.write_chunk(chunk, crc)
+        if parent is not None:
+            summary["dropped"] = page_runs(off for off in parent["digests"] if off not in digests)
         summary["memory_saved"] = self.memfile.saved_bytes
         return digests
 

@@ -247,31 +247,9 @@ class MemoryFile:
         if run >= 0:
             yield run, end - run
 
-    def page_digests(self, skip: list[tuple[int, int]] = ()) -> dict[int, bytes]:
-        """A digest (BLAKE2b, 128 bits) of every page that holds data (not a hole, not all
-        zeros), by offset, outside `skip`: an incremental checkpoint compares them with its
-        parent's to find the pages written since, whoever wrote them (the program, the
-        sentry, a restore's loaders). Pieces are hashed on a thread per core."""
-        self.finish_loading()
-
-        def digest_piece(piece: tuple[int, int]) -> dict[int, bytes]:
-            view, out = self.view, {}
-            for off in range(piece[0], piece[0] + piece[1], PAGE_SIZE):
-                page = view[off : off + PAGE_SIZE]
-                if page != _ZERO_PAGE:
-                    out[off] = hashlib.blake2b(page, digest_size=16).digest()
-            return out
-
-        digests: dict[int, bytes] = {}
-        with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-            for part in pool.map(digest_piece, self._extents(skip)):
-                digests.update(part)
-        return digests
-
     def save_chunks(self, compress: bool, position: Callable[[], int] | None = None,
                     progress: Callable[[int], None] | None = None,
-                    skip: list[tuple[int, int]] = (),
-                    only: list[tuple[int, int]] | None = None) -> Iterator[tuple[bytes, int]]:
+                    skip: list[tuple[int, int]] = ()) -> Iterator[tuple[bytes, int]]:
         """The memory section's chunks, as (chunk, CRC-32 of the chunk): each chunk is a
         header (offset, length, codec, padding), the padding, and the data.
 
@@ -279,15 +257,11 @@ class MemoryFile:
         checksummed on a pool of threads (zstd and zlib release the GIL), one per core, and
         come out in order. Without, `position()` tells where the chunk will land in the
         image, and padding puts every run's data on a page boundary of the file, so a
-        restore could map it instead of copying it. Ranges in `skip` are left out; with
-        `only` (sorted page runs: an incremental image's written pages), nothing else is
-        saved, zero pages included.
+        restore could map it instead of copying it. Ranges in `skip` are left out.
         """
         done = self.saved_bytes = 0
-        pieces = (lambda: self._extents(skip)) if only is None else (lambda: _pieces(only))
         if not compress:
-            runs = self.data_runs(skip) if only is None else _pieces(only)
-            for off, n in runs:
+            for off, n in self.data_runs(skip):
                 pad = 0
                 if position is not None:
                     pad = -(position() + CHUNK_HEADER_SIZE + _CHUNK_HEAD.size) % PAGE_SIZE
@@ -306,8 +280,7 @@ class MemoryFile:
             if cctx is None:
                 cctx = local.cctx = zstandard.ZstdCompressor(level=1)
             chunks, data = [], 0
-            runs = self._nonzero_runs(piece[0], piece[0] + piece[1]) if only is None else [piece]
-            for off, n in runs:
+            for off, n in self._nonzero_runs(piece[0], piece[0] + piece[1]):
                 chunk = _CHUNK_HEAD.pack(off, n, CODEC_ZSTD, 0) + cctx.compress(self.view[off : off + n])
                 chunks.append((chunk, zlib.crc32(chunk)))
                 data += n
@@ -324,9 +297,65 @@ class MemoryFile:
                 if progress is not None and data:
                     progress(done)
 
-            for piece in pieces():
+            for piece in self._extents(skip):
                 pending.append(pool.submit(compress_piece, piece))
                 if len(pending) >= 2 * workers:  # bounds the memory held by finished chunks
+                    yield from finished()
+            while pending:
+                yield from finished()
+
+    def save_changed(self, compress: bool, old: dict[int, bytes], digests: dict[int, bytes],
+                     skip: list[tuple[int, int]] = (),
+                     progress: Callable[[int], None] | None = None) -> Iterator[tuple[bytes, int]]:
+        """An incremental image's memory chunks: the pages whose content differs from
+        `old` (page offset -> digest, the parent's). Each piece of the file is copied once,
+        and both digested and saved from that copy, so what is saved is what its digest
+        says even while the program writes on (a page changed between a digest and a
+        later read, then changed back, would be saved with content no digest knows).
+        Fills `digests` with the BLAKE2b digest (128 bits) of every page that holds data
+        now, outside `skip`. Pieces go on a thread per core and come out in order."""
+        self.finish_loading()
+        local = threading.local()
+
+        def piece_chunks(piece: tuple[int, int]) -> tuple[list[tuple[bytes, int]], int, dict[int, bytes]]:
+            base, n = piece
+            copy = memoryview(bytes(self.view[base : base + n]))
+            mine: dict[int, bytes] = {}
+            for rel in range(0, n, PAGE_SIZE):
+                page = copy[rel : rel + PAGE_SIZE]
+                if page != _ZERO_PAGE:
+                    mine[base + rel] = hashlib.blake2b(page, digest_size=16).digest()
+            chunks, data = [], 0
+            for off, length in page_runs(off for off, d in mine.items() if old.get(off) != d):
+                body = copy[off - base : off - base + length]
+                if compress:
+                    cctx = getattr(local, "cctx", None)
+                    if cctx is None:
+                        cctx = local.cctx = zstandard.ZstdCompressor(level=1)
+                    chunk = _CHUNK_HEAD.pack(off, length, CODEC_ZSTD, 0) + cctx.compress(body)
+                else:
+                    chunk = _CHUNK_HEAD.pack(off, length, CODEC_NONE, 0) + body
+                chunks.append((chunk, zlib.crc32(chunk)))
+                data += length
+            return chunks, data, mine
+
+        done = self.saved_bytes = 0
+        workers = os.cpu_count() or 1
+        with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+            pending: collections.deque = collections.deque()
+
+            def finished() -> Iterator[tuple[bytes, int]]:
+                nonlocal done
+                chunks, data, mine = pending.popleft().result()
+                digests.update(mine)
+                yield from chunks
+                done = self.saved_bytes = done + data
+                if progress is not None and data:
+                    progress(done)
+
+            for piece in self._extents(skip):
+                pending.append(pool.submit(piece_chunks, piece))
+                if len(pending) >= 2 * workers:  # bounds the copies held
                     yield from finished()
             while pending:
                 yield from finished()
@@ -453,13 +482,6 @@ def page_runs(offsets: Iterable[int]) -> list[tuple[int, int]]:
         else:
             runs.append([off, PAGE_SIZE])
     return [(off, n) for off, n in runs]
-
-
-def _pieces(runs: Iterable[tuple[int, int]]) -> Iterator[tuple[int, int]]:
-    """Runs cut into pieces of at most RUN_LIMIT bytes (one chunk each)."""
-    for off, n in runs:
-        for piece in range(off, off + n, RUN_LIMIT):
-            yield piece, min(RUN_LIMIT, off + n - piece)
 
 
 def _without(runs: Iterable[tuple[int, int]], skip: list[tuple[int, int]]) -> Iterator[tuple[int, int]]:

@@ -14,7 +14,8 @@ import logging
 import os
 import socket
 import traceback
-from typing import Any, Iterator
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
 
 import cbor2
 
@@ -70,6 +71,16 @@ def _passed_fd(msg: dict[str, Any], fds: list[int], key: str) -> int | None:
     if not isinstance(index, int) or not 0 <= index < len(fds):
         raise SnapboxError(f"control request names a missing fd ({key})")
     return fds[index]
+
+
+@dataclass
+class Later:
+    """A control reply a child process works out: `fd` reaches its end when the child is
+    done, having written its result (CBOR) there; `finish(result)` makes the reply."""
+
+    pid: int
+    fd: int
+    finish: Callable[[dict], dict]
 
 
 class Sandbox:
@@ -141,6 +152,10 @@ class Sandbox:
             finally:
                 for fd in fds:
                     os.close(fd)
+            later = reply.get("later")
+            if isinstance(later, Later):
+                self._answer_later(conn.detach(), later)
+                return
             try:
                 control.send_message(conn, reply)
             except OSError as e:
@@ -189,7 +204,8 @@ class Sandbox:
         return {}
 
     def _checkpoint(self, msg: dict[str, Any], fds: list[int]) -> dict[str, Any]:
-        return {"summary": self.checkpoint(msg, fds)}
+        result = self.checkpoint(msg, fds)
+        return {"later": result} if isinstance(result, Later) else {"summary": result}
 
     def _ps(self, msg: dict[str, Any], fds: list[int]) -> dict[str, Any]:
         return {"processes": self.kernel.processes()}
@@ -262,20 +278,23 @@ class Sandbox:
             return k.save(f, compress=compress, progress=progress, meta=self.image_meta(), store_file_pages=store,
                           final=final, parent=parent)
 
-        if not pre_dump:
-            k.pause()
-        try:
+        def write_it() -> dict:
             with _on_all_cpus():
-                if path == "-":
-                    try:
-                        with os.fdopen(os.dup(image_fd), "wb", buffering=1 << 20) as f:
-                            summary = write(f)
-                    except OSError as e:
-                        if e.errno not in WRITE_ERRORS:
-                            raise
-                        raise ImageWriteError(f"cannot write image to the output ({e.strerror})") from None
-                else:
-                    summary = write_image(path, write)
+                if path != "-":
+                    return write_image(path, write)
+                try:
+                    with os.fdopen(os.dup(image_fd), "wb", buffering=1 << 20) as f:
+                        return write(f)
+                except OSError as e:
+                    if e.errno not in WRITE_ERRORS:
+                        raise
+                    raise ImageWriteError(f"cannot write image to the output ({e.strerror})") from None
+
+        if pre_dump:
+            return self._aside(write_it, progress, path)
+        k.pause()
+        try:
+            summary = write_it()
         except BaseException:
             if not was_paused:
                 k.unpause()
@@ -283,11 +302,9 @@ class Sandbox:
         finally:
             if progress is not None:
                 progress.close()
-        if pre_dump or parent is not None:
+        if parent is not None:
             # What the next incremental image is made against: this one.
             self.tracking = {"path": path, "id": summary["image_id"], "digests": summary["digests"]}
-        if pre_dump:
-            return {"memory_saved": summary["memory_saved"], "pre_dump": True, "connections": []}
         if msg.get("leave_running"):
             if not was_paused:
                 k.unpause()
@@ -299,6 +316,66 @@ class Sandbox:
             self.done = True
         return {"memory_saved": summary["memory_saved"], "graph_bytes": summary["graph_bytes"],
                 "connections": summary["connections"]}
+
+    def _aside(self, write: Callable[[], dict], progress, path: str) -> Later:
+        """A pre-dump, written by a child of this process while this one goes on serving
+        the program: the child shares the memory file (the same memfd, mapped shared) and
+        takes every page's digest before it writes any page, so a page the program
+        changes meanwhile is in the next image. The reply comes when the child is done."""
+        self.kernel.memfile.finish_loading()  # a lazy restore's loader threads are this process's alone
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: write, tell the parent, and go without running any finalizer
+            os.close(r)
+            try:
+                result = {"ok": True, "summary": write()}
+            except SnapboxError as e:
+                result = {"ok": False, "error": str(e)}
+            except BaseException as e:
+                log.error("pre-dump failed:\n%s", traceback.format_exc())
+                result = {"ok": False, "error": f"internal error during the pre-dump: {e!r}"}
+            try:
+                with os.fdopen(w, "wb") as out:
+                    out.write(cbor2.dumps(result))
+            finally:
+                os._exit(0)
+        os.close(w)
+        if progress is not None:
+            progress.close()
+
+        def finish(result: dict) -> dict:
+            if not result.get("ok"):
+                raise SnapboxError(result.get("error") or "the pre-dump failed")
+            summary = result["summary"]
+            self.tracking = {"path": path, "id": summary["image_id"], "digests": summary["digests"]}
+            return {"summary": {"memory_saved": summary["memory_saved"], "pre_dump": True, "connections": []}}
+        return Later(pid, r, finish)
+
+    def _answer_later(self, conn_fd: int, later: Later) -> None:
+        """Reply on the held connection `conn_fd` once `later`'s child has said how it went."""
+        got = bytearray()
+        loop = self.kernel.loop
+
+        def readable() -> None:
+            data = os.read(later.fd, 1 << 20)
+            if data:
+                got.extend(data)
+                return
+            loop.remove_reader(later.fd)
+            os.close(later.fd)
+            with contextlib.suppress(ChildProcessError):  # reaped already with the stubs' stops
+                os.waitpid(later.pid, os.WNOHANG)
+            try:
+                reply = {"ok": True, **later.finish(cbor2.loads(bytes(got)) if got else {})}
+            except (SnapboxError, cbor2.CBORDecodeError) as e:
+                reply = {"ok": False, "error": str(e) or "the pre-dump failed"}
+            with socket.socket(fileno=conn_fd) as conn:
+                conn.settimeout(10)
+                try:
+                    control.send_message(conn, reply)
+                except OSError as e:
+                    log.warning("could not answer control request: %s", e)
+        loop.add_reader(later.fd, readable)
 
     def _parent(self, path: str | None) -> dict | None:
         """The parent an incremental checkpoint names: this sandbox's last pre-dump, still
