@@ -364,3 +364,29 @@ def test_snapbox_makes_the_sandbox_its_own_namespace(snapbox, tmp_path, netns):
         return subprocess.run([sys.executable, "-c", "import socket; print(socket.if_nameindex())"],
                               capture_output=True, text=True, preexec_fn=in_ns).stdout
     wait_for(lambda: "sbx" not in links(), what="the veth pair to go with the sandbox")
+
+
+def test_a_listener_migrated_answers_on_the_new_side(snapbox, tmp_path, netns, images):
+    """A server in a namespace of its own, moved live to another root: the new sandbox has
+    a namespace (and an address) of its own, its listener bound again there."""
+    from tests.conftest import Snapbox, clean_up
+
+    (tmp_path / "page.txt").write_text("moved")
+    port = free_port()
+    bundle = host_bundle(tmp_path, http_server(port, "0.0.0.0"))
+    in_ns = entering(netns)
+    with open(tmp_path / "out.txt", "a") as f:
+        subprocess.run(snapbox.cmd("run", "--bundle", str(bundle), "--detach", "web"), stdout=f, stderr=f,
+                       stdin=subprocess.DEVNULL, check=True, timeout=60, env=NO_POOL, preexec_fn=in_ns)
+    first = wait_for(lambda: json.loads(snapbox("state", "web").stdout)["network"].get("address"), timeout=30,
+                     what="the namespace")
+    assert fetch_in(netns, f"http://{first}:{port}/page.txt") == "moved"
+    other = Snapbox(tmp_path / "other-root", images)
+    try:
+        command = " ".join(other.cmd("restore", "--image-path", "-", "web")) + f" 2>>{tmp_path / 'moved.txt'}"
+        subprocess.run(snapbox.cmd("migrate", "--to", f"exec:{command}", "web"), check=True, timeout=120,
+                       capture_output=True, env=NO_POOL, preexec_fn=in_ns)
+        second = json.loads(other("state", "web").stdout)["network"]["address"]
+        assert fetch_in(netns, f"http://{second}:{port}/page.txt") == "moved"
+    finally:
+        clean_up(other)
