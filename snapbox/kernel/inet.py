@@ -333,6 +333,8 @@ def send_datagram(t, s: UdpSocket, data: bytes, dest: tuple) -> int:
     ports = Ports(t.kernel.udp_ports)
     if not s.local:
         bind_inet(t, s, "0.0.0.0" if s.family == AF_INET else "::", 0)
+    if not local and s.host is None:
+        raise SyscallError(errno.ENETUNREACH, "the socket was bound before the sandbox had a network")
     target = ports.receiver(local_destination(ip), port, s.family) if local else None
     if target is None and s.host is not None:
         nonblock = bool(s.flags & O_NONBLOCK)

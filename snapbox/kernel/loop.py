@@ -50,8 +50,12 @@ class EventLoop:
         wait = 0 if busy else self._next_timeout()
         if timeout is not None:
             wait = timeout if wait is None else min(wait, timeout)
+        keys = self.selector.get_map()
         for key, mask in self.selector.select(wait):
-            key.data(mask)
+            # A callback earlier in this batch may have let go of this fd (and closed it:
+            # a lazy restore's userfaultfd once memory is lost, a host socket): skip it.
+            if keys.get(key.fd) is key:
+                key.data(mask)
         self._fire_timers()
 
     def _next_timeout(self) -> float | None:

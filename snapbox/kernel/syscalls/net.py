@@ -303,7 +303,8 @@ def _connect_udp(t, s: UdpSocket, addr: int, addrlen: int) -> int:
         if not s.local:
             bind_inet(t, s, "0.0.0.0" if s.family == AF_INET else "::", 0)
         s.remote = (ip, port)
-        s.host.associate(s.remote)
+        if s.host is not None:  # none: bound in an image made without a network (sends say ENETUNREACH)
+            s.host.associate(s.remote)
         return 0
     ip = local_destination(ip)
     if not s.local:
