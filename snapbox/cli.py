@@ -573,13 +573,18 @@ def wait(obj: _Context, container_id: str) -> None:
 
 
 @cli.command()
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "full"]), default="table", show_default=True,
+              help="table: pids as the container sees them; json: the host pids of the processes, a JSON "
+                   "list (runc's contract: what containerd reads); full: every detail, as JSON objects.")
 @click.argument("container_id")
 @click.pass_obj
 def ps(obj: _Context, fmt: str, container_id: str) -> None:
-    """List the processes inside a container (pids as the container sees them)."""
+    """List the processes inside a container."""
     procs = _container(obj, container_id).processes()
     if fmt == "json":
+        click.echo(json.dumps([p["host_pid"] for p in procs]))
+        return
+    if fmt == "full":
         click.echo(json.dumps(procs, indent=2))
         return
     click.echo(f"{'UID':>5} {'PID':>6} {'PPID':>6} {'STAT':4} {'THR':>3} CMD")

@@ -140,6 +140,7 @@ class Kernel(Lifecycle, Signaling, Checkpointing):
             runs = {t.run for t in tg.tasks}
             state = "T" if tg.job_stopped else ("R" if Run.RUNNING in runs else "S")
             out.append({"pid": tgid, "ppid": tg.parent.tgid if tg.parent is not None else 0,
+                        "host_pid": tg.mm.stub.pid if tg.mm.stub is not None else 0,
                         "uid": tg.creds[1], "state": state, "threads": len(tg.tasks), "comm": tg.tasks[0].comm,
                         "cmd": " ".join(a.decode(errors="replace") for a in tg.argv)})
         return out

@@ -392,7 +392,8 @@ class Container:
             self._call("kill", signal=sig, all=all_processes)
 
     def processes(self) -> list[dict[str, Any]]:
-        """The processes inside: pid, ppid, uid, state, threads, comm, cmd."""
+        """The processes inside: pid, ppid, host_pid (the host process that runs it), uid,
+        state, threads, comm, cmd."""
         self._require("list processes of", CREATED, RUNNING, PAUSED)
         return self._call("ps")["processes"]
 

@@ -51,8 +51,12 @@ def test_exec_sees_the_containers_processes_and_files(snapbox, images, tmp_path)
     p = snapbox("exec", "--user", "1000:1000", "s1", "id")
     assert p.stdout.startswith("uid=1000 gid=1000")
     pid = exec_detached(snapbox, tmp_path, "s1", "sleep", "50")
-    procs = json.loads(snapbox("ps", "--format", "json", "s1").stdout)
+    procs = json.loads(snapbox("ps", "--format", "full", "s1").stdout)
     assert {(x["pid"], x["cmd"]) for x in procs} == {(1, "sleep 100"), (pid, "sleep 50")}
+    # runc's contract (what containerd's `ctr task ps` reads): the host pids, each a live process.
+    host_pids = json.loads(snapbox("ps", "--format", "json", "s1").stdout)
+    assert sorted(host_pids) == sorted(x["host_pid"] for x in procs) and all(
+        os.path.exists(f"/proc/{p}") for p in host_pids) and len(set(host_pids)) == 2
     table = snapbox("ps", "s1").stdout.splitlines()
     assert table[0].split() == ["UID", "PID", "PPID", "STAT", "THR", "CMD"] and len(table) == 3
 
@@ -61,7 +65,7 @@ def test_exec_forwards_signals_and_reports_them(snapbox, images, tmp_path):
     start(snapbox, images, tmp_path)
     proc = subprocess.Popen(snapbox.cmd("exec", "s1", "sleep", "60"), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    wait_for(lambda: any(x["cmd"] == "sleep 60" for x in json.loads(snapbox("ps", "--format", "json", "s1").stdout)),
+    wait_for(lambda: any(x["cmd"] == "sleep 60" for x in json.loads(snapbox("ps", "--format", "full", "s1").stdout)),
              what="the exec'd sleep")
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=20) == 128 + signal.SIGTERM
