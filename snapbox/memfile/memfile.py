@@ -286,23 +286,11 @@ class MemoryFile:
                 data += n
             return chunks, data
 
-        with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
-            pending: collections.deque = collections.deque()
-
-            def finished() -> Iterator[tuple[bytes, int]]:
-                nonlocal done
-                chunks, data = pending.popleft().result()
-                yield from chunks
-                done = self.saved_bytes = done + data
-                if progress is not None and data:
-                    progress(done)
-
-            for piece in self._extents(skip):
-                pending.append(pool.submit(compress_piece, piece))
-                if len(pending) >= 2 * workers:  # bounds the memory held by finished chunks
-                    yield from finished()
-            while pending:
-                yield from finished()
+        for chunks, data in _in_order(compress_piece, self._extents(skip), workers):
+            yield from chunks
+            done = self.saved_bytes = done + data
+            if progress is not None and data:
+                progress(done)
 
     def save_changed(self, compress: bool, old: dict[int, bytes], digests: dict[int, bytes],
                      skip: list[tuple[int, int]] = (),
@@ -340,25 +328,12 @@ class MemoryFile:
             return chunks, data, mine
 
         done = self.saved_bytes = 0
-        workers = os.cpu_count() or 1
-        with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
-            pending: collections.deque = collections.deque()
-
-            def finished() -> Iterator[tuple[bytes, int]]:
-                nonlocal done
-                chunks, data, mine = pending.popleft().result()
-                digests.update(mine)
-                yield from chunks
-                done = self.saved_bytes = done + data
-                if progress is not None and data:
-                    progress(done)
-
-            for piece in self._extents(skip):
-                pending.append(pool.submit(piece_chunks, piece))
-                if len(pending) >= 2 * workers:  # bounds the copies held
-                    yield from finished()
-            while pending:
-                yield from finished()
+        for chunks, data, mine in _in_order(piece_chunks, self._extents(skip), os.cpu_count() or 1):
+            digests.update(mine)
+            yield from chunks
+            done = self.saved_bytes = done + data
+            if progress is not None and data:
+                progress(done)
 
     def load_chunks(self, chunks: Iterable[bytes], progress: Callable[[int], None] | None = None,
                     anywhere: bool = False) -> int:
@@ -471,6 +446,20 @@ def decode_chunk(body: memoryview, codec: int, n: int) -> bytes | memoryview:
     if len(data) != n:
         raise ImageError("image memory section holds a chunk of the wrong size")
     return data
+
+
+def _in_order(work: Callable, pieces: Iterable, workers: int) -> Iterator:
+    """`work(piece)` of each piece on a pool of `workers` threads (zstd, zlib and hashlib
+    release the GIL), the results in the pieces' order; at most two per thread are held
+    at a time, which bounds the memory of results not yet taken."""
+    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+        pending: collections.deque = collections.deque()
+        for piece in pieces:
+            pending.append(pool.submit(work, piece))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
 def page_runs(offsets: Iterable[int]) -> list[tuple[int, int]]:

@@ -25,6 +25,7 @@ MemoryFile.page_digests): correct whoever wrote a page, and needing nothing of t
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import json
 import os
@@ -190,10 +191,8 @@ def connect(dest: str) -> tuple[Channel, Callable[[], None]]:
 
         def close() -> None:
             for x in (p.stdin, p.stdout):
-                try:
+                with contextlib.suppress(OSError):  # a pipe to a receiver that is gone
                     x.close()
-                except OSError:
-                    pass
             try:
                 p.wait(30)
             except subprocess.TimeoutExpired:

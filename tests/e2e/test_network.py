@@ -336,20 +336,28 @@ def test_a_bundle_runs_in_the_network_namespace_its_config_names(snapbox, tmp_pa
         socket.create_connection(("127.0.0.1", port), timeout=5)
 
 
+def serve_in_own_namespace(snapbox, tmp_path: Path, port: int, cid: str, in_ns) -> dict:
+    """http.server on 0.0.0.0:`port` in a bundle with `--network sandbox`, snapbox itself
+    run in the test's namespace (`in_ns`); returns the sandbox's network once its namespace
+    is made (when the server binds: `state` shows it from then on)."""
+    bundle = host_bundle(tmp_path, http_server(port, "0.0.0.0"))
+    with open(tmp_path / "out.txt", "a") as f:
+        subprocess.run(snapbox.cmd("run", "--bundle", str(bundle), "--detach", cid), stdout=f, stderr=f,
+                       stdin=subprocess.DEVNULL, check=True, timeout=60, env=NO_POOL, preexec_fn=in_ns)
+
+    def network() -> dict:
+        return json.loads(snapbox("state", cid).stdout)["network"]
+    return wait_for(lambda: network().get("address") and network(), timeout=30, what="the namespace")
+
+
 def test_snapbox_makes_the_sandbox_its_own_namespace(snapbox, tmp_path, netns):
     """`--network sandbox` with no namespace named: one made by snapbox when the sandbox first
     needs it, its veth pair's host end in the namespace snapbox ran in (here the test's),
     the server reached at the sandbox's address; and a restore keeps the address."""
     (tmp_path / "page.txt").write_text("own namespace")
     port = free_port()
-    bundle = host_bundle(tmp_path, http_server(port, "0.0.0.0"))
     in_ns = entering(netns)
-    with open(tmp_path / "out.txt", "a") as f:
-        subprocess.run(snapbox.cmd("run", "--bundle", str(bundle), "--detach", "own"), stdout=f, stderr=f,
-                       stdin=subprocess.DEVNULL, check=True, timeout=60, env=NO_POOL, preexec_fn=in_ns)
-    # Made when the server first binds; `state` shows it from then on.
-    network = wait_for(lambda: json.loads(snapbox("state", "own").stdout)["network"].get("address") and
-                       json.loads(snapbox("state", "own").stdout)["network"], timeout=30, what="the namespace")
+    network = serve_in_own_namespace(snapbox, tmp_path, port, "own", in_ns)
     assert network["mode"] == "sandbox" and network["interface"].startswith("sbx")
     address = network["address"]
     assert fetch_in(netns, f"http://{address}:{port}/page.txt") == "own namespace"
@@ -373,13 +381,8 @@ def test_a_listener_migrated_answers_on_the_new_side(snapbox, tmp_path, netns, i
 
     (tmp_path / "page.txt").write_text("moved")
     port = free_port()
-    bundle = host_bundle(tmp_path, http_server(port, "0.0.0.0"))
     in_ns = entering(netns)
-    with open(tmp_path / "out.txt", "a") as f:
-        subprocess.run(snapbox.cmd("run", "--bundle", str(bundle), "--detach", "web"), stdout=f, stderr=f,
-                       stdin=subprocess.DEVNULL, check=True, timeout=60, env=NO_POOL, preexec_fn=in_ns)
-    first = wait_for(lambda: json.loads(snapbox("state", "web").stdout)["network"].get("address"), timeout=30,
-                     what="the namespace")
+    first = serve_in_own_namespace(snapbox, tmp_path, port, "web", in_ns)["address"]
     assert fetch_in(netns, f"http://{first}:{port}/page.txt") == "moved"
     other = Snapbox(tmp_path / "other-root", images)
     try:
