@@ -261,8 +261,11 @@ def checkpoint(obj: _Context, image_path: str, leave_running: bool, compression:
 
     Incremental images: `--pre-dump --image-path P1` writes memory while the container
     runs; `--parent-path P1 --image-path P2` then writes only what changed since (and
-    may itself be a --pre-dump, for a longer chain). Pages that changed are found by
-    comparing a BLAKE2b digest of every page with the parent's.
+    may itself be a --pre-dump, for a longer chain). Written pages are found by
+    write-protection (userfaultfd in async mode with PAGEMAP_SCAN, Linux 6.7 and later:
+    the host kernel notes each first write to a page, at no cost to the program until
+    then), or where that is not to be had (an older kernel, userfaultfd(2) filtered out)
+    by comparing a BLAKE2b digest of every page with the parent's; `inspect` says which.
     """
     image_fd = None
     if image_path == "-":
@@ -304,9 +307,12 @@ def migrate(obj: _Context, dest: str, token_file: str | None, max_rounds: int, a
     """Move a running container to another snapbox, live.
 
     Round 1 sends all of its memory while it runs; each later round sends the pages
-    written since the one before, until a round is small (1 MB), rounds stop shrinking,
-    or --max-rounds. Then the container is paused, the last pages and its kernel state
-    are sent, and once the receiver says the program runs there, it is deleted here.
+    written since the one before (found by write-protection where the host kernel has
+    it, Linux 6.7 and later; else by page digests), until a round is small (1 MB or
+    25 ms), rounds stop shrinking, or --max-rounds. Then the container is paused, the
+    last pages and its kernel state are sent, and once the receiver says the program
+    runs there, it is deleted here. The receiver loads each round as it arrives, so
+    the pause lasts about as long as the last round, not the whole copy.
     Whatever fails before that (a refusal, a broken connection, Ctrl-C), it goes on
     running here, and this command fails with one line saying what happened. Each
     round is shown on a terminal (stderr); the summary says how long the program was
@@ -439,9 +445,9 @@ def _receive(obj: _Context, bundle: str | None, listen: str | None, token_file: 
         raise SnapboxError(f"bundle {bundle} has no config.json")
     started: list = []
 
-    def start(image: str):
+    def start(image: str, memory: tuple[str, str] | None):
         chosen = bundle or _bundle_of_image(obj, image, cid)
-        c = Container.create(obj.root, cid, chosen, restore_image=image, options=obj.options)
+        c = Container.create(obj.root, cid, chosen, restore_image=image, options=obj.options, memory=memory)
         started.append(c)
         return c
 

@@ -15,7 +15,7 @@ import os
 import stat
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Callable
 
 import zstandard
@@ -29,9 +29,18 @@ from snapbox.kernel.signals import (
 )
 from snapbox.kernel.syscalls import MASK64
 from snapbox.kernel.task import Run
+from snapbox.kernel.written import METHOD as WRITE_PROTECTION
+from snapbox.kernel.written import WrittenPages
 from snapbox.memfile import PAGE_SIZE
 from snapbox.memfile.lazy import MemoryLost
-from snapbox.memfile.memfile import CHUNK_HEAD_SIZE, FILE_SIZE, page_runs
+from snapbox.memfile.memfile import (
+    CHUNK_HEAD_SIZE,
+    FILE_SIZE,
+    intersect_runs,
+    merge_runs,
+    page_runs,
+    subtract_runs,
+)
 from snapbox.platform import ptrace, uffd
 from snapbox.platform.cpuid import FeatureSet
 from snapbox.platform.stub import Stub, StubError
@@ -50,6 +59,28 @@ if TYPE_CHECKING:
 log = logging.getLogger("snapbox.kernel")
 
 MAX_KERNEL_SECTION = 1 << 30  # bound on the decompressed kernel graph of an image
+DIGESTS = "page digests (BLAKE2b of every page, compared with the image before)"
+
+
+@dataclass
+class MemoryDelta:
+    """What an incremental image's memory holds, found in the sandbox process (the image
+    may then be written by a child of it). With write tracking: `send`, the runs written
+    (or filled) since the parent, or None for every page (the first image); `dropped`, the
+    parent's runs that are holes now; `extents`, the file's data now, which the next image
+    is compared with; `collected`, the runs the tracker handed over (given back if the image
+    is not made). With digests, only `method`: the image's writer compares them."""
+
+    method: str
+    send: list | None = None
+    dropped: list = field(default_factory=list)
+    extents: list = field(default_factory=list)
+    collected: list = field(default_factory=list)
+
+    def give_back(self, memfile) -> None:
+        """The image was not made: what was collected for it is still to be saved."""
+        if self.collected and memfile.written is not None:
+            memfile.written.give_back(self.collected)
 
 
 @dataclass
@@ -59,6 +90,10 @@ class LoadContext:
     rootfs: str | None = None  # the restoring bundle's rootfs (None: the one saved)
     host_sockets: list | None = None  # filled with the HostSockets made again, if a list
     network_mode: str = ""  # the restored sandbox's network mode (runtime.network)
+    # A memory file that holds the image's chain already (a migration's rounds, applied as
+    # they came): its path (/proc/PID/fd/N) and the id of the last pre-dump applied to it.
+    memory: str | None = None
+    memory_id: str | None = None
 
 
 class Checkpointing:
@@ -79,9 +114,9 @@ class Checkpointing:
         image is `final` (the sandbox ends: closed so, they say nothing to their peers);
         otherwise, or if the save fails, they leave it again.
 
-        With `parent` (the "id" and page "digests" of this sandbox's last pre-dump), memory
+        With `parent` (the "id" and tracking state of this sandbox's last pre-dump), memory
         holds only the pages written since, and the trailer the pages dropped since; the
-        summary's "digests" are the pages' digests now.
+        summary's "tracking" is what the next image would be compared with.
         """
         if not self.paused:
             raise SnapboxError("internal: save needs a paused kernel")
@@ -113,11 +148,17 @@ class Checkpointing:
             summary = {"graph_bytes": len(graph), "graph_sha256": hashlib.sha256(graph).digest(), "types": stats,
                        "memory_allocated": self.memfile.allocated - self.file_cache.unread_bytes(),
                        "file_references": len(skip), "file_bytes_referenced": self.file_cache.referenced_bytes()}
-            digests = self._save_memory(w, compress, progress, skip, parent, summary)
-            w.finish(summary)
+            delta = None if parent is None else self.memory_delta(parent, skip)
+            try:
+                tracking = self._save_memory(w, compress, progress, skip, parent, summary, delta)
+                w.finish(summary)
+            except BaseException:
+                if delta is not None:
+                    delta.give_back(self.memfile)
+                raise
             summary["image_id"] = header["image_id"]
-            if digests is not None:
-                summary["digests"] = digests
+            if tracking is not None:
+                summary["tracking"] = tracking
             summary["sections"] = w.summary
             summary["connections"] = [h.report() for h in self.host_sockets if h.is_connection]
             written = True
@@ -133,22 +174,54 @@ class Checkpointing:
             if not time_was_stopped:
                 self.timekeeper.resume()
 
-    def pre_dump(self, f: IO[bytes], compress: bool = True, meta: dict | None = None,
+    def memory_delta(self, parent: dict | None, skip: list = ()) -> MemoryDelta:
+        """What an image made after `parent` (None: the first of a chain) must save of
+        memory, outside `skip`; writes are tracked from the first call on. Order matters:
+        written pages are collected (and protected again) before the extents are read,
+        and both before any page is: a change after either shows in the next image."""
+        method = self.track_writes()
+        if method == DIGESTS:
+            return MemoryDelta(method)
+        tracker = self.memfile.written
+        collected = tracker.collect()
+        extents = self.memfile.extents(skip)
+        if parent is None or parent.get("method") != WRITE_PROTECTION:
+            return MemoryDelta(method, None, [], extents, [])
+        send = intersect_runs(merge_runs(collected + subtract_runs(extents, parent["extents"])), extents)
+        return MemoryDelta(method, send, subtract_runs(parent["extents"], extents), extents, collected)
+
+    def track_writes(self) -> str:
+        """Note written pages from now on, if not already; returns how they are found."""
+        if self.memfile.written is not None:
+            return WRITE_PROTECTION
+        # A lazy restore's userfaultfds are the stubs' one each: theirs must go first.
+        self.memfile.finish_loading()
+        self._stop_catching()
+        try:
+            WrittenPages.start(self.memfile, [tg.mm for tg in self.tasks.pidns.groups.values()])
+        except OSError as e:
+            log.info("written pages are found by digests: cannot track writes here (%s)", e)
+            return DIGESTS
+        return WRITE_PROTECTION
+
+    def pre_dump(self, f: IO[bytes], delta: MemoryDelta, compress: bool = True, meta: dict | None = None,
                  progress: Callable[[int, int], None] | None = None, parent: dict | None = None) -> dict:
         """Write a pre-dump: CPU features and memory only (all of it, or with `parent` the
-        pages written since that pre-dump), while the sandbox runs on. Every page's digest
-        is taken before any page is written out, so a page the program changes meanwhile
-        is sent again by the next image. Returns the summary, with the "digests"."""
+        pages written since that pre-dump, as `delta` says), while the sandbox runs on. A
+        page the program changes while it is written is sent again by the next image.
+        Returns the summary, with the "tracking" state the next image is compared with."""
         header = self._header(compress, meta, parent, pre_dump=True)
         w = ImageWriter(f, header)
         with w.section("cpuid") as s:
             s.write_chunk(encode_graph(self.features))
         summary: dict = {"memory_allocated": self.memfile.allocated}
-        digests = self._save_memory(w, compress, progress, [], parent or {"digests": {}}, summary)
+        if delta.method == DIGESTS:
+            parent = parent or {"method": DIGESTS, "digests": {}}
+        summary["tracking"] = self._save_memory(w, compress, progress, [], parent, summary, delta)
         w.finish(summary)
         summary["sections"] = w.summary
-        summary["digests"] = digests
         summary["image_id"] = header["image_id"]
+        summary["image_bytes"] = w.pos
         return summary
 
     def _header(self, compress: bool, meta: dict | None, parent: dict | None, pre_dump: bool = False) -> dict:
@@ -163,24 +236,39 @@ class Checkpointing:
         return header
 
     def _save_memory(self, w: ImageWriter, compress: bool, progress: Callable[[int, int], None] | None,
-                     skip: list, parent: dict | None, summary: dict) -> dict | None:
-        """The memory section: every page with data, or (with `parent`) the pages whose
-        digest differs from the parent's, "dropped" (in `summary`) the runs the parent had
-        that hold no data now. Returns the digests taken (None without a parent)."""
+                     skip: list, parent: dict | None, summary: dict, delta: MemoryDelta | None) -> dict | None:
+        """The memory section: every page with data, or (with `parent`) the pages `delta`
+        says changed since it (or whose digest differs from the parent's), "dropped" (in
+        `summary`) the runs the parent had that hold no data now. Returns the tracking
+        state the next image is compared with (None without a delta)."""
         total = self.memfile.allocated
+        zeros: list = []
+        digests: dict = {}
+        tracking = None
+        if delta is not None and delta.method == WRITE_PROTECTION and delta.send is not None:
+            total = sum(n for _, n in delta.send)
         report = (lambda done: progress(done, total)) if progress else None
-        digests = None if parent is None else {}
-        if parent is None:
+        if delta is None or (delta.method == WRITE_PROTECTION and delta.send is None):
             chunks = self.memfile.save_chunks(compress, lambda: w.pos, report, skip)
+        elif delta.method == WRITE_PROTECTION:
+            chunks = self.memfile.save_runs(compress, delta.send, zeros, report)
         else:
             chunks = self.memfile.save_changed(compress, parent["digests"], digests, skip, report)
         with w.section("memory") as s:
             for chunk, crc in chunks:
                 s.write_chunk(chunk, crc)
-        if parent is not None:
-            summary["dropped"] = page_runs(off for off in parent["digests"] if off not in digests)
+        if delta is not None and delta.method == WRITE_PROTECTION:
+            tracking = {"method": delta.method, "extents": delta.extents}
+            if delta.send is not None:
+                summary["dropped"] = merge_runs(delta.dropped + zeros)
+        elif delta is not None:
+            tracking = {"method": delta.method, "digests": digests}
+            if parent is not None and "digests" in parent:
+                summary["dropped"] = page_runs(off for off in parent["digests"] if off not in digests)
+        if delta is not None:
+            summary["written_pages"] = delta.method
         summary["memory_saved"] = self.memfile.saved_bytes
-        return digests
+        return tracking
 
     @classmethod
     def read_image(cls, f: IO[bytes], ctx: LoadContext, check_cpu: bool = True,
@@ -224,13 +312,17 @@ class Checkpointing:
         total = kernel.memfile.allocated
         report = (lambda done: progress(done, total)) if progress else None
         name = getattr(f, "name", None)
-        chain = parent_chain(r.meta, os.path.dirname(os.path.abspath(name)) if isinstance(name, str) else None)
+        if ctx.memory is not None:
+            if (r.meta.get("parent") or {}).get("id") != ctx.memory_id:
+                raise ImageError("the image was not made after the memory it is restored on")
+            chain = []
+        else:
+            chain = parent_chain(r.meta, os.path.dirname(os.path.abspath(name)) if isinstance(name, str) else None)
         if load_memory:
             for path, ancestor in chain:
                 with ancestor.f:
-                    kernel.memfile.load_chunks(ancestor.section("memory"), anywhere=True)
-                    _drop(kernel.memfile, ancestor.finish(), path)
-        if load_memory and lazy and _is_file(f) and not chain:
+                    apply_pre_dump(kernel.memfile, ancestor, path)
+        if load_memory and lazy and _is_file(f) and not chain and ctx.memory is None:
             kernel._load_lazily(r, f)
         elif load_memory:
             kernel.memfile.load_chunks(r.section("memory"), report)
@@ -443,6 +535,13 @@ def _open_parent(path: str, image_id: str | None) -> ImageReader | None:
         f.close()
         return None
     return r
+
+
+def apply_pre_dump(memfile, r: ImageReader, where: str) -> None:
+    """Load the memory of a pre-dump (`r` read up to its memory section) on top of what
+    `memfile` holds, and punch out what it says was dropped; `where` names it in errors."""
+    memfile.load_chunks(r.section("memory"), anywhere=True)
+    _drop(memfile, r.finish(), where)
 
 
 def _drop(memfile, summary: dict, where: str) -> None:

@@ -334,6 +334,8 @@ class Lifecycle:
             self._drop(other)
             tg.tasks.remove(other)
             stub.exit_thread(other.host_tid)
+        if self.memfile.written is not None:
+            self.memfile.written.forget(tg.mm)
         stub.unmap(0, APP_TOP)
         tg.mm.release_all()
         tg.mm = mm
@@ -395,6 +397,8 @@ class Lifecycle:
         tg.tasks.clear()
         stub = tg.mm.stub
         if stub is not None:
+            if self.memfile.written is not None:
+                self.memfile.written.retire(tg.mm)
             stub.kill()
             tg.mm.stub = None
         fd = self.faults.pop(tg.mm, None)

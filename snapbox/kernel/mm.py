@@ -263,6 +263,8 @@ class MemoryManager:
         doomed = self._isolate(addr, end)
         if not doomed:
             return
+        if self.memfile.written is not None:
+            self.memfile.written.forget(self, addr, end)
         for vma in doomed:
             i = self.vmas.index(vma)
             del self.vmas[i]
@@ -374,6 +376,8 @@ class MemoryManager:
         maps loaded memory (a lazy restore may not have loaded all yet), unless `lazy`: the
         caller then has the stub's first touches of memory not yet loaded caught."""
         self.stub = stub
+        if self.memfile.written is not None:
+            self.memfile.written.follow(self)
         for vma in self.vmas:
             if not lazy:
                 self.memfile.ensure_loaded(vma.offset, vma.end - vma.start)

@@ -67,6 +67,8 @@ class MemoryFile:
     view: memoryview = nosave(default=None)
     saved_bytes: int = nosave(default=0)  # data bytes the last save_chunks wrote (before compression)
     lazy: LazyLoader | None = nosave(default=None)  # chunks of the image restored from, still to load
+    # Tracking of written pages, while incremental checkpoints are made (snapbox.kernel.written).
+    written: object = nosave(default=None)
     closer: weakref.finalize | None = nosave(default=None)  # closes fd, once, when called or collected
 
     def __post_init__(self) -> None:
@@ -74,10 +76,18 @@ class MemoryFile:
             self._open()
 
     def after_load(self, ctx) -> None:
-        self._open()
+        self._open(getattr(ctx, "memory", None))
 
-    def _open(self) -> None:
-        self.fd = os.memfd_create("snapbox-memory", os.MFD_CLOEXEC)
+    def _open(self, adopt: str | None = None) -> None:
+        """A new memfd, or with `adopt` the memory file at that path (/proc/PID/fd/N of
+        another process's MemoryFile: memory loaded before the restore began)."""
+        if adopt is None:
+            self.fd = os.memfd_create("snapbox-memory", os.MFD_CLOEXEC)
+        else:
+            try:
+                self.fd = os.open(adopt, os.O_RDWR | os.O_CLOEXEC)
+            except OSError as e:
+                raise SnapboxError(f"cannot open the memory loaded for the restore ({e.strerror})") from None
         # A MemoryFile dropped without close() (an image refused half way through its
         # decoding) still gives its fd back.
         self.closer = weakref.finalize(self, os.close, self.fd)
@@ -87,6 +97,8 @@ class MemoryFile:
 
     def close(self) -> None:
         self.stop_loading()
+        if self.written is not None:
+            self.written.close()
         if self.view is not None:
             self.view.release()
             self.view = None
@@ -210,9 +222,9 @@ class MemoryFile:
             pos = stop
         return out
 
-    def _extents(self, skip: list[tuple[int, int]] = ()) -> Iterator[tuple[int, int]]:
-        """The memfd's data extents (not holes) below `high`, outside `skip`, cut into
-        pieces of at most RUN_LIMIT bytes. They may hold all-zero pages."""
+    def extents(self, skip: list[tuple[int, int]] = ()) -> list[tuple[int, int]]:
+        """The memfd's data extents (not holes) below `high`, outside `skip`, as sorted
+        (offset, length) runs. They may hold all-zero pages."""
         pos = 0
         extents = []
         while pos < self.high:
@@ -225,9 +237,11 @@ class MemoryFile:
             end = min(os.lseek(self.fd, start, os.SEEK_HOLE), self.high)
             extents.append((start, end - start))
             pos = end
-        for off, n in _without(extents, skip) if skip else extents:
-            for piece in range(off, off + n, RUN_LIMIT):
-                yield piece, min(RUN_LIMIT, off + n - piece)
+        return list(_without(extents, skip)) if skip else extents
+
+    def _extents(self, skip: list[tuple[int, int]] = ()) -> Iterator[tuple[int, int]]:
+        """extents(skip) cut into pieces of at most RUN_LIMIT bytes."""
+        return _pieces(self.extents(skip))
 
     def _nonzero_runs(self, start: int, end: int) -> Iterator[tuple[int, int]]:
         view = self.view
@@ -273,18 +287,9 @@ class MemoryFile:
                     progress(done)
             return
         workers = os.cpu_count() or 1
-        local = threading.local()
 
         def compress_piece(piece: tuple[int, int]) -> tuple[list[tuple[bytes, int]], int]:
-            cctx = getattr(local, "cctx", None)
-            if cctx is None:
-                cctx = local.cctx = zstandard.ZstdCompressor(level=1)
-            chunks, data = [], 0
-            for off, n in self._nonzero_runs(piece[0], piece[0] + piece[1]):
-                chunk = _CHUNK_HEAD.pack(off, n, CODEC_ZSTD, 0) + cctx.compress(self.view[off : off + n])
-                chunks.append((chunk, zlib.crc32(chunk)))
-                data += n
-            return chunks, data
+            return _chunks_of(self.view, 0, list(self._nonzero_runs(piece[0], piece[0] + piece[1])), True)
 
         for chunks, data in _in_order(compress_piece, self._extents(skip), workers):
             yield from chunks
@@ -303,7 +308,6 @@ class MemoryFile:
         Fills `digests` with the BLAKE2b digest (128 bits) of every page that holds data
         now, outside `skip`. Pieces go on a thread per core and come out in order."""
         self.finish_loading()
-        local = threading.local()
 
         def piece_chunks(piece: tuple[int, int]) -> tuple[list[tuple[bytes, int]], int, dict[int, bytes]]:
             base, n = piece
@@ -313,23 +317,41 @@ class MemoryFile:
                 page = copy[rel : rel + PAGE_SIZE]
                 if page != _ZERO_PAGE:
                     mine[base + rel] = hashlib.blake2b(page, digest_size=16).digest()
-            chunks, data = [], 0
-            for off, length in page_runs(off for off, d in mine.items() if old.get(off) != d):
-                body = copy[off - base : off - base + length]
-                if compress:
-                    cctx = getattr(local, "cctx", None)
-                    if cctx is None:
-                        cctx = local.cctx = zstandard.ZstdCompressor(level=1)
-                    chunk = _CHUNK_HEAD.pack(off, length, CODEC_ZSTD, 0) + cctx.compress(body)
-                else:
-                    chunk = _CHUNK_HEAD.pack(off, length, CODEC_NONE, 0) + body
-                chunks.append((chunk, zlib.crc32(chunk)))
-                data += length
+            runs = page_runs(off for off, d in mine.items() if old.get(off) != d)
+            chunks, data = _chunks_of(copy, base, runs, compress)
             return chunks, data, mine
 
         done = self.saved_bytes = 0
         for chunks, data, mine in _in_order(piece_chunks, self._extents(skip), os.cpu_count() or 1):
             digests.update(mine)
+            yield from chunks
+            done = self.saved_bytes = done + data
+            if progress is not None and data:
+                progress(done)
+
+    def save_runs(self, compress: bool, runs: list[tuple[int, int]], zeros: list[tuple[int, int]],
+                  progress: Callable[[int], None] | None = None) -> Iterator[tuple[bytes, int]]:
+        """The memory chunks of the pages in `runs` (sorted, page-aligned) that hold data;
+        the all-zero ones are added to `zeros` as runs instead (an incremental image drops
+        them). Each piece is copied once and saved from the copy. Pieces go on a thread
+        per core and come out in order."""
+        self.finish_loading()
+
+        def batch_chunks(batch: list[tuple[int, int]]) -> tuple[list[tuple[bytes, int]], int, list[tuple[int, int]]]:
+            chunks, size, empty = [], 0, []
+            for base, n in batch:
+                copy = memoryview(bytes(self.view[base : base + n]))
+                data = []
+                for rel in range(0, n, PAGE_SIZE):
+                    (empty if copy[rel : rel + PAGE_SIZE] == _ZERO_PAGE else data).append(base + rel)
+                more, got = _chunks_of(copy, base, page_runs(data), compress)
+                chunks += more
+                size += got
+            return chunks, size, page_runs(empty)
+
+        done = self.saved_bytes = 0
+        for chunks, data, empty in _in_order(batch_chunks, _batches(runs), os.cpu_count() or 1):
+            zeros.extend(empty)
             yield from chunks
             done = self.saved_bytes = done + data
             if progress is not None and data:
@@ -345,12 +367,13 @@ class MemoryFile:
         handed out: the newer image's list of dropped pages punches it out again."""
         workers = os.cpu_count() or 1
 
-        def fill(off: int, n: int, codec: int, body: memoryview) -> int:
-            data = memoryview(decode_chunk(body, codec, n))
-            done = 0
-            while done < n:
-                done += os.pwrite(self.fd, data[done:], off + done)
-            return n
+        def fill(batch: list[tuple[int, int, int, memoryview]]) -> int:
+            for off, n, codec, body in batch:
+                data = memoryview(decode_chunk(body, codec, n))
+                done = 0
+                while done < n:
+                    done += os.pwrite(self.fd, data[done:], off + done)
+            return sum(n for _, n, _, _ in batch)
 
         total = 0
         with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
@@ -363,12 +386,23 @@ class MemoryFile:
                     progress(total)
 
             try:
+                # Chunks go to the threads in batches of about RUN_LIMIT bytes: many small
+                # chunks (an incremental image's scattered pages) would cost more to hand
+                # over one by one than to load.
+                batch: list[tuple[int, int, int, memoryview]] = []
+                size = 0
                 for chunk in chunks:
                     limit = FILE_SIZE if anywhere else self.high
                     off, n, codec, pad = self._chunk_head(chunk, len(chunk), limit)
-                    pending.append(pool.submit(fill, off, n, codec, memoryview(chunk)[_CHUNK_HEAD.size + pad :]))
-                    if len(pending) >= 2 * workers:  # bounds the chunks held in memory
-                        finish_one()
+                    batch.append((off, n, codec, memoryview(chunk)[_CHUNK_HEAD.size + pad :]))
+                    size += n
+                    if size >= RUN_LIMIT or len(batch) >= 1024:
+                        pending.append(pool.submit(fill, batch))
+                        batch, size = [], 0
+                        if len(pending) >= 2 * workers:  # bounds the chunks held in memory
+                            finish_one()
+                if batch:
+                    pending.append(pool.submit(fill, batch))
                 while pending:
                     finish_one()
             finally:
@@ -448,6 +482,47 @@ def decode_chunk(body: memoryview, codec: int, n: int) -> bytes | memoryview:
     return data
 
 
+def _chunks_of(copy: memoryview, base: int, runs: list[tuple[int, int]],
+               compress: bool) -> tuple[list[tuple[bytes, int]], int]:
+    """Memory chunks (with their CRC-32s) of `runs`, read from `copy` (the file's bytes
+    from offset `base`), and the data bytes they hold."""
+    chunks, data = [], 0
+    for off, length in runs:
+        body = copy[off - base : off - base + length]
+        if compress:
+            cctx = getattr(_local, "cctx", None)
+            if cctx is None:
+                cctx = _local.cctx = zstandard.ZstdCompressor(level=1)
+            chunk = _CHUNK_HEAD.pack(off, length, CODEC_ZSTD, 0) + cctx.compress(body)
+        else:
+            chunk = _CHUNK_HEAD.pack(off, length, CODEC_NONE, 0) + body
+        chunks.append((chunk, zlib.crc32(chunk)))
+        data += length
+    return chunks, data
+
+
+def _pieces(runs: Iterable[tuple[int, int]]) -> Iterator[tuple[int, int]]:
+    """Runs cut into pieces of at most RUN_LIMIT bytes."""
+    for off, n in runs:
+        for piece in range(off, off + n, RUN_LIMIT):
+            yield piece, min(RUN_LIMIT, off + n - piece)
+
+
+def _batches(runs: Iterable[tuple[int, int]], pages: int = 1024) -> Iterator[list[tuple[int, int]]]:
+    """Runs (cut into pieces) in batches of about RUN_LIMIT bytes or `pages` runs, whichever
+    comes first: work for one thread that is not dwarfed by handing it over."""
+    batch: list[tuple[int, int]] = []
+    size = 0
+    for piece in _pieces(runs):
+        batch.append(piece)
+        size += piece[1]
+        if size >= RUN_LIMIT or len(batch) >= pages:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
+
+
 def _in_order(work: Callable, pieces: Iterable, workers: int) -> Iterator:
     """`work(piece)` of each piece on a pool of `workers` threads (zstd, zlib and hashlib
     release the GIL), the results in the pieces' order; at most two per thread are held
@@ -471,6 +546,27 @@ def page_runs(offsets: Iterable[int]) -> list[tuple[int, int]]:
         else:
             runs.append([off, PAGE_SIZE])
     return [(off, n) for off, n in runs]
+
+
+def merge_runs(runs: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    """(offset, length) runs sorted, with overlapping and adjacent ones joined."""
+    out: list[list[int]] = []
+    for off, n in sorted(runs):
+        if out and off <= out[-1][0] + out[-1][1]:
+            out[-1][1] = max(out[-1][1], off + n - out[-1][0])
+        elif n:
+            out.append([off, n])
+    return [(off, n) for off, n in out]
+
+
+def subtract_runs(runs: list[tuple[int, int]], other: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The parts of sorted, disjoint `runs` outside sorted, disjoint `other`."""
+    return list(_without(runs, other))
+
+
+def intersect_runs(runs: list[tuple[int, int]], other: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The parts of sorted, disjoint `runs` inside sorted, disjoint `other`."""
+    return subtract_runs(runs, subtract_runs(runs, other))
 
 
 def _without(runs: Iterable[tuple[int, int]], skip: list[tuple[int, int]]) -> Iterator[tuple[int, int]]:

@@ -22,6 +22,7 @@ import fcntl
 import os
 import signal
 import struct
+from collections.abc import Callable
 
 from snapbox.platform import ptrace
 from snapbox.state import SnapboxError
@@ -218,6 +219,8 @@ class Stub:
         self.active: int | None = None
         # Threads whose pending PTRACE_INTERRUPT stop an injected syscall swallowed.
         self.interrupts_seen: set[int] = set()
+        # Called (addr, length) after each mapping is made (written-page tracking).
+        self.on_map: Callable[[int, int], None] | None = None
 
     @classmethod
     def spawn(cls, memfd: int) -> Stub:
@@ -357,6 +360,8 @@ class Stub:
         r = self.syscall(SYS_MMAP, addr, length, prot, MAP_SHARED | MAP_FIXED, STUB_MEMFD, offset)
         if r < 0:
             raise StubError(f"stub mmap of {length:#x} bytes at {addr:#x} failed: {os.strerror(-r)}")
+        if self.on_map is not None:
+            self.on_map(addr, length)
 
     def unmap(self, addr: int, length: int) -> None:
         r = self.syscall(SYS_MUNMAP, addr, length)

@@ -25,9 +25,11 @@ def main() -> int:
     ap.add_argument("--log-format", default="text")
     ap.add_argument("--strace", action="store_true")
     ap.add_argument("--network", default=None)
+    ap.add_argument("--memory", default=None)
+    ap.add_argument("--memory-id", default=None)
     a = ap.parse_args()
     return boot_main(a.root, a.cid, a.bundle, a.ready_fd, a.restore, a.debug_log, a.log_format, a.strace, a.lazy,
-                     a.network)
+                     a.network, a.memory, a.memory_id)
 
 
 if __name__ == "__main__":

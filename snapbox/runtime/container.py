@@ -245,11 +245,14 @@ class Container:
     @classmethod
     def create(cls, root: str, cid: str, bundle: str, *, start: bool = False,
                restore_image: str | None = None, lazy: bool = False, options: Options | None = None,
-               pid_file: str | None = None, console_socket: str | None = None) -> Container:
+               pid_file: str | None = None, console_socket: str | None = None,
+               memory: tuple[str, str] | None = None) -> Container:
         """Make the state dir and start a sandbox process (which owns the caller's stdio).
 
         With `restore_image`, the sandbox is restored from that image and started; with
-        `lazy`, memory is loaded from the image as the program needs it.
+        `lazy`, memory is loaded from the image as the program needs it; with `memory`
+        (a path to a memory file and the id of the last pre-dump in it), the image's chain
+        is not read: that file holds it.
         """
         from snapbox.runtime.bundle import Bundle
 
@@ -272,7 +275,7 @@ class Container:
         c.options = options or Options()
         try:
             c.save_state()
-            c._spawn(restore_image=restore_image, lazy=lazy, console_socket=console_socket)
+            c._spawn(restore_image=restore_image, lazy=lazy, console_socket=console_socket, memory=memory)
             if pid_file:
                 _write_atomically(pid_file, f"{c.state['pid']}")
             c.run_hooks("createRuntime", "prestart", "createContainer")
@@ -305,7 +308,8 @@ class Container:
                         raise SnapboxError(message)
                     print(f"snapbox: warning: {message}", file=sys.stderr)
 
-    def _spawn(self, restore_image: str | None, lazy: bool = False, console_socket: str | None = None) -> None:
+    def _spawn(self, restore_image: str | None, lazy: bool = False, console_socket: str | None = None,
+               memory: tuple[str, str] | None = None) -> None:
         """Start the sandbox process, forked by the root's warm pool if one runs; it is
         ready (created) when this returns."""
         r, w = os.pipe()
@@ -316,13 +320,16 @@ class Container:
             stdio = {"stdin": slave, "stdout": slave, "stderr": slave}
         try:
             pid = warm.spawn(self.root, {"root": self.root, "cid": self.id, "bundle_path": self.state["bundle"],
-                                         "restore": restore_image, "lazy": lazy, **self.options.boot_kwargs()},
+                                         "restore": restore_image, "lazy": lazy, **self.options.boot_kwargs(),
+                                         **({"memory": memory[0], "memory_id": memory[1]} if memory else {})},
                              [slave] * 3 if slave >= 0 else [0, 1, 2], w)
             if pid is None:
                 cmd = [sys.executable, "-S", "-m", "snapbox.runtime.boot", "--root", self.root, "--id", self.id,
                        "--bundle", self.state["bundle"], "--ready-fd", str(w), *self.options.boot_args()]
                 if restore_image is not None:
                     cmd += ["--restore", restore_image] + (["--lazy"] if lazy else [])
+                if memory is not None:
+                    cmd += ["--memory", memory[0], "--memory-id", memory[1]]
                 self.process = subprocess.Popen(cmd, pass_fds=(w,), start_new_session=True, env=warm.sandbox_env(),
                                                 **stdio)
                 pid = self.process.pid
@@ -437,8 +444,8 @@ class Container:
         """Write an image of the sandbox; it stops unless `leave_running` or `pre_dump`.
 
         A pre-dump holds memory alone, written while the sandbox runs; an image with
-        `parent_path` (the sandbox's last pre-dump) holds only the pages written since,
-        and restores on top of its chain of pre-dumps.
+        `parent_path` (the sandbox's last pre-dump, "-" if that went to a stream) holds
+        only the pages written since, and restores on top of its chain of pre-dumps.
 
         Pages of host files mapped read-only (libraries) are stored as references to the
         files unless `store_file_pages`.
@@ -460,7 +467,7 @@ class Container:
             args["progress_fd"] = len(fds)
             fds.append(progress_fd)
         if parent_path is not None:
-            args["parent_path"] = os.path.abspath(parent_path)
+            args["parent_path"] = parent_path if parent_path == "-" else os.path.abspath(parent_path)
         with self.locked():
             self._require("checkpoint", RUNNING, PAUSED)
             reply = self._call("checkpoint", timeout=None, fds=fds, path=path,

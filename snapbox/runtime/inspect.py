@@ -74,6 +74,7 @@ def describe(f: IO[bytes]) -> dict[str, Any]:
         "parent": meta.get("parent"),
         "chain": summary["chain"],
         "dropped": sum(n for _, n in summary.get("dropped") or []),
+        "written_pages": summary.get("written_pages"),
         "file_references": [{"path": os.path.join(kernel.fs.host(p.layer).path, p.path), "size": p.size,
                              "mtime": p.mtime, "referenced": min(p.filled_bytes(), p.size), "sha256": p.digest.hex()}
                             for p in kernel.file_cache.files if not p.stored],
@@ -94,14 +95,18 @@ def _describe_pre_dump(r: ImageReader) -> dict[str, Any]:
             "chain": [path for path, _ in chain],
             "memory": {"allocated": summary.get("memory_allocated", 0), "saved": summary.get("memory_saved", 0),
                        "stored": stored},
-            "dropped": sum(n for _, n in summary.get("dropped") or [])}
+            "dropped": sum(n for _, n in summary.get("dropped") or []),
+            "written_pages": summary.get("written_pages")}
 
 
 def _chain_lines(info: dict[str, Any]) -> list[str]:
+    lines = []
+    if info.get("written_pages"):
+        lines.append(f"written pages found by: {info['written_pages']}")
     if not info.get("parent"):
-        return []
-    lines = [f"parent: {info['parent']['path']} (chain of {len(info['chain'])} pre-dumps, oldest first: "
-             f"{', '.join(info['chain'])})"]
+        return lines
+    lines.append(f"parent: {info['parent']['path']} (chain of {len(info['chain'])} pre-dumps, oldest first: "
+                 f"{', '.join(info['chain'])})")
     if info.get("dropped"):
         lines.append(f"pages dropped since the parent: {human(info['dropped'])}")
     return lines

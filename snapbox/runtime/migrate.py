@@ -7,7 +7,7 @@ The stream is frames (a 4-byte length and a CBOR map) and images:
     source                                   receiver
     hello {token, cpu, id}          ->       checks the token, the CPU features, the id
                                     <-       ready | refused {error}
-    image {name, size} + bytes      ->       (round 1: a pre-dump of all memory; each later
+    image {name} + an image         ->       (round 1: a pre-dump of all memory; each later
                                     <-        round: a pre-dump of the pages written since)
                                              stored | refused {error}
     final {name, size} + bytes      ->       (paused: the pages written since, and the kernel)
@@ -15,12 +15,14 @@ The stream is frames (a 4-byte length and a CBOR map) and images:
 
 Rounds run while the program runs; the last one is sent paused, and the source ends only
 once the receiver says `started`. Whatever fails before that (a refusal, a broken link, a
-receiver that dies, Ctrl-C), the source resumes and goes on as it was. The receiver keeps
-the rounds as files of a chain in a directory of its own, restores the final image on top
-of them, and removes them.
+receiver that dies, Ctrl-C), the source resumes and goes on as it was. The receiver applies
+each round, as it arrives, to a memory file of its own (see Rounds), and the sandbox it
+restores takes that file over: the freeze then reads only the last image (the pages
+written since the last round, and the kernel), never the whole chain.
 
-Written pages are found by comparing a digest of every page with the round before's (see
-MemoryFile.page_digests): correct whoever wrote a page, and needing nothing of the kernel.
+Written pages are found by write-protection (snapbox.kernel.written: the host kernel notes
+each first write to a page since the round before), or where the host cannot, by comparing
+a digest of every page with the round before's; the summary says which.
 """
 
 from __future__ import annotations
@@ -41,12 +43,13 @@ from typing import IO, Any, Callable
 
 import cbor2
 
-from snapbox.state import SnapboxError
+from snapbox.state import ImageError, SnapboxError
+from snapbox.state.image import ImageReader
 
 MAGIC = b"SNAPMIG1"  # what a migration stream starts with (an image starts with SNAPBOX)
 MAX_FRAME = 64 << 20
+QUICK = 0.025  # seconds: a running round this short leaves about as little for the paused one
 _LEN = struct.Struct(">I")
-METHOD = "page digests (BLAKE2b of every page, compared with the round before)"
 
 
 class MigrationError(SnapboxError):
@@ -69,6 +72,10 @@ class Channel:
             self.writer.flush()
         except OSError as e:
             raise MigrationError(f"the connection to {self.what} broke ({e.strerror or e})") from None
+
+    def fileno(self) -> int:
+        """The fd an image may be written to directly (after what was sent is flushed)."""
+        return self.writer.fileno()
 
     def send_file(self, kind: str, path: str) -> int:
         size = os.path.getsize(path)
@@ -155,7 +162,7 @@ class Summary:
     freeze_ms: float = 0.0  # from the pause to the receiver's "started"
     total_s: float = 0.0
     converged: bool = True
-    method: str = METHOD
+    method: str = ""  # how written pages were found
 
     def as_dict(self) -> dict:
         return {"rounds": [r.as_dict() for r in self.rounds], "bytes": sum(r.bytes for r in self.rounds),
@@ -219,34 +226,34 @@ def migrate(container, dest: str, token: str = "", max_rounds: int = 8, small: i
         _expect(channel, "ready")
         parent = None
         for n in range(1, max_rounds + 1):
-            path = os.path.join(work, f"round-{n}.img")
             start = time.monotonic()
-            reply = container.checkpoint(path, pre_dump=True, parent_path=parent)
-            size = channel.send_file("image", path)
+            channel.send(type="image", name=f"round-{n}")
+            # The pre-dump goes straight into the stream, written by the sandbox's child.
+            reply = container.checkpoint("-", pre_dump=True, parent_path=parent, image_fd=channel.fileno())
             _expect(channel, "stored")
+            size = reply.get("image_bytes", 0)
             pages = reply.get("memory_saved", 0) // 4096
+            summary.method = reply.get("method", summary.method)
             summary.rounds.append(Round(size, pages, time.monotonic() - start))
             if report:
                 report(_round_line(n, summary.rounds[-1]))
-            if parent is not None:
-                os.unlink(parent)
-            parent = path
-            if pages * 4096 <= small:
-                break
+            parent = "-"
+            if pages * 4096 <= small or summary.rounds[-1].seconds <= QUICK:
+                break  # what is left is about what the paused round will take
             if n >= 3 and pages >= 0.9 * summary.rounds[-2].pages:
                 summary.converged = False  # the program writes as fast as rounds go: stop here
                 break
         else:
-            summary.converged = summary.rounds[-1].pages * 4096 <= small
+            summary.converged = False
         freeze = time.monotonic()
         container.pause()
         paused = True
         final = os.path.join(work, "final.img")
-        container.checkpoint(final, leave_running=True, parent_path=parent)
+        last = container.checkpoint(final, leave_running=True, parent_path=parent)
         size = channel.send_file("final", final)
         _expect(channel, "started")
         summary.freeze_ms = (time.monotonic() - freeze) * 1000
-        summary.rounds.append(Round(size, 0, time.monotonic() - freeze))
+        summary.rounds.append(Round(size, last.get("memory_saved", 0) // 4096, time.monotonic() - freeze))
         paused = False
         container.delete(force=True)  # the receiver runs it now
     except (MigrationError, KeyboardInterrupt, SnapboxError) as e:
@@ -275,9 +282,10 @@ def _round_line(n: int, r: Round) -> str:
 
 def receive(channel: Channel, root: str, cid: str, token: str,
             start: Callable[[str], Any], check_bundle: Callable[[], None]) -> Any:
-    """Take a migration stream: check the hello, keep each round, and with the final image
-    call `start(final image path)` (which creates and starts the container); answer each
-    step. Returns what `start` returned."""
+    """Take a migration stream: check the hello, apply each round to a memory file, and
+    with the final image call `start(final image path, (memory file path, last round's
+    id))`, which creates and starts the container; answer each step. Returns what `start`
+    returned."""
     from snapbox.platform.cpuid import FeatureSet
     from snapbox.runtime.container import Container
     from snapbox.state import decode_graph
@@ -307,30 +315,73 @@ def receive(channel: Channel, root: str, cid: str, token: str,
         raise refuse(str(e)) from None
     os.makedirs(root, mode=0o711, exist_ok=True)
     work = tempfile.mkdtemp(prefix=f".incoming-{cid}-", dir=root)
+    rounds = Rounds()
     channel.send(type="ready")
     try:
         while True:
             frame = channel.receive()
             kind, name, size = frame["type"], frame.get("name"), frame.get("size")
             if kind not in ("image", "final") or not isinstance(name, str) or os.sep in name \
-                    or name.startswith(".") or not isinstance(size, int) or size < 0:
+                    or name.startswith(".") or (kind == "final" and (not isinstance(size, int) or size < 0)):
                 raise refuse(f"unexpected {kind!r} in the stream")
+            if kind == "image":
+                try:
+                    rounds.apply(channel.reader, name)
+                except ImageError as e:
+                    raise refuse(f"round {name}: {e}") from None
+                except OSError as e:
+                    raise refuse(f"cannot load round {name} ({e.strerror})") from None
+                channel.send(type="stored", name=name)
+                continue
             path = os.path.join(work, name)
             try:
                 channel.receive_into(path, size)
             except OSError as e:
                 raise refuse(f"cannot store the image ({e.strerror})") from None
-            if kind == "image":
-                channel.send(type="stored", name=name)
-                continue
             try:
-                result = start(path)
+                result = start(path, rounds.handoff())
             except SnapboxError as e:
                 raise refuse(str(e)) from None
             channel.send(type="started")
             return result
     finally:
+        rounds.close()
         shutil.rmtree(work, ignore_errors=True)
+
+
+class Rounds:
+    """The memory a migration's rounds bring, applied to a memory file as each arrives (no
+    file of them is kept), for the restored sandbox to take over: its last image then
+    brings only the pages written since the last round, and the kernel, and the restore
+    reads no chain. Each round must be a pre-dump made after the one before."""
+
+    def __init__(self) -> None:
+        from snapbox.memfile import MemoryFile
+
+        self.memfile = MemoryFile()
+        self.last: str | None = None  # image id of the last round applied
+
+    def apply(self, stream, name: str) -> None:
+        from snapbox.kernel.checkpoint import apply_pre_dump
+
+        r = ImageReader(stream)
+        parent = r.meta.get("parent")
+        if not r.meta.get("pre_dump"):
+            raise ImageError("not a pre-dump")
+        if (parent or {}).get("id") != self.last or not isinstance(r.meta.get("image_id"), str):
+            raise ImageError("not made after the round before")
+        r.read_section("cpuid")
+        apply_pre_dump(self.memfile, r, name)
+        self.last = r.meta["image_id"]
+
+    def handoff(self) -> tuple[str, str] | None:
+        """What Container.create takes as `memory` (None before any round)."""
+        if self.last is None:
+            return None
+        return f"/proc/{os.getpid()}/fd/{self.memfile.fd}", self.last
+
+    def close(self) -> None:
+        self.memfile.close()
 
 
 def print_summary(summary: Summary, as_json: bool, out=sys.stdout) -> None:

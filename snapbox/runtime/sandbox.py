@@ -272,9 +272,12 @@ class Sandbox:
         final = not msg.get("leave_running") and not pre_dump
         was_paused = k.paused
 
+        delta = k.memory_delta(parent) if pre_dump else None
+
         def write(f) -> dict:
             if pre_dump:
-                return k.pre_dump(f, compress=compress, progress=progress, meta=self.image_meta(), parent=parent)
+                return k.pre_dump(f, delta, compress=compress, progress=progress, meta=self.image_meta(),
+                                  parent=parent)
             return k.save(f, compress=compress, progress=progress, meta=self.image_meta(), store_file_pages=store,
                           final=final, parent=parent)
 
@@ -291,7 +294,11 @@ class Sandbox:
                     raise ImageWriteError(f"cannot write image to the output ({e.strerror})") from None
 
         if pre_dump:
-            return self._aside(write_it, progress, path)
+            try:
+                return self._aside(write_it, progress, path, delta)
+            except BaseException:
+                delta.give_back(k.memfile)
+                raise
         k.pause()
         try:
             summary = write_it()
@@ -304,7 +311,7 @@ class Sandbox:
                 progress.close()
         if parent is not None:
             # What the next incremental image is made against: this one.
-            self.tracking = {"path": path, "id": summary["image_id"], "digests": summary["digests"]}
+            self.tracking = {"path": path, "id": summary["image_id"], **summary["tracking"]}
         if msg.get("leave_running"):
             if not was_paused:
                 k.unpause()
@@ -317,12 +324,13 @@ class Sandbox:
         return {"memory_saved": summary["memory_saved"], "graph_bytes": summary["graph_bytes"],
                 "connections": summary["connections"]}
 
-    def _aside(self, write: Callable[[], dict], progress, path: str) -> Later:
+    def _aside(self, write: Callable[[], dict], progress, path: str, delta) -> Later:
         """A pre-dump, written by a child of this process while this one goes on serving
         the program: the child shares the memory file (the same memfd, mapped shared) and
-        takes every page's digest before it writes any page, so a page the program
-        changes meanwhile is in the next image. The reply comes when the child is done."""
-        self.kernel.memfile.finish_loading()  # a lazy restore's loader threads are this process's alone
+        saves the pages `delta` names (found here: the tracking of writes is this
+        process's), or every page whose digest changed, each digest taken from the very copy
+        it saves; a page the program changes meanwhile is in the next image. The reply
+        comes when the child is done."""
         r, w = os.pipe()
         pid = os.fork()
         if pid == 0:  # the child: write, tell the parent, and go without running any finalizer
@@ -345,10 +353,12 @@ class Sandbox:
 
         def finish(result: dict) -> dict:
             if not result.get("ok"):
+                delta.give_back(self.kernel.memfile)
                 raise SnapboxError(result.get("error") or "the pre-dump failed")
             summary = result["summary"]
-            self.tracking = {"path": path, "id": summary["image_id"], "digests": summary["digests"]}
-            return {"summary": {"memory_saved": summary["memory_saved"], "pre_dump": True, "connections": []}}
+            self.tracking = {"path": path, "id": summary["image_id"], **summary["tracking"]}
+            return {"summary": {"memory_saved": summary["memory_saved"], "pre_dump": True, "connections": [],
+                                "method": summary["tracking"]["method"], "image_bytes": summary["image_bytes"]}}
         return Later(pid, r, finish)
 
     def _answer_later(self, conn_fd: int, later: Later) -> None:
@@ -379,16 +389,18 @@ class Sandbox:
 
     def _parent(self, path: str | None) -> dict | None:
         """The parent an incremental checkpoint names: this sandbox's last pre-dump, still
-        the same file (None without --parent-path)."""
+        the same file, or "-" for one written to a stream (None without --parent-path)."""
         if path is None:
             return None
-        if not isinstance(path, str) or not os.path.isabs(path):
+        if not isinstance(path, str) or not (os.path.isabs(path) or path == "-"):
             raise SnapboxError("checkpoint needs an absolute parent path")
         last = self.tracking
         if last is None:
             raise SnapboxError(f"--parent-path {path}: this sandbox has made no pre-dump to build on")
         if last["path"] != path:
             raise SnapboxError(f"--parent-path {path}: not this sandbox's last pre-dump (that is {last['path']})")
+        if path == "-":
+            return last  # written to a stream (a migration's round): its reader checks the id
         try:
             with open(path, "rb") as f:
                 same = ImageReader(f).meta.get("image_id") == last["id"]
@@ -407,11 +419,14 @@ class Sandbox:
         return None if self.done else k.exit_status
 
 
-def _restore(image: str, bundle: Bundle, lazy: bool = False, network: str | None = None) -> Kernel:
+def _restore(image: str, bundle: Bundle, lazy: bool = False, network: str | None = None,
+             memory: str | None = None, memory_id: str | None = None) -> Kernel:
     """The Loader's restore path: from a file, or from stdin when `image` is "-". With `lazy`,
     memory is left in an image file to load as needed (a pipe is read whole all the same).
-    The sandbox's network (`network`, else the image's own mode) is joined before the
-    graph is read: its sockets bind again as they load."""
+    With `memory`, the memory file at that path already holds the image's chain, up to
+    the pre-dump `memory_id` (a migration's rounds). The sandbox's network (`network`, else
+    the image's own mode) is joined before the graph is read: its sockets bind again as
+    they load."""
     try:
         if image == "-":
             f = os.fdopen(0, "rb", closefd=False, buffering=1 << 20)
@@ -423,7 +438,7 @@ def _restore(image: str, bundle: Bundle, lazy: bool = False, network: str | None
     try:
         with f:
             with _on_all_cpus():  # memory is decompressed on every CPU; stubs stay pinned
-                ctx = LoadContext(rootfs=bundle.rootfs, host_sockets=[])
+                ctx = LoadContext(rootfs=bundle.rootfs, host_sockets=[], memory=memory, memory_id=memory_id)
                 net: dict = {}
 
                 def join(meta: dict) -> None:
@@ -473,7 +488,8 @@ def _setup_logging(path: str, log_format: str) -> None:
 
 def boot_main(root: str, cid: str, bundle_path: str, ready_fd: int, restore: str | None,
               debug_log: str | None = None, log_format: str = "text", strace: bool = False,
-              lazy: bool = False, network: str | None = None) -> int:
+              lazy: bool = False, network: str | None = None, memory: str | None = None,
+              memory_id: str | None = None) -> int:
     """Entry point of the sandbox process. Returns its exit code."""
     cdir = os.path.join(root, cid)
     _setup_logging(debug_log or os.path.join(cdir, "sandbox.log"), log_format)
@@ -482,7 +498,7 @@ def boot_main(root: str, cid: str, bundle_path: str, ready_fd: int, restore: str
         _pin_to_current_cpu()
         bundle = Bundle.load(bundle_path)
         if restore is not None:
-            kernel = _restore(restore, bundle, lazy, network)
+            kernel = _restore(restore, bundle, lazy, network, memory, memory_id)
         else:
             net = _network(network or "sandbox", bundle, lazy=True)
             # os.fsencode: arguments that were not UTF-8 on the command line (`do`) come

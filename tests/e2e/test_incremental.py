@@ -4,6 +4,7 @@ refuse a chain with a missing or changed link)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -36,6 +37,59 @@ WRITER = textwrap.dedent("""
         print("tick", tick, "ok" if ok else "CORRUPT", flush=True)
         time.sleep(0.2)
 """)
+
+
+# Memory written every way a page can be, between a pre-dump and the image made after it:
+# by a child process through shared memory (the child then exits), by the sentry (a read(2)
+# into a buffer), through a shared mapping of a memfd that is then unmapped, in a mapping
+# made since, and by plain stores. After the restore, every page must hold the new bytes.
+WAYS = textwrap.dedent("""
+    import mmap, os, time
+    PAGE = 4096
+
+    def wait(name):
+        while not os.path.exists(name):
+            time.sleep(0.05)
+
+    shared = mmap.mmap(-1, 64 * PAGE, mmap.MAP_SHARED)
+    shared[:] = b"a" * len(shared)
+    private = bytearray(b"a" * 64 * PAGE)
+    memfd = os.memfd_create("pages")
+    os.ftruncate(memfd, 8 * PAGE)
+    os.pwrite(memfd, b"a" * 8 * PAGE, 0)
+    print("ready", flush=True)
+    wait("go1")
+    pid = os.fork()
+    if pid == 0:
+        shared[:8 * PAGE] = b"b" * 8 * PAGE
+        os._exit(0)
+    os.waitpid(pid, 0)
+    r, w = os.pipe()
+    os.write(w, b"c" * 4 * PAGE)
+    os.readv(r, [memoryview(private)[10 * PAGE:14 * PAGE]])
+    m = mmap.mmap(memfd, 8 * PAGE)
+    m[:] = b"d" * 8 * PAGE
+    m.close()
+    fresh = mmap.mmap(-1, 16 * PAGE)
+    fresh[:] = b"e" * 16 * PAGE
+    private[20 * PAGE:21 * PAGE] = b"f" * PAGE
+    print("written", flush=True)
+    wait("go2")
+    ok = (shared[:] == b"b" * 8 * PAGE + b"a" * 56 * PAGE
+          and private == b"a" * 10 * PAGE + b"c" * 4 * PAGE + b"a" * 6 * PAGE + b"f" * PAGE + b"a" * 43 * PAGE
+          and os.pread(memfd, 8 * PAGE, 0) == b"d" * 8 * PAGE and fresh[:] == b"e" * 16 * PAGE)
+    print("verified" if ok else "WRONG", flush=True)
+""")
+
+
+@pytest.fixture(scope="session")
+def no_userfaultfd(tmp_path_factory) -> Path:
+    """A host command that runs another where userfaultfd(2) is refused (as under
+    Docker's default seccomp profile)."""
+    binary = tmp_path_factory.mktemp("host") / "no_userfaultfd"
+    subprocess.run(["cc", "-O2", "-Wall", "-Werror", "-o", str(binary),
+                    str(Path(__file__).parent / "host" / "no_userfaultfd.c")], check=True)
+    return binary
 
 
 def ticks(out: Path) -> list[str]:
@@ -127,3 +181,26 @@ def test_a_parent_that_is_not_the_last_pre_dump_is_refused_and_the_program_runs_
     assert p.stderr == f"snapbox: error: --parent-path {p1}: {want}\n"
     n = len(ticks(out))
     wait_for(lambda: len(ticks(out)) >= n + 2, timeout=60, what="the program going on")
+
+
+@pytest.mark.parametrize("method", ["write-protection", "page digests"])
+def test_every_way_of_writing_a_page_is_in_the_next_image(snapbox, tmp_path, no_userfaultfd, method):
+    (tmp_path / "ways.py").write_text(WAYS)
+    out = tmp_path / "out.txt"
+    cmd = snapbox.cmd("do", "--id", "w0", "--detach", "--", sys.executable, "ways.py")
+    if method == "page digests":
+        cmd = [str(no_userfaultfd), *cmd]  # no write-protection there: the digests find the pages
+    with open(out, "a") as f:
+        subprocess.run(cmd, stdout=f, stderr=f, stdin=subprocess.DEVNULL, cwd=tmp_path, check=True, timeout=60,
+                       env={**os.environ, "SNAPBOX_WARM": "0"})
+    wait_for(lambda: "ready" in lines(out), timeout=60, what="ready")
+    p1, p2 = tmp_path / "p1", tmp_path / "p2"
+    snapbox("checkpoint", "--pre-dump", "--image-path", str(p1), "w0")
+    (tmp_path / "go1").touch()
+    wait_for(lambda: "written" in lines(out), timeout=60, what="written")
+    snapbox("checkpoint", "--parent-path", str(p1), "--image-path", str(p2), "w0")
+    assert f"written pages found by: {method}" in snapbox("inspect", str(p2)).stdout
+    restore(snapbox, p2, "w1", out)
+    (tmp_path / "go2").touch()
+    wait_for(lambda: "verified" in lines(out) or "WRONG" in lines(out), timeout=60, what="the check")
+    assert "verified" in lines(out), out.read_text()

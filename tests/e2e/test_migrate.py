@@ -62,7 +62,7 @@ def test_the_counter_moves_over_tcp_and_goes_on_counting(snapbox, receiver, tmp_
     p = snapbox("migrate", "--json", "--token-file", str(tmp_path / "token"), "--to", f"tcp://127.0.0.1:{port}",
                 "c")
     summary = json.loads(p.stdout)
-    assert summary["converged"] and len(summary["rounds"]) >= 2 and summary["method"].startswith("page digests")
+    assert summary["converged"] and len(summary["rounds"]) >= 2 and summary["method"].startswith("write-protection")
     assert r.wait(60) == 0, r.stderr.read()
     assert snapbox("state", "c", check=False).returncode != 0  # gone from the source
     n = len(counts(out))
@@ -91,7 +91,8 @@ def test_memory_that_keeps_changing_moves_over_exec_intact(snapbox, receiver, tm
     command = " ".join(receiver.cmd("restore", "--image-path", "-", "w")) + f" 2>>{moved}"
     summary = json.loads(snapbox("migrate", "--json", "--to", f"exec:{command}", "w").stdout)
     assert summary["rounds"][0]["bytes"] > 8 << 20  # round 1: all 16 MB
-    assert sum(r["bytes"] for r in summary["rounds"][1:]) < 8 << 20  # later ones: what changed
+    # Later ones: what changed since the round before.
+    assert all(r["bytes"] < summary["rounds"][0]["bytes"] / 2 for r in summary["rounds"][1:]), summary
     wait_for(lambda: len(ticks(moved)) >= 3, timeout=60, what="ticks at the receiver")
     got = ticks(out) + ticks(moved)
     assert all(x.endswith(" ok") for x in got), got
