@@ -197,11 +197,16 @@ class Checkpointing:
         # A lazy restore's userfaultfds are the stubs' one each: theirs must go first.
         self.memfile.finish_loading()
         self._stop_catching()
+        was_paused = self.paused
+        self.pause()  # each stub makes its userfaultfd: none may be running
         try:
             WrittenPages.start(self.memfile, [tg.mm for tg in self.tasks.pidns.groups.values()])
         except OSError as e:
             log.info("written pages are found by digests: cannot track writes here (%s)", e)
             return DIGESTS
+        finally:
+            if not was_paused:
+                self.unpause()
         return WRITE_PROTECTION
 
     def pre_dump(self, f: IO[bytes], delta: MemoryDelta, compress: bool = True, meta: dict | None = None,

@@ -5,15 +5,23 @@ Every write into application memory goes through a mapping of the memfd: a stub'
 program's own stores) or the sentry's (system calls filling buffers, signal frames, the
 copies fork and mremap make). Both are tracked with userfaultfd write-protection in async
 mode (see snapbox.platform.uffd): the host kernel notes each first write to a protected page
-and nothing stops; `collect()` scans every tracked mapping with PAGEMAP_SCAN, which returns
-the written ranges and protects them again. A stub mapping made while tracking is protected
-as it is made (Stub.on_map); one taken away (munmap, MAP_FIXED over it, exec, exit) is
-scanned first, so that what was written through it is not forgotten. What changes the file
-without a mapping (pages punched out, or filled on first touch) shows in its data extents,
-which the caller compares with the last look's (Checkpointing.memory_delta).
+and nothing stops; `collect()` scans the tracked mappings with PAGEMAP_SCAN, which returns
+the written ranges and protects them again.
 
-Where the host lacks the feature (before Linux 6.7, or userfaultfd(2) filtered out),
-`start` raises OSError and the caller falls back to comparing page digests.
+Only the file's data extents are ever protected or scanned. A tracked page never protected
+counts as written, and protecting it costs a page table entry: protecting holes would give
+a program's large reservations (a runtime's gigabytes of PROT_NONE) page tables they never
+had. A hole that gets data is new in the extents, which the caller compares with the last
+look's (Checkpointing.memory_delta), so nothing is missed: a write to a page the scans did
+not cover stays noted until one does.
+
+A stub mapping made while tracking is registered as it is made (Stub.on_map); one taken
+away (munmap, MAP_FIXED over it, exec, exit) is scanned first, so that what was written
+through it is not forgotten.
+
+Where the host lacks the feature (before Linux 6.7, or userfaultfd(2) filtered out, as by
+Docker's default seccomp profile), `start` raises OSError and the caller falls back to
+comparing page digests.
 """
 
 from __future__ import annotations
@@ -51,7 +59,7 @@ class WrittenPages:
 
     @classmethod
     def start(cls, memfile: MemoryFile, mms) -> WrittenPages:
-        """Protect every page of `memfile` in the sentry's map and in the stubs of `mms`;
+        """Protect the data of `memfile` in the sentry's map and in the stubs of `mms`;
         from here on, writes are noted. OSError if this host cannot track them."""
         self = cls(memfile)
         try:
@@ -60,24 +68,23 @@ class WrittenPages:
             anchor = (ctypes.c_char * 1).from_buffer(memfile.map)
             self.base = ctypes.addressof(anchor)
             del anchor
-            # The whole map is registered, the part handed out protected: pages past it are
-            # reported written when first scanned (they are new), and protected then.
             uffd.register_writes(self.own, self.base, len(memfile.map))
-            if memfile.high:
-                uffd.protect(self.own, self.base, memfile.high)
+            extents = memfile.extents()
+            for off, n in extents:
+                uffd.protect(self.own, self.base + off, n)
             for mm in mms:
                 if mm.stub is not None:
-                    self.follow(mm, mapped=True)
+                    self.follow(mm, extents)
         except (OSError, StubError) as e:
             self.close()
             raise OSError(getattr(e, "errno", None), str(e)) from None
         memfile.written = self
         return self
 
-    def follow(self, mm, mapped: bool = False) -> None:
-        """Track the stub of `mm`: its VMAs are protected now if `mapped` (else they are
-        about to be mapped), and each mapping the stub makes as it makes it. A stub
-        followed already (an exec) just runs `mm` now."""
+    def follow(self, mm, extents: list[tuple[int, int]] | None = None) -> None:
+        """Track the stub of `mm`: with `extents` (its VMAs are mapped), protect their
+        data now; each mapping the stub makes from here on is tracked as it is made. A
+        stub followed already (an exec) just runs `mm` now."""
         stub = mm.stub
         known = self.stubs.get(stub.pid)
         if known is not None:
@@ -90,15 +97,24 @@ class WrittenPages:
             os.close(fd)
             raise
         self.stubs[stub.pid] = _Followed(fd, pagemap, mm)
-        for vma in mm.vmas if mapped else ():
-            uffd.protect_mapping(fd, vma.start, vma.end - vma.start)
-        stub.on_map = lambda addr, length: uffd.protect_mapping(fd, addr, length)
+        for vma in mm.vmas if extents is not None else ():
+            uffd.register_writes(fd, vma.start, vma.end - vma.start)
+            for addr, n in _data_of(vma, extents):
+                uffd.protect(fd, addr, n)
+
+        def on_map(addr: int, length: int, offset: int) -> None:
+            uffd.register_writes(fd, addr, length)
+            for off, n in self.memfile.extents(start=offset, end=offset + length):
+                uffd.protect(fd, addr + (off - offset), n)
+        stub.on_map = on_map
 
     def forget(self, mm, start: int = 0, end: int = APP_TOP) -> None:
         """[start, end) of `mm`'s stub is about to be unmapped: keep what was written there."""
         followed = self.stubs.get(mm.stub.pid) if mm.stub is not None else None
         if followed is not None and followed.mm is mm:
-            self.carry += self._scan(followed, start, end)
+            lo = min((v.offset for v in mm.vmas if v.start < end and v.end > start), default=0)
+            hi = max((v.offset + v.end - v.start for v in mm.vmas if v.start < end and v.end > start), default=0)
+            self.carry += self._scan(followed, self.memfile.extents(start=lo, end=hi), start, end)
 
     def retire(self, mm) -> None:
         """`mm`'s stub is about to end: keep what it wrote, and let it go."""
@@ -112,36 +128,39 @@ class WrittenPages:
 
     def collect(self) -> list[tuple[int, int]]:
         """The (offset, length) runs of the MemoryFile written since the last collect (or
-        start), sorted and merged; every page is protected again."""
+        start), sorted and merged; each is protected again."""
         runs, self.carry = self.carry, []
+        extents = self.memfile.extents()
         for followed in list(self.stubs.values()):
-            runs += self._scan(followed, 0, APP_TOP)
-        for lo, hi in uffd.written(self.own_pagemap, self.base, self.base + self.memfile.high):
-            runs.append((lo - self.base, hi - lo))
+            runs += self._scan(followed, extents)
+        for off, n in extents:
+            for lo, hi in uffd.written(self.own_pagemap, self.base + off, self.base + off + n):
+                runs.append((lo - self.base, hi - lo))
         return merge_runs(runs)
 
     def give_back(self, runs: list[tuple[int, int]]) -> None:
         """Runs collected for a save that failed: the next collect returns them again."""
         self.carry += runs
 
-    def _scan(self, followed: _Followed, start: int, end: int) -> list[tuple[int, int]]:
-        """The written ranges of [start, end) in a stub, as MemoryFile runs."""
+    def _scan(self, followed: _Followed, extents: list[tuple[int, int]], start: int = 0,
+              end: int = APP_TOP) -> list[tuple[int, int]]:
+        """The written pages of a stub's VMAs in [start, end) that hold data (`extents`),
+        as MemoryFile runs."""
         mm = followed.mm
+        out = []
+        i = max(bisect.bisect_right(mm.starts, start) - 1, 0)
         try:
-            ranges = uffd.written(followed.pagemap, start, end)
+            while i < len(mm.vmas) and mm.vmas[i].start < end:
+                v = mm.vmas[i]
+                i += 1
+                for addr, n in _data_of(v, extents):
+                    a, b = max(addr, start), min(addr + n, end)
+                    for lo, hi in uffd.written(followed.pagemap, a, b) if a < b else ():
+                        out.append((v.offset + (lo - v.start), hi - lo))
         except OSError:
             # The stub is gone (killed from outside): count all it shared as written (its
             # own memory is freed, which the extents show).
-            return [(v.offset, v.end - v.start) for v in mm.vmas if v.shared and v.start < end and v.end > start]
-        out = []
-        for lo, hi in ranges:
-            i = max(bisect.bisect_right(mm.starts, lo) - 1, 0)
-            while i < len(mm.vmas) and mm.vmas[i].start < hi:
-                v = mm.vmas[i]
-                a, b = max(lo, v.start), min(hi, v.end)
-                if a < b:
-                    out.append((v.offset + (a - v.start), b - a))
-                i += 1
+            out += [(v.offset, v.end - v.start) for v in mm.vmas if v.shared and v.start < end and v.end > start]
         return out
 
     def close(self) -> None:
@@ -158,3 +177,16 @@ class WrittenPages:
         self.own = self.own_pagemap = -1
         if self.memfile.written is self:
             self.memfile.written = None
+
+
+def _data_of(vma, extents: list[tuple[int, int]]):
+    """The (address, length) parts of `vma` whose MemoryFile pages are in `extents`
+    (sorted, disjoint runs)."""
+    first, last = vma.offset, vma.offset + (vma.end - vma.start)
+    i = max(bisect.bisect_right(extents, (first, 1 << 62)) - 1, 0)
+    while i < len(extents) and extents[i][0] < last:
+        off, n = extents[i]
+        a, b = max(off, first), min(off + n, last)
+        if a < b:
+            yield vma.start + (a - first), b - a
+        i += 1

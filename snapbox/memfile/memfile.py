@@ -222,21 +222,22 @@ class MemoryFile:
             pos = stop
         return out
 
-    def extents(self, skip: list[tuple[int, int]] = ()) -> list[tuple[int, int]]:
-        """The memfd's data extents (not holes) below `high`, outside `skip`, as sorted
-        (offset, length) runs. They may hold all-zero pages."""
-        pos = 0
+    def extents(self, skip: list[tuple[int, int]] = (), start: int = 0, end: int | None = None) -> list[tuple[int, int]]:
+        """The memfd's data extents (not holes) in [start, end) (default: below `high`),
+        outside `skip`, as sorted (offset, length) runs. They may hold all-zero pages."""
+        end = self.high if end is None else end
+        pos = start
         extents = []
-        while pos < self.high:
+        while pos < end:
             try:
-                start = os.lseek(self.fd, pos, os.SEEK_DATA)
+                first = os.lseek(self.fd, pos, os.SEEK_DATA)
             except OSError:
                 break  # ENXIO: no data past pos
-            if start >= self.high:
+            if first >= end:
                 break
-            end = min(os.lseek(self.fd, start, os.SEEK_HOLE), self.high)
-            extents.append((start, end - start))
-            pos = end
+            stop = min(os.lseek(self.fd, first, os.SEEK_HOLE), end)
+            extents.append((first, stop - first))
+            pos = stop
         return list(_without(extents, skip)) if skip else extents
 
     def _extents(self, skip: list[tuple[int, int]] = ()) -> Iterator[tuple[int, int]]:

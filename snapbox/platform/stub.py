@@ -219,8 +219,8 @@ class Stub:
         self.active: int | None = None
         # Threads whose pending PTRACE_INTERRUPT stop an injected syscall swallowed.
         self.interrupts_seen: set[int] = set()
-        # Called (addr, length) after each mapping is made (written-page tracking).
-        self.on_map: Callable[[int, int], None] | None = None
+        # Called (addr, length, memfd offset) after each mapping is made (written-page tracking).
+        self.on_map: Callable[[int, int, int], None] | None = None
 
     @classmethod
     def spawn(cls, memfd: int) -> Stub:
@@ -361,7 +361,7 @@ class Stub:
         if r < 0:
             raise StubError(f"stub mmap of {length:#x} bytes at {addr:#x} failed: {os.strerror(-r)}")
         if self.on_map is not None:
-            self.on_map(addr, length)
+            self.on_map(addr, length, offset)
 
     def unmap(self, addr: int, length: int) -> None:
         r = self.syscall(SYS_MUNMAP, addr, length)
@@ -389,8 +389,12 @@ def _stub_child(gate_r: int, gate_w: int, memfd: int, exe: int) -> None:
         _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
         # Fresh namespaces: a stub can reach nothing of the host even by a stray syscall.
         _libc.unshare(_CLONE_NEWNET | _CLONE_NEWIPC | _CLONE_NEWUTS)
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD, signal.SIGPIPE):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE):
             signal.signal(sig, signal.SIG_DFL)
+        # A stub's forks are its children, and it never waits: ignored, SIGCHLD has each
+        # one that ends released as soon as this sentry (their tracer) has reaped it,
+        # instead of left a zombie for as long as the sandbox runs.
+        signal.signal(signal.SIGCHLD, signal.SIG_IGN)
         signal.pthread_sigmask(signal.SIG_SETMASK, set())
         os.setsid()
         exe = fcntl.fcntl(exe, fcntl.F_DUPFD_CLOEXEC, STUB_MEMFD + 1)

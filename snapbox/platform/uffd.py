@@ -122,12 +122,6 @@ def protect(fd: int, start: int, length: int) -> None:
     fcntl.ioctl(fd, UFFDIO_WRITEPROTECT, bytearray(struct.pack("<QQQ", start, length, UFFDIO_WRITEPROTECT_MODE_WP)))
 
 
-def protect_mapping(fd: int, start: int, length: int) -> None:
-    """Track writes to a whole new mapping, none written yet."""
-    register_writes(fd, start, length)
-    protect(fd, start, length)
-
-
 def written(pagemap_fd: int, start: int, end: int) -> list[tuple[int, int]]:
     """The (start, end) address ranges of [start, end) written since they were last
     protected, by the process whose /proc/PID/pagemap `pagemap_fd` is; protected again in

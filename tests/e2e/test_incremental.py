@@ -204,3 +204,28 @@ def test_every_way_of_writing_a_page_is_in_the_next_image(snapbox, tmp_path, no_
     (tmp_path / "go2").touch()
     wait_for(lambda: "verified" in lines(out) or "WRONG" in lines(out), timeout=60, what="the check")
     assert "verified" in lines(out), out.read_text()
+
+
+def test_a_shell_forking_all_the_time_is_pre_dumped_while_it_runs_and_counts_on(snapbox, tmp_path):
+    # Pre-dumps catch it anywhere: running, in a fork or an exec, waiting for a child.
+    out = tmp_path / "out.txt"
+    script = "i=0; while [ $i -lt 100000 ]; do i=$((i+1)); /bin/true; echo $i; done"
+    with open(out, "a") as f:
+        subprocess.run(snapbox.cmd("do", "--id", "s0", "--detach", "--", "/bin/sh", "-c", script), stdout=f,
+                       stderr=f, stdin=subprocess.DEVNULL, cwd=tmp_path, check=True, timeout=60)
+    images = [tmp_path / f"p{n}" for n in range(4)]
+    parent: list[str] = []
+    for image in images[:3]:
+        n = len(lines(out))
+        wait_for(lambda: len(lines(out)) >= n + 50, timeout=60, what="counting")
+        snapbox("checkpoint", "--pre-dump", *parent, "--image-path", str(image), "s0")
+        parent = ["--parent-path", str(image)]
+    n = len(lines(out))
+    wait_for(lambda: len(lines(out)) >= n + 50, timeout=60, what="counting on after the pre-dumps")
+    snapbox("checkpoint", *parent, "--image-path", str(images[3]), "s0")
+    before = len(lines(out))
+    restore(snapbox, images[3], "s1", out)
+    wait_for(lambda: len(lines(out)) >= before + 50, timeout=60, what="counting after the restore")
+    snapbox("delete", "--force", "s1")
+    numbers = [int(x) for x in lines(out)]
+    assert numbers == list(range(1, len(numbers) + 1))
