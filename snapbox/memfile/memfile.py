@@ -222,7 +222,8 @@ class MemoryFile:
             pos = stop
         return out
 
-    def extents(self, skip: list[tuple[int, int]] = (), start: int = 0, end: int | None = None) -> list[tuple[int, int]]:
+    def extents(self, skip: list[tuple[int, int]] = (), start: int = 0,
+                end: int | None = None) -> list[tuple[int, int]]:
         """The memfd's data extents (not holes) in [start, end) (default: below `high`),
         outside `skip`, as sorted (offset, length) runs. They may hold all-zero pages."""
         end = self.high if end is None else end
