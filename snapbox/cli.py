@@ -324,6 +324,8 @@ def migrate(obj: _Context, dest: str, token_file: str | None, max_rounds: int, a
     report = (lambda line: print(f"snapbox: {line}", file=sys.stderr)) if os.isatty(2) and not as_json else None
     summary = _container(obj, container_id).migrate(dest, token=token, max_rounds=max_rounds, report=report)
     print_summary(summary, as_json)
+    if not as_json:
+        _report_connections(summary.connections)
 
 
 @cli.command()

@@ -101,7 +101,7 @@ class Checkpointing:
 
     def save(self, f: IO[bytes], compress: bool = True, meta: dict | None = None,
              progress: Callable[[int, int], None] | None = None, store_file_pages: bool = False,
-             final: bool = False, parent: dict | None = None) -> dict:
+             final: bool = False, parent: dict | None = None, handoff: bool = False) -> dict:
         """Write a checkpoint image of this (paused) kernel to `f`. Returns the image summary.
 
         Order (as gVisor's Kernel.SaveTo): time stopped, CPU features, kernel graph, memory;
@@ -112,7 +112,9 @@ class Checkpointing:
 
         Connections through the host are read in TCP_REPAIR mode and stay in it when the
         image is `final` (the sandbox ends: closed so, they say nothing to their peers);
-        otherwise, or if the save fails, they leave it again.
+        otherwise, or if the save fails, they leave it again. With `handoff` (the image is
+        to run elsewhere while this kernel waits, paused), they are closed so too, their
+        state kept to be taken back if this kernel goes on after all (unpause).
 
         With `parent` (the "id" and tracking state of this sandbox's last pre-dump), memory
         holds only the pages written since, and the trailer the pages dropped since; the
@@ -160,11 +162,14 @@ class Checkpointing:
             if tracking is not None:
                 summary["tracking"] = tracking
             summary["sections"] = w.summary
+            if handoff:
+                for h in self.host_sockets:
+                    h.let_go()
             summary["connections"] = [h.report() for h in self.host_sockets if h.is_connection]
             written = True
             return summary
         finally:
-            if not (final and written):
+            if not ((final or handoff) and written):
                 for h in self.host_sockets:
                     h.resume()
             for t in self.tasks.live_tasks():

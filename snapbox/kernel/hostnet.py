@@ -27,6 +27,7 @@ import ctypes
 import errno
 import fcntl
 import logging
+import os
 import select
 import selectors
 import socket
@@ -81,6 +82,7 @@ class HostSocket:
     repair: dict | None = None  # a connection's TCP_REPAIR state, at checkpoint
     fate: str = ""  # what the last checkpoint or restore did with it (for reports)
     sock: socket.socket | None = nosave(default=None)
+    handed_over: bool = nosave(default=False)  # let go for a migration; see let_go
 
     # -- making -----------------------------------------------------------------------------
 
@@ -300,6 +302,39 @@ class HostSocket:
             except OSError as e:
                 log.warning("connection %s left in repair mode: %s", self.remote, e.strerror)
         self.repair = None
+
+    def let_go(self) -> None:
+        """The image just written is to run elsewhere (a migration) while this sandbox waits,
+        paused: a saved connection's host socket is closed in repair mode, which tells the
+        peer nothing and leaves its addresses to the receiver. Its fd number stays taken
+        (by /dev/null) until take_back or the end."""
+        if self.repair is None or self.sock is None:
+            return
+        null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            os.dup2(null, self.sock.fileno())
+        finally:
+            os.close(null)
+        self.handed_over = True
+        self.fate = "handed over with TCP_REPAIR"
+
+    def take_back(self, loop) -> None:
+        """This sandbox goes on after all (the migration failed): a connection let go is
+        made again from its saved state, under its old fd number."""
+        if not self.handed_over:
+            return
+        self.handed_over = False
+        fd = self.sock.fileno()
+        try:
+            made = _restore(self, self.repair)
+        except OSError as e:
+            self.role, self.fate = "reset", f"reset (not taken back: {e.strerror})"
+        else:
+            os.dup2(made.fileno(), fd)
+            made.close()
+            self.fate = "taken back with TCP_REPAIR"
+        self.repair = None
+        loop.refresh(fd)
 
     def after_load(self, ctx) -> None:
         if ctx is None or getattr(ctx, "host_sockets", None) is None:

@@ -422,6 +422,8 @@ class Kernel(Lifecycle, Signaling, Checkpointing):
         if not self.paused:
             return
         self.paused = False
+        for h in list(self.host_sockets):
+            h.take_back(self.loop)  # connections a failed migration had handed over
         for t in list(self.by_host.values()):
             if t.run is Run.STOPPED:
                 self._deliver_and_resume(t)

@@ -11,6 +11,7 @@ its parked tasks re-register when their handlers run again.
 from __future__ import annotations
 
 import collections
+import contextlib
 import ctypes
 import heapq
 import os
@@ -118,6 +119,14 @@ class EventLoop:
             self.selector.register(fd, mask, lambda m, fd=fd: self._host_ready(fd, m))
         if mask:
             self.watched[fd] = mask
+
+    def refresh(self, fd: int) -> None:
+        """Host fd `fd` is another file now (a host socket made again under its number):
+        ask the selector anew for what tasks wait for on it."""
+        if self.watched.pop(fd, 0):
+            with contextlib.suppress(KeyError, ValueError):
+                self.selector.unregister(fd)
+        self.watch(fd)
 
     def _host_ready(self, fd: int, mask: int) -> None:
         for ev in (READ, WRITE):

@@ -440,7 +440,7 @@ class Container:
     def checkpoint(self, image_path: str, leave_running: bool = False, compress: bool = True,
                    image_fd: int | None = None, progress_fd: int | None = None,
                    store_file_pages: bool = False, pre_dump: bool = False,
-                   parent_path: str | None = None) -> dict:
+                   parent_path: str | None = None, handoff: bool = False) -> dict:
         """Write an image of the sandbox; it stops unless `leave_running` or `pre_dump`.
 
         A pre-dump holds memory alone, written while the sandbox runs; an image with
@@ -449,6 +449,10 @@ class Container:
 
         Pages of host files mapped read-only (libraries) are stored as references to the
         files unless `store_file_pages`.
+
+        With `handoff` (a paused container, `leave_running`: the image is to run
+        elsewhere), its TCP connections through the host are let go in repair mode, to
+        be made again by whoever restores the image, or here if it resumes.
 
         With image_path "-", the image goes to `image_fd` instead (a pipe, a socket);
         with `progress_fd` (a terminal), progress is shown there.
@@ -472,7 +476,7 @@ class Container:
             self._require("checkpoint", RUNNING, PAUSED)
             reply = self._call("checkpoint", timeout=None, fds=fds, path=path,
                                leave_running=leave_running, compress=compress,
-                               store_file_pages=store_file_pages, pre_dump=pre_dump, **args)
+                               store_file_pages=store_file_pages, pre_dump=pre_dump, handoff=handoff, **args)
             if not leave_running and not pre_dump:
                 # The sandbox killed the program and recorded its end before replying; its
                 # process may take a moment more to give its memory back.

@@ -50,12 +50,14 @@ OPERATIONS: dict[str, Operation] = {op.name: op for op in (
                   "terminal's foreground process group (`foreground`)."),
     Operation("checkpoint", {"path": str, "image_fd": int, "progress_fd": int, "compress": bool,
                              "store_file_pages": bool, "leave_running": bool, "pre_dump": bool,
-                             "parent_path": str}, {"summary": dict},
+                             "parent_path": str, "handoff": bool}, {"summary": dict},
               fds="image_fd and progress_fd are indexes into them",
               doc="Write an image to `path` (absolute), or to the passed fd when `path` is \"-\"; "
                   "unless `leave_running` or `pre_dump` (memory only, the program running on), the "
                   "program is stopped for good before the reply; with `parent_path` (the sandbox's "
-                  "last pre-dump), only the pages changed since."),
+                  "last pre-dump), only the pages changed since; with `handoff` (and `leave_running`, "
+                  "paused: the image is to run elsewhere), host connections are let go in repair mode "
+                  "and taken back if the sandbox resumes."),
     Operation("ps", reply={"processes": list}, doc="Every process: pid, ppid, state, command."),
     Operation("stats", reply={"stats": dict}, doc="Memory (usage, allocated, charged, limit) and pids."),
     Operation("exec", {"args": list, "env": list, "cwd": str, "user": list, "wait": bool}, {"pid": int},

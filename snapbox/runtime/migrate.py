@@ -163,11 +163,12 @@ class Summary:
     total_s: float = 0.0
     converged: bool = True
     method: str = ""  # how written pages were found
+    connections: list = field(default_factory=list)  # host TCP connections and what became of each
 
     def as_dict(self) -> dict:
         return {"rounds": [r.as_dict() for r in self.rounds], "bytes": sum(r.bytes for r in self.rounds),
                 "freeze_ms": round(self.freeze_ms, 1), "total_s": round(self.total_s, 3),
-                "converged": self.converged, "method": self.method}
+                "converged": self.converged, "method": self.method, "connections": self.connections}
 
 
 def connect(dest: str) -> tuple[Channel, Callable[[], None]]:
@@ -249,7 +250,8 @@ def migrate(container, dest: str, token: str = "", max_rounds: int = 8, small: i
         container.pause()
         paused = True
         final = os.path.join(work, "final.img")
-        last = container.checkpoint(final, leave_running=True, parent_path=parent)
+        last = container.checkpoint(final, leave_running=True, parent_path=parent, handoff=True)
+        summary.connections = last.get("connections") or []
         size = channel.send_file("final", final)
         _expect(channel, "started")
         summary.freeze_ms = (time.monotonic() - freeze) * 1000

@@ -279,7 +279,7 @@ class Sandbox:
                 return k.pre_dump(f, delta, compress=compress, progress=progress, meta=self.image_meta(),
                                   parent=parent)
             return k.save(f, compress=compress, progress=progress, meta=self.image_meta(), store_file_pages=store,
-                          final=final, parent=parent)
+                          final=final, parent=parent, handoff=bool(msg.get("handoff")) and was_paused)
 
         def write_it() -> dict:
             with _on_all_cpus():

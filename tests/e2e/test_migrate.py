@@ -9,6 +9,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -155,3 +156,101 @@ def test_a_receiver_that_dies_midway_leaves_the_source_running(snapbox, tmp_path
         "; it goes on running here\n") and len(p.stderr.splitlines()) == 1
     _assert_source_runs_on(snapbox, out)
     assert not [x for x in os.listdir(snapbox.root) if x.startswith(".migrate-")]  # nothing left behind
+
+
+# A client in the sandbox with one connection to an echo server on the host, which counts
+# the connections it accepted: a connection that moved is the same one, not a new one.
+CLIENT = """
+import socket, sys, time
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+for n in range(1, 100000):
+    s.sendall(b"%d\\n" % n)
+    got = b""
+    while not got.endswith(b"\\n"):
+        got += s.recv(100)
+    print("echo=" + got.decode().strip(), flush=True)
+    time.sleep(0.05)
+"""
+
+
+class EchoServer:
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.accepted = 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            threading.Thread(target=self._echo, args=(conn,), daemon=True).start()
+
+    @staticmethod
+    def _echo(conn: socket.socket) -> None:
+        with conn:
+            while data := conn.recv(4096):
+                conn.sendall(data)
+
+
+def echoes(out: Path) -> list[int]:
+    return [int(x.split("=")[1]) for x in lines(out) if x.startswith("echo=")]
+
+
+def start_client(snapbox, tmp_path: Path, out: Path, port: int) -> None:
+    (tmp_path / "client.py").write_text(CLIENT)
+    with open(out, "a") as f:
+        subprocess.run(snapbox.cmd("do", "--id", "c", "--detach", "--", sys.executable, "client.py", str(port)),
+                       stdout=f, stderr=f, stdin=subprocess.DEVNULL, cwd=tmp_path, check=True, timeout=60)
+    wait_for(lambda: len(echoes(out)) >= 3, what="echoes")
+
+
+def test_a_connection_to_the_host_moves_with_the_sandbox(snapbox, receiver, tmp_path):
+    server = EchoServer()
+    out = tmp_path / "out.txt"
+    start_client(snapbox, tmp_path, out, server.port)
+    port = free_port()
+    said = tmp_path / "receiver.txt"  # a file: the restored sandbox keeps the receiver's stderr
+    with open(out, "a") as f, open(said, "w") as err:
+        r = subprocess.Popen(receiver.cmd("restore", "--listen", f"127.0.0.1:{port}", "--detach", "c"), stdout=f,
+                             stderr=err, stdin=subprocess.DEVNULL)
+    wait_for(lambda: _listening(port), timeout=30, what="the receiver to listen")
+    p = snapbox("migrate", "--to", f"tcp://127.0.0.1:{port}", "c")
+    assert ": handed over with TCP_REPAIR" in p.stderr
+    assert r.wait(60) == 0
+    assert ": restored with TCP_REPAIR" in said.read_text()
+    n = len(echoes(out))
+    wait_for(lambda: len(echoes(out)) >= n + 5, what="echoes at the receiver")
+    got = echoes(out)
+    assert got == list(range(1, len(got) + 1))  # not one lost or repeated
+    assert server.accepted == 1  # the same connection
+
+
+def test_a_connection_handed_over_comes_back_when_the_receiver_fails(snapbox, tmp_path):
+    # A receiver that takes every round and then cannot start the program (as when its
+    # disk is full): the source has let go of the connection by then, and takes it back.
+    server = EchoServer()
+    out = tmp_path / "out.txt"
+    start_client(snapbox, tmp_path, out, server.port)
+    failing = tmp_path / "failing.py"
+    failing.write_text(
+        "import sys\n"
+        "from snapbox.runtime.migrate import Channel, receive\n"
+        "from snapbox.state import SnapboxError\n"
+        "def start(image, memory):\n"
+        "    raise SnapboxError('no room for it here')\n"
+        f"receive(Channel(sys.stdin.buffer, sys.stdout.buffer, 'the source'), {str(tmp_path / 'r')!r}, 'c', '',\n"
+        "        start, lambda: None)\n")
+    p = snapbox("migrate", "--to", f"exec:{sys.executable} {failing} 2>/dev/null", "c", check=False)
+    assert p.returncode == 1
+    assert p.stderr == ("snapbox: error: migration of c failed: the receiver refused: no room for it here; "
+                        "it goes on running here\n")
+    n = len(echoes(out))
+    wait_for(lambda: len(echoes(out)) >= n + 5, what="echoes at the source")
+    got = echoes(out)
+    assert got == list(range(1, len(got) + 1))
+    assert server.accepted == 1
+    snapbox("delete", "--force", "c")
