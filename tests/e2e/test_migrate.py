@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Snapbox, clean_up, lines, wait_for
+from tests.conftest import REPO, Snapbox, clean_up, lines, wait_for
 from tests.e2e.test_incremental import start_writer, ticks
 
 
@@ -254,3 +254,38 @@ def test_a_connection_handed_over_comes_back_when_the_receiver_fails(snapbox, tm
     assert got == list(range(1, len(got) + 1))
     assert server.accepted == 1
     snapbox("delete", "--force", "c")
+
+
+@pytest.fixture(scope="session")
+def dirty(tmp_path_factory) -> Path:
+    """bench/src/dirty.c, built: a program that keeps rewriting random pages of its memory
+    and checks each page it rewrites (it prints CORRUPT on a wrong one)."""
+    binary = tmp_path_factory.mktemp("dirty") / "dirty"
+    subprocess.run(["musl-gcc", "-static", "-O2", "-o", str(binary), str(REPO / "bench" / "src" / "dirty.c")],
+                   check=True)
+    return binary
+
+
+@pytest.mark.parametrize("how", ["tcp", "exec"])
+def test_64_mb_rewritten_all_the_time_moves_with_every_page_right(snapbox, receiver, tmp_path, dirty, how):
+    out = tmp_path / "out.txt"
+    with open(out, "a") as f:
+        subprocess.run(snapbox.cmd("do", "--id", "d", "--detach", "--", str(dirty), "64", "100"), stdout=f,
+                       stderr=f, stdin=subprocess.DEVNULL, cwd=tmp_path, check=True, timeout=60)
+    wait_for(lambda: len([x for x in lines(out) if x.startswith("gap ")]) >= 2, timeout=60, what="the program")
+    if how == "tcp":
+        port = free_port()
+        r = listen(receiver, "d", port, out)
+        dest = f"tcp://127.0.0.1:{port}"
+    else:
+        dest = "exec:" + " ".join(receiver.cmd("restore", "--image-path", "-", "d")) + f" 2>>{out}"
+    summary = json.loads(snapbox("migrate", "--json", "--to", dest, "d").stdout)
+    if how == "tcp":
+        assert r.wait(60) == 0
+    assert summary["rounds"][0]["bytes"] > 48 << 20  # round 1: all of it
+    assert len(summary["rounds"]) >= 3  # the program wrote on while the rounds ran
+    n = len(lines(out))
+    wait_for(lambda: len([x for x in lines(out)[n:] if x.startswith("gap ")]) >= 2, timeout=60,
+             what="the program at the receiver")
+    assert "CORRUPT" not in out.read_text()
+    receiver("delete", "--force", "d")

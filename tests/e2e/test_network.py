@@ -10,10 +10,13 @@ import hashlib
 import http.client
 import json
 import os
+import shutil
 import socket
+import struct
 import subprocess
 import sys
 import textwrap
+import threading
 import uuid
 from pathlib import Path
 
@@ -393,3 +396,58 @@ def test_a_listener_migrated_answers_on_the_new_side(snapbox, tmp_path, netns, i
         assert fetch_in(netns, f"http://{second}:{port}/page.txt") == "moved"
     finally:
         clean_up(other)
+
+
+class Nameserver:
+    """A DNS server on UDP port 53 of a loopback address, answering A queries for the names
+    it holds and NXDOMAIN for the rest (AAAA: no answer), counting queries."""
+
+    def __init__(self, address: str, names: dict[str, str]) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind((address, 53))
+        self.names, self.queries = names, 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                query, peer = self.sock.recvfrom(512)
+            except OSError:
+                return
+            self.queries += 1
+            labels, pos = [], 12
+            while query[pos]:
+                labels.append(query[pos + 1:pos + 1 + query[pos]].decode())
+                pos += 1 + query[pos]
+            question = query[12:pos + 5]
+            qtype = int.from_bytes(query[pos + 1:pos + 3], "big")
+            address = self.names.get(".".join(labels).lower())
+            answer = b""
+            if address is not None and qtype == 1:
+                answer = b"\xc0\x0c" + struct.pack(">HHIH", 1, 1, 60, 4) + socket.inet_aton(address)
+            flags = 0x8180 if address is not None else 0x8183
+            header = query[:2] + struct.pack(">HHHHH", flags, 1, 1 if answer else 0, 0, 0)
+            self.sock.sendto(header + question + answer, peer)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_getaddrinfo_reads_the_bundles_hosts_and_resolv_conf(snapbox, images, tmp_path):
+    bundle = tmp_path / "resolve"
+    shutil.copytree(images / "resolve", bundle)
+    etc = bundle / "rootfs" / "etc"
+    etc.mkdir()
+    (etc / "hosts").write_text("127.0.0.1 localhost\n::1 localhost\n127.0.0.5 db.internal db\n")
+    (etc / "resolv.conf").write_text("nameserver 127.0.0.7\noptions timeout:2 attempts:2\n")
+    config = json.loads((bundle / "config.json").read_text())
+    config["process"]["args"] = ["/resolve", "db.internal", "db", "api.example", "missing.example"]
+    (bundle / "config.json").write_text(json.dumps(config))
+    server = Nameserver("127.0.0.7", {"api.example": "127.0.0.9"})
+    try:
+        p = snapbox("--network", "host", "run", "--bundle", str(bundle), "r0", timeout=60)
+    finally:
+        server.close()
+    assert p.stdout.splitlines() == ["db.internal 127.0.0.5", "db 127.0.0.5", "api.example 127.0.0.9",
+                                     "missing.example error: Name does not resolve"]
+    assert server.queries >= 2  # the names not in /etc/hosts, asked of the bundle's nameserver
