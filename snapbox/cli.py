@@ -109,14 +109,33 @@ def _attach(c) -> None:
     sys.exit(exit_code(status))
 
 
+def _snapshot_option(f):
+    return click.option(
+        "--snapshot-to", default=None, metavar="IMAGE", type=click.Path(dir_okay=False),
+        help="Let the program choose when it is checkpointed: writing /proc/snapbox/checkpoint, once it "
+             "is ready, writes the sandbox's image to IMAGE while it runs on; the write returns there and "
+             "in every sandbox restored from IMAGE, where /proc/snapbox/restored counts the restores.")(f)
+
+
+def _options(obj: _Context, snapshot_to: str | None):
+    """The sandbox options, with --snapshot-to checked and made absolute."""
+    if snapshot_to is None:
+        return obj.options
+    path = os.path.abspath(snapshot_to)
+    if not os.path.isdir(os.path.dirname(path)):
+        raise click.UsageError(f"--snapshot-to {snapshot_to}: no directory {os.path.dirname(path)}")
+    return dataclasses.replace(obj.options, snapshot_to=path)
+
+
 @cli.command()
 @click.option("--bundle", "-b", default=".", show_default=True, type=click.Path(),
               help="Path to the OCI bundle (a directory holding config.json and the rootfs).")
 @click.option("--detach", "-d", is_flag=True,
               help="Return once the program runs; it keeps this command's stdio.")
+@_snapshot_option
 @click.argument("container_id")
 @click.pass_obj
-def run(obj: _Context, bundle: str, detach: bool, container_id: str) -> None:
+def run(obj: _Context, bundle: str, detach: bool, snapshot_to: str | None, container_id: str) -> None:
     """Create and start a container.
 
     Without --detach, waits for the program, forwards SIGINT, SIGTERM and SIGHUP to it,
@@ -125,7 +144,7 @@ def run(obj: _Context, bundle: str, detach: bool, container_id: str) -> None:
     """
     from snapbox.runtime.container import Container
 
-    c = Container.create(obj.root, container_id, bundle, start=True, options=obj.options)
+    c = Container.create(obj.root, container_id, bundle, start=True, options=_options(obj, snapshot_to))
     if not detach:
         _attach(c)
 
@@ -137,17 +156,18 @@ def run(obj: _Context, bundle: str, detach: bool, container_id: str) -> None:
               help="Write the sandbox process's pid to this file.")
 @click.option("--console-socket", type=click.Path(dir_okay=False), default=None,
               help="A unix socket to send the master of the program's new terminal to (as runc does).")
+@_snapshot_option
 @click.argument("container_id")
 @click.pass_obj
 def create(obj: _Context, bundle: str, pid_file: str | None, console_socket: str | None,
-           container_id: str) -> None:
+           snapshot_to: str | None, container_id: str) -> None:
     """Create a container: its program is loaded but does not run until 'start'.
     OCI hooks createRuntime, prestart and createContainer run now; startContainer and
     poststart at start; poststop at delete."""
     from snapbox.runtime.container import Container
 
-    Container.create(obj.root, container_id, bundle, start=False, options=obj.options, pid_file=pid_file,
-                     console_socket=console_socket)
+    Container.create(obj.root, container_id, bundle, start=False, options=_options(obj, snapshot_to),
+                     pid_file=pid_file, console_socket=console_socket)
 
 
 @cli.command()
@@ -352,10 +372,11 @@ def migrate(obj: _Context, dest: str, token_file: str | None, max_rounds: int, a
                    "until all of it is in. A part that turns out corrupt ends the sandbox as if killed "
                    "by SIGKILL, its log saying why (restore itself has succeeded by then). "
                    "Ignored with --image-path -.")
+@_snapshot_option
 @click.argument("container_id")
 @click.pass_obj
 def restore(obj: _Context, bundle: str, image_path: str | None, listen: str | None, token_file: str | None,
-            detach: bool, lazy: bool, container_id: str) -> None:
+            detach: bool, lazy: bool, snapshot_to: str | None, container_id: str) -> None:
     """Create a container from an image and start it where the checkpoint left it.
 
     The image's CPU features are checked against this host before anything else is read,
@@ -386,7 +407,8 @@ def restore(obj: _Context, bundle: str, image_path: str | None, listen: str | No
         if source == "-":
             raise SnapboxError("restore from stdin needs --bundle")
         bundle = _bundle_of_image(obj, source, container_id)
-    c = Container.create(obj.root, container_id, bundle, restore_image=source, lazy=lazy, options=obj.options)
+    c = Container.create(obj.root, container_id, bundle, restore_image=source, lazy=lazy,
+                         options=_options(obj, snapshot_to))
     _report_connections(c.connections)
     if not detach:
         _attach(c)
@@ -702,9 +724,10 @@ def exec(obj: _Context, detach: bool, cwd: str | None, envs: tuple[str, ...], us
 @click.option("--detach", "-d", is_flag=True,
               help="Leave it running (as container ID) instead of waiting: it can be checkpointed "
                    "like any other, and its images restore without --bundle.")
+@_snapshot_option
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 @click.pass_obj
-def do(obj: _Context, cid: str | None, detach: bool, command: tuple[str, ...]) -> None:
+def do(obj: _Context, cid: str | None, detach: bool, snapshot_to: str | None, command: tuple[str, ...]) -> None:
     """Run COMMAND in a sandbox whose root is the host's / (read-only, beneath a
     writable layer), in the current directory, with the current environment, on the
     host's network (unless the global --network says otherwise). Like `runsc do`.
@@ -719,7 +742,8 @@ def do(obj: _Context, cid: str | None, detach: bool, command: tuple[str, ...]) -
     config["process"].update(args=list(command), cwd=os.getcwd(), env=[f"{k}={v}" for k, v in os.environ.items()])
     config["root"] = {"path": "/"}  # the host's files are only ever read: writes stay in memory
     config["mounts"] = [{"destination": "/sys", "type": "tmpfs", "source": "none"}]  # not the host's /sys
-    options = dataclasses.replace(obj.options, network=obj.options.network or "host")  # as `runsc do`
+    options = _options(obj, snapshot_to)
+    options = dataclasses.replace(options, network=options.network or "host")  # as `runsc do`
     c = Container.create(obj.root, cid, Container.owned_bundle(obj.root, cid, config), start=True,
                          options=options)
     if not detach:

@@ -319,6 +319,7 @@ class Checkpointing:
         if not isinstance(kernel, cls):
             raise ImageError("image kernel section does not hold a kernel")
         kernel.paused = True
+        kernel.restores += 1
         total = kernel.memfile.allocated
         report = (lambda done: progress(done, total)) if progress else None
         name = getattr(f, "name", None)

@@ -40,6 +40,7 @@ from snapbox.kernel.task import (
     TaskSet,
 )
 from snapbox.kernel.time import Timekeeper
+from snapbox.kernel.waiter import WaitQueue
 from snapbox.kernel.vfs import Filesystem
 from snapbox.memfile import MemoryFile
 from snapbox.memfile.lazy import MemoryLost
@@ -86,6 +87,7 @@ class Kernel(Lifecycle, Signaling, Checkpointing):
     inet_ports: dict = field(default_factory=dict)  # TCP port -> the InetSockets bound to it (inet.Ports)
     udp_ports: dict = field(default_factory=dict)  # UDP port -> the UdpSockets bound to it
     network: dict = field(default_factory=dict)  # runtime.network.Network.as_dict(): mode, address, ...
+    restores: int = 0  # times this sandbox was restored from an image (/proc/snapbox/restored)
 
     # Host facts, rebuilt empty on restore.
     loop: EventLoop = nosave(default=None)  # what the sentry waits on; see kernel/loop.py
@@ -106,6 +108,10 @@ class Kernel(Lifecycle, Signaling, Checkpointing):
     on_exit: Callable | None = nosave(default=None)  # called (ThreadGroup) when a process exits
     futexes: dict = nosave(dict)  # MemoryFile offset of a futex word -> WaitQueue of its waiters
     host_sockets: weakref.WeakSet = nosave(weakref.WeakSet)  # live HostSockets (snapbox.kernel.hostnet)
+    # Checkpoints the sandbox for a task that wrote /proc/snapbox/checkpoint (None: it may
+    # not ask; see procfs), and the queue such tasks wait on until it is done.
+    snapshot: Callable | None = nosave(default=None)
+    snapshot_done: WaitQueue = nosave(WaitQueue)
     # Makes the sandbox's network namespace (returning what `network` becomes): run before
     # the first host socket is made, so that a sandbox that never needs one never pays for it.
     make_network: Callable[[], dict] | None = nosave(default=None)

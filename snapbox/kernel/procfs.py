@@ -1,6 +1,14 @@
 """/proc, generated from kernel state: self, per-pid stat, status, cmdline, comm, maps,
 fd/, exe, cwd; and meminfo, cpuinfo, uptime, loadavg, mounts.
 
+And /proc/snapbox, snapbox's own: `restored` reads how many times this sandbox has been
+restored from an image (0 for one that never was), and under `--snapshot-to IMAGE`
+writing `checkpoint` asks for the sandbox to be checkpointed to IMAGE there and then. The
+write returns once the image is written, in the sandbox that asked and in every sandbox
+later restored from that image (which then reads `restored` to know which it is: a clone
+reseeds, reconnects, reads the clock again). It fails with EIO if the image could not be
+written.
+
 Nothing of the host's /proc is ever shown: every byte is made from the sandbox's own
 objects, at open time (as Linux's seq files are read at open, roughly).
 """
@@ -14,7 +22,7 @@ import zlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from snapbox.kernel.errors import SyscallError
+from snapbox.kernel.errors import SyscallError, WouldBlock
 from snapbox.kernel.fd import OpenFile
 from snapbox.kernel.host import UTS_RELEASE, UTS_VERSION, host_meminfo
 from snapbox.kernel.vfs import Dir, Inode, now_ns
@@ -37,7 +45,7 @@ class ProcDir(Dir):
 
     kernel: Kernel | None = None
     pid: int = 0
-    kind: str = "top"  # top, pid, fd
+    kind: str = "top"  # top, pid, fd, snapbox
 
     def child(self, name: str) -> Inode:
         return lookup(self, name)
@@ -76,6 +84,24 @@ class ProcFile(OpenFile):
         if offset is None:
             self.offset += len(data)
         return data
+
+    def write(self, t, data: bytes, offset: int | None = None) -> int:
+        """Only /proc/snapbox/checkpoint takes writes (see the module's doc)."""
+        if self.node.name != "snapbox/checkpoint":
+            raise SyscallError(errno.EINVAL)
+        k = t.kernel
+        if t.snapshot == "taken":  # written since: here, or in the sandbox restored from it
+            t.snapshot = ""
+            return len(data)
+        if t.snapshot == "failed":
+            t.snapshot = ""
+            raise SyscallError(errno.EIO)
+        if k.snapshot is None:
+            raise SyscallError(errno.EOPNOTSUPP)  # an fd from before a restore without --snapshot-to
+        if t.snapshot != "wanted":
+            t.snapshot = "wanted"
+            k.loop.call_at(0, lambda: k.snapshot(t))
+        raise WouldBlock(k.snapshot_done)
 
     def seek(self, offset: int, whence: int) -> int:
         pos = {os.SEEK_SET: 0, os.SEEK_CUR: self.offset, os.SEEK_END: len(self.content)}.get(whence)
@@ -119,6 +145,16 @@ def lookup(d: ProcDir, name: str) -> Inode:
                            kernel=k, pid=pid, kind="pid", ctime=now, mtime=now, atime=now)
         if name in TOP_FILES:
             return ProcNode(ino=_ino(0, name), mode=stat.S_IFREG | 0o444, kernel=k, name=name, ctime=now)
+        if name == "snapbox":
+            return ProcDir(ino=_ino(0, name), mode=stat.S_IFDIR | 0o555, nlink=2, name=name, parent=d, kernel=k,
+                           kind="snapbox", ctime=now, mtime=now, atime=now)
+    elif d.kind == "snapbox":
+        if name == "restored":
+            return ProcNode(ino=_ino(0, "snapbox/" + name), mode=stat.S_IFREG | 0o444, kernel=k,
+                            name="snapbox/" + name, ctime=now)
+        if name == "checkpoint" and k.snapshot is not None:
+            return ProcNode(ino=_ino(0, "snapbox/" + name), mode=stat.S_IFREG | 0o200, kernel=k,
+                            name="snapbox/" + name, ctime=now)
     elif d.kind == "pid":
         if d.pid not in groups:
             raise SyscallError(errno.ESRCH)
@@ -143,7 +179,9 @@ def list_dir(d: ProcDir) -> list[str]:
     groups = d.kernel.tasks.pidns.groups
     if d.kind == "top":
         pids = sorted(p for p, g in groups.items() if g.exit_status is None)
-        return ["self", *TOP_FILES, *(str(p) for p in pids)]
+        return ["self", *TOP_FILES, "snapbox", *(str(p) for p in pids)]
+    if d.kind == "snapbox":
+        return ["restored", *(["checkpoint"] if d.kernel.snapshot is not None else [])]
     if d.kind == "pid":
         return [*PID_FILES, *PID_LINKS, "fd"]
     tg = groups.get(d.pid)
@@ -252,6 +290,10 @@ def _map_line(v) -> str:
 
 
 def _top(k, name: str) -> str:
+    if name == "snapbox/restored":
+        return f"{k.restores}\n"
+    if name == "snapbox/checkpoint":
+        return ""
     if name == "uptime":
         up = k.timekeeper.monotonic_ns() / 1e9
         return f"{up:.2f} {up:.2f}\n"

@@ -109,6 +109,9 @@ class Task:
     saved_regs: tuple = ()
     saved_fpstate: bytes = b""
     saved_syscall: int = -1  # the syscall it was in at checkpoint (-1: none), for inspect
+    # Its write to /proc/snapbox/checkpoint: "wanted", then "taken" (saved so: the write
+    # made again after a restore returns) or "failed".
+    snapshot: str = ""
 
     host_tid: int = nosave(default=-1)
     run: Run = nosave(default=Run.STOPPED)

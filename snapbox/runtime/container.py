@@ -84,17 +84,19 @@ def _console(socket_path: str) -> int:
 
 @dataclass
 class Options:
-    """How a sandbox process logs: set by the global flags of the command line."""
+    """How a sandbox process logs and what it may do: set by flags of the command line."""
 
     debug_log: str | None = None  # the sandbox's log file (default <root>/<id>/sandbox.log)
     log_format: str = "text"  # text or json
     strace: bool = False  # log every application syscall
     network: str | None = None  # --network: sandbox, host or none (None: the bundle's, or the image's)
+    snapshot_to: str | None = None  # --snapshot-to: where the image goes when the program asks for one
 
     def boot_kwargs(self) -> dict[str, Any]:
         """The sandbox's settings, as boot_main takes them."""
         return {"debug_log": os.path.abspath(self.debug_log) if self.debug_log else None,
-                "log_format": self.log_format, "strace": self.strace, "network": self.network}
+                "log_format": self.log_format, "strace": self.strace, "network": self.network,
+                "snapshot_to": self.snapshot_to}
 
     def boot_args(self) -> list[str]:
         args = ["--log-format", self.log_format]
@@ -104,6 +106,8 @@ class Options:
             args.append("--strace")
         if self.network:
             args += ["--network", self.network]
+        if self.snapshot_to:
+            args += ["--snapshot-to", self.snapshot_to]
         return args
 
 

@@ -86,7 +86,8 @@ class Later:
 class Sandbox:
     """The kernel of one container plus its control server."""
 
-    def __init__(self, kernel: Kernel, cdir: str, bundle_config: dict | None = None) -> None:
+    def __init__(self, kernel: Kernel, cdir: str, bundle_config: dict | None = None,
+                 snapshot_to: str | None = None) -> None:
         self.kernel = kernel
         self.dir = cdir
         # The bundle's config.json (root path made absolute), kept in every image so that a
@@ -96,6 +97,10 @@ class Sandbox:
         # The last pre-dump (or incremental checkpoint) and its pages' digests: what the
         # next --parent-path image is made against.
         self.tracking: dict | None = None
+        # --snapshot-to: where the image goes when the program asks for one (procfs).
+        self.snapshot_to = snapshot_to
+        if snapshot_to is not None:
+            kernel.snapshot = self._snapshot
         path = os.path.join(cdir, "control.sock")
         if os.path.exists(path):
             os.unlink(path)
@@ -361,6 +366,21 @@ class Sandbox:
                                 "method": summary["tracking"]["method"], "image_bytes": summary["image_bytes"]}}
         return Later(pid, r, finish)
 
+    def _snapshot(self, task) -> None:
+        """The program asked to be checkpointed (it wrote /proc/snapbox/checkpoint): write
+        the image to --snapshot-to while it runs on. The task is saved as having asked, so
+        its write returns both here and in every sandbox restored from the image."""
+        if task.snapshot != "wanted":
+            return
+        task.snapshot = "taken"
+        try:
+            self.checkpoint({"path": self.snapshot_to, "leave_running": True}, [])
+            log.info("checkpointed to %s, as the program asked", self.snapshot_to)
+        except SnapboxError as e:
+            log.error("the checkpoint the program asked for failed: %s", e)
+            task.snapshot = "failed"
+        self.kernel.snapshot_done.notify()
+
     def _answer_later(self, conn_fd: int, later: Later) -> None:
         """Reply on the held connection `conn_fd` once `later`'s child has said how it went."""
         got = bytearray()
@@ -489,7 +509,7 @@ def _setup_logging(path: str, log_format: str) -> None:
 def boot_main(root: str, cid: str, bundle_path: str, ready_fd: int, restore: str | None,
               debug_log: str | None = None, log_format: str = "text", strace: bool = False,
               lazy: bool = False, network: str | None = None, memory: str | None = None,
-              memory_id: str | None = None) -> int:
+              memory_id: str | None = None, snapshot_to: str | None = None) -> int:
     """Entry point of the sandbox process. Returns its exit code."""
     cdir = os.path.join(root, cid)
     _setup_logging(debug_log or os.path.join(cdir, "sandbox.log"), log_format)
@@ -519,7 +539,7 @@ def boot_main(root: str, cid: str, bundle_path: str, ready_fd: int, restore: str
                 init.prctl["no_new_privs"] = 1
         if strace:
             kernel.strace = tracer
-        sandbox = Sandbox(kernel, cdir, bundle.absolute_config())
+        sandbox = Sandbox(kernel, cdir, bundle.absolute_config(), snapshot_to)
     except SnapboxError as e:
         log.error("start failed: %s", e)
         ready.write(cbor2.dumps({"ok": False, "error": str(e)}))

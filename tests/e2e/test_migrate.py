@@ -167,7 +167,10 @@ for n in range(1, 100000):
     s.sendall(b"%d\\n" % n)
     got = b""
     while not got.endswith(b"\\n"):
-        got += s.recv(100)
+        data = s.recv(100)
+        if not data:
+            sys.exit("the server closed the connection")
+        got += data
     print("echo=" + got.decode().strip(), flush=True)
     time.sleep(0.05)
 """
