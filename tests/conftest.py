@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -87,6 +88,18 @@ def _sentry_signals_unblocked():
     see its children end)."""
     yield
     signal.pthread_sigmask(signal.SIG_UNBLOCK, SENTRY_SIGNALS)
+
+
+def in_background(target, *args) -> threading.Thread:
+    """A daemon thread running target(*args) that leaves the sentry's signals alone: a
+    kernel a later test runs in this process reads SIGCHLD from a signalfd, and a thread
+    with it unblocked would take it instead (that kernel would never wake)."""
+    def run() -> None:
+        signal.pthread_sigmask(signal.SIG_BLOCK, SENTRY_SIGNALS)
+        target(*args)
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
 
 
 # The first sandbox of a root starts a warm pool there (see snapbox.runtime.warm); those of

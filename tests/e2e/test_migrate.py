@@ -9,12 +9,11 @@ import os
 import socket
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, Snapbox, clean_up, lines, wait_for
+from tests.conftest import REPO, Snapbox, clean_up, in_background, lines, wait_for
 from tests.e2e.test_incremental import start_writer, ticks
 
 
@@ -181,7 +180,7 @@ class EchoServer:
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.accepted = 0
-        threading.Thread(target=self._serve, daemon=True).start()
+        in_background(self._serve)
 
     def _serve(self) -> None:
         while True:
@@ -190,7 +189,7 @@ class EchoServer:
             except OSError:
                 return
             self.accepted += 1
-            threading.Thread(target=self._echo, args=(conn,), daemon=True).start()
+            in_background(self._echo, conn)
 
     @staticmethod
     def _echo(conn: socket.socket) -> None:

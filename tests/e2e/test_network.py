@@ -16,13 +16,12 @@ import struct
 import subprocess
 import sys
 import textwrap
-import threading
 import uuid
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import lines, wait_for
+from tests.conftest import in_background, lines, wait_for
 
 CLONE_NEWNET = 0x40000000
 NO_POOL = dict(os.environ, SNAPBOX_WARM="0")
@@ -406,7 +405,7 @@ class Nameserver:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind((address, 53))
         self.names, self.queries = names, 0
-        threading.Thread(target=self._serve, daemon=True).start()
+        in_background(self._serve)
 
     def _serve(self) -> None:
         while True:
