@@ -15,7 +15,7 @@ from snapbox.kernel.errors import SyscallError, WouldBlock
 
 F_RDLCK, F_WRLCK, F_UNLCK = 0, 1, 2
 LOCK_SH, LOCK_EX, LOCK_NB, LOCK_UN = 1, 2, 4, 8
-_FLOCK = struct.Struct("<hhqqi4x")
+_FLOCK = struct.Struct("<hh4xqqi4x")  # struct flock on x86-64: 32 bytes, l_start at 8
 END = 1 << 63  # a lock "to the end of the file"
 
 
