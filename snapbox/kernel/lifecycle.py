@@ -391,6 +391,7 @@ class Lifecycle:
         """End every task of `tg` with wait status `status`; init's exit ends the sandbox."""
         if tg.exit_status is not None:
             return
+        tg.cpu_ns += sum(self.cpu_time_ns(task) for task in tg.tasks)
         for task in list(tg.tasks):
             exit_robust_list(task)
             self._drop(task)
@@ -425,7 +426,7 @@ class Lifecycle:
         if parent is not None and parent.exit_status is None:
             act = parent.sigaction(SIGCHLD)
             if act.handler == SIG_IGN or act.flags & SA_NOCLDWAIT:
-                self.reap(tg)  # sigaction(2): the child does not become a zombie
+                self.reap(tg, waited=False)  # sigaction(2): the child does not become a zombie
             else:
                 code = (CLD_DUMPED if status & CORE_DUMPED else CLD_KILLED) if status & 0x7F else CLD_EXITED
                 value = status & 0x7F if status & 0x7F else (status >> 8) & 0xFF
@@ -439,10 +440,13 @@ class Lifecycle:
                 if other.exit_status is None:
                     self.exit_group(other, SIGKILL)
 
-    def reap(self, tg: ThreadGroup) -> None:
-        """Forget an exited child: its pid is free again."""
+    def reap(self, tg: ThreadGroup, waited: bool = True) -> None:
+        """Forget an exited child: its pid is free again. One `waited` for adds its CPU
+        time (and its children's) to its parent's children's."""
         if tg.parent is not None and tg in tg.parent.children:
             tg.parent.children.remove(tg)
+            if waited:
+                tg.parent.children_cpu_ns += tg.cpu_ns + tg.children_cpu_ns
         self.tasks.pidns.groups.pop(tg.tgid, None)
 
     def _drop(self, task: Task) -> None:

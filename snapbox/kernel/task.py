@@ -67,6 +67,8 @@ class ThreadGroup:
     signal_wait: WaitQueue = field(default_factory=WaitQueue)  # sigtimedwait callers
     exit_status: int | None = None  # wait(2) status once the whole group has exited
     children: list = field(default_factory=list)  # child ThreadGroups, zombies until reaped
+    cpu_ns: int = 0  # CPU time its threads used, counted when the group exits
+    children_cpu_ns: int = 0  # that of its children waited for, and of theirs (RUSAGE_CHILDREN)
     child_exit: WaitQueue = field(default_factory=WaitQueue)  # wait4 callers; fired when a child exits
     pgid: int = 0  # process group id
     creds: list = field(default_factory=lambda: [0, 0, 0, 0, 0, 0])  # ruid euid suid rgid egid sgid

@@ -137,8 +137,8 @@ def getrusage(t, who, usage):
         ns = sum(t.kernel.cpu_time_ns(x) for x in t.tg.tasks)
     elif who == 1:  # RUSAGE_THREAD
         ns = t.kernel.cpu_time_ns(t)
-    elif who == -1:  # RUSAGE_CHILDREN: reaped children's time is not accounted yet
-        ns = 0
+    elif who == -1:  # RUSAGE_CHILDREN: the children waited for, and theirs
+        ns = t.tg.children_cpu_ns
     else:
         raise SyscallError(errno.EINVAL)
     sec, rest = divmod(ns, 1_000_000_000)
@@ -152,8 +152,9 @@ CLK_TCK = 100
 @syscall(NR.times)
 def times(t, buf):
     ticks = sum(t.kernel.cpu_time_ns(x) for x in t.tg.tasks) * CLK_TCK // 1_000_000_000
+    children = t.tg.children_cpu_ns * CLK_TCK // 1_000_000_000
     if buf:
-        t.mm.write(buf, struct.pack("<qqqq", ticks, 0, 0, 0))
+        t.mm.write(buf, struct.pack("<qqqq", ticks, 0, children, 0))
     return t.kernel.timekeeper.monotonic_ns() * CLK_TCK // 1_000_000_000
 
 

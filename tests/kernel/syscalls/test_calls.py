@@ -33,3 +33,41 @@ def test_so_sndtimeo_is_refused_rather_than_ignored(snapbox, tmp_path):
     p = subprocess.run(snapbox.cmd("do", sys.executable, "-c", program), capture_output=True, text=True, timeout=60,
                        cwd=tmp_path)
     assert p.stdout == "ENOPROTOOPT\n", p.stderr
+
+
+CHILD_TIMES = """
+import os, resource, time
+for ignore in (False, True):
+    if ignore:  # children nobody waits for are not counted (SIGCHLD ignored: they are reaped at once)
+        import signal
+        signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    pid = os.fork()
+    if pid == 0:
+        grandchild = os.fork()
+        end = time.process_time() + 0.3
+        while time.process_time() < end:
+            pass
+        if grandchild:
+            os.waitpid(grandchild, 0)
+        os._exit(0)
+    if not ignore:
+        os.waitpid(pid, 0)
+    else:
+        time.sleep(1)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    spent = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    print("ignored" if ignore else "waited", "child and grandchild counted:", spent > 0.5,
+          "times() agrees:", abs(os.times().children_user + os.times().children_system -
+                                 after.ru_utime - after.ru_stime) < 0.05)
+"""
+
+
+def test_children_cpu_time_matches_native(snapbox, tmp_path):
+    """getrusage(RUSAGE_CHILDREN) and times() count the children waited for, and theirs."""
+    want = subprocess.run([sys.executable, "-c", CHILD_TIMES], capture_output=True, text=True, timeout=60).stdout
+    assert want == ("waited child and grandchild counted: True times() agrees: True\n"
+                    "ignored child and grandchild counted: False times() agrees: True\n")
+    p = subprocess.run(snapbox.cmd("do", sys.executable, "-c", CHILD_TIMES), capture_output=True, text=True,
+                       timeout=60, cwd=tmp_path)
+    assert p.stdout == want, p.stderr
