@@ -69,13 +69,15 @@ class MemoryDelta:
     (or filled) since the parent, or None for every page (the first image); `dropped`, the
     parent's runs that are holes now; `extents`, the file's data now, which the next image
     is compared with; `collected`, the runs the tracker handed over (given back if the image
-    is not made). With digests, only `method`: the image's writer compares them."""
+    is not made). With digests, `old_digests`, the parent's (none for the first image): the
+    image's writer compares every page's with them."""
 
     method: str
     send: list | None = None
     dropped: list = field(default_factory=list)
     extents: list = field(default_factory=list)
     collected: list = field(default_factory=list)
+    old_digests: dict = field(default_factory=dict)
 
     def give_back(self, memfile) -> None:
         """The image was not made: what was collected for it is still to be saved."""
@@ -152,7 +154,7 @@ class Checkpointing:
                        "file_references": len(skip), "file_bytes_referenced": self.file_cache.referenced_bytes()}
             delta = None if parent is None else self.memory_delta(parent, skip)
             try:
-                tracking = self._save_memory(w, compress, progress, skip, parent, summary, delta)
+                tracking = self._save_memory(w, compress, progress, skip, summary, delta)
                 w.finish(summary)
             except BaseException:
                 if delta is not None:
@@ -186,7 +188,7 @@ class Checkpointing:
         and both before any page is: a change after either shows in the next image."""
         method = self.track_writes()
         if method == DIGESTS:
-            return MemoryDelta(method)
+            return MemoryDelta(method, old_digests=(parent or {}).get("digests", {}))
         tracker = self.memfile.written
         collected = tracker.collect()
         extents = self.memfile.extents(skip)
@@ -225,9 +227,7 @@ class Checkpointing:
         with w.section("cpuid") as s:
             s.write_chunk(encode_graph(self.features))
         summary: dict = {"memory_allocated": self.memfile.allocated}
-        if delta.method == DIGESTS:
-            parent = parent or {"method": DIGESTS, "digests": {}}
-        summary["tracking"] = self._save_memory(w, compress, progress, [], parent, summary, delta)
+        summary["tracking"] = self._save_memory(w, compress, progress, [], summary, delta)
         w.finish(summary)
         summary["sections"] = w.summary
         summary["image_id"] = header["image_id"]
@@ -246,39 +246,36 @@ class Checkpointing:
         return header
 
     def _save_memory(self, w: ImageWriter, compress: bool, progress: Callable[[int, int], None] | None,
-                     skip: list, parent: dict | None, summary: dict, delta: MemoryDelta | None) -> dict | None:
-        """The memory section: every page with data, or (with `parent`) the pages `delta`
-        says changed since it (or whose digest differs from the parent's), "dropped" (in
-        `summary`) the runs the parent had that hold no data now. Returns the tracking
-        state the next image is compared with (None without a delta)."""
-        total = self.memfile.allocated
+                     skip: list, summary: dict, delta: MemoryDelta | None) -> dict | None:
+        """The memory section: every page with data (no `delta`, or the first image of a
+        chain), or the pages `delta` says changed since the parent (or whose digest differs
+        from the parent's), "dropped" (in `summary`) the runs the parent had that hold no
+        data now. Returns the tracking state the next image is compared with (None
+        without a delta)."""
         zeros: list = []
         digests: dict = {}
-        tracking = None
-        if delta is not None and delta.method == WRITE_PROTECTION and delta.send is not None:
-            total = sum(n for _, n in delta.send)
+        tracked = delta is not None and delta.method == WRITE_PROTECTION
+        total = sum(n for _, n in delta.send) if tracked and delta.send is not None else self.memfile.allocated
         report = (lambda done: progress(done, total)) if progress else None
-        if delta is None or (delta.method == WRITE_PROTECTION and delta.send is None):
+        if delta is None or (tracked and delta.send is None):
             chunks = self.memfile.save_chunks(compress, lambda: w.pos, report, skip)
-        elif delta.method == WRITE_PROTECTION:
+        elif tracked:
             chunks = self.memfile.save_runs(compress, delta.send, zeros, report)
         else:
-            chunks = self.memfile.save_changed(compress, parent["digests"], digests, skip, report)
+            chunks = self.memfile.save_changed(compress, delta.old_digests, digests, skip, report)
         with w.section("memory") as s:
             for chunk, crc in chunks:
                 s.write_chunk(chunk, crc)
-        if delta is not None and delta.method == WRITE_PROTECTION:
-            tracking = {"method": delta.method, "extents": delta.extents}
-            if delta.send is not None:
-                summary["dropped"] = merge_runs(delta.dropped + zeros)
-        elif delta is not None:
-            tracking = {"method": delta.method, "digests": digests}
-            if parent is not None and "digests" in parent:
-                summary["dropped"] = page_runs(off for off in parent["digests"] if off not in digests)
-        if delta is not None:
-            summary["written_pages"] = delta.method
         summary["memory_saved"] = self.memfile.saved_bytes
-        return tracking
+        if delta is None:
+            return None
+        summary["written_pages"] = delta.method
+        if not tracked:
+            summary["dropped"] = page_runs(off for off in delta.old_digests if off not in digests)
+            return {"method": delta.method, "digests": digests}
+        if delta.send is not None:
+            summary["dropped"] = merge_runs(delta.dropped + zeros)
+        return {"method": delta.method, "extents": delta.extents}
 
     @classmethod
     def read_image(cls, f: IO[bytes], ctx: LoadContext, check_cpu: bool = True,

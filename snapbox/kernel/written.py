@@ -111,10 +111,12 @@ class WrittenPages:
     def forget(self, mm, start: int = 0, end: int = APP_TOP) -> None:
         """[start, end) of `mm`'s stub is about to be unmapped: keep what was written there."""
         followed = self.stubs.get(mm.stub.pid) if mm.stub is not None else None
-        if followed is not None and followed.mm is mm:
-            lo = min((v.offset for v in mm.vmas if v.start < end and v.end > start), default=0)
-            hi = max((v.offset + v.end - v.start for v in mm.vmas if v.start < end and v.end > start), default=0)
-            self.carry += self._scan(followed, self.memfile.extents(start=lo, end=hi), start, end)
+        if followed is None or followed.mm is not mm:
+            return
+        spans = [(v.offset, v.offset + v.end - v.start) for v in mm.vmas if v.start < end and v.end > start]
+        if spans:
+            extents = self.memfile.extents(start=min(a for a, _ in spans), end=max(b for _, b in spans))
+            self.carry += self._scan(followed, extents, start, end)
 
     def retire(self, mm) -> None:
         """`mm`'s stub is about to end: keep what it wrote, and let it go."""

@@ -183,18 +183,8 @@ class MemoryFile:
     def copy(self, dst: int, src: int, length: int) -> None:
         """Copy a range's data to another (fresh, all-zero) range; holes stay holes."""
         self.ensure_loaded(src, length)
-        end = src + length
-        pos = src
-        while pos < end:
-            try:
-                start = os.lseek(self.fd, pos, os.SEEK_DATA)
-            except OSError:
-                return  # ENXIO: nothing but holes from here
-            if start >= end:
-                return
-            stop = min(os.lseek(self.fd, start, os.SEEK_HOLE), end)
-            self.map.move(dst + (start - src), start, stop - start)
-            pos = stop
+        for start, n in self.extents(start=src, end=src + length):
+            self.map.move(dst + (start - src), start, n)
 
     # -- save and load --------------------------------------------------------------------
 
@@ -208,18 +198,9 @@ class MemoryFile:
         """One byte per page of [offset, offset+length) (page-aligned): 1 where the memfd
         holds the page, 0 for a hole (never written, dropped, or still in a lazy image)."""
         out = bytearray(length // PAGE_SIZE)
-        pos, end = offset, offset + length
-        while pos < end:
-            try:
-                start = os.lseek(self.fd, pos, os.SEEK_DATA)
-            except OSError:
-                break  # ENXIO: no data past pos
-            if start >= end:
-                break
-            stop = min(os.lseek(self.fd, start, os.SEEK_HOLE), end)
-            first, last = (start - offset) // PAGE_SIZE, (stop - offset + PAGE_SIZE - 1) // PAGE_SIZE
+        for start, n in self.extents(start=offset, end=offset + length):
+            first, last = (start - offset) // PAGE_SIZE, (start + n - offset + PAGE_SIZE - 1) // PAGE_SIZE
             out[first:last] = b"\1" * (last - first)
-            pos = stop
         return out
 
     def extents(self, skip: list[tuple[int, int]] = (), start: int = 0,
