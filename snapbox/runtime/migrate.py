@@ -219,9 +219,10 @@ def migrate(container, dest: str, token: str = "", max_rounds: int = 8, small: i
     t0 = time.monotonic()
     summary = Summary()
     work = tempfile.mkdtemp(prefix=f".migrate-{container.id}-", dir=container.root)
-    channel, close = connect(dest)
+    close: Callable[[], None] | None = None
     paused = False
     try:
+        channel, close = connect(dest)
         channel.send_raw(MAGIC)
         channel.send(type="hello", token=token, cpu=encode_graph(FeatureSet.host()))
         _expect(channel, "ready")
@@ -268,7 +269,8 @@ def migrate(container, dest: str, token: str = "", max_rounds: int = 8, small: i
             container.resume()
         raise
     finally:
-        close()
+        if close is not None:
+            close()
         shutil.rmtree(work, ignore_errors=True)
     summary.total_s = time.monotonic() - t0
     return summary

@@ -291,3 +291,16 @@ def test_64_mb_rewritten_all_the_time_moves_with_every_page_right(snapbox, recei
              what="the program at the receiver")
     assert "CORRUPT" not in out.read_text()
     receiver("delete", "--force", "d")
+
+
+def test_a_receiver_that_is_not_there_leaves_the_source_running_and_nothing_behind(snapbox, tmp_path):
+    out = tmp_path / "out.txt"
+    snapbox.run_detached("c", "counter", out)
+    wait_for(lambda: len(counts(out)) >= 2, what="counts")
+    port = free_port()  # nobody listens there
+    p = snapbox("migrate", "--to", f"tcp://127.0.0.1:{port}", "c", check=False)
+    assert p.returncode == 1
+    assert p.stderr == (f"snapbox: error: migration of c failed: cannot connect to tcp://127.0.0.1:{port} "
+                        "(Connection refused); it goes on running here\n")
+    _assert_source_runs_on(snapbox, out)
+    assert not [x for x in os.listdir(snapbox.root) if x.startswith(".migrate-")]
