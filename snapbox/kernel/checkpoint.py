@@ -43,7 +43,7 @@ from snapbox.memfile.memfile import (
 )
 from snapbox.platform import ptrace, uffd
 from snapbox.platform.cpuid import FeatureSet
-from snapbox.platform.stub import Stub, StubError
+from snapbox.platform.stub import StubError
 from snapbox.state import (
     ImageError,
     SnapboxError,
@@ -468,7 +468,7 @@ class Checkpointing:
         for tg in self.tasks.pidns.groups.values():
             if tg.exit_status is not None or not tg.tasks:
                 continue
-            stub = Stub.spawn(self.memfile.fd)
+            stub = self.spawn_stub()
             tg.mm.attach(stub, lazy=self.memfile.lazy is not None)
             if self.memfile.lazy is not None:
                 self._catch_first_touches(tg.mm)

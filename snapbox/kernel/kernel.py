@@ -33,7 +33,7 @@ from snapbox.kernel.signals import (
     SIGKILL,
     siginfo,
 )
-from snapbox.kernel.syscalls import MASK64, NAMES, NR, TABLE, load_all
+from snapbox.kernel.syscalls import MASK64, NAMES, NR, STOPPED, TABLE, load_all
 from snapbox.kernel.task import (
     Run,
     Task,
@@ -46,6 +46,8 @@ from snapbox.memfile import MemoryFile
 from snapbox.memfile.lazy import MemoryLost
 from snapbox.platform import ptrace
 from snapbox.platform.cpuid import FeatureSet
+from snapbox.platform.notify import Listener
+from snapbox.platform.stub import VSYSCALL_PAGE, Stub
 from snapbox.state import (
     nosave,
     savable,
@@ -59,6 +61,8 @@ FAULT_SIGNALS = frozenset({signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.
 # The calls behind the vsyscall page's entry points, which the host kernel emulates.
 VSYSCALLS = frozenset({NR.gettimeofday, NR.time, NR.getcpu})
 NR_COMPAT_INT80 = -0x80  # where enosys_logged remembers that int 0x80 was logged
+# rax of a thread taken out of the wait for a notification's answer: the syscall did not run.
+ERESTARTSYS = -512 & MASK64
 
 load_all()
 
@@ -68,10 +72,13 @@ load_all()
 class Kernel(Lifecycle, Signaling, Checkpointing):
     """One sandbox's kernel: tasks, memory, files, time, and the loop that drives them.
 
-    A syscall stop reaches _dispatch, which runs the handler from syscalls.TABLE: it
-    returns a result, or raises WouldBlock before any side effect and the task is parked
-    (_park) until a WaitQueue or its deadline wakes it (wake), when the handler runs again
-    from the start."""
+    A syscall reaches _dispatch, as a seccomp notification (the fast path: its number and
+    arguments, answered through the stub's listener) or as a ptrace stop (the syscalls in
+    syscalls.STOPPED, which need the thread's registers), and the handler from
+    syscalls.TABLE runs: it returns a result, or raises WouldBlock before any side effect
+    and the task is parked (_park) until a WaitQueue or its deadline wakes it (wake), when
+    the handler runs again from the start. A task parked in a notification that must stop
+    (a signal, a pause) is interrupted out of it, into a ptrace stop at the same syscall."""
 
     features: FeatureSet
     memfile: MemoryFile
@@ -108,6 +115,7 @@ class Kernel(Lifecycle, Signaling, Checkpointing):
     on_exit: Callable | None = nosave(default=None)  # called (ThreadGroup) when a process exits
     futexes: dict = nosave(dict)  # MemoryFile offset of a futex word -> WaitQueue of its waiters
     host_sockets: weakref.WeakSet = nosave(weakref.WeakSet)  # live HostSockets (snapbox.kernel.hostnet)
+    listeners: dict = nosave(dict)  # listener fd -> Listener of stubs' notifications
     # Checkpoints the sandbox for a task that wrote /proc/snapbox/checkpoint (None: it may
     # not ask; see procfs), and the queue such tasks wait on until it is done.
     snapshot: Callable | None = nosave(default=None)
@@ -136,6 +144,20 @@ class Kernel(Lifecycle, Signaling, Checkpointing):
             log.error("the sandbox's network could not be made: %s", e)
             self.network = {"mode": "none", "error": str(e)}
             raise SyscallError(errno.ENETDOWN, "the sandbox's network could not be made") from None
+
+    def spawn_stub(self) -> Stub:
+        """A new stub, its application's syscalls sent to this kernel."""
+        stub = Stub.spawn(self.memfile.fd, STOPPED)
+        listener = stub.listener
+        self.listeners[listener.fd] = listener
+        self.loop.add_reader(listener.fd, lambda: self._on_notification(listener))
+        return stub
+
+    def close_listeners(self) -> None:
+        for listener in self.listeners.values():
+            self.loop.remove_reader(listener.fd)
+            listener.close()
+        self.listeners.clear()
 
     def processes(self) -> list[dict]:
         """The live processes, for `snapbox ps`."""
@@ -212,8 +234,11 @@ class Kernel(Lifecycle, Signaling, Checkpointing):
             return
         sig = os.WSTOPSIG(status)
         event = status >> 16
-        if sig == ptrace.SYSCALL_STOP_SIG:
+        if event == ptrace.PTRACE_EVENT_SECCOMP:
             ptrace.getregs(pid, task.regs)
+            if task.regs.rip & ~0xFFF == VSYSCALL_PAGE:
+                self._vsyscall(task)
+                return
             task.run = Run.SYSCALL
             if self.paused:
                 self._enqueue(task)
@@ -221,8 +246,11 @@ class Kernel(Lifecycle, Signaling, Checkpointing):
                 self._dispatch(task)
         elif event == ptrace.PTRACE_EVENT_STOP:
             task.interrupt_pending = False
-            if task.run is Run.RUNNING:
+            if task.notif:
+                self._left_notification(task)
+            elif task.run is Run.RUNNING:
                 ptrace.getregs(pid, task.regs)
+                self._rewind_withdrawn(task)
                 task.run = Run.STOPPED
                 if not self.paused:
                     self._deliver_and_resume(task)
@@ -232,23 +260,66 @@ class Kernel(Lifecycle, Signaling, Checkpointing):
             ptrace.getregs(pid, task.regs)
             task.run = Run.STOPPED
             self._fault(task, sig)
-        elif event == ptrace.PTRACE_EVENT_SECCOMP:
-            self._vsyscall(task)
         else:
             # A signal from the host (or an event we did not ask for): not the
             # application's business. Suppress it and carry on.
-            if task.run is Run.RUNNING:
-                ptrace.sysemu(pid, 0)
-            else:
-                ptrace.cont(pid, 0)
+            ptrace.cont(pid, 0)
 
+    def _on_notification(self, listener: Listener) -> None:
+        """A syscall on the fast path: run its handler now, unless its thread is on its way
+        to a ptrace stop (an interrupt takes it out of the wait: the stop says what next)."""
+        note = listener.receive()
+        if note is None:
+            if listener.hung_up():  # every stub of that filter is gone
+                self.loop.remove_reader(listener.fd)
+                self.listeners.pop(listener.fd, None)
+                listener.close()
+            return
+        nid, tid, nr, _, args = note
+        task = self.by_host.get(tid)
+        if task is None or task.run is not Run.RUNNING or task.interrupt_pending:
+            return
+        task.notif = nid
+        task.call = (nr, args)
+        task.run = Run.SYSCALL
+        self._dispatch(task)
+
+    def _left_notification(self, task: Task) -> None:
+        """A task parked in a notification was interrupted out of it: it is stopped at the
+        syscall's entry now (rax -ERESTARTSYS, the notification withdrawn), a ptrace-parked
+        syscall like any other from here on."""
+        regs = task.regs
+        ptrace.getregs(task.host_tid, regs)
+        task.notif = 0
+        if task.result is not None:  # its handler is done: return the result, then the signal
+            regs.rax = task.result & MASK64
+            regs.orig_rax = MASK64
+            task.result = None
+            task.run = Run.STOPPED
+            task.tg.mm.stub.clobbered.add(task.host_tid)
+            if not self.paused:
+                self._deliver_and_resume(task)
+        elif not self.paused and self._deliverable(task):
+            self._interrupt_syscall(task)
+        elif not task.waiting and not task.queued:
+            self._enqueue(task)  # it was to run again (woken, or its handler needs it stopped)
+
+    def _rewind_withdrawn(self, task: Task) -> None:
+        """A running task stopped in the wait for a notification no handler had run for yet:
+        put it back before the syscall instruction (it makes the call again when it goes on),
+        with registers exact for a checkpoint."""
+        regs = task.regs
+        if regs.orig_rax != MASK64 and regs.rax == ERESTARTSYS:
+            regs.rip -= 2
+            regs.rax = regs.orig_rax
+            regs.orig_rax = MASK64
+            task.tg.mm.stub.clobbered.add(task.host_tid)
 
     def _vsyscall(self, task: Task) -> None:
         """A call into the vsyscall page (the stub's seccomp filter traces them): answer it
         here, from the sandbox's clock, as the host kernel would have without us. Skipping
         the call (orig_rax -1) makes the host kernel finish the emulation with its `ret`."""
         regs = task.regs
-        ptrace.getregs(task.host_tid, regs)
         nr = regs.orig_rax
         entry = TABLE.get(nr) if nr in VSYSCALLS else None
         try:
@@ -261,7 +332,7 @@ class Kernel(Lifecycle, Signaling, Checkpointing):
         regs.orig_rax = MASK64
         ptrace.setregs(task.host_tid, regs)
         task.run = Run.RUNNING
-        ptrace.sysemu(task.host_tid)
+        ptrace.cont(task.host_tid)
 
     def _compat_syscall(self, task: Task) -> None:
         """An `int 0x80` (the i386 syscall ABI) from 64-bit code. snapbox has no IA32
@@ -278,58 +349,25 @@ class Kernel(Lifecycle, Signaling, Checkpointing):
         self._force_signal(task, signal.SIGSEGV, siginfo(signal.SIGSEGV, SI_KERNEL, addr=0))
 
     def _dispatch(self, task: Task) -> None:
+        if task.notif:
+            if task.interrupt_pending:
+                return  # on its way out of the notification: its stop queues it again
+            nr, args = task.call
+            result = self._call(task, nr, args)
+            if result is not None:
+                self._answer(task, result)
+            return
         regs = task.regs
         if regs.rcx != regs.rip and ptrace.syscall_arch(task.host_tid) != ptrace.AUDIT_ARCH_X86_64:
             # `syscall` leaves the return address in rcx: any other entry is checked with
             # the kernel (a program can forge rcx, but then gets only what `syscall` gives).
             self._compat_syscall(task)
             return
-        nr = regs.orig_rax
-        raw = (regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, regs.r9) if self.strace is not None else None
-        entry = TABLE.get(nr)
-        try:
-            if entry is None:
-                if nr not in self.enosys_logged:
-                    self.enosys_logged.add(nr)
-                    log.warning("unimplemented syscall %s (%d): ENOSYS", NAMES.get(nr, "?"), nr)
-                result = -errno.ENOSYS
-            else:
-                fn, nargs = entry
-                args = (regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, regs.r9)[:nargs]
-                self.current = task
-                stub = task.tg.mm.stub
-                stub.active = task.host_tid
-                try:
-                    result = fn(task, *args)
-                finally:
-                    self.current = None
-                    if task.tg.mm.stub is not None:
-                        task.tg.mm.stub.active = None
-        except SyscallError as e:
-            result = -e.errno
-        except WouldBlock as wb:
-            self._park(task, wb)
+        result = self._call(task, regs.orig_rax, (regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, regs.r9))
+        if result is None:
             return
-        except TaskExit:
-            if raw is not None:
-                self.strace(task, nr, raw, None)
-            return
-        except OSError as e:
-            # A host operation on the application's behalf failed: report it as Linux would.
-            result = -(e.errno or errno.EIO)
-        except MemoryLost as e:
-            self._memory_lost(e)  # memory the call needed is damaged in the image restored from
-            return
-        except Exception:
-            # A bug in a handler must not take the whole sandbox down: log it, fail the call.
-            log.exception("syscall %s (%d) of pid %d failed", NAMES.get(nr, "?"), nr, task.tg.tgid)
-            result = -errno.EIO
-        if task.run is Run.DEAD:
-            return  # the call ended its own process (a fatal signal to itself)
-        if raw is not None:
-            self.strace(task, nr, raw, result)
-        task.restart = None
         regs.rax = result & MASK64
+        regs.orig_rax = MASK64  # skipped: the host never runs it
         pid = task.host_tid
         if (task.pending | task.tg.pending) & ~task.signal_mask:
             task.run = Run.STOPPED
@@ -339,7 +377,69 @@ class Kernel(Lifecycle, Signaling, Checkpointing):
         ptrace.setregs(pid, regs)
         task.tg.mm.stub.clobbered.discard(pid)
         task.run = Run.RUNNING
-        ptrace.sysemu(pid)
+        ptrace.cont(pid)
+
+    def _call(self, task: Task, nr: int, args) -> int | None:
+        """Run syscall `nr`'s handler: its result, or None if the task is not to be resumed
+        (parked, or gone)."""
+        entry = TABLE.get(nr)
+        try:
+            if entry is None:
+                if nr not in self.enosys_logged:
+                    self.enosys_logged.add(nr)
+                    log.warning("unimplemented syscall %s (%d): ENOSYS", NAMES.get(nr, "?"), nr)
+                result = -errno.ENOSYS
+            else:
+                fn, nargs = entry
+                self.current = task
+                stub = task.tg.mm.stub
+                stub.active = -1 if task.notif else task.host_tid  # no stopped thread to inject into
+                try:
+                    result = fn(task, *args[:nargs])
+                finally:
+                    self.current = None
+                    if task.tg.mm.stub is not None:
+                        task.tg.mm.stub.active = None
+        except SyscallError as e:
+            result = -e.errno
+        except WouldBlock as wb:
+            self._park(task, wb)
+            return None
+        except TaskExit:
+            if self.strace is not None:
+                self.strace(task, nr, args, None)
+            return None
+        except OSError as e:
+            # A host operation on the application's behalf failed: report it as Linux would.
+            result = -(e.errno or errno.EIO)
+        except MemoryLost as e:
+            self._memory_lost(e)  # memory the call needed is damaged in the image restored from
+            return None
+        except Exception:
+            # A bug in a handler must not take the whole sandbox down: log it, fail the call.
+            log.exception("syscall %s (%d) of pid %d failed", NAMES.get(nr, "?"), nr, task.tg.tgid)
+            result = -errno.EIO
+        if task.run is Run.DEAD:
+            return None  # the call ended its own process (a fatal signal to itself)
+        if self.strace is not None:
+            self.strace(task, nr, args, result)
+        task.restart = None
+        return result
+
+    def _answer(self, task: Task, result: int) -> None:
+        """Answer a task's notification. If it has a signal to take, the answer would let it
+        run on before the handler: it is interrupted out of the wait instead, and the call
+        returns `result` from the stop, where the signal frame can be built."""
+        if (task.pending | task.tg.pending) & ~task.signal_mask:
+            task.result = result
+            if not task.interrupt_pending:
+                ptrace.interrupt(task.host_tid)
+                task.interrupt_pending = True
+            return
+        nid, task.notif = task.notif, 0
+        if task.tg.mm.stub.listener.answer(nid, result):
+            task.run = Run.RUNNING
+        # else it was killed meanwhile: the death of its stub is on its way
 
     def _resume(self, task: Task) -> None:
         pid = task.host_tid
@@ -352,11 +452,12 @@ class Kernel(Lifecycle, Signaling, Checkpointing):
             task.run = Run.STOPPED
             stub.clobbered.add(pid)
             return
-        if pid in stub.clobbered:
+        if pid in stub.clobbered or task.regs.orig_rax != MASK64:
+            task.regs.orig_rax = MASK64  # a syscall it stopped in is skipped, never run by the host
             ptrace.setregs(pid, task.regs)
             stub.clobbered.discard(pid)
         task.run = Run.RUNNING
-        ptrace.sysemu(pid)
+        ptrace.cont(pid)
 
 
     # -- blocking and waking -------------------------------------------------------------------
@@ -414,13 +515,14 @@ class Kernel(Lifecycle, Signaling, Checkpointing):
         if self.paused:
             return
         self.paused = True
-        running = [t for t in self.by_host.values() if t.run is Run.RUNNING]
+        # Tasks parked in a notification wait in the host kernel: out of it, into a ptrace stop.
+        running = [t for t in self.by_host.values() if t.run is Run.RUNNING or t.notif]
         for t in running:
             if not t.interrupt_pending:
                 ptrace.interrupt(t.host_tid)
                 t.interrupt_pending = True
         for t in running:
-            while t.run is Run.RUNNING and t.host_tid >= 0:
+            while (t.run is Run.RUNNING or t.notif) and t.host_tid >= 0:
                 pid, status = os.waitpid(t.host_tid, WALL)
                 self._on_status(pid, status)
 

@@ -50,7 +50,7 @@ from snapbox.kernel.vfs import Filesystem, LowerNode, MemRegular
 from snapbox.memfile import MemoryFile
 from snapbox.platform import ptrace
 from snapbox.platform.cpuid import FeatureSet
-from snapbox.platform.stub import APP_TOP, Stub
+from snapbox.platform.stub import APP_TOP
 from snapbox.state import SnapboxError
 
 if TYPE_CHECKING:
@@ -137,7 +137,7 @@ class Lifecycle:
         tg.tasks.append(task)
         pidns.tasks[tgid] = task
         pidns.groups[tgid] = tg
-        stub = Stub.spawn(self.memfile.fd)
+        stub = self.spawn_stub()
         mm.attach(stub)
         regs = ptrace.copy_regs(stub.base_regs)
         for reg in ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "r8", "r9", "r10", "r11",
@@ -466,6 +466,7 @@ class Lifecycle:
         self.kill_stubs()
         self.by_host.clear()
         self.collect_stops()
+        self.close_listeners()
         self.memfile.stop_loading()
 
     def kill_stubs(self) -> None:

@@ -196,7 +196,13 @@ class Signaling:
 
     def _interrupt_syscall(self, t: Task) -> None:
         """A signal arrived for a task blocked in a syscall: end or restart the syscall
-        (signal(7), "Interruption of system calls"), deliver, and let the task run."""
+        (signal(7), "Interruption of system calls"), deliver, and let the task run. A task
+        parked in a notification is first interrupted out of it: its stop comes back here."""
+        if t.notif:
+            if not t.interrupt_pending:
+                ptrace.interrupt(t.host_tid)
+                t.interrupt_pending = True
+            return
         regs = t.regs
         nr = regs.orig_rax
         for q in t.waiting:

@@ -22,7 +22,8 @@ class Run(enum.Enum):
 
     STOPPED = "stopped"  # in a ptrace stop outside any syscall; its registers are exact
     RUNNING = "running"  # executing application code on the host
-    SYSCALL = "syscall"  # stopped at a syscall entry whose handler has not completed
+    SYSCALL = "syscall"  # in a syscall whose handler has not completed: at a ptrace stop, or waiting
+    # for the answer to a seccomp notification (Task.notif)
     DEAD = "dead"
 
 
@@ -119,6 +120,12 @@ class Task:
     run: Run = nosave(default=Run.STOPPED)
     regs: Any = nosave(ptrace.Regs)  # live registers while stopped (ctypes user_regs_struct)
     interrupt_pending: bool = nosave(default=False)  # PTRACE_INTERRUPT sent, stop not yet seen
+    # The seccomp notification its host thread waits in for an answer (0: none), and that
+    # syscall's (number, arguments): a task on the fast path has no registers captured.
+    notif: int = nosave(default=0)
+    call: tuple = nosave(tuple)
+    # The result of that syscall when it is to return under ptrace (a signal to take first).
+    result: int | None = nosave(default=None)
     waiting: tuple = nosave(tuple)  # WaitQueues this task is parked on
     timer_token: int = nosave(default=0)  # bumped to cancel a pending wake-up timer
     queued: bool = nosave(default=False)  # in the kernel's run queue

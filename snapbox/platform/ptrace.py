@@ -30,7 +30,6 @@ PTRACE_KILL = 8
 PTRACE_GETREGS = 12
 PTRACE_SETREGS = 13
 PTRACE_SYSCALL = 24
-PTRACE_SYSEMU = 31
 PTRACE_SETOPTIONS = 0x4200
 PTRACE_GETEVENTMSG = 0x4201
 PTRACE_GETSIGINFO = 0x4202
@@ -81,10 +80,6 @@ def seize(pid: int, options: int) -> None:
 
 def interrupt(pid: int) -> None:
     _check(_ptrace(PTRACE_INTERRUPT, pid, None, None), "INTERRUPT", pid)
-
-
-def sysemu(pid: int, sig: int = 0) -> None:
-    _check(_ptrace(PTRACE_SYSEMU, pid, None, sig), "SYSEMU", pid)
 
 
 def syscall(pid: int, sig: int = 0) -> None:

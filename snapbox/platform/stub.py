@@ -1,18 +1,18 @@
 """Stub processes: the host processes that lend their CPU context to application tasks.
 
 A stub runs a tiny static ELF that snapbox generates: one page holding a `syscall; int3`
-trampoline and a seccomp filter. Once it has exec'd, the sentry installs the filter,
-unmaps everything else in it (stack, vDSO, vvar), so the whole lower address space belongs
-to the application, and maps MemoryFile ranges into it by injecting syscalls through the
-trampoline.
+trampoline. Once it has exec'd, the sentry installs the stub's seccomp filter, unmaps
+everything else in it (stack, vDSO, vvar), so the whole lower address space belongs to the
+application, and maps MemoryFile ranges into it by injecting syscalls through the trampoline.
 
-The application's own syscalls never reach the host: they stop in the sentry under
-PTRACE_SYSEMU, which skips them before seccomp is consulted. The filter is the second
-wall, for anything that is not such a stop: only the trampoline may make host syscalls,
-and only the few the sentry injects, with the arguments it uses; any other syscall kills
-the stub. The one exception is the vsyscall page, whose legacy entry points the host
-kernel emulates without a syscall instruction: seccomp sees them, and the filter hands
-them to the sentry (SECCOMP_RET_TRACE), which answers them from the sandbox's clock.
+The application's own syscalls never reach the host. The filter sends each one to the
+sentry: most as user notifications (the fast path, see notify.py), those whose handlers need
+the thread stopped under ptrace (SECCOMP_RET_TRACE), which the sentry then skips. Only the
+trampoline may make host syscalls, only the few the sentry injects, with the arguments it
+uses and a secret of this stub in an argument the call ignores (a program that jumps to the
+trampoline cannot forge it); any other call from there kills the stub. The vsyscall page's
+legacy entry points, which the host kernel emulates without a syscall instruction, are
+traced too, and answered from the sandbox's clock.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import struct
 from collections.abc import Callable
 
 from snapbox.platform import ptrace
+from snapbox.platform.notify import Listener
 from snapbox.state import SnapboxError
 
 # Where the stub's page lives. ASLR is off in stubs, so the kernel puts the initial
@@ -33,7 +34,6 @@ from snapbox.state import SnapboxError
 STUB_ADDR = 0x7FFFFFF00000
 TRAMPOLINE = STUB_ADDR + 0x78  # syscall; int3
 STUB_ENTRY = STUB_ADDR + 0x7C  # int3; jmp back: never run by design
-SECCOMP_PROG = STUB_ADDR + 0x80  # struct sock_fprog of the stub's filter, then the filter
 VSYSCALL_PAGE = 0xFFFFFFFFFF600000  # the host kernel's legacy vsyscall entry points
 APP_TOP = STUB_ADDR  # the application's address space is [0, APP_TOP)
 STUB_MEMFD = 3  # the MemoryFile's fd number inside every stub
@@ -72,8 +72,11 @@ class StubError(SnapboxError):
 _AUDIT_ARCH_X86_64 = 0xC000003E
 _SECCOMP_RET_KILL_PROCESS = 0x80000000
 _SECCOMP_RET_TRACE = 0x7FF00000
+_SECCOMP_RET_USER_NOTIF = 0x7FC00000
 _SECCOMP_RET_ALLOW = 0x7FFF0000
 _SECCOMP_SET_MODE_FILTER = 1
+_SECCOMP_FILTER_FLAG_NEW_LISTENER = 1 << 3
+SYS_PIDFD_GETFD = 438
 _PR_SET_NO_NEW_PRIVS = 38
 _BPF_LD_W_ABS = 0x20
 _BPF_JEQ_K = 0x15
@@ -91,15 +94,17 @@ def _arg_hi(i: int) -> int:
     return 20 + 8 * i
 
 
-def seccomp_filter() -> list[tuple[int, int, int, int]]:
+def seccomp_filter(cookie: int, traced: frozenset[int] = frozenset()) -> list[tuple[int, int, int, int]]:
     """The stub's filter as (code, jt, jf, k) instructions.
 
-    Allowed: from the trampoline (seccomp's instruction pointer is the address after its
-    `syscall`), exactly the calls the sentry injects: mmap of the MemoryFile (shared, fixed),
-    mprotect, munmap, clone of a thread with the flags clone_thread uses, fork, exit,
-    userfaultfd and close (lazy restore). Traced: the vsyscall page. Everything else,
-    from any other address, with another architecture (int 0x80) or other arguments, kills
-    the stub."""
+    From the trampoline (seccomp's instruction pointer is the address after its `syscall`),
+    exactly the calls the sentry injects, each carrying `cookie`: mmap of the MemoryFile
+    (shared, fixed; the cookie in the upper half of the fd argument, which the kernel
+    truncates to an int), and with the cookie as the unused sixth argument mprotect, munmap,
+    clone of a thread with the flags clone_thread uses, fork, exit, userfaultfd and close.
+    Anything else from there kills the stub. From anywhere else, the application's calls:
+    the numbers in `traced`, calls with another architecture (int 0x80) and calls into the
+    vsyscall page stop under ptrace; every other one is a user notification."""
     ret = TRAMPOLINE + 2
     plain = (SYS_MPROTECT, SYS_MUNMAP, SYS_FORK, SYS_EXIT, SYS_USERFAULTFD, SYS_CLOSE)
     # Each block is a list of instructions whose jump targets are labels, resolved below.
@@ -119,34 +124,46 @@ def seccomp_filter() -> list[tuple[int, int, int, int]]:
         prog.append((_BPF_RET_K, 0, 0, action))
 
     ld(_ARCH)
-    jeq(_AUDIT_ARCH_X86_64, 0, "kill")
+    jeq(_AUDIT_ARCH_X86_64, 0, "trace")
     ld(_IP_HI)
-    jeq(ret >> 32, 0, "elsewhere")
+    jeq(ret >> 32, 0, "application")
     ld(_IP_LO)
-    jeq(ret, 0, "elsewhere")
+    jeq(ret, 0, "application")
     ld(_NR)
     for nr in plain:
-        jeq(nr, "allow", 0)
+        jeq(nr, "cookie", 0)
     jeq(SYS_MMAP, "mmap", 0)
     jeq(SYS_CLONE, "clone", "kill")
     at("mmap")
-    for lo, hi, value in ((_arg_lo(3), _arg_hi(3), MAP_SHARED | MAP_FIXED), (_arg_lo(4), _arg_hi(4), STUB_MEMFD)):
+    for lo, hi, value, high in ((_arg_lo(3), _arg_hi(3), MAP_SHARED | MAP_FIXED, 0),
+                                (_arg_lo(4), _arg_hi(4), STUB_MEMFD, cookie)):
         ld(lo)
         jeq(value, 0, "kill")
         ld(hi)
-        jeq(0, 0, "kill")
+        jeq(high, 0, "kill")
     ret_(_SECCOMP_RET_ALLOW)
     at("clone")
     ld(_arg_lo(0))
     jeq(_THREAD_FLAGS, 0, "kill")
     ld(_arg_hi(0))
-    jeq(0, "allow", "kill")
-    at("elsewhere")
+    jeq(0, "cookie", "kill")
+    at("cookie")
+    ld(_arg_lo(5))
+    jeq(cookie, 0, "kill")
+    ld(_arg_hi(5))
+    jeq(cookie >> 32, "allow", "kill")
+    at("application")
     ld(_IP_HI)
-    jeq(VSYSCALL_PAGE >> 32, 0, "kill")
+    jeq(VSYSCALL_PAGE >> 32, 0, "syscall")
     ld(_IP_LO)
     prog.append((_BPF_AND_K, 0, 0, 0xFFFFF000))
-    jeq(VSYSCALL_PAGE, 0, "kill")
+    jeq(VSYSCALL_PAGE, "trace", 0)
+    at("syscall")
+    ld(_NR)
+    for nr in sorted(traced):
+        jeq(nr, "trace", 0)
+    ret_(_SECCOMP_RET_USER_NOTIF)
+    at("trace")
     ret_(_SECCOMP_RET_TRACE)
     at("allow")
     ret_(_SECCOMP_RET_ALLOW)
@@ -160,13 +177,9 @@ def seccomp_filter() -> list[tuple[int, int, int, int]]:
 
 
 def stub_elf() -> bytes:
-    """The stub executable: an ELF header, one PT_LOAD, the trampoline code, and the
-    seccomp filter (a struct sock_fprog, then its instructions)."""
+    """The stub executable: an ELF header, one PT_LOAD, and the trampoline code."""
     code = b"\x0f\x05\xcc" + b"\x90" + b"\xcc\xeb\xfd" + b"\x90"  # syscall; int3; nop | int3; jmp -3; nop
-    insns = seccomp_filter()
-    fprog = struct.pack("<H6xQ", len(insns), SECCOMP_PROG + 16)
-    bpf = b"".join(struct.pack("<HBBI", *insn) for insn in insns)
-    size = 0x78 + len(code) + len(fprog) + len(bpf)
+    size = 0x78 + len(code)
     ehdr = struct.pack(
         "<16sHHIQQQIHHHHHH",
         b"\x7fELF\x02\x01\x01" + bytes(9),
@@ -186,7 +199,7 @@ def stub_elf() -> bytes:
     )
     phdr = struct.pack("<IIQQQQQQ", 1, 5, 0, STUB_ADDR, STUB_ADDR, size, size, 0x1000)
     image = ehdr + phdr
-    return image + bytes(0x78 - len(image)) + code + fprog + bpf
+    return image + bytes(0x78 - len(image)) + code
 
 
 _ELF_FD = -1
@@ -204,8 +217,14 @@ def _elf_fd() -> int:
 class Stub:
     """One stub process (one application address space), traced by this sentry."""
 
-    def __init__(self, pid: int, base_regs: ptrace.Regs, base_xstate: bytes) -> None:
+    def __init__(self, pid: int, base_regs: ptrace.Regs, base_xstate: bytes, cookie: int,
+                 listener: Listener | None = None) -> None:
         self.pid = pid
+        # The secret each injected syscall carries (see seccomp_filter), and the listener of
+        # the application's syscalls: both set when the filter is installed, and shared by
+        # the stubs forked from this one, which inherit the filter.
+        self.cookie = cookie
+        self.listener = listener
         # The FP/SSE/AVX state of a fresh process, for execve.
         self.base_xstate = base_xstate
         # Registers captured at the exec stop: valid segment selectors and flags, used as
@@ -223,9 +242,10 @@ class Stub:
         self.on_map: Callable[[int, int, int], None] | None = None
 
     @classmethod
-    def spawn(cls, memfd: int) -> Stub:
+    def spawn(cls, memfd: int, traced: frozenset[int] = frozenset()) -> Stub:
         """Start a stub holding `memfd` as STUB_MEMFD, seized and stopped, with nothing mapped
-        but its own page."""
+        but its own page. Its application's syscalls numbered in `traced` will stop under
+        ptrace; the others come as notifications to its listener."""
         exe = _elf_fd()
         gate_r, gate_w = os.pipe()
         pid = os.fork()
@@ -260,19 +280,51 @@ class Stub:
         base = ptrace.Regs()
         ptrace.getregs(pid, base)
         base.orig_rax = -1 & 0xFFFFFFFFFFFFFFFF
-        stub = cls(pid, base, ptrace.get_xstate(pid, 1 << 14))
-        stub._install_filter()
-        stub._unmap_host_mappings()
+        stub = cls(pid, base, ptrace.get_xstate(pid, 1 << 14), int.from_bytes(os.urandom(8), "little"))
+        try:
+            stub._install_filter(traced)
+            stub._unmap_host_mappings()
+        except BaseException:
+            stub.kill()
+            if stub.listener is not None:
+                stub.listener.close()
+            raise
         return stub
 
-    def _install_filter(self) -> None:
-        """Put the stub under its seccomp filter (inherited by its threads and forks)."""
-        for nr, args in ((SYS_PRCTL, (_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)),
-                         (SYS_SECCOMP, (_SECCOMP_SET_MODE_FILTER, 0, SECCOMP_PROG))):
-            r = self.syscall(nr, *args)
-            if r < 0:
-                self.kill()
-                raise StubError(f"stub {self.pid} could not install its seccomp filter: {os.strerror(-r)}")
+    def _install_filter(self, traced: frozenset[int]) -> None:
+        """Put the stub under its seccomp filter (inherited by its threads and forks) and take
+        its listener. The filter is written to the stub's stack, which goes with the rest of
+        its host mappings: the application never sees the cookie."""
+        insns = seccomp_filter(self.cookie, traced)
+        bpf = b"".join(struct.pack("<HBBI", *insn) for insn in insns)
+        where = (self.base_regs.rsp - 4096 - len(bpf) - 16) & ~15
+        fprog = struct.pack("<H6xQ", len(insns), where + 16)
+        with open(f"/proc/{self.pid}/mem", "r+b", buffering=0) as mem:
+            mem.seek(where)
+            mem.write(fprog + bpf)
+        if self.syscall(SYS_PRCTL, _PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0:
+            raise StubError(f"stub {self.pid} could not set no_new_privs")
+        theirs = self.syscall(SYS_SECCOMP, _SECCOMP_SET_MODE_FILTER, _SECCOMP_FILTER_FLAG_NEW_LISTENER, where)
+        if theirs < 0:
+            raise StubError(f"stub {self.pid} could not install its seccomp filter: {os.strerror(-theirs)}")
+        self.listener = Listener(self.take_fd(theirs))
+
+    def take_fd(self, theirs: int) -> int:
+        """Move the stub's fd `theirs` into this process (pidfd_getfd(2)); the stub's own
+        descriptor is closed. Returns ours (close-on-exec)."""
+        try:
+            pidfd = os.pidfd_open(self.pid)
+            try:
+                ours = _libc.syscall(ctypes.c_long(SYS_PIDFD_GETFD), ctypes.c_long(pidfd), ctypes.c_long(theirs),
+                                     ctypes.c_long(0))
+                if ours < 0:
+                    e = ctypes.get_errno()
+                    raise StubError(f"cannot take fd {theirs} of stub {self.pid}: {os.strerror(e)}")
+            finally:
+                os.close(pidfd)
+        finally:
+            self.syscall(SYS_CLOSE, theirs)
+        return ours
 
     def _host_mappings(self) -> list[tuple[int, int]]:
         with open(f"/proc/{self.pid}/maps") as f:
@@ -294,6 +346,8 @@ class Stub:
         """Run a host syscall inside the stub, on thread `tid` (default: the thread the
         kernel is serving, else the leader), which must be stopped."""
         tid = tid or self.active or self.pid
+        if tid < 0:
+            raise StubError(f"stub {self.pid}: a host syscall {nr} was asked for where no thread is stopped")
         self._enter(tid, nr, args)
         while True:
             _, status = os.waitpid(tid, WALL)
@@ -315,7 +369,12 @@ class Stub:
         ctypes.pointer(regs)[0] = self.base_regs
         regs.rip = TRAMPOLINE
         regs.rax = nr
-        for name, v in zip(("rdi", "rsi", "rdx", "r10", "r8", "r9"), args):
+        full = [*args, 0, 0, 0, 0, 0, 0][:6]
+        if nr == SYS_MMAP:
+            full[4] |= (self.cookie & 0xFFFFFFFF) << 32
+        else:
+            full[5] = self.cookie
+        for name, v in zip(("rdi", "rsi", "rdx", "r10", "r8", "r9"), full):
             setattr(regs, name, v & 0xFFFFFFFFFFFFFFFF)
         ptrace.setregs(tid, regs)
         self.clobbered.add(tid)
@@ -338,7 +397,7 @@ class Stub:
         if pid < 0:
             raise StubError(f"stub {self.pid} could not fork: {os.strerror(-pid)}")
         os.waitpid(pid, WALL)  # its first stop (PTRACE_O_TRACEFORK attached it)
-        child = Stub(pid, ptrace.copy_regs(self.base_regs), self.base_xstate)
+        child = Stub(pid, ptrace.copy_regs(self.base_regs), self.base_xstate, self.cookie, self.listener)
         r = child.syscall(SYS_MUNMAP, 0, APP_TOP)
         if r < 0:
             child.kill()
@@ -395,7 +454,9 @@ def _stub_child(gate_r: int, gate_w: int, memfd: int, exe: int) -> None:
         # one that ends released as soon as this sentry (their tracer) has reaped it,
         # instead of left a zombie for as long as the sandbox runs.
         signal.signal(signal.SIGCHLD, signal.SIG_IGN)
-        signal.pthread_sigmask(signal.SIG_SETMASK, set())
+        # Host signals are never the application's (the sentry emulates those): blocked, none
+        # can interrupt a thread waiting for the answer to a notification, or stop it.
+        signal.pthread_sigmask(signal.SIG_SETMASK, signal.valid_signals())
         os.setsid()
         exe = fcntl.fcntl(exe, fcntl.F_DUPFD_CLOEXEC, STUB_MEMFD + 1)
         os.dup2(memfd, STUB_MEMFD)

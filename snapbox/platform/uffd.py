@@ -23,9 +23,8 @@ import fcntl
 import os
 import struct
 
-from snapbox.platform.stub import SYS_CLOSE, SYS_USERFAULTFD, Stub, StubError
+from snapbox.platform.stub import SYS_USERFAULTFD, Stub, StubError
 
-SYS_PIDFD_GETFD = 438
 UFFD_USER_MODE_ONLY = 1
 UFFD_API = 0xAA
 UFFD_EVENT_PAGEFAULT = 0x12
@@ -65,18 +64,7 @@ def open_for(stub: Stub, features: int = 0) -> int:
     theirs = stub.syscall(SYS_USERFAULTFD, flags)
     if theirs < 0:
         raise StubError(f"stub {stub.pid} could not make a userfaultfd: {os.strerror(-theirs)}")
-    try:
-        pidfd = os.pidfd_open(stub.pid)
-        try:
-            ours = _libc.syscall(ctypes.c_long(SYS_PIDFD_GETFD), ctypes.c_long(pidfd), ctypes.c_long(theirs),
-                                 ctypes.c_long(0))
-            if ours < 0:
-                e = ctypes.get_errno()
-                raise StubError(f"cannot take stub {stub.pid}'s userfaultfd: {os.strerror(e)}")
-        finally:
-            os.close(pidfd)
-    finally:
-        stub.syscall(SYS_CLOSE, theirs)
+    ours = stub.take_fd(theirs)
     try:
         _handshake(ours, features)
     except OSError as e:

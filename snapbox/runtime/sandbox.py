@@ -8,7 +8,6 @@ own messages go to <root>/<id>/sandbox.log.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import logging
 import os
@@ -27,6 +26,7 @@ from snapbox.runtime import control
 from snapbox.runtime.bundle import Bundle
 from snapbox.runtime.network import bundle_namespace
 from snapbox.runtime.network import enter as enter_network
+from snapbox.runtime.placement import Placement
 from snapbox.runtime.progress import Progress
 from snapbox.state import ImageError, ImageWriteError
 from snapbox.state.image import WRITE_ERRORS, ImageReader, write_image
@@ -35,33 +35,15 @@ log = logging.getLogger("snapbox.sandbox")
 
 
 
-_GIVEN_CPUS: set[int] = set()  # the CPUs the sandbox process may use, before it pins itself
-
-
-def _pin_to_current_cpu() -> None:
-    """Keep the sentry and its stubs on one CPU: a ptrace stop then wakes the sentry on
-    the CPU it is already on, instead of an idle one (tens of microseconds saved per syscall)."""
-    global _GIVEN_CPUS
-    _GIVEN_CPUS = os.sched_getaffinity(0)
-    libc = ctypes.CDLL(None)
-    cpu = libc.sched_getcpu()
-    if cpu >= 0:
-        os.sched_setaffinity(0, {cpu})
+# Where this sandbox process runs (see placement.py): set as it boots.
+_PLACEMENT: Placement | None = None
 
 
 @contextlib.contextmanager
 def _on_all_cpus() -> Iterator[None]:
-    """Unpin the sentry's thread for a while: the threads it starts meanwhile (an image's
-    compressors and its writer) run on every CPU the sandbox was given, not all on one."""
-    pinned = os.sched_getaffinity(0)
-    if not _GIVEN_CPUS or _GIVEN_CPUS == pinned:
+    """While the sentry starts threads that should spread (an image's compressors)."""
+    with _PLACEMENT.on_all_cpus() if _PLACEMENT is not None else contextlib.nullcontext():
         yield
-        return
-    os.sched_setaffinity(0, _GIVEN_CPUS)
-    try:
-        yield
-    finally:
-        os.sched_setaffinity(0, pinned)
 
 
 def _passed_fd(msg: dict[str, Any], fds: list[int], key: str) -> int | None:
@@ -514,8 +496,9 @@ def boot_main(root: str, cid: str, bundle_path: str, ready_fd: int, restore: str
     cdir = os.path.join(root, cid)
     _setup_logging(debug_log or os.path.join(cdir, "sandbox.log"), log_format)
     ready = os.fdopen(ready_fd, "wb")
+    global _PLACEMENT
     try:
-        _pin_to_current_cpu()
+        _PLACEMENT = Placement()
         bundle = Bundle.load(bundle_path)
         if restore is not None:
             kernel = _restore(restore, bundle, lazy, network, memory, memory_id)
@@ -540,6 +523,7 @@ def boot_main(root: str, cid: str, bundle_path: str, ready_fd: int, restore: str
         if strace:
             kernel.strace = tracer
         sandbox = Sandbox(kernel, cdir, bundle.absolute_config(), snapshot_to)
+        _PLACEMENT.watch(kernel.loop.call_at, lambda: list(kernel.by_host))
     except SnapboxError as e:
         log.error("start failed: %s", e)
         ready.write(cbor2.dumps({"ok": False, "error": str(e)}))

@@ -32,11 +32,16 @@ from snapbox.kernel.syscalls.numbers import NAMES, NR
 # nr -> (handler, number of arguments it takes after the task)
 TABLE: dict[int, tuple[Callable, int]] = {}
 
+# Syscalls whose handlers need the calling thread stopped under ptrace: they read or set
+# its registers, or run host syscalls in its stub. The others take the fast path.
+STOPPED: set[int] = set()
+
 MASK64 = (1 << 64) - 1
 
 
-def syscall(*numbers: int):
-    """Register a handler `fn(task, arg0, ...)` for one or more syscall numbers."""
+def syscall(*numbers: int, stopped: bool = False):
+    """Register a handler `fn(task, arg0, ...)` for one or more syscall numbers; `stopped`:
+    it needs the thread stopped (see STOPPED)."""
 
     def register(fn: Callable) -> Callable:
         nargs = fn.__code__.co_argcount - 1
@@ -44,6 +49,8 @@ def syscall(*numbers: int):
             if nr in TABLE:
                 raise ValueError(f"syscall {NAMES.get(nr, nr)} registered twice")
             TABLE[nr] = (fn, nargs)
+            if stopped:
+                STOPPED.add(nr)
         return fn
 
     return register
@@ -66,4 +73,4 @@ def load_all() -> None:
         attrs, events, fdops, futex, info, mm, names, net, poll, process, rw, signal, stats, time)
 
 
-__all__ = ["NAMES", "NR", "TABLE", "i32", "i64", "load_all", "syscall"]
+__all__ = ["NAMES", "NR", "STOPPED", "TABLE", "i32", "i64", "load_all", "syscall"]

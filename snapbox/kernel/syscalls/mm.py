@@ -27,12 +27,12 @@ MAP_STACK = 0x20000
 MAP_POPULATE = 0x8000
 
 
-@syscall(NR.brk)
+@syscall(NR.brk, stopped=True)
 def brk(t, addr):
     return t.mm.set_brk(addr)
 
 
-@syscall(NR.mmap)
+@syscall(NR.mmap, stopped=True)
 def mmap(t, addr, length, prot, flags, fd, offset):
     flags = i32(flags)
     kind = flags & MAP_SHARED_VALIDATE
@@ -92,7 +92,7 @@ def mmap(t, addr, length, prot, flags, fd, offset):
 MREMAP_MAYMOVE, MREMAP_FIXED, MREMAP_DONTUNMAP = 1, 2, 4
 
 
-@syscall(NR.mremap)
+@syscall(NR.mremap, stopped=True)
 def mremap(t, old_addr, old_size, new_size, flags, new_addr):
     may_move, fixed, dontunmap = flags & MREMAP_MAYMOVE, flags & MREMAP_FIXED, flags & MREMAP_DONTUNMAP
     if flags & ~(MREMAP_MAYMOVE | MREMAP_FIXED | MREMAP_DONTUNMAP) or ((fixed or dontunmap) and not may_move):
@@ -135,13 +135,13 @@ def munlockall(t):
     return 0
 
 
-@syscall(NR.munmap)
+@syscall(NR.munmap, stopped=True)
 def munmap(t, addr, length):
     t.mm.unmap(addr, length)
     return 0
 
 
-@syscall(NR.mprotect)
+@syscall(NR.mprotect, stopped=True)
 def mprotect(t, addr, length, prot):
     t.mm.protect(addr, length, prot)
     return 0

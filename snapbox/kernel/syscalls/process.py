@@ -41,13 +41,13 @@ RLIMIT_DEFAULTS = {
 _RLIMIT = struct.Struct("<QQ")
 
 
-@syscall(NR.exit)
+@syscall(NR.exit, stopped=True)
 def exit_(t, code):
     t.kernel.exit_task(t, (code & 0xFF) << 8)
     raise TaskExit
 
 
-@syscall(NR.exit_group)
+@syscall(NR.exit_group, stopped=True)
 def exit_group(t, code):
     t.kernel.exit_group(t.tg, (code & 0xFF) << 8)
     raise TaskExit
@@ -82,7 +82,7 @@ def set_robust_list(t, head, length):
     return 0
 
 
-@syscall(NR.arch_prctl)
+@syscall(NR.arch_prctl, stopped=True)
 def arch_prctl(t, code, addr):
     regs = t.regs
     if code in (ARCH_SET_FS, ARCH_SET_GS):
@@ -150,19 +150,19 @@ CLD_EXITED, CLD_KILLED, CLD_DUMPED, CLD_STOPPED, CLD_CONTINUED = 1, 2, 3, 5, 6
 _shared_vm_logged = [False]
 
 
-@syscall(NR.fork)
+@syscall(NR.fork, stopped=True)
 def fork(t):
     return t.kernel.fork(t, SIGCHLD)
 
 
-@syscall(NR.vfork)
+@syscall(NR.vfork, stopped=True)
 def vfork(t):
     # The child gets a copy of the address space: vfork's sharing is an optimisation that
     # POSIX lets an implementation replace with fork's copy.
     return t.kernel.fork(t, SIGCHLD)
 
 
-@syscall(NR.clone)
+@syscall(NR.clone, stopped=True)
 def clone(t, flags, stack, ptid, ctid, tls):
     if flags & CLONE_THREAD:
         if flags & (CLONE_VM | CLONE_SIGHAND) != CLONE_VM | CLONE_SIGHAND:
@@ -179,7 +179,7 @@ def clone(t, flags, stack, ptid, ctid, tls):
 _CLONE_ARGS = struct.Struct("<QQQQQQQQ")  # flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size, tls
 
 
-@syscall(NR.clone3)
+@syscall(NR.clone3, stopped=True)
 def clone3(t, args, size):
     if size < 64:
         raise SyscallError(errno.EINVAL)
@@ -203,7 +203,7 @@ def _strings(t, addr: int) -> list[bytes]:
     return out
 
 
-@syscall(NR.execve)
+@syscall(NR.execve, stopped=True)
 def execve(t, path, argv, envp):
     t.kernel.execve(t, t.mm.read_cstring(path), _strings(t, argv), _strings(t, envp))
     return 0

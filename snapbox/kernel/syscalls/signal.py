@@ -141,7 +141,7 @@ def tkill(t, tid, sig):
     return tgkill(t, target.tg.tgid, i32(tid), sig)
 
 
-@syscall(NR.rt_sigreturn)
+@syscall(NR.rt_sigreturn, stopped=True)
 def rt_sigreturn(t):
     return t.kernel.sigreturn(t)
 
@@ -150,7 +150,7 @@ _STACK_T = struct.Struct("<Qi4xQ")
 SS_AUTODISARM = 1 << 31
 
 
-@syscall(NR.sigaltstack)
+@syscall(NR.sigaltstack, stopped=True)
 def sigaltstack(t, ss, old_ss):
     sp, flags, size = t.altstack
     on = bool(size) and sp <= t.regs.rsp < sp + size
