@@ -16,7 +16,7 @@
  *   replies: {"ok": true, "pid": N} once the worker runs, then {"exit": N} at its end;
  *            or {"ok": false, "error": "..."} if the pool refuses.
  *
- * Built by scripts/setup: cc -O2 -DSNAPBOX_PYTHON='"/path/to/python3"' -o snapbox front.c
+ * Built at install (setup.py): cc -O2 -DSNAPBOX_PYTHON='"/path/to/python3"' -o snapbox front.c
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -55,6 +55,17 @@ static void exec_python(int argc, char **argv)
     for (int i = 1; i < argc; i++)
         args[i + 2] = argv[i];
     execv(SNAPBOX_PYTHON, args);
+    /* Not there (a wheel built on another machine): the interpreter beside this program, as
+       in a virtual environment's bin, else the first python3 on PATH. */
+    static char beside[4096];
+    ssize_t n = readlink("/proc/self/exe", beside, sizeof beside - sizeof "python3");
+    char *slash = n > 0 ? memrchr(beside, '/', (size_t)n) : NULL;
+    if (slash != NULL) {
+        strcpy(slash + 1, "python3");
+        args[0] = beside;
+        execv(beside, args);
+    }
+    args[0] = "python3";
     execvp("python3", args);
     fprintf(stderr, "snapbox: error: cannot run %s (%s)\n", SNAPBOX_PYTHON, strerror(errno));
     exit(1);
