@@ -13,6 +13,7 @@ can ever be named.
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import errno
 import os
@@ -33,6 +34,7 @@ OVERLAY_DEV = 0x2A  # st_dev of every node of the root filesystem
 # fcntl(2) file seals (F_ADD_SEALS), on memfd files.
 F_SEAL_SEAL, F_SEAL_SHRINK, F_SEAL_GROW, F_SEAL_WRITE, F_SEAL_FUTURE_WRITE = 1, 2, 4, 8, 16
 SYMLOOP_MAX = 40
+KEPT_DIRS = 32  # directory fds a layer keeps for lookups
 
 _SYS_OPENAT2 = 437
 _RESOLVE_NO_MAGICLINKS = 0x02
@@ -52,6 +54,9 @@ class Lower:
     path: str  # host path of the rootfs
     fd: int = -1  # O_PATH fd of the rootfs, opened on first use
     closer: weakref.finalize | None = None  # closes fd when called, or when this is collected
+    # O_PATH fds of the directories looked in last (relative path -> fd, the latest last),
+    # opened beneath like any other: a lookup is then one fstatat of a single name in one.
+    dirs: collections.OrderedDict = field(default_factory=collections.OrderedDict)
 
     @property
     def dirfd(self) -> int:
@@ -75,12 +80,31 @@ class Lower:
             raise SyscallError(e)
         return fd
 
-    def lstat(self, rel: str) -> os.stat_result:
+    def lstat(self, rel: str, kept: bool = False) -> os.stat_result:
+        """The host's lstat of `rel`; `kept`: through a kept fd of its directory, for layers
+        only the sandbox changes (directories the host renames would be looked in stale)."""
+        parent, _, name = rel.rpartition("/")
+        if kept and name not in ("", ".", ".."):
+            try:
+                return os.stat(name, dir_fd=self._kept_dir(parent), follow_symlinks=False)
+            except OSError as e:
+                raise SyscallError(e.errno) from None
         fd = self.open(rel, os.O_PATH)
         try:
             return os.fstat(fd)
         finally:
             os.close(fd)
+
+    def _kept_dir(self, rel: str) -> int:
+        fd = self.dirs.pop(rel, None)
+        if fd is None:
+            fd = self.open(rel, os.O_PATH | os.O_DIRECTORY)
+            if not self.dirs:
+                weakref.finalize(self, _close_all, self.dirs)
+            elif len(self.dirs) >= KEPT_DIRS:
+                os.close(self.dirs.popitem(last=False)[1])
+        self.dirs[rel] = fd
+        return fd
 
     def readlink(self, rel: str) -> bytes:
         fd = self.open(rel, os.O_PATH)
@@ -101,17 +125,32 @@ class Lower:
         finally:
             os.close(dirfd)
 
-    def listdir(self, rel: str) -> list[str]:
-        fd = self.open(rel, os.O_RDONLY | os.O_DIRECTORY)
+    def listdir(self, rel: str, kept: bool = False) -> list[str]:
+        """The names in directory `rel`; `kept`: opened from a kept fd of its parent (see lstat)."""
+        parent, _, name = rel.rpartition("/")
+        if kept and name not in ("", ".", ".."):
+            try:
+                fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                             dir_fd=self._kept_dir(parent))
+            except OSError as e:
+                raise SyscallError(e.errno) from None
+        else:
+            fd = self.open(rel, os.O_RDONLY | os.O_DIRECTORY)
         try:
             return os.listdir(fd)
         finally:
             os.close(fd)
 
     def close(self) -> None:
+        _close_all(self.dirs)
         if self.fd >= 0:
             self.closer()
             self.fd = -1
+
+
+def _close_all(fds: dict) -> None:
+    while fds:
+        os.close(fds.popitem()[1])
 
 
 def _readlink_fd(fd: int) -> bytes:
@@ -332,7 +371,7 @@ class Filesystem:
         rw = d.layer in self.rw_layers  # the host may change it: look each time, keep nothing
         rel = f"{d.lower}/{name}" if d.lower else name
         try:
-            s = self.host(d.layer).lstat(rel)
+            s = self.host(d.layer).lstat(rel, kept=not rw)
         except SyscallError as e:
             if e.errno in (errno.ENOENT, errno.ENOTDIR):
                 raise SyscallError(errno.ENOENT) from None
@@ -442,7 +481,7 @@ class Filesystem:
             return dynamic()
         names = dict.fromkeys(d.entries)
         if d.lower is not None:
-            for name in self.host(d.layer).listdir(d.lower):
+            for name in self.host(d.layer).listdir(d.lower, kept=d.layer not in self.rw_layers):
                 if name not in d.whiteouts:
                     names.setdefault(name)
         return list(names)
@@ -648,6 +687,9 @@ class DirFile(OpenFile):
     """An open directory (O_DIRECTORY or O_PATH on a directory)."""
 
     node: Dir | None = None
+    # The names getdents64 lists, read when it starts from offset 0 and kept until it is
+    # back there (rewinddir): entries made or removed meanwhile may or may not show, as on Linux.
+    listing: list | None = nosave(default=None)
 
     def stat(self) -> dict:
         return self.node.stat()
@@ -657,6 +699,8 @@ class DirFile(OpenFile):
 
     def seek(self, offset: int, whence: int) -> int:
         self.offset = 0 if whence == os.SEEK_SET and offset == 0 else self.offset
+        if self.offset == 0:
+            self.listing = None
         return self.offset
 
     def describe(self) -> str:

@@ -123,7 +123,9 @@ def getdents64(t, fd, dirp, count):
         raise SyscallError(errno.ENOTDIR)
     fs = t.kernel.fs
     d = f.node
-    names = [".", ".."] + fs.list_dir(d)
+    if f.listing is None or f.offset == 0:
+        f.listing = [".", ".."] + fs.list_dir(d)
+    names = f.listing
     out = bytearray()
     index = f.offset
     while index < len(names):
