@@ -66,10 +66,14 @@ class _Context:
                    "sbxN here at 10.213.x.(4N+1), eth0 inside); host (the default for `do`): this host's "
                    "stack; none: loopback only. Traffic between the sandbox's own sockets stays inside it "
                    "whatever the mode, and is checkpointed whole; restore uses the image's mode.")
+@click.option("--systemd-cgroup", is_flag=True, hidden=True)  # runc's flags that containerd and Docker pass:
+@click.option("--rootless", default=None, hidden=True)  # accepted, and meaningless for a sandbox whose
+@click.option("--criu", default=None, hidden=True)  # kernel is its own (no cgroups, no CRIU)
 @click.version_option(package_name="snapbox", prog_name="snapbox")
 @click.pass_context
 def cli(ctx: click.Context, root: str | None, debug: bool, debug_log: str | None, log_file: str | None,
-        log_format: str, strace: bool, network: str) -> None:
+        log_format: str, strace: bool, network: str, systemd_cgroup: bool, rootless: str | None,
+        criu: str | None) -> None:
     """snapbox: run Linux programs in a sandbox whose whole state can be checkpointed,
     restored and moved.
 
@@ -82,7 +86,7 @@ def cli(ctx: click.Context, root: str | None, debug: bool, debug_log: str | None
     from snapbox.runtime.container import Options, default_root
 
     ctx.obj = _Context(os.path.abspath(root or default_root()),
-                       Options(debug_log=debug_log, log_format=log_format, strace=strace, network=network))
+                       Options(debug_log=debug_log, log_format=log_format, strace=strace, network=network, warn=warn))
 
 
 def _container(obj: _Context, cid: str):
@@ -569,6 +573,32 @@ def warm(obj: _Context, stop: bool, serve: bool, idle: float | None) -> None:
         click.echo(f"warm pool of {obj.root} running (pid {pool.start(obj.root)})")
 
 
+@cli.command()
+def features() -> None:
+    """What this runtime supports, as runc's `features` prints it (OCI runtime features JSON)."""
+    from importlib.metadata import version
+
+    from snapbox.runtime.bundle import HOOK_KINDS
+
+    click.echo(json.dumps({
+        "ociVersionMin": "1.0.0",
+        "ociVersionMax": "1.1.0",
+        "hooks": list(HOOK_KINDS),
+        "mountOptions": ["bind", "rbind", "ro", "rw"],
+        "linux": {
+            # The sentry is the sandbox's kernel: every namespace is its own, whatever the
+            # config asks; a network namespace path in the config is joined.
+            "namespaces": ["cgroup", "ipc", "mount", "network", "pid", "user", "uts"],
+            "capabilities": [],
+            "cgroup": {"v1": False, "v2": False, "systemd": False, "systemdUser": False},
+            "seccomp": {"enabled": False},
+            "apparmor": {"enabled": False},
+            "selinux": {"enabled": False},
+        },
+        "annotations": {"org.snapbox.version": version("snapbox")},
+    }, indent=2))
+
+
 @cli.command(name="cpu-features")
 @click.option("--json", "as_json", is_flag=True, help="Print vendor, features and XSAVE layout as JSON.")
 def cpu_features(as_json: bool) -> None:
@@ -680,15 +710,20 @@ def _user(value: str | None) -> tuple[int, int]:
 @click.option("--tty", "-t", is_flag=True, help="Run the process on this command's terminal.")
 @click.option("--process", "process_file", type=click.Path(dir_okay=False), default=None,
               help="An OCI process JSON (args, env, cwd, user) instead of the arguments.")
+@click.option("--pid-file", type=click.Path(dir_okay=False), default=None,
+              help="Write the pid of a host process that lives as long as the new process and exits "
+                   "with its code, passing SIGINT, SIGTERM and SIGHUP on to it: this command's own, or "
+                   "with --detach one left behind (what containerd's shim waits for, as with runc).")
 @click.argument("container_id")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @click.pass_obj
 def exec(obj: _Context, detach: bool, cwd: str | None, envs: tuple[str, ...], user: str | None, tty: bool,
-         process_file: str | None, container_id: str, command: tuple[str, ...]) -> None:
+         process_file: str | None, pid_file: str | None, container_id: str, command: tuple[str, ...]) -> None:
     """Run another process in a running container, on this command's stdio.
 
     Attached, it waits and exits with the process's exit code (128+N if killed by signal
-    N), passing SIGINT, SIGTERM and SIGHUP on to it.
+    N), passing SIGINT, SIGTERM and SIGHUP on to it. Detached, it prints the process's
+    pid in the container once it runs.
     """
     from snapbox.runtime.control import exit_code
 
@@ -711,12 +746,51 @@ def exec(obj: _Context, detach: bool, cwd: str | None, envs: tuple[str, ...], us
         raise SnapboxError("exec needs a command")
     if not any(e.startswith("PATH=") for e in env):
         env.append("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
-    result = c.exec(args, env, cwd or "/", uid_gid, detach=detach,
-                    forward=[signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+    forward = [signal.SIGINT, signal.SIGTERM, signal.SIGHUP]
+    if detach and pid_file:
+        click.echo(_exec_behind(c, pid_file, args, env, cwd or "/", uid_gid, forward))
+        return
+    if pid_file:
+        from snapbox.runtime.container import write_pid_file
+
+        write_pid_file(pid_file, os.getpid())
+    result = c.exec(args, env, cwd or "/", uid_gid, detach=detach, forward=forward)
     if detach:
         click.echo(result)
         return
     sys.exit(exit_code(result))
+
+
+def _exec_behind(c, pid_file: str, args: list[str], env: list[str], cwd: str, user: tuple[int, int],
+                 forward: list[int]) -> int:
+    """exec --detach --pid-file: a child of this command runs the exec attached and stays
+    behind as the process's stand-in on the host (reparented, as runc's exec'd process is,
+    to the nearest subreaper: containerd's shim); its pid goes to `pid_file` once the
+    process runs. Returns the process's pid in the container."""
+    from snapbox.runtime.container import write_pid_file
+    from snapbox.runtime.control import exit_code
+
+    r, w = os.pipe()
+    child = os.fork()
+    if child == 0:
+        os.close(r)
+        code = 1
+        try:
+            status = c.exec(args, env, cwd, user, forward=forward,
+                            started=lambda pid: os.write(w, f"{pid}\n".encode()))
+            code = exit_code(status)
+        except SnapboxError as e:
+            os.write(w, f"error {e}\n".encode())
+        finally:
+            os._exit(code)
+    os.close(w)
+    with os.fdopen(r) as f:
+        answer = f.readline().strip()
+    if not answer.isdigit():
+        os.waitpid(child, 0)
+        raise SnapboxError(answer.removeprefix("error ") or "exec failed")
+    write_pid_file(pid_file, child)
+    return int(answer)
 
 
 @cli.command(context_settings={"ignore_unknown_options": True})
@@ -772,10 +846,45 @@ def main() -> None:
 def _fail(message: str, code: int) -> None:
     """Report an error on stderr (and in --log) and exit."""
     print(f"snapbox: error: {message}", file=sys.stderr)
-    if _LOG is not None:
-        path, fmt = _LOG
-        line = (json.dumps({"level": "error", "msg": message, "time": datetime.datetime.now().isoformat()})
-                if fmt == "json" else f"snapbox: error: {message}")
-        with contextlib.suppress(OSError), open(path, "a") as f:  # the error itself is on stderr
-            f.write(line + "\n")
+    _log_line("error", message)
     sys.exit(code)
+
+
+def warn(message: str) -> None:
+    """A warning: to --log if one was given (as runc writes them), else on stderr."""
+    if not _log_line("warning", message):
+        print(f"snapbox: warning: {message}", file=sys.stderr)
+
+
+def _log_line(level: str, message: str) -> bool:
+    """Append a line to --log in its format (JSON as runc's: level, msg, and an RFC 3339
+    time, what containerd parses). False if there is no --log. A usage error comes before
+    the options are parsed: --log is then looked for in the arguments themselves."""
+    where = _LOG or _log_in_argv(sys.argv[1:])
+    if where is None:
+        return False
+    path, fmt = where
+    now = datetime.datetime.now().astimezone().isoformat(timespec="microseconds")
+    line = (json.dumps({"level": level, "msg": message, "time": now}) if fmt == "json"
+            else f"snapbox: {level}: {message}")
+    with contextlib.suppress(OSError), open(path, "a") as f:  # the message is on stderr too
+        f.write(line + "\n")
+    return True
+
+
+def _log_in_argv(argv: list[str]) -> tuple[str, str] | None:
+    found: dict[str, str] = {}
+    i = 0
+    while i < len(argv) and argv[i].startswith("-"):  # the global options, before the command
+        name, eq, value = argv[i].partition("=")
+        if name in _GLOBAL_VALUES and not eq:
+            value = argv[i + 1] if i + 1 < len(argv) else ""
+            i += 1
+        found[name] = value
+        i += 1
+    if not found.get("--log"):
+        return None
+    return found["--log"], "json" if found.get("--log-format") == "json" else "text"
+
+
+_GLOBAL_VALUES = ("--root", "--debug-log", "--log", "--log-format", "--network", "--rootless", "--criu")

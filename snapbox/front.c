@@ -76,7 +76,8 @@ static void exec_python(int argc, char **argv)
 /* Global options that take a value, as the command line defines them. */
 static int takes_value(const char *opt)
 {
-    static const char *const with_value[] = {"--root", "--debug-log", "--log", "--log-format", "--network", NULL};
+    static const char *const with_value[] = {"--root", "--debug-log", "--log", "--log-format", "--network",
+                                             "--rootless", "--criu", NULL};
     for (int i = 0; with_value[i] != NULL; i++)
         if (strcmp(opt, with_value[i]) == 0)
             return 1;

@@ -27,7 +27,7 @@ import struct
 import subprocess
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import cbor2
 
@@ -56,6 +56,14 @@ def _proc_start(pid: int) -> int | None:
     if fields[0] == b"Z":
         return None
     return int(fields[19])
+
+
+def write_pid_file(path: str, pid: int) -> None:
+    """runc's --pid-file: the pid, written whole or not at all."""
+    try:
+        _write_atomically(path, str(pid))
+    except OSError as e:
+        raise SnapboxError(f"cannot write pid file {path} ({e.strerror})") from None
 
 
 def _write_atomically(path: str, text: str) -> None:
@@ -91,6 +99,9 @@ class Options:
     strace: bool = False  # log every application syscall
     network: str | None = None  # --network: sandbox, host or none (None: the bundle's, or the image's)
     snapshot_to: str | None = None  # --snapshot-to: where the image goes when the program asks for one
+    # Where the runtime's warnings go (unsupported config fields): the CLI sends them to --log
+    # when it has one, as runc does; by default they are printed on stderr.
+    warn: Callable[[str], None] | None = field(default=None, compare=False)
 
     def boot_kwargs(self) -> dict[str, Any]:
         """The sandbox's settings, as boot_main takes them."""
@@ -266,7 +277,10 @@ class Container:
             raise SnapboxError("the bundle asks for a terminal (process.terminal) but stdin is not one "
                                "(pass --console-socket)")
         for w in b.warnings:
-            print(f"snapbox: warning: {w}", file=sys.stderr)
+            if options is not None and options.warn is not None:
+                options.warn(w)
+            else:
+                print(f"snapbox: warning: {w}", file=sys.stderr)
         os.makedirs(root, mode=0o711, exist_ok=True)
         cdir = os.path.join(root, cid)
         try:
@@ -281,7 +295,7 @@ class Container:
             c.save_state()
             c._spawn(restore_image=restore_image, lazy=lazy, console_socket=console_socket, memory=memory)
             if pid_file:
-                _write_atomically(pid_file, f"{c.state['pid']}")
+                write_pid_file(pid_file, c.state["pid"])
             c.run_hooks("createRuntime", "prestart", "createContainer")
             if start or restore_image is not None:
                 c._start()
@@ -399,6 +413,8 @@ class Container:
     def kill(self, sig: int, all_processes: bool = False) -> None:
         """Signal the init process (or, with all_processes, every process)."""
         with self.locked():
+            if self.status == STOPPED:  # runc's words, which containerd looks for
+                raise ContainerStateError(f'cannot signal container "{self.id}": container not running')
             self._require("signal", CREATED, RUNNING, PAUSED)
             self._call("kill", signal=sig, all=all_processes)
 
@@ -415,16 +431,19 @@ class Container:
 
     def exec(self, args: list[str], env: list[str], cwd: str = "/", user: tuple[int, int] = (0, 0),
              stdio: tuple[int, int, int] = (0, 1, 2), detach: bool = False,
-             forward: list[int] | None = None) -> int:
+             forward: list[int] | None = None, started: Callable[[int], None] | None = None) -> int:
         """Run another process in the container on the host fds `stdio`. Returns its pid
         if `detach`, else waits and returns its wait status; the signals in `forward`
-        that reach this process while it waits are passed on to it."""
+        that reach this process while it waits are passed on to it; `started(pid)` is
+        called once it runs."""
         self._require("exec in", RUNNING)
         sock = control.open_call(self.control_path, "exec", fds=list(stdio), args=args, env=env, cwd=cwd,
                                  user=list(user), wait=not detach)
         with sock:
             reply = control.read_reply(sock, "exec")
             pid = reply["pid"]
+            if started is not None:
+                started(pid)
             if detach:
                 return pid
 

@@ -8,6 +8,7 @@ own messages go to <root>/<id>/sandbox.log.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
 import logging
 import os
@@ -474,8 +475,11 @@ def _network(mode: str, bundle: Bundle, lazy: bool, address: str = "") -> dict:
 
 
 class _JSONFormatter(logging.Formatter):
+    """runc's log lines: level, msg and an RFC 3339 time (what containerd parses)."""
+
     def format(self, record: logging.LogRecord) -> str:
-        return json.dumps({"time": self.formatTime(record), "level": record.levelname.lower(),
+        when = datetime.datetime.fromtimestamp(record.created).astimezone().isoformat(timespec="microseconds")
+        return json.dumps({"time": when, "level": record.levelname.lower(),
                            "logger": record.name, "msg": record.getMessage()})
 
 

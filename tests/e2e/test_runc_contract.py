@@ -1,0 +1,97 @@
+"""runc's command-line contract, as containerd's shim drives it: the log's format, flags runc
+takes, `features`, runc's wording where containerd matches on it, warnings in the log, and
+`exec --detach --pid-file`, whose pid the shim waits for."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import subprocess
+import sys
+
+from tests.conftest import wait_for
+from tests.e2e.test_cli import start
+
+
+def log_entries(path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_json_log_lines_carry_an_rfc3339_time_and_usage_errors_reach_the_log(snapbox, tmp_path):
+    log = tmp_path / "runtime.log"
+    p = snapbox("--log", str(log), "--log-format", "json", "--no-such-flag", "list", check=False)
+    assert p.returncode == 2 and p.stderr.startswith("snapbox: error: No such option '--no-such-flag'")
+    (entry,) = log_entries(log)
+    assert entry["level"] == "error" and "--no-such-flag" in entry["msg"]
+    assert datetime.datetime.fromisoformat(entry["time"]).tzinfo is not None  # RFC 3339: with its offset
+    p = snapbox("--log=" + str(log), "--log-format=json", "state", "nope", check=False)
+    assert p.returncode == 1 and log_entries(log)[-1]["msg"] == 'container "nope" does not exist'
+
+
+def test_the_global_flags_runc_takes_are_accepted(snapbox):
+    p = snapbox("--systemd-cgroup", "--rootless", "false", "--criu", "/usr/sbin/criu", "list")
+    assert p.stdout.split() == ["ID", "PID", "STATUS", "BUNDLE", "CREATED"]
+
+
+def test_features_describes_the_runtime_as_runc_does(snapbox):
+    f = json.loads(snapbox("features").stdout)
+    assert f["ociVersionMin"] == "1.0.0" and f["ociVersionMax"].startswith("1.")
+    assert set(f["hooks"]) == {"prestart", "createRuntime", "createContainer", "startContainer", "poststart",
+                               "poststop"}
+    assert "network" in f["linux"]["namespaces"] and f["linux"]["cgroup"]["v2"] is False
+
+
+def test_kill_of_a_stopped_container_says_container_not_running(snapbox, images, tmp_path):
+    out = tmp_path / "h.out"
+    with open(out, "w") as f:
+        subprocess.run(snapbox.cmd("run", "--bundle", str(images / "hello"), "--detach", "h1"), stdout=f,
+                       stderr=f, stdin=subprocess.DEVNULL, check=True, timeout=60)
+    wait_for(lambda: json.loads(snapbox("state", "h1").stdout)["status"] == "stopped", what="hello to end")
+    p = snapbox("kill", "h1", "TERM", check=False)
+    assert p.returncode == 1 and "container not running" in p.stderr  # what containerd matches
+
+
+def test_warnings_go_to_the_log_when_there_is_one(snapbox, images, tmp_path):
+    bundle = tmp_path / "caps"
+    config = json.loads((images / "hello" / "config.json").read_text())
+    config["process"]["capabilities"] = {"bounding": ["CAP_CHOWN"]}
+    config["root"]["path"] = str(images / "hello" / "rootfs")
+    bundle.mkdir()
+    (bundle / "config.json").write_text(json.dumps(config))
+    log = tmp_path / "runtime.log"
+    p = snapbox("--log", str(log), "--log-format", "json", "run", "--bundle", str(bundle), "c1")
+    assert p.stdout == "hello, world\n" and "warning" not in p.stderr  # the program's stderr is its own
+    (entry,) = log_entries(log)
+    assert entry["level"] == "warning" and "process.capabilities" in entry["msg"]
+    p = snapbox("run", "--bundle", str(bundle), "c2")  # without --log: on stderr, as before
+    assert "snapbox: warning: config field 'process.capabilities' is not supported" in p.stderr
+
+
+# What containerd's shim does: it is a child subreaper, runs `exec --detach --pid-file`,
+# then waits for the pid in the file (reparented to it) and takes its exit status.
+SHIM = """
+import ctypes, os, subprocess, sys
+ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+pid_file = sys.argv[1]
+subprocess.run(sys.argv[2:], check=True, stdin=subprocess.DEVNULL)
+pid = int(open(pid_file).read())
+while True:
+    done, status = os.waitpid(-1, 0)
+    if done == pid:
+        print(os.waitstatus_to_exitcode(status))
+        break
+"""
+
+
+def test_exec_detach_pid_file_leaves_a_process_that_exits_with_the_exec_code(snapbox, images, tmp_path):
+    start(snapbox, images, tmp_path)
+    pid_file = tmp_path / "exec.pid"
+    shim = subprocess.run([sys.executable, "-c", SHIM, str(pid_file),
+                           *snapbox.cmd("exec", "--detach", "--pid-file", str(pid_file), "s1", "sh", "-c",
+                                        "sleep 0.5; exit 7")],
+                          capture_output=True, text=True, timeout=60)
+    assert shim.returncode == 0, shim.stderr
+    lines = shim.stdout.split()
+    assert lines[-1] == "7" and int(lines[0]) > 1  # the process's pid in the container, then its code
+    p = snapbox("exec", "--detach", "--pid-file", str(pid_file), "s1", "no-such-program", check=False)
+    assert p.returncode == 1 and p.stderr.startswith("snapbox: error: ")
