@@ -723,7 +723,7 @@ def exec(obj: _Context, detach: bool, cwd: str | None, envs: tuple[str, ...], us
 
     Attached, it waits and exits with the process's exit code (128+N if killed by signal
     N), passing SIGINT, SIGTERM and SIGHUP on to it. Detached, it prints the process's
-    pid in the container once it runs.
+    pid in the container once it runs (nothing with --pid-file: its stdout is the process's).
     """
     from snapbox.runtime.control import exit_code
 
@@ -748,7 +748,7 @@ def exec(obj: _Context, detach: bool, cwd: str | None, envs: tuple[str, ...], us
         env.append("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
     forward = [signal.SIGINT, signal.SIGTERM, signal.SIGHUP]
     if detach and pid_file:
-        click.echo(_exec_behind(c, pid_file, args, env, cwd or "/", uid_gid, forward))
+        _exec_behind(c, pid_file, args, env, cwd or "/", uid_gid, forward)  # prints nothing, as runc
         return
     if pid_file:
         from snapbox.runtime.container import write_pid_file
@@ -762,11 +762,11 @@ def exec(obj: _Context, detach: bool, cwd: str | None, envs: tuple[str, ...], us
 
 
 def _exec_behind(c, pid_file: str, args: list[str], env: list[str], cwd: str, user: tuple[int, int],
-                 forward: list[int]) -> int:
+                 forward: list[int]) -> None:
     """exec --detach --pid-file: a child of this command runs the exec attached and stays
     behind as the process's stand-in on the host (reparented, as runc's exec'd process is,
     to the nearest subreaper: containerd's shim); its pid goes to `pid_file` once the
-    process runs. Returns the process's pid in the container."""
+    process runs."""
     from snapbox.runtime.container import write_pid_file
     from snapbox.runtime.control import exit_code
 
@@ -790,7 +790,6 @@ def _exec_behind(c, pid_file: str, args: list[str], env: list[str], cwd: str, us
         os.waitpid(child, 0)
         raise SnapboxError(answer.removeprefix("error ") or "exec failed")
     write_pid_file(pid_file, child)
-    return int(answer)
 
 
 @cli.command(context_settings={"ignore_unknown_options": True})

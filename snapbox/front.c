@@ -382,12 +382,22 @@ static int send_request(int fd, int argc, char **argv)
     return off == b.len ? 0 : -1;
 }
 
+/* A command with --pid-file (create, run, exec as containerd's shim runs them): its caller
+   waits for that pid, so the process must be the caller's descendant, never the pool's. */
+static int wants_pid_file(int argc, char **argv)
+{
+    for (int i = 1; i < argc; i++)
+        if (strcmp(argv[i], "--pid-file") == 0 || strncmp(argv[i], "--pid-file=", 11) == 0)
+            return 1;
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     char buf[4096];
     const char *warm = getenv("SNAPBOX_WARM");
     const char *root = command_root(argc, argv, buf, sizeof(buf));
-    if (root == NULL || (warm != NULL && strcmp(warm, "0") == 0))
+    if (root == NULL || (warm != NULL && strcmp(warm, "0") == 0) || wants_pid_file(argc, argv))
         exec_python(argc, argv);
     int fd = connect_pool(root);
     if (fd < 0)

@@ -293,7 +293,8 @@ class Container:
         c.options = options or Options()
         try:
             c.save_state()
-            c._spawn(restore_image=restore_image, lazy=lazy, console_socket=console_socket, memory=memory)
+            c._spawn(restore_image=restore_image, lazy=lazy, console_socket=console_socket, memory=memory,
+                     own=pid_file is not None)
             if pid_file:
                 write_pid_file(pid_file, c.state["pid"])
             c.run_hooks("createRuntime", "prestart", "createContainer")
@@ -327,9 +328,10 @@ class Container:
                     print(f"snapbox: warning: {message}", file=sys.stderr)
 
     def _spawn(self, restore_image: str | None, lazy: bool = False, console_socket: str | None = None,
-               memory: tuple[str, str] | None = None) -> None:
-        """Start the sandbox process, forked by the root's warm pool if one runs; it is
-        ready (created) when this returns."""
+               memory: tuple[str, str] | None = None, own: bool = False) -> None:
+        """Start the sandbox process, forked by the root's warm pool if one runs and not
+        `own` (the caller waits for its pid, as containerd's shim does: it must be the
+        caller's descendant); it is ready (created) when this returns."""
         r, w = os.pipe()
         stdio: dict[str, int] = {}
         slave = -1
@@ -337,10 +339,10 @@ class Container:
             slave = _console(console_socket)
             stdio = {"stdin": slave, "stdout": slave, "stderr": slave}
         try:
-            pid = warm.spawn(self.root, {"root": self.root, "cid": self.id, "bundle_path": self.state["bundle"],
-                                         "restore": restore_image, "lazy": lazy, **self.options.boot_kwargs(),
-                                         **({"memory": memory[0], "memory_id": memory[1]} if memory else {})},
-                             [slave] * 3 if slave >= 0 else [0, 1, 2], w)
+            args = {"root": self.root, "cid": self.id, "bundle_path": self.state["bundle"], "restore": restore_image,
+                    "lazy": lazy, **self.options.boot_kwargs(),
+                    **({"memory": memory[0], "memory_id": memory[1]} if memory else {})}
+            pid = None if own else warm.spawn(self.root, args, [slave] * 3 if slave >= 0 else [0, 1, 2], w)
             if pid is None:
                 cmd = [sys.executable, "-S", "-m", "snapbox.runtime.boot", "--root", self.root, "--id", self.id,
                        "--bundle", self.state["bundle"], "--ready-fd", str(w), *self.options.boot_args()]

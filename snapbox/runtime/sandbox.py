@@ -12,6 +12,7 @@ import datetime
 import json
 import logging
 import os
+import signal
 import socket
 import traceback
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ import cbor2
 from snapbox.errors import SnapboxError
 from snapbox.kernel.checkpoint import LoadContext
 from snapbox.kernel.kernel import Kernel
+from snapbox.kernel.signals import SIG_DFL
 from snapbox.kernel.strace import tracer
 from snapbox.runtime import control
 from snapbox.runtime.bundle import Bundle
@@ -187,7 +189,10 @@ class Sandbox:
             targets = [groups[msg["pid"]]] if msg["pid"] in groups else []
         else:
             targets = [k.tasks.init] if k.tasks.init is not None else []
+        init = k.tasks.init
         for tg in targets:
+            if tg is init and sig not in _FORCED and tg.sigaction(sig).handler == SIG_DFL:
+                continue  # Linux: a PID namespace's init takes from outside only the signals it handles
             k.send_signal(tg, sig)
         return {}
 
@@ -472,6 +477,11 @@ def _network(mode: str, bundle: Bundle, lazy: bool, address: str = "") -> dict:
     if lazy and mode == "sandbox" and not path:
         return {"mode": mode, "make": lambda: enter_network(mode).as_dict()}
     return enter_network(mode, path, address).as_dict()
+
+
+# What reaches a PID namespace's init from outside even without a handler (SIGCONT continues
+# it whatever its disposition, as on Linux).
+_FORCED = frozenset({signal.SIGKILL, signal.SIGSTOP, signal.SIGCONT})
 
 
 class _JSONFormatter(logging.Formatter):

@@ -193,7 +193,7 @@ def test_pause_resume_and_status_errors(snapbox, tmp_path):
     wait_for(lambda: len(counts(out)) > n + 2, what="counting again")
     p = snapbox("delete", "c1", check=False)
     assert p.stderr == 'snapbox: error: cannot delete container "c1" in state running (use --force)\n'
-    snapbox("kill", "c1")  # SIGTERM: the counter has no handler, so it terminates
+    snapbox("kill", "c1")  # SIGTERM: the counter's handler ends it
     wait_for(lambda: json.loads(snapbox("state", "c1").stdout)["status"] == "stopped", what="stopped")
     p = snapbox("resume", "c1", check=False)
     assert p.stderr == 'snapbox: error: cannot resume container "c1" in state stopped\n'

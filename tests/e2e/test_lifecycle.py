@@ -118,7 +118,7 @@ def test_every_status_error(snapbox, images, tmp_path):
     assert error("exec", "c1", "true") == 'snapbox: error: cannot exec in container "c1" in state paused\n'
     snapbox("kill", "c1", "KILL")
     wait_for(lambda: json.loads(snapbox("state", "c1").stdout)["status"] == "stopped", what="stopped")
-    assert error("kill", "c1") == 'snapbox: error: cannot signal container "c1" in state stopped\n'
+    assert error("kill", "c1") == 'snapbox: error: cannot signal container "c1": container not running\n'
     assert error("start", "c1") == 'snapbox: error: cannot start container "c1" in state stopped\n'
     snapbox("delete", "c1")
     snapbox("delete", "--force", "c1")  # deleting what is gone is no error with --force
