@@ -19,6 +19,26 @@ _DEBUG = False
 _LOG: tuple[str, str] | None = None  # (--log file, --log-format)
 
 
+IMAGE_IN_DIRECTORY = "snapbox.img"
+
+
+def _image_file(path: str) -> str:
+    """runc's form of --image-path, a directory (containerd makes one): the image is a file in it."""
+    return os.path.join(path, IMAGE_IN_DIRECTORY) if os.path.isdir(path) else path
+
+
+def _criu_options(command):
+    """runc's options for CRIU, which containerd may pass to checkpoint and restore: accepted,
+    and meaningless here (the sentry saves the state, not CRIU; its TCP connections, file
+    locks and terminal are always part of the image)."""
+    for flag in ("--tcp-established", "--ext-unix-sk", "--shell-job", "--file-locks", "--auto-dedup",
+                 "--lazy-pages", "--no-subreaper", "--no-pivot"):
+        command = click.option(flag, is_flag=True, hidden=True, expose_value=False)(command)
+    for opt in ("--work-path", "--manage-cgroups-mode", "--empty-ns", "--status-fd", "--page-server"):
+        command = click.option(opt, multiple=True, hidden=True, expose_value=False)(command)
+    return command
+
+
 def _signal_number(value: str) -> int:
     """SIGTERM, TERM or 15 -> 15."""
     v = value.strip().upper()
@@ -253,8 +273,9 @@ def list_(obj: _Context, fmt: str) -> None:
 
 
 @cli.command()
-@click.option("--image-path", required=True, type=click.Path(dir_okay=False),
-              help="Where to write the image; - writes it to stdout (a pipe or a file).")
+@click.option("--image-path", required=True, type=click.Path(),
+              help="Where to write the image; - writes it to stdout (a pipe or a file); a directory "
+                   "(runc's form, as containerd passes it): the image is DIR/snapbox.img.")
 @click.option("--leave-running", is_flag=True, help="Keep the container running afterwards.")
 @click.option("--compression", type=click.Choice(["zstd", "none"]), default="zstd", show_default=True,
               help="How memory pages are stored: zstd, or none (pages laid out page-aligned).")
@@ -268,6 +289,7 @@ def list_(obj: _Context, fmt: str) -> None:
               help="Write only the pages changed since PARENT, this container's last pre-dump "
                    "(as runc's --parent-path). Restore reads the chain, and refuses it if a "
                    "parent is missing or has changed.")
+@_criu_options
 @click.argument("container_id")
 @click.pass_obj
 def checkpoint(obj: _Context, image_path: str, leave_running: bool, compression: str,
@@ -296,6 +318,8 @@ def checkpoint(obj: _Context, image_path: str, leave_running: bool, compression:
         if os.isatty(1):
             raise SnapboxError("refusing to write an image to a terminal (redirect stdout)")
         image_fd = 1
+    else:
+        image_path = _image_file(image_path)
     summary = _container(obj, container_id).checkpoint(
         image_path, leave_running=leave_running, compress=compression == "zstd",
         image_fd=image_fd, progress_fd=2 if os.isatty(2) else None, store_file_pages=store_file_pages,
@@ -356,9 +380,10 @@ def migrate(obj: _Context, dest: str, token_file: str | None, max_rounds: int, a
 @click.option("--bundle", "-b", default=None, type=click.Path(),
               help="Path to the OCI bundle whose rootfs the program runs on (default: the one the "
                    "image remembers).")
-@click.option("--image-path", default=None, type=click.Path(dir_okay=False),
+@click.option("--image-path", default=None, type=click.Path(),
               help="The image to restore; - reads it from stdin (an image, or a migration stream "
-                   "from `migrate --to exec:...`, answered on stdout).")
+                   "from `migrate --to exec:...`, answered on stdout); a directory: DIR/snapbox.img, "
+                   "as checkpoint writes it there.")
 @click.option("--listen", default=None, metavar="HOST:PORT",
               help="Receive the container from `snapbox migrate --to tcp://HOST:PORT` (one "
                    "migration, then this command goes on as restore does). The stream is not "
@@ -376,11 +401,17 @@ def migrate(obj: _Context, dest: str, token_file: str | None, max_rounds: int, a
                    "until all of it is in. A part that turns out corrupt ends the sandbox as if killed "
                    "by SIGKILL, its log saying why (restore itself has succeeded by then). "
                    "Ignored with --image-path -.")
+@click.option("--pid-file", type=click.Path(dir_okay=False), default=None,
+              help="Write the sandbox process's pid here (it exits with the program's status), as create does.")
+@click.option("--console-socket", type=click.Path(dir_okay=False), default=None,
+              help="With process.terminal: send the new terminal's master to this AF_UNIX socket, as create does.")
 @_snapshot_option
+@_criu_options
 @click.argument("container_id")
 @click.pass_obj
 def restore(obj: _Context, bundle: str, image_path: str | None, listen: str | None, token_file: str | None,
-            detach: bool, lazy: bool, snapshot_to: str | None, container_id: str) -> None:
+            detach: bool, lazy: bool, pid_file: str | None, console_socket: str | None, snapshot_to: str | None,
+            container_id: str) -> None:
     """Create a container from an image and start it where the checkpoint left it.
 
     The image's CPU features are checked against this host before anything else is read,
@@ -404,6 +435,7 @@ def restore(obj: _Context, bundle: str, image_path: str | None, listen: str | No
             raise SnapboxError("refusing to read an image from a terminal (redirect stdin)")
         source = "-"
     else:
+        image_path = _image_file(image_path)
         if not os.path.isfile(image_path):
             raise SnapboxError(f"image {image_path} does not exist")
         source = os.path.abspath(image_path)
@@ -412,7 +444,7 @@ def restore(obj: _Context, bundle: str, image_path: str | None, listen: str | No
             raise SnapboxError("restore from stdin needs --bundle")
         bundle = _bundle_of_image(obj, source, container_id)
     c = Container.create(obj.root, container_id, bundle, restore_image=source, lazy=lazy,
-                         options=_options(obj, snapshot_to))
+                         options=_options(obj, snapshot_to), pid_file=pid_file, console_socket=console_socket)
     _report_connections(c.connections)
     if not detach:
         _attach(c)

@@ -108,3 +108,22 @@ def test_exec_detach_pid_file_leaves_a_process_that_exits_with_the_exec_code(sna
     assert shim.stdout == "7\n"  # its exit code; exec itself printed nothing, as runc's
     p = snapbox("exec", "--detach", "--pid-file", str(pid_file), "s1", "no-such-program", check=False)
     assert p.returncode == 1 and p.stderr.startswith("snapbox: error: ")
+
+
+def test_checkpoint_and_restore_take_runcs_image_directory_and_criu_flags(snapbox, images, tmp_path):
+    """runc's form, as containerd's shim passes it: --image-path is a directory (the image
+    is DIR/snapbox.img), with --work-path and CRIU's flags beside it."""
+    start(snapbox, images, tmp_path, "s1")
+    image_dir = tmp_path / "image"
+    image_dir.mkdir()
+    snapbox("checkpoint", "--image-path", str(image_dir), "--work-path", str(tmp_path / "work"),
+            "--tcp-established", "--file-locks", "--leave-running", "s1")
+    assert (image_dir / "snapbox.img").is_file()
+    snapbox("delete", "--force", "s1")
+    pid_file = tmp_path / "restored.pid"
+    with open(tmp_path / "r.out", "w") as f:
+        subprocess.run(snapbox.cmd("restore", "--image-path", str(image_dir), "--work-path", str(tmp_path / "work"),
+                                   "--no-subreaper", "--pid-file", str(pid_file), "--detach", "r1"),
+                       stdout=f, stderr=f, stdin=subprocess.DEVNULL, check=True, timeout=60)
+    assert int(pid_file.read_text()) == json.loads(snapbox("state", "r1").stdout)["pid"]
+    assert json.loads(snapbox("state", "r1").stdout)["status"] == "running"
