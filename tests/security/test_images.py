@@ -109,19 +109,19 @@ def test_a_checkpoint_never_replaces_what_is_not_a_regular_file(snapbox, tmp_pat
     snapbox.run_detached("c0", "counter", out)
     wait_for(lambda: lines(out), timeout=30, what="counter ready")
     p = snapbox("checkpoint", "--image-path", str(target), "c0", check=False)
-    if kind == "directory":  # refused by the command line itself: a usage error
-        assert p.returncode == 2 and "is a directory" in p.stderr
+    if kind == "directory":  # runc's form: the image is a file in it, the directory stays
+        assert p.returncode == 0 and (target / "snapbox.img").is_file(), p.stderr
     else:  # refused by the sandbox before anything is written
         assert p.returncode == 1 and p.stderr.startswith(f"snapbox: error: cannot write image {target} (it is a")
-    assert p.stderr.startswith("snapbox: error: ") and p.stderr.count("\n") == 1
+        assert p.stderr.count("\n") == 1
     after = os.lstat(target)
     assert (stat.S_IFMT(after.st_mode), after.st_ino, after.st_rdev) == \
         (stat.S_IFMT(before.st_mode), before.st_ino, before.st_rdev)
     if kind == "symlink":
         assert (tmp_path / "elsewhere").read_text() == "keep me"
     assert not [n for n in os.listdir(target.parent) if n.endswith(".partial")]
-    assert json.loads(snapbox("state", "c0").stdout)["status"] == "running"
-    snapbox("kill", "c0", "KILL")
+    assert json.loads(snapbox("state", "c0").stdout)["status"] == ("stopped" if kind == "directory" else "running")
+    snapbox("delete", "--force", "c0")
 
 
 def test_the_image_fuzzer_finds_nothing_on_a_current_image(snapbox, tmp_path):
