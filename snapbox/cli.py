@@ -5,15 +5,17 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
+import fcntl
 import json
 import os
 import signal
 import sys
+import termios
 import traceback
 
 import click
 
-from snapbox.state.errors import SnapboxError
+from snapbox.errors import Cancelled, SnapboxError
 
 _DEBUG = False
 _LOG: tuple[str, str] | None = None  # (--log file, --log-format)
@@ -55,7 +57,38 @@ def _signal_number(value: str) -> int:
     return n
 
 
+def _go_style(command: click.Command, args: list[str]) -> list[str]:
+    """Go's flag parsing (runc's) takes a long option with one dash too, and containerd
+    passes some that way (`restore -no-subreaper`): `-name[=v]` is `--name[=v]` where
+    `--name` is one of the command's options, up to the first argument of a command that
+    stops parsing there (the group at its command's name, `do` and `exec` at the program)."""
+    takes_value = {opt: not (param.is_flag or param.count) for param in command.params
+                   if isinstance(param, click.Option) for opt in param.opts + param.secondary_opts}
+    out: list[str] = []
+    while len(out) < len(args) and args[len(out)] != "--":
+        arg = args[len(out)]
+        name, eq, _ = arg.partition("=")
+        if len(name) > 2 and name[0] == "-" and name[1] != "-" and "-" + name in takes_value:
+            arg, name = "-" + arg, "-" + name
+        out.append(arg)
+        if takes_value.get(name) and not eq and len(out) < len(args):
+            out.append(args[len(out)])
+        elif not arg.startswith("-") and not command.allow_interspersed_args:
+            break
+    return out + args[len(out):]
+
+
+class _Command(click.Command):
+    def parse_args(self, ctx, args):
+        return super().parse_args(ctx, _go_style(self, args))
+
+
 class _Group(click.Group):
+    command_class = _Command
+
+    def parse_args(self, ctx, args):
+        return super().parse_args(ctx, _go_style(self, args))
+
     def format_epilog(self, ctx, formatter):
         formatter.write_paragraph()
         formatter.write_text("Run 'snapbox COMMAND --help' for a command's options.")
@@ -324,6 +357,9 @@ def checkpoint(obj: _Context, image_path: str, leave_running: bool, compression:
         image_path, leave_running=leave_running, compress=compression == "zstd",
         image_fd=image_fd, progress_fd=2 if os.isatty(2) else None, store_file_pages=store_file_pages,
         pre_dump=pre_dump, parent_path=parent_path)
+    if summary.get("interrupted"):
+        print("snapbox: the checkpoint was complete when interrupted: the image is written"
+              + ("" if leave_running or pre_dump else " and the container stopped"), file=sys.stderr)
     _report_connections(summary.get("connections") or [])
 
 
@@ -734,7 +770,7 @@ def _user(value: str | None) -> tuple[int, int]:
         raise SnapboxError(f"--user takes UID[:GID] as numbers, not {value!r}") from None
 
 
-@cli.command(context_settings={"ignore_unknown_options": True})
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
 @click.option("--detach", "-d", is_flag=True, help="Return once the process runs (print its pid).")
 @click.option("--cwd", default=None, help="Working directory inside the container.")
 @click.option("--env", "-e", "envs", multiple=True, help="KEY=VALUE for the process (repeatable).")
@@ -742,6 +778,9 @@ def _user(value: str | None) -> tuple[int, int]:
 @click.option("--tty", "-t", is_flag=True, help="Run the process on this command's terminal.")
 @click.option("--process", "process_file", type=click.Path(dir_okay=False), default=None,
               help="An OCI process JSON (args, env, cwd, user) instead of the arguments.")
+@click.option("--console-socket", type=click.Path(dir_okay=False), default=None,
+              help="Run the process on a new terminal, whose master is sent to this AF_UNIX socket "
+                   "(runc's form, what containerd's shim passes for `ctr task exec -t`).")
 @click.option("--pid-file", type=click.Path(dir_okay=False), default=None,
               help="Write the pid of a host process that lives as long as the new process and exits "
                    "with its code, passing SIGINT, SIGTERM and SIGHUP on to it: this command's own, or "
@@ -750,7 +789,8 @@ def _user(value: str | None) -> tuple[int, int]:
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @click.pass_obj
 def exec(obj: _Context, detach: bool, cwd: str | None, envs: tuple[str, ...], user: str | None, tty: bool,
-         process_file: str | None, pid_file: str | None, container_id: str, command: tuple[str, ...]) -> None:
+         process_file: str | None, console_socket: str | None, pid_file: str | None, container_id: str,
+         command: tuple[str, ...]) -> None:
     """Run another process in a running container, on this command's stdio.
 
     Attached, it waits and exits with the process's exit code (128+N if killed by signal
@@ -779,14 +819,23 @@ def exec(obj: _Context, detach: bool, cwd: str | None, envs: tuple[str, ...], us
     if not any(e.startswith("PATH=") for e in env):
         env.append("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
     forward = [signal.SIGINT, signal.SIGTERM, signal.SIGHUP]
+    stdio, terminal = (0, 1, 2), tty
+    if console_socket:
+        from snapbox.runtime.container import console
+
+        stdio, terminal = (console(console_socket),) * 3, True
+    if terminal:
+        from snapbox.runtime.container import KEYBOARD_SIGNALS
+
+        forward = list(dict.fromkeys(forward + list(KEYBOARD_SIGNALS)))
     if detach and pid_file:
-        _exec_behind(c, pid_file, args, env, cwd or "/", uid_gid, forward)  # prints nothing, as runc
+        _exec_behind(c, pid_file, args, env, cwd or "/", uid_gid, forward, stdio, terminal)  # prints nothing
         return
     if pid_file:
         from snapbox.runtime.container import write_pid_file
 
         write_pid_file(pid_file, os.getpid())
-    result = c.exec(args, env, cwd or "/", uid_gid, detach=detach, forward=forward)
+    result = c.exec(args, env, cwd or "/", uid_gid, stdio=stdio, detach=detach, forward=forward, terminal=terminal)
     if detach:
         click.echo(result)
         return
@@ -794,11 +843,12 @@ def exec(obj: _Context, detach: bool, cwd: str | None, envs: tuple[str, ...], us
 
 
 def _exec_behind(c, pid_file: str, args: list[str], env: list[str], cwd: str, user: tuple[int, int],
-                 forward: list[int]) -> None:
+                 forward: list[int], stdio: tuple[int, int, int], terminal: bool) -> None:
     """exec --detach --pid-file: a child of this command runs the exec attached and stays
     behind as the process's stand-in on the host (reparented, as runc's exec'd process is,
     to the nearest subreaper: containerd's shim); its pid goes to `pid_file` once the
-    process runs."""
+    process runs. On a console of its own, the stand-in is the console's controlling
+    process, and passes the keys' signals on to the process's foreground group."""
     from snapbox.runtime.container import write_pid_file
     from snapbox.runtime.control import exit_code
 
@@ -808,7 +858,14 @@ def _exec_behind(c, pid_file: str, args: list[str], env: list[str], cwd: str, us
         os.close(r)
         code = 1
         try:
-            status = c.exec(args, env, cwd, user, forward=forward,
+            if stdio != (0, 1, 2):  # a console of its own: the stand-in's stdio too (a caller
+                os.setsid()  # that reads this command's output must not wait for the stand-in)
+                with contextlib.suppress(OSError):
+                    fcntl.ioctl(stdio[0], termios.TIOCSCTTY, 0)
+                for n in (0, 1, 2):
+                    os.dup2(stdio[0], n)
+                os.close(stdio[0])
+            status = c.exec(args, env, cwd, user, forward=forward, terminal=terminal,
                             started=lambda pid: os.write(w, f"{pid}\n".encode()))
             code = exit_code(status)
         except SnapboxError as e:
@@ -824,7 +881,7 @@ def _exec_behind(c, pid_file: str, args: list[str], env: list[str], cwd: str, us
     write_pid_file(pid_file, child)
 
 
-@cli.command(context_settings={"ignore_unknown_options": True})
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
 @click.option("--id", "cid", default=None, help="Name the sandbox (default: a fresh do-NNNN).")
 @click.option("--detach", "-d", is_flag=True,
               help="Leave it running (as container ID) instead of waiting: it can be checkpointed "
@@ -864,6 +921,8 @@ def main() -> None:
         _fail(e.format_message(), 2)
     except click.exceptions.Abort:
         sys.exit(130)
+    except Cancelled as e:
+        _fail(str(e), 130)
     except SnapboxError as e:
         _fail(str(e), 1)
     except KeyboardInterrupt:

@@ -11,5 +11,9 @@ class BundleError(SnapboxError):
     """An OCI bundle that cannot be used."""
 
 
-__all__ = ["BundleError", "ContainerStateError", "ImageError", "IncompatibleHostError", "SaveError",
+class Cancelled(SnapboxError):
+    """An operation interrupted by its caller (^C) and undone: nothing changed."""
+
+
+__all__ = ["BundleError", "Cancelled", "ContainerStateError", "ImageError", "IncompatibleHostError", "SaveError",
            "SnapboxError"]

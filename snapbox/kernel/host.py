@@ -136,15 +136,25 @@ class HostFile(OpenFile):
         if not os.isatty(self.fd):
             raise SyscallError(errno.ENOTTY)
         k = t.kernel
-        # Job control on the terminal is the sandbox's own: process groups are its ids.
+        # Job control on the terminal is the sandbox's own, with its process ids: each
+        # session's terminal (init's console, an exec'd process's) has its foreground group.
+        sid = t.tg.sid
         if request == TIOCGPGRP:
-            t.mm.write(arg, struct.pack("<i", k.tty_pgrp or (k.tasks.init.pgid if k.tasks.init else 0)))
+            t.mm.write(arg, struct.pack("<i", k.foreground_group(sid)))
             return 0
         if request == TIOCSPGRP:
-            (k.tty_pgrp,) = struct.unpack("<i", t.mm.read(arg, 4))
+            (pgrp,) = struct.unpack("<i", t.mm.read(arg, 4))
+            members = [tg for tg in k.tasks.pidns.groups.values() if tg.pgid == pgrp and tg.exit_status is None]
+            if pgrp < 0:
+                raise SyscallError(errno.EINVAL)
+            if not members:
+                raise SyscallError(errno.ESRCH)
+            if any(tg.sid != sid for tg in members):
+                raise SyscallError(errno.EPERM)
+            k.foreground[sid] = pgrp
             return 0
         if request == TIOCGSID:
-            t.mm.write(arg, struct.pack("<i", k.tasks.init.sid if k.tasks.init else 0))
+            t.mm.write(arg, struct.pack("<i", sid))
             return 0
         if request in (TIOCSCTTY, TIOCNOTTY):
             return 0

@@ -26,7 +26,7 @@ from snapbox.kernel.errors import SyscallError, TaskExit, WouldBlock
 from snapbox.kernel.eventfiles import TimerFd
 from snapbox.kernel.filepages import FileCache
 from snapbox.kernel.lifecycle import Lifecycle, host_cpu_ns
-from snapbox.kernel.loop import EventLoop
+from snapbox.kernel.loop import TERMINAL_SIGNALS, EventLoop
 from snapbox.kernel.signaling import Signaling
 from snapbox.kernel.signals import (
     SI_KERNEL,
@@ -88,7 +88,7 @@ class Kernel(Lifecycle, Signaling, Checkpointing):
     hostname: str = "snapbox"
     exit_status: int | None = None  # wait(2) status of init once it has exited
     pipe_ino: int = 0x10000  # inode numbers handed to pipes
-    tty_pgrp: int = 0  # the terminal's foreground process group (TIOCSPGRP), 0 for init's
+    foreground: dict = field(default_factory=dict)  # session id -> its terminal's foreground group
     file_cache: FileCache | None = None  # host files' pages shared by read-only mappings
     unix_names: dict = field(default_factory=dict)  # abstract AF_UNIX names (NUL first) -> UnixSocket
     inet_ports: dict = field(default_factory=dict)  # TCP port -> the InetSockets bound to it (inet.Ports)
@@ -209,6 +209,12 @@ class Kernel(Lifecycle, Signaling, Checkpointing):
     def _on_signals(self, signals: list[int]) -> None:
         if signal.SIGIO in signals:
             self._image_changing()
+        init = self.tasks.init
+        for sig in signals:
+            if sig in TERMINAL_SIGNALS and init is not None:  # from the console (loop.take_terminal)
+                self.signal_foreground(init.sid, sig)
+                if sig == signal.SIGHUP and self.foreground_group(init.sid) != init.pgid:
+                    self.signal_from_outside([init], sig)  # a hang-up reaches the session's leader too
         self.collect_stops()
 
     def collect_stops(self) -> None:

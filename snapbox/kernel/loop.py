@@ -15,10 +15,12 @@ from __future__ import annotations
 import collections
 import contextlib
 import ctypes
+import fcntl
 import heapq
 import os
 import select
 import signal
+import termios
 import time
 from typing import Any, Callable
 
@@ -28,6 +30,9 @@ MAX_WAIT = 86400.0  # the longest one turn waits, in seconds: epoll's timeout is
 SIGINFO_SIZE = 128  # struct signalfd_siginfo, ssi_signo first
 # Read from the signalfd: SIGCHLD (stubs stopping), SIGIO (a lazy restore's image lease breaking).
 SENTRY_SIGNALS = frozenset({signal.SIGCHLD, signal.SIGIO})
+# Read from it too once the sentry is its console's controlling process (take_terminal): what
+# the terminal sends its foreground group (^C, ^\\, ^Z, a resize) and a hang-up.
+TERMINAL_SIGNALS = frozenset({signal.SIGINT, signal.SIGQUIT, signal.SIGTSTP, signal.SIGWINCH, signal.SIGHUP})
 _SFD_NONBLOCK_CLOEXEC = os.O_NONBLOCK | os.O_CLOEXEC
 _SIGNAL_FD = -1
 
@@ -184,6 +189,30 @@ def _events(ev: int, wanted: int) -> int:
     return ready & wanted
 
 
+def take_terminal() -> bool:
+    """Make this process's stdin, a terminal of no session (a console made for the sandbox),
+    its controlling terminal, and read the terminal's signals from the signalfd from then
+    on (their host default would stop or end the sentry). False where stdin is no such
+    terminal (the caller's own, or not a terminal at all)."""
+    try:
+        if os.getsid(0) != os.getpid() or not os.isatty(0):
+            return False
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+    except OSError:
+        return False
+    signal.pthread_sigmask(signal.SIG_BLOCK, TERMINAL_SIGNALS)
+    if _signalfd(_SIGNAL_FD, SENTRY_SIGNALS | TERMINAL_SIGNALS) < 0:
+        raise OSError(ctypes.get_errno(), "signalfd")
+    return True
+
+
+def _signalfd(fd: int, signals: frozenset) -> int:
+    mask = (ctypes.c_uint8 * 128)()
+    for sig in signals:
+        mask[(sig - 1) // 8] |= 1 << ((sig - 1) % 8)
+    return ctypes.CDLL(None, use_errno=True).signalfd(fd, mask, _SFD_NONBLOCK_CLOEXEC)
+
+
 def _signal_wakeup() -> int:
     """This process's signalfd for SENTRY_SIGNALS: they are blocked in the sentry's thread
     (and so in every thread it starts) and read from this fd instead of being delivered,
@@ -194,11 +223,7 @@ def _signal_wakeup() -> int:
     global _SIGNAL_FD
     signal.pthread_sigmask(signal.SIG_BLOCK, SENTRY_SIGNALS)
     if _SIGNAL_FD < 0:
-        mask = (ctypes.c_uint8 * 128)()
-        for sig in SENTRY_SIGNALS:
-            mask[(sig - 1) // 8] |= 1 << ((sig - 1) % 8)
-        libc = ctypes.CDLL(None, use_errno=True)
-        fd = libc.signalfd(-1, mask, _SFD_NONBLOCK_CLOEXEC)
+        fd = _signalfd(-1, SENTRY_SIGNALS)
         if fd < 0:
             err = ctypes.get_errno()
             raise OSError(err, f"signalfd: {os.strerror(err)}")

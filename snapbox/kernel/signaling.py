@@ -60,6 +60,11 @@ SLEEP_SYSCALLS = frozenset({NR.nanosleep, NR.clock_nanosleep})
 STOP_SIGNALS = sigbit(signal.SIGSTOP) | sigbit(signal.SIGTSTP) | sigbit(signal.SIGTTIN) | sigbit(signal.SIGTTOU)
 
 
+# What reaches a PID namespace's init from outside even without a handler (SIGCONT continues
+# it whatever its disposition).
+OUTSIDE_FORCED = frozenset({signal.SIGKILL, signal.SIGSTOP, signal.SIGCONT})
+
+
 class Signaling:
     """Kernel methods for signals and job control (mixed into Kernel)."""
 
@@ -145,6 +150,28 @@ class Signaling:
             self.arm_itimer(tg)
 
         self.call_at(deadline, fire)
+
+    def signal_from_outside(self, groups: list[ThreadGroup], sig: int) -> None:
+        """Send `sig` from outside the sandbox (its runtime, or its terminal) to `groups`:
+        as on Linux, a PID namespace's init takes only the signals it handles, and SIGKILL,
+        SIGSTOP and SIGCONT."""
+        init = self.tasks.init
+        for tg in groups:
+            if tg is init and sig not in OUTSIDE_FORCED and tg.sigaction(sig).handler == SIG_DFL:
+                continue
+            self.send_signal(tg, sig)
+
+    def foreground_group(self, sid: int) -> int:
+        """The foreground process group of session `sid`'s terminal (TIOCSPGRP sets it;
+        until then the session leader's group, whose id is the session's)."""
+        return self.foreground.get(sid, sid)
+
+    def signal_foreground(self, sid: int, sig: int) -> None:
+        """What a terminal does with ^C, ^\\, ^Z and a resize: `sig` to the processes of its
+        session's foreground group."""
+        pgrp = self.foreground_group(sid)
+        self.signal_from_outside([tg for tg in self.tasks.pidns.groups.values()
+                                  if tg.exit_status is None and tg.pgid == pgrp], sig)
 
     def send_signal(self, tg: ThreadGroup, sig: int, info: bytes | None = None,
                     task: Task | None = None) -> None:

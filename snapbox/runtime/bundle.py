@@ -8,6 +8,7 @@ import os
 from dataclasses import dataclass, field
 
 from snapbox.errors import BundleError
+from snapbox.runtime import cgroups
 
 log = logging.getLogger("snapbox.bundle")
 
@@ -35,6 +36,7 @@ class Bundle:
     hostname: str = "snapbox"
     annotations: dict = field(default_factory=dict)
     memory_limit: int = 0  # linux.resources.memory.limit in bytes; 0 for none
+    cgroup: str = ""  # linux.cgroupsPath, as a path below each hierarchy's root (runtime.cgroups)
     user: tuple = (0, 0)  # process.user (uid, gid)
     groups: list = field(default_factory=list)  # process.user.additionalGids
     readonly: bool = False  # root.readonly: only tmpfs mounts and read-write binds can be written
@@ -110,7 +112,11 @@ class Bundle:
         if not isinstance(limit, int) or limit < 0:
             raise BundleError(f"{config_path}: linux.resources.memory.limit must be a byte count")
         warnings += [f"config field 'linux.{k}' is not supported and is ignored"
-                     for k in linux if k not in ("resources", "namespaces")]
+                     for k in linux if k not in ("resources", "namespaces", "cgroupsPath")]
+        cgroups_path = linux.get("cgroupsPath") or ""
+        if not isinstance(cgroups_path, str):
+            raise BundleError(f"{config_path}: linux.cgroupsPath must be a string")
+        cgroup = cgroups.relative_path(cgroups_path) if cgroups_path else ""
         mounts = []
         for m in config.get("mounts") or []:
             if not isinstance(m, dict) or not isinstance(m.get("destination"), str):
@@ -132,7 +138,7 @@ class Bundle:
                 warnings.append(f"mount of type {kind!r} on {dest} is not supported and is ignored")
         return cls(path=path, args=args, env=env, cwd=cwd, rootfs=rootfs,
                    hostname=config.get("hostname") or "snapbox",
-                   annotations=config.get("annotations") or {}, memory_limit=limit, mounts=mounts,
+                   annotations=config.get("annotations") or {}, memory_limit=limit, cgroup=cgroup, mounts=mounts,
                    user=(user.get("uid", 0), user.get("gid", 0)), groups=groups,
                    readonly=bool(isinstance(root, dict) and root.get("readonly")), terminal=terminal, rlimits=rlimits,
                    no_new_privs=bool(process.get("noNewPrivileges")),

@@ -32,7 +32,7 @@ from typing import Any, Callable, Iterator
 import cbor2
 
 from snapbox.errors import ContainerStateError, SnapboxError
-from snapbox.runtime import control, warm
+from snapbox.runtime import cgroups, control, warm
 
 CREATING, CREATED, RUNNING, PAUSED, STOPPED = "creating", "created", "running", "paused", "stopped"
 OCI_VERSION = "1.0.2"
@@ -73,7 +73,20 @@ def _write_atomically(path: str, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _console(socket_path: str) -> int:
+def _cancel(sock: socket.socket, op: str) -> dict[str, Any]:
+    """^C while the sandbox carries out `op`: shut our end of the request (the sandbox takes
+    that as a cancel while it can still undo the work) and wait for what it did: Cancelled
+    if it undid it, else its reply, marked "interrupted" (it was done first)."""
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        sock.shutdown(socket.SHUT_WR)
+        reply = control.read_reply(sock, op)  # Cancelled if it was
+    finally:
+        signal.signal(signal.SIGINT, old)
+    return {**reply, "interrupted": True}
+
+
+def console(socket_path: str) -> int:
     """runc's --console-socket: make a pty, send its master over the socket, return the slave."""
     import pty
 
@@ -88,6 +101,10 @@ def _console(socket_path: str) -> int:
     finally:
         os.close(master)
     return slave
+
+
+# What a terminal sends its foreground process group.
+KEYBOARD_SIGNALS = (signal.SIGINT, signal.SIGQUIT, signal.SIGTSTP, signal.SIGWINCH)
 
 
 @dataclass
@@ -292,6 +309,8 @@ class Container:
                             "created": datetime.datetime.now(datetime.timezone.utc).isoformat()})
         c.options = options or Options()
         try:
+            if b.cgroup:
+                c.state["cgroups"] = cgroups.create(b.cgroup)
             c.save_state()
             c._spawn(restore_image=restore_image, lazy=lazy, console_socket=console_socket, memory=memory,
                      own=pid_file is not None)
@@ -302,6 +321,7 @@ class Container:
                 c._start()
         except BaseException:
             c._kill_sandbox()
+            cgroups.remove(c.state.get("cgroups", []))
             shutil.rmtree(cdir, ignore_errors=True)
             shutil.rmtree(os.path.join(root, ".bundles", cid), ignore_errors=True)
             raise
@@ -336,7 +356,7 @@ class Container:
         stdio: dict[str, int] = {}
         slave = -1
         if console_socket is not None:
-            slave = _console(console_socket)
+            slave = console(console_socket)
             stdio = {"stdin": slave, "stdout": slave, "stderr": slave}
         try:
             args = {"root": self.root, "cid": self.id, "bundle_path": self.state["bundle"], "restore": restore_image,
@@ -433,11 +453,13 @@ class Container:
 
     def exec(self, args: list[str], env: list[str], cwd: str = "/", user: tuple[int, int] = (0, 0),
              stdio: tuple[int, int, int] = (0, 1, 2), detach: bool = False,
-             forward: list[int] | None = None, started: Callable[[int], None] | None = None) -> int:
+             forward: list[int] | None = None, started: Callable[[int], None] | None = None,
+             terminal: bool = False) -> int:
         """Run another process in the container on the host fds `stdio`. Returns its pid
         if `detach`, else waits and returns its wait status; the signals in `forward`
-        that reach this process while it waits are passed on to it; `started(pid)` is
-        called once it runs."""
+        that reach this process while it waits are passed on to it (with `terminal`, the
+        keyboard's, SIGINT, SIGQUIT, SIGTSTP and SIGWINCH, to the foreground group of its
+        session, as its terminal would); `started(pid)` is called once it runs."""
         self._require("exec in", RUNNING)
         sock = control.open_call(self.control_path, "exec", fds=list(stdio), args=args, env=env, cwd=cwd,
                                  user=list(user), wait=not detach)
@@ -451,7 +473,8 @@ class Container:
 
             def pass_on(signum, frame):
                 with contextlib.suppress(SnapboxError):
-                    control.call(self.control_path, "kill", timeout=5, signal=signum, pid=pid)
+                    control.call(self.control_path, "kill", timeout=5, signal=signum, pid=pid,
+                                 foreground=terminal and signum in KEYBOARD_SIGNALS)
 
             for sig in forward or ():
                 signal.signal(sig, pass_on)
@@ -499,15 +522,26 @@ class Container:
             args["parent_path"] = parent_path if parent_path == "-" else os.path.abspath(parent_path)
         with self.locked():
             self._require("checkpoint", RUNNING, PAUSED)
-            reply = self._call("checkpoint", timeout=None, fds=fds, path=path,
-                               leave_running=leave_running, compress=compress,
-                               store_file_pages=store_file_pages, pre_dump=pre_dump, handoff=handoff, **args)
+            try:
+                sock = control.open_call(self.control_path, "checkpoint", timeout=None, fds=fds, path=path,
+                                         leave_running=leave_running, compress=compress,
+                                         store_file_pages=store_file_pages, pre_dump=pre_dump, handoff=handoff,
+                                         **args)
+            except control.ControlError:
+                if not self.alive():
+                    raise ContainerStateError(f'container "{self.id}" stopped before it could checkpoint') from None
+                raise
+            with sock:
+                try:
+                    reply = control.read_reply(sock, "checkpoint")
+                except KeyboardInterrupt:
+                    reply = _cancel(sock, "checkpoint")
             if not leave_running and not pre_dump:
                 # The sandbox killed the program and recorded its end before replying; its
                 # process may take a moment more to give its memory back.
                 self.state["status"] = STOPPED
                 self.save_state()
-            return reply.get("summary", {})
+            return {**reply.get("summary", {}), **({"interrupted": True} if reply.get("interrupted") else {})}
 
     def migrate(self, dest: str, token: str = "", max_rounds: int = 8, report=None):
         """Move this container, running, to the receiver at `dest` (tcp://HOST:PORT or
@@ -547,6 +581,7 @@ class Container:
                 raise ContainerStateError(
                     f'cannot delete container "{self.id}" in state {self.status} (use --force)')
             self._kill_sandbox()
+            cgroups.remove(self.state.get("cgroups", []))
             self.state["status"] = STOPPED
             self.run_hooks("poststop", fatal=False)
             shutil.rmtree(os.path.join(self.root, ".bundles", self.id), ignore_errors=True)

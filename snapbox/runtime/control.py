@@ -19,7 +19,7 @@ from typing import Any
 
 import cbor2
 
-from snapbox.errors import SnapboxError
+from snapbox.errors import Cancelled, SnapboxError
 
 _LEN = struct.Struct("<I")
 MAX_MESSAGE = 1 << 20
@@ -154,7 +154,7 @@ def read_reply(sock: socket.socket, op: str) -> dict[str, Any]:
     except OSError as e:
         raise ControlError(f"lost the sandbox during {op} ({e.strerror})") from None
     if not reply.get("ok"):
-        raise SnapboxError(reply.get("error") or f"{op} failed")
+        raise (Cancelled if reply.get("cancelled") else SnapboxError)(reply.get("error") or f"{op} failed")
     if op in OPERATIONS:
         check(op, reply, reply=True)
     return reply

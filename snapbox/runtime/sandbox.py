@@ -12,7 +12,7 @@ import datetime
 import json
 import logging
 import os
-import signal
+import select
 import socket
 import traceback
 from dataclasses import dataclass
@@ -20,12 +20,12 @@ from typing import Any, Callable, Iterator
 
 import cbor2
 
-from snapbox.errors import SnapboxError
+from snapbox.errors import Cancelled, SnapboxError
 from snapbox.kernel.checkpoint import LoadContext
 from snapbox.kernel.kernel import Kernel
-from snapbox.kernel.signals import SIG_DFL
+from snapbox.kernel.loop import take_terminal
 from snapbox.kernel.strace import tracer
-from snapbox.runtime import control
+from snapbox.runtime import cgroups, control
 from snapbox.runtime.bundle import Bundle
 from snapbox.runtime.network import bundle_namespace
 from snapbox.runtime.network import enter as enter_network
@@ -92,6 +92,7 @@ class Sandbox:
         self.server = control.listen(path)
         kernel.loop.add_reader(self.server, self._accept)
         self.exec_waiters: dict[int, int] = {}  # pid -> socket fd of the attached exec waiting for it
+        self.asker: socket.socket | None = None  # the connection whose request is being carried out
         kernel.on_exit = self._process_exited
         self._record_network(kernel.network)
         if kernel.make_network is not None:
@@ -132,14 +133,16 @@ class Sandbox:
             except (OSError, SnapboxError, cbor2.CBORDecodeError) as e:
                 log.warning("bad control request: %s", e)
                 return
+            self.asker = conn
             try:
                 reply = self.handle(msg, fds)
             except SnapboxError as e:
-                reply = {"ok": False, "error": str(e)}
+                reply = {"ok": False, "error": str(e), **({"cancelled": True} if isinstance(e, Cancelled) else {})}
             except Exception as e:  # a bug: keep the sandbox alive and say so
                 log.error("control request %r failed:\n%s", msg.get("op"), traceback.format_exc())
                 reply = {"ok": False, "error": f"internal error during {msg.get('op')}: {e!r}"}
             finally:
+                self.asker = None
                 for fd in fds:
                     os.close(fd)
             later = reply.get("later")
@@ -181,19 +184,17 @@ class Sandbox:
         groups = k.tasks.pidns.groups
         if msg.get("all"):
             targets = [g for g in groups.values() if g.exit_status is None]
-        elif msg.get("foreground") and k.tasks.init is not None:
-            # As a terminal does: to the foreground process group.
-            pgrp = k.tty_pgrp or k.tasks.init.pgid
-            targets = [g for g in groups.values() if g.exit_status is None and g.pgid == pgrp]
+        elif msg.get("foreground"):
+            # As a terminal does: to the foreground group of the session of init or of pid.
+            leader = groups.get(msg["pid"]) if msg.get("pid") else k.tasks.init
+            if leader is not None:
+                k.signal_foreground(leader.sid, sig)
+            return {}
         elif msg.get("pid"):
             targets = [groups[msg["pid"]]] if msg["pid"] in groups else []
         else:
             targets = [k.tasks.init] if k.tasks.init is not None else []
-        init = k.tasks.init
-        for tg in targets:
-            if tg is init and sig not in _FORCED and tg.sigaction(sig).handler == SIG_DFL:
-                continue  # Linux: a PID namespace's init takes from outside only the signals it handles
-            k.send_signal(tg, sig)
+        k.signal_from_outside(targets, sig)
         return {}
 
     def _checkpoint(self, msg: dict[str, Any], fds: list[int]) -> dict[str, Any]:
@@ -255,8 +256,18 @@ class Sandbox:
         if path != "-" and (not isinstance(path, str) or not os.path.isabs(path)):
             raise SnapboxError("checkpoint needs an absolute image path")
         progress_fd = _passed_fd(msg, fds, "progress_fd")
-        progress = Progress(progress_fd, "pre-dump" if msg.get("pre_dump") else "checkpoint") \
+        shown = Progress(progress_fd, "pre-dump" if msg.get("pre_dump") else "checkpoint") \
             if progress_fd is not None else None
+        asker = self.asker
+
+        def progress(done: int, total: int) -> None:
+            # The asker shut its end (^C of `snapbox checkpoint`): cancel, as long as the
+            # memory is still being written (after that, it finishes and says so).
+            if asker is not None and select.select([asker], [], [], 0)[0]:
+                raise Cancelled("checkpoint cancelled: the container runs on, no image was written")
+            if shown is not None:
+                shown(done, total)
+
         compress = bool(msg.get("compress", True))
         store = bool(msg.get("store_file_pages", False))
         parent = self._parent(msg.get("parent_path"))
@@ -288,7 +299,7 @@ class Sandbox:
 
         if pre_dump:
             try:
-                return self._aside(write_it, progress, path, delta)
+                return self._aside(write_it, shown, path, delta)
             except BaseException:
                 delta.give_back(k.memfile)
                 raise
@@ -300,8 +311,8 @@ class Sandbox:
                 k.unpause()
             raise
         finally:
-            if progress is not None:
-                progress.close()
+            if shown is not None:
+                shown.close()
         if parent is not None:
             # What the next incremental image is made against: this one.
             self.tracking = {"path": path, "id": summary["image_id"], **summary["tracking"]}
@@ -479,11 +490,6 @@ def _network(mode: str, bundle: Bundle, lazy: bool, address: str = "") -> dict:
     return enter_network(mode, path, address).as_dict()
 
 
-# What reaches a PID namespace's init from outside even without a handler (SIGCONT continues
-# it whatever its disposition, as on Linux).
-_FORCED = frozenset({signal.SIGKILL, signal.SIGSTOP, signal.SIGCONT})
-
-
 class _JSONFormatter(logging.Formatter):
     """runc's log lines: level, msg and an RFC 3339 time (what containerd parses)."""
 
@@ -512,8 +518,10 @@ def boot_main(root: str, cid: str, bundle_path: str, ready_fd: int, restore: str
     ready = os.fdopen(ready_fd, "wb")
     global _PLACEMENT
     try:
-        _PLACEMENT = Placement()
         bundle = Bundle.load(bundle_path)
+        if bundle.cgroup:
+            cgroups.join(bundle.cgroup)  # before any stub starts: they are all in it
+        _PLACEMENT = Placement()
         if restore is not None:
             kernel = _restore(restore, bundle, lazy, network, memory, memory_id)
         else:
@@ -537,6 +545,8 @@ def boot_main(root: str, cid: str, bundle_path: str, ready_fd: int, restore: str
         if strace:
             kernel.strace = tracer
         sandbox = Sandbox(kernel, cdir, bundle.absolute_config(), snapshot_to)
+        if take_terminal():
+            log.info("the console is this process's terminal: its signals go to the foreground group")
         _PLACEMENT.watch(kernel.loop.call_at, lambda: list(kernel.by_host))
     except SnapboxError as e:
         log.error("start failed: %s", e)

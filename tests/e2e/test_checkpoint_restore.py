@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
+import struct
 import subprocess
+import termios
 import time
 from pathlib import Path
 
@@ -176,6 +179,32 @@ def test_killing_the_sandbox_mid_checkpoint_leaves_no_image(snapbox, tmp_path):
     assert not image.exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".big.img")] == []
     assert json.loads(snapbox("state", "c1").stdout)["status"] == "stopped"
+
+
+def test_interrupting_a_checkpoint_cancels_it_and_the_container_runs_on(snapbox, tmp_path):
+    """^C of `snapbox checkpoint` while the image is being written: the checkpoint is
+    undone (exit 130, one line saying so), the program goes on unharmed."""
+    out = tmp_path / "out.txt"
+    snapbox.run_detached("c1", "memhog", out)
+    wait_for(lambda: lines(out), timeout=30, what="memhog ready")
+    r, w = os.pipe()
+    ckpt = subprocess.Popen(snapbox.cmd("checkpoint", "--image-path", "-", "c1"), stdout=w,
+                            stderr=subprocess.PIPE, text=True)
+    os.close(w)
+    # Nobody reads the pipe yet: the image stalls in it, the memory half written.
+    wait_for(lambda: struct.unpack("i", fcntl.ioctl(r, termios.FIONREAD, b"\0" * 4))[0] > 0,
+             timeout=30, what="the image to start")
+    ckpt.send_signal(signal.SIGINT)
+    while os.read(r, 1 << 16):
+        pass
+    os.close(r)
+    _, err = ckpt.communicate(timeout=30)
+    assert (ckpt.returncode, err) == (130, "snapbox: error: checkpoint cancelled: the container runs on, "
+                                           "no image was written\n")
+    assert json.loads(snapbox("state", "c1").stdout)["status"] == "running"
+    ticks = len(lines(out))
+    wait_for(lambda: len(lines(out)) > ticks + 1, timeout=30, what="memhog to go on")
+    assert not any("CORRUPT" in line for line in lines(out))
 
 
 def test_pause_resume_and_status_errors(snapbox, tmp_path):

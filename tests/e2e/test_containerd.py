@@ -5,10 +5,13 @@ with the same output and exit codes expected from both."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import os
+import pty
+import select
 import shutil
 import subprocess
 import sys
@@ -20,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import wait_for
+from tests.e2e.test_terminal import interrupt_a_job, read_until
 
 IMAGE = "snapbox.test/busybox:latest"
 SNAPBOX = shutil.which("snapbox", path=str(Path(sys.executable).parent)) or shutil.which("snapbox")
@@ -170,6 +174,83 @@ def test_ctr_drives_snapbox_as_it_drives_runc(containerd):
         assert c.status(task) == "RUNNING", runtime
         c.ctr("task", "kill", "-s", "KILL", task)
         wait_for(lambda: c.status(task) == "STOPPED", what=f"{runtime} task stopped")
+        c.ctr("task", "rm", task)
+        c.ctr("containers", "rm", task)
+    left = [d for d in os.listdir(c.snapbox_root / "snapbox-test") if not d.startswith(".")]
+    assert left == [], left
+    assert sandbox_processes(c) == []
+
+
+def on_a_terminal(argv: list[str]) -> tuple[int, int]:
+    """Start `argv` on a new pty, as a user at a terminal would; (pid, master)."""
+    pid, master = pty.fork()
+    if pid == 0:
+        os.execvp(argv[0], argv)
+    return pid, master
+
+
+def end_of(pid: int, master: int, timeout: float = 30) -> int:
+    """Wait for the process on `master` to end, reading what it prints; its exit code."""
+    deadline = time.monotonic() + timeout
+    while True:
+        assert time.monotonic() < deadline, "the terminal's program did not end"
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            os.close(master)
+            return os.waitstatus_to_exitcode(status)
+        if select.select([master], [], [], 0.1)[0]:
+            with contextlib.suppress(OSError):
+                os.read(master, 4096)
+
+
+def test_ctr_terminal_checkpoint_restore_and_metrics(containerd):
+    c = containerd
+    ctr = ["ctr", "-a", str(c.sock), "-n", "snapbox-test"]
+    for runtime in ("runc", "snapbox"):
+        use = ["--runc-binary", SNAPBOX, "--runc-root", str(c.snapbox_root)] if runtime == "snapbox" else []
+        # `ctr run -t`: a shell on a console; ^C ends its job, not the shell; its exit code is ctr's.
+        pid, master = on_a_terminal([*ctr, "run", "--runtime", "io.containerd.runc.v2", *use, "-t", "--rm",
+                                     IMAGE, f"{runtime}-t", "sh"])
+        read_until(master, b"# ")
+        interrupt_a_job(master)
+        os.write(master, b"exit 7\n")
+        assert end_of(pid, master) == 7, runtime
+
+        task = f"{runtime}-m"
+        c.run(runtime, "-d", IMAGE, task, "sh", "-c", "i=0; while true; do i=$((i+1)); echo $i > /tmp/n; "
+                                                       "sleep 0.1; done", check=True)
+        wait_for(lambda: c.status(task) == "RUNNING", what=f"{runtime} task running")
+        # `ctr task exec -t`, on a console of its own.
+        pid, master = on_a_terminal([*ctr, "task", "exec", "-t", "--exec-id", "t", task, "sh"])
+        read_until(master, b"# ")
+        interrupt_a_job(master)
+        os.write(master, b"exit 4\n")
+        assert end_of(pid, master) == 4, runtime
+        # Metrics are the task's own cgroup's: its processes, not the host's.
+        metrics = dict(line.split(None, 1) for line in c.ctr("task", "metrics", task).stdout.splitlines()[3:]
+                       if line.strip())
+        assert 1 <= int(metrics["pids.current"]) <= 8, (runtime, metrics)
+        if runtime == "runc":  # CRIU cannot checkpoint on this kernel (runc fails); snapbox can
+            c.ctr("task", "kill", "-s", "KILL", task)
+            wait_for(lambda: c.status(task) == "STOPPED", what="runc task stopped")
+            c.ctr("task", "rm", task)
+            c.ctr("containers", "rm", task)
+            continue
+        # `ctr c checkpoint --task`, then the container gone and restored from the image.
+        c.ctr("containers", "checkpoint", "--task", "--image", "--rw", task, "snapbox.test/ckpt:1")
+        before = int(c.ctr("task", "exec", "--exec-id", "n1", task, "cat", "/tmp/n").stdout)
+        c.ctr("task", "kill", "-s", "KILL", task)
+        wait_for(lambda: c.status(task) == "STOPPED", what="snapbox task stopped")
+        c.ctr("task", "rm", task)
+        c.ctr("containers", "rm", task)
+        c.ctr("containers", "restore", "--live", "--rw", task, "snapbox.test/ckpt:1")
+        wait_for(lambda: c.status(task) == "RUNNING", what="the restored task")
+        p = c.ctr("task", "exec", "--exec-id", "n2", task, "cat", "/proc/snapbox/restored")
+        assert p.stdout == "1\n"
+        wait_for(lambda: int(c.ctr("task", "exec", "--exec-id", "n3", task, "cat", "/tmp/n").stdout) > before,
+                 what="the restored loop to go on")
+        c.ctr("task", "kill", "-s", "KILL", task)
+        wait_for(lambda: c.status(task) == "STOPPED", what="restored task stopped")
         c.ctr("task", "rm", task)
         c.ctr("containers", "rm", task)
     left = [d for d in os.listdir(c.snapbox_root / "snapbox-test") if not d.startswith(".")]

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from tests.conftest import wait_for
-from tests.e2e.test_cli import start
+from tests.e2e.test_cli import sleeper, start
 
 
 def log_entries(path) -> list[dict]:
@@ -32,6 +34,43 @@ def test_json_log_lines_carry_an_rfc3339_time_and_usage_errors_reach_the_log(sna
 def test_the_global_flags_runc_takes_are_accepted(snapbox):
     p = snapbox("--systemd-cgroup", "--rootless", "false", "--criu", "/usr/sbin/criu", "list")
     assert p.stdout.split() == ["ID", "PID", "STATUS", "BUNDLE", "CREATED"]
+
+
+def test_long_options_with_one_dash_as_go_parses_them(snapbox, tmp_path):
+    """containerd passes some of runc's options with one dash (`restore -no-subreaper`);
+    Go takes them, and so must snapbox, but never in the program's own arguments."""
+    p = snapbox("-log-format", "json", "-log", str(tmp_path / "log.json"), "list", "-format", "json")
+    assert json.loads(p.stdout) == []
+    p = snapbox("do", "echo", "-d", "-root", "--help")
+    assert p.stdout == "-d -root --help\n"
+
+
+def test_a_bundles_cgroup_holds_every_host_process_of_the_sandbox(snapbox, images, tmp_path):
+    """linux.cgroupsPath, as containerd sets it: the sandbox process and its stubs are in
+    it in every hierarchy (what the shim reads for `ctr task metrics`), and delete removes it."""
+    from snapbox.runtime.cgroups import hierarchies
+
+    name = f"/snapbox-test-{os.getpid()}/c1"
+    sleeper_bundle = sleeper(images, tmp_path)
+    config = json.loads((sleeper_bundle / "config.json").read_text())
+    config["linux"] = {"cgroupsPath": name}
+    (sleeper_bundle / "config.json").write_text(json.dumps(config))
+    with open(tmp_path / "out", "w") as f:
+        subprocess.run(snapbox.cmd("run", "--bundle", str(sleeper_bundle), "--detach", "c1"), stdout=f, stderr=f,
+                       stdin=subprocess.DEVNULL, check=True, timeout=60)
+    tops = hierarchies()
+    assert tops
+    sandbox = snapbox.sandbox_pid("c1")
+    stubs = [int(p) for p in subprocess.run(["pgrep", "-P", str(sandbox)], capture_output=True,
+                                            text=True).stdout.split()]
+    assert stubs
+    for top in tops:
+        members = {int(p) for p in Path(top, name.strip("/"), "cgroup.procs").read_text().split()}
+        assert {sandbox, *stubs} <= members, top
+    assert "not supported" not in (tmp_path / "out").read_text()
+    snapbox("delete", "--force", "c1")
+    assert not any(Path(top, name.strip("/")).exists() for top in tops)
+    assert not any(Path(top, name.strip("/").split("/")[0]).exists() for top in tops)
 
 
 def test_features_describes_the_runtime_as_runc_does(snapbox):
@@ -123,7 +162,7 @@ def test_checkpoint_and_restore_take_runcs_image_directory_and_criu_flags(snapbo
     pid_file = tmp_path / "restored.pid"
     with open(tmp_path / "r.out", "w") as f:
         subprocess.run(snapbox.cmd("restore", "--image-path", str(image_dir), "--work-path", str(tmp_path / "work"),
-                                   "--no-subreaper", "--pid-file", str(pid_file), "--detach", "r1"),
+                                   "-no-subreaper", "--pid-file", str(pid_file), "--detach", "r1"),
                        stdout=f, stderr=f, stdin=subprocess.DEVNULL, check=True, timeout=60)
     assert int(pid_file.read_text()) == json.loads(snapbox("state", "r1").stdout)["pid"]
     assert json.loads(snapbox("state", "r1").stdout)["status"] == "running"
