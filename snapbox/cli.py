@@ -616,6 +616,103 @@ def inspect(image_path: str, as_json: bool) -> None:
     click.echo(json.dumps(info, indent=2) if as_json else render(info))
 
 
+@cli.group(cls=_Group)
+def pool() -> None:
+    """Clone pools: sandboxes restored from one image ahead of time and held before their
+    first instruction, each handed out as a container when taken (a serverless platform's
+    warm starts). Make the image at the point the program is ready, e.g. with
+    `--snapshot-to` (the program writes /proc/snapbox/checkpoint); after a take,
+    /proc/snapbox/restored tells it that it was restored, so it can reseed or reconnect.
+    Not to be confused with `snapbox warm`, which keeps the CLI's interpreter warm."""
+
+
+@pool.command(name="create")
+@click.option("--image", "image", required=True, type=click.Path(dir_okay=False),
+              help="The image every clone is restored from.")
+@click.option("--bundle", "-b", type=click.Path(file_okay=False), default=None,
+              help="The bundle to restore with (default: the one recorded in the image).")
+@click.option("--size", type=click.IntRange(0, 1000), default=4, show_default=True,
+              help="How many clones to keep ready.")
+@click.option("--no-wait", is_flag=True, help="Return at once instead of when the clones are ready.")
+@click.argument("name")
+@click.pass_obj
+def pool_create(obj: _Context, image: str, bundle: str | None, size: int, no_wait: bool, name: str) -> None:
+    """Make pool NAME: SIZE clones of IMAGE, refilled in the background as they are taken."""
+    from snapbox.runtime.clones import ClonePool
+
+    image = _image_file(image)
+    p = ClonePool.create(obj.root, name, image, size, bundle=bundle, network=obj.options.network)
+    if no_wait:
+        return
+    shown = os.isatty(2)
+
+    def report(ready: int, total: int) -> None:
+        if shown:
+            print(f"\rpool {name}: {ready} of {total} clones ready\x1b[K", end="", file=sys.stderr, flush=True)
+
+    try:
+        p.wait(report)
+    finally:
+        if shown:
+            print(file=sys.stderr)
+
+
+@pool.command(name="take")
+@click.argument("name")
+@click.argument("container_id")
+@click.pass_obj
+def pool_take(obj: _Context, name: str, container_id: str) -> None:
+    """Take a clone of pool NAME as container CONTAINER_ID, running on this command's stdio
+    with CONTAINER_ID as its hostname, and return (as `run --detach`). With no clone ready,
+    one is restored there and then (a miss). It is then an ordinary container."""
+    from snapbox.runtime.clones import ClonePool
+
+    ClonePool.load(obj.root, name).take(container_id)
+
+
+@pool.command(name="list")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.pass_obj
+def pool_list(obj: _Context, fmt: str) -> None:
+    """List the pools: size, clones ready, hits (takes served by a ready clone), misses
+    (takes that had to restore one), and why a pool cannot refill, if it cannot."""
+    from snapbox.runtime.clones import ClonePool
+
+    pools = [p.status() for p in ClonePool.list(obj.root)]
+    if fmt == "json":
+        click.echo(json.dumps(pools, indent=2))
+        return
+    rows = [("NAME", "SIZE", "READY", "HITS", "MISSES", "IMAGE", "STATUS")]
+    for p in pools:
+        state = f"error: {p['error']}" if p.get("error") else ("refilling" if p["refiller"] else "refiller gone")
+        rows.append((p["name"], str(p["size"]), str(p["ready"]), str(p["hits"]), str(p["misses"]), p["image"],
+                     state))
+    widths = [max(len(r[i]) for r in rows) for i in range(6)]
+    for r in rows:
+        click.echo("  ".join(r[i].ljust(widths[i]) for i in range(6)) + "  " + r[6])
+
+
+@pool.command(name="delete")
+@click.argument("name")
+@click.pass_obj
+def pool_delete(obj: _Context, name: str) -> None:
+    """End pool NAME's refiller and ready clones and remove the pool; clones taken from it
+    are containers of their own and go on."""
+    from snapbox.runtime.clones import ClonePool
+
+    ClonePool.load(obj.root, name).delete()
+
+
+@pool.command(name="serve", hidden=True)
+@click.argument("name")
+@click.pass_obj
+def pool_serve(obj: _Context, name: str) -> None:
+    """Be pool NAME's refiller (what `pool create` starts in the background)."""
+    from snapbox.runtime.clones import ClonePool
+
+    sys.exit(ClonePool.load(obj.root, name).serve())
+
+
 @cli.command()
 @click.option("--stop", is_flag=True, help="Stop the warm pool of this root.")
 @click.option("--serve", is_flag=True, hidden=True, help="Be the pool (what the background process runs).")

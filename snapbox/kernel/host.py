@@ -76,6 +76,11 @@ class HostFile(OpenFile):
         # An exec'd process's streams belonged to an `exec` command that is gone now.
         self._hold(os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC) if self.passed else _dup_stdio(self.stdio))
 
+    def rebind(self) -> None:
+        """Follow the sandbox process's stdio, which has changed (a clone taken from its pool)."""
+        self.release()
+        self._hold(_dup_stdio(self.stdio))
+
     def _hold(self, fd: int) -> None:
         self.fd = fd
         self.closer = weakref.finalize(self, os.close, fd)

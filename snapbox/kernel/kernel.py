@@ -25,6 +25,7 @@ from snapbox.kernel.checkpoint import Checkpointing
 from snapbox.kernel.errors import SyscallError, TaskExit, WouldBlock
 from snapbox.kernel.eventfiles import TimerFd
 from snapbox.kernel.filepages import FileCache
+from snapbox.kernel.host import HostFile
 from snapbox.kernel.lifecycle import Lifecycle, host_cpu_ns
 from snapbox.kernel.loop import TERMINAL_SIGNALS, EventLoop
 from snapbox.kernel.signaling import Signaling
@@ -194,6 +195,16 @@ class Kernel(Lifecycle, Signaling, Checkpointing):
             self._memory_lost(self.memory_error)
             return
         self.unpause()
+
+    def rebind_stdio(self) -> None:
+        """The sandbox process's stdio has changed: the program's own stdio files follow
+        (not those an `exec` passed)."""
+        seen = set()
+        for tg in self.tasks.pidns.groups.values():
+            for f in tg.fds.files.values():
+                if isinstance(f, HostFile) and not f.passed and id(f) not in seen:
+                    seen.add(id(f))
+                    f.rebind()
 
     def run(self) -> None:
         """Run until init exits."""

@@ -278,10 +278,11 @@ class Container:
     def create(cls, root: str, cid: str, bundle: str, *, start: bool = False,
                restore_image: str | None = None, lazy: bool = False, options: Options | None = None,
                pid_file: str | None = None, console_socket: str | None = None,
-               memory: tuple[str, str] | None = None) -> Container:
+               memory: tuple[str, str] | None = None, hold: bool = False) -> Container:
         """Make the state dir and start a sandbox process (which owns the caller's stdio).
 
-        With `restore_image`, the sandbox is restored from that image and started; with
+        With `restore_image`, the sandbox is restored from that image and started (unless
+        `hold`: then it waits, created, its clock stopped, for start()); with
         `lazy`, memory is loaded from the image as the program needs it; with `memory`
         (a path to a memory file and the id of the last pre-dump in it), the image's chain
         is not read: that file holds it.
@@ -317,7 +318,7 @@ class Container:
             if pid_file:
                 write_pid_file(pid_file, c.state["pid"])
             c.run_hooks("createRuntime", "prestart", "createContainer")
-            if start or restore_image is not None:
+            if start or (restore_image is not None and not hold):
                 c._start()
         except BaseException:
             c._kill_sandbox()

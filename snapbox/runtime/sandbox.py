@@ -210,9 +210,28 @@ class Sandbox:
     def _exec(self, msg: dict[str, Any], fds: list[int]) -> dict[str, Any]:
         return {"pid": self.exec(msg, fds)}
 
+    def _adopt(self, msg: dict[str, Any], fds: list[int]) -> dict[str, Any]:
+        """A clone handed out by its pool (snapbox.runtime.clones), not started yet: its
+        directory has moved to its new id's, it takes the taker's stdio (this process's
+        own, and so the program's), and the new id as its hostname."""
+        k = self.kernel
+        if k.started:
+            raise SnapboxError("only a sandbox that has not started can be adopted")
+        if len(fds) != 3:
+            raise SnapboxError("adopt needs the taker's stdin, stdout and stderr")
+        if not isinstance(msg.get("dir"), str) or not os.path.isdir(msg["dir"]):
+            raise SnapboxError("adopt needs the sandbox's new directory")
+        for target, fd in enumerate(fds):
+            os.dup2(fd, target)
+        k.rebind_stdio()
+        self.dir = msg["dir"]
+        if msg.get("hostname"):
+            k.hostname = msg["hostname"]
+        return {}
+
     # What carries out each operation of control.OPERATIONS.
     operations = {"start": _start, "pause": _pause, "resume": _resume, "kill": _kill, "checkpoint": _checkpoint,
-                  "ps": _ps, "stats": _stats, "exec": _exec}
+                  "ps": _ps, "stats": _stats, "exec": _exec, "adopt": _adopt}
 
     def image_meta(self) -> dict[str, Any]:
         meta: dict[str, Any] = {"network": self.kernel.network}
@@ -571,7 +590,7 @@ def boot_main(root: str, cid: str, bundle_path: str, ready_fd: int, restore: str
     if status is None:
         log.info("sandbox ends: checkpointed")
         return 0
-    record_end(cdir, {"status": status})
+    record_end(sandbox.dir, {"status": status})
     log.info("sandbox ends: %s", status)
     return control.exit_code(status)
 
