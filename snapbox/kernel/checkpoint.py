@@ -31,7 +31,7 @@ from snapbox.kernel.syscalls import MASK64
 from snapbox.kernel.task import Run
 from snapbox.kernel.written import METHOD as WRITE_PROTECTION
 from snapbox.kernel.written import WrittenPages
-from snapbox.memfile import PAGE_SIZE
+from snapbox.memfile import PAGE_SIZE, MemoryFile
 from snapbox.memfile.lazy import MemoryLost
 from snapbox.memfile.memfile import (
     CHUNK_HEAD_SIZE,
@@ -96,6 +96,27 @@ class LoadContext:
     # they came): its path (/proc/PID/fd/N) and the id of the last pre-dump applied to it.
     memory: str | None = None
     memory_id: str | None = None
+    # A clone's base memory (runtime.clones): a file holding the image's memory at its
+    # offsets, shared by the clones of a pool; the image's memory section is not read.
+    base: str | None = None
+
+
+def load_base(f: IO[bytes]) -> MemoryFile:
+    """The memory of a whole image in a MemoryFile of its own, every chunk checked: the base
+    a pool's clones share (runtime.clones; LoadContext.base names its memfd)."""
+    r = ImageReader(f)
+    if r.meta.get("pre_dump") or r.meta.get("parent"):
+        raise ImageError("clones are made of a whole image, not a pre-dump or an incremental one")
+    r.read_section("cpuid")
+    r.read_section("kernel")
+    memory = MemoryFile()
+    try:
+        memory.load_chunks(r.section("memory"), anywhere=True)  # it hands out nothing itself
+        r.finish()
+    except BaseException:
+        memory.close()
+        raise
+    return memory
 
 
 class Checkpointing:
@@ -124,6 +145,7 @@ class Checkpointing:
         """
         if not self.paused:
             raise SnapboxError("internal: save needs a paused kernel")
+        self.unshare_memory()
         self.memfile.finish_loading()
         time_was_stopped = self.timekeeper.stopped
         self.timekeeper.stop()
@@ -201,6 +223,7 @@ class Checkpointing:
         """Note written pages from now on, if not already; returns how they are found."""
         if self.memfile.written is not None:
             return WRITE_PROTECTION
+        self.unshare_memory()
         # A lazy restore's userfaultfds are the stubs' one each: theirs must go first.
         self.memfile.finish_loading()
         self._stop_catching()
@@ -330,7 +353,13 @@ class Checkpointing:
             for path, ancestor in chain:
                 with ancestor.f:
                     apply_pre_dump(kernel.memfile, ancestor, path)
-        if load_memory and lazy and _is_file(f) and not chain and ctx.memory is None:
+        if load_memory and ctx.base is not None:
+            if chain:
+                raise ImageError("an incremental image cannot be the base of clones")
+            for _ in r.section_index("memory", CHUNK_HEAD_SIZE):  # its data is in the base already
+                pass
+            kernel._use_base()
+        elif load_memory and lazy and _is_file(f) and not chain and ctx.memory is None:
             kernel._load_lazily(r, f)
         elif load_memory:
             kernel.memfile.load_chunks(r.section("memory"), report)
@@ -369,6 +398,33 @@ class Checkpointing:
         kernel, _ = cls.read_image(f, ctx, progress=progress)
         kernel.attach_stubs()
         return kernel
+
+    def _use_base(self) -> None:
+        """A clone's memory: its processes' private mappings stay in the base, to be mapped
+        private by their stubs; the rest (shared memory, tmpfs files) is copied into its
+        own memory file."""
+        private = []
+        for mm in {id(tg.mm): tg.mm for tg in self.tasks.pidns.groups.values() if tg.mm is not None}.values():
+            for vma in mm.vmas:
+                if not vma.shared and vma.pages is None:
+                    vma.based = True
+                    private.append((vma.offset, vma.end - vma.start))
+        self.memfile.copy_from_base(merge_runs(sorted(private)))
+
+    def unshare_memory(self) -> None:
+        """Give a clone's processes their own copy of every page still in the base (what
+        an image, or the tracking of written pages, needs): they are stopped meanwhile."""
+        if self.memfile.base < 0:
+            return
+        was_paused = self.paused
+        if not was_paused:
+            self.pause()
+        for mm in {id(tg.mm): tg.mm for tg in self.tasks.pidns.groups.values() if tg.mm is not None}.values():
+            if mm.stub is not None:
+                mm.unshare()
+        self.memfile.drop_base()
+        if not was_paused:
+            self.unpause()
 
     def _load_lazily(self, r: ImageReader, f: IO[bytes]) -> None:
         self.loaded = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)

@@ -148,7 +148,10 @@ class Kernel(Lifecycle, Signaling, Checkpointing):
 
     def spawn_stub(self) -> Stub:
         """A new stub, its application's syscalls sent to this kernel."""
-        stub = Stub.spawn(self.memfile.fd, STOPPED)
+        # A clone's madvise may have to map its own memory over the base's (mm.discard),
+        # which takes a stopped thread: its stubs stop for it under ptrace.
+        traced = STOPPED | {NR.madvise} if self.memfile.base >= 0 else STOPPED
+        stub = Stub.spawn(self.memfile.fd, traced, base=self.memfile.base)
         listener = stub.listener
         self.listeners[listener.fd] = listener
         self.loop.add_reader(listener.fd, lambda: self._on_notification(listener))

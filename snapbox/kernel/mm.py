@@ -2,7 +2,14 @@
 
 Every VMA, whatever its kind, is a range of the MemoryFile mapped MAP_SHARED|MAP_FIXED
 into the stub. The sentry reads and writes application memory through its own map of the
-same memfd, so no /proc/pid/mem and no ptrace peeks are ever needed.
+same memfd, so no /proc/pid/mem and no ptrace peeks are needed.
+
+Except in a clone (runtime.clones): there, the private mappings restored from the image are
+"based": the stub maps the range of the clone's base memory (MemoryFile.base) MAP_PRIVATE,
+so that the host kernel shares its pages between clones and gives a clone its own copy of a
+page when it writes it, and the sentry reaches them through the stub (/proc/PID/mem). What
+cannot stay so (a checkpoint, written-page tracking, madvise(MADV_DONTNEED), which must
+read as zeros) makes the range the MemoryFile's again (unshare).
 """
 
 from __future__ import annotations
@@ -43,12 +50,15 @@ class Vma:
     # A read-only private file mapping: the range lies in the file's cached pages, shared
     # with every other such mapping of the file (fork shares it, munmap drops a user).
     pages: FilePages | None = None
+    # A clone's private mapping still mapped from its base memory (see the module's doc):
+    # its data is what the stub sees, not the MemoryFile's range, which stays a hole.
+    based: bool = nosave(default=False)
 
     def split(self, at: int) -> Vma:
         """Cut this VMA at `at`; it keeps [start, at) and returns [at, end)."""
         tail = Vma(at, self.end, self.prot, self.offset + (at - self.start), self.kind,
                    self.file_offset + (at - self.start) if self.kind.startswith("/") else 0, self.shared,
-                   self.charged, self.pages)
+                   self.charged, self.pages, self.based)
         if self.pages is not None:
             self.pages.users += 1
         self.end = at
@@ -196,6 +206,7 @@ class MemoryManager:
                 raise SyscallError(errno.EINVAL)
             if old < fixed_to + new_size and fixed_to < old + old_size:
                 raise SyscallError(errno.EINVAL)  # the ranges may not overlap
+        self._rejoin(old, old + old_size)
         vma = self.find(old)
         if vma is None or old + old_size > vma.end:
             raise SyscallError(errno.EFAULT)
@@ -218,7 +229,7 @@ class MemoryManager:
         prot, kind = vma.prot, vma.kind
         file_offset = vma.file_offset + (old - vma.start)
         offset = self._alloc(new_size, prot)  # the last check: ENOMEM at the memory limit
-        self.memfile.copy(offset, vma.offset + (old - vma.start), min(old_size, new_size))
+        self._copy(vma, old, min(old_size, new_size), offset)
         if keep_old:
             self.discard(old, old_size)
         else:
@@ -318,8 +329,39 @@ class MemoryManager:
                     self.memfile.uncharge(vma.end - vma.start)
                 vma.charged = prot != 0
             vma.prot = prot
+        self._merge(addr, end)
         if self.stub is not None and length:
             self.stub.protect(addr, length, prot)
+
+    def _rejoin(self, start: int, end: int) -> None:
+        """A clone's mapping that a madvise cut into based and own pieces is one mapping to
+        the program (mremap takes it whole): the based pieces become own, and all one VMA."""
+        pieces = []
+        vma = self.find(start)
+        while vma is not None and vma.start < end:
+            pieces.append(vma)
+            vma = self.find(vma.end)
+        if len({v.based for v in pieces}) > 1:
+            for v in pieces:
+                if v.based:
+                    self._unbase(v)
+            self._merge(start, end)
+
+    def _merge(self, start: int, end: int) -> None:
+        """Join VMAs in and around [start, end) that go on from each other (as Linux does:
+        a range made read-only and writable again is one mapping, which mremap takes whole)."""
+        i = max(bisect.bisect_right(self.starts, start) - 2, 0)
+        while i + 1 < len(self.vmas) and self.vmas[i].start <= end:
+            a, b = self.vmas[i], self.vmas[i + 1]
+            if (a.end == b.start and b.offset == a.offset + (a.end - a.start) and a.prot == b.prot
+                    and a.kind == b.kind and a.shared == b.shared and a.charged == b.charged
+                    and a.based == b.based and a.pages is None and b.pages is None
+                    and (not a.kind.startswith("/") or b.file_offset == a.file_offset + (a.end - a.start))):
+                a.end = b.end
+                del self.vmas[i + 1]
+                del self.starts[i + 1]
+            else:
+                i += 1
 
     def discard(self, addr: int, length: int) -> None:
         """Drop the pages of [addr, addr+length): they read as zeros from now on."""
@@ -330,9 +372,41 @@ class MemoryManager:
             if vma is None:
                 raise SyscallError(errno.ENOMEM)
             n = min(end, vma.end) - pos
-            if vma.pages is None:  # a file's cached pages already read as the file does
+            if vma.based:  # dropped in the stub, its pages would read as the base's
+                for piece in self._isolate(pos, pos + n):
+                    self._unbase(piece, keep=False)
+            elif vma.pages is None:  # a file's cached pages already read as the file does
                 self.memfile.punch(vma.offset + (pos - vma.start), n)
             pos += n
+
+    def _unbase(self, vma: Vma, keep: bool = True) -> None:
+        """Make a based VMA's data the MemoryFile's (its range there, a hole until now):
+        with `keep` what the stub sees now, else zeros; the stub maps the range shared."""
+        if keep:
+            self._copy(vma, vma.start, vma.end - vma.start, vma.offset)
+        else:
+            self.memfile.punch(vma.offset, vma.end - vma.start)
+        vma.based = False
+        self.stub.map(vma.start, vma.end - vma.start, vma.prot, vma.offset)
+
+    def unshare(self) -> None:
+        """No VMA mapped from the base any more: every page is the MemoryFile's."""
+        for vma in self.vmas:
+            if vma.based:
+                self._unbase(vma)
+
+    def _copy(self, vma: Vma, addr: int, length: int, dst: int) -> None:
+        """Copy [addr, addr+length) of `vma` to the fresh (all-zero) MemoryFile range at
+        `dst`: holes stay holes, and so do a based VMA's all-zero pages."""
+        if not vma.based:
+            self.memfile.copy(dst, vma.offset + (addr - vma.start), length)
+            return
+        zero = bytes(PAGE_SIZE)
+        for pos in range(0, length, 1 << 20):
+            chunk = memoryview(self.stub.peek(addr + pos, min(1 << 20, length - pos)))
+            for page in range(0, len(chunk), PAGE_SIZE):
+                if chunk[page : page + PAGE_SIZE] != zero:
+                    self.memfile.write(dst + pos + page, chunk[page : page + PAGE_SIZE])
 
     def set_brk(self, new: int) -> int:
         """brk(2): move the break; returns the new break, or the old one on failure."""
@@ -366,7 +440,7 @@ class MemoryManager:
                 for done in vmas:
                     self._release(done)
                 raise SyscallError(errno.ENOMEM, "sandbox memory limit") from None
-            self.memfile.copy(offset, v.offset, v.end - v.start)
+            self._copy(v, v.start, v.end - v.start, offset)
             vmas.append(Vma(v.start, v.end, v.prot, offset, v.kind, v.file_offset, charged=v.charged))
         return MemoryManager(memfile=self.memfile, cache=self.cache, vmas=vmas, brk_start=self.brk_start,
                              brk=self.brk)
@@ -379,6 +453,9 @@ class MemoryManager:
         if self.memfile.written is not None:
             self.memfile.written.follow(self)
         for vma in self.vmas:
+            if vma.based:
+                stub.map_base(vma.start, vma.end - vma.start, vma.prot, vma.offset)
+                continue
             if not lazy:
                 self.memfile.ensure_loaded(vma.offset, vma.end - vma.start)
             stub.map(vma.start, vma.end - vma.start, vma.prot, vma.offset)
@@ -386,7 +463,7 @@ class MemoryManager:
     # -- access ------------------------------------------------------------------------------
 
     def _spans(self, addr: int, length: int, need: int):
-        """Yield (memfile offset, length) pieces of [addr, addr+length); EFAULT if any part is
+        """Yield (vma, address, length) pieces of [addr, addr+length); EFAULT if any part is
         unmapped or lacks the `need` protection."""
         end = addr + length
         while addr < end:
@@ -394,17 +471,27 @@ class MemoryManager:
             if vma is None or vma.prot & need != need:
                 raise SyscallError(errno.EFAULT)
             n = min(end, vma.end) - addr
-            yield vma.offset + (addr - vma.start), n
+            yield vma, addr, n
             addr += n
+
+    def _get(self, vma: Vma, addr: int, n: int) -> bytes:
+        if vma.based:
+            return self.stub.peek(addr, n)
+        return self.memfile.read(vma.offset + (addr - vma.start), n)
+
+    def _put(self, vma: Vma, addr: int, data: bytes | bytearray | memoryview) -> None:
+        if vma.based:
+            self.stub.poke(addr, data)
+        else:
+            self.memfile.write(vma.offset + (addr - vma.start), data)
 
     def read(self, addr: int, length: int) -> bytes:
         if length == 0:
             return b""
         vma = self.find(addr)
         if vma is not None and addr + length <= vma.end and vma.prot & PROT_READ:
-            off = vma.offset + (addr - vma.start)
-            return self.memfile.read(off, length)
-        return b"".join(self.memfile.read(o, n) for o, n in self._spans(addr, length, PROT_READ))
+            return self._get(vma, addr, length)
+        return b"".join(self._get(v, a, n) for v, a, n in self._spans(addr, length, PROT_READ))
 
     def write(self, addr: int, data: bytes | bytearray | memoryview) -> None:
         length = len(data)
@@ -412,19 +499,19 @@ class MemoryManager:
             return
         vma = self.find(addr)
         if vma is not None and addr + length <= vma.end and vma.prot & PROT_WRITE:
-            self.memfile.write(vma.offset + (addr - vma.start), data)
+            self._put(vma, addr, data)
             return
         spans = list(self._spans(addr, length, PROT_WRITE))  # check all before writing any
         view = memoryview(data)
-        for off, n in spans:
-            self.memfile.write(off, view[:n])
+        for v, a, n in spans:
+            self._put(v, a, view[:n])
             view = view[n:]
 
     def poke(self, addr: int, data: bytes) -> None:
         """Write regardless of protection (the loader filling read-only segments)."""
         view = memoryview(data)
-        for off, n in self._spans(addr, len(data), 0):
-            self.memfile.write(off, view[:n])
+        for v, a, n in self._spans(addr, len(data), 0):
+            self._put(v, a, view[:n])
             view = view[n:]
 
     def read_cstring(self, addr: int, limit: int = 4096) -> bytes:
@@ -435,7 +522,7 @@ class MemoryManager:
             if vma is None or not vma.prot & PROT_READ:
                 raise SyscallError(errno.EFAULT)
             n = min(vma.end - addr, limit - len(out), PAGE_SIZE - addr % PAGE_SIZE)
-            chunk = self.memfile.read(vma.offset + (addr - vma.start), n)
+            chunk = self._get(vma, addr, n)
             nul = chunk.find(b"\0")
             if nul >= 0:
                 out += chunk[:nul]

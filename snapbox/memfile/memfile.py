@@ -39,6 +39,23 @@ CODEC_ZSTD = 1
 _ZERO_PAGE = bytes(PAGE_SIZE)
 
 
+def _data_extents(fd: int, start: int, end: int) -> list[tuple[int, int]]:
+    """The (offset, length) runs of file `fd` in [start, end) that are not holes."""
+    pos = start
+    extents = []
+    while pos < end:
+        try:
+            first = os.lseek(fd, pos, os.SEEK_DATA)
+        except OSError:
+            break  # ENXIO: no data past pos
+        if first >= end:
+            break
+        stop = min(os.lseek(fd, first, os.SEEK_HOLE), end)
+        extents.append((first, stop - first))
+        pos = stop
+    return extents
+
+
 def page_align(n: int) -> int:
     """Round up to a page boundary."""
     return (n + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
@@ -70,6 +87,11 @@ class MemoryFile:
     # Tracking of written pages, while incremental checkpoints are made (snapbox.kernel.written).
     written: object = nosave(default=None)
     closer: weakref.finalize | None = nosave(default=None)  # closes fd, once, when called or collected
+    # A clone's base memory (runtime.clones): a read-only file laid out as this memory file
+    # was in the image; the processes' private mappings are mapped from it, private, by
+    # their stubs, and so share its pages with every other clone until they write them.
+    base: int = nosave(default=-1)
+    base_closer: weakref.finalize | None = nosave(default=None)
 
     def __post_init__(self) -> None:
         if self.fd < 0:
@@ -77,6 +99,30 @@ class MemoryFile:
 
     def after_load(self, ctx) -> None:
         self._open(getattr(ctx, "memory", None))
+        base = getattr(ctx, "base", None)
+        if base is not None:
+            try:
+                self.base = os.open(base, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError as e:
+                raise SnapboxError(f"cannot open the base memory {base} ({e.strerror})") from None
+            self.base_closer = weakref.finalize(self, os.close, self.base)
+
+    def copy_from_base(self, skip: list[tuple[int, int]]) -> None:
+        """Copy what the base holds outside `skip` (sorted, disjoint runs: the private
+        mappings, which stay in the base) into this memory file, at the same offsets."""
+        for off, n in _without(_data_extents(self.base, 0, self.high), skip):
+            done = 0
+            while done < n:
+                got = os.preadv(self.base, [self.view[off + done : off + n]], off + done)
+                if got <= 0:
+                    raise SnapboxError(f"the base memory ends before offset {off + done:#x}")
+                done += got
+
+    def drop_base(self) -> None:
+        """Nothing is mapped from the base any more (this clone's memory is all its own)."""
+        if self.base >= 0:
+            self.base_closer()
+            self.base = -1
 
     def _open(self, adopt: str | None = None) -> None:
         """A new memfd, or with `adopt` the memory file at that path (/proc/PID/fd/N of
@@ -96,6 +142,7 @@ class MemoryFile:
         self.view = memoryview(self.map)
 
     def close(self) -> None:
+        self.drop_base()
         self.stop_loading()
         if self.written is not None:
             self.written.close()
@@ -207,19 +254,7 @@ class MemoryFile:
                 end: int | None = None) -> list[tuple[int, int]]:
         """The memfd's data extents (not holes) in [start, end) (default: below `high`),
         outside `skip`, as sorted (offset, length) runs. They may hold all-zero pages."""
-        end = self.high if end is None else end
-        pos = start
-        extents = []
-        while pos < end:
-            try:
-                first = os.lseek(self.fd, pos, os.SEEK_DATA)
-            except OSError:
-                break  # ENXIO: no data past pos
-            if first >= end:
-                break
-            stop = min(os.lseek(self.fd, first, os.SEEK_HOLE), end)
-            extents.append((first, stop - first))
-            pos = stop
+        extents = _data_extents(self.fd, start, self.high if end is None else end)
         return list(_without(extents, skip)) if skip else extents
 
     def _extents(self, skip: list[tuple[int, int]] = ()) -> Iterator[tuple[int, int]]:

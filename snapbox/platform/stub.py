@@ -37,6 +37,7 @@ STUB_ENTRY = STUB_ADDR + 0x7C  # int3; jmp back: never run by design
 VSYSCALL_PAGE = 0xFFFFFFFFFF600000  # the host kernel's legacy vsyscall entry points
 APP_TOP = STUB_ADDR  # the application's address space is [0, APP_TOP)
 STUB_MEMFD = 3  # the MemoryFile's fd number inside every stub
+STUB_BASEFD = 4  # a clone's base memory (read-only, mapped private: memfile.MemoryFile.base), if any
 
 _ADDR_NO_RANDOMIZE = 0x0040000
 _PR_SET_PDEATHSIG = 1
@@ -59,7 +60,7 @@ SYS_USERFAULTFD = 323
 _THREAD_FLAGS = 0x100 | 0x200 | 0x400 | 0x800 | 0x10000 | 0x40000
 
 PROT_READ, PROT_WRITE, PROT_EXEC = 1, 2, 4
-MAP_SHARED, MAP_FIXED = 0x1, 0x10
+MAP_SHARED, MAP_PRIVATE, MAP_FIXED = 0x1, 0x2, 0x10
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -99,8 +100,8 @@ def seccomp_filter(cookie: int, traced: frozenset[int] = frozenset()) -> list[tu
 
     From the trampoline (seccomp's instruction pointer is the address after its `syscall`),
     exactly the calls the sentry injects, each carrying `cookie`: mmap of the MemoryFile
-    (shared, fixed; the cookie in the upper half of the fd argument, which the kernel
-    truncates to an int), and with the cookie as the unused sixth argument mprotect, munmap,
+    (shared, fixed) or of a clone's base memory (private, fixed; the cookie in the upper
+    half of the fd argument, which the kernel truncates to an int), and with the cookie as the unused sixth argument mprotect, munmap,
     clone of a thread with the flags clone_thread uses, fork, exit, userfaultfd and close.
     Anything else from there kills the stub. From anywhere else, the application's calls:
     the numbers in `traced`, calls with another architecture (int 0x80) and calls into the
@@ -135,13 +136,19 @@ def seccomp_filter(cookie: int, traced: frozenset[int] = frozenset()) -> list[tu
     jeq(SYS_MMAP, "mmap", 0)
     jeq(SYS_CLONE, "clone", "kill")
     at("mmap")
-    for lo, hi, value, high in ((_arg_lo(3), _arg_hi(3), MAP_SHARED | MAP_FIXED, 0),
-                                (_arg_lo(4), _arg_hi(4), STUB_MEMFD, cookie)):
-        ld(lo)
-        jeq(value, 0, "kill")
-        ld(hi)
-        jeq(high, 0, "kill")
-    ret_(_SECCOMP_RET_ALLOW)
+    ld(_arg_hi(4))
+    jeq(cookie, 0, "kill")
+    ld(_arg_hi(3))
+    jeq(0, 0, "kill")
+    ld(_arg_lo(4))
+    jeq(STUB_MEMFD, "shared", 0)
+    jeq(STUB_BASEFD, "private", "kill")
+    at("shared")
+    ld(_arg_lo(3))
+    jeq(MAP_SHARED | MAP_FIXED, "allow", "kill")
+    at("private")
+    ld(_arg_lo(3))
+    jeq(MAP_PRIVATE | MAP_FIXED, "allow", "kill")
     at("clone")
     ld(_arg_lo(0))
     jeq(_THREAD_FLAGS, 0, "kill")
@@ -238,19 +245,20 @@ class Stub:
         self.active: int | None = None
         # Threads whose pending PTRACE_INTERRUPT stop an injected syscall swallowed.
         self.interrupts_seen: set[int] = set()
+        self.mem = -1  # /proc/PID/mem, opened on first peek or poke (private base pages)
         # Called (addr, length, memfd offset) after each mapping is made (written-page tracking).
         self.on_map: Callable[[int, int, int], None] | None = None
 
     @classmethod
-    def spawn(cls, memfd: int, traced: frozenset[int] = frozenset()) -> Stub:
-        """Start a stub holding `memfd` as STUB_MEMFD, seized and stopped, with nothing mapped
-        but its own page. Its application's syscalls numbered in `traced` will stop under
+    def spawn(cls, memfd: int, traced: frozenset[int] = frozenset(), base: int = -1) -> Stub:
+        """Start a stub holding `memfd` as STUB_MEMFD (and `base`, if any, as STUB_BASEFD),
+        seized and stopped, with nothing mapped but its own page. Its application's syscalls numbered in `traced` will stop under
         ptrace; the others come as notifications to its listener."""
         exe = _elf_fd()
         gate_r, gate_w = os.pipe()
         pid = os.fork()
         if pid == 0:
-            _stub_child(gate_r, gate_w, memfd, exe)
+            _stub_child(gate_r, gate_w, memfd, exe, base)
         os.close(gate_r)
         try:
             ptrace.seize(pid, ptrace.PTRACE_O_EXITKILL | ptrace.PTRACE_O_TRACESYSGOOD
@@ -422,6 +430,34 @@ class Stub:
         if self.on_map is not None:
             self.on_map(addr, length, offset)
 
+    def map_base(self, addr: int, length: int, prot: int, offset: int) -> None:
+        """Map a clone's base memory at [offset, offset+length) at addr, private and fixed:
+        its pages are shared with every other clone until this one writes them."""
+        r = self.syscall(SYS_MMAP, addr, length, prot, MAP_PRIVATE | MAP_FIXED, STUB_BASEFD, offset)
+        if r < 0:
+            raise StubError(f"stub mmap of base memory at {addr:#x} failed: {os.strerror(-r)}")
+
+    def peek(self, addr: int, length: int) -> bytes:
+        """Read the application's memory as this stub sees it (a private mapping's own pages)."""
+        data = os.pread(self._mem(), length, addr)
+        if len(data) != length:
+            raise StubError(f"stub {self.pid}: short read of memory at {addr:#x}")
+        return data
+
+    def poke(self, addr: int, data: bytes | bytearray | memoryview) -> None:
+        """Write the application's memory in this stub (a private page gets its own copy)."""
+        view = memoryview(data)
+        while view:
+            n = os.pwrite(self._mem(), view, addr)
+            if n <= 0:
+                raise StubError(f"stub {self.pid}: short write of memory at {addr:#x}")
+            view, addr = view[n:], addr + n
+
+    def _mem(self) -> int:
+        if self.mem < 0:
+            self.mem = os.open(f"/proc/{self.pid}/mem", os.O_RDWR | os.O_CLOEXEC)
+        return self.mem
+
     def unmap(self, addr: int, length: int) -> None:
         r = self.syscall(SYS_MUNMAP, addr, length)
         if r < 0:
@@ -433,13 +469,16 @@ class Stub:
             raise StubError(f"stub mprotect at {addr:#x} failed: {os.strerror(-r)}")
 
     def kill(self) -> None:
+        if self.mem >= 0:
+            os.close(self.mem)
+            self.mem = -1
         try:
             os.kill(self.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
 
 
-def _stub_child(gate_r: int, gate_w: int, memfd: int, exe: int) -> None:
+def _stub_child(gate_r: int, gate_w: int, memfd: int, exe: int, base: int) -> None:
     """In the forked child: wait to be seized, isolate, then exec the stub. Never returns."""
     try:
         os.close(gate_w)
@@ -458,11 +497,14 @@ def _stub_child(gate_r: int, gate_w: int, memfd: int, exe: int) -> None:
         # can interrupt a thread waiting for the answer to a notification, or stop it.
         signal.pthread_sigmask(signal.SIG_SETMASK, signal.valid_signals())
         os.setsid()
-        exe = fcntl.fcntl(exe, fcntl.F_DUPFD_CLOEXEC, STUB_MEMFD + 1)
+        exe = fcntl.fcntl(exe, fcntl.F_DUPFD_CLOEXEC, STUB_BASEFD + 1)
+        if base >= 0:
+            base = fcntl.fcntl(base, fcntl.F_DUPFD_CLOEXEC, STUB_BASEFD + 1)
         os.dup2(memfd, STUB_MEMFD)
-        os.set_inheritable(STUB_MEMFD, True)
+        if base >= 0:
+            os.dup2(base, STUB_BASEFD)
         os.closerange(0, STUB_MEMFD)
-        os.closerange(STUB_MEMFD + 1, exe)
+        os.closerange(STUB_MEMFD + 1 if base < 0 else STUB_BASEFD + 1, exe)
         os.closerange(exe + 1, 1 << 20)
         os.execve(exe, ["snapbox-stub"], {})
     finally:

@@ -24,9 +24,13 @@ the image cannot be restored (deleted, corrupt, from another CPU), the refiller 
 `pool list` says why, and the clones already ready go on being handed out; it tries again
 once the image file changes.
 
-Each clone is a sandbox of its own: its memory is its own copy of the image's (no page is
-shared between clones yet), its random numbers come from the host at each call, and
-`/proc/snapbox/restored` tells the program that it was restored.
+Memory is shared: the refiller loads the image's memory once, checked, into a memfd (the
+base), and a clone's private mappings (heap, stacks, anonymous memory: everything but
+shared memory and tmpfs files, which it copies) are that memfd mapped MAP_PRIVATE by its
+stubs, so clones share every page none of them has written, and the host kernel gives a
+clone its own copy of a page when it first writes it (snapbox.kernel.mm). A checkpoint of a
+clone first gives it its own copy of everything: its image stands alone. Random numbers
+come from the host at each call; `/proc/snapbox/restored` tells the program it was restored.
 """
 
 from __future__ import annotations
@@ -45,10 +49,12 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from snapbox.errors import SnapboxError
+from snapbox.kernel.checkpoint import load_base
+from snapbox.memfile import MemoryFile
 from snapbox.runtime import control, warm
 from snapbox.runtime.container import CREATED, CREATING, Container, Options
 
@@ -63,6 +69,9 @@ class ClonePool:
 
     root: str
     name: str
+    # In the refiller: the clones' base memory, and _stat_of the image it was loaded from.
+    base: MemoryFile | None = field(default=None, repr=False)
+    base_of: list | None = field(default=None, repr=False)
 
     @property
     def dir(self) -> str:
@@ -297,6 +306,17 @@ class ClonePool:
         with open(os.path.join(self.dir, "refill.pid"), "w") as f:
             f.write(str(p.pid))
 
+    def _base(self, image: str) -> str:
+        """The path of the clones' base memory (this process's memfd holding the image's
+        memory, checked), loaded anew when the image has changed."""
+        if self.base is None or self.base_of != _stat_of(image):
+            with _open_image(image) as f:
+                base = load_base(f)
+            if self.base is not None:
+                self.base.close()  # the clones that map it keep it
+            self.base, self.base_of = base, _stat_of(image)
+        return f"/proc/{os.getpid()}/fd/{self.base.fd}"
+
     def _refiller_pid(self) -> int | None:
         try:
             with open(os.path.join(self.dir, "refill.pid")) as f:
@@ -333,13 +353,21 @@ class ClonePool:
                     os.read(wake, 4096)
 
     def _refill(self, info: dict[str, Any]) -> None:
-        n = self._add("made")
         try:
+            base = self._base(info["image"])
+            n = self._add("made")
             Container.create(self.ready_root, f"c{n}", info["bundle"], restore_image=info["image"], hold=True,
-                             options=Options(network=info.get("network")))
+                             options=Options(network=info.get("network"), base=base))
         except SnapboxError as e:
             print(f"snapbox: pool {self.name}: cannot restore a clone: {e}", file=sys.stderr, flush=True)
             self._update(error=str(e), error_image=_stat_of(info["image"]))
+
+
+def _open_image(path: str):
+    try:
+        return open(path, "rb")
+    except OSError as e:
+        raise SnapboxError(f"cannot read image {path} ({e.strerror})") from None
 
 
 def _own_bundle(root: str, cid: str, bundle: str) -> str:

@@ -116,6 +116,7 @@ class Options:
     strace: bool = False  # log every application syscall
     network: str | None = None  # --network: sandbox, host or none (None: the bundle's, or the image's)
     snapshot_to: str | None = None  # --snapshot-to: where the image goes when the program asks for one
+    base: str | None = None  # a clone's base memory (runtime.clones), for a restore
     # Where the runtime's warnings go (unsupported config fields): the CLI sends them to --log
     # when it has one, as runc does; by default they are printed on stderr.
     warn: Callable[[str], None] | None = field(default=None, compare=False)
@@ -124,7 +125,7 @@ class Options:
         """The sandbox's settings, as boot_main takes them."""
         return {"debug_log": os.path.abspath(self.debug_log) if self.debug_log else None,
                 "log_format": self.log_format, "strace": self.strace, "network": self.network,
-                "snapshot_to": self.snapshot_to}
+                "snapshot_to": self.snapshot_to, "base": self.base}
 
     def boot_args(self) -> list[str]:
         args = ["--log-format", self.log_format]
@@ -136,6 +137,8 @@ class Options:
             args += ["--network", self.network]
         if self.snapshot_to:
             args += ["--snapshot-to", self.snapshot_to]
+        if self.base:
+            args += ["--base", self.base]
         return args
 
 

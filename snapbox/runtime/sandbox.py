@@ -458,13 +458,14 @@ class Sandbox:
 
 
 def _restore(image: str, bundle: Bundle, lazy: bool = False, network: str | None = None,
-             memory: str | None = None, memory_id: str | None = None) -> Kernel:
+             memory: str | None = None, memory_id: str | None = None, base: str | None = None) -> Kernel:
     """The Loader's restore path: from a file, or from stdin when `image` is "-". With `lazy`,
     memory is left in an image file to load as needed (a pipe is read whole all the same).
     With `memory`, the memory file at that path already holds the image's chain, up to
     the pre-dump `memory_id` (a migration's rounds). The sandbox's network (`network`, else
     the image's own mode) is joined before the graph is read: its sockets bind again as
-    they load."""
+    they load. With `base` (a clone), the image's memory is that file's (see
+    runtime.clones), its private mappings shared with the other clones."""
     try:
         if image == "-":
             f = os.fdopen(0, "rb", closefd=False, buffering=1 << 20)
@@ -476,7 +477,8 @@ def _restore(image: str, bundle: Bundle, lazy: bool = False, network: str | None
     try:
         with f:
             with _on_all_cpus():  # memory is decompressed on every CPU; stubs stay pinned
-                ctx = LoadContext(rootfs=bundle.rootfs, host_sockets=[], memory=memory, memory_id=memory_id)
+                ctx = LoadContext(rootfs=bundle.rootfs, host_sockets=[], memory=memory, memory_id=memory_id,
+                                  base=base)
                 net: dict = {}
 
                 def join(meta: dict) -> None:
@@ -530,7 +532,7 @@ def _setup_logging(path: str, log_format: str) -> None:
 def boot_main(root: str, cid: str, bundle_path: str, ready_fd: int, restore: str | None,
               debug_log: str | None = None, log_format: str = "text", strace: bool = False,
               lazy: bool = False, network: str | None = None, memory: str | None = None,
-              memory_id: str | None = None, snapshot_to: str | None = None) -> int:
+              memory_id: str | None = None, snapshot_to: str | None = None, base: str | None = None) -> int:
     """Entry point of the sandbox process. Returns its exit code."""
     cdir = os.path.join(root, cid)
     _setup_logging(debug_log or os.path.join(cdir, "sandbox.log"), log_format)
@@ -542,7 +544,7 @@ def boot_main(root: str, cid: str, bundle_path: str, ready_fd: int, restore: str
             cgroups.join(bundle.cgroup)  # before any stub starts: they are all in it
         _PLACEMENT = Placement()
         if restore is not None:
-            kernel = _restore(restore, bundle, lazy, network, memory, memory_id)
+            kernel = _restore(restore, bundle, lazy, network, memory, memory_id, base)
         else:
             net = _network(network or "sandbox", bundle, lazy=True)
             # os.fsencode: arguments that were not UTF-8 on the command line (`do`) come

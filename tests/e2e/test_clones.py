@@ -172,3 +172,47 @@ def test_bad_pool_requests_get_one_line_errors(snapbox, image, tmp_path):
     t = take(snapbox, "p", "f1")
     assert error("pool", "take", "p", "f1") == 'snapbox: error: container "f1" already exists\n'
     t.close()
+
+
+def rss_pss(pid: int) -> tuple[int, int]:
+    """Rss and Pss of a process, in kB (smaps_rollup)."""
+    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:])
+    return int(fields["Rss"].split()[0]), int(fields["Pss"].split()[0])
+
+
+@pytest.mark.parametrize("fixture", ["clonemem", "clonemem-glibc"])
+def test_clones_share_the_images_pages_until_they_write_them(snapbox, images, tmp_path, fixture):
+    """16 MB of private memory in the image: every clone reads it all, and each of its
+    pages is mapped once for all of them; a clone that writes every page gets its own
+    copies, its siblings keep sharing. What a process does with its memory (fork, mremap,
+    madvise, mprotect, the kernel reading and writing it) works on shared pages."""
+    config = json.loads((images / fixture / "config.json").read_text())
+    config["root"]["path"] = str(images / fixture / "rootfs")
+    bundle = write_bundle(tmp_path, config, name="b")
+    path = tmp_path / "mem.img"
+    with open(tmp_path / "orig.out", "w") as f:
+        subprocess.run(snapbox.cmd("run", "--detach", "--snapshot-to", str(path), "--bundle", str(bundle), "orig"),
+                       stdin=subprocess.DEVNULL, stdout=f, stderr=f, check=True, timeout=60)
+    wait_for(lambda: "done" in (tmp_path / "orig.out").read_text(), what="the original's checks")
+    assert "FAIL" not in (tmp_path / "orig.out").read_text()
+    snapbox("delete", "--force", "orig")
+    snapbox("pool", "create", "--image", str(path), "--size", "2", "m")
+    clones = [take(snapbox, "m", f"m{i}", check=True) for i in range(2)]
+    try:
+        for c in clones:
+            lines = [c.ready]
+            while lines[-1] != ["done"]:
+                lines.append(c.out.readline().split())
+            assert [w[0] for w in lines[:-1]] == ["ok"] * 9, lines
+        stubs = [int(subprocess.run(["pgrep", "-P", str(snapbox.sandbox_pid(f"m{i}"))], capture_output=True,
+                                    text=True).stdout.split()[0]) for i in range(2)]
+        before = [rss_pss(s) for s in stubs]
+        assert all(pss < rss - 6 * 1024 for rss, pss in before), before  # half of 16 MB is the other's
+        assert clones[0].ask("touch") == "touched ok"
+        after = [rss_pss(s) for s in stubs]
+        assert after[0][1] > before[0][1] + 6 * 1024, (before, after)  # its own copies now
+        assert after[1][1] > before[1][1] + 6 * 1024  # the sibling alone maps the base's pages
+        assert clones[1].ask("touch") == "touched ok"
+    finally:
+        for c in clones:
+            c.close()
