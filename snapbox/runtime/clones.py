@@ -203,9 +203,9 @@ class ClonePool:
 
     # -- taking -------------------------------------------------------------------------------
 
-    def take(self, cid: str) -> tuple[Container, bool]:
-        """Hand out a clone as container `cid`, running on this process's stdio; (the
-        container, whether it was ready: a hit)."""
+    def take(self, cid: str, stdio: tuple[int, int, int] = (0, 1, 2)) -> tuple[Container, bool]:
+        """Hand out a clone as container `cid`, running on the host fds `stdio` (stdin,
+        stdout, stderr); (the container, whether it was ready: a hit)."""
         Container.check_id(cid)
         target = os.path.join(self.root, cid)
         if os.path.exists(target):
@@ -221,7 +221,7 @@ class ClonePool:
             with contextlib.suppress(OSError):
                 self._wake()
             try:
-                c = self._hand_over(cid, info)
+                c = self._hand_over(cid, info, stdio)
             except SnapboxError as e:  # it died while ready: the next one
                 print(f"snapbox: warning: clone {clone.id} of pool {self.name} could not be taken ({e})",
                       file=sys.stderr)
@@ -236,15 +236,15 @@ class ClonePool:
             self._wake()
         Container.create(self.root, cid, info["bundle"], restore_image=info["image"], hold=True,
                          options=Options(network=info.get("network")))
-        return self._hand_over(cid, info), False
+        return self._hand_over(cid, info, stdio), False
 
-    def _hand_over(self, cid: str, info: dict[str, Any]) -> Container:
-        """The clone now at R/cid: its sandbox runs on our stdio as `cid`, and starts; its
+    def _hand_over(self, cid: str, info: dict[str, Any], stdio: tuple[int, int, int]) -> Container:
+        """The clone now at R/cid: its sandbox runs on `stdio` as `cid`, and starts; its
         state (saved by the start) says it is `cid`, with a bundle of its own."""
         c = Container.load(self.root, cid)
         with c.locked():
             c._require("take", CREATED)
-            control.call(c.control_path, "adopt", fds=[0, 1, 2], dir=c.dir, hostname=cid)
+            control.call(c.control_path, "adopt", fds=list(stdio), dir=c.dir, hostname=cid)
             c.state["id"] = cid
             c.state["bundle"] = _own_bundle(self.root, cid, info["bundle"])
             c._start()
