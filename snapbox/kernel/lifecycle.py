@@ -118,11 +118,32 @@ class Lifecycle:
         mm = MemoryManager(memfile=self.memfile, cache=self.file_cache)
         exe = _resolved(parent, name)
         try:
-            data, pages = self._program_file(node)
+            for depth in range(MAX_INTERPRETERS + 1):
+                data, pages = self._program_file(node)
+                if data[:2] != b"#!":
+                    break
+                # A script, as execve runs one: its interpreter, with the script's path.
+                if pages is not None:
+                    self.file_cache.forget_unused(pages)
+                if depth == MAX_INTERPRETERS:
+                    raise SyscallError(errno.ELOOP)
+                interp, args = shebang(data)
+                argv, path = [interp, *args, path, *argv[1:]], interp
+                try:
+                    parent, name, node = fs.walk(cwd_node, root, interp)
+                except SyscallError:
+                    node = None
+                if node is None or node.is_dir():
+                    raise SnapboxError(f"interpreter {interp.decode(errors='replace')} of {exe} not found in the "
+                                       "sandbox")
+                exe = _resolved(parent, name)
             image, entry, sp = self._load_program(mm, data, pages, exe, argv, env, path, cwd_node)
         except SyscallError as e:
             mm.release_all()
             raise SnapboxError(f"cannot run {exe}: {e.args[1] or os.strerror(e.errno)}") from None
+        except SnapboxError:
+            mm.release_all()
+            raise
         tgid = pidns.allocate()
         fds = FDTable()
         for i in range(3):
@@ -306,18 +327,12 @@ class Lifecycle:
         data, pages = self._program_file(node)
         if data[:2] == b"#!":
             # A script: run its interpreter with the script's path (binfmt_script).
-            head = data[:258]
             if pages is not None:
                 self.file_cache.forget_unused(pages)
-            if depth >= 4:
+            if depth >= MAX_INTERPRETERS:
                 raise SyscallError(errno.ELOOP)
-            end = head.find(b"\n")
-            line = (head[2:end] if end >= 0 else head[2:])[:255].strip()
-            interp, _, arg = line.replace(b"\t", b" ").partition(b" ")
-            if not interp:
-                raise SyscallError(errno.ENOEXEC)
-            new_argv = [interp] + ([arg.strip()] if arg.strip() else []) + [path] + argv[1:]
-            self.execve(t, interp, new_argv, envp, depth + 1)
+            interp, args = shebang(data)
+            self.execve(t, interp, [interp, *args, path, *argv[1:]], envp, depth + 1)
             return
         mm = MemoryManager(memfile=self.memfile, cache=self.file_cache)
         try:
@@ -474,6 +489,21 @@ class Lifecycle:
         for tg in self.tasks.pidns.groups.values():
             if tg.mm.stub is not None:
                 tg.mm.stub.kill()
+
+
+MAX_INTERPRETERS = 4  # a script's interpreter may be a script, this many deep (Linux: 4)
+
+
+def shebang(data: bytes) -> tuple[bytes, list[bytes]]:
+    """The interpreter of a script starting "#!" and its one optional argument (Linux's
+    binfmt_script: the rest of the first line, at most 255 bytes, split at the first blank)."""
+    head = data[:258]
+    end = head.find(b"\n")
+    line = (head[2:end] if end >= 0 else head[2:])[:255].strip()
+    interp, _, arg = line.replace(b"\t", b" ").partition(b" ")
+    if not interp:
+        raise SyscallError(errno.ENOEXEC)
+    return interp, [arg.strip()] if arg.strip() else []
 
 
 def _resolved(parent, name: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 from pathlib import Path
@@ -134,6 +135,34 @@ def test_do_runs_a_static_program_from_the_host_root(snapbox, images, tmp_path):
     p = snapbox("do", str(tmp_path / "missing"), check=False)
     assert p.returncode == 1
     assert p.stderr == f"snapbox: error: executable {tmp_path}/missing not found in the sandbox\n"
+
+
+def test_the_program_may_be_a_script(snapbox, images, tmp_path):
+    """`do SCRIPT` and a bundle whose process.args[0] is a script run its interpreter, as
+    execve(2) does (a version manager's `python3` is such a script), nested too."""
+    busybox = images / "busybox" / "rootfs" / "bin" / "busybox"
+    script = tmp_path / "greet"
+    script.write_text(f"#!{busybox} sh\necho hello from $0 with $1\n")
+    script.chmod(0o755)
+    outer = tmp_path / "outer"
+    outer.write_text(f"#!{script}\n")
+    outer.chmod(0o755)
+    assert snapbox("do", str(script), "one").stdout == f"hello from {script} with one\n"
+    assert snapbox("do", str(outer), "two").stdout == f"hello from {script} with {outer}\n"
+    bundle = tmp_path / "b"
+    (bundle / "rootfs" / "bin").mkdir(parents=True)
+    shutil.copy(busybox, bundle / "rootfs" / "bin" / "busybox")
+    (bundle / "rootfs" / "run.sh").write_text("#!/bin/busybox sh\necho in the bundle $1\n")
+    (bundle / "rootfs" / "run.sh").chmod(0o755)
+    (bundle / "config.json").write_text(json.dumps({"ociVersion": "1.0.2", "root": {"path": "rootfs"},
+                                                    "process": {"args": ["/run.sh", "x"], "cwd": "/"}}))
+    assert snapbox("run", "--bundle", str(bundle), "s1").stdout == "in the bundle x\n"
+    missing = tmp_path / "orphan"
+    missing.write_text("#!/no/such/interpreter\n")
+    missing.chmod(0o755)
+    p = snapbox("do", str(missing), check=False)
+    assert (p.returncode, p.stderr) == (1, f"snapbox: error: interpreter /no/such/interpreter of {missing} "
+                                           "not found in the sandbox\n")
 
 
 def test_an_interactive_run_on_a_terminal(snapbox, images, tmp_path):
