@@ -993,6 +993,7 @@ def do(obj: _Context, cid: str | None, detach: bool, snapshot_to: str | None, co
     Attached, it exits with the command's exit code and is deleted."""
     from snapbox.runtime.bundle import default_spec
     from snapbox.runtime.container import Container
+    from snapbox.runtime.warm import caller
 
     cid = cid or f"do-{os.getpid()}"
     if os.path.exists(os.path.join(obj.root, cid)):
@@ -1002,7 +1003,8 @@ def do(obj: _Context, cid: str | None, detach: bool, snapshot_to: str | None, co
     config["root"] = {"path": "/"}  # the host's files are only ever read: writes stay in memory
     config["mounts"] = [{"destination": "/sys", "type": "tmpfs", "source": "none"}]  # not the host's /sys
     options = _options(obj, snapshot_to)
-    options = dataclasses.replace(options, network=options.network or "host")  # as `runsc do`
+    # As `runsc do`: the host's network, and (attached) a sandbox that ends with the command.
+    options = dataclasses.replace(options, network=options.network or "host", tied_to=0 if detach else caller())
     c = Container.create(obj.root, cid, Container.owned_bundle(obj.root, cid, config), start=True,
                          options=options)
     if not detach:

@@ -29,9 +29,10 @@ def main() -> int:
     ap.add_argument("--memory-id", default=None)
     ap.add_argument("--snapshot-to", default=None)
     ap.add_argument("--base", default=None)
+    ap.add_argument("--tied-to", type=int, default=0)
     a = ap.parse_args()
     return boot_main(a.root, a.cid, a.bundle, a.ready_fd, a.restore, a.debug_log, a.log_format, a.strace, a.lazy,
-                     a.network, a.memory, a.memory_id, a.snapshot_to, a.base)
+                     a.network, a.memory, a.memory_id, a.snapshot_to, a.base, a.tied_to)
 
 
 if __name__ == "__main__":

@@ -117,6 +117,7 @@ class Options:
     network: str | None = None  # --network: sandbox, host or none (None: the bundle's, or the image's)
     snapshot_to: str | None = None  # --snapshot-to: where the image goes when the program asks for one
     base: str | None = None  # a clone's base memory (runtime.clones), for a restore
+    tied_to: int = 0  # a pid: the sandbox ends when that process does (an attached `do`)
     # Where the runtime's warnings go (unsupported config fields): the CLI sends them to --log
     # when it has one, as runc does; by default they are printed on stderr.
     warn: Callable[[str], None] | None = field(default=None, compare=False)
@@ -125,7 +126,7 @@ class Options:
         """The sandbox's settings, as boot_main takes them."""
         return {"debug_log": os.path.abspath(self.debug_log) if self.debug_log else None,
                 "log_format": self.log_format, "strace": self.strace, "network": self.network,
-                "snapshot_to": self.snapshot_to, "base": self.base}
+                "snapshot_to": self.snapshot_to, "base": self.base, "tied_to": self.tied_to}
 
     def boot_args(self) -> list[str]:
         args = ["--log-format", self.log_format]
@@ -139,6 +140,8 @@ class Options:
             args += ["--snapshot-to", self.snapshot_to]
         if self.base:
             args += ["--base", self.base]
+        if self.tied_to:
+            args += ["--tied-to", str(self.tied_to)]
         return args
 
 

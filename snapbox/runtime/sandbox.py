@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import select
+import signal
 import socket
 import traceback
 from dataclasses import dataclass
@@ -209,6 +210,24 @@ class Sandbox:
 
     def _exec(self, msg: dict[str, Any], fds: list[int]) -> dict[str, Any]:
         return {"pid": self.exec(msg, fds)}
+
+    def tie_to(self, pid: int) -> None:
+        """End the sandbox when process `pid` ends (the command of an attached `do`, killed
+        before it could say so): every process of the program is killed."""
+        try:
+            pidfd = os.pidfd_open(pid)
+        except OSError as e:
+            raise SnapboxError(f"the command that runs the sandbox is gone ({e.strerror})") from None
+        k = self.kernel
+
+        def gone() -> None:
+            k.loop.remove_reader(pidfd)
+            os.close(pidfd)
+            log.info("process %d, which ran the sandbox, has ended: so does the sandbox", pid)
+            for tg in list(k.tasks.pidns.groups.values()):
+                k.exit_group(tg, signal.SIGKILL)
+
+        k.loop.add_reader(pidfd, gone)
 
     def _adopt(self, msg: dict[str, Any], fds: list[int]) -> dict[str, Any]:
         """A clone handed out by its pool (snapbox.runtime.clones), not started yet: its
@@ -532,7 +551,8 @@ def _setup_logging(path: str, log_format: str) -> None:
 def boot_main(root: str, cid: str, bundle_path: str, ready_fd: int, restore: str | None,
               debug_log: str | None = None, log_format: str = "text", strace: bool = False,
               lazy: bool = False, network: str | None = None, memory: str | None = None,
-              memory_id: str | None = None, snapshot_to: str | None = None, base: str | None = None) -> int:
+              memory_id: str | None = None, snapshot_to: str | None = None, base: str | None = None,
+              tied_to: int = 0) -> int:
     """Entry point of the sandbox process. Returns its exit code."""
     cdir = os.path.join(root, cid)
     _setup_logging(debug_log or os.path.join(cdir, "sandbox.log"), log_format)
@@ -566,6 +586,8 @@ def boot_main(root: str, cid: str, bundle_path: str, ready_fd: int, restore: str
         if strace:
             kernel.strace = tracer
         sandbox = Sandbox(kernel, cdir, bundle.absolute_config(), snapshot_to)
+        if tied_to:
+            sandbox.tie_to(tied_to)
         if take_terminal():
             log.info("the console is this process's terminal: its signals go to the foreground group")
         _PLACEMENT.watch(kernel.loop.call_at, lambda: list(kernel.by_host))

@@ -188,7 +188,8 @@ def _handle(conn: socket.socket, listener: socket.socket) -> None:
             pid = _fork_sandbox(msg, fds, [conn.fileno(), listener.fileno()])
             control.send_message(conn, {"ok": True, "pid": pid})
         elif msg.get("op") == "cli" and len(fds) == 3 and isinstance(msg.get("argv"), list):
-            _fork_command(msg, fds, conn, listener)
+            caller = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[0]
+            _fork_command(msg, fds, conn, listener, caller)
         else:
             control.send_message(conn, {"ok": False, "error": "malformed warm pool request"})
     except Exception:  # a bad request must not end the pool
@@ -213,12 +214,14 @@ def _fork_sandbox(msg: dict, fds: list[int], close: list[int]) -> int:
     return pid
 
 
-def _fork_command(msg: dict, fds: list[int], conn: socket.socket, listener: socket.socket) -> None:
+def _fork_command(msg: dict, fds: list[int], conn: socket.socket, listener: socket.socket, caller: int) -> None:
+    global _caller
     pid = os.fork()
     if pid:
         _children.add(pid)
         return
     code = 1
+    _caller = caller
     try:
         listener.close()
         os.close(_lock)
@@ -273,6 +276,7 @@ def _take_setting(msg: dict, fds: list[int]) -> None:
 
 
 _children: set[int] = set()  # the sandboxes and workers this pool forked that are alive
+_caller = 0  # in a worker: the pid of the front end whose command it runs
 _lock = -1  # the root's pool lock, held by the pool alone (not by what it forks)
 _command: Callable[[], None] = lambda: None  # the command line the pool runs (handed in by serve's caller)
 
@@ -299,6 +303,12 @@ def _become_sandbox(msg: dict, fds: list[int], close: list[int]) -> int:
     os.setsid()
     _take_setting(msg, fds)
     return boot_main(ready_fd=fds[3], **msg["args"])
+
+
+def caller() -> int:
+    """The process the user ran for this command: the front end that handed it to the
+    pool, or this process."""
+    return _caller or os.getpid()
 
 
 def sandbox_env() -> dict[str, str]:

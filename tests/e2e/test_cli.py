@@ -137,6 +137,27 @@ def test_do_runs_a_static_program_from_the_host_root(snapbox, images, tmp_path):
     assert p.stderr == f"snapbox: error: executable {tmp_path}/missing not found in the sandbox\n"
 
 
+def test_an_attached_do_ends_with_its_command(snapbox, images, tmp_path):
+    """As `runsc do`: kill the command and its sandbox goes too, program and all."""
+    busybox = images / "busybox" / "rootfs" / "bin" / "busybox"
+    command = subprocess.Popen(snapbox.cmd("do", "--id", "d1", str(busybox), "sleep", "100"),
+                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for(lambda: (snapbox.root / "d1" / "state.json").exists()
+             and json.loads(snapbox("state", "d1").stdout)["status"] == "running", what="the sandbox")
+    sandbox = snapbox.sandbox_pid("d1")
+    command.kill()
+    command.wait()
+    wait_for(lambda: not running(sandbox), timeout=10, what="the sandbox to end")
+
+
+def running(pid: int) -> bool:
+    """Whether process `pid` exists and is not a zombie."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
 def test_the_program_may_be_a_script(snapbox, images, tmp_path):
     """`do SCRIPT` and a bundle whose process.args[0] is a script run its interpreter, as
     execve(2) does (a version manager's `python3` is such a script), nested too."""
