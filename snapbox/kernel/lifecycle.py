@@ -270,7 +270,7 @@ class Lifecycle:
             argv=list(parent.argv), exe=parent.exe, rlimits=dict(parent.rlimits),
             pgid=parent.pgid, sid=parent.sid, creds=list(parent.creds), groups=list(parent.groups),
             prctl={k: v for k, v in parent.prctl.items() if k != "subreaper"})
-        child = Task(tid=tgid, tg=tg, kernel=self, comm=t.comm, signal_mask=t.signal_mask)
+        child = Task(tid=tgid, tg=tg, kernel=self, comm=t.comm, signal_mask=t.signal_mask, nice=t.nice)
         tg.tasks.append(child)
         pidns.tasks[tgid] = child
         pidns.groups[tgid] = tg
@@ -396,7 +396,7 @@ class Lifecycle:
         host_tid = stub.clone_thread(t.host_tid)
         pidns = self.tasks.pidns
         tid = pidns.allocate()
-        child = Task(tid=tid, tg=tg, kernel=self, comm=t.comm, signal_mask=t.signal_mask)
+        child = Task(tid=tid, tg=tg, kernel=self, comm=t.comm, signal_mask=t.signal_mask, nice=t.nice)
         tg.tasks.append(child)
         pidns.tasks[tid] = child
         self._start_child(t, child, host_tid, flags, stack, ptid, ctid, tls)

@@ -260,7 +260,8 @@ def _stat(k, tg) -> str:
     vsize = sum(v.end - v.start for v in tg.mm.vmas)
     ppid = tg.parent.tgid if tg.parent is not None else 0
     fields = [tg.tgid, f"({leader.comm})", _state(tg), ppid, tg.pgid, tg.sid, 0, -1, 0x400000,
-              0, 0, 0, 0, ticks, 0, 0, 0, 20, 0, len(tg.tasks), 0, 0, vsize, vsize // PAGE_SIZE]
+              0, 0, 0, 0, ticks, 0, 0, 0, 20 + leader.nice, leader.nice, len(tg.tasks), 0, 0, vsize,
+              vsize // PAGE_SIZE]
     return " ".join(str(f) for f in fields) + " 0" * 28 + "\n"
 
 

@@ -96,6 +96,7 @@ class Task:
     tg: ThreadGroup
     kernel: Kernel
     comm: str = ""  # the thread name (prctl PR_SET_NAME, /proc/pid/comm), at most 15 bytes
+    nice: int = 0  # its nice value, -20..19 (setpriority; inherited by its forks and threads)
     signal_mask: int = 0  # blocked signals, bit (n-1) for signal n
     pending: int = 0  # signals sent to this thread and not yet delivered
     siginfo: dict = field(default_factory=dict)  # signal -> siginfo_t bytes of a pending one

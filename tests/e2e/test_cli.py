@@ -158,6 +158,16 @@ def running(pid: int) -> bool:
         return False
 
 
+def test_nice_values_as_linux_keeps_them(snapbox, tmp_path):
+    """setpriority/getpriority through the host's coreutils and util-linux, under `do` and
+    natively: the same answers (as root: lowering nice is allowed)."""
+    script = ('nice; nice -n 7 nice; nice -n -3 nice; nice -n 5 sh -c \'cut -d" " -f18,19 /proc/self/stat\'; '
+              'sh -c \'renice -n 4 $$ >/dev/null; nice\'; renice -n 2 -p 999999 2>/dev/null || echo failed')
+    native = subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=30).stdout
+    assert native == "0\n7\n-3\n25 5\n4\nfailed\n"
+    assert snapbox("do", "sh", "-c", script).stdout == native
+
+
 def test_the_program_may_be_a_script(snapbox, images, tmp_path):
     """`do SCRIPT` and a bundle whose process.args[0] is a script run its interpreter, as
     execve(2) does (a version manager's `python3` is such a script), nested too."""

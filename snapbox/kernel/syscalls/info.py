@@ -59,6 +59,55 @@ def sched_setaffinity(t, pid, size, mask):
     return 0
 
 
+PRIO_PROCESS, PRIO_PGRP, PRIO_USER = 0, 1, 2
+
+
+def _prio_targets(t, which: int, who: int) -> list:
+    """The threads setpriority and getpriority act on (Linux: a thread, a process group's
+    threads, a user's threads); EINVAL for another `which`, ESRCH if none."""
+    ns = t.kernel.tasks.pidns
+    who = i32(who)
+    if which == PRIO_PROCESS:
+        task = t if who == 0 else ns.tasks.get(who)
+        found = [task] if task is not None and task.tg.exit_status is None else []
+    elif which == PRIO_PGRP:
+        pgrp = who or t.tg.pgid
+        found = [x for tg in ns.groups.values() if tg.pgid == pgrp and tg.exit_status is None for x in tg.tasks]
+    elif which == PRIO_USER:
+        uid = t.tg.creds[0] if who == 0 else who
+        found = [x for tg in ns.groups.values() if tg.creds[0] == uid and tg.exit_status is None for x in tg.tasks]
+    else:
+        raise SyscallError(errno.EINVAL)
+    if not found:
+        raise SyscallError(errno.ESRCH)
+    return found
+
+
+@syscall(NR.getpriority)
+def getpriority(t, which, who):
+    """The highest priority (lowest nice) among the targets, as 20 - nice (the raw call's
+    form: libc turns it back into nice)."""
+    return 20 - min(x.nice for x in _prio_targets(t, i32(which), who))
+
+
+@syscall(NR.setpriority)
+def setpriority(t, which, who, prio):
+    """Set the targets' nice value (clamped to -20..19). Lowering it takes privilege (uid 0
+    here), and another user's threads the caller's uid must own (EPERM). It is kept and
+    reported; the host schedules the sandbox's threads as it will."""
+    nice = max(-20, min(19, i32(prio)))
+    euid = t.tg.creds[1]
+    targets = _prio_targets(t, i32(which), who)
+    for x in targets:
+        if euid != 0 and euid not in (x.tg.creds[0], x.tg.creds[1]):
+            raise SyscallError(errno.EPERM)
+        if euid != 0 and nice < x.nice:
+            raise SyscallError(errno.EACCES)
+    for x in targets:
+        x.nice = nice
+    return 0
+
+
 SCHED_OTHER, SCHED_FIFO, SCHED_RR, SCHED_BATCH, SCHED_IDLE, SCHED_DEADLINE = 0, 1, 2, 3, 5, 6
 SCHED_RESET_ON_FORK = 0x40000000
 
