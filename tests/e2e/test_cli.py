@@ -8,6 +8,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 from tests.conftest import wait_for
@@ -166,6 +167,26 @@ def test_nice_values_as_linux_keeps_them(snapbox, tmp_path):
     native = subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=30).stdout
     assert native == "0\n7\n-3\n25 5\n4\nfailed\n"
     assert snapbox("do", "sh", "-c", script).stdout == native
+
+
+ADVICE = """
+import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+def call(*args):
+    r = libc.syscall(*args)
+    return r if r >= 0 else -ctypes.get_errno()
+f, out = os.open("/etc/hostname", os.O_RDONLY), os.open("/dev/null", os.O_WRONLY)
+r, w = os.pipe()
+print(call(187, f, 0, 4096), call(187, r, 0, 10), call(187, 999, 0, 10), call(187, out, 0, 10))  # readahead
+print(call(221, f, 0, 0, 3), call(221, r, 0, 0, 3), call(221, f, 0, 0, 9), call(221, 999, 0, 0, 0),
+      call(221, f, 0, ctypes.c_long(-5), 0))  # fadvise64
+"""
+
+
+def test_readahead_and_fadvise_check_their_arguments_as_linux(snapbox, tmp_path):
+    native = subprocess.run([sys.executable, "-c", ADVICE], capture_output=True, text=True, timeout=30).stdout
+    assert native == "0 -22 -9 -9\n0 -29 -22 -9 -22\n"
+    assert snapbox("do", sys.executable, "-c", ADVICE).stdout == native
 
 
 def test_the_program_may_be_a_script(snapbox, images, tmp_path):

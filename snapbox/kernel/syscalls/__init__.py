@@ -1,6 +1,7 @@
 """The syscall table: one module per family registers its handlers with @syscall.
 
-    rw        read, write, pread64, pwrite64, readv, writev, lseek, fsync, sendfile, copy_file_range
+    rw        read, write, pread64, pwrite64, readv, writev, lseek, fsync, sendfile, copy_file_range,
+              fadvise64, readahead
     stats     stat, fstat, lstat, newfstatat, statx, access, faccessat(2), readlink(at)
     fdops     open, openat, creat, close, close_range, dup(2,3), fcntl, flock, ioctl, pipe(2)
     names     getcwd, chdir, fchdir, mkdir(at), unlink(at), rmdir, rename(at,at2), link(at),
@@ -19,7 +20,8 @@
     futex     futex (the futex table itself: snapbox.kernel.futex)
     net       socket, socketpair, bind, listen, accept(4), connect, send/recv(from,msg,to),
               shutdown, get/setsockopt, getsockname, getpeername
-    info      uname, sysinfo, getrandom, sched_get/setaffinity, getcpu, getrusage, times, sethostname
+    info      uname, sysinfo, getrandom, sched_get/setaffinity, getcpu, getrusage, times, sethostname,
+              getpriority, setpriority
     numbers   the x86-64 syscall numbers and names
 """
 

@@ -4,6 +4,7 @@ syncfs, sync_file_range, sendfile and copy_file_range."""
 from __future__ import annotations
 
 import errno
+import stat
 import struct
 
 from snapbox.kernel.errors import SyscallError, WouldBlock
@@ -185,3 +186,30 @@ def copy_file_range(t, fd_in, off_in, fd_out, off_out, length, flags):
     if off_out:
         raise SyscallError(errno.EINVAL, "an explicit output offset is not supported yet")
     return _transfer(t, NR.copy_file_range, i32(fd_out), i32(fd_in), off_in, length)
+
+
+POSIX_FADV_NOREUSE = 5  # the highest advice (NORMAL, RANDOM, SEQUENTIAL, WILLNEED, DONTNEED, NOREUSE)
+
+
+@syscall(NR.fadvise64)
+def fadvise64(t, fd, offset, length, advice):
+    """Advice about the page cache, checked as Linux checks it, then taken as given: the
+    sentry reads files as it needs them."""
+    f = t.tg.fds.get(i32(fd))
+    if stat.S_ISFIFO(f.stat()["mode"]):
+        raise SyscallError(errno.ESPIPE)
+    if not 0 <= i32(advice) <= POSIX_FADV_NOREUSE or i64(length) < 0:
+        raise SyscallError(errno.EINVAL)
+    return 0
+
+
+@syscall(NR.readahead)
+def readahead(t, fd, offset, count):
+    """Read ahead into the page cache: checked as Linux checks it (a regular file open for
+    reading), nothing more to do."""
+    f = t.tg.fds.get(i32(fd))
+    if not f.readable():
+        raise SyscallError(errno.EBADF)
+    if not stat.S_ISREG(f.stat()["mode"]):
+        raise SyscallError(errno.EINVAL)
+    return 0
