@@ -87,6 +87,7 @@ class Kernel(Lifecycle, Signaling, Checkpointing):
     timekeeper: Timekeeper = field(default_factory=Timekeeper)
     tasks: TaskSet = field(default_factory=TaskSet)
     hostname: str = "snapbox"
+    domainname: str = "(none)"  # the NIS domain name (setdomainname, uname)
     exit_status: int | None = None  # wait(2) status of init once it has exited
     pipe_ino: int = 0x10000  # inode numbers handed to pipes
     foreground: dict = field(default_factory=dict)  # session id -> its terminal's foreground group

@@ -189,6 +189,16 @@ def test_readahead_and_fadvise_check_their_arguments_as_linux(snapbox, tmp_path)
     assert snapbox("do", sys.executable, "-c", ADVICE).stdout == native
 
 
+def test_host_and_domain_names_are_the_sandboxs_own(snapbox):
+    """sethostname and setdomainname as in a UTS namespace of its own (`unshare -u`
+    natively): root may change them, another user may not."""
+    script = ("domainname; domainname example.org; domainname; hostname h1; hostname; "
+              "setpriv --reuid=65534 domainname x 2>/dev/null || echo refused")
+    native = subprocess.run(["unshare", "-u", "sh", "-c", script], capture_output=True, text=True, timeout=30)
+    assert native.stdout == "(none)\nexample.org\nh1\nrefused\n", native.stderr
+    assert snapbox("do", "sh", "-c", script).stdout == native.stdout
+
+
 def test_the_program_may_be_a_script(snapbox, images, tmp_path):
     """`do SCRIPT` and a bundle whose process.args[0] is a script run its interpreter, as
     execve(2) does (a version manager's `python3` is such a script), nested too."""

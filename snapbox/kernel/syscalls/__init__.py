@@ -21,7 +21,7 @@
     net       socket, socketpair, bind, listen, accept(4), connect, send/recv(from,msg,to),
               shutdown, get/setsockopt, getsockname, getpeername
     info      uname, sysinfo, getrandom, sched_get/setaffinity, getcpu, getrusage, times, sethostname,
-              getpriority, setpriority
+              setdomainname, getpriority, setpriority
     numbers   the x86-64 syscall numbers and names
 """
 

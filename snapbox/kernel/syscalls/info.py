@@ -15,7 +15,7 @@ GRND_NONBLOCK, GRND_RANDOM, GRND_INSECURE = 1, 2, 4
 
 @syscall(NR.uname)
 def uname(t, buf):
-    fields = ("Linux", t.kernel.hostname, UTS_RELEASE, UTS_VERSION, "x86_64", "(none)")
+    fields = ("Linux", t.kernel.hostname, UTS_RELEASE, UTS_VERSION, "x86_64", t.kernel.domainname)
     t.mm.write(buf, b"".join(f.encode()[:64].ljust(65, b"\0") for f in fields))
     return 0
 
@@ -207,9 +207,22 @@ def times(t, buf):
     return t.kernel.timekeeper.monotonic_ns() * CLK_TCK // 1_000_000_000
 
 
-@syscall(NR.sethostname)
-def sethostname(t, name, length):
+def _uts_name(t, name: int, length: int) -> str:
+    """The new name of sethostname or setdomainname: privileged (uid 0 here), at most 64 bytes."""
+    if t.tg.creds[1] != 0:
+        raise SyscallError(errno.EPERM)
     if length > 64:
         raise SyscallError(errno.EINVAL)
-    t.kernel.hostname = t.mm.read(name, length).decode("utf-8", "replace")
+    return t.mm.read(name, length).decode("utf-8", "replace")
+
+
+@syscall(NR.sethostname)
+def sethostname(t, name, length):
+    t.kernel.hostname = _uts_name(t, name, length)
+    return 0
+
+
+@syscall(NR.setdomainname)
+def setdomainname(t, name, length):
+    t.kernel.domainname = _uts_name(t, name, length)
     return 0
