@@ -163,8 +163,10 @@ def test_ctr_drives_snapbox_as_it_drives_runc(containerd):
         p = c.ctr("task", "exec", "--exec-id", "e1", task, "sh", "-c", "echo in exec $((2 + 3)); exit 5",
                   check=False)
         assert (p.returncode, p.stdout) == (5, "in exec 5\n"), (runtime, p.stderr)
+        # Host pids, the shell's first (the loop's short-lived sleeps may be gone by the time
+        # they are looked at).
         pids = [line.split()[0] for line in c.ctr("task", "ps", task).stdout.splitlines()[1:]]
-        assert pids and all(os.path.exists(f"/proc/{pid}") for pid in pids), runtime
+        assert pids and os.path.exists(f"/proc/{pids[0]}"), (runtime, pids)
         c.ctr("task", "pause", task)
         assert c.status(task) == "PAUSED"
         c.ctr("task", "resume", task)
