@@ -115,8 +115,11 @@ def snapbox(tmp_path: Path, images: Path):
 
 
 def clean_up(sb: Snapbox) -> None:
-    """Delete the containers left under the root, and stop its warm pool."""
+    """Delete the clone pools and containers left under the root, and stop its warm pool."""
     if sb.root.exists():
+        if (sb.root / ".clones").exists():
+            for name in os.listdir(sb.root / ".clones"):
+                sb("pool", "delete", name, check=False)
         for cid in os.listdir(sb.root):
             if not cid.startswith("."):
                 sb("delete", "--force", cid, check=False)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import signal
 import time
 
 from snapbox.errors import SnapboxError
@@ -47,7 +48,9 @@ def relative_path(cgroups_path: str) -> str:
 
 
 def create(path: str) -> list[str]:
-    """Make cgroup `path` in every hierarchy; returns the directories made (the ones to remove)."""
+    """Make cgroup `path` in every hierarchy; returns the directories to remove with the
+    sandbox (those made, and the cgroup itself: the sandbox's alone). A cgroup that holds
+    processes already is another's: refused, as runc refuses it."""
     made = []
     for top in hierarchies():
         where = top
@@ -58,13 +61,30 @@ def create(path: str) -> list[str]:
             except FileExistsError:
                 continue
             except OSError as e:
-                for d in reversed(made):
-                    with contextlib.suppress(OSError):
-                        os.rmdir(d)
+                _undo(made)
                 raise SnapboxError(f"cannot make cgroup {where} ({e.strerror})") from None
             made.append(where)
             _inherit_cpuset(parent, where)
+        if where not in made:
+            if _members(where):
+                _undo(made)
+                raise SnapboxError(f"cgroup {where} is in use by other processes")
+            made.append(where)
     return made
+
+
+def _undo(made: list[str]) -> None:
+    for d in reversed(made):
+        with contextlib.suppress(OSError):
+            os.rmdir(d)
+
+
+def _members(cgroup: str) -> list[int]:
+    try:
+        with open(os.path.join(cgroup, "cgroup.procs")) as f:
+            return [int(p) for p in f.read().split()]
+    except (OSError, ValueError):
+        return []
 
 
 def _inherit_cpuset(parent: str, child: str) -> None:
@@ -96,16 +116,19 @@ def join(path: str) -> None:
 
 def remove(made: list[str], timeout: float = 2.0) -> None:
     """Remove the directories create() made, deepest first: the sandbox's own once its
-    processes are gone (a killed sandbox's stubs take a moment to leave), a parent only if
-    no other cgroup is in it."""
+    processes are gone (what is left of them, stubs of a killed sandbox, is killed), a
+    parent only if no other cgroup is in it."""
     deadline = time.monotonic() + timeout
-    deepest = max(map(len, made), default=0)
     for d in sorted(made, key=len, reverse=True):
+        own = not any(other.startswith(d + "/") for other in made)  # the sandbox's cgroup itself
         while True:
             try:
                 os.rmdir(d)
             except OSError as e:
-                if e.errno == errno.EBUSY and len(d) == deepest and time.monotonic() < deadline:
+                if e.errno == errno.EBUSY and own and time.monotonic() < deadline:
+                    for pid in _members(d):
+                        with contextlib.suppress(OSError):
+                            os.kill(pid, signal.SIGKILL)
                     time.sleep(0.01)
                     continue
                 if e.errno not in (errno.ENOENT, errno.EBUSY, errno.ENOTEMPTY):

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from snapbox.runtime.cgroups import hierarchies
 from tests.conftest import wait_for
 from tests.e2e.test_terminal import interrupt_a_job, read_until
 
@@ -118,6 +119,10 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
                 where = line.split()[1]
                 if where.startswith(str(self.base)):
                     subprocess.run(["umount", "-l", where], capture_output=True)
+        # The namespace's cgroup, which runc makes for its containers' and leaves behind.
+        for top in hierarchies():
+            with contextlib.suppress(OSError):
+                os.rmdir(os.path.join(top, "snapbox-test"))
 
 
 @pytest.fixture

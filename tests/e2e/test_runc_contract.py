@@ -68,6 +68,8 @@ def test_a_bundles_cgroup_holds_every_host_process_of_the_sandbox(snapbox, image
         members = {int(p) for p in Path(top, name.strip("/"), "cgroup.procs").read_text().split()}
         assert {sandbox, *stubs} <= members, top
     assert "not supported" not in (tmp_path / "out").read_text()
+    p = snapbox("run", "--bundle", str(sleeper_bundle), "--detach", "c2", check=False)  # as runc: one each
+    assert p.returncode == 1 and "is in use by other processes" in p.stderr, p.stderr
     snapbox("delete", "--force", "c1")
     assert not any(Path(top, name.strip("/")).exists() for top in tops)
     assert not any(Path(top, name.strip("/").split("/")[0]).exists() for top in tops)
