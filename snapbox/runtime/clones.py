@@ -334,7 +334,7 @@ class ClonePool:
         wake = os.open(os.path.join(self.dir, "wake"), os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
         signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
         while True:
-            _reap()
+            warm.reap()  # the sandbox processes of clones it restored without a warm pool
             try:
                 info = self.info()
             except SnapboxError:
@@ -392,16 +392,6 @@ def _stat_of(path: str) -> list | None:
     except OSError:
         return None
     return [s.st_ino, s.st_size, s.st_mtime_ns]
-
-
-def _reap() -> None:
-    while True:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
 
 
 def _wait_gone(pid: int, timeout: float) -> None:

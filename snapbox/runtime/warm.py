@@ -281,15 +281,21 @@ _lock = -1  # the root's pool lock, held by the pool alone (not by what it forks
 _command: Callable[[], None] = lambda: None  # the command line the pool runs (handed in by serve's caller)
 
 
-def _reap(signum, frame) -> None:
+def reap() -> list[int]:
+    """Reap every child of this process that has ended; their pids."""
+    done = []
     while True:
         try:
             pid, _ = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:
-            return
+            return done
         if pid == 0:
-            return
-        _children.discard(pid)
+            return done
+        done.append(pid)
+
+
+def _reap(signum, frame) -> None:
+    _children.difference_update(reap())
 
 
 def _become_sandbox(msg: dict, fds: list[int], close: list[int]) -> int:

@@ -128,7 +128,7 @@ SHIM = """
 import ctypes, os, subprocess, sys
 ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
 pid_file = sys.argv[1]
-subprocess.run(sys.argv[2:], check=True, stdin=subprocess.DEVNULL)
+subprocess.run(sys.argv[2:], check=True, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
 pid = int(open(pid_file).read())
 while True:
     done, status = os.waitpid(-1, 0)

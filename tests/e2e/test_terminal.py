@@ -18,6 +18,7 @@ from pathlib import Path
 
 from tests.conftest import wait_for
 from tests.e2e.test_lifecycle import busybox_config, write_bundle
+from tests.e2e.test_runc_contract import SHIM
 
 
 class Console:
@@ -114,22 +115,6 @@ def test_exec_on_a_console_of_its_own(snapbox, images, tmp_path):
         assert (waiter.returncode, out) == (0, "5\n"), err
     finally:
         console.close()
-
-
-# A child subreaper as containerd's shim: it runs the command, then waits for the pid in the
-# pid file (reparented to it) and prints its exit code.
-SHIM = """
-import ctypes, os, subprocess, sys
-ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
-pid_file = sys.argv[1]
-subprocess.run(sys.argv[2:], check=True, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
-pid = int(open(pid_file).read())
-while True:
-    done, status = os.waitpid(-1, 0)
-    if done == pid:
-        print(os.waitstatus_to_exitcode(status))
-        break
-"""
 
 
 def test_exec_tty_on_the_callers_terminal(snapbox, images, tmp_path):
