@@ -26,6 +26,7 @@ from snapbox.kernel.errors import SyscallError, TaskExit, WouldBlock
 from snapbox.kernel.eventfiles import TimerFd
 from snapbox.kernel.filepages import FileCache
 from snapbox.kernel.host import HostFile
+from snapbox.kernel.ipc import IpcNamespace
 from snapbox.kernel.lifecycle import Lifecycle, host_cpu_ns
 from snapbox.kernel.loop import TERMINAL_SIGNALS, EventLoop
 from snapbox.kernel.signaling import Signaling
@@ -97,6 +98,7 @@ class Kernel(Lifecycle, Signaling, Checkpointing):
     udp_ports: dict = field(default_factory=dict)  # UDP port -> the UdpSockets bound to it
     network: dict = field(default_factory=dict)  # runtime.network.Network.as_dict(): mode, address, ...
     restores: int = 0  # times this sandbox was restored from an image (/proc/snapbox/restored)
+    ipc: IpcNamespace = field(default_factory=IpcNamespace)  # System V message queues, semaphores, shm
 
     # Host facts, rebuilt empty on restore.
     loop: EventLoop = nosave(default=None)  # what the sentry waits on; see kernel/loop.py

@@ -427,6 +427,7 @@ class Lifecycle:
             if node is not None and getattr(node, "locks", None):
                 release_owner(self.fs, node, tg.tgid)
         tg.fds.close_all()
+        self.ipc.exited(tg.tgid)
         tg.exit_status = status
         init = self.tasks.init
         for child in tg.children:

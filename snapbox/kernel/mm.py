@@ -120,7 +120,7 @@ class MemoryManager:
             self.unmap(addr, length)
             return addr
         if addr and addr % PAGE_SIZE == 0 and addr >= MMAP_MIN_ADDR and addr + length <= APP_TOP \
-                and not self._overlaps(addr, addr + length):
+                and not self.overlaps(addr, addr + length):
             return addr  # the hint is free: Linux honours it
         return self._free_gap(length)
 
@@ -183,6 +183,20 @@ class MemoryManager:
             vma.file_offset = file_offset + i * PAGE_SIZE
         return addr
 
+    def map_shm(self, addr: int, length: int, prot: int, offset: int, kind: str) -> int:
+        """Attach a System V shared memory segment, MemoryFile range [offset, offset+length),
+        at `addr` (replacing what is there) or, if 0, where there is room. Returns the address."""
+        addr = self._place(addr, page_align(length), bool(addr))
+        self.map_range(addr, page_align(length), prot, offset, kind, shared=True).charged = False
+        return addr
+
+    def unmap_within(self, addr: int, length: int, offset: int) -> None:
+        """Unmap the shared VMAs in [addr, addr+length) that map MemoryFile range
+        [offset, offset+length): a segment's attachment (shmdt), leaving others alone."""
+        for vma in [v for v in self.vmas if addr <= v.start < addr + length]:
+            if vma.shared and offset <= vma.offset < offset + length:
+                self.unmap(vma.start, vma.end - vma.start)
+
     def map_range(self, addr: int, length: int, prot: int, offset: int, kind: str,
                   shared: bool = False) -> Vma:
         """Map MemoryFile range [offset, offset+length) at `addr` (already free)."""
@@ -220,7 +234,7 @@ class MemoryManager:
             return old
         if fixed_to is not None:
             target = fixed_to
-        elif not keep_old and not self._overlaps(old + old_size, old + new_size) and old + new_size <= MMAP_TOP:
+        elif not keep_old and not self.overlaps(old + old_size, old + new_size) and old + new_size <= MMAP_TOP:
             target = old  # grows in place
         elif may_move:
             target = self._free_gap(new_size)
@@ -241,7 +255,7 @@ class MemoryManager:
         moved.charged = prot != 0
         return target
 
-    def _overlaps(self, start: int, end: int) -> bool:
+    def overlaps(self, start: int, end: int) -> bool:
         i = bisect.bisect_left(self.starts, end) - 1
         return i >= 0 and self.vmas[i].end > start
 
@@ -415,7 +429,7 @@ class MemoryManager:
         old_end = page_align(self.brk)
         new_end = page_align(new)
         if new_end > old_end:
-            if self._overlaps(old_end, new_end) or new_end > MMAP_TOP:
+            if self.overlaps(old_end, new_end) or new_end > MMAP_TOP:
                 return self.brk
             self.map_anonymous(old_end, new_end - old_end, PROT_READ | PROT_WRITE, fixed=True, kind="heap")
         elif new_end < old_end:

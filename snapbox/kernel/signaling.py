@@ -53,7 +53,7 @@ log = logging.getLogger("snapbox.kernel")
 # signal(7): calls that fail with EINTR after a handler even with SA_RESTART.
 NEVER_RESTARTED = frozenset({NR.poll, NR.ppoll, NR.select, NR.pselect6, NR.nanosleep, NR.clock_nanosleep,
                              NR.rt_sigsuspend, NR.pause, NR.rt_sigtimedwait, NR.epoll_wait,
-                             NR.epoll_pwait, NR.epoll_pwait2})
+                             NR.epoll_pwait, NR.epoll_pwait2, NR.msgsnd, NR.msgrcv, NR.semop, NR.semtimedop})
 # Calls that return what they did so far, rather than EINTR, when interrupted part way.
 PARTIAL_RESULT_SYSCALLS = frozenset({NR.write, NR.writev})
 SLEEP_SYSCALLS = frozenset({NR.nanosleep, NR.clock_nanosleep})

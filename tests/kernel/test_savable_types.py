@@ -18,6 +18,7 @@ from snapbox.kernel.fd import FDTable, OpenFile
 from snapbox.kernel.pipe import FifoNode, make_pipe
 from snapbox.kernel.hostnet import HostSocket
 from snapbox.kernel.inet import InetSocket, UdpSocket
+from snapbox.kernel.ipc import IpcNamespace, IpcPerm, MsgQueue, SemSet, ShmSegment
 from snapbox.kernel.socket import SocketNode, UnixSocket, make_pair
 from snapbox.kernel.procfs import ProcFile, ProcNode, mount_proc
 from snapbox.kernel.host import HostFile
@@ -79,6 +80,14 @@ def build(name: str, kernel: Kernel):
     dgram_b.queue.append([b"\0sender", b"a datagram with a file", [pipe_w]])
     pages = kernel.file_cache.get(motd)
     kernel.file_cache.fill(pages, 0, 4096)
+    perm = IpcPerm(key=0x5b0c, uid=1000, gid=100, cuid=0, cgid=0, mode=0o640, seq=3)
+    ipc = IpcNamespace(msgs={0: MsgQueue(perm=perm, messages=[[2, b"queued"], [1, b""]], qbytes=99, stime=5,
+                                         lspid=7)},
+                       sems={1: SemSet(perm=IpcPerm(0, 0, 0, 0, 0, 0o600, 4), values=[3, 0, 32767], pids=[1, 0, 2],
+                                       otime=9)},
+                       shms={0: ShmSegment(perm=IpcPerm(0, 0, 0, 0, 0, 0o1600, 5), size=10000,
+                                           offset=memfile.alloc(12288), cpid=1, atime=4)},
+                       seq=6, undo={7: {32769 * 4 + 1: {0: -1, 2: 3}}})
     if "dev" not in fs.root.entries:
         mount_dev(fs)
         mount_proc(kernel)
@@ -138,6 +147,11 @@ def build(name: str, kernel: Kernel):
         "ProcNode": lambda: ProcNode(ino=5, mode=stat.S_IFREG | 0o444, kernel=kernel, pid=0, name="uptime"),
         "ProcFile": lambda: ProcFile(flags=0, offset=3, node=ProcNode(kernel=kernel, name="loadavg"),
                                      content=b"0.00 0.00 0.00 1/1 1\n"),
+        "IpcPerm": lambda: perm,
+        "MsgQueue": lambda: ipc.msgs[0],
+        "SemSet": lambda: ipc.sems[1],
+        "ShmSegment": lambda: ipc.shms[0],
+        "IpcNamespace": lambda: ipc,
     }
     return factories[name]()
 

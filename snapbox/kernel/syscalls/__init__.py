@@ -22,6 +22,8 @@
               shutdown, get/setsockopt, getsockname, getpeername
     info      uname, sysinfo, getrandom, sched_get/setaffinity, getcpu, getrusage, times, sethostname,
               setdomainname, getpriority, setpriority
+    ipc       System V IPC: msgget, msgsnd, msgrcv, msgctl, semget, semop, semtimedop, semctl,
+              shmget, shmat, shmdt, shmctl (the objects: snapbox.kernel.ipc)
     numbers   the x86-64 syscall numbers and names
 """
 
@@ -72,7 +74,7 @@ def i64(x: int) -> int:
 def load_all() -> None:
     """Import every family so its handlers are registered."""
     from snapbox.kernel.syscalls import (  # noqa: F401
-        attrs, events, fdops, futex, info, mm, names, net, poll, process, rw, signal, stats, time)
+        attrs, events, fdops, futex, info, ipc, mm, names, net, poll, process, rw, signal, stats, time)
 
 
 __all__ = ["NAMES", "NR", "STOPPED", "TABLE", "i32", "i64", "load_all", "syscall"]
