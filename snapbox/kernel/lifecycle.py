@@ -269,8 +269,9 @@ class Lifecycle:
             sigactions={n: SigAction(a.handler, a.flags, a.restorer, a.mask) for n, a in parent.sigactions.items()},
             argv=list(parent.argv), exe=parent.exe, rlimits=dict(parent.rlimits),
             pgid=parent.pgid, sid=parent.sid, creds=list(parent.creds), groups=list(parent.groups),
-            prctl={k: v for k, v in parent.prctl.items() if k != "subreaper"})
-        child = Task(tid=tgid, tg=tg, kernel=self, comm=t.comm, signal_mask=t.signal_mask, nice=t.nice)
+            prctl={k: v for k, v in parent.prctl.items() if k != "subreaper"}, personality=parent.personality)
+        child = Task(tid=tgid, tg=tg, kernel=self, comm=t.comm, signal_mask=t.signal_mask, nice=t.nice,
+                     ioprio=t.ioprio, mempolicy=t.mempolicy)
         tg.tasks.append(child)
         pidns.tasks[tgid] = child
         pidns.groups[tgid] = tg
@@ -396,7 +397,8 @@ class Lifecycle:
         host_tid = stub.clone_thread(t.host_tid)
         pidns = self.tasks.pidns
         tid = pidns.allocate()
-        child = Task(tid=tid, tg=tg, kernel=self, comm=t.comm, signal_mask=t.signal_mask, nice=t.nice)
+        child = Task(tid=tid, tg=tg, kernel=self, comm=t.comm, signal_mask=t.signal_mask, nice=t.nice,
+                     ioprio=t.ioprio, mempolicy=t.mempolicy)
         tg.tasks.append(child)
         pidns.tasks[tid] = child
         self._start_child(t, child, host_tid, flags, stack, ptid, ctid, tls)

@@ -55,7 +55,7 @@ NEVER_RESTARTED = frozenset({NR.poll, NR.ppoll, NR.select, NR.pselect6, NR.nanos
                              NR.rt_sigsuspend, NR.pause, NR.rt_sigtimedwait, NR.epoll_wait,
                              NR.epoll_pwait, NR.epoll_pwait2, NR.msgsnd, NR.msgrcv, NR.semop, NR.semtimedop})
 # Calls that return what they did so far, rather than EINTR, when interrupted part way.
-PARTIAL_RESULT_SYSCALLS = frozenset({NR.write, NR.writev})
+PARTIAL_RESULT_SYSCALLS = frozenset({NR.write, NR.writev, NR.recvmmsg})
 SLEEP_SYSCALLS = frozenset({NR.nanosleep, NR.clock_nanosleep})
 STOP_SIGNALS = sigbit(signal.SIGSTOP) | sigbit(signal.SIGTSTP) | sigbit(signal.SIGTTIN) | sigbit(signal.SIGTTOU)
 
@@ -241,7 +241,7 @@ class Signaling:
         act = t.tg.sigaction(sig)
         progress = t.restart_value(nr)
         if nr in PARTIAL_RESULT_SYSCALLS and progress:
-            regs.rax = progress
+            regs.rax = progress[0] if isinstance(progress, tuple) else progress  # recvmmsg: (count, deadline)
         elif act.handler not in (SIG_DFL, SIG_IGN) and act.flags & SA_RESTART and nr not in NEVER_RESTARTED:
             regs.rip -= 2  # make the syscall again once the handler returns
             regs.rax = regs.orig_rax

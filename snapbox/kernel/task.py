@@ -82,6 +82,7 @@ class ThreadGroup:
     itimer_real: tuple = (0, 0)  # ITIMER_REAL: (sandbox-monotonic deadline or 0, interval) in ns
     itimer_token: int = nosave(default=0)  # bumped to cancel the armed ITIMER_REAL
     sid: int = 0  # session id
+    personality: int = 0  # personality(2): the execution domain (PER_LINUX) and its flags
 
     def sigaction(self, sig: int) -> SigAction:
         return self.sigactions.get(sig) or SigAction()
@@ -97,6 +98,8 @@ class Task:
     kernel: Kernel
     comm: str = ""  # the thread name (prctl PR_SET_NAME, /proc/pid/comm), at most 15 bytes
     nice: int = 0  # its nice value, -20..19 (setpriority; inherited by its forks and threads)
+    ioprio: int = 0  # ioprio_set(2): class << 13 | level (0: none set, the CPU's nice decides)
+    mempolicy: tuple = (0, 0)  # set_mempolicy(2): (mode, node mask); one node here, so advisory
     signal_mask: int = 0  # blocked signals, bit (n-1) for signal n
     pending: int = 0  # signals sent to this thread and not yet delivered
     siginfo: dict = field(default_factory=dict)  # signal -> siginfo_t bytes of a pending one

@@ -259,6 +259,37 @@ class MemRegular(Inode):
         self.length = length
         self.mtime = self.ctime = now_ns()
 
+    def allocate(self, offset: int, length: int, keep_size: bool) -> None:
+        """fallocate(2): give [offset, offset+length) pages of its own (zeroed where there
+        were none) and, unless `keep_size`, make the file at least that long."""
+        end = offset + length
+        if self.seals & F_SEAL_GROW and not keep_size and end > self.length:
+            raise SyscallError(errno.EPERM)
+        for index in range(offset // PAGE_SIZE, (end + PAGE_SIZE - 1) // PAGE_SIZE):
+            self.page(index)
+        if not keep_size and end > self.length:
+            self.length = end
+        self.ctime = now_ns()
+
+    def punch(self, offset: int, length: int) -> None:
+        """FALLOC_FL_PUNCH_HOLE: [offset, offset+length) reads as zeros; whole pages in it
+        are given back. The size stays."""
+        if self.seals & (F_SEAL_WRITE | F_SEAL_FUTURE_WRITE):
+            raise SyscallError(errno.EPERM)
+        end = min(offset + length, (self.length + PAGE_SIZE - 1) // PAGE_SIZE * PAGE_SIZE)
+        pos = offset
+        while pos < end:
+            index, within = divmod(pos, PAGE_SIZE)
+            n = min(PAGE_SIZE - within, end - pos)
+            off = self.pages.get(index)
+            if off is not None:
+                if n == PAGE_SIZE:
+                    self.memfile.release(self.pages.pop(index), PAGE_SIZE)
+                else:
+                    self.memfile.write(off + within, bytes(n))
+            pos += n
+        self.mtime = self.ctime = now_ns()
+
     def release_pages(self) -> None:
         for off in self.pages.values():
             self.memfile.release(off, PAGE_SIZE)

@@ -6,22 +6,25 @@
     fdops     open, openat, creat, close, close_range, dup(2,3), fcntl, flock, ioctl, pipe(2)
     names     getcwd, chdir, fchdir, mkdir(at), unlink(at), rmdir, rename(at,at2), link(at),
               symlink(at), mknod(at), getdents64
-    attrs     chmod, fchmod(at), chown, fchown(at), lchown, utimensat, truncate, ftruncate, umask
+    attrs     chmod, fchmod(at), chown, fchown(at), lchown, utimensat, truncate, ftruncate, fallocate,
+              umask
     common    (no syscalls) what those five share: path arguments, iovecs, blocking writes
     poll      poll, ppoll, select, pselect6, epoll_create(1), epoll_ctl, epoll_wait, epoll_pwait
     events    eventfd, eventfd2
     time      clock_gettime, clock_getres, gettimeofday, time, nanosleep, clock_nanosleep,
               alarm, setitimer, getitimer, timer_*, timerfd_create, timerfd_settime, timerfd_gettime
-    mm        brk, mmap, munmap, mprotect, mremap, madvise, msync, mlock, mlockall, munlockall
+    mm        brk, mmap, munmap, mprotect, mremap, madvise, msync, mlock(2), mlockall, munlockall,
+              memory policies (set/get_mempolicy, mbind), process_vm_readv/writev
     process   exit, exit_group, fork, vfork, clone, clone3, execve, wait4, waitid, ids and
               credentials, process groups and sessions, prctl, arch_prctl, rlimits, robust lists
     signal    rt_sigaction, rt_sigprocmask, rt_sigpending, kill, tgkill, tkill, rt_sigreturn,
               sigaltstack, rt_sigsuspend, pause, rt_sigtimedwait
     futex     futex (the futex table itself: snapbox.kernel.futex)
-    net       socket, socketpair, bind, listen, accept(4), connect, send/recv(from,msg,to),
+    net       socket, socketpair, bind, listen, accept(4), connect, send/recv(from,msg,to,mmsg),
               shutdown, get/setsockopt, getsockname, getpeername
     info      uname, sysinfo, getrandom, sched_get/setaffinity, getcpu, getrusage, times, sethostname,
-              setdomainname, getpriority, setpriority
+              setdomainname, getpriority, setpriority, sched_setparam, sched_rr_get_interval,
+              ioprio_get, ioprio_set, personality
     ipc       System V IPC: msgget, msgsnd, msgrcv, msgctl, semget, semop, semtimedop, semctl,
               shmget, shmat, shmdt, shmctl (the objects: snapbox.kernel.ipc)
     numbers   the x86-64 syscall numbers and names

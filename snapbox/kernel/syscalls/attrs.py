@@ -1,16 +1,58 @@
-"""Attributes: mode (chmod), owner (chown), times (utimensat), size (truncate), umask."""
+"""Attributes: mode (chmod), owner (chown), times (utimensat), size (truncate, fallocate),
+umask."""
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 import struct
 
 from snapbox.kernel.errors import SyscallError
+from snapbox.kernel.pipe import PipeFile
 from snapbox.kernel.syscalls import NR, i32, i64, syscall
 from snapbox.kernel.syscalls.common import AT_EMPTY_PATH, AT_FDCWD, AT_SYMLINK_NOFOLLOW, host_path, lookup, on_host
 from snapbox.kernel.vfs import LowerNode, MemRegular, RegularFile, now_ns
 
+
+
+FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE = 1, 2
+FALLOC_FL_OTHERS = 0x8 | 0x10 | 0x20 | 0x40  # COLLAPSE_RANGE, ZERO_RANGE, INSERT_RANGE, UNSHARE_RANGE
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
+
+
+@syscall(NR.fallocate)
+def fallocate(t, fd, mode, offset, length):
+    """Space for a range of a regular file, as tmpfs offers it: allocate (keeping the size
+    or not) and punch holes (with FALLOC_FL_KEEP_SIZE); the other modes are EOPNOTSUPP. A
+    file of a read-write bind mount asks the host's file system."""
+    f = t.fds.get(i32(fd))
+    mode, offset, length = i32(mode), i64(offset), i64(length)
+    if offset < 0 or length <= 0:
+        raise SyscallError(errno.EINVAL)
+    if mode & ~(FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE | FALLOC_FL_OTHERS) or \
+            (mode & FALLOC_FL_PUNCH_HOLE and not mode & FALLOC_FL_KEEP_SIZE):
+        raise SyscallError(errno.EOPNOTSUPP)
+    if not f.writable():
+        raise SyscallError(errno.EBADF)
+    if isinstance(f, PipeFile):
+        raise SyscallError(errno.ESPIPE)
+    if not isinstance(f, RegularFile):
+        raise SyscallError(errno.ENODEV)
+    if f._on_host():
+        if _libc.fallocate(f._host(), mode, offset, length) < 0:
+            raise SyscallError(ctypes.get_errno())
+        return 0
+    if not isinstance(f.node, MemRegular):
+        raise SyscallError(errno.EBADF)
+    if mode in (0, FALLOC_FL_KEEP_SIZE):
+        f.node.allocate(offset, length, keep_size=bool(mode))
+    elif mode == FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE:
+        f.node.punch(offset, length)
+    else:
+        raise SyscallError(errno.EOPNOTSUPP)
+    return 0
 
 
 @syscall(NR.umask)

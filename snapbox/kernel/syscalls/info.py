@@ -152,6 +152,97 @@ def sched_setscheduler(t, pid, policy, param):
     raise SyscallError(errno.EINVAL)
 
 
+@syscall(NR.sched_setparam)
+def sched_setparam(t, pid, param):
+    """SCHED_OTHER takes no priority but 0."""
+    _sched_target(t, pid)
+    (priority,) = struct.unpack("<i", t.mm.read(param, 4))
+    if priority != 0:
+        raise SyscallError(errno.EINVAL)
+    return 0
+
+
+@syscall(NR.sched_rr_get_interval)
+def sched_rr_get_interval(t, pid, interval):
+    """A SCHED_OTHER task has no round-robin quantum: 0, as this host's scheduler says."""
+    _sched_target(t, pid)
+    t.mm.write(interval, struct.pack("<qq", 0, 0))
+    return 0
+
+
+IOPRIO_WHO_PROCESS, IOPRIO_WHO_PGRP, IOPRIO_WHO_USER = 1, 2, 3
+IOPRIO_CLASS_NONE, IOPRIO_CLASS_RT, IOPRIO_CLASS_BE, IOPRIO_CLASS_IDLE = 0, 1, 2, 3
+
+
+def _ioprio_targets(t, which: int, who: int) -> list:
+    """ioprio_set(2)'s targets: a thread (IOPRIO_WHO_PROCESS), every thread of a process
+    group, or of a user's processes (0: the caller's own)."""
+    tasks = [x for tg in t.kernel.tasks.pidns.groups.values() if tg.exit_status is None for x in tg.tasks]
+    if which == IOPRIO_WHO_PROCESS:
+        found = [t] if who == 0 else [x for x in tasks if x.tid == who]
+    elif which == IOPRIO_WHO_PGRP:
+        pgid = who or t.tg.pgid
+        found = [x for x in tasks if x.tg.pgid == pgid]
+    elif which == IOPRIO_WHO_USER:
+        uid = who or t.tg.creds[0]
+        found = [x for x in tasks if x.tg.creds[0] == uid]
+    else:
+        raise SyscallError(errno.EINVAL)
+    if not found:
+        raise SyscallError(errno.ESRCH)
+    return found
+
+
+@syscall(NR.ioprio_get)
+def ioprio_get(t, which, who):
+    """The highest I/O priority among the targets (the lowest class, then level, but a
+    class of none last), as Linux reports it."""
+    prios = [x.ioprio for x in _ioprio_targets(t, i32(which), i32(who))]
+    set_ones = [p for p in prios if p >> 13 != IOPRIO_CLASS_NONE]
+    return min(set_ones) if set_ones else prios[0]
+
+
+@syscall(NR.ioprio_set)
+def ioprio_set(t, which, who, ioprio):
+    """Kept and reported: the sandbox's I/O goes through the sentry, which does not rank it.
+    Checked as Linux checks it: the class, and the level (the low 3 bits; the bits above
+    are hints, kept as given)."""
+    ioprio = i32(ioprio)
+    klass, level = (ioprio >> 13) & 7, ioprio & 7
+    if klass not in (IOPRIO_CLASS_NONE, IOPRIO_CLASS_RT, IOPRIO_CLASS_BE, IOPRIO_CLASS_IDLE) or \
+            (klass == IOPRIO_CLASS_NONE and level) or ioprio >> 16:
+        raise SyscallError(errno.EINVAL)
+    if klass == IOPRIO_CLASS_RT and t.tg.creds[1] != 0:
+        raise SyscallError(errno.EPERM)
+    targets = _ioprio_targets(t, i32(which), i32(who))
+    euid = t.tg.creds[1]
+    if euid != 0 and any(x.tg.creds[0] != euid and x.tg.creds[1] != euid for x in targets):
+        raise SyscallError(errno.EPERM)
+    for x in targets:
+        x.ioprio = ioprio
+    return 0
+
+
+PER_MASK = 0xFF
+PER_LINUX, PER_LINUX32 = 0, 8
+
+
+@syscall(NR.personality)
+def personality(t, persona):
+    """Set the process's execution domain and flags; returns the old value. 0xffffffff only
+    asks. Only Linux's own domains run here (PER_LINUX, and PER_LINUX32's flag-only form):
+    others fail with EINVAL and leave the old one. The flags (ADDR_NO_RANDOMIZE, ...) are
+    kept and reported; the sandbox's layout does not follow them."""
+    old = t.tg.personality
+    persona &= 0xFFFFFFFF
+    if persona == 0xFFFFFFFF:
+        return old
+    if persona & PER_MASK not in (PER_LINUX, PER_LINUX32):
+        raise SyscallError(errno.EINVAL)
+    t.tg.personality = persona
+    return old
+
+
 @syscall(NR.sched_get_priority_max)
 def sched_get_priority_max(t, policy):
     return _priority_range(i32(policy))[1]

@@ -9,6 +9,7 @@ import logging
 from snapbox.kernel.devices import DeviceFile
 from snapbox.kernel.errors import SyscallError
 from snapbox.kernel.syscalls import NR, i32, syscall
+from snapbox.kernel.syscalls.common import iovecs
 from snapbox.kernel.vfs import F_SEAL_FUTURE_WRITE, F_SEAL_WRITE, LowerNode, MemRegular, RegularFile
 from snapbox.memfile import PAGE_SIZE
 from snapbox.platform.stub import PROT_WRITE
@@ -123,6 +124,146 @@ def msync(t, addr, length, flags):
 @syscall(NR.mlock, NR.munlock)
 def mlock(t, addr, length):
     return 0  # memory is never swapped out of the MemoryFile's memfd by snapbox
+
+
+MLOCK_ONFAULT = 1
+
+
+@syscall(NR.mlock2)
+def mlock2(t, addr, length, flags):
+    if flags & ~MLOCK_ONFAULT:
+        raise SyscallError(errno.EINVAL)
+    return mlock(t, addr, length)
+
+
+MPOL_DEFAULT, MPOL_PREFERRED, MPOL_BIND, MPOL_INTERLEAVE, MPOL_LOCAL, MPOL_PREFERRED_MANY = 0, 1, 2, 3, 4, 5
+MPOL_F_NODE, MPOL_F_ADDR, MPOL_F_MEMS_ALLOWED = 1, 2, 4
+MPOL_MODE_FLAGS = 0xC000  # MPOL_F_STATIC_NODES, MPOL_F_RELATIVE_NODES
+MAX_NUMNODES = 1024  # the kernel's node mask size; the sandbox has node 0 only
+
+
+def _nodemask(t, nmask: int, maxnode: int) -> int:
+    """The node mask argument: node bits below `maxnode - 1`, as Linux reads it (nodes the
+    sandbox does not have make the call fail with EINVAL)."""
+    bits = maxnode - 1 if maxnode else 0
+    if bits > MAX_NUMNODES * 8 or bits < 0:
+        raise SyscallError(errno.EINVAL)
+    if not nmask or not bits:
+        return 0
+    raw = int.from_bytes(t.mm.read(nmask, (bits + 63) // 64 * 8), "little") & ((1 << bits) - 1)
+    return raw
+
+
+def _policy(mode: int, mask: int) -> tuple[int, int]:
+    base = mode & ~MPOL_MODE_FLAGS
+    if base > MPOL_PREFERRED_MANY or mode < 0:
+        raise SyscallError(errno.EINVAL)
+    if base in (MPOL_DEFAULT, MPOL_LOCAL):
+        if mask:
+            raise SyscallError(errno.EINVAL)
+    elif mask & ~1 or (not mask and base != MPOL_PREFERRED):
+        raise SyscallError(errno.EINVAL)  # node 0 is the only one there is
+    return base, mask
+
+
+@syscall(NR.set_mempolicy)
+def set_mempolicy(t, mode, nmask, maxnode):
+    """Kept and reported; the sandbox has one memory node, so any policy places alike."""
+    t.mempolicy = _policy(i32(mode), _nodemask(t, nmask, maxnode))
+    return 0
+
+
+@syscall(NR.get_mempolicy)
+def get_mempolicy(t, mode, nmask, maxnode, addr, flags):
+    if flags & ~(MPOL_F_NODE | MPOL_F_ADDR | MPOL_F_MEMS_ALLOWED):
+        raise SyscallError(errno.EINVAL)
+    if flags & MPOL_F_MEMS_ALLOWED and flags & (MPOL_F_NODE | MPOL_F_ADDR):
+        raise SyscallError(errno.EINVAL)
+    if flags & MPOL_F_ADDR and t.mm.find(addr) is None:
+        raise SyscallError(errno.EFAULT)
+    policy, mask = t.mempolicy
+    if flags & MPOL_F_MEMS_ALLOWED:
+        policy, mask = 0, 1
+    elif flags & MPOL_F_NODE:
+        policy = 0  # the node the page (or the next allocation) is on: there is one
+    if nmask:
+        if maxnode - 1 < 1:
+            raise SyscallError(errno.EINVAL)
+        if policy in (MPOL_DEFAULT, MPOL_LOCAL) and not flags & MPOL_F_MEMS_ALLOWED:
+            mask = 0
+        t.mm.write(nmask, mask.to_bytes((maxnode - 1 + 63) // 64 * 8, "little"))
+    if mode:
+        t.mm.write(mode, policy.to_bytes(4, "little"))
+    return 0
+
+
+MPOL_MF_STRICT, MPOL_MF_MOVE, MPOL_MF_MOVE_ALL = 1, 2, 4
+
+
+@syscall(NR.mbind)
+def mbind(t, addr, length, mode, nmask, maxnode, flags):
+    """A policy for a range: checked like set_mempolicy's, over mapped memory (EFAULT for
+    holes); with one node, nothing moves."""
+    if addr % PAGE_SIZE or flags & ~(MPOL_MF_STRICT | MPOL_MF_MOVE | MPOL_MF_MOVE_ALL):
+        raise SyscallError(errno.EINVAL)
+    _policy(i32(mode), _nodemask(t, nmask, maxnode))
+    end = addr + ((length + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1))
+    pos = addr
+    while pos < end:
+        vma = t.mm.find(pos)
+        if vma is None:
+            raise SyscallError(errno.EFAULT)
+        pos = vma.end
+    return 0
+
+
+def _peer_mm(t, pid: int):
+    task = t.kernel.tasks.pidns.tasks.get(i32(pid)) if i32(pid) > 0 else None
+    if task is None or task.tg.exit_status is not None:
+        raise SyscallError(errno.ESRCH)
+    return task.tg.mm
+
+
+def _vm_copy(src, src_vecs, dst, dst_vecs) -> int:
+    """Bytes copied from `src`'s iovecs to `dst`'s, in order, a page at most at a time:
+    stops at the first range either side cannot reach (EFAULT if that is the first)."""
+    done = 0
+    out = [(a, n) for a, n in dst_vecs if n]
+    oi, opos = 0, 0
+    for addr, n in src_vecs:
+        pos, end = addr, addr + n
+        while pos < end and oi < len(out):
+            step = min(end - pos, PAGE_SIZE - pos % PAGE_SIZE, out[oi][1] - opos)
+            try:
+                dst.write(out[oi][0] + opos, src.read(pos, step))
+            except SyscallError:
+                if done:
+                    return done
+                raise SyscallError(errno.EFAULT) from None
+            pos += step
+            opos += step
+            done += step
+            if opos == out[oi][1]:
+                oi, opos = oi + 1, 0
+    return done
+
+
+@syscall(NR.process_vm_readv)
+def process_vm_readv(t, pid, local_iov, liovcnt, remote_iov, riovcnt, flags):
+    """Copy from another process's memory (of the sandbox) into the caller's."""
+    if flags:
+        raise SyscallError(errno.EINVAL)
+    local, remote = iovecs(t, local_iov, liovcnt), iovecs(t, remote_iov, riovcnt)
+    return _vm_copy(_peer_mm(t, pid), remote, t.mm, local)
+
+
+@syscall(NR.process_vm_writev)
+def process_vm_writev(t, pid, local_iov, liovcnt, remote_iov, riovcnt, flags):
+    """Copy from the caller's memory into another process's (of the sandbox)."""
+    if flags:
+        raise SyscallError(errno.EINVAL)
+    local, remote = iovecs(t, local_iov, liovcnt), iovecs(t, remote_iov, riovcnt)
+    return _vm_copy(t.mm, local, _peer_mm(t, pid), remote)
 
 
 @syscall(NR.mlockall)

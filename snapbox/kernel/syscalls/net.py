@@ -598,6 +598,69 @@ def _recvmsg(t, fd, msg, flags):
     return whole if whole and flags & MSG_TRUNC else len(data)
 
 
+UIO_MAXIOV = 1024  # the most messages one sendmmsg or recvmmsg takes
+MSG_WAITFORONE = 0x10000
+_MSG_LEN = struct.Struct("<I4x")  # struct mmsghdr's msg_len, after its msghdr
+_MMSGHDR_SIZE = _MSGHDR.size + _MSG_LEN.size
+_TIMESPEC = struct.Struct("<qq")
+
+
+@syscall(NR.sendmmsg)
+def sendmmsg(t, fd, msgvec, vlen, flags):
+    """sendmsg for each of `vlen` messages, each one's msg_len filled in; returns how many
+    went. The first may wait; the rest are sent without waiting, so a full socket ends
+    the call early with the count so far (the caller sends the rest again, as it must
+    after any short count)."""
+    vlen = min(vlen & 0xFFFFFFFF, UIO_MAXIOV)
+    sent = 0
+    for i in range(vlen):
+        at = msgvec + i * _MMSGHDR_SIZE
+        try:
+            n = sendmsg(t, fd, at, flags if i == 0 else i32(flags) | MSG_DONTWAIT)
+        except SyscallError:
+            if sent:
+                break
+            raise
+        t.mm.write(at + _MSGHDR.size, _MSG_LEN.pack(n))
+        sent += 1
+    return sent
+
+
+@syscall(NR.recvmmsg)
+def recvmmsg(t, fd, msgvec, vlen, flags, timeout):
+    """recvmsg into each of `vlen` messages, each one's msg_len filled in; returns how
+    many came. It waits until `vlen` have come (after the first with MSG_WAITFORONE, not at
+    all with MSG_DONTWAIT), and, as recvmmsg(2) says of Linux, looks at `timeout` only
+    after each message. Messages taken before a wait are kept in the restart state, so
+    the call goes on after them (and a signal makes it return them)."""
+    vlen, flags = min(vlen & 0xFFFFFFFF, UIO_MAXIOV), i32(flags)
+    saved = t.restart_value(NR.recvmmsg)
+    got, deadline = saved if saved is not None else (0, None)
+    if saved is None and timeout:
+        sec, nsec = _TIMESPEC.unpack(t.mm.read(timeout, _TIMESPEC.size))
+        if sec < 0 or not 0 <= nsec < 1_000_000_000:
+            raise SyscallError(errno.EINVAL)
+        deadline = t.kernel.timekeeper.monotonic_ns() + sec * 1_000_000_000 + nsec
+    while got < vlen:
+        at = msgvec + got * _MMSGHDR_SIZE
+        wait_flags = flags | MSG_DONTWAIT if got and flags & MSG_WAITFORONE else flags
+        try:
+            n = recvmsg(t, fd, at, wait_flags & ~MSG_WAITFORONE)
+        except WouldBlock:
+            if got:
+                t.set_restart(NR.recvmmsg, (got, deadline))
+            raise
+        except SyscallError:
+            if got:
+                break
+            raise
+        t.mm.write(at + _MSGHDR.size, _MSG_LEN.pack(n))
+        got += 1
+        if deadline is not None and t.kernel.timekeeper.monotonic_ns() >= deadline:
+            break
+    return got
+
+
 @syscall(NR.shutdown)
 def shutdown(t, fd, how):
     _sock(t, fd).shutdown(i32(how))

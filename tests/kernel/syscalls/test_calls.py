@@ -1,7 +1,8 @@
 """Calls of several families that real programs and external suites expect, against native
 runs: preadv/pwritev and their v2 forms (rw), sync, syncfs and sync_file_range (rw), statfs
-and fstatfs (stats), scheduler queries (info), mincore (mm), FIONREAD (fdops), epoll_pwait2
-(poll)."""
+and fstatfs (stats), scheduler queries and settings, I/O priorities, personality (info),
+mincore, mlock2, memory policies, process_vm_readv/writev (mm), fallocate (attrs), FIONREAD
+(fdops), epoll_pwait2 (poll), sendmmsg and recvmmsg (net)."""
 
 from __future__ import annotations
 
