@@ -60,8 +60,8 @@ class DeviceFile(OpenFile):
 
 
 def mount_dev(fs: Filesystem, terminal: bool = False) -> None:
-    """Put a fresh /dev with the standard devices over whatever the rootfs has there; with
-    `terminal` (the sandbox's stdin is one), /dev/tty too."""
+    """Put a fresh /dev with the standard devices and a /dev/shm tmpfs over whatever the
+    rootfs has there; with `terminal` (the sandbox's stdin is one), /dev/tty too."""
     now = now_ns()
     dev = Dir(ino=fs.new_ino(), mode=stat.S_IFDIR | 0o755, nlink=2, atime=now, mtime=now, ctime=now,
               name="dev", parent=fs.root, tmpfs=True)
@@ -69,5 +69,10 @@ def mount_dev(fs: Filesystem, terminal: bool = False) -> None:
     for name, (major, minor) in devices.items():
         dev.entries[name] = DeviceNode(ino=fs.new_ino(), mode=stat.S_IFCHR | 0o666, atime=now,
                                        mtime=now, ctime=now, name=name, rdev=makedev(major, minor))
+    # POSIX shared memory and named semaphores (shm_open, sem_open) are files in /dev/shm,
+    # a tmpfs, as in every container runc starts.
+    dev.entries["shm"] = Dir(ino=fs.new_ino(), mode=stat.S_IFDIR | 0o1777, nlink=2, atime=now, mtime=now,
+                             ctime=now, name="shm", parent=dev, tmpfs=True)
+    dev.nlink += 1
     fs.root.entries["dev"] = dev
     fs.root.whiteouts.discard("dev")

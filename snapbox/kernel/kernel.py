@@ -13,6 +13,7 @@ task and resume none until unpause.
 
 from __future__ import annotations
 
+import bisect
 import errno
 import logging
 import os
@@ -26,7 +27,7 @@ from snapbox.kernel.errors import SyscallError, TaskExit, WouldBlock
 from snapbox.kernel.eventfiles import TimerFd
 from snapbox.kernel.filepages import FileCache
 from snapbox.kernel.host import HostFile
-from snapbox.kernel.ipc import IpcNamespace
+from snapbox.kernel.ipc import IpcNamespace, address_spaces
 from snapbox.kernel.lifecycle import Lifecycle, host_cpu_ns
 from snapbox.kernel.loop import TERMINAL_SIGNALS, EventLoop
 from snapbox.kernel.signaling import Signaling
@@ -67,6 +68,12 @@ NR_COMPAT_INT80 = -0x80  # where enosys_logged remembers that int 0x80 was logge
 ERESTARTSYS = -512 & MASK64
 
 load_all()
+
+
+# Calls after which an orphaned file (Filesystem.orphans) may have lost its last mapping or
+# its last holder: the unmapping ones, and those that close files or remove names.
+UNMAPPING = frozenset({NR.munmap, NR.mremap, NR.mmap, NR.shmdt, NR.execve, NR.execveat, NR.exit, NR.exit_group,
+                       NR.close, NR.close_range, NR.dup2, NR.dup3, NR.unlink, NR.unlinkat})
 
 
 @savable
@@ -442,12 +449,33 @@ class Kernel(Lifecycle, Signaling, Checkpointing):
             # A bug in a handler must not take the whole sandbox down: log it, fail the call.
             log.exception("syscall %s (%d) of pid %d failed", NAMES.get(nr, "?"), nr, task.tg.tgid)
             result = -errno.EIO
+        if self.fs.orphans and nr in UNMAPPING:
+            self.collect_orphans()
         if task.run is Run.DEAD:
             return None  # the call ended its own process (a fatal signal to itself)
         if self.strace is not None:
             self.strace(task, nr, args, result)
         task.restart = None
         return result
+
+    def collect_orphans(self) -> None:
+        """Give back the pages of orphaned files (Filesystem.orphans) that no process maps
+        any more; those still mapped wait for a later call."""
+        shared = sorted((v.offset, v.offset + (v.end - v.start)) for mm in address_spaces(self)
+                        for v in mm.vmas if v.shared)
+        starts = [s for s, _ in shared]
+
+        def mapped(offset: int) -> bool:
+            i = bisect.bisect_right(starts, offset) - 1
+            return i >= 0 and offset < shared[i][1]
+
+        kept = []
+        for node in self.fs.orphans:
+            if any(mapped(off) for off in node.pages.values()):
+                kept.append(node)
+            else:
+                node.release_pages()
+        self.fs.orphans = kept
 
     def _answer(self, task: Task, result: int) -> None:
         """Answer a task's notification. If it has a signal to take, the answer would let it

@@ -352,6 +352,10 @@ class Filesystem:
     binds: list = field(default_factory=list)  # host directories of bind mounts (layers 1...)
     rw_layers: set = field(default_factory=set)  # layers mounted read-write: changes go to the host
     readonly_root: bool = False  # root.readonly: outside tmpfs mounts and rw binds, nothing changes
+    # Files of the writable layer and memfds no name and no open file holds any more: their
+    # pages go once no mapping holds them either (Kernel.collect_orphans), as on Linux,
+    # where a shared mapping keeps its file alive after close and unlink.
+    orphans: list = field(default_factory=list)
     lowers: list = nosave(list)  # Lower of each layer: the rootfs, then each bind
     lock_queues: dict = nosave(dict)  # id(inode) -> WaitQueue of tasks waiting for its locks
 
@@ -706,7 +710,7 @@ class RegularFile(OpenFile):
         if isinstance(node, MemRegular):
             node.opens -= 1
             if node.opens == 0 and node.nlink == 0:
-                node.release_pages()
+                self.fs.orphans.append(node)
 
     def describe(self) -> str:
         return f"file {self.name}"

@@ -94,7 +94,7 @@ def unlinkat(t, dirfd, path, flags):
     if isinstance(node, MemRegular):
         node.nlink -= 1
         if node.nlink == 0 and node.opens == 0:
-            node.release_pages()
+            t.kernel.fs.orphans.append(node)
     return 0
 
 
