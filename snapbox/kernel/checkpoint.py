@@ -18,9 +18,11 @@ import uuid
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Callable
 
+import cbor2
 import zstandard
 
 from snapbox import __version__
+from snapbox.kernel.filepages import read_reference
 from snapbox.kernel.lifecycle import host_cpu_ns
 from snapbox.kernel.mm import MemoryManager
 from snapbox.kernel.signals import (
@@ -99,11 +101,17 @@ class LoadContext:
     # A clone's base memory (runtime.clones): a file holding the image's memory at its
     # offsets, shared by the clones of a pool; the image's memory section is not read.
     base: str | None = None
+    # The host files' pages the base holds too: MemoryFile offset -> what load_base's
+    # read_reference said of the file (FileCache.take_from_base checks it).
+    base_files: dict = field(default_factory=dict)
 
 
-def load_base(f: IO[bytes]) -> MemoryFile:
-    """The memory of a whole image in a MemoryFile of its own, every chunk checked: the base
-    a pool's clones share (runtime.clones; LoadContext.base names its memfd)."""
+def load_base(f: IO[bytes]) -> tuple[MemoryFile, dict]:
+    """The memory of a whole image in a MemoryFile of its own, every chunk checked, and the
+    pages of the host files the image references read in beside it: the base a pool's
+    clones share (runtime.clones; LoadContext.base names its memfd). Returns it and the
+    files read (LoadContext.base_files); a file that cannot be read as the image saw it is
+    left out, and each clone reads it itself."""
     r = ImageReader(f)
     if r.meta.get("pre_dump") or r.meta.get("parent"):
         raise ImageError("clones are made of a whole image, not a pre-dump or an incremental one")
@@ -112,11 +120,38 @@ def load_base(f: IO[bytes]) -> MemoryFile:
     memory = MemoryFile()
     try:
         memory.load_chunks(r.section("memory"), anywhere=True)  # it hands out nothing itself
-        r.finish()
+        summary = r.finish()
+        files = {}
+        for ref in summary.get("file_pages", []):
+            entry = read_reference(memory, ref)
+            if entry is not None:
+                files[ref["offset"]] = entry
     except BaseException:
         memory.close()
         raise
-    return memory
+    return memory, files
+
+
+def describe_base(memory: MemoryFile, files: dict) -> int:
+    """A memfd that tells the clones of a pool where their base is (its path in this
+    process, /proc/PID/fd/N) and which host files' pages it holds; the refiller keeps it
+    beside the base and each clone's restore reads it (read_base_description)."""
+    fd = os.memfd_create("snapbox-base", os.MFD_CLOEXEC)
+    os.write(fd, cbor2.dumps({"memory": f"/proc/{os.getpid()}/fd/{memory.fd}", "files": files}))
+    return fd
+
+
+def read_base_description(path: str) -> tuple[str, dict]:
+    """The base memory's path and its files (LoadContext.base, .base_files) from the
+    description at `path` (describe_base)."""
+    try:
+        with open(path, "rb") as f:
+            desc = cbor2.loads(f.read())
+        return desc["memory"], desc["files"]
+    except OSError as e:
+        raise SnapboxError(f"cannot open the clones' base {path} ({e.strerror})") from None
+    except (ValueError, KeyError, TypeError, cbor2.CBORDecodeError):
+        raise SnapboxError(f"the clones' base {path} is not described right") from None
 
 
 class Checkpointing:
@@ -173,7 +208,8 @@ class Checkpointing:
                 s.write_chunk(zstandard.ZstdCompressor(level=3).compress(graph))
             summary = {"graph_bytes": len(graph), "graph_sha256": hashlib.sha256(graph).digest(), "types": stats,
                        "memory_allocated": self.memfile.allocated - self.file_cache.unread_bytes(),
-                       "file_references": len(skip), "file_bytes_referenced": self.file_cache.referenced_bytes()}
+                       "file_references": len(skip), "file_bytes_referenced": self.file_cache.referenced_bytes(),
+                       "file_pages": self.file_cache.references()}
             delta = None if parent is None else self.memory_delta(parent, skip)
             try:
                 tracking = self._save_memory(w, compress, progress, skip, summary, delta)
@@ -358,7 +394,7 @@ class Checkpointing:
                 raise ImageError("an incremental image cannot be the base of clones")
             for _ in r.section_index("memory", CHUNK_HEAD_SIZE):  # its data is in the base already
                 pass
-            kernel._use_base()
+            kernel._use_base(ctx.base_files)
         elif load_memory and lazy and _is_file(f) and not chain and ctx.memory is None:
             kernel._load_lazily(r, f)
         elif load_memory:
@@ -399,17 +435,20 @@ class Checkpointing:
         kernel.attach_stubs()
         return kernel
 
-    def _use_base(self) -> None:
-        """A clone's memory: its processes' private mappings stay in the base, to be mapped
+    def _use_base(self, files: dict) -> None:
+        """A clone's memory: its processes' private mappings and the host files' pages
+        the base holds (`files`, see LoadContext.base_files) stay in the base, to be mapped
         private by their stubs; the rest (shared memory, tmpfs files) is copied into its
         own memory file."""
-        private = []
+        kept = self.file_cache.take_from_base(files)
         for mm in {id(tg.mm): tg.mm for tg in self.tasks.pidns.groups.values() if tg.mm is not None}.values():
             for vma in mm.vmas:
-                if not vma.shared and vma.pages is None:
+                if vma.pages is not None:
+                    vma.based = vma.pages.in_base
+                elif not vma.shared:
                     vma.based = True
-                    private.append((vma.offset, vma.end - vma.start))
-        self.memfile.copy_from_base(merge_runs(sorted(private)))
+                    kept.append((vma.offset, vma.end - vma.start))
+        self.memfile.copy_from_base(merge_runs(sorted(kept)))
 
     def unshare_memory(self) -> None:
         """Give a clone's processes their own copy of every page still in the base (what
@@ -422,6 +461,7 @@ class Checkpointing:
         for mm in {id(tg.mm): tg.mm for tg in self.tasks.pidns.groups.values() if tg.mm is not None}.values():
             if mm.stub is not None:
                 mm.unshare()
+        self.file_cache.own_all()
         self.memfile.drop_base()
         if not was_paused:
             self.unpause()

@@ -11,6 +11,12 @@ a SHA-256 of their content. Restoring reads those ranges again and refuses the f
 it, if its size or that content differs (an mtime alone may differ: a copy of the same
 file on another host restores). `store=True` at save time puts the pages in the image
 instead, for restoring where the files are not the same.
+
+A clone of a pool (runtime.clones) reads none of this: its base memory holds the files'
+pages too, read once by the pool's refiller (`read_reference`), and its stubs map them from
+there like the rest of the image's memory, so every clone shares one copy of libc and
+libpython. A FilePages is then `in_base` until something needs it in the clone's own
+MemoryFile (a new mapping of the file, a checkpoint of the clone): `own` copies it there.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import concurrent.futures
 import errno
 import hashlib
 import os
+from stat import S_ISREG as stat_is_regular
 from dataclasses import dataclass, field
 
 from snapbox.kernel.errors import SyscallError
@@ -48,6 +55,9 @@ class FilePages:
     digest: bytes = b""  # SHA-256 of the filled ranges' content, computed at save
     stored: bool = False  # the image holds the pages themselves (saved with store=True)
     fd: int = nosave(default=-1)  # the host file, open while the pages are in use
+    # A clone's pages still in its base memory only (the MemoryFile range is a hole): every
+    # VMA of them is based; `FileCache.own` ends it.
+    in_base: bool = nosave(default=False)
 
     @property
     def length(self) -> int:
@@ -118,7 +128,9 @@ class FileCache:
         return pages
 
     def fill(self, pages: FilePages, start: int, end: int) -> None:
-        """Make sure the file's pages in [start, end) (page-aligned) hold its content."""
+        """Make sure the file's pages in [start, end) (page-aligned) hold its content, in
+        the MemoryFile (a mapping of them is about to be made)."""
+        self.own(pages)
         end = min(end, pages.length)
         for m_start, m_end in pages.missing(start, end):
             try:
@@ -156,7 +168,51 @@ class FileCache:
         self.memfile.uncharge(pages.filled_bytes())
         self.memfile.release(pages.offset, pages.length, charged=False)
 
+    # -- a clone's base memory ----------------------------------------------------------------
+
+    def take_from_base(self, files: dict) -> list[tuple[int, int]]:
+        """In a clone: mark the files whose pages its base memory holds, and return their
+        MemoryFile runs (left out of the clone's own copy). The base holds the pages an
+        image stored, and those of each file its refiller read (`files`: offset -> the
+        entry `read_reference` made) if that is the very file this sandbox would read: the
+        same content digest, device, inode, size and mtime."""
+        runs = []
+        for pages in self.files:
+            if not pages.stored:
+                entry = files.get(pages.offset)
+                if entry is None or entry["digest"] != pages.digest:
+                    continue
+                try:
+                    st = os.fstat(pages.fd if pages.fd >= 0 else self._open(pages))
+                except SyscallError:
+                    continue  # restore() names the file
+                if [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns] != entry["identity"]:
+                    continue
+            pages.in_base = True
+            runs += [(pages.offset + start, end - start) for start, end in pages.filled]
+        return runs
+
+    def own(self, pages: FilePages) -> None:
+        """Copy a clone's file pages from its base memory into its MemoryFile (the VMAs
+        that map them from the base may go on doing so: the content is the same)."""
+        if not pages.in_base:
+            return
+        for start, end in pages.filled:
+            self.memfile.copy_in_from_base(pages.offset + start, end - start)
+        pages.in_base = False
+
+    def own_all(self) -> None:
+        for pages in self.files:
+            self.own(pages)
+
     # -- save and restore ---------------------------------------------------------------------
+
+    def references(self) -> list[dict]:
+        """The files an image references, for whoever reads them without the sandbox (a
+        pool's refiller, `read_reference`): host path, MemoryFile offset, size, the ranges
+        read and their digest (computed by before_image)."""
+        return [{"file": os.path.join(self.fs.host(p.layer).path, p.path), "offset": p.offset, "size": p.size,
+                 "filled": p.filled, "digest": p.digest} for p in self.files if not p.stored]
 
     def _digest(self, pages: FilePages) -> bytes:
         h = hashlib.sha256()
@@ -186,7 +242,7 @@ class FileCache:
         """Read every referenced file's pages back into the MemoryFile, checking it is the
         same file; files are read and hashed on a thread per CPU. Raises ChangedFileError
         naming the first one (in cache order) that is not."""
-        refs = [pages for pages in self.files if not pages.stored]
+        refs = [pages for pages in self.files if not pages.stored and not pages.in_base]
         if not refs:
             return
         with concurrent.futures.ThreadPoolExecutor(max_workers=min(len(refs), os.cpu_count() or 1)) as pool:
@@ -214,6 +270,43 @@ class FileCache:
     def _open(self, pages: FilePages) -> int:
         pages.fd = self.fs.host(pages.layer).open(pages.path, os.O_RDONLY)
         return pages.fd
+
+
+def read_reference(memfile: MemoryFile, ref: dict) -> dict | None:
+    """Read a file an image references (an entry of FileCache.references) into `memfile`
+    at its offset, as the sandbox would have: a clone's base memory. Returns what a clone
+    checks before it maps the pages from there (FileCache.take_from_base), or None, and
+    nothing written, if the file is not a regular file of that size and content. The path
+    comes from the image, so the content is written only once it matches the image's
+    digest, and a clone takes the pages only if its own lookup beneath its rootfs finds
+    the same file."""
+    try:
+        fd = os.open(ref["file"], os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except (OSError, TypeError, ValueError, KeyError):
+        return None
+    try:
+        st = os.fstat(fd)
+        offset, size, filled = int(ref["offset"]), int(ref["size"]), ref["filled"]
+        if not stat_is_regular(st.st_mode) or st.st_size != size:
+            return None
+        h = hashlib.sha256()
+        parts = []
+        for start, end in filled:
+            data = bytearray(min(end, size) - start)
+            _read_into(fd, memoryview(data), start)
+            h.update(data)
+            parts.append((offset + start, data))
+        if h.digest() != ref["digest"]:
+            return None
+        for at, data in parts:  # pwrite: the refiller itself maps none of the base
+            done = 0
+            while done < len(data):
+                done += os.pwrite(memfile.fd, memoryview(data)[done:], at + done)
+        return {"digest": ref["digest"], "identity": [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns]}
+    except (OSError, SyscallError, TypeError, ValueError, IndexError):
+        return None
+    finally:
+        os.close(fd)
 
 
 def _read_into(fd: int, view: memoryview, offset: int) -> None:

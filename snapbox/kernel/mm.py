@@ -309,8 +309,8 @@ class MemoryManager:
         """Give a VMA of cached file pages its own copy of them (it is being made writable)."""
         length = vma.end - vma.start
         offset = self._alloc(length, prot)
-        self.memfile.copy(offset, vma.offset, length)
-        pages, vma.pages, vma.offset, vma.charged = vma.pages, None, offset, True
+        self._copy(vma, vma.start, length, offset)
+        pages, vma.pages, vma.offset, vma.charged, vma.based = vma.pages, None, offset, True, False
         self.cache.unref(pages)
         if self.stub is not None:
             self.stub.map(vma.start, length, prot, offset)
@@ -386,17 +386,21 @@ class MemoryManager:
             if vma is None:
                 raise SyscallError(errno.ENOMEM)
             n = min(end, vma.end) - pos
-            if vma.based:  # dropped in the stub, its pages would read as the base's
+            # A file's cached pages (based or not) already read as the file does.
+            if vma.based and vma.pages is None:  # dropped in the stub, they would read as the base's
                 for piece in self._isolate(pos, pos + n):
                     self._unbase(piece, keep=False)
-            elif vma.pages is None:  # a file's cached pages already read as the file does
+            elif vma.pages is None:
                 self.memfile.punch(vma.offset + (pos - vma.start), n)
             pos += n
 
     def _unbase(self, vma: Vma, keep: bool = True) -> None:
         """Make a based VMA's data the MemoryFile's (its range there, a hole until now):
-        with `keep` what the stub sees now, else zeros; the stub maps the range shared."""
-        if keep:
+        with `keep` what the stub sees now, else zeros; the stub maps the range shared.
+        A file's cached pages are the cache's to copy (FileCache.own)."""
+        if vma.pages is not None:
+            self.cache.own(vma.pages)
+        elif keep:
             self._copy(vma, vma.start, vma.end - vma.start, vma.offset)
         else:
             self.memfile.punch(vma.offset, vma.end - vma.start)
@@ -444,7 +448,7 @@ class MemoryManager:
         for v in self.vmas:
             if v.shared or v.pages is not None:
                 vmas.append(Vma(v.start, v.end, v.prot, v.offset, v.kind, v.file_offset, v.shared, v.charged,
-                                v.pages))
+                                v.pages, v.based))  # a clone's fork maps the file's pages from the base too
                 if v.pages is not None:
                     v.pages.users += 1
                 continue

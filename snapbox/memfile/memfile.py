@@ -111,12 +111,16 @@ class MemoryFile:
         """Copy what the base holds outside `skip` (sorted, disjoint runs: the private
         mappings, which stay in the base) into this memory file, at the same offsets."""
         for off, n in _without(_data_extents(self.base, 0, self.high), skip):
-            done = 0
-            while done < n:
-                got = os.preadv(self.base, [self.view[off + done : off + n]], off + done)
-                if got <= 0:
-                    raise SnapboxError(f"the base memory ends before offset {off + done:#x}")
-                done += got
+            self.copy_in_from_base(off, n)
+
+    def copy_in_from_base(self, off: int, n: int) -> None:
+        """Copy the base's [off, off+n) into this memory file, at the same offsets."""
+        done = 0
+        while done < n:
+            got = os.preadv(self.base, [self.view[off + done : off + n]], off + done)
+            if got <= 0:
+                raise SnapboxError(f"the base memory ends before offset {off + done:#x}")
+            done += got
 
     def drop_base(self) -> None:
         """Nothing is mapped from the base any more (this clone's memory is all its own)."""

@@ -25,9 +25,10 @@ the image cannot be restored (deleted, corrupt, from another CPU), the refiller 
 once the image file changes.
 
 Memory is shared: the refiller loads the image's memory once, checked, into a memfd (the
-base), and a clone's private mappings (heap, stacks, anonymous memory: everything but
-shared memory and tmpfs files, which it copies) are that memfd mapped MAP_PRIVATE by its
-stubs, so clones share every page none of them has written, and the host kernel gives a
+base), with the pages of the host files the image references (libraries, the program),
+and a clone's private mappings (heap, stacks, anonymous memory, those files' pages:
+everything but shared memory and tmpfs files, which it copies) are that memfd mapped
+MAP_PRIVATE by its stubs, so clones share every page none of them has written, and the host kernel gives a
 clone its own copy of a page when it first writes it (snapbox.kernel.mm). A checkpoint of a
 clone first gives it its own copy of everything: its image stands alone. Random numbers
 come from the host at each call; `/proc/snapbox/restored` tells the program it was restored.
@@ -53,7 +54,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from snapbox.errors import SnapboxError
-from snapbox.kernel.checkpoint import load_base
+from snapbox.kernel.checkpoint import describe_base, load_base
 from snapbox.memfile import MemoryFile
 from snapbox.runtime import control, warm
 from snapbox.runtime.container import CREATED, CREATING, Container, Options
@@ -72,6 +73,7 @@ class ClonePool:
     # In the refiller: the clones' base memory, and _stat_of the image it was loaded from.
     base: MemoryFile | None = field(default=None, repr=False)
     base_of: list | None = field(default=None, repr=False)
+    base_description: int = field(default=-1, repr=False)
 
     @property
     def dir(self) -> str:
@@ -307,15 +309,18 @@ class ClonePool:
             f.write(str(p.pid))
 
     def _base(self, image: str) -> str:
-        """The path of the clones' base memory (this process's memfd holding the image's
-        memory, checked), loaded anew when the image has changed."""
+        """The path of the description of the clones' base (this process's memfd holding
+        the image's memory, checked, and the pages of the host files it references; see
+        checkpoint.describe_base), loaded anew when the image has changed."""
         if self.base is None or self.base_of != _stat_of(image):
             with _open_image(image) as f:
-                base = load_base(f)
+                base, files = load_base(f)
             if self.base is not None:
                 self.base.close()  # the clones that map it keep it
+                os.close(self.base_description)
             self.base, self.base_of = base, _stat_of(image)
-        return f"/proc/{os.getpid()}/fd/{self.base.fd}"
+            self.base_description = describe_base(base, files)
+        return f"/proc/{os.getpid()}/fd/{self.base_description}"
 
     def _refiller_pid(self) -> int | None:
         try:

@@ -116,7 +116,7 @@ class Options:
     strace: bool = False  # log every application syscall
     network: str | None = None  # --network: sandbox, host or none (None: the bundle's, or the image's)
     snapshot_to: str | None = None  # --snapshot-to: where the image goes when the program asks for one
-    base: str | None = None  # a clone's base memory (runtime.clones), for a restore
+    base: str | None = None  # the description of a clone's base memory (runtime.clones), for a restore
     tied_to: int = 0  # a pid: the sandbox ends when that process does (an attached `do`)
     # Where the runtime's warnings go (unsupported config fields): the CLI sends them to --log
     # when it has one, as runc does; by default they are printed on stderr.

@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterator
 import cbor2
 
 from snapbox.errors import Cancelled, SnapboxError
-from snapbox.kernel.checkpoint import LoadContext
+from snapbox.kernel.checkpoint import LoadContext, read_base_description
 from snapbox.kernel.kernel import Kernel
 from snapbox.kernel.loop import take_terminal
 from snapbox.kernel.strace import tracer
@@ -483,8 +483,9 @@ def _restore(image: str, bundle: Bundle, lazy: bool = False, network: str | None
     With `memory`, the memory file at that path already holds the image's chain, up to
     the pre-dump `memory_id` (a migration's rounds). The sandbox's network (`network`, else
     the image's own mode) is joined before the graph is read: its sockets bind again as
-    they load. With `base` (a clone), the image's memory is that file's (see
-    runtime.clones), its private mappings shared with the other clones."""
+    they load. With `base` (a clone: the path of its base's description), the image's
+    memory is the base's (see runtime.clones), its private mappings shared with the other
+    clones."""
     try:
         if image == "-":
             f = os.fdopen(0, "rb", closefd=False, buffering=1 << 20)
@@ -496,8 +497,9 @@ def _restore(image: str, bundle: Bundle, lazy: bool = False, network: str | None
     try:
         with f:
             with _on_all_cpus():  # memory is decompressed on every CPU; stubs stay pinned
-                ctx = LoadContext(rootfs=bundle.rootfs, host_sockets=[], memory=memory, memory_id=memory_id,
-                                  base=base)
+                ctx = LoadContext(rootfs=bundle.rootfs, host_sockets=[], memory=memory, memory_id=memory_id)
+                if base is not None:
+                    ctx.base, ctx.base_files = read_base_description(base)
                 net: dict = {}
 
                 def join(meta: dict) -> None:

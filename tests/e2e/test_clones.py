@@ -174,6 +174,41 @@ def test_bad_pool_requests_get_one_line_errors(snapbox, image, tmp_path):
     t.close()
 
 
+def text_mapping(pid: int) -> tuple[int, int, int]:
+    """The inode of the memory file behind the largest executable mapping of the sandbox's
+    memory in a stub (the program's text), and its Rss and Pss in kB."""
+    best, fields = (0, 0, 0), {}
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines() + ["end"]:
+        head = line.split()
+        if "-" in head[0] or line == "end":
+            if fields.get("perms") in ("r-xp", "r-xs") and "snapbox-memory" in fields.get("name", ""):
+                rss, pss = int(fields["Rss"].split()[0]), int(fields["Pss"].split()[0])
+                best = max(best, (rss, pss, fields["inode"]), key=lambda m: m[0])
+            fields = {"perms": head[1], "inode": int(head[4]), "name": line} if line != "end" else {}
+        else:
+            fields[head[0].rstrip(":")] = line.split(":", 1)[1]
+    return best[2], best[0], best[1]
+
+
+def test_clones_share_the_programs_file_pages(snapbox, image):
+    """The program's pages (a reference to the host file in the image) are read once into
+    the pool's base and mapped from there by every clone; new programs a clone runs map
+    the file from its own memory, and a clone's checkpoint stands alone."""
+    snapbox("pool", "create", "--image", str(image), "--size", "2", "p")
+    taken = [take(snapbox, "p", f"f{i}") for i in range(2)]
+    try:
+        stubs = [int(subprocess.run(["pgrep", "-P", str(snapbox.sandbox_pid(f"f{i}"))], capture_output=True,
+                                    text=True).stdout.split()[0]) for i in range(2)]
+        texts = [text_mapping(stub) for stub in stubs]
+        assert texts[0][0] == texts[1][0], texts  # one file (the base), not a memory file each
+        for _, rss, pss in texts:
+            assert rss > 256 and pss <= rss * 0.6, texts  # busybox's text, half each
+        assert [t.ask("echo $(cat /tmp/f) $(hostname)") for t in taken] == ["original f0", "original f1"]
+    finally:
+        for t in taken:
+            t.close()
+
+
 def rss_pss(pid: int) -> tuple[int, int]:
     """Rss and Pss of a process, in kB (smaps_rollup)."""
     fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:])
