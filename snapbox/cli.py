@@ -437,6 +437,13 @@ def migrate(obj: _Context, dest: str, token_file: str | None, max_rounds: int, a
                    "until all of it is in. A part that turns out corrupt ends the sandbox as if killed "
                    "by SIGKILL, its log saying why (restore itself has succeeded by then). "
                    "Ignored with --image-path -.")
+@click.option("--working-set", type=click.Path(dir_okay=False), default=None,
+              help="A working set of the image (as REAP keeps for serverless functions): with --lazy, "
+                   "the memory this file names is loaded first, on every CPU, before the program runs, "
+                   "and the rest as usual. If there is no file there yet (or it is of an older image), "
+                   "this restore records one: the memory the program touches until, after a syscall "
+                   "has returned, all its processes wait (a server done with its first request). "
+                   "A file that is not a working set is refused, never written over.")
 @click.option("--pid-file", type=click.Path(dir_okay=False), default=None,
               help="Write the sandbox process's pid here (it exits with the program's status), as create does.")
 @click.option("--console-socket", type=click.Path(dir_okay=False), default=None,
@@ -446,8 +453,8 @@ def migrate(obj: _Context, dest: str, token_file: str | None, max_rounds: int, a
 @click.argument("container_id")
 @click.pass_obj
 def restore(obj: _Context, bundle: str, image_path: str | None, listen: str | None, token_file: str | None,
-            detach: bool, lazy: bool, pid_file: str | None, console_socket: str | None, snapshot_to: str | None,
-            container_id: str) -> None:
+            detach: bool, lazy: bool, working_set: str | None, pid_file: str | None, console_socket: str | None,
+            snapshot_to: str | None, container_id: str) -> None:
     """Create a container from an image and start it where the checkpoint left it.
 
     The image's CPU features are checked against this host before anything else is read,
@@ -479,8 +486,14 @@ def restore(obj: _Context, bundle: str, image_path: str | None, listen: str | No
         if source == "-":
             raise SnapboxError("restore from stdin needs --bundle")
         bundle = _bundle_of_image(obj, source, container_id)
+    options = _options(obj, snapshot_to)
+    if working_set is not None:
+        working_set = os.path.abspath(working_set)
+        if not os.path.isdir(os.path.dirname(working_set)):
+            raise click.UsageError(f"--working-set: no directory {os.path.dirname(working_set)}")
+        options = dataclasses.replace(options, working_set=working_set)
     c = Container.create(obj.root, container_id, bundle, restore_image=source, lazy=lazy,
-                         options=_options(obj, snapshot_to), pid_file=pid_file, console_socket=console_socket)
+                         options=options, pid_file=pid_file, console_socket=console_socket)
     _report_connections(c.connections)
     if not detach:
         _attach(c)

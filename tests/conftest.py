@@ -54,15 +54,16 @@ class Snapbox:
 
     def run_detached(self, cid: str, bundle: str, out: Path, *, restore: Path | None = None,
                      lazy: bool = False, env: dict | None = None,
-                     check: bool = True) -> subprocess.CompletedProcess:
+                     check: bool = True, extra: tuple = ()) -> subprocess.CompletedProcess:
         """run (or restore, perhaps --lazy) --detach, the program's stdout appended to `out`
         and its stderr to `out`.err. A detached sandbox keeps the caller's stdio, so no
-        pipes: the returned stderr is what the command itself added to the .err file."""
+        pipes: the returned stderr is what the command itself added to the .err file.
+        `extra`: more options of restore."""
         if restore is None:
             args = ("run", "--bundle", str(self.images / bundle), "--detach", cid)
         else:
             args = ("restore", "--bundle", str(self.images / bundle), "--image-path", str(restore),
-                    *(["--lazy"] if lazy else []), "--detach", cid)
+                    *(["--lazy"] if lazy else []), *extra, "--detach", cid)
         err_path = out.with_name(out.name + ".err")
         start = err_path.stat().st_size if err_path.exists() else 0
         with open(out, "a") as f, open(err_path, "a") as err:

@@ -8,6 +8,7 @@ before it decodes anything else.
 
 from __future__ import annotations
 
+import array
 import fcntl
 import hashlib
 import logging
@@ -104,6 +105,8 @@ class LoadContext:
     # The host files' pages the base holds too: MemoryFile offset -> what load_base's
     # read_reference said of the file (FileCache.take_from_base checks it).
     base_files: dict = field(default_factory=dict)
+    # A working set (see WorkingSet): loaded first by a lazy restore, or recorded there.
+    working_set: str | None = None
 
 
 def load_base(f: IO[bytes]) -> tuple[MemoryFile, dict]:
@@ -130,6 +133,43 @@ def load_base(f: IO[bytes]) -> tuple[MemoryFile, dict]:
         memory.close()
         raise
     return memory, files
+
+
+class WorkingSet:
+    """The memory a restored program needs first (as REAP records it for serverless
+    functions): the pages its processes touch from the restore until, after a syscall has
+    returned, every task waits in one (a server done with its first request).
+    Kept in a file of its own beside the image, tied to it by the image's id: a lazy
+    restore given the file loads those pages before the program runs, all at once on
+    every CPU, instead of stopping at each first touch; a restore given a path with no
+    working set there (or one of another image) records one."""
+
+    MAGIC = "snapbox working set"
+
+    @staticmethod
+    def read(path: str) -> dict | None:
+        """The working set at `path`: {"image_id", "runs"}; None if there is no file.
+        SnapboxError if the file is something else (it is never written over)."""
+        try:
+            with open(path, "rb") as f:
+                data = cbor2.loads(f.read(64 << 20))
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise SnapboxError(f"cannot read the working set {path} ({e.strerror})") from None
+        except (ValueError, cbor2.CBORDecodeError):
+            data = None
+        if not isinstance(data, dict) or data.get("magic") != WorkingSet.MAGIC \
+                or not isinstance(data.get("runs"), list):
+            raise SnapboxError(f"{path} is not a working set (refusing to write over it)")
+        return data
+
+    @staticmethod
+    def write(path: str, image_id: str, runs: list[tuple[int, int]]) -> None:
+        tmp = f"{path}.tmp{os.getpid()}"
+        with open(tmp, "wb") as f:
+            f.write(cbor2.dumps({"magic": WorkingSet.MAGIC, "image_id": image_id, "runs": runs}))
+        os.rename(tmp, path)
 
 
 def describe_base(memory: MemoryFile, files: dict) -> int:
@@ -361,6 +401,11 @@ class Checkpointing:
                              "--parent-path after it")
         if on_meta is not None:
             on_meta(r.meta)
+        working = None
+        if ctx.working_set is not None:
+            working = WorkingSet.read(ctx.working_set)
+            if working is None or working.get("image_id") != r.meta.get("image_id"):
+                working = None  # none yet, or of an image made before: recorded anew
         features = decode_graph(r.read_section("cpuid"))
         if not isinstance(features, FeatureSet):
             raise ImageError("image cpuid section does not hold a CPU feature set")
@@ -376,6 +421,8 @@ class Checkpointing:
             raise ImageError("image kernel section does not hold a kernel")
         kernel.paused = True
         kernel.restores += 1
+        if ctx.working_set is not None and working is None:
+            kernel.recording = (ctx.working_set, r.meta.get("image_id"))
         total = kernel.memfile.allocated
         report = (lambda done: progress(done, total)) if progress else None
         name = getattr(f, "name", None)
@@ -397,6 +444,9 @@ class Checkpointing:
             kernel._use_base(ctx.base_files)
         elif load_memory and lazy and _is_file(f) and not chain and ctx.memory is None:
             kernel._load_lazily(r, f)
+            if working is not None:
+                n = kernel.memfile.lazy.prefetch(working["runs"])
+                log.info("working set %s: %d MB loaded first", ctx.working_set, n >> 20)
         elif load_memory:
             kernel.memfile.load_chunks(r.section("memory"), report)
         else:
@@ -434,6 +484,38 @@ class Checkpointing:
         kernel, _ = cls.read_image(f, ctx, progress=progress)
         kernel.attach_stubs()
         return kernel
+
+    def record_working_set(self) -> None:
+        """Write the working set being recorded (Kernel.recording): every page of the
+        MemoryFile that some process's stub has mapped in (touched, or read ahead around a
+        touch by the host kernel), found in the stubs' page tables (/proc/PID/pagemap)."""
+        path, image_id = self.recording
+        self.recording = None
+        touched = []
+        for mm in {id(tg.mm): tg.mm for tg in self.tasks.pidns.groups.values() if tg.mm is not None}.values():
+            if mm.stub is None:
+                continue
+            try:
+                fd = os.open(f"/proc/{mm.stub.pid}/pagemap", os.O_RDONLY | os.O_CLOEXEC)
+            except OSError as e:
+                log.warning("no working set recorded: %s", e.strerror)
+                return
+            try:
+                for vma in mm.vmas:
+                    if vma.based:
+                        continue
+                    entries = array.array("Q", os.pread(fd, (vma.end - vma.start) // PAGE_SIZE * 8,
+                                                        vma.start // PAGE_SIZE * 8))
+                    touched += [vma.offset + i * PAGE_SIZE for i, e in enumerate(entries) if e >> 63]
+            finally:
+                os.close(fd)
+        runs = page_runs(sorted(set(touched)))
+        try:
+            WorkingSet.write(path, image_id, runs)
+        except OSError as e:
+            log.warning("cannot write the working set %s (%s)", path, e.strerror)
+            return
+        log.info("working set recorded in %s: %d MB", path, sum(n for _, n in runs) >> 20)
 
     def _use_base(self, files: dict) -> None:
         """A clone's memory: its processes' private mappings and the host files' pages

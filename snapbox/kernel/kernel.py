@@ -120,6 +120,11 @@ class Kernel(Lifecycle, Signaling, Checkpointing):
     faults: dict = nosave(dict)
     loaded: int = nosave(default=-1)
     started: bool = nosave(default=False)  # start() has run: the sandbox was handed to its user
+    # A working set being recorded (checkpoint.WorkingSet): (path, image id), written and
+    # cleared the first time every task waits in a syscall after one has returned: a
+    # server restored waiting for a request records once it has served one.
+    recording: tuple | None = nosave(default=None)
+    recorded_work: bool = nosave(default=False)  # a syscall has returned since the restore
     # Memory a lazy restore found unreadable before start(): the sandbox ends once started,
     # so that `restore` behaves the same whenever the damage is found.
     memory_error: MemoryLost | None = nosave(default=None)
@@ -227,8 +232,14 @@ class Kernel(Lifecycle, Signaling, Checkpointing):
     def step(self, timeout: float | None = None) -> None:
         """One turn of the loop: run woken syscalls, wait for events, dispatch them."""
         self._run_queue()
+        if self.recording is not None and self.recorded_work and not self.paused and self._idle():
+            self.record_working_set()
         self.loop.turn(timeout, busy=bool(self.loop.runq) and not self.paused)
         self._run_queue()
+
+    def _idle(self) -> bool:
+        """Whether every task waits in a syscall, none about to run."""
+        return all(t.run is Run.SYSCALL and not t.queued for t in self.tasks.live_tasks())
 
     def _on_signals(self, signals: list[int]) -> None:
         if signal.SIGIO in signals:
@@ -453,6 +464,8 @@ class Kernel(Lifecycle, Signaling, Checkpointing):
             self.collect_orphans()
         if task.run is Run.DEAD:
             return None  # the call ended its own process (a fatal signal to itself)
+        if self.recording is not None:
+            self.recorded_work = True
         if self.strace is not None:
             self.strace(task, nr, args, result)
         task.restart = None

@@ -16,6 +16,7 @@ touch waits for the load), so a load never overwrites what the program wrote.
 from __future__ import annotations
 
 import bisect
+import concurrent.futures
 import contextlib
 import os
 import threading
@@ -97,6 +98,15 @@ class LazyLoader:
                         self._finished(i, DONE)
             elif self.state[i] != DONE:
                 self._get(i)
+
+    def prefetch(self, runs: list[tuple[int, int]]) -> int:
+        """Load now, on a thread per CPU, every chunk that overlaps the (offset, length)
+        runs: a working set an earlier restore recorded. Returns the bytes those chunks
+        fill; ImageError if one of them could not be read back."""
+        wanted = sorted({i for off, n in runs for i in self._overlapping(off, n)})
+        with concurrent.futures.ThreadPoolExecutor(max_workers=max(len(self.threads), 1)) as pool:
+            list(pool.map(self._get, wanted))
+        return sum(self.chunks[i].length for i in wanted)
 
     def pending(self, offset: int, length: int) -> bool:
         """Whether part of the range still waits for its chunk."""

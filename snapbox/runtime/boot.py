@@ -30,9 +30,11 @@ def main() -> int:
     ap.add_argument("--snapshot-to", default=None)
     ap.add_argument("--base", default=None)
     ap.add_argument("--tied-to", type=int, default=0)
+    ap.add_argument("--working-set", default=None)
     a = ap.parse_args()
     return boot_main(a.root, a.cid, a.bundle, a.ready_fd, a.restore, a.debug_log, a.log_format, a.strace, a.lazy,
-                     a.network, a.memory, a.memory_id, a.snapshot_to, a.base, a.tied_to)
+                     a.network, a.memory, a.memory_id, a.snapshot_to, a.base, a.tied_to,
+                     a.working_set)
 
 
 if __name__ == "__main__":

@@ -118,6 +118,7 @@ class Options:
     snapshot_to: str | None = None  # --snapshot-to: where the image goes when the program asks for one
     base: str | None = None  # the description of a clone's base memory (runtime.clones), for a restore
     tied_to: int = 0  # a pid: the sandbox ends when that process does (an attached `do`)
+    working_set: str | None = None  # --working-set: loaded first by a restore, or recorded (checkpoint.WorkingSet)
     # Where the runtime's warnings go (unsupported config fields): the CLI sends them to --log
     # when it has one, as runc does; by default they are printed on stderr.
     warn: Callable[[str], None] | None = field(default=None, compare=False)
@@ -126,7 +127,8 @@ class Options:
         """The sandbox's settings, as boot_main takes them."""
         return {"debug_log": os.path.abspath(self.debug_log) if self.debug_log else None,
                 "log_format": self.log_format, "strace": self.strace, "network": self.network,
-                "snapshot_to": self.snapshot_to, "base": self.base, "tied_to": self.tied_to}
+                "snapshot_to": self.snapshot_to, "base": self.base, "tied_to": self.tied_to,
+                "working_set": self.working_set}
 
     def boot_args(self) -> list[str]:
         args = ["--log-format", self.log_format]
@@ -142,6 +144,8 @@ class Options:
             args += ["--base", self.base]
         if self.tied_to:
             args += ["--tied-to", str(self.tied_to)]
+        if self.working_set:
+            args += ["--working-set", self.working_set]
         return args
 
 

@@ -58,6 +58,7 @@ def describe(f: IO[bytes]) -> dict[str, Any]:
         "snapbox": meta.get("snapbox"),
         "created": meta.get("created"),
         "host": meta.get("host"),
+        "image_id": meta.get("image_id"),
         "host_kernel": meta.get("kernel"),
         "compression": meta.get("compression"),
         "cpu": {"vendor": fs.vendor, "family": fs.family, "model": fs.model,

@@ -477,7 +477,8 @@ class Sandbox:
 
 
 def _restore(image: str, bundle: Bundle, lazy: bool = False, network: str | None = None,
-             memory: str | None = None, memory_id: str | None = None, base: str | None = None) -> Kernel:
+             memory: str | None = None, memory_id: str | None = None, base: str | None = None,
+             working_set: str | None = None) -> Kernel:
     """The Loader's restore path: from a file, or from stdin when `image` is "-". With `lazy`,
     memory is left in an image file to load as needed (a pipe is read whole all the same).
     With `memory`, the memory file at that path already holds the image's chain, up to
@@ -485,7 +486,8 @@ def _restore(image: str, bundle: Bundle, lazy: bool = False, network: str | None
     the image's own mode) is joined before the graph is read: its sockets bind again as
     they load. With `base` (a clone: the path of its base's description), the image's
     memory is the base's (see runtime.clones), its private mappings shared with the other
-    clones."""
+    clones. With `working_set`, the memory that file names is loaded first, or the file is
+    recorded (checkpoint.WorkingSet)."""
     try:
         if image == "-":
             f = os.fdopen(0, "rb", closefd=False, buffering=1 << 20)
@@ -497,7 +499,8 @@ def _restore(image: str, bundle: Bundle, lazy: bool = False, network: str | None
     try:
         with f:
             with _on_all_cpus():  # memory is decompressed on every CPU; stubs stay pinned
-                ctx = LoadContext(rootfs=bundle.rootfs, host_sockets=[], memory=memory, memory_id=memory_id)
+                ctx = LoadContext(rootfs=bundle.rootfs, host_sockets=[], memory=memory, memory_id=memory_id,
+                                  working_set=working_set)
                 if base is not None:
                     ctx.base, ctx.base_files = read_base_description(base)
                 net: dict = {}
@@ -554,7 +557,7 @@ def boot_main(root: str, cid: str, bundle_path: str, ready_fd: int, restore: str
               debug_log: str | None = None, log_format: str = "text", strace: bool = False,
               lazy: bool = False, network: str | None = None, memory: str | None = None,
               memory_id: str | None = None, snapshot_to: str | None = None, base: str | None = None,
-              tied_to: int = 0) -> int:
+              tied_to: int = 0, working_set: str | None = None) -> int:
     """Entry point of the sandbox process. Returns its exit code."""
     cdir = os.path.join(root, cid)
     _setup_logging(debug_log or os.path.join(cdir, "sandbox.log"), log_format)
@@ -566,7 +569,7 @@ def boot_main(root: str, cid: str, bundle_path: str, ready_fd: int, restore: str
             cgroups.join(bundle.cgroup)  # before any stub starts: they are all in it
         _PLACEMENT = Placement()
         if restore is not None:
-            kernel = _restore(restore, bundle, lazy, network, memory, memory_id, base)
+            kernel = _restore(restore, bundle, lazy, network, memory, memory_id, base, working_set)
         else:
             net = _network(network or "sandbox", bundle, lazy=True)
             # os.fsencode: arguments that were not UTF-8 on the command line (`do`) come

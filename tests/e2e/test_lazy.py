@@ -57,6 +57,42 @@ def test_a_checkpoint_right_after_a_lazy_restore_holds_all_memory(snapbox, tmp_p
     assert all(line.endswith(PAGES) for line in after), after
 
 
+def test_a_working_set_is_recorded_once_then_loaded_first(snapbox, tmp_path):
+    """memhog touches all of its 64 MB every tick, then sleeps: its first restore with
+    --working-set records those pages once it sleeps; the next loads them before it runs."""
+    import cbor2
+
+    image, out, n = _memhog_image(snapbox, tmp_path)
+    ws = tmp_path / "m.ws"
+    snapbox.run_detached("m1", "memhog", out, restore=image, lazy=True, extra=("--working-set", str(ws)))
+    wait_for(ws.exists, what="the working set")
+    recorded = cbor2.loads(ws.read_bytes())
+    image_id = json.loads(snapbox("inspect", "--json", str(image)).stdout)["image_id"]
+    assert recorded["image_id"] == image_id
+    assert 64 << 20 <= sum(length for _, length in recorded["runs"]) <= 80 << 20, recorded["runs"]
+    snapbox("kill", "m1", "KILL")
+    snapbox("delete", "--force", "m1")
+    before = ws.stat().st_mtime_ns
+    n = len(lines(out))
+    snapbox.run_detached("m2", "memhog", out, restore=image, lazy=True, extra=("--working-set", str(ws)))
+    after = _ticks_after(out, n, 2)
+    log = (snapbox.root / "m2" / "sandbox.log").read_text()
+    snapbox("kill", "m2", "KILL")
+    assert all(line.endswith(PAGES) for line in after), after
+    assert f"working set {ws}: 64 MB loaded first" in log or f"working set {ws}: 65 MB loaded first" in log, log
+    assert ws.stat().st_mtime_ns == before  # recorded once
+
+
+def test_a_working_set_file_that_is_not_one_is_refused_and_kept(snapbox, tmp_path):
+    image, out, _ = _memhog_image(snapbox, tmp_path)
+    other = tmp_path / "notes.txt"
+    other.write_text("my notes\n")
+    p = snapbox.run_detached("m1", "memhog", out, restore=image, lazy=True, extra=("--working-set", str(other)),
+                             check=False)
+    assert p.returncode != 0 and p.stderr == f"snapbox: error: {other} is not a working set (refusing to write over it)\n"
+    assert other.read_text() == "my notes\n"
+
+
 def test_a_corrupt_page_ends_the_sandbox_before_the_program_sees_it(snapbox, tmp_path):
     image, out, n = _memhog_image(snapbox, tmp_path)
     data = bytearray(image.read_bytes())
