@@ -192,6 +192,21 @@ class ClonePool:
         except FileNotFoundError:
             return 0
 
+    def _oldest_ready(self) -> Container | None:
+        """The oldest clone ready to be taken, reading no more states than it must: the
+        refiller numbers clones c1, c2, ... as it makes them."""
+        try:
+            names = [n for n in os.listdir(self.ready_root) if re.fullmatch(r"c\d+", n)]
+        except FileNotFoundError:
+            return None
+        for name in sorted(names, key=lambda n: int(n[1:])):
+            with contextlib.suppress(SnapboxError):
+                if os.path.exists(os.path.join(self.ready_root, name, "state.json")):
+                    clone = Container.load(self.ready_root, name)
+                    if clone.status == CREATED:
+                        return clone
+        return None
+
     def ready(self) -> list[Container]:
         """The clones ready to be taken (restored, not started, alive), oldest first."""
         clones = [c for c in Container.list(self.ready_root) if c.status == CREATED]
@@ -215,13 +230,10 @@ class ClonePool:
         info = self.info()
         while True:
             with self._locked():
-                ready = self.ready()
-                if not ready:
+                clone = self._oldest_ready()
+                if clone is None:
                     break
-                clone = ready[0]
                 os.rename(clone.dir, target)
-            with contextlib.suppress(OSError):
-                self._wake()
             try:
                 c = self._hand_over(cid, info, stdio)
             except SnapboxError as e:  # it died while ready: the next one
@@ -231,6 +243,8 @@ class ClonePool:
                     Container.load(self.root, cid).delete(force=True)
                 shutil.rmtree(target, ignore_errors=True)
                 continue
+            with contextlib.suppress(OSError):
+                self._wake()  # after the hand-over: a refill would compete with it for the CPU
             self._add("hits")
             return c, True
         self._add("misses")
@@ -246,10 +260,16 @@ class ClonePool:
         c = Container.load(self.root, cid)
         with c.locked():
             c._require("take", CREATED)
-            control.call(c.control_path, "adopt", fds=list(stdio), dir=c.dir, hostname=cid)
+            _schedule_normally(c.state["pid"])
+            # Started by the adopt itself, unless a startContainer hook must run before.
+            now = not c.state.get("hooks", {}).get("startContainer")
+            control.call(c.control_path, "adopt", fds=list(stdio), dir=c.dir, hostname=cid, start=now)
             c.state["id"] = cid
             c.state["bundle"] = _own_bundle(self.root, cid, info["bundle"])
-            c._start()
+            if now:
+                c._started()
+            else:
+                c._start()
         return c
 
     def _wake(self) -> None:
@@ -335,7 +355,11 @@ class ClonePool:
         return pid
 
     def serve(self) -> int:
-        """The refiller: keep `size` clones ready until the pool is deleted."""
+        """The refiller: keep `size` clones ready until the pool is deleted. It runs at
+        idle priority (SCHED_IDLE), and so does all it starts (the ready clones' warm pool,
+        their sandbox processes and stubs): restoring the next clone never takes the CPU
+        from a clone just taken, which a take gives normal priority back."""
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
         wake = os.open(os.path.join(self.dir, "wake"), os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
         signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
         while True:
@@ -388,6 +412,20 @@ def _own_bundle(root: str, cid: str, bundle: str) -> str:
     except OSError:
         shutil.copyfile(os.path.join(bundle, "config.json"), config)
     return path
+
+
+def _schedule_normally(pid: int) -> None:
+    """Give every thread of process `pid` and of its descendants (a clone's sandbox
+    process and its stubs) the normal scheduling policy again (see ClonePool.serve)."""
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        with contextlib.suppress(OSError):
+            for tid in os.listdir(f"/proc/{p}/task"):
+                with contextlib.suppress(OSError):
+                    os.sched_setscheduler(int(tid), os.SCHED_OTHER, os.sched_param(0))
+                with contextlib.suppress(OSError), open(f"/proc/{p}/task/{tid}/children") as f:
+                    todo += [int(c) for c in f.read().split()]
 
 
 def _stat_of(path: str) -> list | None:

@@ -217,11 +217,12 @@ class Container:
         return pid > 0 and _proc_start(pid) == self.state.get("pid_start")
 
     def save_state(self) -> None:
+        """Replace state.json whole (a reader sees the old state or the new one). Not
+        fsynced, as runc does not: a state that a host crash could lose describes processes
+        the crash ended too."""
         tmp = os.path.join(self.dir, ".state.json.tmp")
         with open(tmp, "w") as f:
             json.dump(self.state, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
         os.replace(tmp, os.path.join(self.dir, "state.json"))
 
     @contextlib.contextmanager
@@ -340,23 +341,23 @@ class Container:
 
     def run_hooks(self, *kinds: str, fatal: bool = True) -> None:
         """Run the bundle's OCI hooks of `kinds` on the host, the state JSON on their stdin."""
-        state = json.dumps(self.oci_state()).encode()
-        for kind in kinds:
-            for hook in self.state.get("hooks", {}).get(kind, []):
-                argv = hook.get("args") or [hook["path"]]
-                try:
-                    p = subprocess.run([hook["path"], *argv[1:]], input=state, capture_output=True,
-                                       env=dict(e.split("=", 1) for e in hook.get("env", []) if "=" in e),
-                                       timeout=hook.get("timeout"))
-                    failed = p.returncode != 0
-                    why = p.stderr.decode(errors="replace").strip() or f"exit code {p.returncode}"
-                except (OSError, subprocess.TimeoutExpired) as e:
-                    failed, why = True, str(e)
-                if failed:
-                    message = f"{kind} hook {hook['path']} failed ({why})"
-                    if fatal:
-                        raise SnapboxError(message)
-                    print(f"snapbox: warning: {message}", file=sys.stderr)
+        hooks = [(kind, hook) for kind in kinds for hook in self.state.get("hooks", {}).get(kind, [])]
+        state = json.dumps(self.oci_state()).encode() if hooks else b""
+        for kind, hook in hooks:
+            argv = hook.get("args") or [hook["path"]]
+            try:
+                p = subprocess.run([hook["path"], *argv[1:]], input=state, capture_output=True,
+                                   env=dict(e.split("=", 1) for e in hook.get("env", []) if "=" in e),
+                                   timeout=hook.get("timeout"))
+                failed = p.returncode != 0
+                why = p.stderr.decode(errors="replace").strip() or f"exit code {p.returncode}"
+            except (OSError, subprocess.TimeoutExpired) as e:
+                failed, why = True, str(e)
+            if failed:
+                message = f"{kind} hook {hook['path']} failed ({why})"
+                if fatal:
+                    raise SnapboxError(message)
+                print(f"snapbox: warning: {message}", file=sys.stderr)
 
     def _spawn(self, restore_image: str | None, lazy: bool = False, console_socket: str | None = None,
                memory: tuple[str, str] | None = None, own: bool = False) -> None:
@@ -425,6 +426,10 @@ class Container:
     def _start(self) -> None:
         self.run_hooks("startContainer")
         self._call("start")
+        self._started()
+
+    def _started(self) -> None:
+        """The sandbox has been told to start: record it, then the poststart hooks."""
         self.state["status"] = RUNNING
         self.save_state()
         self.run_hooks("poststart", fatal=False)

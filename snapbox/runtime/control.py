@@ -64,9 +64,10 @@ OPERATIONS: dict[str, Operation] = {op.name: op for op in (
               fds="stdin, stdout, stderr",
               doc="Start another process on the passed stdio; with `wait`, a second reply "
                   "{\"exit\": wait status} comes when it ends."),
-    Operation("adopt", {"dir": str, "hostname": str}, fds="stdin, stdout, stderr",
+    Operation("adopt", {"dir": str, "hostname": str, "start": bool}, fds="stdin, stdout, stderr",
               doc="A restored sandbox not started yet (a clone taken from its pool) has moved to "
-                  "`dir`: it runs on the passed stdio, as `hostname`."),
+                  "`dir`: it runs on the passed stdio, as `hostname`; with `start`, it starts "
+                  "too (one round trip instead of two)."),
 )}
 
 

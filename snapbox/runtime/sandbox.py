@@ -246,6 +246,8 @@ class Sandbox:
         self.dir = msg["dir"]
         if msg.get("hostname"):
             k.hostname = msg["hostname"]
+        if msg.get("start"):
+            k.start()
         return {}
 
     # What carries out each operation of control.OPERATIONS.

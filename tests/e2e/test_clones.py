@@ -99,6 +99,31 @@ def test_clones_go_on_from_the_image_each_its_own(snapbox, image):
             t.close()
 
 
+def test_ready_clones_wait_at_idle_priority_and_a_taken_one_runs_normally(snapbox, image):
+    """Restoring the next clone must not take the CPU from one just taken: the refiller
+    and the clones it holds ready run at SCHED_IDLE, a take gives its clone (the sandbox
+    process and its stubs) the normal policy back."""
+    def policies(pid: int) -> set[int]:
+        out, todo = set(), [pid]
+        while todo:
+            p = todo.pop()
+            for tid in os.listdir(f"/proc/{p}/task"):
+                out.add(os.sched_getscheduler(int(tid)))
+                todo += [int(c) for c in Path(f"/proc/{p}/task/{tid}/children").read_text().split()]
+        return out
+
+    snapbox("pool", "create", "--image", str(image), "--size", "2", "p")
+    ready = snapbox.root / ".clones" / "p" / "ready"
+    pids = [json.loads((d / "state.json").read_text())["pid"] for d in ready.iterdir() if (d / "state.json").exists()]
+    assert len(pids) == 2 and all(policies(pid) == {os.SCHED_IDLE} for pid in pids)
+    t = take(snapbox, "p", "f1")
+    try:
+        assert policies(snapbox.sandbox_pid("f1")) == {os.SCHED_OTHER}
+        assert t.ask("echo $V") == "original"
+    finally:
+        t.close()
+
+
 def test_a_checkpoint_of_a_clone_restores_by_itself(snapbox, image, tmp_path):
     snapbox("pool", "create", "--image", str(image), "--size", "1", "p")
     t = take(snapbox, "p", "f1")
