@@ -129,6 +129,8 @@ class IpcNamespace:
     sems: dict = field(default_factory=dict)  # index -> SemSet
     shms: dict = field(default_factory=dict)  # index -> ShmSegment
     seq: int = 0  # the next object's sequence number
+    mqueues: dict = field(default_factory=dict)  # name -> POSIX MessageQueue (snapbox.kernel.mqueue)
+    mq_inos: int = 0  # inode numbers given to message queues so far
     # SEM_UNDO adjustments: tgid -> {semid: {semnum: adjustment}}, applied when it exits
     undo: dict = field(default_factory=dict)
     # Tasks blocked in semop -> (SemSet, semaphore, waiting for zero?), for GETNCNT/GETZCNT;

@@ -19,6 +19,7 @@ from snapbox.kernel.pipe import FifoNode, make_pipe
 from snapbox.kernel.hostnet import HostSocket
 from snapbox.kernel.inet import InetSocket, UdpSocket
 from snapbox.kernel.ipc import IpcNamespace, IpcPerm, MsgQueue, SemSet, ShmSegment
+from snapbox.kernel.mqueue import MessageQueue, MqueueFile
 from snapbox.kernel.socket import SocketNode, UnixSocket, make_pair
 from snapbox.kernel.procfs import ProcFile, ProcNode, mount_proc
 from snapbox.kernel.host import HostFile
@@ -88,6 +89,12 @@ def build(name: str, kernel: Kernel):
                        shms={0: ShmSegment(perm=IpcPerm(0, 0, 0, 0, 0, 0o1600, 5), size=10000,
                                            offset=memfile.alloc(12288), cpid=1, atime=4)},
                        seq=6, undo={7: {32769 * 4 + 1: {0: -1, 2: 3}}})
+    mq = MessageQueue(name="jobs", ino=1, uid=0, gid=0, mode=0o640, maxmsg=4, msgsize=64, notify_tgid=3,
+                      notify_kind=0, notify_signo=10, notify_value=77)
+    mq.put(1, b"low")
+    mq.put(5, b"high")
+    ipc.mqueues["jobs"] = mq
+    ipc.mq_inos = 1
     if "dev" not in fs.root.entries:
         mount_dev(fs)
         mount_proc(kernel)
@@ -152,6 +159,8 @@ def build(name: str, kernel: Kernel):
         "SemSet": lambda: ipc.sems[1],
         "ShmSegment": lambda: ipc.shms[0],
         "IpcNamespace": lambda: ipc,
+        "MessageQueue": lambda: mq,
+        "MqueueFile": lambda: MqueueFile(flags=0o4002, queue=mq),
     }
     return factories[name]()
 

@@ -1,5 +1,6 @@
-"""System V IPC (message queues, semaphore sets, shared memory) against a native run in a
-fresh IPC namespace, and tasks blocked in msgrcv and semop carried through a checkpoint."""
+"""System V IPC (message queues, semaphore sets, shared memory), POSIX shared memory,
+semaphores and message queues against a native run in a fresh IPC namespace, and tasks
+blocked in msgrcv, semop and mq_receive carried through a checkpoint."""
 
 from __future__ import annotations
 
@@ -26,9 +27,10 @@ def test_system_v_ipc_matches_native(snapbox, images, tmp_path, bundle):
 
 
 @pytest.mark.parametrize("lazy", [False, True])
-def test_tasks_blocked_in_msgrcv_and_semop_survive_a_checkpoint(snapbox, images, tmp_path, lazy):
+def test_tasks_blocked_in_msgrcv_semop_and_mq_receive_survive_a_checkpoint(snapbox, images, tmp_path, lazy):
     got = held_through_a_restore(snapbox, images, tmp_path, "ipc", "done", lazy)
     assert "reader got: sent after" in got
     assert "waiter: ok" in got
     assert 'msgrcv still queued: type 2 "queued before" (13)' in got
     assert "segment: kept in the segment, sem after the waiter's undo: 1" in got
+    assert "mq reader got: sent after (7)" in got
