@@ -15,6 +15,7 @@ import stat
 from typing import TYPE_CHECKING
 
 from snapbox.kernel import elf
+from snapbox.kernel.creds import MAY_EXEC, CapSets, check, exec_transform
 from snapbox.kernel.devices import mount_dev
 from snapbox.kernel.errors import SyscallError
 from snapbox.kernel.fd import FDTable
@@ -70,10 +71,11 @@ class Lifecycle:
     @classmethod
     def boot(cls, rootfs: str, argv: list[bytes], env: list[bytes], cwd: str = "/",
              hostname: str = "snapbox", memory_limit: int = 0, mounts: list | None = None,
-             user: tuple[int, int] = (0, 0)) -> Kernel:
+             user: tuple[int, int] = (0, 0), caps: CapSets | None = None) -> Kernel:
         """A kernel with one process (pid 1) ready to run argv[0], stdio = ours; its
         memory (all processes together) limited to `memory_limit` bytes if not 0; `mounts`
-        are ("tmpfs", destination, "") and ("bind" or "rw-bind", destination, host source) entries."""
+        are ("tmpfs", destination, "") and ("bind" or "rw-bind", destination, host source) entries.
+        `user` is its (uid, gid), `caps` its capabilities (see spawn)."""
         memfile = MemoryFile(limit=memory_limit)
         fs = Filesystem(rootfs=rootfs, memfile=memfile)
         mount_dev(fs, terminal=os.isatty(0))
@@ -87,15 +89,17 @@ class Lifecycle:
                     fs.mount_bind(destination, source, writable=kind == "rw-bind")
             except SyscallError as e:
                 raise SnapboxError(f"cannot mount {destination} ({e})") from None
-        k.tasks.init = k.spawn(argv, env, cwd, creds=user)
+        k.tasks.init = k.spawn(argv, env, cwd, creds=user, caps=caps)
         return k
 
     def spawn(self, argv: list[bytes], env: list[bytes], cwd: str, stdio: list[int] | None = None,
-              creds: tuple[int, int] = (0, 0)) -> ThreadGroup:
+              creds: tuple[int, int] = (0, 0), caps: CapSets | None = None) -> ThreadGroup:
         """A new process running argv[0] with no parent (init, or one `exec` adds).
 
         Its stdio is the sandbox process's, or the host fds `stdio` (which it takes).
-        `creds` is (uid, gid). Starts when the kernel runs (at once if it is running).
+        `creds` is (uid, gid); `caps` its capabilities, by default every one for root and
+        none for another user (as an execve by each would leave them). Starts when the
+        kernel runs (at once if it is running).
         """
         fs = self.fs
         root = fs.root
@@ -153,7 +157,10 @@ class Lifecycle:
                 fds.install_at(i, HostFile(flags=2, stdio=i, passed=True, fd=stdio[i]))
         uid, gid = creds
         tg = ThreadGroup(tgid=tgid, mm=mm, fds=fds, fs=FSContext(root=root, cwd=cwd_node),
-                         argv=list(argv), exe=exe, pgid=tgid, sid=tgid, creds=[uid, uid, uid, gid, gid, gid])
+                         argv=list(argv), exe=exe, pgid=tgid, sid=tgid, creds=[uid, uid, uid, gid, gid, gid],
+                         fsuid=uid, fsgid=gid, caps=caps.copy() if caps is not None else CapSets())
+        if caps is None and uid != 0:
+            exec_transform(tg)  # a process that starts as another user has no capabilities
         task = Task(tid=tgid, tg=tg, kernel=self, comm=os.path.basename(path).decode(errors="replace")[:15])
         tg.tasks.append(task)
         pidns.tasks[tgid] = task
@@ -269,6 +276,7 @@ class Lifecycle:
             sigactions={n: SigAction(a.handler, a.flags, a.restorer, a.mask) for n, a in parent.sigactions.items()},
             argv=list(parent.argv), exe=parent.exe, rlimits=dict(parent.rlimits),
             pgid=parent.pgid, sid=parent.sid, creds=list(parent.creds), groups=list(parent.groups),
+            fsuid=parent.fsuid, fsgid=parent.fsgid, caps=parent.caps.copy(),
             prctl={k: v for k, v in parent.prctl.items() if k != "subreaper"}, personality=parent.personality)
         child = Task(tid=tgid, tg=tg, kernel=self, comm=t.comm, signal_mask=t.signal_mask, nice=t.nice,
                      ioprio=t.ioprio, mempolicy=t.mempolicy)
@@ -320,11 +328,12 @@ class Lifecycle:
     def execve(self, t: Task, path: bytes, argv: list[bytes], envp: list[bytes], depth: int = 0) -> None:
         """execve(2): replace the caller's program. Fails with no side effect, or succeeds
         with the task's registers set to the new program's entry."""
-        parent, name, node = self.fs.walk(t.fs.cwd, t.fs.root, path)
+        parent, name, node = self.fs.walk(t.fs.cwd, t.fs.root, path, who=t.tg)
         if node is None:
             raise SyscallError(errno.ENOENT)
-        if node.is_dir() or not stat.S_ISREG(node.mode) or not node.mode & 0o111:
+        if not stat.S_ISREG(node.mode):
             raise SyscallError(errno.EACCES)
+        check(t.tg, node, MAY_EXEC)
         data, pages = self._program_file(node)
         if data[:2] == b"#!":
             # A script: run its interpreter with the script's path (binfmt_script).
@@ -361,6 +370,7 @@ class Lifecycle:
         tg.sigactions = {n: a for n, a in tg.sigactions.items() if a.handler == SIG_IGN}
         tg.argv = list(argv)
         tg.exe = exe
+        exec_transform(tg)
         t.comm = os.path.basename(path).decode(errors="replace")[:15]  # execve(2): the name it was run by
         regs = t.regs
         for name in ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "r8", "r9", "r10", "r11",

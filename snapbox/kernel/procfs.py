@@ -269,16 +269,19 @@ def _status(k, tg) -> str:
     leader = tg.tasks[0]
     ppid = tg.parent.tgid if tg.parent is not None else 0
     states = {"R": "R (running)", "S": "S (sleeping)"}
-    creds = tg.creds
+    creds, c = tg.creds, tg.caps
     vm = sum(v.end - v.start for v in tg.mm.vmas) // 1024
     return (f"Name:\t{leader.comm}\nUmask:\t{tg.fs.umask:04o}\nState:\t{states[_state(tg)]}\n"
             f"Tgid:\t{tg.tgid}\nPid:\t{tg.tgid}\nPPid:\t{ppid}\n"
-            f"Uid:\t{creds[0]}\t{creds[1]}\t{creds[2]}\t{creds[1]}\n"
-            f"Gid:\t{creds[3]}\t{creds[4]}\t{creds[5]}\t{creds[4]}\n"
+            f"Uid:\t{creds[0]}\t{creds[1]}\t{creds[2]}\t{tg.fsuid}\n"
+            f"Gid:\t{creds[3]}\t{creds[4]}\t{creds[5]}\t{tg.fsgid}\n"
             f"FDSize:\t{max(64, len(tg.fds.files))}\nGroups:\t{' '.join(map(str, tg.groups))}\n"
             f"VmSize:\t{vm:8d} kB\nThreads:\t{len(tg.tasks)}\n"
             f"SigPnd:\t{leader.pending:016x}\nShdPnd:\t{tg.pending:016x}\n"
-            f"SigBlk:\t{leader.signal_mask:016x}\n")
+            f"SigBlk:\t{leader.signal_mask:016x}\n"
+            f"CapInh:\t{c.inheritable:016x}\nCapPrm:\t{c.permitted:016x}\nCapEff:\t{c.effective:016x}\n"
+            f"CapBnd:\t{c.bounding:016x}\nCapAmb:\t{c.ambient:016x}\n"
+            f"NoNewPrivs:\t{tg.prctl.get('no_new_privs', 0)}\n")
 
 
 def _map_line(v) -> str:

@@ -6,6 +6,7 @@ import enum
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from snapbox.kernel.creds import CapSets
 from snapbox.kernel.fd import FDTable
 from snapbox.kernel.mm import MemoryManager
 from snapbox.kernel.vfs import Dir
@@ -74,6 +75,10 @@ class ThreadGroup:
     pgid: int = 0  # process group id
     creds: list = field(default_factory=lambda: [0, 0, 0, 0, 0, 0])  # ruid euid suid rgid egid sgid
     groups: list = field(default_factory=list)  # supplementary group ids
+    # The ids file permissions are checked against: they follow the effective ids (setfsuid).
+    fsuid: int = 0
+    fsgid: int = 0
+    caps: CapSets = field(default_factory=CapSets)  # capabilities (snapbox.kernel.creds)
     pdeath_signal: int = 0  # PR_SET_PDEATHSIG: sent when the parent exits
     prctl: dict = field(default_factory=dict)  # other prctl(2) settings by name
     job_stopped: int = 0  # the signal that stopped the process (SIGSTOP, ...), 0 when not stopped

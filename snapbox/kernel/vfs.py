@@ -22,6 +22,7 @@ import time
 import weakref
 from dataclasses import dataclass, field
 
+from snapbox.kernel.creds import MAY_EXEC, check, searches_freely
 from snapbox.kernel.errors import SyscallError
 from snapbox.kernel.fd import O_APPEND, OpenFile
 from snapbox.kernel.locks import release_owner
@@ -437,10 +438,10 @@ class Filesystem:
             d = node
         return d, parts[-1]
 
-    def make_dir(self, parent: Dir, name: str, mode: int) -> Dir:
+    def make_dir(self, parent: Dir, name: str, mode: int, uid: int = 0, gid: int = 0) -> Dir:
         now = now_ns()
         d = Dir(ino=self.new_ino(), mode=st.S_IFDIR | (mode & 0o7777), nlink=2, atime=now, mtime=now,
-                ctime=now, name=name, parent=parent)
+                ctime=now, name=name, parent=parent, uid=uid, gid=gid)
         parent.entries[name] = d
         parent.whiteouts.discard(name)
         return d
@@ -572,21 +573,24 @@ class Filesystem:
         d.entries[name] = up
         return up
 
-    def walk(self, start: Dir, root: Dir, path: bytes, follow_last: bool = True):
+    def walk(self, start: Dir, root: Dir, path: bytes, follow_last: bool = True, who=None):
         """Resolve `path` from `start` (or `root` if absolute) in sandbox terms.
 
         Returns (parent Dir, last name, node or None when the last component does not
         exist). Symlinks are followed in every component but the last, which is followed
-        only if `follow_last`. Raises ENOENT, ENOTDIR, ELOOP, ENAMETOOLONG.
+        only if `follow_last`. Raises ENOENT, ENOTDIR, ELOOP, ENAMETOOLONG, and with
+        `who` (a ThreadGroup) EACCES for a directory it may not search.
         """
         if not path:
             raise SyscallError(errno.ENOENT)
         if len(path) >= 4096:
             raise SyscallError(errno.ENAMETOOLONG)
         budget = [SYMLOOP_MAX]
-        return self._walk(start, root, path, follow_last, budget)
+        if who is not None and searches_freely(who):
+            who = None
+        return self._walk(start, root, path, follow_last, budget, who)
 
-    def _walk(self, d: Dir, root: Dir, path: bytes, follow_last: bool, budget: list):
+    def _walk(self, d: Dir, root: Dir, path: bytes, follow_last: bool, budget: list, who=None):
         if path.startswith(b"/"):
             d = root
         trailing_slash = path.endswith(b"/")
@@ -599,6 +603,8 @@ class Filesystem:
                 raise SyscallError(errno.ENAMETOOLONG)
             if not d.is_dir():
                 raise SyscallError(errno.ENOTDIR)
+            if who is not None:
+                check(who, d, MAY_EXEC)
             if name == ".":
                 node = d
             elif name == "..":
@@ -617,7 +623,7 @@ class Filesystem:
                 target = self.readlink(node)
                 rest = b"/".join(os.fsencode(p) for p in parts[i + 1:])
                 joined = target + (b"/" + rest if rest else b"") + (b"/" if trailing_slash else b"")
-                return self._walk(d, root, joined, follow_last, budget)
+                return self._walk(d, root, joined, follow_last, budget, who)
             if last:
                 if trailing_slash and not node.is_dir():
                     raise SyscallError(errno.ENOTDIR)

@@ -8,6 +8,7 @@ import os
 from dataclasses import dataclass, field
 
 from snapbox.errors import BundleError
+from snapbox.kernel.creds import CAP_NAMES, parse_caps
 from snapbox.runtime import cgroups
 
 log = logging.getLogger("snapbox.bundle")
@@ -21,7 +22,8 @@ _RLIMITS = {"RLIMIT_CPU": 0, "RLIMIT_FSIZE": 1, "RLIMIT_DATA": 2, "RLIMIT_STACK"
 HOOK_KINDS = ("prestart", "createRuntime", "createContainer", "startContainer", "poststart", "poststop")
 # Mount types served by the sentry itself: /proc and /dev are always there.
 _BUILTIN_MOUNTS = {("proc", "/proc"), ("tmpfs", "/dev")}
-_KNOWN_PROCESS = {"args", "env", "cwd", "terminal", "user", "rlimits", "noNewPrivileges"}
+_KNOWN_PROCESS = {"args", "env", "cwd", "terminal", "user", "rlimits", "noNewPrivileges", "capabilities"}
+_CAP_SETS = ("effective", "permitted", "inheritable", "bounding", "ambient")
 
 
 @dataclass
@@ -43,6 +45,9 @@ class Bundle:
     terminal: bool = False  # process.terminal: the program runs on the caller's terminal
     rlimits: dict = field(default_factory=dict)  # RLIMIT_* number -> (soft, hard)
     no_new_privs: bool = False  # process.noNewPrivileges
+    # process.capabilities: set name (effective, permitted, ...) -> capability bits; None
+    # when absent (root then has every capability, another user none)
+    capabilities: dict | None = None
     hooks: dict = field(default_factory=dict)  # kind -> [{"path", "args", "env", "timeout"}]
     config: dict = field(default_factory=dict)  # config.json as read
     # ("tmpfs", destination, ""), or ("bind" / "rw-bind", destination, host source)
@@ -92,6 +97,18 @@ class Bundle:
         groups = user.get("additionalGids") or []
         if not isinstance(groups, list) or not all(isinstance(g, int) for g in groups):
             raise BundleError(f"{config_path}: process.user.additionalGids must be numbers")
+        capabilities = None
+        if process.get("capabilities") is not None:
+            caps = process["capabilities"]
+            if not isinstance(caps, dict) or not all(isinstance(caps.get(k, []), list) for k in _CAP_SETS):
+                raise BundleError(f"{config_path}: process.capabilities must hold lists of capability names")
+            capabilities = {}
+            for kind in _CAP_SETS:
+                known = [n for n in caps.get(kind, []) if n in CAP_NAMES]
+                # runc too ignores capabilities it does not know, with a warning
+                warnings += [f"unknown capability {n!r} in process.capabilities.{kind} is ignored"
+                             for n in caps.get(kind, []) if n not in CAP_NAMES]
+                capabilities[kind] = parse_caps(known)
         rlimits = {}
         for r in process.get("rlimits") or []:
             if not isinstance(r, dict) or r.get("type") not in _RLIMITS or \
@@ -141,7 +158,7 @@ class Bundle:
                    annotations=config.get("annotations") or {}, memory_limit=limit, cgroup=cgroup, mounts=mounts,
                    user=(user.get("uid", 0), user.get("gid", 0)), groups=groups,
                    readonly=bool(isinstance(root, dict) and root.get("readonly")), terminal=terminal, rlimits=rlimits,
-                   no_new_privs=bool(process.get("noNewPrivileges")),
+                   no_new_privs=bool(process.get("noNewPrivileges")), capabilities=capabilities,
                    hooks={k: v for k, v in hooks.items() if k in HOOK_KINDS}, config=config, warnings=warnings)
 
 

@@ -23,6 +23,7 @@ import cbor2
 
 from snapbox.errors import Cancelled, SnapboxError
 from snapbox.kernel.checkpoint import LoadContext, read_base_description
+from snapbox.kernel.creds import CapSets
 from snapbox.kernel.kernel import Kernel
 from snapbox.kernel.loop import take_terminal
 from snapbox.kernel.strace import tracer
@@ -578,7 +579,8 @@ def boot_main(root: str, cid: str, bundle_path: str, ready_fd: int, restore: str
             # back as they were.
             kernel = Kernel.boot(bundle.rootfs, [os.fsencode(a) for a in bundle.args],
                                  [os.fsencode(e) for e in bundle.env], bundle.cwd, bundle.hostname,
-                                 memory_limit=bundle.memory_limit, mounts=bundle.mounts, user=bundle.user)
+                                 memory_limit=bundle.memory_limit, mounts=bundle.mounts, user=bundle.user,
+                                 caps=CapSets(**bundle.capabilities) if bundle.capabilities is not None else None)
             kernel.make_network = net.pop("make", None)
             kernel.network = net
         if restore is None:

@@ -20,6 +20,7 @@ from snapbox.kernel.hostnet import HostSocket
 from snapbox.kernel.inet import InetSocket, UdpSocket
 from snapbox.kernel.ipc import IpcNamespace, IpcPerm, MsgQueue, SemSet, ShmSegment
 from snapbox.kernel.mqueue import MessageQueue, MqueueFile
+from snapbox.kernel.creds import CapSets
 from snapbox.kernel.socket import SocketNode, UnixSocket, make_pair
 from snapbox.kernel.procfs import ProcFile, ProcNode, mount_proc
 from snapbox.kernel.host import HostFile
@@ -161,6 +162,8 @@ def build(name: str, kernel: Kernel):
         "IpcNamespace": lambda: ipc,
         "MessageQueue": lambda: mq,
         "MqueueFile": lambda: MqueueFile(flags=0o4002, queue=mq),
+        "CapSets": lambda: CapSets(effective=0b101, permitted=0b111, inheritable=0b10, bounding=(1 << 41) - 1 - 4,
+                                   ambient=0b10, securebits=0x30),
     }
     return factories[name]()
 

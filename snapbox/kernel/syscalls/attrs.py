@@ -6,8 +6,10 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import stat
 import struct
 
+from snapbox.kernel.creds import CAP_CHOWN, CAP_FSETID, MAY_WRITE, capable, check, in_group, owns
 from snapbox.kernel.errors import SyscallError
 from snapbox.kernel.pipe import PipeFile
 from snapbox.kernel.syscalls import NR, i32, i64, syscall
@@ -91,6 +93,10 @@ def _node_of(t, dirfd: int, path: int, flags: int):
 
 
 def _chmod(t, node, mode: int) -> int:
+    if not owns(t.tg, node):
+        raise SyscallError(errno.EPERM)
+    if not in_group(t.tg, node.gid) and not capable(t.tg, CAP_FSETID):
+        mode &= ~stat.S_ISGID  # chmod(2): not kept by a caller outside the file's group
     host = on_host(t, node)
     if host is not None:
         host.at(host_path(node), os.chmod, mode & 0o7777)
@@ -119,6 +125,16 @@ def fchmod(t, fd, mode):
 
 
 def _chown(t, node, uid: int, gid: int) -> int:
+    uid, gid, tg = i32(uid), i32(gid), t.tg
+    if not capable(tg, CAP_CHOWN):
+        # chown(2): only the owner, and only to give the file to one of its own groups.
+        if uid != -1 and (uid & 0xFFFFFFFF != node.uid or tg.fsuid != node.uid):
+            raise SyscallError(errno.EPERM)
+        if gid != -1 and (tg.fsuid != node.uid or (gid & 0xFFFFFFFF != node.gid and not in_group(tg, gid))):
+            raise SyscallError(errno.EPERM)
+    if not node.is_dir() and not stat.S_ISLNK(node.mode):
+        # ... and a file's set-user-ID bit goes, and its set-group-ID bit if it is group-executable.
+        node.mode &= ~(stat.S_ISUID | (stat.S_ISGID if node.mode & stat.S_IXGRP else 0))
     host = on_host(t, node)
     if host is not None:
         host.at(host_path(node), lambda n, dir_fd: os.chown(n, i32(uid), i32(gid), dir_fd=dir_fd,
@@ -171,6 +187,12 @@ def utimensat(t, dirfd, path, times, flags):
     now = now_ns()
     stamps = [(0, UTIME_NOW), (0, UTIME_NOW)] if not times else \
         [struct.unpack_from("<qq", t.mm.read(times, 32), i * 16) for i in range(2)]
+    given = {nsec for _, nsec in stamps} - {UTIME_OMIT}
+    if given and not owns(t.tg, node):
+        # utimensat(2): setting them to now needs write permission, to anything else ownership.
+        if given != {UTIME_NOW}:
+            raise SyscallError(errno.EPERM)
+        check(t.tg, node, MAY_WRITE)
     for (sec, nsec), attr in zip(stamps, ("atime", "mtime")):
         if nsec == UTIME_OMIT:
             continue
@@ -193,6 +215,7 @@ def truncate(t, path, length):
         raise SyscallError(errno.ENOENT)
     if node.is_dir():
         raise SyscallError(errno.EISDIR)
+    check(t.tg, node, MAY_WRITE)
     host = on_host(t, node)
     if host is not None:
         fd = host.open(node.path, os.O_WRONLY)

@@ -50,13 +50,14 @@ def host_path(node, name: str | None = None) -> str:
     return f"{base}/{name}" if base else name
 
 
-def lookup(t, dirfd: int, path_addr: int, follow: bool = True, empty_ok: bool = False):
-    """Resolve a path argument; returns (parent, name, node-or-None, path bytes)."""
+def lookup(t, dirfd: int, path_addr: int, follow: bool = True, empty_ok: bool = False, who=None):
+    """Resolve a path argument, searching directories as `who` (default: the caller's
+    process) may; returns (parent, name, node-or-None, path bytes)."""
     path = t.mm.read_cstring(path_addr)
     if not path and empty_ok:
         return None, "", None, path
     fs = t.kernel.fs
-    parent, name, node = fs.walk(start_dir(t, dirfd, path), t.fs.root, path, follow)
+    parent, name, node = fs.walk(start_dir(t, dirfd, path), t.fs.root, path, follow, who=who or t.tg)
     return parent, name, node, path
 
 

@@ -28,6 +28,7 @@ from snapbox.kernel.fd import (
     O_WRONLY,
     SETFL_MASK,
 )
+from snapbox.kernel.creds import MAY_EXEC, MAY_READ, MAY_WRITE, check, owner_ids
 from snapbox.kernel.pipe import FifoNode, make_pipe, open_fifo
 from snapbox.kernel.socket import SocketNode
 from snapbox.kernel.procfs import ProcDir, ProcNode
@@ -51,13 +52,15 @@ def open_node(t, dirfd: int, path_addr: int, flags: int, mode: int) -> int:
             raise SyscallError(errno.EINVAL if flags & O_ACCMODE == O_RDONLY else errno.EOPNOTSUPP)
         if on_host(t, node) is not None:
             raise SyscallError(errno.EOPNOTSUPP, "O_TMPFILE in a read-write bind mount is not supported")
-        tmp = fs.create_regular(node, ".tmpfile", mode & ~t.fs.umask, t.tg.creds[1], t.tg.creds[4])
+        check(t.tg, node, MAY_WRITE | MAY_EXEC)
+        tmp = fs.create_regular(node, ".tmpfile", mode & ~t.fs.umask, *owner_ids(t.tg, node))
         del node.entries[".tmpfile"]
         tmp.nlink = 0
         tmp.opens += 1
         f = RegularFile(flags=flags & ~(O_CLOEXEC | O_TMPFILE) | (flags & O_ACCMODE), fs=fs, node=tmp,
                         name=f"{node.path().rstrip('/')}/#{tmp.ino} (deleted)")
         return t.fds.install(f, cloexec=bool(flags & O_CLOEXEC))
+    created = node is None
     if node is None:
         if not flags & O_CREAT:
             raise SyscallError(errno.ENOENT)
@@ -65,13 +68,14 @@ def open_node(t, dirfd: int, path_addr: int, flags: int, mode: int) -> int:
             raise SyscallError(errno.ENOENT)  # as Linux: nothing is made in /proc
         if name in (".", ".."):
             raise SyscallError(errno.EISDIR)
+        check(t.tg, parent, MAY_WRITE | MAY_EXEC)
         host = on_host(t, parent)
         if host is not None:
             fd = host.open(host_path(parent, name), os.O_CREAT | os.O_EXCL | os.O_WRONLY, mode & ~t.fs.umask)
             os.close(fd)
             node = fs.lookup(parent, name)
         else:
-            node = fs.create_regular(parent, name, mode & ~t.fs.umask, 0, 0)
+            node = fs.create_regular(parent, name, mode & ~t.fs.umask, *owner_ids(t.tg, parent))
     elif flags & O_CREAT and flags & O_EXCL:
         raise SyscallError(errno.EEXIST)
     if st.S_ISLNK(node.mode) and not flags & O_PATH:
@@ -79,9 +83,15 @@ def open_node(t, dirfd: int, path_addr: int, flags: int, mode: int) -> int:
     if flags & O_DIRECTORY and not node.is_dir():
         raise SyscallError(errno.ENOTDIR)
     accmode = flags & O_ACCMODE
+    if node.is_dir() and accmode != O_RDONLY and not flags & O_PATH:
+        raise SyscallError(errno.EISDIR)
+    if not created and not flags & O_PATH:
+        # A file this call made is opened whatever its mode (open(2)).
+        want = (MAY_READ if accmode in (O_RDONLY, O_RDWR) else 0) | \
+            (MAY_WRITE if accmode in (O_WRONLY, O_RDWR) or flags & O_TRUNC else 0)
+        if want:
+            check(t.tg, node, want)
     if node.is_dir():
-        if accmode != O_RDONLY and not flags & O_PATH:
-            raise SyscallError(errno.EISDIR)
         f = DirFile(flags=flags & ~O_CLOEXEC, node=node)
     elif isinstance(node, DeviceNode) and node.name == "tty":
         f = HostFile(flags=flags & ~O_CLOEXEC, stdio=0)  # the terminal the sandbox runs on
@@ -314,7 +324,7 @@ def memfd_create(t, name, flags):
     now = now_ns()
     seals = 0 if flags & (MFD_ALLOW_SEALING | MFD_NOEXEC_SEAL) else F_SEAL_SEAL
     node = MemRegular(ino=fs.new_ino(), mode=st.S_IFREG | (0o666 if flags & MFD_NOEXEC_SEAL else 0o777),
-                      uid=t.tg.creds[1], gid=t.tg.creds[4], atime=now, mtime=now, ctime=now, memfile=fs.memfile,
+                      uid=t.tg.fsuid, gid=t.tg.fsgid, atime=now, mtime=now, ctime=now, memfile=fs.memfile,
                       nlink=0, opens=1, seals=seals)
     f = RegularFile(flags=O_RDWR, fs=fs, node=node, name=f"/memfd:{os.fsdecode(raw)} (deleted)")
     return t.fds.install(f, cloexec=bool(flags & MFD_CLOEXEC))

@@ -8,6 +8,7 @@ import os
 import stat as st
 import struct
 
+from snapbox.kernel.creds import CAP_MKNOD, MAY_EXEC, MAY_WRITE, capable, check, may_delete, owner_ids
 from snapbox.kernel.errors import SyscallError
 from snapbox.kernel.pipe import FifoNode, Pipe
 from snapbox.kernel.procfs import ProcDir
@@ -53,11 +54,14 @@ def mkdirat(t, dirfd, path, mode):
         raise SyscallError(errno.EEXIST)
     if isinstance(parent, ProcDir):
         raise SyscallError(errno.EACCES)
+    check(t.tg, parent, MAY_WRITE | MAY_EXEC)
     host = on_host(t, parent)
     if host is not None:
         host.at(host_path(parent, name), os.mkdir, mode & 0o7777 & ~t.fs.umask)
         return 0
-    t.kernel.fs.make_dir(parent, name, mode & ~t.fs.umask)
+    uid, gid = owner_ids(t.tg, parent)
+    # mkdir(2): a directory made in a set-group-ID one is set-group-ID too.
+    t.kernel.fs.make_dir(parent, name, (mode & 0o1777 & ~t.fs.umask) | (parent.mode & st.S_ISGID), uid, gid)
     return 0
 
 
@@ -83,6 +87,7 @@ def unlinkat(t, dirfd, path, flags):
             raise SyscallError(errno.ENOTEMPTY)
     elif node.is_dir():
         raise SyscallError(errno.EISDIR)
+    may_delete(t.tg, parent, node)
     host = on_host(t, parent)
     if host is not None:
         host.at(host_path(parent, name), os.rmdir if flags & AT_REMOVEDIR else os.unlink)
@@ -176,6 +181,13 @@ def renameat2(t, olddirfd, oldpath, newdirfd, newpath, flags):
     if old_name in (".", "..") or new_name in (".", ".."):
         raise SyscallError(errno.EBUSY)
     fs = t.kernel.fs
+    may_delete(t.tg, old_parent, node)
+    if target is not None:
+        may_delete(t.tg, new_parent, target)
+    else:
+        check(t.tg, new_parent, MAY_WRITE | MAY_EXEC)
+    if node.is_dir() and new_parent is not old_parent:
+        check(t.tg, node, MAY_WRITE)  # its ".." changes
     if fs.is_mount_point(node, old_parent) or (target is not None and fs.is_mount_point(target, new_parent)):
         raise SyscallError(errno.EBUSY)
     if fs.mount_of(node, old_parent) != fs.mount_of(new_parent, new_parent.parent):
@@ -248,6 +260,7 @@ def linkat(t, olddirfd, oldpath, newdirfd, newpath, flags):
     new_parent, new_name, target, _ = lookup(t, i32(newdirfd), newpath, follow=False)
     if target is not None:
         raise SyscallError(errno.EEXIST)
+    check(t.tg, new_parent, MAY_WRITE | MAY_EXEC)
     fs = t.kernel.fs
     if parent is not None and fs.mount_of(node, parent) != fs.mount_of(new_parent, new_parent.parent):
         raise SyscallError(errno.EXDEV)
@@ -285,13 +298,15 @@ def symlinkat(t, target, newdirfd, linkpath):
     parent, name, node, _ = lookup(t, i32(newdirfd), linkpath, follow=False)
     if node is not None:
         raise SyscallError(errno.EEXIST)
+    check(t.tg, parent, MAY_WRITE | MAY_EXEC)
     host = on_host(t, parent)
     if host is not None:
         host.at(host_path(parent, name), lambda n, dir_fd: os.symlink(content, n, dir_fd=dir_fd))
         return 0
     now = now_ns()
+    uid, gid = owner_ids(t.tg, parent)
     parent.entries[name] = MemSymlink(ino=t.kernel.fs.new_ino(), mode=st.S_IFLNK | 0o777, atime=now,
-                                      mtime=now, ctime=now, target=content)
+                                      mtime=now, ctime=now, target=content, uid=uid, gid=gid)
     parent.whiteouts.discard(name)
     return 0
 
@@ -312,18 +327,22 @@ def mknodat(t, dirfd, path, mode, dev):
         raise SyscallError(errno.EEXIST)
     if isinstance(parent, ProcDir):
         raise SyscallError(errno.EACCES)
+    if kind in (st.S_IFCHR, st.S_IFBLK) and not capable(t.tg, CAP_MKNOD):
+        raise SyscallError(errno.EPERM)
+    check(t.tg, parent, MAY_WRITE | MAY_EXEC)
     if on_host(t, parent) is not None:
         raise SyscallError(errno.EPERM, "special files in a read-write bind mount are not supported")
     perm = mode & 0o7777 & ~t.fs.umask
+    uid, gid = owner_ids(t.tg, parent)
     if kind == st.S_IFREG:
-        t.kernel.fs.create_regular(parent, name, perm, t.tg.creds[1], t.tg.creds[4])
+        t.kernel.fs.create_regular(parent, name, perm, uid, gid)
         return 0
     if kind != st.S_IFIFO:
         raise SyscallError(errno.EPERM, "device and socket nodes are not supported")
     now = now_ns()
     t.kernel.pipe_ino += 1
-    parent.entries[name] = FifoNode(ino=t.kernel.fs.new_ino(), mode=st.S_IFIFO | perm, uid=t.tg.creds[1],
-                                    gid=t.tg.creds[4], atime=now, mtime=now, ctime=now,
+    parent.entries[name] = FifoNode(ino=t.kernel.fs.new_ino(), mode=st.S_IFIFO | perm, uid=uid,
+                                    gid=gid, atime=now, mtime=now, ctime=now,
                                     pipe=Pipe(ino=t.kernel.pipe_ino))
     parent.whiteouts.discard(name)
     return 0

@@ -168,7 +168,7 @@ def _bound(t, name: bytes) -> UnixSocket | SocketNode | None:
             return None
         return s
     fs = t.kernel.fs
-    _, _, node = fs.walk(start_dir(t, AT_FDCWD, name), t.fs.root, name, False)
+    _, _, node = fs.walk(start_dir(t, AT_FDCWD, name), t.fs.root, name, False, who=t.tg)
     return node
 
 
@@ -209,7 +209,7 @@ def bind(t, fd, addr, addrlen):
         t.kernel.unix_names[name] = s
     else:
         fs = t.kernel.fs
-        parent, base, node = fs.walk(start_dir(t, AT_FDCWD, name), t.fs.root, name, False)
+        parent, base, node = fs.walk(start_dir(t, AT_FDCWD, name), t.fs.root, name, False, who=t.tg)
         if node is not None:
             raise SyscallError(errno.EADDRINUSE)
         if parent is None or not base:

@@ -6,6 +6,10 @@ import errno
 import logging
 import struct
 
+from snapbox.kernel.creds import (
+    ALL_CAPS, CAP_LAST_CAP, CAP_SETGID, CAP_SETPCAP, CAP_SETUID, SECBIT_KEEP_CAPS, SECBIT_NO_CAP_AMBIENT_RAISE,
+    SECURE_ALL_BITS, SECURE_ALL_LOCKS, capable, ids_changed,
+)
 from snapbox.kernel.errors import SyscallError, TaskExit, WouldBlock
 from snapbox.kernel.syscalls import NR, i32, syscall
 
@@ -346,10 +350,11 @@ def setsid(t):
 
 
 PR_SET_PDEATHSIG, PR_GET_PDEATHSIG, PR_GET_DUMPABLE, PR_SET_DUMPABLE = 1, 2, 3, 4
-PR_SET_NAME, PR_GET_NAME, PR_GET_SECCOMP, PR_CAPBSET_READ = 15, 16, 21, 23
+PR_SET_NAME, PR_GET_NAME, PR_GET_SECCOMP, PR_CAPBSET_READ, PR_CAPBSET_DROP = 15, 16, 21, 23, 24
+PR_GET_KEEPCAPS, PR_SET_KEEPCAPS, PR_GET_SECUREBITS, PR_SET_SECUREBITS, PR_CAP_AMBIENT = 7, 8, 27, 28, 47
+PR_CAP_AMBIENT_IS_SET, PR_CAP_AMBIENT_RAISE, PR_CAP_AMBIENT_LOWER, PR_CAP_AMBIENT_CLEAR_ALL = 1, 2, 3, 4
 PR_SET_TIMERSLACK, PR_GET_TIMERSLACK = 29, 30
 PR_SET_CHILD_SUBREAPER, PR_GET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS, PR_GET_NO_NEW_PRIVS = 36, 37, 38, 39
-CAP_LAST_CAP = 40
 
 
 @syscall(NR.prctl)
@@ -379,10 +384,9 @@ def prctl(t, option, arg2, arg3, arg4, arg5):
         return 0
     if option == PR_GET_SECCOMP:
         return 0
-    if option == PR_CAPBSET_READ:
-        if arg2 > CAP_LAST_CAP:
-            raise SyscallError(errno.EINVAL)
-        return 1
+    if option in (PR_CAPBSET_READ, PR_CAPBSET_DROP, PR_GET_KEEPCAPS, PR_SET_KEEPCAPS, PR_GET_SECUREBITS,
+                  PR_SET_SECUREBITS, PR_CAP_AMBIENT):
+        return _prctl_caps(t, option, arg2, arg3, arg4, arg5)
     if option == PR_SET_TIMERSLACK:
         tg.prctl["timerslack"] = arg2 or 50_000
         return 0
@@ -401,6 +405,58 @@ def prctl(t, option, arg2, arg3, arg4, arg5):
         return 0
     if option == PR_GET_NO_NEW_PRIVS:
         return tg.prctl.get("no_new_privs", 0)
+    raise SyscallError(errno.EINVAL)
+
+
+def _prctl_caps(t, option: int, arg2: int, arg3: int, arg4: int, arg5: int) -> int:
+    """prctl(2)'s capability options: the bounding set, keep-caps, securebits, the ambient set."""
+    c = t.tg.caps
+    if option == PR_GET_KEEPCAPS:
+        return int(bool(c.securebits & SECBIT_KEEP_CAPS))
+    if option == PR_SET_KEEPCAPS:
+        if arg2 not in (0, 1):
+            raise SyscallError(errno.EINVAL)
+        if c.securebits & (SECBIT_KEEP_CAPS << 1):  # locked
+            raise SyscallError(errno.EPERM)
+        c.securebits = c.securebits & ~SECBIT_KEEP_CAPS | (SECBIT_KEEP_CAPS if arg2 else 0)
+        return 0
+    if option == PR_GET_SECUREBITS:
+        return c.securebits
+    if option == PR_SET_SECUREBITS:
+        new = arg2 & 0xFFFFFFFF
+        if new & ~(SECURE_ALL_BITS | SECURE_ALL_LOCKS):
+            raise SyscallError(errno.EINVAL)
+        locked = (c.securebits & SECURE_ALL_LOCKS) >> 1
+        if (locked & (c.securebits ^ new)) or c.securebits & SECURE_ALL_LOCKS & ~new \
+                or not capable(t.tg, CAP_SETPCAP):
+            raise SyscallError(errno.EPERM)
+        c.securebits = new
+        return 0
+    if option == PR_CAP_AMBIENT and arg2 == PR_CAP_AMBIENT_CLEAR_ALL:
+        if arg3 or arg4 or arg5:
+            raise SyscallError(errno.EINVAL)
+        c.ambient = 0
+        return 0
+    cap = arg3 if option == PR_CAP_AMBIENT else arg2
+    if cap > CAP_LAST_CAP or (option == PR_CAP_AMBIENT and (arg4 or arg5)):
+        raise SyscallError(errno.EINVAL)
+    if option == PR_CAPBSET_READ:
+        return c.bounding >> cap & 1
+    if option == PR_CAPBSET_DROP:
+        if not capable(t.tg, CAP_SETPCAP):
+            raise SyscallError(errno.EPERM)
+        c.bounding &= ~(1 << cap)
+        return 0
+    if arg2 == PR_CAP_AMBIENT_IS_SET:
+        return c.ambient >> cap & 1
+    if arg2 == PR_CAP_AMBIENT_RAISE:
+        if not c.permitted >> cap & 1 or not c.inheritable >> cap & 1 or c.securebits & SECBIT_NO_CAP_AMBIENT_RAISE:
+            raise SyscallError(errno.EPERM)
+        c.ambient |= 1 << cap
+        return 0
+    if arg2 == PR_CAP_AMBIENT_LOWER:
+        c.ambient &= ~(1 << cap)
+        return 0
     raise SyscallError(errno.EINVAL)
 
 
@@ -430,55 +486,103 @@ def getegid(t):
 
 
 def _set_ids(t, base: int, real: int, eff: int, saved: int) -> int:
-    """setres[ug]id semantics on creds[base:base+3]; -1 leaves an id as it is."""
-    creds = _creds(t)
-    current = creds[base : base + 3]
-    privileged = creds[1] == 0
-    new = []
-    for want, cur in zip((real, eff, saved), current):
-        want = i32(want)
-        if want == -1:
-            new.append(cur)
-            continue
-        if not privileged and want not in current:
-            raise SyscallError(errno.EPERM)
-        new.append(want & 0xFFFFFFFF)
-    creds[base : base + 3] = new
+    """Set creds[base:base+3] (the uids, or the gids at 3); -1 leaves an id as it is. The
+    fs id follows the effective one, and a change of uids adjusts the capabilities."""
+    tg = t.tg
+    old, old_fsuid = list(tg.creds), tg.fsuid
+    for i, want in enumerate((real, eff, saved)):
+        if i32(want) != -1:
+            tg.creds[base + i] = want & 0xFFFFFFFF
+    if base == 0:
+        tg.fsuid = tg.creds[1]
+        ids_changed(tg, old, old_fsuid)
+    else:
+        tg.fsgid = tg.creds[4]
     return 0
+
+
+def _require(t, cap: int, *wants: tuple[int, tuple]) -> None:
+    """EPERM unless the caller holds `cap` or each wanted id (-1: none) is among those
+    allowed it."""
+    if capable(t.tg, cap):
+        return
+    for want, allowed in wants:
+        if i32(want) != -1 and i32(want) & 0xFFFFFFFF not in allowed:
+            raise SyscallError(errno.EPERM)
 
 
 @syscall(NR.setresuid)
 def setresuid(t, ruid, euid, suid):
+    ids = tuple(_creds(t)[0:3])
+    _require(t, CAP_SETUID, (ruid, ids), (euid, ids), (suid, ids))
     return _set_ids(t, 0, ruid, euid, suid)
 
 
 @syscall(NR.setresgid)
 def setresgid(t, rgid, egid, sgid):
+    ids = tuple(_creds(t)[3:6])
+    _require(t, CAP_SETGID, (rgid, ids), (egid, ids), (sgid, ids))
     return _set_ids(t, 3, rgid, egid, sgid)
 
 
 @syscall(NR.setuid)
 def setuid(t, uid):
-    if _creds(t)[1] == 0:
+    if capable(t.tg, CAP_SETUID):
         return _set_ids(t, 0, uid, uid, uid)
+    _require(t, CAP_SETUID, (uid, (_creds(t)[0], _creds(t)[2])))  # setuid(2): the real or saved uid
     return _set_ids(t, 0, -1, uid, -1)
 
 
 @syscall(NR.setgid)
 def setgid(t, gid):
-    if _creds(t)[1] == 0:
+    if capable(t.tg, CAP_SETGID):
         return _set_ids(t, 3, gid, gid, gid)
+    _require(t, CAP_SETGID, (gid, (_creds(t)[3], _creds(t)[5])))
     return _set_ids(t, 3, -1, gid, -1)
+
+
+def _set_re(t, base: int, real: int, eff: int, cap: int) -> int:
+    """setre[ug]id(2): unprivileged, the real id may become the effective one, the
+    effective one the real or saved one; the saved id becomes the new effective one when
+    the real one is set, or the effective one to other than the old real one."""
+    r, e, saved_id = _creds(t)[base : base + 3]
+    _require(t, cap, (real, (r, e)), (eff, (r, e, saved_id)))
+    new_eff = e if i32(eff) == -1 else eff & 0xFFFFFFFF
+    saved = new_eff if i32(real) != -1 or (i32(eff) != -1 and new_eff != r) else -1
+    return _set_ids(t, base, real, eff, saved)
 
 
 @syscall(NR.setreuid)
 def setreuid(t, ruid, euid):
-    return _set_ids(t, 0, ruid, euid, -1)
+    return _set_re(t, 0, ruid, euid, CAP_SETUID)
 
 
 @syscall(NR.setregid)
 def setregid(t, rgid, egid):
-    return _set_ids(t, 3, rgid, egid, -1)
+    return _set_re(t, 3, rgid, egid, CAP_SETGID)
+
+
+@syscall(NR.setfsuid)
+def setfsuid(t, fsuid):
+    """setfsuid(2): returns the old fs uid, and sets it if allowed (a privileged caller,
+    or one of the real, effective, saved or fs uids)."""
+    tg = t.tg
+    old = tg.fsuid
+    want = i32(fsuid)
+    if want != -1 and (capable(tg, CAP_SETUID) or want in (*tg.creds[0:3], old)):
+        tg.fsuid = want & 0xFFFFFFFF
+        ids_changed(tg, list(tg.creds), old)
+    return old
+
+
+@syscall(NR.setfsgid)
+def setfsgid(t, fsgid):
+    tg = t.tg
+    old = tg.fsgid
+    want = i32(fsgid)
+    if want != -1 and (capable(tg, CAP_SETGID) or want in (*tg.creds[3:6], old)):
+        tg.fsgid = want & 0xFFFFFFFF
+    return old
 
 
 @syscall(NR.getresuid)
@@ -512,24 +616,73 @@ def setgroups(t, size, lst):
     size = i32(size)
     if size < 0 or size > 65536:
         raise SyscallError(errno.EINVAL)
-    if _creds(t)[1] != 0:
+    if not capable(t.tg, CAP_SETGID):
         raise SyscallError(errno.EPERM)
     t.tg.groups = list(struct.unpack(f"<{size}I", t.mm.read(lst, 4 * size))) if size else []
     return 0
 
 
+CAP_V1, CAP_V2, CAP_V3 = 0x19980330, 0x20071026, 0x20080522  # _LINUX_CAPABILITY_VERSION_*
+_CAP_DATA = struct.Struct("<III")  # struct __user_cap_data_struct: effective, permitted, inheritable
+
+
+class _UnknownVersion(SyscallError):
+    def __init__(self) -> None:
+        super().__init__(errno.EINVAL)
+
+
+def _cap_header(t, header: int) -> tuple[int, int]:
+    """capget/capset's header: (words of data, pid); an unknown version is answered with
+    the one the kernel prefers, and EINVAL."""
+    version, pid = struct.unpack("<Ii", t.mm.read(header, 8))
+    if version not in (CAP_V1, CAP_V2, CAP_V3):
+        t.mm.write(header, struct.pack("<I", CAP_V3))
+        raise _UnknownVersion()
+    if pid < 0:
+        raise SyscallError(errno.EINVAL)
+    return (1 if version == CAP_V1 else 2), pid
+
+
 @syscall(NR.capget)
 def capget(t, header, data):
-    version, pid = struct.unpack("<Ii", t.mm.read(header, 8))
-    if version not in (0x19980330, 0x20071026, 0x20080522):
-        t.mm.write(header, struct.pack("<I", 0x20080522))
-        raise SyscallError(errno.EINVAL)
+    try:
+        words, pid = _cap_header(t, header)
+    except _UnknownVersion:
+        if not data:
+            return 0  # capget(2): how a program asks which version the kernel prefers
+        raise
+    target = t if pid == 0 else t.kernel.tasks.pidns.tasks.get(pid)
+    if target is None:
+        raise SyscallError(errno.ESRCH)
     if data:
-        full = (1 << (CAP_LAST_CAP + 1)) - 1 if _creds(t)[1] == 0 else 0
-        words = 1 if version == 0x19980330 else 2
-        out = b"".join(struct.pack("<III", (full >> (32 * i)) & 0xFFFFFFFF, (full >> (32 * i)) & 0xFFFFFFFF,
-                                   (full >> (32 * i)) & 0xFFFFFFFF) for i in range(words))
-        t.mm.write(data, out)
+        c = target.tg.caps
+        t.mm.write(data, b"".join(_CAP_DATA.pack(c.effective >> (32 * i) & 0xFFFFFFFF,
+                                                 c.permitted >> (32 * i) & 0xFFFFFFFF,
+                                                 c.inheritable >> (32 * i) & 0xFFFFFFFF) for i in range(words)))
+    return 0
+
+
+@syscall(NR.capset)
+def capset(t, header, data):
+    """capset(2): only the caller's own sets; permitted may only shrink, effective stay
+    within it, and inheritable gain only what is permitted (or, with CAP_SETPCAP, what
+    the bounding set holds)."""
+    words, pid = _cap_header(t, header)
+    if pid not in (0, t.tid):
+        raise SyscallError(errno.EPERM)
+    raw = t.mm.read(data, _CAP_DATA.size * words)
+    sets = [0, 0, 0]
+    for i in range(words):
+        for j, value in enumerate(_CAP_DATA.unpack_from(raw, i * _CAP_DATA.size)):
+            sets[j] |= value << (32 * i)
+    effective, permitted, inheritable = (x & ALL_CAPS for x in sets)
+    c = t.tg.caps
+    if not capable(t.tg, CAP_SETPCAP) and inheritable & ~(c.inheritable | c.permitted):
+        raise SyscallError(errno.EPERM)
+    if inheritable & ~(c.inheritable | c.bounding) or permitted & ~c.permitted or effective & ~permitted:
+        raise SyscallError(errno.EPERM)
+    c.effective, c.permitted, c.inheritable = effective, permitted, inheritable
+    c.ambient &= permitted & inheritable
     return 0
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import struct
 
+from snapbox.kernel.creds import RealIds, check
 from snapbox.kernel.errors import SyscallError
 from snapbox.kernel.host import host_meminfo
 from snapbox.kernel.procfs import ProcDir, ProcNode
@@ -63,18 +64,22 @@ def lstat(t, path, buf):
     return _stat_at(t, AT_FDCWD, path, buf, AT_SYMLINK_NOFOLLOW)
 
 
-F_OK, X_OK, W_OK, R_OK = 0, 1, 2, 4
+AT_EACCESS = 0x200
 
 
 def _access(t, dirfd: int, path: int, mode: int, flags: int) -> int:
-    if mode & ~7:
+    if mode & ~7 or flags & ~(AT_EACCESS | AT_SYMLINK_NOFOLLOW | AT_EMPTY_PATH):
         raise SyscallError(errno.EINVAL)
-    _, _, node, _ = lookup(t, dirfd, path, follow=not flags & AT_SYMLINK_NOFOLLOW)
+    # access(2): checked with the real ids unless AT_EACCESS.
+    who = t.tg if flags & AT_EACCESS else RealIds.of(t.tg)
+    _, _, node, raw = lookup(t, dirfd, path, follow=not flags & AT_SYMLINK_NOFOLLOW,
+                             empty_ok=bool(flags & AT_EMPTY_PATH), who=who)
+    if not raw and flags & AT_EMPTY_PATH:
+        node = getattr(t.fds.get(dirfd), "node", None)
     if node is None:
         raise SyscallError(errno.ENOENT)
-    # The sandbox runs as root: only execute needs some x bit (access(2), "root" note).
-    if mode & X_OK and not node.is_dir() and not node.mode & 0o111:
-        raise SyscallError(errno.EACCES)
+    if mode:
+        check(who, node, mode)  # R_OK, W_OK, X_OK are MAY_READ, MAY_WRITE, MAY_EXEC
     return 0
 
 

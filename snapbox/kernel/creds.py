@@ -1,0 +1,196 @@
+"""Credentials beyond the ids: capability sets, the filesystem ids, and the permission
+checks they govern (capabilities(7), credentials(7), path_resolution(7)).
+
+A process holds its ids in ThreadGroup.creds (real, effective and saved uid and gid),
+ThreadGroup.fsuid/fsgid and its supplementary groups, and its capabilities in a CapSets.
+Linux keeps credentials per thread; here a process's threads share them, which is what
+the C libraries make of set*id(2) anyway (they apply each change to every thread).
+
+Root is not special to the checks: what lets a process past a file's permission bits is
+CAP_DAC_OVERRIDE or CAP_DAC_READ_SEARCH in its effective set, and root has them only as
+long as it does not drop them or change to another uid.
+"""
+
+from __future__ import annotations
+
+import errno
+import stat as st
+from dataclasses import dataclass
+
+from snapbox.kernel.errors import SyscallError
+from snapbox.state import savable
+
+# include/uapi/linux/capability.h
+CAP_NAMES = (
+    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL", "CAP_SETGID",
+    "CAP_SETUID", "CAP_SETPCAP", "CAP_LINUX_IMMUTABLE", "CAP_NET_BIND_SERVICE", "CAP_NET_BROADCAST",
+    "CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_IPC_LOCK", "CAP_IPC_OWNER", "CAP_SYS_MODULE", "CAP_SYS_RAWIO",
+    "CAP_SYS_CHROOT", "CAP_SYS_PTRACE", "CAP_SYS_PACCT", "CAP_SYS_ADMIN", "CAP_SYS_BOOT", "CAP_SYS_NICE",
+    "CAP_SYS_RESOURCE", "CAP_SYS_TIME", "CAP_SYS_TTY_CONFIG", "CAP_MKNOD", "CAP_LEASE", "CAP_AUDIT_WRITE",
+    "CAP_AUDIT_CONTROL", "CAP_SETFCAP", "CAP_MAC_OVERRIDE", "CAP_MAC_ADMIN", "CAP_SYSLOG", "CAP_WAKE_ALARM",
+    "CAP_BLOCK_SUSPEND", "CAP_AUDIT_READ", "CAP_PERFMON", "CAP_BPF", "CAP_CHECKPOINT_RESTORE",
+)
+(CAP_CHOWN, CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_FOWNER, CAP_FSETID, CAP_KILL, CAP_SETGID, CAP_SETUID,
+ CAP_SETPCAP, CAP_LINUX_IMMUTABLE) = range(10)
+CAP_SYS_ADMIN, CAP_SYS_NICE, CAP_SYS_RESOURCE, CAP_MKNOD = 21, 23, 24, 27
+CAP_MAC_OVERRIDE = 32
+CAP_LAST_CAP = len(CAP_NAMES) - 1
+ALL_CAPS = (1 << (CAP_LAST_CAP + 1)) - 1
+# The capabilities a change of fsuid between 0 and another id takes from, or gives back to,
+# the effective set (capabilities(7), "Effect of user ID changes on capabilities").
+FS_CAPS = sum(1 << c for c in (CAP_CHOWN, CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_FOWNER, CAP_FSETID,
+                               CAP_LINUX_IMMUTABLE, CAP_MAC_OVERRIDE, CAP_MKNOD))
+
+# securebits (include/uapi/linux/securebits.h): each flag, then its lock one bit up
+SECBIT_NOROOT, SECBIT_NO_SETUID_FIXUP, SECBIT_KEEP_CAPS, SECBIT_NO_CAP_AMBIENT_RAISE = 1, 4, 16, 64
+SECURE_ALL_BITS = 0x55
+SECURE_ALL_LOCKS = SECURE_ALL_BITS << 1
+
+MAY_EXEC, MAY_WRITE, MAY_READ = 1, 2, 4
+
+
+def bit(cap: int) -> int:
+    return 1 << cap
+
+
+@savable
+@dataclass(eq=False)
+class CapSets:
+    """A process's capability sets (bit n: capability n) and securebits."""
+
+    effective: int = ALL_CAPS  # what its calls are checked against
+    permitted: int = ALL_CAPS  # what it may make effective
+    inheritable: int = 0  # what an execve may keep (with the file's, or the ambient set)
+    bounding: int = ALL_CAPS  # what an execve may ever grant
+    ambient: int = 0  # kept across an execve of an unprivileged program; within permitted and inheritable
+    securebits: int = 0  # SECBIT_* flags and their locks (PR_SET_SECUREBITS; PR_SET_KEEPCAPS is SECBIT_KEEP_CAPS)
+
+    def copy(self) -> CapSets:
+        return CapSets(self.effective, self.permitted, self.inheritable, self.bounding, self.ambient, self.securebits)
+
+    def has(self, cap: int) -> bool:
+        return bool(self.effective >> cap & 1)
+
+
+def capable(tg, cap: int) -> bool:
+    """Whether process `tg` holds capability `cap` (in its effective set)."""
+    return tg.caps.has(cap)
+
+
+def ids_changed(tg, old: list[int], old_fsuid: int) -> None:
+    """Adjust `tg`'s capabilities after a change of its uids from `old` (creds as they
+    were) and fsuid from `old_fsuid`, as capabilities(7) says Linux does."""
+    caps = tg.caps
+    ruid, euid, suid = tg.creds[0:3]
+    if not caps.securebits & SECBIT_NO_SETUID_FIXUP:
+        if 0 in old[0:3] and 0 not in (ruid, euid, suid):
+            if not caps.securebits & SECBIT_KEEP_CAPS:
+                caps.permitted = 0
+            caps.effective = 0
+            caps.ambient = 0
+        if old[1] == 0 and euid != 0:
+            caps.effective = 0
+        elif old[1] != 0 and euid == 0:
+            caps.effective = caps.permitted
+        if old_fsuid == 0 and tg.fsuid != 0:
+            caps.effective &= ~FS_CAPS
+        elif old_fsuid != 0 and tg.fsuid == 0:
+            caps.effective |= caps.permitted & FS_CAPS
+
+
+def exec_transform(tg) -> None:
+    """The capabilities a process has after an execve (of a program without file
+    capabilities or set-user-ID bits): root (unless SECBIT_NOROOT) is given every
+    capability its bounding and inheritable sets allow; anyone else keeps only its
+    ambient set. Keep-caps is cleared, and the saved ids become the effective ones."""
+    caps = tg.caps
+    ruid, euid = tg.creds[0], tg.creds[1]
+    if (ruid == 0 or euid == 0) and not caps.securebits & SECBIT_NOROOT:
+        caps.permitted = (caps.inheritable | caps.bounding) | caps.ambient
+        caps.effective = caps.permitted if euid == 0 else caps.ambient
+    else:
+        caps.permitted = caps.ambient
+        caps.effective = caps.ambient
+    caps.securebits &= ~SECBIT_KEEP_CAPS
+    tg.creds[2], tg.creds[5] = tg.creds[1], tg.creds[4]
+
+
+def in_group(tg, gid: int) -> bool:
+    return gid == tg.fsgid or gid in tg.groups
+
+
+def may_access(tg, node, mask: int) -> bool:
+    """generic_permission(): may `tg` read, write or execute/search (`mask`: MAY_*) `node`,
+    by its permission bits or by CAP_DAC_OVERRIDE / CAP_DAC_READ_SEARCH."""
+    mode = node.mode
+    if tg.fsuid == node.uid:
+        bits = mode >> 6
+    elif in_group(tg, node.gid):
+        bits = mode >> 3
+    else:
+        bits = mode
+    if bits & mask == mask:
+        return True
+    eff = tg.caps.effective
+    is_dir = st.S_ISDIR(mode)
+    if eff & bit(CAP_DAC_OVERRIDE) and (not mask & MAY_EXEC or is_dir or mode & 0o111):
+        return True
+    return bool(eff & bit(CAP_DAC_READ_SEARCH) and (mask == MAY_READ or (is_dir and not mask & MAY_WRITE)))
+
+
+def check(tg, node, mask: int) -> None:
+    """EACCES unless `tg` may access `node` so."""
+    if not may_access(tg, node, mask):
+        raise SyscallError(errno.EACCES)
+
+
+def searches_freely(tg) -> bool:
+    """Whether `tg` may search every directory (the walk need not check each one)."""
+    return bool(tg.caps.effective & (bit(CAP_DAC_OVERRIDE) | bit(CAP_DAC_READ_SEARCH)))
+
+
+def owns(tg, node) -> bool:
+    """inode_owner_or_capable(): the file's owner, or CAP_FOWNER."""
+    return tg.fsuid == node.uid or capable(tg, CAP_FOWNER)
+
+
+def owner_ids(tg, parent) -> tuple[int, int]:
+    """The uid and gid of a file `tg` makes in directory `parent`: its fs ids, the group
+    being the directory's if that is set-group-ID."""
+    return tg.fsuid, parent.gid if parent.mode & st.S_ISGID else tg.fsgid
+
+
+def may_delete(tg, parent, node) -> None:
+    """May `tg` remove (or rename, or replace) `node` from directory `parent`: EACCES
+    without write and search permission on it, EPERM if it is sticky and `tg` owns neither
+    `node` nor it (and lacks CAP_FOWNER)."""
+    check(tg, parent, MAY_WRITE | MAY_EXEC)
+    if parent.mode & st.S_ISVTX and tg.fsuid not in (node.uid, parent.uid) and not capable(tg, CAP_FOWNER):
+        raise SyscallError(errno.EPERM)
+
+
+@dataclass
+class RealIds:
+    """What access(2) checks with (unless AT_EACCESS): a process's real uid and gid as its
+    fs ids, and as capabilities all its permitted ones if that uid is 0, else none."""
+
+    fsuid: int
+    fsgid: int
+    groups: list
+    caps: CapSets
+
+    @classmethod
+    def of(cls, tg) -> RealIds:
+        caps = tg.caps.copy()
+        if not caps.securebits & SECBIT_NO_SETUID_FIXUP:
+            caps.effective = caps.permitted if tg.creds[0] == 0 else 0
+        return cls(tg.creds[0], tg.creds[3], tg.groups, caps)
+
+
+def parse_caps(names: list) -> int:
+    """OCI process.capabilities lists ("CAP_CHOWN", ...) as a set; ValueError for an
+    unknown name."""
+    out = 0
+    for name in names:
+        out |= bit(CAP_NAMES.index(name))
+    return out
