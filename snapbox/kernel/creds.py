@@ -32,6 +32,7 @@ CAP_NAMES = (
 )
 (CAP_CHOWN, CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_FOWNER, CAP_FSETID, CAP_KILL, CAP_SETGID, CAP_SETUID,
  CAP_SETPCAP, CAP_LINUX_IMMUTABLE) = range(10)
+CAP_NET_BIND_SERVICE, CAP_IPC_OWNER = 10, 15
 CAP_SYS_ADMIN, CAP_SYS_NICE, CAP_SYS_RESOURCE, CAP_MKNOD = 21, 23, 24, 27
 CAP_MAC_OVERRIDE = 32
 CAP_LAST_CAP = len(CAP_NAMES) - 1
@@ -113,6 +114,16 @@ def exec_transform(tg) -> None:
         caps.effective = caps.ambient
     caps.securebits &= ~SECBIT_KEEP_CAPS
     tg.creds[2], tg.creds[5] = tg.creds[1], tg.creds[4]
+
+
+def may_signal(sender, target, sig: int) -> bool:
+    """kill(2): a process may signal another whose real or saved uid is its real or
+    effective uid, any with CAP_KILL, and SIGCONT any of its session."""
+    if capable(sender, CAP_KILL) or sender is target:
+        return True
+    if sig == 18 and sender.sid == target.sid:  # SIGCONT
+        return True
+    return bool({sender.creds[0], sender.creds[1]} & {target.creds[0], target.creds[2]})
 
 
 def in_group(tg, gid: int) -> bool:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import errno
 from dataclasses import dataclass, field
 
+from snapbox.kernel.creds import CAP_IPC_OWNER, CAP_SYS_ADMIN, capable
 from snapbox.kernel.errors import SyscallError
 from snapbox.kernel.waiter import WaitQueue
 from snapbox.state import nosave, savable
@@ -52,11 +53,11 @@ class IpcPerm:
     mode: int  # the low 9 bits are permissions; shm adds SHM_DEST and SHM_LOCKED
     seq: int
 
-    def allows(self, creds: list, groups: list, want: int) -> bool:
-        """ipcperms(): `want` (0o4 read, 0o2 write, or both) granted to these credentials
-        (root, holding CAP_IPC_OWNER, is granted everything)."""
-        euid, egid = creds[1], creds[4]
-        if euid == 0:
+    def allows(self, tg, want: int) -> bool:
+        """ipcperms(): `want` (0o4 read, 0o2 write, or both) granted to process `tg` (one
+        holding CAP_IPC_OWNER is granted everything)."""
+        euid, egid, groups = tg.creds[1], tg.creds[4], tg.groups
+        if capable(tg, CAP_IPC_OWNER):
             return True
         if euid in (self.uid, self.cuid):
             granted = self.mode >> 6
@@ -66,9 +67,9 @@ class IpcPerm:
             granted = self.mode
         return want & ~granted & 0o7 == 0
 
-    def owned_by(self, creds: list) -> bool:
-        """May these credentials IPC_SET or IPC_RMID the object (owner, creator or root)?"""
-        return creds[1] in (0, self.uid, self.cuid)
+    def owned_by(self, tg) -> bool:
+        """May process `tg` IPC_SET or IPC_RMID the object (owner, creator, or CAP_SYS_ADMIN)?"""
+        return tg.creds[1] in (self.uid, self.cuid) or capable(tg, CAP_SYS_ADMIN)
 
 
 @savable
@@ -175,7 +176,7 @@ class IpcNamespace:
             raise SyscallError(errno.EINVAL)
         return obj
 
-    def get(self, kind: str, key: int, flags: int, creds: list, groups: list, limit: int, make):
+    def get(self, kind: str, key: int, flags: int, tg, limit: int, make):
         """msgget/semget/shmget: the id of the object of `key`, made by `make(perm)` (which
         checks its own arguments first) when there is none and IPC_CREAT asks for one."""
         table = self.table(kind)
@@ -184,7 +185,7 @@ class IpcNamespace:
             if flags & IPC_CREAT and flags & IPC_EXCL:
                 raise SyscallError(errno.EEXIST)
             want = (flags >> 6 | flags >> 3 | flags) & 0o7
-            if not obj.perm.allows(creds, groups, want):
+            if not obj.perm.allows(tg, want):
                 raise SyscallError(errno.EACCES)
             return obj, self.ident(kind, obj)
         if key != IPC_PRIVATE and not flags & IPC_CREAT:
@@ -192,6 +193,7 @@ class IpcNamespace:
         if len(table) >= limit:
             raise SyscallError(errno.ENOSPC)
         index = next(i for i in range(len(table) + 1) if i not in table)
+        creds = tg.creds
         perm = IpcPerm(key=key, uid=creds[1], gid=creds[4], cuid=creds[1], cgid=creds[4], mode=flags & 0o777,
                        seq=self.seq)
         obj = make(perm)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass, field
 
+from snapbox.kernel.creds import may_access
 from snapbox.kernel.fd import POLLIN, POLLOUT, OpenFile
 from snapbox.kernel.waiter import WaitQueue
 from snapbox.state import savable
@@ -63,14 +64,10 @@ class MessageQueue:
         self.senders.notify()
         return priority, data
 
-    def allows(self, creds: list, groups: list, want: int) -> bool:
-        """The permission bits grant `want` (0o4 read, 0o2 write, or both); root has them all."""
-        euid, egid = creds[1], creds[4]
-        if euid == 0:
-            return True
-        bits = self.mode >> 6 if euid == self.uid else self.mode >> 3 if egid == self.gid or self.gid in groups \
-            else self.mode
-        return bits & want == want
+    def allows(self, tg, want: int) -> bool:
+        """Process `tg` may open it for `want` (MAY_READ, MAY_WRITE or both), as a file
+        of these permissions."""
+        return may_access(tg, self, want)
 
     def status(self) -> bytes:
         """What read(2) of a descriptor shows (mq_overview(7))."""

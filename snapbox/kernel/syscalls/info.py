@@ -6,6 +6,7 @@ import errno
 import os
 import struct
 
+from snapbox.kernel.creds import CAP_SYS_ADMIN, CAP_SYS_NICE, capable
 from snapbox.kernel.errors import SyscallError
 from snapbox.kernel.host import UTS_RELEASE, UTS_VERSION, host_meminfo
 from snapbox.kernel.syscalls import NR, i32, syscall
@@ -92,16 +93,16 @@ def getpriority(t, which, who):
 
 @syscall(NR.setpriority)
 def setpriority(t, which, who, prio):
-    """Set the targets' nice value (clamped to -20..19). Lowering it takes privilege (uid 0
-    here), and another user's threads the caller's uid must own (EPERM). It is kept and
-    reported; the host schedules the sandbox's threads as it will."""
+    """Set the targets' nice value (clamped to -20..19). Lowering it takes CAP_SYS_NICE
+    (EACCES), and so do another user's threads (EPERM). It is kept and reported; the host
+    schedules the sandbox's threads as it will."""
     nice = max(-20, min(19, i32(prio)))
-    euid = t.tg.creds[1]
+    euid, privileged = t.tg.creds[1], capable(t.tg, CAP_SYS_NICE)
     targets = _prio_targets(t, i32(which), who)
     for x in targets:
-        if euid != 0 and euid not in (x.tg.creds[0], x.tg.creds[1]):
+        if not privileged and euid not in (x.tg.creds[0], x.tg.creds[1]):
             raise SyscallError(errno.EPERM)
-        if euid != 0 and nice < x.nice:
+        if not privileged and nice < x.nice:
             raise SyscallError(errno.EACCES)
     for x in targets:
         x.nice = nice
@@ -212,11 +213,12 @@ def ioprio_set(t, which, who, ioprio):
     if klass not in (IOPRIO_CLASS_NONE, IOPRIO_CLASS_RT, IOPRIO_CLASS_BE, IOPRIO_CLASS_IDLE) or \
             (klass == IOPRIO_CLASS_NONE and level) or ioprio >> 16:
         raise SyscallError(errno.EINVAL)
-    if klass == IOPRIO_CLASS_RT and t.tg.creds[1] != 0:
+    privileged = capable(t.tg, CAP_SYS_NICE) or capable(t.tg, CAP_SYS_ADMIN)
+    if klass == IOPRIO_CLASS_RT and not privileged:
         raise SyscallError(errno.EPERM)
     targets = _ioprio_targets(t, i32(which), i32(who))
     euid = t.tg.creds[1]
-    if euid != 0 and any(x.tg.creds[0] != euid and x.tg.creds[1] != euid for x in targets):
+    if not privileged and any(x.tg.creds[0] != euid and x.tg.creds[1] != euid for x in targets):
         raise SyscallError(errno.EPERM)
     for x in targets:
         x.ioprio = ioprio
@@ -299,8 +301,8 @@ def times(t, buf):
 
 
 def _uts_name(t, name: int, length: int) -> str:
-    """The new name of sethostname or setdomainname: privileged (uid 0 here), at most 64 bytes."""
-    if t.tg.creds[1] != 0:
+    """The new name of sethostname or setdomainname: CAP_SYS_ADMIN, at most 64 bytes."""
+    if not capable(t.tg, CAP_SYS_ADMIN):
         raise SyscallError(errno.EPERM)
     if length > 64:
         raise SyscallError(errno.EINVAL)

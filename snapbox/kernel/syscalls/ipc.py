@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import struct
 
+from snapbox.kernel.creds import CAP_SYS_RESOURCE, capable
 from snapbox.kernel.errors import SyscallError, WouldBlock
 from snapbox.kernel.ipc import (
     IPC_NOWAIT, MSGMAX, MSGMNB, MSGMNI, SEMMNI, SEMMNS, SEMMSL, SEMOPM, SEMVMX, SEQ_MULTIPLIER, SHM_DEST,
@@ -53,7 +54,7 @@ def _pack_perm(p) -> bytes:
 def _set_perm(t, obj, raw: bytes) -> None:
     """IPC_SET's common part: the owner's uid and gid and the permission bits."""
     _, uid, gid, _, _, mode, *_ = _PERM.unpack_from(raw)
-    if not obj.perm.owned_by(t.tg.creds):
+    if not obj.perm.owned_by(t.tg):
         raise SyscallError(errno.EPERM)
     obj.perm.uid, obj.perm.gid = uid, gid
     obj.perm.mode = (obj.perm.mode & ~0o777) | (mode & 0o777)
@@ -92,7 +93,7 @@ def msgget(t, key, flags):
         now = _now(t)
         return MsgQueue(perm=perm, ctime=now)
 
-    _, ident = _ns(t).get("msgs", i32(key), i32(flags), t.tg.creds, t.tg.groups, MSGMNI, make)
+    _, ident = _ns(t).get("msgs", i32(key), i32(flags), t.tg, MSGMNI, make)
     return ident
 
 
@@ -101,7 +102,7 @@ def _queue(t, nr: int, ident: int, want: int) -> MsgQueue:
         q = _ns(t).lookup("msgs", i32(ident))
     except SyscallError as e:
         raise _waited(t, nr, e) from None
-    if not q.perm.allows(t.tg.creds, t.tg.groups, want):
+    if not q.perm.allows(t.tg, want):
         raise SyscallError(errno.EACCES)
     return q
 
@@ -183,7 +184,7 @@ def msgctl(t, ident, cmd, buf):
         return ns.max_index("msgs")
     if cmd in (IPC_STAT, MSG_STAT, MSG_STAT_ANY):
         q, result = _stat_target(ns, "msgs", ident, cmd, (MSG_STAT, MSG_STAT_ANY))
-        if cmd != MSG_STAT_ANY and not q.perm.allows(t.tg.creds, t.tg.groups, 0o4):
+        if cmd != MSG_STAT_ANY and not q.perm.allows(t.tg, 0o4):
             raise SyscallError(errno.EACCES)
         t.mm.write(buf, _MSQID.pack(_pack_perm(q.perm), q.stime, q.rtime, q.ctime, q.used(), len(q.messages),
                                     q.qbytes, q.lspid, q.lrpid, 0, 0))
@@ -192,7 +193,7 @@ def msgctl(t, ident, cmd, buf):
         q = ns.lookup("msgs", ident)
         raw = t.mm.read(buf, _MSQID.size)
         qbytes = _MSQID.unpack(raw)[6]
-        if qbytes > MSGMNB and t.tg.creds[1] != 0:
+        if qbytes > MSGMNB and not capable(t.tg, CAP_SYS_RESOURCE):
             raise SyscallError(errno.EPERM)  # raising msg_qbytes past msgmnb takes CAP_SYS_RESOURCE
         _set_perm(t, q, raw)
         q.qbytes = qbytes
@@ -200,7 +201,7 @@ def msgctl(t, ident, cmd, buf):
         return 0
     if cmd == IPC_RMID:
         q = ns.lookup("msgs", ident)
-        if not q.perm.owned_by(t.tg.creds):
+        if not q.perm.owned_by(t.tg):
             raise SyscallError(errno.EPERM)
         ns.remove("msgs", q)
         q.changed.notify()
@@ -222,7 +223,7 @@ def semget(t, key, nsems, flags):
             raise SyscallError(errno.EINVAL)
         return SemSet(perm=perm, values=[0] * nsems, pids=[0] * nsems, ctime=_now(t))
 
-    s, ident = _ns(t).get("sems", i32(key), i32(flags), t.tg.creds, t.tg.groups, SEMMNI, make)
+    s, ident = _ns(t).get("sems", i32(key), i32(flags), t.tg, SEMMNI, make)
     if nsems > len(s.values):
         raise SyscallError(errno.EINVAL)
     return ident
@@ -233,7 +234,7 @@ def _sem_set(t, nr: int, ident: int, want: int) -> SemSet:
         s = _ns(t).lookup("sems", i32(ident))
     except SyscallError as e:
         raise _waited(t, nr, e) from None
-    if not s.perm.allows(t.tg.creds, t.tg.groups, want):
+    if not s.perm.allows(t.tg, want):
         raise SyscallError(errno.EACCES)
     return s
 
@@ -330,7 +331,7 @@ def semctl(t, ident, semnum, cmd, arg):
         return ns.max_index("sems")
     if cmd in (IPC_STAT, SEM_STAT, SEM_STAT_ANY):
         s, result = _stat_target(ns, "sems", ident, cmd, (SEM_STAT, SEM_STAT_ANY))
-        if cmd != SEM_STAT_ANY and not s.perm.allows(t.tg.creds, t.tg.groups, 0o4):
+        if cmd != SEM_STAT_ANY and not s.perm.allows(t.tg, 0o4):
             raise SyscallError(errno.EACCES)
         t.mm.write(arg, _SEMID.pack(_pack_perm(s.perm), s.otime, 0, s.ctime, 0, len(s.values), 0, 0))
         return result
@@ -339,7 +340,7 @@ def semctl(t, ident, semnum, cmd, arg):
         _set_perm(t, s, t.mm.read(arg, _SEMID.size))
         return 0
     if cmd == IPC_RMID:
-        if not s.perm.owned_by(t.tg.creds):
+        if not s.perm.owned_by(t.tg):
             raise SyscallError(errno.EPERM)
         gone = ns.ident("sems", s)
         for sets in ns.undo.values():
@@ -350,7 +351,7 @@ def semctl(t, ident, semnum, cmd, arg):
     reads = cmd in (GETPID, GETVAL, GETALL, GETNCNT, GETZCNT)
     if not reads and cmd not in (SETVAL, SETALL):
         raise SyscallError(errno.EINVAL)
-    if not s.perm.allows(t.tg.creds, t.tg.groups, 0o4 if reads else 0o2):
+    if not s.perm.allows(t.tg, 0o4 if reads else 0o2):
         raise SyscallError(errno.EACCES)
     if cmd == GETALL:
         t.mm.write(arg, struct.pack(f"<{len(s.values)}H", *s.values))
@@ -397,7 +398,7 @@ def shmget(t, key, size, flags):
             raise SyscallError(errno.ENOMEM, "sandbox memory limit") from e
         return ShmSegment(perm=perm, size=size, offset=offset, cpid=t.tg.tgid, ctime=_now(t))
 
-    seg, ident = _ns(t).get("shms", i32(key), i32(flags), t.tg.creds, t.tg.groups, SHMMNI, make)
+    seg, ident = _ns(t).get("shms", i32(key), i32(flags), t.tg, SHMMNI, make)
     if size > seg.size:
         raise SyscallError(errno.EINVAL)
     return ident
@@ -408,7 +409,7 @@ def shmat(t, ident, shmaddr, flags):
     ns, flags = _ns(t), i32(flags)
     seg = ns.lookup("shms", i32(ident))
     rdonly = flags & SHM_RDONLY
-    if not seg.perm.allows(t.tg.creds, t.tg.groups, 0o4 if rdonly else 0o6):
+    if not seg.perm.allows(t.tg, 0o4 if rdonly else 0o6):
         raise SyscallError(errno.EACCES)
     addr = shmaddr
     if addr % SHMLBA:
@@ -457,7 +458,7 @@ def shmctl(t, ident, cmd, buf):
         return ns.max_index("shms")
     if cmd in (IPC_STAT, SHM_STAT, SHM_STAT_ANY):
         seg, result = _stat_target(ns, "shms", ident, cmd, (SHM_STAT, SHM_STAT_ANY))
-        if cmd != SHM_STAT_ANY and not seg.perm.allows(t.tg.creds, t.tg.groups, 0o4):
+        if cmd != SHM_STAT_ANY and not seg.perm.allows(t.tg, 0o4):
             raise SyscallError(errno.EACCES)
         t.mm.write(buf, _SHMID.pack(_pack_perm(seg.perm), seg.size, seg.atime, seg.dtime, seg.ctime, seg.cpid,
                                     seg.lpid, seg.attached(address_spaces(t.kernel)), 0, 0))
@@ -467,14 +468,14 @@ def shmctl(t, ident, cmd, buf):
         _set_perm(t, seg, t.mm.read(buf, _SHMID.size))
         return 0
     if cmd == IPC_RMID:
-        if not seg.perm.owned_by(t.tg.creds):
+        if not seg.perm.owned_by(t.tg):
             raise SyscallError(errno.EPERM)
         seg.perm.mode |= SHM_DEST
         seg.perm.key = 0  # shmctl(2): a segment marked for destruction has the key IPC_PRIVATE
         _ns(t)
         return 0
     if cmd in (SHM_LOCK, SHM_UNLOCK):
-        if not seg.perm.owned_by(t.tg.creds):
+        if not seg.perm.owned_by(t.tg):
             raise SyscallError(errno.EPERM)
         seg.perm.mode = seg.perm.mode | SHM_LOCKED if cmd == SHM_LOCK else seg.perm.mode & ~SHM_LOCKED
         return 0

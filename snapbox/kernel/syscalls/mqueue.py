@@ -7,6 +7,7 @@ import errno
 import logging
 import struct
 
+from snapbox.kernel.creds import CAP_FOWNER, CAP_SYS_RESOURCE, capable
 from snapbox.kernel.errors import SyscallError, WouldBlock
 from snapbox.kernel.fd import O_ACCMODE, O_CLOEXEC, O_CREAT, O_EXCL, O_NONBLOCK
 from snapbox.kernel.mqueue import (
@@ -65,12 +66,11 @@ def mq_open(t, name, oflag, mode, attr):
         raise SyscallError(errno.EINVAL)
     queues = t.kernel.ipc.mqueues
     q = queues.get(name)
-    creds = t.tg.creds
     if q is not None:
         if oflag & O_CREAT and oflag & O_EXCL:
             raise SyscallError(errno.EEXIST)
         want = {0: 0o4, 1: 0o2, 2: 0o6}[oflag & O_ACCMODE]
-        if not q.allows(creds, t.tg.groups, want):
+        if not q.allows(t.tg, want):
             raise SyscallError(errno.EACCES)
     elif not oflag & O_CREAT:
         raise SyscallError(errno.ENOENT)
@@ -81,12 +81,12 @@ def mq_open(t, name, oflag, mode, attr):
             if maxmsg <= 0 or msgsize <= 0:
                 raise SyscallError(errno.EINVAL)
             # mq_open(3): privileged creators (CAP_SYS_RESOURCE) may pass the sysctl limits.
-            top = (HARD_MSGMAX, HARD_MSGSIZEMAX) if creds[1] == 0 else (MSG_MAX, MSGSIZE_MAX)
+            top = (HARD_MSGMAX, HARD_MSGSIZEMAX) if capable(t.tg, CAP_SYS_RESOURCE) else (MSG_MAX, MSGSIZE_MAX)
             if maxmsg > top[0] or msgsize > top[1]:
                 raise SyscallError(errno.EINVAL)
         ns = t.kernel.ipc
         ns.mq_inos += 1
-        q = MessageQueue(name=name, ino=ns.mq_inos, uid=creds[1], gid=creds[4], mode=mode & 0o777 & ~t.fs.umask,
+        q = MessageQueue(name=name, ino=ns.mq_inos, uid=t.tg.fsuid, gid=t.tg.fsgid, mode=mode & 0o777 & ~t.fs.umask,
                          maxmsg=maxmsg, msgsize=msgsize)
         queues[name] = q
     f = MqueueFile(flags=oflag & (O_ACCMODE | O_NONBLOCK), queue=q)
@@ -99,7 +99,7 @@ def mq_unlink(t, name):
     q = t.kernel.ipc.mqueues.get(name)
     if q is None:
         raise SyscallError(errno.ENOENT)
-    if t.tg.creds[1] not in (0, q.uid):  # the queues' directory is sticky, as /tmp
+    if t.tg.fsuid != q.uid and not capable(t.tg, CAP_FOWNER):  # the queues' directory is sticky, as /tmp
         raise SyscallError(errno.EACCES)
     del t.kernel.ipc.mqueues[name]
     q.name = ""

@@ -10,6 +10,7 @@ import selectors
 import stat as st
 import struct
 
+from snapbox.kernel.creds import CAP_NET_BIND_SERVICE, MAY_EXEC, MAY_WRITE, capable, check
 from snapbox.kernel.errors import SyscallError, WouldBlock
 from snapbox.kernel.fd import O_CLOEXEC, O_NONBLOCK
 from snapbox.kernel.socket import AF_UNIX, MSG_DONTWAIT, MSG_PEEK, SOCK_SEQPACKET, SOCK_STREAM, SocketNode, \
@@ -192,6 +193,8 @@ def bind(t, fd, addr, addrlen):
         ip, port = _inet_address(t, s, addr, addrlen)
         if s.local or (isinstance(s, InetSocket) and s.connected):
             raise SyscallError(errno.EINVAL)
+        if 0 < port < 1024 and not capable(t.tg, CAP_NET_BIND_SERVICE):
+            raise SyscallError(errno.EACCES)  # ip(7): ports below ip_unprivileged_port_start
         bind_inet(t, s, ip, port)
         if isinstance(s, UdpSocket):
             s.port_locked = port != 0
@@ -214,11 +217,12 @@ def bind(t, fd, addr, addrlen):
             raise SyscallError(errno.EADDRINUSE)
         if parent is None or not base:
             raise SyscallError(errno.ENOENT)
+        check(t.tg, parent, MAY_WRITE | MAY_EXEC)
         if on_host(t, parent) is not None:
             raise SyscallError(errno.EPERM, "sockets in a read-write bind mount are not supported")
         now = now_ns()
         parent.entries[base] = SocketNode(ino=fs.new_ino(), mode=st.S_IFSOCK | (0o777 & ~t.fs.umask),
-                                          uid=t.tg.creds[1], gid=t.tg.creds[4], atime=now, mtime=now,
+                                          uid=t.tg.fsuid, gid=t.tg.fsgid, atime=now, mtime=now,
                                           ctime=now, socket=s)
         parent.whiteouts.discard(base)
     s.address = name

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import struct
 
+from snapbox.kernel.creds import may_signal
 from snapbox.kernel.errors import SyscallError, WouldBlock
 from snapbox.kernel.eventfiles import SignalFd
 from snapbox.kernel.fd import O_CLOEXEC, O_NONBLOCK
@@ -98,8 +99,11 @@ def kill(t, pid, sig):
         targets = [g for g in groups if g.pgid == -pid]
     if not targets:
         raise SyscallError(errno.ESRCH)
+    allowed = [tg for tg in targets if may_signal(t.tg, tg, sig)]
+    if not allowed:
+        raise SyscallError(errno.EPERM)  # kill(2): none of them may be signalled by the caller
     if sig:
-        for tg in targets:
+        for tg in allowed:
             if not _init_ignores(tg, sig):
                 t.kernel.send_signal(tg, sig, siginfo(sig, SI_USER, t.tg.tgid))
     return 0
@@ -128,6 +132,8 @@ def tgkill(t, tgid, tid, sig):
     target = t.kernel.tasks.pidns.tasks.get(tid)
     if target is None or target.tg.tgid != tgid:
         raise SyscallError(errno.ESRCH)
+    if not may_signal(t.tg, target.tg, sig):
+        raise SyscallError(errno.EPERM)
     if sig and not _init_ignores(target.tg, sig):
         t.kernel.send_signal(target.tg, sig, siginfo(sig, SI_TKILL, t.tg.tgid), task=target)
     return 0
@@ -260,6 +266,8 @@ def rt_sigqueueinfo(t, tgid, sig, uinfo):
     if tg is None or tg.exit_status is not None:
         raise SyscallError(errno.ESRCH)
     info = _queued_info(t, tgid, sig, uinfo)
+    if not may_signal(t.tg, tg, sig):
+        raise SyscallError(errno.EPERM)
     if not _init_ignores(tg, sig):
         t.kernel.send_signal(tg, sig, info)
     return 0
@@ -274,6 +282,8 @@ def rt_tgsigqueueinfo(t, tgid, tid, sig, uinfo):
     if target is None or target.tg.tgid != tgid:
         raise SyscallError(errno.ESRCH)
     info = _queued_info(t, tgid, sig, uinfo)
+    if not may_signal(t.tg, target.tg, sig):
+        raise SyscallError(errno.EPERM)
     if not _init_ignores(target.tg, sig):
         t.kernel.send_signal(target.tg, sig, info, task=target)
     return 0
