@@ -33,9 +33,12 @@ def _name(t, addr: int) -> str:
     return raw.decode("utf-8", "surrogateescape")
 
 
-def _queue(t, mqd: int) -> MqueueFile:
+def _queue(t, mqd: int, access: str = "") -> MqueueFile:
+    """The message queue descriptor `mqd`; EBADF if it is none, or not open for `access`
+    ("read" or "write")."""
     f = t.fds.get(i32(mqd))
-    if not isinstance(f, MqueueFile):
+    if not isinstance(f, MqueueFile) or (access == "read" and not f.readable()) or \
+            (access == "write" and not f.writable()):
         raise SyscallError(errno.EBADF)
     return f
 
@@ -108,15 +111,12 @@ def mq_unlink(t, name):
 
 @syscall(NR.mq_timedsend)
 def mq_timedsend(t, mqd, msg, length, priority, abs_timeout):
-    f = _queue(t, mqd)
-    if not f.writable():
-        raise SyscallError(errno.EBADF)
-    q = f.queue
-    if priority & 0xFFFFFFFF >= MQ_PRIO_MAX:
+    f = _queue(t, mqd, "write")
+    q, priority = f.queue, priority & 0xFFFFFFFF
+    if priority >= MQ_PRIO_MAX:
         raise SyscallError(errno.EINVAL)
     if length > q.msgsize:
         raise SyscallError(errno.EMSGSIZE)
-    priority &= 0xFFFFFFFF
     if q.full():
         if f.flags & O_NONBLOCK:
             raise SyscallError(errno.EAGAIN)
@@ -141,9 +141,7 @@ def _notify(t, q: MessageQueue) -> None:
 
 @syscall(NR.mq_timedreceive)
 def mq_timedreceive(t, mqd, msg, length, priority_ptr, abs_timeout):
-    f = _queue(t, mqd)
-    if not f.readable():
-        raise SyscallError(errno.EBADF)
+    f = _queue(t, mqd, "read")
     q = f.queue
     if length < q.msgsize:
         raise SyscallError(errno.EMSGSIZE)
