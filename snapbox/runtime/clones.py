@@ -28,8 +28,9 @@ Memory is shared: the refiller loads the image's memory once, checked, into a me
 base), with the pages of the host files the image references (libraries, the program),
 and a clone's private mappings (heap, stacks, anonymous memory, those files' pages:
 everything but shared memory and tmpfs files, which it copies) are that memfd mapped
-MAP_PRIVATE by its stubs, so clones share every page none of them has written, and the host kernel gives a
-clone its own copy of a page when it first writes it (snapbox.kernel.mm). A checkpoint of a
+MAP_PRIVATE by its stubs, so clones share every page none of them has written, and the
+host kernel gives a clone its own copy of a page when it first writes it
+(snapbox.kernel.mm). A checkpoint of a
 clone first gives it its own copy of everything: its image stands alone. Random numbers
 come from the host at each call; `/proc/snapbox/restored` tells the program it was restored.
 """
