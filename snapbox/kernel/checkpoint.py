@@ -45,8 +45,8 @@ from snapbox.memfile.memfile import (
     subtract_runs,
 )
 from snapbox.platform import ptrace, uffd
-from snapbox.platform.cpuid import FeatureSet
-from snapbox.platform.stub import StubError
+from snapbox.platform.cpuid import XFEATURE_MAX, FeatureSet
+from snapbox.platform.stub import ARCH_REQ_XCOMP_PERM, ARCH_SET_CPUID, StubError
 from snapbox.state import (
     ImageError,
     SnapboxError,
@@ -650,10 +650,17 @@ class Checkpointing:
             tg.mm.attach(stub, lazy=self.memfile.lazy is not None)
             if self.memfile.lazy is not None:
                 self._catch_first_touches(tg.mm)
+            for nr in range(XFEATURE_MAX):
+                if tg.xfeatures_granted >> nr & 1:
+                    stub.arch_prctl(stub.pid, ARCH_REQ_XCOMP_PERM, nr)
             for i, t in enumerate(tg.tasks):
                 if not t.saved_regs:
                     raise ImageError(f"image holds task {t.tid} without registers")
                 host_tid = stub.pid if i == 0 else stub.clone_thread(stub.pid)
+                if t.cpuid_faulting:
+                    stub.arch_prctl(host_tid, ARCH_SET_CPUID, 0)
+                if int.from_bytes(t.saved_fpstate[512:520], "little") & tg.xfeatures_granted:
+                    stub.touch_tiles(host_tid)
                 regs = ptrace.regs_from_tuple(t.saved_regs)
                 regs.orig_rax = MASK64
                 ptrace.set_xstate(host_tid, fit_xstate(t.saved_fpstate, host))

@@ -27,7 +27,9 @@ INTERP_BASE = 0x7FFFF7FC0000 - (64 << 20)
 AT_NULL, AT_PHDR, AT_PHENT, AT_PHNUM, AT_PAGESZ, AT_BASE, AT_FLAGS, AT_ENTRY = 0, 3, 4, 5, 6, 7, 8, 9
 AT_UID, AT_EUID, AT_GID, AT_EGID, AT_PLATFORM, AT_HWCAP, AT_CLKTCK = 11, 12, 13, 14, 15, 16, 17
 AT_SECURE, AT_RANDOM, AT_HWCAP2, AT_EXECFN, AT_MINSIGSTKSZ = 23, 25, 26, 31, 51
-MINSIGSTKSZ = 2048
+# AT_MINSIGSTKSZ: the host kernel's figure (its largest signal frame, AMX tiles included),
+# as glibc read it from this process's own auxiliary vector.
+MINSIGSTKSZ = max(2048, os.sysconf("SC_MINSIGSTKSZ") if "SC_MINSIGSTKSZ" in os.sysconf_names else 0)
 
 
 @dataclass

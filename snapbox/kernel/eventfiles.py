@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from snapbox.kernel.errors import SyscallError, WouldBlock
 from snapbox.kernel.fd import POLLERR, POLLHUP, POLLIN, POLLOUT, O_NONBLOCK, OpenFile
+from snapbox.kernel.task import take_signal
 from snapbox.kernel.waiter import WaitQueue
 from snapbox.state import nosave, savable
 
@@ -134,8 +135,7 @@ class SignalFd(OpenFile):
             ready = holder.pending & self.mask
             if ready:
                 sig = (ready & -ready).bit_length()
-                holder.pending &= ~(1 << (sig - 1))
-                info = holder.siginfo.pop(sig, None)
+                info = take_signal(holder, sig)
                 return info or struct.pack("<iii4xiI", sig, 0, 0, 0, 0).ljust(128, b"\0")
         return None
 

@@ -51,7 +51,7 @@ from snapbox.kernel.vfs import Filesystem, LowerNode, MemRegular
 from snapbox.memfile import MemoryFile
 from snapbox.platform import ptrace
 from snapbox.platform.cpuid import FeatureSet
-from snapbox.platform.stub import APP_TOP
+from snapbox.platform.stub import APP_TOP, ARCH_SET_CPUID
 from snapbox.state import SnapboxError
 
 if TYPE_CHECKING:
@@ -277,9 +277,10 @@ class Lifecycle:
             argv=list(parent.argv), exe=parent.exe, rlimits=dict(parent.rlimits),
             pgid=parent.pgid, sid=parent.sid, creds=list(parent.creds), groups=list(parent.groups),
             fsuid=parent.fsuid, fsgid=parent.fsgid, caps=parent.caps.copy(),
-            prctl={k: v for k, v in parent.prctl.items() if k != "subreaper"}, personality=parent.personality)
+            prctl={k: v for k, v in parent.prctl.items() if k != "subreaper"}, personality=parent.personality,
+            xfeatures_granted=parent.xfeatures_granted)
         child = Task(tid=tgid, tg=tg, kernel=self, comm=t.comm, signal_mask=t.signal_mask, nice=t.nice,
-                     ioprio=t.ioprio, mempolicy=t.mempolicy)
+                     ioprio=t.ioprio, mempolicy=t.mempolicy, cpuid_faulting=t.cpuid_faulting)
         tg.tasks.append(child)
         pidns.tasks[tgid] = child
         pidns.groups[tgid] = tg
@@ -371,6 +372,11 @@ class Lifecycle:
         tg.argv = list(argv)
         tg.exe = exe
         exec_transform(tg)
+        tg.xfeatures_granted = 0
+        t.large_fpstate = False
+        if t.cpuid_faulting:  # execve gives CPUID back
+            stub.arch_prctl(t.host_tid, ARCH_SET_CPUID, 1)
+            t.cpuid_faulting = False
         t.comm = os.path.basename(path).decode(errors="replace")[:15]  # execve(2): the name it was run by
         regs = t.regs
         for name in ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "r8", "r9", "r10", "r11",
@@ -408,7 +414,7 @@ class Lifecycle:
         pidns = self.tasks.pidns
         tid = pidns.allocate()
         child = Task(tid=tid, tg=tg, kernel=self, comm=t.comm, signal_mask=t.signal_mask, nice=t.nice,
-                     ioprio=t.ioprio, mempolicy=t.mempolicy)
+                     ioprio=t.ioprio, mempolicy=t.mempolicy, cpuid_faulting=t.cpuid_faulting)
         tg.tasks.append(child)
         pidns.tasks[tid] = child
         self._start_child(t, child, host_tid, flags, stack, ptid, ctid, tls)

@@ -40,13 +40,14 @@ from snapbox.kernel.signals import (
     fit_xstate,
     parse_frame,
     sigbit,
+    frame_xstate_size,
     siginfo,
     xsave_for_frame,
 )
 from snapbox.kernel.syscalls import MASK64, NR
-from snapbox.kernel.task import Run, SigAction, Task, ThreadGroup
+from snapbox.kernel.task import Run, SigAction, Task, ThreadGroup, discard_signals, queue_signal, take_signal
 from snapbox.platform import ptrace
-from snapbox.platform.cpuid import FeatureSet
+from snapbox.platform.cpuid import DYNAMIC_XFEATURES, FeatureSet
 
 log = logging.getLogger("snapbox.kernel")
 
@@ -88,8 +89,7 @@ class Signaling:
             # force_sig_info(): a fault that cannot be handled kills with the default action.
             self.exit_group(task.tg, sig | CORE_DUMPED)
             return
-        task.pending |= bit
-        task.siginfo[sig] = info
+        queue_signal(task, sig, info)
         task.tg.mm.stub.clobbered.add(task.host_tid)
         if not self.paused:
             self._deliver_and_resume(task)
@@ -100,7 +100,7 @@ class Signaling:
             return
         tg.job_stopped = sig
         tg.job_report = "stopped"
-        tg.pending &= ~sigbit(signal.SIGCONT)
+        discard_signals(tg, sigbit(signal.SIGCONT))
         for t in tg.tasks:
             if t.run is Run.RUNNING and not t.interrupt_pending and not self.paused:
                 ptrace.interrupt(t.host_tid)
@@ -110,8 +110,8 @@ class Signaling:
     def _continue_group(self, tg: ThreadGroup) -> None:
         """SIGCONT: a stopped process goes on (whatever the signal's disposition)."""
         for t in tg.tasks:
-            t.pending &= ~STOP_SIGNALS
-        tg.pending &= ~STOP_SIGNALS
+            discard_signals(t, STOP_SIGNALS)
+        discard_signals(tg, STOP_SIGNALS)
         if not tg.job_stopped:
             return
         tg.job_stopped = 0
@@ -186,7 +186,7 @@ class Signaling:
         if sig == signal.SIGCONT:
             self._continue_group(tg)
         elif sigbit(sig) & STOP_SIGNALS:
-            tg.pending &= ~sigbit(signal.SIGCONT)
+            discard_signals(tg, sigbit(signal.SIGCONT))
             if sig == signal.SIGSTOP:
                 self._stop_group(tg, sig)  # it cannot be caught, blocked or ignored
                 return
@@ -198,9 +198,7 @@ class Signaling:
             return  # signal(7): an ignored signal is discarded when it is generated
         info = info if info is not None else siginfo(sig, SI_USER)
         holder = task if task is not None else tg
-        if not holder.pending & bit:  # standard signals do not queue: one pending at most
-            holder.pending |= bit
-            holder.siginfo[sig] = info
+        queue_signal(holder, sig, info)
         tg.signal_wait.notify()
         for t in targets:
             if not t.signal_mask & bit:
@@ -278,8 +276,7 @@ class Signaling:
             sig = _lowest(pending)
             bit = sigbit(sig)
             holder = t if t.pending & bit else t.tg
-            holder.pending &= ~bit
-            info = holder.siginfo.pop(sig, None) or siginfo(sig, SI_USER)
+            info = take_signal(holder, sig) or siginfo(sig, SI_USER)
             act = t.tg.sigaction(sig)
             if act.handler == SIG_IGN:
                 continue
@@ -294,7 +291,10 @@ class Signaling:
                     t.run = Run.STOPPED
                     return True  # _resume keeps it stopped
                 continue
-            return self._setup_frame(t, sig, act, info)
+            # Then the next deliverable signal, on top: its handler runs first (Linux
+            # delivers every signal the handlers' masks leave unblocked before returning).
+            if not self._setup_frame(t, sig, act, info):
+                return False
 
     def _setup_frame(self, t: Task, sig: int, act: SigAction, info: bytes) -> bool:
         regs = t.regs
@@ -306,10 +306,10 @@ class Signaling:
             sp = ss_sp + ss_size
         else:
             sp = regs.rsp - REDZONE
-        fpstate = ptrace.get_xstate(t.host_tid, XSTATE_MAX)
-        frame, data, fp_addr = build_frame(regs, sp, old_mask, t.altstack, fpstate, info, act.restorer)
+        fp_area = xsave_for_frame(ptrace.get_xstate(t.host_tid, XSTATE_MAX), self.frame_xfeatures(t))
+        frame, data, fp_addr = build_frame(regs, sp, old_mask, t.altstack, fp_area, info, act.restorer)
         try:
-            t.mm.write(fp_addr, xsave_for_frame(fpstate, self.features.xcr0))
+            t.mm.write(fp_addr, fp_area)
             t.mm.write(frame, data)
         except SyscallError:
             # No room for the frame (a blown stack): Linux kills with SIGSEGV.
@@ -330,13 +330,26 @@ class Signaling:
         t.tg.mm.stub.clobbered.add(t.host_tid)
         return True
 
+    def frame_xfeatures(self, t: Task) -> int:
+        """The XSAVE components `t`'s signal frames hold: those enabled for every process,
+        and the dynamic ones (AMX tile data) once the process was given them and the
+        thread used them (then Linux has enlarged its FP state for good)."""
+        granted = t.tg.xfeatures_granted
+        if granted and not t.large_fpstate:
+            xstate = ptrace.get_xstate(t.host_tid, 576)
+            t.large_fpstate = int.from_bytes(xstate[512:520], "little") & granted != 0
+        return self.features.xcr0 & ~DYNAMIC_XFEATURES | (granted if t.large_fpstate else 0)
+
     def sigreturn(self, t: Task) -> int:
         """rt_sigreturn(2): restore the context the handler's frame saved."""
         regs = t.regs
         frame = regs.rsp - 8
         try:
             uc = parse_frame(t.mm.read(frame + 8, UCONTEXT_SIZE))
-            fpstate = t.mm.read(uc["fpstate"], max(self.features.xsave_size, 512)) if uc["fpstate"] else None
+            fpstate = None
+            if uc["fpstate"]:
+                size = frame_xstate_size(t.mm.read(uc["fpstate"] + 464, 20))
+                fpstate = t.mm.read(uc["fpstate"], size)
         except SyscallError:
             self.exit_group(t.tg, signal.SIGSEGV | CORE_DUMPED)
             raise TaskExit from None
@@ -351,7 +364,16 @@ class Signaling:
         if not ss_flags & SS_ONSTACK:
             t.altstack = (ss_sp, ss_flags & ~SS_ONSTACK, ss_size)
         if fpstate is not None:
-            ptrace.set_xstate(t.host_tid, fit_xstate(fpstate, FeatureSet.host()))
+            area = bytearray(fit_xstate(fpstate, FeatureSet.host()))
+            if len(area) >= 520:  # only components the thread may have (not AMX it never used)
+                bv = int.from_bytes(area[512:520], "little") & self.frame_xfeatures(t)
+                area[512:520] = bv.to_bytes(8, "little")
+            try:
+                ptrace.set_xstate(t.host_tid, bytes(area))
+            except ptrace.PtraceError:
+                # An XSAVE area the CPU refuses (reserved bits set): Linux's SIGSEGV.
+                self.exit_group(t.tg, signal.SIGSEGV | CORE_DUMPED)
+                raise TaskExit from None
         return regs.rax
 
 

@@ -7,6 +7,8 @@ import enum
 import struct
 from typing import TYPE_CHECKING
 
+from snapbox.platform.cpuid import xstate_size
+
 if TYPE_CHECKING:
     from snapbox.platform.cpuid import FeatureSet
 
@@ -82,11 +84,11 @@ def siginfo(sig: int, code: int, pid: int = 0, uid: int = 0, status: int = 0, ad
     return (head + body).ljust(SIGINFO_SIZE, b"\0")
 
 
-def build_frame(regs, sp: int, mask: int, altstack: tuple[int, int, int], fpstate: bytes,
+def build_frame(regs, sp: int, mask: int, altstack: tuple[int, int, int], fp_area: bytes,
                 info: bytes, restorer: int) -> tuple[int, bytes, int]:
     """Lay out an rt_sigframe below `sp`: returns (frame address, frame bytes, address for
-    `fpstate`, which the caller writes there)."""
-    fp_addr = (sp - len(fpstate) - 4) & ~63  # room for FP_XSTATE_MAGIC2 after the area
+    `fp_area` (from xsave_for_frame), which the caller writes there)."""
+    fp_addr = (sp - len(fp_area)) & ~63
     frame = ((fp_addr - FRAME_SIZE) & ~15) - 8  # as after a call: (rsp + 8) % 16 == 0
     gprs = [getattr(regs, n) for n in _SIGCONTEXT_GPRS]
     uc = _UCONTEXT.pack(
@@ -99,13 +101,27 @@ def build_frame(regs, sp: int, mask: int, altstack: tuple[int, int, int], fpstat
     return frame, struct.pack("<Q", restorer) + uc + info, fp_addr
 
 
-def xsave_for_frame(fpstate: bytes, xcr0: int) -> bytes:
-    """The XSAVE area as a signal frame holds it: with the software-reserved bytes that
-    describe it (fpx_sw_bytes) and FP_XSTATE_MAGIC2 after it."""
-    area = bytearray(fpstate)
-    if len(area) >= 512:
-        area[464:464 + 20] = struct.pack("<IIQI", FP_XSTATE_MAGIC1, len(fpstate) + 4, xcr0, len(fpstate))
+def xsave_for_frame(fpstate: bytes, xfeatures: int) -> bytes:
+    """The XSAVE area as a signal frame holds it: the components in `xfeatures` (those
+    the task may use; a frame holds no AMX tiles the program never asked for), the
+    software-reserved bytes that describe it (fpx_sw_bytes) and FP_XSTATE_MAGIC2 after it."""
+    if len(fpstate) < 576 or not xfeatures:
+        return bytes(fpstate[:512])
+    size = xstate_size(xfeatures)
+    area = bytearray(fpstate[:size].ljust(size, b"\0"))
+    bv = int.from_bytes(area[512:520], "little") & xfeatures
+    area[512:520] = bv.to_bytes(8, "little")
+    area[464:464 + 20] = struct.pack("<IIQI", FP_XSTATE_MAGIC1, size + 4, xfeatures, size)
     return bytes(area) + struct.pack("<I", FP_XSTATE_MAGIC2)
+
+
+def frame_xstate_size(sw_bytes: bytes) -> int:
+    """How many bytes of XSAVE area a frame's FP state holds, from its fpx_sw_bytes
+    (bytes 464..484 of the area): the legacy 512 unless they describe an XSAVE area."""
+    magic, extended, _, size = struct.unpack_from("<IIQI", sw_bytes)
+    if magic != FP_XSTATE_MAGIC1 or extended != size + 4 or not 576 <= size <= XSTATE_MAX:
+        return 512
+    return size
 
 
 def parse_frame(data: bytes) -> dict:

@@ -65,7 +65,7 @@ class ThreadGroup:
     exe: str = ""  # sandbox path of the executable
     rlimits: dict = field(default_factory=dict)  # RLIMIT_* -> (soft, hard), for those set
     pending: int = 0  # signals sent to the process and not yet delivered (sigset bits)
-    siginfo: dict = field(default_factory=dict)  # signal -> siginfo_t bytes of a pending one
+    siginfo: dict = field(default_factory=dict)  # signal -> queued siginfo_t bytes (see queue_signal)
     signal_wait: WaitQueue = field(default_factory=WaitQueue)  # sigtimedwait callers
     exit_status: int | None = None  # wait(2) status once the whole group has exited
     children: list = field(default_factory=list)  # child ThreadGroups, zombies until reaped
@@ -88,6 +88,9 @@ class ThreadGroup:
     itimer_token: int = nosave(default=0)  # bumped to cancel the armed ITIMER_REAL
     sid: int = 0  # session id
     personality: int = 0  # personality(2): the execution domain (PER_LINUX) and its flags
+    # Dynamic XSAVE components (AMX tile data) it asked for with arch_prctl
+    # ARCH_REQ_XCOMP_PERM: kept by fork, dropped by execve.
+    xfeatures_granted: int = 0
 
     def sigaction(self, sig: int) -> SigAction:
         return self.sigactions.get(sig) or SigAction()
@@ -107,8 +110,10 @@ class Task:
     mempolicy: tuple = (0, 0)  # set_mempolicy(2): (mode, node mask); one node here, so advisory
     signal_mask: int = 0  # blocked signals, bit (n-1) for signal n
     pending: int = 0  # signals sent to this thread and not yet delivered
-    siginfo: dict = field(default_factory=dict)  # signal -> siginfo_t bytes of a pending one
+    siginfo: dict = field(default_factory=dict)  # signal -> queued siginfo_t bytes (see queue_signal)
     altstack: tuple = (0, 2, 0)  # sigaltstack: (ss_sp, ss_flags, ss_size); SS_DISABLE at first
+    large_fpstate: bool = False  # it has used a dynamic XSAVE component: its frames hold them
+    cpuid_faulting: bool = False  # arch_prctl ARCH_SET_CPUID 0: CPUID raises SIGSEGV
     saved_mask: int | None = None  # the mask rt_sigsuspend replaced, restored after the handler
     cpu_base: int = 0  # CPU time (ns) used on earlier hosts, before the current stub
     clear_child_tid: int = 0  # set_tid_address(2)
@@ -162,6 +167,45 @@ class Task:
         if self.restart is not None and self.restart[0] == nr:
             return self.restart[1]
         return None
+
+
+SIGRTMIN = 32
+RT_QUEUE_MAX = 4096  # queued instances of one real-time signal (RLIMIT_SIGPENDING's default)
+
+
+def queue_signal(holder: Task | ThreadGroup, sig: int, info: bytes) -> None:
+    """Make `sig` pending on a task or a process. A standard signal is pending once at
+    most (a second one is merged into the first); real-time signals queue, each instance
+    with its own siginfo, delivered in the order sent (signal(7))."""
+    bit = 1 << (sig - 1)
+    queue = holder.siginfo.setdefault(sig, [])
+    if sig < SIGRTMIN and holder.pending & bit:
+        return
+    if len(queue) < RT_QUEUE_MAX:
+        queue.append(info)
+    holder.pending |= bit
+
+
+def take_signal(holder: Task | ThreadGroup, sig: int) -> bytes | None:
+    """Dequeue the oldest instance of pending `sig` (its siginfo, None if it carried none);
+    the signal stays pending while more instances are queued."""
+    queue = holder.siginfo.get(sig)
+    if isinstance(queue, bytes):  # an image from before signals queued: one instance
+        queue = [queue]
+    info = queue.pop(0) if queue else None
+    if queue:
+        holder.siginfo[sig] = queue
+    else:
+        holder.siginfo.pop(sig, None)
+        holder.pending &= ~(1 << (sig - 1))
+    return info
+
+
+def discard_signals(holder: Task | ThreadGroup, mask: int) -> None:
+    """Forget the pending signals in sigset `mask`, every queued instance."""
+    holder.pending &= ~mask
+    for sig in [s for s in holder.siginfo if mask >> (s - 1) & 1]:
+        del holder.siginfo[sig]
 
 
 @savable

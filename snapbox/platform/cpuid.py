@@ -7,6 +7,7 @@ that offers at least the features, and the XSAVE state components, of the one th
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass, field
 
@@ -14,6 +15,12 @@ from snapbox.state import IncompatibleHostError, savable
 
 # Environment variable that replaces the detected host feature set (comma-separated names).
 HOST_FEATURES_ENV = "SNAPBOX_HOST_CPU_FEATURES"
+
+# XSAVE components enabled in XCR0 that a process gets only on request
+# (arch_prctl ARCH_REQ_XCOMP_PERM): AMX tile data, 8 KB of it.
+XFEATURE_TILE_DATA = 18
+DYNAMIC_XFEATURES = 1 << XFEATURE_TILE_DATA
+XFEATURE_MAX = 20  # Linux's count of XSAVE components it knows (6.x): higher numbers are EINVAL
 
 # (leaf, subleaf, register) -> {bit: name}, names as Linux spells them in /proc/cpuinfo.
 _BITS: dict[tuple[int, int, str], dict[int, str]] = {
@@ -157,3 +164,16 @@ class FeatureSet:
             raise IncompatibleHostError(
                 f"image needs XSAVE state components this host lacks (xcr0 bits {lacking_state:#x})"
             )
+
+
+@functools.cache
+def xstate_size(mask: int) -> int:
+    """Bytes of a standard-format XSAVE area holding the components in `mask` (each at
+    the offset CPUID leaf 0xD gives it): the legacy area and the header, then up to the
+    end of the highest component."""
+    size = 576
+    for i in range(2, 64):
+        if mask >> i & 1:
+            length, offset = _cpuid(0xD, i)[:2]
+            size = max(size, offset + length)
+    return size

@@ -34,6 +34,7 @@ from snapbox.state import SnapboxError
 STUB_ADDR = 0x7FFFFFF00000
 TRAMPOLINE = STUB_ADDR + 0x78  # syscall; int3
 STUB_ENTRY = STUB_ADDR + 0x7C  # int3; jmp back: never run by design
+TILE_TOUCH = STUB_ADDR + 0x80  # ldtilecfg; tilezero; tilerelease; int3: see Stub.touch_tiles
 VSYSCALL_PAGE = 0xFFFFFFFFFF600000  # the host kernel's legacy vsyscall entry points
 APP_TOP = STUB_ADDR  # the application's address space is [0, APP_TOP)
 STUB_MEMFD = 3  # the MemoryFile's fd number inside every stub
@@ -53,6 +54,9 @@ SYS_CLONE = 56
 SYS_FORK = 57
 SYS_EXIT = 60
 SYS_PRCTL = 157
+SYS_ARCH_PRCTL = 158
+ARCH_SET_CPUID = 0x1012
+ARCH_REQ_XCOMP_PERM = 0x1023
 SYS_SECCOMP = 317
 SYS_CLOSE = 3
 SYS_USERFAULTFD = 323
@@ -102,12 +106,13 @@ def seccomp_filter(cookie: int, traced: frozenset[int] = frozenset()) -> list[tu
     exactly the calls the sentry injects, each carrying `cookie`: mmap of the MemoryFile
     (shared, fixed) or of a clone's base memory (private, fixed; the cookie in the upper
     half of the fd argument, which the kernel truncates to an int), and with the cookie as the unused sixth argument mprotect, munmap,
-    clone of a thread with the flags clone_thread uses, fork, exit, userfaultfd and close.
+    clone of a thread with the flags clone_thread uses, fork, exit, userfaultfd, close and
+    arch_prctl (CPUID faulting and AMX permission, asked for by the application).
     Anything else from there kills the stub. From anywhere else, the application's calls:
     the numbers in `traced`, calls with another architecture (int 0x80) and calls into the
     vsyscall page stop under ptrace; every other one is a user notification."""
     ret = TRAMPOLINE + 2
-    plain = (SYS_MPROTECT, SYS_MUNMAP, SYS_FORK, SYS_EXIT, SYS_USERFAULTFD, SYS_CLOSE)
+    plain = (SYS_MPROTECT, SYS_MUNMAP, SYS_FORK, SYS_EXIT, SYS_USERFAULTFD, SYS_CLOSE, SYS_ARCH_PRCTL)
     # Each block is a list of instructions whose jump targets are labels, resolved below.
     prog: list[tuple[int, object, object, int]] = []
     labels: dict[str, int] = {}
@@ -185,7 +190,13 @@ def seccomp_filter(cookie: int, traced: frozenset[int] = frozenset()) -> list[tu
 
 def stub_elf() -> bytes:
     """The stub executable: an ELF header, one PT_LOAD, and the trampoline code."""
-    code = b"\x0f\x05\xcc" + b"\x90" + b"\xcc\xeb\xfd" + b"\x90"  # syscall; int3; nop | int3; jmp -3; nop
+    code = (b"\x0f\x05\xcc" + b"\x90" + b"\xcc\xeb\xfd" + b"\x90"  # syscall; int3; nop | int3; jmp -3; nop
+            + b"\xc4\xe2\x78\x49\x05\x37\x00\x00\x00"  # ldtilecfg the tile configuration below
+            + b"\xc4\xe2\x7b\x49\xc0"  # tilezero %tmm0
+            + b"\xc4\xe2\x78\x49\xc0\xcc")  # tilerelease; int3
+    # At 0xC0: a tile configuration (palette 1, tile 0 of 16 rows of 64 bytes).
+    code = code.ljust(0xC0 - 0x78, b"\xcc") + bytes([1]).ljust(16, b"\0") + struct.pack("<H", 64).ljust(32, b"\0") \
+        + bytes([16]).ljust(16, b"\0")
     size = 0x78 + len(code)
     ehdr = struct.pack(
         "<16sHHIQQQIHHHHHH",
@@ -357,20 +368,36 @@ class Stub:
         if tid < 0:
             raise StubError(f"stub {self.pid}: a host syscall {nr} was asked for where no thread is stopped")
         self._enter(tid, nr, args)
-        while True:
-            _, status = os.waitpid(tid, WALL)
-            if os.WIFEXITED(status) or os.WIFSIGNALED(status):
-                raise StubError(f"stub {tid} died during an injected syscall {nr}")
-            if os.WSTOPSIG(status) == signal.SIGTRAP and status >> 16 == 0:
-                break
-            if status >> 16 == ptrace.PTRACE_EVENT_STOP:
-                self.interrupts_seen.add(tid)
-            # A stale PTRACE_INTERRUPT, our own clone's event, or a host signal: go on.
-            ptrace.cont(tid, 0)
+        self._wait_trap(tid, f"an injected syscall {nr}")
         regs = self.scratch
         ptrace.getregs(tid, regs)
         result = regs.rax
         return result - (1 << 64) if result >= 1 << 63 else result
+
+    def _wait_trap(self, tid: int, what: str) -> None:
+        """Wait for thread `tid` to reach the int3 after the code it was set to run."""
+        while True:
+            _, status = os.waitpid(tid, WALL)
+            if os.WIFEXITED(status) or os.WIFSIGNALED(status):
+                raise StubError(f"stub {tid} died during {what}")
+            if os.WSTOPSIG(status) == signal.SIGTRAP and status >> 16 == 0:
+                return
+            if status >> 16 == ptrace.PTRACE_EVENT_STOP:
+                self.interrupts_seen.add(tid)
+            # A stale PTRACE_INTERRUPT, our own clone's event, or a host signal: go on.
+            ptrace.cont(tid, 0)
+
+    def touch_tiles(self, tid: int) -> None:
+        """Use AMX tiles on thread `tid` (stopped) of a process given AMX (arch_prctl
+        ARCH_REQ_XCOMP_PERM), and release them: the host kernel makes room for a thread's
+        tile data at its first use, and only then takes tile data by PTRACE_SETREGSET."""
+        regs = self.scratch
+        ctypes.pointer(regs)[0] = self.base_regs
+        regs.rip = TILE_TOUCH
+        ptrace.setregs(tid, regs)
+        self.clobbered.add(tid)
+        ptrace.cont(tid, 0)
+        self._wait_trap(tid, "its first use of AMX")
 
     def _enter(self, tid: int, nr: int, args: tuple[int, ...]) -> None:
         regs = self.scratch
@@ -411,6 +438,15 @@ class Stub:
             child.kill()
             raise StubError(f"new stub {pid} could not drop its parent's mappings: {os.strerror(-r)}")
         return child
+
+    def arch_prctl(self, tid: int, code: int, arg: int) -> None:
+        """arch_prctl(2) ARCH_SET_CPUID or ARCH_REQ_XCOMP_PERM on thread `tid`, for an
+        application that asked for it (the host enforces both: CPUID faults, AMX works)."""
+        if code not in (ARCH_SET_CPUID, ARCH_REQ_XCOMP_PERM):
+            raise StubError(f"stub {self.pid}: arch_prctl {code:#x} is not one a stub takes")
+        r = self.syscall(SYS_ARCH_PRCTL, code, arg, tid=tid)
+        if r < 0:
+            raise StubError(f"stub {self.pid}: arch_prctl {code:#x} failed: {os.strerror(-r)}")
 
     def exit_thread(self, tid: int) -> None:
         """End host thread `tid` (stopped) of this stub; the others go on."""

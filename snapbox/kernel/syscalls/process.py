@@ -12,11 +12,18 @@ from snapbox.kernel.creds import (
 )
 from snapbox.kernel.errors import SyscallError, TaskExit, WouldBlock
 from snapbox.kernel.syscalls import NR, i32, syscall
+from snapbox.platform.cpuid import DYNAMIC_XFEATURES, XFEATURE_MAX
+from snapbox.platform.stub import StubError
 
 ARCH_SET_GS = 0x1001
 ARCH_SET_FS = 0x1002
 ARCH_GET_FS = 0x1003
 ARCH_GET_GS = 0x1004
+ARCH_GET_CPUID = 0x1011
+ARCH_SET_CPUID = 0x1012
+ARCH_GET_XCOMP_SUPP = 0x1021
+ARCH_GET_XCOMP_PERM = 0x1022
+ARCH_REQ_XCOMP_PERM = 0x1023
 USER_ADDR_LIMIT = 1 << 47
 log = logging.getLogger("snapbox.kernel")
 
@@ -100,6 +107,36 @@ def arch_prctl(t, code, addr):
     if code in (ARCH_GET_FS, ARCH_GET_GS):
         value = regs.fs_base if code == ARCH_GET_FS else regs.gs_base
         t.mm.write(addr, struct.pack("<Q", value))
+        return 0
+    if code == ARCH_GET_CPUID:
+        return 0 if t.cpuid_faulting else 1
+    if code == ARCH_SET_CPUID:
+        # CPUID faulting, as the host offers it: the stub's thread gets it, so CPUID in
+        # the program raises SIGSEGV as on Linux (ENODEV where the CPU cannot fault).
+        faulting = addr == 0
+        if faulting != t.cpuid_faulting:
+            try:
+                t.tg.mm.stub.arch_prctl(t.host_tid, ARCH_SET_CPUID, int(not faulting))
+            except StubError:
+                raise SyscallError(errno.ENODEV) from None
+            t.cpuid_faulting = faulting
+        return 0
+    features = t.kernel.features
+    if code == ARCH_GET_XCOMP_SUPP:
+        t.mm.write(addr, struct.pack("<Q", features.xcr0))
+        return 0
+    if code == ARCH_GET_XCOMP_PERM:
+        t.mm.write(addr, struct.pack("<Q", features.xcr0 & ~DYNAMIC_XFEATURES | t.tg.xfeatures_granted))
+        return 0
+    if code == ARCH_REQ_XCOMP_PERM:
+        if addr >= XFEATURE_MAX:
+            raise SyscallError(errno.EINVAL)
+        wanted = 1 << addr
+        if not wanted & DYNAMIC_XFEATURES & features.xcr0:
+            raise SyscallError(errno.EOPNOTSUPP)
+        if not t.tg.xfeatures_granted & wanted:
+            t.tg.mm.stub.arch_prctl(t.host_tid, ARCH_REQ_XCOMP_PERM, addr)
+            t.tg.xfeatures_granted |= wanted
         return 0
     raise SyscallError(errno.EINVAL)
 

@@ -16,14 +16,17 @@ from snapbox.kernel.signals import (
     SI_USER,
     SIGKILL,
     SIG_DFL,
+    SIG_IGN,
     SIGSTOP,
     SS_DISABLE,
     SS_ONSTACK,
+    Default,
+    default_action,
     sigbit,
     siginfo,
 )
 from snapbox.kernel.syscalls import NR, i32, syscall
-from snapbox.kernel.task import SigAction
+from snapbox.kernel.task import SigAction, discard_signals, take_signal
 
 _SIGACTION = struct.Struct("<QQQQ")  # handler, flags, restorer, mask
 _SIGSET = struct.Struct("<Q")
@@ -47,6 +50,10 @@ def rt_sigaction(t, sig, act, oact, sigsetsize):
         t.mm.write(oact, _SIGACTION.pack(old.handler, old.flags, old.restorer, old.mask))
     if new is not None:
         t.tg.sigactions[sig] = new
+        if new.handler == SIG_IGN or (new.handler == SIG_DFL and default_action(sig) is Default.IGNORE):
+            # sigaction(2): a pending signal now ignored is discarded, blocked or not.
+            for holder in (t.tg, *t.tg.tasks):
+                discard_signals(holder, sigbit(sig))
     return 0
 
 
@@ -206,8 +213,7 @@ def rt_sigtimedwait(t, set_, info, timeout, sigsetsize):
         ready = holder.pending & wanted
         if ready:
             sig = (ready & -ready).bit_length()
-            holder.pending &= ~sigbit(sig)
-            data = holder.siginfo.pop(sig, None) or siginfo(sig, SI_USER)
+            data = take_signal(holder, sig) or siginfo(sig, SI_USER)
             if info:
                 t.mm.write(info, data)
             return sig

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import subprocess
 
 import pytest
 
@@ -39,3 +40,21 @@ def test_a_signal_pending_on_a_signalfd_survives_a_checkpoint(snapbox, images, t
     got = held_through_a_restore(snapbox, images, tmp_path, "sigfd",
                                  "after the sleep: 128 bytes, signal 10, from me: 1", False)
     assert got == ["holding", "after the sleep: 128 bytes, signal 10, from me: 1"]
+
+
+@pytest.mark.parametrize("bundle", ["frames", "frames-glibc"])
+def test_signal_frames_and_queued_realtime_signals_match_native(snapbox, images, bundle):
+    """Frames sized like Linux's (AMX tiles only once asked for and used), an 8 KB
+    alternate stack, the arch_prctl XSTATE and CPUID-faulting options, real-time signals
+    queued and nested in Linux's order, MXCSR across fork and exec."""
+    want = native_fixture(images, bundle)
+    assert "8 KB altstack: frame" in want and "sigwaitinfo: RTMIN value 22" in want
+    assert same_output(snapbox("run", "--bundle", str(images / bundle), "frames").stdout, want)
+
+
+def test_queued_realtime_signals_and_amx_state_survive_a_checkpoint(snapbox, images, tmp_path):
+    got = held_through_a_restore(snapbox, images, tmp_path, "frames", "done", lazy=False)
+    assert "after the checkpoint: 4 delivered: 7 8 9 10" in got
+    native = subprocess.run([str(images / "frames" / "rootfs" / "frames"), "hold"], capture_output=True,
+                            text=True, timeout=30, check=True).stdout.splitlines()
+    assert got == native  # with AMX: the tiles' frame size and permission carried over too
