@@ -1,4 +1,5 @@
-"""/dev: the character devices every program expects (null, zero, full, random, urandom)."""
+"""/dev: the character devices every program expects (null, zero, full, random, urandom,
+and the terminal ones, whose files are in snapbox.kernel.tty)."""
 
 from __future__ import annotations
 
@@ -59,20 +60,26 @@ class DeviceFile(OpenFile):
         return f"device /dev/{self.node.name}"
 
 
-def mount_dev(fs: Filesystem, terminal: bool = False) -> None:
-    """Put a fresh /dev with the standard devices and a /dev/shm tmpfs over whatever the
-    rootfs has there; with `terminal` (the sandbox's stdin is one), /dev/tty too."""
+def mount_dev(fs: Filesystem) -> None:
+    """Put a fresh /dev over whatever the rootfs has there: the standard devices, /dev/tty
+    (the controlling terminal), /dev/ptmx and a /dev/pts for pseudo-terminals
+    (snapbox.kernel.tty), and a /dev/shm tmpfs."""
     now = now_ns()
     dev = Dir(ino=fs.new_ino(), mode=stat.S_IFDIR | 0o755, nlink=2, atime=now, mtime=now, ctime=now,
               name="dev", parent=fs.root, tmpfs=True)
-    devices = dict(DEVICES, tty=(5, 0)) if terminal else DEVICES
-    for name, (major, minor) in devices.items():
+    for name, (major, minor) in dict(DEVICES, tty=(5, 0), ptmx=(5, 2)).items():
         dev.entries[name] = DeviceNode(ino=fs.new_ino(), mode=stat.S_IFCHR | 0o666, atime=now,
                                        mtime=now, ctime=now, name=name, rdev=makedev(major, minor))
+    # devpts as container runtimes mount it (ptmxmode=0666): its own ptmx, and a node per pty.
+    pts = Dir(ino=fs.new_ino(), mode=stat.S_IFDIR | 0o755, nlink=2, atime=now, mtime=now, ctime=now,
+              name="pts", parent=dev, tmpfs=True)
+    pts.entries["ptmx"] = DeviceNode(ino=fs.new_ino(), mode=stat.S_IFCHR | 0o666, atime=now, mtime=now,
+                                     ctime=now, name="ptmx", rdev=makedev(5, 2))
+    dev.entries["pts"] = pts
     # POSIX shared memory and named semaphores (shm_open, sem_open) are files in /dev/shm,
     # a tmpfs, as in every container runc starts.
     dev.entries["shm"] = Dir(ino=fs.new_ino(), mode=stat.S_IFDIR | 0o1777, nlink=2, atime=now, mtime=now,
                              ctime=now, name="shm", parent=dev, tmpfs=True)
-    dev.nlink += 1
+    dev.nlink += 2
     fs.root.entries["dev"] = dev
     fs.root.whiteouts.discard("dev")

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from snapbox.kernel import elf
 from snapbox.kernel.creds import MAY_EXEC, CapSets, check, exec_transform
 from snapbox.kernel.devices import mount_dev
+from snapbox.kernel.tty import session_leader_exited
 from snapbox.kernel.errors import SyscallError
 from snapbox.kernel.fd import FDTable
 from snapbox.kernel.filepages import FilePages
@@ -78,7 +79,7 @@ class Lifecycle:
         `user` is its (uid, gid), `caps` its capabilities (see spawn)."""
         memfile = MemoryFile(limit=memory_limit)
         fs = Filesystem(rootfs=rootfs, memfile=memfile)
-        mount_dev(fs, terminal=os.isatty(0))
+        mount_dev(fs)
         k = cls(features=FeatureSet.host(), memfile=memfile, fs=fs, hostname=hostname)
         mount_proc(k)
         for kind, destination, source in mounts or ():
@@ -446,6 +447,8 @@ class Lifecycle:
                 release_owner(self.fs, node, tg.tgid)
         tg.fds.close_all()
         self.ipc.exited(tg.tgid)
+        if tg.tgid == tg.sid:
+            session_leader_exited(self, tg)
         tg.exit_status = status
         init = self.tasks.init
         for child in tg.children:

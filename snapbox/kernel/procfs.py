@@ -219,6 +219,8 @@ def _fd_target(f) -> str:
         return f"pipe:[{f.pipe.ino}]"
     if name == "DeviceFile":
         return f"/dev/{f.node.name}"
+    if name in ("PtyMaster", "PtySlave"):
+        return f.describe()
     if name == "HostFile":
         return f"host:[{('stdin', 'stdout', 'stderr')[f.stdio]}]"
     return f"anon_inode:[{name}]"

@@ -55,6 +55,9 @@ log = logging.getLogger("snapbox.kernel")
 NEVER_RESTARTED = frozenset({NR.poll, NR.ppoll, NR.select, NR.pselect6, NR.nanosleep, NR.clock_nanosleep,
                              NR.rt_sigsuspend, NR.pause, NR.rt_sigtimedwait, NR.epoll_wait,
                              NR.epoll_pwait, NR.epoll_pwait2, NR.msgsnd, NR.msgrcv, NR.semop, NR.semtimedop})
+# signal(7): calls that fail with EINTR after a stop and SIGCONT, even with no handler.
+EINTR_WITHOUT_HANDLER = frozenset({NR.epoll_wait, NR.epoll_pwait, NR.epoll_pwait2, NR.semop, NR.semtimedop,
+                                   NR.rt_sigtimedwait})
 # Calls that return what they did so far, rather than EINTR, when interrupted part way.
 PARTIAL_RESULT_SYSCALLS = frozenset({NR.write, NR.writev, NR.recvmmsg})
 SLEEP_SYSCALLS = frozenset({NR.nanosleep, NR.clock_nanosleep})
@@ -238,9 +241,19 @@ class Signaling:
         sig = _lowest(self._deliverable(t))
         act = t.tg.sigaction(sig)
         progress = t.restart_value(nr)
+        handled = act.handler not in (SIG_DFL, SIG_IGN)
         if nr in PARTIAL_RESULT_SYSCALLS and progress:
             regs.rax = progress[0] if isinstance(progress, tuple) else progress  # recvmmsg: (count, deadline)
-        elif act.handler not in (SIG_DFL, SIG_IGN) and act.flags & SA_RESTART and nr not in NEVER_RESTARTED:
+        elif not handled and nr not in EINTR_WITHOUT_HANDLER:
+            # No handler runs (a stop, SIGCONT): the call goes on where it was, its
+            # progress and deadline kept, as Linux restarts it (ERESTARTSYS, ERESTARTNOHAND).
+            regs.rip -= 2
+            regs.rax = regs.orig_rax
+            t.run = Run.STOPPED
+            t.tg.mm.stub.clobbered.add(t.host_tid)
+            self._deliver_and_resume(t)
+            return
+        elif handled and act.flags & SA_RESTART and nr not in NEVER_RESTARTED:
             regs.rip -= 2  # make the syscall again once the handler returns
             regs.rax = regs.orig_rax
         else:

@@ -33,6 +33,7 @@ from snapbox.kernel.pipe import FifoNode, make_pipe, open_fifo
 from snapbox.kernel.socket import SocketNode
 from snapbox.kernel.procfs import ProcDir, ProcNode
 from snapbox.kernel.syscalls import NR, i32, syscall
+from snapbox.kernel.tty import PtsNode, open_ptmx, open_slave, open_tty
 from snapbox.kernel.syscalls.common import AT_FDCWD, host_path, lookup, on_host
 from snapbox.kernel.vfs import F_SEAL_FUTURE_WRITE, F_SEAL_GROW, F_SEAL_SEAL, F_SEAL_SHRINK, F_SEAL_WRITE, DirFile, \
     LowerNode, MemRegular, RegularFile, now_ns
@@ -93,8 +94,16 @@ def open_node(t, dirfd: int, path_addr: int, flags: int, mode: int) -> int:
             check(t.tg, node, want)
     if node.is_dir():
         f = DirFile(flags=flags & ~O_CLOEXEC, node=node)
+    elif isinstance(node, PtsNode):
+        f = open_slave(t, node, flags & ~O_CLOEXEC)
+    elif isinstance(node, DeviceNode) and node.name == "ptmx":
+        f = open_ptmx(t, flags & ~O_CLOEXEC)
     elif isinstance(node, DeviceNode) and node.name == "tty":
-        f = HostFile(flags=flags & ~O_CLOEXEC, stdio=0)  # the terminal the sandbox runs on
+        f = open_tty(t, node, flags & ~O_CLOEXEC)  # the session's pty, or
+        if f is None:
+            if not os.isatty(0):
+                raise SyscallError(errno.ENXIO)  # no controlling terminal
+            f = HostFile(flags=flags & ~O_CLOEXEC, stdio=0)  # the terminal the sandbox runs on
     elif isinstance(node, DeviceNode):
         f = DeviceFile(flags=flags & ~O_CLOEXEC, node=node)
     elif isinstance(node, FifoNode):
