@@ -21,7 +21,8 @@ IMAGES = REPO / "fixtures" / "images"
 BUNDLES = ("counter", "counter-glibc", "sockets", "sockets-glibc", "inet", "inet-glibc", "udp", "udp-glibc", "unixdgram", "unixdgram-glibc", "calls", "calls-glibc", "sigfd", "sigfd-glibc", "memhog", "memhog-glibc", "hello", "hello-glibc", "signals",
            "signals-glibc", "threads", "threads-glibc", "mapping", "mapping-glibc", "events", "events-glibc", "locks", "locks-glibc",
            "jobs", "jobs-glibc", "shared", "resolve", "busybox", "ipc", "ipc-glibc", "clonemem", "clonemem-glibc", "creds",
-           "creds-glibc", "frames", "frames-glibc")
+           "creds-glibc", "frames", "frames-glibc", "pty",
+           "pty-glibc", "xattr", "xattr-glibc")
 
 
 @pytest.fixture(scope="session")

@@ -181,6 +181,7 @@ class Inode:
     ctime: int = 0
     locks: list = field(default_factory=list)  # [owner, F_RDLCK/F_WRLCK, start, end] advisory locks
     rdev: int = 0  # the device number of a device node
+    xattrs: dict = field(default_factory=dict)  # extended attributes: name -> value, both bytes
 
     def size(self) -> int:
         return 0

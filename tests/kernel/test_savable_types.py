@@ -29,6 +29,7 @@ from snapbox.kernel.kernel import Kernel
 from snapbox.kernel.mm import MemoryManager, Vma
 from snapbox.kernel.task import FSContext, PIDNamespace, SigAction, Task, TaskSet, ThreadGroup
 from snapbox.kernel.time import Timekeeper
+from snapbox.kernel.tty import Pty, PtyMaster, PtySlave, PtsNode
 from snapbox.kernel.timers import PosixTimer
 from snapbox.kernel.vfs import DirFile, Filesystem, Inode, MemSymlink, RegularFile
 from snapbox.kernel.waiter import WaitQueue
@@ -99,6 +100,11 @@ def build(name: str, kernel: Kernel):
     if "dev" not in fs.root.entries:
         mount_dev(fs)
         mount_proc(kernel)
+    pty = Pty(index=3, locked=False, lflag=0o2, pending=bytearray(b"typed ahead"), inq=bytearray(b"line\n"),
+              ends=[5], edit=bytearray(b"half"), outq=bytearray(b"echo\r\n"), column=4, session=1, pgrp=1,
+              slave_opens=1, slave_opened=True, vtime={1: 99}, winsize=bytes([24, 0, 80, 0, 0, 0, 0, 0]))
+    pts = PtsNode(ino=40, mode=stat.S_IFCHR | 0o620, uid=1000, gid=5, name="pts/3", rdev=(136 << 8) | 3, pty=pty)
+    pty.node = pts
     factories = {
         "Kernel": lambda: kernel,
         "FeatureSet": FeatureSet.host,
@@ -120,7 +126,7 @@ def build(name: str, kernel: Kernel):
         "RegularFile": lambda: tg.fds.get(0),
         "DirFile": lambda: DirFile(node=etc),
         "HostFile": lambda: HostFile(flags=2, stdio=1),
-        "Inode": lambda: Inode(ino=9, mode=stat.S_IFREG | 0o600),
+        "Inode": lambda: Inode(ino=9, mode=stat.S_IFREG | 0o600, xattrs={b"user.a": b"1", b"trusted.t": b""}),
         "MemRegular": lambda: mem,
         "MemSymlink": lambda: MemSymlink(ino=3, mode=stat.S_IFLNK | 0o777, target=b"/etc/motd"),
         "LowerNode": lambda: motd,
@@ -162,6 +168,10 @@ def build(name: str, kernel: Kernel):
         "IpcNamespace": lambda: ipc,
         "MessageQueue": lambda: mq,
         "MqueueFile": lambda: MqueueFile(flags=0o4002, queue=mq),
+        "Pty": lambda: pty,
+        "PtsNode": lambda: pts,
+        "PtyMaster": lambda: PtyMaster(flags=2, node=fs.root.entries["dev"].entries["ptmx"], pty=pty, kernel=kernel),
+        "PtySlave": lambda: PtySlave(flags=0o4002, node=pts, pty=pty, kernel=kernel),
         "CapSets": lambda: CapSets(effective=0b101, permitted=0b111, inheritable=0b10, bounding=(1 << 41) - 1 - 4,
                                    ambient=0b10, securebits=0x30),
     }
