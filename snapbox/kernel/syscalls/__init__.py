@@ -29,6 +29,7 @@
               shmget, shmat, shmdt, shmctl (the objects: snapbox.kernel.ipc)
     mqueue    POSIX message queues: mq_open, mq_unlink, mq_timedsend, mq_timedreceive, mq_notify,
               mq_getsetattr (the queues: snapbox.kernel.mqueue)
+    splice    splice, tee, vmsplice
     xattr     setxattr, getxattr, listxattr, removexattr and their l- and f- forms
     numbers   the x86-64 syscall numbers and names
 """
@@ -80,8 +81,8 @@ def i64(x: int) -> int:
 def load_all() -> None:
     """Import every family so its handlers are registered."""
     from snapbox.kernel.syscalls import (  # noqa: F401
-        attrs, events, fdops, futex, info, ipc, mm, mqueue, names, net, poll, process, rw, signal, stats, time,
-        xattr)
+        attrs, events, fdops, futex, info, ipc, mm, mqueue, names, net, poll, process, rw, signal, splice, stats,
+        time, xattr)
 
 
 __all__ = ["NAMES", "NR", "STOPPED", "TABLE", "i32", "i64", "load_all", "syscall"]

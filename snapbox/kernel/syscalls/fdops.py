@@ -28,7 +28,7 @@ from snapbox.kernel.fd import (
     O_WRONLY,
     SETFL_MASK,
 )
-from snapbox.kernel.creds import MAY_EXEC, MAY_READ, MAY_WRITE, check, owner_ids
+from snapbox.kernel.creds import CAP_SYS_RESOURCE, MAY_EXEC, MAY_READ, MAY_WRITE, capable, check, owner_ids
 from snapbox.kernel.pipe import FifoNode, make_pipe, open_fifo
 from snapbox.kernel.socket import SocketNode
 from snapbox.kernel.procfs import ProcDir, ProcNode
@@ -184,7 +184,8 @@ F_DUPFD, F_GETFD, F_SETFD, F_GETFL, F_SETFL = 0, 1, 2, 3, 4
 F_DUPFD_CLOEXEC = 1030
 F_GETLK, F_SETLK, F_SETLKW = 5, 6, 7
 F_OFD_GETLK, F_OFD_SETLK, F_OFD_SETLKW = 36, 37, 38
-F_GETPIPE_SZ = 1032
+F_SETPIPE_SZ, F_GETPIPE_SZ = 1031, 1032
+PIPE_MAX_SIZE = 1 << 20  # /proc/sys/fs/pipe-max-size: the most an unprivileged process may ask for
 F_ADD_SEALS, F_GET_SEALS = 1033, 1034
 ALL_SEALS = F_SEAL_SEAL | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE | F_SEAL_FUTURE_WRITE
 FD_CLOEXEC = 1
@@ -229,11 +230,30 @@ def fcntl(t, fd, cmd, arg):
             raise SyscallError(errno.EPERM)
         node.seals |= arg
         return 0
-    if cmd == F_GETPIPE_SZ:
+    if cmd in (F_GETPIPE_SZ, F_SETPIPE_SZ):
         if not hasattr(f, "pipe"):
             raise SyscallError(errno.EBADF)
-        return f.pipe.capacity
+        if cmd == F_GETPIPE_SZ:
+            return f.pipe.capacity
+        return _set_pipe_size(t, f.pipe, arg & 0xFFFFFFFF)
     raise SyscallError(errno.EINVAL)
+
+
+def _set_pipe_size(t, pipe, size: int) -> int:
+    """F_SETPIPE_SZ: a power of two of pages, at least one (fcntl(2))."""
+    if size > 1 << 31:
+        raise SyscallError(errno.EINVAL)
+    pages = 1
+    while pages * 4096 < size:
+        pages *= 2
+    capacity = pages * 4096
+    if capacity > PIPE_MAX_SIZE and not capable(t.tg, CAP_SYS_RESOURCE):
+        raise SyscallError(errno.EPERM)
+    if len(pipe.buf) > capacity:
+        raise SyscallError(errno.EBUSY)
+    pipe.capacity = capacity
+    pipe.writable.notify()
+    return capacity
 
 
 @syscall(NR.flock)
