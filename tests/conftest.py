@@ -22,7 +22,8 @@ BUNDLES = ("counter", "counter-glibc", "sockets", "sockets-glibc", "inet", "inet
            "signals-glibc", "threads", "threads-glibc", "mapping", "mapping-glibc", "events", "events-glibc", "locks", "locks-glibc",
            "jobs", "jobs-glibc", "shared", "resolve", "busybox", "ipc", "ipc-glibc", "clonemem", "clonemem-glibc", "creds",
            "creds-glibc", "frames", "frames-glibc", "pty",
-           "pty-glibc", "xattr", "xattr-glibc", "splice", "splice-glibc")
+           "pty-glibc", "xattr", "xattr-glibc", "splice", "splice-glibc", "chroot",
+           "chroot-glibc")
 
 
 @pytest.fixture(scope="session")

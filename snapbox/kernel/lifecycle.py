@@ -142,7 +142,7 @@ class Lifecycle:
                     raise SnapboxError(f"interpreter {interp.decode(errors='replace')} of {exe} not found in the "
                                        "sandbox")
                 exe = _resolved(parent, name)
-            image, entry, sp = self._load_program(mm, data, pages, exe, argv, env, path, cwd_node)
+            image, entry, sp = self._load_program(mm, data, pages, exe, argv, env, path, cwd_node, root)
         except SyscallError as e:
             mm.release_all()
             raise SnapboxError(f"cannot run {exe}: {e.args[1] or os.strerror(e.errno)}") from None
@@ -180,9 +180,9 @@ class Lifecycle:
         return tg
 
     def _load_program(self, mm: MemoryManager, data: bytes, pages: FilePages | None, exe: str,
-                      argv: list[bytes], env: list[bytes], path: bytes, cwd) -> tuple[elf.LoadedImage, int, int]:
+                      argv: list[bytes], env: list[bytes], path: bytes, cwd, root) -> tuple[elf.LoadedImage, int, int]:
         """Map a program (its content `data`, its cached `pages` if any) and its dynamic
-        loader, if it names one, and build its stack. Returns the image, the address to
+        loader, if it names one (looked up from the process's `root`), and build its stack. Returns the image, the address to
         start at, and the initial stack pointer."""
         try:
             image = elf.load(mm, data, exe, pages=pages)
@@ -193,7 +193,7 @@ class Lifecycle:
         entry, interp_base = image.entry, 0
         if image.interp:
             try:
-                _, _, node = self.fs.walk(cwd, self.fs.root, image.interp.encode())
+                _, _, node = self.fs.walk(cwd, root, image.interp.encode())
             except SyscallError:
                 node = None
             if node is None or node.is_dir():
@@ -349,7 +349,7 @@ class Lifecycle:
         mm = MemoryManager(memfile=self.memfile, cache=self.file_cache)
         try:
             exe = _resolved(parent, name)
-            image, entry, sp = self._load_program(mm, data, pages, exe, argv, envp, path, t.fs.cwd)
+            image, entry, sp = self._load_program(mm, data, pages, exe, argv, envp, path, t.fs.cwd, t.fs.root)
         except BaseException:
             mm.release_all()
             raise

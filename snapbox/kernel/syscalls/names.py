@@ -1,4 +1,4 @@
-"""Names: the working directory, mkdir, unlink and rmdir, rename, link, symlink, mknod,
+"""Names: the working and root directories (chroot), mkdir, unlink and rmdir, rename, link, symlink, mknod,
 and listing a directory (getdents64)."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import os
 import stat as st
 import struct
 
-from snapbox.kernel.creds import CAP_MKNOD, MAY_EXEC, MAY_WRITE, capable, check, may_delete, owner_ids
+from snapbox.kernel.creds import CAP_MKNOD, CAP_SYS_CHROOT, MAY_EXEC, MAY_WRITE, capable, check, may_delete, owner_ids
 from snapbox.kernel.errors import SyscallError
 from snapbox.kernel.pipe import FifoNode, Pipe
 from snapbox.kernel.procfs import ProcDir
@@ -20,21 +20,38 @@ from snapbox.kernel.vfs import Dir, DirFile, LowerNode, MemRegular, MemSymlink, 
 
 @syscall(NR.getcwd)
 def getcwd(t, buf, size):
-    path = os.fsencode(t.fs.cwd.path()) + b"\0"
+    path = os.fsencode(_seen_from(t.fs.root, t.fs.cwd)) + b"\0"
     if size < len(path):
         raise SyscallError(errno.ERANGE)
     t.mm.write(buf, path)
     return len(path)
 
 
-@syscall(NR.chdir)
-def chdir(t, path):
+def _seen_from(root: Dir, d: Dir) -> str:
+    """Directory `d`'s path as a process whose root is `root` sees it; one outside that
+    root is "(unreachable)" and its path from the filesystem's root, as Linux says."""
+    parts = []
+    while d is not root and d.parent is not None:
+        parts.append(d.name)
+        d = d.parent
+    path = "/" + "/".join(reversed(parts))
+    return path if d is root else "(unreachable)" + path
+
+
+def _directory(t, path: int) -> Dir:
+    """A path argument naming a directory the caller may search (chdir, chroot)."""
     _, _, node, _ = lookup(t, AT_FDCWD, path)
     if node is None:
         raise SyscallError(errno.ENOENT)
     if not node.is_dir():
         raise SyscallError(errno.ENOTDIR)
-    t.fs.cwd = node
+    check(t.tg, node, MAY_EXEC)
+    return node
+
+
+@syscall(NR.chdir)
+def chdir(t, path):
+    t.fs.cwd = _directory(t, path)
     return 0
 
 
@@ -43,7 +60,19 @@ def fchdir(t, fd):
     f = t.fds.get(i32(fd))
     if not isinstance(f, DirFile):
         raise SyscallError(errno.ENOTDIR)
+    check(t.tg, f.node, MAY_EXEC)
     t.fs.cwd = f.node
+    return 0
+
+
+@syscall(NR.chroot)
+def chroot(t, path):
+    """chroot(2): paths of this process start from the directory; its working directory
+    stays where it is (and may be outside)."""
+    node = _directory(t, path)
+    if not capable(t.tg, CAP_SYS_CHROOT):
+        raise SyscallError(errno.EPERM)
+    t.fs.root = node
     return 0
 
 

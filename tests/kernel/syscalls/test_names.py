@@ -1,4 +1,4 @@
-"""Names and mounts: paths resolved in sandbox terms, tmpfs and bind mounts, /proc."""
+"""Names and mounts: paths resolved in sandbox terms, tmpfs and bind mounts, /proc, chroot."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ import os
 import random
 import re
 
-from tests.conftest import busybox_bundle
+import pytest
+
+from tests.conftest import busybox_bundle, native_fixture, same_output
 
 
 def test_no_way_out_of_the_rootfs(snapbox, images, tmp_path):
@@ -108,3 +110,10 @@ def test_proc_is_made_from_the_sandbox(snapbox, images, tmp_path):
     assert re.fullmatch(r"self=\d+ exe=/bin/busybox", out[0]), out
     assert out[1:] == ["1", "Name:\tgrep", "PPid:\t1", "Threads:\t1", "1 (sh) S 0", "sleep 5 ",
                        "host:[stdout]", "1", "no-create"]
+
+
+@pytest.mark.parametrize("bundle", ["chroot", "chroot-glibc"])
+def test_chroot_and_the_working_directory_match_native(snapbox, images, bundle):
+    want = native_fixture(images, bundle)
+    assert "getcwd outside the root: (unreachable)/tmp" in want and want.endswith("done\n")
+    assert same_output(snapbox("run", "--bundle", str(images / bundle), "chroot").stdout, want)
