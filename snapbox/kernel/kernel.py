@@ -107,6 +107,7 @@ class Kernel(Lifecycle, Signaling, Checkpointing):
     restores: int = 0  # times this sandbox was restored from an image (/proc/snapbox/restored)
     ipc: IpcNamespace = field(default_factory=IpcNamespace)  # System V message queues, semaphores, shm
     ptys: dict = field(default_factory=dict)  # pseudo-terminal index -> tty.Pty
+    inotify_cookie: int = 0  # the last cookie tying a rename's two inotify events
 
     # Host facts, rebuilt empty on restore.
     loop: EventLoop = nosave(default=None)  # what the sentry waits on; see kernel/loop.py

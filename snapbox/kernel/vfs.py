@@ -24,7 +24,10 @@ from dataclasses import dataclass, field
 
 from snapbox.kernel.creds import MAY_EXEC, check, searches_freely
 from snapbox.kernel.errors import SyscallError
-from snapbox.kernel.fd import O_APPEND, OpenFile
+from snapbox.kernel.fd import O_APPEND, O_PATH, OpenFile
+from snapbox.kernel.inotify import (
+    IN_ACCESS, IN_CLOSE_NOWRITE, IN_CLOSE_WRITE, IN_MODIFY, deleted, moved_node, notify,
+)
 from snapbox.kernel.locks import release_owner
 from snapbox.kernel.waiter import WaitQueue
 from snapbox.memfile import PAGE_SIZE, MemoryFile
@@ -182,6 +185,7 @@ class Inode:
     locks: list = field(default_factory=list)  # [owner, F_RDLCK/F_WRLCK, start, end] advisory locks
     rdev: int = 0  # the device number of a device node
     xattrs: dict = field(default_factory=dict)  # extended attributes: name -> value, both bytes
+    watches: list = field(default_factory=list)  # inotify watches: [InotifyFile, wd]
 
     def size(self) -> int:
         return 0
@@ -571,6 +575,8 @@ class Filesystem:
         finally:
             os.close(fd)
         up.mtime, up.ctime = node.mtime, node.ctime
+        up.xattrs = node.xattrs
+        moved_node(node, up)
         d.entries[name] = up
         return up
 
@@ -641,7 +647,14 @@ class RegularFile(OpenFile):
     fs: Filesystem | None = None
     node: Inode | None = None
     name: str = ""  # the path it was opened by, for inspect and /proc/pid/fd
+    parent: Dir | None = None  # the directory it was opened in, and its name there: whose
+    entry: str = ""  # inotify watches see its events
     host_fd: int = nosave(default=-1)  # for a LowerNode: the host file, opened on first read
+
+    def notify(self, mask: int) -> None:
+        """An inotify event of this file (its node's watches and its directory's)."""
+        if self.node.watches or (self.parent is not None and self.parent.watches):
+            notify(self.node, mask, self.parent, self.entry)
 
     def _host(self) -> int:
         if self.host_fd < 0:
@@ -662,6 +675,8 @@ class RegularFile(OpenFile):
             data = os.pread(self._host(), count, pos)
         if offset is None:
             self.offset += len(data)
+        if data:
+            self.notify(IN_ACCESS)
         return data
 
     def write(self, t, data: bytes, offset: int | None = None) -> int:
@@ -672,6 +687,8 @@ class RegularFile(OpenFile):
             n = os.pwrite(fd, data, pos)
             if offset is None:
                 self.offset = pos + n
+            if n:
+                self.notify(IN_MODIFY)
             return n
         if not isinstance(node, MemRegular):
             raise SyscallError(errno.EBADF)
@@ -682,6 +699,8 @@ class RegularFile(OpenFile):
         node.write(pos, data)
         if offset is None:
             self.offset = pos + len(data)
+        if data:
+            self.notify(IN_MODIFY)
         return len(data)
 
     def seek(self, offset: int, whence: int) -> int:
@@ -714,10 +733,13 @@ class RegularFile(OpenFile):
         if node is not None and node.locks:
             release_owner(self.fs, node, ("flock", self))  # flock(2) locks go with the description
             release_owner(self.fs, node, self)  # and so do open file description locks
+        if not self.flags & O_PATH:
+            self.notify(IN_CLOSE_WRITE if self.writable() else IN_CLOSE_NOWRITE)
         if isinstance(node, MemRegular):
             node.opens -= 1
             if node.opens == 0 and node.nlink == 0:
                 self.fs.orphans.append(node)
+                deleted(node)  # unlinked while open: gone now
 
     def describe(self) -> str:
         return f"file {self.name}"
@@ -744,6 +766,16 @@ class DirFile(OpenFile):
         if self.offset == 0:
             self.listing = None
         return self.offset
+
+    def notify(self, mask: int) -> None:
+        """An inotify event of this directory (its watches and its parent's)."""
+        d = self.node
+        if d.watches or (d.parent is not None and d.parent.watches):
+            notify(d, mask, d.parent, d.name)
+
+    def release(self) -> None:
+        if not self.flags & O_PATH:
+            self.notify(IN_CLOSE_NOWRITE)
 
     def describe(self) -> str:
         return f"dir {self.node.path()}"

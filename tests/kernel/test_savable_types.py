@@ -17,6 +17,7 @@ from snapbox.kernel.eventfiles import SignalFd, EpollFile, EventFd, TimerFd
 from snapbox.kernel.fd import FDTable, OpenFile
 from snapbox.kernel.pipe import FifoNode, make_pipe
 from snapbox.kernel.hostnet import HostSocket
+from snapbox.kernel.inotify import InotifyFile
 from snapbox.kernel.inet import InetSocket, UdpSocket
 from snapbox.kernel.ipc import IpcNamespace, IpcPerm, MsgQueue, SemSet, ShmSegment
 from snapbox.kernel.mqueue import MessageQueue, MqueueFile
@@ -168,6 +169,8 @@ def build(name: str, kernel: Kernel):
         "IpcNamespace": lambda: ipc,
         "MessageQueue": lambda: mq,
         "MqueueFile": lambda: MqueueFile(flags=0o4002, queue=mq),
+        "InotifyFile": lambda: _watching(InotifyFile(flags=0o4000, events=[[1, 0x100, 0, b"made"], [1, 0x40, 7, b"b"]]),
+                                         motd),
         "Pty": lambda: pty,
         "PtsNode": lambda: pts,
         "PtyMaster": lambda: PtyMaster(flags=2, node=fs.root.entries["dev"].entries["ptmx"], pty=pty, kernel=kernel),
@@ -176,6 +179,11 @@ def build(name: str, kernel: Kernel):
                                    ambient=0b10, securebits=0x30),
     }
     return factories[name]()
+
+
+def _watching(f: InotifyFile, node) -> InotifyFile:
+    f.add_watch(node, 0xFFF)
+    return f
 
 
 def assert_same(a, b, seen=None, path="root"):

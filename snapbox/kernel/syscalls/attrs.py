@@ -14,7 +14,8 @@ from snapbox.kernel.errors import SyscallError
 from snapbox.kernel.pipe import PipeFile
 from snapbox.kernel.syscalls import NR, i32, i64, syscall
 from snapbox.kernel.syscalls.common import AT_EMPTY_PATH, AT_FDCWD, AT_SYMLINK_NOFOLLOW, host_path, lookup, on_host
-from snapbox.kernel.vfs import LowerNode, MemRegular, RegularFile, now_ns
+from snapbox.kernel.inotify import IN_ACCESS, IN_ATTRIB, IN_MODIFY, notify
+from snapbox.kernel.vfs import DirFile, LowerNode, MemRegular, RegularFile, now_ns
 
 
 
@@ -45,15 +46,15 @@ def fallocate(t, fd, mode, offset, length):
     if f._on_host():
         if _libc.fallocate(f._host(), mode, offset, length) < 0:
             raise SyscallError(ctypes.get_errno())
-        return 0
-    if not isinstance(f.node, MemRegular):
+    elif not isinstance(f.node, MemRegular):
         raise SyscallError(errno.EBADF)
-    if mode in (0, FALLOC_FL_KEEP_SIZE):
+    elif mode in (0, FALLOC_FL_KEEP_SIZE):
         f.node.allocate(offset, length, keep_size=bool(mode))
     elif mode == FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE:
         f.node.punch(offset, length)
     else:
         raise SyscallError(errno.EOPNOTSUPP)
+    f.notify(IN_MODIFY)
     return 0
 
 
@@ -72,27 +73,49 @@ def ftruncate(t, fd, length):
         raise SyscallError(errno.EINVAL)
     if f._on_host():
         os.ftruncate(f._host(), i64(length))
-        return 0
-    if not isinstance(f.node, MemRegular):
+    elif not isinstance(f.node, MemRegular):
         raise SyscallError(errno.EBADF)
-    f.node.truncate(i64(length))
+    else:
+        f.node.truncate(i64(length))
+    f.notify(IN_MODIFY)
     return 0
 
 
-def _node_of(t, dirfd: int, path: int, flags: int):
-    _, _, node, raw = lookup(t, dirfd, path, follow=not flags & AT_SYMLINK_NOFOLLOW,
-                             empty_ok=bool(flags & AT_EMPTY_PATH))
+def place_of(f) -> tuple:
+    """The directory an open file is in and its name there (for inotify), if known."""
+    if isinstance(f, RegularFile):
+        return f.parent, f.entry
+    if isinstance(f, DirFile):
+        return f.node.parent, f.node.name
+    return None, ""
+
+
+def _node_of(t, dirfd: int, path: int, flags: int) -> tuple:
+    """The node a path argument names (or the fd, with AT_EMPTY_PATH), with its directory
+    and name there."""
+    parent, name, node, raw = lookup(t, dirfd, path, follow=not flags & AT_SYMLINK_NOFOLLOW,
+                                     empty_ok=bool(flags & AT_EMPTY_PATH))
     if not raw and flags & AT_EMPTY_PATH:
         f = t.fds.get(dirfd)
         node = getattr(f, "node", None)
         if node is None:
             raise SyscallError(errno.EPERM)
+        parent, name = place_of(f)
     if node is None:
         raise SyscallError(errno.ENOENT)
-    return node
+    return node, parent, name
 
 
-def _chmod(t, node, mode: int) -> int:
+def _fd_node(t, fd: int) -> tuple:
+    f = t.fds.get(i32(fd))
+    node = getattr(f, "node", None)
+    if node is None:
+        raise SyscallError(errno.EPERM)
+    return (node, *place_of(f))
+
+
+def _chmod(t, target: tuple, mode: int) -> int:
+    node = target[0]
     if not owns(t.tg, node):
         raise SyscallError(errno.EPERM)
     if not in_group(t.tg, node.gid) and not capable(t.tg, CAP_FSETID):
@@ -100,9 +123,10 @@ def _chmod(t, node, mode: int) -> int:
     host = on_host(t, node)
     if host is not None:
         host.at(host_path(node), os.chmod, mode & 0o7777)
-        return 0
-    node.mode = (node.mode & ~0o7777) | (mode & 0o7777)
-    node.ctime = now_ns()
+    else:
+        node.mode = (node.mode & ~0o7777) | (mode & 0o7777)
+        node.ctime = now_ns()
+    notify(node, IN_ATTRIB, *target[1:])
     return 0
 
 
@@ -118,13 +142,11 @@ def chmod(t, path, mode):
 
 @syscall(NR.fchmod)
 def fchmod(t, fd, mode):
-    node = getattr(t.fds.get(i32(fd)), "node", None)
-    if node is None:
-        raise SyscallError(errno.EPERM)
-    return _chmod(t, node, mode)
+    return _chmod(t, _fd_node(t, fd), mode)
 
 
-def _chown(t, node, uid: int, gid: int) -> int:
+def _chown(t, target: tuple, uid: int, gid: int) -> int:
+    node = target[0]
     uid, gid, tg = i32(uid), i32(gid), t.tg
     if not capable(tg, CAP_CHOWN):
         # chown(2): only the owner, and only to give the file to one of its own groups.
@@ -139,12 +161,13 @@ def _chown(t, node, uid: int, gid: int) -> int:
     if host is not None:
         host.at(host_path(node), lambda n, dir_fd: os.chown(n, i32(uid), i32(gid), dir_fd=dir_fd,
                                                              follow_symlinks=False))
-        return 0
-    if i32(uid) != -1:
-        node.uid = uid & 0xFFFFFFFF
-    if i32(gid) != -1:
-        node.gid = gid & 0xFFFFFFFF
-    node.ctime = now_ns()
+    else:
+        if i32(uid) != -1:
+            node.uid = uid & 0xFFFFFFFF
+        if i32(gid) != -1:
+            node.gid = gid & 0xFFFFFFFF
+        node.ctime = now_ns()
+    notify(node, IN_ATTRIB, *target[1:])
     return 0
 
 
@@ -165,10 +188,7 @@ def lchown(t, path, uid, gid):
 
 @syscall(NR.fchown)
 def fchown(t, fd, uid, gid):
-    node = getattr(t.fds.get(i32(fd)), "node", None)
-    if node is None:
-        raise SyscallError(errno.EPERM)
-    return _chown(t, node, uid, gid)
+    return _chown(t, _fd_node(t, fd), uid, gid)
 
 
 UTIME_NOW, UTIME_OMIT = (1 << 30) - 1, (1 << 30) - 2
@@ -178,11 +198,13 @@ UTIME_NOW, UTIME_OMIT = (1 << 30) - 1, (1 << 30) - 2
 def utimensat(t, dirfd, path, times, flags):
     flags = i32(flags)
     if path:
-        node = _node_of(t, i32(dirfd), path, flags)
+        node, parent, name = _node_of(t, i32(dirfd), path, flags)
     else:
-        node = getattr(t.fds.get(i32(dirfd)), "node", None)
+        f = t.fds.get(i32(dirfd))
+        node = getattr(f, "node", None)
         if node is None:
             raise SyscallError(errno.EBADF)
+        parent, name = place_of(f)
     host = on_host(t, node)
     now = now_ns()
     stamps = [(0, UTIME_NOW), (0, UTIME_NOW)] if not times else \
@@ -203,7 +225,16 @@ def utimensat(t, dirfd, path, times, flags):
     if host is not None:
         host.at(host_path(node), lambda n, dir_fd: os.utime(n, ns=(node.atime, node.mtime), dir_fd=dir_fd,
                                                              follow_symlinks=False))
+    notify(node, _times_event(stamps), parent, name)
     return 0
+
+
+def _times_event(stamps: list) -> int:
+    """fsnotify_change(): both times set is IN_ATTRIB; one of them, IN_ACCESS or IN_MODIFY."""
+    atime, mtime = (nsec != UTIME_OMIT for _, nsec in stamps)
+    if atime and mtime:
+        return IN_ATTRIB
+    return IN_ACCESS if atime else IN_MODIFY if mtime else IN_ATTRIB
 
 
 @syscall(NR.truncate)
@@ -223,10 +254,11 @@ def truncate(t, path, length):
             os.ftruncate(fd, i64(length))
         finally:
             os.close(fd)
-        return 0
-    if isinstance(node, LowerNode):
-        node = t.kernel.fs.copy_up(parent, name, node)
-    if not isinstance(node, MemRegular):
-        raise SyscallError(errno.EINVAL)
-    node.truncate(i64(length))
+    else:
+        if isinstance(node, LowerNode):
+            node = t.kernel.fs.copy_up(parent, name, node)
+        if not isinstance(node, MemRegular):
+            raise SyscallError(errno.EINVAL)
+        node.truncate(i64(length))
+    notify(node, IN_MODIFY, parent, name)
     return 0

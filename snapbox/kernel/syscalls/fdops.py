@@ -32,6 +32,7 @@ from snapbox.kernel.creds import CAP_SYS_RESOURCE, MAY_EXEC, MAY_READ, MAY_WRITE
 from snapbox.kernel.pipe import FifoNode, make_pipe, open_fifo
 from snapbox.kernel.socket import SocketNode
 from snapbox.kernel.procfs import ProcDir, ProcNode
+from snapbox.kernel.inotify import IN_CREATE, IN_MODIFY, IN_OPEN, notify_dir
 from snapbox.kernel.syscalls import NR, i32, syscall
 from snapbox.kernel.tty import PtsNode, open_ptmx, open_slave, open_tty
 from snapbox.kernel.syscalls.common import AT_FDCWD, host_path, lookup, on_host
@@ -122,13 +123,20 @@ def open_node(t, dirfd: int, path_addr: int, flags: int, mode: int) -> int:
             host = on_host(t, node)
             if host is None:
                 node = fs.copy_up(parent, name, node)
-        f = RegularFile(flags=flags & ~O_CLOEXEC, fs=fs, node=node, name=os.fsdecode(path))
+        f = RegularFile(flags=flags & ~O_CLOEXEC, fs=fs, node=node, name=os.fsdecode(path), parent=parent,
+                        entry=name)
         if host is not None:
             f.host_fd = host.open(node.path, accmode | (os.O_TRUNC if flags & O_TRUNC else 0))
         if isinstance(node, MemRegular):
             node.opens += 1
         if accmode != O_RDONLY and isinstance(node, MemRegular) and flags & O_TRUNC:
             node.truncate(0)
+            if not created:
+                f.notify(IN_MODIFY)
+    if created:
+        notify_dir(parent, IN_CREATE, name)
+    if not flags & O_PATH and isinstance(f, (RegularFile, DirFile)):
+        f.notify(IN_OPEN)
     return t.fds.install(f, cloexec=bool(flags & O_CLOEXEC))
 
 

@@ -10,6 +10,9 @@ import struct
 
 from snapbox.kernel.creds import CAP_MKNOD, CAP_SYS_CHROOT, MAY_EXEC, MAY_WRITE, capable, check, may_delete, owner_ids
 from snapbox.kernel.errors import SyscallError
+from snapbox.kernel.inotify import (
+    IN_ACCESS, IN_ATTRIB, IN_CREATE, IN_DELETE, IN_MOVE_SELF, IN_MOVED_FROM, IN_MOVED_TO, deleted, notify, notify_dir,
+)
 from snapbox.kernel.pipe import FifoNode, Pipe
 from snapbox.kernel.procfs import ProcDir
 from snapbox.kernel.syscalls import NR, i32, syscall
@@ -87,10 +90,11 @@ def mkdirat(t, dirfd, path, mode):
     host = on_host(t, parent)
     if host is not None:
         host.at(host_path(parent, name), os.mkdir, mode & 0o7777 & ~t.fs.umask)
-        return 0
-    uid, gid = owner_ids(t.tg, parent)
-    # mkdir(2): a directory made in a set-group-ID one is set-group-ID too.
-    t.kernel.fs.make_dir(parent, name, (mode & 0o1777 & ~t.fs.umask) | (parent.mode & st.S_ISGID), uid, gid)
+    else:
+        uid, gid = owner_ids(t.tg, parent)
+        # mkdir(2): a directory made in a set-group-ID one is set-group-ID too.
+        t.kernel.fs.make_dir(parent, name, (mode & 0o1777 & ~t.fs.umask) | (parent.mode & st.S_ISGID), uid, gid)
+    notify_dir(parent, IN_CREATE, name, isdir=True)
     return 0
 
 
@@ -120,16 +124,28 @@ def unlinkat(t, dirfd, path, flags):
     host = on_host(t, parent)
     if host is not None:
         host.at(host_path(parent, name), os.rmdir if flags & AT_REMOVEDIR else os.unlink)
-        return 0
-    on_host(t, node)
-    parent.entries.pop(name, None)
-    if parent.lower is not None:
-        parent.whiteouts.add(name)
-    if isinstance(node, MemRegular):
-        node.nlink -= 1
-        if node.nlink == 0 and node.opens == 0:
-            t.kernel.fs.orphans.append(node)
+    else:
+        on_host(t, node)
+        parent.entries.pop(name, None)
+        if parent.lower is not None:
+            parent.whiteouts.add(name)
+        if isinstance(node, MemRegular):
+            node.nlink -= 1
+            if node.nlink == 0 and node.opens == 0:
+                t.kernel.fs.orphans.append(node)
+    _removed(parent, name, node)
     return 0
+
+
+def _removed(parent: Dir, name: str, node) -> None:
+    """inotify: a name gone from `parent`; `node` itself too, unless it has another name
+    or is open (then its close says so)."""
+    isdir = node.is_dir()
+    if not isdir:
+        notify(node, IN_ATTRIB)  # its link count
+    if isdir or not isinstance(node, MemRegular) or (node.nlink == 0 and node.opens == 0):
+        deleted(node)
+    notify_dir(parent, IN_DELETE, name, isdir=isdir)
 
 
 @syscall(NR.unlink)
@@ -185,6 +201,7 @@ def getdents64(t, fd, dirp, count):
         raise SyscallError(errno.EINVAL)  # the buffer cannot hold one entry
     t.mm.write(dirp, bytes(out))
     f.offset = index
+    f.notify(IN_ACCESS)
     return len(out)
 
 
@@ -233,6 +250,7 @@ def renameat2(t, olddirfd, oldpath, newdirfd, newpath, flags):
                 old_name, n, src_dir_fd=src, dst_dir_fd=dir_fd))
         finally:
             os.close(src)
+        _moved(t, old_parent, old_name, new_parent, new_name, node, target)
         return 0
     on_host(t, node)
     if target is node:
@@ -260,7 +278,22 @@ def renameat2(t, olddirfd, oldpath, newdirfd, newpath, flags):
     new_parent.whiteouts.discard(new_name)
     now = now_ns()
     old_parent.mtime = new_parent.mtime = node.ctime = now
+    _moved(t, old_parent, old_name, new_parent, new_name, node, target)
     return 0
+
+
+def _moved(t, old_parent: Dir, old_name: str, new_parent: Dir, new_name: str, node, target) -> None:
+    """inotify: a rename's two events, tied by one cookie; the node moved; a target replaced."""
+    k = t.kernel
+    k.inotify_cookie += 1
+    isdir = node.is_dir()
+    notify_dir(old_parent, IN_MOVED_FROM, old_name, isdir=isdir, cookie=k.inotify_cookie)
+    notify_dir(new_parent, IN_MOVED_TO, new_name, isdir=isdir, cookie=k.inotify_cookie)
+    if target is not None:
+        notify(target, IN_ATTRIB)
+    notify(node, IN_MOVE_SELF)
+    if target is not None and (target.is_dir() or not isinstance(target, MemRegular) or not target.opens):
+        deleted(target)
 
 
 @syscall(NR.renameat)
@@ -303,6 +336,7 @@ def linkat(t, olddirfd, oldpath, newdirfd, newpath, flags):
                 name, n, src_dir_fd=src, dst_dir_fd=dir_fd, follow_symlinks=False))
         finally:
             os.close(src)
+        _linked(node, new_parent, new_name)
         return 0
     on_host(t, node)
     if isinstance(node, LowerNode) and st.S_ISREG(node.mode):
@@ -311,7 +345,13 @@ def linkat(t, olddirfd, oldpath, newdirfd, newpath, flags):
     node.ctime = now_ns()
     new_parent.entries[new_name] = node
     new_parent.whiteouts.discard(new_name)
+    _linked(node, new_parent, new_name)
     return 0
+
+
+def _linked(node, parent: Dir, name: str) -> None:
+    notify(node, IN_ATTRIB)  # its link count
+    notify_dir(parent, IN_CREATE, name)
 
 
 @syscall(NR.link)
@@ -331,12 +371,13 @@ def symlinkat(t, target, newdirfd, linkpath):
     host = on_host(t, parent)
     if host is not None:
         host.at(host_path(parent, name), lambda n, dir_fd: os.symlink(content, n, dir_fd=dir_fd))
-        return 0
-    now = now_ns()
-    uid, gid = owner_ids(t.tg, parent)
-    parent.entries[name] = MemSymlink(ino=t.kernel.fs.new_ino(), mode=st.S_IFLNK | 0o777, atime=now,
-                                      mtime=now, ctime=now, target=content, uid=uid, gid=gid)
-    parent.whiteouts.discard(name)
+    else:
+        now = now_ns()
+        uid, gid = owner_ids(t.tg, parent)
+        parent.entries[name] = MemSymlink(ino=t.kernel.fs.new_ino(), mode=st.S_IFLNK | 0o777, atime=now,
+                                          mtime=now, ctime=now, target=content, uid=uid, gid=gid)
+        parent.whiteouts.discard(name)
+    notify_dir(parent, IN_CREATE, name)
     return 0
 
 
@@ -365,6 +406,7 @@ def mknodat(t, dirfd, path, mode, dev):
     uid, gid = owner_ids(t.tg, parent)
     if kind == st.S_IFREG:
         t.kernel.fs.create_regular(parent, name, perm, uid, gid)
+        notify_dir(parent, IN_CREATE, name)
         return 0
     if kind != st.S_IFIFO:
         raise SyscallError(errno.EPERM, "device and socket nodes are not supported")
@@ -374,6 +416,7 @@ def mknodat(t, dirfd, path, mode, dev):
                                     gid=gid, atime=now, mtime=now, ctime=now,
                                     pipe=Pipe(ino=t.kernel.pipe_ino))
     parent.whiteouts.discard(name)
+    notify_dir(parent, IN_CREATE, name)
     return 0
 
 

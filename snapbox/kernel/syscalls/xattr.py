@@ -18,9 +18,11 @@ import stat
 from snapbox.kernel.creds import CAP_SYS_ADMIN, MAY_READ, MAY_WRITE, capable, check, owns
 from snapbox.kernel.errors import SyscallError
 from snapbox.kernel.fd import O_PATH
+from snapbox.kernel.inotify import IN_ATTRIB, notify
 from snapbox.kernel.pipe import PipeFile
 from snapbox.kernel.procfs import ProcNode
 from snapbox.kernel.syscalls import NR, i32, syscall
+from snapbox.kernel.syscalls.attrs import place_of
 from snapbox.kernel.syscalls.common import AT_FDCWD, host_path, lookup, on_host
 from snapbox.kernel.vfs import now_ns
 
@@ -38,23 +40,24 @@ class _Fifo:
     uid = gid = 0
 
 
-def _node(t, path: int, follow: bool):
-    _, _, node, _ = lookup(t, AT_FDCWD, path, follow=follow)
+def _node(t, path: int, follow: bool) -> tuple:
+    """The node a path names, with its directory and its name there (for inotify)."""
+    parent, name, node, _ = lookup(t, AT_FDCWD, path, follow=follow)
     if node is None:
         raise SyscallError(errno.ENOENT)
-    return node
+    return node, parent, name
 
 
-def _file_node(t, fd: int):
+def _file_node(t, fd: int) -> tuple:
     f = t.fds.get(i32(fd))
     if f.flags & O_PATH:
         raise SyscallError(errno.EBADF)
     if isinstance(f, PipeFile):
-        return _Fifo()
+        return _Fifo(), None, ""
     node = getattr(f, "node", None)
     if node is None:
         raise SyscallError(errno.EOPNOTSUPP)  # an anonymous inode: no attributes
-    return node
+    return (node, *place_of(f))
 
 
 def _name(t, addr: int) -> bytes:
@@ -97,7 +100,8 @@ def _host_call(host, node, fn, *args):
         os.close(fd)
 
 
-def _set(t, node, name_addr: int, value: int, size: int, flags: int) -> int:
+def _set(t, target: tuple, name_addr: int, value: int, size: int, flags: int) -> int:
+    node = target[0]
     flags = i32(flags)
     if flags & ~(XATTR_CREATE | XATTR_REPLACE):
         raise SyscallError(errno.EINVAL)
@@ -111,18 +115,20 @@ def _set(t, node, name_addr: int, value: int, size: int, flags: int) -> int:
     if host is not None:
         how = os.XATTR_CREATE if flags & XATTR_CREATE else os.XATTR_REPLACE if flags & XATTR_REPLACE else 0
         _host_call(host, node, os.setxattr, name, data, how)
-        return 0
-    exists = name in node.xattrs
-    if flags & XATTR_CREATE and exists:
-        raise SyscallError(errno.EEXIST)
-    if flags & XATTR_REPLACE and not exists:
-        raise SyscallError(errno.ENODATA)
-    node.xattrs[name] = data
-    node.ctime = now_ns()
+    else:
+        exists = name in node.xattrs
+        if flags & XATTR_CREATE and exists:
+            raise SyscallError(errno.EEXIST)
+        if flags & XATTR_REPLACE and not exists:
+            raise SyscallError(errno.ENODATA)
+        node.xattrs[name] = data
+        node.ctime = now_ns()
+    notify(node, IN_ATTRIB, *target[1:])
     return 0
 
 
-def _get(t, node, name_addr: int, value: int, size: int) -> int:
+def _get(t, target: tuple, name_addr: int, value: int, size: int) -> int:
+    node = target[0]
     name = _name(t, name_addr)
     _no_attributes(t, node, name, write=False)
     _permission(t, node, name, write=False)
@@ -137,7 +143,8 @@ def _get(t, node, name_addr: int, value: int, size: int) -> int:
     return len(data)
 
 
-def _list(t, node, out: int, size: int) -> int:
+def _list(t, target: tuple, out: int, size: int) -> int:
+    node = target[0]
     if isinstance(node, (ProcNode, _Fifo)):
         return 0
     host = _bind_mount(t, node)
@@ -155,17 +162,19 @@ def _list(t, node, out: int, size: int) -> int:
     return len(data)
 
 
-def _remove(t, node, name_addr: int) -> int:
+def _remove(t, target: tuple, name_addr: int) -> int:
+    node = target[0]
     name = _name(t, name_addr)
     _no_attributes(t, node, name, write=True)
     host = on_host(t, node)
     _permission(t, node, name, write=True)
     if host is not None:
         _host_call(host, node, os.removexattr, name)
-        return 0
-    if node.xattrs.pop(name, None) is None:
-        raise SyscallError(errno.ENODATA)
-    node.ctime = now_ns()
+    else:
+        if node.xattrs.pop(name, None) is None:
+            raise SyscallError(errno.ENODATA)
+        node.ctime = now_ns()
+    notify(node, IN_ATTRIB, *target[1:])
     return 0
 
 
