@@ -23,7 +23,8 @@ BUNDLES = ("counter", "counter-glibc", "sockets", "sockets-glibc", "inet", "inet
            "jobs", "jobs-glibc", "shared", "resolve", "busybox", "ipc", "ipc-glibc", "clonemem", "clonemem-glibc", "creds",
            "creds-glibc", "frames", "frames-glibc", "pty",
            "pty-glibc", "xattr", "xattr-glibc", "splice", "splice-glibc", "chroot",
-           "chroot-glibc", "inotify", "inotify-glibc")
+           "chroot-glibc", "inotify", "inotify-glibc", "aio",
+           "aio-glibc")
 
 
 @pytest.fixture(scope="session")

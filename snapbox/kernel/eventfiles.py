@@ -63,6 +63,11 @@ class EventFd(OpenFile):
         self.readable_q.notify()
         return 8
 
+    def signal(self) -> None:
+        """eventfd_signal(): one more, from the kernel (an AIO completion); never blocks."""
+        self.counter = min(self.counter + 1, EVENTFD_MAX)
+        self.readable_q.notify()
+
     def ready(self) -> int:
         return (POLLIN if self.counter else 0) | (POLLOUT if self.counter < EVENTFD_MAX else 0)
 

@@ -374,6 +374,7 @@ class Lifecycle:
         tg.exe = exe
         exec_transform(tg)
         tg.xfeatures_granted = 0
+        tg.aio = {}  # their rings went with the old address space
         t.large_fpstate = False
         if t.cpuid_faulting:  # execve gives CPUID back
             stub.arch_prctl(t.host_tid, ARCH_SET_CPUID, 1)

@@ -91,6 +91,7 @@ class ThreadGroup:
     # Dynamic XSAVE components (AMX tile data) it asked for with arch_prctl
     # ARCH_REQ_XCOMP_PERM: kept by fork, dropped by execve.
     xfeatures_granted: int = 0
+    aio: dict = field(default_factory=dict)  # Linux AIO: context id (its ring's address) -> aio.AioContext
 
     def sigaction(self, sig: int) -> SigAction:
         return self.sigactions.get(sig) or SigAction()

@@ -17,6 +17,7 @@ from snapbox.kernel.eventfiles import SignalFd, EpollFile, EventFd, TimerFd
 from snapbox.kernel.fd import FDTable, OpenFile
 from snapbox.kernel.pipe import FifoNode, make_pipe
 from snapbox.kernel.hostnet import HostSocket
+from snapbox.kernel.aio import AioContext
 from snapbox.kernel.inotify import InotifyFile
 from snapbox.kernel.inet import InetSocket, UdpSocket
 from snapbox.kernel.ipc import IpcNamespace, IpcPerm, MsgQueue, SemSet, ShmSegment
@@ -171,6 +172,7 @@ def build(name: str, kernel: Kernel):
         "MqueueFile": lambda: MqueueFile(flags=0o4002, queue=mq),
         "InotifyFile": lambda: _watching(InotifyFile(flags=0o4000, events=[[1, 0x100, 0, b"made"], [1, 0x40, 7, b"b"]]),
                                          motd),
+        "AioContext": lambda: AioContext(ring=0x7F0000000000, nr=126, size=4096, max_reqs=8),
         "Pty": lambda: pty,
         "PtsNode": lambda: pts,
         "PtyMaster": lambda: PtyMaster(flags=2, node=fs.root.entries["dev"].entries["ptmx"], pty=pty, kernel=kernel),
