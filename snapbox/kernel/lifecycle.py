@@ -314,12 +314,13 @@ class Lifecycle:
             self._resume(child)
 
     def _stop_thread(self, task: Task) -> None:
-        """Bring a running thread to a stop (so a syscall can be injected into it)."""
-        if task.run is Run.RUNNING:
+        """Bring a running thread, or one parked in a notification, to a ptrace stop (so a
+        syscall can be injected into it)."""
+        if task.run is Run.RUNNING or task.notif:
             if not task.interrupt_pending:
                 ptrace.interrupt(task.host_tid)
                 task.interrupt_pending = True
-            while task.run is Run.RUNNING:
+            while task.run is Run.RUNNING or task.notif:
                 pid, status = os.waitpid(task.host_tid, WALL)
                 saved, self.paused = self.paused, True
                 try:
@@ -356,11 +357,15 @@ class Lifecycle:
         # The point of no return: the old program is gone from here on.
         tg = t.tg
         stub = tg.mm.stub
+        leader = tg.tasks[0]
         for other in [x for x in tg.tasks if x is not t]:
             self._stop_thread(other)
             self._drop(other)
             tg.tasks.remove(other)
-            stub.exit_thread(other.host_tid)
+            if other is not leader:
+                stub.exit_thread(other.host_tid)
+        if leader is not t:
+            self._take_leaders_place(t, leader.host_tid)
         if self.memfile.written is not None:
             self.memfile.written.forget(tg.mm)
         stub.unmap(0, APP_TOP)
@@ -387,6 +392,21 @@ class Lifecycle:
         regs.rip = entry
         regs.rsp = sp
         ptrace.set_xstate(t.host_tid, stub.base_xstate)
+
+    def _take_leaders_place(self, t: Task, leader_host_tid: int) -> None:
+        """execve(2) by a thread that is not the leader: it becomes the leader, with the
+        process's id as its thread id, run from now on by the leader's host thread (the
+        stub's main thread, which the host needs alive); its own host thread ends."""
+        stub = t.tg.mm.stub
+        old = t.host_tid
+        stub.exit_thread(old)
+        self.by_host.pop(old, None)
+        stub.active = leader_host_tid
+        self._bind(t, leader_host_tid, t.regs)
+        pidns = self.tasks.pidns
+        pidns.tasks.pop(t.tid, None)
+        t.tid = t.tg.tgid
+        pidns.tasks[t.tid] = t
 
     def exit_task(self, task: Task, status: int) -> None:
         """exit(2) of one thread; the last thread's exit ends its thread group."""

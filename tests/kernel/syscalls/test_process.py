@@ -50,3 +50,16 @@ def test_pthreads_under_checkpoint_and_restore_at_random_moments(snapbox, images
              what="the threads to finish")
     assert restores >= 2
     assert out.read_text() == want
+
+
+@pytest.mark.parametrize("bundle", ["threads", "threads-glibc"])
+def test_execve_from_a_thread_that_is_not_the_leader(snapbox, images, tmp_path, bundle):
+    want = native_fixture(images, bundle, "exec")
+    assert want == "after exec: thread id is the process id 1\n"
+    bundle_dir = tmp_path / "b"
+    bundle_dir.mkdir()
+    config = json.loads((images / bundle / "config.json").read_text())
+    config["process"]["args"] = [f"/{bundle}", "exec"]
+    config["root"]["path"] = str(images / bundle / "rootfs")
+    (bundle_dir / "config.json").write_text(json.dumps(config))
+    assert snapbox("run", "--bundle", str(bundle_dir), "x").stdout == want
