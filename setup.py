@@ -1,4 +1,4 @@
-"""Build hooks (metadata lives in pyproject.toml): compiles snapbox/_cpuid.c through cffi,
+"""Build hooks (metadata lives in pyproject.toml): compiles snapbox/_native.c through cffi,
 and the native `snapbox` command, snapbox/front.c, which every install gets as its
 `snapbox`: it hands commands to a root's warm pool without starting an interpreter. Where
 no C compiler is found, the command is a Python script instead (correct, only slower)."""
@@ -52,5 +52,5 @@ def _starts_with_shebang(path: str) -> bool:
         return f.read(2) == b"#!"
 
 
-setup(cffi_modules=["snapbox/_cpuid_build.py:ffibuilder"], scripts=[front_end()],
+setup(cffi_modules=["snapbox/_native_build.py:ffibuilder"], scripts=[front_end()],
       cmdclass={"build_scripts": BuildScripts})

@@ -24,7 +24,7 @@ BUNDLES = ("counter", "counter-glibc", "sockets", "sockets-glibc", "inet", "inet
            "creds-glibc", "frames", "frames-glibc", "pty",
            "pty-glibc", "xattr", "xattr-glibc", "splice", "splice-glibc", "chroot",
            "chroot-glibc", "inotify", "inotify-glibc", "aio",
-           "aio-glibc")
+           "aio-glibc", "futex", "futex-glibc")
 
 
 @pytest.fixture(scope="session")

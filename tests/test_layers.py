@@ -17,7 +17,7 @@ BELOW = {
     "cli": {"runtime", "kernel", "platform", "memfile", "state", "errors"},
     "runtime": {"kernel", "platform", "memfile", "state", "errors"},
     "kernel": {"platform", "memfile", "state"},
-    "platform": {"state", "_cpuid"},  # _cpuid: its compiled CPUID helper
+    "platform": {"state", "_native"},  # _native: its compiled helpers (CPUID, atomics)
     "memfile": {"state"},
     "state": set(),
     "errors": {"state"},

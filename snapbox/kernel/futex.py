@@ -1,13 +1,24 @@
-"""Futexes: the table of waiters, waking, and robust lists at a thread's exit.
+"""Futexes: the table of waiters, waking, priority-inheritance locks, and robust lists at
+a thread's exit.
 
 A futex is named by the MemoryFile offset of its word, so private and shared futexes, and
 futexes shared between processes through shared memory, all meet in one table. Waiters
 are not saved: a parked waiter is saved rewound into futex(2) and, after a restore,
 waits again (or sees the word changed and returns EAGAIN, which callers retry).
+
+A PI futex's word is the lock itself (futex(2), "Priority-inheritance futexes"): the
+owner's TID, FUTEX_WAITERS while anyone waits in the kernel, FUTEX_OWNER_DIED after an
+owner died holding it. The sentry keeps no owner of its own: the word says who owns the
+lock, and it is changed only by atomic compare-and-exchange, as the process's running
+threads take and release it in user space at the same time. Unlocking hands the lock to
+the longest waiter, whose restart value then says so, saved with it: a waiter handed the
+lock just before a checkpoint returns 0 after the restore. Every task here has the same
+priority, so there is no priority to inherit: the order is first come, first served.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import struct
 
@@ -17,6 +28,8 @@ from snapbox.kernel.waiter import WaitQueue
 
 BITSET_MATCH_ANY = 0xFFFFFFFF
 WOKEN = "woken"
+HANDED = "handed"  # restart value of a FUTEX_LOCK_PI waiter an unlock made the owner
+FUTEX_WAITERS, FUTEX_OWNER_DIED, FUTEX_TID_MASK = 0x80000000, 0x40000000, 0x3FFFFFFF
 
 
 def key(t, addr: int) -> int:
@@ -51,6 +64,8 @@ def wake(t, addr: int, count: int, bitset: int = BITSET_MATCH_ANY) -> int:
     for waiter in list(q.waiters):
         if woken >= count:
             break
+        if waiter.futex_pi:
+            raise SyscallError(errno.EINVAL, "FUTEX_WAKE of a futex with FUTEX_LOCK_PI waiters")
         if waiter.futex_bitset & bitset:
             q.waiters.remove(waiter)
             waiter.set_restart(NR.futex, WOKEN)
@@ -76,36 +91,131 @@ def wait(t, addr: int, val: int, deadline_ns: int | None, bitset: int) -> int:
     if bitset == 0:
         raise SyscallError(errno.EINVAL)
     t.futex_bitset = bitset
+    t.futex_pi = 0
     raise WouldBlock(queue(t, key(t, addr)), deadline=deadline_ns)
 
 
-FUTEX_WAITERS, FUTEX_OWNER_DIED, FUTEX_TID_MASK = 0x80000000, 0x40000000, 0x3FFFFFFF
+def lock_pi(t, addr: int, deadline_ns: int | None, trylock: bool) -> int:
+    """FUTEX_LOCK_PI(2) and FUTEX_TRYLOCK_PI: take the lock at `addr` (a free word becomes
+    the caller's TID, an owner-died mark kept), or park until an unlock hands it over;
+    EDEADLK if the caller holds it, ESRCH if its owner does not exist, EAGAIN for a held
+    lock with `trylock`, ETIMEDOUT at the deadline (sandbox monotonic ns)."""
+    state = t.restart_value(NR.futex)
+    if state == HANDED:
+        return 0
+    if state is not None:
+        deadline_ns = state
+    k = key(t, addr)
+    while True:
+        value = word(t, addr)
+        owner = value & FUTEX_TID_MASK
+        if owner == 0:
+            new = (value & FUTEX_OWNER_DIED) | t.tid | (FUTEX_WAITERS if _pi_waiters(t, k) else 0)
+            if t.mm.cmpxchg32(addr, value, new) == value:
+                return 0
+            continue
+        if owner == t.tid:
+            raise SyscallError(errno.EDEADLK)
+        if owner not in t.kernel.tasks.pidns.tasks:
+            raise SyscallError(errno.ESRCH)
+        if trylock:
+            raise SyscallError(errno.EAGAIN)
+        if value & FUTEX_WAITERS or t.mm.cmpxchg32(addr, value, value | FUTEX_WAITERS) == value:
+            break
+    if deadline_ns is not None:
+        t.set_restart(NR.futex, deadline_ns)
+        if t.kernel.timekeeper.monotonic_ns() >= deadline_ns:
+            raise SyscallError(errno.ETIMEDOUT)
+    t.futex_pi = addr
+    raise WouldBlock(queue(t, k), deadline=deadline_ns)
+
+
+def unlock_pi(t, addr: int) -> int:
+    """FUTEX_UNLOCK_PI: hand the caller's lock at `addr` to its longest waiter, or free
+    it; EPERM unless the caller owns it."""
+    k = key(t, addr)
+    while True:
+        value = word(t, addr)
+        if value & FUTEX_TID_MASK != t.tid:
+            raise SyscallError(errno.EPERM)
+        if _hand_over(t, k, addr, value, FUTEX_WAITERS):
+            return 0
+        if t.mm.cmpxchg32(addr, value, 0) == value:
+            return 0
+
+
+def _pi_waiters(t, k: int) -> list:
+    q = t.kernel.futexes.get(k)
+    return [w for w in q.waiters if w.futex_pi] if q is not None else []
+
+
+def _hand_over(t, k: int, addr: int, value: int, marks: int) -> bool:
+    """Make the longest FUTEX_LOCK_PI waiter of futex `k` (word `value` at `addr` in `t`'s
+    memory) the owner, the word given `marks` besides its TID; False if none waits or
+    the word changed under us."""
+    waiters = _pi_waiters(t, k)
+    if not waiters:
+        return False
+    heir = waiters[0]
+    if t.mm.cmpxchg32(addr, value, marks | heir.tid) != value:
+        return False
+    t.kernel.futexes[k].waiters.remove(heir)
+    heir.set_restart(NR.futex, HANDED)
+    t.kernel.wake(heir)
+    return True
+
+
+def exit_pi_locks(t) -> None:
+    """At a thread's exit, hand each PI lock it still holds and another thread waits for
+    to that waiter, marked FUTEX_OWNER_DIED, as Linux's exit_pi_state_list does (a robust
+    one is already marked, its owner cleared)."""
+    for k, q in list(t.kernel.futexes.items()):
+        waiter = next((w for w in q.waiters if w.futex_pi), None)
+        if waiter is None:
+            continue
+        with contextlib.suppress(SyscallError):
+            value = word(waiter, waiter.futex_pi)
+            if value & FUTEX_TID_MASK in (t.tid, 0):
+                _hand_over(waiter, k, waiter.futex_pi, value, FUTEX_WAITERS | FUTEX_OWNER_DIED)
+
+
 ROBUST_LIST_LIMIT = 2048
 
 
 def exit_robust_list(t) -> None:
     """At a thread's exit, mark the robust futexes it still holds as owner-died and wake a
-    waiter of each (robust_futex(7)), as Linux's exit_robust_list does."""
+    waiter of each (robust_futex(7)), as Linux's exit_robust_list does; then pass on the
+    PI locks it held."""
     head, _ = t.robust_list
-    if not head:
-        return
     try:
-        entry, offset, pending = struct.unpack("<QqQ", t.mm.read(head, 24))
-        seen = 0
-        while entry != head and entry and seen < ROBUST_LIST_LIMIT:
-            _owner_died(t, entry + offset)
-            (entry,) = struct.unpack("<Q", t.mm.read(entry, 8))
-            seen += 1
-        if pending:
-            _owner_died(t, pending + offset)
+        if head:
+            _walk_robust_list(t, head)
     except SyscallError:
-        return  # a broken list in application memory: nothing more to do, as on Linux
+        pass  # a broken list in application memory: nothing more to do, as on Linux
+    exit_pi_locks(t)
 
 
-def _owner_died(t, addr: int) -> None:
-    value = word(t, addr)
-    if value & FUTEX_TID_MASK != t.tid:
-        return
-    t.mm.write(addr, struct.pack("<I", (value & FUTEX_WAITERS) | FUTEX_OWNER_DIED))
-    if value & FUTEX_WAITERS:
+def _walk_robust_list(t, head: int) -> None:
+    entry, offset, pending = struct.unpack("<QqQ", t.mm.read(head, 24))
+    seen = 0
+    while entry & ~1 != head and entry & ~1 and seen < ROBUST_LIST_LIMIT:
+        (following,) = struct.unpack("<Q", t.mm.read(entry & ~1, 8))
+        if entry != pending:
+            _owner_died(t, (entry & ~1) + offset, bool(entry & 1))
+        entry = following
+        seen += 1
+    if pending & ~1:
+        _owner_died(t, (pending & ~1) + offset, bool(pending & 1))
+
+
+def _owner_died(t, addr: int, pi: bool) -> None:
+    """Mark the robust futex at `addr` owner-died if `t` holds it; wake one waiter of a
+    plain one (a PI one's waiter is handed the lock by exit_pi_locks)."""
+    while True:
+        value = word(t, addr)
+        if value & FUTEX_TID_MASK != t.tid:
+            return
+        if t.mm.cmpxchg32(addr, value, (value & FUTEX_WAITERS) | FUTEX_OWNER_DIED) == value:
+            break
+    if value & FUTEX_WAITERS and not pi:
         wake(t, addr, 1)

@@ -22,6 +22,7 @@ from snapbox.kernel.errors import SyscallError
 from snapbox.kernel.filepages import FileCache, FilePages
 from snapbox.memfile import PAGE_SIZE, MemoryFile, page_align
 from snapbox.memfile.memfile import OutOfMemory
+from snapbox.platform.atomic import cmpxchg32
 from snapbox.platform.stub import APP_TOP, PROT_EXEC, PROT_READ, PROT_WRITE, Stub
 from snapbox.state import nosave, savable
 
@@ -524,6 +525,22 @@ class MemoryManager:
         for v, a, n in spans:
             self._put(v, a, view[:n])
             view = view[n:]
+
+    def cmpxchg32(self, addr: int, expected: int, desired: int) -> int:
+        """Atomically store `desired` in the aligned word at `addr` if it holds `expected`
+        (other threads may be updating it at this moment); return what it held. EFAULT
+        unless the word is readable and writable."""
+        vma = self.find(addr)
+        if vma is None or addr % 4 or not vma.prot & PROT_READ or not vma.prot & PROT_WRITE:
+            raise SyscallError(errno.EFAULT)
+        if vma.based:  # the clone's base, private to this process: only the stub reaches it
+            old = int.from_bytes(self.stub.peek(addr, 4), "little")
+            if old == expected:
+                self.stub.poke(addr, desired.to_bytes(4, "little"))
+            return old
+        offset = vma.offset + (addr - vma.start)
+        self.memfile.ensure_loaded(offset, 4)
+        return cmpxchg32(self.memfile.map, offset, expected, desired)
 
     def poke(self, addr: int, data: bytes) -> None:
         """Write regardless of protection (the loader filling read-only segments)."""

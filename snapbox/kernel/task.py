@@ -145,6 +145,7 @@ class Task:
     timer_token: int = nosave(default=0)  # bumped to cancel a pending wake-up timer
     queued: bool = nosave(default=False)  # in the kernel's run queue
     futex_bitset: int = nosave(default=0)  # FUTEX_WAIT_BITSET mask while parked on a futex
+    futex_pi: int = nosave(default=0)  # the word of the PI futex it waits to lock (0: none)
     cpu_start: int = nosave(default=0)  # host CPU time (ns) of host_tid when it took this task
 
     @property

@@ -88,7 +88,7 @@ _REGS = ("eax", "ebx", "ecx", "edx")
 
 
 def _cpuid(leaf: int, subleaf: int = 0) -> tuple[int, int, int, int]:
-    from snapbox._cpuid import ffi, lib
+    from snapbox._native import ffi, lib
 
     out = ffi.new("uint32_t[4]")
     lib.snapbox_cpuid(leaf, subleaf, out)
@@ -137,7 +137,7 @@ class FeatureSet:
         xcr0 = 0
         xsave_size = 512
         if ecx1 >> 27 & 1:  # OSXSAVE: XGETBV is usable
-            from snapbox._cpuid import lib
+            from snapbox._native import lib
 
             xcr0 = lib.snapbox_xgetbv0()
             xsave_size = _cpuid(0xD, 0)[1]
