@@ -59,9 +59,14 @@ NEVER_RESTARTED = frozenset({NR.poll, NR.ppoll, NR.select, NR.pselect6, NR.nanos
 EINTR_WITHOUT_HANDLER = frozenset({NR.epoll_wait, NR.epoll_pwait, NR.epoll_pwait2, NR.semop, NR.semtimedop,
                                    NR.rt_sigtimedwait})
 # Calls that return what they did so far, rather than EINTR, when interrupted part way.
-PARTIAL_RESULT_SYSCALLS = frozenset({NR.write, NR.writev, NR.recvmmsg})
+PARTIAL_RESULT_SYSCALLS = frozenset({NR.write, NR.writev, NR.sendto, NR.sendmsg, NR.recvmmsg})
 SLEEP_SYSCALLS = frozenset({NR.nanosleep, NR.clock_nanosleep})
 STOP_SIGNALS = sigbit(signal.SIGSTOP) | sigbit(signal.SIGTSTP) | sigbit(signal.SIGTTIN) | sigbit(signal.SIGTTOU)
+
+
+RLIMIT_CPU, RLIM_INFINITY = 0, (1 << 64) - 1
+NS = 1_000_000_000
+CPU_LIMIT_POLL_NS = 5_000_000  # the closest look at a process's CPU time near its limit
 
 
 # What reaches a PID namespace's init from outside even without a handler (SIGCONT continues
@@ -242,8 +247,9 @@ class Signaling:
         act = t.tg.sigaction(sig)
         progress = t.restart_value(nr)
         handled = act.handler not in (SIG_DFL, SIG_IGN)
-        if nr in PARTIAL_RESULT_SYSCALLS and progress:
-            regs.rax = progress[0] if isinstance(progress, tuple) else progress  # recvmmsg: (count, deadline)
+        partial = progress[0] if isinstance(progress, tuple) else progress  # (count, deadline) too
+        if nr in PARTIAL_RESULT_SYSCALLS and partial:
+            regs.rax = partial
         elif not handled and nr not in EINTR_WITHOUT_HANDLER:
             # No handler runs (a stop, SIGCONT): the call goes on where it was, its
             # progress and deadline kept, as Linux restarts it (ERESTARTSYS, ERESTARTNOHAND).

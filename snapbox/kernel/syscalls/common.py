@@ -79,16 +79,19 @@ def write_all(t, nr: int, f, data: bytes, offset: int | None = None) -> int:
     """Write `data`, blocking until all of it is written, as write(2) does on a blocking file.
 
     Bytes already written when the file blocks are kept in the task's restart state, so
-    the retry (or a restored task) goes on from there instead of writing them twice.
+    the retry (or a restored task) goes on from there instead of writing them twice; with
+    a socket's SO_SNDTIMEO, so is the deadline, at which the call returns what it wrote, or
+    EAGAIN if nothing (socket(7)).
     """
-    done = t.restart_value(nr) or 0
+    done = written(t, nr)
     while done < len(data):
         try:
             done += f.write(t, data[done:], offset)
-        except WouldBlock:
-            if done:
-                t.set_restart(nr, done)
-            raise
+        except WouldBlock as wb:
+            block = send_timeout(t, f, nr, wb, done)
+            if block is None:
+                break
+            raise block from None
         except SyscallError:
             if done:
                 break
@@ -96,6 +99,34 @@ def write_all(t, nr: int, f, data: bytes, offset: int | None = None) -> int:
         if offset is not None:
             break
     return done
+
+
+def send_timeout(t, f, nr: int, wb: WouldBlock, done: int = 0) -> WouldBlock | None:
+    """The block of a send on `f` that has written `done` bytes, its restart state set: with
+    the socket's SO_SNDTIMEO, its deadline (kept in that state) added; None once the deadline
+    has passed with bytes written (the call returns them), EAGAIN if none."""
+    state = t.restart_value(nr)
+    deadline = state[1] if isinstance(state, tuple) else None
+    timeout = getattr(f, "sndtimeo", 0)
+    if not timeout:
+        if done:
+            t.set_restart(nr, done)
+        return wb
+    now = t.kernel.timekeeper.monotonic_ns()
+    if deadline is None:
+        deadline = now + timeout
+    if now >= deadline:
+        if done:
+            return None
+        raise SyscallError(errno.EAGAIN) from None
+    t.set_restart(nr, (done, deadline))
+    return WouldBlock(*wb.waitables, deadline=deadline if wb.deadline is None else min(deadline, wb.deadline))
+
+
+def written(t, nr: int) -> int:
+    """Bytes a blocking write has written so far (its restart state)."""
+    state = t.restart_value(nr)
+    return state[0] if isinstance(state, tuple) else state or 0
 
 
 def iovecs(t, iov: int, iovcnt: int) -> list[tuple[int, int]]:

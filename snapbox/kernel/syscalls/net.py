@@ -20,7 +20,7 @@ from snapbox.kernel.inet import AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP, Ine
     has_outside, is_local, local_destination, pack_sockaddr, parse_sockaddr, send_datagram
 from snapbox.kernel.syscalls import NR, i32, syscall
 from snapbox.kernel.syscalls.common import AT_FDCWD, MAX_RW, iovecs, on_host, receive_timeout, received, scatter, \
-    start_dir, write_all
+    send_timeout, start_dir, write_all, written
 from snapbox.kernel.vfs import now_ns
 
 SOCK_NONBLOCK, SOCK_CLOEXEC = O_NONBLOCK, O_CLOEXEC
@@ -394,11 +394,11 @@ def sendto(t, fd, buf, length, flags, addr, addrlen):
         return _udp_send(t, s, t.mm.read(buf, min(length, MAX_RW)), addr, addrlen)
     if isinstance(s, UnixDgramSocket):
         target = _dgram_target(t, addr, addrlen) if addr else None
-        return s.send_to(t, target, t.mm.read(buf, min(length, MAX_RW)), i32(flags))
+        return _dgram_send(t, NR.sendto, s, target, t.mm.read(buf, min(length, MAX_RW)), i32(flags), [])
     if addr:
         raise SyscallError(errno.EISCONN if s.connected else errno.EOPNOTSUPP)
     data = t.mm.read(buf, min(length, MAX_RW))
-    return s.send(t, data, i32(flags))
+    return write_all(t, NR.sendto, _Flagged(s, i32(flags), []), data)
 
 
 @syscall(NR.recvfrom)
@@ -513,13 +513,14 @@ def sendmsg(t, fd, msg, flags):
     if isinstance(s, UnixDgramSocket):
         files = _rights(t, control, controllen)
         data = b"".join(t.mm.read(base, n) for base, n in iovecs(t, iov, iovlen))
-        return s.send_to(t, _dgram_target(t, name, namelen) if name else None, data, i32(flags), files)
+        target = _dgram_target(t, name, namelen) if name else None
+        return _dgram_send(t, NR.sendmsg, s, target, data, i32(flags), files)
     if name:
         raise SyscallError(errno.EISCONN if s.connected else errno.EOPNOTSUPP)
     files = _rights(t, control, controllen)
     if isinstance(s, InetSocket):
         files = []  # TCP carries no files: its control messages are not SCM_RIGHTS
-    if t.restart_value(NR.sendmsg):
+    if written(t, NR.sendmsg):
         files = []  # a retry of a send that blocked part-way: the files went with its first bytes
     data = b"".join(t.mm.read(base, n) for base, n in iovecs(t, iov, iovlen))
     return write_all(t, NR.sendmsg, _Flagged(s, i32(flags), files), data[:MAX_RW])
@@ -530,11 +531,20 @@ class _Flagged:
 
     def __init__(self, sock: UnixSocket, flags: int, files: list) -> None:
         self.sock, self.flags, self.files = sock, flags, files
+        self.sndtimeo = sock.sndtimeo
 
     def write(self, t, data: bytes, offset: int | None = None) -> int:
         n = self.sock.send(t, data, self.flags, self.files)
         self.files = []
         return n
+
+
+def _dgram_send(t, nr: int, s: UnixDgramSocket, target, data: bytes, flags: int, files: list) -> int:
+    """One datagram, waiting for room in the receiver's queue up to SO_SNDTIMEO."""
+    try:
+        return s.send_to(t, target, data, flags, files)
+    except WouldBlock as wb:
+        raise send_timeout(t, s, nr, wb) from None  # never None: nothing was sent
 
 
 @syscall(NR.recvmsg)
@@ -672,7 +682,6 @@ def shutdown(t, fd, how):
 
 
 # What getsockopt and setsockopt know of TCP sockets: (level, option) -> its default.
-# Options of timing (SO_RCVTIMEO, SO_SNDTIMEO) are refused rather than ignored.
 SOL_IP, SOL_IPV6 = 0, 41
 SO_REUSEADDR, SO_KEEPALIVE, SO_LINGER, SO_REUSEPORT = 2, 9, 13, 15
 TCP_NODELAY, TCP_MAXSEG, TCP_KEEPIDLE, TCP_KEEPINTVL, TCP_KEEPCNT = 1, 2, 4, 5, 6
@@ -735,18 +744,20 @@ _TIMEVAL = struct.Struct("<qq")
 
 
 def _timeout_option(t, s, opt: int, optval: int, optlen: int) -> bool:
-    """setsockopt of SO_RCVTIMEO (honoured by every receive) or SO_SNDTIMEO (refused: sends
-    do not time out here, and saying yes would hide that); False for other options."""
-    if opt in (SO_SNDTIMEO, SO_SNDTIMEO_NEW):
-        raise SyscallError(errno.ENOPROTOOPT, "SO_SNDTIMEO is not supported")
-    if opt not in (SO_RCVTIMEO, SO_RCVTIMEO_NEW):
+    """setsockopt of SO_RCVTIMEO (honoured by every receive) or SO_SNDTIMEO (by every
+    send that blocks); False for other options."""
+    if opt not in (SO_RCVTIMEO, SO_RCVTIMEO_NEW, SO_SNDTIMEO, SO_SNDTIMEO_NEW):
         return False
     if optlen < _TIMEVAL.size:
         raise SyscallError(errno.EINVAL)
     sec, usec = _TIMEVAL.unpack(t.mm.read(optval, _TIMEVAL.size))
     if not 0 <= usec < 1_000_000:
         raise SyscallError(errno.EDOM)
-    s.rcvtimeo = max(0, sec) * 1_000_000_000 + usec * 1000 if sec >= 0 else 0
+    timeout = max(0, sec) * 1_000_000_000 + usec * 1000 if sec >= 0 else 0
+    if opt in (SO_RCVTIMEO, SO_RCVTIMEO_NEW):
+        s.rcvtimeo = timeout
+    else:
+        s.sndtimeo = timeout
     return True
 
 
@@ -754,8 +765,9 @@ def _timeout_option(t, s, opt: int, optval: int, optlen: int) -> bool:
 def getsockopt(t, fd, level, optname, optval, optlen):
     s = _sock(t, fd)
     opt = i32(optname)
-    if i32(level) == SOL_SOCKET and opt in (SO_RCVTIMEO, SO_RCVTIMEO_NEW):
-        value = _TIMEVAL.pack(s.rcvtimeo // 1_000_000_000, s.rcvtimeo % 1_000_000_000 // 1000)
+    if i32(level) == SOL_SOCKET and opt in (SO_RCVTIMEO, SO_RCVTIMEO_NEW, SO_SNDTIMEO, SO_SNDTIMEO_NEW):
+        timeout = s.rcvtimeo if opt in (SO_RCVTIMEO, SO_RCVTIMEO_NEW) else s.sndtimeo
+        value = _TIMEVAL.pack(timeout // 1_000_000_000, timeout % 1_000_000_000 // 1000)
     elif isinstance(s, (InetSocket, UdpSocket)):
         value = _inet_getsockopt(s, i32(level), opt)
     elif i32(level) != SOL_SOCKET:

@@ -21,19 +21,35 @@ def test_calls_match_native(snapbox, images, tmp_path, bundle):
     assert same_output(snapbox("run", "--bundle", str(images / bundle), "calls").stdout, want)
 
 
-def test_so_sndtimeo_is_refused_rather_than_ignored(snapbox, tmp_path):
-    """Sends do not time out in the sandbox: setting SO_SNDTIMEO says so (ENOPROTOOPT) instead
-    of succeeding and then blocking for ever, which is what a program would not expect."""
-    program = ("import errno, socket, struct\n"
-               "a, b = socket.socketpair()\n"
-               "try:\n"
-               "    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack('qq', 1, 0))\n"
-               "    print('accepted')\n"
-               "except OSError as e:\n"
-               "    print(errno.errorcode[e.errno])\n")
-    p = subprocess.run(snapbox.cmd("do", sys.executable, "-c", program), capture_output=True, text=True, timeout=60,
-                       cwd=tmp_path)
-    assert p.stdout == "ENOPROTOOPT\n", p.stderr
+DGRAM_SEND_TIMEOUT = """
+import errno, socket, struct, time
+a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack('qq', 0, 200000))
+print(struct.unpack('qq', a.getsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, 16)))
+sent = 0
+for _ in range(10000):
+    start = time.monotonic()
+    try:
+        a.send(b'x' * 100)
+        sent += 1
+    except OSError as e:
+        print(errno.errorcode[e.errno], sent > 0, time.monotonic() - start >= 0.19)
+        break
+b.recv(100)
+a.send(b'')
+print('room again')
+"""
+
+
+def test_so_sndtimeo_ends_a_datagram_send_to_a_full_queue(snapbox, tmp_path):
+    """The receiver's queue fills; the next send waits SO_SNDTIMEO, then fails with EAGAIN
+    (socket(7)); once there is room again even an empty datagram goes."""
+    native = subprocess.run([sys.executable, "-c", DGRAM_SEND_TIMEOUT], capture_output=True, text=True,
+                            timeout=60, check=True).stdout
+    assert native == "(0, 200000)\nEAGAIN True True\nroom again\n"
+    p = subprocess.run(snapbox.cmd("do", sys.executable, "-c", DGRAM_SEND_TIMEOUT), capture_output=True,
+                       text=True, timeout=60, cwd=tmp_path)
+    assert p.stdout == native, p.stderr
 
 
 CHILD_TIMES = """
