@@ -24,7 +24,8 @@ BUNDLES = ("counter", "counter-glibc", "sockets", "sockets-glibc", "inet", "inet
            "creds-glibc", "frames", "frames-glibc", "pty",
            "pty-glibc", "xattr", "xattr-glibc", "splice", "splice-glibc", "chroot",
            "chroot-glibc", "inotify", "inotify-glibc", "aio",
-           "aio-glibc", "futex", "futex-glibc")
+           "aio-glibc", "futex", "futex-glibc", "procfs", "procfs-glibc",
+           "spawn", "spawn-glibc")
 
 
 @pytest.fixture(scope="session")

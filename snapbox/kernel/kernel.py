@@ -203,6 +203,7 @@ class Kernel(Lifecycle, Signaling, Checkpointing):
         for tg in self.tasks.pidns.groups.values():
             if tg.exit_status is None and tg.itimer_real[0]:
                 self.arm_itimer(tg)
+            self.arm_cpu_limit(tg)
             for f in tg.fds.files.values():
                 if isinstance(f, TimerFd) and f.deadline:
                     f.arm(self)

@@ -184,6 +184,7 @@ class Lifecycle:
         """Map a program (its content `data`, its cached `pages` if any) and its dynamic
         loader, if it names one (looked up from the process's `root`), and build its stack. Returns the image, the address to
         start at, and the initial stack pointer."""
+        mm.exe = exe
         try:
             image = elf.load(mm, data, exe, pages=pages)
         finally:
@@ -255,11 +256,12 @@ class Lifecycle:
         self.by_host[host_tid] = task
 
     def fork(self, t: Task, flags: int, stack: int = 0, ptid: int = 0, ctid: int = 0, tls: int = 0) -> int:
-        """fork(2), or clone(2) without shared memory: a new process holding a copy of the
-        caller's address space, its fds, handlers and registers. Returns the child's pid."""
+        """fork(2), or clone(2) of a process: a new process holding a copy of the caller's
+        address space (with CLONE_VM, for a vfork child, the caller's memory itself), its
+        fds, handlers and registers. Returns the child's pid."""
         parent = t.tg
         pidns = self.tasks.pidns
-        mm = parent.mm.fork()
+        mm = parent.mm.share() if flags & CLONE_VM else parent.mm.fork()
         try:
             stub = parent.mm.stub.fork(t.host_tid)
         except (OSError, SnapboxError) as e:
@@ -279,6 +281,7 @@ class Lifecycle:
             pgid=parent.pgid, sid=parent.sid, creds=list(parent.creds), groups=list(parent.groups),
             fsuid=parent.fsuid, fsgid=parent.fsgid, caps=parent.caps.copy(),
             prctl={k: v for k, v in parent.prctl.items() if k != "subreaper"}, personality=parent.personality,
+            oom_score_adj=parent.oom_score_adj, oom_score_adj_min=parent.oom_score_adj_min,
             xfeatures_granted=parent.xfeatures_granted)
         child = Task(tid=tgid, tg=tg, kernel=self, comm=t.comm, signal_mask=t.signal_mask, nice=t.nice,
                      ioprio=t.ioprio, mempolicy=t.mempolicy, cpuid_faulting=t.cpuid_faulting)
@@ -288,6 +291,7 @@ class Lifecycle:
         parent.children.append(tg)
         mm.attach(stub)
         self._start_child(t, child, stub.pid, flags, stack, ptid, ctid, tls)
+        self.arm_cpu_limit(tg)
         return tgid
 
     def _start_child(self, t: Task, child: Task, host_tid: int, flags: int, stack: int, ptid: int,
@@ -356,6 +360,7 @@ class Lifecycle:
             raise
         # The point of no return: the old program is gone from here on.
         tg = t.tg
+        release_vfork_parent(tg)
         stub = tg.mm.stub
         leader = tg.tasks[0]
         for other in [x for x in tg.tasks if x is not t]:
@@ -446,6 +451,9 @@ class Lifecycle:
         """End every task of `tg` with wait status `status`; init's exit ends the sandbox."""
         if tg.exit_status is not None:
             return
+        release_vfork_parent(tg)
+        if tg.tasks:
+            tg.name = tg.tasks[0].comm
         tg.cpu_ns += sum(self.cpu_time_ns(task) for task in tg.tasks)
         for task in list(tg.tasks):
             exit_robust_list(task)
@@ -535,6 +543,13 @@ class Lifecycle:
 
 
 MAX_INTERPRETERS = 4  # a script's interpreter may be a script, this many deep (Linux: 4)
+
+
+def release_vfork_parent(tg: ThreadGroup) -> None:
+    """A vfork child execs or exits: its parent goes on (vfork(2))."""
+    if tg.vfork_done is not None:
+        done, tg.vfork_done = tg.vfork_done, None
+        done.notify()
 
 
 def shebang(data: bytes) -> tuple[bytes, list[bytes]]:

@@ -76,6 +76,9 @@ class MemoryManager:
     vmas: list = field(default_factory=list)  # disjoint Vmas sorted by start
     brk_start: int = 0  # where the heap begins (page-aligned end of the loaded program)
     brk: int = 0  # the current program break; [brk_start, page_align(brk)) is the heap VMA
+    exe: str = ""  # the path of the program mapped (its mappings count as VmExe, not VmLib)
+    peak_size: int = 0  # VmPeak: the most bytes mapped at once
+    peak_rss: int = 0  # VmHWM: the highest resident size seen
     stub: Stub | None = nosave(default=None)  # host process running this address space
     starts: list = nosave(list)  # vma.start of each Vma, for bisect; kept in step with vmas
 
@@ -97,6 +100,7 @@ class MemoryManager:
         i = bisect.bisect_left(self.starts, vma.start)
         self.vmas.insert(i, vma)
         self.starts.insert(i, vma.start)
+        self.peak_size = max(self.peak_size, self.size())
 
     def _free_gap(self, length: int) -> int:
         """Highest address below MMAP_TOP with `length` bytes unmapped (top-down, like Linux)."""
@@ -462,7 +466,23 @@ class MemoryManager:
             self._copy(v, v.start, v.end - v.start, offset)
             vmas.append(Vma(v.start, v.end, v.prot, offset, v.kind, v.file_offset, charged=v.charged))
         return MemoryManager(memfile=self.memfile, cache=self.cache, vmas=vmas, brk_start=self.brk_start,
-                             brk=self.brk)
+                             brk=self.brk, exe=self.exe)
+
+    def share(self) -> MemoryManager:
+        """The address space of a vfork child (vfork(2), clone(2) with CLONE_VM and
+        CLONE_VFORK): the parent's memory itself, not a copy, in VMAs of its own that are
+        marked shared, so that the child's execve or exit frees none of it. The parent
+        waits meanwhile, as Linux has it; a clone's based ranges become the MemoryFile's
+        first, so that both see the one copy. Not yet attached to a stub."""
+        self.unshare()
+        vmas = []
+        for v in self.vmas:
+            vmas.append(Vma(v.start, v.end, v.prot, v.offset, v.kind, v.file_offset, v.shared or v.pages is None,
+                            v.charged, v.pages))
+            if v.pages is not None:
+                v.pages.users += 1
+        return MemoryManager(memfile=self.memfile, cache=self.cache, vmas=vmas, brk_start=self.brk_start,
+                             brk=self.brk, exe=self.exe)
 
     def attach(self, stub: Stub, lazy: bool = False) -> None:
         """Give this address space a (fresh) stub and map every VMA into it. A stub only
@@ -573,5 +593,40 @@ class MemoryManager:
         self.vmas.clear()
         self.starts.clear()
 
-    def resident_bytes(self) -> int:
+    # -- accounting (/proc) -------------------------------------------------------------------
+
+    def size(self) -> int:
+        """Bytes mapped (VmSize)."""
         return sum(v.end - v.start for v in self.vmas)
+
+    def resident(self, vma: Vma) -> int:
+        """Bytes of `vma` that hold data, what Linux counts as resident: of its MemoryFile
+        range (a based one: of the base) those not holes, of a file's cached pages those
+        read in."""
+        length = vma.end - vma.start
+        if vma.pages is not None:
+            lo, hi = vma.file_offset, vma.file_offset + length
+            return sum(max(0, min(end, hi) - max(start, lo)) for start, end in vma.pages.filled)
+        return self.memfile.data_bytes(vma.offset, length, in_base=vma.based)
+
+    def usage(self) -> dict[str, int]:
+        """What /proc/PID/status says of this address space, in bytes: VmSize, VmRSS and
+        its RssAnon, RssFile and RssShmem parts, VmData, VmStk, VmExe, VmLib; the peaks
+        VmPeak and VmHWM as highest seen (a mapping, or a look at the RSS)."""
+        out = dict.fromkeys(("RssAnon", "RssFile", "RssShmem", "VmData", "VmStk", "VmExe", "VmLib"), 0)
+        for v in self.vmas:
+            length, rss = v.end - v.start, self.resident(v)
+            file = v.kind.startswith("/")
+            out["RssShmem" if v.shared and not file else "RssFile" if file else "RssAnon"] += rss
+            if v.kind == "stack":
+                out["VmStk"] += length
+            elif file and v.prot & PROT_EXEC:
+                out["VmExe" if v.kind == self.exe else "VmLib"] += length
+            elif v.prot & PROT_WRITE and not v.shared:
+                out["VmData"] += length
+        out["VmSize"] = self.size()
+        out["VmRSS"] = out["RssAnon"] + out["RssFile"] + out["RssShmem"]
+        self.peak_size = max(self.peak_size, out["VmSize"])
+        self.peak_rss = max(self.peak_rss, out["VmRSS"])
+        out["VmPeak"], out["VmHWM"] = self.peak_size, self.peak_rss
+        return out

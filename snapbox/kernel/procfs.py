@@ -1,5 +1,11 @@
-"""/proc, generated from kernel state: self, per-pid stat, status, cmdline, comm, maps,
-fd/, exe, cwd; and meminfo, cpuinfo, uptime, loadavg, mounts.
+"""/proc, generated from kernel state: self; per pid stat, status, statm, cmdline, comm,
+maps, smaps, smaps_rollup, oom_score, oom_score_adj (writable), fd/, exe, cwd, root, for
+zombies too as Linux shows them; and stat, meminfo, cpuinfo, uptime, loadavg, mounts.
+
+Memory is counted from the MemoryFile: a mapping's resident bytes are those of its range
+that are not holes (MemoryManager.resident), which is what Linux counts for memory that was
+touched; a read-only mapping of a file's cached pages is shared by all its users, and its
+proportional share (Pss) is divided among them.
 
 And /proc/snapbox, snapbox's own: `restored` reads how many times this sandbox has been
 restored from an image (0 for one that never was), and under `--snapshot-to IMAGE`
@@ -22,9 +28,11 @@ import zlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from snapbox.kernel.creds import CAP_SYS_RESOURCE, capable
 from snapbox.kernel.errors import SyscallError, WouldBlock
 from snapbox.kernel.fd import OpenFile
 from snapbox.kernel.host import UTS_RELEASE, UTS_VERSION, host_meminfo
+from snapbox.kernel.signals import SIG_DFL, SIG_IGN
 from snapbox.kernel.vfs import Dir, Inode, now_ns
 from snapbox.memfile import PAGE_SIZE
 from snapbox.state import savable
@@ -33,9 +41,15 @@ if TYPE_CHECKING:
     from snapbox.kernel.kernel import Kernel
 
 PROC_DEV = 0x4
-PID_FILES = ("stat", "status", "cmdline", "comm", "maps", "environ")
+PID_FILES = ("stat", "status", "statm", "cmdline", "comm", "maps", "smaps", "smaps_rollup", "environ", "oom_score",
+             "oom_score_adj")
+WRITABLE = ("oom_score_adj",)
+ZOMBIE_GONE = ("environ", "smaps_rollup")  # a zombie's: ESRCH (no memory to show)
 PID_LINKS = ("exe", "cwd", "root")
-TOP_FILES = ("meminfo", "cpuinfo", "uptime", "loadavg", "mounts", "version")
+TOP_FILES = ("stat", "meminfo", "cpuinfo", "uptime", "loadavg", "mounts", "version")
+USER_HZ = 100
+RLIMIT_SIGPENDING, SIGPENDING_DEFAULT = 11, 4096
+OOM_SCORE_ADJ_MIN, OOM_SCORE_ADJ_MAX = -1000, 1000
 
 
 @savable
@@ -86,7 +100,9 @@ class ProcFile(OpenFile):
         return data
 
     def write(self, t, data: bytes, offset: int | None = None) -> int:
-        """Only /proc/snapbox/checkpoint takes writes (see the module's doc)."""
+        """Only oom_score_adj and /proc/snapbox/checkpoint take writes (see the module's doc)."""
+        if self.node.name == "oom_score_adj":
+            return _write_oom_score_adj(t, self.node, data)
         if self.node.name != "snapbox/checkpoint":
             raise SyscallError(errno.EINVAL)
         k = t.kernel
@@ -139,7 +155,7 @@ def lookup(d: ProcDir, name: str) -> Inode:
     if d.kind == "top":
         if name == "self":
             return ProcNode(ino=_ino(0, name), mode=stat.S_IFLNK | 0o777, kernel=k, name="self", ctime=now)
-        if name.isdigit() and int(name) in groups and groups[int(name)].exit_status is None:
+        if name.isdigit() and int(name) in groups:
             pid = int(name)
             return ProcDir(ino=_ino(pid, ""), mode=stat.S_IFDIR | 0o555, nlink=2, name=name, parent=d,
                            kernel=k, pid=pid, kind="pid", ctime=now, mtime=now, atime=now)
@@ -159,8 +175,8 @@ def lookup(d: ProcDir, name: str) -> Inode:
         if d.pid not in groups:
             raise SyscallError(errno.ESRCH)
         if name in PID_FILES:
-            return ProcNode(ino=_ino(d.pid, name), mode=stat.S_IFREG | 0o444, kernel=k, pid=d.pid, name=name,
-                            ctime=now)
+            return ProcNode(ino=_ino(d.pid, name), mode=stat.S_IFREG | (0o644 if name in WRITABLE else 0o444),
+                            kernel=k, pid=d.pid, name=name, ctime=now)
         if name in PID_LINKS:
             return ProcNode(ino=_ino(d.pid, name), mode=stat.S_IFLNK | 0o777, kernel=k, pid=d.pid, name=name,
                             ctime=now)
@@ -178,7 +194,7 @@ def lookup(d: ProcDir, name: str) -> Inode:
 def list_dir(d: ProcDir) -> list[str]:
     groups = d.kernel.tasks.pidns.groups
     if d.kind == "top":
-        pids = sorted(p for p, g in groups.items() if g.exit_status is None)
+        pids = sorted(groups)
         return ["self", *TOP_FILES, "snapbox", *(str(p) for p in pids)]
     if d.kind == "snapbox":
         return ["restored", *(["checkpoint"] if d.kernel.snapshot is not None else [])]
@@ -194,7 +210,7 @@ def readlink(node: ProcNode) -> bytes:
         current = k.current
         return str(current.tg.tgid if current is not None else 1).encode()
     tg = k.tasks.pidns.groups.get(node.pid)
-    if tg is None:
+    if tg is None or tg.exit_status is not None:
         raise SyscallError(errno.ENOENT)
     if node.name == "exe":
         return os.fsencode(tg.exe)
@@ -232,8 +248,10 @@ def _content(node: ProcNode) -> bytes:
     if node.pid == 0:
         return _top(k, name).encode()
     tg = k.tasks.pidns.groups.get(node.pid)
-    if tg is None or tg.exit_status is not None:
+    if tg is None:
         raise SyscallError(errno.ESRCH)
+    if tg.exit_status is not None:
+        return _zombie(k, tg, name).encode()
     leader = tg.tasks[0]
     if name == "cmdline":
         return b"".join(a + b"\0" for a in tg.argv)
@@ -245,45 +263,198 @@ def _content(node: ProcNode) -> bytes:
         return _stat(k, tg).encode()
     if name == "status":
         return _status(k, tg).encode()
+    if name == "statm":
+        u = tg.mm.usage()
+        fields = (u["VmSize"], u["VmRSS"], u["RssFile"] + u["RssShmem"], u["VmExe"], 0, u["VmData"] + u["VmStk"], 0)
+        return (" ".join(str(f // PAGE_SIZE) for f in fields) + "\n").encode()
     if name == "maps":
         return "".join(_map_line(v) for v in tg.mm.vmas).encode()
+    if name == "smaps":
+        return "".join(_map_line(v) + _smaps(_vma_usage(tg.mm, v), v) for v in tg.mm.vmas).encode()
+    if name == "smaps_rollup":
+        return _smaps_rollup(tg.mm).encode()
+    if name == "oom_score":
+        return f"{_oom_score(tg)}\n".encode()
+    if name == "oom_score_adj":
+        return f"{tg.oom_score_adj}\n".encode()
     raise SyscallError(errno.ENOENT)
+
+
+def _zombie(k, tg, name: str) -> str:
+    """A file of a process that has exited and not yet been waited for: it has no memory,
+    files or program left, only its ids, name and signal state."""
+    if name in ZOMBIE_GONE:
+        raise SyscallError(errno.ESRCH)
+    if name == "comm":
+        return tg.name + "\n"
+    if name == "stat":
+        return _stat(k, tg)
+    if name == "status":
+        return _status(k, tg)
+    if name == "statm":
+        return "0 0 0 0 0 0 0\n"
+    if name == "oom_score":
+        return "0\n"
+    if name == "oom_score_adj":
+        return f"{tg.oom_score_adj}\n"
+    return ""  # cmdline, maps, smaps
 
 
 def _state(tg) -> str:
     from snapbox.kernel.task import Run
 
+    if tg.exit_status is not None:
+        return "Z"
+    if tg.job_stopped:
+        return "T"
     return "R" if any(t.run is Run.RUNNING for t in tg.tasks) else "S"
 
 
 def _stat(k, tg) -> str:
-    leader = tg.tasks[0]
-    ticks = sum(k.cpu_time_ns(t) for t in tg.tasks) * 100 // 1_000_000_000
-    vsize = sum(v.end - v.start for v in tg.mm.vmas)
+    zombie = tg.exit_status is not None
+    comm = tg.name if zombie else tg.tasks[0].comm
+    nice = 0 if zombie else tg.tasks[0].nice
+    cpu_ns = tg.cpu_ns if zombie else sum(k.cpu_time_ns(t) for t in tg.tasks)
+    ticks = cpu_ns * USER_HZ // 1_000_000_000
+    vsize = 0 if zombie else tg.mm.size()
+    rss = 0 if zombie else tg.mm.usage()["VmRSS"] // PAGE_SIZE
     ppid = tg.parent.tgid if tg.parent is not None else 0
-    fields = [tg.tgid, f"({leader.comm})", _state(tg), ppid, tg.pgid, tg.sid, 0, -1, 0x400000,
-              0, 0, 0, 0, ticks, 0, 0, 0, 20 + leader.nice, leader.nice, len(tg.tasks), 0, 0, vsize,
-              vsize // PAGE_SIZE]
+    fields = [tg.tgid, f"({comm})", _state(tg), ppid, tg.pgid, tg.sid, 0, -1, 0x400000,
+              0, 0, 0, 0, ticks, 0, tg.children_cpu_ns * USER_HZ // 1_000_000_000, 0, 20 + nice, nice,
+              max(1, len(tg.tasks)), 0, 0, vsize, rss]
     return " ".join(str(f) for f in fields) + " 0" * 28 + "\n"
 
 
 def _status(k, tg) -> str:
-    leader = tg.tasks[0]
+    zombie = tg.exit_status is not None
+    leader = None if zombie else tg.tasks[0]
     ppid = tg.parent.tgid if tg.parent is not None else 0
-    states = {"R": "R (running)", "S": "S (sleeping)"}
+    states = {"R": "R (running)", "S": "S (sleeping)", "T": "T (stopped)", "Z": "Z (zombie)"}
     creds, c = tg.creds, tg.caps
-    vm = sum(v.end - v.start for v in tg.mm.vmas) // 1024
-    return (f"Name:\t{leader.comm}\nUmask:\t{tg.fs.umask:04o}\nState:\t{states[_state(tg)]}\n"
-            f"Tgid:\t{tg.tgid}\nPid:\t{tg.tgid}\nPPid:\t{ppid}\n"
-            f"Uid:\t{creds[0]}\t{creds[1]}\t{creds[2]}\t{tg.fsuid}\n"
-            f"Gid:\t{creds[3]}\t{creds[4]}\t{creds[5]}\t{tg.fsgid}\n"
-            f"FDSize:\t{max(64, len(tg.fds.files))}\nGroups:\t{' '.join(map(str, tg.groups))}\n"
-            f"VmSize:\t{vm:8d} kB\nThreads:\t{len(tg.tasks)}\n"
-            f"SigPnd:\t{leader.pending:016x}\nShdPnd:\t{tg.pending:016x}\n"
-            f"SigBlk:\t{leader.signal_mask:016x}\n"
-            f"CapInh:\t{c.inheritable:016x}\nCapPrm:\t{c.permitted:016x}\nCapEff:\t{c.effective:016x}\n"
-            f"CapBnd:\t{c.bounding:016x}\nCapAmb:\t{c.ambient:016x}\n"
-            f"NoNewPrivs:\t{tg.prctl.get('no_new_privs', 0)}\n")
+    out = [f"Name:\t{tg.name if zombie else leader.comm}\n"]
+    if not zombie:
+        out.append(f"Umask:\t{tg.fs.umask:04o}\n")
+    out.append(f"State:\t{states[_state(tg)]}\nTgid:\t{tg.tgid}\nNgid:\t0\nPid:\t{tg.tgid}\nPPid:\t{ppid}\n"
+               f"TracerPid:\t0\nUid:\t{creds[0]}\t{creds[1]}\t{creds[2]}\t{tg.fsuid}\n"
+               f"Gid:\t{creds[3]}\t{creds[4]}\t{creds[5]}\t{tg.fsgid}\n"
+               f"FDSize:\t{0 if zombie else max(64, len(tg.fds.files))}\n"
+               f"Groups:\t{' '.join(map(str, tg.groups))} \n"
+               f"NStgid:\t{tg.tgid}\nNSpid:\t{tg.tgid}\nNSpgid:\t{tg.pgid}\nNSsid:\t{tg.sid}\nKthread:\t0\n")
+    if not zombie:
+        u = tg.mm.usage()
+        out.extend(f"{key}:\t{u.get(key, 0) // 1024:8d} kB\n" for key in (
+            "VmPeak", "VmSize", "VmLck", "VmPin", "VmHWM", "VmRSS", "RssAnon", "RssFile", "RssShmem", "VmData",
+            "VmStk", "VmExe", "VmLib"))
+        out.append(f"VmPTE:\t{_page_tables(tg.mm) // 1024:8d} kB\nVmSwap:\t{0:8d} kB\nHugetlbPages:\t{0:8d} kB\n"
+                   "CoreDumping:\t0\nTHP_enabled:\t1\n")
+    ign = cgt = 0
+    for sig, act in tg.sigactions.items():
+        if act.handler == SIG_IGN:
+            ign |= 1 << (sig - 1)
+        elif act.handler != SIG_DFL:
+            cgt |= 1 << (sig - 1)
+    queued = sum(len(q) for t in tg.tasks for q in t.siginfo.values()) + sum(len(q) for q in tg.siginfo.values())
+    pending_limit = tg.rlimits.get(RLIMIT_SIGPENDING, (SIGPENDING_DEFAULT,))[0]
+    cpus = os.cpu_count() or 1
+    out.append(f"Threads:\t{max(1, len(tg.tasks))}\nSigQ:\t{queued}/{pending_limit}\n"
+               f"SigPnd:\t{0 if zombie else leader.pending:016x}\nShdPnd:\t{tg.pending:016x}\n"
+               f"SigBlk:\t{0 if zombie else leader.signal_mask:016x}\nSigIgn:\t{ign:016x}\nSigCgt:\t{cgt:016x}\n"
+               f"CapInh:\t{c.inheritable:016x}\nCapPrm:\t{c.permitted:016x}\nCapEff:\t{c.effective:016x}\n"
+               f"CapBnd:\t{c.bounding:016x}\nCapAmb:\t{c.ambient:016x}\n"
+               f"NoNewPrivs:\t{tg.prctl.get('no_new_privs', 0)}\nSeccomp:\t0\nSeccomp_filters:\t0\n"
+               f"Cpus_allowed:\t{(1 << cpus) - 1:x}\nCpus_allowed_list:\t{'0' if cpus == 1 else f'0-{cpus - 1}'}\n"
+               "Mems_allowed_list:\t0\n")
+    return "".join(out)
+
+
+def _page_tables(mm) -> int:
+    """The page tables an address space needs: a 4 KB table for each 2 MB its mappings reach."""
+    tables = set()
+    for v in mm.vmas:
+        tables.update(range(v.start >> 21, ((v.end - 1) >> 21) + 1))
+    return len(tables) * PAGE_SIZE
+
+
+SMAPS_KEYS = ("Rss", "Pss", "Pss_Dirty", "Shared_Clean", "Shared_Dirty", "Private_Clean", "Private_Dirty",
+              "Referenced", "Anonymous", "KSM", "LazyFree", "AnonHugePages", "ShmemPmdMapped", "FilePmdMapped",
+              "Shared_Hugetlb", "Private_Hugetlb", "Swap", "SwapPss", "Locked")
+
+
+def _vma_usage(mm, v) -> dict[str, int]:
+    """A mapping's smaps figures in bytes: a file's cached pages are clean and shared by
+    their users; every other resident page was written (private, or shared memory)."""
+    rss = mm.resident(v)
+    u = dict.fromkeys(SMAPS_KEYS, 0)
+    u["Rss"] = u["Referenced"] = rss
+    if v.pages is not None:
+        users = max(1, v.pages.users)
+        u["Pss"] = rss // users
+        u["Shared_Clean" if users > 1 else "Private_Clean"] = rss
+    elif v.shared:
+        u["Pss"] = u["Pss_Dirty"] = u["Shared_Dirty"] = rss
+    else:
+        u["Pss"] = u["Pss_Dirty"] = u["Private_Dirty"] = u["Anonymous"] = rss
+    return u
+
+
+def _smaps(u: dict[str, int], v) -> str:
+    flags = [f for f, on in (("rd", v.prot & 1), ("wr", v.prot & 2), ("ex", v.prot & 4), ("sh", v.shared),
+                             ("mr", True), ("mw", True), ("me", True), ("ms", v.shared),
+                             ("gd", v.kind == "stack"), ("ac", not v.shared and v.pages is None)) if on]
+    lines = [f"{'Size:':<16}{(v.end - v.start) // 1024:>8} kB\n", f"{'KernelPageSize:':<16}{4:>8} kB\n",
+             f"{'MMUPageSize:':<16}{4:>8} kB\n"]
+    lines += [f"{key + ':':<16}{u[key] // 1024:>8} kB\n" for key in SMAPS_KEYS]
+    lines.append(f"{'THPeligible:':<16}{0:>8}\nVmFlags: {''.join(f + ' ' for f in flags)}\n")
+    return "".join(lines)
+
+
+def _smaps_rollup(mm) -> str:
+    """The sum of every mapping's smaps figures, with Pss split by kind of memory."""
+    total = dict.fromkeys(SMAPS_KEYS, 0)
+    pss = {"Pss_Anon": 0, "Pss_File": 0, "Pss_Shmem": 0}
+    for v in mm.vmas:
+        u = _vma_usage(mm, v)
+        for key in SMAPS_KEYS:
+            total[key] += u[key]
+        kind = "Pss_File" if v.kind.startswith("/") else "Pss_Shmem" if v.shared else "Pss_Anon"
+        pss[kind] += u["Pss"]
+    start, end = (mm.vmas[0].start, mm.vmas[-1].end) if mm.vmas else (0, 0)
+    head = f"{start:08x}-{end:08x} ---p 00000000 00:00 0"
+    keys = ("Rss", "Pss", "Pss_Dirty", *pss, *SMAPS_KEYS[3:])
+    values = {**total, **pss}
+    return f"{head:<73}[rollup]\n" + "".join(f"{key + ':':<16}{values[key] // 1024:>8} kB\n" for key in keys)
+
+
+def _oom_score(tg) -> int:
+    """Linux's proc_oom_score: the badness (resident and page-table pages, moved by
+    oom_score_adj) scaled into 0..2000 of the host's memory and swap."""
+    if tg.oom_score_adj == OOM_SCORE_ADJ_MIN:
+        return 0
+    mem = host_meminfo()
+    total = max(1, (mem.get("MemTotal", 0) + mem.get("SwapTotal", 0)) // PAGE_SIZE)
+    badness = (tg.mm.usage()["VmRSS"] + _page_tables(tg.mm)) // PAGE_SIZE + tg.oom_score_adj * total // 1000
+    return max(0, (1000 + badness * 1000 // total) * 2 // 3)
+
+
+def _write_oom_score_adj(t, node: ProcNode, data: bytes) -> int:
+    """oom_score_adj: -1000..1000; below the lowest a privileged writer set, only with
+    CAP_SYS_RESOURCE (proc(5))."""
+    tg = node.kernel.tasks.pidns.groups.get(node.pid)
+    if tg is None or tg.exit_status is not None:
+        raise SyscallError(errno.ESRCH)
+    try:
+        value = int(data.decode().strip())
+    except (UnicodeDecodeError, ValueError):
+        raise SyscallError(errno.EINVAL) from None
+    if not OOM_SCORE_ADJ_MIN <= value <= OOM_SCORE_ADJ_MAX:
+        raise SyscallError(errno.EINVAL)
+    privileged = capable(t.tg, CAP_SYS_RESOURCE)
+    if value < tg.oom_score_adj_min and not privileged:
+        raise SyscallError(errno.EACCES)
+    tg.oom_score_adj = value
+    if privileged:
+        tg.oom_score_adj_min = value
+    return len(data)
 
 
 def _map_line(v) -> str:
@@ -300,6 +471,8 @@ def _top(k, name: str) -> str:
         return f"{k.restores}\n"
     if name == "snapbox/checkpoint":
         return ""
+    if name == "stat":
+        return _proc_stat(k)
     if name == "uptime":
         up = k.timekeeper.monotonic_ns() / 1e9
         return f"{up:.2f} {up:.2f}\n"
@@ -324,3 +497,24 @@ def _top(k, name: str) -> str:
                        f"model\t\t: {fs.model}\nflags\t\t: {flags}\n\n")
         return "".join(out)
     raise SyscallError(errno.ENOENT)
+
+
+def _proc_stat(k) -> str:
+    """/proc/stat of the sandbox: the CPU time its processes used (user time; the rest of
+    the CPUs' time since it started is idle), its boot time, processes and states."""
+    from snapbox.kernel.task import Run
+
+    cpus = os.cpu_count() or 1
+    groups = k.tasks.pidns.groups.values()
+    used = sum(tg.cpu_ns if tg.exit_status is not None else sum(k.cpu_time_ns(t) for t in tg.tasks)
+               for tg in groups) * USER_HZ // 1_000_000_000
+    up = k.timekeeper.monotonic_ns() * USER_HZ // 1_000_000_000
+    idle = max(0, up * cpus - used)
+    lines = [f"cpu  {used} 0 0 {idle} 0 0 0 0 0 0\n"]
+    lines += [f"cpu{n} {used // cpus} 0 0 {idle // cpus} 0 0 0 0 0 0\n" for n in range(cpus)]
+    tasks = [t for tg in groups for t in tg.tasks]
+    boot = (k.timekeeper.realtime_ns() - k.timekeeper.monotonic_ns()) // 1_000_000_000
+    lines.append(f"btime {boot}\nprocesses {k.tasks.pidns.next_id - 1}\n"
+                 f"procs_running {max(1, sum(t.run is Run.RUNNING for t in tasks))}\n"
+                 f"procs_blocked 0\n")
+    return "".join(lines)

@@ -159,6 +159,35 @@ class Signaling:
 
         self.call_at(deadline, fire)
 
+    def arm_cpu_limit(self, tg: ThreadGroup) -> None:
+        """Watch tg's CPU time against its RLIMIT_CPU (setrlimit(2)): SIGXCPU at the soft
+        limit and each second past it, SIGKILL at the hard one. The CPU time cannot grow
+        faster than the wall clock times its threads, so the next look is no later than
+        the limit could be reached."""
+        tg.cpu_limit_token += 1
+        soft, hard = tg.rlimits.get(RLIMIT_CPU, (RLIM_INFINITY, RLIM_INFINITY))
+        if (soft, hard) == (RLIM_INFINITY, RLIM_INFINITY) or tg.exit_status is not None:
+            return
+        token = tg.cpu_limit_token
+
+        def check() -> None:
+            if tg.cpu_limit_token != token or tg.exit_status is not None:
+                return
+            used = sum(self.cpu_time_ns(task) for task in tg.tasks)
+            if hard != RLIM_INFINITY and used >= hard * NS:
+                self.send_signal(tg, signal.SIGKILL)
+                return
+            xcpu = max(tg.xcpu_at, soft * NS) if soft != RLIM_INFINITY else None
+            if xcpu is not None and used >= xcpu:
+                tg.xcpu_at = used - (used - soft * NS) % NS + NS  # the next whole second past the soft limit
+                self.send_signal(tg, signal.SIGXCPU)
+                xcpu = tg.xcpu_at
+            target = min(x for x in (xcpu, hard * NS if hard != RLIM_INFINITY else None) if x is not None)
+            wait = max(CPU_LIMIT_POLL_NS, (target - used) // max(1, len(tg.tasks)))
+            self.call_at(self.timekeeper.monotonic_ns() + wait, check)
+
+        check()
+
     def signal_from_outside(self, groups: list[ThreadGroup], sig: int) -> None:
         """Send `sig` from outside the sandbox (its runtime, or its terminal) to `groups`:
         as on Linux, a PID namespace's init takes only the signals it handles, and SIGKILL,
@@ -214,6 +243,8 @@ class Signaling:
                 break
 
     def _deliverable(self, t: Task) -> int:
+        if t.vfork_child:
+            return 0  # held till its vfork child execs or exits, as Linux holds it
         return (t.pending | t.tg.pending) & ~t.signal_mask
 
     def _kick(self, t: Task) -> None:

@@ -86,12 +86,20 @@ class ThreadGroup:
     posix_timers: dict = field(default_factory=dict)  # timer_create(2) id -> PosixTimer
     itimer_real: tuple = (0, 0)  # ITIMER_REAL: (sandbox-monotonic deadline or 0, interval) in ns
     itimer_token: int = nosave(default=0)  # bumped to cancel the armed ITIMER_REAL
+    oom_score_adj: int = 0  # /proc/PID/oom_score_adj, -1000..1000
+    oom_score_adj_min: int = 0  # the lowest it may be set to without CAP_SYS_RESOURCE
+    name: str = ""  # its leader's name (comm), kept for /proc once it is a zombie
+    xcpu_at: int = 0  # CPU time (ns) of its next SIGXCPU past RLIMIT_CPU's soft limit (0: at it)
+    cpu_limit_token: int = nosave(default=0)  # bumped to stop watching RLIMIT_CPU
     sid: int = 0  # session id
     personality: int = 0  # personality(2): the execution domain (PER_LINUX) and its flags
     # Dynamic XSAVE components (AMX tile data) it asked for with arch_prctl
     # ARCH_REQ_XCOMP_PERM: kept by fork, dropped by execve.
     xfeatures_granted: int = 0
     aio: dict = field(default_factory=dict)  # Linux AIO: context id (its ring's address) -> aio.AioContext
+    # A vfork child's parent waits here until the child execs or exits (None: not vforked,
+    # or released already).
+    vfork_done: WaitQueue | None = None
 
     def sigaction(self, sig: int) -> SigAction:
         return self.sigactions.get(sig) or SigAction()
@@ -145,6 +153,7 @@ class Task:
     timer_token: int = nosave(default=0)  # bumped to cancel a pending wake-up timer
     queued: bool = nosave(default=False)  # in the kernel's run queue
     futex_bitset: int = nosave(default=0)  # FUTEX_WAIT_BITSET mask while parked on a futex
+    vfork_child: int = 0  # the vfork child it waits for, its signals held till then
     futex_pi: int = nosave(default=0)  # the word of the PI futex it waits to lock (0: none)
     cpu_start: int = nosave(default=0)  # host CPU time (ns) of host_tid when it took this task
 

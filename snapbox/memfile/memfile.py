@@ -254,6 +254,14 @@ class MemoryFile:
             out[first:last] = b"\1" * (last - first)
         return out
 
+    def data_bytes(self, offset: int, length: int, in_base: bool = False) -> int:
+        """How much of [offset, offset+length) holds data (is not a hole): of this memory
+        file, or with `in_base` of the clone's base."""
+        fd = self.base if in_base else self.fd
+        if fd < 0:
+            return 0
+        return sum(n for _, n in _data_extents(fd, offset, offset + length))
+
     def extents(self, skip: list[tuple[int, int]] = (), start: int = 0,
                 end: int | None = None) -> list[tuple[int, int]]:
         """The memfd's data extents (not holes) in [start, end) (default: below `high`),

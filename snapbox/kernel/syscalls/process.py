@@ -12,6 +12,7 @@ from snapbox.kernel.creds import (
 )
 from snapbox.kernel.errors import SyscallError, TaskExit, WouldBlock
 from snapbox.kernel.syscalls import NR, i32, syscall
+from snapbox.kernel.waiter import WaitQueue
 from snapbox.platform.cpuid import DYNAMIC_XFEATURES, XFEATURE_MAX
 from snapbox.platform.stub import StubError
 
@@ -28,7 +29,7 @@ USER_ADDR_LIMIT = 1 << 47
 log = logging.getLogger("snapbox.kernel")
 
 RLIM_INFINITY = (1 << 64) - 1
-RLIMIT_STACK = 3
+RLIMIT_CPU, RLIMIT_STACK = 0, 3
 RLIMIT_NOFILE = 7
 # Defaults as a fresh Linux login shell sees them.
 RLIMIT_DEFAULTS = {
@@ -169,6 +170,9 @@ def prlimit64(t, pid, resource, new, old):
         t.tg.rlimits[resource] = tuple(value)
         if resource == RLIMIT_NOFILE:
             t.fds.limit = min(value[0], 1 << 20)
+        if resource == RLIMIT_CPU:
+            t.tg.xcpu_at = 0
+            t.kernel.arm_cpu_limit(t.tg)
     return 0
 
 
@@ -198,13 +202,27 @@ def fork(t):
 
 @syscall(NR.vfork, stopped=True)
 def vfork(t):
-    # The child gets a copy of the address space: vfork's sharing is an optimisation that
-    # POSIX lets an implementation replace with fork's copy.
-    return t.kernel.fork(t, SIGCHLD)
+    return _vforked(t, NR.vfork, lambda: t.kernel.fork(t, SIGCHLD | CLONE_VM | CLONE_VFORK))
+
+
+def _vforked(t, nr: int, start) -> int:
+    """vfork(2) and clone(2) with CLONE_VFORK: start the child (`start()`, its pid), then
+    hold the caller, its signals too, until the child execs or exits."""
+    pid = t.restart_value(nr)
+    if pid is None:
+        pid = start()
+        t.kernel.tasks.pidns.groups[pid].vfork_done = WaitQueue()
+        t.set_restart(nr, pid)
+    child = t.kernel.tasks.pidns.groups.get(pid)
+    if child is not None and child.vfork_done is not None:
+        t.vfork_child = pid
+        raise WouldBlock(child.vfork_done)
+    t.vfork_child = 0
+    return pid
 
 
 @syscall(NR.clone, stopped=True)
-def clone(t, flags, stack, ptid, ctid, tls):
+def clone(t, flags, stack, ptid, ctid, tls, *, nr=NR.clone):
     if flags & CLONE_THREAD:
         if flags & (CLONE_VM | CLONE_SIGHAND) != CLONE_VM | CLONE_SIGHAND:
             raise SyscallError(errno.EINVAL)  # clone(2): a thread shares memory and handlers
@@ -214,6 +232,8 @@ def clone(t, flags, stack, ptid, ctid, tls):
             _shared_vm_logged[0] = True
             log.warning("clone of a process sharing its parent's memory: not supported yet (ENOSYS)")
         raise SyscallError(errno.ENOSYS)
+    if flags & CLONE_VFORK:
+        return _vforked(t, nr, lambda: t.kernel.fork(t, flags, stack, ptid, ctid, tls))
     return t.kernel.fork(t, flags, stack, ptid, ctid, tls)
 
 
@@ -227,7 +247,7 @@ def clone3(t, args, size):
     flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size, tls = \
         _CLONE_ARGS.unpack(t.mm.read(args, 64))
     top = stack + stack_size if stack else 0
-    return clone(t, flags | (exit_signal & 0xFF), top, parent_tid, child_tid, tls)
+    return clone(t, flags | (exit_signal & 0xFF), top, parent_tid, child_tid, tls, nr=NR.clone3)
 
 
 def _strings(t, addr: int) -> list[bytes]:

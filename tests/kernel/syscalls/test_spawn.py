@@ -1,0 +1,22 @@
+"""Starting and limiting processes against a native run: vfork and clone(CLONE_VM|CLONE_VFORK)
+(the parent waits, memory is shared, signals wait too), posix_spawn, RLIMIT_CPU, getrusage of
+children, SO_SNDTIMEO; and a parent waiting in vfork across a checkpoint."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import held_through_a_restore, native_fixture, same_output
+
+
+@pytest.mark.parametrize("bundle", ["spawn", "spawn-glibc"])
+def test_spawn_matches_native(snapbox, images, bundle):
+    want = native_fixture(images, bundle)
+    assert "vfork: the parent resumed after the child exited, shared=1" in want
+    assert "RLIMIT_CPU: ended by Killed" in want and "part of it 1, after the timeout 1" in want
+    assert same_output(snapbox("run", "--bundle", str(images / bundle), "spawn").stdout, want)
+
+
+def test_a_parent_waiting_in_vfork_survives_a_checkpoint(snapbox, images, tmp_path):
+    got = held_through_a_restore(snapbox, images, tmp_path, "spawn", "done", lazy=False)
+    assert got == ["holding", "parent resumed after the child: shared=1", "done"]
