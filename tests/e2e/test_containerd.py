@@ -224,8 +224,8 @@ def test_ctr_terminal_checkpoint_restore_and_metrics(containerd):
         assert end_of(pid, master) == 7, runtime
 
         task = f"{runtime}-m"
-        c.run(runtime, "-d", IMAGE, task, "sh", "-c", "i=0; while true; do i=$((i+1)); echo $i > /tmp/n; "
-                                                       "sleep 0.1; done", check=True)
+        c.run(runtime, "-d", IMAGE, task, "sh", "-c", "i=0; while true; do i=$((i+1)); echo $i > /tmp/n.new; "
+                                                       "mv /tmp/n.new /tmp/n; sleep 0.1; done", check=True)
         wait_for(lambda: c.status(task) == "RUNNING", what=f"{runtime} task running")
         # `ctr task exec -t`, on a console of its own.
         pid, master = on_a_terminal([*ctr, "task", "exec", "-t", "--exec-id", "t", task, "sh"])
