@@ -18,6 +18,7 @@ import errno
 import logging
 import os
 import signal
+import struct
 import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -31,16 +32,23 @@ from snapbox.kernel.ipc import IpcNamespace, address_spaces
 from snapbox.kernel.lifecycle import Lifecycle, host_cpu_ns
 from snapbox.kernel.loop import TERMINAL_SIGNALS, EventLoop
 from snapbox.kernel.signaling import Signaling
+from snapbox.kernel import seccomp
 from snapbox.kernel.signals import (
+    CORE_DUMPED,
     SI_KERNEL,
+    SIG_DFL,
+    SIG_IGN,
     SIGKILL,
+    SIGSYS,
+    sigbit,
     siginfo,
 )
-from snapbox.kernel.syscalls import MASK64, NAMES, NR, STOPPED, TABLE, load_all
+from snapbox.kernel.syscalls import MASK64, NAMES, NR, STOPPED, TABLE, i32, load_all
 from snapbox.kernel.task import (
     Run,
     Task,
     TaskSet,
+    queue_signal,
 )
 from snapbox.kernel.time import Timekeeper
 from snapbox.kernel.waiter import WaitQueue
@@ -64,6 +72,9 @@ FAULT_SIGNALS = frozenset({signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.
 # The calls behind the vsyscall page's entry points, which the host kernel emulates.
 VSYSCALLS = frozenset({NR.gettimeofday, NR.time, NR.getcpu})
 NR_COMPAT_INT80 = -0x80  # where enosys_logged remembers that int 0x80 was logged
+# What SECCOMP_MODE_STRICT leaves a thread.
+STRICT_SYSCALLS = frozenset({NR.read, NR.write, NR.exit, NR.rt_sigreturn})
+SYS_SECCOMP = 1  # si_code of a SIGSYS from a filter's SECCOMP_RET_TRAP
 # rax of a thread taken out of the wait for a notification's answer: the syscall did not run.
 ERESTARTSYS = -512 & MASK64
 
@@ -319,12 +330,12 @@ class Kernel(Lifecycle, Signaling, Checkpointing):
                 self.listeners.pop(listener.fd, None)
                 listener.close()
             return
-        nid, tid, nr, _, args = note
+        nid, tid, nr, _, ip, args = note
         task = self.by_host.get(tid)
         if task is None or task.run is not Run.RUNNING or task.interrupt_pending:
             return
         task.notif = nid
-        task.call = (nr, args)
+        task.call = (nr, args, ip)
         task.run = Run.SYSCALL
         self._dispatch(task)
 
@@ -396,8 +407,8 @@ class Kernel(Lifecycle, Signaling, Checkpointing):
         if task.notif:
             if task.interrupt_pending:
                 return  # on its way out of the notification: its stop queues it again
-            nr, args = task.call
-            result = self._call(task, nr, args)
+            nr, args, ip = task.call
+            result = self._call(task, nr, args, ip)
             if result is not None:
                 self._answer(task, result)
             return
@@ -407,7 +418,7 @@ class Kernel(Lifecycle, Signaling, Checkpointing):
             # the kernel (a program can forge rcx, but then gets only what `syscall` gives).
             self._compat_syscall(task)
             return
-        result = self._call(task, regs.orig_rax, (regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, regs.r9))
+        result = self._call(task, regs.orig_rax, (regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, regs.r9), regs.rip)
         if result is None:
             return
         regs.rax = result & MASK64
@@ -423,9 +434,15 @@ class Kernel(Lifecycle, Signaling, Checkpointing):
         task.run = Run.RUNNING
         ptrace.cont(pid)
 
-    def _call(self, task: Task, nr: int, args) -> int | None:
-        """Run syscall `nr`'s handler: its result, or None if the task is not to be resumed
-        (parked, or gone)."""
+    def _call(self, task: Task, nr: int, args, ip: int) -> int | None:
+        """Run syscall `nr` (made at `ip`, the address after the instruction) through the
+        task's seccomp filters, then its handler: its result, or None if the task is not to
+        be resumed (parked, or gone)."""
+        if task.seccomp_mode:
+            ran, result = self._seccomp(task, nr, args, ip)
+            if not ran:
+                task.restart = None
+                return result
         entry = TABLE.get(nr)
         try:
             if entry is None:
@@ -492,6 +509,49 @@ class Kernel(Lifecycle, Signaling, Checkpointing):
             else:
                 node.release_pages()
         self.fs.orphans = kept
+
+    def _seccomp(self, task: Task, nr: int, args, ip: int) -> tuple[bool, int | None]:
+        """What the task's seccomp mode (seccomp(2)) makes of a call: (True, None) to run
+        it, else (False, what it returns instead, None if the task does not return)."""
+        if task.seccomp_mode == seccomp.SECCOMP_MODE_STRICT:
+            if nr in STRICT_SYSCALLS:
+                return True, None
+            self._kill_thread(task, SIGKILL)
+            return False, None
+        ret, by = task.seccomp.verdict(i32(nr), seccomp.AUDIT_ARCH_X86_64, ip, args)
+        action, data = ret & seccomp.ACTION_FULL, ret & seccomp.RET_DATA
+        if action == seccomp.RET_ALLOW:
+            return True, None
+        if action == seccomp.RET_LOG or by.log:
+            log.info("seccomp: pid %d, %s (%d): action %#x", task.tg.tgid, NAMES.get(nr, "?"), nr, ret)
+        if action == seccomp.RET_LOG:
+            return True, None
+        if action == seccomp.RET_ERRNO:
+            return False, -min(data, seccomp.MAX_ERRNO)
+        if action in (seccomp.RET_TRACE, seccomp.RET_USER_NOTIF):
+            return False, -errno.ENOSYS  # no tracer, no listener: skipped with ENOSYS as on Linux
+        if action == seccomp.RET_TRAP:
+            if task.tg.sigaction(SIGSYS).handler in (SIG_DFL, SIG_IGN) or task.signal_mask & sigbit(SIGSYS):
+                self.exit_group(task.tg, SIGSYS | CORE_DUMPED)  # forced: blocked or ignored, it kills
+                return False, None
+            info = bytearray(siginfo(SIGSYS, SYS_SECCOMP))
+            info[4:8] = data.to_bytes(4, "little")  # si_errno
+            info[16:32] = struct.pack("<QiI", ip, i32(nr), seccomp.AUDIT_ARCH_X86_64)
+            queue_signal(task, SIGSYS, bytes(info))
+            return False, nr  # skipped, its registers rolled back: rax holds the number
+        if action == seccomp.RET_KILL_THREAD:
+            self._kill_thread(task, SIGSYS)
+        else:  # KILL_PROCESS, and what no kernel knows
+            self.exit_group(task.tg, SIGSYS | CORE_DUMPED)
+        return False, None
+
+    def _kill_thread(self, task: Task, sig: int) -> None:
+        """End one thread as a fatal seccomp verdict does; the last one ends its process."""
+        if len(task.tg.tasks) <= 1:
+            self.exit_group(task.tg, sig if sig == SIGKILL else sig | CORE_DUMPED)
+            return
+        self._stop_thread(task)  # out of a notification, to a stop where it can be ended
+        self.exit_task(task, sig)
 
     def _answer(self, task: Task, result: int) -> None:
         """Answer a task's notification. If it has a signal to take, the answer would let it

@@ -284,7 +284,8 @@ class Lifecycle:
             oom_score_adj=parent.oom_score_adj, oom_score_adj_min=parent.oom_score_adj_min,
             xfeatures_granted=parent.xfeatures_granted)
         child = Task(tid=tgid, tg=tg, kernel=self, comm=t.comm, signal_mask=t.signal_mask, nice=t.nice,
-                     ioprio=t.ioprio, mempolicy=t.mempolicy, cpuid_faulting=t.cpuid_faulting)
+                     ioprio=t.ioprio, mempolicy=t.mempolicy, cpuid_faulting=t.cpuid_faulting,
+                     seccomp_mode=t.seccomp_mode, seccomp=t.seccomp)
         tg.tasks.append(child)
         pidns.tasks[tgid] = child
         pidns.groups[tgid] = tg
@@ -441,7 +442,8 @@ class Lifecycle:
         pidns = self.tasks.pidns
         tid = pidns.allocate()
         child = Task(tid=tid, tg=tg, kernel=self, comm=t.comm, signal_mask=t.signal_mask, nice=t.nice,
-                     ioprio=t.ioprio, mempolicy=t.mempolicy, cpuid_faulting=t.cpuid_faulting)
+                     ioprio=t.ioprio, mempolicy=t.mempolicy, cpuid_faulting=t.cpuid_faulting,
+                     seccomp_mode=t.seccomp_mode, seccomp=t.seccomp)
         tg.tasks.append(child)
         pidns.tasks[tid] = child
         self._start_child(t, child, host_tid, flags, stack, ptid, ctid, tls)

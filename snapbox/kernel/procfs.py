@@ -356,12 +356,14 @@ def _status(k, tg) -> str:
     queued = sum(len(q) for t in tg.tasks for q in t.siginfo.values()) + sum(len(q) for q in tg.siginfo.values())
     pending_limit = tg.rlimits.get(RLIMIT_SIGPENDING, (SIGPENDING_DEFAULT,))[0]
     cpus = os.cpu_count() or 1
+    mode, filters = (0, None) if zombie else (leader.seccomp_mode, leader.seccomp)
     out.append(f"Threads:\t{max(1, len(tg.tasks))}\nSigQ:\t{queued}/{pending_limit}\n"
                f"SigPnd:\t{0 if zombie else leader.pending:016x}\nShdPnd:\t{tg.pending:016x}\n"
                f"SigBlk:\t{0 if zombie else leader.signal_mask:016x}\nSigIgn:\t{ign:016x}\nSigCgt:\t{cgt:016x}\n"
                f"CapInh:\t{c.inheritable:016x}\nCapPrm:\t{c.permitted:016x}\nCapEff:\t{c.effective:016x}\n"
                f"CapBnd:\t{c.bounding:016x}\nCapAmb:\t{c.ambient:016x}\n"
-               f"NoNewPrivs:\t{tg.prctl.get('no_new_privs', 0)}\nSeccomp:\t0\nSeccomp_filters:\t0\n"
+               f"NoNewPrivs:\t{tg.prctl.get('no_new_privs', 0)}\nSeccomp:\t{mode}\n"
+               f"Seccomp_filters:\t{filters.count() if filters else 0}\n"
                f"Cpus_allowed:\t{(1 << cpus) - 1:x}\nCpus_allowed_list:\t{'0' if cpus == 1 else f'0-{cpus - 1}'}\n"
                "Mems_allowed_list:\t0\n")
     return "".join(out)

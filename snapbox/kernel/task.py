@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from snapbox.kernel.creds import CapSets
 from snapbox.kernel.fd import FDTable
 from snapbox.kernel.mm import MemoryManager
+from snapbox.kernel.seccomp import SeccompFilter
 from snapbox.kernel.vfs import Dir
 from snapbox.kernel.waiter import WaitQueue
 from snapbox.platform import ptrace
@@ -123,6 +124,8 @@ class Task:
     altstack: tuple = (0, 2, 0)  # sigaltstack: (ss_sp, ss_flags, ss_size); SS_DISABLE at first
     large_fpstate: bool = False  # it has used a dynamic XSAVE component: its frames hold them
     cpuid_faulting: bool = False  # arch_prctl ARCH_SET_CPUID 0: CPUID raises SIGSEGV
+    seccomp_mode: int = 0  # seccomp(2): 0 none, 1 strict, 2 filters (kept by fork, clone, execve)
+    seccomp: SeccompFilter | None = None  # its filters, newest first; shared with whoever inherited them
     saved_mask: int | None = None  # the mask rt_sigsuspend replaced, restored after the handler
     cpu_base: int = 0  # CPU time (ns) used on earlier hosts, before the current stub
     clear_child_tid: int = 0  # set_tid_address(2)
@@ -144,7 +147,8 @@ class Task:
     regs: Any = nosave(ptrace.Regs)  # live registers while stopped (ctypes user_regs_struct)
     interrupt_pending: bool = nosave(default=False)  # PTRACE_INTERRUPT sent, stop not yet seen
     # The seccomp notification its host thread waits in for an answer (0: none), and that
-    # syscall's (number, arguments): a task on the fast path has no registers captured.
+    # syscall's (number, arguments, instruction pointer): a task on the fast path has no
+    # registers captured.
     notif: int = nosave(default=0)
     call: tuple = nosave(tuple)
     # The result of that syscall when it is to return under ptrace (a signal to take first).

@@ -51,7 +51,7 @@ class Listener:
             pass  # before Linux 6.6: correct, only slower when the two are on different CPUs
 
     def receive(self) -> tuple | None:
-        """The next notification as (id, host tid, nr, arch, args), or None if there is none
+        """The next notification as (id, host tid, nr, arch, instruction pointer, args), or None if there is none
         after all (the thread was interrupted or killed since it was queued). Call it only
         when the fd is readable: it blocks otherwise."""
         try:
@@ -60,8 +60,8 @@ class Listener:
             if e.errno == errno.ENOENT:
                 return None
             raise
-        nid, tid, _, nr, arch, _, *args = _NOTIF.unpack(data)
-        return nid, tid, nr, arch, args
+        nid, tid, _, nr, arch, ip, *args = _NOTIF.unpack(data)
+        return nid, tid, nr, arch, ip, args
 
     def answer(self, nid: int, value: int) -> bool:
         """Make notification `nid`'s syscall return `value` (-errno for an error). False if

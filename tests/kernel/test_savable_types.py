@@ -23,6 +23,7 @@ from snapbox.kernel.inet import InetSocket, UdpSocket
 from snapbox.kernel.ipc import IpcNamespace, IpcPerm, MsgQueue, SemSet, ShmSegment
 from snapbox.kernel.mqueue import MessageQueue, MqueueFile
 from snapbox.kernel.creds import CapSets
+from snapbox.kernel.seccomp import INSN, SeccompFilter, check
 from snapbox.kernel.socket import SocketNode, UnixSocket, make_pair
 from snapbox.kernel.procfs import ProcFile, ProcNode, mount_proc
 from snapbox.kernel.host import HostFile
@@ -67,8 +68,13 @@ def build(name: str, kernel: Kernel):
     mm = MemoryManager(memfile=memfile, vmas=[Vma(0x400000, 0x402000, 5, memfile.alloc(8192), "/bin/x")])
     tg = ThreadGroup(tgid=1, mm=mm, fds=FDTable(), fs=FSContext(root=root, cwd=etc),
                      sigactions={2: SigAction(0x401000, 0x4000000, 0x401100, 1 << 14)}, argv=[b"/bin/x"])
+    allow_all = SeccompFilter(insns=check(INSN.pack(0x06, 0, 0, 0x7FFF0000)), path_length=9)
+    # getppid (110) refused with EPERM, the rest allowed
+    filters = SeccompFilter(insns=check(b"".join(INSN.pack(*i) for i in (
+        (0x20, 0, 0, 0), (0x15, 0, 1, 110), (0x06, 0, 0, 0x50001), (0x06, 0, 0, 0x7FFF0000)))),
+        prev=allow_all, log=True, path_length=9 + 12)
     task = Task(tid=1, tg=tg, kernel=kernel, comm="x", restart=(35, 123), saved_regs=tuple(range(27)),
-                saved_fpstate=b"\x7f" * 512)
+                saved_fpstate=b"\x7f" * 512, seccomp_mode=2, seccomp=filters)
     tg.tasks.append(task)
     tg.fds.install(RegularFile(flags=2, fs=fs, node=mem, name="/etc/new", offset=3))
     pidns = PIDNamespace(next_id=2, tasks={1: task}, groups={1: tg})
@@ -177,6 +183,7 @@ def build(name: str, kernel: Kernel):
         "PtsNode": lambda: pts,
         "PtyMaster": lambda: PtyMaster(flags=2, node=fs.root.entries["dev"].entries["ptmx"], pty=pty, kernel=kernel),
         "PtySlave": lambda: PtySlave(flags=0o4002, node=pts, pty=pty, kernel=kernel),
+        "SeccompFilter": lambda: filters,
         "CapSets": lambda: CapSets(effective=0b101, permitted=0b111, inheritable=0b10, bounding=(1 << 41) - 1 - 4,
                                    ambient=0b10, securebits=0x30),
     }

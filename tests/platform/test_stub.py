@@ -79,8 +79,8 @@ def test_mapped_memory_is_shared_with_the_sentry_and_syscalls_are_notified(stub)
     ptrace.cont(s.pid)
     for expected in range(3):
         assert select.select([s.listener.fd], [], [], 10)[0]
-        nid, tid, nr, arch, args = s.listener.receive()
-        assert (tid, nr, arch) == (s.pid, 110, ptrace.AUDIT_ARCH_X86_64)
+        nid, tid, nr, arch, ip, args = s.listener.receive()
+        assert (tid, nr, arch, ip) == (s.pid, 110, ptrace.AUDIT_ARCH_X86_64, 0x400007)  # ip: after the syscall
         assert s.listener.answer(nid, 1000 + expected)
     # The next call waits for its answer; an interrupt takes it out, stopped at the syscall.
     assert select.select([s.listener.fd], [], [], 10)[0]
@@ -112,7 +112,7 @@ def test_a_notified_syscall_is_answered_and_never_run_by_the_host(stub, tmp_path
     ptrace.setregs(s.pid, regs)
     ptrace.cont(s.pid)
     assert select.select([s.listener.fd], [], [], 10)[0]
-    nid, _, nr, _, args = s.listener.receive()
+    nid, _, nr, _, _, args = s.listener.receive()
     assert nr == SYS_MKDIR and args[1] == 0o755
     assert s.listener.answer(nid, -13)
     _, status = os.waitpid(s.pid, WALL)

@@ -32,6 +32,7 @@
     splice    splice, tee, vmsplice
     aio       Linux AIO: io_setup, io_submit, io_getevents, io_cancel, io_destroy (the rings: snapbox.kernel.aio)
     inotify   inotify_init(1), inotify_add_watch, inotify_rm_watch (the events: snapbox.kernel.inotify)
+    seccomp   seccomp, a program's own filters (run by snapbox.kernel.seccomp)
     xattr     setxattr, getxattr, listxattr, removexattr and their l- and f- forms
     numbers   the x86-64 syscall numbers and names
 """
@@ -84,7 +85,7 @@ def load_all() -> None:
     """Import every family so its handlers are registered."""
     from snapbox.kernel.syscalls import (  # noqa: F401
         aio, attrs, events, fdops, futex, info, inotify, ipc, mm, mqueue, names, net, poll, process, rw,
-        signal, splice, stats, time, xattr)
+        seccomp, signal, splice, stats, time, xattr)
 
 
 __all__ = ["NAMES", "NR", "STOPPED", "TABLE", "i32", "i64", "load_all", "syscall"]

@@ -11,7 +11,9 @@ from snapbox.kernel.creds import (
     SECURE_ALL_BITS, SECURE_ALL_LOCKS, capable, ids_changed,
 )
 from snapbox.kernel.errors import SyscallError, TaskExit, WouldBlock
+from snapbox.kernel.seccomp import SECCOMP_MODE_FILTER, SECCOMP_MODE_STRICT
 from snapbox.kernel.syscalls import NR, i32, syscall
+from snapbox.kernel.syscalls.seccomp import set_filter, set_strict
 from snapbox.kernel.waiter import WaitQueue
 from snapbox.platform.cpuid import DYNAMIC_XFEATURES, XFEATURE_MAX
 from snapbox.platform.stub import StubError
@@ -407,7 +409,7 @@ def setsid(t):
 
 
 PR_SET_PDEATHSIG, PR_GET_PDEATHSIG, PR_GET_DUMPABLE, PR_SET_DUMPABLE = 1, 2, 3, 4
-PR_SET_NAME, PR_GET_NAME, PR_GET_SECCOMP, PR_CAPBSET_READ, PR_CAPBSET_DROP = 15, 16, 21, 23, 24
+PR_SET_NAME, PR_GET_NAME, PR_GET_SECCOMP, PR_SET_SECCOMP, PR_CAPBSET_READ, PR_CAPBSET_DROP = 15, 16, 21, 22, 23, 24
 PR_GET_KEEPCAPS, PR_SET_KEEPCAPS, PR_GET_SECUREBITS, PR_SET_SECUREBITS, PR_CAP_AMBIENT = 7, 8, 27, 28, 47
 PR_CAP_AMBIENT_IS_SET, PR_CAP_AMBIENT_RAISE, PR_CAP_AMBIENT_LOWER, PR_CAP_AMBIENT_CLEAR_ALL = 1, 2, 3, 4
 PR_SET_TIMERSLACK, PR_GET_TIMERSLACK = 29, 30
@@ -440,7 +442,13 @@ def prctl(t, option, arg2, arg3, arg4, arg5):
         tg.prctl["dumpable"] = arg2
         return 0
     if option == PR_GET_SECCOMP:
-        return 0
+        return t.seccomp_mode
+    if option == PR_SET_SECCOMP:
+        if arg2 == SECCOMP_MODE_STRICT:
+            return set_strict(t)
+        if arg2 == SECCOMP_MODE_FILTER:
+            return set_filter(t, 0, arg3)
+        raise SyscallError(errno.EINVAL)
     if option in (PR_CAPBSET_READ, PR_CAPBSET_DROP, PR_GET_KEEPCAPS, PR_SET_KEEPCAPS, PR_GET_SECUREBITS,
                   PR_SET_SECUREBITS, PR_CAP_AMBIENT):
         return _prctl_caps(t, option, arg2, arg3, arg4, arg5)
