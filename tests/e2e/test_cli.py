@@ -252,7 +252,8 @@ def test_an_interactive_run_on_a_terminal(snapbox, images, tmp_path):
 
     try:
         wait_for(lambda: "on-a-tty" in screen(), timeout=30, what="the program on the terminal")
-        assert "30 100" in screen()  # the terminal's size, as stty sees it inside
+        # the terminal's size, as stty sees it inside (stty runs after the echo: wait for it too)
+        wait_for(lambda: "30 100" in screen(), timeout=20, what="stty's output")
         subprocess.run(["tmux", "send-keys", "-t", session, "hello there", "Enter"], check=True)
         wait_for(lambda: "got:hello there" in screen(), timeout=20, what="the line read back")
         assert "hello there\n" in screen()  # echoed as typed
