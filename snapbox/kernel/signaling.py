@@ -30,8 +30,9 @@ from snapbox.kernel.signals import (
     SIG_IGN,
     SIGCHLD,
     SIGKILL,
+    SS_AUTODISARM,
     SS_DISABLE,
-    SS_ONSTACK,
+    altstack_from,
     UCONTEXT_SIZE,
     XSTATE_MAX,
     Default,
@@ -358,6 +359,8 @@ class Signaling:
             sp = regs.rsp - REDZONE
         fp_area = xsave_for_frame(ptrace.get_xstate(t.host_tid, XSTATE_MAX), self.frame_xfeatures(t))
         frame, data, fp_addr = build_frame(regs, sp, old_mask, t.altstack, fp_area, info, act.restorer)
+        if ss_flags & SS_AUTODISARM:
+            t.altstack = (0, SS_DISABLE, 0)  # off while the handler runs; its sigreturn restores it
         try:
             t.mm.write(fp_addr, fp_area)
             t.mm.write(frame, data)
@@ -410,9 +413,12 @@ class Signaling:
                 setattr(regs, name, value)
         regs.orig_rax = MASK64
         t.signal_mask = uc["mask"] & ~(sigbit(SIGKILL) | sigbit(signal.SIGSTOP))
-        ss_sp, ss_flags, ss_size = uc["stack"]
-        if not ss_flags & SS_ONSTACK:
-            t.altstack = (ss_sp, ss_flags & ~SS_ONSTACK, ss_size)
+        # The alternate stack as the frame saved it (SS_AUTODISARM's comes back), unless the
+        # restored stack pointer is on the current one (Linux's restore_altstack).
+        ss_sp, _, ss_size = t.altstack
+        if not (ss_size and ss_sp <= regs.rsp < ss_sp + ss_size):
+            with contextlib.suppress(SyscallError):
+                t.altstack = altstack_from(*uc["stack"])
         if fpstate is not None:
             area = bytearray(fit_xstate(fpstate, FeatureSet.host()))
             if len(area) >= 520:  # only components the thread may have (not AMX it never used)

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import enum
 import struct
+from errno import EINVAL, ENOMEM
 from typing import TYPE_CHECKING
 
+from snapbox.kernel.errors import SyscallError
 from snapbox.platform.cpuid import xstate_size
 
 if TYPE_CHECKING:
@@ -58,8 +60,24 @@ def sigbit(sig: int) -> int:
 
 SI_USER, SI_TKILL, SI_KERNEL = 0, -6, 0x80
 CLD_EXITED, CLD_KILLED, CLD_DUMPED, CLD_TRAPPED, CLD_STOPPED, CLD_CONTINUED = 1, 2, 3, 4, 5, 6
-SS_ONSTACK, SS_DISABLE = 1, 2
+SS_ONSTACK, SS_DISABLE, SS_AUTODISARM = 1, 2, 1 << 31
 MINSIGSTKSZ = 2048
+
+
+def altstack_from(sp: int, flags: int, size: int) -> tuple[int, int, int]:
+    """The alternate stack a stack_t sets (sigaltstack(2), or a frame's uc_stack at
+    sigreturn): (sp, flags, size), flags SS_DISABLE or 0, with SS_AUTODISARM kept."""
+    flags &= 0xFFFFFFFF
+    mode = flags & ~SS_AUTODISARM
+    if mode not in (0, SS_ONSTACK, SS_DISABLE):
+        raise SyscallError(EINVAL)
+    if mode == SS_DISABLE:
+        return 0, SS_DISABLE | flags & SS_AUTODISARM, 0
+    if size < MINSIGSTKSZ:
+        raise SyscallError(ENOMEM)
+    return sp, flags & SS_AUTODISARM, size
+
+
 UC_FP_XSTATE, UC_SIGCONTEXT_SS, UC_STRICT_RESTORE_SS = 0x1, 0x2, 0x4
 FP_XSTATE_MAGIC1, FP_XSTATE_MAGIC2 = 0x46505853, 0x46505845
 REDZONE = 128
@@ -67,7 +85,7 @@ SIGINFO_SIZE = 128
 # pretcode, then ucontext: uc_flags, uc_link, uc_stack (sp, flags, size), sigcontext, sigmask
 _SIGCONTEXT_GPRS = ("r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15", "rdi", "rsi", "rbp",
                     "rbx", "rdx", "rax", "rcx", "rsp", "rip", "eflags")
-_UCONTEXT = struct.Struct("<QQQi4xQ" + "Q" * 18 + "HHHH" + "QQQQQ" + "64x" + "Q")
+_UCONTEXT = struct.Struct("<QQQI4xQ" + "Q" * 18 + "HHHH" + "QQQQQ" + "64x" + "Q")
 FRAME_SIZE = 8 + _UCONTEXT.size + SIGINFO_SIZE
 EFLAGS_USER = 0x254DD5  # the flags rt_sigreturn lets user space set (FIX_EFLAGS)
 

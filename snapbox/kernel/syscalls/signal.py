@@ -10,7 +10,6 @@ from snapbox.kernel.errors import SyscallError, WouldBlock
 from snapbox.kernel.eventfiles import SignalFd
 from snapbox.kernel.fd import O_CLOEXEC, O_NONBLOCK
 from snapbox.kernel.signals import (
-    MINSIGSTKSZ,
     NSIG,
     SI_TKILL,
     SI_USER,
@@ -18,9 +17,11 @@ from snapbox.kernel.signals import (
     SIG_DFL,
     SIG_IGN,
     SIGSTOP,
+    SS_AUTODISARM,
     SS_DISABLE,
     SS_ONSTACK,
     Default,
+    altstack_from,
     default_action,
     sigbit,
     siginfo,
@@ -159,8 +160,7 @@ def rt_sigreturn(t):
     return t.kernel.sigreturn(t)
 
 
-_STACK_T = struct.Struct("<Qi4xQ")
-SS_AUTODISARM = 1 << 31
+_STACK_T = struct.Struct("<QI4xQ")
 
 
 @syscall(NR.sigaltstack, stopped=True)
@@ -168,21 +168,14 @@ def sigaltstack(t, ss, old_ss):
     sp, flags, size = t.altstack
     on = bool(size) and sp <= t.regs.rsp < sp + size
     if old_ss:
-        t.mm.write(old_ss, _STACK_T.pack(sp, SS_ONSTACK if on else flags, size))
+        state = SS_DISABLE if not size else SS_ONSTACK if on else 0
+        t.mm.write(old_ss, _STACK_T.pack(sp, state | flags & SS_AUTODISARM, size))
     if ss:
-        new_sp, new_flags, new_size = _STACK_T.unpack(t.mm.read(ss, _STACK_T.size))
         if on:
             raise SyscallError(errno.EPERM)
-        mode = new_flags & ~SS_AUTODISARM
-        if mode not in (0, SS_ONSTACK, SS_DISABLE):
-            raise SyscallError(errno.EINVAL)
-        if mode == SS_DISABLE:
-            t.altstack = (0, SS_DISABLE, 0)
-        else:
-            if new_size < MINSIGSTKSZ:
-                raise SyscallError(errno.ENOMEM)
-            t.altstack = (new_sp, 0, new_size)
+        t.altstack = altstack_from(*_STACK_T.unpack(t.mm.read(ss, _STACK_T.size)))
     return 0
+
 
 
 @syscall(NR.rt_sigsuspend)
