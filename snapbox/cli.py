@@ -174,14 +174,32 @@ def _snapshot_option(f):
              "in every sandbox restored from IMAGE, where /proc/snapbox/restored counts the restores.")(f)
 
 
-def _options(obj: _Context, snapshot_to: str | None):
-    """The sandbox options, with --snapshot-to checked and made absolute."""
+def _publish_option(f):
+    return click.option(
+        "--publish", "-p", multiple=True, metavar="[IP:]HOSTPORT:PORT",
+        help="Publish the sandbox's TCP port PORT on this host at IP:HOSTPORT (repeatable; IPv6 in "
+             "brackets). Connections there reach the sandbox's listener on PORT as if made to its own "
+             "address, whatever --network is (with none, they are all that reaches it); while nothing in "
+             "the sandbox listens on PORT they are refused. Without IP, every address of this host, as "
+             "Docker's -p: name 127.0.0.1 to keep it local. HOSTPORT 0 takes a free port (`state` shows "
+             "which). Images keep their published ports: a restore publishes them again.")(f)
+
+
+def _options(obj: _Context, snapshot_to: str | None, publish: tuple[str, ...] = ()):
+    """The sandbox options, with --snapshot-to checked and made absolute and --publish checked."""
+    from snapbox.runtime.network import parse_publish
+
+    options = obj.options
+    for spec in publish:
+        parse_publish(spec)
+    if publish:
+        options = dataclasses.replace(options, publish=tuple(publish))
     if snapshot_to is None:
-        return obj.options
+        return options
     path = os.path.abspath(snapshot_to)
     if not os.path.isdir(os.path.dirname(path)):
         raise click.UsageError(f"--snapshot-to {snapshot_to}: no directory {os.path.dirname(path)}")
-    return dataclasses.replace(obj.options, snapshot_to=path)
+    return dataclasses.replace(options, snapshot_to=path)
 
 
 @cli.command()
@@ -190,9 +208,11 @@ def _options(obj: _Context, snapshot_to: str | None):
 @click.option("--detach", "-d", is_flag=True,
               help="Return once the program runs; it keeps this command's stdio.")
 @_snapshot_option
+@_publish_option
 @click.argument("container_id")
 @click.pass_obj
-def run(obj: _Context, bundle: str, detach: bool, snapshot_to: str | None, container_id: str) -> None:
+def run(obj: _Context, bundle: str, detach: bool, snapshot_to: str | None, publish: tuple[str, ...],
+        container_id: str) -> None:
     """Create and start a container.
 
     Without --detach, waits for the program, forwards SIGINT, SIGTERM and SIGHUP to it,
@@ -201,7 +221,7 @@ def run(obj: _Context, bundle: str, detach: bool, snapshot_to: str | None, conta
     """
     from snapbox.runtime.container import Container
 
-    c = Container.create(obj.root, container_id, bundle, start=True, options=_options(obj, snapshot_to))
+    c = Container.create(obj.root, container_id, bundle, start=True, options=_options(obj, snapshot_to, publish))
     if not detach:
         _attach(c)
 
@@ -214,16 +234,17 @@ def run(obj: _Context, bundle: str, detach: bool, snapshot_to: str | None, conta
 @click.option("--console-socket", type=click.Path(dir_okay=False), default=None,
               help="A unix socket to send the master of the program's new terminal to (as runc does).")
 @_snapshot_option
+@_publish_option
 @click.argument("container_id")
 @click.pass_obj
 def create(obj: _Context, bundle: str, pid_file: str | None, console_socket: str | None,
-           snapshot_to: str | None, container_id: str) -> None:
+           snapshot_to: str | None, publish: tuple[str, ...], container_id: str) -> None:
     """Create a container: its program is loaded but does not run until 'start'.
     OCI hooks createRuntime, prestart and createContainer run now; startContainer and
     poststart at start; poststop at delete."""
     from snapbox.runtime.container import Container
 
-    Container.create(obj.root, container_id, bundle, start=False, options=_options(obj, snapshot_to),
+    Container.create(obj.root, container_id, bundle, start=False, options=_options(obj, snapshot_to, publish),
                      pid_file=pid_file, console_socket=console_socket)
 
 
@@ -997,9 +1018,11 @@ def _exec_behind(c, pid_file: str, args: list[str], env: list[str], cwd: str, us
               help="Leave it running (as container ID) instead of waiting: it can be checkpointed "
                    "like any other, and its images restore without --bundle.")
 @_snapshot_option
+@_publish_option
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 @click.pass_obj
-def do(obj: _Context, cid: str | None, detach: bool, snapshot_to: str | None, command: tuple[str, ...]) -> None:
+def do(obj: _Context, cid: str | None, detach: bool, snapshot_to: str | None, publish: tuple[str, ...],
+       command: tuple[str, ...]) -> None:
     """Run COMMAND in a sandbox whose root is the host's / (read-only, beneath a
     writable layer), in the current directory, with the current environment, on the
     host's network (unless the global --network says otherwise). Like `runsc do`.
@@ -1015,7 +1038,7 @@ def do(obj: _Context, cid: str | None, detach: bool, snapshot_to: str | None, co
     config["process"].update(args=list(command), cwd=os.getcwd(), env=[f"{k}={v}" for k, v in os.environ.items()])
     config["root"] = {"path": "/"}  # the host's files are only ever read: writes stay in memory
     config["mounts"] = [{"destination": "/sys", "type": "tmpfs", "source": "none"}]  # not the host's /sys
-    options = _options(obj, snapshot_to)
+    options = _options(obj, snapshot_to, publish)
     # As `runsc do`: the host's network, and (attached) a sandbox that ends with the command.
     options = dataclasses.replace(options, network=options.network or "host", tied_to=0 if detach else caller())
     c = Container.create(obj.root, cid, Container.owned_bundle(obj.root, cid, config), start=True,

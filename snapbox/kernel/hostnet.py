@@ -19,6 +19,10 @@ What a checkpoint keeps of one:
   network may lose them.
 Which of these became of each connection is recorded in `fate`, for the checkpoint's
 summary and `snapbox inspect`.
+
+A published port (`--publish`, snapbox.kernel.inet.Publication) is a HostSocket made in
+the namespace the sandbox process started in (`outer`), not the sandbox's: see
+remember_namespace. Its connections are kept and restored as any other.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import select
 import selectors
 import socket
 import struct
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 from snapbox.kernel.errors import SyscallError, WouldBlock
@@ -54,6 +59,9 @@ _WINDOW = struct.Struct("<5I")  # struct tcp_repair_window
 _U32 = struct.Struct("<I")
 _I32 = struct.Struct("<i")
 _libc = ctypes.CDLL(None, use_errno=True)
+CLONE_NEWNET = 0x40000000
+_THREAD_NS = "/proc/thread-self/ns/net"
+_outer_ns = -1  # the network namespace the sandbox process started in (remember_namespace)
 
 # Options the sandbox sets that the host socket must carry: (level, option).
 CARRIED = {(socket.SOL_SOCKET, socket.SO_REUSEADDR), (socket.SOL_SOCKET, socket.SO_REUSEPORT),
@@ -65,6 +73,43 @@ CARRIED = {(socket.SOL_SOCKET, socket.SO_REUSEADDR), (socket.SOL_SOCKET, socket.
 
 def host_error(e: OSError) -> SyscallError:
     return SyscallError(e.errno or errno.EIO)
+
+
+def format_address(addr: tuple) -> str:
+    ip, port = addr
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
+
+def remember_namespace() -> None:
+    """Keep hold of the network namespace this process is in now, before it joins the
+    sandbox's: published ports are bound there, where the command was run."""
+    global _outer_ns
+    if _outer_ns < 0:
+        _outer_ns = os.open(_THREAD_NS, os.O_RDONLY | os.O_CLOEXEC)
+
+
+def _setns(fd: int) -> None:
+    if _libc.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"setns: {os.strerror(err)}")
+
+
+@contextmanager
+def outer_namespace():
+    """This thread in the namespace remember_namespace kept, for as long as the block runs
+    (sockets stay in the namespace they were made in)."""
+    if _outer_ns < 0 or os.fstat(_outer_ns).st_ino == os.stat(_THREAD_NS).st_ino:
+        yield
+        return
+    here = os.open(_THREAD_NS, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        _setns(_outer_ns)
+        try:
+            yield
+        finally:
+            _setns(here)
+    finally:
+        os.close(here)
 
 
 @savable
@@ -81,20 +126,22 @@ class HostSocket:
     options: dict = None  # (level, option) -> int: what the sandbox set, carried over
     repair: dict | None = None  # a connection's TCP_REPAIR state, at checkpoint
     fate: str = ""  # what the last checkpoint or restore did with it (for reports)
+    outer: bool = False  # made in the namespace the sandbox started in (a published port)
     sock: socket.socket | None = nosave(default=None)
     handed_over: bool = nosave(default=False)  # let go for a migration; see let_go
 
     # -- making -----------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, family: int, kind: int, options: dict) -> HostSocket:
-        h = cls(family=int(family), kind=int(kind), options=dict(options))
+    def open(cls, family: int, kind: int, options: dict, outer: bool = False) -> HostSocket:
+        h = cls(family=int(family), kind=int(kind), options=dict(options), outer=outer)
         h.sock = h._new_socket()
         return h
 
     def _new_socket(self) -> socket.socket:
         try:
-            s = socket.socket(self.family, self.kind | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
+            with outer_namespace() if self.outer else nullcontext():
+                s = socket.socket(self.family, self.kind | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
         except OSError as e:
             raise host_error(e) from None
         for (level, name), value in (self.options or {}).items():
@@ -138,6 +185,48 @@ class HostSocket:
         except OSError as e:
             raise host_error(e) from None
         self.role, self.backlog = "listening", backlog
+
+    def unlisten(self, loop) -> None:
+        """Stop listening and keep the address: the host refuses connections to it again
+        (those waiting in its accept queue are reset, as when a listener closes). A
+        listening socket cannot go back, so a new one takes its address and fd number."""
+        if self.role != "listening":
+            return
+        self.role = "bound"
+        if self.sock is None:
+            return
+        fd = self.sock.fileno()
+        self.close()
+        try:
+            made = self._bound_again()
+        except OSError as e:
+            log.warning("%s given up: %s", format_address(self.local), e.strerror)
+            return
+        self._take_fd(made, fd, loop)
+
+    def _bound_again(self) -> socket.socket:
+        """A new host socket on this one's address (listening if this one was)."""
+        s = self._new_socket()
+        try:
+            s.bind(self.local)
+            if self.role == "listening":
+                s.listen(self.backlog)
+        except OSError:
+            s.close()
+            raise
+        return s
+
+    def _take_fd(self, made: socket.socket, fd: int, loop) -> None:
+        """`made` becomes this socket, under the fd number `fd` (which the loop knows)."""
+        if made.fileno() == fd:  # the number was free, and the host gave it again
+            self.sock = made
+        else:
+            os.dup2(made.fileno(), fd)
+            made.close()
+            if self.sock is None:
+                self.sock = socket.socket(fileno=fd)
+                self.sock.setblocking(False)
+        loop.refresh(fd)
 
     def connect(self, addr: tuple) -> int:
         """Start (or ask after) a connection: the host's errno, 0 once connected."""
@@ -192,7 +281,7 @@ class HostSocket:
             raise host_error(e) from None
         conn.setblocking(False)
         h = HostSocket(family=self.family, kind=self.kind, role="connected", local=conn.getsockname()[:2],
-                       remote=peer[:2], options=dict(self.options or {}))
+                       remote=peer[:2], options=dict(self.options or {}), outer=self.outer)
         h.sock = conn
         return h
 
@@ -306,9 +395,11 @@ class HostSocket:
     def let_go(self) -> None:
         """The image just written is to run elsewhere (a migration) while this sandbox waits,
         paused: a saved connection's host socket is closed in repair mode, which tells the
-        peer nothing and leaves its addresses to the receiver. Its fd number stays taken
-        (by /dev/null) until take_back or the end."""
-        if self.repair is None or self.sock is None:
+        peer nothing and leaves its addresses to the receiver; so is a published port's,
+        which the receiver binds on this host's side. The fd number stays taken (by
+        /dev/null) until take_back or the end."""
+        published = self.outer and self.role in ("bound", "listening")
+        if self.sock is None or (self.repair is None and not published):
             return
         null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         try:
@@ -316,31 +407,40 @@ class HostSocket:
         finally:
             os.close(null)
         self.handed_over = True
-        self.fate = "handed over with TCP_REPAIR"
+        self.fate = "handed over" if published else "handed over with TCP_REPAIR"
 
     def take_back(self, loop) -> None:
-        """This sandbox goes on after all (the migration failed): a connection let go is
-        made again from its saved state, under its old fd number."""
+        """This sandbox goes on after all (the migration failed): what was let go is made
+        again (a connection from its saved state), under its old fd number."""
         if not self.handed_over:
             return
         self.handed_over = False
         fd = self.sock.fileno()
+        if self.repair is None:
+            try:
+                made = self._bound_again()
+            except OSError as e:
+                self.close()
+                self.fate = f"lost ({e.strerror})"
+                log.warning("%s not taken back: %s", format_address(self.local), e.strerror)
+                return
+            self._take_fd(made, fd, loop)
+            self.fate = "taken back"
+            return
         try:
             made = _restore(self, self.repair)
         except OSError as e:
             self.role, self.fate = "reset", f"reset (not taken back: {e.strerror})"
         else:
-            os.dup2(made.fileno(), fd)
-            made.close()
+            self._take_fd(made, fd, loop)
             self.fate = "taken back with TCP_REPAIR"
         self.repair = None
-        loop.refresh(fd)
 
     def after_load(self, ctx) -> None:
         if ctx is None or getattr(ctx, "host_sockets", None) is None:
             return  # an image read to be described, not run: nothing is bound
         ctx.host_sockets.append(self)
-        if ctx.network_mode == "none":
+        if ctx.network_mode == "none" and not self.outer:
             # Restored without a network: the sandbox's own sockets still reach it, nothing else.
             if self.role in ("bound", "listening"):
                 self.fate = "not bound again (the sandbox has no network now)"
@@ -348,15 +448,11 @@ class HostSocket:
                 self.role, self.fate, self.repair = "reset", "reset (the sandbox has no network now)", None
             return
         if self.role in ("bound", "listening"):
-            self.sock = self._new_socket()
             try:
-                self.sock.bind(self.local)
-                if self.role == "listening":
-                    self.sock.listen(self.backlog)
+                self.sock = self._bound_again()
             except OSError as e:
-                self.close()
-                ip, port = self.local
-                raise SnapboxError(f"cannot restore: the sandbox's address {ip}:{port} is not available on "
+                what = "published port" if self.outer else "the sandbox's address"
+                raise SnapboxError(f"cannot restore: {what} {format_address(self.local)} is not available on "
                                    f"this host ({e.strerror})") from None
             self.fate = "bound again"
             return

@@ -13,6 +13,9 @@ to the same address (the host chooses the port of port 0), so that the outside r
 it; and a connect or send that finds no socket of the sandbox at its destination goes
 out through a host socket (snapbox.kernel.hostnet).
 
+Whatever the mode, a published port (`--publish`, Publication) takes connections on the
+side snapbox was run on and hands them to the sandbox's listener on its port.
+
 Ports are one space shared by IPv4 and IPv6 (a dual-stack IPv6 socket bound to :: takes
 the port for both), ephemeral ones taken from 32768-60999 as Linux's ip_local_port_range
 (from a random place in it). TCP and UDP have a port space each.
@@ -22,18 +25,22 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import logging
+import os
 import secrets
 import struct
 from dataclasses import dataclass, field
 
 from snapbox.kernel.errors import SyscallError, WouldBlock
 from snapbox.kernel.fd import O_NONBLOCK, POLLERR, POLLIN, POLLOUT
-from snapbox.kernel.hostnet import HostSocket
+from snapbox.kernel.hostnet import HostSocket, format_address
 from snapbox.kernel.signals import SIGPIPE
 from snapbox.kernel.socket import MSG_DONTWAIT, MSG_NOSIGNAL, MSG_PEEK, SHUT_RD, SHUT_RDWR, SHUT_WR, SocketFile, \
     UnixSocket, make_buffers
 from snapbox.kernel.waiter import WaitQueue
-from snapbox.state import savable
+from snapbox.state import SnapboxError, savable
+
+log = logging.getLogger("snapbox.kernel")
 
 AF_INET, AF_INET6 = 2, 10
 IPPROTO_TCP, IPPROTO_UDP = 6, 17
@@ -57,9 +64,14 @@ class InetSocket(UnixSocket):
     options: dict = field(default_factory=dict)  # (level, option) -> int, as setsockopt left it
     in_progress: bool = False  # a nonblocking connect said EINPROGRESS: the next connect says 0
     host: HostSocket | None = None  # the host socket behind it, where the outside can reach it
+    published: list = field(default_factory=list)  # the Publications a listener takes connections from
 
     def option(self, level: int, name: int, default: int = 0) -> int:
         return self.options.get((level, name), default)
+
+    def _outside(self) -> list[HostSocket]:
+        """The host sockets a listener takes connections from."""
+        return ([self.host] if self.host is not None else []) + [p.sock for p in self.published]
 
     @property
     def external(self) -> bool:
@@ -118,40 +130,54 @@ class InetSocket(UnixSocket):
     def ready(self) -> int:
         if self.listening:
             r = POLLIN if self.pending else 0
-            return r | (self.host.poll() & POLLIN if self.host is not None else 0)
+            return r | (POLLIN if any(h.poll() & POLLIN for h in self._outside()) else 0)
         if self.external:
             self.connected  # noqa: B018 - settles a connect the host has finished
             return self.host.poll()
         return super().ready()
 
     def queues(self, t) -> tuple:
-        if self.listening and self.host is not None:
-            return (self.changed, *self.host.queues(t)[:1])
+        if self.listening:
+            return (self.changed, *(h.queues(t)[0] for h in self._outside() if h.sock is not None))
         if self.external:
             return self.host.queues(t)
         return super().queues(t)
 
     def accept(self, t=None) -> InetSocket:
         """The next connection: one made inside the sandbox, else one from the outside."""
-        if not self.listening or self.pending or self.host is None or t is None:
+        outside = self._outside()
+        if not self.listening or self.pending or not outside or t is None:
             return super().accept()
-        h = self.host.accept()
-        if h is None:
+        for h in outside:
+            conn = h.accept()
+            if conn is not None:
+                break
+        else:
             if self.flags & O_NONBLOCK:
                 raise SyscallError(errno.EAGAIN)
             raise WouldBlock(*self.queues(t))
         t.kernel.pipe_ino += 1
-        t.kernel.host_sockets.add(h)
-        return InetSocket(flags=2, ino=t.kernel.pipe_ino, family=self.family, local=h.local, remote=h.remote,
-                          options=dict(self.options), host=h)
+        t.kernel.host_sockets.add(conn)
+        local, remote = conn.local, conn.remote
+        if conn.outer:  # from a published port: made to the sandbox's address, as it sees it
+            local = (self.local[0] if not _ip(self.local[0]).is_unspecified else
+                     t.kernel.network.get("address") or ("127.0.0.1" if h.family == AF_INET else "::1"), self.local[1])
+            if self.family == AF_INET6:
+                local, remote = (_mapped(local[0]), local[1]), (_mapped(remote[0]), remote[1])
+        return InetSocket(flags=2, ino=t.kernel.pipe_ino, family=self.family, local=local, remote=remote,
+                          options=dict(self.options), host=conn)
 
     def release(self, embryo: bool = False) -> None:
+        listening = self.listening
         if self.host is not None:
             external = self.external
             self.host.close()
             if external:
                 return
         super().release(embryo)
+        if listening:
+            for p in list(self.published):
+                p.aim()
 
     def listen(self, backlog: int) -> None:
         if self.connected:
@@ -183,6 +209,7 @@ class InetSocket(UnixSocket):
         if self.remote:
             where += f" -> {format_address(self.remote)}"
         outside = f", {self.host.describe()}" if self.host is not None else ""
+        outside += "".join(f", published at {format_address(p.sock.local)}" for p in self.published)
         return f"socket:[{self.ino}] (tcp{'6' if self.family == AF_INET6 else ''}, {state}{where}{outside})"
 
 
@@ -385,11 +412,6 @@ def local_destination(ip: str) -> str:
     return str(addr)
 
 
-def format_address(addr: tuple) -> str:
-    ip, port = addr
-    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
-
-
 def parse_sockaddr(raw: bytes, family: int) -> tuple[str, int]:
     """(ip, port) from a sockaddr_in or sockaddr_in6 of a socket of `family`."""
     if len(raw) < 2:
@@ -418,6 +440,11 @@ def pack_sockaddr(family: int, addr: tuple) -> bytes:
     if isinstance(v6, ipaddress.IPv4Address):
         v6 = ipaddress.IPv6Address("::ffff:" + ip)
     return struct.pack("<H", AF_INET6) + _SOCKADDR_IN6.pack(0, port, 0, v6.packed, 0)[2:]
+
+
+def _mapped(ip: str) -> str:
+    """An address as an IPv6 socket shows it: IPv4 ones mapped (::ffff:a.b.c.d)."""
+    return f"::ffff:{ip}" if isinstance(_ip(ip), ipaddress.IPv4Address) else ip
 
 
 def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
@@ -452,6 +479,9 @@ class Ports:
 
     def __init__(self, table: dict) -> None:
         self.table = table
+
+    def listening(self, port: int) -> list:
+        return [s for s in self._live(port) if s.listening]
 
     def _live(self, port: int) -> list:
         sockets = [s for s in self.table.get(port, []) if s.refs > 0]
@@ -510,3 +540,81 @@ class Ports:
             return exact[0]
         wild = [s for s in self._live(port) if s.listening and _covers(s, ip, family)]
         return wild[0] if wild else None
+
+
+@savable
+@dataclass(eq=False)
+class Publication:
+    """A port published on the host (`--publish`): connections to `sock`'s address, in the
+    namespace the sandbox process started in (where the command ran), are taken by the
+    sandbox's listener on `port` as if made to the sandbox's own address. The host socket
+    listens only while the sandbox has such a listener: otherwise, as for a port nothing
+    listens on, the host refuses connections."""
+
+    kernel: object = None  # the Kernel: its port table, loop and network
+    sock: HostSocket | None = None  # the host socket, bound at the host's address
+    port: int = 0  # the sandbox's port
+    listener: InetSocket | None = None  # the sandbox's listener it feeds, while there is one
+
+    @property
+    def family(self) -> int:
+        return self.sock.family
+
+    def text(self) -> str:
+        """As `snapbox state` shows it: 127.0.0.1:8080->80/tcp."""
+        return f"{format_address(self.sock.local)}->{self.port}/tcp"
+
+    def aim(self) -> None:
+        """Feed the listener that takes this port's connections now (or none)."""
+        target = next((s for s in Ports(self.kernel.inet_ports).listening(self.port) if self._reaches(s)), None)
+        if target is self.listener:
+            return
+        if self.listener is not None and self in self.listener.published:
+            self.listener.published.remove(self)
+        self.listener = target
+        if target is None:
+            self.sock.unlisten(self.kernel.loop)
+            return
+        target.published.append(self)
+        if self.sock.role != "listening":
+            try:
+                self.sock.listen(max(target.backlog, 1))
+            except SyscallError as e:
+                log.warning("published port %s cannot listen: %s", self.text(), errno.errorcode.get(e.errno))
+        target.changed.notify()
+
+    def _reaches(self, s: InetSocket) -> bool:
+        """Whether listener `s` takes connections made to the sandbox's own address (its
+        loopback's, when it has none: --network none or host)."""
+        if self.family == AF_INET6 and s.family != AF_INET6:
+            return False
+        ip = _ip(s.local[0])
+        if ip.is_unspecified:
+            return s.family == self.family or not s.option(41, 26)  # IPV6_V6ONLY
+        if isinstance(ip, ipaddress.IPv4Address) != (self.family == AF_INET):
+            return False
+        own = self.kernel.network.get("address")
+        return ip == _ip(own) if own and self.family == AF_INET else ip.is_loopback
+
+
+def publish(kernel, address: tuple, port: int) -> Publication:
+    """Publish the sandbox's TCP `port` at the host's `address` (ip, port)."""
+    family = AF_INET6 if ":" in address[0] else AF_INET
+    h = HostSocket.open(family, 1, {(1, 2): 1}, outer=True)  # SOCK_STREAM; SO_REUSEADDR
+    try:
+        h.bind(address)
+    except SyscallError as e:
+        h.close()
+        raise SnapboxError(f"cannot publish {format_address(address)} ({os.strerror(e.errno)})") from None
+    p = Publication(kernel=kernel, sock=h, port=port)
+    kernel.published.append(p)
+    kernel.host_sockets.add(h)
+    p.aim()
+    return p
+
+
+def aim_publications(kernel, port: int) -> None:
+    """A listener on the sandbox's `port` came or went: each publication of it follows."""
+    for p in kernel.published:
+        if p.port == port:
+            p.aim()

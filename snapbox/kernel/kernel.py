@@ -115,6 +115,7 @@ class Kernel(Lifecycle, Signaling, Checkpointing):
     inet_ports: dict = field(default_factory=dict)  # TCP port -> the InetSockets bound to it (inet.Ports)
     udp_ports: dict = field(default_factory=dict)  # UDP port -> the UdpSockets bound to it
     network: dict = field(default_factory=dict)  # runtime.network.Network.as_dict(): mode, address, ...
+    published: list = field(default_factory=list)  # inet.Publication: the ports published on the host
     restores: int = 0  # times this sandbox was restored from an image (/proc/snapbox/restored)
     ipc: IpcNamespace = field(default_factory=IpcNamespace)  # System V message queues, semaphores, shm
     ptys: dict = field(default_factory=dict)  # pseudo-terminal index -> tty.Pty
@@ -161,6 +162,14 @@ class Kernel(Lifecycle, Signaling, Checkpointing):
     def after_load(self, ctx) -> None:
         self.__post_init__()
 
+
+    def network_report(self, network: dict | None = None) -> dict:
+        """The network (`network`, else this kernel's) as `snapbox state` and `inspect`
+        show it: mode, address..., and the published ports (127.0.0.1:8080->80/tcp)."""
+        network = self.network if network is None else network
+        if not self.published:
+            return dict(network)
+        return {**network, "published": [p.text() for p in self.published]}
 
     def ensure_network(self) -> None:
         """The sandbox's network namespace, made (once) before its first host socket."""

@@ -25,6 +25,7 @@ def main() -> int:
     ap.add_argument("--log-format", default="text")
     ap.add_argument("--strace", action="store_true")
     ap.add_argument("--network", default=None)
+    ap.add_argument("--publish", action="append", default=[])
     ap.add_argument("--memory", default=None)
     ap.add_argument("--memory-id", default=None)
     ap.add_argument("--snapshot-to", default=None)
@@ -34,7 +35,7 @@ def main() -> int:
     a = ap.parse_args()
     return boot_main(a.root, a.cid, a.bundle, a.ready_fd, a.restore, a.debug_log, a.log_format, a.strace, a.lazy,
                      a.network, a.memory, a.memory_id, a.snapshot_to, a.base, a.tied_to,
-                     a.working_set)
+                     a.working_set, a.publish)
 
 
 if __name__ == "__main__":

@@ -115,6 +115,7 @@ class Options:
     log_format: str = "text"  # text or json
     strace: bool = False  # log every application syscall
     network: str | None = None  # --network: sandbox, host or none (None: the bundle's, or the image's)
+    publish: tuple[str, ...] = ()  # --publish: IP:HOSTPORT:PORT, each a port published on the host
     snapshot_to: str | None = None  # --snapshot-to: where the image goes when the program asks for one
     base: str | None = None  # the description of a clone's base memory (runtime.clones), for a restore
     tied_to: int = 0  # a pid: the sandbox ends when that process does (an attached `do`)
@@ -127,6 +128,7 @@ class Options:
         """The sandbox's settings, as boot_main takes them."""
         return {"debug_log": os.path.abspath(self.debug_log) if self.debug_log else None,
                 "log_format": self.log_format, "strace": self.strace, "network": self.network,
+                "publish": list(self.publish),
                 "snapshot_to": self.snapshot_to, "base": self.base, "tied_to": self.tied_to,
                 "working_set": self.working_set}
 
@@ -138,6 +140,8 @@ class Options:
             args.append("--strace")
         if self.network:
             args += ["--network", self.network]
+        for spec in self.publish:
+            args += ["--publish", spec]
         if self.snapshot_to:
             args += ["--snapshot-to", self.snapshot_to]
         if self.base:

@@ -64,7 +64,7 @@ def describe(f: IO[bytes]) -> dict[str, Any]:
         "cpu": {"vendor": fs.vendor, "family": fs.family, "model": fs.model,
                 "features": sorted(fs.features), "xcr0": fs.xcr0, "xsave_size": fs.xsave_size},
         "hostname": kernel.hostname,
-        "network": kernel.network,
+        "network": kernel.network_report(),
         "processes": processes,
         "objects": {name: {"count": c, "bytes": b} for name, (c, b) in sorted(summary.get("types", {}).items())},
         "graph_bytes": summary.get("graph_bytes", 0),
@@ -142,7 +142,8 @@ def render(info: dict[str, Any]) -> str:
         f"  {' '.join(cpu['features'])}",
         *_chain_lines(info),
         f"hostname: {info['hostname']}",
-        "network: " + (" ".join(f"{k} {v}" for k, v in info["network"].items()) or "mode none"),
+        "network: " + (" ".join(f"{k} {' '.join(v) if isinstance(v, list) else v}"
+                                for k, v in info["network"].items()) or "mode none"),
         "processes:",
     ]
     for p in info["processes"]:

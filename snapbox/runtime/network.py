@@ -47,6 +47,31 @@ class Network:
         return {k: v for k, v in self.__dict__.items() if v}
 
 
+def parse_publish(text: str) -> tuple[tuple[str, int], int]:
+    """`--publish [IP:]HOSTPORT:PORT[/tcp]` as ((ip, host port), sandbox port); an IPv6
+    address in brackets. No IP: every address of the host (0.0.0.0), as Docker's -p."""
+    spec, _, proto = text.partition("/")
+    if proto and proto != "tcp":
+        raise SnapboxError(f"--publish {text}: only TCP ports can be published")
+    ip = "0.0.0.0"
+    if spec.startswith("["):
+        ip, close, spec = spec[1:].partition("]")
+        if not close or not spec.startswith(":"):
+            raise SnapboxError(f"--publish {text}: expected [IPV6]:HOSTPORT:PORT")
+        spec = spec[1:]
+    elif spec.count(":") == 2:
+        ip, _, spec = spec.partition(":")
+    host_port, colon, port = spec.partition(":")
+    try:
+        address = ipaddress.ip_address(ip)
+        host, inner = int(host_port), int(port)
+    except ValueError:
+        raise SnapboxError(f"--publish {text}: expected [IP:]HOSTPORT:PORT") from None
+    if not colon or not 0 <= host < 65536 or not 0 < inner < 65536:
+        raise SnapboxError(f"--publish {text}: expected [IP:]HOSTPORT:PORT (host port 0: any free one)")
+    return (str(address), host), inner
+
+
 def bundle_namespace(config: dict) -> str:
     """The network namespace path a bundle's config names ("" for none)."""
     for ns in (config.get("linux") or {}).get("namespaces") or []:

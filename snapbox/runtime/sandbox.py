@@ -24,12 +24,14 @@ import cbor2
 from snapbox.errors import Cancelled, SnapboxError
 from snapbox.kernel.checkpoint import LoadContext, read_base_description
 from snapbox.kernel.creds import CapSets
+from snapbox.kernel.hostnet import remember_namespace
+from snapbox.kernel.inet import publish as publish_port
 from snapbox.kernel.kernel import Kernel
 from snapbox.kernel.loop import take_terminal
 from snapbox.kernel.strace import tracer
 from snapbox.runtime import cgroups, control
 from snapbox.runtime.bundle import Bundle
-from snapbox.runtime.network import bundle_namespace
+from snapbox.runtime.network import bundle_namespace, parse_publish
 from snapbox.runtime.network import enter as enter_network
 from snapbox.runtime.placement import Placement
 from snapbox.runtime.progress import Progress
@@ -108,7 +110,7 @@ class Sandbox:
 
     def _record_network(self, network: dict) -> None:
         """<dir>/network.json: the sandbox's network as `snapbox state` shows it."""
-        _write_json(os.path.join(self.dir, "network.json"), network)
+        _write_json(os.path.join(self.dir, "network.json"), self.kernel.network_report(network))
 
     def _process_exited(self, tg) -> None:
         fd = self.exec_waiters.pop(tg.tgid, None)
@@ -518,6 +520,8 @@ def _restore(image: str, bundle: Bundle, lazy: bool = False, network: str | None
                 kernel, _ = Kernel.read_image(f, ctx, progress=progress, lazy=lazy, on_meta=join)
             kernel.network = net
             kernel.make_network = net.pop("make", None)
+            for p in kernel.published:
+                p.aim()  # the listener a published port feeds may differ in this network mode
             for h in ctx.host_sockets:
                 h.reconnect()
             kernel.host_sockets.update(ctx.host_sockets)
@@ -560,7 +564,7 @@ def boot_main(root: str, cid: str, bundle_path: str, ready_fd: int, restore: str
               debug_log: str | None = None, log_format: str = "text", strace: bool = False,
               lazy: bool = False, network: str | None = None, memory: str | None = None,
               memory_id: str | None = None, snapshot_to: str | None = None, base: str | None = None,
-              tied_to: int = 0, working_set: str | None = None) -> int:
+              tied_to: int = 0, working_set: str | None = None, publish: list | None = None) -> int:
     """Entry point of the sandbox process. Returns its exit code."""
     cdir = os.path.join(root, cid)
     _setup_logging(debug_log or os.path.join(cdir, "sandbox.log"), log_format)
@@ -571,6 +575,7 @@ def boot_main(root: str, cid: str, bundle_path: str, ready_fd: int, restore: str
         if bundle.cgroup:
             cgroups.join(bundle.cgroup)  # before any stub starts: they are all in it
         _PLACEMENT = Placement()
+        remember_namespace()  # published ports are bound here, whatever network the sandbox joins
         if restore is not None:
             kernel = _restore(restore, bundle, lazy, network, memory, memory_id, base, working_set)
         else:
@@ -583,6 +588,8 @@ def boot_main(root: str, cid: str, bundle_path: str, ready_fd: int, restore: str
                                  caps=CapSets(**bundle.capabilities) if bundle.capabilities is not None else None)
             kernel.make_network = net.pop("make", None)
             kernel.network = net
+            for spec in publish or ():
+                publish_port(kernel, *parse_publish(spec))
         if restore is None:
             init = kernel.tasks.init
             init.groups = list(bundle.groups)

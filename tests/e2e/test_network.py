@@ -263,6 +263,116 @@ def test_a_transfer_inside_the_sandbox_survives_checkpoint_midway(snapbox, tmp_p
     assert done[0].split()[2] == sent[0].split()[1]
 
 
+# -- published ports ----------------------------------------------------------------------------
+
+ON_AND_OFF = textwrap.dedent("""
+    # Listens on 0.0.0.0:8000 once the file "go" exists, serves one connection, closes.
+    import os, socket, time
+    while not os.path.exists("go"):
+        time.sleep(0.05)
+    s = socket.socket()
+    s.bind(("0.0.0.0", 8000))
+    s.listen()
+    print("listening", flush=True)
+    c, peer = s.accept()
+    print("accepted", peer[0], peer[1], *c.getsockname(), flush=True)
+    c.sendall(b"hello")
+    c.close()
+    s.close()
+    print("closed", flush=True)
+    time.sleep(60)
+""")
+
+
+def published(snapbox, cid: str) -> list[str]:
+    return json.loads(snapbox("state", cid).stdout)["network"].get("published", [])
+
+
+def _refused(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=10).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
+def test_a_published_port_reaches_the_listener_while_there_is_one(snapbox, tmp_path):
+    """--network none: nothing reaches the sandbox but its published port. Connections to
+    it are refused until the program listens, reach it as if made to its own address
+    (loopback here) from the client's, and are refused again once it closes."""
+    (tmp_path / "server.py").write_text(ON_AND_OFF)
+    out = tmp_path / "out.txt"
+    with open(out, "a") as f:
+        subprocess.run(snapbox.cmd("--network", "none", "do", "--id", "pub", "-d", "-p", "127.0.0.1:0:8000", "--",
+                                   sys.executable, "server.py"),
+                       stdout=f, stderr=f, stdin=subprocess.DEVNULL, cwd=tmp_path, check=True, timeout=60)
+    (mapping,) = published(snapbox, "pub")
+    assert mapping.startswith("127.0.0.1:") and mapping.endswith("->8000/tcp")
+    port = int(mapping.split(":")[1].split("-")[0])
+    assert _refused(port)
+    (tmp_path / "go").touch()
+    wait_for(lambda: "listening" in lines(out), timeout=30, what="the listener")
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as c:
+        assert c.recv(100) == b"hello"
+        mine = c.getsockname()
+    accepted = wait_for(lambda: [x for x in lines(out) if x.startswith("accepted")], what="the accept")
+    assert accepted == [f"accepted 127.0.0.1 {mine[1]} 127.0.0.1 8000"]
+    wait_for(lambda: "closed" in lines(out), what="the close")
+    assert _refused(port)
+
+
+def test_a_published_connection_survives_checkpoint_and_restore(snapbox, tmp_path):
+    """A keep-alive client of a published port keeps its connection through a checkpoint
+    (TCP_REPAIR on the host's side); a restore while the port is taken fails with one line
+    and changes nothing, and succeeds once it is free."""
+    (tmp_path / "a.txt").write_text("before")
+    (tmp_path / "b.txt").write_text("after the restore")
+    port = free_port()
+    out = tmp_path / "out.txt"
+    with open(out, "a") as f:
+        subprocess.run(snapbox.cmd("--network", "none", "do", "--id", "kp", "-d", "-p", f"127.0.0.1:{port}:8000",
+                                   "--", *http_server(8000, "0.0.0.0")),
+                       stdout=f, stderr=f, stdin=subprocess.DEVNULL, cwd=tmp_path, check=True, timeout=60)
+    conn = connect(port)
+    conn.request("GET", "/a.txt")
+    assert conn.getresponse().read() == b"before"
+    mine = conn.sock.getsockname()
+    image = tmp_path / "kp.img"
+    p = snapbox("checkpoint", "--image-path", str(image), "kp")
+    assert f"tcp connected 127.0.0.1:{port} <-> 127.0.0.1:{mine[1]}: saved with TCP_REPAIR" in p.stderr
+    described = snapbox("inspect", str(image)).stdout
+    assert f"network: mode none published 127.0.0.1:{port}->8000/tcp" in described
+    assert f"listening 0.0.0.0:8000, published at 127.0.0.1:{port}" in described
+    digest = hashlib.sha256(image.read_bytes()).hexdigest()
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", port))
+        p = snapbox("restore", "--image-path", str(image), "kp2", check=False)
+        assert p.returncode != 0
+        assert p.stderr.strip().splitlines() == [
+            f"snapbox: error: cannot restore: published port 127.0.0.1:{port} is not available on this host "
+            f"(Address already in use)"]
+    assert hashlib.sha256(image.read_bytes()).hexdigest() == digest
+    said = restore_detached(snapbox, image, "kp2", out)
+    assert f"127.0.0.1:{port} <-> 127.0.0.1:{mine[1]}: restored with TCP_REPAIR" in said
+    conn.request("GET", "/b.txt")
+    assert conn.getresponse().read() == b"after the restore"
+    assert conn.sock.getsockname() == mine
+    assert published(snapbox, "kp2") == [f"127.0.0.1:{port}->8000/tcp"]
+
+
+def test_a_published_port_is_checked_before_the_sandbox_starts(snapbox, tmp_path):
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        port = squatter.getsockname()[1]
+        p = snapbox("do", "-p", f"127.0.0.1:{port}:80", "--", "true", check=False)
+        assert p.returncode != 0
+        assert p.stderr.strip().splitlines() == [
+            f"snapbox: error: cannot publish 127.0.0.1:{port} (Address already in use)"]
+    p = snapbox("do", "-p", "8080:80/udp", "--", "true", check=False)
+    assert (p.returncode, p.stderr.strip()) == (1, "snapbox: error: --publish 8080:80/udp: only TCP ports can "
+                                                   "be published")
+
+
 # -- namespaces ---------------------------------------------------------------------------------
 
 @pytest.fixture
@@ -376,6 +486,23 @@ def test_snapbox_makes_the_sandbox_its_own_namespace(snapbox, tmp_path, netns):
     wait_for(lambda: "sbx" not in links(), what="the veth pair to go with the sandbox")
 
 
+def test_a_port_published_from_the_sandboxs_own_namespace(snapbox, tmp_path, netns):
+    """--network sandbox: the published port is on the side snapbox ran in (the test's
+    namespace), and reaches the listener on the sandbox's own address."""
+    (tmp_path / "page.txt").write_text("published")
+    in_ns = entering(netns)
+    bundle = host_bundle(tmp_path, http_server(8000, "0.0.0.0"))
+    with open(tmp_path / "out.txt", "a") as f:
+        subprocess.run(snapbox.cmd("run", "--bundle", str(bundle), "--detach", "-p", "127.0.0.1:0:8000", "ownp"),
+                       stdout=f, stderr=f, stdin=subprocess.DEVNULL, check=True, timeout=60, env=NO_POOL,
+                       preexec_fn=in_ns)
+    (mapping,) = published(snapbox, "ownp")
+    port = int(mapping.split(":")[1].split("-")[0])
+    assert fetch_in(netns, f"http://127.0.0.1:{port}/page.txt") == "published"
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=5)  # not in the test's own namespace
+
+
 def test_a_listener_migrated_answers_on_the_new_side(snapbox, tmp_path, netns, images):
     """A server in a namespace of its own, moved live to another root: the new sandbox has
     a namespace (and an address) of its own, its listener bound again there."""
@@ -393,6 +520,37 @@ def test_a_listener_migrated_answers_on_the_new_side(snapbox, tmp_path, netns, i
                        capture_output=True, env=NO_POOL, preexec_fn=in_ns)
         second = json.loads(other("state", "web").stdout)["network"]["address"]
         assert fetch_in(netns, f"http://{second}:{port}/page.txt") == "moved"
+    finally:
+        clean_up(other)
+
+
+def test_a_published_port_and_its_connection_migrate(snapbox, tmp_path, images):
+    """Moved live to another root on this host, the sandbox publishes its port there (the
+    source let it go with its connections): the client's keep-alive connection goes on,
+    and new connections reach the new side."""
+    from tests.conftest import Snapbox, clean_up
+
+    (tmp_path / "a.txt").write_text("first side")
+    port = free_port()
+    with open(tmp_path / "out.txt", "a") as f:
+        subprocess.run(snapbox.cmd("--network", "none", "do", "--id", "mp", "-d", "-p", f"127.0.0.1:{port}:8000",
+                                   "--", *http_server(8000, "0.0.0.0")),
+                       stdout=f, stderr=f, stdin=subprocess.DEVNULL, cwd=tmp_path, check=True, timeout=60)
+    conn = connect(port)
+    conn.request("GET", "/a.txt")
+    assert conn.getresponse().read() == b"first side"
+    other = Snapbox(tmp_path / "other-root", images)
+    try:
+        command = " ".join(other.cmd("restore", "--image-path", "-", "mp")) + f" 2>>{tmp_path / 'moved.txt'}"
+        subprocess.run(snapbox.cmd("migrate", "--to", f"exec:{command}", "mp"), check=True, timeout=120,
+                       capture_output=True)
+        (tmp_path / "b.txt").write_text("second side")
+        conn.request("GET", "/b.txt")
+        assert conn.getresponse().read() == b"second side"
+        fresh = connect(port)
+        fresh.request("GET", "/b.txt")
+        assert fresh.getresponse().read() == b"second side"
+        assert published(other, "mp") == [f"127.0.0.1:{port}->8000/tcp"]
     finally:
         clean_up(other)
 

@@ -19,7 +19,7 @@ from snapbox.kernel.pipe import FifoNode, make_pipe
 from snapbox.kernel.hostnet import HostSocket
 from snapbox.kernel.aio import AioContext
 from snapbox.kernel.inotify import InotifyFile
-from snapbox.kernel.inet import InetSocket, UdpSocket
+from snapbox.kernel.inet import InetSocket, Publication, UdpSocket
 from snapbox.kernel.ipc import IpcNamespace, IpcPerm, MsgQueue, SemSet, ShmSegment
 from snapbox.kernel.mqueue import MessageQueue, MqueueFile
 from snapbox.kernel.creds import CapSets
@@ -159,6 +159,10 @@ def build(name: str, kernel: Kernel):
                                                              local=("::1", 8080), remote=("::1", 40000))]),
         "HostSocket": lambda: HostSocket(family=2, kind=1, role="listening", local=("127.0.0.1", 8080), backlog=5,
                                          options={(1, 2): 1}),
+        "Publication": lambda: _feeding(Publication(
+            kernel=kernel, port=80, sock=HostSocket(family=2, kind=1, role="listening", local=("127.0.0.1", 8080),
+                                                    backlog=5, options={(1, 2): 1}, outer=True)),
+            InetSocket(flags=2, ino=81, family=2, local=("0.0.0.0", 80), listening=True, backlog=5)),
         "StreamBuffer": lambda: right.outgoing,
         "SocketNode": lambda: SocketNode(ino=12, mode=stat.S_IFSOCK | 0o755, socket=listener),
         "FifoNode": lambda: FifoNode(ino=8, mode=stat.S_IFIFO | 0o644, pipe=pipe_r.pipe),
@@ -188,6 +192,12 @@ def build(name: str, kernel: Kernel):
                                    ambient=0b10, securebits=0x30),
     }
     return factories[name]()
+
+
+def _feeding(p: Publication, listener: InetSocket) -> Publication:
+    p.listener = listener
+    listener.published.append(p)
+    return p
 
 
 def _watching(f: InotifyFile, node) -> InotifyFile:

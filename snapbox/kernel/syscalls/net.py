@@ -16,8 +16,8 @@ from snapbox.kernel.fd import O_CLOEXEC, O_NONBLOCK
 from snapbox.kernel.socket import AF_UNIX, MSG_DONTWAIT, MSG_PEEK, SOCK_SEQPACKET, SOCK_STREAM, SocketNode, \
     UnixDgramSocket, UnixSocket, drop_ref, make_pair, new_socket
 from snapbox.kernel.hostnet import HostSocket
-from snapbox.kernel.inet import AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP, InetSocket, Ports, UdpSocket, bind_inet, \
-    has_outside, is_local, local_destination, pack_sockaddr, parse_sockaddr, send_datagram
+from snapbox.kernel.inet import AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP, InetSocket, Ports, UdpSocket, \
+    aim_publications, bind_inet, has_outside, is_local, local_destination, pack_sockaddr, parse_sockaddr, send_datagram
 from snapbox.kernel.syscalls import NR, i32, syscall
 from snapbox.kernel.syscalls.common import AT_FDCWD, MAX_RW, iovecs, on_host, receive_timeout, received, scatter, \
     send_timeout, start_dir, write_all, written
@@ -238,8 +238,10 @@ def listen(t, fd, backlog):
         if not s.local:
             bind_inet(t, s, "0.0.0.0" if s.family == AF_INET else "::", 0)
     s.listen(i32(backlog))
-    if isinstance(s, InetSocket) and s.host is not None:
-        s.host.listen(s.backlog)
+    if isinstance(s, InetSocket):
+        if s.host is not None:
+            s.host.listen(s.backlog)
+        aim_publications(t.kernel, s.local[1])
     return 0
 
 
