@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from snapbox.kernel.errors import SyscallError, WouldBlock
-from snapbox.kernel.fd import POLLERR, POLLHUP, POLLIN, POLLOUT, O_NONBLOCK, OpenFile
+from snapbox.kernel.fd import POLLERR, POLLHUP, POLLIN, POLLOUT, POLLRDNORM, O_NONBLOCK, OpenFile
 from snapbox.kernel.task import take_signal
 from snapbox.kernel.waiter import WaitQueue
 from snapbox.state import nosave, savable
@@ -225,17 +225,27 @@ class TimerFd(OpenFile):
 
 
 EPOLLIN, EPOLLOUT, EPOLLERR, EPOLLHUP = 0x1, 0x4, 0x8, 0x10
-EPOLLONESHOT, EPOLLET = 1 << 30, 1 << 31
+EPOLLEXCLUSIVE, EPOLLWAKEUP, EPOLLONESHOT, EPOLLET = 1 << 28, 1 << 29, 1 << 30, 1 << 31
+EPOLL_MAX_NESTS = 4  # epoll(7): how deep epolls may be put inside each other
 _EVENT = struct.Struct("<IQ")  # struct epoll_event is packed on x86-64
 
 
 @savable
 @dataclass(eq=False)
 class EpollFile(OpenFile):
-    """epoll(7): an interest list, polled level-triggered (edge-triggered interests are
-    reported like level-triggered ones: a program may see an event more than once)."""
+    """epoll(7): an interest list. Level-triggered interests are reported while their file
+    is ready; an edge-triggered one (EPOLLET) once per event, as Linux's wake-up callback
+    queues it: when its file is ready and one of the file's wait queues has been notified
+    since the last report (a write, a read, a connection...). A file whose readiness comes
+    from the host (a host socket, a host file) is reported level-triggered: the sentry
+    hears of its events only while someone waits, and a missed edge would leave a program
+    waiting forever, where a repeated one only costs it an EAGAIN."""
 
     interest: dict = field(default_factory=dict)  # fd -> [OpenFile, events, data]
+    within: list = field(default_factory=list)  # the EpollFiles this one was added to (nesting depth)
+    # fd -> (id, seq) of its file's wait queues at its last edge-triggered report. Not
+    # saved: after a restore each one is reported once more if ready.
+    edges: dict = nosave(dict)
 
     def readable(self) -> bool:
         return True
@@ -246,29 +256,85 @@ class EpollFile(OpenFile):
             f, events, data = entry
             if t.fds.files.get(fd) is not f:
                 del self.interest[fd]  # closed: epoll forgets it (the last fd of the file)
+                self.edges.pop(fd, None)
                 continue
-            if not events & ~(EPOLLONESHOT | EPOLLET):
+            if not events & ~(EPOLLONESHOT | EPOLLET | EPOLLEXCLUSIVE | EPOLLWAKEUP):
                 continue  # a fired one-shot waits for EPOLL_CTL_MOD
             r = f.ready() & (events | POLLERR | POLLHUP)
-            if r:
-                out.append((r, data))
-                if events & EPOLLONESHOT:
-                    entry[1] = events & (EPOLLONESHOT | EPOLLET)
-                if len(out) == maxevents:
-                    break
+            if not r:
+                continue
+            if events & EPOLLET:
+                marks = _marks(f, t)
+                if marks is not None:
+                    if self.edges.get(fd) == marks:
+                        continue  # reported, and nothing has happened to it since
+                    self.edges[fd] = marks
+            out.append((r, data))
+            if events & EPOLLONESHOT:
+                entry[1] = events & (EPOLLONESHOT | EPOLLET)
+            if len(out) == maxevents:
+                break
         return out
+
+    def set_interest(self, fd: int, f: OpenFile, events: int, data: int) -> None:
+        """EPOLL_CTL_ADD or MOD: a file ready now is reported by the next wait, whatever
+        its trigger."""
+        self.interest[fd] = [f, events, data]
+        self.edges.pop(fd, None)
+        if isinstance(f, EpollFile) and self not in f.within:
+            f.within.append(self)
+
+    def remove_interest(self, fd: int) -> bool:
+        entry = self.interest.pop(fd, None)
+        self.edges.pop(fd, None)
+        return entry is not None
 
     def wait_queues(self, t) -> tuple:
         return tuple(q for f, _, _ in self.interest.values() for q in f.queues(t))
 
+    def queues(self, t) -> tuple:
+        return self.wait_queues(t)  # an epoll inside another
+
     def ready(self) -> int:
+        """Readable while one of its interests is ready (an epoll inside another, or
+        polled): edge-triggered ones counted as if level-triggered."""
+        for f, events, _ in self.interest.values():
+            if events & ~(EPOLLONESHOT | EPOLLET | EPOLLEXCLUSIVE | EPOLLWAKEUP) and \
+                    f.ready() & (events | POLLERR | POLLHUP):
+                return POLLIN | POLLRDNORM
         return 0
+
+    def depth_below(self, inserting_into: EpollFile) -> int:
+        """How deep epolls nest inside this one; more than EPOLL_MAX_NESTS if
+        `inserting_into` is among them (adding this one there would make a cycle)."""
+        depth = 0
+        for f, _, _ in self.interest.values():
+            if isinstance(f, EpollFile):
+                if f is inserting_into:
+                    return EPOLL_MAX_NESTS + 1
+                depth = max(depth, f.depth_below(inserting_into) + 1)
+                if depth > EPOLL_MAX_NESTS:
+                    break
+        return depth
+
+    def depth_above(self) -> int:
+        """How deep this epoll is inside others."""
+        self.within = [p for p in self.within if any(f is self for f, _, _ in p.interest.values())]
+        return max((p.depth_above() + 1 for p in self.within), default=0)
 
     def stat(self) -> dict:
         return _anon_stat()
 
     def describe(self) -> str:
         return f"epoll ({len(self.interest)} fds)"
+
+
+def _marks(f: OpenFile, t) -> tuple | None:
+    """Where `f`'s wait queues stand (None: it has none the sentry follows itself)."""
+    queues = f.queues(t)
+    if not queues or any(q.host_fd >= 0 for q in queues):
+        return None
+    return tuple((id(q), q.seq) for q in queues)
 
 
 def pack_events(events: list[tuple[int, int]]) -> bytes:

@@ -20,9 +20,11 @@ class WaitQueue:
     # Host fd this queue follows (-1: none): the kernel polls it while tasks wait here.
     host_fd: int = nosave(default=-1)
     host_events: int = nosave(default=0)  # selectors.EVENT_READ / EVENT_WRITE
+    seq: int = nosave(default=0)  # notifications so far: an edge-triggered epoll's "something happened"
 
     def notify(self) -> None:
         """Wake every waiter; each re-runs its syscall and parks again if still blocked."""
+        self.seq += 1
         waiters, self.waiters = self.waiters, []
         for task in waiters:
             task.kernel.wake(task)

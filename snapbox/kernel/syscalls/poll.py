@@ -16,7 +16,8 @@ from snapbox.kernel.fd import (
     POLLRDNORM,
     POLLWRNORM,
 )
-from snapbox.kernel.eventfiles import EVENT_SIZE, EpollFile, pack_events, unpack_event
+from snapbox.kernel.eventfiles import EPOLL_MAX_NESTS, EPOLLERR, EPOLLET, EPOLLEXCLUSIVE, EPOLLHUP, EPOLLIN, \
+    EPOLLOUT, EPOLLWAKEUP, EVENT_SIZE, EpollFile, pack_events, unpack_event
 from snapbox.kernel.fd import O_CLOEXEC
 from snapbox.kernel.syscalls import NR, i32, syscall
 from snapbox.kernel.syscalls.time import NSEC, read_timespec
@@ -151,30 +152,42 @@ def epoll_create(t, size):
 
 @syscall(NR.epoll_ctl)
 def epoll_ctl(t, epfd, op, fd, event):
-    ep = t.fds.get(i32(epfd))
-    if not isinstance(ep, EpollFile):
-        raise SyscallError(errno.EINVAL)
     fd, op = i32(fd), i32(op)
+    events = data = 0
+    if op in (EPOLL_CTL_ADD, EPOLL_CTL_MOD):
+        events, data = unpack_event(t.mm.read(event, EVENT_SIZE))
+    ep = t.fds.get(i32(epfd))
     f = t.fds.get(fd)
-    if f is ep:
-        raise SyscallError(errno.EINVAL)
     if type(f).__name__ in ("RegularFile", "DirFile"):
         raise SyscallError(errno.EPERM)  # epoll_ctl(2): regular files and directories
+    if f is ep or not isinstance(ep, EpollFile):
+        raise SyscallError(errno.EINVAL)
+    if events & EPOLLEXCLUSIVE and (op == EPOLL_CTL_MOD or isinstance(f, EpollFile) or
+                                    events & ~_EXCLUSIVE_OK):
+        raise SyscallError(errno.EINVAL)
+    if op == EPOLL_CTL_ADD and isinstance(f, EpollFile) and \
+            f.depth_below(ep) + 1 + ep.depth_above() > EPOLL_MAX_NESTS:
+        raise SyscallError(errno.ELOOP)  # a cycle, or nested too deep
     if op == EPOLL_CTL_DEL:
-        if ep.interest.pop(fd, None) is None:
+        if not ep.remove_interest(fd):
             raise SyscallError(errno.ENOENT)
         return 0
-    events, data = unpack_event(t.mm.read(event, EVENT_SIZE))
     if op == EPOLL_CTL_ADD:
         if fd in ep.interest:
             raise SyscallError(errno.EEXIST)
     elif op == EPOLL_CTL_MOD:
         if fd not in ep.interest:
             raise SyscallError(errno.ENOENT)
+        if ep.interest[fd][1] & EPOLLEXCLUSIVE:
+            raise SyscallError(errno.EINVAL)
     else:
         raise SyscallError(errno.EINVAL)
-    ep.interest[fd] = [f, events & 0xFFFFFFFF, data]
+    ep.set_interest(fd, f, events & 0xFFFFFFFF, data)
     return 0
+
+
+# What EPOLLEXCLUSIVE may come with (Linux's EPOLLEXCLUSIVE_OK_BITS).
+_EXCLUSIVE_OK = EPOLLEXCLUSIVE | EPOLLIN | EPOLLOUT | EPOLLERR | EPOLLHUP | EPOLLWAKEUP | EPOLLET
 
 
 def _epoll_wait(t, nr: int, epfd: int, events: int, maxevents: int, timeout_ns: int | None) -> int:
