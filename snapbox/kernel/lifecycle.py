@@ -14,7 +14,7 @@ import os
 import stat
 from typing import TYPE_CHECKING
 
-from snapbox.kernel import elf
+from snapbox.kernel import elf, namespaces
 from snapbox.kernel.creds import MAY_EXEC, CapSets, check, exec_transform
 from snapbox.kernel.devices import mount_dev
 from snapbox.kernel.tty import session_leader_exited
@@ -261,6 +261,7 @@ class Lifecycle:
         fds, handlers and registers. Returns the child's pid."""
         parent = t.tg
         pidns = self.tasks.pidns
+        uts, ipc = namespaces.for_clone(t, flags)
         mm = parent.mm.share() if flags & CLONE_VM else parent.mm.fork()
         try:
             stub = parent.mm.stub.fork(t.host_tid)
@@ -282,7 +283,7 @@ class Lifecycle:
             fsuid=parent.fsuid, fsgid=parent.fsgid, caps=parent.caps.copy(),
             prctl={k: v for k, v in parent.prctl.items() if k != "subreaper"}, personality=parent.personality,
             oom_score_adj=parent.oom_score_adj, oom_score_adj_min=parent.oom_score_adj_min,
-            xfeatures_granted=parent.xfeatures_granted)
+            xfeatures_granted=parent.xfeatures_granted, uts=uts, ipc=ipc)
         child = Task(tid=tgid, tg=tg, kernel=self, comm=t.comm, signal_mask=t.signal_mask, nice=t.nice,
                      ioprio=t.ioprio, mempolicy=t.mempolicy, cpuid_faulting=t.cpuid_faulting,
                      seccomp_mode=t.seccomp_mode, seccomp=t.seccomp)
@@ -477,7 +478,7 @@ class Lifecycle:
             if node is not None and getattr(node, "locks", None):
                 release_owner(self.fs, node, tg.tgid)
         tg.fds.close_all()
-        self.ipc.exited(tg.tgid)
+        (tg.ipc or self.ipc).exited(tg.tgid)
         if tg.tgid == tg.sid:
             session_leader_exited(self, tg)
         tg.exit_status = status

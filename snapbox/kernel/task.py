@@ -101,6 +101,10 @@ class ThreadGroup:
     # A vfork child's parent waits here until the child execs or exits (None: not vforked,
     # or released already).
     vfork_done: WaitQueue | None = None
+    # Namespaces of its own (snapbox.kernel.namespaces): a UtsNamespace, an IpcNamespace;
+    # None while it shares the sandbox's first ones (the Kernel's).
+    uts: object = None
+    ipc: object = None
 
     def sigaction(self, sig: int) -> SigAction:
         return self.sigactions.get(sig) or SigAction()

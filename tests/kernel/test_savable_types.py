@@ -20,6 +20,7 @@ from snapbox.kernel.hostnet import HostSocket
 from snapbox.kernel.aio import AioContext
 from snapbox.kernel.inotify import InotifyFile
 from snapbox.kernel.inet import InetSocket, Publication, UdpSocket
+from snapbox.kernel.namespaces import UtsNamespace
 from snapbox.kernel.ipc import IpcNamespace, IpcPerm, MsgQueue, SemSet, ShmSegment
 from snapbox.kernel.mqueue import MessageQueue, MqueueFile
 from snapbox.kernel.creds import CapSets
@@ -163,6 +164,7 @@ def build(name: str, kernel: Kernel):
             kernel=kernel, port=80, sock=HostSocket(family=2, kind=1, role="listening", local=("127.0.0.1", 8080),
                                                     backlog=5, options={(1, 2): 1}, outer=True)),
             InetSocket(flags=2, ino=81, family=2, local=("0.0.0.0", 80), listening=True, backlog=5)),
+        "UtsNamespace": lambda: UtsNamespace(hostname="inner", domainname="example"),
         "StreamBuffer": lambda: right.outgoing,
         "SocketNode": lambda: SocketNode(ino=12, mode=stat.S_IFSOCK | 0o755, socket=listener),
         "FifoNode": lambda: FifoNode(ino=8, mode=stat.S_IFIFO | 0o644, pipe=pipe_r.pipe),

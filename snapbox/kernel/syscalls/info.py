@@ -9,6 +9,7 @@ import struct
 from snapbox.kernel.creds import CAP_SYS_ADMIN, CAP_SYS_NICE, capable
 from snapbox.kernel.errors import SyscallError
 from snapbox.kernel.host import UTS_RELEASE, UTS_VERSION, host_meminfo
+from snapbox.kernel.namespaces import uts
 from snapbox.kernel.syscalls import NR, i32, syscall
 
 GRND_NONBLOCK, GRND_RANDOM, GRND_INSECURE = 1, 2, 4
@@ -16,7 +17,8 @@ GRND_NONBLOCK, GRND_RANDOM, GRND_INSECURE = 1, 2, 4
 
 @syscall(NR.uname)
 def uname(t, buf):
-    fields = ("Linux", t.kernel.hostname, UTS_RELEASE, UTS_VERSION, "x86_64", t.kernel.domainname)
+    names = uts(t)
+    fields = ("Linux", names.hostname, UTS_RELEASE, UTS_VERSION, "x86_64", names.domainname)
     t.mm.write(buf, b"".join(f.encode()[:64].ljust(65, b"\0") for f in fields))
     return 0
 
@@ -311,11 +313,11 @@ def _uts_name(t, name: int, length: int) -> str:
 
 @syscall(NR.sethostname)
 def sethostname(t, name, length):
-    t.kernel.hostname = _uts_name(t, name, length)
+    uts(t).hostname = _uts_name(t, name, length)
     return 0
 
 
 @syscall(NR.setdomainname)
 def setdomainname(t, name, length):
-    t.kernel.domainname = _uts_name(t, name, length)
+    uts(t).domainname = _uts_name(t, name, length)
     return 0

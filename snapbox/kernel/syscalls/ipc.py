@@ -12,6 +12,7 @@ from snapbox.kernel.ipc import (
     IPC_NOWAIT, MSGMAX, MSGMNB, MSGMNI, SEMMNI, SEMMNS, SEMMSL, SEMOPM, SEMVMX, SEQ_MULTIPLIER, SHM_DEST,
     SHM_LOCKED, SHMALL, SHMMAX, SHMMIN, SHMMNI, MsgQueue, SemSet, ShmSegment, address_spaces,
 )
+from snapbox.kernel.namespaces import ipc
 from snapbox.kernel.syscalls import NR, i32, i64, syscall
 
 IPC_RMID, IPC_SET, IPC_STAT, IPC_INFO = 0, 1, 2, 3
@@ -41,8 +42,8 @@ def _now(t) -> int:
 
 
 def _ns(t):
-    """The sandbox's IPC objects, with segments whose removal was pending now gone."""
-    ns = t.kernel.ipc
+    """The IPC objects of `t`'s namespace, with segments whose removal was pending now gone."""
+    ns = ipc(t)
     ns.collect(address_spaces(t.kernel), t.kernel.memfile)
     return ns
 
@@ -263,18 +264,18 @@ def _semop(t, nr: int, ident, sops, nsops, deadline: int | None):
                 raise SyscallError(errno.EAGAIN)
             if deadline is not None and deadline <= t.kernel.timekeeper.monotonic_ns():
                 raise SyscallError(errno.EAGAIN)  # semtimedop(2): the timeout expired
-            t.kernel.ipc.blocked[t] = (s, num, op == 0)
+            ipc(t).blocked[t] = (s, num, op == 0)
             raise _park(t, nr, s.changed, deadline)
         else:
             values[num] = val + op
-    t.kernel.ipc.blocked.pop(t, None)
+    ipc(t).blocked.pop(t, None)
     tgid = t.tg.tgid
     undo = None
     for num, op, flg in ops:
         s.pids[num] = tgid
         if flg & SEM_UNDO and op:
             if undo is None:
-                undo = t.kernel.ipc.undo.setdefault(tgid, {}).setdefault(t.kernel.ipc.ident("sems", s), {})
+                undo = ipc(t).undo.setdefault(tgid, {}).setdefault(ipc(t).ident("sems", s), {})
             undo[num] = undo.get(num, 0) - op
     s.otime = _now(t)
     if values != s.values:
@@ -306,14 +307,14 @@ def semtimedop(t, ident, sops, nsops, timeout):
 def _waiting_count(t, s: SemSet, num: int, zero: bool) -> int:
     """GETNCNT / GETZCNT: tasks blocked in semop on semaphore `num` of `s`, waiting for it
     to grow (or to be zero)."""
-    return sum(1 for task, (where, n, z) in t.kernel.ipc.blocked.items()
+    return sum(1 for task, (where, n, z) in ipc(t).blocked.items()
                if where is s and n == num and z == zero and s.changed in task.waiting)
 
 
 def _clear_undo(t, s: SemSet, nums) -> None:
     """SETVAL and SETALL clear the semaphores' SEM_UNDO adjustments in every process."""
-    ident = t.kernel.ipc.ident("sems", s)
-    for sets in t.kernel.ipc.undo.values():
+    ident = ipc(t).ident("sems", s)
+    for sets in ipc(t).undo.values():
         adj = sets.get(ident)
         if adj is not None:
             for num in nums:

@@ -14,6 +14,7 @@ from snapbox.kernel.mqueue import (
     DEFAULT_MAXMSG, DEFAULT_MSGSIZE, HARD_MSGMAX, HARD_MSGSIZEMAX, MQ_PRIO_MAX, MSG_MAX, MSGSIZE_MAX, SIGEV_NONE,
     SIGEV_SIGNAL, MessageQueue, MqueueFile,
 )
+from snapbox.kernel.namespaces import ipc
 from snapbox.kernel.syscalls import NR, i32, syscall
 from snapbox.kernel.syscalls.time import read_timespec
 
@@ -67,7 +68,7 @@ def mq_open(t, name, oflag, mode, attr):
     name, oflag = _name(t, name), i32(oflag)
     if oflag & O_ACCMODE == O_ACCMODE:
         raise SyscallError(errno.EINVAL)
-    queues = t.kernel.ipc.mqueues
+    queues = ipc(t).mqueues
     q = queues.get(name)
     if q is not None:
         if oflag & O_CREAT and oflag & O_EXCL:
@@ -87,7 +88,7 @@ def mq_open(t, name, oflag, mode, attr):
             top = (HARD_MSGMAX, HARD_MSGSIZEMAX) if capable(t.tg, CAP_SYS_RESOURCE) else (MSG_MAX, MSGSIZE_MAX)
             if maxmsg > top[0] or msgsize > top[1]:
                 raise SyscallError(errno.EINVAL)
-        ns = t.kernel.ipc
+        ns = ipc(t)
         ns.mq_inos += 1
         q = MessageQueue(name=name, ino=ns.mq_inos, uid=t.tg.fsuid, gid=t.tg.fsgid, mode=mode & 0o777 & ~t.fs.umask,
                          maxmsg=maxmsg, msgsize=msgsize)
@@ -99,12 +100,12 @@ def mq_open(t, name, oflag, mode, attr):
 @syscall(NR.mq_unlink)
 def mq_unlink(t, name):
     name = _name(t, name)
-    q = t.kernel.ipc.mqueues.get(name)
+    q = ipc(t).mqueues.get(name)
     if q is None:
         raise SyscallError(errno.ENOENT)
     if t.tg.fsuid != q.uid and not capable(t.tg, CAP_FOWNER):  # the queues' directory is sticky, as /tmp
         raise SyscallError(errno.EACCES)
-    del t.kernel.ipc.mqueues[name]
+    del ipc(t).mqueues[name]
     q.name = ""
     return 0
 

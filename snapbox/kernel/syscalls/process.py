@@ -10,6 +10,7 @@ from snapbox.kernel.creds import (
     ALL_CAPS, CAP_LAST_CAP, CAP_SETGID, CAP_SETPCAP, CAP_SETUID, SECBIT_KEEP_CAPS, SECBIT_NO_CAP_AMBIENT_RAISE,
     SECURE_ALL_BITS, SECURE_ALL_LOCKS, capable, ids_changed,
 )
+from snapbox.kernel import namespaces
 from snapbox.kernel.errors import SyscallError, TaskExit, WouldBlock
 from snapbox.kernel.seccomp import SECCOMP_MODE_FILTER, SECCOMP_MODE_STRICT
 from snapbox.kernel.syscalls import NR, i32, syscall
@@ -197,6 +198,12 @@ CLD_EXITED, CLD_KILLED, CLD_DUMPED, CLD_STOPPED, CLD_CONTINUED = 1, 2, 3, 5, 6
 _shared_vm_logged = [False]
 
 
+@syscall(NR.unshare)
+def unshare(t, flags):
+    namespaces.unshare(t, flags)
+    return 0
+
+
 @syscall(NR.fork, stopped=True)
 def fork(t):
     return t.kernel.fork(t, SIGCHLD)
@@ -228,6 +235,7 @@ def clone(t, flags, stack, ptid, ctid, tls, *, nr=NR.clone):
     if flags & CLONE_THREAD:
         if flags & (CLONE_VM | CLONE_SIGHAND) != CLONE_VM | CLONE_SIGHAND:
             raise SyscallError(errno.EINVAL)  # clone(2): a thread shares memory and handlers
+        namespaces.for_clone(t, flags)
         return t.kernel.clone_thread(t, flags, stack, ptid, ctid, tls)
     if flags & CLONE_VM and not flags & CLONE_VFORK:
         if not _shared_vm_logged[0]:

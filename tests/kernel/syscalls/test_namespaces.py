@@ -1,0 +1,32 @@
+"""unshare(2) and clone(2)'s CLONE_NEW* flags: UTS and IPC namespaces of a process's own,
+against native runs; the kinds snapbox does not have refused with EINVAL."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from tests.conftest import held_through_a_restore, native_fixture, same_output
+
+
+@pytest.mark.parametrize("bundle", ["unshare", "unshare-glibc"])
+def test_uts_and_ipc_namespaces_match_native(snapbox, images, bundle):
+    want = native_fixture(images, bundle)
+    assert "a child made before: the first name" in want and "a child made after: inner" in want
+    assert "System V queue of the old namespace: No such file or directory" in want
+    assert same_output(snapbox("run", "--bundle", str(images / bundle), "ns").stdout, want)
+
+
+def test_namespaces_of_its_own_survive_a_checkpoint(snapbox, images, tmp_path):
+    got = held_through_a_restore(snapbox, images, tmp_path, "unshare", "done", lazy=False)
+    assert got == ["holding", "after: held, message kept (16)", "done"]
+
+
+def test_a_namespace_snapbox_does_not_have_is_refused_and_logged(snapbox, tmp_path):
+    script = ("import ctypes, os; libc = ctypes.CDLL(None, use_errno=True); "
+              "print(libc.unshare(0x20000), os.strerror(ctypes.get_errno()))")
+    log = tmp_path / "sandbox.log"
+    p = snapbox("--debug-log", str(log), "do", "--", sys.executable, "-c", script)
+    assert p.stdout == "-1 Invalid argument\n"
+    assert "new mount namespace: not supported (EINVAL)" in log.read_text()
