@@ -48,7 +48,7 @@ from snapbox.kernel.task import (
     Task,
     ThreadGroup,
 )
-from snapbox.kernel.vfs import Filesystem, LowerNode, MemRegular
+from snapbox.kernel.vfs import MS_NOEXEC, Filesystem, LowerNode, MemRegular
 from snapbox.memfile import MemoryFile
 from snapbox.platform import ptrace
 from snapbox.platform.cpuid import FeatureSet
@@ -340,7 +340,7 @@ class Lifecycle:
         parent, name, node = self.fs.walk(t.fs.cwd, t.fs.root, path, who=t.tg)
         if node is None:
             raise SyscallError(errno.ENOENT)
-        if not stat.S_ISREG(node.mode):
+        if not stat.S_ISREG(node.mode) or self.fs.mount_flags(node, parent) & MS_NOEXEC:
             raise SyscallError(errno.EACCES)
         check(t.tg, node, MAY_EXEC)
         data, pages = self._program_file(node)

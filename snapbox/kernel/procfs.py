@@ -483,7 +483,7 @@ def _top(k, name: str) -> str:
         return f"0.00 0.00 0.00 1/{running} {k.tasks.pidns.next_id - 1}\n"
     if name == "mounts":
         return ("rootfs / overlay ro,relatime 0 0\nproc /proc proc rw,nosuid,nodev,noexec,relatime 0 0\n"
-                "devtmpfs /dev devtmpfs rw,nosuid 0 0\n")
+                "devtmpfs /dev devtmpfs rw,nosuid 0 0\n" + "".join(m.line() for m in k.fs.mounts))
     if name == "version":
         return f"Linux version {UTS_RELEASE} (snapbox) {UTS_VERSION}\n"
     if name == "meminfo":

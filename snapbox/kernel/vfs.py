@@ -346,6 +346,45 @@ class Dir(Inode):
         return "/" + "/".join(reversed(parts))
 
 
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 0x1, 0x2, 0x4, 0x8
+MS_NOATIME, MS_NODIRATIME, MS_RELATIME, MS_STRICTATIME = 0x400, 0x800, 1 << 21, 1 << 24
+
+
+@savable
+@dataclass(eq=False)
+class Mount:
+    """A mount on the sandbox's tree, its bundle's or one made with mount(2): its top
+    `node` stands at `parent`/`name`, over what was there (`covered`, put back when it is
+    unmounted)."""
+
+    parent: Dir
+    name: str
+    node: Inode
+    covered: Inode | None = None
+    fstype: str = "tmpfs"
+    source: str = "tmpfs"
+    flags: int = 0  # mount(2)'s MS_NOSUID, MS_NODEV, MS_NOEXEC and atime flags, as given
+    expiring: bool = False  # umount2(MNT_EXPIRE) marked it: the next one takes it away
+
+    def path(self) -> str:
+        return self.parent.path().rstrip("/") + "/" + self.name
+
+    def line(self) -> str:
+        """Its line of /proc/mounts."""
+        opts = ["ro" if self.flags & MS_RDONLY else "rw"]
+        opts += [name for bit, name in ((MS_NOSUID, "nosuid"), (MS_NODEV, "nodev"), (MS_NOEXEC, "noexec"),
+                                        (MS_NOATIME, "noatime"), (MS_NODIRATIME, "nodiratime"))
+                 if self.flags & bit]
+        if not self.flags & (MS_NOATIME | MS_STRICTATIME):
+            opts.append("relatime")
+        return f"{self.source} {_escaped(self.path())} {self.fstype} {','.join(opts)} 0 0\n"
+
+
+def _escaped(path: str) -> str:
+    """A path as /proc/mounts writes it: space, tab, newline and backslash in octal."""
+    return "".join(f"\\{ord(c):03o}" if c in " \t\n\\" else c for c in path)
+
+
 @savable
 @dataclass(eq=False)
 class Filesystem:
@@ -362,6 +401,7 @@ class Filesystem:
     # pages go once no mapping holds them either (Kernel.collect_orphans), as on Linux,
     # where a shared mapping keeps its file alive after close and unlink.
     orphans: list = field(default_factory=list)
+    mounts: list = field(default_factory=list)  # Mount: the bundle's, then mount(2)'s, in order
     lowers: list = nosave(list)  # Lower of each layer: the rootfs, then each bind
     lock_queues: dict = nosave(dict)  # id(inode) -> WaitQueue of tasks waiting for its locks
 
@@ -454,7 +494,48 @@ class Filesystem:
     def mount_tmpfs(self, destination: str, mode: int = 0o1777) -> None:
         """An empty in-memory directory at `destination`."""
         parent, name = self._mount_point(destination)
-        self.make_dir(parent, name, mode).tmpfs = True
+        covered = parent.entries.get(name)
+        self.attach(parent, name, covered, self.new_tmpfs(parent, name, mode), "tmpfs", "tmpfs")
+
+    def new_tmpfs(self, parent: Dir, name: str, mode: int, uid: int = 0, gid: int = 0) -> Dir:
+        now = now_ns()
+        return Dir(ino=self.new_ino(), mode=st.S_IFDIR | (mode & 0o7777), nlink=2, atime=now, mtime=now,
+                   ctime=now, name=name, parent=parent, uid=uid, gid=gid, tmpfs=True)
+
+    def attach(self, parent: Dir, name: str, covered: Inode | None, node: Inode, fstype: str, source: str,
+               flags: int = 0) -> Mount:
+        """Mount `node` at `parent`/`name`, over `covered`."""
+        parent.entries[name] = node
+        parent.whiteouts.discard(name)
+        m = Mount(parent=parent, name=name, node=node, covered=covered, fstype=fstype, source=source, flags=flags)
+        self.mounts.append(m)
+        return m
+
+    def detach(self, m: Mount) -> None:
+        """Unmount `m`: what it covered is back."""
+        if m.covered is None:
+            m.parent.entries.pop(m.name, None)
+        else:
+            m.parent.entries[m.name] = m.covered
+        self.mounts.remove(m)
+
+    def mount_at(self, parent: Dir, name: str, node: Inode) -> Mount | None:
+        """The mount whose top `node` is, found at `parent`/`name` (the last one made
+        there: mounts stack)."""
+        for m in reversed(self.mounts):
+            if m.node is node and m.parent is parent and m.name == name:
+                return m
+        return None
+
+    def mount_flags(self, node: Inode, parent: Dir) -> int:
+        """The flags of the mount `node` (found in `parent`) is on (MS_NOEXEC...)."""
+        tops = {id(m.node): m for m in self.mounts}
+        m = tops.get(id(node))
+        d = parent
+        while m is None and d is not None:
+            m = tops.get(id(d))
+            d = d.parent
+        return m.flags if m is not None else 0
 
     def writable_in_memory(self, node: Inode) -> bool:
         """Whether a node of the in-memory layer may change: always, unless the root is
@@ -488,8 +569,7 @@ class Filesystem:
                              path=os.path.basename(source), length=s.st_size, layer=layer)
         if writable:
             self.rw_layers.add(len(self.lowers) - 1)
-        parent.entries[name] = node
-        parent.whiteouts.discard(name)
+        self.attach(parent, name, parent.entries.get(name), node, "none", source, 0 if writable else MS_RDONLY)
 
     def mount_of(self, node: Inode, parent: Dir) -> object:
         """The mount `node` (found in directory `parent`) is on: a tmpfs mount's top Dir,
@@ -510,7 +590,7 @@ class Filesystem:
 
     def is_mount_point(self, node: Inode, parent: Dir) -> bool:
         """Whether `node` is the top of a mount (rename and rmdir of one fail with EBUSY)."""
-        if isinstance(node, Dir) and node.tmpfs:
+        if isinstance(node, Dir) and node.tmpfs or any(m.node is node and m.parent is parent for m in self.mounts):
             return True
         layer = getattr(node, "layer", 0)
         return bool(layer) and getattr(parent, "layer", 0) != layer

@@ -35,7 +35,7 @@ from snapbox.kernel.task import FSContext, PIDNamespace, SigAction, Task, TaskSe
 from snapbox.kernel.time import Timekeeper
 from snapbox.kernel.tty import Pty, PtyMaster, PtySlave, PtsNode
 from snapbox.kernel.timers import PosixTimer
-from snapbox.kernel.vfs import DirFile, Filesystem, Inode, MemSymlink, RegularFile
+from snapbox.kernel.vfs import DirFile, Filesystem, Inode, MemSymlink, Mount, RegularFile
 from snapbox.kernel.waiter import WaitQueue
 from snapbox.memfile import MemoryFile
 from snapbox.platform.cpuid import FeatureSet
@@ -165,6 +165,9 @@ def build(name: str, kernel: Kernel):
                                                     backlog=5, options={(1, 2): 1}, outer=True)),
             InetSocket(flags=2, ino=81, family=2, local=("0.0.0.0", 80), listening=True, backlog=5)),
         "UtsNamespace": lambda: UtsNamespace(hostname="inner", domainname="example"),
+        "Mount": lambda: Mount(parent=fs.root, name="mnt", node=fs.new_tmpfs(fs.root, "mnt", 0o700),
+                               covered=fs.root.entries.get("etc"), fstype="tmpfs", source="tmpfs", flags=0x8,
+                               expiring=True),
         "StreamBuffer": lambda: right.outgoing,
         "SocketNode": lambda: SocketNode(ino=12, mode=stat.S_IFSOCK | 0o755, socket=listener),
         "FifoNode": lambda: FifoNode(ino=8, mode=stat.S_IFIFO | 0o644, pipe=pipe_r.pipe),

@@ -33,6 +33,7 @@
     aio       Linux AIO: io_setup, io_submit, io_getevents, io_cancel, io_destroy (the rings: snapbox.kernel.aio)
     inotify   inotify_init(1), inotify_add_watch, inotify_rm_watch (the events: snapbox.kernel.inotify)
     seccomp   seccomp, a program's own filters (run by snapbox.kernel.seccomp)
+    mount     mount, umount2 (tmpfs, proc and bind mounts inside the sandbox)
     xattr     setxattr, getxattr, listxattr, removexattr and their l- and f- forms
     numbers   the x86-64 syscall numbers and names
 """
@@ -84,8 +85,8 @@ def i64(x: int) -> int:
 def load_all() -> None:
     """Import every family so its handlers are registered."""
     from snapbox.kernel.syscalls import (  # noqa: F401
-        aio, attrs, events, fdops, futex, info, inotify, ipc, mm, mqueue, names, net, poll, process, rw,
-        seccomp, signal, splice, stats, time, xattr)
+        aio, attrs, events, fdops, futex, info, inotify, ipc, mm, mount, mqueue, names, net, poll, process,
+        rw, seccomp, signal, splice, stats, time, xattr)
 
 
 __all__ = ["NAMES", "NR", "STOPPED", "TABLE", "i32", "i64", "load_all", "syscall"]

@@ -116,11 +116,13 @@ def unlinkat(t, dirfd, path, flags):
             raise SyscallError(errno.ENOTDIR)
         if name in (".", "..") or node is t.fs.root:
             raise SyscallError(errno.EINVAL if name == "." else errno.EBUSY)
-        if t.kernel.fs.list_dir(node):
-            raise SyscallError(errno.ENOTEMPTY)
     elif node.is_dir():
         raise SyscallError(errno.EISDIR)
     may_delete(t.tg, parent, node)
+    if t.kernel.fs.is_mount_point(node, parent):
+        raise SyscallError(errno.EBUSY)
+    if flags & AT_REMOVEDIR and t.kernel.fs.list_dir(node):
+        raise SyscallError(errno.ENOTEMPTY)
     host = on_host(t, parent)
     if host is not None:
         host.at(host_path(parent, name), os.rmdir if flags & AT_REMOVEDIR else os.unlink)
