@@ -114,8 +114,9 @@ def load(mm: MemoryManager, data: bytes, path: str, base: int | None = None,
 
 
 def build_stack(mm: MemoryManager, image: LoadedImage, argv: list[bytes], envp: list[bytes],
-                execfn: bytes, hwcap: int, interp_base: int = 0) -> int:
-    """Map the main stack and lay out argc, argv, envp and auxv; returns the initial rsp."""
+                execfn: bytes, hwcap: int, interp_base: int = 0, ids: tuple = (0, 0, 0, 0, 0)) -> int:
+    """Map the main stack and lay out argc, argv, envp and auxv; returns the initial rsp.
+    `ids`: the program's (uid, euid, gid, egid, secure), for AT_UID... and AT_SECURE."""
     mm.map_anonymous(STACK_TOP - STACK_SIZE, STACK_SIZE, PROT_READ | PROT_WRITE, fixed=True, kind="stack")
     sp = STACK_TOP
 
@@ -134,7 +135,7 @@ def build_stack(mm: MemoryManager, image: LoadedImage, argv: list[bytes], envp: 
     auxv = [
         (AT_PHDR, image.phdr), (AT_PHENT, image.phent), (AT_PHNUM, image.phnum),
         (AT_PAGESZ, PAGE_SIZE), (AT_BASE, interp_base), (AT_FLAGS, 0), (AT_ENTRY, image.entry),
-        (AT_UID, 0), (AT_EUID, 0), (AT_GID, 0), (AT_EGID, 0), (AT_SECURE, 0),
+        (AT_UID, ids[0]), (AT_EUID, ids[1]), (AT_GID, ids[2]), (AT_EGID, ids[3]), (AT_SECURE, ids[4]),
         (AT_RANDOM, random), (AT_HWCAP, hwcap), (AT_HWCAP2, 0), (AT_CLKTCK, 100),
         (AT_PLATFORM, platform), (AT_EXECFN, execfn_addr), (AT_MINSIGSTKSZ, MINSIGSTKSZ),
         (AT_NULL, 0),

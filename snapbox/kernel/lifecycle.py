@@ -48,7 +48,7 @@ from snapbox.kernel.task import (
     Task,
     ThreadGroup,
 )
-from snapbox.kernel.vfs import MS_NOEXEC, Filesystem, LowerNode, MemRegular
+from snapbox.kernel.vfs import MS_NOEXEC, MS_NOSUID, Filesystem, LowerNode, MemRegular
 from snapbox.memfile import MemoryFile
 from snapbox.platform import ptrace
 from snapbox.platform.cpuid import FeatureSet
@@ -142,7 +142,8 @@ class Lifecycle:
                     raise SnapboxError(f"interpreter {interp.decode(errors='replace')} of {exe} not found in the "
                                        "sandbox")
                 exe = _resolved(parent, name)
-            image, entry, sp = self._load_program(mm, data, pages, exe, argv, env, path, cwd_node, root)
+            image, entry, sp = self._load_program(mm, data, pages, exe, argv, env, path, cwd_node, root,
+                                                  (creds[0], creds[0], creds[1], creds[1], 0))
         except SyscallError as e:
             mm.release_all()
             raise SnapboxError(f"cannot run {exe}: {e.args[1] or os.strerror(e.errno)}") from None
@@ -180,10 +181,12 @@ class Lifecycle:
         return tg
 
     def _load_program(self, mm: MemoryManager, data: bytes, pages: FilePages | None, exe: str,
-                      argv: list[bytes], env: list[bytes], path: bytes, cwd, root) -> tuple[elf.LoadedImage, int, int]:
+                      argv: list[bytes], env: list[bytes], path: bytes, cwd, root,
+                      ids: tuple = (0, 0, 0, 0, 0)) -> tuple[elf.LoadedImage, int, int]:
         """Map a program (its content `data`, its cached `pages` if any) and its dynamic
-        loader, if it names one (looked up from the process's `root`), and build its stack. Returns the image, the address to
-        start at, and the initial stack pointer."""
+        loader, if it names one (looked up from the process's `root`), and build its stack
+        (`ids`: see elf.build_stack). Returns the image, the address to start at, and the
+        initial stack pointer."""
         mm.exe = exe
         try:
             image = elf.load(mm, data, exe, pages=pages)
@@ -208,8 +211,22 @@ class Lifecycle:
             if loader.interp:
                 raise SyscallError(errno.ELIBBAD, f"its loader {image.interp} needs a loader itself")
             entry, interp_base = loader.entry, loader.base
-        sp = elf.build_stack(mm, image, argv, env, path, self.features.hwcap(), interp_base)
+        sp = elf.build_stack(mm, image, argv, env, path, self.features.hwcap(), interp_base, ids)
         return image, entry, sp
+
+    def _set_ids(self, tg, node, parent) -> tuple[int, int]:
+        """The effective uid and gid a program starts with: its file's owner if it is
+        set-user-ID, its group if set-group-ID (with group execute: without, the bit marks
+        mandatory locking); the caller's where the bits are ignored (no_new_privs, a
+        nosuid mount)."""
+        euid, egid = tg.creds[1], tg.creds[4]
+        if tg.prctl.get("no_new_privs") or self.fs.mount_flags(node, parent) & MS_NOSUID:
+            return euid, egid
+        if node.mode & stat.S_ISUID:
+            euid = node.uid
+        if node.mode & (stat.S_ISGID | stat.S_IXGRP) == stat.S_ISGID | stat.S_IXGRP:
+            egid = node.gid
+        return euid, egid
 
     def _program_file(self, node) -> tuple[bytes, FilePages | None]:
         """A program's content, and its cache entry if its pages can be mapped from the
@@ -353,15 +370,18 @@ class Lifecycle:
             interp, args = shebang(data)
             self.execve(t, interp, [interp, *args, path, *argv[1:]], envp, depth + 1)
             return
+        euid, egid = self._set_ids(t.tg, node, parent)
+        tg = t.tg
+        setid = euid != tg.creds[1] or (egid != tg.creds[4] and egid not in tg.groups)
+        ids = (tg.creds[0], euid, tg.creds[3], egid, int(setid))
         mm = MemoryManager(memfile=self.memfile, cache=self.file_cache)
         try:
             exe = _resolved(parent, name)
-            image, entry, sp = self._load_program(mm, data, pages, exe, argv, envp, path, t.fs.cwd, t.fs.root)
+            image, entry, sp = self._load_program(mm, data, pages, exe, argv, envp, path, t.fs.cwd, t.fs.root, ids)
         except BaseException:
             mm.release_all()
             raise
         # The point of no return: the old program is gone from here on.
-        tg = t.tg
         release_vfork_parent(tg)
         stub = tg.mm.stub
         leader = tg.tasks[0]
@@ -384,6 +404,10 @@ class Lifecycle:
         tg.sigactions = {n: a for n, a in tg.sigactions.items() if a.handler == SIG_IGN}
         tg.argv = list(argv)
         tg.exe = exe
+        tg.creds[1], tg.creds[4], tg.fsuid, tg.fsgid = euid, egid, euid, egid
+        if setid:
+            tg.caps.ambient = 0
+            tg.pdeath_signal = 0
         exec_transform(tg)
         tg.xfeatures_granted = 0
         tg.aio = {}  # their rings went with the old address space
