@@ -110,9 +110,11 @@ def _unix_target(t, name: bytes, kind: type) -> UnixSocket | UnixDgramSocket:
     EPROTOTYPE if a socket of the other kind holds the name (unix(7))."""
     if not name:
         raise SyscallError(errno.EINVAL)
-    target = _bound(t, name)
+    target = _bound(t, name, follow=True)
     if target is None:
         raise SyscallError(errno.ECONNREFUSED if name[:1] == b"\0" else errno.ENOENT)
+    if name[:1] != b"\0":
+        check(t.tg, target, MAY_WRITE)  # unix(7): connecting and sending need write permission
     if isinstance(target, SocketNode):
         target = target.socket
     if isinstance(target, (UnixSocket, UnixDgramSocket)) and not isinstance(target, kind):
@@ -160,8 +162,9 @@ def _write_sockaddr(t, addr: int, addrlen: int, full: bytes) -> None:
     t.mm.write(addrlen, struct.pack("<I", len(full)))
 
 
-def _bound(t, name: bytes) -> UnixSocket | SocketNode | None:
-    """What holds a name now: a live socket (abstract names), a node (paths), or None."""
+def _bound(t, name: bytes, follow: bool = False) -> UnixSocket | SocketNode | None:
+    """What holds a name now: a live socket (abstract names), a node (paths; a symlink is
+    followed if `follow`: connect and sendto do, bind does not), or None."""
     if name[:1] == b"\0":
         s = t.kernel.unix_names.get(name)
         if s is not None and s.refs == 0:
@@ -169,7 +172,7 @@ def _bound(t, name: bytes) -> UnixSocket | SocketNode | None:
             return None
         return s
     fs = t.kernel.fs
-    _, _, node = fs.walk(start_dir(t, AT_FDCWD, name), t.fs.root, name, False, who=t.tg)
+    _, _, node = fs.walk(start_dir(t, AT_FDCWD, name), t.fs.root, name, follow, who=t.tg)
     return node
 
 
