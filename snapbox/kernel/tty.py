@@ -24,7 +24,7 @@ from snapbox.kernel.creds import CAP_SYS_ADMIN, capable
 from snapbox.kernel.devices import DeviceFile, DeviceNode, makedev
 from snapbox.kernel.errors import SyscallError, WouldBlock
 from snapbox.kernel.fd import (
-    O_NOCTTY, O_NONBLOCK, POLLERR, POLLHUP, POLLIN, POLLOUT, POLLRDNORM, POLLWRNORM,
+    O_NOCTTY, O_NONBLOCK, POLLERR, POLLHUP, POLLIN, POLLOUT, POLLPRI, POLLRDNORM, POLLWRNORM,
 )
 from snapbox.kernel.signals import SIG_IGN, SIGCONT, SIGHUP, SIGINT, SIGQUIT, SIGTSTP, SIGTTIN, SIGTTOU, SIGWINCH, sigbit
 from snapbox.kernel.vfs import Dir, now_ns
@@ -48,6 +48,7 @@ OPOST, OLCUC, ONLCR, OCRNL, ONOCR, ONLRET, TABDLY, TAB3 = 0o1, 0o2, 0o4, 0o10, 0
 B38400, CS8, CREAD = 0o17, 0o60, 0o200
 ISIG, ICANON, ECHO, ECHOE, ECHOK, ECHONL, NOFLSH, TOSTOP, ECHOCTL, ECHOPRT, ECHOKE, IEXTEN = (
     0o1, 0o2, 0o10, 0o20, 0o40, 0o100, 0o200, 0o400, 0o1000, 0o2000, 0o4000, 0o100000)
+EXTPROC = 0o200000
 (VINTR, VQUIT, VERASE, VKILL, VEOF, VTIME, VMIN, VSWTC, VSTART, VSTOP, VSUSP, VEOL, VREPRINT,
  VDISCARD, VWERASE, VLNEXT, VEOL2) = range(17)
 NCCS = 19
@@ -71,7 +72,11 @@ TIOCGWINSZ, TIOCSWINSZ, FIONREAD, TIOCPKT, TIOCNOTTY, TIOCSETD, TIOCGETD = (
 TCSBRKP, TIOCGSID = 0x5425, 0x5429
 TCGETS2, TCSETS2, TCSETSW2, TCSETSF2 = 0x802C542A, 0x402C542B, 0x402C542C, 0x402C542D
 TIOCGPTN, TIOCSPTLCK, TIOCGEXCL, TIOCGPTLCK, TIOCGPTPEER = 0x80045430, 0x40045431, 0x80045440, 0x80045439, 0x5441
+TIOCGPKT = 0x80045438
 TCOOFF, TCOON, TCIOFF, TCION = 0, 1, 2, 3
+# Packet mode's status bits (TIOCPKT_*): what the master reads alone, as one byte.
+PKT_FLUSHREAD, PKT_FLUSHWRITE, PKT_STOP, PKT_START, PKT_NOSTOP, PKT_DOSTOP, PKT_IOCTL = (
+    0x1, 0x2, 0x4, 0x8, 0x10, 0x20, 0x40)
 TCIFLUSH, TCOFLUSH, TCIOFLUSH = 0, 1, 2
 N_TTY = 0
 
@@ -114,6 +119,8 @@ class Pty:
     slave_opens: int = 0  # open slave file descriptions
     slave_opened: bool = False  # the slave has been opened at least once
     exclusive: bool = False  # TIOCEXCL
+    packet: bool = False  # TIOCPKT: the master reads a status byte before each read's data
+    pktstatus: int = 0  # PKT_* changes its reader has yet to hear of (packet mode)
     node: PtsNode | None = None  # /dev/pts/N, gone once the master is closed
     readable: WaitQueue = field(default_factory=WaitQueue)  # the slave's readers
     writable: WaitQueue = field(default_factory=WaitQueue)  # the slave's writers
@@ -133,6 +140,7 @@ class Pty:
 
     def set_termios(self, data: bytes) -> None:
         iflag, oflag, cflag, lflag, line, cc = _TERMIOS.unpack(data[:_TERMIOS.size])
+        old, was_lflag = self.termios(), self.lflag
         was_canon = self.lflag & ICANON
         self.iflag, self.oflag, self.cflag, self.lflag, self.line, self.cc = iflag, oflag, cflag, lflag, line, cc
         if was_canon and not lflag & ICANON:
@@ -143,9 +151,38 @@ class Pty:
         elif not was_canon and lflag & ICANON and self.inq:
             self.ends = [len(self.inq)]
         if not iflag & IXON:
-            self.stopped = False
+            self.start()
+        old_flow, new_flow = self._flow_control(old), self._flow_control(self.termios())
+        if old_flow != new_flow:
+            self.packet_status(PKT_DOSTOP if new_flow else PKT_NOSTOP, PKT_DOSTOP | PKT_NOSTOP)
+        if (was_lflag | lflag) & EXTPROC:
+            self.packet_status(PKT_IOCTL)
         self.receive_pending()
         self.wake_all()
+
+    @staticmethod
+    def _flow_control(termios: bytes) -> bool:
+        """Whether ^S and ^Q stop and start output (what packet mode's DOSTOP reports)."""
+        iflag, _, _, _, _, cc = _TERMIOS.unpack(termios)
+        return bool(iflag & IXON) and cc[VSTOP] == 0o23 and cc[VSTART] == 0o21
+
+    def packet_status(self, add: int, clear: int = 0) -> None:
+        """A status change the master's reader hears of, in packet mode."""
+        if self.packet:
+            self.pktstatus = (self.pktstatus & ~clear) | add
+            self.master_readable.notify()
+
+    def stop(self) -> None:
+        """Output stops (^S, tcflow TCOOFF)."""
+        if not self.stopped:
+            self.stopped = True
+            self.packet_status(PKT_STOP, PKT_START)
+
+    def start(self) -> None:
+        if self.stopped:
+            self.stopped = False
+            self.packet_status(PKT_START, PKT_STOP)
+            self.writable.notify()
 
     # --- input: master -> line discipline -> slave
 
@@ -194,22 +231,22 @@ class Pty:
             c = 13
         if iflag & IXON:
             if self.is_char(c, VSTOP):
-                self.stopped = True
+                self.stop()
                 return
             if self.is_char(c, VSTART):
-                self.stopped = False
-                self.writable.notify()
+                self.start()
                 return
             if self.stopped and iflag & IXANY:
-                self.stopped = False
-                self.writable.notify()
+                self.start()
         if lflag & ISIG:
             for index, sig in ((VINTR, SIGINT), (VQUIT, SIGQUIT), (VSUSP, SIGTSTP)):
                 if self.is_char(c, index):
                     if not lflag & NOFLSH:
                         self.flush_input(pending=False)
                         self.outq.clear()
-                    self.stopped = False
+                        self.packet_status(PKT_FLUSHREAD | PKT_FLUSHWRITE)
+                    if iflag & IXON:
+                        self.start()
                     if lflag & ECHO:
                         self._echo_char(c)
                     self.signal_group(k, sig)
@@ -466,16 +503,22 @@ class Pty:
     # --- the master's side
 
     def master_read(self, count: int, nonblock: bool) -> bytes:
+        """What the slave wrote; in packet mode, after a status byte: TIOCPKT_DATA (0),
+        or a status change alone."""
+        if self.packet and self.pktstatus:
+            status, self.pktstatus = self.pktstatus, 0
+            return bytes([status])
         if not self.outq:
             if self.slave_opened and not self.slave_opens:
                 raise SyscallError(errno.EIO)
             if nonblock:
                 raise SyscallError(errno.EAGAIN)
             raise WouldBlock(self.master_readable)
-        data = bytes(self.outq[:count])
-        del self.outq[:count]
+        n = count - 1 if self.packet else count
+        data = bytes(self.outq[:n])
+        del self.outq[:n]
         self.writable.notify()
-        return data
+        return b"\0" + data if self.packet else data
 
     def master_write(self, t, data: bytes, nonblock: bool) -> int:
         room = PENDING_MAX - len(self.pending)
@@ -491,6 +534,8 @@ class Pty:
 
     def master_ready(self) -> int:
         mask = POLLIN | POLLRDNORM if self.outq else 0
+        if self.packet and self.pktstatus:
+            mask |= POLLIN | POLLPRI | POLLRDNORM
         if len(self.pending) < PENDING_MAX:
             mask |= POLLOUT | POLLWRNORM
         if self.slave_opened and not self.slave_opens:
@@ -598,8 +643,17 @@ class PtyMaster(DeviceFile):
             if arg in (TCOFLUSH, TCIOFLUSH):
                 pty.flush_input()
             return 0
-        if request in (TIOCSCTTY, TIOCNOTTY, TIOCSTI, TIOCEXCL, TIOCNXCL, TIOCGEXCL, TIOCPKT):
-            raise SyscallError(errno.ENOTTY if request != TIOCPKT else errno.EINVAL)
+        if request == TIOCPKT:
+            (on,) = struct.unpack("<i", t.mm.read(arg, 4))
+            if on and not pty.packet:
+                pty.pktstatus = 0
+            pty.packet = bool(on)
+            return 0
+        if request == TIOCGPKT:
+            t.mm.write(arg, struct.pack("<i", int(pty.packet)))
+            return 0
+        if request in (TIOCSCTTY, TIOCNOTTY, TIOCSTI, TIOCEXCL, TIOCNXCL, TIOCGEXCL):
+            raise SyscallError(errno.ENOTTY)
         return tty_ioctl(t, pty, request, arg, master=True)
 
     def release(self) -> None:
@@ -648,7 +702,7 @@ class PtySlave(DeviceFile):
         pty = self.pty
         if not pty.master_open:
             raise SyscallError(errno.ENOTTY if request == TIOCSPGRP else errno.EIO)
-        if request == TIOCGPTN or request in (TIOCSPTLCK, TIOCGPTLCK, TIOCGPTPEER, TIOCPKT):
+        if request == TIOCGPTN or request in (TIOCSPTLCK, TIOCGPTLCK, TIOCGPTPEER, TIOCPKT, TIOCGPKT):
             raise SyscallError(errno.ENOTTY)
         if request in (FIONREAD, TIOCOUTQ):
             if request == TIOCOUTQ:
@@ -662,9 +716,11 @@ class PtySlave(DeviceFile):
                 raise SyscallError(errno.EINVAL)
             if arg in (TCIFLUSH, TCIOFLUSH):
                 pty.flush_input()
+                pty.packet_status(PKT_FLUSHREAD)
             if arg in (TCOFLUSH, TCIOFLUSH):
                 pty.outq.clear()
                 pty.writable.notify()
+                pty.packet_status(PKT_FLUSHWRITE)
             return 0
         if request == TIOCSCTTY:
             return set_controlling(t, pty, steal=arg == 1)
@@ -733,9 +789,13 @@ def tty_ioctl(t, pty: Pty, request: int, arg: int, master: bool) -> int:
     if request == TCXONC:
         if arg not in (TCOOFF, TCOON, TCIOFF, TCION):
             raise SyscallError(errno.EINVAL)
-        if arg in (TCOOFF, TCOON):
+        if master and arg in (TCOOFF, TCOON):  # the master's own flow: packet mode hears nothing of it
             pty.stopped = arg == TCOOFF
             pty.writable.notify()
+        elif arg == TCOOFF:
+            pty.stop()
+        elif arg == TCOON:
+            pty.start()
         return 0
     if request == TIOCGETD:
         t.mm.write(arg, struct.pack("<i", pty.line))

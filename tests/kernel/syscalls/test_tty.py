@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import held_through_a_restore, same_output
+from tests.conftest import held_through_a_restore, native_fixture, same_output
 
 PTY_SHELL = Path(__file__).with_name("ptyshell.py")
 
@@ -28,6 +28,13 @@ def test_pseudo_terminals_match_native(snapbox, images, bundle):
     want = native_in_own_session(images / bundle / "rootfs" / bundle)
     assert "child: background reader stopped 1 by 21" in want and want.endswith("done\n")
     assert same_output(snapbox("run", "--bundle", str(images / bundle), "pty").stdout, want)
+
+
+@pytest.mark.parametrize("bundle", ["ptypkt", "ptypkt-glibc"])
+def test_packet_mode_matches_native(snapbox, images, bundle):
+    want = native_fixture(images, bundle)
+    assert "the slave wrote hi: poll 1 IN, read 00 68 69" in want and "stopped and flushed: poll 1 IN PRI, read 05" in want
+    assert same_output(snapbox("run", "--bundle", str(images / bundle), "pkt").stdout, want)
 
 
 def test_a_half_typed_line_and_unread_output_survive_a_checkpoint(snapbox, images, tmp_path):
