@@ -132,6 +132,7 @@ class IpcNamespace:
     seq: int = 0  # the next object's sequence number
     mqueues: dict = field(default_factory=dict)  # name -> POSIX MessageQueue (snapbox.kernel.mqueue)
     mq_inos: int = 0  # inode numbers given to message queues so far
+    inum: int = 0  # its inode number in /proc/PID/ns (0: the sandbox's first; see namespaces)
     # SEM_UNDO adjustments: tgid -> {semid: {semnum: adjustment}}, applied when it exits
     undo: dict = field(default_factory=dict)
     # Tasks blocked in semop -> (SemSet, semaphore, waiting for zero?), for GETNCNT/GETZCNT;

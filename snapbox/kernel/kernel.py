@@ -116,6 +116,7 @@ class Kernel(Lifecycle, Signaling, Checkpointing):
     udp_ports: dict = field(default_factory=dict)  # UDP port -> the UdpSockets bound to it
     network: dict = field(default_factory=dict)  # runtime.network.Network.as_dict(): mode, address, ...
     published: list = field(default_factory=list)  # inet.Publication: the ports published on the host
+    ns_inum: int = 0xF0000100  # the last inode number given to a namespace (snapbox.kernel.namespaces)
     restores: int = 0  # times this sandbox was restored from an image (/proc/snapbox/restored)
     ipc: IpcNamespace = field(default_factory=IpcNamespace)  # System V message queues, semaphores, shm
     ptys: dict = field(default_factory=dict)  # pseudo-terminal index -> tty.Pty

@@ -34,6 +34,16 @@ NAMES = {CLONE_NEWTIME: "time", CLONE_NEWNS: "mount", CLONE_NEWCGROUP: "cgroup",
 _logged: set = set()
 
 
+# /proc/PID/ns's entries, and the inode numbers of the sandbox's first namespaces (Linux's
+# PROC_*_INIT_INO for those it numbers so); namespaces made later are numbered from
+# Kernel.ns_inum.
+KINDS = ("cgroup", "ipc", "mnt", "net", "pid", "pid_for_children", "time", "time_for_children", "user", "uts")
+FIRST_INUM = {"ipc": 0xEFFFFFFF, "uts": 0xEFFFFFFE, "user": 0xEFFFFFFD, "pid": 0xEFFFFFFC, "cgroup": 0xEFFFFFFB,
+              "time": 0xEFFFFFFA, "mnt": 0xF0000000, "net": 0xF0000008}
+FLAGS = {"cgroup": CLONE_NEWCGROUP, "ipc": CLONE_NEWIPC, "mnt": CLONE_NEWNS, "net": CLONE_NEWNET,
+         "pid": CLONE_NEWPID, "time": CLONE_NEWTIME, "user": CLONE_NEWUSER, "uts": CLONE_NEWUTS}
+
+
 @savable
 @dataclass(eq=False)
 class UtsNamespace:
@@ -41,6 +51,15 @@ class UtsNamespace:
 
     hostname: str = ""
     domainname: str = ""
+    inum: int = 0  # its inode number in /proc/PID/ns
+
+
+def namespace_of(tg, kind: str) -> tuple[object, int]:
+    """A process's namespace of `kind` (one of KINDS) and its inode number; None for the
+    sandbox's first one."""
+    kind = kind.removesuffix("_for_children")
+    ns = tg.uts if kind == "uts" else tg.ipc if kind == "ipc" else None
+    return ns, ns.inum if ns is not None else FIRST_INUM[kind]
 
 
 def uts(t) -> UtsNamespace:
@@ -64,9 +83,11 @@ def made(t, flags: int) -> tuple:
     new_uts, new_ipc = t.tg.uts, t.tg.ipc
     if flags & CLONE_NEWUTS:
         now = uts(t)
-        new_uts = UtsNamespace(hostname=now.hostname, domainname=now.domainname)
+        t.kernel.ns_inum += 1
+        new_uts = UtsNamespace(hostname=now.hostname, domainname=now.domainname, inum=t.kernel.ns_inum)
     if flags & CLONE_NEWIPC:
-        new_ipc = IpcNamespace()
+        t.kernel.ns_inum += 1
+        new_ipc = IpcNamespace(inum=t.kernel.ns_inum)
     return new_uts, new_ipc
 
 
@@ -105,6 +126,23 @@ def unshare(t, flags: int) -> None:
     if flags & CLONE_SYSVSEM:
         ipc(t).exited(t.tg.tgid)  # its semaphore adjustments are applied, as at exit
     t.tg.uts, t.tg.ipc = new_uts, new_ipc
+
+
+def setns(t, f, nstype: int) -> None:
+    """setns(2) with `f`, an open /proc/PID/ns file (procfs.NsFile): join its namespace.
+    Of the kinds snapbox has one of only, that one is joined already."""
+    kind = f.node.kind.removesuffix("_for_children")
+    if nstype and nstype != FLAGS[kind]:
+        raise SyscallError(errno.EINVAL)
+    if kind == "user":
+        raise SyscallError(errno.EINVAL)  # a process's own user namespace, as Linux answers
+    if not capable(t.tg, CAP_SYS_ADMIN):
+        raise SyscallError(errno.EPERM)
+    if kind == "uts":
+        t.tg.uts = f.node.ns
+    elif kind == "ipc" and f.node.ns is not t.tg.ipc:
+        ipc(t).exited(t.tg.tgid)  # its semaphore adjustments are applied, as on leaving
+        t.tg.ipc = f.node.ns
 
 
 def _refuse(what: str) -> None:

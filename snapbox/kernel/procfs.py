@@ -1,6 +1,9 @@
 """/proc, generated from kernel state: self; per pid stat, status, statm, cmdline, comm,
-maps, smaps, smaps_rollup, oom_score, oom_score_adj (writable), fd/, exe, cwd, root, for
-zombies too as Linux shows them; and stat, meminfo, cpuinfo, uptime, loadavg, mounts.
+maps, smaps, smaps_rollup, oom_score, oom_score_adj (writable), fd/, exe, cwd, root, ns/,
+for zombies too as Linux shows them; and stat, meminfo, cpuinfo, uptime, loadavg, mounts.
+
+/proc/PID/ns/KIND reads as a link to "KIND:[inode]"; opened, it is the namespace itself
+(NsFile), which setns(2) takes: a magic link, as on Linux (Inode.magic).
 
 Memory is counted from the MemoryFile: a mapping's resident bytes are those of its range
 that are not holes (MemoryManager.resident), which is what Linux counts for memory that was
@@ -32,6 +35,7 @@ from snapbox.kernel.creds import CAP_SYS_RESOURCE, capable
 from snapbox.kernel.errors import SyscallError, WouldBlock
 from snapbox.kernel.fd import OpenFile
 from snapbox.kernel.host import UTS_RELEASE, UTS_VERSION, host_meminfo
+from snapbox.kernel.namespaces import KINDS, namespace_of
 from snapbox.kernel.signals import SIG_DFL, SIG_IGN
 from snapbox.kernel.vfs import Dir, Inode, now_ns
 from snapbox.memfile import PAGE_SIZE
@@ -41,6 +45,7 @@ if TYPE_CHECKING:
     from snapbox.kernel.kernel import Kernel
 
 PROC_DEV = 0x4
+NSFS_DEV = 0x3
 PID_FILES = ("stat", "status", "statm", "cmdline", "comm", "maps", "smaps", "smaps_rollup", "environ", "oom_score",
              "oom_score_adj")
 WRITABLE = ("oom_score_adj",)
@@ -80,8 +85,53 @@ class ProcNode(Inode):
     def target(self) -> bytes:
         return readlink(self)
 
+    def magic(self) -> Inode | None:
+        """What a magic link opens in place of a path: a namespace (ns/KIND)."""
+        if not self.name.startswith("ns/"):
+            return None
+        tg = self.kernel.tasks.pidns.groups.get(self.pid)
+        if tg is None or tg.exit_status is not None:
+            raise SyscallError(errno.ENOENT)
+        kind = self.name[3:]
+        ns, inum = namespace_of(tg, kind)
+        return NsNode(ino=inum, mode=stat.S_IFREG | 0o444, kernel=self.kernel, pid=self.pid, name=self.name,
+                      kind=kind, ns=ns)
+
     def open(self, flags: int) -> ProcFile:
         return ProcFile(flags=flags, node=self, content=_content(self))
+
+
+@savable
+@dataclass(eq=False)
+class NsNode(ProcNode):
+    """A namespace, as /proc/PID/ns/KIND opens it (nsfs): its inode number is the
+    namespace's."""
+
+    kind: str = "uts"
+    ns: object = None  # the UtsNamespace or IpcNamespace; None: the sandbox's first
+
+    def stat(self) -> dict:
+        return {**super().stat(), "dev": NSFS_DEV, "nlink": 1}
+
+    def open(self, flags: int) -> NsFile:
+        return NsFile(flags=flags, node=self)
+
+
+@savable
+@dataclass(eq=False)
+class NsFile(OpenFile):
+    """An open namespace: what setns(2) joins."""
+
+    node: NsNode | None = None
+
+    def read(self, t, count: int, offset: int | None = None) -> bytes:
+        raise SyscallError(errno.EINVAL)
+
+    def stat(self) -> dict:
+        return self.node.stat()
+
+    def describe(self) -> str:
+        return f"{self.node.kind.removesuffix('_for_children')}:[{self.node.ino}]"
 
 
 @savable
@@ -180,9 +230,13 @@ def lookup(d: ProcDir, name: str) -> Inode:
         if name in PID_LINKS:
             return ProcNode(ino=_ino(d.pid, name), mode=stat.S_IFLNK | 0o777, kernel=k, pid=d.pid, name=name,
                             ctime=now)
-        if name == "fd":
-            return ProcDir(ino=_ino(d.pid, "fd"), mode=stat.S_IFDIR | 0o500, nlink=2, name="fd", parent=d,
-                           kernel=k, pid=d.pid, kind="fd", ctime=now)
+        if name in ("fd", "ns"):
+            return ProcDir(ino=_ino(d.pid, name), mode=stat.S_IFDIR | (0o500 if name == "fd" else 0o511), nlink=2,
+                           name=name, parent=d, kernel=k, pid=d.pid, kind=name, ctime=now)
+    elif d.kind == "ns":
+        if name in KINDS:
+            return ProcNode(ino=_ino(d.pid, "ns" + name), mode=stat.S_IFLNK | 0o777, kernel=k, pid=d.pid,
+                            name="ns/" + name, ctime=now)
     elif d.kind == "fd":
         tg = groups.get(d.pid)
         if tg is not None and name.isdigit() and int(name) in tg.fds.files:
@@ -199,7 +253,9 @@ def list_dir(d: ProcDir) -> list[str]:
     if d.kind == "snapbox":
         return ["restored", *(["checkpoint"] if d.kernel.snapshot is not None else [])]
     if d.kind == "pid":
-        return [*PID_FILES, *PID_LINKS, "fd"]
+        return [*PID_FILES, *PID_LINKS, "fd", "ns"]
+    if d.kind == "ns":
+        return list(KINDS)
     tg = groups.get(d.pid)
     return [str(fd) for fd in sorted(tg.fds.files)] if tg is not None else []
 
@@ -218,6 +274,9 @@ def readlink(node: ProcNode) -> bytes:
         return os.fsencode(tg.fs.cwd.path())
     if node.name == "root":
         return b"/"
+    if node.name.startswith("ns/"):
+        kind = node.name[3:]
+        return f"{kind.removesuffix('_for_children')}:[{namespace_of(tg, kind)[1]}]".encode()
     f = tg.fds.files.get(int(node.name[3:]))
     if f is None:
         raise SyscallError(errno.ENOENT)
@@ -235,7 +294,7 @@ def _fd_target(f) -> str:
         return f"pipe:[{f.pipe.ino}]"
     if name == "DeviceFile":
         return f"/dev/{f.node.name}"
-    if name in ("PtyMaster", "PtySlave"):
+    if name in ("PtyMaster", "PtySlave", "NsFile"):
         return f.describe()
     if name == "HostFile":
         return f"host:[{('stdin', 'stdout', 'stderr')[f.stdio]}]"

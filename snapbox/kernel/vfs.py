@@ -703,6 +703,9 @@ class Filesystem:
                     if e.errno == errno.ENOENT and last:
                         return d, name, None
                     raise
+            magic = getattr(node, "magic", None) if st.S_ISLNK(node.mode) and last and follow_last else None
+            if magic is not None and (opened := magic()) is not None:
+                return d, name, opened  # a magic link of /proc: what it stands for, not a path
             if st.S_ISLNK(node.mode) and (not last or follow_last or trailing_slash):
                 budget[0] -= 1
                 if budget[0] < 0:

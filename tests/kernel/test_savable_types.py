@@ -26,7 +26,7 @@ from snapbox.kernel.mqueue import MessageQueue, MqueueFile
 from snapbox.kernel.creds import CapSets
 from snapbox.kernel.seccomp import INSN, SeccompFilter, check
 from snapbox.kernel.socket import SocketNode, UnixSocket, make_pair
-from snapbox.kernel.procfs import ProcFile, ProcNode, mount_proc
+from snapbox.kernel.procfs import NsFile, NsNode, ProcFile, ProcNode, mount_proc
 from snapbox.kernel.host import HostFile
 from snapbox.kernel.checkpoint import LoadContext
 from snapbox.kernel.kernel import Kernel
@@ -176,6 +176,9 @@ def build(name: str, kernel: Kernel):
         "EpollFile": lambda: EpollFile(flags=2, interest={3: [pipe_r, 1, 99]}),
         "ProcDir": lambda: fs.root.entries["proc"],
         "ProcNode": lambda: ProcNode(ino=5, mode=stat.S_IFREG | 0o444, kernel=kernel, pid=0, name="uptime"),
+        "NsNode": lambda: NsNode(ino=0xF0000101, mode=stat.S_IFREG | 0o444, kernel=kernel, pid=1, name="ns/uts",
+                                 kind="uts", ns=UtsNamespace(hostname="inner", inum=0xF0000101)),
+        "NsFile": lambda: NsFile(flags=0, node=NsNode(ino=0xEFFFFFFF, kernel=kernel, pid=1, name="ns/ipc", kind="ipc")),
         "ProcFile": lambda: ProcFile(flags=0, offset=3, node=ProcNode(kernel=kernel, name="loadavg"),
                                      content=b"0.00 0.00 0.00 1/1 1\n"),
         "IpcPerm": lambda: perm,

@@ -12,6 +12,7 @@ from snapbox.kernel.creds import (
 )
 from snapbox.kernel import namespaces
 from snapbox.kernel.errors import SyscallError, TaskExit, WouldBlock
+from snapbox.kernel.procfs import NsFile
 from snapbox.kernel.seccomp import SECCOMP_MODE_FILTER, SECCOMP_MODE_STRICT
 from snapbox.kernel.syscalls import NR, i32, syscall
 from snapbox.kernel.syscalls.seccomp import set_filter, set_strict
@@ -201,6 +202,15 @@ _shared_vm_logged = [False]
 @syscall(NR.unshare)
 def unshare(t, flags):
     namespaces.unshare(t, flags)
+    return 0
+
+
+@syscall(NR.setns)
+def setns(t, fd, nstype):
+    f = t.fds.get(i32(fd))
+    if not isinstance(f, NsFile):
+        raise SyscallError(errno.EINVAL)  # a pidfd too: joining a process's namespaces is not supported
+    namespaces.setns(t, f, i32(nstype))
     return 0
 
 

@@ -1,5 +1,6 @@
 """unshare(2) and clone(2)'s CLONE_NEW* flags: UTS and IPC namespaces of a process's own,
-against native runs; the kinds snapbox does not have refused with EINVAL."""
+/proc/PID/ns and setns(2), against native runs; the kinds snapbox does not have refused
+with EINVAL."""
 
 from __future__ import annotations
 
@@ -16,6 +17,13 @@ def test_uts_and_ipc_namespaces_match_native(snapbox, images, bundle):
     assert "a child made before: the first name" in want and "a child made after: inner" in want
     assert "System V queue of the old namespace: No such file or directory" in want
     assert same_output(snapbox("run", "--bundle", str(images / bundle), "ns").stdout, want)
+
+
+@pytest.mark.parametrize("bundle", ["setns", "setns-glibc"])
+def test_proc_ns_and_setns_match_native(snapbox, images, bundle):
+    want = native_fixture(images, bundle)
+    assert "setns as UTS: ok, name now child-a" in want and "their message queue after: ok" in want
+    assert same_output(snapbox("run", "--bundle", str(images / bundle), "sns").stdout, want)
 
 
 def test_namespaces_of_its_own_survive_a_checkpoint(snapbox, images, tmp_path):
