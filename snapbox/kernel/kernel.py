@@ -538,8 +538,10 @@ class Kernel(Lifecycle, Signaling, Checkpointing):
             return True, None
         if action == seccomp.RET_ERRNO:
             return False, -min(data, seccomp.MAX_ERRNO)
-        if action in (seccomp.RET_TRACE, seccomp.RET_USER_NOTIF):
-            return False, -errno.ENOSYS  # no tracer, no listener: skipped with ENOSYS as on Linux
+        if action == seccomp.RET_USER_NOTIF:
+            return self._hand_over(task, by.listener, nr, args, ip)
+        if action == seccomp.RET_TRACE:
+            return False, -errno.ENOSYS  # no tracer: skipped with ENOSYS as on Linux
         if action == seccomp.RET_TRAP:
             if task.tg.sigaction(SIGSYS).handler in (SIG_DFL, SIG_IGN) or task.signal_mask & sigbit(SIGSYS):
                 self.exit_group(task.tg, SIGSYS | CORE_DUMPED)  # forced: blocked or ignored, it kills
@@ -553,6 +555,26 @@ class Kernel(Lifecycle, Signaling, Checkpointing):
             self._kill_thread(task, SIGSYS)
         else:  # KILL_PROCESS, and what no kernel knows
             self.exit_group(task.tg, SIGSYS | CORE_DUMPED)
+        return False, None
+
+    def _hand_over(self, task: Task, listener, nr: int, args, ip: int) -> tuple[bool, int | None]:
+        """SECCOMP_RET_USER_NOTIF: the call waits for its filter's supervisor, who answers
+        it or lets it run (CONTINUE). Without a listener, ENOSYS, as on Linux. The task
+        comes back here each time it wakes: the call is its notification's until it makes
+        another one (it gave this one up to a signal)."""
+        n = task.seccomp_notif
+        if n is not None and n.call != (nr, ip, tuple(args)):
+            if listener is not None:
+                listener.give_up(n)
+            task.seccomp_notif = n = None
+        if n is not None and n.state == "replied":
+            task.seccomp_notif = None
+            return (True, None) if n.proceed else (False, n.result)
+        if listener is None or listener.closed:
+            return False, -errno.ENOSYS
+        if n is None:
+            n = task.seccomp_notif = listener.hand_over(task, nr, ip, args)
+        self._park(task, WouldBlock(n.done))
         return False, None
 
     def _kill_thread(self, task: Task, sig: int) -> None:

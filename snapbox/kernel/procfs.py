@@ -294,7 +294,7 @@ def _fd_target(f) -> str:
         return f"pipe:[{f.pipe.ino}]"
     if name == "DeviceFile":
         return f"/dev/{f.node.name}"
-    if name in ("PtyMaster", "PtySlave", "NsFile"):
+    if name in ("PtyMaster", "PtySlave", "NsFile", "SeccompListener"):
         return f.describe()
     if name == "HostFile":
         return f"host:[{('stdin', 'stdout', 'stderr')[f.stdio]}]"

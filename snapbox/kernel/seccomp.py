@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import errno
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from snapbox.kernel.errors import SyscallError
+from snapbox.kernel.errors import SyscallError, WouldBlock
+from snapbox.kernel.fd import OpenFile
+from snapbox.kernel.waiter import WaitQueue
 from snapbox.state import nosave, savable
 
 SECCOMP_MODE_DISABLED, SECCOMP_MODE_STRICT, SECCOMP_MODE_FILTER = 0, 1, 2
@@ -77,6 +79,7 @@ class SeccompFilter:
     # What the chain weighs against MAX_INSNS_PER_PATH for a filter installed after it: each
     # filter's converted_length plus PATH_PENALTY.
     path_length: int = 0
+    listener: SeccompListener | None = None  # SECCOMP_FILTER_FLAG_NEW_LISTENER's, for its USER_NOTIF
     verdicts: dict = nosave(dict)  # nr -> the chain's verdict, for numbers it decides by nr and arch alone
 
     def count(self) -> int:
@@ -252,3 +255,136 @@ def run(insns: tuple, words: tuple) -> tuple[int, bool]:
             x = a
         else:  # MISC | TXA
             a = x
+
+
+# The listener's ioctls (linux/seccomp.h), and its reply and addfd flags.
+IOCTL_NOTIF_RECV, IOCTL_NOTIF_SEND, IOCTL_NOTIF_ID_VALID, IOCTL_NOTIF_ADDFD, IOCTL_NOTIF_SET_FLAGS = (
+    0xC0502100, 0xC0182101, 0x40082102, 0x40182103, 0x40082104)
+USER_NOTIF_FLAG_CONTINUE = 1
+ADDFD_FLAG_SETFD, ADDFD_FLAG_SEND = 1, 2
+_NOTIF_HEAD = struct.Struct("<QII")  # struct seccomp_notif: id, pid, flags; then seccomp_data
+_NOTIF_RESP = struct.Struct("<QqiI")  # struct seccomp_notif_resp: id, val, error, flags
+_NOTIF_ADDFD = struct.Struct("<QIIII")  # struct seccomp_notif_addfd: id, flags, srcfd, newfd, newfd_flags
+O_CLOEXEC = 0o2000000
+
+
+@savable
+@dataclass(eq=False)
+class Notification:
+    """A call a filter handed to its listener (SECCOMP_RET_USER_NOTIF): the task waits in
+    it until a supervisor answers, and the answer."""
+
+    id: int
+    task: object  # the Task that made the call
+    call: tuple  # (nr, ip, args): a task that comes back with another call has given this one up
+    data: bytes = b""  # struct seccomp_data, as the supervisor receives it
+    state: str = "new"  # new, sent (a supervisor received it), replied
+    result: int = 0  # what the call returns: the reply's error if not 0, else its val
+    proceed: bool = False  # SECCOMP_USER_NOTIF_FLAG_CONTINUE: the call runs after all
+    done: WaitQueue = field(default_factory=WaitQueue)  # the task, until the reply
+
+    def alive(self) -> bool:
+        return self.task.tg.exit_status is None and self.task in self.task.tg.tasks
+
+
+@savable
+@dataclass(eq=False)
+class SeccompListener(OpenFile):
+    """The fd SECCOMP_FILTER_FLAG_NEW_LISTENER returns: the calls its filter hands over
+    (USER_NOTIF), which a supervisor receives and answers with ioctls; poll says when one
+    waits to be received (POLLIN) or answered (POLLOUT). Once it is closed, the calls wait
+    no more and the filter's USER_NOTIF gives ENOSYS, as with no listener."""
+
+    notifs: list = field(default_factory=list)  # Notifications not yet replied to, oldest first
+    next_id: int = 0
+    closed: bool = False
+    arrived: WaitQueue = field(default_factory=WaitQueue)  # supervisors and pollers
+
+    def hand_over(self, task, nr: int, ip: int, args) -> Notification:
+        """A call of `task` for the supervisor."""
+        self.next_id = (self.next_id + 1) & 0xFFFFFFFFFFFFFFFF
+        n = Notification(id=self.next_id, task=task, call=(nr, ip, tuple(args)),
+                         data=SECCOMP_DATA.pack(nr, AUDIT_ARCH_X86_64, ip, *args))
+        self.notifs.append(n)
+        self.arrived.notify()
+        return n
+
+    def give_up(self, n: Notification) -> None:
+        if n in self.notifs:
+            self.notifs.remove(n)
+
+    def _live(self) -> list:
+        self.notifs = [n for n in self.notifs if n.alive()]
+        return self.notifs
+
+    def _sent(self, ident: int) -> Notification:
+        for n in self._live():
+            if n.id == ident and n.state == "sent":
+                return n
+        raise SyscallError(errno.ENOENT)
+
+    def _reply(self, n: Notification, result: int, proceed: bool = False) -> None:
+        n.state, n.result, n.proceed = "replied", result, proceed
+        self.notifs.remove(n)
+        n.done.notify()
+        self.arrived.notify()
+
+    def ready(self) -> int:
+        live = self._live()
+        mask = 0x1 | 0x40 if any(n.state == "new" for n in live) else 0  # POLLIN | POLLRDNORM
+        if any(n.state == "sent" for n in live):
+            mask |= 0x4 | 0x100  # POLLOUT | POLLWRNORM
+        return mask
+
+    def queues(self, t) -> tuple:
+        return (self.arrived,)
+
+    def ioctl(self, t, request: int, arg: int) -> int:
+        if request == IOCTL_NOTIF_RECV:
+            if any(t.mm.read(arg, 80)):
+                raise SyscallError(errno.EINVAL)  # the struct must come zeroed, to stay extensible
+            n = next((n for n in self._live() if n.state == "new"), None)
+            if n is None:
+                raise WouldBlock(self.arrived)
+            n.state = "sent"
+            t.mm.write(arg, _NOTIF_HEAD.pack(n.id, n.task.tid, 0) + n.data)
+            self.arrived.notify()
+            return 0
+        if request == IOCTL_NOTIF_SEND:
+            ident, val, error, flags = _NOTIF_RESP.unpack(t.mm.read(arg, _NOTIF_RESP.size))
+            if flags & ~USER_NOTIF_FLAG_CONTINUE or (flags and (val or error)):
+                raise SyscallError(errno.EINVAL)
+            self._reply(self._sent(ident), error or val, proceed=bool(flags))
+            return 0
+        if request == IOCTL_NOTIF_ID_VALID:
+            (ident,) = struct.unpack("<Q", t.mm.read(arg, 8))
+            self._sent(ident)
+            return 0
+        if request == IOCTL_NOTIF_ADDFD:
+            ident, flags, srcfd, newfd, newfd_flags = _NOTIF_ADDFD.unpack(t.mm.read(arg, _NOTIF_ADDFD.size))
+            if flags & ~(ADDFD_FLAG_SETFD | ADDFD_FLAG_SEND) or newfd_flags & ~O_CLOEXEC or \
+                    (newfd and not flags & ADDFD_FLAG_SETFD):
+                raise SyscallError(errno.EINVAL)
+            f = t.fds.get(srcfd)
+            n = self._sent(ident)
+            fds, cloexec = n.task.tg.fds, bool(newfd_flags & O_CLOEXEC)
+            if flags & ADDFD_FLAG_SETFD:
+                if newfd >= fds.limit:
+                    raise SyscallError(errno.EBADF)
+                fds.install_at(newfd, f, cloexec=cloexec)
+                fd = newfd
+            else:
+                fd = fds.install(f, cloexec=cloexec)
+            if flags & ADDFD_FLAG_SEND:
+                self._reply(n, fd)
+            return fd
+        raise SyscallError(errno.EINVAL)
+
+    def release(self) -> None:
+        """The supervisor is gone: every call waiting gets ENOSYS."""
+        self.closed = True
+        for n in list(self.notifs):
+            self._reply(n, -errno.ENOSYS)
+
+    def describe(self) -> str:
+        return "anon_inode:seccomp notify"

@@ -130,6 +130,7 @@ class Task:
     cpuid_faulting: bool = False  # arch_prctl ARCH_SET_CPUID 0: CPUID raises SIGSEGV
     seccomp_mode: int = 0  # seccomp(2): 0 none, 1 strict, 2 filters (kept by fork, clone, execve)
     seccomp: SeccompFilter | None = None  # its filters, newest first; shared with whoever inherited them
+    seccomp_notif: object = None  # seccomp.Notification: a call of its waiting for its filter's supervisor
     saved_mask: int | None = None  # the mask rt_sigsuspend replaced, restored after the handler
     cpu_base: int = 0  # CPU time (ns) used on earlier hosts, before the current stub
     clear_child_tid: int = 0  # set_tid_address(2)

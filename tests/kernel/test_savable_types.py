@@ -24,7 +24,7 @@ from snapbox.kernel.namespaces import UtsNamespace
 from snapbox.kernel.ipc import IpcNamespace, IpcPerm, MsgQueue, SemSet, ShmSegment
 from snapbox.kernel.mqueue import MessageQueue, MqueueFile
 from snapbox.kernel.creds import CapSets
-from snapbox.kernel.seccomp import INSN, SeccompFilter, check
+from snapbox.kernel.seccomp import INSN, SeccompFilter, SeccompListener, check
 from snapbox.kernel.socket import SocketNode, UnixSocket, make_pair
 from snapbox.kernel.procfs import NsFile, NsNode, ProcFile, ProcNode, mount_proc
 from snapbox.kernel.host import HostFile
@@ -196,10 +196,20 @@ def build(name: str, kernel: Kernel):
         "PtyMaster": lambda: PtyMaster(flags=2, node=fs.root.entries["dev"].entries["ptmx"], pty=pty, kernel=kernel),
         "PtySlave": lambda: PtySlave(flags=0o4002, node=pts, pty=pty, kernel=kernel),
         "SeccompFilter": lambda: filters,
+        "SeccompListener": lambda: _listening(SeccompListener(flags=2, next_id=7), task),
+        "Notification": lambda: _listening(SeccompListener(flags=2), task).notifs[0],
         "CapSets": lambda: CapSets(effective=0b101, permitted=0b111, inheritable=0b10, bounding=(1 << 41) - 1 - 4,
                                    ambient=0b10, securebits=0x30),
     }
     return factories[name]()
+
+
+def _listening(listener: SeccompListener, task) -> SeccompListener:
+    """A listener holding a call of `task` its supervisor has received."""
+    n = listener.hand_over(task, 39, 0x401000, (1, 2, 3, 4, 5, 6))
+    n.state = "sent"
+    task.seccomp_notif = n
+    return listener
 
 
 def _feeding(p: Publication, listener: InetSocket) -> Publication:

@@ -70,12 +70,11 @@ def set_filter(t, flags: int, uargs: int) -> int:
     if not code:
         raise SyscallError(errno.EINVAL)
     insns = sc.check(t.mm.read(code, length * sc.INSN.size))
-    if flags & FLAG_NEW_LISTENER:
-        log.warning("seccomp: SECCOMP_FILTER_FLAG_NEW_LISTENER (a supervisor's notifications) is not supported")
-        raise SyscallError(errno.ENOSYS)
     if t.seccomp_mode == sc.SECCOMP_MODE_STRICT:
         raise SyscallError(errno.EINVAL)
     prev = t.seccomp
+    if flags & FLAG_NEW_LISTENER and any(f.listener is not None for f in _chain(prev)):
+        raise SyscallError(errno.EBUSY)  # one listener to a chain
     length = sc.converted_length(insns)
     before = prev.path_length if prev else 0
     if length + before > sc.MAX_INSNS_PER_PATH:
@@ -88,6 +87,16 @@ def set_filter(t, flags: int, uargs: int) -> int:
             if flags & FLAG_TSYNC_ESRCH:
                 raise SyscallError(errno.ESRCH)
             return o.tid  # the thread that cannot take the filter
+    fd = 0
+    if flags & FLAG_NEW_LISTENER:
+        new.listener = sc.SeccompListener(flags=2)
+        fd = t.fds.install(new.listener, cloexec=True)
     for o in [t, *others]:
         o.seccomp, o.seccomp_mode = new, sc.SECCOMP_MODE_FILTER
-    return 0
+    return fd
+
+
+def _chain(f):
+    while f is not None:
+        yield f
+        f = f.prev

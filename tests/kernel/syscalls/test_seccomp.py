@@ -20,6 +20,18 @@ def test_seccomp_matches_native(snapbox, images, bundle):
     assert same_output(snapbox("run", "--bundle", str(images / bundle), "seccomp").stdout, want)
 
 
+@pytest.mark.parametrize("bundle", ["seccompnotify", "seccompnotify-glibc"])
+def test_a_supervisor_answers_through_the_listener_as_natively(snapbox, images, bundle):
+    want = native_fixture(images, bundle)
+    assert "child: getppid answered 4242" in want and "read from the pipe: through the added fd" in want
+    assert same_output(snapbox("run", "--bundle", str(images / bundle), "notify").stdout, want)
+
+
+def test_a_call_waiting_for_its_supervisor_survives_a_checkpoint(snapbox, images, tmp_path):
+    got = held_through_a_restore(snapbox, images, tmp_path, "seccompnotify", "done", lazy=False)
+    assert got == ["holding", "getppid answered 77", "done"]
+
+
 def test_a_filtered_process_survives_a_checkpoint(snapbox, images, tmp_path):
     got = held_through_a_restore(snapbox, images, tmp_path, "seccomp", "done", lazy=False)
     assert got == ["holding", "getppid after: Operation not permitted", "getpid allowed: 1", "done"]
