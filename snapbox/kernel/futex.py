@@ -14,6 +14,11 @@ threads take and release it in user space at the same time. Unlocking hands the 
 the longest waiter, whose restart value then says so, saved with it: a waiter handed the
 lock just before a checkpoint returns 0 after the restore. Every task here has the same
 priority, so there is no priority to inherit: the order is first come, first served.
+
+FUTEX_WAIT_REQUEUE_PI waits on a plain futex (a condition variable) to be moved by
+FUTEX_CMP_REQUEUE_PI to a PI futex (its mutex), and returns owning that lock: the
+requeue takes the lock for the longest waiter if it is free, and moves the others among
+the lock's waiters, their restart value saying so (REQUEUED).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from snapbox.kernel.waiter import WaitQueue
 BITSET_MATCH_ANY = 0xFFFFFFFF
 WOKEN = "woken"
 HANDED = "handed"  # restart value of a FUTEX_LOCK_PI waiter an unlock made the owner
+REQUEUED = "requeued"  # (REQUEUED, deadline): a FUTEX_WAIT_REQUEUE_PI waiter moved to its PI futex
 FUTEX_WAITERS, FUTEX_OWNER_DIED, FUTEX_TID_MASK = 0x80000000, 0x40000000, 0x3FFFFFFF
 
 
@@ -64,8 +70,8 @@ def wake(t, addr: int, count: int, bitset: int = BITSET_MATCH_ANY) -> int:
     for waiter in list(q.waiters):
         if woken >= count:
             break
-        if waiter.futex_pi:
-            raise SyscallError(errno.EINVAL, "FUTEX_WAKE of a futex with FUTEX_LOCK_PI waiters")
+        if waiter.futex_pi or waiter.futex_requeue:
+            raise SyscallError(errno.EINVAL, "FUTEX_WAKE of a futex with PI waiters")
         if waiter.futex_bitset & bitset:
             q.waiters.remove(waiter)
             waiter.set_restart(NR.futex, WOKEN)
@@ -91,7 +97,7 @@ def wait(t, addr: int, val: int, deadline_ns: int | None, bitset: int) -> int:
     if bitset == 0:
         raise SyscallError(errno.EINVAL)
     t.futex_bitset = bitset
-    t.futex_pi = 0
+    t.futex_pi = t.futex_requeue = 0
     raise WouldBlock(queue(t, key(t, addr)), deadline=deadline_ns)
 
 
@@ -105,14 +111,23 @@ def lock_pi(t, addr: int, deadline_ns: int | None, trylock: bool) -> int:
         return 0
     if state is not None:
         deadline_ns = state
-    k = key(t, addr)
+    if _take(t, addr, key(t, addr), trylock):
+        return 0
+    if deadline_ns is not None:
+        t.set_restart(NR.futex, deadline_ns)
+    return _wait_pi(t, addr, deadline_ns)
+
+
+def _take(t, addr: int, k: int, trylock: bool = False) -> bool:
+    """Take the PI lock at `addr` (futex `k`) for `t` if it is free; else mark that it has
+    waiters and say no (EDEADLK, ESRCH, EAGAIN for `trylock` as lock_pi)."""
     while True:
         value = word(t, addr)
         owner = value & FUTEX_TID_MASK
         if owner == 0:
             new = (value & FUTEX_OWNER_DIED) | t.tid | (FUTEX_WAITERS if _pi_waiters(t, k) else 0)
             if t.mm.cmpxchg32(addr, value, new) == value:
-                return 0
+                return True
             continue
         if owner == t.tid:
             raise SyscallError(errno.EDEADLK)
@@ -121,13 +136,83 @@ def lock_pi(t, addr: int, deadline_ns: int | None, trylock: bool) -> int:
         if trylock:
             raise SyscallError(errno.EAGAIN)
         if value & FUTEX_WAITERS or t.mm.cmpxchg32(addr, value, value | FUTEX_WAITERS) == value:
-            break
+            return False
+
+
+def _wait_pi(t, addr: int, deadline_ns: int | None) -> int:
+    """Park among the PI lock's waiters until an unlock hands it over (ETIMEDOUT past the
+    deadline)."""
+    if deadline_ns is not None and t.kernel.timekeeper.monotonic_ns() >= deadline_ns:
+        raise SyscallError(errno.ETIMEDOUT)
+    t.futex_pi, t.futex_requeue = addr, 0
+    raise WouldBlock(queue(t, key(t, addr)), deadline=deadline_ns)
+
+
+def wait_requeue_pi(t, addr: int, val: int, deadline_ns: int | None, addr2: int) -> int:
+    """FUTEX_WAIT_REQUEUE_PI: wait on the futex at `addr` (EAGAIN unless its word is
+    `val`) until FUTEX_CMP_REQUEUE_PI moves the caller to the PI futex at `addr2`; return
+    0 once it owns that lock."""
+    state = t.restart_value(NR.futex)
+    if state == HANDED:
+        return 0
+    if isinstance(state, tuple) and state[0] == REQUEUED:
+        if _take(t, addr2, key(t, addr2)):
+            return 0
+        return _wait_pi(t, addr2, state[1])
+    if state is not None:
+        deadline_ns = state
+    if key(t, addr) == key(t, addr2):
+        raise SyscallError(errno.EINVAL)
+    if word(t, addr) != val:
+        raise SyscallError(errno.EAGAIN)
     if deadline_ns is not None:
         t.set_restart(NR.futex, deadline_ns)
         if t.kernel.timekeeper.monotonic_ns() >= deadline_ns:
             raise SyscallError(errno.ETIMEDOUT)
-    t.futex_pi = addr
-    raise WouldBlock(queue(t, k), deadline=deadline_ns)
+    t.futex_bitset, t.futex_pi, t.futex_requeue = BITSET_MATCH_ANY, 0, addr2
+    raise WouldBlock(queue(t, key(t, addr)), deadline=deadline_ns)
+
+
+def cmp_requeue_pi(t, addr: int, addr2: int, nr_wake: int, nr_requeue: int, expected: int) -> int:
+    """FUTEX_CMP_REQUEUE_PI: if the word at `addr` is still `expected` (else EAGAIN), give
+    the PI lock at `addr2` to the longest waiter if it is free, and move up to
+    `nr_requeue` others among the lock's waiters. Returns how many were woken or moved.
+    Every waiter must be a FUTEX_WAIT_REQUEUE_PI one for `addr2` (else EINVAL)."""
+    k, k2 = key(t, addr), key(t, addr2)
+    if nr_wake != 1 or nr_requeue < 0 or k == k2:
+        raise SyscallError(errno.EINVAL)
+    if word(t, addr) != expected:
+        raise SyscallError(errno.EAGAIN)
+    src = t.kernel.futexes.get(k)
+    waiters = list(src.waiters) if src is not None else []
+    if any(not w.futex_requeue or key(w, w.futex_requeue) != k2 for w in waiters):
+        raise SyscallError(errno.EINVAL)
+    done = 0
+    if waiters:
+        top = waiters[0]
+        value = word(t, addr2)
+        if value & FUTEX_TID_MASK == 0 and t.mm.cmpxchg32(
+                addr2, value, (value & FUTEX_OWNER_DIED) | top.tid | (FUTEX_WAITERS if len(waiters) > 1 else 0)) \
+                == value:
+            src.waiters.remove(top)
+            top.set_restart(NR.futex, HANDED)
+            t.kernel.wake(top)
+            waiters, done = waiters[1:], 1
+    moving = waiters[:nr_requeue]
+    if moving:
+        while True:
+            value = word(t, addr2)
+            if value & FUTEX_WAITERS or t.mm.cmpxchg32(addr2, value, value | FUTEX_WAITERS) == value:
+                break
+        dst = queue(t, k2)
+        for w in moving:
+            src.waiters.remove(w)
+            dst.waiters.append(w)
+            w.waiting = tuple(dst if q is src else q for q in w.waiting)
+            deadline = w.restart_value(NR.futex)
+            w.set_restart(NR.futex, (REQUEUED, deadline if isinstance(deadline, int) else None))
+            w.futex_pi, w.futex_requeue = w.futex_requeue, 0
+    return done + len(moving)
 
 
 def unlock_pi(t, addr: int) -> int:

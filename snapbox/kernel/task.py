@@ -164,6 +164,7 @@ class Task:
     futex_bitset: int = nosave(default=0)  # FUTEX_WAIT_BITSET mask while parked on a futex
     vfork_child: int = 0  # the vfork child it waits for, its signals held till then
     futex_pi: int = nosave(default=0)  # the word of the PI futex it waits to lock (0: none)
+    futex_requeue: int = nosave(default=0)  # FUTEX_WAIT_REQUEUE_PI: the PI futex it is to be moved to
     cpu_start: int = nosave(default=0)  # host CPU time (ns) of host_tid when it took this task
 
     @property

@@ -1,5 +1,6 @@
 """futex(2): WAIT, WAKE, REQUEUE, CMP_REQUEUE, WAKE_OP, WAIT_BITSET, WAKE_BITSET,
-LOCK_PI, LOCK_PI2, TRYLOCK_PI, UNLOCK_PI; the futex table itself is snapbox.kernel.futex."""
+LOCK_PI, LOCK_PI2, TRYLOCK_PI, UNLOCK_PI, WAIT_REQUEUE_PI, CMP_REQUEUE_PI; the futex table
+itself is snapbox.kernel.futex."""
 
 from __future__ import annotations
 
@@ -7,17 +8,18 @@ import errno
 import struct
 
 from snapbox.kernel.errors import SyscallError
-from snapbox.kernel.futex import BITSET_MATCH_ANY, key, lock_pi, queue, unlock_pi, wait, wake, word
+from snapbox.kernel.futex import BITSET_MATCH_ANY, cmp_requeue_pi, key, lock_pi, queue, unlock_pi, wait, \
+    wait_requeue_pi, wake, word
 from snapbox.kernel.syscalls import NR, i32, syscall
 from snapbox.kernel.syscalls.time import read_timespec
 
 FUTEX_WAIT, FUTEX_WAKE, FUTEX_FD, FUTEX_REQUEUE, FUTEX_CMP_REQUEUE, FUTEX_WAKE_OP = 0, 1, 2, 3, 4, 5
 FUTEX_LOCK_PI, FUTEX_UNLOCK_PI, FUTEX_TRYLOCK_PI = 6, 7, 8
 FUTEX_WAIT_BITSET, FUTEX_WAKE_BITSET = 9, 10
-FUTEX_LOCK_PI2 = 13
+FUTEX_WAIT_REQUEUE_PI, FUTEX_CMP_REQUEUE_PI, FUTEX_LOCK_PI2 = 11, 12, 13
 FUTEX_PRIVATE_FLAG, FUTEX_CLOCK_REALTIME = 128, 256
 # The commands FUTEX_CLOCK_REALTIME may be given to (others: ENOSYS, as on Linux).
-CLOCK_CHOOSING = frozenset({FUTEX_WAIT, FUTEX_WAIT_BITSET, FUTEX_LOCK_PI2})
+CLOCK_CHOOSING = frozenset({FUTEX_WAIT, FUTEX_WAIT_BITSET, FUTEX_LOCK_PI2, FUTEX_WAIT_REQUEUE_PI})
 
 
 @syscall(NR.futex)
@@ -36,6 +38,14 @@ def futex(t, uaddr, op, val, timeout, uaddr2, val3):
         return lock_pi(t, uaddr, deadline, cmd == FUTEX_TRYLOCK_PI)
     if cmd == FUTEX_UNLOCK_PI:
         return unlock_pi(t, uaddr)
+    if cmd == FUTEX_WAIT_REQUEUE_PI:
+        deadline = None
+        if timeout and t.restart_value(NR.futex) is None:
+            when = read_timespec(t, timeout)  # absolute, as FUTEX_WAIT_BITSET's
+            deadline = tk.monotonic_ns() + (when - tk.realtime_ns()) if i32(op) & FUTEX_CLOCK_REALTIME else when
+        return wait_requeue_pi(t, uaddr, val, deadline, uaddr2)
+    if cmd == FUTEX_CMP_REQUEUE_PI:
+        return cmp_requeue_pi(t, uaddr, uaddr2, i32(val), i32(timeout & 0xFFFFFFFF), val3 & 0xFFFFFFFF)
     if cmd in (FUTEX_WAIT, FUTEX_WAIT_BITSET):
         deadline = None
         if timeout and t.restart_value(NR.futex) is None:
