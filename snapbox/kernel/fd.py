@@ -38,6 +38,8 @@ class OpenFile:
     flags: int = 0  # O_* status flags and access mode, as given to open (minus O_CLOEXEC)
     offset: int = 0  # the file position, for seekable files
     refs: int = 0  # fd table entries pointing here; 0 runs release()
+    fown: tuple = (0, 0)  # F_SETOWN(_EX): (F_OWNER_TID, PID or PGRP, the id): who its signals go to
+    signum: int = 0  # F_SETSIG: the signal sent (0: SIGIO)
 
     def readable(self) -> bool:
         return self.flags & O_ACCMODE in (O_RDONLY, O_RDWR) and not self.flags & O_PATH

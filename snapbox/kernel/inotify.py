@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from snapbox.kernel.errors import SyscallError, WouldBlock
 from snapbox.kernel.fd import O_NONBLOCK, POLLIN, POLLRDNORM, OpenFile
+from snapbox.kernel.signals import SIGIO, siginfo
 from snapbox.kernel.waiter import WaitQueue
 from snapbox.state import savable
 
@@ -130,6 +131,61 @@ def _encode(event: list) -> bytes:
 
 def _isdir(node) -> int:
     return IN_ISDIR if stat.S_ISDIR(node.mode) else 0
+
+
+# dnotify (fcntl F_NOTIFY): what a directory's registration asks for, and the inotify
+# events each stands for.
+DN_ACCESS, DN_MODIFY, DN_CREATE, DN_DELETE, DN_RENAME, DN_ATTRIB, DN_MULTISHOT = (
+    0x1, 0x2, 0x4, 0x8, 0x10, 0x20, 0x80000000)
+DN_EVENTS = ((DN_ACCESS, IN_ACCESS), (DN_MODIFY, IN_MODIFY), (DN_CREATE, IN_CREATE), (DN_DELETE, IN_DELETE),
+             (DN_RENAME, IN_MOVED_FROM | IN_MOVED_TO), (DN_ATTRIB, IN_ATTRIB))
+POLL_MSG = 3  # si_code of a dnotify signal
+
+
+@savable
+@dataclass(eq=False)
+class DirNotify:
+    """A directory's dnotify registration (fcntl F_NOTIFY), made through one open file:
+    each event it asks for sends the file's owner its signal (F_SETSIG, default SIGIO)
+    with si_fd, once unless DN_MULTISHOT. On the node's watches as an inotify instance's
+    watch is, under wd 0."""
+
+    file: object = None  # the DirFile it was made with
+    fd: int = 0
+    tg: object = None  # the process that made it: whose signal it is
+    mask: int = 0
+    watches: dict = field(default_factory=dict)  # {0: [node, mask]}, as InotifyFile's
+
+    def deliver(self, wd: int, mask: int, cookie: int, name: bytes) -> None:
+        if self.file.refs == 0 or self.tg.exit_status is not None:
+            self.drop()  # its file closed, or its process gone
+            return
+        if not any(bit & self.mask and mask & events for bit, events in DN_EVENTS):
+            return
+        sig = self.file.signum or SIGIO
+        info = bytearray(siginfo(sig, POLL_MSG))
+        info[16:28] = struct.pack("<qi", POLLIN | POLLRDNORM | 0x400, self.fd)  # si_band (| POLLMSG), si_fd
+        self.tg.tasks[0].kernel.send_signal(self.tg, sig, bytes(info))
+        if not self.mask & DN_MULTISHOT:
+            self.drop()
+
+    def drop(self) -> None:
+        node = self.watches.get(0, [None])[0]
+        if node is not None:
+            node.watches[:] = [w for w in node.watches if w[0] is not self]
+        self.watches = {}
+
+
+def dir_notify(t, f, fd: int, mask: int) -> int:
+    """fcntl(F_NOTIFY): register (or, with 0, end) the directory's notifications for `f`."""
+    node = f.node
+    for w, _ in list(node.watches):
+        if isinstance(w, DirNotify) and w.file is f:
+            w.drop()
+    if mask & ~DN_MULTISHOT:
+        reg = DirNotify(file=f, fd=fd, tg=t.tg, mask=mask, watches={0: [node, mask]})
+        node.watches.append([reg, 0])
+    return 0
 
 
 def notify(node, mask: int, parent=None, name: str = "") -> None:

@@ -18,7 +18,7 @@ from snapbox.kernel.fd import FDTable, OpenFile
 from snapbox.kernel.pipe import FifoNode, make_pipe
 from snapbox.kernel.hostnet import HostSocket
 from snapbox.kernel.aio import AioContext
-from snapbox.kernel.inotify import InotifyFile
+from snapbox.kernel.inotify import DirNotify, InotifyFile
 from snapbox.kernel.inet import InetSocket, Publication, UdpSocket
 from snapbox.kernel.namespaces import UtsNamespace
 from snapbox.kernel.ipc import IpcNamespace, IpcPerm, MsgQueue, SemSet, ShmSegment
@@ -190,6 +190,8 @@ def build(name: str, kernel: Kernel):
         "MqueueFile": lambda: MqueueFile(flags=0o4002, queue=mq),
         "InotifyFile": lambda: _watching(InotifyFile(flags=0o4000, events=[[1, 0x100, 0, b"made"], [1, 0x40, 7, b"b"]]),
                                          motd),
+        "DirNotify": lambda: _registered(DirFile(flags=0o200000, node=fs.root.entries["etc"], signum=40,
+                                                 fown=(1, 1)), tg),
         "AioContext": lambda: AioContext(ring=0x7F0000000000, nr=126, size=4096, max_reqs=8),
         "Pty": lambda: pty,
         "PtsNode": lambda: pts,
@@ -202,6 +204,14 @@ def build(name: str, kernel: Kernel):
                                    ambient=0b10, securebits=0x30),
     }
     return factories[name]()
+
+
+def _registered(f: DirFile, tg) -> DirNotify:
+    """A dnotify registration on `f`'s directory, made by `tg`."""
+    node = f.node
+    reg = DirNotify(file=f, fd=5, tg=tg, mask=0x80000004, watches={0: [node, 0x80000004]})
+    node.watches.append([reg, 0])
+    return reg
 
 
 def _listening(listener: SeccompListener, task) -> SeccompListener:

@@ -32,7 +32,7 @@ from snapbox.kernel.creds import CAP_SYS_RESOURCE, MAY_EXEC, MAY_READ, MAY_WRITE
 from snapbox.kernel.pipe import FifoNode, make_pipe, open_fifo
 from snapbox.kernel.socket import SocketNode
 from snapbox.kernel.procfs import ProcDir, ProcNode
-from snapbox.kernel.inotify import IN_CREATE, IN_MODIFY, IN_OPEN, notify_dir
+from snapbox.kernel.inotify import IN_CREATE, IN_MODIFY, IN_OPEN, dir_notify, notify_dir
 from snapbox.kernel.syscalls import NR, i32, syscall
 from snapbox.kernel.tty import PtsNode, open_ptmx, open_slave, open_tty
 from snapbox.kernel.syscalls.common import AT_FDCWD, host_path, lookup, on_host
@@ -197,6 +197,9 @@ PIPE_MAX_SIZE = 1 << 20  # /proc/sys/fs/pipe-max-size: the most an unprivileged 
 F_ADD_SEALS, F_GET_SEALS = 1033, 1034
 ALL_SEALS = F_SEAL_SEAL | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE | F_SEAL_FUTURE_WRITE
 FD_CLOEXEC = 1
+F_SETOWN, F_GETOWN, F_SETSIG, F_GETSIG, F_SETOWN_EX, F_GETOWN_EX = 8, 9, 10, 11, 15, 16
+F_OWNER_TID, F_OWNER_PID, F_OWNER_PGRP = 0, 1, 2
+F_NOTIFY = 1026
 
 
 @syscall(NR.fcntl)
@@ -238,6 +241,12 @@ def fcntl(t, fd, cmd, arg):
             raise SyscallError(errno.EPERM)
         node.seals |= arg
         return 0
+    if cmd in (F_SETOWN, F_GETOWN, F_SETOWN_EX, F_GETOWN_EX, F_SETSIG, F_GETSIG):
+        return _owner(t, f, cmd, arg)
+    if cmd == F_NOTIFY:
+        if not isinstance(f, DirFile):
+            raise SyscallError(errno.ENOTDIR)
+        return dir_notify(t, f, fd, arg & 0xFFFFFFFF)
     if cmd in (F_GETPIPE_SZ, F_SETPIPE_SZ):
         if not hasattr(f, "pipe"):
             raise SyscallError(errno.EBADF)
@@ -245,6 +254,39 @@ def fcntl(t, fd, cmd, arg):
             return f.pipe.capacity
         return _set_pipe_size(t, f.pipe, arg & 0xFFFFFFFF)
     raise SyscallError(errno.EINVAL)
+
+
+def _owner(t, f, cmd: int, arg: int) -> int:
+    """Who a file's signals go to (F_SETOWN, F_SETOWN_EX: a thread, a process or a process
+    group, ESRCH if there is none of that id), and which signal (F_SETSIG)."""
+    pidns = t.kernel.tasks.pidns
+    if cmd == F_GETOWN:
+        kind, who = f.fown
+        return -who if kind == F_OWNER_PGRP else who
+    if cmd == F_GETOWN_EX:
+        t.mm.write(arg, struct.pack("<ii", *f.fown))
+        return 0
+    if cmd == F_GETSIG:
+        return f.signum
+    if cmd == F_SETSIG:
+        if not 0 <= arg <= 64:
+            raise SyscallError(errno.EINVAL)
+        f.signum = arg
+        return 0
+    if cmd == F_SETOWN:
+        who = i32(arg)
+        kind, who = (F_OWNER_PGRP, -who) if who < 0 else (F_OWNER_PID, who)
+    else:
+        kind, who = struct.unpack("<ii", t.mm.read(arg, 8))
+        if kind not in (F_OWNER_TID, F_OWNER_PID, F_OWNER_PGRP):
+            raise SyscallError(errno.EINVAL)
+    if who:
+        exists = (who in pidns.tasks if kind == F_OWNER_TID else who in pidns.groups if kind == F_OWNER_PID
+                  else any(g.pgid == who for g in pidns.groups.values()))
+        if not exists:
+            raise SyscallError(errno.ESRCH)
+    f.fown = (kind, who)
+    return 0
 
 
 def _set_pipe_size(t, pipe, size: int) -> int:

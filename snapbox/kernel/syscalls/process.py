@@ -420,7 +420,9 @@ def getsid(t, pid):
 @syscall(NR.setsid)
 def setsid(t):
     tg = t.tg
-    if any(g.pgid == tg.tgid for g in t.kernel.tasks.pidns.groups.values() if g is not tg):
+    # EPERM for a session leader, and while a process group has its pid as id (its own
+    # as a group leader, as Linux's ksys_setsid).
+    if tg.sid == tg.tgid or any(g.pgid == tg.tgid for g in t.kernel.tasks.pidns.groups.values()):
         raise SyscallError(errno.EPERM)
     tg.sid = tg.pgid = tg.tgid
     return tg.sid

@@ -26,3 +26,10 @@ def test_dev_null_zero_and_random(snapbox, images, tmp_path):
     p = snapbox("run", "--bundle", str(bundle), "dev", check=False)
     assert p.stdout.split("\n")[:5] == ["null-ok", " 00 00 00 00 00", "16", "full-refused", "crw-rw-rw-"]
     assert "No space left on device" in p.stderr
+
+
+@pytest.mark.parametrize("bundle", ["fowner", "fowner-glibc"])
+def test_file_owners_and_dnotify_match_native(snapbox, images, bundle):
+    want = native_fixture(images, bundle)
+    assert "a file made: signals 1, si_fd the directory's: yes" in want and "two removed: signals 3" in want
+    assert same_output(snapbox("run", "--bundle", str(images / bundle), "fo").stdout, want)
