@@ -33,12 +33,16 @@ class Timekeeper:
     While stopped (during a checkpoint, and from restore until the tasks start again)
     sandbox monotonic time stands still at `frozen_at`; `resume` picks a new offset so it
     continues from there: sleeps and timers keep their remaining time across a restore.
-    Realtime follows the host.
+    Realtime follows the host's, plus `realtime_offset` once the sandbox has set its own
+    clock (clock_settime, settimeofday: CAP_SYS_TIME within the sandbox, the host's clock
+    untouched), kept in images.
     """
 
     offset: int = 0  # ns; meaningful only on the host that set it, recomputed by resume()
     stopped: bool = False
     frozen_at: int = 0  # sandbox monotonic ns at the moment time was stopped
+    realtime_offset: int = 0  # ns the sandbox's realtime clock is ahead of the host's
+    timezone: tuple = (0, 0)  # settimeofday's struct timezone: minutes west, DST type
 
     def monotonic_ns(self) -> int:
         if self.stopped:
@@ -46,7 +50,10 @@ class Timekeeper:
         return time.monotonic_ns() - self.offset
 
     def realtime_ns(self) -> int:
-        return time.time_ns()
+        return time.time_ns() + self.realtime_offset
+
+    def set_realtime(self, ns: int) -> None:
+        self.realtime_offset = ns - time.time_ns()
 
     def stop(self) -> None:
         if not self.stopped:

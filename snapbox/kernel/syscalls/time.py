@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import struct
 
+from snapbox.kernel.creds import CAP_SYS_TIME, capable
 from snapbox.kernel.errors import SyscallError, WouldBlock
 from snapbox.kernel.eventfiles import TimerFd
 from snapbox.kernel.fd import O_CLOEXEC, O_NONBLOCK
@@ -37,7 +38,28 @@ def clock_now(t, clock: int) -> int:
         return t.kernel.cpu_time_ns(t)
     if clock == CLOCK_PROCESS_CPUTIME_ID:
         return sum(t.kernel.cpu_time_ns(x) for x in t.tg.tasks)
+    if clock < 0:
+        return _cpu_clock(t, clock)
     raise SyscallError(errno.EINVAL)
+
+
+def _cpu_clock(t, clock: int) -> int:
+    """A CPU-time clock of another thread or process (clock_getcpuclockid(3),
+    pthread_getcpuclockid(3)): ~id << 3, | 4 for a thread, | 0-2 for PROF, VIRT, SCHED
+    (all the CPU time here). A thread's only from its own process, as on Linux."""
+    ident, kind = ~(clock >> 3), clock & 3
+    if kind == 3:
+        raise SyscallError(errno.EINVAL)  # a clock of a file descriptor (posix clocks): none here
+    pidns = t.kernel.tasks.pidns
+    if clock & 4:
+        task = t if ident == 0 else pidns.tasks.get(ident)
+        if task is None or task.tg is not t.tg:
+            raise SyscallError(errno.EINVAL)
+        return t.kernel.cpu_time_ns(task)
+    tg = t.tg if ident == 0 else pidns.groups.get(ident)
+    if tg is None or tg.exit_status is not None:
+        raise SyscallError(errno.EINVAL)
+    return sum(t.kernel.cpu_time_ns(x) for x in tg.tasks)
 
 
 def read_timespec(t, addr: int) -> int:
@@ -73,7 +95,42 @@ def gettimeofday(t, tv, tz):
         sec, nsec = divmod(t.kernel.timekeeper.realtime_ns(), NSEC)
         t.mm.write(tv, struct.pack("<qq", sec, nsec // 1000))
     if tz:
-        t.mm.write(tz, bytes(8))
+        t.mm.write(tz, struct.pack("<ii", *t.kernel.timekeeper.timezone))
+    return 0
+
+
+@syscall(NR.clock_settime)
+def clock_settime(t, clock, tp):
+    """Only the realtime clock is set, the sandbox's own (CAP_SYS_TIME)."""
+    clock = i32(clock)
+    ns = read_timespec(t, tp)
+    if clock != 0:  # CLOCK_REALTIME
+        clock_now(t, clock)  # EINVAL for a clock there is not
+        raise SyscallError(errno.EINVAL)  # one that cannot be set
+    if not capable(t.tg, CAP_SYS_TIME):
+        raise SyscallError(errno.EPERM)
+    t.kernel.timekeeper.set_realtime(ns)
+    return 0
+
+
+@syscall(NR.settimeofday)
+def settimeofday(t, tv, tz):
+    ns = zone = None
+    if tv:
+        sec, usec = struct.unpack("<qq", t.mm.read(tv, 16))
+        if sec < 0 or not 0 <= usec < 1_000_000:
+            raise SyscallError(errno.EINVAL)
+        ns = sec * NSEC + usec * 1000
+    if tz:
+        zone = struct.unpack("<ii", t.mm.read(tz, 8))
+        if not -15 * 60 <= zone[0] <= 15 * 60:
+            raise SyscallError(errno.EINVAL)
+    if not capable(t.tg, CAP_SYS_TIME):
+        raise SyscallError(errno.EPERM)
+    if zone is not None:
+        t.kernel.timekeeper.timezone = zone
+    if ns is not None:
+        t.kernel.timekeeper.set_realtime(ns)
     return 0
 
 
