@@ -225,6 +225,7 @@ class Kernel(Lifecycle, Signaling, Checkpointing):
             if tg.exit_status is None and tg.itimer_real[0]:
                 self.arm_itimer(tg)
             self.arm_cpu_limit(tg)
+            self.arm_cpu_itimers(tg)
             for f in tg.fds.files.values():
                 if isinstance(f, TimerFd) and f.deadline:
                     f.arm(self)

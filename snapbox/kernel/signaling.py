@@ -189,6 +189,40 @@ class Signaling:
 
         check()
 
+    def arm_cpu_itimers(self, tg: ThreadGroup) -> None:
+        """Watch tg's CPU time against its ITIMER_VIRTUAL and ITIMER_PROF (SIGVTALRM and
+        SIGPROF, each interval after), as arm_cpu_limit watches RLIMIT_CPU. Both count
+        the process's threads' CPU time (the time the sentry spends on its calls is the
+        sentry's, not counted as the program's system time)."""
+        tg.itimer_cpu_token += 1
+        if not tg.itimer_cpu or tg.exit_status is not None:
+            return
+        token = tg.itimer_cpu_token
+
+        def check() -> None:
+            if tg.itimer_cpu_token != token or tg.exit_status is not None:
+                return
+            used = self.process_cpu_ns(tg)
+            for which, (at, interval) in sorted(tg.itimer_cpu.items()):
+                if used >= at:
+                    if interval:
+                        nxt = at + interval
+                        if nxt <= used:  # overrun: the next whole interval past now
+                            nxt = used + interval - (used - at) % interval
+                        tg.itimer_cpu[which] = (nxt, interval)
+                    else:
+                        del tg.itimer_cpu[which]
+                    self.send_signal(tg, signal.SIGVTALRM if which == 1 else signal.SIGPROF)
+            if tg.itimer_cpu:
+                target = min(at for at, _ in tg.itimer_cpu.values())
+                wait = max(CPU_LIMIT_POLL_NS, (target - used) // max(1, len(tg.tasks)))
+                self.call_at(self.timekeeper.monotonic_ns() + wait, check)
+
+        check()
+
+    def process_cpu_ns(self, tg: ThreadGroup) -> int:
+        return sum(self.cpu_time_ns(task) for task in tg.tasks)
+
     def signal_from_outside(self, groups: list[ThreadGroup], sig: int) -> None:
         """Send `sig` from outside the sandbox (its runtime, or its terminal) to `groups`:
         as on Linux, a PID namespace's init takes only the signals it handles, and SIGKILL,

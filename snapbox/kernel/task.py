@@ -87,6 +87,10 @@ class ThreadGroup:
     posix_timers: dict = field(default_factory=dict)  # timer_create(2) id -> PosixTimer
     itimer_real: tuple = (0, 0)  # ITIMER_REAL: (sandbox-monotonic deadline or 0, interval) in ns
     itimer_token: int = nosave(default=0)  # bumped to cancel the armed ITIMER_REAL
+    # ITIMER_VIRTUAL (1) and ITIMER_PROF (2): which -> (the process's CPU time in ns at which
+    # it fires, interval), while armed.
+    itimer_cpu: dict = field(default_factory=dict)
+    itimer_cpu_token: int = nosave(default=0)  # bumped to stop watching them
     oom_score_adj: int = 0  # /proc/PID/oom_score_adj, -1000..1000
     oom_score_adj_min: int = 0  # the lowest it may be set to without CAP_SYS_RESOURCE
     name: str = ""  # its leader's name (comm), kept for /proc once it is a zombie

@@ -68,8 +68,8 @@ def open_node(t, dirfd: int, path_addr: int, flags: int, mode: int) -> int:
             raise SyscallError(errno.ENOENT)
         if isinstance(parent, ProcDir):
             raise SyscallError(errno.ENOENT)  # as Linux: nothing is made in /proc
-        if name in (".", ".."):
-            raise SyscallError(errno.EISDIR)
+        if name in (".", "..") or path.endswith(b"/"):
+            raise SyscallError(errno.EISDIR)  # open(2): O_CREAT makes no directory
         check(t.tg, parent, MAY_WRITE | MAY_EXEC)
         host = on_host(t, parent)
         if host is not None:

@@ -176,12 +176,16 @@ def clock_nanosleep(t, clock, flags, req, rem):
     return sleep(t, NR.clock_nanosleep, clock, read_timespec(t, req), bool(i64(flags) & TIMER_ABSTIME))
 
 
-ITIMER_REAL = 0
+ITIMER_REAL, ITIMER_VIRTUAL, ITIMER_PROF = 0, 1, 2
+TICK_NS = 4_000_000  # a scheduler tick at Linux's usual CONFIG_HZ=250
 _ITIMERVAL = struct.Struct("<qqqq")  # it_interval (sec, usec), it_value (sec, usec)
 
 
-def _itimer_now(t) -> tuple[int, int]:
-    """ITIMER_REAL as (time left, interval) in ns."""
+def _itimer_now(t, which: int = ITIMER_REAL) -> tuple[int, int]:
+    """An interval timer as (time left, interval) in ns."""
+    if which != ITIMER_REAL:
+        at, interval = t.tg.itimer_cpu.get(which, (0, 0))
+        return (max(1, at - t.kernel.process_cpu_ns(t.tg)) if at else 0), interval
     deadline, interval = t.tg.itimer_real
     left = max(0, deadline - t.kernel.timekeeper.monotonic_ns()) if deadline else 0
     return left, interval
@@ -191,7 +195,14 @@ def _pack_itimer(left: int, interval: int) -> bytes:
     return _ITIMERVAL.pack(interval // NSEC, interval % NSEC // 1000, left // NSEC, left % NSEC // 1000)
 
 
-def _set_itimer(t, value: int, interval: int) -> None:
+def _set_itimer(t, value: int, interval: int, which: int = ITIMER_REAL) -> None:
+    if which != ITIMER_REAL:
+        if value:  # a tick later, as Linux's set_cpu_itimer, so that it never fires early
+            t.tg.itimer_cpu[which] = (t.kernel.process_cpu_ns(t.tg) + value + TICK_NS, interval)
+        else:
+            t.tg.itimer_cpu.pop(which, None)
+        t.kernel.arm_cpu_itimers(t.tg)
+        return
     now = t.kernel.timekeeper.monotonic_ns()
     t.tg.itimer_real = (now + value, interval) if value else (0, 0)
     t.kernel.arm_itimer(t.tg)
@@ -199,14 +210,15 @@ def _set_itimer(t, value: int, interval: int) -> None:
 
 @syscall(NR.setitimer)
 def setitimer(t, which, new, old):
-    if i32(which) != ITIMER_REAL:
-        raise SyscallError(errno.EINVAL, "only ITIMER_REAL is supported")
-    left, interval = _itimer_now(t)
+    which = i32(which)
+    if which not in (ITIMER_REAL, ITIMER_VIRTUAL, ITIMER_PROF):
+        raise SyscallError(errno.EINVAL)
+    left, interval = _itimer_now(t, which)
     if new:
         isec, iusec, vsec, vusec = _ITIMERVAL.unpack(t.mm.read(new, _ITIMERVAL.size))
         if min(isec, vsec) < 0 or not (0 <= iusec < 10**6 and 0 <= vusec < 10**6):
             raise SyscallError(errno.EINVAL)
-        _set_itimer(t, vsec * NSEC + vusec * 1000, isec * NSEC + iusec * 1000)
+        _set_itimer(t, vsec * NSEC + vusec * 1000, isec * NSEC + iusec * 1000, which)
     if old:
         t.mm.write(old, _pack_itimer(left, interval))
     return 0
@@ -214,9 +226,10 @@ def setitimer(t, which, new, old):
 
 @syscall(NR.getitimer)
 def getitimer(t, which, cur):
-    if i32(which) != ITIMER_REAL:
-        raise SyscallError(errno.EINVAL, "only ITIMER_REAL is supported")
-    t.mm.write(cur, _pack_itimer(*_itimer_now(t)))
+    which = i32(which)
+    if which not in (ITIMER_REAL, ITIMER_VIRTUAL, ITIMER_PROF):
+        raise SyscallError(errno.EINVAL)
+    t.mm.write(cur, _pack_itimer(*_itimer_now(t, which)))
     return 0
 
 
