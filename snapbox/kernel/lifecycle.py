@@ -302,7 +302,7 @@ class Lifecycle:
             oom_score_adj=parent.oom_score_adj, oom_score_adj_min=parent.oom_score_adj_min,
             xfeatures_granted=parent.xfeatures_granted, uts=uts, ipc=ipc)
         child = Task(tid=tgid, tg=tg, kernel=self, comm=t.comm, signal_mask=t.signal_mask, nice=t.nice,
-                     ioprio=t.ioprio, mempolicy=t.mempolicy, cpuid_faulting=t.cpuid_faulting,
+                     ioprio=t.ioprio, mempolicy=t.mempolicy, cpuid_faulting=t.cpuid_faulting, affinity=t.affinity,
                      seccomp_mode=t.seccomp_mode, seccomp=t.seccomp)
         tg.tasks.append(child)
         pidns.tasks[tgid] = child
@@ -467,7 +467,7 @@ class Lifecycle:
         pidns = self.tasks.pidns
         tid = pidns.allocate()
         child = Task(tid=tid, tg=tg, kernel=self, comm=t.comm, signal_mask=t.signal_mask, nice=t.nice,
-                     ioprio=t.ioprio, mempolicy=t.mempolicy, cpuid_faulting=t.cpuid_faulting,
+                     ioprio=t.ioprio, mempolicy=t.mempolicy, cpuid_faulting=t.cpuid_faulting, affinity=t.affinity,
                      seccomp_mode=t.seccomp_mode, seccomp=t.seccomp)
         tg.tasks.append(child)
         pidns.tasks[tid] = child

@@ -415,6 +415,7 @@ def _status(k, tg) -> str:
     queued = sum(len(q) for t in tg.tasks for q in t.siginfo.values()) + sum(len(q) for q in tg.siginfo.values())
     pending_limit = tg.rlimits.get(RLIMIT_SIGPENDING, (SIGPENDING_DEFAULT,))[0]
     cpus = os.cpu_count() or 1
+    allowed = (1 << cpus) - 1 if zombie else leader.affinity or (1 << cpus) - 1
     mode, filters = (0, None) if zombie else (leader.seccomp_mode, leader.seccomp)
     out.append(f"Threads:\t{max(1, len(tg.tasks))}\nSigQ:\t{queued}/{pending_limit}\n"
                f"SigPnd:\t{0 if zombie else leader.pending:016x}\nShdPnd:\t{tg.pending:016x}\n"
@@ -423,7 +424,7 @@ def _status(k, tg) -> str:
                f"CapBnd:\t{c.bounding:016x}\nCapAmb:\t{c.ambient:016x}\n"
                f"NoNewPrivs:\t{tg.prctl.get('no_new_privs', 0)}\nSeccomp:\t{mode}\n"
                f"Seccomp_filters:\t{filters.count() if filters else 0}\n"
-               f"Cpus_allowed:\t{(1 << cpus) - 1:x}\nCpus_allowed_list:\t{'0' if cpus == 1 else f'0-{cpus - 1}'}\n"
+               f"Cpus_allowed:\t{allowed:x}\nCpus_allowed_list:\t{_cpu_list(allowed)}\n"
                "Mems_allowed_list:\t0\n")
     return "".join(out)
 
@@ -558,6 +559,19 @@ def _top(k, name: str) -> str:
                        f"model\t\t: {fs.model}\nflags\t\t: {flags}\n\n")
         return "".join(out)
     raise SyscallError(errno.ENOENT)
+
+
+def _cpu_list(mask: int) -> str:
+    """A CPU mask as Linux lists it: 0-3,6."""
+    cpus = [i for i in range(mask.bit_length()) if mask >> i & 1]
+    runs, start = [], None
+    for i, cpu in enumerate(cpus):
+        if start is None:
+            start = cpu
+        if i + 1 == len(cpus) or cpus[i + 1] != cpu + 1:
+            runs.append(str(start) if start == cpu else f"{start}-{cpu}")
+            start = None
+    return ",".join(runs)
 
 
 def _proc_stat(k) -> str:

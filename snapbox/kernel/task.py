@@ -125,6 +125,7 @@ class Task:
     comm: str = ""  # the thread name (prctl PR_SET_NAME, /proc/pid/comm), at most 15 bytes
     nice: int = 0  # its nice value, -20..19 (setpriority; inherited by its forks and threads)
     ioprio: int = 0  # ioprio_set(2): class << 13 | level (0: none set, the CPU's nice decides)
+    affinity: int = 0  # sched_setaffinity(2)'s CPU mask (0: every CPU); inherited by forks and threads
     mempolicy: tuple = (0, 0)  # set_mempolicy(2): (mode, node mask); one node here, so advisory
     signal_mask: int = 0  # blocked signals, bit (n-1) for signal n
     pending: int = 0  # signals sent to this thread and not yet delivered

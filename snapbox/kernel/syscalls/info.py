@@ -52,14 +52,36 @@ def sched_getaffinity(t, pid, size, mask):
     nbytes = max(8, (ncpu + 63) // 64 * 8)
     if size < nbytes or size % 8:
         raise SyscallError(errno.EINVAL)
-    t.mm.write(mask, ((1 << ncpu) - 1).to_bytes(nbytes, "little"))
+    t.mm.write(mask, affinity(_affinity_target(t, pid)).to_bytes(nbytes, "little"))
     return nbytes
 
 
 @syscall(NR.sched_setaffinity)
 def sched_setaffinity(t, pid, size, mask):
-    t.mm.read(mask, min(size, 128))  # EFAULT as Linux would; placement is the host's business
+    """The thread's CPU mask, kept (inherited, reported, in /proc) and not given to the
+    host: where a stub runs is the sentry's placement."""
+    task = _affinity_target(t, pid)
+    if t.tg.creds[1] not in (task.tg.creds[0], task.tg.creds[1]) and not capable(t.tg, CAP_SYS_NICE):
+        raise SyscallError(errno.EPERM)
+    every = (1 << (os.cpu_count() or 1)) - 1
+    wanted = int.from_bytes(t.mm.read(mask, min(size, 128)), "little") & every
+    if not wanted:
+        raise SyscallError(errno.EINVAL)  # no CPU of the sandbox's in it
+    task.affinity = 0 if wanted == every else wanted
     return 0
+
+
+def affinity(task) -> int:
+    """A thread's CPU mask."""
+    return task.affinity or (1 << (os.cpu_count() or 1)) - 1
+
+
+def _affinity_target(t, pid):
+    pid = i32(pid)
+    task = t if pid == 0 else t.kernel.tasks.pidns.tasks.get(pid) if pid > 0 else None
+    if task is None or task.tg.exit_status is not None:
+        raise SyscallError(errno.ESRCH)
+    return task
 
 
 PRIO_PROCESS, PRIO_PGRP, PRIO_USER = 0, 1, 2

@@ -8,6 +8,7 @@ import stat
 import struct
 
 from snapbox.kernel.errors import SyscallError, WouldBlock
+from snapbox.kernel.fd import O_APPEND
 from snapbox.kernel.vfs import RegularFile
 from snapbox.kernel.syscalls import NR, i32, i64, syscall
 from snapbox.kernel.syscalls.common import MAX_RW, iovecs, readable, receive_timeout, scatter, writable, write_all
@@ -181,11 +182,35 @@ def sendfile(t, out_fd, in_fd, offset, count):
 
 @syscall(NR.copy_file_range)
 def copy_file_range(t, fd_in, off_in, fd_out, off_out, length, flags):
+    """copy_file_range(2): between regular files, from and to the given offsets (each
+    updated), or the files' own (then those move)."""
     if flags:
         raise SyscallError(errno.EINVAL)
-    if off_out:
-        raise SyscallError(errno.EINVAL, "an explicit output offset is not supported yet")
-    return _transfer(t, NR.copy_file_range, i32(fd_out), i32(fd_in), off_in, length)
+    src, dst = readable(t, i32(fd_in)), writable(t, i32(fd_out))
+    if dst.flags & O_APPEND:
+        raise SyscallError(errno.EBADF)
+    for f in (src, dst):
+        mode = f.stat()["mode"]
+        if stat.S_ISDIR(mode):
+            raise SyscallError(errno.EISDIR)
+        if not stat.S_ISREG(mode):
+            raise SyscallError(errno.EINVAL)
+    count = min(length, MAX_RW)
+    pos_in = struct.unpack("<q", t.mm.read(off_in, 8))[0] if off_in else src.offset
+    pos_out = struct.unpack("<q", t.mm.read(off_out, 8))[0] if off_out else dst.offset
+    if pos_in < 0 or pos_out < 0:
+        raise SyscallError(errno.EINVAL)
+    same = getattr(src, "node", None) is not None and getattr(src, "node", None) is getattr(dst, "node", None)
+    if same and pos_in < pos_out + count and pos_out < pos_in + count:
+        raise SyscallError(errno.EINVAL)  # overlapping ranges of one file
+    data = src.read(t, count, pos_in) if count else b""
+    n = write_all(t, NR.copy_file_range, dst, data, pos_out) if data else 0
+    for addr, f, pos in ((off_in, src, pos_in), (off_out, dst, pos_out)):
+        if addr:
+            t.mm.write(addr, struct.pack("<q", pos + n))
+        else:
+            f.offset = pos + n
+    return n
 
 
 POSIX_FADV_NOREUSE = 5  # the highest advice (NORMAL, RANDOM, SEQUENTIAL, WILLNEED, DONTNEED, NOREUSE)

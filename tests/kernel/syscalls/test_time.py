@@ -1,4 +1,4 @@
-"""Clocks: CPU-time clocks of threads and processes by id, the clocks that cannot be set,
+"""Clocks and CPUs: CPU-time clocks of threads and processes by id, the clocks that cannot be set,
 against native runs; and the sandbox's own realtime clock, set inside without touching
 the host's."""
 
@@ -35,3 +35,10 @@ def test_the_sandboxs_realtime_clock_is_its_own(snapbox):
     assert out[:2] == ["0", "24"]
     assert abs(int(out[2]) - (before + 86400)) < 60
     assert abs(time.time() - before) < 60  # the host's clock is where it was
+
+
+@pytest.mark.parametrize("bundle", ["affinity", "affinity-glibc"])
+def test_cpu_affinity_matches_native(snapbox, images, bundle):
+    want = native_fixture(images, bundle)
+    assert "a child: only the last CPU" in want and "another user's process: Operation not permitted" in want
+    assert same_output(snapbox("run", "--bundle", str(images / bundle), "aff").stdout, want)
