@@ -180,12 +180,18 @@ class MemoryManager:
     def map_shared_pages(self, addr: int, length: int, prot: int, fixed: bool, offsets: list[int],
                          kind: str, file_offset: int) -> int:
         """A MAP_SHARED mapping of pages that live elsewhere in the MemoryFile (a file's
-        pages, in any order): one VMA per page. Returns the address."""
+        pages, in any order): one VMA per run of pages that lie one after another there.
+        Returns the address."""
         length = page_align(length)
         addr = self._place(addr, length, fixed)
-        for i, offset in enumerate(offsets):
-            vma = self.map_range(addr + i * PAGE_SIZE, PAGE_SIZE, prot, offset, kind, shared=True)
-            vma.file_offset = file_offset + i * PAGE_SIZE
+        start = 0
+        for i in range(1, len(offsets) + 1):
+            if i < len(offsets) and offsets[i] == offsets[i - 1] + PAGE_SIZE:
+                continue
+            vma = self.map_range(addr + start * PAGE_SIZE, (i - start) * PAGE_SIZE, prot, offsets[start], kind,
+                                 shared=True)
+            vma.file_offset = file_offset + start * PAGE_SIZE
+            start = i
         return addr
 
     def map_shm(self, addr: int, length: int, prot: int, offset: int, kind: str) -> int:
@@ -225,18 +231,20 @@ class MemoryManager:
                 raise SyscallError(errno.EINVAL)
             if old < fixed_to + new_size and fixed_to < old + old_size:
                 raise SyscallError(errno.EINVAL)  # the ranges may not overlap
+        if self.find(old) is None:
+            raise SyscallError(errno.EFAULT)
+        if fixed_to is None and new_size <= old_size and not keep_old:
+            if new_size < old_size:  # the tail is unmapped, whatever it holds, as Linux
+                self.unmap(old + new_size, old_size - new_size)
+            return old
         self._rejoin(old, old + old_size)
         vma = self.find(old)
         if vma is None or old + old_size > vma.end:
             raise SyscallError(errno.EFAULT)
-        if vma.shared:
-            raise SyscallError(errno.EINVAL, "mremap of a shared mapping is not supported yet")
         if fixed_to is not None:
             self.check_fixed(fixed_to, new_size)
-        if fixed_to is None and new_size <= old_size and not keep_old:
-            if new_size < old_size:
-                self.unmap(old + new_size, old_size - new_size)
-            return old
+        if vma.shared:
+            raise SyscallError(errno.EINVAL, "mremap that grows or moves a shared mapping is not supported yet")
         if fixed_to is not None:
             target = fixed_to
         elif not keep_old and not self.overlaps(old + old_size, old + new_size) and old + new_size <= MMAP_TOP:

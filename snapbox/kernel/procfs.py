@@ -327,9 +327,10 @@ def _content(node: ProcNode) -> bytes:
         fields = (u["VmSize"], u["VmRSS"], u["RssFile"] + u["RssShmem"], u["VmExe"], 0, u["VmData"] + u["VmStk"], 0)
         return (" ".join(str(f // PAGE_SIZE) for f in fields) + "\n").encode()
     if name == "maps":
-        return "".join(_map_line(v) for v in tg.mm.vmas).encode()
+        return "".join(_map_line(group[0], group[-1].end) for group in _mappings(tg.mm)).encode()
     if name == "smaps":
-        return "".join(_map_line(v) + _smaps(_vma_usage(tg.mm, v), v) for v in tg.mm.vmas).encode()
+        return "".join(_map_line(g[0], g[-1].end) + _smaps(_group_usage(tg.mm, g), g[0], g[-1].end)
+                       for g in _mappings(tg.mm)).encode()
     if name == "smaps_rollup":
         return _smaps_rollup(tg.mm).encode()
     if name == "oom_score":
@@ -459,11 +460,11 @@ def _vma_usage(mm, v) -> dict[str, int]:
     return u
 
 
-def _smaps(u: dict[str, int], v) -> str:
+def _smaps(u: dict[str, int], v, end: int | None = None) -> str:
     flags = [f for f, on in (("rd", v.prot & 1), ("wr", v.prot & 2), ("ex", v.prot & 4), ("sh", v.shared),
                              ("mr", True), ("mw", True), ("me", True), ("ms", v.shared),
                              ("gd", v.kind == "stack"), ("ac", not v.shared and v.pages is None)) if on]
-    lines = [f"{'Size:':<16}{(v.end - v.start) // 1024:>8} kB\n", f"{'KernelPageSize:':<16}{4:>8} kB\n",
+    lines = [f"{'Size:':<16}{((end or v.end) - v.start) // 1024:>8} kB\n", f"{'KernelPageSize:':<16}{4:>8} kB\n",
              f"{'MMUPageSize:':<16}{4:>8} kB\n"]
     lines += [f"{key + ':':<16}{u[key] // 1024:>8} kB\n" for key in SMAPS_KEYS]
     lines.append(f"{'THPeligible:':<16}{0:>8}\nVmFlags: {''.join(f + ' ' for f in flags)}\n")
@@ -519,12 +520,39 @@ def _write_oom_score_adj(t, node: ProcNode, data: bytes) -> int:
     return len(data)
 
 
-def _map_line(v) -> str:
+def _mappings(mm) -> list[list]:
+    """The VMAs grouped as Linux would show them, one line of maps each: neighbours alike
+    in protection, kind and sharing, and for a file at following offsets of it (the
+    sentry may keep a run of a file's pages in several VMAs, where they lie apart in the
+    MemoryFile)."""
+    groups: list[list] = []
+    for v in mm.vmas:
+        last = groups[-1][-1] if groups else None
+        if last is not None and last.end == v.start and (last.prot, last.kind, last.shared) == \
+                (v.prot, v.kind, v.shared) and last.pages is v.pages and \
+                (not v.kind.startswith("/") or v.file_offset == last.file_offset + (last.end - last.start)):
+            groups[-1].append(v)
+        else:
+            groups.append([v])
+    return groups
+
+
+def _group_usage(mm, group: list) -> dict[str, int]:
+    total = dict.fromkeys(SMAPS_KEYS, 0)
+    for v in group:
+        for key, value in _vma_usage(mm, v).items():
+            total[key] += value
+    return total
+
+
+def _map_line(v, end: int | None = None) -> str:
+    """The maps line of `v` (to `end`, for a group of VMAs that starts with it)."""
     prot = v.prot
-    perms = ("r" if prot & 1 else "-") + ("w" if prot & 2 else "-") + ("x" if prot & 4 else "-") + "p"
+    perms = ("r" if prot & 1 else "-") + ("w" if prot & 2 else "-") + ("x" if prot & 4 else "-") + \
+        ("s" if v.shared else "p")
     path = {"stack": "[stack]", "heap": "[heap]", "anon": ""}.get(v.kind, v.kind)
     offset = v.file_offset if v.kind.startswith("/") else 0
-    line = f"{v.start:08x}-{v.end:08x} {perms} {offset:08x} 00:00 0"
+    line = f"{v.start:08x}-{end or v.end:08x} {perms} {offset:08x} 00:00 0"
     return f"{line:<73}{path}\n" if path else line + "\n"
 
 

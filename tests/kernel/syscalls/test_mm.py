@@ -13,3 +13,10 @@ def test_memory_mappings_match_native(snapbox, images, tmp_path, bundle):
     got = snapbox("run", "--bundle", str(images / bundle), "map").stdout
     assert same_output(got, want)
     assert "after fork: shared=42 private=1 map=kid!" in got
+
+
+@pytest.mark.parametrize("bundle", ["bigmap", "bigmap-glibc"])
+def test_a_large_shared_file_mapping_and_mremap_shrinking_match_native(snapbox, images, bundle):
+    want = native_fixture(images, bundle)
+    assert "lines of /proc/self/maps for it: 1" in want and "first page still reads one" in want
+    assert same_output(snapbox("run", "--bundle", str(images / bundle), "big").stdout, want)
