@@ -385,6 +385,15 @@ def _escaped(path: str) -> str:
     return "".join(f"\\{ord(c):03o}" if c in " \t\n\\" else c for c in path)
 
 
+def within(d: Dir | None, top) -> bool:
+    """Whether directory `d` is `top` or beneath it."""
+    while d is not None:
+        if d is top:
+            return True
+        d = d.parent
+    return False
+
+
 @savable
 @dataclass(eq=False)
 class Filesystem:

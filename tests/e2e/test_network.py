@@ -33,9 +33,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def do_detached(snapbox, cid: str, cwd: Path, out: Path, *command: str, network: str | None = None) -> None:
-    """`snapbox do --detach` of a host command, its output appended to `out`."""
-    args = (["--network", network] if network else []) + ["do", "--id", cid, "--detach", "--", *command]
+def do_detached(snapbox, cid: str, cwd: Path, out: Path, *command: str, network: str | None = None,
+                publish: str | None = None) -> None:
+    """`snapbox do --detach` of a host command (its port `publish`ed, if given), its output
+    appended to `out`."""
+    args = (["--network", network] if network else []) + ["do", "--id", cid, "--detach"] + \
+        (["-p", publish] if publish else []) + ["--", *command]
     with open(out, "a") as f:
         subprocess.run(snapbox.cmd(*args), stdout=f, stderr=f, stdin=subprocess.DEVNULL, cwd=cwd, check=True,
                        timeout=60)
@@ -302,10 +305,7 @@ def test_a_published_port_reaches_the_listener_while_there_is_one(snapbox, tmp_p
     (loopback here) from the client's, and are refused again once it closes."""
     (tmp_path / "server.py").write_text(ON_AND_OFF)
     out = tmp_path / "out.txt"
-    with open(out, "a") as f:
-        subprocess.run(snapbox.cmd("--network", "none", "do", "--id", "pub", "-d", "-p", "127.0.0.1:0:8000", "--",
-                                   sys.executable, "server.py"),
-                       stdout=f, stderr=f, stdin=subprocess.DEVNULL, cwd=tmp_path, check=True, timeout=60)
+    do_detached(snapbox, "pub", tmp_path, out, sys.executable, "server.py", network="none", publish="127.0.0.1:0:8000")
     (mapping,) = published(snapbox, "pub")
     assert mapping.startswith("127.0.0.1:") and mapping.endswith("->8000/tcp")
     port = int(mapping.split(":")[1].split("-")[0])
@@ -329,10 +329,8 @@ def test_a_published_connection_survives_checkpoint_and_restore(snapbox, tmp_pat
     (tmp_path / "b.txt").write_text("after the restore")
     port = free_port()
     out = tmp_path / "out.txt"
-    with open(out, "a") as f:
-        subprocess.run(snapbox.cmd("--network", "none", "do", "--id", "kp", "-d", "-p", f"127.0.0.1:{port}:8000",
-                                   "--", *http_server(8000, "0.0.0.0")),
-                       stdout=f, stderr=f, stdin=subprocess.DEVNULL, cwd=tmp_path, check=True, timeout=60)
+    do_detached(snapbox, "kp", tmp_path, out, *http_server(8000, "0.0.0.0"), network="none",
+                publish=f"127.0.0.1:{port}:8000")
     conn = connect(port)
     conn.request("GET", "/a.txt")
     assert conn.getresponse().read() == b"before"
@@ -532,10 +530,8 @@ def test_a_published_port_and_its_connection_migrate(snapbox, tmp_path, images):
 
     (tmp_path / "a.txt").write_text("first side")
     port = free_port()
-    with open(tmp_path / "out.txt", "a") as f:
-        subprocess.run(snapbox.cmd("--network", "none", "do", "--id", "mp", "-d", "-p", f"127.0.0.1:{port}:8000",
-                                   "--", *http_server(8000, "0.0.0.0")),
-                       stdout=f, stderr=f, stdin=subprocess.DEVNULL, cwd=tmp_path, check=True, timeout=60)
+    do_detached(snapbox, "mp", tmp_path, tmp_path / "out.txt", *http_server(8000, "0.0.0.0"), network="none",
+                publish=f"127.0.0.1:{port}:8000")
     conn = connect(port)
     conn.request("GET", "/a.txt")
     assert conn.getresponse().read() == b"first side"

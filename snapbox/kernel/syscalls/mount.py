@@ -20,7 +20,7 @@ from snapbox.kernel.errors import SyscallError
 from snapbox.kernel.procfs import ProcDir
 from snapbox.kernel.syscalls import NR, i32, syscall
 from snapbox.kernel.syscalls.common import AT_FDCWD, lookup
-from snapbox.kernel.vfs import MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_RDONLY, Dir, DirFile, now_ns
+from snapbox.kernel.vfs import MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_RDONLY, Dir, DirFile, now_ns, within
 
 log = logging.getLogger("snapbox.kernel")
 
@@ -123,18 +123,10 @@ def _bind(t, source: int, parent: Dir, name: str, node, flags: int) -> int:
     if s_node.is_dir() != node.is_dir():
         raise SyscallError(errno.ENOTDIR)
     where = s_node if isinstance(s_node, Dir) else s_parent
-    origin = next((m for m in reversed(fs.mounts) if _within(where, m.node)), None)
+    origin = next((m for m in reversed(fs.mounts) if within(where, m.node)), None)
     fs.attach(parent, name, node, s_node, origin.fstype if origin else "overlay",
               origin.source if origin else "rootfs", flags & KEPT)
     return 0
-
-
-def _within(d: Dir | None, top) -> bool:
-    while d is not None:
-        if d is top:
-            return True
-        d = d.parent
-    return False
 
 
 @syscall(NR.umount2)
@@ -169,13 +161,13 @@ def _busy(t, m) -> bool:
     if not isinstance(m.node, Dir):
         return any(f is not None and getattr(f, "node", None) is m.node
                    for tg in t.kernel.tasks.pidns.groups.values() for f in tg.fds.files.values())
-    if any(other is not m and _within(other.parent, m.node) for other in fs.mounts):
+    if any(other is not m and within(other.parent, m.node) for other in fs.mounts):
         return True
     for tg in t.kernel.tasks.pidns.groups.values():
         if tg.exit_status is not None:
             continue
-        if _within(tg.fs.cwd, m.node) or _within(tg.fs.root, m.node):
+        if within(tg.fs.cwd, m.node) or within(tg.fs.root, m.node):
             return True
-        if any(isinstance(f, DirFile) and _within(f.node, m.node) for f in tg.fds.files.values()):
+        if any(isinstance(f, DirFile) and within(f.node, m.node) for f in tg.fds.files.values()):
             return True
     return False

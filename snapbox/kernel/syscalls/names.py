@@ -17,7 +17,7 @@ from snapbox.kernel.pipe import FifoNode, Pipe
 from snapbox.kernel.procfs import ProcDir
 from snapbox.kernel.syscalls import NR, i32, syscall
 from snapbox.kernel.syscalls.common import AT_EMPTY_PATH, AT_FDCWD, AT_SYMLINK_FOLLOW, host_path, lookup, on_host
-from snapbox.kernel.vfs import Dir, DirFile, LowerNode, MemRegular, MemSymlink, now_ns
+from snapbox.kernel.vfs import Dir, DirFile, LowerNode, MemRegular, MemSymlink, now_ns, within
 
 
 
@@ -210,14 +210,6 @@ def getdents64(t, fd, dirp, count):
 RENAME_NOREPLACE, RENAME_EXCHANGE, RENAME_WHITEOUT = 1, 2, 4
 
 
-def _is_ancestor(a: Dir, b: Dir) -> bool:
-    while b is not None:
-        if b is a:
-            return True
-        b = b.parent
-    return False
-
-
 @syscall(NR.renameat2)
 def renameat2(t, olddirfd, oldpath, newdirfd, newpath, flags):
     if flags & ~RENAME_NOREPLACE:
@@ -267,7 +259,7 @@ def renameat2(t, olddirfd, oldpath, newdirfd, newpath, flags):
         if target.is_dir() and t.kernel.fs.list_dir(target):
             raise SyscallError(errno.ENOTEMPTY)
     if node.is_dir():
-        if _is_ancestor(node, new_parent):
+        if within(new_parent, node):
             raise SyscallError(errno.EINVAL)
         if node.lower is not None:
             raise SyscallError(errno.EXDEV)  # as overlayfs does without redirect_dir
