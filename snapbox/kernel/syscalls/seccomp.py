@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import errno
-import logging
 import struct
 
 from snapbox.kernel import seccomp as sc
 from snapbox.kernel.creds import CAP_SYS_ADMIN, capable
 from snapbox.kernel.errors import SyscallError
 from snapbox.kernel.syscalls import NR, syscall
-
-log = logging.getLogger("snapbox.kernel")
 
 SECCOMP_SET_MODE_STRICT, SECCOMP_SET_MODE_FILTER, SECCOMP_GET_ACTION_AVAIL, SECCOMP_GET_NOTIF_SIZES = 0, 1, 2, 3
 FLAG_TSYNC, FLAG_LOG, FLAG_SPEC_ALLOW, FLAG_NEW_LISTENER, FLAG_TSYNC_ESRCH, FLAG_WAIT_KILLABLE_RECV = \
