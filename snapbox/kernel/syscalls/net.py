@@ -717,7 +717,7 @@ def _inet_getsockopt(s: InetSocket | UdpSocket, level: int, opt: int) -> bytes:
         return struct.pack("<i", fixed[opt])
     if level == SOL_SOCKET and opt == SO_LINGER:
         return struct.pack("<ii", *s.options.get((level, opt), (0, 0)))
-    if (level, opt) not in INET_OPTIONS or (level == SOL_IPV6) != (s.family == AF_INET6):
+    if (level, opt) not in INET_OPTIONS or (level == SOL_IPV6 and s.family != AF_INET6):
         raise SyscallError(errno.ENOPROTOOPT)
     return struct.pack("<i", s.option(level, opt, INET_OPTIONS[(level, opt)]))
 
@@ -730,7 +730,7 @@ def _inet_setsockopt(t, s: InetSocket | UdpSocket, level: int, opt: int, optval:
             raise SyscallError(errno.EINVAL)
         s.options[(level, opt)] = struct.unpack("<ii", t.mm.read(optval, 8))
         return 0
-    if (level, opt) not in INET_OPTIONS or (level == SOL_IPV6) != (s.family == AF_INET6):
+    if (level, opt) not in INET_OPTIONS or (level == SOL_IPV6 and s.family != AF_INET6):
         raise SyscallError(errno.ENOPROTOOPT)
     if optlen < 4:
         raise SyscallError(errno.EINVAL)
