@@ -27,9 +27,21 @@ INTERP_BASE = 0x7FFFF7FC0000 - (64 << 20)
 AT_NULL, AT_PHDR, AT_PHENT, AT_PHNUM, AT_PAGESZ, AT_BASE, AT_FLAGS, AT_ENTRY = 0, 3, 4, 5, 6, 7, 8, 9
 AT_UID, AT_EUID, AT_GID, AT_EGID, AT_PLATFORM, AT_HWCAP, AT_CLKTCK = 11, 12, 13, 14, 15, 16, 17
 AT_SECURE, AT_RANDOM, AT_HWCAP2, AT_EXECFN, AT_MINSIGSTKSZ = 23, 25, 26, 31, 51
-# AT_MINSIGSTKSZ: the host kernel's figure (its largest signal frame, AMX tiles included),
-# as glibc read it from this process's own auxiliary vector.
-MINSIGSTKSZ = max(2048, os.sysconf("SC_MINSIGSTKSZ") if "SC_MINSIGSTKSZ" in os.sysconf_names else 0)
+
+
+def _host_auxv(key: int, default: int) -> int:
+    """An entry of this process's own auxiliary vector, as the host kernel gave it."""
+    with open("/proc/self/auxv", "rb") as f:
+        auxv = f.read()
+    for k, v in struct.iter_unpack("<QQ", auxv[: len(auxv) // 16 * 16]):
+        if k == key:
+            return v
+    return default
+
+
+# AT_MINSIGSTKSZ: the host kernel's figure (its largest signal frame, AMX tiles included;
+# 2048, the old constant, from a kernel too old to give one).
+MINSIGSTKSZ = _host_auxv(AT_MINSIGSTKSZ, 2048)
 
 
 @dataclass
@@ -56,12 +68,12 @@ def load(mm: MemoryManager, data: bytes, path: str, base: int | None = None,
     what it cannot run."""
     if len(data) < _EHDR.size or data[:4] != b"\x7fELF":
         raise SyscallError(errno.ENOEXEC, "not an ELF file")
-    ident, etype, machine, _, entry, phoff, _, _, _, phent, phnum, _, _, _ = _EHDR.unpack_from(data)
+    ident, etype, machine, _, entry, phoff, _, _, _, phent, phnum, _, _, _ = _EHDR.unpack(data[:_EHDR.size])
     if ident[4] != 2 or ident[5] != 1 or machine != EM_X86_64 or etype not in (ET_EXEC, ET_DYN):
         raise SyscallError(errno.ENOEXEC, "not an x86-64 executable")
     if phent != _PHDR.size or phnum == 0 or phoff + phnum * phent > len(data):
         raise SyscallError(errno.ENOEXEC, "bad program headers")
-    phdrs = [_PHDR.unpack_from(data, phoff + i * phent) for i in range(phnum)]
+    phdrs = [_PHDR.unpack(data[phoff + i * phent : phoff + (i + 1) * phent]) for i in range(phnum)]
     interp = ""
     for ptype, _, offset, _, _, filesz, _, _ in phdrs:
         if ptype == PT_INTERP:

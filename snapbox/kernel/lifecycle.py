@@ -228,11 +228,14 @@ class Lifecycle:
             egid = node.gid
         return euid, egid
 
-    def _program_file(self, node) -> tuple[bytes, FilePages | None]:
+    def _program_file(self, node) -> tuple[bytes | LayerFile, FilePages | None]:
         """A program's content, and its cache entry if its pages can be mapped from the
         cache (the caller forgets the entry if it maps none)."""
-        data = self._read_whole(node)
-        return data, self.file_cache.get(node) if isinstance(node, LowerNode) else None
+        if isinstance(node, MemRegular):
+            return node.read(0, node.length), None
+        if isinstance(node, LowerNode):
+            return LayerFile(self.fs, node), self.file_cache.get(node)
+        raise SnapboxError("executable is not a regular file")
 
     def _search_path(self, name: bytes, env: list[bytes]) -> bytes:
         paths = b"/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -249,18 +252,6 @@ class Lifecycle:
             if node is not None and not node.is_dir():
                 return candidate
         raise SnapboxError(f"executable {name.decode(errors='replace')} not found in PATH")
-
-    def _read_whole(self, node) -> bytes:
-        if isinstance(node, MemRegular):
-            return node.read(0, node.length)
-        if isinstance(node, LowerNode):
-            fd = self.fs.host(node.layer).open(node.path, os.O_RDONLY)
-            try:
-                with os.fdopen(fd, "rb", closefd=False) as f:
-                    return f.read()
-            finally:
-                os.close(fd)
-        raise SnapboxError("executable is not a regular file")
 
     def _bind(self, task: Task, host_tid: int, regs: ptrace.Regs) -> None:
         """Make host thread `host_tid` run `task`, starting from `regs`."""
@@ -577,6 +568,43 @@ def release_vfork_parent(tg: ThreadGroup) -> None:
     if tg.vfork_done is not None:
         done, tg.vfork_done = tg.vfork_done, None
         done.notify()
+
+
+class LayerFile:
+    """A file of a read-only layer as bytes, read as they are sliced: loading a program
+    whose read-only pages come from the file cache reads its headers and its writable
+    segment, not all of it (reading a 2 MB busybox whole took 130 µs of each execve)."""
+
+    HEAD = 4096  # read at once: the ELF header, the program headers, a "#!" line
+
+    def __init__(self, fs, node: LowerNode) -> None:
+        self.fs = fs
+        self.node = node
+        self.head = self._pread(0, self.HEAD)
+
+    def __len__(self) -> int:
+        return self.node.length
+
+    def __getitem__(self, part: slice) -> bytes:
+        start, stop, _ = part.indices(self.node.length)
+        if stop <= len(self.head):
+            return self.head[start:stop]
+        return self._pread(start, max(stop - start, 0))
+
+    def _pread(self, offset: int, n: int) -> bytes:
+        fd = self.fs.host(self.node.layer).open(self.node.path, os.O_RDONLY)
+        try:
+            chunks = []
+            while n > 0:
+                chunk = os.pread(fd, n, offset)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                offset += len(chunk)
+                n -= len(chunk)
+            return b"".join(chunks)
+        finally:
+            os.close(fd)
 
 
 def shebang(data: bytes) -> tuple[bytes, list[bytes]]:

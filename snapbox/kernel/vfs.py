@@ -129,8 +129,10 @@ class Lower:
         finally:
             os.close(dirfd)
 
-    def listdir(self, rel: str, kept: bool = False) -> list[str]:
-        """The names in directory `rel`; `kept`: opened from a kept fd of its parent (see lstat)."""
+    def listdir(self, rel: str, kept: bool = False) -> dict[str, int]:
+        """The names in directory `rel`, each with its file type (stat.S_IFDIR, S_IFREG or
+        S_IFLNK, from the host's directory entry, so nothing is stat'ed; 0 for any other or
+        an unknown type); `kept`: opened from a kept fd of its parent (see lstat)."""
         parent, _, name = rel.rpartition("/")
         if kept and name not in ("", ".", ".."):
             try:
@@ -141,7 +143,10 @@ class Lower:
         else:
             fd = self.open(rel, os.O_RDONLY | os.O_DIRECTORY)
         try:
-            return os.listdir(fd)
+            with os.scandir(fd) as entries:
+                return {e.name: _entry_type(e) for e in entries}
+        except OSError as e:
+            raise SyscallError(e.errno) from None
         finally:
             os.close(fd)
 
@@ -150,6 +155,18 @@ class Lower:
         if self.fd >= 0:
             self.closer()
             self.fd = -1
+
+
+def _entry_type(entry: os.DirEntry) -> int:
+    """The type a directory entry gives, without a stat (DirEntry stats only for DT_UNKNOWN,
+    and never follows a symlink here)."""
+    if entry.is_symlink():
+        return st.S_IFLNK
+    if entry.is_dir(follow_symlinks=False):
+        return st.S_IFDIR
+    if entry.is_file(follow_symlinks=False):
+        return st.S_IFREG
+    return 0
 
 
 def _close_all(fds: dict) -> None:
@@ -332,6 +349,9 @@ class Dir(Inode):
     name: str = ""  # the name in its parent (for getcwd); "/" for the root
     parent: Dir | None = None  # None only for the root
     entries: dict = field(default_factory=dict)  # name -> Inode, upper entries and cached lower ones
+    # name -> inode number of a lower name getdents64 listed before anything looked it up:
+    # the node made at its lookup takes that number.
+    inos: dict = field(default_factory=dict)
     whiteouts: set = field(default_factory=set)  # lower names deleted in this layer
     tmpfs: bool = False  # the top of a tmpfs mount (or /dev): writable even with a read-only root
     lower: str | None = None  # path of the merged lower directory ("" = its layer's top), or None
@@ -442,9 +462,10 @@ class Filesystem:
         self.next_ino += 1
         return self.next_ino
 
-    def _lower_dir(self, parent: Dir | None, name: str, rel: str, layer: int) -> Dir:
-        s = self.host(layer).lstat(rel)
-        return Dir(ino=self.new_ino(), mode=s.st_mode, uid=s.st_uid, gid=s.st_gid, nlink=s.st_nlink,
+    def _lower_dir(self, parent: Dir | None, name: str, rel: str, layer: int, s: os.stat_result | None = None,
+                   ino: int = 0) -> Dir:
+        s = s or self.host(layer).lstat(rel)
+        return Dir(ino=ino or self.new_ino(), mode=s.st_mode, uid=s.st_uid, gid=s.st_gid, nlink=s.st_nlink,
                    atime=s.st_atime_ns, mtime=s.st_mtime_ns, ctime=s.st_ctime_ns,
                    name=name, parent=parent, lower=rel, layer=layer)
 
@@ -466,10 +487,11 @@ class Filesystem:
             if e.errno in (errno.ENOENT, errno.ENOTDIR):
                 raise SyscallError(errno.ENOENT) from None
             raise
+        ino = 0 if rw else d.inos.pop(name, 0)
         if st.S_ISDIR(s.st_mode):
-            node = self._lower_dir(d, name, rel, d.layer)
+            node = self._lower_dir(d, name, rel, d.layer, s, ino)
         else:
-            node = LowerNode(ino=self.new_ino(), mode=s.st_mode, uid=s.st_uid, gid=s.st_gid,
+            node = LowerNode(ino=ino or self.new_ino(), mode=s.st_mode, uid=s.st_uid, gid=s.st_gid,
                              nlink=s.st_nlink, atime=s.st_atime_ns, mtime=s.st_mtime_ns,
                              ctime=s.st_ctime_ns, path=rel, length=s.st_size, rdev=s.st_rdev, layer=d.layer)
         if not rw:
@@ -609,12 +631,42 @@ class Filesystem:
         dynamic = getattr(d, "names", None)
         if dynamic is not None:
             return dynamic()
-        names = dict.fromkeys(d.entries)
-        if d.lower is not None:
-            for name in self.host(d.layer).listdir(d.lower, kept=d.layer not in self.rw_layers):
-                if name not in d.whiteouts:
-                    names.setdefault(name)
-        return list(names)
+        return [*d.entries, *self._lower_names(d)]
+
+    def _lower_names(self, d: Dir) -> dict[str, int]:
+        """The names of `d`'s lower directory that its entries neither hold nor hide, with
+        their types as Lower.listdir gives them."""
+        if d.lower is None:
+            return {}
+        names = self.host(d.layer).listdir(d.lower, kept=d.layer not in self.rw_layers)
+        return {name: t for name, t in names.items() if name not in d.entries and name not in d.whiteouts}
+
+    def dir_entries(self, d: Dir) -> list[tuple[str, int, int]]:
+        """What getdents64 lists of `d` (without . and ..): (name, inode number, file type
+        bits). A name of a lower layer only the sandbox changes is not looked up when its
+        host directory entry gives its type: it gets an inode number its node takes if it
+        is ever looked up (`find /usr -name '*.h'` then stats none of the files it passes)."""
+        out = []
+        if getattr(d, "names", None) is None:
+            for name, node in d.entries.items():
+                out.append((name, node.ino, st.S_IFMT(node.mode)))
+            lower = self._lower_names(d)
+        else:
+            lower = dict.fromkeys(d.names(), 0)
+        kept = d.layer not in self.rw_layers
+        for name, kind in lower.items():
+            if kind and kept and d.lower is not None:
+                ino = d.inos.get(name)
+                if ino is None:
+                    ino = d.inos[name] = self.new_ino()
+                out.append((name, ino, kind))
+                continue
+            try:
+                node = self.lookup(d, name)
+            except SyscallError:
+                continue  # gone since it was listed
+            out.append((name, node.ino, st.S_IFMT(node.mode)))
+        return out
 
     def readlink(self, node: Inode) -> bytes:
         target = getattr(node, "target", None)

@@ -7,6 +7,7 @@ that offers at least the features, and the XSAVE state components, of the one th
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 from dataclasses import dataclass, field
@@ -109,8 +110,10 @@ class FeatureSet:
 
     @classmethod
     def host(cls) -> FeatureSet:
-        """The host's feature set; SNAPBOX_HOST_CPU_FEATURES replaces the detected names."""
-        fs = cls.detect()
+        """The host's feature set; SNAPBOX_HOST_CPU_FEATURES replaces the detected names.
+        CPUID is read once per process (in a VM each instruction exits to the hypervisor:
+        every signal return, which needs the XSAVE size, paid ~180 µs for it)."""
+        fs = dataclasses.replace(_detected())
         override = os.environ.get(HOST_FEATURES_ENV)
         if override is not None:
             fs.features = frozenset(n.strip() for n in override.split(",") if n.strip())
@@ -146,7 +149,7 @@ class FeatureSet:
 
     def hwcap(self) -> int:
         """AT_HWCAP for x86-64: CPUID.1:EDX, as Linux reports it."""
-        return _cpuid(1)[3]
+        return _hwcap()
 
     def missing_on(self, host: FeatureSet) -> list[str]:
         """Application-visible features of this set that `host` lacks, sorted."""
@@ -164,6 +167,16 @@ class FeatureSet:
             raise IncompatibleHostError(
                 f"image needs XSAVE state components this host lacks (xcr0 bits {lacking_state:#x})"
             )
+
+
+@functools.cache
+def _detected() -> FeatureSet:
+    return FeatureSet.detect()
+
+
+@functools.cache
+def _hwcap() -> int:
+    return _cpuid(1)[3]
 
 
 @functools.cache

@@ -173,30 +173,20 @@ def getdents64(t, fd, dirp, count):
     f = t.fds.get(i32(fd))
     if not isinstance(f, DirFile):
         raise SyscallError(errno.ENOTDIR)
-    fs = t.kernel.fs
     d = f.node
     if f.listing is None or f.offset == 0:
-        f.listing = [".", ".."] + fs.list_dir(d)
+        f.listing = [(".", d.ino, st.S_IFDIR), ("..", (d.parent or d).ino, st.S_IFDIR)]
+        f.listing += t.kernel.fs.dir_entries(d)
     names = f.listing
     out = bytearray()
     index = f.offset
     while index < len(names):
-        name = names[index]
-        if name == ".":
-            node = d
-        elif name == "..":
-            node = d.parent or d
-        else:
-            try:
-                node = fs.lookup(d, name)
-            except SyscallError:
-                index += 1
-                continue
+        name, ino, kind = names[index]
         raw = os.fsencode(name)
         reclen = (19 + len(raw) + 1 + 7) & ~7
         if len(out) + reclen > count:
             break
-        out += struct.pack("<QqHB", node.ino, index + 1, reclen, _dtype(node.mode)) + raw
+        out += struct.pack("<QqHB", ino, index + 1, reclen, _dtype(kind)) + raw
         out += bytes(reclen - 19 - len(raw))
         index += 1
     if not out and index < len(names):
