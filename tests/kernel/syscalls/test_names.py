@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from tests.conftest import busybox_bundle, native_fixture, same_output
+from tests.conftest import busybox_bundle, held_through_a_restore, native_fixture, same_output
 
 
 def test_no_way_out_of_the_rootfs(snapbox, images, tmp_path):
@@ -117,3 +117,16 @@ def test_chroot_and_the_working_directory_match_native(snapbox, images, bundle):
     want = native_fixture(images, bundle)
     assert "getcwd outside the root: (unreachable)/tmp" in want and want.endswith("done\n")
     assert same_output(snapbox("run", "--bundle", str(images / bundle), "chroot").stdout, want)
+
+
+@pytest.mark.parametrize("bundle", ["dirents", "dirents-glibc"])
+def test_directory_entries_agree_with_stat_as_natively(snapbox, images, bundle):
+    want = native_fixture(images, bundle, str(images / bundle / "rootfs"))
+    assert f"{bundle}: type 8, lstat's type agrees, inode agrees" in want
+    assert same_output(snapbox("run", "--bundle", str(images / bundle), "dirents").stdout, want)
+
+
+def test_names_listed_before_a_checkpoint_keep_their_inode_numbers(snapbox, images, tmp_path):
+    got = held_through_a_restore(snapbox, images, tmp_path, "dirents", "done", lazy=False)
+    assert "tmp: type 4, lstat's type agrees, inode agrees" in got
+    assert not [line for line in got if "differs" in line or "failed" in line]
