@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from snapbox.kernel.errors import SyscallError
 from snapbox.kernel.fd import OpenFile
-from snapbox.kernel.vfs import Dir, Filesystem, Inode, now_ns
+from snapbox.kernel.vfs import Dir, Filesystem, Inode, MemSymlink, now_ns
 from snapbox.state import savable
 
 # name -> (major, minor), as on Linux (Documentation/admin-guide/devices.txt)
@@ -63,7 +63,8 @@ class DeviceFile(OpenFile):
 def mount_dev(fs: Filesystem) -> None:
     """Put a fresh /dev over whatever the rootfs has there: the standard devices, /dev/tty
     (the controlling terminal), /dev/ptmx and a /dev/pts for pseudo-terminals
-    (snapbox.kernel.tty), and a /dev/shm tmpfs."""
+    (snapbox.kernel.tty), a /dev/shm tmpfs, and the links runc makes: /dev/fd, /dev/stdin,
+    /dev/stdout and /dev/stderr into /proc/self/fd."""
     now = now_ns()
     dev = Dir(ino=fs.new_ino(), mode=stat.S_IFDIR | 0o755, nlink=2, atime=now, mtime=now, ctime=now,
               name="dev", parent=fs.root, tmpfs=True)
@@ -81,5 +82,9 @@ def mount_dev(fs: Filesystem) -> None:
     dev.entries["shm"] = Dir(ino=fs.new_ino(), mode=stat.S_IFDIR | 0o1777, nlink=2, atime=now, mtime=now,
                              ctime=now, name="shm", parent=dev, tmpfs=True)
     dev.nlink += 2
+    for name, target in (("fd", b"/proc/self/fd"), ("stdin", b"/proc/self/fd/0"), ("stdout", b"/proc/self/fd/1"),
+                         ("stderr", b"/proc/self/fd/2")):
+        dev.entries[name] = MemSymlink(ino=fs.new_ino(), mode=stat.S_IFLNK | 0o777, atime=now, mtime=now,
+                                       ctime=now, target=target)
     fs.root.entries["dev"] = dev
     fs.root.whiteouts.discard("dev")

@@ -464,10 +464,16 @@ def is_local(text: str) -> bool:
 
 def _covers(bound: InetSocket, ip: str, family: int) -> bool:
     """Whether a socket bound to `bound.local` receives connections to `ip`."""
-    mine = _ip(bound.local[0])
+    return _receives(bound.family, bound.local[0], bool(bound.option(41, 26)), ip)  # IPV6_V6ONLY
+
+
+def _receives(family: int, addr: str, v6only: bool, ip: str) -> bool:
+    """Whether a socket of `family` bound to `addr` (IPv6-only or not) receives what is
+    sent to `ip`."""
+    mine = _ip(addr)
     theirs = _ip(ip)
-    if bound.family == AF_INET6 and mine.is_unspecified and isinstance(mine, ipaddress.IPv6Address):
-        return isinstance(theirs, ipaddress.IPv6Address) or not bound.option(41, 26)  # IPV6_V6ONLY
+    if family == AF_INET6 and mine.is_unspecified and isinstance(mine, ipaddress.IPv6Address):
+        return isinstance(theirs, ipaddress.IPv6Address) or not v6only
     if mine.is_unspecified:
         return type(mine) is type(theirs)
     return mine == theirs
@@ -511,7 +517,7 @@ class Ports:
         for other in self._live(port):
             if other is s:
                 continue
-            overlap = _covers(other, ip, s.family) or _covers(s, other.local[0], other.family) \
+            overlap = _covers(other, ip, s.family) or _receives(s.family, ip, bool(s.option(41, 26)), other.local[0]) \
                 or _ip(ip) == _ip(other.local[0])
             if overlap and not (reuse and other.option(1, 2) and not other.listening):
                 raise SyscallError(errno.EADDRINUSE)

@@ -25,6 +25,7 @@ objects, at open time (as Linux's seq files are read at open, roughly).
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import stat
 import zlib
@@ -33,9 +34,10 @@ from typing import TYPE_CHECKING
 
 from snapbox.kernel.creds import CAP_SYS_RESOURCE, capable
 from snapbox.kernel.errors import SyscallError, WouldBlock
-from snapbox.kernel.fd import OpenFile
-from snapbox.kernel.host import UTS_RELEASE, UTS_VERSION, host_meminfo
+from snapbox.kernel.fd import O_ACCMODE, O_APPEND, O_NONBLOCK, O_RDONLY, O_RDWR, O_WRONLY, OpenFile
+from snapbox.kernel.host import UTS_RELEASE, UTS_VERSION, HostFile, host_meminfo
 from snapbox.kernel.namespaces import KINDS, namespace_of
+from snapbox.kernel.pipe import PipeFile
 from snapbox.kernel.signals import SIG_DFL, SIG_IGN
 from snapbox.kernel.vfs import Dir, Inode, now_ns
 from snapbox.memfile import PAGE_SIZE
@@ -86,12 +88,22 @@ class ProcNode(Inode):
         return readlink(self)
 
     def magic(self) -> Inode | None:
-        """What a magic link opens in place of a path: a namespace (ns/KIND)."""
-        if not self.name.startswith("ns/"):
+        """What a magic link opens in place of a path: a namespace (ns/KIND), or an open
+        file whose link names no path (fd/N of a pipe, or of a stream the sandbox was
+        started with: /dev/stdin is /proc/self/fd/0). Other fd links are followed as paths."""
+        if not self.name.startswith(("ns/", "fd/")):
             return None
         tg = self.kernel.tasks.pidns.groups.get(self.pid)
         if tg is None or tg.exit_status is not None:
             raise SyscallError(errno.ENOENT)
+        if self.name.startswith("fd/"):
+            f = tg.fds.files.get(int(self.name[3:]))
+            if f is None:
+                raise SyscallError(errno.ENOENT)
+            if not isinstance(f, (PipeFile, HostFile)):
+                return None
+            return FdNode(ino=self.ino, mode=f.stat()["mode"], kernel=self.kernel, pid=self.pid, name=self.name,
+                          file=f)
         kind = self.name[3:]
         ns, inum = namespace_of(tg, kind)
         return NsNode(ino=inum, mode=stat.S_IFREG | 0o444, kernel=self.kernel, pid=self.pid, name=self.name,
@@ -99,6 +111,42 @@ class ProcNode(Inode):
 
     def open(self, flags: int) -> ProcFile:
         return ProcFile(flags=flags, node=self, content=_content(self))
+
+
+@savable
+@dataclass(eq=False)
+class FdNode(ProcNode):
+    """An open pipe or host stream as /proc/PID/fd/N opens it: a new open file of the same
+    pipe (as a FIFO opens, without waiting: an unnamed pipe's other end is there or gone
+    for good), or of the same host stream, opened anew through the host's /proc with no
+    more access than the sandbox was given to it."""
+
+    file: OpenFile | None = None
+
+    def stat(self) -> dict:
+        return self.file.stat()
+
+    def open(self, flags: int) -> OpenFile:
+        f = self.file
+        mode = flags & O_ACCMODE
+        if isinstance(f, PipeFile):
+            p = f.pipe
+            if mode in (O_RDONLY, O_RDWR):
+                p.readers += 1
+            if mode in (O_WRONLY, O_RDWR):
+                p.writers += 1
+            p.readable.notify()
+            p.writable.notify()
+            return PipeFile(flags=flags, pipe=p)
+        given = fcntl.fcntl(f.fd, fcntl.F_GETFL) & O_ACCMODE
+        if mode != given and given != O_RDWR:
+            raise SyscallError(errno.EACCES)
+        try:
+            fd = os.open(f"/proc/self/fd/{f.fd}", flags & (O_ACCMODE | O_APPEND | O_NONBLOCK | os.O_TRUNC)
+                         | os.O_NOCTTY | os.O_CLOEXEC)
+        except OSError as e:
+            raise SyscallError(e.errno) from None
+        return HostFile(flags=flags, stdio=f.stdio, passed=f.passed, fd=fd)
 
 
 @savable

@@ -689,12 +689,14 @@ def shutdown(t, fd, how):
 # What getsockopt and setsockopt know of TCP sockets: (level, option) -> its default.
 SOL_IP, SOL_IPV6 = 0, 41
 SO_REUSEADDR, SO_KEEPALIVE, SO_LINGER, SO_REUSEPORT = 2, 9, 13, 15
+SO_DONTROUTE, SO_BROADCAST, SO_PRIORITY = 5, 6, 12
 TCP_NODELAY, TCP_MAXSEG, TCP_KEEPIDLE, TCP_KEEPINTVL, TCP_KEEPCNT = 1, 2, 4, 5, 6
 TCP_QUICKACK, TCP_USER_TIMEOUT, TCP_FASTOPEN = 12, 18, 23
 IP_TOS, IP_TTL, IPV6_V6ONLY = 1, 2, 26
 INET_OPTIONS = {
     (SOL_SOCKET, SO_REUSEADDR): 0, (SOL_SOCKET, SO_KEEPALIVE): 0, (SOL_SOCKET, SO_REUSEPORT): 0,
-    (SOL_SOCKET, SO_SNDBUF): 212992, (SOL_SOCKET, SO_RCVBUF): 212992,
+    (SOL_SOCKET, SO_SNDBUF): 212992, (SOL_SOCKET, SO_RCVBUF): 212992, (SOL_SOCKET, SO_DONTROUTE): 0,
+    (SOL_SOCKET, SO_BROADCAST): 0, (SOL_SOCKET, SO_PRIORITY): 0,
     (IPPROTO_TCP, TCP_NODELAY): 0, (IPPROTO_TCP, TCP_MAXSEG): 65483, (IPPROTO_TCP, TCP_KEEPIDLE): 7200,
     (IPPROTO_TCP, TCP_KEEPINTVL): 75, (IPPROTO_TCP, TCP_KEEPCNT): 9, (IPPROTO_TCP, TCP_QUICKACK): 1,
     (IPPROTO_TCP, TCP_USER_TIMEOUT): 0, (IPPROTO_TCP, TCP_FASTOPEN): 0,
@@ -737,8 +739,9 @@ def _inet_setsockopt(t, s: InetSocket | UdpSocket, level: int, opt: int, optval:
     if (level, opt) == (SOL_IPV6, IPV6_V6ONLY) and s.local:
         raise SyscallError(errno.EINVAL)  # ipv6(7): only before bind
     (value,) = struct.unpack("<i", t.mm.read(optval, 4))
-    s.options[(level, opt)] = int(bool(value)) if opt in (SO_REUSEADDR, SO_KEEPALIVE, TCP_NODELAY) and \
-        level in (SOL_SOCKET, IPPROTO_TCP) else value
+    flag = (level == SOL_SOCKET and opt in (SO_REUSEADDR, SO_KEEPALIVE, SO_DONTROUTE, SO_BROADCAST)) \
+        or (level == IPPROTO_TCP and opt == TCP_NODELAY)
+    s.options[(level, opt)] = int(bool(value)) if flag else value
     if s.host is not None:
         s.host.set_option(level, opt, s.options[(level, opt)])
     return 0

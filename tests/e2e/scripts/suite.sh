@@ -46,6 +46,9 @@ wait $pid; echo "waited $?"
 # the job's death (natively too): the report goes to /dev/null, the status is checked.
 ( sleep 5 ) & kill $! ; wait $! 2>/dev/null || echo "killed status $?"
 sleep 0.3
+echo "== /dev/stdin, /dev/fd"
+echo "a pipe reopened as /dev/stdin" | cat /dev/stdin
+echo "and as /dev/fd/0" | cat /dev/fd/0
 echo "== exit codes"
 false || echo "false failed"
 sh -c 'exit 7'; echo "sub exit $?" || true

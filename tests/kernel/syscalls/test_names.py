@@ -6,6 +6,7 @@ import json
 import os
 import random
 import re
+import subprocess
 
 import pytest
 
@@ -130,3 +131,20 @@ def test_names_listed_before_a_checkpoint_keep_their_inode_numbers(snapbox, imag
     got = held_through_a_restore(snapbox, images, tmp_path, "dirents", "done", lazy=False)
     assert "tmp: type 4, lstat's type agrees, inode agrees" in got
     assert not [line for line in got if "differs" in line or "failed" in line]
+
+
+def test_dev_stdin_and_stdout_reopen_the_streams_the_sandbox_was_given(snapbox, images, tmp_path):
+    """/dev/stdin is /proc/self/fd/0, as runc makes it: opening it opens the host stream
+    anew (a file, a pipe), with no more access than the sandbox has to it."""
+    given = tmp_path / "given.txt"
+    given.write_text("read through /dev/stdin\n")
+    script = ("cat /dev/stdin; echo 'written through /dev/stdout' > /dev/stdout;"
+              " echo more >> /dev/stdin || echo 'write to /dev/stdin refused'")
+    bundle = busybox_bundle(images, tmp_path, script)
+    with open(given) as stdin:
+        p = subprocess.run(snapbox.cmd("run", "--bundle", str(bundle), "devstd"), stdin=stdin,
+                           capture_output=True, text=True, timeout=60)
+    assert p.stdout.splitlines() == ["read through /dev/stdin", "written through /dev/stdout",
+                                     "write to /dev/stdin refused"], p.stderr
+    assert "Permission denied" in p.stderr
+    assert given.read_text() == "read through /dev/stdin\n"
