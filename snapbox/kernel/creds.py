@@ -32,7 +32,7 @@ CAP_NAMES = (
 )
 (CAP_CHOWN, CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_FOWNER, CAP_FSETID, CAP_KILL, CAP_SETGID, CAP_SETUID,
  CAP_SETPCAP, CAP_LINUX_IMMUTABLE) = range(10)
-CAP_NET_BIND_SERVICE, CAP_IPC_OWNER, CAP_SYS_CHROOT = 10, 15, 18
+CAP_NET_BIND_SERVICE, CAP_IPC_OWNER, CAP_SYS_CHROOT, CAP_SYS_PTRACE = 10, 15, 18, 19
 CAP_SYS_ADMIN, CAP_SYS_NICE, CAP_SYS_RESOURCE, CAP_SYS_TIME, CAP_MKNOD = 21, 23, 24, 25, 27
 CAP_MAC_OVERRIDE = 32
 CAP_LAST_CAP = len(CAP_NAMES) - 1
@@ -124,6 +124,18 @@ def may_signal(sender, target, sig: int) -> bool:
     if sig == 18 and sender.sid == target.sid:  # SIGCONT
         return True
     return bool({sender.creds[0], sender.creds[1]} & {target.creds[0], target.creds[2]})
+
+
+def may_ptrace(tracer, target) -> bool:
+    """ptrace_may_access() with real credentials (what pidfd_getfd(2) asks): the caller
+    itself; a process whose real, effective and saved uids all are the caller's real uid,
+    and its gids the caller's real gid, unless it made itself undumpable; anyone with
+    CAP_SYS_PTRACE."""
+    if tracer is target or capable(tracer, CAP_SYS_PTRACE):
+        return True
+    if set(target.creds[0:3]) != {tracer.creds[0]} or set(target.creds[3:6]) != {tracer.creds[3]}:
+        return False
+    return target.prctl.get("dumpable", 1) != 0
 
 
 def in_group(tg, gid: int) -> bool:

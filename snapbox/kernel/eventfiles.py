@@ -329,6 +329,29 @@ class EpollFile(OpenFile):
         return f"epoll ({len(self.interest)} fds)"
 
 
+@savable
+@dataclass(eq=False)
+class PidFile(OpenFile):
+    """A pidfd (pidfd_open(2), clone's CLONE_PIDFD): a process held by reference, not by a
+    pid that may be reused. Polls readable once the process has exited, and hung up too
+    once it has been reaped."""
+
+    group: ThreadGroup | None = None
+
+    def ready(self) -> int:
+        g = self.group
+        return (POLLIN | POLLRDNORM if g.exit_status is not None else 0) | (POLLHUP if g.reaped else 0)
+
+    def queues(self, t) -> tuple:
+        return (self.group.exited,)
+
+    def stat(self) -> dict:
+        return _anon_stat()
+
+    def describe(self) -> str:
+        return f"pidfd (pid {self.group.tgid})"
+
+
 def _marks(f: OpenFile, t) -> tuple | None:
     """Where `f`'s wait queues stand (None: it has none the sentry follows itself)."""
     queues = f.queues(t)

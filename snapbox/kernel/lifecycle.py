@@ -516,6 +516,7 @@ class Lifecycle:
                 value = status & 0x7F if status & 0x7F else (status >> 8) & 0xFF
                 self.send_signal(parent, SIGCHLD, siginfo(SIGCHLD, code, tg.tgid, 0, value))
             parent.child_exit.notify()
+        tg.exited.notify()
         if self.on_exit is not None:
             self.on_exit(tg)
         if tg is init:
@@ -532,6 +533,8 @@ class Lifecycle:
             if waited:
                 tg.parent.children_cpu_ns += tg.cpu_ns + tg.children_cpu_ns
         self.tasks.pidns.groups.pop(tg.tgid, None)
+        tg.reaped = True
+        tg.exited.notify()
 
     def _drop(self, task: Task) -> None:
         task.run = Run.DEAD

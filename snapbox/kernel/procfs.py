@@ -39,6 +39,7 @@ from snapbox.kernel.host import UTS_RELEASE, UTS_VERSION, HostFile, host_meminfo
 from snapbox.kernel.namespaces import KINDS, namespace_of
 from snapbox.kernel.pipe import PipeFile
 from snapbox.kernel.signals import SIG_DFL, SIG_IGN
+from snapbox.kernel.socket import SocketFile
 from snapbox.kernel.vfs import Dir, Inode, now_ns
 from snapbox.memfile import PAGE_SIZE
 from snapbox.state import savable
@@ -346,7 +347,14 @@ def _fd_target(f) -> str:
         return f.describe()
     if name == "HostFile":
         return f"host:[{('stdin', 'stdout', 'stderr')[f.stdio]}]"
-    return f"anon_inode:[{name}]"
+    if isinstance(f, SocketFile):
+        return f"socket:[{f.stat()['ino']}]"
+    return f"anon_inode:[{ANON_NAMES.get(name, name)}]"
+
+
+# What Linux calls its anonymous-inode files in /proc/PID/fd.
+ANON_NAMES = {"EventFd": "eventfd", "SignalFd": "signalfd", "TimerFd": "timerfd", "EpollFile": "eventpoll",
+              "PidFile": "pidfd", "InotifyFile": "inotify", "AioContext": "[aio]"}
 
 
 def _content(node: ProcNode) -> bytes:

@@ -109,6 +109,8 @@ class ThreadGroup:
     # None while it shares the sandbox's first ones (the Kernel's).
     uts: object = None
     ipc: object = None
+    exited: WaitQueue = field(default_factory=WaitQueue)  # pidfd pollers: fired at its exit and its reaping
+    reaped: bool = False  # waited for (or never a zombie): its pid is free
 
     def sigaction(self, sig: int) -> SigAction:
         return self.sigactions.get(sig) or SigAction()

@@ -8,10 +8,12 @@ import struct
 
 from snapbox.kernel.creds import (
     ALL_CAPS, CAP_LAST_CAP, CAP_SETGID, CAP_SETPCAP, CAP_SETUID, SECBIT_KEEP_CAPS, SECBIT_NO_CAP_AMBIENT_RAISE,
-    SECURE_ALL_BITS, SECURE_ALL_LOCKS, capable, ids_changed,
+    SECURE_ALL_BITS, SECURE_ALL_LOCKS, capable, ids_changed, may_ptrace,
 )
 from snapbox.kernel import namespaces
 from snapbox.kernel.errors import SyscallError, TaskExit, WouldBlock
+from snapbox.kernel.eventfiles import PidFile
+from snapbox.kernel.fd import O_NONBLOCK, O_RDWR
 from snapbox.kernel.procfs import NsFile
 from snapbox.kernel.seccomp import SECCOMP_MODE_FILTER, SECCOMP_MODE_STRICT
 from snapbox.kernel.syscalls import NR, i32, syscall
@@ -191,10 +193,11 @@ def setrlimit(t, resource, new):
 
 
 SIGCHLD = 17
-CLONE_VM, CLONE_SIGHAND, CLONE_VFORK, CLONE_THREAD = 0x100, 0x800, 0x4000, 0x10000
+CLONE_VM, CLONE_SIGHAND, CLONE_PIDFD, CLONE_VFORK, CLONE_THREAD = 0x100, 0x800, 0x1000, 0x4000, 0x10000
+CLONE_DETACHED, CLONE_PARENT_SETTID = 0x400000, 0x100000
 WNOHANG, WUNTRACED, WEXITED, WCONTINUED, WNOWAIT = 1, 2, 4, 8, 0x01000000
 __WNOTHREAD, __WALL, __WCLONE = 0x20000000, 0x40000000, 0x80000000
-P_ALL, P_PID, P_PGID = 0, 1, 2
+P_ALL, P_PID, P_PGID, P_PIDFD = 0, 1, 2, 3
 CLD_EXITED, CLD_KILLED, CLD_DUMPED, CLD_STOPPED, CLD_CONTINUED = 1, 2, 3, 5, 6
 _shared_vm_logged = [False]
 
@@ -241,7 +244,13 @@ def _vforked(t, nr: int, start) -> int:
 
 
 @syscall(NR.clone, stopped=True)
-def clone(t, flags, stack, ptid, ctid, tls, *, nr=NR.clone):
+def clone(t, flags, stack, ptid, ctid, tls, *, nr=NR.clone, pidfd=None):
+    """clone(2); clone3 comes here too, with its `pidfd` address (clone's CLONE_PIDFD
+    writes the pidfd where CLONE_PARENT_SETTID writes the tid, so not both)."""
+    if flags & CLONE_PIDFD:
+        if flags & (CLONE_THREAD | CLONE_DETACHED) or (pidfd is None and flags & CLONE_PARENT_SETTID):
+            raise SyscallError(errno.EINVAL)
+        pidfd = ptid if pidfd is None else pidfd
     if flags & CLONE_THREAD:
         if flags & (CLONE_VM | CLONE_SIGHAND) != CLONE_VM | CLONE_SIGHAND:
             raise SyscallError(errno.EINVAL)  # clone(2): a thread shares memory and handlers
@@ -252,9 +261,17 @@ def clone(t, flags, stack, ptid, ctid, tls, *, nr=NR.clone):
             _shared_vm_logged[0] = True
             log.warning("clone of a process sharing its parent's memory: not supported yet (ENOSYS)")
         raise SyscallError(errno.ENOSYS)
+
+    def start() -> int:
+        pid = t.kernel.fork(t, flags, stack, ptid, ctid, tls)
+        if flags & CLONE_PIDFD:
+            fd = t.fds.install(PidFile(flags=O_RDWR, group=t.kernel.tasks.pidns.groups[pid]), cloexec=True)
+            t.mm.write(pidfd, struct.pack("<i", fd))
+        return pid
+
     if flags & CLONE_VFORK:
-        return _vforked(t, nr, lambda: t.kernel.fork(t, flags, stack, ptid, ctid, tls))
-    return t.kernel.fork(t, flags, stack, ptid, ctid, tls)
+        return _vforked(t, nr, start)
+    return start()
 
 
 _CLONE_ARGS = struct.Struct("<QQQQQQQQ")  # flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size, tls
@@ -267,7 +284,39 @@ def clone3(t, args, size):
     flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size, tls = \
         _CLONE_ARGS.unpack(t.mm.read(args, 64))
     top = stack + stack_size if stack else 0
-    return clone(t, flags | (exit_signal & 0xFF), top, parent_tid, child_tid, tls, nr=NR.clone3)
+    return clone(t, flags | (exit_signal & 0xFF), top, parent_tid, child_tid, tls, nr=NR.clone3, pidfd=pidfd)
+
+
+PIDFD_NONBLOCK = O_NONBLOCK
+
+
+@syscall(NR.pidfd_open)
+def pidfd_open(t, pid, flags):
+    """pidfd_open(2): a pidfd of process `pid` (a zombie too, until it is reaped)."""
+    pid = i32(pid)
+    if flags & ~PIDFD_NONBLOCK or pid <= 0:
+        raise SyscallError(errno.EINVAL)
+    tg = t.kernel.tasks.pidns.groups.get(pid)
+    if tg is None:
+        # A thread that leads no process: EINVAL, as Linux without PIDFD_THREAD.
+        raise SyscallError(errno.EINVAL if pid in t.kernel.tasks.pidns.tasks else errno.ESRCH)
+    return t.fds.install(PidFile(flags=O_RDWR | (flags & O_NONBLOCK), group=tg), cloexec=True)
+
+
+@syscall(NR.pidfd_getfd)
+def pidfd_getfd(t, pidfd, targetfd, flags):
+    """pidfd_getfd(2): a duplicate of another process's fd, for a caller that could ptrace it."""
+    f = t.fds.get(i32(pidfd))
+    if flags:
+        raise SyscallError(errno.EINVAL)
+    if not isinstance(f, PidFile):
+        raise SyscallError(errno.EBADF)
+    tg = f.group
+    if tg.exit_status is not None:
+        raise SyscallError(errno.ESRCH)
+    if not may_ptrace(t.tg, tg):
+        raise SyscallError(errno.EPERM)
+    return t.fds.install(tg.fds.get(i32(targetfd)), cloexec=True)
 
 
 def _strings(t, addr: int) -> list[bytes]:
@@ -336,17 +385,23 @@ def wait4(t, pid, status, options, rusage):
 @syscall(NR.waitid)
 def waitid(t, idtype, id_, infop, options, rusage):
     idtype, id_, options = i32(idtype), i32(id_), i32(options)
+    pidfd = None
     if idtype == P_ALL:
         pid = -1
     elif idtype == P_PID and id_ > 0:
         pid = id_
     elif idtype == P_PGID and id_ >= 0:
         pid = -id_ if id_ else 0
+    elif idtype == P_PIDFD:
+        f = t.fds.get(id_)
+        if not isinstance(f, PidFile):
+            raise SyscallError(errno.EBADF)
+        pid, pidfd = f.group.tgid, f
     else:
         raise SyscallError(errno.EINVAL)
     if not options & (WEXITED | WUNTRACED | WCONTINUED):
         raise SyscallError(errno.EINVAL)
-    children = [c for c in t.tg.children if _matches(t, c, pid)]
+    children = [c for c in t.tg.children if (c is pidfd.group if pidfd else _matches(t, c, pid))]
     if not children:
         raise SyscallError(errno.ECHILD)
     for child in children:
@@ -376,6 +431,8 @@ def waitid(t, idtype, id_, infop, options, rusage):
         if infop:
             t.mm.write(infop, bytes(128))
         return 0
+    if pidfd is not None and pidfd.flags & O_NONBLOCK:
+        raise SyscallError(errno.EAGAIN)  # pidfd_open(2): a PIDFD_NONBLOCK pidfd's child still runs
     raise WouldBlock(t.tg.child_exit)
 
 

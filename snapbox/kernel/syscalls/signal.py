@@ -7,7 +7,7 @@ import struct
 
 from snapbox.kernel.creds import may_signal
 from snapbox.kernel.errors import SyscallError, WouldBlock
-from snapbox.kernel.eventfiles import SignalFd
+from snapbox.kernel.eventfiles import PidFile, SignalFd
 from snapbox.kernel.fd import O_CLOEXEC, O_NONBLOCK
 from snapbox.kernel.signals import (
     NSIG,
@@ -268,6 +268,33 @@ def rt_sigqueueinfo(t, tgid, sig, uinfo):
     if not may_signal(t.tg, tg, sig):
         raise SyscallError(errno.EPERM)
     if not _init_ignores(tg, sig):
+        t.kernel.send_signal(tg, sig, info)
+    return 0
+
+
+@syscall(NR.pidfd_send_signal)
+def pidfd_send_signal(t, pidfd, sig, uinfo, flags):
+    """pidfd_send_signal(2): kill(2) of the process a pidfd holds (its own siginfo, if
+    given, checked as rt_sigqueueinfo's, and naming this signal)."""
+    f = t.fds.get(i32(pidfd))
+    sig = i32(sig)
+    if flags or not 0 <= sig <= NSIG:
+        raise SyscallError(errno.EINVAL)
+    if not isinstance(f, PidFile):
+        raise SyscallError(errno.EBADF)
+    tg = f.group
+    if tg.exit_status is not None:
+        raise SyscallError(errno.ESRCH)
+    if uinfo:
+        (signo,) = struct.unpack("<i", t.mm.read(uinfo, 4))
+        if signo != sig:
+            raise SyscallError(errno.EINVAL)
+        info = _queued_info(t, tg.tgid, sig, uinfo)
+    else:
+        info = siginfo(sig, SI_USER, t.tg.tgid)
+    if not may_signal(t.tg, tg, sig):
+        raise SyscallError(errno.EPERM)
+    if sig and not _init_ignores(tg, sig):
         t.kernel.send_signal(tg, sig, info)
     return 0
 

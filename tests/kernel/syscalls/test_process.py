@@ -1,4 +1,5 @@
-"""Processes and threads: many processes blocked at a checkpoint, pthreads restored at random moments."""
+"""Processes and threads: many processes blocked at a checkpoint, pthreads restored at random
+moments, pidfds."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ import time
 
 import pytest
 
-from tests.conftest import busybox_bundle, in_sandbox, lines, native_fixture, wait_for
+from tests.conftest import (
+    busybox_bundle, held_through_a_restore, in_sandbox, lines, native_fixture, same_output, wait_for,
+)
 
 
 def test_a_sandbox_with_many_processes_checkpoints_while_they_block(snapbox, images, tmp_path):
@@ -63,3 +66,16 @@ def test_execve_from_a_thread_that_is_not_the_leader(snapbox, images, tmp_path, 
     config["root"]["path"] = str(images / bundle / "rootfs")
     (bundle_dir / "config.json").write_text(json.dumps(config))
     assert snapbox("run", "--bundle", str(bundle_dir), "x").stdout == want
+
+
+@pytest.mark.parametrize("bundle", ["pidfd", "pidfd-glibc"])
+def test_pidfds_match_native(snapbox, images, bundle):
+    want = native_fixture(images, bundle)
+    assert "waitid P_PIDFD: ok, pid matches 1, status 7" in want and want.endswith("done\n")
+    assert same_output(snapbox("run", "--bundle", str(images / bundle), "pidfd").stdout, want)
+
+
+def test_a_pidfd_polled_through_a_checkpoint_wakes_at_the_exit(snapbox, images, tmp_path):
+    got = held_through_a_restore(snapbox, images, tmp_path, "pidfd", "done", lazy=False)
+    assert "poll after the exit: 1, readable 1" in got
+    assert "waitid: status 4" in got
