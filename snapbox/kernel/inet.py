@@ -51,6 +51,9 @@ _SOCKADDR_IN = struct.Struct("!HH4s8x")  # family (host order, fixed below), por
 _SOCKADDR_IN6 = struct.Struct("!HHI16sI")  # family, port, flowinfo, address, scope id
 
 
+LINGER = (1, 13)  # (SOL_SOCKET, SO_LINGER): (l_onoff, l_linger) as setsockopt left it
+
+
 @savable
 @dataclass(eq=False)
 class InetSocket(UnixSocket):
@@ -98,8 +101,23 @@ class InetSocket(UnixSocket):
             return b"", []
         return self.host.recv(t, count, flags, self._nonblock(flags))[0], []
 
+    @property
+    def aborted(self) -> bool:
+        """The peer reset the connection (closed it with data unread, or with SO_LINGER's
+        zero timeout): it is closed, whatever is left to read."""
+        return not self.external and self.incoming is not None and self.incoming.aborted
+
+    def pending_error(self) -> int:
+        """SO_ERROR, which reading clears: ECONNRESET after the peer's reset."""
+        if self.aborted and self.incoming.reset:
+            self.incoming.reset = False
+            return errno.ECONNRESET
+        return 0
+
     def send(self, t, data: bytes, flags: int = 0, files: tuple = ()) -> int:
         if not self.external:
+            if self.pending_error():
+                raise SyscallError(errno.ECONNRESET)  # tcp(7): the reset's error first, then EPIPE
             return super().send(t, data, flags, files)
         if not self.connected:
             raise SyscallError(errno.EAGAIN) if self._nonblock(flags) else \
@@ -174,6 +192,9 @@ class InetSocket(UnixSocket):
             self.host.close()
             if external:
                 return
+        on, seconds = self.options.get(LINGER, (0, 0))
+        if self.outgoing is not None and on and seconds == 0:
+            self.outgoing.reset = self.outgoing.aborted = True  # socket(7): a zero linger resets
         super().release(embryo)
         if listening:
             for p in list(self.published):

@@ -46,6 +46,7 @@ class StreamBuffer(Pipe):
 
     rights: list = field(default_factory=list)  # [offset in buf, [OpenFile...]], by offset
     reset: bool = False  # the writer closed with data unread or never accepted: ECONNRESET once
+    aborted: bool = False  # so it did, for good: a TCP connection is closed by the reset (RST)
     records: list | None = None  # seqpacket: the length of each record in buf, in order
 
     def take(self, count: int, peek: bool) -> tuple[bytes, list]:
@@ -298,7 +299,7 @@ class UnixSocket(SocketFile):
     def release(self, embryo: bool = False) -> None:
         if self.connected:
             if self.incoming.buf or embryo:
-                self.outgoing.reset = True  # unix(7) as Linux: the peer's next read fails
+                self.outgoing.reset = self.outgoing.aborted = True  # unix(7) as Linux: the peer's next read fails
             self.shutdown(SHUT_RDWR)
         pending, self.pending = self.pending, []
         for server in pending:

@@ -689,14 +689,14 @@ def shutdown(t, fd, how):
 # What getsockopt and setsockopt know of TCP sockets: (level, option) -> its default.
 SOL_IP, SOL_IPV6 = 0, 41
 SO_REUSEADDR, SO_KEEPALIVE, SO_LINGER, SO_REUSEPORT = 2, 9, 13, 15
-SO_DONTROUTE, SO_BROADCAST, SO_PRIORITY = 5, 6, 12
+SO_DONTROUTE, SO_BROADCAST, SO_OOBINLINE, SO_PRIORITY = 5, 6, 10, 12
 TCP_NODELAY, TCP_MAXSEG, TCP_KEEPIDLE, TCP_KEEPINTVL, TCP_KEEPCNT = 1, 2, 4, 5, 6
 TCP_QUICKACK, TCP_USER_TIMEOUT, TCP_FASTOPEN = 12, 18, 23
 IP_TOS, IP_TTL, IPV6_V6ONLY = 1, 2, 26
 INET_OPTIONS = {
     (SOL_SOCKET, SO_REUSEADDR): 0, (SOL_SOCKET, SO_KEEPALIVE): 0, (SOL_SOCKET, SO_REUSEPORT): 0,
     (SOL_SOCKET, SO_SNDBUF): 212992, (SOL_SOCKET, SO_RCVBUF): 212992, (SOL_SOCKET, SO_DONTROUTE): 0,
-    (SOL_SOCKET, SO_BROADCAST): 0, (SOL_SOCKET, SO_PRIORITY): 0,
+    (SOL_SOCKET, SO_BROADCAST): 0, (SOL_SOCKET, SO_OOBINLINE): 0, (SOL_SOCKET, SO_PRIORITY): 0,
     (IPPROTO_TCP, TCP_NODELAY): 0, (IPPROTO_TCP, TCP_MAXSEG): 65483, (IPPROTO_TCP, TCP_KEEPIDLE): 7200,
     (IPPROTO_TCP, TCP_KEEPINTVL): 75, (IPPROTO_TCP, TCP_KEEPCNT): 9, (IPPROTO_TCP, TCP_QUICKACK): 1,
     (IPPROTO_TCP, TCP_USER_TIMEOUT): 0, (IPPROTO_TCP, TCP_FASTOPEN): 0,
@@ -711,6 +711,8 @@ def _inet_getsockopt(s: InetSocket | UdpSocket, level: int, opt: int) -> bytes:
         return struct.pack("<i", err)
     if level == SOL_SOCKET and opt == SO_ERROR and s.host is not None:
         return struct.pack("<i", s.host.error())
+    if level == SOL_SOCKET and opt == SO_ERROR:
+        return struct.pack("<i", s.pending_error())
     fixed = {SO_TYPE: SOCK_DGRAM if udp else SOCK_STREAM, SO_ERROR: 0, SO_DOMAIN: s.family,
              SO_ACCEPTCONN: int(s.listening), SO_PROTOCOL: IPPROTO_UDP if udp else IPPROTO_TCP}
     if udp and level == IPPROTO_TCP:
@@ -739,7 +741,7 @@ def _inet_setsockopt(t, s: InetSocket | UdpSocket, level: int, opt: int, optval:
     if (level, opt) == (SOL_IPV6, IPV6_V6ONLY) and s.local:
         raise SyscallError(errno.EINVAL)  # ipv6(7): only before bind
     (value,) = struct.unpack("<i", t.mm.read(optval, 4))
-    flag = (level == SOL_SOCKET and opt in (SO_REUSEADDR, SO_KEEPALIVE, SO_DONTROUTE, SO_BROADCAST)) \
+    flag = (level == SOL_SOCKET and opt in (SO_REUSEADDR, SO_KEEPALIVE, SO_DONTROUTE, SO_BROADCAST, SO_OOBINLINE)) \
         or (level == IPPROTO_TCP and opt == TCP_NODELAY)
     s.options[(level, opt)] = int(bool(value)) if flag else value
     if s.host is not None:
@@ -822,7 +824,7 @@ def getsockname(t, fd, addr, addrlen):
 @syscall(NR.getpeername)
 def getpeername(t, fd, addr, addrlen):
     s = _sock(t, fd)
-    if not s.connected:
+    if not s.connected or (isinstance(s, InetSocket) and s.aborted):
         raise SyscallError(errno.ENOTCONN)
     _write_sockaddr(t, addr, addrlen, _peer_sockaddr(s))
     return 0
