@@ -13,7 +13,7 @@ import stat
 import pytest
 
 from snapbox.kernel.devices import DeviceFile, mount_dev
-from snapbox.kernel.eventfiles import SignalFd, EpollFile, EventFd, TimerFd
+from snapbox.kernel.eventfiles import SignalFd, EpollFile, EventFd, PidFile, TimerFd
 from snapbox.kernel.fd import FDTable, OpenFile
 from snapbox.kernel.pipe import FifoNode, make_pipe
 from snapbox.kernel.hostnet import HostSocket
@@ -26,7 +26,7 @@ from snapbox.kernel.mqueue import MessageQueue, MqueueFile
 from snapbox.kernel.creds import CapSets
 from snapbox.kernel.seccomp import INSN, SeccompFilter, SeccompListener, check
 from snapbox.kernel.socket import SocketNode, UnixSocket, make_pair
-from snapbox.kernel.procfs import NsFile, NsNode, ProcFile, ProcNode, mount_proc
+from snapbox.kernel.procfs import FdNode, NsFile, NsNode, ProcFile, ProcNode, mount_proc
 from snapbox.kernel.host import HostFile
 from snapbox.kernel.checkpoint import LoadContext
 from snapbox.kernel.kernel import Kernel
@@ -200,6 +200,9 @@ def build(name: str, kernel: Kernel):
         "SeccompFilter": lambda: filters,
         "SeccompListener": lambda: _listening(SeccompListener(flags=2, next_id=7), task),
         "Notification": lambda: _listening(SeccompListener(flags=2), task).notifs[0],
+        "FdNode": lambda: FdNode(ino=0xE0000005, mode=stat.S_IFIFO | 0o600, kernel=kernel, pid=1, name="fd/5",
+                                 file=pipe_w),
+        "PidFile": lambda: PidFile(flags=0o4002, group=tg),
         "CapSets": lambda: CapSets(effective=0b101, permitted=0b111, inheritable=0b10, bounding=(1 << 41) - 1 - 4,
                                    ambient=0b10, securebits=0x30),
     }
