@@ -352,6 +352,17 @@ class PidFile(OpenFile):
         return f"pidfd (pid {self.group.tgid})"
 
 
+def pidfd_process(t, fd: int) -> ThreadGroup:
+    """The process the caller's pidfd `fd` holds: EBADF for another file, ESRCH once the
+    process has exited."""
+    f = t.fds.get(fd)
+    if not isinstance(f, PidFile):
+        raise SyscallError(errno.EBADF)
+    if f.group.exit_status is not None:
+        raise SyscallError(errno.ESRCH)
+    return f.group
+
+
 def _marks(f: OpenFile, t) -> tuple | None:
     """Where `f`'s wait queues stand (None: it has none the sentry follows itself)."""
     queues = f.queues(t)

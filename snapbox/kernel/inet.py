@@ -52,6 +52,7 @@ _SOCKADDR_IN6 = struct.Struct("!HHI16sI")  # family, port, flowinfo, address, sc
 
 
 LINGER = (1, 13)  # (SOL_SOCKET, SO_LINGER): (l_onoff, l_linger) as setsockopt left it
+MSG_OOB = 0x1
 
 
 @savable
@@ -94,6 +95,8 @@ class InetSocket(UnixSocket):
 
     def recv_msg(self, t, count: int, flags: int = 0) -> tuple[bytes, list]:
         if not self.external:
+            if flags & MSG_OOB:
+                raise SyscallError(errno.EINVAL)  # tcp(7): no urgent data is ever kept apart (sent inline)
             return super().recv_msg(t, count, flags)
         if not self.connected:
             raise SyscallError(errno.ENOTCONN)

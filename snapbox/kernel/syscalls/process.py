@@ -12,7 +12,7 @@ from snapbox.kernel.creds import (
 )
 from snapbox.kernel import namespaces
 from snapbox.kernel.errors import SyscallError, TaskExit, WouldBlock
-from snapbox.kernel.eventfiles import PidFile
+from snapbox.kernel.eventfiles import PidFile, pidfd_process
 from snapbox.kernel.fd import O_NONBLOCK, O_RDWR
 from snapbox.kernel.procfs import NsFile
 from snapbox.kernel.seccomp import SECCOMP_MODE_FILTER, SECCOMP_MODE_STRICT
@@ -306,14 +306,9 @@ def pidfd_open(t, pid, flags):
 @syscall(NR.pidfd_getfd)
 def pidfd_getfd(t, pidfd, targetfd, flags):
     """pidfd_getfd(2): a duplicate of another process's fd, for a caller that could ptrace it."""
-    f = t.fds.get(i32(pidfd))
     if flags:
         raise SyscallError(errno.EINVAL)
-    if not isinstance(f, PidFile):
-        raise SyscallError(errno.EBADF)
-    tg = f.group
-    if tg.exit_status is not None:
-        raise SyscallError(errno.ESRCH)
+    tg = pidfd_process(t, i32(pidfd))
     if not may_ptrace(t.tg, tg):
         raise SyscallError(errno.EPERM)
     return t.fds.install(tg.fds.get(i32(targetfd)), cloexec=True)

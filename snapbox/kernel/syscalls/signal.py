@@ -7,7 +7,7 @@ import struct
 
 from snapbox.kernel.creds import may_signal
 from snapbox.kernel.errors import SyscallError, WouldBlock
-from snapbox.kernel.eventfiles import PidFile, SignalFd
+from snapbox.kernel.eventfiles import SignalFd, pidfd_process
 from snapbox.kernel.fd import O_CLOEXEC, O_NONBLOCK
 from snapbox.kernel.signals import (
     NSIG,
@@ -276,15 +276,10 @@ def rt_sigqueueinfo(t, tgid, sig, uinfo):
 def pidfd_send_signal(t, pidfd, sig, uinfo, flags):
     """pidfd_send_signal(2): kill(2) of the process a pidfd holds (its own siginfo, if
     given, checked as rt_sigqueueinfo's, and naming this signal)."""
-    f = t.fds.get(i32(pidfd))
     sig = i32(sig)
     if flags or not 0 <= sig <= NSIG:
         raise SyscallError(errno.EINVAL)
-    if not isinstance(f, PidFile):
-        raise SyscallError(errno.EBADF)
-    tg = f.group
-    if tg.exit_status is not None:
-        raise SyscallError(errno.ESRCH)
+    tg = pidfd_process(t, i32(pidfd))
     if uinfo:
         (signo,) = struct.unpack("<i", t.mm.read(uinfo, 4))
         if signo != sig:
