@@ -32,6 +32,18 @@ class Pipe:
     readable: WaitQueue = field(default_factory=WaitQueue)  # readers waiting for data or EOF
     writable: WaitQueue = field(default_factory=WaitQueue)  # writers waiting for room
 
+    def open_end(self, mode: int) -> None:
+        """Count one more open of this pipe for reading (mode 0), writing (1) or both (2),
+        and wake whoever waits on its ends."""
+        if mode in (0, 2):
+            self.readers += 1
+            self.opens_for_read += 1
+        if mode in (1, 2):
+            self.writers += 1
+            self.opens_for_write += 1
+        self.readable.notify()
+        self.writable.notify()
+
     def put(self, data: bytes, nonblock: bool, atomic: bool) -> int:
         """Append what fits of `data` (all of it, or wait, if `atomic` and it is at most
         PIPE_BUF bytes); EAGAIN or WouldBlock when nothing fits."""
@@ -137,15 +149,8 @@ def open_fifo(t, node: FifoNode, flags: int) -> PipeFile:
     if mode == 1 and flags & O_NONBLOCK and p.readers == 0:
         raise SyscallError(errno.ENXIO)
     if state is None:
-        if mode in (0, 2):
-            p.readers += 1
-            p.opens_for_read += 1
-        if mode in (1, 2):
-            p.writers += 1
-            p.opens_for_write += 1
+        p.open_end(mode)
         node.opened.notify()
-        p.readable.notify()
-        p.writable.notify()
         state = ("fifo", p.opens_for_write if mode == 0 else p.opens_for_read)
     if mode == 0 and not flags & O_NONBLOCK and p.writers == 0 and p.opens_for_write == state[1]:
         t.set_restart(t.regs.orig_rax, state)

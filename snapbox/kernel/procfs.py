@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 
 from snapbox.kernel.creds import CAP_SYS_RESOURCE, capable
 from snapbox.kernel.errors import SyscallError, WouldBlock
-from snapbox.kernel.fd import O_ACCMODE, O_APPEND, O_NONBLOCK, O_RDONLY, O_RDWR, O_WRONLY, OpenFile
+from snapbox.kernel.fd import O_ACCMODE, O_APPEND, O_NONBLOCK, O_RDWR, OpenFile
 from snapbox.kernel.host import UTS_RELEASE, UTS_VERSION, HostFile, host_meminfo
 from snapbox.kernel.namespaces import KINDS, namespace_of
 from snapbox.kernel.pipe import PipeFile
@@ -131,14 +131,8 @@ class FdNode(ProcNode):
         f = self.file
         mode = flags & O_ACCMODE
         if isinstance(f, PipeFile):
-            p = f.pipe
-            if mode in (O_RDONLY, O_RDWR):
-                p.readers += 1
-            if mode in (O_WRONLY, O_RDWR):
-                p.writers += 1
-            p.readable.notify()
-            p.writable.notify()
-            return PipeFile(flags=flags, pipe=p)
+            f.pipe.open_end(mode)
+            return PipeFile(flags=flags, pipe=f.pipe)
         given = fcntl.fcntl(f.fd, fcntl.F_GETFL) & O_ACCMODE
         if mode != given and given != O_RDWR:
             raise SyscallError(errno.EACCES)
