@@ -67,7 +67,7 @@ class Placement:
                  self.cpu, others * 100, best, idle_frac[best] * 100)
         self.cpu = best
         self.moves += 1
-        for tid in (0, *tids):
+        for tid in (*tids, 0):  # the sentry last: once it shows the new CPU, the move is whole
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.sched_setaffinity(tid, {best})
 
