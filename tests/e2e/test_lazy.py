@@ -28,6 +28,24 @@ def _memhog_image(snapbox, tmp_path: Path, *extra: str) -> tuple[Path, Path, int
     return image, out, len(lines(out))
 
 
+def _asleep_memhog_image(snapbox, tmp_path: Path) -> tuple[Path, Path, int]:
+    """An image of memhog taken between two ticks (in its nanosleep), not in the middle of
+    one: what it touches from the restore to its next sleep is then all of its 64 MB."""
+    out = tmp_path / "out.txt"
+    image = tmp_path / "m.img"
+    snapbox.run_detached("m0", "memhog", out)
+    wait_for(lambda: any(line.startswith("tick 1 ") for line in lines(out)), timeout=30, what="tick 1")
+    for _ in range(20):
+        snapbox("checkpoint", "--leave-running", "--image-path", str(image), "m0")
+        task, = json.loads(snapbox("inspect", "--json", str(image)).stdout)["processes"][0]["tasks"]
+        if task["state"].startswith("in nanosleep"):
+            break
+    else:
+        raise AssertionError(f"memhog was never caught asleep: {task['state']}")
+    snapbox("delete", "--force", "m0")
+    return image, out, len(lines(out))
+
+
 def _ticks_after(out: Path, n: int, count: int) -> list[str]:
     wait_for(lambda: len(lines(out)) >= n + count, timeout=30, what=f"{count} ticks after restore")
     return lines(out)[n:]
@@ -62,7 +80,7 @@ def test_a_working_set_is_recorded_once_then_loaded_first(snapbox, tmp_path):
     --working-set records those pages once it sleeps; the next loads them before it runs."""
     import cbor2
 
-    image, out, n = _memhog_image(snapbox, tmp_path)
+    image, out, n = _asleep_memhog_image(snapbox, tmp_path)
     ws = tmp_path / "m.ws"
     snapbox.run_detached("m1", "memhog", out, restore=image, lazy=True, extra=("--working-set", str(ws)))
     wait_for(ws.exists, what="the working set")
