@@ -116,7 +116,8 @@ class _Context:
 @click.option("--network", type=click.Choice(["sandbox", "host", "none"]), default=None,
               help="The sandbox's network. sandbox (the default for bundles): a network namespace of its own "
                    "(the one the bundle's config names, else one snapbox makes, with a veth pair to this host: "
-                   "sbxN here at 10.213.x.(4N+1), eth0 inside); host (the default for `do`): this host's "
+                   "sbxN here at 10.213.x.(4N+1), eth0 inside; what it sends further leaves from this host, as "
+                   "masqueraded); host (the default for `do`): this host's "
                    "stack; none: loopback only. Traffic between the sandbox's own sockets stays inside it "
                    "whatever the mode, and is checkpointed whole; restore uses the image's mode.")
 @click.option("--systemd-cgroup", is_flag=True, hidden=True)  # runc's flags that containerd and Docker pass:

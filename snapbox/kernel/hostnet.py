@@ -22,7 +22,10 @@ summary and `snapbox inspect`.
 
 A published port (`--publish`, snapbox.kernel.inet.Publication) is a HostSocket made in
 the namespace the sandbox process started in (`outer`), not the sandbox's: see
-remember_namespace. Its connections are kept and restored as any other.
+remember_namespace. Its connections are kept and restored as any other. So is an outgoing
+socket of a namespace snapbox made (`nat`): that namespace's veth pair leads only to this
+host, so what the sandbox sends beyond its own namespace leaves from the host's side, as
+a masquerade would send it (snapbox.kernel.inet.masquerades).
 """
 
 from __future__ import annotations
@@ -126,15 +129,16 @@ class HostSocket:
     options: dict = None  # (level, option) -> int: what the sandbox set, carried over
     repair: dict | None = None  # a connection's TCP_REPAIR state, at checkpoint
     fate: str = ""  # what the last checkpoint or restore did with it (for reports)
-    outer: bool = False  # made in the namespace the sandbox started in (a published port)
+    outer: bool = False  # made in the namespace the sandbox started in (a published port, or nat)
+    nat: bool = False  # an outgoing socket of a namespace snapbox made, sent from the host's side
     sock: socket.socket | None = nosave(default=None)
     handed_over: bool = nosave(default=False)  # let go for a migration; see let_go
 
     # -- making -----------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, family: int, kind: int, options: dict, outer: bool = False) -> HostSocket:
-        h = cls(family=int(family), kind=int(kind), options=dict(options), outer=outer)
+    def open(cls, family: int, kind: int, options: dict, outer: bool = False, nat: bool = False) -> HostSocket:
+        h = cls(family=int(family), kind=int(kind), options=dict(options), outer=outer or nat, nat=nat)
         h.sock = h._new_socket()
         return h
 
@@ -233,9 +237,10 @@ class HostSocket:
         if self.role not in ("connecting", "connected"):
             self.role, self.remote = "connecting", addr
         err = self.sock.connect_ex(addr)
+        if err in (0, errno.EISCONN, errno.EINPROGRESS):
+            self.local = self.sock.getsockname()[:2]  # the host chose it as the connection began
         if err in (0, errno.EISCONN):
             self.role = "connected"
-            self.local = self.sock.getsockname()[:2]
             return 0
         if err not in (errno.EINPROGRESS, errno.EALREADY):
             self.role, self.remote = "bound", ()
@@ -281,7 +286,7 @@ class HostSocket:
             raise host_error(e) from None
         conn.setblocking(False)
         h = HostSocket(family=self.family, kind=self.kind, role="connected", local=conn.getsockname()[:2],
-                       remote=peer[:2], options=dict(self.options or {}), outer=self.outer)
+                       remote=peer[:2], options=dict(self.options or {}), outer=self.outer, nat=self.nat)
         h.sock = conn
         return h
 
@@ -396,8 +401,8 @@ class HostSocket:
         """The image just written is to run elsewhere (a migration) while this sandbox waits,
         paused: a saved connection's host socket is closed in repair mode, which tells the
         peer nothing and leaves its addresses to the receiver; so is a published port's,
-        which the receiver binds on this host's side. The fd number stays taken (by
-        /dev/null) until take_back or the end."""
+        which the receiver binds on this host's side (and an outgoing datagram socket's
+        address there). The fd number stays taken (by /dev/null) until take_back or the end."""
         published = self.outer and self.role in ("bound", "listening")
         if self.sock is None or (self.repair is None and not published):
             return
@@ -440,7 +445,7 @@ class HostSocket:
         if ctx is None or getattr(ctx, "host_sockets", None) is None:
             return  # an image read to be described, not run: nothing is bound
         ctx.host_sockets.append(self)
-        if ctx.network_mode == "none" and not self.outer:
+        if ctx.network_mode == "none" and (self.nat or not self.outer):
             # Restored without a network: the sandbox's own sockets still reach it, nothing else.
             if self.role in ("bound", "listening"):
                 self.fate = "not bound again (the sandbox has no network now)"
@@ -451,7 +456,8 @@ class HostSocket:
             try:
                 self.sock = self._bound_again()
             except OSError as e:
-                what = "published port" if self.outer else "the sandbox's address"
+                what = "the sandbox's address" if not self.outer else \
+                    "the address of an outgoing socket" if self.nat else "published port"
                 raise SnapboxError(f"cannot restore: {what} {format_address(self.local)} is not available on "
                                    f"this host ({e.strerror})") from None
             self.fate = "bound again"

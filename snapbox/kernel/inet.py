@@ -11,7 +11,10 @@ EADDRNOTAVAIL, and reaching one with ENETUNREACH. With a network (`sandbox` or `
 a socket that binds or listens also gets a host socket in the sandbox's namespace, bound
 to the same address (the host chooses the port of port 0), so that the outside reaches
 it; and a connect or send that finds no socket of the sandbox at its destination goes
-out through a host socket (snapbox.kernel.hostnet).
+out through a host socket (snapbox.kernel.hostnet). In a namespace snapbox made, whose
+only link leads to this host, a socket's first connect or send to another host makes its
+host socket on the side snapbox ran in (masquerades): a masquerade done by the sentry,
+which needs no forwarding or firewall rule on the host.
 
 Whatever the mode, a published port (`--publish`, Publication) takes connections on the
 side snapbox was run on and hands them to the sandbox's listener on its port.
@@ -383,7 +386,7 @@ def send_datagram(t, s: UdpSocket, data: bytes, dest: tuple) -> int:
         raise SyscallError(errno.EINVAL)
     ports = Ports(t.kernel.udp_ports)
     if not s.local:
-        bind_inet(t, s, "0.0.0.0" if s.family == AF_INET else "::", 0)
+        bind_inet(t, s, "0.0.0.0" if s.family == AF_INET else "::", 0, toward=ip)
     if not local and s.host is None:
         raise SyscallError(errno.ENETUNREACH, "the socket was bound before the sandbox had a network")
     target = ports.receiver(local_destination(ip), port, s.family) if local else None
@@ -406,17 +409,35 @@ def has_outside(kernel) -> bool:
     return kernel.network.get("mode", "none") != "none"
 
 
-def bind_inet(t, s: InetSocket | UdpSocket, ip: str, port: int) -> None:
+def masquerades(kernel, ip: str) -> bool:
+    """Whether a socket whose first traffic goes to `ip` sends it from the host's side: so
+    in a namespace snapbox made (its veth pair leads only to this host, which need not
+    forward), for every destination but the sandbox's own addresses. The peer then sees
+    this host's address, as behind a masquerade; the sandbox sees its own (seen_local)."""
+    return bool(kernel.network.get("interface")) and not is_local(ip) and \
+        _ip(ip) != _ip(kernel.network.get("address") or "0.0.0.0")
+
+
+def seen_local(kernel, h: HostSocket) -> tuple:
+    """The local address of host socket `h` as the sandbox's socket reports it: a
+    masqueraded IPv4 socket's is the sandbox's own address, with the host's port."""
+    own = kernel.network.get("address")
+    return (own, h.local[1]) if h.nat and own and h.family == AF_INET else h.local
+
+
+def bind_inet(t, s: InetSocket | UdpSocket, ip: str, port: int, toward: str | None = None) -> None:
     """Give `s` the address (ip, port) (port 0: an ephemeral one). With a network, a host
     socket takes the address first, in the sandbox's namespace: the host says whether the
-    address exists and is free, and chooses the port."""
+    address exists and is free, and chooses the port. `toward`: the destination of an
+    implicit bind's first send (the host socket is then made where masquerades says)."""
     udp = isinstance(s, UdpSocket)
     ports = Ports(t.kernel.udp_ports if udp else t.kernel.inet_ports)
     if not has_outside(t.kernel):
         ports.bind(s, ip, port)
         return
     t.kernel.ensure_network()
-    h = HostSocket.open(s.family, 2 if udp else 1, s.options)  # SOCK_DGRAM, SOCK_STREAM
+    nat = toward is not None and masquerades(t.kernel, toward)
+    h = HostSocket.open(s.family, 2 if udp else 1, s.options, nat=nat)  # SOCK_DGRAM, SOCK_STREAM
     try:
         _, port = h.bind((ip, port))
         ports.bind(s, ip, port, anywhere=True)

@@ -7,7 +7,8 @@ makes any host socket.
   snapbox makes one with pyroute2: loopback up, and a veth pair to the namespace the
   command ran in: `sbxN` there with 10.213.x.(4N+1)/30, `eth0` inside with the next
   address and a default route through the first. The namespace lives as long as the
-  sandbox process, and takes the pair with it. A restored sandbox gets the address it
+  sandbox process, and takes the pair with it. Nothing is routed beyond this host: what
+  the sandbox sends further leaves from this side instead (snapbox.kernel.inet.masquerades). A restored sandbox gets the address it
   had if it is free, so that its connections can come back on it.
 - `host`: the host's own stack, as runsc's hostinet (`snapbox do` uses it by default).
 - `none`: loopback only; every socket lives in the sentry.

@@ -501,6 +501,112 @@ def test_a_port_published_from_the_sandboxs_own_namespace(snapbox, tmp_path, net
         socket.create_connection(("127.0.0.1", port), timeout=5)  # not in the test's own namespace
 
 
+FAR_SERVER = textwrap.dedent("""
+    import select, socket, sys
+    tcp = socket.create_server(("198.51.100.2", int(sys.argv[1])))
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.bind(("198.51.100.2", int(sys.argv[2])))
+    print("listening", flush=True)
+    conn = None
+    for _ in range(1200):
+        ready, _, _ = select.select([tcp, udp] + ([conn] if conn else []), [], [], 0.1)
+        if tcp in ready:
+            conn, peer = tcp.accept()
+            conn.sendall(peer[0].encode() + b"\\n")
+        if udp in ready:
+            _, peer = udp.recvfrom(100)
+            udp.sendto(peer[0].encode(), peer)
+        if conn in ready:
+            data = conn.recv(100)
+            if not data:
+                break
+            conn.sendall(data.upper())
+""")
+
+NAT_CLIENT = textwrap.dedent("""
+    import os, socket, time
+    t = socket.create_connection(("198.51.100.2", {tcp}), timeout=30)
+    f = t.makefile("rw")
+    print("tcp: the server saw", f.readline().strip(), flush=True)
+    print("tcp: my address", t.getsockname()[0], flush=True)
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    u.settimeout(30)
+    u.sendto(b"hello", ("198.51.100.2", {udp}))
+    data, source = u.recvfrom(100)
+    print("udp: the server saw", data.decode(), "answering from", source[0], flush=True)
+    for _ in range(600):
+        if os.path.exists("go"):
+            break
+        time.sleep(0.1)
+    f.write("after the restore\\n")
+    f.flush()
+    print("tcp:", f.readline().strip(), flush=True)
+""")
+
+
+@pytest.fixture
+def far_side(netns):
+    """A second namespace beyond the test's (`netns`): a veth pair between them,
+    198.51.100.1/30 on the test's side and .2/30 on the far one, which has no route back to
+    anything else (so a sandbox reaches it only if its traffic comes from the near side)."""
+    from pyroute2 import NetNS
+    from pyroute2 import netns as namespaces
+
+    name = f"snapbox-far-{uuid.uuid4().hex[:8]}"
+    namespaces.create(name)
+    try:
+        with NetNS(netns) as near:
+            near.link("add", ifname="far0", kind="veth", peer="near0")
+            (peer,) = near.link_lookup(ifname="near0")
+            near.link("set", index=peer, net_ns_fd=name)
+            (mine,) = near.link_lookup(ifname="far0")
+            near.addr("add", index=mine, address="198.51.100.1", prefixlen=30)
+            near.link("set", index=mine, state="up")
+        with NetNS(name) as far:
+            for ifname, address in (("lo", None), ("near0", "198.51.100.2")):
+                (index,) = far.link_lookup(ifname=ifname)
+                if address:
+                    far.addr("add", index=index, address=address, prefixlen=30)
+                far.link("set", index=index, state="up")
+        yield name
+    finally:
+        namespaces.remove(name)
+
+
+def test_outgoing_traffic_of_a_namespace_snapbox_makes_leaves_from_the_hosts_side(snapbox, tmp_path, netns,
+                                                                                   far_side):
+    """A sandbox in a namespace snapbox made reaches a host beyond the one it runs on (which
+    does not forward): TCP and UDP go out from the host's side, as a masquerade sends them,
+    while the sandbox sees its own address; and the connection, kept with TCP_REPAIR, goes
+    on after a checkpoint and a restore."""
+    tcp_port, udp_port = 18300, 18301
+    server = subprocess.Popen([sys.executable, "-c", FAR_SERVER, str(tcp_port), str(udp_port)], text=True,
+                              stdout=subprocess.PIPE, preexec_fn=entering(far_side))
+    try:
+        assert server.stdout.readline() == "listening\n"
+        in_ns = entering(netns)
+        out = tmp_path / "out.txt"
+        bundle = host_bundle(tmp_path, [sys.executable, "-c", NAT_CLIENT.format(tcp=tcp_port, udp=udp_port)])
+        with open(out, "a") as f:
+            subprocess.run(snapbox.cmd("run", "--bundle", str(bundle), "--detach", "nat"), stdout=f, stderr=f,
+                           stdin=subprocess.DEVNULL, check=True, timeout=60, env=NO_POOL, preexec_fn=in_ns)
+        wait_for(lambda: len(lines(out)) >= 3, timeout=60, what="the client's exchanges")
+        address = json.loads(snapbox("state", "nat").stdout)["network"]["address"]
+        assert lines(out) == ["tcp: the server saw 198.51.100.1", f"tcp: my address {address}",
+                              "udp: the server saw 198.51.100.1 answering from 198.51.100.2"]
+        image = tmp_path / "nat.img"
+        p = snapbox("checkpoint", "--image-path", str(image), "nat")
+        assert f"<-> 198.51.100.2:{tcp_port}: saved with TCP_REPAIR" in p.stderr
+        said = restore_detached(snapbox, image, "nat2", out, env=NO_POOL, preexec_fn=in_ns)
+        assert f"<-> 198.51.100.2:{tcp_port}: restored with TCP_REPAIR" in said
+        (tmp_path / "go").touch()
+        wait_for(lambda: len(lines(out)) >= 4, timeout=60, what="the echo after the restore")
+        assert lines(out)[3] == "tcp: AFTER THE RESTORE"
+    finally:
+        server.kill()
+        server.wait()
+
+
 def test_a_listener_migrated_answers_on_the_new_side(snapbox, tmp_path, netns, images):
     """A server in a namespace of its own, moved live to another root: the new sandbox has
     a namespace (and an address) of its own, its listener bound again there."""

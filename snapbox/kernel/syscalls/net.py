@@ -17,7 +17,8 @@ from snapbox.kernel.socket import AF_UNIX, MSG_DONTWAIT, MSG_PEEK, SOCK_SEQPACKE
     UnixDgramSocket, UnixSocket, drop_ref, make_pair, new_socket
 from snapbox.kernel.hostnet import HostSocket
 from snapbox.kernel.inet import AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP, InetSocket, Ports, UdpSocket, \
-    aim_publications, bind_inet, has_outside, is_local, local_destination, pack_sockaddr, parse_sockaddr, send_datagram
+    aim_publications, bind_inet, has_outside, is_local, local_destination, masquerades, pack_sockaddr, parse_sockaddr, \
+    seen_local, send_datagram
 from snapbox.kernel.syscalls import NR, i32, syscall
 from snapbox.kernel.syscalls.common import AT_FDCWD, MAX_RW, iovecs, on_host, receive_timeout, received, scatter, \
     send_timeout, start_dir, write_all, written
@@ -285,17 +286,19 @@ def _connect_outside(t, s: InetSocket, dest: tuple) -> int:
     h = s.host
     if h is None:
         t.kernel.ensure_network()
-        h = s.host = HostSocket.open(s.family, 1, s.options)  # SOCK_STREAM
+        h = s.host = HostSocket.open(s.family, 1, s.options, nat=masquerades(t.kernel, dest[0]))  # SOCK_STREAM
         t.kernel.host_sockets.add(h)
     first = h.role != "connecting"
     err = h.connect(dest)
     if err == 0:
-        s.local, s.remote = h.local, dest
+        s.local, s.remote = seen_local(t.kernel, h), dest
         return 0
     if err in (errno.EINPROGRESS, errno.EALREADY):
+        s.local = seen_local(t.kernel, h)  # as on Linux, chosen as the connection begins
         if s.flags & O_NONBLOCK:
             raise SyscallError(errno.EINPROGRESS if first else errno.EALREADY)
         raise WouldBlock(t.kernel.loop.host_queue(h.fd, selectors.EVENT_WRITE))
+    s.local = ()  # a failed connection gives its port back (bind(2) may follow)
     raise SyscallError(err)
 
 
@@ -310,7 +313,7 @@ def _connect_udp(t, s: UdpSocket, addr: int, addrlen: int) -> int:
         if not has_outside(t.kernel):
             raise SyscallError(errno.ENETUNREACH, "the sandbox has no network but loopback")
         if not s.local:
-            bind_inet(t, s, "0.0.0.0" if s.family == AF_INET else "::", 0)
+            bind_inet(t, s, "0.0.0.0" if s.family == AF_INET else "::", 0, toward=ip)
         s.remote = (ip, port)
         if s.host is not None:  # none: bound in an image made without a network (sends say ENETUNREACH)
             s.host.associate(s.remote)
