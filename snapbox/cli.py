@@ -177,13 +177,15 @@ def _snapshot_option(f):
 
 def _publish_option(f):
     return click.option(
-        "--publish", "-p", multiple=True, metavar="[IP:]HOSTPORT:PORT",
-        help="Publish the sandbox's TCP port PORT on this host at IP:HOSTPORT (repeatable; IPv6 in "
-             "brackets). Connections there reach the sandbox's listener on PORT as if made to its own "
-             "address, whatever --network is (with none, they are all that reaches it); while nothing in "
-             "the sandbox listens on PORT they are refused. Without IP, every address of this host, as "
-             "Docker's -p: name 127.0.0.1 to keep it local. HOSTPORT 0 takes a free port (`state` shows "
-             "which). Images keep their published ports: a restore publishes them again.")(f)
+        "--publish", "-p", multiple=True, metavar="[IP:]HOSTPORT:PORT[/udp]",
+        help="Publish the sandbox's TCP (or, with /udp, UDP) port PORT on this host at IP:HOSTPORT "
+             "(repeatable; IPv6 in brackets). Connections there reach the sandbox's listener on PORT as "
+             "if made to its own address, whatever --network is (with none, they are all that reaches "
+             "it); while nothing in the sandbox listens on PORT they are refused. Datagrams there reach "
+             "the sandbox's socket on PORT, and its replies leave from IP:HOSTPORT. Without IP, every "
+             "address of this host, as Docker's -p: name 127.0.0.1 to keep it local. HOSTPORT 0 takes a "
+             "free port (`state` shows which). Images keep their published ports: a restore publishes "
+             "them again.")(f)
 
 
 def _options(obj: _Context, snapshot_to: str | None, publish: tuple[str, ...] = ()):

@@ -329,6 +329,18 @@ class HostSocket:
         except OSError as e:
             raise host_error(e) from None
 
+    def datagrams(self):
+        """The datagrams the host holds for this socket now, oldest first, without waiting:
+        (bytes, (ip, port) of the sender)."""
+        while self.sock is not None:
+            try:
+                data, source = self.sock.recvfrom(65536, socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:  # an ICMP error for an earlier send: nothing to queue
+                continue
+            yield data, tuple(source[:2])
+
     def shutdown(self, how: int) -> None:
         if self.sock is None:
             raise SyscallError(errno.ENOTCONN)

@@ -49,6 +49,7 @@ AF_INET, AF_INET6 = 2, 10
 IPPROTO_TCP, IPPROTO_UDP = 6, 17
 UDP_MAX = 65507  # udp(7): the largest datagram over IPv4 (65535 less the IP and UDP headers)
 RCVBUF = 212992  # net.core.rmem_default: what a socket may hold queued
+MAX_PEERS = 4096  # the clients a published UDP port remembers, to send replies from it
 EPHEMERAL = range(32768, 61000)
 _SOCKADDR_IN = struct.Struct("!HH4s8x")  # family (host order, fixed below), port, address
 _SOCKADDR_IN6 = struct.Struct("!HHI16sI")  # family, port, flowinfo, address, scope id
@@ -258,6 +259,7 @@ class UdpSocket(SocketFile):
     options: dict = field(default_factory=dict)  # (level, option) -> int, as setsockopt left it
     readable_queue: WaitQueue = field(default_factory=WaitQueue)  # readers waiting for a datagram
     host: HostSocket | None = None  # the host socket behind it, where the outside can reach it
+    published: list = field(default_factory=list)  # the Publications whose datagrams it receives
     listening = False  # never (Ports asks)
 
     @property
@@ -280,6 +282,8 @@ class UdpSocket(SocketFile):
             if self.host is not None:
                 self.host.close()
                 self.host = None
+            for p in list(self.published):
+                p.aim()
         elif self.host is not None:
             self.host.associate(None)
 
@@ -301,6 +305,7 @@ class UdpSocket(SocketFile):
     def recv_from(self, t, count: int, flags: int) -> tuple[bytes, tuple, int]:
         """The next datagram: (its first `count` bytes, its source, its whole length)."""
         self.take_error()
+        self._take_published()
         if not self.queue:
             if self.shut_rd:
                 return b"", (), 0
@@ -309,11 +314,11 @@ class UdpSocket(SocketFile):
                 try:
                     data, source = self.host.recv(t, count, flags, nonblock)
                 except WouldBlock:
-                    raise WouldBlock(self.readable_queue, *self.host.queues(t)[:1]) from None
+                    raise WouldBlock(*self.queues(t)) from None
                 return data, source, len(data)
             if self.flags & O_NONBLOCK or flags & MSG_DONTWAIT:
                 raise SyscallError(errno.EAGAIN)
-            raise WouldBlock(self.readable_queue)
+            raise WouldBlock(*self.queues(t))
         source, data = self.queue[0]
         if not flags & MSG_PEEK:
             self.queue.pop(0)
@@ -341,7 +346,12 @@ class UdpSocket(SocketFile):
         self.shut_wr = self.shut_wr or how in (SHUT_WR, SHUT_RDWR)
         self.readable_queue.notify()
 
+    def _take_published(self) -> None:
+        for p in self.published:
+            p.take_datagrams(self)
+
     def ready(self) -> int:
+        self._take_published()
         r = 0 if self.shut_wr else POLLOUT
         outside = self.host.poll() if self.host is not None else 0
         if self.queue or self.shut_rd or outside & POLLIN:
@@ -351,13 +361,16 @@ class UdpSocket(SocketFile):
         return r
 
     def queues(self, t) -> tuple:
-        return (self.readable_queue, *self.host.queues(t)[:1]) if self.host is not None else (self.readable_queue,)
+        hosts = ([self.host] if self.host is not None else []) + [p.sock for p in self.published]
+        return (self.readable_queue, *(q for h in hosts for q in h.queues(t)[:1]))
 
     def release(self) -> None:
         self.queue.clear()
         self.queued = 0
         if self.host is not None:
             self.host.close()
+        for p in list(self.published):
+            p.aim()
 
     def stat(self) -> dict:
         return dict(dev=0x8, ino=self.ino, mode=0o140777, nlink=1, uid=0, gid=0, rdev=0, size=0, blksize=4096,
@@ -368,6 +381,7 @@ class UdpSocket(SocketFile):
         if self.remote:
             where += f" -> {format_address(self.remote)}"
         outside = f", {self.host.describe()}" if self.host is not None else ""
+        outside += "".join(f", published at {format_address(p.sock.local)}" for p in self.published)
         return f"socket:[{self.ino}] (udp{'6' if self.family == AF_INET6 else ''}{where}{outside})"
 
 
@@ -379,11 +393,14 @@ def send_datagram(t, s: UdpSocket, data: bytes, dest: tuple) -> int:
     if len(data) > UDP_MAX:
         raise SyscallError(errno.EMSGSIZE)
     ip, port = dest
+    if port == 0:
+        raise SyscallError(errno.EINVAL)
+    for p in s.published:
+        if p.heard_from(ip, port):  # a reply to a client of a published port: from that port
+            return p.sock.send(t, bytes(data), 0, bool(s.flags & O_NONBLOCK), dest=(str(_ip(ip)), port))
     local = is_local(ip)
     if not local and not has_outside(t.kernel):
         raise SyscallError(errno.ENETUNREACH, "the sandbox has no network but loopback")
-    if port == 0:
-        raise SyscallError(errno.EINVAL)
     ports = Ports(t.kernel.udp_ports)
     if not s.local:
         bind_inet(t, s, "0.0.0.0" if s.family == AF_INET else "::", 0, toward=ip)
@@ -434,6 +451,8 @@ def bind_inet(t, s: InetSocket | UdpSocket, ip: str, port: int, toward: str | No
     ports = Ports(t.kernel.udp_ports if udp else t.kernel.inet_ports)
     if not has_outside(t.kernel):
         ports.bind(s, ip, port)
+        if udp:
+            aim_publications(t.kernel, s.local[1], udp=True)
         return
     t.kernel.ensure_network()
     nat = toward is not None and masquerades(t.kernel, toward)
@@ -446,6 +465,8 @@ def bind_inet(t, s: InetSocket | UdpSocket, ip: str, port: int, toward: str | No
         raise
     s.host = h
     t.kernel.host_sockets.add(h)
+    if udp:
+        aim_publications(t.kernel, port, udp=True)
 
 
 def local_destination(ip: str) -> str:
@@ -596,27 +617,43 @@ class Ports:
 @savable
 @dataclass(eq=False)
 class Publication:
-    """A port published on the host (`--publish`): connections to `sock`'s address, in the
-    namespace the sandbox process started in (where the command ran), are taken by the
-    sandbox's listener on `port` as if made to the sandbox's own address. The host socket
-    listens only while the sandbox has such a listener: otherwise, as for a port nothing
-    listens on, the host refuses connections."""
+    """A port published on the host (`--publish`), bound at `sock`'s address in the
+    namespace the sandbox process started in (where the command ran).
+
+    TCP: connections there are taken by the sandbox's listener on `port` as if made to the
+    sandbox's own address. The host socket listens only while the sandbox has such a
+    listener: otherwise, as for a port nothing listens on, the host refuses connections.
+
+    UDP: datagrams there are queued on the sandbox's socket that receives what is sent to
+    its own address on `port` (`receiver`), from the client's address; what that socket
+    sends to a client it heard from (`peers`, as a NAT's mapping) leaves from `sock`, so
+    the reply comes from the address the client sent to. Datagrams that come while no
+    socket of the sandbox has the port are dropped."""
 
     kernel: object = None  # the Kernel: its port table, loop and network
     sock: HostSocket | None = None  # the host socket, bound at the host's address
     port: int = 0  # the sandbox's port
-    listener: InetSocket | None = None  # the sandbox's listener it feeds, while there is one
+    listener: InetSocket | None = None  # TCP: the sandbox's listener it feeds, while there is one
+    receiver: UdpSocket | None = None  # UDP: the sandbox's socket it feeds, while there is one
+    peers: dict = field(default_factory=dict)  # UDP: (ip, port) of the clients heard from, latest last
 
     @property
     def family(self) -> int:
         return self.sock.family
 
+    @property
+    def udp(self) -> bool:
+        return self.sock.kind == 2  # SOCK_DGRAM
+
     def text(self) -> str:
         """As `snapbox state` shows it: 127.0.0.1:8080->80/tcp."""
-        return f"{format_address(self.sock.local)}->{self.port}/tcp"
+        return f"{format_address(self.sock.local)}->{self.port}/{'udp' if self.udp else 'tcp'}"
 
     def aim(self) -> None:
-        """Feed the listener that takes this port's connections now (or none)."""
+        """Feed the sandbox's socket that takes this port's traffic now (or none)."""
+        if self.udp:
+            self._aim_receiver()
+            return
         target = next((s for s in Ports(self.kernel.inet_ports).listening(self.port) if self._reaches(s)), None)
         if target is self.listener:
             return
@@ -634,6 +671,35 @@ class Publication:
                 log.warning("published port %s cannot listen: %s", self.text(), errno.errorcode.get(e.errno))
         target.changed.notify()
 
+    def _aim_receiver(self) -> None:
+        own = self.kernel.network.get("address") if self.family == AF_INET else None
+        ip = own or ("127.0.0.1" if self.family == AF_INET else "::1")
+        target = Ports(self.kernel.udp_ports).receiver(ip, self.port, self.family)
+        if target is self.receiver:
+            return
+        if self.receiver is not None and self in self.receiver.published:
+            self.receiver.published.remove(self)
+        self.receiver = target
+        for _ in self.sock.datagrams():
+            pass  # came while no socket had the port: dropped, as the host would drop them
+        if target is not None:
+            target.published.append(self)
+
+    def take_datagrams(self, s: UdpSocket) -> None:
+        """Queue on `s` (the receiver) what has come to the published port."""
+        for data, source in self.sock.datagrams():
+            key = (str(_ip(source[0])), source[1])
+            self.peers.pop(key, None)
+            self.peers[key] = True
+            if len(self.peers) > MAX_PEERS:
+                del self.peers[next(iter(self.peers))]
+            if s.family == AF_INET6:
+                source = (_mapped(source[0]), source[1])
+            s.deliver(source, data)
+
+    def heard_from(self, ip: str, port: int) -> bool:
+        return (str(_ip(ip)), port) in self.peers
+
     def _reaches(self, s: InetSocket) -> bool:
         """Whether listener `s` takes connections made to the sandbox's own address (its
         loopback's, when it has none: --network none or host)."""
@@ -648,10 +714,13 @@ class Publication:
         return ip == _ip(own) if own and self.family == AF_INET else ip.is_loopback
 
 
-def publish(kernel, address: tuple, port: int) -> Publication:
-    """Publish the sandbox's TCP `port` at the host's `address` (ip, port)."""
+def publish(kernel, address: tuple, port: int, protocol: str = "tcp") -> Publication:
+    """Publish the sandbox's `port` (TCP or UDP) at the host's `address` (ip, port)."""
     family = AF_INET6 if ":" in address[0] else AF_INET
-    h = HostSocket.open(family, 1, {(1, 2): 1}, outer=True)  # SOCK_STREAM; SO_REUSEADDR
+    if protocol == "udp":
+        h = HostSocket.open(family, 2, {}, outer=True)  # SOCK_DGRAM
+    else:
+        h = HostSocket.open(family, 1, {(1, 2): 1}, outer=True)  # SOCK_STREAM; SO_REUSEADDR
     try:
         h.bind(address)
     except SyscallError as e:
@@ -664,8 +733,9 @@ def publish(kernel, address: tuple, port: int) -> Publication:
     return p
 
 
-def aim_publications(kernel, port: int) -> None:
-    """A listener on the sandbox's `port` came or went: each publication of it follows."""
+def aim_publications(kernel, port: int, udp: bool = False) -> None:
+    """A listener (or, `udp`, a UDP socket) on the sandbox's `port` came or went: each
+    publication of it follows."""
     for p in kernel.published:
-        if p.port == port:
+        if p.port == port and p.udp == udp:
             p.aim()

@@ -48,12 +48,13 @@ class Network:
         return {k: v for k, v in self.__dict__.items() if v}
 
 
-def parse_publish(text: str) -> tuple[tuple[str, int], int]:
-    """`--publish [IP:]HOSTPORT:PORT[/tcp]` as ((ip, host port), sandbox port); an IPv6
-    address in brackets. No IP: every address of the host (0.0.0.0), as Docker's -p."""
+def parse_publish(text: str) -> tuple[tuple[str, int], int, str]:
+    """`--publish [IP:]HOSTPORT:PORT[/tcp|/udp]` as ((ip, host port), sandbox port,
+    protocol); an IPv6 address in brackets. No IP: every address of the host (0.0.0.0), as
+    Docker's -p."""
     spec, _, proto = text.partition("/")
-    if proto and proto != "tcp":
-        raise SnapboxError(f"--publish {text}: only TCP ports can be published")
+    if proto not in ("", "tcp", "udp"):
+        raise SnapboxError(f"--publish {text}: the protocol is tcp or udp")
     ip = "0.0.0.0"
     if spec.startswith("["):
         ip, close, spec = spec[1:].partition("]")
@@ -70,7 +71,7 @@ def parse_publish(text: str) -> tuple[tuple[str, int], int]:
         raise SnapboxError(f"--publish {text}: expected [IP:]HOSTPORT:PORT") from None
     if not colon or not 0 <= host < 65536 or not 0 < inner < 65536:
         raise SnapboxError(f"--publish {text}: expected [IP:]HOSTPORT:PORT (host port 0: any free one)")
-    return (str(address), host), inner
+    return (str(address), host), inner, proto or "tcp"
 
 
 def bundle_namespace(config: dict) -> str:

@@ -366,9 +366,54 @@ def test_a_published_port_is_checked_before_the_sandbox_starts(snapbox, tmp_path
         assert p.returncode != 0
         assert p.stderr.strip().splitlines() == [
             f"snapbox: error: cannot publish 127.0.0.1:{port} (Address already in use)"]
-    p = snapbox("do", "-p", "8080:80/udp", "--", "true", check=False)
-    assert (p.returncode, p.stderr.strip()) == (1, "snapbox: error: --publish 8080:80/udp: only TCP ports can "
-                                                   "be published")
+    p = snapbox("do", "-p", "8080:80/sctp", "--", "true", check=False)
+    assert (p.returncode, p.stderr.strip()) == (1, "snapbox: error: --publish 8080:80/sctp: the protocol is tcp "
+                                                   "or udp")
+
+
+UDP_LATE_ECHO = textwrap.dedent("""
+    import os, socket, time
+    for _ in range(600):
+        if os.path.exists("go"):
+            break
+        time.sleep(0.05)
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("0.0.0.0", 5300))
+    print("bound", flush=True)
+    for _ in range(10):
+        data, peer = s.recvfrom(2048)
+        print("from", *peer, flush=True)
+        s.sendto(data[::-1], peer)
+""")
+
+
+def test_a_published_udp_port_reaches_the_socket_bound_to_it(snapbox, tmp_path):
+    """--network none: datagrams to a published UDP port are dropped until a socket of the
+    sandbox has the port, then reach it from the client's address; its replies come from
+    the published address (a connected client takes nothing else); and so again after a
+    checkpoint and a restore."""
+    (tmp_path / "echo.py").write_text(UDP_LATE_ECHO)
+    out = tmp_path / "out.txt"
+    do_detached(snapbox, "udpp", tmp_path, out, sys.executable, "echo.py", network="none",
+                publish="127.0.0.1:0:5300/udp")
+    (mapping,) = published(snapbox, "udpp")
+    assert mapping.startswith("127.0.0.1:") and mapping.endswith("->5300/udp")
+    port = int(mapping.split(":")[1].split("-")[0])
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as c:
+        c.settimeout(10)
+        c.connect(("127.0.0.1", port))
+        c.send(b"early")
+        (tmp_path / "go").touch()
+        wait_for(lambda: "bound" in lines(out), timeout=30, what="the echo server")
+        c.send(b"one")
+        assert c.recv(2048) == b"eno"
+        assert lines(out)[-1] == f"from 127.0.0.1 {c.getsockname()[1]}"
+        image = tmp_path / "udpp.img"
+        snapbox("checkpoint", "--image-path", str(image), "udpp")
+        restore_detached(snapbox, image, "udpp2", out)
+        assert published(snapbox, "udpp2") == [mapping]
+        c.send(b"after the restore")
+        assert c.recv(2048) == b"erotser eht retfa"
 
 
 # -- namespaces ---------------------------------------------------------------------------------
