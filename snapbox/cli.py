@@ -185,7 +185,8 @@ def _publish_option(f):
              "the sandbox's socket on PORT, and its replies leave from IP:HOSTPORT. Without IP, every "
              "address of this host, as Docker's -p: name 127.0.0.1 to keep it local. HOSTPORT 0 takes a "
              "free port (`state` shows which). Images keep their published ports: a restore publishes "
-             "them again.")(f)
+             "them again, unless it has -p of its own, which replace them (as podman's restore "
+             "--publish).")(f)
 
 
 def _options(obj: _Context, snapshot_to: str | None, publish: tuple[str, ...] = ()):
@@ -472,13 +473,14 @@ def migrate(obj: _Context, dest: str, token_file: str | None, max_rounds: int, a
               help="Write the sandbox process's pid here (it exits with the program's status), as create does.")
 @click.option("--console-socket", type=click.Path(dir_okay=False), default=None,
               help="With process.terminal: send the new terminal's master to this AF_UNIX socket, as create does.")
+@_publish_option
 @_snapshot_option
 @_criu_options
 @click.argument("container_id")
 @click.pass_obj
 def restore(obj: _Context, bundle: str, image_path: str | None, listen: str | None, token_file: str | None,
             detach: bool, lazy: bool, working_set: str | None, pid_file: str | None, console_socket: str | None,
-            snapshot_to: str | None, container_id: str) -> None:
+            publish: tuple[str, ...], snapshot_to: str | None, container_id: str) -> None:
     """Create a container from an image and start it where the checkpoint left it.
 
     The image's CPU features are checked against this host before anything else is read,
@@ -495,6 +497,9 @@ def restore(obj: _Context, bundle: str, image_path: str | None, listen: str | No
     if (image_path is None) == (listen is None):
         raise SnapboxError("restore needs one of --image-path and --listen")
     if listen is not None or (image_path == "-" and _stdin_is_migration()):
+        if publish:
+            raise SnapboxError("--publish is for a restore from an image: a migration keeps the ports "
+                               "its container published")
         _receive(obj, bundle, listen, token_file, detach, container_id)
         return
     if image_path == "-":
@@ -510,7 +515,7 @@ def restore(obj: _Context, bundle: str, image_path: str | None, listen: str | No
         if source == "-":
             raise SnapboxError("restore from stdin needs --bundle")
         bundle = _bundle_of_image(obj, source, container_id)
-    options = _options(obj, snapshot_to)
+    options = _options(obj, snapshot_to, publish)
     if working_set is not None:
         working_set = os.path.abspath(working_set)
         if not os.path.isdir(os.path.dirname(working_set)):

@@ -95,6 +95,7 @@ class LoadContext:
     rootfs: str | None = None  # the restoring bundle's rootfs (None: the one saved)
     host_sockets: list | None = None  # filled with the HostSockets made again, if a list
     network_mode: str = ""  # the restored sandbox's network mode (runtime.network)
+    republish: bool = False  # restore --publish: the image's published ports are not bound again
     # A memory file that holds the image's chain already (a migration's rounds, applied as
     # they came): its path (/proc/PID/fd/N) and the id of the last pre-dump applied to it.
     memory: str | None = None

@@ -464,6 +464,9 @@ class HostSocket:
             else:
                 self.role, self.fate, self.repair = "reset", "reset (the sandbox has no network now)", None
             return
+        if self.role in ("bound", "listening") and self.outer and not self.nat and ctx.republish:
+            self.fate = "not bound again (restore --publish replaces the published ports)"
+            return
         if self.role in ("bound", "listening"):
             try:
                 self.sock = self._bound_again()

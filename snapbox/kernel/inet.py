@@ -733,6 +733,17 @@ def publish(kernel, address: tuple, port: int, protocol: str = "tcp") -> Publica
     return p
 
 
+def withdraw_publications(kernel) -> None:
+    """Publish none of the ports published so far (restore --publish names others)."""
+    for p in kernel.published:
+        for s in (p.listener, p.receiver):
+            if s is not None and p in s.published:
+                s.published.remove(p)
+        p.sock.close()
+        kernel.host_sockets.discard(p.sock)
+    kernel.published = []
+
+
 def aim_publications(kernel, port: int, udp: bool = False) -> None:
     """A listener (or, `udp`, a UDP socket) on the sandbox's `port` came or went: each
     publication of it follows."""

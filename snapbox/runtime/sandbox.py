@@ -26,6 +26,7 @@ from snapbox.kernel.checkpoint import LoadContext, read_base_description
 from snapbox.kernel.creds import CapSets
 from snapbox.kernel.hostnet import remember_namespace
 from snapbox.kernel.inet import publish as publish_port
+from snapbox.kernel.inet import withdraw_publications
 from snapbox.kernel.kernel import Kernel
 from snapbox.kernel.loop import take_terminal
 from snapbox.kernel.strace import tracer
@@ -483,7 +484,7 @@ class Sandbox:
 
 def _restore(image: str, bundle: Bundle, lazy: bool = False, network: str | None = None,
              memory: str | None = None, memory_id: str | None = None, base: str | None = None,
-             working_set: str | None = None) -> Kernel:
+             working_set: str | None = None, publish: list | None = None) -> Kernel:
     """The Loader's restore path: from a file, or from stdin when `image` is "-". With `lazy`,
     memory is left in an image file to load as needed (a pipe is read whole all the same).
     With `memory`, the memory file at that path already holds the image's chain, up to
@@ -492,7 +493,8 @@ def _restore(image: str, bundle: Bundle, lazy: bool = False, network: str | None
     they load. With `base` (a clone: the path of its base's description), the image's
     memory is the base's (see runtime.clones), its private mappings shared with the other
     clones. With `working_set`, the memory that file names is loaded first, or the file is
-    recorded (checkpoint.WorkingSet)."""
+    recorded (checkpoint.WorkingSet). With `publish` (--publish specs), those ports are
+    published instead of the image's own."""
     try:
         if image == "-":
             f = os.fdopen(0, "rb", closefd=False, buffering=1 << 20)
@@ -505,7 +507,7 @@ def _restore(image: str, bundle: Bundle, lazy: bool = False, network: str | None
         with f:
             with _on_all_cpus():  # memory is decompressed on every CPU; stubs stay pinned
                 ctx = LoadContext(rootfs=bundle.rootfs, host_sockets=[], memory=memory, memory_id=memory_id,
-                                  working_set=working_set)
+                                  working_set=working_set, republish=bool(publish))
                 if base is not None:
                     ctx.base, ctx.base_files = read_base_description(base)
                 net: dict = {}
@@ -520,11 +522,15 @@ def _restore(image: str, bundle: Bundle, lazy: bool = False, network: str | None
                 kernel, _ = Kernel.read_image(f, ctx, progress=progress, lazy=lazy, on_meta=join)
             kernel.network = net
             kernel.make_network = net.pop("make", None)
+            kernel.host_sockets.update(ctx.host_sockets)
+            if publish:
+                withdraw_publications(kernel)
+                for spec in publish:
+                    publish_port(kernel, *parse_publish(spec))
             for p in kernel.published:
                 p.aim()  # the listener a published port feeds may differ in this network mode
             for h in ctx.host_sockets:
                 h.reconnect()
-            kernel.host_sockets.update(ctx.host_sockets)
             kernel.attach_stubs()
             return kernel
     finally:
@@ -577,7 +583,7 @@ def boot_main(root: str, cid: str, bundle_path: str, ready_fd: int, restore: str
         _PLACEMENT = Placement()
         remember_namespace()  # published ports are bound here, whatever network the sandbox joins
         if restore is not None:
-            kernel = _restore(restore, bundle, lazy, network, memory, memory_id, base, working_set)
+            kernel = _restore(restore, bundle, lazy, network, memory, memory_id, base, working_set, publish)
         else:
             net = _network(network or "sandbox", bundle, lazy=True)
             # os.fsencode: arguments that were not UTF-8 on the command line (`do`) come

@@ -358,6 +358,39 @@ def test_a_published_connection_survives_checkpoint_and_restore(snapbox, tmp_pat
     assert published(snapbox, "kp2") == [f"127.0.0.1:{port}->8000/tcp"]
 
 
+def test_restore_publish_replaces_the_images_published_ports(snapbox, tmp_path):
+    """Two sandboxes from one image with a published port, each restored with a -p of its
+    own (as podman's restore --publish): each serves on its own port, beside the original;
+    a -p whose port is taken fails the restore with one line."""
+    (tmp_path / "page.txt").write_text("cloned")
+    out = tmp_path / "out.txt"
+    do_detached(snapbox, "orig", tmp_path, out, *http_server(8000, "0.0.0.0"), network="none",
+                publish="127.0.0.1:0:8000")
+    (first,) = published(snapbox, "orig")
+    port = int(first.split(":")[1].split("-")[0])
+    connect(port).close()  # listening
+    image = tmp_path / "orig.img"
+    snapbox("checkpoint", "--leave-running", "--image-path", str(image), "orig")
+    ports = {port}
+    for cid in ("c1", "c2"):
+        with open(out, "a") as f:
+            subprocess.run(snapbox.cmd("restore", "--image-path", str(image), "-p", "127.0.0.1:0:8000",
+                                       "--detach", cid), stdout=f, stderr=f, stdin=subprocess.DEVNULL,
+                           check=True, timeout=60)
+        (mapping,) = published(snapbox, cid)
+        assert mapping.endswith("->8000/tcp")
+        ports.add(int(mapping.split(":")[1].split("-")[0]))
+    assert len(ports) == 3
+    for p in ports:
+        conn = connect(p)
+        conn.request("GET", "/page.txt")
+        assert conn.getresponse().read() == b"cloned"
+    p = snapbox("restore", "--image-path", str(image), "-p", f"127.0.0.1:{port}:8000", "c3", check=False)
+    assert (p.returncode, p.stderr.strip().splitlines()) == (
+        1, [f"snapbox: error: cannot publish 127.0.0.1:{port} (Address already in use)"])
+    assert snapbox("state", "c3", check=False).returncode != 0
+
+
 def test_a_published_port_is_checked_before_the_sandbox_starts(snapbox, tmp_path):
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", 0))
