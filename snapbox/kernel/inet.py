@@ -73,6 +73,9 @@ class InetSocket(UnixSocket):
     in_progress: bool = False  # a nonblocking connect said EINPROGRESS: the next connect says 0
     host: HostSocket | None = None  # the host socket behind it, where the outside can reach it
     published: list = field(default_factory=list)  # the Publications a listener takes connections from
+    # A send found the peer closed and went out all the same, as Linux's first one does
+    # (a closed peer's answer to it is a reset: the next send fails with EPIPE).
+    wrote_to_closed: bool = False
 
     def option(self, level: int, name: int, default: int = 0) -> int:
         return self.options.get((level, name), default)
@@ -125,6 +128,13 @@ class InetSocket(UnixSocket):
         if not self.external:
             if self.pending_error():
                 raise SyscallError(errno.ECONNRESET)  # tcp(7): the reset's error first, then EPIPE
+            if self.outgoing is None:  # never connected (or listening): Linux says EPIPE, not ENOTCONN
+                if not flags & MSG_NOSIGNAL:
+                    t.kernel.send_signal(t.tg, SIGPIPE)
+                raise SyscallError(errno.EPIPE)
+            if self.outgoing.readers == 0 and not (self.shut_wr or self.wrote_to_closed or self.aborted):
+                self.wrote_to_closed = True
+                return len(data)
             return super().send(t, data, flags, files)
         if not self.connected:
             raise SyscallError(errno.EAGAIN) if self._nonblock(flags) else \

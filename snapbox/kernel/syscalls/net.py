@@ -403,7 +403,7 @@ def sendto(t, fd, buf, length, flags, addr, addrlen):
     if isinstance(s, UnixDgramSocket):
         target = _dgram_target(t, addr, addrlen) if addr else None
         return _dgram_send(t, NR.sendto, s, target, t.mm.read(buf, min(length, MAX_RW)), i32(flags), [])
-    if addr:
+    if addr and not isinstance(s, InetSocket):  # tcp(7) ignores the address of a sendto
         raise SyscallError(errno.EISCONN if s.connected else errno.EOPNOTSUPP)
     data = t.mm.read(buf, min(length, MAX_RW))
     return write_all(t, NR.sendto, _Flagged(s, i32(flags), []), data)
@@ -523,7 +523,7 @@ def sendmsg(t, fd, msg, flags):
         data = b"".join(t.mm.read(base, n) for base, n in iovecs(t, iov, iovlen))
         target = _dgram_target(t, name, namelen) if name else None
         return _dgram_send(t, NR.sendmsg, s, target, data, i32(flags), files)
-    if name:
+    if name and not isinstance(s, InetSocket):
         raise SyscallError(errno.EISCONN if s.connected else errno.EOPNOTSUPP)
     files = _rights(t, control, controllen)
     if isinstance(s, InetSocket):
