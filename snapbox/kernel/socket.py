@@ -125,6 +125,13 @@ class SocketFile(OpenFile):
     def writable(self) -> bool:
         return True
 
+    def ioctl(self, t, request: int, arg: int) -> int:
+        from snapbox.kernel.netlink import IFREQ_IOCTLS, SIOCGIFCONF, interface_ioctl
+
+        if request in IFREQ_IOCTLS or request == SIOCGIFCONF:  # netdevice(7), on any socket
+            return interface_ioctl(t, request, arg)
+        raise SyscallError(errno.ENOTTY)
+
 
 @savable
 @dataclass(eq=False)

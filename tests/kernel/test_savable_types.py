@@ -21,6 +21,7 @@ from snapbox.kernel.aio import AioContext
 from snapbox.kernel.inotify import DirNotify, InotifyFile
 from snapbox.kernel.inet import InetSocket, Publication, UdpSocket
 from snapbox.kernel.namespaces import UtsNamespace
+from snapbox.kernel.netlink import NetlinkSocket
 from snapbox.kernel.ipc import IpcNamespace, IpcPerm, MsgQueue, SemSet, ShmSegment
 from snapbox.kernel.mqueue import MessageQueue, MqueueFile
 from snapbox.kernel.creds import CapSets
@@ -153,6 +154,9 @@ def build(name: str, kernel: Kernel):
         "UdpSocket": lambda: UdpSocket(flags=2, ino=80, family=2, local=("127.0.0.1", 5353), remote=("127.0.0.1", 53),
                                        queue=[[("127.0.0.1", 53), b"answer"]], queued=6, port_locked=True,
                                        options={(1, 2): 1}),
+        "NetlinkSocket": lambda: NetlinkSocket(flags=2, ino=82, kind=2, port=1, groups=1,
+                                               queue=[b"\x14\x00\x00\x00\x03\x00\x02\x00" + bytes(12)],
+                                               options={(270, 12): 1}),
         "InetSocket": lambda: InetSocket(flags=2, ino=78, family=10, local=("::", 8080), listening=True, backlog=5,
                                          options={(1, 2): 1, (6, 1): 1, (1, 13): (1, 5)},
                                          pending=[InetSocket(flags=2, ino=79, incoming=right.outgoing,

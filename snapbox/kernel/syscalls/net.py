@@ -1,7 +1,8 @@
 """Sockets: AF_UNIX stream, seqpacket and datagram sockets (socketpair, bind, listen, accept,
-connect, SCM_RIGHTS), and TCP and UDP (AF_INET, AF_INET6: inside the sandbox, or through the
-host where its network reaches: see snapbox.kernel.inet). Other families fail with
-EAFNOSUPPORT, other types with ESOCKTNOSUPPORT."""
+connect, SCM_RIGHTS), TCP and UDP (AF_INET, AF_INET6: inside the sandbox, or through the
+host where its network reaches: see snapbox.kernel.inet), and route netlink sockets for
+queries (snapbox.kernel.netlink). Other families fail with EAFNOSUPPORT, other types with
+ESOCKTNOSUPPORT."""
 
 from __future__ import annotations
 
@@ -19,13 +20,14 @@ from snapbox.kernel.hostnet import HostSocket
 from snapbox.kernel.inet import AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP, InetSocket, Ports, UdpSocket, \
     aim_publications, bind_inet, has_outside, is_local, local_destination, masquerades, pack_sockaddr, parse_sockaddr, \
     seen_local, send_datagram
+from snapbox.kernel.netlink import AF_NETLINK, NETLINK_ROUTE, SOL_NETLINK, NetlinkSocket
 from snapbox.kernel.syscalls import NR, i32, syscall
 from snapbox.kernel.syscalls.common import AT_FDCWD, MAX_RW, iovecs, on_host, receive_timeout, received, scatter, \
     send_timeout, start_dir, write_all, written
 from snapbox.kernel.vfs import now_ns
 
 SOCK_NONBLOCK, SOCK_CLOEXEC = O_NONBLOCK, O_CLOEXEC
-SOCK_DGRAM = 2
+SOCK_DGRAM, SOCK_RAW = 2, 3
 AF_UNSPEC = 0
 MSG_TRUNC, MSG_WAITALL = 0x20, 0x100
 SOL_SOCKET, SCM_RIGHTS, SCM_CREDENTIALS = 1, 1, 2
@@ -60,8 +62,15 @@ def socket(t, domain, type_, protocol):
         if i32(protocol) not in (0, 1):
             raise SyscallError(errno.EPROTONOSUPPORT)
         s = new_socket(t.kernel, i32(type_) & SOCK_NONBLOCK, kind)
+    elif domain == AF_NETLINK:
+        if kind not in (SOCK_RAW, SOCK_DGRAM):
+            raise SyscallError(errno.ESOCKTNOSUPPORT)
+        if i32(protocol) != NETLINK_ROUTE:
+            raise SyscallError(errno.EPROTONOSUPPORT, f"netlink protocol {i32(protocol)}: only NETLINK_ROUTE")
+        t.kernel.pipe_ino += 1
+        s = NetlinkSocket(flags=2 | i32(type_) & SOCK_NONBLOCK, ino=t.kernel.pipe_ino, kind=kind)
     else:
-        raise SyscallError(errno.EAFNOSUPPORT, "only AF_UNIX and TCP sockets exist in the sandbox")
+        raise SyscallError(errno.EAFNOSUPPORT, "only AF_UNIX, TCP, UDP and route netlink sockets exist in the sandbox")
     s.cred = [t.tg.tgid, t.tg.creds[1], t.tg.creds[4]]
     return t.fds.install(s, cloexec=bool(i32(type_) & SOCK_CLOEXEC))
 
@@ -91,9 +100,9 @@ def socketpair(t, domain, type_, protocol, sv):
     return 0
 
 
-def _sock(t, fd: int) -> UnixSocket | UnixDgramSocket | UdpSocket:
+def _sock(t, fd: int) -> UnixSocket | UnixDgramSocket | UdpSocket | NetlinkSocket:
     f = t.fds.get(i32(fd))
-    if not isinstance(f, (UnixSocket, UnixDgramSocket, UdpSocket)):
+    if not isinstance(f, (UnixSocket, UnixDgramSocket, UdpSocket, NetlinkSocket)):
         raise SyscallError(errno.ENOTSOCK)
     return f
 
@@ -190,9 +199,25 @@ def _autobind(t, s: InetSocket, ip: str) -> None:
         Ports(t.kernel.inet_ports).bind(s, ip, 0)
 
 
+_SOCKADDR_NL = struct.Struct("<HHII")  # family, pad, port id, groups
+
+
+def _netlink_address(t, addr: int, addrlen: int) -> tuple[int, int]:
+    """(port, groups) of a sockaddr_nl."""
+    if i32(addrlen) < _SOCKADDR_NL.size:
+        raise SyscallError(errno.EINVAL)
+    family, _, port, groups = _SOCKADDR_NL.unpack(t.mm.read(addr, _SOCKADDR_NL.size))
+    if family != AF_NETLINK:
+        raise SyscallError(errno.EINVAL)
+    return port, groups
+
+
 @syscall(NR.bind)
 def bind(t, fd, addr, addrlen):
     s = _sock(t, fd)
+    if isinstance(s, NetlinkSocket):
+        s.bind(t.kernel, t.tg.tgid, *_netlink_address(t, addr, addrlen))
+        return 0
     if isinstance(s, (InetSocket, UdpSocket)):
         ip, port = _inet_address(t, s, addr, addrlen)
         if s.local or (isinstance(s, InetSocket) and s.connected):
@@ -330,6 +355,13 @@ def _connect_udp(t, s: UdpSocket, addr: int, addrlen: int) -> int:
 @syscall(NR.connect)
 def connect(t, fd, addr, addrlen):
     s = _sock(t, fd)
+    if isinstance(s, NetlinkSocket):  # only the kernel (port 0) answers here
+        port, _ = _netlink_address(t, addr, addrlen)
+        if port:
+            raise SyscallError(errno.ECONNREFUSED)
+        if not s.port:
+            s.bind(t.kernel, t.tg.tgid, 0, s.groups)
+        return 0
     if isinstance(s, UdpSocket):
         return _connect_udp(t, s, addr, addrlen)
     if isinstance(s, InetSocket):
@@ -395,9 +427,17 @@ def _udp_send(t, s: UdpSocket, data: bytes, addr: int, addrlen: int) -> int:
     return send_datagram(t, s, data, s.remote)
 
 
+def _netlink_send(t, s: NetlinkSocket, data: bytes, addr: int, addrlen: int) -> int:
+    if addr and _netlink_address(t, addr, addrlen)[0]:
+        raise SyscallError(errno.ECONNREFUSED)  # to another socket's port: no process listens in the sentry
+    return s.send_request(t, data)
+
+
 @syscall(NR.sendto)
 def sendto(t, fd, buf, length, flags, addr, addrlen):
     s = _sock(t, fd)
+    if isinstance(s, NetlinkSocket):
+        return _netlink_send(t, s, t.mm.read(buf, min(length, MAX_RW)), addr, addrlen)
     if isinstance(s, UdpSocket):
         return _udp_send(t, s, t.mm.read(buf, min(length, MAX_RW)), addr, addrlen)
     if isinstance(s, UnixDgramSocket):
@@ -422,11 +462,11 @@ def _recvfrom(t, fd, buf, length, flags, addr, addrlen):
     if i32(flags) & MSG_WAITALL and not i32(flags) & MSG_PEEK and isinstance(s, UnixSocket) and \
             s.kind == SOCK_STREAM and not (s.flags & O_NONBLOCK or i32(flags) & MSG_DONTWAIT):
         return _recv_all(t, NR.recvfrom, s, [(buf, min(length, MAX_RW))], i32(flags) & ~MSG_WAITALL)
-    if isinstance(s, UdpSocket):
+    if isinstance(s, (UdpSocket, NetlinkSocket)):
         data, source, whole = s.recv_from(t, min(length, MAX_RW), i32(flags))
         t.mm.write(buf, data)
         if source:
-            _write_sockaddr(t, addr, addrlen, pack_sockaddr(s.family, source))
+            _write_sockaddr(t, addr, addrlen, _source_sockaddr(s, source))
         return whole if i32(flags) & MSG_TRUNC else len(data)
     if isinstance(s, UnixDgramSocket):
         data, sender, whole, files = s.recv_dgram(t, min(length, MAX_RW), i32(flags))
@@ -447,6 +487,13 @@ def _recvfrom(t, fd, buf, length, flags, addr, addrlen):
     else:
         _write_address(t, addr, addrlen, s.peer)
     return len(data)
+
+
+def _source_sockaddr(s: UdpSocket | NetlinkSocket, source: tuple) -> bytes:
+    """Where a datagram came from: (ip, port), or for netlink (port, groups) of the kernel."""
+    if isinstance(s, NetlinkSocket):
+        return _SOCKADDR_NL.pack(AF_NETLINK, 0, *source)
+    return pack_sockaddr(s.family, source)
 
 
 def _recv_all(t, nr: int, s: UnixSocket, vecs: list, flags: int) -> int:
@@ -516,6 +563,8 @@ def _rights(t, control: int, controllen: int) -> list:
 def sendmsg(t, fd, msg, flags):
     s = _sock(t, fd)
     name, namelen, iov, iovlen, control, controllen, _ = _MSGHDR.unpack(t.mm.read(msg, _MSGHDR.size))
+    if isinstance(s, NetlinkSocket):
+        return _netlink_send(t, s, b"".join(t.mm.read(base, n) for base, n in iovecs(t, iov, iovlen)), name, namelen)
     if isinstance(s, UdpSocket):
         return _udp_send(t, s, b"".join(t.mm.read(base, n) for base, n in iovecs(t, iov, iovlen)), name, namelen)
     if isinstance(s, UnixDgramSocket):
@@ -571,11 +620,11 @@ def _recvmsg(t, fd, msg, flags):
     sender, whole = None, 0
     if isinstance(s, UnixDgramSocket):
         data, sender, whole, files = s.recv_dgram(t, min(sum(n for _, n in vecs), MAX_RW), flags)
-    elif isinstance(s, UdpSocket):
+    elif isinstance(s, (UdpSocket, NetlinkSocket)):
         room = sum(n for _, n in vecs)
         data, source, whole = s.recv_from(t, min(room, MAX_RW), flags)
         scatter(t, vecs, data)
-        full = pack_sockaddr(s.family, source) if source else b""
+        full = _source_sockaddr(s, source) if source else b""
         if name and namelen and full:
             t.mm.write(name, full[:namelen])
         out = MSG_TRUNC if whole > len(data) else 0
@@ -774,6 +823,19 @@ def _timeout_option(t, s, opt: int, optval: int, optlen: int) -> bool:
     return True
 
 
+def _netlink_getsockopt(s: NetlinkSocket, level: int, opt: int) -> bytes:
+    if level == SOL_NETLINK:
+        return struct.pack("<i", s.options.get((level, opt), 0))
+    if level != SOL_SOCKET:
+        raise SyscallError(errno.ENOPROTOOPT)
+    fixed = {SO_TYPE: s.kind, SO_ERROR: 0, SO_DOMAIN: AF_NETLINK, SO_PROTOCOL: NETLINK_ROUTE, SO_PASSCRED: 0}
+    if opt in fixed:
+        return struct.pack("<i", fixed[opt])
+    if opt in (SO_SNDBUF, SO_RCVBUF):
+        return struct.pack("<i", s.options.get((level, opt), 212992))
+    raise SyscallError(errno.ENOPROTOOPT)
+
+
 @syscall(NR.getsockopt)
 def getsockopt(t, fd, level, optname, optval, optlen):
     s = _sock(t, fd)
@@ -783,6 +845,8 @@ def getsockopt(t, fd, level, optname, optval, optlen):
         value = _TIMEVAL.pack(timeout // 1_000_000_000, timeout % 1_000_000_000 // 1000)
     elif isinstance(s, (InetSocket, UdpSocket)):
         value = _inet_getsockopt(s, i32(level), opt)
+    elif isinstance(s, NetlinkSocket):
+        value = _netlink_getsockopt(s, i32(level), opt)
     elif i32(level) != SOL_SOCKET:
         raise SyscallError(errno.ENOPROTOOPT)
     elif opt == SO_PEERCRED:
@@ -809,6 +873,12 @@ def setsockopt(t, fd, level, optname, optval, optlen):
         return 0
     if isinstance(s, (InetSocket, UdpSocket)):
         return _inet_setsockopt(t, s, i32(level), i32(optname), optval, i32(optlen))
+    if isinstance(s, NetlinkSocket) and i32(level) in (SOL_NETLINK, SOL_SOCKET):
+        if i32(optlen) < 4:
+            raise SyscallError(errno.EINVAL)
+        (value,) = struct.unpack("<i", t.mm.read(optval, 4))
+        s.options[(i32(level), i32(optname))] = value  # memberships too: no notifications are sent
+        return 0
     if i32(level) != SOL_SOCKET:
         raise SyscallError(errno.ENOPROTOOPT)
     return 0  # buffer sizes and the like: accepted, the buffers are fixed
@@ -819,6 +889,8 @@ def getsockname(t, fd, addr, addrlen):
     s = _sock(t, fd)
     if isinstance(s, (InetSocket, UdpSocket)):
         _write_sockaddr(t, addr, addrlen, pack_sockaddr(s.family, s.local))
+    elif isinstance(s, NetlinkSocket):
+        _write_sockaddr(t, addr, addrlen, s.sockaddr())
     else:
         _write_address(t, addr, addrlen, s.address)
     return 0
@@ -827,6 +899,9 @@ def getsockname(t, fd, addr, addrlen):
 @syscall(NR.getpeername)
 def getpeername(t, fd, addr, addrlen):
     s = _sock(t, fd)
+    if isinstance(s, NetlinkSocket):  # its peer is the kernel
+        _write_sockaddr(t, addr, addrlen, _SOCKADDR_NL.pack(AF_NETLINK, 0, 0, 0))
+        return 0
     if not s.connected or (isinstance(s, InetSocket) and s.aborted):
         raise SyscallError(errno.ENOTCONN)
     _write_sockaddr(t, addr, addrlen, _peer_sockaddr(s))

@@ -1,12 +1,19 @@
 """Sockets against native runs: unix stream, datagram and seqpacket sockets (socketpair, bound
 names, SCM_RIGHTS), and TCP and UDP over loopback (127.0.0.1, ::1); each survives a
-checkpoint mid-exchange."""
+checkpoint mid-exchange. And the network interfaces as programs learn them (route netlink,
+getifaddrs, the SIOCGIF* ioctls) in each network mode."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
 import pytest
 
-from tests.conftest import held_through_a_restore, native_fixture, same_output
+from tests.conftest import held_through_a_restore, lines, native_fixture, same_output, wait_for
 
 
 @pytest.mark.parametrize("bundle", ["sockets", "sockets-glibc"])
@@ -62,3 +69,58 @@ def test_queued_datagrams_and_records_survive_a_checkpoint(snapbox, images, tmp_
     assert got == ["holding", "seqpacket record: record one (10)",
                    "seqpacket into 6 bytes: record (6), MSG_TRUNC set", "seqpacket after the peer closed: 0",
                    "datagram: first datagram", "datagram: second"]
+
+
+@pytest.mark.parametrize("bundle", ["netif", "netif-glibc"])
+def test_network_interfaces_match_native_on_the_hosts_network(snapbox, images, bundle):
+    """--network host: the host's own interfaces, through route netlink dumps (answers
+    addressed to the socket's port), getifaddrs, if_nameindex and the SIOCGIF* ioctls."""
+    want = native_fixture(images, bundle)
+    assert "if_nameindex: 1 lo" in want and "link 1 with an ack: 1 answer, ack 0, addressed to us 1" in want
+    assert same_output(snapbox("--network", "host", "run", "--bundle", str(images / bundle), "nif").stdout, want)
+
+
+def test_a_sandbox_without_a_network_sees_loopback_alone(snapbox, images):
+    got = snapbox("--network", "none", "run", "--bundle", str(images / "netif"), "nif").stdout.splitlines()
+    assert got[:4] == ["if_nameindex: 1 lo", "getifaddrs: lo 127.0.0.1/8 up 1", "getifaddrs: lo ::1/128 up 1",
+                       "if_nametoindex: lo 1, nosuch0 0 (No such device)"]
+    assert "SIOCGIFCONF: 40 bytes needed, 40 given: lo 127.0.0.1" in got
+    assert "link dump: as many as if_nameindex 1, addressed to us 1" in got and got[-1] == "done"
+
+
+def test_a_sandbox_in_its_own_namespace_sees_its_own_eth0(snapbox, images, tmp_path):
+    out = tmp_path / "out.txt"
+    with open(out, "w") as f:
+        subprocess.run(snapbox.cmd("run", "--bundle", str(images / "netif"), "--detach", "nif"), stdout=f,
+                       stderr=f, check=True, timeout=60, stdin=subprocess.DEVNULL)
+    wait_for(lambda: "done" in lines(out), timeout=30, what="the program")
+    address = json.loads(snapbox("state", "nif").stdout)["network"]["address"]
+    got = lines(out)
+    assert got[0].startswith("if_nameindex: 1 lo ") and got[0].endswith(" eth0")
+    assert f"getifaddrs: eth0 {address}/30 up 1" in got
+    assert f"SIOCGIFCONF: 80 bytes needed, 80 given: lo 127.0.0.1 eth0 {address}" in got
+
+
+def test_unread_netlink_answers_survive_a_checkpoint(snapbox, images, tmp_path):
+    got = held_through_a_restore(snapbox, images, tmp_path, "netif", "done", lazy=False)
+    before = int(got[0].split(": ")[1])
+    assert before >= 2 and got[1:] == ["holding", f"links after the restore: {before}, addressed to us 1", "done"]
+
+
+def test_a_netlink_request_that_is_not_a_query_is_refused_and_logged(snapbox, tmp_path):
+    """Only RTM_GET* queries are answered: a request to change a link is refused with
+    EOPNOTSUPP (its header echoed, as NETLINK_CAP_ACK asks) and changes nothing."""
+    script = textwrap.dedent("""
+        import socket, struct
+        s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0)
+        s.setsockopt(270, 10, 1)  # NETLINK_CAP_ACK
+        s.send(struct.pack("<IHHII", 32, 16, 1 | 4, 7, 0) + struct.pack("<BxHiII", 0, 0, 1, 0, 1))  # RTM_NEWLINK
+        length, kind, flags, seq, port = struct.unpack_from("<IHHII", reply := s.recv(4096))
+        error, = struct.unpack_from("<i", reply, 16)
+        print(kind, seq, port == s.getsockname()[0], error, length)
+    """)
+    log = tmp_path / "sandbox.log"
+    got = snapbox("--network", "none", "--debug-log", str(log), "do", "--", os.path.realpath(sys.executable),
+                  "-c", script).stdout
+    assert got == "2 7 True -95 36\n"  # NLMSG_ERROR, -EOPNOTSUPP, the request's header
+    assert "netlink route message 16: EOPNOTSUPP" in log.read_text()
