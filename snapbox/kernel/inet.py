@@ -38,7 +38,7 @@ from snapbox.kernel.errors import SyscallError, WouldBlock
 from snapbox.kernel.fd import O_NONBLOCK, POLLERR, POLLIN, POLLOUT
 from snapbox.kernel.hostnet import HostSocket, format_address
 from snapbox.kernel.signals import SIGPIPE
-from snapbox.kernel.socket import MSG_DONTWAIT, MSG_NOSIGNAL, MSG_PEEK, SHUT_RD, SHUT_RDWR, SHUT_WR, SocketFile, \
+from snapbox.kernel.socket import MSG_DONTWAIT, MSG_NOSIGNAL, MSG_PEEK, SHUT_RD, SHUT_RDWR, SHUT_WR, DatagramSocket, \
     UnixSocket, make_buffers
 from snapbox.kernel.waiter import WaitQueue
 from snapbox.state import SnapboxError, savable
@@ -253,7 +253,7 @@ class InetSocket(UnixSocket):
 
 @savable
 @dataclass(eq=False)
-class UdpSocket(SocketFile):
+class UdpSocket(DatagramSocket):
     """A UDP socket of the sandbox (AF_INET or AF_INET6, SOCK_DGRAM), on loopback."""
 
     family: int = AF_INET
@@ -335,14 +335,7 @@ class UdpSocket(SocketFile):
             self.queued -= len(data)
         return data[:count], tuple(source), len(data)
 
-    def read(self, t, count: int, offset: int | None = None) -> bytes:
-        if offset is not None:
-            raise SyscallError(errno.ESPIPE)
-        return self.recv_from(t, count, 0)[0]
-
-    def write(self, t, data: bytes, offset: int | None = None) -> int:
-        if offset is not None:
-            raise SyscallError(errno.ESPIPE)
+    def send_default(self, t, data: bytes) -> int:
         if not self.remote:
             raise SyscallError(errno.EDESTADDRREQ)
         return send_datagram(t, self, data, self.remote)

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from snapbox.kernel.errors import SyscallError, WouldBlock
 from snapbox.kernel.fd import O_NONBLOCK, POLLIN, POLLOUT
 from snapbox.kernel.inet import has_outside
-from snapbox.kernel.socket import SocketFile
+from snapbox.kernel.socket import DatagramSocket
 from snapbox.kernel.waiter import WaitQueue
 from snapbox.state import savable
 
@@ -64,7 +64,7 @@ _unsupported_logged: set = set()
 
 @savable
 @dataclass(eq=False)
-class NetlinkSocket(SocketFile):
+class NetlinkSocket(DatagramSocket):
     """An AF_NETLINK socket of protocol NETLINK_ROUTE (SOCK_RAW or SOCK_DGRAM, alike)."""
 
     kind: int = socket.SOCK_RAW
@@ -126,14 +126,7 @@ class NetlinkSocket(SocketFile):
             self.queue.pop(0)
         return data[:count], (0, 0), len(data)
 
-    def read(self, t, count: int, offset: int | None = None) -> bytes:
-        if offset is not None:
-            raise SyscallError(errno.ESPIPE)
-        return self.recv_from(t, count, 0)[0]
-
-    def write(self, t, data: bytes, offset: int | None = None) -> int:
-        if offset is not None:
-            raise SyscallError(errno.ESPIPE)
+    def send_default(self, t, data: bytes) -> int:
         return self.send_request(t, data)
 
     def unread(self) -> int:

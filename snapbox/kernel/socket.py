@@ -133,6 +133,21 @@ class SocketFile(OpenFile):
         raise SyscallError(errno.ENOTTY)
 
 
+class DatagramSocket(SocketFile):
+    """read(2) and write(2) of a socket of datagrams that has recv_from (its next one) and
+    send_default (one to where it sends by default)."""
+
+    def read(self, t, count: int, offset: int | None = None) -> bytes:
+        if offset is not None:
+            raise SyscallError(errno.ESPIPE)
+        return self.recv_from(t, count, 0)[0]
+
+    def write(self, t, data: bytes, offset: int | None = None) -> int:
+        if offset is not None:
+            raise SyscallError(errno.ESPIPE)
+        return self.send_default(t, data)
+
+
 @savable
 @dataclass(eq=False)
 class UnixSocket(SocketFile):
