@@ -9,6 +9,7 @@ from snapbox.kernel.creds import may_signal
 from snapbox.kernel.errors import SyscallError, WouldBlock
 from snapbox.kernel.eventfiles import SignalFd, pidfd_process
 from snapbox.kernel.fd import O_CLOEXEC, O_NONBLOCK
+from snapbox.kernel.procfs import ProcDir
 from snapbox.kernel.signals import (
     NSIG,
     SI_TKILL,
@@ -28,6 +29,7 @@ from snapbox.kernel.signals import (
 )
 from snapbox.kernel.syscalls import NR, i32, syscall
 from snapbox.kernel.task import SigAction, discard_signals, take_signal
+from snapbox.kernel.vfs import DirFile
 
 _SIGACTION = struct.Struct("<QQQQ")  # handler, flags, restorer, mask
 _SIGSET = struct.Struct("<Q")
@@ -274,12 +276,19 @@ def rt_sigqueueinfo(t, tgid, sig, uinfo):
 
 @syscall(NR.pidfd_send_signal)
 def pidfd_send_signal(t, pidfd, sig, uinfo, flags):
-    """pidfd_send_signal(2): kill(2) of the process a pidfd holds (its own siginfo, if
-    given, checked as rt_sigqueueinfo's, and naming this signal)."""
+    """pidfd_send_signal(2): kill(2) of the process a pidfd holds, or whose /proc/PID
+    directory the fd is open on (its own siginfo, if given, checked as rt_sigqueueinfo's,
+    and naming this signal)."""
     sig = i32(sig)
     if flags or not 0 <= sig <= NSIG:
         raise SyscallError(errno.EINVAL)
-    tg = pidfd_process(t, i32(pidfd))
+    f = t.fds.get(i32(pidfd))
+    if isinstance(f, DirFile) and isinstance(f.node, ProcDir) and f.node.kind == "pid":
+        tg = t.kernel.tasks.pidns.groups.get(f.node.pid)
+        if tg is None or tg.exit_status is not None:
+            raise SyscallError(errno.ESRCH)
+    else:
+        tg = pidfd_process(t, i32(pidfd))
     if uinfo:
         (signo,) = struct.unpack("<i", t.mm.read(uinfo, 4))
         if signo != sig:
