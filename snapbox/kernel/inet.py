@@ -26,6 +26,7 @@ the port for both), ephemeral ones taken from 32768-60999 as Linux's ip_local_po
 
 from __future__ import annotations
 
+import collections
 import errno
 import ipaddress
 import logging
@@ -683,8 +684,8 @@ class Publication:
         if self.receiver is not None and self in self.receiver.published:
             self.receiver.published.remove(self)
         self.receiver = target
-        for _ in self.sock.datagrams():
-            pass  # came while no socket had the port: dropped, as the host would drop them
+        # What came while no socket had the port is dropped, as the host would drop it.
+        collections.deque(self.sock.datagrams(), maxlen=0)
         if target is not None:
             target.published.append(self)
 
