@@ -17,8 +17,8 @@ def test_futex_matches_native(snapbox, images, bundle):
 
 def test_a_pi_lock_waiter_survives_a_checkpoint(snapbox, images, tmp_path):
     got = held_through_a_restore(snapbox, images, tmp_path, "futex", "done", lazy=False)
-    assert got == ["LOCK_PI: 0", "holding", "word before unlock: owner+waiters", "UNLOCK_PI: 0",
-                   "thread LOCK_PI: 0", "word after the thread exited: other+waiters", "done"]
+    assert got == ["LOCK_PI: 0", "holding", "word before unlock: owner+waiters", "thread LOCK_PI: 0",
+                   "UNLOCK_PI: 0", "word after the thread exited: other+waiters", "done"]
 
 
 @pytest.mark.parametrize("bundle", ["requeuepi", "requeuepi-glibc"])
