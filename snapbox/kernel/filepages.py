@@ -149,7 +149,10 @@ class FileCache:
         if pages.fd < 0:
             self._open(pages)
         end = min(end, pages.size)
-        _read_into(pages.fd, self.memfile.view[pages.offset + start : pages.offset + end], start)
+        try:
+            self.memfile.fill_from(pages.fd, start, pages.offset + start, end - start)
+        except EOFError:
+            raise SyscallError(errno.EIO, "file shrank while being read") from None
 
     def unref(self, pages: FilePages) -> None:
         pages.users -= 1

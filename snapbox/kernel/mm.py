@@ -15,7 +15,9 @@ read as zeros) makes the range the MemoryFile's again (unshare).
 from __future__ import annotations
 
 import bisect
+import contextlib
 import errno
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from snapbox.kernel.errors import SyscallError
@@ -81,12 +83,14 @@ class MemoryManager:
     peak_rss: int = 0  # VmHWM: the highest resident size seen
     stub: Stub | None = nosave(default=None)  # host process running this address space
     starts: list = nosave(list)  # vma.start of each Vma, for bisect; kept in step with vmas
+    mapped: int = nosave(default=0)  # bytes the VMAs cover (VmSize); kept in step with vmas
 
     def __post_init__(self) -> None:
         self.starts = [v.start for v in self.vmas]
+        self.mapped = sum(v.end - v.start for v in self.vmas)
 
     def after_load(self, ctx) -> None:
-        self.starts = [v.start for v in self.vmas]
+        self.__post_init__()
 
     # -- lookup ---------------------------------------------------------------------------
 
@@ -100,7 +104,6 @@ class MemoryManager:
         i = bisect.bisect_left(self.starts, vma.start)
         self.vmas.insert(i, vma)
         self.starts.insert(i, vma.start)
-        self.peak_size = max(self.peak_size, self.size())
 
     def _free_gap(self, length: int) -> int:
         """Highest address below MMAP_TOP with `length` bytes unmapped (top-down, like Linux)."""
@@ -119,15 +122,29 @@ class MemoryManager:
 
     def _place(self, addr: int, length: int, fixed: bool) -> int:
         """Where a new mapping of `length` (page-aligned, not 0) bytes goes: `addr` itself
-        if fixed (anything there is unmapped first), else the hint if free, else a gap."""
+        if fixed (anything there is unmapped first: from the stub by the new mapping itself,
+        see `_replacing`), else the hint if free, else a gap."""
         if fixed:
             self.check_fixed(addr, length)
-            self.unmap(addr, length)
+            self.unmap(addr, length, host=False)
             return addr
         if addr and addr % PAGE_SIZE == 0 and addr >= MMAP_MIN_ADDR and addr + length <= APP_TOP \
                 and not self.overlaps(addr, addr + length):
             return addr  # the hint is free: Linux honours it
         return self._free_gap(length)
+
+    @contextlib.contextmanager
+    def _replacing(self, addr: int, length: int, fixed: bool) -> Iterator[None]:
+        """Around the making of a mapping that `_place` put at [addr, addr+length), which
+        maps the whole range into the stub as its last step: the stub's mappings there (a
+        fixed placement's) go with the new one's MAP_FIXED, one host call instead of two;
+        if making it fails first, they are unmapped here."""
+        try:
+            yield
+        except BaseException:
+            if fixed and self.stub is not None:
+                self.stub.unmap(addr, length)
+            raise
 
     @staticmethod
     def check_fixed(addr: int, length: int) -> None:
@@ -147,8 +164,9 @@ class MemoryManager:
         if length == 0:
             raise SyscallError(errno.EINVAL)
         addr = self._place(addr, length, fixed)
-        offset = self._alloc(length, prot)
-        self.map_range(addr, length, prot, offset, kind).charged = prot != 0
+        with self._replacing(addr, length, fixed):
+            offset = self._alloc(length, prot)
+            self.map_range(addr, length, prot, offset, kind).charged = prot != 0
         return addr
 
     def map_file(self, addr: int, length: int, prot: int, fixed: bool, pages: FilePages, file_offset: int,
@@ -161,14 +179,17 @@ class MemoryManager:
             raise SyscallError(errno.EINVAL)
         addr = self._place(addr, length, fixed)
         cached = min(length, max(0, pages.length - file_offset))
-        if cached:
-            self.cache.fill(pages, file_offset, file_offset + cached)
-            vma = self.map_range(addr, cached, prot, pages.offset + file_offset, kind)
-            vma.file_offset, vma.pages, vma.charged = file_offset, pages, False
-            pages.users += 1
-        if cached < length:
-            tail = self.map_range(addr + cached, length - cached, prot, self._alloc(length - cached, prot), kind)
-            tail.file_offset, tail.charged = file_offset + cached, prot != 0
+        with self._replacing(addr, length, fixed):
+            if cached:
+                self.cache.fill(pages, file_offset, file_offset + cached)
+            tail_offset = self._alloc(length - cached, prot) if cached < length else -1
+            if cached:
+                vma = self.map_range(addr, cached, prot, pages.offset + file_offset, kind)
+                vma.file_offset, vma.pages, vma.charged = file_offset, pages, False
+                pages.users += 1
+            if tail_offset >= 0:
+                tail = self.map_range(addr + cached, length - cached, prot, tail_offset, kind)
+                tail.file_offset, tail.charged = file_offset + cached, prot != 0
         return addr
 
     def _alloc(self, length: int, prot: int) -> int:
@@ -184,21 +205,23 @@ class MemoryManager:
         Returns the address."""
         length = page_align(length)
         addr = self._place(addr, length, fixed)
-        start = 0
-        for i in range(1, len(offsets) + 1):
-            if i < len(offsets) and offsets[i] == offsets[i - 1] + PAGE_SIZE:
-                continue
-            vma = self.map_range(addr + start * PAGE_SIZE, (i - start) * PAGE_SIZE, prot, offsets[start], kind,
-                                 shared=True)
-            vma.file_offset = file_offset + start * PAGE_SIZE
-            start = i
+        with self._replacing(addr, length, fixed):
+            start = 0
+            for i in range(1, len(offsets) + 1):
+                if i < len(offsets) and offsets[i] == offsets[i - 1] + PAGE_SIZE:
+                    continue
+                vma = self.map_range(addr + start * PAGE_SIZE, (i - start) * PAGE_SIZE, prot, offsets[start], kind,
+                                     shared=True)
+                vma.file_offset = file_offset + start * PAGE_SIZE
+                start = i
         return addr
 
     def map_shm(self, addr: int, length: int, prot: int, offset: int, kind: str) -> int:
         """Attach a System V shared memory segment, MemoryFile range [offset, offset+length),
         at `addr` (replacing what is there) or, if 0, where there is room. Returns the address."""
         addr = self._place(addr, page_align(length), bool(addr))
-        self.map_range(addr, page_align(length), prot, offset, kind, shared=True).charged = False
+        with self._replacing(addr, page_align(length), bool(addr)):
+            self.map_range(addr, page_align(length), prot, offset, kind, shared=True).charged = False
         return addr
 
     def unmap_within(self, addr: int, length: int, offset: int) -> None:
@@ -213,6 +236,8 @@ class MemoryManager:
         """Map MemoryFile range [offset, offset+length) at `addr` (already free)."""
         vma = Vma(addr, addr + length, prot, offset, kind, shared=shared)
         self._insert(vma)
+        self.mapped += length
+        self.peak_size = max(self.peak_size, self.mapped)
         if self.stub is not None:
             self.memfile.ensure_loaded(offset, length)
             self.stub.map(addr, length, prot, offset)
@@ -259,10 +284,10 @@ class MemoryManager:
         self._copy(vma, old, min(old_size, new_size), offset)
         if keep_old:
             self.discard(old, old_size)
-        else:
-            self.unmap(old, old_size)
+        else:  # grown in place, the new mapping replaces the old one in the stub
+            self.unmap(old, old_size, host=target != old)
         if target != old:
-            self.unmap(target, new_size)
+            self.unmap(target, new_size, host=False)
         moved = self.map_range(target, new_size, prot, offset, kind)
         moved.file_offset = file_offset
         moved.charged = prot != 0
@@ -293,7 +318,9 @@ class MemoryManager:
             i += 1
         return out
 
-    def unmap(self, addr: int, length: int) -> None:
+    def unmap(self, addr: int, length: int, host: bool = True) -> None:
+        """munmap(2). Not `host`: the stub keeps its mappings there, for the caller to map
+        over at once (see `_replacing`)."""
         length = page_align(length)
         if addr % PAGE_SIZE or length == 0 or addr + length > APP_TOP:
             raise SyscallError(errno.EINVAL)
@@ -307,8 +334,9 @@ class MemoryManager:
             i = self.vmas.index(vma)
             del self.vmas[i]
             del self.starts[i]
+            self.mapped -= vma.end - vma.start
             self._release(vma)
-        if self.stub is not None:
+        if self.stub is not None and host:
             self.stub.unmap(addr, length)
 
     def _release(self, vma: Vma) -> None:
@@ -600,12 +628,13 @@ class MemoryManager:
             self._release(vma)
         self.vmas.clear()
         self.starts.clear()
+        self.mapped = 0
 
     # -- accounting (/proc) -------------------------------------------------------------------
 
     def size(self) -> int:
         """Bytes mapped (VmSize)."""
-        return sum(v.end - v.start for v in self.vmas)
+        return self.mapped
 
     def resident(self, vma: Vma) -> int:
         """Bytes of `vma` that hold data, what Linux counts as resident: of its MemoryFile

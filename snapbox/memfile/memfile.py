@@ -92,6 +92,10 @@ class MemoryFile:
     # their stubs, and so share its pages with every other clone until they write them.
     base: int = nosave(default=-1)
     base_closer: weakref.finalize | None = nosave(default=None)
+    # The memfd opened again, once per thread that writes through it (`fill_from`): a file
+    # description, and so a file position, of that thread's own.
+    writers: threading.local = nosave(threading.local)
+    writer_fds: list = nosave(list)
 
     def __post_init__(self) -> None:
         if self.fd < 0:
@@ -148,6 +152,10 @@ class MemoryFile:
     def close(self) -> None:
         self.drop_base()
         self.stop_loading()
+        for fd in self.writer_fds:
+            os.close(fd)
+        self.writer_fds.clear()
+        self.writers = threading.local()
         if self.written is not None:
             self.written.close()
         if self.view is not None:
@@ -230,6 +238,22 @@ class MemoryFile:
         if self.lazy is not None:
             self.lazy.ensure(offset, len(data))
         self.view[offset : offset + len(data)] = data
+
+    def fill_from(self, fd: int, file_offset: int, offset: int, length: int) -> None:
+        """Copy `length` bytes of file `fd` from `file_offset` into the fresh range at
+        `offset`, in the host kernel (sendfile: no page of it faulted in here). A file that
+        ends sooner is EOFError."""
+        writer = getattr(self.writers, "fd", -1)
+        if writer < 0:
+            writer = self.writers.fd = os.open(f"/proc/self/fd/{self.fd}", os.O_WRONLY | os.O_CLOEXEC)
+            self.writer_fds.append(writer)
+        os.lseek(writer, offset, os.SEEK_SET)
+        done = 0
+        while done < length:
+            n = os.sendfile(writer, fd, file_offset + done, length - done)
+            if n == 0:
+                raise EOFError(f"the file ended {length - done} bytes early")
+            done += n
 
     def copy(self, dst: int, src: int, length: int) -> None:
         """Copy a range's data to another (fresh, all-zero) range; holes stay holes."""
