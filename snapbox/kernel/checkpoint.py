@@ -244,12 +244,15 @@ class Checkpointing:
             with w.section("cpuid") as s:
                 s.write_chunk(encode_graph(self.features))
             skip = self.file_cache.before_image(store_file_pages)
+            references = len(skip)
+            if self.vdso is not None:
+                skip = sorted([*skip, self.vdso.unsaved()])
             graph, stats = encode_graph_with_stats(self)
             with w.section("kernel") as s:
                 s.write_chunk(zstandard.ZstdCompressor(level=3).compress(graph))
             summary = {"graph_bytes": len(graph), "graph_sha256": hashlib.sha256(graph).digest(), "types": stats,
                        "memory_allocated": self.memfile.allocated - self.file_cache.unread_bytes(),
-                       "file_references": len(skip), "file_bytes_referenced": self.file_cache.referenced_bytes(),
+                       "file_references": references, "file_bytes_referenced": self.file_cache.referenced_bytes(),
                        "file_pages": self.file_cache.references()}
             delta = None if parent is None else self.memory_delta(parent, skip)
             try:

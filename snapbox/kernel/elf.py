@@ -26,7 +26,7 @@ INTERP_BASE = 0x7FFFF7FC0000 - (64 << 20)
 
 AT_NULL, AT_PHDR, AT_PHENT, AT_PHNUM, AT_PAGESZ, AT_BASE, AT_FLAGS, AT_ENTRY = 0, 3, 4, 5, 6, 7, 8, 9
 AT_UID, AT_EUID, AT_GID, AT_EGID, AT_PLATFORM, AT_HWCAP, AT_CLKTCK = 11, 12, 13, 14, 15, 16, 17
-AT_SECURE, AT_RANDOM, AT_HWCAP2, AT_EXECFN, AT_MINSIGSTKSZ = 23, 25, 26, 31, 51
+AT_SECURE, AT_RANDOM, AT_HWCAP2, AT_EXECFN, AT_SYSINFO_EHDR, AT_MINSIGSTKSZ = 23, 25, 26, 31, 33, 51
 
 
 def _host_auxv(key: int, default: int) -> int:
@@ -126,9 +126,10 @@ def load(mm: MemoryManager, data: bytes, path: str, base: int | None = None,
 
 
 def build_stack(mm: MemoryManager, image: LoadedImage, argv: list[bytes], envp: list[bytes],
-                execfn: bytes, hwcap: int, interp_base: int = 0, ids: tuple = (0, 0, 0, 0, 0)) -> int:
+                execfn: bytes, hwcap: int, interp_base: int = 0, ids: tuple = (0, 0, 0, 0, 0), vdso: int = 0) -> int:
     """Map the main stack and lay out argc, argv, envp and auxv; returns the initial rsp.
-    `ids`: the program's (uid, euid, gid, egid, secure), for AT_UID... and AT_SECURE."""
+    `ids`: the program's (uid, euid, gid, egid, secure), for AT_UID... and AT_SECURE;
+    `vdso`: where the vDSO is mapped (AT_SYSINFO_EHDR), if anywhere."""
     mm.map_anonymous(STACK_TOP - STACK_SIZE, STACK_SIZE, PROT_READ | PROT_WRITE, fixed=True, kind="stack")
     sp = STACK_TOP
 
@@ -150,7 +151,7 @@ def build_stack(mm: MemoryManager, image: LoadedImage, argv: list[bytes], envp: 
         (AT_UID, ids[0]), (AT_EUID, ids[1]), (AT_GID, ids[2]), (AT_EGID, ids[3]), (AT_SECURE, ids[4]),
         (AT_RANDOM, random), (AT_HWCAP, hwcap), (AT_HWCAP2, 0), (AT_CLKTCK, 100),
         (AT_PLATFORM, platform), (AT_EXECFN, execfn_addr), (AT_MINSIGSTKSZ, MINSIGSTKSZ),
-        (AT_NULL, 0),
+        *([(AT_SYSINFO_EHDR, vdso)] if vdso else []), (AT_NULL, 0),
     ]
     words = [len(argv), *arg_addrs, 0, *env_addrs, 0]
     for key, value in auxv:

@@ -51,6 +51,7 @@ from snapbox.kernel.task import (
     queue_signal,
 )
 from snapbox.kernel.time import Timekeeper
+from snapbox.kernel.vdso import Vdso
 from snapbox.kernel.waiter import WaitQueue
 from snapbox.kernel.vfs import Filesystem
 from snapbox.memfile import MemoryFile
@@ -122,6 +123,7 @@ class Kernel(Lifecycle, Signaling, Checkpointing):
     ipc: IpcNamespace = field(default_factory=IpcNamespace)  # System V message queues, semaphores, shm
     ptys: dict = field(default_factory=dict)  # pseudo-terminal index -> tty.Pty
     inotify_cookie: int = 0  # the last cookie tying a rename's two inotify events
+    vdso: Vdso | None = None  # the vvar page and the vDSO every process gets (None: no vDSO)
 
     # Host facts, rebuilt empty on restore.
     loop: EventLoop = nosave(default=None)  # what the sentry waits on; see kernel/loop.py
@@ -160,6 +162,8 @@ class Kernel(Lifecycle, Signaling, Checkpointing):
         if self.file_cache is None:
             self.file_cache = FileCache(self.memfile, self.fs)
         self.loop = EventLoop(self._on_signals)
+        if self.vdso is not None:
+            self.timekeeper.on_change = lambda: self.vdso.publish(self.memfile, self.timekeeper)
 
     def after_load(self, ctx) -> None:
         self.__post_init__()

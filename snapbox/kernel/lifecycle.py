@@ -48,6 +48,7 @@ from snapbox.kernel.task import (
     Task,
     ThreadGroup,
 )
+from snapbox.kernel.vdso import Vdso
 from snapbox.kernel.vfs import MS_NOEXEC, MS_NOSUID, Filesystem, LowerNode, MemRegular
 from snapbox.memfile import MemoryFile
 from snapbox.platform import ptrace
@@ -80,7 +81,9 @@ class Lifecycle:
         memfile = MemoryFile(limit=memory_limit)
         fs = Filesystem(rootfs=rootfs, memfile=memfile)
         mount_dev(fs)
-        k = cls(features=FeatureSet.host(), memfile=memfile, fs=fs, hostname=hostname)
+        k = cls(features=FeatureSet.host(), memfile=memfile, fs=fs, hostname=hostname, vdso=Vdso.create(memfile))
+        if k.vdso is not None:
+            k.vdso.publish(memfile, k.timekeeper)
         mount_proc(k)
         for kind, destination, source in mounts or ():
             try:
@@ -211,7 +214,8 @@ class Lifecycle:
             if loader.interp:
                 raise SyscallError(errno.ELIBBAD, f"its loader {image.interp} needs a loader itself")
             entry, interp_base = loader.entry, loader.base
-        sp = elf.build_stack(mm, image, argv, env, path, self.features.hwcap(), interp_base, ids)
+        vdso = self.vdso.map_into(mm) if self.vdso is not None else 0
+        sp = elf.build_stack(mm, image, argv, env, path, self.features.hwcap(), interp_base, ids, vdso)
         return image, entry, sp
 
     def _set_ids(self, tg, node, parent) -> tuple[int, int]:

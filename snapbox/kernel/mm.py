@@ -32,6 +32,7 @@ MMAP_MIN_ADDR = 0x10000
 STACK_SIZE = 8 << 20  # the main thread's stack (RLIMIT_STACK's usual 8 MiB), mapped whole
 STACK_TOP = APP_TOP - PAGE_SIZE  # a guard page between the stack and the stub
 MMAP_TOP = STACK_TOP - STACK_SIZE - (1 << 30)  # mmap grows down from here, below a stack gap
+VVAR = "[vvar]"  # the kind of the vDSO's data page (kernel/vdso.py): never made writable, never dropped
 
 
 @savable
@@ -366,6 +367,8 @@ class MemoryManager:
         for vma in self._isolate(addr, end):
             if vma.start != pos:
                 raise SyscallError(errno.ENOMEM)
+            if vma.kind == VVAR and prot & PROT_WRITE:
+                raise SyscallError(errno.EACCES)  # as Linux's vvar, which may never be written
             pos = vma.end
         if pos < end:
             raise SyscallError(errno.ENOMEM)
@@ -426,6 +429,8 @@ class MemoryManager:
             vma = self.find(pos)
             if vma is None:
                 raise SyscallError(errno.ENOMEM)
+            if vma.kind == VVAR:
+                raise SyscallError(errno.EINVAL)  # as Linux's vvar (VM_PFNMAP): its pages stay
             n = min(end, vma.end) - pos
             # A file's cached pages (based or not) already read as the file does.
             if vma.based and vma.pages is None:  # dropped in the stub, they would read as the base's

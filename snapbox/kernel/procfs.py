@@ -36,6 +36,7 @@ from snapbox.kernel.creds import CAP_SYS_RESOURCE, capable
 from snapbox.kernel.errors import SyscallError, WouldBlock
 from snapbox.kernel.fd import O_ACCMODE, O_APPEND, O_NONBLOCK, O_RDWR, OpenFile
 from snapbox.kernel.host import UTS_RELEASE, UTS_VERSION, HostFile, host_meminfo
+from snapbox.kernel.mm import VVAR
 from snapbox.kernel.namespaces import KINDS, namespace_of
 from snapbox.kernel.pipe import PipeFile
 from snapbox.kernel.signals import SIG_DFL, SIG_IGN
@@ -598,8 +599,9 @@ def _group_usage(mm, group: list) -> dict[str, int]:
 def _map_line(v, end: int | None = None) -> str:
     """The maps line of `v` (to `end`, for a group of VMAs that starts with it)."""
     prot = v.prot
+    # The vDSO's data page is shared between processes here, a private special mapping on Linux.
     perms = ("r" if prot & 1 else "-") + ("w" if prot & 2 else "-") + ("x" if prot & 4 else "-") + \
-        ("s" if v.shared else "p")
+        ("s" if v.shared and v.kind != VVAR else "p")
     path = {"stack": "[stack]", "heap": "[heap]", "anon": ""}.get(v.kind, v.kind)
     offset = v.file_offset if v.kind.startswith("/") else 0
     line = f"{v.start:08x}-{end or v.end:08x} {perms} {offset:08x} 00:00 0"

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from snapbox.state import savable
+from snapbox.state import nosave, savable
 
 CLOCK_REALTIME = 0
 CLOCK_MONOTONIC = 1
@@ -43,6 +44,7 @@ class Timekeeper:
     frozen_at: int = 0  # sandbox monotonic ns at the moment time was stopped
     realtime_offset: int = 0  # ns the sandbox's realtime clock is ahead of the host's
     timezone: tuple = (0, 0)  # settimeofday's struct timezone: minutes west, DST type
+    on_change: Callable[[], None] | None = nosave(default=None)  # called when an offset changed (the vDSO's)
 
     def monotonic_ns(self) -> int:
         if self.stopped:
@@ -54,6 +56,7 @@ class Timekeeper:
 
     def set_realtime(self, ns: int) -> None:
         self.realtime_offset = ns - time.time_ns()
+        self._changed()
 
     def stop(self) -> None:
         if not self.stopped:
@@ -64,6 +67,11 @@ class Timekeeper:
         if self.stopped:
             self.offset = time.monotonic_ns() - self.frozen_at
             self.stopped = False
+            self._changed()
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
 
     def to_host(self, sandbox_mono_ns: int) -> int:
         """The host monotonic time (ns) at which the sandbox clock reads `sandbox_mono_ns`."""

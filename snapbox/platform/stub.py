@@ -12,7 +12,9 @@ trampoline may make host syscalls, only the few the sentry injects, with the arg
 uses and a secret of this stub in an argument the call ignores (a program that jumps to the
 trampoline cannot forge it); any other call from there kills the stub. The vsyscall page's
 legacy entry points, which the host kernel emulates without a syscall instruction, are
-traced too, and answered from the sandbox's clock.
+traced too, and answered from the sandbox's clock. One call of the application's own goes
+to the host: the sandbox's vDSO reads the host's CLOCK_REALTIME or CLOCK_MONOTONIC with a
+clock_gettime carrying VDSO_TAG (see snapbox/kernel/vdso.py).
 """
 
 from __future__ import annotations
@@ -39,6 +41,10 @@ VSYSCALL_PAGE = 0xFFFFFFFFFF600000  # the host kernel's legacy vsyscall entry po
 APP_TOP = STUB_ADDR  # the application's address space is [0, APP_TOP)
 STUB_MEMFD = 3  # the MemoryFile's fd number inside every stub
 STUB_BASEFD = 4  # a clone's base memory (read-only, mapped private: memfile.MemoryFile.base), if any
+# In the third argument of the vDSO's clock_gettime (platform/vdso.c), which the call ignores:
+# the host answers it. Not a secret: host clocks are no more than the program could read
+# with rdtsc.
+VDSO_TAG = 0x736E6170626F7856
 
 _ADDR_NO_RANDOMIZE = 0x0040000
 _PR_SET_PDEATHSIG = 1
@@ -48,6 +54,7 @@ _CLONE_NEWNET = 0x40000000
 WALL = 0x40000000
 
 SYS_MMAP = 9
+SYS_CLOCK_GETTIME = 228
 SYS_MPROTECT = 10
 SYS_MUNMAP = 11
 SYS_CLONE = 56
@@ -109,8 +116,10 @@ def seccomp_filter(cookie: int, traced: frozenset[int] = frozenset()) -> list[tu
     clone of a thread with the flags clone_thread uses, fork, exit, userfaultfd, close and
     arch_prctl (CPUID faulting and AMX permission, asked for by the application).
     Anything else from there kills the stub. From anywhere else, the application's calls:
-    the numbers in `traced`, calls with another architecture (int 0x80) and calls into the
-    vsyscall page stop under ptrace; every other one is a user notification."""
+    clock_gettime of CLOCK_REALTIME or CLOCK_MONOTONIC with VDSO_TAG as its third argument
+    (the vDSO's) runs on the host; the numbers in `traced`, calls with another architecture
+    (int 0x80) and calls into the vsyscall page stop under ptrace; every other one is a
+    user notification."""
     ret = TRAMPOLINE + 2
     plain = (SYS_MPROTECT, SYS_MUNMAP, SYS_FORK, SYS_EXIT, SYS_USERFAULTFD, SYS_CLOSE, SYS_ARCH_PRCTL)
     # Each block is a list of instructions whose jump targets are labels, resolved below.
@@ -171,6 +180,18 @@ def seccomp_filter(cookie: int, traced: frozenset[int] = frozenset()) -> list[tu
     prog.append((_BPF_AND_K, 0, 0, 0xFFFFF000))
     jeq(VSYSCALL_PAGE, "trace", 0)
     at("syscall")
+    ld(_NR)
+    jeq(SYS_CLOCK_GETTIME, 0, "emulated")
+    ld(_arg_lo(2))
+    jeq(VDSO_TAG, 0, "emulated")
+    ld(_arg_hi(2))
+    jeq(VDSO_TAG >> 32, 0, "emulated")
+    ld(_arg_hi(0))
+    jeq(0, 0, "emulated")
+    ld(_arg_lo(0))
+    jeq(0, "allow", 0)  # CLOCK_REALTIME
+    jeq(1, "allow", 0)  # CLOCK_MONOTONIC
+    at("emulated")
     ld(_NR)
     for nr in sorted(traced):
         jeq(nr, "trace", 0)
