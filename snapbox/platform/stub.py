@@ -558,8 +558,10 @@ def _stub_child(gate_r: int, gate_w: int, memfd: int, exe: int, base: int) -> No
         if base >= 0:
             base = fcntl.fcntl(base, fcntl.F_DUPFD_CLOEXEC, STUB_BASEFD + 1)
         os.dup2(memfd, STUB_MEMFD)
+        os.set_inheritable(STUB_MEMFD, True)  # dup2 onto itself (memfd was fd 3) leaves O_CLOEXEC
         if base >= 0:
             os.dup2(base, STUB_BASEFD)
+            os.set_inheritable(STUB_BASEFD, True)
         os.closerange(0, STUB_MEMFD)
         os.closerange(STUB_MEMFD + 1 if base < 0 else STUB_BASEFD + 1, exe)
         os.closerange(exe + 1, 1 << 20)

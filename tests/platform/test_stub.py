@@ -8,6 +8,8 @@ import os
 import select
 import signal
 import struct
+import subprocess
+import sys
 import uuid
 
 import pytest
@@ -59,6 +61,23 @@ def test_stub_holds_no_host_files_but_the_memory_file(stub):
     fds = os.listdir(f"/proc/{s.pid}/fd")
     assert fds == ["3"]
     assert "memfd:snapbox-memory" in os.readlink(f"/proc/{s.pid}/fd/3")
+
+
+def test_a_memory_file_that_is_fd_3_reaches_the_stub():
+    """A sentry whose memory file got fd 3, the stub's own number for it, still hands it on
+    (dup2 onto itself would leave it close-on-exec): in a fresh interpreter, where it is."""
+    script = ("import os\n"
+              "from snapbox.memfile import MemoryFile\n"
+              "from snapbox.platform.stub import PROT_READ, Stub\n"
+              "mf = MemoryFile()\n"
+              "assert mf.fd == 3, mf.fd\n"
+              "s = Stub.spawn(mf.fd, frozenset())\n"
+              "mf.write(mf.alloc(4096), b'shared')\n"
+              "s.map(0x400000, 4096, PROT_READ, 0)\n"
+              "print(s.peek(0x400000, 6).decode())\n"
+              "s.kill()\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, close_fds=True, timeout=60)
+    assert out.stdout == "shared\n", out.stderr
 
 
 def test_stub_is_in_fresh_namespaces(stub):
