@@ -71,7 +71,8 @@ CARRIED = {(socket.SOL_SOCKET, socket.SO_REUSEADDR), (socket.SOL_SOCKET, socket.
            (socket.SOL_SOCKET, socket.SO_KEEPALIVE), (socket.SOL_SOCKET, socket.SO_RCVBUF),
            (socket.SOL_SOCKET, socket.SO_SNDBUF), (socket.SOL_SOCKET, socket.SO_BROADCAST),
            (SOL_TCP, socket.TCP_NODELAY), (SOL_TCP, socket.TCP_KEEPIDLE), (SOL_TCP, socket.TCP_KEEPINTVL),
-           (SOL_TCP, socket.TCP_KEEPCNT), (socket.IPPROTO_IPV6, socket.IPV6_V6ONLY)}
+           (SOL_TCP, socket.TCP_KEEPCNT), (socket.IPPROTO_IPV6, socket.IPV6_V6ONLY),
+           (socket.IPPROTO_UDPLITE, socket.UDPLITE_SEND_CSCOV), (socket.IPPROTO_UDPLITE, socket.UDPLITE_RECV_CSCOV)}
 
 
 def host_error(e: OSError) -> SyscallError:
@@ -131,21 +132,25 @@ class HostSocket:
     fate: str = ""  # what the last checkpoint or restore did with it (for reports)
     outer: bool = False  # made in the namespace the sandbox started in (a published port, or nat)
     nat: bool = False  # an outgoing socket of a namespace snapbox made, sent from the host's side
+    protocol: int = 0  # socket(2)'s third argument (IPPROTO_UDPLITE; 0: the kind's own)
     sock: socket.socket | None = nosave(default=None)
     handed_over: bool = nosave(default=False)  # let go for a migration; see let_go
 
     # -- making -----------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, family: int, kind: int, options: dict, outer: bool = False, nat: bool = False) -> HostSocket:
-        h = cls(family=int(family), kind=int(kind), options=dict(options), outer=outer or nat, nat=nat)
+    def open(cls, family: int, kind: int, options: dict, outer: bool = False, nat: bool = False,
+             protocol: int = 0) -> HostSocket:
+        h = cls(family=int(family), kind=int(kind), options=dict(options), outer=outer or nat, nat=nat,
+                protocol=protocol)
         h.sock = h._new_socket()
         return h
 
     def _new_socket(self) -> socket.socket:
         try:
             with outer_namespace() if self.outer else nullcontext():
-                s = socket.socket(self.family, self.kind | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
+                s = socket.socket(self.family, self.kind | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC,
+                                  self.protocol)
         except OSError as e:
             raise host_error(e) from None
         for (level, name), value in (self.options or {}).items():

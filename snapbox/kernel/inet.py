@@ -47,7 +47,8 @@ from snapbox.state import SnapboxError, savable
 log = logging.getLogger("snapbox.kernel")
 
 AF_INET, AF_INET6 = 2, 10
-IPPROTO_TCP, IPPROTO_UDP = 6, 17
+IPPROTO_TCP, IPPROTO_UDP, IPPROTO_UDPLITE = 6, 17, 136
+UDPLITE_SEND_CSCOV, UDPLITE_RECV_CSCOV = 10, 11  # udplite(7), at level IPPROTO_UDPLITE
 UDP_MAX = 65507  # udp(7): the largest datagram over IPv4 (65535 less the IP and UDP headers)
 RCVBUF = 212992  # net.core.rmem_default: what a socket may hold queued
 MAX_PEERS = 4096  # the clients a published UDP port remembers, to send replies from it
@@ -255,7 +256,8 @@ class InetSocket(UnixSocket):
 @savable
 @dataclass(eq=False)
 class UdpSocket(DatagramSocket):
-    """A UDP socket of the sandbox (AF_INET or AF_INET6, SOCK_DGRAM), on loopback."""
+    """A UDP socket of the sandbox (AF_INET or AF_INET6, SOCK_DGRAM), on loopback; or a
+    UDP-Lite one (udplite(7)), with ports of its own and checksum coverage options."""
 
     family: int = AF_INET
     ino: int = 0
@@ -271,11 +273,28 @@ class UdpSocket(DatagramSocket):
     readable_queue: WaitQueue = field(default_factory=WaitQueue)  # readers waiting for a datagram
     host: HostSocket | None = None  # the host socket behind it, where the outside can reach it
     published: list = field(default_factory=list)  # the Publications whose datagrams it receives
+    protocol: int = IPPROTO_UDP  # or IPPROTO_UDPLITE
     listening = False  # never (Ports asks)
 
     @property
     def connected(self) -> bool:
         return bool(self.remote)
+
+    def ports(self, kernel) -> Ports:
+        """The port table of its protocol: UDP and UDP-Lite ports are apart, as on Linux."""
+        return Ports(kernel.udplite_ports if self.protocol == IPPROTO_UDPLITE else kernel.udp_ports)
+
+    def accepts(self, sender: UdpSocket, length: int) -> bool:
+        """Whether a datagram of `length` bytes from `sender` gets past this socket's
+        checksum coverage: a UDP-Lite receiver that set UDPLITE_RECV_CSCOV drops one whose
+        coverage is partial and less than it asked for (full coverage asked: any partial)."""
+        if (IPPROTO_UDPLITE, UDPLITE_RECV_CSCOV) not in self.options:
+            return True
+        coverage = sender.option(IPPROTO_UDPLITE, UDPLITE_SEND_CSCOV)
+        if coverage == 0 or coverage >= length + 8:  # the coverage counts the 8-byte header
+            return True
+        wanted = self.options[(IPPROTO_UDPLITE, UDPLITE_RECV_CSCOV)]
+        return wanted != 0 and coverage >= wanted
 
     def unread(self) -> int:
         """FIONREAD: the length of the next datagram."""
@@ -386,7 +405,8 @@ class UdpSocket(DatagramSocket):
             where += f" -> {format_address(self.remote)}"
         outside = f", {self.host.describe()}" if self.host is not None else ""
         outside += "".join(f", published at {format_address(p.sock.local)}" for p in self.published)
-        return f"socket:[{self.ino}] (udp{'6' if self.family == AF_INET6 else ''}{where}{outside})"
+        name = "udplite" if self.protocol == IPPROTO_UDPLITE else "udp"
+        return f"socket:[{self.ino}] ({name}{'6' if self.family == AF_INET6 else ''}{where}{outside})"
 
 
 def send_datagram(t, s: UdpSocket, data: bytes, dest: tuple) -> int:
@@ -405,7 +425,7 @@ def send_datagram(t, s: UdpSocket, data: bytes, dest: tuple) -> int:
     local = is_local(ip)
     if not local and not has_outside(t.kernel):
         raise SyscallError(errno.ENETUNREACH, "the sandbox has no network but loopback")
-    ports = Ports(t.kernel.udp_ports)
+    ports = s.ports(t.kernel)
     if not s.local:
         bind_inet(t, s, "0.0.0.0" if s.family == AF_INET else "::", 0, toward=ip)
     if not local and s.host is None:
@@ -421,7 +441,8 @@ def send_datagram(t, s: UdpSocket, data: bytes, dest: tuple) -> int:
             s.error = errno.ECONNREFUSED  # the ICMP port-unreachable a connected socket hears
         return len(data)
     source_ip = "127.0.0.1" if isinstance(_ip(ip), ipaddress.IPv4Address) else "::1"
-    target.deliver((source_ip, s.local[1]), bytes(data))
+    if target.accepts(s, len(data)):
+        target.deliver((source_ip, s.local[1]), bytes(data))
     return len(data)
 
 
@@ -452,15 +473,17 @@ def bind_inet(t, s: InetSocket | UdpSocket, ip: str, port: int, toward: str | No
     address exists and is free, and chooses the port. `toward`: the destination of an
     implicit bind's first send (the host socket is then made where masquerades says)."""
     udp = isinstance(s, UdpSocket)
-    ports = Ports(t.kernel.udp_ports if udp else t.kernel.inet_ports)
+    lite = udp and s.protocol == IPPROTO_UDPLITE  # no published port reaches it: those are UDP
+    ports = s.ports(t.kernel) if udp else Ports(t.kernel.inet_ports)
     if not has_outside(t.kernel):
         ports.bind(s, ip, port)
-        if udp:
+        if udp and not lite:
             aim_publications(t.kernel, s.local[1], udp=True)
         return
     t.kernel.ensure_network()
     nat = toward is not None and masquerades(t.kernel, toward)
-    h = HostSocket.open(s.family, 2 if udp else 1, s.options, nat=nat)  # SOCK_DGRAM, SOCK_STREAM
+    h = HostSocket.open(s.family, 2 if udp else 1, s.options, nat=nat,  # SOCK_DGRAM, SOCK_STREAM
+                        protocol=s.protocol if udp else 0)
     try:
         _, port = h.bind((ip, port))
         ports.bind(s, ip, port, anywhere=True)
@@ -469,7 +492,7 @@ def bind_inet(t, s: InetSocket | UdpSocket, ip: str, port: int, toward: str | No
         raise
     s.host = h
     t.kernel.host_sockets.add(h)
-    if udp:
+    if udp and not lite:
         aim_publications(t.kernel, port, udp=True)
 
 

@@ -115,6 +115,7 @@ class Kernel(Lifecycle, Signaling, Checkpointing):
     unix_names: dict = field(default_factory=dict)  # abstract AF_UNIX names (NUL first) -> UnixSocket
     inet_ports: dict = field(default_factory=dict)  # TCP port -> the InetSockets bound to it (inet.Ports)
     udp_ports: dict = field(default_factory=dict)  # UDP port -> the UdpSockets bound to it
+    udplite_ports: dict = field(default_factory=dict)  # the same for UDP-Lite, whose ports are apart
     netlink_ports: dict = field(default_factory=dict)  # netlink port id -> the NetlinkSocket bound to it
     network: dict = field(default_factory=dict)  # runtime.network.Network.as_dict(): mode, address, ...
     published: list = field(default_factory=list)  # inet.Publication: the ports published on the host

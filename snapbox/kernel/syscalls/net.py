@@ -17,7 +17,8 @@ from snapbox.kernel.fd import O_CLOEXEC, O_NONBLOCK
 from snapbox.kernel.socket import AF_UNIX, MSG_DONTWAIT, MSG_PEEK, SOCK_SEQPACKET, SOCK_STREAM, SocketNode, \
     UnixDgramSocket, UnixSocket, drop_ref, make_pair, new_socket
 from snapbox.kernel.hostnet import HostSocket
-from snapbox.kernel.inet import AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP, InetSocket, Ports, UdpSocket, \
+from snapbox.kernel.inet import AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP, IPPROTO_UDPLITE, UDPLITE_RECV_CSCOV, \
+    UDPLITE_SEND_CSCOV, InetSocket, Ports, UdpSocket, \
     aim_publications, bind_inet, has_outside, is_local, local_destination, masquerades, pack_sockaddr, parse_sockaddr, \
     seen_local, send_datagram
 from snapbox.kernel.netlink import AF_NETLINK, NETLINK_ROUTE, SOL_NETLINK, NetlinkSocket
@@ -51,11 +52,15 @@ def socket(t, domain, type_, protocol):
     if domain in (AF_INET, AF_INET6):
         if kind not in (SOCK_STREAM, SOCK_DGRAM):
             raise SyscallError(errno.ESOCKTNOSUPPORT, "only TCP and UDP inet sockets are supported")
-        if i32(protocol) not in (0, IPPROTO_TCP if kind == SOCK_STREAM else IPPROTO_UDP):
+        protocol = i32(protocol)
+        if protocol not in ((0, IPPROTO_TCP) if kind == SOCK_STREAM else (0, IPPROTO_UDP, IPPROTO_UDPLITE)):
             raise SyscallError(errno.EPROTONOSUPPORT)
         t.kernel.pipe_ino += 1
-        made = InetSocket if kind == SOCK_STREAM else UdpSocket
-        s = made(flags=2 | i32(type_) & SOCK_NONBLOCK, ino=t.kernel.pipe_ino, family=domain)
+        flags = 2 | i32(type_) & SOCK_NONBLOCK
+        if kind == SOCK_STREAM:
+            s = InetSocket(flags=flags, ino=t.kernel.pipe_ino, family=domain)
+        else:
+            s = UdpSocket(flags=flags, ino=t.kernel.pipe_ino, family=domain, protocol=protocol or IPPROTO_UDP)
     elif domain == AF_UNIX:
         if kind not in (SOCK_STREAM, SOCK_DGRAM, SOCK_SEQPACKET):
             raise SyscallError(errno.ESOCKTNOSUPPORT)
@@ -331,7 +336,7 @@ def _connect_udp(t, s: UdpSocket, addr: int, addrlen: int) -> int:
     """connect(2) of a UDP socket: a default destination (AF_UNSPEC: none again)."""
     raw = t.mm.read(addr, min(max(i32(addrlen), 0), 128))
     if len(raw) >= 2 and struct.unpack_from("<H", raw)[0] == AF_UNSPEC:
-        s.disconnect(Ports(t.kernel.udp_ports))
+        s.disconnect(s.ports(t.kernel))
         return 0
     ip, port = parse_sockaddr(raw, s.family)
     if not is_local(ip):
@@ -766,9 +771,11 @@ def _inet_getsockopt(s: InetSocket | UdpSocket, level: int, opt: int) -> bytes:
     if level == SOL_SOCKET and opt == SO_ERROR:
         return struct.pack("<i", s.pending_error())
     fixed = {SO_TYPE: SOCK_DGRAM if udp else SOCK_STREAM, SO_ERROR: 0, SO_DOMAIN: s.family,
-             SO_ACCEPTCONN: int(s.listening), SO_PROTOCOL: IPPROTO_UDP if udp else IPPROTO_TCP}
+             SO_ACCEPTCONN: int(s.listening), SO_PROTOCOL: s.protocol if udp else IPPROTO_TCP}
     if udp and level == IPPROTO_TCP:
         raise SyscallError(errno.ENOPROTOOPT)
+    if udp and level in (IPPROTO_UDP, IPPROTO_UDPLITE) and opt in (UDPLITE_SEND_CSCOV, UDPLITE_RECV_CSCOV):
+        return struct.pack("<i", s.option(IPPROTO_UDPLITE, opt))  # 0 on a UDP socket, as Linux answers
     if level == SOL_SOCKET and opt in fixed:
         return struct.pack("<i", fixed[opt])
     if level == SOL_SOCKET and opt == SO_LINGER:
@@ -786,6 +793,9 @@ def _inet_setsockopt(t, s: InetSocket | UdpSocket, level: int, opt: int, optval:
             raise SyscallError(errno.EINVAL)
         s.options[(level, opt)] = struct.unpack("<ii", t.mm.read(optval, 8))
         return 0
+    if isinstance(s, UdpSocket) and level in (IPPROTO_UDP, IPPROTO_UDPLITE) \
+            and opt in (UDPLITE_SEND_CSCOV, UDPLITE_RECV_CSCOV):
+        return _udplite_setsockopt(t, s, opt, optval, optlen)
     if (level, opt) not in INET_OPTIONS or (level == SOL_IPV6 and s.family != AF_INET6):
         raise SyscallError(errno.ENOPROTOOPT)
     if optlen < 4:
@@ -798,6 +808,22 @@ def _inet_setsockopt(t, s: InetSocket | UdpSocket, level: int, opt: int, optval:
     s.options[(level, opt)] = int(bool(value)) if flag else value
     if s.host is not None:
         s.host.set_option(level, opt, s.options[(level, opt)])
+    return 0
+
+
+def _udplite_setsockopt(t, s, opt: int, optval: int, optlen: int) -> int:
+    """UDPLITE_SEND_CSCOV, UDPLITE_RECV_CSCOV (udplite(7), at level SOL_UDPLITE or SOL_UDP):
+    a checksum coverage in bytes, 0 for the whole datagram, raised to 8 (the header) and
+    capped at 65535 as Linux does; a UDP socket has none to set."""
+    if s.protocol != IPPROTO_UDPLITE:
+        raise SyscallError(errno.ENOPROTOOPT)
+    if optlen < 4:
+        raise SyscallError(errno.EINVAL)
+    (value,) = struct.unpack("<i", t.mm.read(optval, 4))
+    value = 8 if value != 0 and value < 8 else min(value, 0xFFFF)
+    s.options[(IPPROTO_UDPLITE, opt)] = value
+    if s.host is not None:
+        s.host.set_option(IPPROTO_UDPLITE, opt, value)
     return 0
 
 

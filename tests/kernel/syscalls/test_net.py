@@ -57,6 +57,22 @@ def test_queued_datagrams_survive_a_checkpoint(snapbox, images, tmp_path):
                    "after the sleep: second queued (ok) from 127.0.0.1, the sender's port: yes"]
 
 
+@pytest.mark.parametrize("bundle", ["udplite", "udplite-glibc"])
+def test_udplite_matches_native(snapbox, images, bundle):
+    """UDP-Lite over IPv4 and IPv6 loopback: ports apart from UDP's, checksum coverage
+    options clamped, partial coverage below the receiver's asked for dropped."""
+    want = native_fixture(images, bundle)
+    assert "IPv6: coverage 10 sent, 20 asked: Resource temporarily unavailable" in want
+    assert same_output(snapbox("run", "--bundle", str(images / bundle), "ul").stdout, want)
+
+
+def test_a_udplite_socket_and_its_port_survive_a_checkpoint(snapbox, images, tmp_path):
+    got = held_through_a_restore(snapbox, images, tmp_path, "udplite", "done", lazy=False)
+    assert got == ["holding", "after the hold: kept", "SO_PROTOCOL after the hold: 136",
+                   "another UDP-Lite socket on its port: Address in use", "a UDP socket on that port number: ok",
+                   "done"]
+
+
 @pytest.mark.parametrize("bundle", ["unixdgram", "unixdgram-glibc"])
 def test_unix_datagram_and_seqpacket_sockets_match_native(snapbox, images, tmp_path, bundle):
     want = native_fixture(images, bundle, cwd=tmp_path)
