@@ -72,7 +72,14 @@ CARRIED = {(socket.SOL_SOCKET, socket.SO_REUSEADDR), (socket.SOL_SOCKET, socket.
            (socket.SOL_SOCKET, socket.SO_SNDBUF), (socket.SOL_SOCKET, socket.SO_BROADCAST),
            (SOL_TCP, socket.TCP_NODELAY), (SOL_TCP, socket.TCP_KEEPIDLE), (SOL_TCP, socket.TCP_KEEPINTVL),
            (SOL_TCP, socket.TCP_KEEPCNT), (socket.IPPROTO_IPV6, socket.IPV6_V6ONLY),
-           (socket.IPPROTO_UDPLITE, socket.UDPLITE_SEND_CSCOV), (socket.IPPROTO_UDPLITE, socket.UDPLITE_RECV_CSCOV)}
+           (socket.IPPROTO_UDPLITE, socket.UDPLITE_SEND_CSCOV), (socket.IPPROTO_UDPLITE, socket.UDPLITE_RECV_CSCOV),
+           (socket.IPPROTO_IP, socket.IP_TTL), (socket.IPPROTO_IP, socket.IP_TOS),
+           (socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS), (socket.IPPROTO_IPV6, socket.IPV6_TCLASS)}
+# What a host datagram socket always asks of each datagram's header: its TTL (hop limit)
+# and TOS (traffic class), which the sandbox's socket gives its program if it asks too.
+IP_RECVTTL = 12  # (the socket module of Python 3.11 lacks it)
+HEADER_FIELDS = ((socket.IPPROTO_IP, IP_RECVTTL), (socket.IPPROTO_IP, socket.IP_RECVTOS))
+HEADER_FIELDS6 = ((socket.IPPROTO_IPV6, socket.IPV6_RECVHOPLIMIT), (socket.IPPROTO_IPV6, socket.IPV6_RECVTCLASS))
 
 
 def host_error(e: OSError) -> SyscallError:
@@ -155,6 +162,9 @@ class HostSocket:
             raise host_error(e) from None
         for (level, name), value in (self.options or {}).items():
             self._apply(s, level, name, value)
+        if self.kind == socket.SOCK_DGRAM:
+            for level, name in HEADER_FIELDS + (HEADER_FIELDS6 if self.family == socket.AF_INET6 else ()):
+                s.setsockopt(level, name, 1)
         return s
 
     def _apply(self, s: socket.socket, level: int, name: int, value) -> None:
@@ -318,14 +328,32 @@ class HostSocket:
             raise host_error(e) from None
         return data, tuple(source[:2]) if source else ()
 
-    def send(self, t, data: bytes, flags: int, nonblock: bool, dest: tuple | None = None) -> int:
-        """Send what the host takes now; EPIPE (the caller raises SIGPIPE) once it is shut."""
+    def recv_datagram(self, t, count: int, flags: int, nonblock: bool) -> tuple[bytes, tuple, tuple | None]:
+        """A datagram's first `count` bytes, its source, and its TTL (hop limit) and TOS
+        (traffic class) as the host read them from its header (None if it did not)."""
+        if self.sock is None:
+            return b"", (), None
+        try:
+            data, ancillary, _, source = self.sock.recvmsg(count, 256, (flags & socket.MSG_PEEK) | socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            raise self._wait(t, selectors.EVENT_READ, nonblock) from None
+        except OSError as e:
+            raise host_error(e) from None
+        return data, tuple(source[:2]) if source else (), _header_fields(ancillary)
+
+    def send(self, t, data: bytes, flags: int, nonblock: bool, dest: tuple | None = None,
+             ancillary: list = ()) -> int:
+        """Send what the host takes now; EPIPE (the caller raises SIGPIPE) once it is shut.
+        `ancillary`: a datagram's control messages, (level, type, data)."""
         if self.sock is None or self.role in ("reset", "closed"):
             if self.role == "reset":
                 self.role = "closed"
                 raise SyscallError(errno.ECONNRESET)
             raise SyscallError(errno.EPIPE)
         try:
+            if ancillary:
+                return self.sock.sendmsg([data], ancillary, socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL,
+                                         *([dest] if dest is not None else []))
             if dest is not None:
                 return self.sock.sendto(data, socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL, dest)
             return self.sock.send(data, socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
@@ -336,15 +364,15 @@ class HostSocket:
 
     def datagrams(self):
         """The datagrams the host holds for this socket now, oldest first, without waiting:
-        (bytes, (ip, port) of the sender)."""
+        (bytes, (ip, port) of the sender, its header's TTL and TOS or None)."""
         while self.sock is not None:
             try:
-                data, source = self.sock.recvfrom(65536, socket.MSG_DONTWAIT)
+                data, ancillary, _, source = self.sock.recvmsg(65536, 256, socket.MSG_DONTWAIT)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:  # an ICMP error for an earlier send: nothing to queue
                 continue
-            yield data, tuple(source[:2])
+            yield data, tuple(source[:2]), _header_fields(ancillary)
 
     def shutdown(self, how: int) -> None:
         if self.sock is None:
@@ -504,6 +532,19 @@ class HostSocket:
     def report(self) -> dict:
         return {"kind": "tcp" if self.kind == socket.SOCK_STREAM else "udp", "role": self.role,
                 "local": list(self.local), "remote": list(self.remote), "fate": self.fate}
+
+
+def _header_fields(ancillary: list) -> tuple | None:
+    """(TTL or hop limit, TOS or traffic class) from a host recvmsg's control messages."""
+    ttl = tos = None
+    for level, kind, data in ancillary:
+        if (level, kind) in ((socket.IPPROTO_IP, socket.IP_TTL), (socket.IPPROTO_IPV6, socket.IPV6_HOPLIMIT)):
+            ttl = int.from_bytes(data[:4], "little", signed=True)
+        elif (level, kind) == (socket.IPPROTO_IP, socket.IP_TOS) and data:
+            tos = data[0]
+        elif (level, kind) == (socket.IPPROTO_IPV6, socket.IPV6_TCLASS):
+            tos = int.from_bytes(data[:4], "little", signed=True)
+    return (ttl, tos) if ttl is not None and tos is not None else None
 
 
 def _dump(s: socket.socket) -> dict:

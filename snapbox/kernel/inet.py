@@ -49,6 +49,12 @@ log = logging.getLogger("snapbox.kernel")
 AF_INET, AF_INET6 = 2, 10
 IPPROTO_TCP, IPPROTO_UDP, IPPROTO_UDPLITE = 6, 17, 136
 UDPLITE_SEND_CSCOV, UDPLITE_RECV_CSCOV = 10, 11  # udplite(7), at level IPPROTO_UDPLITE
+# The fields of a datagram's IP header a receiver may ask for (ip(7), ipv6(7)): the TTL or
+# hop limit, the TOS or traffic class; a sender sets them with options or control messages.
+SOL_IP, SOL_IPV6 = 0, 41
+IP_TOS, IP_TTL, IP_RECVTTL, IP_RECVTOS = 1, 2, 12, 13
+IPV6_UNICAST_HOPS, IPV6_RECVHOPLIMIT, IPV6_HOPLIMIT, IPV6_RECVTCLASS, IPV6_TCLASS = 16, 51, 52, 66, 67
+DEFAULT_TTL = 64  # net.ipv4.ip_default_ttl, net.ipv6.conf.all.hop_limit
 UDP_MAX = 65507  # udp(7): the largest datagram over IPv4 (65535 less the IP and UDP headers)
 RCVBUF = 212992  # net.core.rmem_default: what a socket may hold queued
 MAX_PEERS = 4096  # the clients a published UDP port remembers, to send replies from it
@@ -322,18 +328,24 @@ class UdpSocket(DatagramSocket):
             err, self.error = self.error, 0
             raise SyscallError(err)
 
-    def deliver(self, source: tuple, data: bytes) -> None:
-        """A datagram arrives from `source`: queued, unless connected elsewhere or full."""
+    def deliver(self, source: tuple, data: bytes, marks: tuple = (DEFAULT_TTL, 0)) -> None:
+        """A datagram arrives from `source` (with `marks`: its TTL or hop limit, its TOS or
+        traffic class): queued, unless connected elsewhere or full."""
         if self.shut_rd or (self.remote and (_ip(self.remote[0]), self.remote[1]) != (_ip(source[0]), source[1])):
             return
         if self.queued + len(data) > self.option(1, 8, RCVBUF):  # SO_RCVBUF
             return
-        self.queue.append([source, data])
+        self.queue.append([source, data, list(marks)])
         self.queued += len(data)
         self.readable_queue.notify()
 
     def recv_from(self, t, count: int, flags: int) -> tuple[bytes, tuple, int]:
         """The next datagram: (its first `count` bytes, its source, its whole length)."""
+        return self.recv_datagram(t, count, flags)[:3]
+
+    def recv_datagram(self, t, count: int, flags: int) -> tuple[bytes, tuple, int, list]:
+        """The next datagram: its first `count` bytes, its source, its whole length, and the
+        control messages the socket asked for with it (`control`)."""
         self.take_error()
         self._take_published()
         if not self.queue:
@@ -342,18 +354,52 @@ class UdpSocket(DatagramSocket):
             if self.host is not None:
                 nonblock = bool(self.flags & O_NONBLOCK or flags & MSG_DONTWAIT)
                 try:
-                    data, source = self.host.recv(t, count, flags, nonblock)
+                    data, source, marks = self.host.recv_datagram(t, count, flags, nonblock)
                 except WouldBlock:
                     raise WouldBlock(*self.queues(t)) from None
-                return data, source, len(data)
+                return data, source, len(data), self.control(source, marks)
             if self.flags & O_NONBLOCK or flags & MSG_DONTWAIT:
                 raise SyscallError(errno.EAGAIN)
             raise WouldBlock(*self.queues(t))
-        source, data = self.queue[0]
+        entry = self.queue[0]
+        source, data = entry[0], entry[1]
+        marks = entry[2] if len(entry) > 2 else (DEFAULT_TTL, 0)  # an image from before marks were kept
         if not flags & MSG_PEEK:
             self.queue.pop(0)
             self.queued -= len(data)
-        return data[:count], tuple(source), len(data)
+        return data[:count], tuple(source), len(data), self.control(source, marks)
+
+    def control(self, source: tuple, marks) -> list[tuple[int, int, bytes]]:
+        """The control messages (level, type, data) recvmsg gives with a datagram from
+        `source` that came with `marks`, for the options the socket set, in Linux's order:
+        for an IPv4 datagram IP_TTL and IP_TOS (one byte), for an IPv6 one IPV6_HOPLIMIT and
+        IPV6_TCLASS. Unknown marks (a host datagram whose header the host did not give) give none."""
+        if not source or marks is None:
+            return []
+        ttl, tos = marks
+        if is_v4(source[0]):
+            wanted = ((IP_RECVTTL, SOL_IP, IP_TTL, struct.pack("<i", ttl)),
+                      (IP_RECVTOS, SOL_IP, IP_TOS, bytes([tos & 0xFF])))
+            level = SOL_IP
+        else:
+            wanted = ((IPV6_RECVHOPLIMIT, SOL_IPV6, IPV6_HOPLIMIT, struct.pack("<i", ttl)),
+                      (IPV6_RECVTCLASS, SOL_IPV6, IPV6_TCLASS, struct.pack("<i", tos)))
+            level = SOL_IPV6
+        return [(lvl, kind, data) for option, lvl, kind, data in wanted if self.option(level, option)]
+
+    def marks(self, v4: bool, sent: dict) -> tuple[int, int]:
+        """The TTL (hop limit) and TOS (traffic class) of a datagram this socket sends over
+        IPv4 (`v4`) or IPv6: from the sendmsg's control messages (`sent`, (level, type) ->
+        value), else its options, else Linux's defaults. A hop limit of -1 is the socket's;
+        a traffic class of -1 is 255, as Linux (since 5.x) takes it."""
+        if v4:
+            ttl = sent.get((SOL_IP, IP_TTL), self.option(SOL_IP, IP_TTL, -1))
+            tos = sent.get((SOL_IP, IP_TOS), self.option(SOL_IP, IP_TOS, 0))
+        else:
+            ttl = sent.get((SOL_IPV6, IPV6_HOPLIMIT), -1)
+            ttl = self.option(SOL_IPV6, IPV6_UNICAST_HOPS, -1) if ttl == -1 else ttl
+            tos = sent.get((SOL_IPV6, IPV6_TCLASS), self.option(SOL_IPV6, IPV6_TCLASS, 0))
+        return DEFAULT_TTL if ttl < 0 else ttl, tos & 0xFF
 
     def send_default(self, t, data: bytes) -> int:
         if not self.remote:
@@ -409,8 +455,11 @@ class UdpSocket(DatagramSocket):
         return f"socket:[{self.ino}] ({name}{'6' if self.family == AF_INET6 else ''}{where}{outside})"
 
 
-def send_datagram(t, s: UdpSocket, data: bytes, dest: tuple) -> int:
-    """Send one datagram from `s` to `dest` (ip, port) over loopback."""
+def send_datagram(t, s: UdpSocket, data: bytes, dest: tuple, sent: dict | None = None) -> int:
+    """Send one datagram from `s` to `dest` (ip, port) over loopback, or through the host;
+    `sent`: the IP header fields its sendmsg's control messages set (UdpSocket.marks)."""
+    sent = sent or {}
+    ancillary = [(level, kind, struct.pack("<i", value)) for (level, kind), value in sent.items()]
     s.take_error()
     if s.shut_wr:
         raise SyscallError(errno.EPIPE)
@@ -421,7 +470,8 @@ def send_datagram(t, s: UdpSocket, data: bytes, dest: tuple) -> int:
         raise SyscallError(errno.EINVAL)
     for p in s.published:
         if p.heard_from(ip, port):  # a reply to a client of a published port: from that port
-            return p.sock.send(t, bytes(data), 0, bool(s.flags & O_NONBLOCK), dest=(str(_ip(ip)), port))
+            return p.sock.send(t, bytes(data), 0, bool(s.flags & O_NONBLOCK), dest=(str(_ip(ip)), port),
+                               ancillary=ancillary)
     local = is_local(ip)
     if not local and not has_outside(t.kernel):
         raise SyscallError(errno.ENETUNREACH, "the sandbox has no network but loopback")
@@ -434,15 +484,15 @@ def send_datagram(t, s: UdpSocket, data: bytes, dest: tuple) -> int:
     if target is None and s.host is not None:
         nonblock = bool(s.flags & O_NONBLOCK)
         connected = s.host.remote and (_ip(s.host.remote[0]), s.host.remote[1]) == (_ip(ip), port)
-        return s.host.send(t, bytes(data), 0, nonblock, dest=None if connected else (ip, port))
+        return s.host.send(t, bytes(data), 0, nonblock, dest=None if connected else (ip, port), ancillary=ancillary)
     ip = local_destination(ip)
     if target is None:
         if s.remote:
             s.error = errno.ECONNREFUSED  # the ICMP port-unreachable a connected socket hears
         return len(data)
-    source_ip = "127.0.0.1" if isinstance(_ip(ip), ipaddress.IPv4Address) else "::1"
+    v4 = isinstance(_ip(ip), ipaddress.IPv4Address)
     if target.accepts(s, len(data)):
-        target.deliver((source_ip, s.local[1]), bytes(data))
+        target.deliver(("127.0.0.1" if v4 else "::1", s.local[1]), bytes(data), s.marks(v4, sent))
     return len(data)
 
 
@@ -533,6 +583,12 @@ def pack_sockaddr(family: int, addr: tuple) -> bytes:
     if isinstance(v6, ipaddress.IPv4Address):
         v6 = ipaddress.IPv6Address("::ffff:" + ip)
     return struct.pack("<H", AF_INET6) + _SOCKADDR_IN6.pack(0, port, 0, v6.packed, 0)[2:]
+
+
+def is_v4(ip: str) -> bool:
+    """Whether a datagram from `ip` came over IPv4 (an IPv6 socket sees it v4-mapped)."""
+    addr = _ip(ip)
+    return isinstance(addr, ipaddress.IPv4Address) or addr.ipv4_mapped is not None
 
 
 def _mapped(ip: str) -> str:
@@ -714,7 +770,7 @@ class Publication:
 
     def take_datagrams(self, s: UdpSocket) -> None:
         """Queue on `s` (the receiver) what has come to the published port."""
-        for data, source in self.sock.datagrams():
+        for data, source, marks in self.sock.datagrams():
             key = (str(_ip(source[0])), source[1])
             self.peers.pop(key, None)
             self.peers[key] = True
@@ -722,7 +778,7 @@ class Publication:
                 del self.peers[next(iter(self.peers))]
             if s.family == AF_INET6:
                 source = (_mapped(source[0]), source[1])
-            s.deliver(source, data)
+            s.deliver(source, data, marks)
 
     def heard_from(self, ip: str, port: int) -> bool:
         return (str(_ip(ip)), port) in self.peers

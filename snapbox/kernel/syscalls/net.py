@@ -1,12 +1,13 @@
 """Sockets: AF_UNIX stream, seqpacket and datagram sockets (socketpair, bind, listen, accept,
-connect, SCM_RIGHTS), TCP and UDP (AF_INET, AF_INET6: inside the sandbox, or through the
-host where its network reaches: see snapbox.kernel.inet), and route netlink sockets for
+connect, SCM_RIGHTS), TCP, UDP and UDP-Lite (AF_INET, AF_INET6: inside the sandbox, or
+through the host where its network reaches: see snapbox.kernel.inet), and route netlink sockets for
 queries (snapbox.kernel.netlink). Other families fail with EAFNOSUPPORT, other types with
 ESOCKTNOSUPPORT."""
 
 from __future__ import annotations
 
 import errno
+import logging
 import selectors
 import stat as st
 import struct
@@ -17,8 +18,9 @@ from snapbox.kernel.fd import O_CLOEXEC, O_NONBLOCK
 from snapbox.kernel.socket import AF_UNIX, MSG_DONTWAIT, MSG_PEEK, SOCK_SEQPACKET, SOCK_STREAM, SocketNode, \
     UnixDgramSocket, UnixSocket, drop_ref, make_pair, new_socket
 from snapbox.kernel.hostnet import HostSocket
-from snapbox.kernel.inet import AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP, IPPROTO_UDPLITE, UDPLITE_RECV_CSCOV, \
-    UDPLITE_SEND_CSCOV, InetSocket, Ports, UdpSocket, \
+from snapbox.kernel.inet import AF_INET, AF_INET6, DEFAULT_TTL, IP_RECVTOS, IP_RECVTTL, IP_TOS, IP_TTL, \
+    IPPROTO_TCP, IPPROTO_UDP, IPPROTO_UDPLITE, IPV6_HOPLIMIT, IPV6_RECVHOPLIMIT, IPV6_RECVTCLASS, IPV6_TCLASS, \
+    IPV6_UNICAST_HOPS, SOL_IP, SOL_IPV6, UDPLITE_RECV_CSCOV, UDPLITE_SEND_CSCOV, InetSocket, Ports, UdpSocket, \
     aim_publications, bind_inet, has_outside, is_local, local_destination, masquerades, pack_sockaddr, parse_sockaddr, \
     seen_local, send_datagram
 from snapbox.kernel.netlink import AF_NETLINK, NETLINK_ROUTE, SOL_NETLINK, NetlinkSocket
@@ -26,6 +28,8 @@ from snapbox.kernel.syscalls import NR, i32, syscall
 from snapbox.kernel.syscalls.common import AT_FDCWD, MAX_RW, iovecs, on_host, receive_timeout, received, scatter, \
     send_timeout, start_dir, write_all, written
 from snapbox.kernel.vfs import now_ns
+
+log = logging.getLogger("snapbox.kernel")
 
 SOCK_NONBLOCK, SOCK_CLOEXEC = O_NONBLOCK, O_CLOEXEC
 SOCK_DGRAM, SOCK_RAW = 2, 3
@@ -423,13 +427,77 @@ def _peer_sockaddr(s: UnixSocket | UnixDgramSocket | UdpSocket) -> bytes:
     return _unix_sockaddr(s.peer)
 
 
-def _udp_send(t, s: UdpSocket, data: bytes, addr: int, addrlen: int) -> int:
+def _udp_send(t, s: UdpSocket, data: bytes, addr: int, addrlen: int, sent: dict | None = None) -> int:
     """One datagram to the address named (if any), else to the connected destination."""
     if addr:
-        return send_datagram(t, s, data, _inet_address(t, s, addr, addrlen))
+        return send_datagram(t, s, data, _inet_address(t, s, addr, addrlen), sent)
     if not s.remote:
         raise SyscallError(errno.EDESTADDRREQ)
-    return send_datagram(t, s, data, s.remote)
+    return send_datagram(t, s, data, s.remote, sent)
+
+
+_IGNORED_CONTROL: set = set()
+# The SOL_SOCKET control messages Linux's sendmsg takes on an inet socket (SO_PRIORITY,
+# SO_MARK, SO_TIMESTAMPING_OLD, SCM_TXTIME, besides the two it leaves to unix sockets).
+SOCKET_CONTROL = frozenset({SCM_RIGHTS, SCM_CREDENTIALS, 12, 36, 37, 61})  # (level, type) of UDP control messages already logged as left alone
+
+
+def _udp_control(t, s: UdpSocket, control: int, controllen: int) -> dict:
+    """What a UDP sendmsg's control messages set of the datagram's IP header, (level,
+    type) -> value: IP_TTL and IP_TOS (an int, or one byte) for an IPv4 socket, IPV6_HOPLIMIT
+    and IPV6_TCLASS (ints from -1) for an IPv6 one, each checked as Linux checks it (EINVAL:
+    a wrong length or value, or a SOL_SOCKET type Linux does not know). SCM_RIGHTS and
+    SCM_CREDENTIALS are left, as Linux leaves them on an inet socket; others Linux knows
+    are logged and left, as are the IP level's others; other levels are left, as on Linux."""
+    sent: dict = {}
+    raw = t.mm.read(control, controllen) if controllen else b""
+    own = SOL_IP if s.family == AF_INET else SOL_IPV6
+    pos = 0
+    while pos + _CMSGHDR.size <= len(raw):
+        length, level, kind = _CMSGHDR.unpack_from(raw, pos)
+        if length < _CMSGHDR.size or pos + length > len(raw):
+            raise SyscallError(errno.EINVAL)
+        body = raw[pos + _CMSGHDR.size : pos + length]
+        pos += _cmsg_align(length)
+        if level == SOL_SOCKET and kind not in SOCKET_CONTROL:
+            raise SyscallError(errno.EINVAL)
+        if level == SOL_SOCKET and kind in (SCM_RIGHTS, SCM_CREDENTIALS) or level not in (own, SOL_SOCKET):
+            continue
+        if (level, kind) == (SOL_IP, IP_TOS) and len(body) in (1, 4):
+            value = body[0] if len(body) == 1 else struct.unpack("<i", body)[0]
+            if not 0 <= value <= 255:
+                raise SyscallError(errno.EINVAL)
+        elif (level, kind) in ((SOL_IP, IP_TTL), (SOL_IPV6, IPV6_HOPLIMIT), (SOL_IPV6, IPV6_TCLASS)) and len(body) == 4:
+            value = struct.unpack("<i", body)[0]
+            if not (1 if kind == IP_TTL else -1) <= value <= 255:
+                raise SyscallError(errno.EINVAL)
+        elif (level, kind) in ((SOL_IP, IP_TOS), (SOL_IP, IP_TTL), (SOL_IPV6, IPV6_HOPLIMIT), (SOL_IPV6, IPV6_TCLASS)):
+            raise SyscallError(errno.EINVAL)  # the wrong length
+        else:
+            if (level, kind) not in _IGNORED_CONTROL:
+                _IGNORED_CONTROL.add((level, kind))
+                log.warning("UDP control message (level %d, type %d) not supported: left alone", level, kind)
+            continue
+        sent[(level, kind)] = value
+    return sent
+
+
+def _put_control(t, control: int, room: int, items: list) -> tuple[int, bool]:
+    """Write control messages (level, type, data) into the `room` bytes at `control` as
+    Linux's put_cmsg does: one whose header does not fit is left out, one whose data does
+    not is cut short. Returns the bytes used and whether any was left out or cut (MSG_CTRUNC)."""
+    used, cut = 0, False
+    for level, kind, data in items:
+        left = room - used if control else 0
+        if left < _CMSGHDR.size:
+            cut = True
+            continue
+        length = _CMSGHDR.size + len(data)
+        if length > left:
+            cut, length = True, left
+        t.mm.write(control + used, _CMSGHDR.pack(length, level, kind) + data[: length - _CMSGHDR.size])
+        used += min(_cmsg_align(length), left)
+    return used, cut
 
 
 def _netlink_send(t, s: NetlinkSocket, data: bytes, addr: int, addrlen: int) -> int:
@@ -571,7 +639,9 @@ def sendmsg(t, fd, msg, flags):
     if isinstance(s, NetlinkSocket):
         return _netlink_send(t, s, b"".join(t.mm.read(base, n) for base, n in iovecs(t, iov, iovlen)), name, namelen)
     if isinstance(s, UdpSocket):
-        return _udp_send(t, s, b"".join(t.mm.read(base, n) for base, n in iovecs(t, iov, iovlen)), name, namelen)
+        sent = _udp_control(t, s, control, controllen)
+        data = b"".join(t.mm.read(base, n) for base, n in iovecs(t, iov, iovlen))
+        return _udp_send(t, s, data, name, namelen, sent)
     if isinstance(s, UnixDgramSocket):
         files = _rights(t, control, controllen)
         data = b"".join(t.mm.read(base, n) for base, n in iovecs(t, iov, iovlen))
@@ -627,13 +697,17 @@ def _recvmsg(t, fd, msg, flags):
         data, sender, whole, files = s.recv_dgram(t, min(sum(n for _, n in vecs), MAX_RW), flags)
     elif isinstance(s, (UdpSocket, NetlinkSocket)):
         room = sum(n for _, n in vecs)
-        data, source, whole = s.recv_from(t, min(room, MAX_RW), flags)
+        if isinstance(s, UdpSocket):
+            data, source, whole, items = s.recv_datagram(t, min(room, MAX_RW), flags)
+        else:
+            (data, source, whole), items = s.recv_from(t, min(room, MAX_RW), flags), []
         scatter(t, vecs, data)
         full = _source_sockaddr(s, source) if source else b""
         if name and namelen and full:
             t.mm.write(name, full[:namelen])
-        out = MSG_TRUNC if whole > len(data) else 0
-        t.mm.write(msg, _MSGHDR.pack(name, len(full) if name else 0, iov, iovlen, control, 0, out))
+        used, cut = _put_control(t, control, controllen, items)
+        out = (MSG_TRUNC if whole > len(data) else 0) | (MSG_CTRUNC if cut else 0)
+        t.mm.write(msg, _MSGHDR.pack(name, len(full) if name else 0, iov, iovlen, control, used, out))
         return whole if flags & MSG_TRUNC else len(data)
     elif flags & MSG_WAITALL and not flags & MSG_PEEK and s.kind == SOCK_STREAM and \
             not (s.flags & O_NONBLOCK or flags & MSG_DONTWAIT):
@@ -743,13 +817,12 @@ def shutdown(t, fd, how):
     return 0
 
 
-# What getsockopt and setsockopt know of TCP sockets: (level, option) -> its default.
-SOL_IP, SOL_IPV6 = 0, 41
+# What getsockopt and setsockopt know of TCP and UDP sockets: (level, option) -> its default.
 SO_REUSEADDR, SO_KEEPALIVE, SO_LINGER, SO_REUSEPORT = 2, 9, 13, 15
 SO_DONTROUTE, SO_BROADCAST, SO_OOBINLINE, SO_PRIORITY = 5, 6, 10, 12
 TCP_NODELAY, TCP_MAXSEG, TCP_KEEPIDLE, TCP_KEEPINTVL, TCP_KEEPCNT = 1, 2, 4, 5, 6
 TCP_QUICKACK, TCP_USER_TIMEOUT, TCP_FASTOPEN = 12, 18, 23
-IP_TOS, IP_TTL, IPV6_V6ONLY = 1, 2, 26
+IPV6_V6ONLY = 26
 INET_OPTIONS = {
     (SOL_SOCKET, SO_REUSEADDR): 0, (SOL_SOCKET, SO_KEEPALIVE): 0, (SOL_SOCKET, SO_REUSEPORT): 0,
     (SOL_SOCKET, SO_SNDBUF): 212992, (SOL_SOCKET, SO_RCVBUF): 212992, (SOL_SOCKET, SO_DONTROUTE): 0,
@@ -757,8 +830,14 @@ INET_OPTIONS = {
     (IPPROTO_TCP, TCP_NODELAY): 0, (IPPROTO_TCP, TCP_MAXSEG): 65483, (IPPROTO_TCP, TCP_KEEPIDLE): 7200,
     (IPPROTO_TCP, TCP_KEEPINTVL): 75, (IPPROTO_TCP, TCP_KEEPCNT): 9, (IPPROTO_TCP, TCP_QUICKACK): 1,
     (IPPROTO_TCP, TCP_USER_TIMEOUT): 0, (IPPROTO_TCP, TCP_FASTOPEN): 0,
-    (SOL_IP, IP_TOS): 0, (SOL_IP, IP_TTL): 64, (SOL_IPV6, IPV6_V6ONLY): 0,
+    (SOL_IP, IP_TOS): 0, (SOL_IP, IP_TTL): DEFAULT_TTL, (SOL_IPV6, IPV6_V6ONLY): 0,
+    (SOL_IP, IP_RECVTTL): 0, (SOL_IP, IP_RECVTOS): 0, (SOL_IPV6, IPV6_UNICAST_HOPS): DEFAULT_TTL,
+    (SOL_IPV6, IPV6_RECVHOPLIMIT): 0, (SOL_IPV6, IPV6_RECVTCLASS): 0, (SOL_IPV6, IPV6_TCLASS): 0,
 }
+# Options that are on or off (any value but 0 is 1).
+INET_FLAGS = {(SOL_SOCKET, SO_REUSEADDR), (SOL_SOCKET, SO_KEEPALIVE), (SOL_SOCKET, SO_DONTROUTE),
+              (SOL_SOCKET, SO_BROADCAST), (SOL_SOCKET, SO_OOBINLINE), (IPPROTO_TCP, TCP_NODELAY),
+              (SOL_IP, IP_RECVTTL), (SOL_IP, IP_RECVTOS), (SOL_IPV6, IPV6_RECVHOPLIMIT), (SOL_IPV6, IPV6_RECVTCLASS)}
 
 
 def _inet_getsockopt(s: InetSocket | UdpSocket, level: int, opt: int) -> bytes:
@@ -782,7 +861,10 @@ def _inet_getsockopt(s: InetSocket | UdpSocket, level: int, opt: int) -> bytes:
         return struct.pack("<ii", *s.options.get((level, opt), (0, 0)))
     if (level, opt) not in INET_OPTIONS or (level == SOL_IPV6 and s.family != AF_INET6):
         raise SyscallError(errno.ENOPROTOOPT)
-    return struct.pack("<i", s.option(level, opt, INET_OPTIONS[(level, opt)]))
+    value = s.option(level, opt, INET_OPTIONS[(level, opt)])
+    if (level, opt) in ((SOL_IP, IP_TTL), (SOL_IPV6, IPV6_UNICAST_HOPS)) and value < 0:
+        value = DEFAULT_TTL  # -1 set: the system's default, which getsockopt reports
+    return struct.pack("<i", value)
 
 
 def _inet_setsockopt(t, s: InetSocket | UdpSocket, level: int, opt: int, optval: int, optlen: int) -> int:
@@ -803,9 +885,15 @@ def _inet_setsockopt(t, s: InetSocket | UdpSocket, level: int, opt: int, optval:
     if (level, opt) == (SOL_IPV6, IPV6_V6ONLY) and s.local:
         raise SyscallError(errno.EINVAL)  # ipv6(7): only before bind
     (value,) = struct.unpack("<i", t.mm.read(optval, 4))
-    flag = (level == SOL_SOCKET and opt in (SO_REUSEADDR, SO_KEEPALIVE, SO_DONTROUTE, SO_BROADCAST, SO_OOBINLINE)) \
-        or (level == IPPROTO_TCP and opt == TCP_NODELAY)
-    s.options[(level, opt)] = int(bool(value)) if flag else value
+    if (level, opt) == (SOL_IP, IP_TTL) and value != -1 and not 1 <= value <= 255:
+        raise SyscallError(errno.EINVAL)
+    if (level, opt) in ((SOL_IPV6, IPV6_UNICAST_HOPS), (SOL_IPV6, IPV6_TCLASS)) and not -1 <= value <= 255:
+        raise SyscallError(errno.EINVAL)
+    if (level, opt) == (SOL_IPV6, IPV6_TCLASS):
+        value = max(value, 0)  # -1: the default class
+    if (level, opt) == (SOL_IP, IP_TOS):
+        value &= 0xFF if isinstance(s, UdpSocket) else 0xFC  # a byte; TCP keeps its ECN bits to itself
+    s.options[(level, opt)] = int(bool(value)) if (level, opt) in INET_FLAGS else value
     if s.host is not None:
         s.host.set_option(level, opt, s.options[(level, opt)])
     return 0

@@ -73,6 +73,23 @@ def test_a_udplite_socket_and_its_port_survive_a_checkpoint(snapbox, images, tmp
                    "done"]
 
 
+@pytest.mark.parametrize("bundle", ["ipheader", "ipheader-glibc"])
+def test_udp_ip_header_fields_match_native(snapbox, images, bundle):
+    """TTL and TOS, hop limit and traffic class: set by options or sendmsg's control
+    messages (checked as Linux checks them), received as control messages when asked for,
+    cut short with MSG_CTRUNC as Linux cuts them, IPv4's on an IPv6 socket for an IPv4 sender."""
+    want = native_fixture(images, bundle)
+    assert "IPv6 control messages: received, controllen 48; level 41 type 52, 4 bytes: 2; " \
+        "level 41 type 67, 4 bytes: 255" in want
+    assert same_output(snapbox("run", "--bundle", str(images / bundle), "iph").stdout, want)
+
+
+def test_a_queued_datagrams_header_fields_survive_a_checkpoint(snapbox, images, tmp_path):
+    got = held_through_a_restore(snapbox, images, tmp_path, "ipheader", "done", lazy=False)
+    assert got == ["holding", "after the hold: received, controllen 48; level 0 type 2, 4 bytes: 5; "
+                   "level 0 type 1, 1 bytes: 40", "done"]
+
+
 @pytest.mark.parametrize("bundle", ["unixdgram", "unixdgram-glibc"])
 def test_unix_datagram_and_seqpacket_sockets_match_native(snapbox, images, tmp_path, bundle):
     want = native_fixture(images, bundle, cwd=tmp_path)
