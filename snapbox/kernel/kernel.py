@@ -26,6 +26,7 @@ from typing import Any, Callable
 from snapbox.kernel.checkpoint import Checkpointing
 from snapbox.kernel.errors import SyscallError, TaskExit, WouldBlock
 from snapbox.kernel.eventfiles import TimerFd
+from snapbox.kernel.fasync import rearm_all
 from snapbox.kernel.filepages import FileCache
 from snapbox.kernel.host import HostFile
 from snapbox.kernel.ipc import IpcNamespace, address_spaces
@@ -125,6 +126,7 @@ class Kernel(Lifecycle, Signaling, Checkpointing):
     ptys: dict = field(default_factory=dict)  # pseudo-terminal index -> tty.Pty
     inotify_cookie: int = 0  # the last cookie tying a rename's two inotify events
     vdso: Vdso | None = None  # the vvar page and the vDSO every process gets (None: no vDSO)
+    async_io: list = field(default_factory=list)  # fasync.AsyncIO: the files with O_ASYNC
 
     # Host facts, rebuilt empty on restore.
     loop: EventLoop = nosave(default=None)  # what the sentry waits on; see kernel/loop.py
@@ -227,6 +229,9 @@ class Kernel(Lifecycle, Signaling, Checkpointing):
     def start(self) -> None:
         """Start time, the interval timers, and every stopped task."""
         self.timekeeper.resume()
+        live = self.tasks.live_tasks()
+        if self.async_io and live:
+            rearm_all(self, live[0])
         for tg in self.tasks.pidns.groups.values():
             if tg.exit_status is None and tg.itimer_real[0]:
                 self.arm_itimer(tg)

@@ -21,6 +21,7 @@ class WaitQueue:
     host_fd: int = nosave(default=-1)
     host_events: int = nosave(default=0)  # selectors.EVENT_READ / EVENT_WRITE
     seq: int = nosave(default=0)  # notifications so far: an edge-triggered epoll's "something happened"
+    fasync: list = nosave(list)  # fasync.AsyncIO of files with O_ASYNC that wait here
 
     def notify(self) -> None:
         """Wake every waiter; each re-runs its syscall and parks again if still blocked."""
@@ -28,3 +29,5 @@ class WaitQueue:
         waiters, self.waiters = self.waiters, []
         for task in waiters:
             task.kernel.wake(task)
+        for a in list(self.fasync):
+            a.fire(self)

@@ -35,6 +35,7 @@ from snapbox.kernel.mm import MemoryManager, Vma
 from snapbox.kernel.task import FSContext, PIDNamespace, SigAction, Task, TaskSet, ThreadGroup
 from snapbox.kernel.time import Timekeeper
 from snapbox.kernel.vdso import Vdso
+from snapbox.kernel.fasync import AsyncIO
 from snapbox.kernel.tty import Pty, PtyMaster, PtySlave, PtsNode
 from snapbox.kernel.timers import PosixTimer
 from snapbox.kernel.vfs import DirFile, Filesystem, Inode, MemSymlink, Mount, RegularFile
@@ -123,6 +124,7 @@ def build(name: str, kernel: Kernel):
         "Filesystem": lambda: fs,
         "Timekeeper": lambda: Timekeeper(offset=5, stopped=True, frozen_at=99),
         "Vdso": lambda: Vdso(offset=0x3000, code=b"\x7fELF image", seq=7),
+        "AsyncIO": lambda: AsyncIO(file=pipe_r, fd=3, kernel=kernel),
         "TaskSet": lambda: TaskSet(pidns=pidns, init=tg),
         "PIDNamespace": lambda: pidns,
         "ThreadGroup": lambda: tg,

@@ -12,8 +12,10 @@ from snapbox.kernel.devices import DeviceFile, DeviceNode
 from snapbox.kernel import locks
 from snapbox.kernel.errors import SyscallError
 from snapbox.kernel.host import HostFile
+from snapbox.kernel.fasync import set_async
 from snapbox.kernel.fd import (
     O_ACCMODE,
+    O_ASYNC,
     O_NONBLOCK,
     O_CLOEXEC,
     O_CREAT,
@@ -167,7 +169,7 @@ def close(t, fd):
 
 
 # ioctl(2) requests every file takes (ioctl_list(2); Linux's do_vfs_ioctl), before its own.
-FIONCLEX, FIOCLEX, FIONBIO, FIONREAD = 0x5450, 0x5451, 0x5421, 0x541B
+FIONCLEX, FIOCLEX, FIONBIO, FIONREAD, FIOASYNC = 0x5450, 0x5451, 0x5421, 0x541B, 0x5452
 
 
 @syscall(NR.ioctl)
@@ -180,6 +182,10 @@ def ioctl(t, fd, request, arg):
     if request == FIONBIO:  # what Python's socket.settimeout uses
         (on,) = struct.unpack("<i", t.mm.read(arg, 4))
         f.flags = f.flags | O_NONBLOCK if on else f.flags & ~O_NONBLOCK
+        return 0
+    if request == FIOASYNC:
+        (on,) = struct.unpack("<i", t.mm.read(arg, 4))
+        set_async(t, f, fd, bool(on))
         return 0
     unread = getattr(f, "unread", None)
     if request == FIONREAD and unread is not None:  # pipes and sockets: what a read would get now
@@ -218,7 +224,10 @@ def fcntl(t, fd, cmd, arg):
     if cmd == F_GETFL:
         return f.flags
     if cmd == F_SETFL:
+        was = f.flags
         f.flags = (f.flags & ~SETFL_MASK) | (arg & SETFL_MASK)
+        if (was ^ f.flags) & O_ASYNC:
+            set_async(t, f, fd, bool(f.flags & O_ASYNC))
         return 0
     if cmd in (F_GETLK, F_SETLK, F_SETLKW, F_OFD_GETLK, F_OFD_SETLK, F_OFD_SETLKW):
         if not isinstance(f, RegularFile):

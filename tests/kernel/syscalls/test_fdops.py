@@ -1,10 +1,10 @@
-"""File descriptors: record locks and flock, /dev's files."""
+"""File descriptors: record locks and flock, /dev's files, owners and signal-driven I/O."""
 
 from __future__ import annotations
 
 import pytest
 
-from tests.conftest import busybox_bundle, native_fixture, same_output
+from tests.conftest import busybox_bundle, held_through_a_restore, native_fixture, same_output
 
 
 @pytest.mark.parametrize("bundle", ["locks", "locks-glibc"])
@@ -33,3 +33,18 @@ def test_file_owners_and_dnotify_match_native(snapbox, images, bundle):
     want = native_fixture(images, bundle)
     assert "a file made: signals 1, si_fd the directory's: yes" in want and "two removed: signals 3" in want
     assert same_output(snapbox("run", "--bundle", str(images / bundle), "fo").stdout, want)
+
+
+@pytest.mark.parametrize("bundle", ["sigio", "sigio-glibc"])
+def test_signal_driven_io_matches_native(snapbox, images, bundle):
+    """O_ASYNC (F_SETFL, FIOASYNC) on a pipe and a unix socket: SIGIO to the owner (a process,
+    its group, a thread), F_SETSIG's signal with si_code, si_fd and si_band, none without
+    an owner or once O_ASYNC is cleared."""
+    want = native_fixture(images, bundle)
+    assert "with F_SETSIG: 1 signals, si_code POLL_IN, si_fd is the fd: yes, si_band 0x41" in want
+    assert same_output(snapbox("run", "--bundle", str(images / bundle), "sio").stdout, want)
+
+
+def test_signal_driven_io_goes_on_after_a_restore(snapbox, images, tmp_path):
+    got = held_through_a_restore(snapbox, images, tmp_path, "sigio", "done", lazy=False)
+    assert got == ["holding", "after the hold, a write: 1 SIGIO", "done"]
