@@ -9,6 +9,7 @@ import fcntl
 import json
 import os
 import signal
+import socket
 import sys
 import termios
 import traceback
@@ -1032,9 +1033,10 @@ def _exec_behind(c, pid_file: str, args: list[str], env: list[str], cwd: str, us
 def do(obj: _Context, cid: str | None, detach: bool, snapshot_to: str | None, publish: tuple[str, ...],
        command: tuple[str, ...]) -> None:
     """Run COMMAND in a sandbox whose root is the host's / (read-only, beneath a
-    writable layer), in the current directory, with the current environment, on the
-    host's network (unless the global --network says otherwise). Like `runsc do`.
-    Attached, it exits with the command's exit code and is deleted."""
+    writable layer), in the current directory, with the current environment and the
+    host's host name (the sandbox's own to change), on the host's network (unless the
+    global --network says otherwise). Like `runsc do`. Attached, it exits with the
+    command's exit code and is deleted."""
     from snapbox.runtime.bundle import default_spec
     from snapbox.runtime.container import Container
     from snapbox.runtime.warm import caller
@@ -1045,6 +1047,7 @@ def do(obj: _Context, cid: str | None, detach: bool, snapshot_to: str | None, pu
     config = default_spec()
     config["process"].update(args=list(command), cwd=os.getcwd(), env=[f"{k}={v}" for k, v in os.environ.items()])
     config["root"] = {"path": "/"}  # the host's files are only ever read: writes stay in memory
+    config["hostname"] = socket.gethostname()  # as `runsc do`: the name the host's /etc/hosts knows
     config["mounts"] = [{"destination": "/sys", "type": "tmpfs", "source": "none"}]  # not the host's /sys
     options = _options(obj, snapshot_to, publish)
     # As `runsc do`: the host's network, and (attached) a sandbox that ends with the command.

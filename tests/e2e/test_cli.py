@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -197,6 +198,13 @@ def test_host_and_domain_names_are_the_sandboxs_own(snapbox):
     native = subprocess.run(["unshare", "-u", "sh", "-c", script], capture_output=True, text=True, timeout=30)
     assert native.stdout == "(none)\nexample.org\nh1\nrefused\n", native.stderr
     assert snapbox("do", "sh", "-c", script).stdout == native.stdout
+
+
+def test_do_keeps_the_hosts_host_name(snapbox):
+    """As `runsc do`: the host's name, which the host's /etc/hosts (the sandbox's, under
+    `do`) resolves."""
+    script = "import socket; n = socket.gethostname(); print(n); print(socket.gethostbyname(n) != '')"
+    assert snapbox("do", sys.executable, "-c", script).stdout == f"{socket.gethostname()}\nTrue\n"
 
 
 def test_the_program_may_be_a_script(snapbox, images, tmp_path):
