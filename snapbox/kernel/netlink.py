@@ -7,9 +7,10 @@ Only queries are answered: RTM_GET* messages, and the SIOCGIF* ioctls. With a ne
 namespace (the one its host sockets live in, so the sandbox sees its own eth0, or the
 host's interfaces under `host`), and its answers passed on as they came, addressed to the
 sandbox's socket. With none, the sandbox has loopback alone, and the answers describe it
-as Linux does in a namespace of its own: link `lo` (index 1, up, MTU 65536), 127.0.0.1/8
-and ::1/128. Anything else a program sends (adding an address, a route, a link; route
-dumps with no network) is answered with EOPNOTSUPP, logged once; nothing is changed.
+as Linux does in a namespace of its own with `lo` up: link `lo` (index 1, MTU 65536),
+127.0.0.1/8 and ::1/128, and the routes of the local table (the main one is empty).
+Anything else a program sends (adding an address, a route, a link; a route lookup with
+no network) is answered with EOPNOTSUPP, logged once; nothing is changed.
 
 A socket's unread answers are part of it, so a checkpoint keeps them.
 """
@@ -36,7 +37,9 @@ AF_NETLINK, NETLINK_ROUTE, SOL_NETLINK = 16, 0, 270
 NETLINK_CAP_ACK, NETLINK_EXT_ACK, NETLINK_GET_STRICT_CHK = 10, 11, 12
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 NLM_F_REQUEST, NLM_F_MULTI, NLM_F_ACK, NLM_F_DUMP, NLM_F_CAPPED = 0x1, 0x2, 0x4, 0x300, 0x100
-RTM_NEWLINK, RTM_GETLINK, RTM_NEWADDR, RTM_GETADDR = 16, 18, 20, 22
+RTM_NEWLINK, RTM_GETLINK, RTM_NEWADDR, RTM_GETADDR, RTM_NEWROUTE, RTM_GETROUTE = 16, 18, 20, 22, 24, 26
+RTA_DST, RTA_OIF, RTA_PRIORITY, RTA_PREFSRC, RTA_CACHEINFO, RTA_TABLE, RTA_PREF = 1, 4, 6, 7, 12, 15, 20
+RT_TABLE_LOCAL, RTPROT_KERNEL, RTN_LOCAL, RTN_BROADCAST, RT_SCOPE_LINK = 255, 2, 2, 3, 253
 IFLA_ADDRESS, IFLA_BROADCAST, IFLA_IFNAME, IFLA_MTU, IFLA_QDISC = 1, 2, 3, 4, 6
 IFLA_TXQLEN, IFLA_OPERSTATE, IFLA_LINKMODE = 13, 16, 17
 IFA_ADDRESS, IFA_LOCAL, IFA_LABEL, IFA_FLAGS = 1, 2, 3, 8
@@ -46,6 +49,7 @@ IFA_F_PERMANENT, RT_SCOPE_HOST = 0x80, 254
 NLMSG = struct.Struct("<IHHII")  # struct nlmsghdr: length, type, flags, seq, port id
 _IFINFOMSG = struct.Struct("<BxHiII")
 _IFADDRMSG = struct.Struct("<BBBBi")
+_RTMSG = struct.Struct("<BBBBBBBBI")  # family, dst_len, src_len, tos, table, protocol, scope, type, flags
 _ERROR = struct.Struct("<i")
 ASK_TIMEOUT = 2.0  # seconds to wait for the host kernel's answer
 AUTOBIND_FIRST = (-4096) & 0xFFFFFFFF  # the first port Linux gives a process's second socket
@@ -255,6 +259,26 @@ def _lo_addresses(family: int) -> list[bytes]:
     return [a for f, a in ((socket.AF_INET, v4), (socket.AF_INET6, v6)) if family in (0, f)]
 
 
+def _lo_routes(family: int) -> list[bytes]:
+    """The local table of a namespace with `lo` up: 127.0.0.0/8, 127.0.0.1 and the
+    broadcast 127.255.255.255 over IPv4, ::1 over IPv6, as Linux dumps them."""
+    out = []
+    if family in (0, socket.AF_INET):
+        lo = socket.inet_aton("127.0.0.1")
+        for prefix, dst, scope, kind in ((8, "127.0.0.0", RT_SCOPE_HOST, RTN_LOCAL),
+                                         (32, "127.0.0.1", RT_SCOPE_HOST, RTN_LOCAL),
+                                         (32, "127.255.255.255", RT_SCOPE_LINK, RTN_BROADCAST)):
+            out.append(_RTMSG.pack(socket.AF_INET, prefix, 0, 0, RT_TABLE_LOCAL, RTPROT_KERNEL, scope, kind, 0)
+                       + _attr(RTA_TABLE, struct.pack("<I", RT_TABLE_LOCAL)) + _attr(RTA_DST, socket.inet_aton(dst))
+                       + _attr(RTA_PREFSRC, lo) + _attr(RTA_OIF, struct.pack("<I", 1)))
+    if family in (0, socket.AF_INET6):
+        out.append(_RTMSG.pack(socket.AF_INET6, 128, 0, 0, RT_TABLE_LOCAL, RTPROT_KERNEL, 0, RTN_LOCAL, 0)
+                   + _attr(RTA_TABLE, struct.pack("<I", RT_TABLE_LOCAL))
+                   + _attr(RTA_DST, socket.inet_pton(socket.AF_INET6, "::1")) + _attr(RTA_PRIORITY, bytes(4))
+                   + _attr(RTA_OIF, struct.pack("<I", 1)) + _attr(RTA_CACHEINFO, bytes(32)) + _attr(RTA_PREF, b"\0"))
+    return out
+
+
 def _loopback(msg: bytes, port: int) -> list[bytes] | None:
     """The answers of a sandbox with loopback alone (None: a query not answered)."""
     _, kind, flags, seq, _ = NLMSG.unpack_from(msg)
@@ -273,6 +297,9 @@ def _loopback(msg: bytes, port: int) -> list[bytes] | None:
     if kind == RTM_GETADDR and dump:
         family = payload[0] if payload else 0
         return [b"".join(_message(RTM_NEWADDR, NLM_F_MULTI, seq, port, a) for a in _lo_addresses(family)) + done]
+    if kind == RTM_GETROUTE and dump:
+        family = payload[0] if payload else 0
+        return [b"".join(_message(RTM_NEWROUTE, NLM_F_MULTI, seq, port, r) for r in _lo_routes(family)) + done]
     return None
 
 

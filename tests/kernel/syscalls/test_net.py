@@ -121,6 +121,17 @@ def test_a_sandbox_without_a_network_sees_loopback_alone(snapbox, images):
     assert "link dump: as many as if_nameindex 1, addressed to us 1" in got and got[-1] == "done"
 
 
+def test_ip_route_without_a_network_is_a_fresh_namespaces(snapbox):
+    """Route dumps with --network none: the local table of a namespace with loopback up
+    (`unshare -n` natively), the main one empty, as `ip` prints them."""
+    script = "ip route; echo -; ip route show table all; echo -; ip -6 route show table all; echo -; " \
+             "ip -j route show table local"
+    native = subprocess.run(["unshare", "-n", "sh", "-c", "ip link set lo up; " + script], capture_output=True,
+                            text=True, timeout=30, check=True).stdout
+    assert "broadcast 127.255.255.255 dev lo table local" in native and native.startswith("-\n")
+    assert snapbox("--network", "none", "do", "sh", "-c", script).stdout == native
+
+
 def test_a_sandbox_in_its_own_namespace_sees_its_own_eth0(snapbox, images, tmp_path):
     out = tmp_path / "out.txt"
     with open(out, "w") as f:
