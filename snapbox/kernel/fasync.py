@@ -4,7 +4,9 @@ While a file has O_ASYNC, each time one of its wait queues is notified (data cam
 was made, the peer went away) and the file is then ready, its owner (F_SETOWN,
 F_SETOWN_EX: a thread, a process, or a process group) is sent SIGIO (si_code SI_KERNEL),
 or the signal F_SETSIG named, with si_code POLL_IN, POLL_OUT or POLL_HUP, si_band and
-si_fd, as Linux's send_sigio does. No owner, no signal.
+si_fd, as Linux's send_sigio does. No owner, no signal; and none to a process the one that
+set the owner could not have signalled (its uid or euid neither root's nor the target's
+uid or saved uid, as Linux's sigio_perm has it).
 
 A file's queues are the ones poll waits on; those of files whose readiness the host
 reports (host sockets, the sandbox's own stdio) are left out, logged once: their host fds
@@ -80,12 +82,23 @@ class AsyncIO:
         pidns = self.kernel.tasks.pidns
         if kind == F_OWNER_TID and who in pidns.tasks:
             task = pidns.tasks[who]
-            self.kernel.send_signal(task.tg, sig, bytes(info), task=task)
+            if _may_signal(f, task.tg):
+                self.kernel.send_signal(task.tg, sig, bytes(info), task=task)
         elif kind == F_OWNER_PID and who in pidns.groups:
-            self.kernel.send_signal(pidns.groups[who], sig, bytes(info))
+            if _may_signal(f, pidns.groups[who]):
+                self.kernel.send_signal(pidns.groups[who], sig, bytes(info))
         elif kind == F_OWNER_PGRP and who:
             for tg in [g for g in pidns.groups.values() if g.pgid == who and g.exit_status is None]:
-                self.kernel.send_signal(tg, sig, bytes(info))
+                if _may_signal(f, tg):
+                    self.kernel.send_signal(tg, sig, bytes(info))
+
+
+def _may_signal(f, tg) -> bool:
+    """sigio_perm: the ids of whoever set the file's owner against the target's."""
+    if not f.fown_ids:
+        return True
+    uid, euid = f.fown_ids
+    return euid == 0 or bool({uid, euid} & {tg.creds[0], tg.creds[2]})
 
 
 def set_async(t, f, fd: int, on: bool) -> None:

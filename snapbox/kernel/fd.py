@@ -40,6 +40,7 @@ class OpenFile:
     offset: int = 0  # the file position, for seekable files
     refs: int = 0  # fd table entries pointing here; 0 runs release()
     fown: tuple = (0, 0)  # F_SETOWN(_EX): (F_OWNER_TID, PID or PGRP, the id): who its signals go to
+    fown_ids: tuple = ()  # (uid, euid) of the process that set fown: whom its signals may reach
     signum: int = 0  # F_SETSIG: the signal sent (0: SIGIO)
 
     def readable(self) -> bool:

@@ -29,5 +29,6 @@ class WaitQueue:
         waiters, self.waiters = self.waiters, []
         for task in waiters:
             task.kernel.wake(task)
-        for a in list(self.fasync):
-            a.fire(self)
+        if self.fasync:
+            for a in list(self.fasync):
+                a.fire(self)

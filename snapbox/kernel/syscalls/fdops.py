@@ -295,6 +295,7 @@ def _owner(t, f, cmd: int, arg: int) -> int:
         if not exists:
             raise SyscallError(errno.ESRCH)
     f.fown = (kind, who)
+    f.fown_ids = (t.tg.creds[0], t.tg.creds[1])
     return 0
 
 
