@@ -1,10 +1,13 @@
 """Credentials beyond the ids: capability sets, the filesystem ids, and the permission
 checks they govern (capabilities(7), credentials(7), path_resolution(7)).
 
-A process holds its ids in ThreadGroup.creds (real, effective and saved uid and gid),
-ThreadGroup.fsuid/fsgid and its supplementary groups, and its capabilities in a CapSets.
-Linux keeps credentials per thread; here a process's threads share them, which is what
-the C libraries make of set*id(2) anyway (they apply each change to every thread).
+Credentials are per thread, as in Linux: each Task has a Creds (its real, effective and
+saved uid and gid, fsuid and fsgid, supplementary groups and capability sets), which a
+set*id(2), capset(2) or prctl(2) of that thread changes and no other thread sees (the C
+libraries make set*id(2) apply to every thread by calling it in each; capset(2) stays the
+caller's). A ThreadGroup's `creds`, `groups`, `fsuid`, `fsgid` and `caps` are those of the
+thread in a syscall when it is one of the group's, else its leader's (what /proc and
+another process see of it).
 
 Root is not special to the checks: what lets a process past a file's permission bits is
 CAP_DAC_OVERRIDE or CAP_DAC_READ_SEARCH in its effective set, and root has them only as
@@ -15,7 +18,7 @@ from __future__ import annotations
 
 import errno
 import stat as st
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from snapbox.kernel.errors import SyscallError
 from snapbox.state import savable
@@ -71,6 +74,23 @@ class CapSets:
 
     def has(self, cap: int) -> bool:
         return bool(self.effective >> cap & 1)
+
+
+@savable
+@dataclass(eq=False)
+class Creds:
+    """One thread's credentials (credentials(7))."""
+
+    ids: list = field(default_factory=lambda: [0, 0, 0, 0, 0, 0])  # ruid euid suid rgid egid sgid
+    groups: list = field(default_factory=list)  # supplementary group ids
+    # The ids file permissions are checked against: they follow the effective ids (setfsuid).
+    fsuid: int = 0
+    fsgid: int = 0
+    caps: CapSets = field(default_factory=CapSets)
+
+    def copy(self) -> Creds:
+        """A thread's own copy, for a new thread or process (clone(2) copies credentials)."""
+        return Creds(list(self.ids), list(self.groups), self.fsuid, self.fsgid, self.caps.copy())
 
 
 def capable(tg, cap: int) -> bool:

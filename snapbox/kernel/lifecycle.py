@@ -15,7 +15,7 @@ import stat
 from typing import TYPE_CHECKING
 
 from snapbox.kernel import elf, namespaces
-from snapbox.kernel.creds import MAY_EXEC, CapSets, check, exec_transform
+from snapbox.kernel.creds import MAY_EXEC, CapSets, Creds, check, exec_transform
 from snapbox.kernel.devices import mount_dev
 from snapbox.kernel.tty import session_leader_exited
 from snapbox.kernel.errors import SyscallError
@@ -162,8 +162,9 @@ class Lifecycle:
                 fds.install_at(i, HostFile(flags=2, stdio=i, passed=True, fd=stdio[i]))
         uid, gid = creds
         tg = ThreadGroup(tgid=tgid, mm=mm, fds=fds, fs=FSContext(root=root, cwd=cwd_node),
-                         argv=list(argv), exe=exe, pgid=tgid, sid=tgid, creds=[uid, uid, uid, gid, gid, gid],
-                         fsuid=uid, fsgid=gid, caps=caps.copy() if caps is not None else CapSets())
+                         argv=list(argv), exe=exe, pgid=tgid, sid=tgid,
+                         cred=Creds(ids=[uid, uid, uid, gid, gid, gid], fsuid=uid, fsgid=gid,
+                                    caps=caps.copy() if caps is not None else CapSets()))
         if caps is None and uid != 0:
             exec_transform(tg)  # a process that starts as another user has no capabilities
         task = Task(tid=tgid, tg=tg, kernel=self, comm=os.path.basename(path).decode(errors="replace")[:15])
@@ -291,12 +292,11 @@ class Lifecycle:
             fs=FSContext(root=parent.fs.root, cwd=parent.fs.cwd, umask=parent.fs.umask),
             sigactions={n: SigAction(a.handler, a.flags, a.restorer, a.mask) for n, a in parent.sigactions.items()},
             argv=list(parent.argv), exe=parent.exe, rlimits=dict(parent.rlimits),
-            pgid=parent.pgid, sid=parent.sid, creds=list(parent.creds), groups=list(parent.groups),
-            fsuid=parent.fsuid, fsgid=parent.fsgid, caps=parent.caps.copy(),
+            pgid=parent.pgid, sid=parent.sid, cred=t.cred.copy(),
             prctl={k: v for k, v in parent.prctl.items() if k != "subreaper"}, personality=parent.personality,
             oom_score_adj=parent.oom_score_adj, oom_score_adj_min=parent.oom_score_adj_min,
             xfeatures_granted=parent.xfeatures_granted, uts=uts, ipc=ipc)
-        child = Task(tid=tgid, tg=tg, kernel=self, comm=t.comm, signal_mask=t.signal_mask, nice=t.nice,
+        child = Task(tid=tgid, tg=tg, kernel=self, cred=tg.cred, comm=t.comm, signal_mask=t.signal_mask, nice=t.nice,
                      ioprio=t.ioprio, mempolicy=t.mempolicy, cpuid_faulting=t.cpuid_faulting, affinity=t.affinity,
                      seccomp_mode=t.seccomp_mode, seccomp=t.seccomp)
         tg.tasks.append(child)
@@ -388,6 +388,7 @@ class Lifecycle:
                 stub.exit_thread(other.host_tid)
         if leader is not t:
             self._take_leaders_place(t, leader.host_tid)
+        tg.cred = t.cred  # the caller is the leader now
         if self.memfile.written is not None:
             self.memfile.written.forget(tg.mm)
         stub.unmap(0, APP_TOP)
@@ -461,9 +462,9 @@ class Lifecycle:
         host_tid = stub.clone_thread(t.host_tid)
         pidns = self.tasks.pidns
         tid = pidns.allocate()
-        child = Task(tid=tid, tg=tg, kernel=self, comm=t.comm, signal_mask=t.signal_mask, nice=t.nice,
-                     ioprio=t.ioprio, mempolicy=t.mempolicy, cpuid_faulting=t.cpuid_faulting, affinity=t.affinity,
-                     seccomp_mode=t.seccomp_mode, seccomp=t.seccomp)
+        child = Task(tid=tid, tg=tg, kernel=self, cred=t.cred.copy(), comm=t.comm, signal_mask=t.signal_mask,
+                     nice=t.nice, ioprio=t.ioprio, mempolicy=t.mempolicy, cpuid_faulting=t.cpuid_faulting,
+                     affinity=t.affinity, seccomp_mode=t.seccomp_mode, seccomp=t.seccomp)
         tg.tasks.append(child)
         pidns.tasks[tid] = child
         self._start_child(t, child, host_tid, flags, stack, ptid, ctid, tls)

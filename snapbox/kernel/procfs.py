@@ -441,15 +441,16 @@ def _status(k, tg) -> str:
     leader = None if zombie else tg.tasks[0]
     ppid = tg.parent.tgid if tg.parent is not None else 0
     states = {"R": "R (running)", "S": "S (sleeping)", "T": "T (stopped)", "Z": "Z (zombie)"}
-    creds, c = tg.creds, tg.caps
+    cred = tg.cred  # the leader's, whichever thread reads
+    creds, c = cred.ids, cred.caps
     out = [f"Name:\t{tg.name if zombie else leader.comm}\n"]
     if not zombie:
         out.append(f"Umask:\t{tg.fs.umask:04o}\n")
     out.append(f"State:\t{states[_state(tg)]}\nTgid:\t{tg.tgid}\nNgid:\t0\nPid:\t{tg.tgid}\nPPid:\t{ppid}\n"
-               f"TracerPid:\t0\nUid:\t{creds[0]}\t{creds[1]}\t{creds[2]}\t{tg.fsuid}\n"
-               f"Gid:\t{creds[3]}\t{creds[4]}\t{creds[5]}\t{tg.fsgid}\n"
+               f"TracerPid:\t0\nUid:\t{creds[0]}\t{creds[1]}\t{creds[2]}\t{cred.fsuid}\n"
+               f"Gid:\t{creds[3]}\t{creds[4]}\t{creds[5]}\t{cred.fsgid}\n"
                f"FDSize:\t{0 if zombie else max(64, len(tg.fds.files))}\n"
-               f"Groups:\t{' '.join(map(str, tg.groups))} \n"
+               f"Groups:\t{' '.join(map(str, cred.groups))} \n"
                f"NStgid:\t{tg.tgid}\nNSpid:\t{tg.tgid}\nNSpgid:\t{tg.pgid}\nNSsid:\t{tg.sid}\nKthread:\t0\n")
     if not zombie:
         u = tg.mm.usage()

@@ -6,7 +6,7 @@ import enum
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from snapbox.kernel.creds import CapSets
+from snapbox.kernel.creds import CapSets, Creds
 from snapbox.kernel.fd import FDTable
 from snapbox.kernel.mm import MemoryManager
 from snapbox.kernel.seccomp import SeccompFilter
@@ -74,12 +74,7 @@ class ThreadGroup:
     children_cpu_ns: int = 0  # that of its children waited for, and of theirs (RUSAGE_CHILDREN)
     child_exit: WaitQueue = field(default_factory=WaitQueue)  # wait4 callers; fired when a child exits
     pgid: int = 0  # process group id
-    creds: list = field(default_factory=lambda: [0, 0, 0, 0, 0, 0])  # ruid euid suid rgid egid sgid
-    groups: list = field(default_factory=list)  # supplementary group ids
-    # The ids file permissions are checked against: they follow the effective ids (setfsuid).
-    fsuid: int = 0
-    fsgid: int = 0
-    caps: CapSets = field(default_factory=CapSets)  # capabilities (snapbox.kernel.creds)
+    cred: Creds = field(default_factory=Creds)  # its leader's credentials (see `acting`)
     pdeath_signal: int = 0  # PR_SET_PDEATHSIG: sent when the parent exits
     prctl: dict = field(default_factory=dict)  # other prctl(2) settings by name
     job_stopped: int = 0  # the signal that stopped the process (SIGSTOP, ...), 0 when not stopped
@@ -115,6 +110,56 @@ class ThreadGroup:
     def sigaction(self, sig: int) -> SigAction:
         return self.sigactions.get(sig) or SigAction()
 
+    def acting(self) -> Creds:
+        """The credentials the process acts with now: those of its thread in a syscall, when
+        that thread is one of its own, else its leader's (snapbox.kernel.creds)."""
+        if self.tasks:
+            current = self.tasks[0].kernel.current
+            if current is not None and current.tg is self:
+                return current.cred
+        return self.cred
+
+    @property
+    def creds(self) -> list:
+        """[ruid, euid, suid, rgid, egid, sgid] of acting()."""
+        return self.acting().ids
+
+    @creds.setter
+    def creds(self, ids: list) -> None:
+        self.acting().ids = list(ids)
+
+    @property
+    def groups(self) -> list:
+        return self.acting().groups
+
+    @groups.setter
+    def groups(self, groups: list) -> None:
+        self.acting().groups = list(groups)
+
+    @property
+    def fsuid(self) -> int:
+        return self.acting().fsuid
+
+    @fsuid.setter
+    def fsuid(self, uid: int) -> None:
+        self.acting().fsuid = uid
+
+    @property
+    def fsgid(self) -> int:
+        return self.acting().fsgid
+
+    @fsgid.setter
+    def fsgid(self, gid: int) -> None:
+        self.acting().fsgid = gid
+
+    @property
+    def caps(self) -> CapSets:
+        return self.acting().caps
+
+    @caps.setter
+    def caps(self, caps: CapSets) -> None:
+        self.acting().caps = caps
+
 
 @savable
 @dataclass(eq=False)
@@ -128,6 +173,7 @@ class Task:
     nice: int = 0  # its nice value, -20..19 (setpriority; inherited by its forks and threads)
     ioprio: int = 0  # ioprio_set(2): class << 13 | level (0: none set, the CPU's nice decides)
     affinity: int = 0  # sched_setaffinity(2)'s CPU mask (0: every CPU); inherited by forks and threads
+    cred: Creds | None = None  # its credentials (None: its group's, as for a process's first thread)
     mempolicy: tuple = (0, 0)  # set_mempolicy(2): (mode, node mask); one node here, so advisory
     signal_mask: int = 0  # blocked signals, bit (n-1) for signal n
     pending: int = 0  # signals sent to this thread and not yet delivered
@@ -177,6 +223,10 @@ class Task:
     @property
     def mm(self) -> MemoryManager:
         return self.tg.mm
+
+    def __post_init__(self) -> None:
+        if self.cred is None:
+            self.cred = self.tg.cred
 
     @property
     def fds(self) -> FDTable:

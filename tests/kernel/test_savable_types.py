@@ -24,7 +24,7 @@ from snapbox.kernel.namespaces import UtsNamespace
 from snapbox.kernel.netlink import NetlinkSocket
 from snapbox.kernel.ipc import IpcNamespace, IpcPerm, MsgQueue, SemSet, ShmSegment
 from snapbox.kernel.mqueue import MessageQueue, MqueueFile
-from snapbox.kernel.creds import CapSets
+from snapbox.kernel.creds import CapSets, Creds
 from snapbox.kernel.seccomp import INSN, SeccompFilter, SeccompListener, check
 from snapbox.kernel.socket import SocketNode, UnixSocket, make_pair
 from snapbox.kernel.procfs import FdNode, NsFile, NsNode, ProcFile, ProcNode, mount_proc
@@ -213,6 +213,8 @@ def build(name: str, kernel: Kernel):
         "PidFile": lambda: PidFile(flags=0o4002, group=tg),
         "CapSets": lambda: CapSets(effective=0b101, permitted=0b111, inheritable=0b10, bounding=(1 << 41) - 1 - 4,
                                    ambient=0b10, securebits=0x30),
+        "Creds": lambda: Creds(ids=[0, 1000, 0, 0, 100, 0], groups=[4, 27], fsuid=1000, fsgid=100,
+                               caps=CapSets(effective=0, permitted=0b111)),
     }
     return factories[name]()
 
