@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from snapbox.kernel.errors import SyscallError
 from snapbox.state import savable
@@ -21,11 +22,21 @@ O_NOFOLLOW = 0o400000
 O_CLOEXEC = 0o2000000
 O_PATH = 0o10000000
 O_TMPFILE = 0o20000000 | O_DIRECTORY
+O_LARGEFILE = 0o100000  # x86-64's open(2) sets it on every file it opens
 # Status flags F_SETFL may change (fcntl(2)).
 O_ASYNC = 0o20000
 SETFL_MASK = O_APPEND | O_NONBLOCK | O_ASYNC | 0o40000 | 0o1000000  # | O_DIRECT | O_NOATIME
 
 RLIMIT_NOFILE_DEFAULT = 1024
+
+
+def open_status(flags: int) -> int:
+    """The flags an open(2) leaves on its file for F_GETFL: those that acted only at the open
+    dropped, O_LARGEFILE added (as x86-64's open adds it); an O_PATH file keeps only O_PATH,
+    O_DIRECTORY and O_NOFOLLOW."""
+    if flags & O_PATH:
+        return flags & (O_PATH | O_DIRECTORY | O_NOFOLLOW)
+    return flags & ~(O_CREAT | O_EXCL | O_NOCTTY | O_TRUNC | O_CLOEXEC) | O_LARGEFILE
 
 POLLIN, POLLPRI, POLLOUT, POLLERR, POLLHUP, POLLNVAL = 0x1, 0x2, 0x4, 0x8, 0x10, 0x20
 POLLRDNORM, POLLRDBAND, POLLWRNORM, POLLWRBAND = 0x40, 0x80, 0x100, 0x200
@@ -42,6 +53,9 @@ class OpenFile:
     fown: tuple = (0, 0)  # F_SETOWN(_EX): (F_OWNER_TID, PID or PGRP, the id): who its signals go to
     fown_ids: tuple = ()  # (uid, euid) of the process that set fown: whom its signals may reach
     signum: int = 0  # F_SETSIG: the signal sent (0: SIGIO)
+    # A stream has no positions (pipes, FIFOs, sockets, terminals): pread, pwrite and their
+    # v-forms fail on it with ESPIPE before its access mode is looked at (Linux's FMODE_PREAD).
+    stream: ClassVar[bool] = False
 
     def readable(self) -> bool:
         return self.flags & O_ACCMODE in (O_RDONLY, O_RDWR) and not self.flags & O_PATH

@@ -63,6 +63,7 @@ class Pipe:
 class PipeFile(OpenFile):
     """One end of a pipe."""
 
+    stream = True
     pipe: Pipe | None = None
 
     def unread(self) -> int:

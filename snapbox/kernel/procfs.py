@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 
 from snapbox.kernel.creds import CAP_SYS_RESOURCE, capable
 from snapbox.kernel.errors import SyscallError, WouldBlock
-from snapbox.kernel.fd import O_ACCMODE, O_APPEND, O_NONBLOCK, O_RDWR, OpenFile
+from snapbox.kernel.fd import O_ACCMODE, O_APPEND, O_CLOEXEC, O_NONBLOCK, O_RDWR, OpenFile
 from snapbox.kernel.host import UTS_RELEASE, UTS_VERSION, HostFile, host_meminfo
 from snapbox.kernel.mm import VVAR
 from snapbox.kernel.namespaces import KINDS, namespace_of
@@ -274,8 +274,8 @@ def lookup(d: ProcDir, name: str) -> Inode:
         if name in PID_LINKS:
             return ProcNode(ino=_ino(d.pid, name), mode=stat.S_IFLNK | 0o777, kernel=k, pid=d.pid, name=name,
                             ctime=now)
-        if name in ("fd", "ns"):
-            return ProcDir(ino=_ino(d.pid, name), mode=stat.S_IFDIR | (0o500 if name == "fd" else 0o511), nlink=2,
+        if name in ("fd", "fdinfo", "ns"):
+            return ProcDir(ino=_ino(d.pid, name), mode=stat.S_IFDIR | (0o511 if name == "ns" else 0o500), nlink=2,
                            name=name, parent=d, kernel=k, pid=d.pid, kind=name, ctime=now)
     elif d.kind == "ns":
         if name in KINDS:
@@ -286,6 +286,11 @@ def lookup(d: ProcDir, name: str) -> Inode:
         if tg is not None and name.isdigit() and int(name) in tg.fds.files:
             return ProcNode(ino=_ino(d.pid, "fd" + name), mode=stat.S_IFLNK | 0o700, kernel=k, pid=d.pid,
                             name="fd/" + name, ctime=now)
+    elif d.kind == "fdinfo":
+        tg = groups.get(d.pid)
+        if tg is not None and name.isdigit() and int(name) in tg.fds.files:
+            return ProcNode(ino=_ino(d.pid, "fdinfo" + name), mode=stat.S_IFREG | 0o444, kernel=k, pid=d.pid,
+                            name="fdinfo/" + name, ctime=now)
     raise SyscallError(errno.ENOENT)
 
 
@@ -297,7 +302,7 @@ def list_dir(d: ProcDir) -> list[str]:
     if d.kind == "snapbox":
         return ["restored", *(["checkpoint"] if d.kernel.snapshot is not None else [])]
     if d.kind == "pid":
-        return [*PID_FILES, *PID_LINKS, "fd", "ns"]
+        return [*PID_FILES, *PID_LINKS, "fd", "fdinfo", "ns"]
     if d.kind == "ns":
         return list(KINDS)
     tg = groups.get(d.pid)
@@ -388,7 +393,24 @@ def _content(node: ProcNode) -> bytes:
         return f"{_oom_score(tg)}\n".encode()
     if name == "oom_score_adj":
         return f"{tg.oom_score_adj}\n".encode()
+    if name.startswith("fdinfo/"):
+        return _fdinfo(tg, int(name[7:])).encode()
     raise SyscallError(errno.ENOENT)
+
+
+def _fdinfo(tg, fd: int) -> str:
+    """/proc/PID/fdinfo/N: the file's position and flags (O_CLOEXEC among them when the fd
+    has it, in octal as Linux prints them) and its inode number (no mnt_id: the sandbox's
+    mounts have no ids)."""
+    f = tg.fds.files.get(fd)
+    if f is None:
+        raise SyscallError(errno.ENOENT)
+    flags = f.flags | (O_CLOEXEC if fd in tg.fds.cloexec else 0)
+    try:
+        ino = f.stat()["ino"]
+    except SyscallError:
+        ino = 0
+    return f"pos:\t{f.offset}\nflags:\t0{flags:o}\nino:\t{ino}\n"
 
 
 def _zombie(k, tg, name: str) -> str:

@@ -116,6 +116,7 @@ class StreamBuffer(Pipe):
 class SocketFile(OpenFile):
     """What every socket is as a file: open for reading and writing, whatever its flags."""
 
+    stream = True
     rcvtimeo: int = 0  # SO_RCVTIMEO in ns (0: none): a receive that blocks longer fails with EAGAIN
     sndtimeo: int = 0  # SO_SNDTIMEO in ns (0: none): a send that blocks longer ends (see write_all)
 
@@ -159,7 +160,8 @@ class UnixSocket(SocketFile):
     shut_wr: bool = False
     ino: int = 0
     address: bytes = b""  # the bound name: a path, or NUL and an abstract name; b"" if unbound
-    peer: bytes = b""  # the peer's name when the connection was made
+    peer: bytes = b""  # the peer's name (kept up to date by a bind of the peer after connecting)
+    partner: UnixSocket | None = None  # the other end of the connection, whose `peer` a bind here renames
     cred: list = field(default_factory=lambda: [0, 0, 0])  # pid, uid, gid: the peer's (SO_PEERCRED)
     listening: bool = False
     backlog: int = 0
@@ -277,6 +279,7 @@ class UnixSocket(SocketFile):
                             peer=self.address, cred=[t.tg.tgid, t.tg.creds[1], t.tg.creds[4]], kind=self.kind)
         self.incoming, self.outgoing = down, up
         self.peer = listener.address
+        self.partner, server.partner = server, self
         self.cred = list(listener.cred)
         listener.pending.append(server)
         listener.changed.notify()
@@ -490,5 +493,7 @@ def make_pair(kernel, flags: int, kind: int = SOCK_STREAM) -> tuple:
         a.peer_socket = b
         return a, b
     ab, ba = make_buffers(kernel, kind)
-    return (UnixSocket(flags=2 | flags, incoming=ba, outgoing=ab, ino=ab.ino, kind=kind),
-            UnixSocket(flags=2 | flags, incoming=ab, outgoing=ba, ino=ba.ino, kind=kind))
+    a = UnixSocket(flags=2 | flags, incoming=ba, outgoing=ab, ino=ab.ino, kind=kind)
+    b = UnixSocket(flags=2 | flags, incoming=ab, outgoing=ba, ino=ba.ino, kind=kind, partner=a)
+    a.partner = b
+    return a, b

@@ -595,6 +595,7 @@ def job_control(t, pty: Pty, sig: int) -> None:
 class PtyMaster(DeviceFile):
     """The master side of a pty, from /dev/ptmx."""
 
+    stream = True
     pty: Pty | None = None
     kernel: object = None  # the Kernel, to signal the session at hangup
 
@@ -674,6 +675,7 @@ class PtyMaster(DeviceFile):
 class PtySlave(DeviceFile):
     """The slave side of a pty: /dev/pts/N, or /dev/tty of its session."""
 
+    stream = True
     pty: Pty | None = None
     kernel: object = None
 

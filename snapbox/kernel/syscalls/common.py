@@ -61,15 +61,22 @@ def lookup(t, dirfd: int, path_addr: int, follow: bool = True, empty_ok: bool = 
     return parent, name, node, path
 
 
-def readable(t, fd: int):
+def readable(t, fd: int, positioned: bool = False):
+    """The file fd refers to, open for reading; `positioned` for a read at an offset
+    (pread and its kin), which a stream refuses first."""
     f = t.fds.get(fd)
+    if positioned and f.stream:
+        raise SyscallError(errno.ESPIPE)
     if not f.readable():
         raise SyscallError(errno.EBADF)
     return f
 
 
-def writable(t, fd: int):
+def writable(t, fd: int, positioned: bool = False):
+    """The file fd refers to, open for writing (`positioned`: as readable's)."""
     f = t.fds.get(fd)
+    if positioned and f.stream:
+        raise SyscallError(errno.ESPIPE)
     if not f.writable():
         raise SyscallError(errno.EBADF)
     return f

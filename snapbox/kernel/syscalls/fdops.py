@@ -21,6 +21,7 @@ from snapbox.kernel.fd import (
     O_CREAT,
     O_DIRECTORY,
     O_EXCL,
+    O_LARGEFILE,
     O_NOFOLLOW,
     O_PATH,
     O_RDWR,
@@ -29,6 +30,7 @@ from snapbox.kernel.fd import (
     O_TRUNC,
     O_WRONLY,
     SETFL_MASK,
+    open_status,
 )
 from snapbox.kernel.creds import CAP_SYS_RESOURCE, MAY_EXEC, MAY_READ, MAY_WRITE, capable, check, owner_ids
 from snapbox.kernel.pipe import FifoNode, make_pipe, open_fifo
@@ -61,7 +63,7 @@ def open_node(t, dirfd: int, path_addr: int, flags: int, mode: int) -> int:
         del node.entries[".tmpfile"]
         tmp.nlink = 0
         tmp.opens += 1
-        f = RegularFile(flags=flags & ~(O_CLOEXEC | O_TMPFILE) | (flags & O_ACCMODE), fs=fs, node=tmp,
+        f = RegularFile(flags=open_status(flags & ~O_TMPFILE), fs=fs, node=tmp,
                         name=f"{node.path().rstrip('/')}/#{tmp.ino} (deleted)")
         return t.fds.install(f, cloexec=bool(flags & O_CLOEXEC))
     created = node is None
@@ -139,6 +141,7 @@ def open_node(t, dirfd: int, path_addr: int, flags: int, mode: int) -> int:
         notify_dir(parent, IN_CREATE, name)
     if not flags & O_PATH and isinstance(f, (RegularFile, DirFile)):
         f.notify(IN_OPEN)
+    f.flags = open_status(flags)
     return t.fds.install(f, cloexec=bool(flags & O_CLOEXEC))
 
 
@@ -415,5 +418,5 @@ def memfd_create(t, name, flags):
     node = MemRegular(ino=fs.new_ino(), mode=st.S_IFREG | (0o666 if flags & MFD_NOEXEC_SEAL else 0o777),
                       uid=t.tg.fsuid, gid=t.tg.fsgid, atime=now, mtime=now, ctime=now, memfile=fs.memfile,
                       nlink=0, opens=1, seals=seals)
-    f = RegularFile(flags=O_RDWR, fs=fs, node=node, name=f"/memfd:{os.fsdecode(raw)} (deleted)")
+    f = RegularFile(flags=O_RDWR | O_LARGEFILE, fs=fs, node=node, name=f"/memfd:{os.fsdecode(raw)} (deleted)")
     return t.fds.install(f, cloexec=bool(flags & MFD_CLOEXEC))

@@ -238,17 +238,20 @@ def bind(t, fd, addr, addrlen):
             s.port_locked = port != 0
         return 0
     name = _read_address(t, addr, addrlen)
-    if s.address or s.connected:
-        raise SyscallError(errno.EINVAL)
-    if not name:  # autobind: an abstract name of five hex digits (unix(7))
+    if not name:  # autobind: an abstract name of five hex digits (unix(7)); a named socket keeps its name
+        if s.address:
+            return 0
         n = 0
         while (name := b"\0%05x" % n) in t.kernel.unix_names and t.kernel.unix_names[name].refs:
             n += 1
     if name[:1] == b"\0":
+        if s.address:
+            raise SyscallError(errno.EINVAL)
         if _bound(t, name) is not None:
             raise SyscallError(errno.EADDRINUSE)
         t.kernel.unix_names[name] = s
     else:
+        # As Linux's unix_bind_bsd: the node is made before the socket's name is looked at.
         fs = t.kernel.fs
         parent, base, node = fs.walk(start_dir(t, AT_FDCWD, name), t.fs.root, name, False, who=t.tg)
         if node is not None:
@@ -258,12 +261,16 @@ def bind(t, fd, addr, addrlen):
         check(t.tg, parent, MAY_WRITE | MAY_EXEC)
         if on_host(t, parent) is not None:
             raise SyscallError(errno.EPERM, "sockets in a read-write bind mount are not supported")
+        if s.address:
+            raise SyscallError(errno.EINVAL)
         now = now_ns()
         parent.entries[base] = SocketNode(ino=fs.new_ino(), mode=st.S_IFSOCK | (0o777 & ~t.fs.umask),
                                           uid=t.tg.fsuid, gid=t.tg.fsgid, atime=now, mtime=now,
                                           ctime=now, socket=s)
         parent.whiteouts.discard(base)
     s.address = name
+    if getattr(s, "partner", None) is not None:
+        s.partner.peer = name  # a socket connected before it took a name (its peer sees it now)
     return 0
 
 

@@ -28,7 +28,7 @@ def read(t, fd, buf, count):
 
 @syscall(NR.pread64)
 def pread64(t, fd, buf, count, offset):
-    f = readable(t, i32(fd))
+    f = readable(t, i32(fd), positioned=True)
     if i64(offset) < 0:
         raise SyscallError(errno.EINVAL)
     data = f.read(t, min(count, MAX_RW), i64(offset))
@@ -45,7 +45,7 @@ def write(t, fd, buf, count):
 
 @syscall(NR.pwrite64)
 def pwrite64(t, fd, buf, count, offset):
-    f = writable(t, i32(fd))
+    f = writable(t, i32(fd), positioned=True)
     if i64(offset) < 0:
         raise SyscallError(errno.EINVAL)
     data = t.mm.read(buf, min(count, MAX_RW))
@@ -96,7 +96,7 @@ def preadv(t, fd, iov, iovcnt, pos_l, pos_h):
 
 @syscall(NR.preadv2)
 def preadv2(t, fd, iov, iovcnt, pos_l, pos_h, flags):
-    f = readable(t, i32(fd))
+    f = readable(t, i32(fd), positioned=i64(pos_l) != -1)
     offset = _at(f, i64(pos_l), i32(flags))
     vecs = iovecs(t, iov, iovcnt)
     data = f.read(t, min(sum(n for _, n in vecs), MAX_RW), offset)
@@ -113,7 +113,7 @@ def pwritev(t, fd, iov, iovcnt, pos_l, pos_h):
 
 @syscall(NR.pwritev2)
 def pwritev2(t, fd, iov, iovcnt, pos_l, pos_h, flags):
-    f = writable(t, i32(fd))
+    f = writable(t, i32(fd), positioned=i64(pos_l) != -1)
     offset = _at(f, i64(pos_l), i32(flags))
     if i32(flags) & RWF_APPEND and isinstance(f, RegularFile):
         offset = f.node.size()

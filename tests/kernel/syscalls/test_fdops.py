@@ -1,4 +1,5 @@
-"""File descriptors: record locks and flock, /dev's files, owners and signal-driven I/O."""
+"""File descriptors: record locks and flock, /dev's files, owners and signal-driven I/O, and
+what a file description shows of itself (F_GETFL, /proc/self/fdinfo, ESPIPE)."""
 
 from __future__ import annotations
 
@@ -49,3 +50,14 @@ def test_signal_driven_io_matches_native(snapbox, images, bundle):
 def test_signal_driven_io_goes_on_after_a_restore(snapbox, images, tmp_path):
     got = held_through_a_restore(snapbox, images, tmp_path, "sigio", "done", lazy=False)
     assert got == ["holding", "after the hold, a write: 1 SIGIO", "done"]
+
+
+@pytest.mark.parametrize("bundle", ["fileedges", "fileedges-glibc"])
+def test_file_flags_positional_io_and_fdinfo_match_native(snapbox, images, tmp_path, bundle):
+    """F_GETFL with O_LARGEFILE and without the open-only flags, ESPIPE before EBADF for
+    pread/pwrite on a stream, /proc/self/fdinfo, and a connected unix socket named later
+    (its peer sees the name)."""
+    want = native_fixture(images, bundle, cwd=tmp_path)
+    assert "F_GETFL a directory: 0300000" in want and "pread of a pipe's write end: I" in want  # Illegal/Invalid seek
+    assert "recvfrom: 1 from edges.client" in want
+    assert same_output(snapbox("run", "--bundle", str(images / bundle), "fe").stdout, want)
