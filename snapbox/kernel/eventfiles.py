@@ -243,6 +243,7 @@ class EpollFile(OpenFile):
 
     interest: dict = field(default_factory=dict)  # fd -> [OpenFile, events, data]
     within: list = field(default_factory=list)  # the EpollFiles this one was added to (nesting depth)
+    changed: WaitQueue = field(default_factory=WaitQueue)  # its interest list changed (a wait looks again)
     # fd -> (id, seq) of its file's wait queues at its last edge-triggered report. Not
     # saved: after a restore each one is reported once more if ready.
     edges: dict = nosave(dict)
@@ -283,6 +284,7 @@ class EpollFile(OpenFile):
         self.edges.pop(fd, None)
         if isinstance(f, EpollFile) and self not in f.within:
             f.within.append(self)
+        self.changed.notify()
 
     def remove_interest(self, fd: int) -> bool:
         entry = self.interest.pop(fd, None)
@@ -290,7 +292,7 @@ class EpollFile(OpenFile):
         return entry is not None
 
     def wait_queues(self, t) -> tuple:
-        return tuple(q for f, _, _ in self.interest.values() for q in f.queues(t))
+        return (self.changed, *(q for f, _, _ in self.interest.values() for q in f.queues(t)))
 
     def queues(self, t) -> tuple:
         return self.wait_queues(t)  # an epoll inside another

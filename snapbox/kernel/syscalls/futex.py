@@ -58,11 +58,11 @@ def futex(t, uaddr, op, val, timeout, uaddr2, val3):
                 deadline = when
         return wait(t, uaddr, val, deadline, BITSET_MATCH_ANY if cmd == FUTEX_WAIT else val3 & 0xFFFFFFFF)
     if cmd == FUTEX_WAKE:
-        return wake(t, uaddr, i32(val) if i32(val) > 0 else 0)
+        return wake(t, uaddr, max(i32(val), 1))  # Linux wakes one waiter even for 0 or fewer
     if cmd == FUTEX_WAKE_BITSET:
         if val3 & 0xFFFFFFFF == 0:
             raise SyscallError(errno.EINVAL)
-        return wake(t, uaddr, i32(val), val3 & 0xFFFFFFFF)
+        return wake(t, uaddr, max(i32(val), 1), val3 & 0xFFFFFFFF)
     if cmd in (FUTEX_REQUEUE, FUTEX_CMP_REQUEUE):
         if cmd == FUTEX_CMP_REQUEUE and word(t, uaddr) != val3 & 0xFFFFFFFF:
             raise SyscallError(errno.EAGAIN)
@@ -110,12 +110,12 @@ def _wake_op(t, uaddr: int, nr_wake: int, nr_wake2: int, uaddr2: int, encoded: i
     else:
         raise SyscallError(errno.ENOSYS)
     t.mm.write(uaddr2, struct.pack("<I", new & 0xFFFFFFFF))
-    woken = wake(t, uaddr, nr_wake)
+    woken = wake(t, uaddr, max(nr_wake, 1))  # as FUTEX_WAKE: one at least
     signed_old = old - (1 << 32) if old & 0x80000000 else old
     tests = (signed_old == cmparg, signed_old != cmparg, signed_old < cmparg, signed_old <= cmparg,
              signed_old > cmparg, signed_old >= cmparg)
     if cmp >= len(tests):
         raise SyscallError(errno.ENOSYS)
     if tests[cmp]:
-        woken += wake(t, uaddr2, nr_wake2)
+        woken += wake(t, uaddr2, max(nr_wake2, 1))
     return woken
