@@ -1,5 +1,5 @@
 """Names: the working and root directories (chroot), mkdir, unlink and rmdir, rename, link, symlink, mknod,
-and listing a directory (getdents64)."""
+and listing a directory (getdents64, and the older getdents)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import struct
 
 from snapbox.kernel.creds import CAP_MKNOD, CAP_SYS_CHROOT, MAY_EXEC, MAY_WRITE, capable, check, may_delete, owner_ids
 from snapbox.kernel.errors import SyscallError
+from snapbox.kernel.fd import O_PATH
 from snapbox.kernel.inotify import (
     IN_ACCESS, IN_ATTRIB, IN_CREATE, IN_DELETE, IN_MOVE_SELF, IN_MOVED_FROM, IN_MOVED_TO, deleted, notify, notify_dir,
 )
@@ -168,9 +169,23 @@ def _dtype(mode: int) -> int:
             st.S_IFREG: DT_REG, st.S_IFLNK: DT_LNK, st.S_IFSOCK: DT_SOCK}.get(st.S_IFMT(mode), DT_UNKNOWN)
 
 
-@syscall(NR.getdents64)
-def getdents64(t, fd, dirp, count):
-    f = t.fds.get(i32(fd))
+def _record64(ino: int, off: int, name: bytes, dtype: int) -> bytes:
+    """struct linux_dirent64: d_ino, d_off, d_reclen, d_type, the name and its NUL, 8-aligned."""
+    reclen = (19 + len(name) + 1 + 7) & ~7
+    return struct.pack("<QqHB", ino, off, reclen, dtype) + name + bytes(reclen - 19 - len(name))
+
+
+def _record(ino: int, off: int, name: bytes, dtype: int) -> bytes:
+    """The old struct linux_dirent: d_ino, d_off, d_reclen, the name and its NUL, then
+    d_type in the record's last byte, 8-aligned."""
+    reclen = (18 + len(name) + 2 + 7) & ~7
+    return struct.pack("<QqH", ino, off, reclen) + name + bytes(reclen - 19 - len(name)) + bytes((dtype,))
+
+
+def _getdents(t, fd: int, dirp: int, count: int, record) -> int:
+    f = t.fds.get(fd)
+    if f.flags & O_PATH:
+        raise SyscallError(errno.EBADF)
     if not isinstance(f, DirFile):
         raise SyscallError(errno.ENOTDIR)
     d = f.node
@@ -182,12 +197,10 @@ def getdents64(t, fd, dirp, count):
     index = f.offset
     while index < len(names):
         name, ino, kind = names[index]
-        raw = os.fsencode(name)
-        reclen = (19 + len(raw) + 1 + 7) & ~7
-        if len(out) + reclen > count:
+        rec = record(ino, index + 1, os.fsencode(name), _dtype(kind))
+        if len(out) + len(rec) > count:
             break
-        out += struct.pack("<QqHB", ino, index + 1, reclen, _dtype(kind)) + raw
-        out += bytes(reclen - 19 - len(raw))
+        out += rec
         index += 1
     if not out and index < len(names):
         raise SyscallError(errno.EINVAL)  # the buffer cannot hold one entry
@@ -195,6 +208,16 @@ def getdents64(t, fd, dirp, count):
     f.offset = index
     f.notify(IN_ACCESS)
     return len(out)
+
+
+@syscall(NR.getdents64)
+def getdents64(t, fd, dirp, count):
+    return _getdents(t, i32(fd), dirp, count & 0xFFFFFFFF, _record64)
+
+
+@syscall(NR.getdents)
+def getdents(t, fd, dirp, count):
+    return _getdents(t, i32(fd), dirp, count & 0xFFFFFFFF, _record)
 
 
 RENAME_NOREPLACE, RENAME_EXCHANGE, RENAME_WHITEOUT = 1, 2, 4
