@@ -392,6 +392,7 @@ class Lifecycle:
         if self.memfile.written is not None:
             self.memfile.written.forget(tg.mm)
         stub.unmap(0, APP_TOP)
+        tg.maxrss = max(tg.maxrss, tg.mm.usage()["VmHWM"])  # getrusage's ru_maxrss outlives the exec
         tg.mm.release_all()
         tg.mm = mm
         mm.attach(stub)
@@ -492,6 +493,7 @@ class Lifecycle:
         if fd is not None:
             self.loop.remove_reader(fd)
             os.close(fd)
+        tg.maxrss = max(tg.maxrss, tg.mm.usage()["VmHWM"])
         tg.mm.release_all()
         for f in tg.fds.files.values():
             node = getattr(f, "node", None)
@@ -532,11 +534,12 @@ class Lifecycle:
 
     def reap(self, tg: ThreadGroup, waited: bool = True) -> None:
         """Forget an exited child: its pid is free again. One `waited` for adds its CPU
-        time (and its children's) to its parent's children's."""
+        time (and its children's) to its parent's children's, and its peak resident size."""
         if tg.parent is not None and tg in tg.parent.children:
             tg.parent.children.remove(tg)
             if waited:
                 tg.parent.children_cpu_ns += tg.cpu_ns + tg.children_cpu_ns
+                tg.parent.children_maxrss = max(tg.parent.children_maxrss, tg.maxrss, tg.children_maxrss)
         self.tasks.pidns.groups.pop(tg.tgid, None)
         tg.reaped = True
         tg.exited.notify()

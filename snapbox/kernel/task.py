@@ -72,6 +72,8 @@ class ThreadGroup:
     children: list = field(default_factory=list)  # child ThreadGroups, zombies until reaped
     cpu_ns: int = 0  # CPU time its threads used, counted when the group exits
     children_cpu_ns: int = 0  # that of its children waited for, and of theirs (RUSAGE_CHILDREN)
+    maxrss: int = 0  # the highest resident size (bytes) of the address spaces it has left (exec, exit)
+    children_maxrss: int = 0  # the highest maxrss of its children waited for, and of theirs
     child_exit: WaitQueue = field(default_factory=WaitQueue)  # wait4 callers; fired when a child exits
     pgid: int = 0  # process group id
     cred: Creds = field(default_factory=Creds)  # its leader's credentials (see `acting`)

@@ -301,15 +301,23 @@ def getrusage(t, who, usage):
     who = i32(who)
     if who == 0:  # RUSAGE_SELF
         ns = sum(t.kernel.cpu_time_ns(x) for x in t.tg.tasks)
+        maxrss = max(t.tg.maxrss, t.mm.usage()["VmHWM"])
     elif who == 1:  # RUSAGE_THREAD
         ns = t.kernel.cpu_time_ns(t)
+        maxrss = t.mm.usage()["VmHWM"]
     elif who == -1:  # RUSAGE_CHILDREN: the children waited for, and theirs
-        ns = t.tg.children_cpu_ns
+        ns, maxrss = t.tg.children_cpu_ns, t.tg.children_maxrss
     else:
         raise SyscallError(errno.EINVAL)
-    sec, rest = divmod(ns, 1_000_000_000)
-    t.mm.write(usage, struct.pack("<qq", sec, rest // 1000).ljust(144, b"\0"))
+    t.mm.write(usage, pack_rusage(ns, maxrss))
     return 0
+
+
+def pack_rusage(cpu_ns: int, maxrss: int) -> bytes:
+    """struct rusage: the CPU time (all of it counted as user time: the sentry does not tell
+    the two apart) and ru_maxrss, in KiB; the other counters are not kept (0)."""
+    sec, rest = divmod(cpu_ns, 1_000_000_000)
+    return struct.pack("<qqqqq", sec, rest // 1000, 0, 0, maxrss // 1024).ljust(144, b"\0")
 
 
 CLK_TCK = 100

@@ -17,6 +17,7 @@ from snapbox.kernel.fd import O_NONBLOCK, O_RDWR
 from snapbox.kernel.procfs import NsFile
 from snapbox.kernel.seccomp import SECCOMP_MODE_FILTER, SECCOMP_MODE_STRICT
 from snapbox.kernel.syscalls import NR, i32, syscall
+from snapbox.kernel.syscalls.info import pack_rusage
 from snapbox.kernel.syscalls.seccomp import set_filter, set_strict
 from snapbox.kernel.waiter import WaitQueue
 from snapbox.platform.cpuid import DYNAMIC_XFEATURES, XFEATURE_MAX
@@ -342,9 +343,12 @@ def _matches(t, child, pid: int) -> bool:
     return child.pgid == (t.tg.pgid if pid == 0 else -pid)
 
 
-def _rusage(t, addr: int) -> None:
+def _rusage(t, addr: int, child) -> None:
+    """wait4's and waitid's rusage: the child's, with its own children's added, as Linux's."""
     if addr:
-        t.mm.write(addr, bytes(144))
+        ns = child.cpu_ns + child.children_cpu_ns + sum(t.kernel.cpu_time_ns(x) for x in child.tasks)
+        maxrss = max(child.maxrss, child.children_maxrss, child.mm.usage()["VmHWM"] if child.tasks else 0)
+        t.mm.write(addr, pack_rusage(ns, maxrss))
 
 
 @syscall(NR.wait4)
@@ -366,7 +370,7 @@ def wait4(t, pid, status, options, rusage):
             continue
         if status:
             t.mm.write(status, struct.pack("<i", value))
-        _rusage(t, rusage)
+        _rusage(t, rusage, child)
         if child.exit_status is not None:
             t.kernel.reap(child)
         else:
@@ -415,7 +419,7 @@ def waitid(t, idtype, id_, infop, options, rusage):
         if infop:
             # siginfo_t: si_signo, si_errno, si_code, (pad), si_pid, si_uid, si_status
             t.mm.write(infop, struct.pack("<iiiiiIi", SIGCHLD, 0, code, 0, child.tgid, 0, value).ljust(128, b"\0"))
-        _rusage(t, rusage)
+        _rusage(t, rusage, child)
         if not options & WNOWAIT:
             if child.exit_status is not None:
                 t.kernel.reap(child)
