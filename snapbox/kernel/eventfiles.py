@@ -26,6 +26,8 @@ _U64 = struct.Struct("<Q")
 class EventFd(OpenFile):
     """eventfd(2): a 64-bit counter that reads drain and writes add to."""
 
+    stream = True  # an anonymous inode: pread and pwrite fail with ESPIPE
+
     counter: int = 0
     semaphore: bool = False  # EFD_SEMAPHORE: each read takes 1
     readable_q: WaitQueue = field(default_factory=WaitQueue)  # readers waiting for a non-zero count
@@ -113,6 +115,8 @@ class SignalFd(OpenFile):
     """signalfd(2): the signals in `mask` that are pending for the reader, read as
     signalfd_siginfo records instead of being delivered (the program blocks them)."""
 
+    stream = True  # an anonymous inode: pread and pwrite fail with ESPIPE
+
     mask: int = 0  # sigset bits (SIGKILL and SIGSTOP never)
     owner: ThreadGroup | None = None  # the process that made it: whose pending signals poll reports
 
@@ -167,6 +171,8 @@ class SignalFd(OpenFile):
 @dataclass(eq=False)
 class TimerFd(OpenFile):
     """timerfd_create(2): expirations of a timer, read as a 64-bit count."""
+
+    stream = True  # an anonymous inode: pread and pwrite fail with ESPIPE
 
     clock: int = 1
     deadline: int = 0  # next expiry on the sandbox monotonic clock, 0 when disarmed
@@ -240,6 +246,8 @@ class EpollFile(OpenFile):
     from the host (a host socket, a host file) is reported level-triggered: the sentry
     hears of its events only while someone waits, and a missed edge would leave a program
     waiting forever, where a repeated one only costs it an EAGAIN."""
+
+    stream = True  # an anonymous inode: pread and pwrite fail with ESPIPE
 
     interest: dict = field(default_factory=dict)  # fd -> [OpenFile, events, data]
     within: list = field(default_factory=list)  # the EpollFiles this one was added to (nesting depth)
@@ -337,6 +345,8 @@ class PidFile(OpenFile):
     """A pidfd (pidfd_open(2), clone's CLONE_PIDFD): a process held by reference, not by a
     pid that may be reused. Polls readable once the process has exited, and hung up too
     once it has been reaped."""
+
+    stream = True  # an anonymous inode: pread and pwrite fail with ESPIPE
 
     group: ThreadGroup | None = None
 

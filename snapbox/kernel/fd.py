@@ -53,7 +53,8 @@ class OpenFile:
     fown: tuple = (0, 0)  # F_SETOWN(_EX): (F_OWNER_TID, PID or PGRP, the id): who its signals go to
     fown_ids: tuple = ()  # (uid, euid) of the process that set fown: whom its signals may reach
     signum: int = 0  # F_SETSIG: the signal sent (0: SIGIO)
-    # A stream has no positions (pipes, FIFOs, sockets, terminals): pread, pwrite and their
+    # A stream has no positions (pipes, FIFOs, sockets, terminals, anonymous inodes such as
+    # eventfds and epolls): pread, pwrite and their
     # v-forms fail on it with ESPIPE before its access mode is looked at (Linux's FMODE_PREAD).
     stream: ClassVar[bool] = False
 

@@ -39,6 +39,8 @@ EVENT = struct.Struct("<iIII")  # struct inotify_event, before its name
 class InotifyFile(OpenFile):
     """An inotify instance: its watches (wd -> [node, mask]) and its queue of events."""
 
+    stream = True  # an anonymous inode: pread and pwrite fail with ESPIPE
+
     watches: dict = field(default_factory=dict)
     next_wd: int = 1
     events: list = field(default_factory=list)  # [wd, mask, cookie, name bytes]
