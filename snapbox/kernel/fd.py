@@ -110,6 +110,15 @@ class FDTable:
             raise SyscallError(errno.EBADF)
         return f
 
+    def get_open(self, fd: int) -> OpenFile:
+        """The file fd refers to, for a call that works on the file itself: an O_PATH
+        descriptor, which serves only close, dup, fcntl's fd flags, fstat, fchdir and the
+        *at calls, is EBADF to it, as to Linux's fdget."""
+        f = self.get(fd)
+        if f.flags & O_PATH:
+            raise SyscallError(errno.EBADF)
+        return f
+
     def install(self, f: OpenFile, cloexec: bool = False, lowest: int = 0) -> int:
         fd = lowest
         while fd in self.files:

@@ -30,7 +30,7 @@ def fallocate(t, fd, mode, offset, length):
     """Space for a range of a regular file, as tmpfs offers it: allocate (keeping the size
     or not) and punch holes (with FALLOC_FL_KEEP_SIZE); the other modes are EOPNOTSUPP. A
     file of a read-write bind mount asks the host's file system."""
-    f = t.fds.get(i32(fd))
+    f = t.fds.get_open(i32(fd))
     mode, offset, length = i32(mode), i64(offset), i64(length)
     if offset < 0 or length <= 0:
         raise SyscallError(errno.EINVAL)
@@ -66,7 +66,7 @@ def umask(t, mask):
 
 @syscall(NR.ftruncate)
 def ftruncate(t, fd, length):
-    f = t.fds.get(i32(fd))
+    f = t.fds.get_open(i32(fd))
     if i64(length) < 0 or not isinstance(f, RegularFile):
         raise SyscallError(errno.EINVAL)
     if not f.writable():
@@ -107,7 +107,7 @@ def _node_of(t, dirfd: int, path: int, flags: int) -> tuple:
 
 
 def _fd_node(t, fd: int) -> tuple:
-    f = t.fds.get(i32(fd))
+    f = t.fds.get_open(i32(fd))
     node = getattr(f, "node", None)
     if node is None:
         raise SyscallError(errno.EPERM)

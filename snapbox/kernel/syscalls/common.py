@@ -54,8 +54,10 @@ def lookup(t, dirfd: int, path_addr: int, follow: bool = True, empty_ok: bool = 
     """Resolve a path argument, searching directories as `who` (default: the caller's
     process) may; returns (parent, name, node-or-None, path bytes)."""
     path = t.mm.read_cstring(path_addr)
-    if not path and empty_ok:
-        return None, "", None, path
+    if not path:
+        if empty_ok:
+            return None, "", None, path
+        raise SyscallError(errno.ENOENT)  # before dirfd is looked at, as Linux's getname
     fs = t.kernel.fs
     parent, name, node = fs.walk(start_dir(t, dirfd, path), t.fs.root, path, follow, who=who or t.tg)
     return parent, name, node, path

@@ -40,7 +40,7 @@ from snapbox.kernel.inotify import IN_CREATE, IN_MODIFY, IN_OPEN, dir_notify, no
 from snapbox.kernel.syscalls import NR, i32, syscall
 from snapbox.kernel.tty import PtsNode, open_ptmx, open_slave, open_tty
 from snapbox.kernel.syscalls.common import AT_FDCWD, host_path, lookup, on_host
-from snapbox.kernel.vfs import F_SEAL_FUTURE_WRITE, F_SEAL_GROW, F_SEAL_SEAL, F_SEAL_SHRINK, F_SEAL_WRITE, DirFile, \
+from snapbox.kernel.vfs import F_SEAL_FUTURE_WRITE, F_SEAL_GROW, F_SEAL_SEAL, F_SEAL_SHRINK, F_SEAL_WRITE, Dir, DirFile, \
     LowerNode, MemRegular, RegularFile, now_ns
 
 
@@ -127,8 +127,9 @@ def open_node(t, dirfd: int, path_addr: int, flags: int, mode: int) -> int:
             host = on_host(t, node)
             if host is None:
                 node = fs.copy_up(parent, name, node)
-        f = RegularFile(flags=flags & ~O_CLOEXEC, fs=fs, node=node, name=os.fsdecode(path), parent=parent,
-                        entry=name)
+        # Its name is the path it was found at from the root, as /proc/PID/fd shows it.
+        where = f"{parent.path().rstrip('/')}/{name}" if isinstance(parent, Dir) else os.fsdecode(path)
+        f = RegularFile(flags=flags & ~O_CLOEXEC, fs=fs, node=node, name=where, parent=parent, entry=name)
         if host is not None:
             f.host_fd = host.open(node.path, accmode | (os.O_TRUNC if flags & O_TRUNC else 0))
         if isinstance(node, MemRegular):
@@ -178,7 +179,7 @@ FIONCLEX, FIOCLEX, FIONBIO, FIONREAD, FIOASYNC = 0x5450, 0x5451, 0x5421, 0x541B,
 @syscall(NR.ioctl)
 def ioctl(t, fd, request, arg):
     fd, request = i32(fd), request & 0xFFFFFFFF
-    f = t.fds.get(fd)
+    f = t.fds.get_open(fd)
     if request in (FIOCLEX, FIONCLEX):
         (t.fds.cloexec.add if request == FIOCLEX else t.fds.cloexec.discard)(fd)
         return 0
@@ -233,6 +234,8 @@ def fcntl(t, fd, cmd, arg):
             set_async(t, f, fd, bool(f.flags & O_ASYNC))
         return 0
     if cmd in (F_GETLK, F_SETLK, F_SETLKW, F_OFD_GETLK, F_OFD_SETLK, F_OFD_SETLKW):
+        if f.flags & O_PATH:
+            raise SyscallError(errno.EBADF)
         if not isinstance(f, RegularFile):
             raise SyscallError(errno.EINVAL)
         if cmd in (F_GETLK, F_OFD_GETLK):
@@ -321,7 +324,7 @@ def _set_pipe_size(t, pipe, size: int) -> int:
 
 @syscall(NR.flock)
 def flock(t, fd, op):
-    return locks.flock(t, t.fds.get(i32(fd)), i32(op))
+    return locks.flock(t, t.fds.get_open(i32(fd)), i32(op))
 
 
 @syscall(NR.dup)

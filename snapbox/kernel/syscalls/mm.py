@@ -41,7 +41,7 @@ def mmap(t, addr, length, prot, flags, fd, offset):
         raise SyscallError(errno.EINVAL)
     source = None
     if not flags & MAP_ANONYMOUS:
-        source = t.fds.get(i32(fd))
+        source = t.fds.get_open(i32(fd))
         if isinstance(source, DeviceFile) and source.node.name == "zero":
             source = None  # a mapping of /dev/zero is anonymous memory
         elif not isinstance(source, RegularFile):

@@ -10,7 +10,6 @@ import struct
 
 from snapbox.kernel.creds import CAP_MKNOD, CAP_SYS_CHROOT, MAY_EXEC, MAY_WRITE, capable, check, may_delete, owner_ids
 from snapbox.kernel.errors import SyscallError
-from snapbox.kernel.fd import O_PATH
 from snapbox.kernel.inotify import (
     IN_ACCESS, IN_ATTRIB, IN_CREATE, IN_DELETE, IN_MOVE_SELF, IN_MOVED_FROM, IN_MOVED_TO, deleted, notify, notify_dir,
 )
@@ -183,9 +182,7 @@ def _record(ino: int, off: int, name: bytes, dtype: int) -> bytes:
 
 
 def _getdents(t, fd: int, dirp: int, count: int, record) -> int:
-    f = t.fds.get(fd)
-    if f.flags & O_PATH:
-        raise SyscallError(errno.EBADF)
+    f = t.fds.get_open(fd)
     if not isinstance(f, DirFile):
         raise SyscallError(errno.ENOTDIR)
     d = f.node

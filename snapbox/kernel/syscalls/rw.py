@@ -130,7 +130,7 @@ def lseek(t, fd, offset, whence):
 
 @syscall(NR.fsync, NR.fdatasync)
 def fsync(t, fd):
-    t.fds.get(i32(fd))
+    t.fds.get_open(i32(fd))
     return 0
 
 
@@ -141,7 +141,7 @@ def sync(t):
 
 @syscall(NR.syncfs)
 def syncfs(t, fd):
-    t.fds.get(i32(fd))
+    t.fds.get_open(i32(fd))
     return 0
 
 
@@ -150,7 +150,7 @@ SYNC_FILE_RANGE_FLAGS = 1 | 2 | 4  # WAIT_BEFORE, WRITE, WAIT_AFTER
 
 @syscall(NR.sync_file_range)
 def sync_file_range(t, fd, offset, nbytes, flags):
-    f = t.fds.get(i32(fd))
+    f = t.fds.get_open(i32(fd))
     if i32(flags) & ~SYNC_FILE_RANGE_FLAGS or i64(offset) < 0 or i64(nbytes) < 0:
         raise SyscallError(errno.EINVAL)
     if not isinstance(f, RegularFile):
@@ -220,7 +220,7 @@ POSIX_FADV_NOREUSE = 5  # the highest advice (NORMAL, RANDOM, SEQUENTIAL, WILLNE
 def fadvise64(t, fd, offset, length, advice):
     """Advice about the page cache, checked as Linux checks it, then taken as given: the
     sentry reads files as it needs them."""
-    f = t.tg.fds.get(i32(fd))
+    f = t.tg.fds.get_open(i32(fd))
     if stat.S_ISFIFO(f.stat()["mode"]):
         raise SyscallError(errno.ESPIPE)
     if not 0 <= i32(advice) <= POSIX_FADV_NOREUSE or i64(length) < 0:
@@ -232,7 +232,7 @@ def fadvise64(t, fd, offset, length, advice):
 def readahead(t, fd, offset, count):
     """Read ahead into the page cache: checked as Linux checks it (a regular file open for
     reading), nothing more to do."""
-    f = t.tg.fds.get(i32(fd))
+    f = t.tg.fds.get_open(i32(fd))
     if not f.readable():
         raise SyscallError(errno.EBADF)
     if not stat.S_ISREG(f.stat()["mode"]):

@@ -17,7 +17,6 @@ import stat
 
 from snapbox.kernel.creds import CAP_SYS_ADMIN, MAY_READ, MAY_WRITE, capable, check, owns
 from snapbox.kernel.errors import SyscallError
-from snapbox.kernel.fd import O_PATH
 from snapbox.kernel.inotify import IN_ATTRIB, notify
 from snapbox.kernel.pipe import PipeFile
 from snapbox.kernel.procfs import ProcNode
@@ -49,9 +48,7 @@ def _node(t, path: int, follow: bool) -> tuple:
 
 
 def _file_node(t, fd: int) -> tuple:
-    f = t.fds.get(i32(fd))
-    if f.flags & O_PATH:
-        raise SyscallError(errno.EBADF)
+    f = t.fds.get_open(i32(fd))
     if isinstance(f, PipeFile):
         return _Fifo(), None, ""
     node = getattr(f, "node", None)
