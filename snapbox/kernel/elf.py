@@ -153,6 +153,8 @@ def build_stack(mm: MemoryManager, image: LoadedImage, argv: list[bytes], envp: 
         (AT_PLATFORM, platform), (AT_EXECFN, execfn_addr), (AT_MINSIGSTKSZ, MINSIGSTKSZ),
         *([(AT_SYSINFO_EHDR, vdso)] if vdso else []), (AT_NULL, 0),
     ]
+    mm.env_area = (env_addrs[0] if envp else execfn_addr, execfn_addr)
+    mm.auxv = b"".join(struct.pack("<QQ", key, value) for key, value in auxv)
     words = [len(argv), *arg_addrs, 0, *env_addrs, 0]
     for key, value in auxv:
         words += [key, value]

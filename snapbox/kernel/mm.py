@@ -82,6 +82,8 @@ class MemoryManager:
     exe: str = ""  # the path of the program mapped (its mappings count as VmExe, not VmLib)
     peak_size: int = 0  # VmPeak: the most bytes mapped at once
     peak_rss: int = 0  # VmHWM: the highest resident size seen
+    env_area: tuple = (0, 0)  # where execve put the environment strings (/proc/PID/environ)
+    auxv: bytes = b""  # the auxiliary vector execve gave the program (/proc/PID/auxv)
     stub: Stub | None = nosave(default=None)  # host process running this address space
     starts: list = nosave(list)  # vma.start of each Vma, for bisect; kept in step with vmas
     mapped: int = nosave(default=0)  # bytes the VMAs cover (VmSize); kept in step with vmas

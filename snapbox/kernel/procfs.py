@@ -50,10 +50,10 @@ if TYPE_CHECKING:
 
 PROC_DEV = 0x4
 NSFS_DEV = 0x3
-PID_FILES = ("stat", "status", "statm", "cmdline", "comm", "maps", "smaps", "smaps_rollup", "environ", "oom_score",
-             "oom_score_adj")
+PID_FILES = ("stat", "status", "statm", "cmdline", "comm", "maps", "smaps", "smaps_rollup", "environ", "auxv",
+             "mounts", "oom_score", "oom_score_adj")
 WRITABLE = ("oom_score_adj",)
-ZOMBIE_GONE = ("environ", "smaps_rollup")  # a zombie's: ESRCH (no memory to show)
+ZOMBIE_GONE = ("environ", "auxv", "smaps_rollup")  # a zombie's: ESRCH (no memory to show)
 PID_LINKS = ("exe", "cwd", "root")
 TOP_FILES = ("stat", "meminfo", "cpuinfo", "uptime", "loadavg", "mounts", "version")
 USER_HZ = 100
@@ -370,8 +370,16 @@ def _content(node: ProcNode) -> bytes:
     leader = tg.tasks[0]
     if name == "cmdline":
         return b"".join(a + b"\0" for a in tg.argv)
-    if name == "environ":
-        return b""
+    if name == "environ":  # what is there now of the strings execve put on its stack
+        start, end = tg.mm.env_area
+        try:
+            return tg.mm.read(start, end - start)
+        except SyscallError:
+            return b""  # unmapped since
+    if name == "auxv":
+        return tg.mm.auxv
+    if name == "mounts":
+        return _top(k, "mounts").encode()
     if name == "comm":
         return leader.comm.encode() + b"\n"
     if name == "stat":

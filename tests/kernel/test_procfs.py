@@ -12,6 +12,7 @@ from tests.conftest import held_through_a_restore, native_fixture, same_output
 def test_proc_matches_native(snapbox, images, bundle):
     want = native_fixture(images, bundle)
     assert "touching 16 MB: VmRSS grew by 16-17 MB 1, RssAnon holds it 1" in want and "zombie stat state: Z" in want
+    assert "auxv: whole pairs 1, AT_PAGESZ right 1, ends with AT_NULL 1" in want and "/proc/mounts: 1" in want
     assert same_output(snapbox("run", "--bundle", str(images / bundle), "procfs").stdout, want)
 
 
