@@ -589,6 +589,30 @@ class MemoryManager:
             self._put(v, a, view[:n])
             view = view[n:]
 
+    def debug_read(self, addr: int, length: int) -> bytes:
+        """Read as a debugger does (/proc/PID/mem): whatever the protection, up to the first
+        unmapped byte."""
+        out = bytearray()
+        end = addr + length
+        while addr < end and (vma := self.find(addr)) is not None:
+            n = min(end, vma.end) - addr
+            out += self._get(vma, addr, n)
+            addr += n
+        return bytes(out)
+
+    def debug_write(self, addr: int, data: bytes) -> int:
+        """Write as a debugger does, into the process's own memory whatever its protection,
+        up to the first byte that is unmapped or not its own to change (a file's cached
+        pages, a shared mapping it may not write); returns the bytes written."""
+        done = 0
+        while done < len(data) and (vma := self.find(addr + done)) is not None:
+            if vma.pages is not None or (vma.shared and not vma.prot & PROT_WRITE):
+                break
+            n = min(len(data) - done, vma.end - (addr + done))
+            self._put(vma, addr + done, memoryview(data)[done:done + n])
+            done += n
+        return done
+
     def cmpxchg32(self, addr: int, expected: int, desired: int) -> int:
         """Atomically store `desired` in the aligned word at `addr` if it holds `expected`
         (other threads may be updating it at this moment); return what it held. EFAULT

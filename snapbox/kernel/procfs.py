@@ -32,7 +32,7 @@ import zlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from snapbox.kernel.creds import CAP_SYS_RESOURCE, capable
+from snapbox.kernel.creds import CAP_SYS_PTRACE, CAP_SYS_RESOURCE, capable
 from snapbox.kernel.errors import SyscallError, WouldBlock
 from snapbox.kernel.fd import O_ACCMODE, O_APPEND, O_CLOEXEC, O_NONBLOCK, O_RDWR, OpenFile
 from snapbox.kernel.host import UTS_RELEASE, UTS_VERSION, HostFile, host_meminfo
@@ -51,9 +51,9 @@ if TYPE_CHECKING:
 PROC_DEV = 0x4
 NSFS_DEV = 0x3
 PID_FILES = ("stat", "status", "statm", "cmdline", "comm", "maps", "smaps", "smaps_rollup", "environ", "auxv",
-             "mounts", "oom_score", "oom_score_adj")
-WRITABLE = ("oom_score_adj",)
-ZOMBIE_GONE = ("environ", "auxv", "smaps_rollup")  # a zombie's: ESRCH (no memory to show)
+             "mounts", "mem", "oom_score", "oom_score_adj")
+WRITABLE = ("oom_score_adj", "mem")
+ZOMBIE_GONE = ("environ", "auxv", "mem", "smaps_rollup")  # a zombie's: ESRCH (no memory to show)
 PID_LINKS = ("exe", "cwd", "root")
 TOP_FILES = ("stat", "meminfo", "cpuinfo", "uptime", "loadavg", "mounts", "version")
 USER_HZ = 100
@@ -111,7 +111,9 @@ class ProcNode(Inode):
         return NsNode(ino=inum, mode=stat.S_IFREG | 0o444, kernel=self.kernel, pid=self.pid, name=self.name,
                       kind=kind, ns=ns)
 
-    def open(self, flags: int) -> ProcFile:
+    def open(self, flags: int) -> OpenFile:
+        if self.name == "mem":
+            return _open_mem(self, flags)
         return ProcFile(flags=flags, node=self, content=_content(self))
 
 
@@ -225,6 +227,75 @@ class ProcFile(OpenFile):
 
     def describe(self) -> str:
         return f"proc /proc/{self.node.pid or ''}{'/' if self.node.pid else ''}{self.node.name}"
+
+
+MEM_CHUNK = 1 << 20  # the most one read or write of /proc/PID/mem moves
+
+
+@savable
+@dataclass(eq=False)
+class ProcMemFile(OpenFile):
+    """/proc/PID/mem: the process's memory, read and written at the file position taken as
+    an address, as a debugger sees it (MemoryManager.debug_read and debug_write); EIO where nothing
+    is mapped, end of file once the process has exited."""
+
+    node: ProcNode | None = None
+
+    def _mm(self):
+        tg = self.node.kernel.tasks.pidns.groups.get(self.node.pid)
+        return None if tg is None or tg.exit_status is not None else tg.mm
+
+    def read(self, t, count: int, offset: int | None = None) -> bytes:
+        mm = self._mm()
+        if mm is None or count == 0:
+            return b""
+        data = mm.debug_read(self.offset if offset is None else offset, min(count, MEM_CHUNK))
+        if not data:
+            raise SyscallError(errno.EIO)
+        if offset is None:
+            self.offset += len(data)
+        return data
+
+    def write(self, t, data: bytes, offset: int | None = None) -> int:
+        mm = self._mm()
+        if mm is None or not data:
+            return 0
+        n = mm.debug_write(self.offset if offset is None else offset, data[:MEM_CHUNK])
+        if not n:
+            raise SyscallError(errno.EIO)
+        if offset is None:
+            self.offset += n
+        return n
+
+    def seek(self, offset: int, whence: int) -> int:
+        if whence == os.SEEK_SET:
+            self.offset = offset
+        elif whence == os.SEEK_CUR:
+            self.offset += offset
+        else:
+            raise SyscallError(errno.EINVAL)
+        return self.offset
+
+    def stat(self) -> dict:
+        return self.node.stat()
+
+    def describe(self) -> str:
+        return f"proc /proc/{self.node.pid}/mem"
+
+
+def _open_mem(node: ProcNode, flags: int) -> ProcMemFile:
+    """Open /proc/PID/mem: only a process that could ptrace the owner may (the same user
+    throughout, or CAP_SYS_PTRACE), as Linux's ptrace_may_access."""
+    k = node.kernel
+    tg = k.tasks.pidns.groups.get(node.pid)
+    opener = k.current.tg if k.current is not None else None
+    if tg is None or tg.exit_status is not None:
+        raise SyscallError(errno.ESRCH)
+    if opener is not None and opener is not tg and not capable(opener, CAP_SYS_PTRACE):
+        uid, gid = opener.creds[0], opener.creds[3]
+        if tg.creds[0:3] != [uid] * 3 or tg.creds[3:6] != [gid] * 3:
+            raise SyscallError(errno.EACCES)
+    return ProcMemFile(flags=flags, node=node)
 
 
 def mount_proc(kernel: Kernel) -> None:

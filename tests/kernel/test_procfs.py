@@ -13,6 +13,7 @@ def test_proc_matches_native(snapbox, images, bundle):
     want = native_fixture(images, bundle)
     assert "touching 16 MB: VmRSS grew by 16-17 MB 1, RssAnon holds it 1" in want and "zombie stat state: Z" in want
     assert "auxv: whole pairs 1, AT_PAGESZ right 1, ends with AT_NULL 1" in want and "/proc/mounts: 1" in want
+    assert "mem: pwrite to read-only memory 1, reads back X" in want and "mem: pread of the hole -1 EIO" in want
     assert same_output(snapbox("run", "--bundle", str(images / bundle), "procfs").stdout, want)
 
 

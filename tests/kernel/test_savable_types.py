@@ -27,7 +27,7 @@ from snapbox.kernel.mqueue import MessageQueue, MqueueFile
 from snapbox.kernel.creds import CapSets, Creds
 from snapbox.kernel.seccomp import INSN, SeccompFilter, SeccompListener, check
 from snapbox.kernel.socket import SocketNode, UnixSocket, make_pair
-from snapbox.kernel.procfs import FdNode, NsFile, NsNode, ProcFile, ProcNode, mount_proc
+from snapbox.kernel.procfs import FdNode, NsFile, NsNode, ProcFile, ProcMemFile, ProcNode, mount_proc
 from snapbox.kernel.host import HostFile
 from snapbox.kernel.checkpoint import LoadContext
 from snapbox.kernel.kernel import Kernel
@@ -189,6 +189,7 @@ def build(name: str, kernel: Kernel):
         "NsFile": lambda: NsFile(flags=0, node=NsNode(ino=0xEFFFFFFF, kernel=kernel, pid=1, name="ns/ipc", kind="ipc")),
         "ProcFile": lambda: ProcFile(flags=0, offset=3, node=ProcNode(kernel=kernel, name="loadavg"),
                                      content=b"0.00 0.00 0.00 1/1 1\n"),
+        "ProcMemFile": lambda: ProcMemFile(flags=2, offset=0x401000, node=ProcNode(kernel=kernel, pid=1, name="mem")),
         "IpcPerm": lambda: perm,
         "MsgQueue": lambda: ipc.msgs[0],
         "SemSet": lambda: ipc.sems[1],
