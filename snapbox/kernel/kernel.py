@@ -502,6 +502,9 @@ class Kernel(Lifecycle, Signaling, Checkpointing):
             # A bug in a handler must not take the whole sandbox down: log it, fail the call.
             log.exception("syscall %s (%d) of pid %d failed", NAMES.get(nr, "?"), nr, task.tg.tgid)
             result = -errno.EIO
+        if not -(1 << 63) <= result < 1 << 64:  # no register holds it: a handler's bug, not the program's
+            log.error("syscall %s (%d) of pid %d returned %d", NAMES.get(nr, "?"), nr, task.tg.tgid, result)
+            result = -errno.EOVERFLOW
         if self.fs.orphans and nr in UNMAPPING:
             self.collect_orphans()
         if task.run is Run.DEAD:

@@ -66,6 +66,7 @@ OOM_SCORE_ADJ_MIN, OOM_SCORE_ADJ_MAX = -1000, 1000
 class ProcDir(Dir):
     """A directory of /proc: the top (pid 0), a process's directory, or its fd/ directory."""
 
+    seek_end = True  # as procfs's generic_file_llseek
     kernel: Kernel | None = None
     pid: int = 0
     kind: str = "top"  # top, pid, fd, snapbox
@@ -216,7 +217,7 @@ class ProcFile(OpenFile):
         raise WouldBlock(k.snapshot_done)
 
     def seek(self, offset: int, whence: int) -> int:
-        pos = {os.SEEK_SET: 0, os.SEEK_CUR: self.offset, os.SEEK_END: len(self.content)}.get(whence)
+        pos = {os.SEEK_SET: 0, os.SEEK_CUR: self.offset}.get(whence)  # no SEEK_END, as seq_file
         if pos is None or pos + offset < 0:
             raise SyscallError(errno.EINVAL)
         self.offset = pos + offset

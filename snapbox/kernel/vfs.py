@@ -21,6 +21,7 @@ import stat as st
 import time
 import weakref
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from snapbox.kernel.creds import MAY_EXEC, check, searches_freely
 from snapbox.kernel.errors import SyscallError
@@ -346,6 +347,7 @@ class LowerNode(Inode):
 class Dir(Inode):
     """A directory: entries of the writable layer merged over a lower directory, if any."""
 
+    seek_end: ClassVar[bool] = False  # lseek SEEK_END works on it (it does not on tmpfs's)
     name: str = ""  # the name in its parent (for getcwd); "/" for the root
     parent: Dir | None = None  # None only for the root
     entries: dict = field(default_factory=dict)  # name -> Inode, upper entries and cached lower ones
@@ -783,6 +785,9 @@ class Filesystem:
         raise AssertionError("unreachable")
 
 
+MAX_OFFSET = (1 << 63) - 1  # the largest file position (loff_t)
+
+
 @savable
 @dataclass(eq=False)
 class RegularFile(OpenFile):
@@ -852,11 +857,17 @@ class RegularFile(OpenFile):
             pos = offset
         elif whence == os.SEEK_CUR:
             pos = self.offset + offset
-        elif whence == os.SEEK_END:
-            pos = (os.fstat(self._host()).st_size if self._on_host() else self.node.size()) + offset
+        elif whence in (os.SEEK_END, os.SEEK_DATA, os.SEEK_HOLE):
+            size = os.fstat(self._host()).st_size if self._on_host() else self.node.size()
+            if whence == os.SEEK_END:
+                pos = size + offset
+            elif not 0 <= offset < size:
+                raise SyscallError(errno.ENXIO)
+            else:  # the whole file is data, its end the one hole (Linux's generic answer)
+                pos = offset if whence == os.SEEK_DATA else size
         else:
             raise SyscallError(errno.EINVAL)
-        if pos < 0:
+        if not 0 <= pos <= MAX_OFFSET:
             raise SyscallError(errno.EINVAL)
         self.offset = pos
         return pos
@@ -906,10 +917,22 @@ class DirFile(OpenFile):
         raise SyscallError(errno.EISDIR)
 
     def seek(self, offset: int, whence: int) -> int:
-        self.offset = 0 if whence == os.SEEK_SET and offset == 0 else self.offset
-        if self.offset == 0:
+        """To an entry's place (d_off, which counts entries), as tmpfs seeks: SEEK_SET or
+        SEEK_CUR only; back to 0 lists the directory afresh."""
+        if whence == os.SEEK_SET:
+            pos = offset
+        elif whence == os.SEEK_CUR:
+            pos = self.offset + offset
+        elif whence == os.SEEK_END and self.node.seek_end:
+            pos = offset  # from its size, 0
+        else:
+            raise SyscallError(errno.EINVAL)
+        if pos < 0:
+            raise SyscallError(errno.EINVAL)
+        self.offset = pos
+        if pos == 0:
             self.listing = None
-        return self.offset
+        return pos
 
     def notify(self, mask: int) -> None:
         """An inotify event of this directory (its watches and its parent's)."""
