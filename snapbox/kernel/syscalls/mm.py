@@ -50,6 +50,8 @@ def mmap(t, addr, length, prot, flags, fd, offset):
             raise SyscallError(errno.EACCES)
         elif kind != MAP_PRIVATE and prot & PROT_WRITE and not source.writable():
             raise SyscallError(errno.EACCES)
+        elif offset + (length + PAGE_SIZE - 1) // PAGE_SIZE * PAGE_SIZE >= 1 << 63:
+            raise SyscallError(errno.EOVERFLOW)  # a negative offset, or past the largest file position
     fixed = bool(flags & (MAP_FIXED | MAP_FIXED_NOREPLACE))
     if flags & MAP_FIXED_NOREPLACE and t.mm.find(addr) is not None:
         raise SyscallError(errno.EEXIST)

@@ -13,6 +13,7 @@ def test_memory_mappings_match_native(snapbox, images, tmp_path, bundle):
     got = snapbox("run", "--bundle", str(images / bundle), "map").stdout
     assert same_output(got, want)
     assert "after fork: shared=42 private=1 map=kid!" in got
+    assert "mmap at offset -4096: EOVERFLOW" in want
 
 
 @pytest.mark.parametrize("bundle", ["bigmap", "bigmap-glibc"])
