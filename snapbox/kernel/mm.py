@@ -57,12 +57,15 @@ class Vma:
     # A clone's private mapping still mapped from its base memory (see the module's doc):
     # its data is what the stub sees, not the MemoryFile's range, which stays a hole.
     based: bool = nosave(default=False)
+    # mlock(2)ed (VM_LOCKED): shown in /proc, refused by msync(MS_INVALIDATE) and
+    # madvise(MADV_DONTNEED); not kept by fork. (The pages are not pinned on the host.)
+    locked: bool = False
 
     def split(self, at: int) -> Vma:
         """Cut this VMA at `at`; it keeps [start, at) and returns [at, end)."""
         tail = Vma(at, self.end, self.prot, self.offset + (at - self.start), self.kind,
                    self.file_offset + (at - self.start) if self.kind.startswith("/") else 0, self.shared,
-                   self.charged, self.pages, self.based)
+                   self.charged, self.pages, self.based, self.locked)
         if self.pages is not None:
             self.pages.users += 1
         self.end = at
@@ -82,6 +85,7 @@ class MemoryManager:
     exe: str = ""  # the path of the program mapped (its mappings count as VmExe, not VmLib)
     peak_size: int = 0  # VmPeak: the most bytes mapped at once
     peak_rss: int = 0  # VmHWM: the highest resident size seen
+    lock_future: bool = False  # mlockall(MCL_FUTURE): mappings made from now on are locked
     env_area: tuple = (0, 0)  # where execve put the environment strings (/proc/PID/environ)
     auxv: bytes = b""  # the auxiliary vector execve gave the program (/proc/PID/auxv)
     stub: Stub | None = nosave(default=None)  # host process running this address space
@@ -393,6 +397,26 @@ class MemoryManager:
         if self.stub is not None and length:
             self.stub.protect(addr, length, prot)
 
+    def lock(self, addr: int, length: int, on: bool) -> None:
+        """mlock or munlock [addr, addr+length), widened to whole pages: ENOMEM if part of
+        it is not mapped."""
+        end = page_align(addr + length)
+        addr -= addr % PAGE_SIZE
+        pos = addr
+        for vma in self._isolate(addr, end):
+            if vma.start != pos:
+                raise SyscallError(errno.ENOMEM)
+            pos = vma.end
+        if pos < end:
+            raise SyscallError(errno.ENOMEM)
+        for vma in self._isolate(addr, end):
+            vma.locked = on
+        self._merge(addr, end)
+
+    def locked_bytes(self) -> int:
+        """VmLck: the bytes of locked mappings."""
+        return sum(v.end - v.start for v in self.vmas if v.locked)
+
     def _rejoin(self, start: int, end: int) -> None:
         """A clone's mapping that a madvise cut into based and own pieces is one mapping to
         the program (mremap takes it whole): the based pieces become own, and all one VMA."""
@@ -415,7 +439,7 @@ class MemoryManager:
             a, b = self.vmas[i], self.vmas[i + 1]
             if (a.end == b.start and b.offset == a.offset + (a.end - a.start) and a.prot == b.prot
                     and a.kind == b.kind and a.shared == b.shared and a.charged == b.charged
-                    and a.based == b.based and a.pages is None and b.pages is None
+                    and a.based == b.based and a.locked == b.locked and a.pages is None and b.pages is None
                     and (not a.kind.startswith("/") or b.file_offset == a.file_offset + (a.end - a.start))):
                 a.end = b.end
                 del self.vmas[i + 1]
@@ -693,6 +717,7 @@ class MemoryManager:
             elif v.prot & PROT_WRITE and not v.shared:
                 out["VmData"] += length
         out["VmSize"] = self.size()
+        out["VmLck"] = self.locked_bytes()
         out["VmRSS"] = out["RssAnon"] + out["RssFile"] + out["RssShmem"]
         self.peak_size = max(self.peak_size, out["VmSize"])
         self.peak_rss = max(self.peak_rss, out["VmRSS"])

@@ -611,13 +611,16 @@ def _vma_usage(mm, v) -> dict[str, int]:
         u["Pss"] = u["Pss_Dirty"] = u["Shared_Dirty"] = rss
     else:
         u["Pss"] = u["Pss_Dirty"] = u["Private_Dirty"] = u["Anonymous"] = rss
+    if v.locked:
+        u["Locked"] = u["Pss"]
     return u
 
 
 def _smaps(u: dict[str, int], v, end: int | None = None) -> str:
     flags = [f for f, on in (("rd", v.prot & 1), ("wr", v.prot & 2), ("ex", v.prot & 4), ("sh", v.shared),
                              ("mr", True), ("mw", True), ("me", True), ("ms", v.shared),
-                             ("gd", v.kind == "stack"), ("ac", not v.shared and v.pages is None)) if on]
+                             ("gd", v.kind == "stack"), ("lo", v.locked),
+                             ("ac", not v.shared and v.pages is None)) if on]
     lines = [f"{'Size:':<16}{((end or v.end) - v.start) // 1024:>8} kB\n", f"{'KernelPageSize:':<16}{4:>8} kB\n",
              f"{'MMUPageSize:':<16}{4:>8} kB\n"]
     lines += [f"{key + ':':<16}{u[key] // 1024:>8} kB\n" for key in SMAPS_KEYS]

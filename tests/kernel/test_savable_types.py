@@ -69,7 +69,8 @@ def build(name: str, kernel: Kernel):
     motd = fs.lookup(etc, "motd")
     mem = fs.create_regular(etc, "new", 0o644, 0, 0)
     mem.write(5000, b"data")
-    mm = MemoryManager(memfile=memfile, vmas=[Vma(0x400000, 0x402000, 5, memfile.alloc(8192), "/bin/x")])
+    mm = MemoryManager(memfile=memfile, vmas=[Vma(0x400000, 0x402000, 5, memfile.alloc(8192), "/bin/x", locked=True)],
+                       lock_future=True, env_area=(0x7FF000, 0x7FF100), auxv=bytes(16))
     tg = ThreadGroup(tgid=1, mm=mm, fds=FDTable(), fs=FSContext(root=root, cwd=etc),
                      sigactions={2: SigAction(0x401000, 0x4000000, 0x401100, 1 << 14)}, argv=[b"/bin/x"])
     allow_all = SeccompFilter(insns=check(INSN.pack(0x06, 0, 0, 0x7FFF0000)), path_length=9)

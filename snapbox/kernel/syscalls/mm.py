@@ -6,10 +6,12 @@ from __future__ import annotations
 import errno
 import logging
 
+from snapbox.kernel.creds import CAP_IPC_LOCK, capable
 from snapbox.kernel.devices import DeviceFile
 from snapbox.kernel.errors import SyscallError
 from snapbox.kernel.syscalls import NR, i32, syscall
 from snapbox.kernel.syscalls.common import iovecs
+from snapbox.kernel.syscalls.process import RLIMIT_DEFAULTS
 from snapbox.kernel.vfs import F_SEAL_FUTURE_WRITE, F_SEAL_WRITE, LowerNode, MemRegular, RegularFile
 from snapbox.memfile import PAGE_SIZE
 from snapbox.platform.stub import PROT_WRITE
@@ -24,6 +26,8 @@ MAP_ANONYMOUS = 0x20
 MAP_NORESERVE = 0x4000
 MAP_FIXED_NOREPLACE = 0x100000
 MAP_GROWSDOWN = 0x100
+MAP_LOCKED = 0x2000
+RLIMIT_MEMLOCK = 8
 MAP_STACK = 0x20000
 MAP_POPULATE = 0x8000
 
@@ -36,6 +40,27 @@ def brk(t, addr):
 @syscall(NR.mmap, stopped=True)
 def mmap(t, addr, length, prot, flags, fd, offset):
     flags = i32(flags)
+    if flags & MAP_LOCKED:
+        _may_lock(t, length, errno.EAGAIN)
+    addr = _map(t, addr, length, prot, flags, fd, offset)
+    if flags & MAP_LOCKED or t.mm.lock_future:
+        t.mm.lock(addr, length, True)
+    return addr
+
+
+def _may_lock(t, length: int, over: int) -> None:
+    """Whether `length` more bytes may be locked (RLIMIT_MEMLOCK, which CAP_IPC_LOCK lifts):
+    EPERM if the limit is 0, else `over` if the process would pass it."""
+    if capable(t.tg, CAP_IPC_LOCK):
+        return
+    limit = t.tg.rlimits.get(RLIMIT_MEMLOCK, RLIMIT_DEFAULTS[RLIMIT_MEMLOCK])[0]
+    if limit == 0:
+        raise SyscallError(errno.EPERM)
+    if t.mm.locked_bytes() + length > limit:
+        raise SyscallError(over)
+
+
+def _map(t, addr: int, length: int, prot: int, flags: int, fd: int, offset: int) -> int:
     kind = flags & MAP_SHARED_VALIDATE
     if kind == 0 or length == 0 or offset % PAGE_SIZE:
         raise SyscallError(errno.EINVAL)
@@ -119,13 +144,24 @@ def msync(t, addr, length, flags):
         vma = t.mm.find(pos)
         if vma is None:
             raise SyscallError(errno.ENOMEM)
+        if flags & MS_INVALIDATE and vma.locked:
+            raise SyscallError(errno.EBUSY)
         pos = vma.end
     return 0  # private mappings have nothing to write back
 
 
-@syscall(NR.mlock, NR.munlock)
+@syscall(NR.mlock)
 def mlock(t, addr, length):
-    return 0  # memory is never swapped out of the MemoryFile's memfd by snapbox
+    """Lock a range (VM_LOCKED: see Vma.locked) within RLIMIT_MEMLOCK."""
+    _may_lock(t, length, errno.ENOMEM)
+    t.mm.lock(addr, length, True)
+    return 0
+
+
+@syscall(NR.munlock)
+def munlock(t, addr, length):
+    t.mm.lock(addr, length, False)
+    return 0
 
 
 MLOCK_ONFAULT = 1
@@ -268,13 +304,29 @@ def process_vm_writev(t, pid, local_iov, liovcnt, remote_iov, riovcnt, flags):
     return _vm_copy(t.mm, local, _peer_mm(t, pid), remote)
 
 
+MCL_CURRENT, MCL_FUTURE, MCL_ONFAULT = 1, 2, 4
+
+
 @syscall(NR.mlockall)
 def mlockall(t, flags):
+    """Lock every mapping (MCL_CURRENT) and, with MCL_FUTURE, every one made later."""
+    if not flags or flags & ~(MCL_CURRENT | MCL_FUTURE | MCL_ONFAULT) or flags == MCL_ONFAULT:
+        raise SyscallError(errno.EINVAL)
+    if flags & MCL_CURRENT:
+        _may_lock(t, t.mm.size() - t.mm.locked_bytes(), errno.ENOMEM)
+        for vma in list(t.mm.vmas):
+            t.mm.lock(vma.start, vma.end - vma.start, True)
+    else:
+        _may_lock(t, 0, errno.ENOMEM)
+    t.mm.lock_future = bool(flags & MCL_FUTURE)
     return 0
 
 
 @syscall(NR.munlockall)
 def munlockall(t):
+    for vma in list(t.mm.vmas):
+        vma.locked = False
+    t.mm.lock_future = False
     return 0
 
 
@@ -295,8 +347,14 @@ def madvise(t, addr, length, advice):
     if addr % PAGE_SIZE:
         raise SyscallError(errno.EINVAL)
     # MADV_DONTNEED, MADV_FREE, MADV_REMOVE: the pages read as zeros afterwards (for private
-    # anonymous memory, what Linux guarantees for DONTNEED). Other advice is a hint only.
+    # anonymous memory, what Linux guarantees for DONTNEED); not of locked memory. Other
+    # advice is a hint only.
     if advice in (4, 8, 9):
+        pos, end = addr, addr + length
+        while pos < end and (vma := t.mm.find(pos)) is not None:
+            if vma.locked:
+                raise SyscallError(errno.EINVAL)
+            pos = vma.end
         t.mm.discard(addr, length)
     return 0
 

@@ -16,6 +16,15 @@ def test_memory_mappings_match_native(snapbox, images, tmp_path, bundle):
     assert "mmap at offset -4096: EOVERFLOW" in want
 
 
+@pytest.mark.parametrize("bundle", ["memlock", "memlock-glibc"])
+def test_memory_locks_match_native(snapbox, images, bundle):
+    """mlock, munlock, mlockall and MAP_LOCKED: VmLck, EBUSY and EINVAL where locked memory
+    refuses msync(MS_INVALIDATE) and MADV_DONTNEED, fork's child unlocked, RLIMIT_MEMLOCK."""
+    want = native_fixture(images, bundle)
+    assert "locked: pages 0-4: 0 1 1 1 0" in want and "child: VmLck 0 kB, locked 0" in want and "done" in want
+    assert same_output(snapbox("run", "--bundle", str(images / bundle), "ml").stdout, want)
+
+
 @pytest.mark.parametrize("bundle", ["bigmap", "bigmap-glibc"])
 def test_a_large_shared_file_mapping_and_mremap_shrinking_match_native(snapbox, images, bundle):
     want = native_fixture(images, bundle)
