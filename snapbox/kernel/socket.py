@@ -117,8 +117,9 @@ class SocketFile(OpenFile):
     """What every socket is as a file: open for reading and writing, whatever its flags."""
 
     stream = True
-    rcvtimeo: int = 0  # SO_RCVTIMEO in ns (0: none): a receive that blocks longer fails with EAGAIN
-    sndtimeo: int = 0  # SO_SNDTIMEO in ns (0: none): a send that blocks longer ends (see write_all)
+    # SO_RCVTIMEO in ns (0: none; -1: no wait at all): a receive that blocks longer fails with EAGAIN
+    rcvtimeo: int = 0
+    sndtimeo: int = 0  # SO_SNDTIMEO, as rcvtimeo: a send that blocks longer ends (see write_all)
 
     def readable(self) -> bool:
         return True

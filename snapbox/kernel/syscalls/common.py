@@ -123,7 +123,7 @@ def send_timeout(t, f, nr: int, wb: WouldBlock, done: int = 0) -> WouldBlock | N
         return wb
     now = t.kernel.timekeeper.monotonic_ns()
     if deadline is None:
-        deadline = now + timeout
+        deadline = now + max(timeout, 0)
     if now >= deadline:
         if done:
             return None
@@ -173,6 +173,8 @@ def receive_timeout(t, f, nr: int, wb: WouldBlock, done: int = 0) -> WouldBlock:
     saved = t.restart_value(nr)
     deadline = saved[2] if isinstance(saved, tuple) else saved
     timeout = getattr(f, "rcvtimeo", 0)
+    if timeout < 0:
+        raise SyscallError(errno.EAGAIN)
     now = t.kernel.timekeeper.monotonic_ns()
     if timeout and deadline is None:
         deadline = now + timeout

@@ -936,7 +936,8 @@ def _timeout_option(t, s, opt: int, optval: int, optlen: int) -> bool:
     sec, usec = _TIMEVAL.unpack(t.mm.read(optval, _TIMEVAL.size))
     if not 0 <= usec < 1_000_000:
         raise SyscallError(errno.EDOM)
-    timeout = max(0, sec) * 1_000_000_000 + usec * 1000 if sec >= 0 else 0
+    # A negative time is no wait at all (Linux keeps 0 jiffies); 0 is none (wait forever).
+    timeout = sec * 1_000_000_000 + usec * 1000 if sec >= 0 else -1
     if opt in (SO_RCVTIMEO, SO_RCVTIMEO_NEW):
         s.rcvtimeo = timeout
     else:
@@ -962,7 +963,7 @@ def getsockopt(t, fd, level, optname, optval, optlen):
     s = _sock(t, fd)
     opt = i32(optname)
     if i32(level) == SOL_SOCKET and opt in (SO_RCVTIMEO, SO_RCVTIMEO_NEW, SO_SNDTIMEO, SO_SNDTIMEO_NEW):
-        timeout = s.rcvtimeo if opt in (SO_RCVTIMEO, SO_RCVTIMEO_NEW) else s.sndtimeo
+        timeout = max(0, s.rcvtimeo if opt in (SO_RCVTIMEO, SO_RCVTIMEO_NEW) else s.sndtimeo)
         value = _TIMEVAL.pack(timeout // 1_000_000_000, timeout % 1_000_000_000 // 1000)
     elif isinstance(s, (InetSocket, UdpSocket)):
         value = _inet_getsockopt(s, i32(level), opt)
