@@ -269,12 +269,14 @@ class UnixSocket(SocketFile):
             raise SyscallError(errno.EISCONN)
         if not listener.listening or listener.refs == 0:
             raise SyscallError(errno.ECONNREFUSED)
+        if listener.kind != self.kind:
+            # A stream socket and a seqpacket one do not meet: a path names the other kind
+            # (EPROTOTYPE), an abstract name is looked up for this kind only.
+            raise SyscallError(errno.ECONNREFUSED if listener.address[:1] == b"\0" else errno.EPROTOTYPE)
         if len(listener.pending) > listener.backlog:
             if self.flags & O_NONBLOCK:
                 raise SyscallError(errno.EAGAIN)
             raise WouldBlock(listener.changed)
-        if listener.kind != self.kind:
-            raise SyscallError(errno.ECONNREFUSED)  # unix(7): a stream socket and a seqpacket one do not meet
         up, down = make_buffers(t.kernel, self.kind)
         server = UnixSocket(flags=2, incoming=up, outgoing=down, ino=up.ino, address=listener.address,
                             peer=self.address, cred=[t.tg.tgid, t.tg.creds[1], t.tg.creds[4]], kind=self.kind)

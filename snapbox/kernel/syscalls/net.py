@@ -561,9 +561,9 @@ def _recvfrom(t, fd, buf, length, flags, addr, addrlen):
         return whole if i32(flags) & MSG_TRUNC else len(data)
     data = s.recv(t, min(length, MAX_RW), i32(flags))
     t.mm.write(buf, data)
-    if isinstance(s, InetSocket):
+    if isinstance(s, InetSocket) or not s.peer:
         if addrlen:
-            t.mm.write(addrlen, struct.pack("<I", 0))  # tcp(7) gives no source address
+            t.mm.write(addrlen, struct.pack("<I", 0))  # tcp(7) gives no source address, nor an unnamed peer
     else:
         _write_address(t, addr, addrlen, s.peer)
     return len(data)
