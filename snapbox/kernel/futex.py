@@ -35,6 +35,10 @@ BITSET_MATCH_ANY = 0xFFFFFFFF
 WOKEN = "woken"
 HANDED = "handed"  # restart value of a FUTEX_LOCK_PI waiter an unlock made the owner
 REQUEUED = "requeued"  # (REQUEUED, deadline): a FUTEX_WAIT_REQUEUE_PI waiter moved to its PI futex
+# (QUEUED, deadline, key): a FUTEX_WAIT waiter parked on futex `key` (where a requeue moved
+# it, if one did). Its word is not looked at again: only a wake, the deadline or a signal
+# ends the wait, as on Linux.
+QUEUED = "queued"
 FUTEX_WAITERS, FUTEX_OWNER_DIED, FUTEX_TID_MASK = 0x80000000, 0x40000000, 0x3FFFFFFF
 
 
@@ -61,8 +65,12 @@ def queue(t, k: int) -> WaitQueue:
     return q
 
 
-def wake(t, addr: int, count: int, bitset: int = BITSET_MATCH_ANY) -> int:
-    """Wake up to `count` waiters on the futex at `addr`; returns how many were woken."""
+def wake(t, addr: int, count: int, bitset: int = BITSET_MATCH_ANY, private: bool = False) -> int:
+    """Wake up to `count` waiters on the futex at `addr`; returns how many were woken. A
+    private futex is not looked up in memory by Linux: at an unmapped address it has no
+    waiters (a shared one is EFAULT)."""
+    if private and addr % 4 == 0 and t.mm.find(addr) is None:
+        return 0
     q = t.kernel.futexes.get(key(t, addr))
     if q is None:
         return 0
@@ -86,19 +94,20 @@ def wait(t, addr: int, val: int, deadline_ns: int | None, bitset: int) -> int:
     state = t.restart_value(NR.futex)
     if state == WOKEN:
         return 0
-    if state is not None:
-        deadline_ns = state
-    if word(t, addr) != val:
-        raise SyscallError(errno.EAGAIN)
-    if deadline_ns is not None:
-        t.set_restart(NR.futex, deadline_ns)
-        if t.kernel.timekeeper.monotonic_ns() >= deadline_ns:
-            raise SyscallError(errno.ETIMEDOUT)
-    if bitset == 0:
-        raise SyscallError(errno.EINVAL)
+    if isinstance(state, tuple) and state[0] == QUEUED:
+        _, deadline_ns, k = state
+    else:
+        if bitset == 0:
+            raise SyscallError(errno.EINVAL)
+        k = key(t, addr)
+        if word(t, addr) != val:
+            raise SyscallError(errno.EAGAIN)
+    t.set_restart(NR.futex, (QUEUED, deadline_ns, k))
+    if deadline_ns is not None and t.kernel.timekeeper.monotonic_ns() >= deadline_ns:
+        raise SyscallError(errno.ETIMEDOUT)
     t.futex_bitset = bitset
     t.futex_pi = t.futex_requeue = 0
-    raise WouldBlock(queue(t, key(t, addr)), deadline=deadline_ns)
+    raise WouldBlock(queue(t, k), deadline=deadline_ns)
 
 
 def lock_pi(t, addr: int, deadline_ns: int | None, trylock: bool) -> int:

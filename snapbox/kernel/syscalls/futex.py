@@ -8,7 +8,7 @@ import errno
 import struct
 
 from snapbox.kernel.errors import SyscallError
-from snapbox.kernel.futex import BITSET_MATCH_ANY, cmp_requeue_pi, key, lock_pi, queue, unlock_pi, wait, \
+from snapbox.kernel.futex import BITSET_MATCH_ANY, QUEUED, cmp_requeue_pi, key, lock_pi, queue, unlock_pi, wait, \
     wait_requeue_pi, wake, word
 from snapbox.kernel.syscalls import NR, i32, syscall
 from snapbox.kernel.syscalls.time import read_timespec
@@ -25,6 +25,7 @@ CLOCK_CHOOSING = frozenset({FUTEX_WAIT, FUTEX_WAIT_BITSET, FUTEX_LOCK_PI2, FUTEX
 @syscall(NR.futex)
 def futex(t, uaddr, op, val, timeout, uaddr2, val3):
     cmd = i32(op) & ~(FUTEX_PRIVATE_FLAG | FUTEX_CLOCK_REALTIME)
+    private = bool(i32(op) & FUTEX_PRIVATE_FLAG)
     val = val & 0xFFFFFFFF
     tk = t.kernel.timekeeper
     if i32(op) & FUTEX_CLOCK_REALTIME and cmd not in CLOCK_CHOOSING:
@@ -58,11 +59,11 @@ def futex(t, uaddr, op, val, timeout, uaddr2, val3):
                 deadline = when
         return wait(t, uaddr, val, deadline, BITSET_MATCH_ANY if cmd == FUTEX_WAIT else val3 & 0xFFFFFFFF)
     if cmd == FUTEX_WAKE:
-        return wake(t, uaddr, max(i32(val), 1))  # Linux wakes one waiter even for 0 or fewer
+        return wake(t, uaddr, max(i32(val), 1), private=private)  # Linux wakes one even for 0 or fewer
     if cmd == FUTEX_WAKE_BITSET:
         if val3 & 0xFFFFFFFF == 0:
             raise SyscallError(errno.EINVAL)
-        return wake(t, uaddr, max(i32(val), 1), val3 & 0xFFFFFFFF)
+        return wake(t, uaddr, max(i32(val), 1), val3 & 0xFFFFFFFF, private)
     if cmd in (FUTEX_REQUEUE, FUTEX_CMP_REQUEUE):
         if cmd == FUTEX_CMP_REQUEUE and word(t, uaddr) != val3 & 0xFFFFFFFF:
             raise SyscallError(errno.EAGAIN)
@@ -71,15 +72,20 @@ def futex(t, uaddr, op, val, timeout, uaddr2, val3):
         src = t.kernel.futexes.get(key(t, uaddr))
         moved = 0
         if src is not None:
-            dst = queue(t, key(t, uaddr2))
+            k2 = key(t, uaddr2)
+            dst = queue(t, k2)
             while src.waiters and moved < limit:
-                dst.waiters.append(src.waiters.pop(0))
+                waiter = src.waiters.pop(0)
+                dst.waiters.append(waiter)
+                state = waiter.restart_value(NR.futex)
+                if isinstance(state, tuple) and state[0] == QUEUED:
+                    waiter.set_restart(NR.futex, (QUEUED, state[1], k2))  # it waits there now
                 moved += 1
             for waiter in dst.waiters:
                 waiter.waiting = tuple(dst if q is src else q for q in waiter.waiting)
         return woken + moved
     if cmd == FUTEX_WAKE_OP:
-        return _wake_op(t, uaddr, i32(val), timeout & 0x7FFFFFFF, uaddr2, val3 & 0xFFFFFFFF)
+        return _wake_op(t, uaddr, i32(val), timeout & 0x7FFFFFFF, uaddr2, val3 & 0xFFFFFFFF, private)
     raise SyscallError(errno.ENOSYS, f"futex op {cmd} is not supported")
 
 
@@ -87,7 +93,7 @@ def _sext12(x: int) -> int:
     return x - 0x1000 if x & 0x800 else x
 
 
-def _wake_op(t, uaddr: int, nr_wake: int, nr_wake2: int, uaddr2: int, encoded: int) -> int:
+def _wake_op(t, uaddr: int, nr_wake: int, nr_wake2: int, uaddr2: int, encoded: int, private: bool) -> int:
     """FUTEX_WAKE_OP: update *uaddr2, wake on uaddr, and on uaddr2 if the old value passes."""
     op, cmp = (encoded >> 28) & 0xF, (encoded >> 24) & 0xF
     oparg, cmparg = _sext12((encoded >> 12) & 0xFFF), _sext12(encoded & 0xFFF)
@@ -110,12 +116,12 @@ def _wake_op(t, uaddr: int, nr_wake: int, nr_wake2: int, uaddr2: int, encoded: i
     else:
         raise SyscallError(errno.ENOSYS)
     t.mm.write(uaddr2, struct.pack("<I", new & 0xFFFFFFFF))
-    woken = wake(t, uaddr, max(nr_wake, 1))  # as FUTEX_WAKE: one at least
+    woken = wake(t, uaddr, max(nr_wake, 1), private=private)  # as FUTEX_WAKE: one at least
     signed_old = old - (1 << 32) if old & 0x80000000 else old
     tests = (signed_old == cmparg, signed_old != cmparg, signed_old < cmparg, signed_old <= cmparg,
              signed_old > cmparg, signed_old >= cmparg)
     if cmp >= len(tests):
         raise SyscallError(errno.ENOSYS)
     if tests[cmp]:
-        woken += wake(t, uaddr2, max(nr_wake2, 1))
+        woken += wake(t, uaddr2, max(nr_wake2, 1), private=private)
     return woken
