@@ -346,10 +346,12 @@ class Lifecycle:
                 finally:
                     self.paused = saved
 
-    def execve(self, t: Task, path: bytes, argv: list[bytes], envp: list[bytes], depth: int = 0) -> None:
+    def execve(self, t: Task, path: bytes, argv: list[bytes], envp: list[bytes], depth: int = 0,
+               found: tuple | None = None) -> None:
         """execve(2): replace the caller's program. Fails with no side effect, or succeeds
-        with the task's registers set to the new program's entry."""
-        parent, name, node = self.fs.walk(t.fs.cwd, t.fs.root, path, who=t.tg)
+        with the task's registers set to the new program's entry. `found`: the program's
+        (parent, name, node) already looked up (execveat), `path` then only its name."""
+        parent, name, node = found or self.fs.walk(t.fs.cwd, t.fs.root, path, who=t.tg)
         if node is None:
             raise SyscallError(errno.ENOENT)
         if not stat.S_ISREG(node.mode) or self.fs.mount_flags(node, parent) & MS_NOEXEC:
@@ -631,7 +633,10 @@ def shebang(data: bytes) -> tuple[bytes, list[bytes]]:
 
 
 def _resolved(parent, name: str) -> str:
-    """The sandbox path of the node named `name` in directory `parent` (symlinks resolved)."""
+    """The sandbox path of the node named `name` in directory `parent` (symlinks resolved);
+    `name` itself for a file in no directory (a memfd run by execveat)."""
+    if parent is None:
+        return name
     base = parent.path()
     return base + name if base.endswith("/") else f"{base}/{name}"
 

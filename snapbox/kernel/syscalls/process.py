@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import stat
 import struct
 
 from snapbox.kernel.creds import (
@@ -17,6 +18,7 @@ from snapbox.kernel.fd import O_NONBLOCK, O_RDWR
 from snapbox.kernel.procfs import NsFile
 from snapbox.kernel.seccomp import SECCOMP_MODE_FILTER, SECCOMP_MODE_STRICT
 from snapbox.kernel.syscalls import NR, i32, syscall
+from snapbox.kernel.syscalls.common import AT_FDCWD, start_dir
 from snapbox.kernel.syscalls.info import pack_rusage
 from snapbox.kernel.syscalls.seccomp import set_filter, set_strict
 from snapbox.kernel.waiter import WaitQueue
@@ -332,6 +334,43 @@ def _strings(t, addr: int) -> list[bytes]:
 @syscall(NR.execve, stopped=True)
 def execve(t, path, argv, envp):
     t.kernel.execve(t, t.mm.read_cstring(path), _strings(t, argv), _strings(t, envp))
+    return 0
+
+
+AT_SYMLINK_NOFOLLOW, AT_EMPTY_PATH = 0x100, 0x1000
+
+
+@syscall(NR.execveat, stopped=True)
+def execveat(t, dirfd, path, argv, envp, flags):
+    """execve(2) of a path relative to dirfd, or with AT_EMPTY_PATH and an empty path of
+    the file dirfd refers to (fexecve), named /dev/fd/N to the program as Linux names it;
+    AT_SYMLINK_NOFOLLOW refuses a symbolic link (ELOOP)."""
+    dirfd, flags = i32(dirfd), i32(flags)
+    if flags & ~(AT_SYMLINK_NOFOLLOW | AT_EMPTY_PATH):
+        raise SyscallError(errno.EINVAL)
+    name = t.mm.read_cstring(path)
+    args, env = _strings(t, argv), _strings(t, envp)
+    if not name and flags & AT_EMPTY_PATH:
+        f = t.fds.get(dirfd)
+        node = getattr(f, "node", None)
+        if node is None:
+            raise SyscallError(errno.EACCES)
+        shown = b"/dev/fd/%d" % dirfd
+        parent = getattr(f, "parent", None)
+        t.kernel.execve(t, shown, args, env, found=(parent, getattr(f, "entry", "") if parent else f.name, node))
+        return 0
+    if not name:
+        raise SyscallError(errno.ENOENT)
+    fs = t.kernel.fs
+    parent, base, node = fs.walk(start_dir(t, dirfd, name), t.fs.root, name, not flags & AT_SYMLINK_NOFOLLOW,
+                                 who=t.tg)
+    if node is not None and stat.S_ISLNK(node.mode):
+        raise SyscallError(errno.ELOOP)
+    if name.startswith(b"/") or dirfd == AT_FDCWD:
+        shown = name
+    else:
+        shown = b"/dev/fd/%d/%s" % (dirfd, name)
+    t.kernel.execve(t, shown, args, env, found=(parent, base, node))
     return 0
 
 

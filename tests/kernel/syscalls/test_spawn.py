@@ -1,6 +1,6 @@
 """Starting and limiting processes against a native run: vfork and clone(CLONE_VM|CLONE_VFORK)
 (the parent waits, memory is shared, signals wait too), posix_spawn, RLIMIT_CPU, getrusage of
-children, SO_SNDTIMEO; and a parent waiting in vfork across a checkpoint."""
+children, SO_SNDTIMEO, execveat; and a parent waiting in vfork across a checkpoint."""
 
 from __future__ import annotations
 
@@ -21,3 +21,12 @@ def test_spawn_matches_native(snapbox, images, bundle):
 def test_a_parent_waiting_in_vfork_survives_a_checkpoint(snapbox, images, tmp_path):
     got = held_through_a_restore(snapbox, images, tmp_path, "spawn", "done", lazy=False)
     assert got == ["holding", "parent resumed after the child: shared=1", "done"]
+
+
+@pytest.mark.parametrize("bundle", ["execat", "execat-glibc"])
+def test_execveat_matches_native(snapbox, images, bundle):
+    """execveat: by a path relative to a directory fd, by the program's own fd or an O_PATH
+    one (fexecve), from a memfd copy (exe then names the memfd), and its errors."""
+    want = native_fixture(images, bundle)
+    assert "exe ends /memfd:copy (deleted)" in want and "nofollow: " in want and want.endswith("done\n")
+    assert same_output(snapbox("run", "--bundle", str(images / bundle), "ea").stdout, want)
