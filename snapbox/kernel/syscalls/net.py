@@ -66,10 +66,7 @@ def socket(t, domain, type_, protocol):
         else:
             s = UdpSocket(flags=flags, ino=t.kernel.pipe_ino, family=domain, protocol=protocol or IPPROTO_UDP)
     elif domain == AF_UNIX:
-        if kind not in (SOCK_STREAM, SOCK_DGRAM, SOCK_SEQPACKET):
-            raise SyscallError(errno.ESOCKTNOSUPPORT)
-        if i32(protocol) not in (0, 1):
-            raise SyscallError(errno.EPROTONOSUPPORT)
+        kind = _unix_kind(kind, protocol)
         s = new_socket(t.kernel, i32(type_) & SOCK_NONBLOCK, kind)
     elif domain == AF_NETLINK:
         if kind not in (SOCK_RAW, SOCK_DGRAM):
@@ -84,6 +81,17 @@ def socket(t, domain, type_, protocol):
     return t.fds.install(s, cloexec=bool(i32(type_) & SOCK_CLOEXEC))
 
 
+def _unix_kind(kind: int, protocol: int) -> int:
+    """A unix socket's type, checked as Linux's unix_create: SOCK_RAW is taken as SOCK_DGRAM."""
+    if i32(protocol) not in (0, AF_UNIX):
+        raise SyscallError(errno.EPROTONOSUPPORT)
+    if kind == SOCK_RAW:
+        return SOCK_DGRAM
+    if kind not in (SOCK_STREAM, SOCK_DGRAM, SOCK_SEQPACKET):
+        raise SyscallError(errno.ESOCKTNOSUPPORT)
+    return kind
+
+
 @syscall(NR.socketpair)
 def socketpair(t, domain, type_, protocol, sv):
     kind = i32(type_) & ~(SOCK_NONBLOCK | SOCK_CLOEXEC)
@@ -91,10 +99,7 @@ def socketpair(t, domain, type_, protocol, sv):
         raise SyscallError(errno.EOPNOTSUPP)  # socketpair(2): TCP has no pairs
     if i32(domain) != AF_UNIX:
         raise SyscallError(errno.EAFNOSUPPORT)
-    if kind not in (SOCK_STREAM, SOCK_DGRAM, SOCK_SEQPACKET):
-        raise SyscallError(errno.ESOCKTNOSUPPORT)
-    if i32(protocol) not in (0, 1):
-        raise SyscallError(errno.EPROTONOSUPPORT)
+    kind = _unix_kind(kind, protocol)
     a, b = make_pair(t.kernel, i32(type_) & SOCK_NONBLOCK, kind)
     a.cred = [t.tg.tgid, t.tg.creds[1], t.tg.creds[4]]
     b.cred = list(a.cred)
