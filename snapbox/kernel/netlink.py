@@ -52,6 +52,8 @@ _IFADDRMSG = struct.Struct("<BBBBi")
 _RTMSG = struct.Struct("<BBBBBBBBI")  # family, dst_len, src_len, tos, table, protocol, scope, type, flags
 _ERROR = struct.Struct("<i")
 ASK_TIMEOUT = 2.0  # seconds to wait for the host kernel's answer
+NLMSG_GOODSIZE = 3776  # Linux's first guess at a dump datagram's size: a page less the skb's overhead
+MAX_DUMP_DATAGRAM = 32768  # the most Linux puts in one, however big the reader's buffer
 AUTOBIND_FIRST = (-4096) & 0xFFFFFFFF  # the first port Linux gives a process's second socket
 
 # The interface ioctls (netdevice(7)), all queries. struct ifreq is 40 bytes: a name, then a
@@ -78,6 +80,9 @@ class NetlinkSocket(DatagramSocket):
     queue: list = field(default_factory=list)  # answers not read yet, one datagram each
     options: dict = field(default_factory=dict)  # (level, option) -> int, as setsockopt left it
     readable_queue: WaitQueue = field(default_factory=WaitQueue)
+    # The largest receive asked for so far (at most MAX_DUMP_DATAGRAM): how big the datagrams
+    # of a dump may be, as Linux's max_recvmsg_len.
+    max_recv: int = 0
 
     # -- addressing -------------------------------------------------------------------------
 
@@ -125,6 +130,7 @@ class NetlinkSocket(DatagramSocket):
             if self.flags & O_NONBLOCK or flags & socket.MSG_DONTWAIT:
                 raise SyscallError(errno.EAGAIN)
             raise WouldBlock(self.readable_queue)
+        self.max_recv = max(self.max_recv, min(count, MAX_DUMP_DATAGRAM))
         data = self.queue[0]
         if not flags & socket.MSG_PEEK:
             self.queue.pop(0)
@@ -206,7 +212,30 @@ class NetlinkSocket(DatagramSocket):
                         done = True
                     offset += max((length + 3) & ~3, NLMSG.size)
                 answers.append(bytes(out))
-        return answers
+        return _rebatched(answers, max(NLMSG_GOODSIZE, self.max_recv))
+
+
+def _rebatched(datagrams: list[bytes], size: int) -> list[bytes]:
+    """The host's answers as datagrams of at most `size` bytes (one message alone if larger),
+    as Linux sizes a dump's datagrams for the reader: the host filled them for the sentry's
+    own 64 KiB receives, which a program reading 4 KiB at a time would find cut short."""
+    out: list[bytes] = []
+    batch = b""
+    for datagram in datagrams:
+        offset = 0
+        while offset + NLMSG.size <= len(datagram):
+            length = NLMSG.unpack_from(datagram, offset)[0]
+            step = max((length + 3) & ~3, NLMSG.size)
+            message = datagram[offset:offset + step]
+            if batch and len(batch) + len(message) > size:
+                out.append(batch)
+                batch = b""
+            batch += message
+            offset += step
+        if batch:
+            out.append(batch)
+            batch = b""
+    return out
 
 
 def _live(s: NetlinkSocket | None) -> bool:

@@ -524,6 +524,23 @@ def test_a_bundle_runs_in_the_network_namespace_its_config_names(snapbox, tmp_pa
         socket.create_connection(("127.0.0.1", port), timeout=5)
 
 
+def test_a_long_interface_dump_comes_in_datagrams_a_small_buffer_reads(snapbox, images, tmp_path, netns):
+    """40 interfaces in the bundle's namespace: glibc's if_nameindex and getifaddrs read the
+    dump 4 KiB at a time, and the sandbox answers in datagrams that fit, as Linux does (the
+    host filled them for the sentry's larger reads; cut short, glibc crashed)."""
+    from pyroute2 import NetNS
+
+    with NetNS(netns) as ns:
+        for i in range(20):
+            ns.link("add", ifname=f"sbx{i}a", kind="veth", peer=f"sbx{i}b")
+    program = str(images / "netif-glibc" / "rootfs" / "netif-glibc")
+    want = subprocess.run([program], capture_output=True, text=True, timeout=60, preexec_fn=entering(netns)).stdout
+    assert "sbx19b" in want
+    bundle = host_bundle(tmp_path, [program], [{"type": "network", "path": f"/var/run/netns/{netns}"}])
+    got = snapbox("run", "--bundle", str(bundle), "dump")
+    assert got.stdout == want
+
+
 def serve_in_own_namespace(snapbox, tmp_path: Path, port: int, cid: str, in_ns) -> dict:
     """http.server on 0.0.0.0:`port` in a bundle with `--network sandbox`, snapbox itself
     run in the test's namespace (`in_ns`); returns the sandbox's network once its namespace
