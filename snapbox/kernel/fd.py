@@ -40,6 +40,7 @@ def open_status(flags: int) -> int:
 
 POLLIN, POLLPRI, POLLOUT, POLLERR, POLLHUP, POLLNVAL = 0x1, 0x2, 0x4, 0x8, 0x10, 0x20
 POLLRDNORM, POLLRDBAND, POLLWRNORM, POLLWRBAND = 0x40, 0x80, 0x100, 0x200
+POLLRDHUP = 0x2000  # the peer shut its writing down (or this end its reading)
 
 
 @savable

@@ -16,7 +16,7 @@ import stat
 from dataclasses import dataclass, field
 
 from snapbox.kernel.errors import SyscallError, WouldBlock
-from snapbox.kernel.fd import O_NONBLOCK, POLLERR, POLLHUP, POLLIN, POLLOUT, OpenFile
+from snapbox.kernel.fd import O_NONBLOCK, POLLERR, POLLHUP, POLLIN, POLLOUT, POLLRDHUP, OpenFile
 from snapbox.kernel.pipe import PIPE_BUF, Pipe
 from snapbox.kernel.signals import SIGPIPE
 from snapbox.kernel.vfs import Inode
@@ -193,8 +193,8 @@ class UnixSocket(SocketFile):
             if p.reset:
                 p.reset = False
                 raise SyscallError(errno.ECONNRESET)
-            if p.writers == 0 or count == 0:
-                return b"", []
+            if p.writers == 0:
+                return b"", []  # (a receive of 0 bytes waits for data, as Linux's; read(2) does not)
             if self.flags & O_NONBLOCK or flags & MSG_DONTWAIT:
                 raise SyscallError(errno.EAGAIN)
             raise WouldBlock(p.readable)
@@ -227,6 +227,8 @@ class UnixSocket(SocketFile):
     def read(self, t, count: int, offset: int | None = None) -> bytes:
         if offset is not None:
             raise SyscallError(errno.ESPIPE)
+        if count == 0:
+            return b""  # read(2) of nothing returns at once (recv waits for data)
         return self.recv(t, count)
 
     def write(self, t, data: bytes, offset: int | None = None) -> int:
@@ -307,11 +309,16 @@ class UnixSocket(SocketFile):
         if not self.connected:
             return POLLOUT | POLLHUP
         r = 0
-        if self.incoming.buf or self.incoming.writers == 0 or self.shut_rd:
+        # As Linux's unix_poll: reading shut down, here or by the peer's writing (RCV_SHUTDOWN),
+        # is POLLIN and POLLRDHUP; both directions shut down, POLLHUP.
+        rcv_shutdown = self.incoming.writers == 0 or self.shut_rd
+        if self.incoming.buf or rcv_shutdown:
             r |= POLLIN
+        if rcv_shutdown:
+            r |= POLLRDHUP
         if self.incoming.reset:
             r |= POLLERR
-        if self.incoming.writers == 0 and self.outgoing.readers == 0:
+        if rcv_shutdown and (self.outgoing.readers == 0 or self.shut_wr):
             r |= POLLHUP
         if self.outgoing.readers == 0:
             r |= POLLERR if not self.shut_wr else 0
