@@ -835,6 +835,7 @@ SO_DONTROUTE, SO_BROADCAST, SO_OOBINLINE, SO_PRIORITY = 5, 6, 10, 12
 TCP_NODELAY, TCP_MAXSEG, TCP_KEEPIDLE, TCP_KEEPINTVL, TCP_KEEPCNT = 1, 2, 4, 5, 6
 TCP_QUICKACK, TCP_USER_TIMEOUT, TCP_FASTOPEN = 12, 18, 23
 IPV6_V6ONLY = 26
+IP_MULTICAST_TTL, IP_MULTICAST_LOOP = 33, 34
 INET_OPTIONS = {
     (SOL_SOCKET, SO_REUSEADDR): 0, (SOL_SOCKET, SO_KEEPALIVE): 0, (SOL_SOCKET, SO_REUSEPORT): 0,
     (SOL_SOCKET, SO_SNDBUF): 212992, (SOL_SOCKET, SO_RCVBUF): 212992, (SOL_SOCKET, SO_DONTROUTE): 0,
@@ -845,11 +846,14 @@ INET_OPTIONS = {
     (SOL_IP, IP_TOS): 0, (SOL_IP, IP_TTL): DEFAULT_TTL, (SOL_IPV6, IPV6_V6ONLY): 0,
     (SOL_IP, IP_RECVTTL): 0, (SOL_IP, IP_RECVTOS): 0, (SOL_IPV6, IPV6_UNICAST_HOPS): DEFAULT_TTL,
     (SOL_IPV6, IPV6_RECVHOPLIMIT): 0, (SOL_IPV6, IPV6_RECVTCLASS): 0, (SOL_IPV6, IPV6_TCLASS): 0,
+    # Kept and read back; they govern multicast, which no interface of a sandbox carries.
+    (SOL_IP, IP_MULTICAST_TTL): 1, (SOL_IP, IP_MULTICAST_LOOP): 1,
 }
 # Options that are on or off (any value but 0 is 1).
 INET_FLAGS = {(SOL_SOCKET, SO_REUSEADDR), (SOL_SOCKET, SO_KEEPALIVE), (SOL_SOCKET, SO_DONTROUTE),
               (SOL_SOCKET, SO_BROADCAST), (SOL_SOCKET, SO_OOBINLINE), (IPPROTO_TCP, TCP_NODELAY),
-              (SOL_IP, IP_RECVTTL), (SOL_IP, IP_RECVTOS), (SOL_IPV6, IPV6_RECVHOPLIMIT), (SOL_IPV6, IPV6_RECVTCLASS)}
+              (SOL_IP, IP_RECVTTL), (SOL_IP, IP_RECVTOS), (SOL_IPV6, IPV6_RECVHOPLIMIT), (SOL_IPV6, IPV6_RECVTCLASS),
+              (SOL_IP, IP_MULTICAST_LOOP)}
 
 
 def _inet_getsockopt(s: InetSocket | UdpSocket, level: int, opt: int) -> bytes:
@@ -892,13 +896,20 @@ def _inet_setsockopt(t, s: InetSocket | UdpSocket, level: int, opt: int, optval:
         return _udplite_setsockopt(t, s, opt, optval, optlen)
     if (level, opt) not in INET_OPTIONS or (level == SOL_IPV6 and s.family != AF_INET6):
         raise SyscallError(errno.ENOPROTOOPT)
-    if optlen < 4:
+    if level == SOL_IP and 1 <= optlen < 4:
+        value = t.mm.read(optval, 1)[0]  # ip(7)'s integer options also take one byte
+    elif optlen < 4:
         raise SyscallError(errno.EINVAL)
+    else:
+        (value,) = struct.unpack("<i", t.mm.read(optval, 4))
     if (level, opt) == (SOL_IPV6, IPV6_V6ONLY) and s.local:
         raise SyscallError(errno.EINVAL)  # ipv6(7): only before bind
-    (value,) = struct.unpack("<i", t.mm.read(optval, 4))
     if (level, opt) == (SOL_IP, IP_TTL) and value != -1 and not 1 <= value <= 255:
         raise SyscallError(errno.EINVAL)
+    if (level, opt) == (SOL_IP, IP_MULTICAST_TTL):
+        if not -1 <= value <= 255:
+            raise SyscallError(errno.EINVAL)
+        value = 1 if value == -1 else value
     if (level, opt) in ((SOL_IPV6, IPV6_UNICAST_HOPS), (SOL_IPV6, IPV6_TCLASS)) and not -1 <= value <= 255:
         raise SyscallError(errno.EINVAL)
     if (level, opt) == (SOL_IPV6, IPV6_TCLASS):
