@@ -91,10 +91,11 @@ class StreamBuffer(Pipe):
         return data, files
 
     def put_record(self, data: bytes, nonblock: bool) -> int:
-        """Append one whole record, or wait for room for all of it."""
-        if len(data) > self.capacity:
+        """Append one whole record (up to DGRAM_MAX bytes, as Linux's sndbuf allows), or
+        wait for room for all of it (an empty buffer takes any)."""
+        if len(data) > DGRAM_MAX:
             raise SyscallError(errno.EMSGSIZE)
-        if self.capacity - len(self.buf) < len(data):
+        if self.buf and self.capacity - len(self.buf) < len(data):
             if nonblock:
                 raise SyscallError(errno.EAGAIN)
             raise WouldBlock(self.writable)

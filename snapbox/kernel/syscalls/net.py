@@ -528,7 +528,7 @@ def sendto(t, fd, buf, length, flags, addr, addrlen):
     if isinstance(s, UnixDgramSocket):
         target = _dgram_target(t, addr, addrlen) if addr else None
         return _dgram_send(t, NR.sendto, s, target, t.mm.read(buf, min(length, MAX_RW)), i32(flags), [])
-    if addr and not isinstance(s, InetSocket):  # tcp(7) ignores the address of a sendto
+    if addr and not isinstance(s, InetSocket) and s.kind != SOCK_SEQPACKET:  # tcp(7), seqpacket ignore it
         raise SyscallError(errno.EISCONN if s.connected else errno.EOPNOTSUPP)
     data = t.mm.read(buf, min(length, MAX_RW))
     return write_all(t, NR.sendto, _Flagged(s, i32(flags), []), data)
@@ -564,8 +564,12 @@ def _recvfrom(t, fd, buf, length, flags, addr, addrlen):
         elif addrlen:
             t.mm.write(addrlen, struct.pack("<I", 0))  # an unnamed sender
         return whole if i32(flags) & MSG_TRUNC else len(data)
+    records = s.incoming.records if s.connected and not s.listening else None
+    whole = records[0] if records else 0  # a seqpacket record's length, for MSG_TRUNC
     data = s.recv(t, min(length, MAX_RW), i32(flags))
     t.mm.write(buf, data)
+    if whole and i32(flags) & MSG_TRUNC:
+        return whole
     if isinstance(s, InetSocket) or not s.peer:
         if addrlen:
             t.mm.write(addrlen, struct.pack("<I", 0))  # tcp(7) gives no source address, nor an unnamed peer
@@ -659,7 +663,7 @@ def sendmsg(t, fd, msg, flags):
         data = b"".join(t.mm.read(base, n) for base, n in iovecs(t, iov, iovlen))
         target = _dgram_target(t, name, namelen) if name else None
         return _dgram_send(t, NR.sendmsg, s, target, data, i32(flags), files)
-    if name and not isinstance(s, InetSocket):
+    if name and not isinstance(s, InetSocket) and s.kind != SOCK_SEQPACKET:
         raise SyscallError(errno.EISCONN if s.connected else errno.EOPNOTSUPP)
     files = _rights(t, control, controllen)
     if isinstance(s, InetSocket):
