@@ -98,7 +98,7 @@ def kill(t, pid, sig):
     pid, sig = i32(pid), i32(sig)
     if not 0 <= sig <= NSIG:
         raise SyscallError(errno.EINVAL)
-    groups = [g for g in t.kernel.tasks.pidns.groups.values() if g.exit_status is None]
+    groups = list(t.kernel.tasks.pidns.groups.values())  # zombies too: a signal to one succeeds, and is lost
     if pid > 0:
         targets = [g for g in groups if g.tgid == pid]
     elif pid == 0:
@@ -114,7 +114,7 @@ def kill(t, pid, sig):
         raise SyscallError(errno.EPERM)  # kill(2): none of them may be signalled by the caller
     if sig:
         for tg in allowed:
-            if not _init_ignores(tg, sig):
+            if tg.exit_status is None and not _init_ignores(tg, sig):
                 t.kernel.send_signal(tg, sig, siginfo(sig, SI_USER, t.tg.tgid))
     return 0
 

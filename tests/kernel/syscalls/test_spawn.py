@@ -15,6 +15,7 @@ def test_spawn_matches_native(snapbox, images, bundle):
     assert "vfork: the parent resumed after the child exited, shared=1" in want
     assert "RLIMIT_CPU: ended by Killed" in want and "part of it 1, after the timeout 1" in want
     assert "of a child that touched 32 MiB: about that 1, children's too 1" in want
+    assert "kill of a zombie: 0; its status still 3; once reaped: ESRCH" in want
     assert same_output(snapbox("run", "--bundle", str(images / bundle), "spawn").stdout, want)
 
 
