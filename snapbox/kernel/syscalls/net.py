@@ -564,7 +564,8 @@ def _recvfrom(t, fd, buf, length, flags, addr, addrlen):
         elif addrlen:
             t.mm.write(addrlen, struct.pack("<I", 0))  # an unnamed sender
         return whole if i32(flags) & MSG_TRUNC else len(data)
-    records = s.incoming.records if s.connected and not s.listening else None
+    seqpacket = s.kind == SOCK_SEQPACKET and s.connected and not s.listening
+    records = s.incoming.records if seqpacket else None
     whole = records[0] if records else 0  # a seqpacket record's length, for MSG_TRUNC
     data = s.recv(t, min(length, MAX_RW), i32(flags))
     t.mm.write(buf, data)
