@@ -841,6 +841,8 @@ TCP_NODELAY, TCP_MAXSEG, TCP_KEEPIDLE, TCP_KEEPINTVL, TCP_KEEPCNT = 1, 2, 4, 5, 
 TCP_QUICKACK, TCP_USER_TIMEOUT, TCP_FASTOPEN = 12, 18, 23
 IPV6_V6ONLY = 26
 IP_MULTICAST_TTL, IP_MULTICAST_LOOP = 33, 34
+BUF_MAX = 212992  # net.core.wmem_max and rmem_max
+SOCK_MIN_SNDBUF, SOCK_MIN_RCVBUF = 4608, 2304
 INET_OPTIONS = {
     (SOL_SOCKET, SO_REUSEADDR): 0, (SOL_SOCKET, SO_KEEPALIVE): 0, (SOL_SOCKET, SO_REUSEPORT): 0,
     (SOL_SOCKET, SO_SNDBUF): 212992, (SOL_SOCKET, SO_RCVBUF): 212992, (SOL_SOCKET, SO_DONTROUTE): 0,
@@ -915,6 +917,14 @@ def _inet_setsockopt(t, s: InetSocket | UdpSocket, level: int, opt: int, optval:
         if not -1 <= value <= 255:
             raise SyscallError(errno.EINVAL)
         value = 1 if value == -1 else value
+    if (level, opt) in ((SOL_SOCKET, SO_SNDBUF), (SOL_SOCKET, SO_RCVBUF)):
+        # socket(7): the size asked for, capped at net.core.[wr]mem_max, doubled for the
+        # kernel's bookkeeping, and never below the least a socket has.
+        least = SOCK_MIN_SNDBUF if opt == SO_SNDBUF else SOCK_MIN_RCVBUF
+        if s.host is not None:
+            s.host.set_option(level, opt, value)  # the host's socket doubles it itself
+        s.options[(level, opt)] = max(min(value & 0xFFFFFFFF, BUF_MAX) * 2, least)  # (as u32: -1 is the most)
+        return 0
     if (level, opt) in ((SOL_IPV6, IPV6_UNICAST_HOPS), (SOL_IPV6, IPV6_TCLASS)) and not -1 <= value <= 255:
         raise SyscallError(errno.EINVAL)
     if (level, opt) == (SOL_IPV6, IPV6_TCLASS):
