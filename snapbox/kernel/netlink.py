@@ -55,6 +55,7 @@ ASK_TIMEOUT = 2.0  # seconds to wait for the host kernel's answer
 NLMSG_GOODSIZE = 3776  # Linux's first guess at a dump datagram's size: a page less the skb's overhead
 MAX_DUMP_DATAGRAM = 32768  # the most Linux puts in one, however big the reader's buffer
 AUTOBIND_FIRST = (-4096) & 0xFFFFFFFF  # the first port Linux gives a process's second socket
+AUTOBIND_LAST = 0x80000000  # ... counting down to INT_MIN
 
 # The interface ioctls (netdevice(7)), all queries. struct ifreq is 40 bytes: a name, then a
 # union of 24; struct ifconf (SIOCGIFCONF) is a length and a pointer to ifreqs.
@@ -98,8 +99,11 @@ class NetlinkSocket(DatagramSocket):
                     raise SyscallError(errno.EADDRINUSE)
             else:
                 port = tgid
-                while _live(ports.get(port)):
-                    port = AUTOBIND_FIRST if port < AUTOBIND_FIRST else port - 1
+                if _live(ports.get(port)):
+                    port = next((p for p in range(AUTOBIND_FIRST, AUTOBIND_LAST - 1, -1)
+                                 if not _live(ports.get(p))), 0)
+                    if not port:
+                        raise SyscallError(errno.EADDRINUSE)
             self.port = port
             ports[port] = self
         self.groups = groups

@@ -15,6 +15,8 @@ import os
 import select
 import signal
 import socket
+import threading
+import time
 import traceback
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
@@ -52,6 +54,19 @@ def _on_all_cpus() -> Iterator[None]:
     """While the sentry starts threads that should spread (an image's compressors)."""
     with _PLACEMENT.on_all_cpus() if _PLACEMENT is not None else contextlib.nullcontext():
         yield
+
+
+TIED_GRACE = 10.0  # seconds the sentry has to end itself once the process it is tied to is gone
+
+
+def _end_if_stuck(pidfd: int) -> None:
+    """The backstop of Sandbox.tie_to, on a thread of its own: once the tied process has
+    ended, a sentry still alive TIED_GRACE seconds later is stuck (a turn of its loop that
+    never ends) and is killed; its tasks, ptraced with PTRACE_O_EXITKILL, die with it."""
+    select.select([pidfd], [], [])
+    time.sleep(TIED_GRACE)
+    log.error("the sandbox did not end %.0f s after the process that ran it: killing the sentry", TIED_GRACE)
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _passed_fd(msg: dict[str, Any], fds: list[int], key: str) -> int | None:
@@ -232,6 +247,7 @@ class Sandbox:
                 k.exit_group(tg, signal.SIGKILL)
 
         k.loop.add_reader(pidfd, gone)
+        threading.Thread(target=_end_if_stuck, args=(os.dup(pidfd),), name="tied-to", daemon=True).start()
 
     def _adopt(self, msg: dict[str, Any], fds: list[int]) -> dict[str, Any]:
         """A clone handed out by its pool (snapbox.runtime.clones), not started yet: its
