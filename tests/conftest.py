@@ -25,7 +25,7 @@ BUNDLES = ("counter", "counter-glibc", "sockets", "sockets-glibc", "inet", "inet
            "pty-glibc", "xattr", "xattr-glibc", "splice", "splice-glibc", "chroot",
            "chroot-glibc", "inotify", "inotify-glibc", "aio",
            "aio-glibc", "futex", "futex-glibc", "procfs", "procfs-glibc",
-           "spawn", "spawn-glibc", "seccomp", "seccomp-glibc", "epolls", "epolls-glibc", "unshare", "unshare-glibc", "mounts", "mounts-glibc", "setid", "setid-glibc", "ptypkt", "ptypkt-glibc", "setns", "setns-glibc", "seccompnotify", "seccompnotify-glibc", "requeuepi", "requeuepi-glibc", "fowner", "fowner-glibc", "clocks", "clocks-glibc", "affinity", "affinity-glibc", "bigmap", "bigmap-glibc", "dirents", "dirents-glibc", "pidfd", "pidfd-glibc", "netif", "netif-glibc", "vdso", "vdso-glibc", "udplite", "udplite-glibc", "ipheader", "ipheader-glibc", "sigio", "sigio-glibc", "threadcreds",
+           "spawn", "spawn-glibc", "seccomp", "seccomp-glibc", "epolls", "epolls-glibc", "unshare", "unshare-glibc", "mounts", "mounts-glibc", "setid", "setid-glibc", "ptypkt", "ptypkt-glibc", "setns", "setns-glibc", "seccompnotify", "seccompnotify-glibc", "requeuepi", "requeuepi-glibc", "fowner", "fowner-glibc", "clocks", "clocks-glibc", "affinity", "affinity-glibc", "bigmap", "bigmap-glibc", "dirents", "dirents-glibc", "pidfd", "pidfd-glibc", "netif", "netif-glibc", "vdso", "vdso-glibc", "udplite", "udplite-glibc", "ipheader", "ipheader-glibc", "sigio", "sigio-glibc", "threadcreds", "unixcreds", "unixcreds-glibc",
            "threadcreds-glibc", "fileedges", "fileedges-glibc", "memlock",
            "memlock-glibc", "execat", "execat-glibc")
 
@@ -156,10 +156,16 @@ def lines(path: Path) -> list[str]:
 
 
 # Programs compared with their native runs.
+# How a fixture runs natively: without CAP_NET_RAW, which no process of a sandbox has
+# (snapbox.kernel.creds.WITHHELD_CAPS), so that capability sets print alike.
+NATIVE = ["setpriv", "--bounding-set", "-net_raw", "--"]
+
+
 def native_fixture(images: Path, bundle: str, *args: str, cwd: Path | None = None, timeout: float = 30) -> str:
     """What the program of fixture bundle `bundle` prints run natively on the host."""
     binary = images / bundle / "rootfs" / bundle
-    return subprocess.run([str(binary), *args], capture_output=True, text=True, timeout=timeout, cwd=cwd).stdout
+    return subprocess.run([*NATIVE, str(binary), *args], capture_output=True, text=True, timeout=timeout,
+                          cwd=cwd).stdout
 
 
 def same_output(got: str, want: str) -> bool:

@@ -35,7 +35,7 @@ CAP_NAMES = (
 )
 (CAP_CHOWN, CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_FOWNER, CAP_FSETID, CAP_KILL, CAP_SETGID, CAP_SETUID,
  CAP_SETPCAP, CAP_LINUX_IMMUTABLE) = range(10)
-CAP_NET_BIND_SERVICE, CAP_IPC_LOCK, CAP_IPC_OWNER, CAP_SYS_CHROOT, CAP_SYS_PTRACE = 10, 14, 15, 18, 19
+CAP_NET_BIND_SERVICE, CAP_NET_ADMIN, CAP_NET_RAW, CAP_IPC_LOCK, CAP_IPC_OWNER, CAP_SYS_CHROOT, CAP_SYS_PTRACE = 10, 12, 13, 14, 15, 18, 19
 CAP_SYS_ADMIN, CAP_SYS_NICE, CAP_SYS_RESOURCE, CAP_SYS_TIME, CAP_MKNOD = 21, 23, 24, 25, 27
 CAP_MAC_OVERRIDE = 32
 CAP_LAST_CAP = len(CAP_NAMES) - 1
@@ -57,6 +57,13 @@ def bit(cap: int) -> int:
     return 1 << cap
 
 
+# What no process of a sandbox is given, whatever its bundle asks: CAP_NET_RAW, as runsc
+# withholds it (unless --net-raw). A sandbox has no raw or packet sockets, and a program
+# that probes for them by making one is told EPERM, as in such a container, so that it
+# goes on without them.
+WITHHELD_CAPS = bit(CAP_NET_RAW)
+
+
 @savable
 @dataclass(eq=False)
 class CapSets:
@@ -71,6 +78,11 @@ class CapSets:
 
     def copy(self) -> CapSets:
         return CapSets(self.effective, self.permitted, self.inheritable, self.bounding, self.ambient, self.securebits)
+
+    def withhold(self, caps: int) -> None:
+        """Take `caps` out of every set (bounding too: no execve gives them back)."""
+        for name in ("effective", "permitted", "inheritable", "bounding", "ambient"):
+            setattr(self, name, getattr(self, name) & ~caps)
 
     def has(self, cap: int) -> bool:
         return bool(self.effective >> cap & 1)

@@ -108,7 +108,7 @@ class InetSocket(UnixSocket):
     def _nonblock(self, flags: int) -> bool:
         return bool(self.flags & O_NONBLOCK or flags & MSG_DONTWAIT)
 
-    def recv_msg(self, t, count: int, flags: int = 0) -> tuple[bytes, list]:
+    def recv_msg(self, t, count: int, flags: int = 0) -> tuple[bytes, list, list | None]:
         if not self.external:
             if flags & MSG_OOB:
                 raise SyscallError(errno.EINVAL)  # tcp(7): no urgent data is ever kept apart (sent inline)
@@ -116,8 +116,8 @@ class InetSocket(UnixSocket):
         if not self.connected:
             raise SyscallError(errno.ENOTCONN)
         if self.shut_rd:
-            return b"", []
-        return self.host.recv(t, count, flags, self._nonblock(flags))[0], []
+            return b"", [], None
+        return self.host.recv(t, count, flags, self._nonblock(flags))[0], [], None
 
     @property
     def aborted(self) -> bool:
@@ -132,7 +132,7 @@ class InetSocket(UnixSocket):
             return errno.ECONNRESET
         return 0
 
-    def send(self, t, data: bytes, flags: int = 0, files: tuple = ()) -> int:
+    def send(self, t, data: bytes, flags: int = 0, files: tuple = (), creds: list | None = None) -> int:
         if not self.external:
             if self.pending_error():
                 raise SyscallError(errno.ECONNRESET)  # tcp(7): the reset's error first, then EPIPE
@@ -177,7 +177,10 @@ class InetSocket(UnixSocket):
         if self.external:
             self.connected  # noqa: B018 - settles a connect the host has finished
             return self.host.poll()
-        return super().ready()
+        r = super().ready()
+        if self.connected and self.outgoing.readers == 0 and not self.shut_wr:
+            r = r & ~POLLOUT | POLLERR  # the peer has closed: a write would be reset
+        return r
 
     def queues(self, t) -> tuple:
         if self.listening:

@@ -15,7 +15,7 @@ import stat
 from typing import TYPE_CHECKING
 
 from snapbox.kernel import elf, namespaces
-from snapbox.kernel.creds import MAY_EXEC, CapSets, Creds, check, exec_transform
+from snapbox.kernel.creds import MAY_EXEC, WITHHELD_CAPS, CapSets, Creds, check, exec_transform
 from snapbox.kernel.devices import mount_dev
 from snapbox.kernel.tty import session_leader_exited
 from snapbox.kernel.errors import SyscallError
@@ -161,10 +161,11 @@ class Lifecycle:
             else:
                 fds.install_at(i, HostFile(flags=2, stdio=i, passed=True, fd=stdio[i]))
         uid, gid = creds
+        sets = caps.copy() if caps is not None else CapSets()
+        sets.withhold(WITHHELD_CAPS)
         tg = ThreadGroup(tgid=tgid, mm=mm, fds=fds, fs=FSContext(root=root, cwd=cwd_node),
                          argv=list(argv), exe=exe, pgid=tgid, sid=tgid,
-                         cred=Creds(ids=[uid, uid, uid, gid, gid, gid], fsuid=uid, fsgid=gid,
-                                    caps=caps.copy() if caps is not None else CapSets()))
+                         cred=Creds(ids=[uid, uid, uid, gid, gid, gid], fsuid=uid, fsgid=gid, caps=sets))
         if caps is None and uid != 0:
             exec_transform(tg)  # a process that starts as another user has no capabilities
         task = Task(tid=tgid, tg=tg, kernel=self, comm=os.path.basename(path).decode(errors="replace")[:15])

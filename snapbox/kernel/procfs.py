@@ -103,6 +103,8 @@ class ProcNode(Inode):
             f = tg.fds.files.get(int(self.name[3:]))
             if f is None:
                 raise SyscallError(errno.ENOENT)
+            if isinstance(f, SocketFile):
+                raise SyscallError(errno.ENXIO)  # a socket is never opened by a path
             if not isinstance(f, (PipeFile, HostFile)):
                 return None
             return FdNode(ino=self.ino, mode=f.stat()["mode"], kernel=self.kernel, pid=self.pid, name=self.name,

@@ -7,6 +7,11 @@ keeps where each record ends. Files sent with SCM_RIGHTS ride in the buffer besi
 bytes they were sent with: a read that reaches those bytes receives them, and no read
 returns bytes of two sends that both carried files. A datagram socket has a queue of
 whole datagrams, each with its sender's name and its files.
+
+Credentials (SCM_CREDENTIALS) go with every send as Linux's unix_scm_to_skb attaches them:
+the ones the sender gave, else its own if either end has SO_PASSCRED then, else none (a
+reader that asks later is told pid 0 and the overflow ids). A reader with SO_PASSCRED gets
+them with each read, and a stream read does not join bytes of sends with different ones.
 """
 
 from __future__ import annotations
@@ -30,6 +35,30 @@ DGRAM_MAX = 212992 - 32  # net.core.wmem_default less a little: the largest data
 MSG_DONTWAIT, MSG_NOSIGNAL, MSG_PEEK = 0x40, 0x4000, 0x2
 SHUT_RD, SHUT_WR, SHUT_RDWR = 0, 1, 2
 SOMAXCONN = 4096
+SOL_SOCKET, SO_PASSCRED = 1, 16
+NOBODY = 65534  # the overflow uid and gid: what credentials no send carried read as
+NO_PEER = (0, 0xFFFFFFFF, 0xFFFFFFFF)  # SO_PEERCRED of a socket with no peer (nor listening)
+SO_SNDBUF, SNDBUF_DEFAULT = 7, 212992  # net.core.wmem_default
+# The sizes behind an skb's truesize on x86-64: its sk_buff and skb_shared_info (each
+# cache-aligned), and the largest head kmalloc'd in one piece (four pages less the info).
+SKB_OVERHEAD, SKB_SHINFO, SKB_MAX_ALLOC = 576, 320, 16384 - 320
+
+
+def sender_creds(t) -> list:
+    """What SCM_CREDENTIALS says of the calling thread by default: its process id and its
+    real uid and gid."""
+    return [t.tg.tgid, t.tg.creds[0], t.tg.creds[3]]
+
+
+def autobind(kernel, s: UnixSocket | UnixDgramSocket) -> None:
+    """Give an unnamed socket a name in the abstract namespace: five hex digits (unix(7))."""
+    n = 0
+    while (name := b"\0%05x" % n) in kernel.unix_names and kernel.unix_names[name].refs:
+        n += 1
+    kernel.unix_names[name] = s
+    s.address = name
+    if getattr(s, "partner", None) is not None:
+        s.partner.peer = name
 
 
 def drop_ref(f: OpenFile) -> None:
@@ -48,14 +77,30 @@ class StreamBuffer(Pipe):
     reset: bool = False  # the writer closed with data unread or never accepted: ECONNRESET once
     aborted: bool = False  # so it did, for good: a TCP connection is closed by the reset (RST)
     records: list | None = None  # seqpacket: the length of each record in buf, in order
+    # The credentials sent with the bytes: [offset in buf, [pid, uid, gid] or None] where they
+    # change, by offset (the first at 0 while there are bytes; none at all: never any).
+    creds: list = field(default_factory=list)
 
-    def take(self, count: int, peek: bool) -> tuple[bytes, list]:
-        """Up to `count` bytes from the front, and the files sent with the first of them.
-        Stops short of bytes that came with other files."""
+    def put_creds(self, start: int, creds: list | None) -> None:
+        """The bytes from `start` to the end (just written) were sent with `creds`."""
+        if creds is None and not self.creds:
+            return
+        if not self.creds and start:
+            self.creds.append([0, None])  # the bytes before were sent with none
+        if not self.creds or self.creds[-1][1] != creds:
+            self.creds.append([start, creds])
+
+    def take(self, count: int, peek: bool, by_creds: bool = False) -> tuple[bytes, list, list | None]:
+        """Up to `count` bytes from the front, the files sent with the first of them, and
+        the credentials they were sent with. Stops short of bytes that came with other
+        files (and, `by_creds`, of bytes sent with other credentials)."""
         files: list = []
         limit = count
         if self.records is not None:
             return self._take_record(count, peek)
+        creds = self.creds[0][1] if self.creds else None
+        if by_creds and len(self.creds) > 1:
+            limit = min(limit, self.creds[1][0])
         if self.rights:
             if self.rights[0][0] == 0:
                 files = self.rights[0][1]
@@ -64,31 +109,39 @@ class StreamBuffer(Pipe):
                 limit = min(count, self.rights[0][0])
         data = bytes(self.buf[:limit])
         if not peek:
-            del self.buf[:limit]
             if files:
                 self.rights.pop(0)
-            for mark in self.rights:
-                mark[0] -= len(data)
-            self.writable.notify()
-        return data, files
+            self._consume(len(data))
+        return data, files, creds
 
-    def _take_record(self, count: int, peek: bool) -> tuple[bytes, list]:
+    def _take_record(self, count: int, peek: bool) -> tuple[bytes, list, list | None]:
         """The first record (its first `count` bytes: the rest of it is dropped, as
-        seqpacket reads do) and the files sent with it."""
+        seqpacket reads do), the files and the credentials sent with it."""
         if not self.records:
-            return b"", []
+            return b"", [], None
         length = self.records[0]
         files = self.rights[0][1] if self.rights and self.rights[0][0] == 0 else []
+        creds = self.creds[0][1] if self.creds else None
         data = bytes(self.buf[:min(count, length)])
         if not peek:
-            del self.buf[:length]
             self.records.pop(0)
             if files:
                 self.rights.pop(0)
-            for mark in self.rights:
-                mark[0] -= length
-            self.writable.notify()
-        return data, files
+            self._consume(length)
+        return data, files, creds
+
+    def _consume(self, n: int) -> None:
+        """Drop the first `n` bytes, and move the marks of files and credentials with them."""
+        del self.buf[:n]
+        for mark in self.rights:
+            mark[0] -= n
+        for mark in self.creds:
+            mark[0] = max(mark[0] - n, 0)
+        while len(self.creds) > 1 and self.creds[1][0] == 0:
+            self.creds.pop(0)
+        if not self.buf:
+            self.creds.clear()
+        self.writable.notify()
 
     def put_record(self, data: bytes, nonblock: bool) -> int:
         """Append one whole record (up to DGRAM_MAX bytes, as Linux's sndbuf allows), or
@@ -107,6 +160,7 @@ class StreamBuffer(Pipe):
     def discard(self) -> None:
         """No one will read this buffer again: drop its bytes and the files in it."""
         self.buf.clear()
+        self.creds.clear()
         rights, self.rights = self.rights, []
         for _, files in rights:
             for f in files:
@@ -121,6 +175,11 @@ class SocketFile(OpenFile):
     # SO_RCVTIMEO in ns (0: none; -1: no wait at all): a receive that blocks longer fails with EAGAIN
     rcvtimeo: int = 0
     sndtimeo: int = 0  # SO_SNDTIMEO, as rcvtimeo: a send that blocks longer ends (see write_all)
+    options: dict = field(default_factory=dict)  # (level, option) -> value, as setsockopt left it
+
+    @property
+    def passcred(self) -> bool:
+        return bool(self.options.get((SOL_SOCKET, SO_PASSCRED)))
 
     def readable(self) -> bool:
         return True
@@ -164,7 +223,7 @@ class UnixSocket(SocketFile):
     address: bytes = b""  # the bound name: a path, or NUL and an abstract name; b"" if unbound
     peer: bytes = b""  # the peer's name (kept up to date by a bind of the peer after connecting)
     partner: UnixSocket | None = None  # the other end of the connection, whose `peer` a bind here renames
-    cred: list = field(default_factory=lambda: [0, 0, 0])  # pid, uid, gid: the peer's (SO_PEERCRED)
+    cred: list = field(default_factory=lambda: list(NO_PEER))  # pid, uid, gid: the peer's (SO_PEERCRED)
     listening: bool = False
     backlog: int = 0
     pending: list = field(default_factory=list)  # connections made to us, waiting for accept
@@ -181,35 +240,38 @@ class UnixSocket(SocketFile):
 
     # -- data --------------------------------------------------------------------------------
 
-    def recv_msg(self, t, count: int, flags: int = 0) -> tuple[bytes, list]:
-        """Read up to `count` bytes; returns them and the files that came with them."""
+    def recv_msg(self, t, count: int, flags: int = 0) -> tuple[bytes, list, list | None]:
+        """Read up to `count` bytes; returns them, the files and the credentials that came
+        with them."""
         if self.listening:
             raise SyscallError(errno.EINVAL)
         p = self.incoming
         if p is None:
             raise SyscallError(errno.ENOTCONN)
-        if self.shut_rd:
-            return b"", []
         if not p.buf:
+            if self.shut_rd:
+                return b"", [], None  # (what came before the shutdown is still read, as on Linux)
             if p.reset:
                 p.reset = False
                 raise SyscallError(errno.ECONNRESET)
             if p.writers == 0:
-                return b"", []  # (a receive of 0 bytes waits for data, as Linux's; read(2) does not)
+                return b"", [], None  # (a receive of 0 bytes waits for data, as Linux's; read(2) does not)
             if self.flags & O_NONBLOCK or flags & MSG_DONTWAIT:
                 raise SyscallError(errno.EAGAIN)
             raise WouldBlock(p.readable)
-        return p.take(count, bool(flags & MSG_PEEK))
+        return p.take(count, bool(flags & MSG_PEEK), self.passcred)
 
     def recv(self, t, count: int, flags: int = 0) -> bytes:
-        data, files = self.recv_msg(t, count, flags)
+        data, files, _ = self.recv_msg(t, count, flags)
         if not flags & MSG_PEEK:
             for f in files:  # read without recvmsg: the files are lost, as on Linux
                 drop_ref(f)
         return data
 
-    def send(self, t, data: bytes, flags: int = 0, files: tuple = ()) -> int:
-        """Write what fits of `data`; `files` (SCM_RIGHTS) go with its first byte."""
+    def send(self, t, data: bytes, flags: int = 0, files: tuple = (), creds: list | None = None) -> int:
+        """Write what fits of `data`; `files` (SCM_RIGHTS) go with its first byte, and
+        `creds` (SCM_CREDENTIALS; None: the sender's own if either end asks for them) with
+        all of it."""
         p = self.outgoing
         if p is None:
             raise SyscallError(errno.ENOTCONN)
@@ -219,6 +281,9 @@ class UnixSocket(SocketFile):
             raise SyscallError(errno.EPIPE)
         nonblock = bool(self.flags & O_NONBLOCK or flags & MSG_DONTWAIT)
         n = p.put_record(data, nonblock) if p.records is not None else p.put(data, nonblock, atomic=False)
+        if creds is None and (self.passcred or self.partner is not None and self.partner.passcred):
+            creds = sender_creds(t)
+        p.put_creds(len(p.buf) - n, creds)
         if files:
             p.rights.append([len(p.buf) - n, list(files)])
             for f in files:
@@ -245,8 +310,6 @@ class UnixSocket(SocketFile):
         if how in (SHUT_RD, SHUT_RDWR) and not self.shut_rd:
             self.shut_rd = True
             self.incoming.readers -= 1
-            if self.incoming.readers == 0:
-                self.incoming.discard()
         if how in (SHUT_WR, SHUT_RDWR) and not self.shut_wr:
             self.shut_wr = True
             self.outgoing.writers -= 1
@@ -283,6 +346,8 @@ class UnixSocket(SocketFile):
         up, down = make_buffers(t.kernel, self.kind)
         server = UnixSocket(flags=2, incoming=up, outgoing=down, ino=up.ino, address=listener.address,
                             peer=self.address, cred=[t.tg.tgid, t.tg.creds[1], t.tg.creds[4]], kind=self.kind)
+        if listener.passcred:
+            server.options[(SOL_SOCKET, SO_PASSCRED)] = 1  # as accept(2) passes it on
         self.incoming, self.outgoing = down, up
         self.peer = listener.address
         self.partner, server.partner = server, self
@@ -321,10 +386,8 @@ class UnixSocket(SocketFile):
             r |= POLLERR
         if rcv_shutdown and (self.outgoing.readers == 0 or self.shut_wr):
             r |= POLLHUP
-        if self.outgoing.readers == 0:
-            r |= POLLERR if not self.shut_wr else 0
-        elif len(self.outgoing.buf) + PIPE_BUF <= self.outgoing.capacity:
-            r |= POLLOUT
+        if len(self.outgoing.buf) + PIPE_BUF <= self.outgoing.capacity:
+            r |= POLLOUT  # by room alone, whoever has shut down what (as unix_writable)
         return r
 
     def queues(self, t) -> tuple:
@@ -337,6 +400,7 @@ class UnixSocket(SocketFile):
             if self.incoming.buf or embryo:
                 self.outgoing.reset = self.outgoing.aborted = True  # unix(7) as Linux: the peer's next read fails
             self.shutdown(SHUT_RDWR)
+            self.incoming.discard()
         pending, self.pending = self.pending, []
         for server in pending:
             server.release(embryo=True)  # never accepted: their connectors see ECONNRESET
@@ -366,12 +430,22 @@ class UnixDgramSocket(SocketFile):
     ino: int = 0
     address: bytes = b""  # the bound name, as UnixSocket's
     peer_socket: UnixDgramSocket | None = None
-    queue: list = field(default_factory=list)  # [[sender's name, bytes, [OpenFile...]]], oldest first
+    # [[sender's name, bytes, [OpenFile...], [pid, uid, gid] or None, sending socket]], oldest first
+    queue: list = field(default_factory=list)
     shut_rd: bool = False
     shut_wr: bool = False
-    cred: list = field(default_factory=lambda: [0, 0, 0])  # pid, uid, gid of its maker
+    cred: list = field(default_factory=lambda: list(NO_PEER))  # pid, uid, gid of its maker (a pair's)
     readable_queue: WaitQueue = field(default_factory=WaitQueue)  # readers waiting for a datagram
-    room: WaitQueue = field(default_factory=WaitQueue)  # senders waiting for the queue to shorten
+    room: WaitQueue = field(default_factory=WaitQueue)  # senders waiting for the queue to shorten, or wmem
+    wmem: int = 0  # what its datagrams not read yet take of its send buffer (skb_truesize)
+
+    @property
+    def sndbuf(self) -> int:
+        return self.options.get((SOL_SOCKET, SO_SNDBUF), SNDBUF_DEFAULT)
+
+    def writable(self) -> bool:
+        """Room in its send buffer, as Linux's unix_writable: a quarter of it free."""
+        return self.wmem * 4 <= self.sndbuf
 
     @property
     def connected(self) -> bool:
@@ -381,12 +455,14 @@ class UnixDgramSocket(SocketFile):
         """FIONREAD: the length of the next datagram."""
         return len(self.queue[0][1]) if self.queue else 0
 
-    def send_to(self, t, target: UnixDgramSocket | None, data: bytes, flags: int, files: tuple = ()) -> int:
-        """Queue one datagram at `target` (None: the peer); waits while its queue is full."""
+    def send_to(self, t, target: UnixDgramSocket | None, data: bytes, flags: int, files: tuple = (),
+                creds: list | None = None) -> int:
+        """Queue one datagram at `target` (None: the peer), with `files` and `creds` (None:
+        the sender's own if either end asks for them); waits while its queue is full."""
+        if self.passcred and not self.address:
+            autobind(t.kernel, self)  # as Linux does, so that the receiver sees who sent it
         if self.shut_wr:
-            if not flags & MSG_NOSIGNAL:
-                t.kernel.send_signal(t.tg, SIGPIPE)
-            raise SyscallError(errno.EPIPE)
+            raise SyscallError(errno.EPIPE)  # (no SIGPIPE for a datagram, as on Linux)
         target = target or self.peer_socket
         if target is None:
             raise SyscallError(errno.ENOTCONN)
@@ -394,42 +470,45 @@ class UnixDgramSocket(SocketFile):
             raise SyscallError(errno.ECONNREFUSED)
         if target.peer_socket is not None and target.peer_socket is not self:
             raise SyscallError(errno.EPERM)  # unix(7): it is connected to another socket
-        if len(data) > DGRAM_MAX:
+        if len(data) > self.sndbuf - 32:
             raise SyscallError(errno.EMSGSIZE)
-        if len(target.queue) >= MAX_DGRAM_QLEN:
+        # As Linux: a send waits while the sender's buffer is full, and one to a socket that
+        # is not its peer's peer also while that socket holds more than max_dgram_qlen.
+        full = target.room if target.peer_socket is not self and len(target.queue) > MAX_DGRAM_QLEN else None
+        if self.wmem >= self.sndbuf or full is not None:
             if self.flags & O_NONBLOCK or flags & MSG_DONTWAIT:
                 raise SyscallError(errno.EAGAIN)
-            raise WouldBlock(target.room)
+            raise WouldBlock(full or self.room)
         if target.shut_rd:
-            return len(data)
+            raise SyscallError(errno.EPIPE)  # (no SIGPIPE for a datagram, as on Linux)
         for f in files:
             f.refs += 1
-        target.queue.append([self.address, bytes(data), list(files)])
+        if creds is None and (self.passcred or target.passcred):
+            creds = sender_creds(t)
+        target.queue.append([self.address, bytes(data), list(files), creds, self])
+        self.wmem += truesize(len(data))
         target.readable_queue.notify()
         return len(data)
 
-    def recv_dgram(self, t, count: int, flags: int) -> tuple[bytes, bytes, int, list]:
-        """The next datagram: (its first `count` bytes, its sender's name, its length, its files)."""
+    def recv_dgram(self, t, count: int, flags: int) -> tuple[bytes, bytes, int, list, list | None]:
+        """The next datagram: (its first `count` bytes, its sender's name, its length, its
+        files, its credentials)."""
         if not self.queue:
-            if self.shut_rd:
-                return b"", b"", 0, []
             if self.flags & O_NONBLOCK or flags & MSG_DONTWAIT:
-                raise SyscallError(errno.EAGAIN)
+                raise SyscallError(errno.EAGAIN)  # (even shut down for reading, as Linux's)
+            if self.shut_rd:
+                return b"", b"", 0, [], None
             raise WouldBlock(self.readable_queue)
-        sender, data, files = self.queue[0]
+        sender, data, files, *rest = self.queue[0]  # (images of older versions have no credentials)
         if not flags & MSG_PEEK:
-            self.queue.pop(0)
+            _sent(self.queue.pop(0))
             self.room.notify()
-        return data[:count], sender, len(data), files
-
-    def recv_msg(self, t, count: int, flags: int = 0) -> tuple[bytes, list]:
-        data, _, _, files = self.recv_dgram(t, count, flags)
-        return data, files
+        return data[:count], sender, len(data), files, rest[0] if rest else None
 
     def read(self, t, count: int, offset: int | None = None) -> bytes:
         if offset is not None:
             raise SyscallError(errno.ESPIPE)
-        data, _, _, files = self.recv_dgram(t, count, 0)
+        data, _, _, files, _ = self.recv_dgram(t, count, 0)
         for f in files:
             drop_ref(f)
         return data
@@ -445,13 +524,18 @@ class UnixDgramSocket(SocketFile):
         self.shut_rd = self.shut_rd or how in (SHUT_RD, SHUT_RDWR)
         self.shut_wr = self.shut_wr or how in (SHUT_WR, SHUT_RDWR)
         self.readable_queue.notify()
+        self.room.notify()
 
     def ready(self) -> int:
-        r = 0
-        if self.queue or self.shut_rd:
+        """As Linux's unix_dgram_poll: shut down for reading is POLLIN and POLLRDHUP, both
+        ways POLLHUP; writable by room alone (whether shut down for writing or not)."""
+        r = POLLIN | POLLRDHUP if self.shut_rd else 0
+        if self.shut_rd and self.shut_wr:
+            r |= POLLHUP
+        if self.queue:
             r |= POLLIN
         peer = self.peer_socket
-        if not self.shut_wr and (peer is None or len(peer.queue) < MAX_DGRAM_QLEN):
+        if self.writable() and (peer is None or peer.peer_socket is self or len(peer.queue) <= MAX_DGRAM_QLEN):
             r |= POLLOUT
         return r
 
@@ -461,8 +545,9 @@ class UnixDgramSocket(SocketFile):
 
     def release(self) -> None:
         queue, self.queue = self.queue, []
-        for _, _, files in queue:
-            for f in files:
+        for entry in queue:
+            _sent(entry)
+            for f in entry[2]:
                 drop_ref(f)
         self.room.notify()
 
@@ -472,6 +557,26 @@ class UnixDgramSocket(SocketFile):
 
     def describe(self) -> str:
         return f"socket:[{self.ino}] (unix dgram{_shown(self.address)})"
+
+
+def _sent(entry: list) -> None:
+    """A queued datagram is gone (read, or dropped): its sender's buffer has that room again."""
+    if len(entry) > 4:
+        entry[4].wmem -= truesize(len(entry[1]))
+        entry[4].room.notify()
+
+
+def truesize(n: int) -> int:
+    """What a datagram of `n` bytes takes of its sender's buffer: Linux's skb truesize on
+    x86-64 (the data's kmalloc bucket beside its skb_shared_info, plus the sk_buff; past
+    SKB_MAX_ALLOC, the rest in whole pages)."""
+    pages = 0
+    if n > SKB_MAX_ALLOC:
+        pages = min(-(-(n - SKB_MAX_ALLOC) // 4096) * 4096, 17 * 4096)
+        n -= pages
+    head = -(-n // 64) * 64 + SKB_SHINFO
+    bucket = 1 << (head - 1).bit_length()
+    return bucket - SKB_SHINFO + SKB_OVERHEAD + pages
 
 
 @savable

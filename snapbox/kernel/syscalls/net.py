@@ -12,11 +12,12 @@ import selectors
 import stat as st
 import struct
 
-from snapbox.kernel.creds import CAP_NET_BIND_SERVICE, MAY_EXEC, MAY_WRITE, capable, check
+from snapbox.kernel.creds import CAP_NET_ADMIN, CAP_NET_BIND_SERVICE, CAP_NET_RAW, CAP_SETGID, CAP_SETUID, CAP_SYS_ADMIN, MAY_EXEC, MAY_WRITE, \
+    capable, check
 from snapbox.kernel.errors import SyscallError, WouldBlock
 from snapbox.kernel.fd import O_CLOEXEC, O_NONBLOCK
-from snapbox.kernel.socket import AF_UNIX, MSG_DONTWAIT, MSG_PEEK, SOCK_SEQPACKET, SOCK_STREAM, SocketNode, \
-    UnixDgramSocket, UnixSocket, drop_ref, make_pair, new_socket
+from snapbox.kernel.socket import AF_UNIX, MSG_DONTWAIT, MSG_PEEK, NOBODY, SOCK_SEQPACKET, SOCK_STREAM, \
+    SocketNode, UnixDgramSocket, UnixSocket, autobind, drop_ref, make_pair, new_socket
 from snapbox.kernel.hostnet import HostSocket
 from snapbox.kernel.inet import AF_INET, AF_INET6, DEFAULT_TTL, IP_RECVTOS, IP_RECVTTL, IP_TOS, IP_TTL, \
     IPPROTO_TCP, IPPROTO_UDP, IPPROTO_UDPLITE, IPV6_HOPLIMIT, IPV6_RECVHOPLIMIT, IPV6_RECVTCLASS, IPV6_TCLASS, \
@@ -33,7 +34,8 @@ log = logging.getLogger("snapbox.kernel")
 
 SOCK_NONBLOCK, SOCK_CLOEXEC = O_NONBLOCK, O_CLOEXEC
 SOCK_DGRAM, SOCK_RAW = 2, 3
-AF_UNSPEC = 0
+AF_UNSPEC, AF_PACKET = 0, 17
+IPPROTO_MAX = 263
 MSG_TRUNC, MSG_WAITALL = 0x20, 0x100
 SOL_SOCKET, SCM_RIGHTS, SCM_CREDENTIALS = 1, 1, 2
 SO_TYPE, SO_ERROR, SO_SNDBUF, SO_RCVBUF, SO_PASSCRED, SO_PEERCRED = 3, 4, 7, 8, 16, 17
@@ -54,9 +56,11 @@ def socket(t, domain, type_, protocol):
     kind = i32(type_) & ~(SOCK_NONBLOCK | SOCK_CLOEXEC)
     domain = i32(domain)
     if domain in (AF_INET, AF_INET6):
+        protocol = i32(protocol)
+        if kind == SOCK_RAW:
+            _raw_allowed(t, protocol)
         if kind not in (SOCK_STREAM, SOCK_DGRAM):
             raise SyscallError(errno.ESOCKTNOSUPPORT, "only TCP and UDP inet sockets are supported")
-        protocol = i32(protocol)
         if protocol not in ((0, IPPROTO_TCP) if kind == SOCK_STREAM else (0, IPPROTO_UDP, IPPROTO_UDPLITE)):
             raise SyscallError(errno.EPROTONOSUPPORT)
         t.kernel.pipe_ino += 1
@@ -76,9 +80,22 @@ def socket(t, domain, type_, protocol):
         t.kernel.pipe_ino += 1
         s = NetlinkSocket(flags=2 | i32(type_) & SOCK_NONBLOCK, ino=t.kernel.pipe_ino, kind=kind)
     else:
+        if domain == AF_PACKET and not capable(t.tg, CAP_NET_RAW):
+            raise SyscallError(errno.EPERM)  # as Linux's packet_create, before anything else
         raise SyscallError(errno.EAFNOSUPPORT, "only AF_UNIX, TCP, UDP and route netlink sockets exist in the sandbox")
-    s.cred = [t.tg.tgid, t.tg.creds[1], t.tg.creds[4]]
     return t.fds.install(s, cloexec=bool(i32(type_) & SOCK_CLOEXEC))
+
+
+def _raw_allowed(t, protocol: int) -> None:
+    """The checks of a raw inet socket, in Linux's order (inet_create): a protocol out of
+    range, none named, then CAP_NET_RAW, which no process of a sandbox has (see
+    creds.WITHHELD_CAPS); with it, the socket is still refused: there are no raw sockets."""
+    if not 0 <= protocol < IPPROTO_MAX:
+        raise SyscallError(errno.EINVAL)
+    if protocol == 0:
+        raise SyscallError(errno.EPROTONOSUPPORT)
+    if not capable(t.tg, CAP_NET_RAW):
+        raise SyscallError(errno.EPERM)
 
 
 def _unix_kind(kind: int, protocol: int) -> int:
@@ -243,12 +260,10 @@ def bind(t, fd, addr, addrlen):
             s.port_locked = port != 0
         return 0
     name = _read_address(t, addr, addrlen)
-    if not name:  # autobind: an abstract name of five hex digits (unix(7)); a named socket keeps its name
-        if s.address:
-            return 0
-        n = 0
-        while (name := b"\0%05x" % n) in t.kernel.unix_names and t.kernel.unix_names[name].refs:
-            n += 1
+    if not name:  # autobind; a named socket keeps its name
+        if not s.address:
+            autobind(t.kernel, s)
+        return 0
     if name[:1] == b"\0":
         if s.address:
             raise SyscallError(errno.EINVAL)
@@ -288,6 +303,7 @@ def listen(t, fd, backlog):
         if not s.local:
             bind_inet(t, s, "0.0.0.0" if s.family == AF_INET else "::", 0)
     s.listen(i32(backlog))
+    s.cred = [t.tg.tgid, t.tg.creds[1], t.tg.creds[4]]  # what connecting sockets see as their peer's
     if isinstance(s, InetSocket):
         if s.host is not None:
             s.host.listen(s.backlog)
@@ -392,13 +408,15 @@ def connect(t, fd, addr, addrlen):
         if len(raw) == 2 and struct.unpack("<H", raw)[0] == AF_UNSPEC:
             s.peer_socket = None  # connect(2): AF_UNSPEC dissolves the association
             return 0
-        s.peer_socket = _dgram_target(t, addr, addrlen)
-        return 0
     name = _read_address(t, addr, addrlen)
+    if s.passcred and not s.address:
+        autobind(t.kernel, s)  # as Linux does (and a send does): the peer is to see who sends
+    if isinstance(s, UnixDgramSocket):
+        s.peer_socket = _unix_target(t, name, UnixDgramSocket)
+        return 0
     if s.connected:
         raise SyscallError(errno.EISCONN)
-    target = _unix_target(t, name, UnixSocket)
-    s.connect_to(t, target)
+    s.connect_to(t, _unix_target(t, name, UnixSocket))
     return 0
 
 
@@ -554,7 +572,7 @@ def _recvfrom(t, fd, buf, length, flags, addr, addrlen):
             _write_sockaddr(t, addr, addrlen, _source_sockaddr(s, source))
         return whole if i32(flags) & MSG_TRUNC else len(data)
     if isinstance(s, UnixDgramSocket):
-        data, sender, whole, files = s.recv_dgram(t, min(length, MAX_RW), i32(flags))
+        data, sender, whole, files, _ = s.recv_dgram(t, min(length, MAX_RW), i32(flags))
         if not i32(flags) & MSG_PEEK:
             for f in files:  # read without recvmsg: the files are lost, as on Linux
                 drop_ref(f)
@@ -627,10 +645,16 @@ def _skip(vecs: list, n: int) -> list:
     return out
 
 
-def _rights(t, control: int, controllen: int) -> list:
-    """The open files an SCM_RIGHTS control message names; other messages are read and
-    left (SCM_CREDENTIALS reaches no one: no receiver asks for SO_PASSCRED)."""
+_UCRED = struct.Struct("<iII")  # struct ucred: pid, uid, gid
+
+
+def _unix_control(t, control: int, controllen: int) -> tuple[list, list | None]:
+    """What a send's control messages carry to a unix socket: the open files SCM_RIGHTS
+    names, and the credentials SCM_CREDENTIALS gives (None if it gives none), checked as
+    Linux's scm_check_creds: a process may name itself and its own ids; CAP_SYS_ADMIN lets
+    it name another live process, CAP_SETUID and CAP_SETGID other ids."""
     files: list = []
+    creds = None
     raw = t.mm.read(control, controllen) if controllen else b""
     pos = 0
     while pos + _CMSGHDR.size <= len(raw):
@@ -643,10 +667,27 @@ def _rights(t, control: int, controllen: int) -> list:
             if len(files) + count > SCM_MAX_FD:
                 raise SyscallError(errno.EINVAL)
             files += [t.fds.get(fd) for fd in fds]
-        elif level != SOL_SOCKET or kind != SCM_CREDENTIALS:
+        elif level == SOL_SOCKET and kind == SCM_CREDENTIALS:
+            if length != _CMSGHDR.size + _UCRED.size:
+                raise SyscallError(errno.EINVAL)
+            creds = _checked_creds(t, *_UCRED.unpack_from(raw, pos + _CMSGHDR.size))
+        else:
             raise SyscallError(errno.EINVAL)
         pos += _cmsg_align(length)
-    return files
+    return files, creds
+
+
+def _checked_creds(t, pid: int, uid: int, gid: int) -> list:
+    if uid == 0xFFFFFFFF or gid == 0xFFFFFFFF:
+        raise SyscallError(errno.EINVAL)
+    ids = t.tg.creds  # ruid euid suid rgid egid sgid
+    if pid != t.tg.tgid and not capable(t.tg, CAP_SYS_ADMIN) or \
+            uid not in ids[:3] and not capable(t.tg, CAP_SETUID) or \
+            gid not in ids[3:] and not capable(t.tg, CAP_SETGID):
+        raise SyscallError(errno.EPERM)
+    if pid != t.tg.tgid and pid not in t.kernel.tasks.pidns.tasks:
+        raise SyscallError(errno.ESRCH)
+    return [pid, uid, gid]
 
 
 @syscall(NR.sendmsg)
@@ -660,38 +701,40 @@ def sendmsg(t, fd, msg, flags):
         data = b"".join(t.mm.read(base, n) for base, n in iovecs(t, iov, iovlen))
         return _udp_send(t, s, data, name, namelen, sent)
     if isinstance(s, UnixDgramSocket):
-        files = _rights(t, control, controllen)
+        files, creds = _unix_control(t, control, controllen)
         data = b"".join(t.mm.read(base, n) for base, n in iovecs(t, iov, iovlen))
         target = _dgram_target(t, name, namelen) if name else None
-        return _dgram_send(t, NR.sendmsg, s, target, data, i32(flags), files)
+        return _dgram_send(t, NR.sendmsg, s, target, data, i32(flags), files, creds)
     if name and not isinstance(s, InetSocket) and s.kind != SOCK_SEQPACKET:
         raise SyscallError(errno.EISCONN if s.connected else errno.EOPNOTSUPP)
-    files = _rights(t, control, controllen)
+    files, creds = _unix_control(t, control, controllen)
     if isinstance(s, InetSocket):
         files = []  # TCP carries no files: its control messages are not SCM_RIGHTS
     if written(t, NR.sendmsg):
         files = []  # a retry of a send that blocked part-way: the files went with its first bytes
     data = b"".join(t.mm.read(base, n) for base, n in iovecs(t, iov, iovlen))
-    return write_all(t, NR.sendmsg, _Flagged(s, i32(flags), files), data[:MAX_RW])
+    return write_all(t, NR.sendmsg, _Flagged(s, i32(flags), files, creds), data[:MAX_RW])
 
 
 class _Flagged:
-    """A socket with send flags and files to send with the first bytes, for write_all."""
+    """A socket with send flags, files to send with the first bytes and credentials to send
+    with all of them, for write_all."""
 
-    def __init__(self, sock: UnixSocket, flags: int, files: list) -> None:
-        self.sock, self.flags, self.files = sock, flags, files
+    def __init__(self, sock: UnixSocket, flags: int, files: list, creds: list | None = None) -> None:
+        self.sock, self.flags, self.files, self.creds = sock, flags, files, creds
         self.sndtimeo = sock.sndtimeo
 
     def write(self, t, data: bytes, offset: int | None = None) -> int:
-        n = self.sock.send(t, data, self.flags, self.files)
+        n = self.sock.send(t, data, self.flags, self.files, self.creds)
         self.files = []
         return n
 
 
-def _dgram_send(t, nr: int, s: UnixDgramSocket, target, data: bytes, flags: int, files: list) -> int:
+def _dgram_send(t, nr: int, s: UnixDgramSocket, target, data: bytes, flags: int, files: list = (),
+                creds: list | None = None) -> int:
     """One datagram, waiting for room in the receiver's queue up to SO_SNDTIMEO."""
     try:
-        return s.send_to(t, target, data, flags, files)
+        return s.send_to(t, target, data, flags, files, creds)
     except WouldBlock as wb:
         raise send_timeout(t, s, nr, wb) from None  # never None: nothing was sent
 
@@ -711,7 +754,7 @@ def _recvmsg(t, fd, msg, flags):
     vecs = iovecs(t, iov, iovlen)
     sender, whole = None, 0
     if isinstance(s, UnixDgramSocket):
-        data, sender, whole, files = s.recv_dgram(t, min(sum(n for _, n in vecs), MAX_RW), flags)
+        data, sender, whole, files, creds = s.recv_dgram(t, min(sum(n for _, n in vecs), MAX_RW), flags)
     elif isinstance(s, (UdpSocket, NetlinkSocket)):
         room = sum(n for _, n in vecs)
         if isinstance(s, UdpSocket):
@@ -734,11 +777,16 @@ def _recvmsg(t, fd, msg, flags):
     else:
         records = s.incoming.records if s.incoming is not None else None
         whole = records[0] if records else 0  # a seqpacket record's length, for MSG_TRUNC
-        data, files = s.recv_msg(t, min(sum(n for _, n in vecs), MAX_RW), flags)
+        data, files, creds = s.recv_msg(t, min(sum(n for _, n in vecs), MAX_RW), flags)
     scatter(t, vecs, data)
     out_flags, used = (MSG_TRUNC if whole > len(data) else 0), 0
+    if s.passcred:  # before the files, as Linux's scm_recv puts them
+        ucred = _UCRED.pack(*creds) if creds is not None else _UCRED.pack(0, NOBODY, NOBODY)
+        used, cut = _put_control(t, control, controllen, [(SOL_SOCKET, SCM_CREDENTIALS, ucred)])
+        out_flags |= MSG_CTRUNC if cut else 0
     if files:
-        room = (controllen - _CMSGHDR.size) // 4 if control and controllen >= _CMSGHDR.size + 4 else 0
+        left = controllen - used if control else 0
+        room = (left - _CMSGHDR.size) // 4 if left >= _CMSGHDR.size + 4 else 0
         fds = []
         for f in files[:room]:
             try:
@@ -749,8 +797,9 @@ def _recvmsg(t, fd, msg, flags):
             out_flags |= MSG_CTRUNC
         if fds:
             length = _CMSGHDR.size + 4 * len(fds)
-            t.mm.write(control, _CMSGHDR.pack(length, SOL_SOCKET, SCM_RIGHTS) + struct.pack(f"<{len(fds)}i", *fds))
-            used = min(_cmsg_align(length), controllen)
+            t.mm.write(control + used,
+                       _CMSGHDR.pack(length, SOL_SOCKET, SCM_RIGHTS) + struct.pack(f"<{len(fds)}i", *fds))
+            used += min(_cmsg_align(length), left)
         if not flags & MSG_PEEK:
             for f in files:
                 drop_ref(f)  # the reference the message held; installed ones hold their own
@@ -837,12 +886,29 @@ def shutdown(t, fd, how):
 # What getsockopt and setsockopt know of TCP and UDP sockets: (level, option) -> its default.
 SO_REUSEADDR, SO_KEEPALIVE, SO_LINGER, SO_REUSEPORT = 2, 9, 13, 15
 SO_DONTROUTE, SO_BROADCAST, SO_OOBINLINE, SO_PRIORITY = 5, 6, 10, 12
+SO_DEBUG, SO_NO_CHECK, SO_RCVLOWAT, SO_SNDLOWAT = 1, 11, 18, 19
 TCP_NODELAY, TCP_MAXSEG, TCP_KEEPIDLE, TCP_KEEPINTVL, TCP_KEEPCNT = 1, 2, 4, 5, 6
 TCP_QUICKACK, TCP_USER_TIMEOUT, TCP_FASTOPEN = 12, 18, 23
 IPV6_V6ONLY = 26
 IP_MULTICAST_TTL, IP_MULTICAST_LOOP = 33, 34
 BUF_MAX = 212992  # net.core.wmem_max and rmem_max
 SOCK_MIN_SNDBUF, SOCK_MIN_RCVBUF = 4608, 2304
+SO_SNDBUFFORCE, SO_RCVBUFFORCE = 32, 33
+BUF_OPTIONS = {SO_SNDBUF: SO_SNDBUF, SO_RCVBUF: SO_RCVBUF, SO_SNDBUFFORCE: SO_SNDBUF, SO_RCVBUFFORCE: SO_RCVBUF}
+
+
+def _buffer_size(t, opt: int, value: int) -> tuple[int, int]:
+    """SO_SNDBUF or SO_RCVBUF (or their FORCE forms) set to `value`: (which, the size kept).
+    As socket(7) says: capped at net.core.[wr]mem_max (the FORCE forms, for CAP_NET_ADMIN,
+    are not), doubled for the kernel's bookkeeping, and never below the least a socket has."""
+    which = BUF_OPTIONS[opt]
+    if opt != which:
+        if not capable(t.tg, CAP_NET_ADMIN):
+            raise SyscallError(errno.EPERM)
+        value = min(max(value, 0), 0x7FFFFFFF // 2)
+    else:
+        value = min(value & 0xFFFFFFFF, BUF_MAX)  # (as u32: -1 is the most)
+    return which, max(value * 2, SOCK_MIN_SNDBUF if which == SO_SNDBUF else SOCK_MIN_RCVBUF)
 INET_OPTIONS = {
     (SOL_SOCKET, SO_REUSEADDR): 0, (SOL_SOCKET, SO_KEEPALIVE): 0, (SOL_SOCKET, SO_REUSEPORT): 0,
     (SOL_SOCKET, SO_SNDBUF): 212992, (SOL_SOCKET, SO_RCVBUF): 212992, (SOL_SOCKET, SO_DONTROUTE): 0,
@@ -865,6 +931,8 @@ INET_FLAGS = {(SOL_SOCKET, SO_REUSEADDR), (SOL_SOCKET, SO_KEEPALIVE), (SOL_SOCKE
 
 def _inet_getsockopt(s: InetSocket | UdpSocket, level: int, opt: int) -> bytes:
     udp = isinstance(s, UdpSocket)
+    if level == SOL_SOCKET and opt == SO_PASSCRED:
+        raise SyscallError(errno.EOPNOTSUPP)  # only unix and netlink sockets pass credentials
     if level == SOL_SOCKET and opt == SO_ERROR and udp:
         err, s.error = s.error, 0  # getsockopt(SO_ERROR) reads and clears it
         return struct.pack("<i", err)
@@ -893,6 +961,8 @@ def _inet_getsockopt(s: InetSocket | UdpSocket, level: int, opt: int) -> bytes:
 def _inet_setsockopt(t, s: InetSocket | UdpSocket, level: int, opt: int, optval: int, optlen: int) -> int:
     if isinstance(s, UdpSocket) and level == IPPROTO_TCP:
         raise SyscallError(errno.ENOPROTOOPT)
+    if level == SOL_SOCKET and opt == SO_PASSCRED:
+        raise SyscallError(errno.EOPNOTSUPP)
     if level == SOL_SOCKET and opt == SO_LINGER:
         if optlen < 8:
             raise SyscallError(errno.EINVAL)
@@ -901,6 +971,15 @@ def _inet_setsockopt(t, s: InetSocket | UdpSocket, level: int, opt: int, optval:
     if isinstance(s, UdpSocket) and level in (IPPROTO_UDP, IPPROTO_UDPLITE) \
             and opt in (UDPLITE_SEND_CSCOV, UDPLITE_RECV_CSCOV):
         return _udplite_setsockopt(t, s, opt, optval, optlen)
+    if level == SOL_SOCKET and opt in BUF_OPTIONS:
+        if optlen < 4:
+            raise SyscallError(errno.EINVAL)
+        (value,) = struct.unpack("<i", t.mm.read(optval, 4))
+        kept, size = _buffer_size(t, opt, value)
+        if s.host is not None:
+            s.host.set_option(level, opt, value)  # the host's socket doubles it itself
+        s.options[(level, kept)] = size
+        return 0
     if (level, opt) not in INET_OPTIONS or (level == SOL_IPV6 and s.family != AF_INET6):
         raise SyscallError(errno.ENOPROTOOPT)
     if level == SOL_IP and 1 <= optlen < 4:
@@ -917,14 +996,6 @@ def _inet_setsockopt(t, s: InetSocket | UdpSocket, level: int, opt: int, optval:
         if not -1 <= value <= 255:
             raise SyscallError(errno.EINVAL)
         value = 1 if value == -1 else value
-    if (level, opt) in ((SOL_SOCKET, SO_SNDBUF), (SOL_SOCKET, SO_RCVBUF)):
-        # socket(7): the size asked for, capped at net.core.[wr]mem_max, doubled for the
-        # kernel's bookkeeping, and never below the least a socket has.
-        least = SOCK_MIN_SNDBUF if opt == SO_SNDBUF else SOCK_MIN_RCVBUF
-        if s.host is not None:
-            s.host.set_option(level, opt, value)  # the host's socket doubles it itself
-        s.options[(level, opt)] = max(min(value & 0xFFFFFFFF, BUF_MAX) * 2, least)  # (as u32: -1 is the most)
-        return 0
     if (level, opt) in ((SOL_IPV6, IPV6_UNICAST_HOPS), (SOL_IPV6, IPV6_TCLASS)) and not -1 <= value <= 255:
         raise SyscallError(errno.EINVAL)
     if (level, opt) == (SOL_IPV6, IPV6_TCLASS):
@@ -1000,17 +1071,8 @@ def getsockopt(t, fd, level, optname, optval, optlen):
         value = _inet_getsockopt(s, i32(level), opt)
     elif isinstance(s, NetlinkSocket):
         value = _netlink_getsockopt(s, i32(level), opt)
-    elif i32(level) != SOL_SOCKET:
-        raise SyscallError(errno.ENOPROTOOPT)
-    elif opt == SO_PEERCRED:
-        value = struct.pack("<iII", *s.cred)
     else:
-        kind = SOCK_DGRAM if isinstance(s, UnixDgramSocket) else s.kind
-        values = {SO_TYPE: kind, SO_ERROR: 0, SO_DOMAIN: AF_UNIX, SO_ACCEPTCONN: int(getattr(s, "listening", 0)),
-                  SO_SNDBUF: 212992, SO_RCVBUF: 212992, SO_PASSCRED: 0, SO_PROTOCOL: 0}
-        if opt not in values:
-            raise SyscallError(errno.ENOPROTOOPT)
-        value = struct.pack("<i", values[opt])
+        value = _unix_getsockopt(s, i32(level), opt)
     room = i32(struct.unpack("<I", t.mm.read(optlen, 4))[0])
     if room < 0:
         raise SyscallError(errno.EINVAL)
@@ -1032,9 +1094,63 @@ def setsockopt(t, fd, level, optname, optval, optlen):
         (value,) = struct.unpack("<i", t.mm.read(optval, 4))
         s.options[(i32(level), i32(optname))] = value  # memberships too: no notifications are sent
         return 0
-    if i32(level) != SOL_SOCKET:
+    return _unix_setsockopt(t, s, i32(level), i32(optname), optval, i32(optlen))
+
+
+# The SOL_SOCKET options a unix socket keeps (socket(7)), with their values before any
+# setsockopt. Those that only govern IP (SO_BROADCAST, SO_KEEPALIVE...) do nothing here, as
+# in Linux; the buffer sizes are kept and read back, not enforced.
+UNIX_OPTIONS = {SO_DEBUG: 0, SO_REUSEADDR: 0, SO_DONTROUTE: 0, SO_BROADCAST: 0, SO_KEEPALIVE: 0, SO_OOBINLINE: 0,
+                SO_NO_CHECK: 0, SO_PRIORITY: 0, SO_PASSCRED: 0, SO_RCVLOWAT: 1, SO_SNDBUF: BUF_MAX,
+                SO_RCVBUF: BUF_MAX}
+UNIX_FLAGS = {SO_DEBUG, SO_REUSEADDR, SO_DONTROUTE, SO_BROADCAST, SO_KEEPALIVE, SO_OOBINLINE, SO_NO_CHECK,
+              SO_PASSCRED}
+
+
+def _unix_getsockopt(s: UnixSocket | UnixDgramSocket, level: int, opt: int) -> bytes:
+    if level != SOL_SOCKET:
+        raise SyscallError(errno.EOPNOTSUPP)  # a unix socket has options at no other level
+    if opt == SO_PEERCRED:
+        return _UCRED.pack(*s.cred)
+    kind = SOCK_DGRAM if isinstance(s, UnixDgramSocket) else s.kind
+    fixed = {SO_TYPE: kind, SO_ERROR: 0, SO_DOMAIN: AF_UNIX, SO_ACCEPTCONN: int(getattr(s, "listening", 0)),
+             SO_PROTOCOL: 0, SO_SNDLOWAT: 1, SO_REUSEPORT: 0}
+    if opt in fixed:
+        return struct.pack("<i", fixed[opt])
+    if opt == SO_LINGER:
+        return struct.pack("<ii", *s.options.get((level, opt), (0, 0)))
+    if opt not in UNIX_OPTIONS:
         raise SyscallError(errno.ENOPROTOOPT)
-    return 0  # buffer sizes and the like: accepted, the buffers are fixed
+    return struct.pack("<i", s.options.get((level, opt), UNIX_OPTIONS[opt]))
+
+
+def _unix_setsockopt(t, s: UnixSocket | UnixDgramSocket, level: int, opt: int, optval: int, optlen: int) -> int:
+    if level != SOL_SOCKET:
+        raise SyscallError(errno.EOPNOTSUPP)
+    if opt not in UNIX_OPTIONS and opt not in (SO_LINGER, SO_REUSEPORT, SO_SNDBUFFORCE, SO_RCVBUFFORCE):
+        raise SyscallError(errno.ENOPROTOOPT)
+    if optlen < 4:
+        raise SyscallError(errno.EINVAL)
+    if opt == SO_LINGER:
+        if optlen < 8:
+            raise SyscallError(errno.EINVAL)
+        s.options[(level, opt)] = struct.unpack("<ii", t.mm.read(optval, 8))
+        return 0
+    (value,) = struct.unpack("<i", t.mm.read(optval, 4))
+    if opt == SO_REUSEPORT:
+        if value:
+            raise SyscallError(errno.EOPNOTSUPP)  # only inet sockets share a port
+        return 0
+    if opt == SO_DEBUG and value and not capable(t.tg, CAP_NET_ADMIN):
+        raise SyscallError(errno.EACCES)
+    if opt == SO_PRIORITY and not 0 <= value <= 6 and not capable(t.tg, CAP_NET_ADMIN):
+        raise SyscallError(errno.EPERM)
+    if opt in BUF_OPTIONS:
+        opt, value = _buffer_size(t, opt, value)
+    elif opt == SO_RCVLOWAT:
+        value = 0x7FFFFFFF if value < 0 else value or 1
+    s.options[(level, opt)] = int(bool(value)) if opt in UNIX_FLAGS else value
+    return 0
 
 
 @syscall(NR.getsockname)

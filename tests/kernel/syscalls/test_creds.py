@@ -9,14 +9,14 @@ import subprocess
 
 import pytest
 
-from tests.conftest import held_through_a_restore, same_output
+from tests.conftest import NATIVE, held_through_a_restore, same_output
 
 
 @pytest.mark.parametrize("bundle", ["creds", "creds-glibc"])
 def test_credentials_and_permission_checks_match_native(snapbox, images, tmp_path, bundle):
     work = tmp_path / "native"  # the program fills its current directory with files of three owners
     work.mkdir()
-    want = subprocess.run([str(images / bundle / "rootfs" / bundle)], cwd=work, capture_output=True, text=True,
+    want = subprocess.run([*NATIVE, str(images / bundle / "rootfs" / bundle)], cwd=work, capture_output=True, text=True,
                           timeout=60, check=True).stdout
     assert "sticky dir: unlink another's file EPERM" in want and want.endswith("done\n")
     assert same_output(snapbox("run", "--bundle", str(images / bundle), "creds").stdout, want)
@@ -26,7 +26,7 @@ def test_credentials_and_permission_checks_match_native(snapbox, images, tmp_pat
 def test_each_thread_has_its_own_credentials(snapbox, images, tmp_path, bundle):
     """A raw setresuid or capset changes the calling thread only (/proc/self/status still
     shows the leader's), while the C library's setgid reaches every thread."""
-    want = subprocess.run([str(images / bundle / "rootfs" / bundle)], cwd=tmp_path, capture_output=True, text=True,
+    want = subprocess.run([*NATIVE, str(images / bundle / "rootfs" / bundle)], cwd=tmp_path, capture_output=True, text=True,
                           timeout=60, check=True).stdout
     assert "main after setresuid thread: uid 0/0/0" in want and "main after setgid thread: uid 0/0/0 gid 5" in want
     assert same_output(snapbox("run", "--bundle", str(images / bundle), "threadcreds").stdout, want)

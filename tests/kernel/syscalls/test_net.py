@@ -1,5 +1,5 @@
 """Sockets against native runs: unix stream, datagram and seqpacket sockets (socketpair, bound
-names, SCM_RIGHTS), and TCP and UDP over loopback (127.0.0.1, ::1); each survives a
+names, SCM_RIGHTS, SCM_CREDENTIALS), and TCP and UDP over loopback (127.0.0.1, ::1); each survives a
 checkpoint mid-exchange. And the network interfaces as programs learn them (route netlink,
 getifaddrs, the SIOCGIF* ioctls) in each network mode."""
 
@@ -95,6 +95,24 @@ def test_unix_datagram_and_seqpacket_sockets_match_native(snapbox, images, tmp_p
     want = native_fixture(images, bundle, cwd=tmp_path)
     assert "unnamed sends to sb, connected elsewhere: Operation not permitted" in want and want.endswith("done\n")
     assert same_output(snapbox("run", "--bundle", str(images / bundle), "ud").stdout, want)
+
+
+@pytest.mark.parametrize("bundle", ["unixcreds", "unixcreds-glibc"])
+def test_credentials_passed_on_unix_sockets_match_native(snapbox, images, tmp_path, bundle):
+    """SCM_CREDENTIALS and SO_PASSCRED: what each send carries, which claims are refused, cut
+    control buffers, the name a sender with SO_PASSCRED gets, the options unix sockets keep."""
+    want = native_fixture(images, bundle, cwd=tmp_path)
+    assert 'stream: 6 bytes "before", controllen 32, ctrunc 0, creds pid 0 uid 65534 gid 65534' in want
+    assert "as nobody, claim uid 0: Operation not permitted" in want and want.endswith("done\n")
+    assert same_output(snapbox("run", "--bundle", str(images / bundle), "uc").stdout, want)
+
+
+def test_credentials_queued_with_data_survive_a_checkpoint(snapbox, images, tmp_path):
+    got = held_through_a_restore(snapbox, images, tmp_path, "unixcreds", "done", lazy=False)
+    assert got == ["holding",
+                   'held stream: 9 bytes "anonymous", controllen 32, ctrunc 0, creds pid 0 uid 65534 gid 65534',
+                   'held stream: 7 bytes "claimed", controllen 32, ctrunc 0, creds pid self uid 0 gid 0',
+                   'held dgram: 8 bytes "datagram", controllen 32, ctrunc 0, creds pid self uid 0 gid 0', "done"]
 
 
 def test_queued_datagrams_and_records_survive_a_checkpoint(snapbox, images, tmp_path):
