@@ -909,13 +909,22 @@ def _buffer_size(t, opt: int, value: int) -> tuple[int, int]:
     else:
         value = min(value & 0xFFFFFFFF, BUF_MAX)  # (as u32: -1 is the most)
     return which, max(value * 2, SOCK_MIN_SNDBUF if which == SO_SNDBUF else SOCK_MIN_RCVBUF)
+
+
+TCP_CORK, TCP_SYNCNT, TCP_LINGER2, TCP_DEFER_ACCEPT, TCP_WINDOW_CLAMP, TCP_CONGESTION = 3, 7, 8, 9, 10, 13
+IP_MTU_DISCOVER, IPV6_MTU_DISCOVER, PMTUDISC_WANT, PMTUDISC_OMIT = 10, 23, 1, 5
+TCP_MSS_DEFAULT, TCP_MIN_MSS, LOOPBACK_MSS, LOOPBACK_WINDOW_CLAMP = 536, 88, 65483, 65536
+TCP_FIN_TIMEOUT, TCP_FIN_TIMEOUT_MAX, MAX_TCP_SYNCNT, TCP_CA_NAME_MAX = 60, 120, 127, 16
 INET_OPTIONS = {
     (SOL_SOCKET, SO_REUSEADDR): 0, (SOL_SOCKET, SO_KEEPALIVE): 0, (SOL_SOCKET, SO_REUSEPORT): 0,
     (SOL_SOCKET, SO_SNDBUF): 212992, (SOL_SOCKET, SO_RCVBUF): 212992, (SOL_SOCKET, SO_DONTROUTE): 0,
     (SOL_SOCKET, SO_BROADCAST): 0, (SOL_SOCKET, SO_OOBINLINE): 0, (SOL_SOCKET, SO_PRIORITY): 0,
     (IPPROTO_TCP, TCP_NODELAY): 0, (IPPROTO_TCP, TCP_MAXSEG): 65483, (IPPROTO_TCP, TCP_KEEPIDLE): 7200,
     (IPPROTO_TCP, TCP_KEEPINTVL): 75, (IPPROTO_TCP, TCP_KEEPCNT): 9, (IPPROTO_TCP, TCP_QUICKACK): 1,
-    (IPPROTO_TCP, TCP_USER_TIMEOUT): 0, (IPPROTO_TCP, TCP_FASTOPEN): 0,
+    (IPPROTO_TCP, TCP_USER_TIMEOUT): 0, (IPPROTO_TCP, TCP_FASTOPEN): 0, (IPPROTO_TCP, TCP_CORK): 0,
+    (IPPROTO_TCP, TCP_SYNCNT): 6, (IPPROTO_TCP, TCP_LINGER2): 0, (IPPROTO_TCP, TCP_DEFER_ACCEPT): 0,
+    (IPPROTO_TCP, TCP_WINDOW_CLAMP): 0, (SOL_IP, IP_MTU_DISCOVER): PMTUDISC_WANT,
+    (SOL_IPV6, IPV6_MTU_DISCOVER): PMTUDISC_WANT,
     (SOL_IP, IP_TOS): 0, (SOL_IP, IP_TTL): DEFAULT_TTL, (SOL_IPV6, IPV6_V6ONLY): 0,
     (SOL_IP, IP_RECVTTL): 0, (SOL_IP, IP_RECVTOS): 0, (SOL_IPV6, IPV6_UNICAST_HOPS): DEFAULT_TTL,
     (SOL_IPV6, IPV6_RECVHOPLIMIT): 0, (SOL_IPV6, IPV6_RECVTCLASS): 0, (SOL_IPV6, IPV6_TCLASS): 0,
@@ -925,6 +934,7 @@ INET_OPTIONS = {
 # Options that are on or off (any value but 0 is 1).
 INET_FLAGS = {(SOL_SOCKET, SO_REUSEADDR), (SOL_SOCKET, SO_KEEPALIVE), (SOL_SOCKET, SO_DONTROUTE),
               (SOL_SOCKET, SO_BROADCAST), (SOL_SOCKET, SO_OOBINLINE), (IPPROTO_TCP, TCP_NODELAY),
+              (IPPROTO_TCP, TCP_CORK),
               (SOL_IP, IP_RECVTTL), (SOL_IP, IP_RECVTOS), (SOL_IPV6, IPV6_RECVHOPLIMIT), (SOL_IPV6, IPV6_RECVTCLASS),
               (SOL_IP, IP_MULTICAST_LOOP)}
 
@@ -950,9 +960,13 @@ def _inet_getsockopt(s: InetSocket | UdpSocket, level: int, opt: int) -> bytes:
         return struct.pack("<i", fixed[opt])
     if level == SOL_SOCKET and opt == SO_LINGER:
         return struct.pack("<ii", *s.options.get((level, opt), (0, 0)))
+    if (level, opt) == (IPPROTO_TCP, TCP_CONGESTION):
+        return s.options.get((level, opt), _host_congestion()[0]).ljust(TCP_CA_NAME_MAX, b"\0")
     if (level, opt) not in INET_OPTIONS or (level == SOL_IPV6 and s.family != AF_INET6):
         raise SyscallError(errno.ENOPROTOOPT)
     value = s.option(level, opt, INET_OPTIONS[(level, opt)])
+    if level == IPPROTO_TCP:
+        value = _tcp_reported(s, opt, value)
     if (level, opt) in ((SOL_IP, IP_TTL), (SOL_IPV6, IPV6_UNICAST_HOPS)) and value < 0:
         value = DEFAULT_TTL  # -1 set: the system's default, which getsockopt reports
     return struct.pack("<i", value)
@@ -980,6 +994,15 @@ def _inet_setsockopt(t, s: InetSocket | UdpSocket, level: int, opt: int, optval:
             s.host.set_option(level, opt, value)  # the host's socket doubles it itself
         s.options[(level, kept)] = size
         return 0
+    if (level, opt) == (IPPROTO_TCP, TCP_CONGESTION):
+        name = t.mm.read(optval, min(max(optlen, 0), TCP_CA_NAME_MAX - 1)).split(b"\0")[0]
+        _, available, allowed = _host_congestion()
+        if name not in (available if capable(t.tg, CAP_NET_ADMIN) else allowed):
+            raise SyscallError(errno.ENOENT)
+        s.options[(level, opt)] = name
+        if s.host is not None:
+            s.host.set_option(level, opt, name)
+        return 0
     if (level, opt) not in INET_OPTIONS or (level == SOL_IPV6 and s.family != AF_INET6):
         raise SyscallError(errno.ENOPROTOOPT)
     if level == SOL_IP and 1 <= optlen < 4:
@@ -996,6 +1019,11 @@ def _inet_setsockopt(t, s: InetSocket | UdpSocket, level: int, opt: int, optval:
         if not -1 <= value <= 255:
             raise SyscallError(errno.EINVAL)
         value = 1 if value == -1 else value
+    if level == IPPROTO_TCP:
+        value = _tcp_kept(s, opt, value)
+    if opt in (IP_MTU_DISCOVER, IPV6_MTU_DISCOVER) and level in (SOL_IP, SOL_IPV6) and \
+            not 0 <= value <= PMTUDISC_OMIT:
+        raise SyscallError(errno.EINVAL)
     if (level, opt) in ((SOL_IPV6, IPV6_UNICAST_HOPS), (SOL_IPV6, IPV6_TCLASS)) and not -1 <= value <= 255:
         raise SyscallError(errno.EINVAL)
     if (level, opt) == (SOL_IPV6, IPV6_TCLASS):
@@ -1006,6 +1034,76 @@ def _inet_setsockopt(t, s: InetSocket | UdpSocket, level: int, opt: int, optval:
     if s.host is not None:
         s.host.set_option(level, opt, s.options[(level, opt)])
     return 0
+
+
+def _tcp_kept(s: InetSocket, opt: int, value: int) -> int:
+    """What a TCP option set to `value` keeps, checked as Linux's do_tcp_setsockopt."""
+    if opt == TCP_MAXSEG and value and not TCP_MIN_MSS <= value <= 0xFFFF:
+        raise SyscallError(errno.EINVAL)
+    if opt == TCP_SYNCNT and not 1 <= value <= MAX_TCP_SYNCNT:
+        raise SyscallError(errno.EINVAL)
+    if opt == TCP_USER_TIMEOUT and value < 0:
+        raise SyscallError(errno.EINVAL)
+    if opt == TCP_LINGER2:
+        return -1 if value < 0 else min(value, TCP_FIN_TIMEOUT_MAX)
+    if opt == TCP_DEFER_ACCEPT:
+        return _secs_to_retrans(value)
+    if opt == TCP_WINDOW_CLAMP:
+        if not value and s.connected:
+            raise SyscallError(errno.EINVAL)
+        return max(value, SOCK_MIN_RCVBUF // 2) if value else 0
+    return value
+
+
+def _tcp_reported(s: InetSocket, opt: int, value: int) -> int:
+    """What getsockopt says of a TCP option kept as `value`: as Linux's do_tcp_getsockopt, the
+    maximum segment is the default (or the one asked for) until a connection has one, a
+    loopback connection's; TCP_LINGER2 0 is net.ipv4.tcp_fin_timeout; TCP_DEFER_ACCEPT is
+    kept as retransmissions and read back as their seconds."""
+    if opt == TCP_MAXSEG:
+        if not s.connected or s.listening:
+            return value if (IPPROTO_TCP, opt) in s.options and value else TCP_MSS_DEFAULT
+        return min(value, LOOPBACK_MSS) if (IPPROTO_TCP, opt) in s.options and value else LOOPBACK_MSS
+    if opt == TCP_LINGER2:
+        return value if value < 0 else value or TCP_FIN_TIMEOUT
+    if opt == TCP_DEFER_ACCEPT:
+        return _retrans_to_secs(value)
+    if opt == TCP_WINDOW_CLAMP and (IPPROTO_TCP, opt) not in s.options and s.connected:
+        return LOOPBACK_WINDOW_CLAMP
+    return value
+
+
+def _secs_to_retrans(seconds: int, timeout: int = 1, rto_max: int = 120) -> int:
+    """How many SYN-ACK retransmissions (the first after 1 s, doubling up to 120 s) cover
+    `seconds`, as Linux keeps TCP_DEFER_ACCEPT."""
+    if seconds <= 0:
+        return 0
+    period, retrans = timeout, 1
+    while seconds > period and retrans < 255:
+        retrans += 1
+        timeout = min(timeout * 2, rto_max)
+        period += timeout
+    return retrans
+
+
+def _retrans_to_secs(retrans: int, timeout: int = 1, rto_max: int = 120) -> int:
+    if retrans <= 0:
+        return 0
+    period = timeout
+    for _ in range(retrans - 1):
+        timeout = min(timeout * 2, rto_max)
+        period += timeout
+    return period
+
+
+def _host_congestion() -> tuple[bytes, list, list]:
+    """The host's TCP congestion control: (the default, those available, those allowed
+    without CAP_NET_ADMIN), which TCP_CONGESTION names in a sandbox too."""
+    def read(name: str) -> bytes:
+        with open(f"/proc/sys/net/ipv4/{name}", "rb") as f:
+            return f.read().strip()
+    return read("tcp_congestion_control"), read("tcp_available_congestion_control").split(), \
+        read("tcp_allowed_congestion_control").split()
 
 
 def _udplite_setsockopt(t, s, opt: int, optval: int, optlen: int) -> int:
