@@ -7,6 +7,7 @@ ESOCKTNOSUPPORT."""
 from __future__ import annotations
 
 import errno
+import ipaddress
 import logging
 import selectors
 import stat as st
@@ -325,8 +326,9 @@ def _connect_inet(t, s: InetSocket, addr: int, addrlen: int) -> int:
     local = is_local(ip)
     if ip in ("0.0.0.0", "::"):
         ip = "127.0.0.1" if ip == "0.0.0.0" else "::1"  # ip(7): the wildcard as a destination is this host
-    mapped = ip.startswith("::ffff:")
-    target = ip[len("::ffff:"):] if mapped else ip
+    v4 = ipaddress.ip_address(ip).ipv4_mapped if ":" in ip else None  # an IPv4 address mapped (::ffff:a.b.c.d)
+    mapped = v4 is not None
+    target = str(v4) if mapped else ip
     listener = Ports(t.kernel.inet_ports).listener(target, port, s.family) if local else None
     if listener is None and has_outside(t.kernel):
         return _connect_outside(t, s, (ip, port))
