@@ -588,7 +588,8 @@ def _recvfrom(t, fd, buf, length, flags, addr, addrlen):
     records = s.incoming.records if seqpacket else None
     whole = records[0] if records else 0  # a seqpacket record's length, for MSG_TRUNC
     data = s.recv(t, min(length, MAX_RW), i32(flags))
-    t.mm.write(buf, data)
+    if not (isinstance(s, InetSocket) and i32(flags) & MSG_TRUNC):  # tcp(7): MSG_TRUNC discards them
+        t.mm.write(buf, data)
     if whole and i32(flags) & MSG_TRUNC:
         return whole
     if isinstance(s, InetSocket) or not s.peer:
@@ -780,7 +781,8 @@ def _recvmsg(t, fd, msg, flags):
         records = s.incoming.records if s.incoming is not None else None
         whole = records[0] if records else 0  # a seqpacket record's length, for MSG_TRUNC
         data, files, creds = s.recv_msg(t, min(sum(n for _, n in vecs), MAX_RW), flags)
-    scatter(t, vecs, data)
+    if not (isinstance(s, InetSocket) and flags & MSG_TRUNC):  # tcp(7): MSG_TRUNC discards them
+        scatter(t, vecs, data)
     out_flags, used = (MSG_TRUNC if whole > len(data) else 0), 0
     if s.passcred:  # before the files, as Linux's scm_recv puts them
         ucred = _UCRED.pack(*creds) if creds is not None else _UCRED.pack(0, NOBODY, NOBODY)
