@@ -157,7 +157,20 @@ class InetSocket(UnixSocket):
             raise
 
     def shutdown(self, how: int) -> None:
+        if self.listening and how in (SHUT_RD, SHUT_RDWR):
+            # As Linux's inet_shutdown: a listener shut for reading is disconnected (it
+            # may listen again); shut for writing only, it goes on listening.
+            if self.host is not None and self.host.sock is not None:
+                self.host.shutdown(how)
+            self.stop_listening()
+            for p in list(self.published):
+                p.aim()
+            return
+        if self.listening and how == SHUT_WR:
+            return
         if not self.external:
+            if not self.connected and how in (SHUT_RD, SHUT_WR, SHUT_RDWR):
+                raise SyscallError(errno.ENOTCONN)  # TCP, unlike a unix socket, must be connected
             return super().shutdown(how)
         if how not in (SHUT_RD, SHUT_WR, SHUT_RDWR):
             raise SyscallError(errno.EINVAL)

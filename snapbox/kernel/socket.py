@@ -303,10 +303,15 @@ class UnixSocket(SocketFile):
         return self.send(t, data)
 
     def shutdown(self, how: int) -> None:
+        """shutdown(2), as Linux's unix_shutdown: any socket may, connected or not; a
+        listener shut for reading refuses connections."""
         if how not in (SHUT_RD, SHUT_WR, SHUT_RDWR):
             raise SyscallError(errno.EINVAL)
         if not self.connected:
-            raise SyscallError(errno.ENOTCONN)
+            self.shut_rd = self.shut_rd or how in (SHUT_RD, SHUT_RDWR)
+            self.shut_wr = self.shut_wr or how in (SHUT_WR, SHUT_RDWR)
+            self.changed.notify()
+            return
         if how in (SHUT_RD, SHUT_RDWR) and not self.shut_rd:
             self.shut_rd = True
             self.incoming.readers -= 1
@@ -333,7 +338,7 @@ class UnixSocket(SocketFile):
             raise SyscallError(errno.EINVAL)
         if self.connected:
             raise SyscallError(errno.EISCONN)
-        if not listener.listening or listener.refs == 0:
+        if not listener.listening or listener.refs == 0 or listener.shut_rd:
             raise SyscallError(errno.ECONNREFUSED)
         if listener.kind != self.kind:
             # A stream socket and a seqpacket one do not meet: a path names the other kind
@@ -401,6 +406,10 @@ class UnixSocket(SocketFile):
                 self.outgoing.reset = self.outgoing.aborted = True  # unix(7) as Linux: the peer's next read fails
             self.shutdown(SHUT_RDWR)
             self.incoming.discard()
+        self.stop_listening()
+
+    def stop_listening(self) -> None:
+        """Listen no more: connections not accepted yet are reset, accept fails (EINVAL)."""
         pending, self.pending = self.pending, []
         for server in pending:
             server.release(embryo=True)  # never accepted: their connectors see ECONNRESET
