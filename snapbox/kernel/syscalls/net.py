@@ -366,13 +366,25 @@ def _connect_outside(t, s: InetSocket, dest: tuple) -> int:
     raise SyscallError(err)
 
 
+def _udp_sockaddr(s: UdpSocket, raw: bytes, v6only: int) -> tuple[str, int]:
+    """(ip, port) a UDP socket's connect or sendto names: an IPv6 socket takes a
+    sockaddr_in too, as the IPv4-mapped address (ipv6(7)), unless IPV6_V6ONLY (then the
+    error `v6only`)."""
+    if s.family == AF_INET6 and len(raw) >= 2 and struct.unpack_from("<H", raw)[0] == AF_INET:
+        if s.option(SOL_IPV6, IPV6_V6ONLY, 0):
+            raise SyscallError(v6only)
+        ip, port = parse_sockaddr(raw, AF_INET)
+        return f"::ffff:{ip}", port
+    return parse_sockaddr(raw, s.family)
+
+
 def _connect_udp(t, s: UdpSocket, addr: int, addrlen: int) -> int:
     """connect(2) of a UDP socket: a default destination (AF_UNSPEC: none again)."""
     raw = t.mm.read(addr, min(max(i32(addrlen), 0), 128))
     if len(raw) >= 2 and struct.unpack_from("<H", raw)[0] == AF_UNSPEC:
         s.disconnect(s.ports(t.kernel))
         return 0
-    ip, port = parse_sockaddr(raw, s.family)
+    ip, port = _udp_sockaddr(s, raw, errno.EAFNOSUPPORT)
     if not is_local(ip):
         if not has_outside(t.kernel):
             raise SyscallError(errno.ENETUNREACH, "the sandbox has no network but loopback")
@@ -383,8 +395,10 @@ def _connect_udp(t, s: UdpSocket, addr: int, addrlen: int) -> int:
             s.host.associate(s.remote)
         return 0
     ip = local_destination(ip)
+    if s.family == AF_INET6 and ":" not in ip:
+        ip = f"::ffff:{ip}"  # an IPv4 destination of an IPv6 socket stays mapped (its host socket's too)
     if not s.local:
-        bind_inet(t, s, "127.0.0.1" if ":" not in ip else "::1", 0)
+        bind_inet(t, s, "127.0.0.1" if s.family == AF_INET else "::ffff:127.0.0.1" if "." in ip else "::1", 0)
     s.remote = (ip, port)
     if s.host is not None:
         s.host.associate(s.remote)
@@ -462,7 +476,9 @@ def _peer_sockaddr(s: UnixSocket | UnixDgramSocket | UdpSocket) -> bytes:
 def _udp_send(t, s: UdpSocket, data: bytes, addr: int, addrlen: int, sent: dict | None = None) -> int:
     """One datagram to the address named (if any), else to the connected destination."""
     if addr:
-        return send_datagram(t, s, data, _inet_address(t, s, addr, addrlen), sent)
+        if not 0 <= i32(addrlen) <= 128:
+            raise SyscallError(errno.EINVAL)
+        return send_datagram(t, s, data, _udp_sockaddr(s, t.mm.read(addr, i32(addrlen)), errno.ENETUNREACH), sent)
     if not s.remote:
         raise SyscallError(errno.EDESTADDRREQ)
     return send_datagram(t, s, data, s.remote, sent)
