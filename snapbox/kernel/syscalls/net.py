@@ -939,6 +939,7 @@ INET_OPTIONS = {
     (SOL_SOCKET, SO_REUSEADDR): 0, (SOL_SOCKET, SO_KEEPALIVE): 0, (SOL_SOCKET, SO_REUSEPORT): 0,
     (SOL_SOCKET, SO_SNDBUF): 212992, (SOL_SOCKET, SO_RCVBUF): 212992, (SOL_SOCKET, SO_DONTROUTE): 0,
     (SOL_SOCKET, SO_BROADCAST): 0, (SOL_SOCKET, SO_OOBINLINE): 0, (SOL_SOCKET, SO_PRIORITY): 0,
+    (SOL_SOCKET, SO_NO_CHECK): 0, (SOL_SOCKET, SO_RCVLOWAT): 1,
     (IPPROTO_TCP, TCP_NODELAY): 0, (IPPROTO_TCP, TCP_MAXSEG): 65483, (IPPROTO_TCP, TCP_KEEPIDLE): 7200,
     (IPPROTO_TCP, TCP_KEEPINTVL): 75, (IPPROTO_TCP, TCP_KEEPCNT): 9, (IPPROTO_TCP, TCP_QUICKACK): 1,
     (IPPROTO_TCP, TCP_USER_TIMEOUT): 0, (IPPROTO_TCP, TCP_FASTOPEN): 0, (IPPROTO_TCP, TCP_CORK): 0,
@@ -954,7 +955,7 @@ INET_OPTIONS = {
 # Options that are on or off (any value but 0 is 1).
 INET_FLAGS = {(SOL_SOCKET, SO_REUSEADDR), (SOL_SOCKET, SO_KEEPALIVE), (SOL_SOCKET, SO_DONTROUTE),
               (SOL_SOCKET, SO_BROADCAST), (SOL_SOCKET, SO_OOBINLINE), (IPPROTO_TCP, TCP_NODELAY),
-              (IPPROTO_TCP, TCP_CORK),
+              (IPPROTO_TCP, TCP_CORK), (SOL_SOCKET, SO_NO_CHECK),
               (SOL_IP, IP_RECVTTL), (SOL_IP, IP_RECVTOS), (SOL_IPV6, IPV6_RECVHOPLIMIT), (SOL_IPV6, IPV6_RECVTCLASS),
               (SOL_IP, IP_MULTICAST_LOOP)}
 
@@ -982,6 +983,8 @@ def _inet_getsockopt(s: InetSocket | UdpSocket, level: int, opt: int) -> bytes:
         return struct.pack("<ii", *s.options.get((level, opt), (0, 0)))
     if (level, opt) == (IPPROTO_TCP, TCP_CONGESTION):
         return s.options.get((level, opt), _host_congestion()[0]).ljust(TCP_CA_NAME_MAX, b"\0")
+    if (level, opt) == (SOL_SOCKET, SO_RCVLOWAT) and not udp:
+        raise SyscallError(errno.ENOPROTOOPT)  # TCP honours it (a read waits for as many): not done here
     if (level, opt) not in INET_OPTIONS or (level == SOL_IPV6 and s.family != AF_INET6):
         raise SyscallError(errno.ENOPROTOOPT)
     value = s.option(level, opt, INET_OPTIONS[(level, opt)])
@@ -1023,7 +1026,8 @@ def _inet_setsockopt(t, s: InetSocket | UdpSocket, level: int, opt: int, optval:
         if s.host is not None:
             s.host.set_option(level, opt, name)
         return 0
-    if (level, opt) not in INET_OPTIONS or (level == SOL_IPV6 and s.family != AF_INET6):
+    if (level, opt) not in INET_OPTIONS or (level == SOL_IPV6 and s.family != AF_INET6) or \
+            (level, opt) == (SOL_SOCKET, SO_RCVLOWAT) and not isinstance(s, UdpSocket):
         raise SyscallError(errno.ENOPROTOOPT)
     if level == SOL_IP and 1 <= optlen < 4:
         value = t.mm.read(optval, 1)[0]  # ip(7)'s integer options also take one byte
@@ -1041,6 +1045,8 @@ def _inet_setsockopt(t, s: InetSocket | UdpSocket, level: int, opt: int, optval:
         value = 1 if value == -1 else value
     if level == IPPROTO_TCP:
         value = _tcp_kept(s, opt, value)
+    if (level, opt) == (SOL_SOCKET, SO_RCVLOWAT):
+        value = 0x7FFFFFFF if value < 0 else value or 1  # (a datagram socket keeps it, to no effect, as Linux)
     if opt in (IP_MTU_DISCOVER, IPV6_MTU_DISCOVER) and level in (SOL_IP, SOL_IPV6) and \
             not 0 <= value <= PMTUDISC_OMIT:
         raise SyscallError(errno.EINVAL)
