@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from snapbox.kernel.errors import SyscallError, WouldBlock
 from snapbox.kernel.fd import O_NONBLOCK, POLLERR, POLLIN, POLLOUT
 from snapbox.kernel.hostnet import HostSocket, format_address
+from snapbox.kernel.pipe import PIPE_BUF
 from snapbox.kernel.signals import SIGPIPE
 from snapbox.kernel.socket import MSG_DONTWAIT, MSG_NOSIGNAL, MSG_PEEK, SHUT_RD, SHUT_RDWR, SHUT_WR, DatagramSocket, \
     UnixSocket, make_buffers
@@ -104,6 +105,13 @@ class InetSocket(UnixSocket):
         if self.host is not None and self.host.role == "connecting":
             self.host.settle()
         return self.host is not None and self.host.role in ("connected", "reset", "closed")
+
+    def put(self, p, data: bytes, nonblock: bool) -> int:
+        """TCP inside the sentry: a pipe's room, not unix sockets' skbs."""
+        return p.put(data, nonblock, atomic=False)
+
+    def has_room(self) -> bool:
+        return len(self.outgoing.buf) + PIPE_BUF <= self.outgoing.capacity
 
     def _nonblock(self, flags: int) -> bool:
         return bool(self.flags & O_NONBLOCK or flags & MSG_DONTWAIT)

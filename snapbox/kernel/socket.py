@@ -31,7 +31,6 @@ from snapbox.state import savable
 AF_UNIX = 1
 SOCK_STREAM, SOCK_DGRAM, SOCK_SEQPACKET = 1, 2, 5
 MAX_DGRAM_QLEN = 10  # net.unix.max_dgram_qlen: datagrams a socket holds before senders wait
-DGRAM_MAX = 212992 - 32  # net.core.wmem_default less a little: the largest datagram (else EMSGSIZE)
 MSG_DONTWAIT, MSG_NOSIGNAL, MSG_PEEK = 0x40, 0x4000, 0x2
 SHUT_RD, SHUT_WR, SHUT_RDWR = 0, 1, 2
 SOMAXCONN = 4096
@@ -42,6 +41,8 @@ SO_SNDBUF, SNDBUF_DEFAULT = 7, 212992  # net.core.wmem_default
 # The sizes behind an skb's truesize on x86-64: its sk_buff and skb_shared_info (each
 # cache-aligned), and the largest head kmalloc'd in one piece (four pages less the info).
 SKB_OVERHEAD, SKB_SHINFO, SKB_MAX_ALLOC = 576, 320, 16384 - 320
+# A stream write's skbs: at most a page of head (less the info) and 32 KiB of pages.
+SKB_MAX_HEAD, UNIX_SKB_FRAGS = 4096 - 320, 32768
 
 
 def sender_creds(t) -> list:
@@ -80,6 +81,33 @@ class StreamBuffer(Pipe):
     # The credentials sent with the bytes: [offset in buf, [pid, uid, gid] or None] where they
     # change, by offset (the first at 0 while there are bytes; none at all: never any).
     creds: list = field(default_factory=list)
+    # A unix socket's writes as Linux's skbs: [its bytes not read yet, its truesize], oldest
+    # first; together (wmem) what they take of the writer's SO_SNDBUF until read.
+    skbs: list = field(default_factory=list)
+    wmem: int = 0
+
+    def put_stream(self, data: bytes, nonblock: bool, sndbuf: int) -> int:
+        """Append what the writer's send buffer lets through, as Linux's unix_stream_sendmsg
+        cuts a write into skbs: one more while what is unread takes less than `sndbuf`."""
+        sent = 0
+        while sent < len(data):
+            if self.wmem >= sndbuf:
+                if sent:
+                    break
+                if nonblock:
+                    raise SyscallError(errno.EAGAIN)
+                raise WouldBlock(self.writable)
+            size = min(len(data) - sent, sndbuf // 2 - 64, SKB_MAX_HEAD + UNIX_SKB_FRAGS)
+            paged = min(size, -(-max(0, size - SKB_MAX_HEAD) // 4096) * 4096)
+            self._add_skb(data[sent:sent + size], skb_truesize(size - paged, paged))
+            sent += size
+        self.readable.notify()
+        return sent
+
+    def _add_skb(self, data: bytes, cost: int) -> None:
+        self.buf += data
+        self.skbs.append([len(data), cost])
+        self.wmem += cost
 
     def put_creds(self, start: int, creds: list | None) -> None:
         """The bytes from `start` to the end (just written) were sent with `creds`."""
@@ -127,12 +155,22 @@ class StreamBuffer(Pipe):
             self.records.pop(0)
             if files:
                 self.rights.pop(0)
+            if self.skbs:
+                self.wmem -= self.skbs.pop(0)[1]
             self._consume(length)
         return data, files, creds
 
     def _consume(self, n: int) -> None:
-        """Drop the first `n` bytes, and move the marks of files and credentials with them."""
+        """Drop the first `n` bytes, and move the marks of files and credentials with them;
+        the skbs they end give their room back to the writer."""
         del self.buf[:n]
+        left = n if self.records is None else 0
+        while left and self.skbs:
+            take = min(left, self.skbs[0][0])
+            self.skbs[0][0] -= take
+            left -= take
+            if not self.skbs[0][0]:
+                self.wmem -= self.skbs.pop(0)[1]
         for mark in self.rights:
             mark[0] -= n
         for mark in self.creds:
@@ -143,16 +181,16 @@ class StreamBuffer(Pipe):
             self.creds.clear()
         self.writable.notify()
 
-    def put_record(self, data: bytes, nonblock: bool) -> int:
-        """Append one whole record (up to DGRAM_MAX bytes, as Linux's sndbuf allows), or
-        wait for room for all of it (an empty buffer takes any)."""
-        if len(data) > DGRAM_MAX:
+    def put_record(self, data: bytes, nonblock: bool, sndbuf: int) -> int:
+        """Append one whole record (at most `sndbuf` less 32 bytes), one skb, as Linux's
+        seqpacket sends: waits while what is unread takes the writer's send buffer."""
+        if len(data) > sndbuf - 32:
             raise SyscallError(errno.EMSGSIZE)
-        if self.buf and self.capacity - len(self.buf) < len(data):
+        if self.wmem >= sndbuf:
             if nonblock:
                 raise SyscallError(errno.EAGAIN)
             raise WouldBlock(self.writable)
-        self.buf += data
+        self._add_skb(data, truesize(len(data)))
         self.records.append(len(data))
         self.readable.notify()
         return len(data)
@@ -161,6 +199,8 @@ class StreamBuffer(Pipe):
         """No one will read this buffer again: drop its bytes and the files in it."""
         self.buf.clear()
         self.creds.clear()
+        self.skbs.clear()
+        self.wmem = 0
         rights, self.rights = self.rights, []
         for _, files in rights:
             for f in files:
@@ -180,6 +220,10 @@ class SocketFile(OpenFile):
     @property
     def passcred(self) -> bool:
         return bool(self.options.get((SOL_SOCKET, SO_PASSCRED)))
+
+    @property
+    def sndbuf(self) -> int:
+        return self.options.get((SOL_SOCKET, SO_SNDBUF), SNDBUF_DEFAULT)
 
     def readable(self) -> bool:
         return True
@@ -280,7 +324,7 @@ class UnixSocket(SocketFile):
                 t.kernel.send_signal(t.tg, SIGPIPE)
             raise SyscallError(errno.EPIPE)
         nonblock = bool(self.flags & O_NONBLOCK or flags & MSG_DONTWAIT)
-        n = p.put_record(data, nonblock) if p.records is not None else p.put(data, nonblock, atomic=False)
+        n = self.put(p, data, nonblock)
         if creds is None and (self.passcred or self.partner is not None and self.partner.passcred):
             creds = sender_creds(t)
         p.put_creds(len(p.buf) - n, creds)
@@ -391,9 +435,19 @@ class UnixSocket(SocketFile):
             r |= POLLERR
         if rcv_shutdown and (self.outgoing.readers == 0 or self.shut_wr):
             r |= POLLHUP
-        if len(self.outgoing.buf) + PIPE_BUF <= self.outgoing.capacity:
+        if self.has_room():
             r |= POLLOUT  # by room alone, whoever has shut down what (as unix_writable)
         return r
+
+    def put(self, p: StreamBuffer, data: bytes, nonblock: bool) -> int:
+        """What a send writes of `data` to the peer: Linux's skbs against our SO_SNDBUF."""
+        if p.records is not None:
+            return p.put_record(data, nonblock, self.sndbuf)
+        return p.put_stream(data, nonblock, self.sndbuf)
+
+    def has_room(self) -> bool:
+        """Writable, as Linux's unix_writable: what is unread takes at most a quarter of SO_SNDBUF."""
+        return self.outgoing.wmem * 4 <= self.sndbuf
 
     def queues(self, t) -> tuple:
         if not self.connected:
@@ -447,10 +501,6 @@ class UnixDgramSocket(SocketFile):
     readable_queue: WaitQueue = field(default_factory=WaitQueue)  # readers waiting for a datagram
     room: WaitQueue = field(default_factory=WaitQueue)  # senders waiting for the queue to shorten, or wmem
     wmem: int = 0  # what its datagrams not read yet take of its send buffer (skb_truesize)
-
-    @property
-    def sndbuf(self) -> int:
-        return self.options.get((SOL_SOCKET, SO_SNDBUF), SNDBUF_DEFAULT)
 
     def writable(self) -> bool:
         """Room in its send buffer, as Linux's unix_writable: a quarter of it free."""
@@ -583,9 +633,13 @@ def truesize(n: int) -> int:
     if n > SKB_MAX_ALLOC:
         pages = min(-(-(n - SKB_MAX_ALLOC) // 4096) * 4096, 17 * 4096)
         n -= pages
-    head = -(-n // 64) * 64 + SKB_SHINFO
-    bucket = 1 << (head - 1).bit_length()
-    return bucket - SKB_SHINFO + SKB_OVERHEAD + pages
+    return skb_truesize(n, pages)
+
+
+def skb_truesize(head: int, paged: int) -> int:
+    """The truesize of an skb of `head` bytes in its kmalloc'd head and `paged` in pages."""
+    bucket = 1 << (-(-head // 64) * 64 + SKB_SHINFO - 1).bit_length()
+    return bucket - SKB_SHINFO + SKB_OVERHEAD + paged
 
 
 @savable
