@@ -52,7 +52,7 @@ PROC_DEV = 0x4
 NSFS_DEV = 0x3
 PID_FILES = ("stat", "status", "statm", "cmdline", "comm", "maps", "smaps", "smaps_rollup", "environ", "auxv",
              "mounts", "mem", "oom_score", "oom_score_adj")
-WRITABLE = ("oom_score_adj", "mem")
+WRITABLE = ("oom_score_adj", "mem", "comm")
 ZOMBIE_GONE = ("environ", "auxv", "mem", "smaps_rollup")  # a zombie's: ESRCH (no memory to show)
 PID_LINKS = ("exe", "cwd", "root")
 TOP_FILES = ("stat", "meminfo", "cpuinfo", "uptime", "loadavg", "mounts", "version")
@@ -64,12 +64,14 @@ OOM_SCORE_ADJ_MIN, OOM_SCORE_ADJ_MAX = -1000, 1000
 @savable
 @dataclass(eq=False)
 class ProcDir(Dir):
-    """A directory of /proc: the top (pid 0), a process's directory, or its fd/ directory."""
+    """A directory of /proc: the top (pid 0), a process's directory (or one thread's:
+    task/TID, and /proc/TID), or its fd/, fdinfo/, ns/ or task/ directory."""
 
     seek_end = True  # as procfs's generic_file_llseek
     kernel: Kernel | None = None
     pid: int = 0
-    kind: str = "top"  # top, pid, fd, snapbox
+    kind: str = "top"  # top, pid, tid, task, fd, fdinfo, ns, snapbox
+    tid: int = 0  # the thread a pid or tid directory shows (0: the process's leader)
 
     def child(self, name: str) -> Inode:
         return lookup(self, name)
@@ -86,6 +88,7 @@ class ProcNode(Inode):
     kernel: Kernel | None = None
     pid: int = 0
     name: str = ""  # which file: stat, status, ..., or self, exe, cwd, root, fd number
+    tid: int = 0  # the thread whose comm it is (0: the leader)
 
     def target(self) -> bytes:
         return readlink(self)
@@ -202,6 +205,8 @@ class ProcFile(OpenFile):
         """Only oom_score_adj and /proc/snapbox/checkpoint take writes (see the module's doc)."""
         if self.node.name == "oom_score_adj":
             return _write_oom_score_adj(t, self.node, data)
+        if self.node.name == "comm":
+            return _write_comm(t, self.node, data)
         if self.node.name != "snapbox/checkpoint":
             raise SyscallError(errno.EINVAL)
         k = t.kernel
@@ -321,12 +326,16 @@ def lookup(d: ProcDir, name: str) -> Inode:
     now = now_ns()
     groups = k.tasks.pidns.groups
     if d.kind == "top":
-        if name == "self":
-            return ProcNode(ino=_ino(0, name), mode=stat.S_IFLNK | 0o777, kernel=k, name="self", ctime=now)
+        if name in ("self", "thread-self"):
+            return ProcNode(ino=_ino(0, name), mode=stat.S_IFLNK | 0o777, kernel=k, name=name, ctime=now)
         if name.isdigit() and int(name) in groups:
             pid = int(name)
             return ProcDir(ino=_ino(pid, ""), mode=stat.S_IFDIR | 0o555, nlink=2, name=name, parent=d,
                            kernel=k, pid=pid, kind="pid", ctime=now, mtime=now, atime=now)
+        task = k.tasks.pidns.tasks.get(int(name)) if name.isdigit() else None
+        if task is not None:  # a thread's id: its own directory, not listed (as Linux)
+            return ProcDir(ino=_ino(task.tid, ""), mode=stat.S_IFDIR | 0o555, nlink=2, name=name, parent=d,
+                           kernel=k, pid=task.tg.tgid, tid=task.tid, kind="pid", ctime=now, mtime=now, atime=now)
         if name in TOP_FILES:
             return ProcNode(ino=_ino(0, name), mode=stat.S_IFREG | 0o444, kernel=k, name=name, ctime=now)
         if name == "snapbox":
@@ -339,18 +348,25 @@ def lookup(d: ProcDir, name: str) -> Inode:
         if name == "checkpoint" and k.snapshot is not None:
             return ProcNode(ino=_ino(0, "snapbox/" + name), mode=stat.S_IFREG | 0o200, kernel=k,
                             name="snapbox/" + name, ctime=now)
-    elif d.kind == "pid":
+    elif d.kind in ("pid", "tid"):
         if d.pid not in groups:
             raise SyscallError(errno.ESRCH)
+        at = d.tid or d.pid
         if name in PID_FILES:
-            return ProcNode(ino=_ino(d.pid, name), mode=stat.S_IFREG | (0o644 if name in WRITABLE else 0o444),
-                            kernel=k, pid=d.pid, name=name, ctime=now)
+            return ProcNode(ino=_ino(at, name), mode=stat.S_IFREG | (0o644 if name in WRITABLE else 0o444),
+                            kernel=k, pid=d.pid, tid=d.tid, name=name, ctime=now)
         if name in PID_LINKS:
-            return ProcNode(ino=_ino(d.pid, name), mode=stat.S_IFLNK | 0o777, kernel=k, pid=d.pid, name=name,
+            return ProcNode(ino=_ino(at, name), mode=stat.S_IFLNK | 0o777, kernel=k, pid=d.pid, name=name,
                             ctime=now)
-        if name in ("fd", "fdinfo", "ns"):
-            return ProcDir(ino=_ino(d.pid, name), mode=stat.S_IFDIR | (0o511 if name == "ns" else 0o500), nlink=2,
+        if name in ("fd", "fdinfo", "ns") or name == "task" and d.kind == "pid":
+            return ProcDir(ino=_ino(at, name), mode=stat.S_IFDIR | (0o511 if name == "ns" else 0o555 if name == "task"
+                                                                      else 0o500), nlink=2,
                            name=name, parent=d, kernel=k, pid=d.pid, kind=name, ctime=now)
+    elif d.kind == "task":
+        tg = groups.get(d.pid)
+        if tg is not None and name.isdigit() and any(task.tid == int(name) for task in tg.tasks):
+            return ProcDir(ino=_ino(int(name), ""), mode=stat.S_IFDIR | 0o555, nlink=2, name=name, parent=d,
+                           kernel=k, pid=d.pid, tid=int(name), kind="tid", ctime=now, mtime=now, atime=now)
     elif d.kind == "ns":
         if name in KINDS:
             return ProcNode(ino=_ino(d.pid, "ns" + name), mode=stat.S_IFLNK | 0o777, kernel=k, pid=d.pid,
@@ -372,14 +388,16 @@ def list_dir(d: ProcDir) -> list[str]:
     groups = d.kernel.tasks.pidns.groups
     if d.kind == "top":
         pids = sorted(groups)
-        return ["self", *TOP_FILES, "snapbox", *(str(p) for p in pids)]
+        return ["self", "thread-self", *TOP_FILES, "snapbox", *(str(p) for p in pids)]
     if d.kind == "snapbox":
         return ["restored", *(["checkpoint"] if d.kernel.snapshot is not None else [])]
-    if d.kind == "pid":
-        return [*PID_FILES, *PID_LINKS, "fd", "fdinfo", "ns"]
+    if d.kind in ("pid", "tid"):
+        return [*PID_FILES, *PID_LINKS, "fd", "fdinfo", "ns", *(["task"] if d.kind == "pid" else [])]
     if d.kind == "ns":
         return list(KINDS)
     tg = groups.get(d.pid)
+    if d.kind == "task":
+        return [str(task.tid) for task in tg.tasks] if tg is not None else []
     return [str(fd) for fd in sorted(tg.fds.files)] if tg is not None else []
 
 
@@ -388,6 +406,9 @@ def readlink(node: ProcNode) -> bytes:
     if node.name == "self":
         current = k.current
         return str(current.tg.tgid if current is not None else 1).encode()
+    if node.name == "thread-self":
+        current = k.current
+        return (f"{current.tg.tgid}/task/{current.tid}" if current is not None else "1/task/1").encode()
     tg = k.tasks.pidns.groups.get(node.pid)
     if tg is None or tg.exit_status is not None:
         raise SyscallError(errno.ENOENT)
@@ -441,7 +462,6 @@ def _content(node: ProcNode) -> bytes:
         raise SyscallError(errno.ESRCH)
     if tg.exit_status is not None:
         return _zombie(k, tg, name).encode()
-    leader = tg.tasks[0]
     if name == "cmdline":
         return b"".join(a + b"\0" for a in tg.argv)
     if name == "environ":  # what is there now of the strings execve put on its stack
@@ -455,7 +475,7 @@ def _content(node: ProcNode) -> bytes:
     if name == "mounts":
         return _top(k, "mounts").encode()
     if name == "comm":
-        return leader.comm.encode() + b"\n"
+        return _thread(tg, node.tid).comm.encode() + b"\n"
     if name == "stat":
         return _stat(k, tg).encode()
     if name == "status":
@@ -676,6 +696,26 @@ def _write_oom_score_adj(t, node: ProcNode, data: bytes) -> int:
     tg.oom_score_adj = value
     if privileged:
         tg.oom_score_adj_min = value
+    return len(data)
+
+
+def _thread(tg, tid: int):
+    """The thread `tid` of `tg` (0: its leader); ESRCH once it is gone."""
+    for task in tg.tasks:
+        if task.tid == tid or not tid:
+            return task
+    raise SyscallError(errno.ESRCH)
+
+
+def _write_comm(t, node: ProcNode, data: bytes) -> int:
+    """A thread's name, as prctl(PR_SET_NAME) sets it: by a thread of its own process only
+    (EINVAL from another, as Linux's comm_write), at most 15 bytes."""
+    tg = node.kernel.tasks.pidns.groups.get(node.pid)
+    if tg is None or tg.exit_status is not None:
+        raise SyscallError(errno.ESRCH)
+    if tg is not t.tg:
+        raise SyscallError(errno.EINVAL)
+    _thread(tg, node.tid).comm = data[:15].split(b"\0")[0].decode(errors="replace")
     return len(data)
 
 
