@@ -51,6 +51,7 @@ SECURE_ALL_BITS = 0x55
 SECURE_ALL_LOCKS = SECURE_ALL_BITS << 1
 
 MAY_EXEC, MAY_WRITE, MAY_READ = 1, 2, 4
+NGROUPS_MAX = 65536  # the most supplementary groups a process may have
 
 
 def bit(cap: int) -> int:

@@ -28,6 +28,7 @@ O_ASYNC = 0o20000
 SETFL_MASK = O_APPEND | O_NONBLOCK | O_ASYNC | 0o40000 | 0o1000000  # | O_DIRECT | O_NOATIME
 
 RLIMIT_NOFILE_DEFAULT = 1024
+NR_OPEN = 1 << 20  # fs.nr_open: the most fds a process may have open (RLIMIT_NOFILE's ceiling)
 
 
 def open_status(flags: int) -> int:

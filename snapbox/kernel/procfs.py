@@ -1,6 +1,8 @@
-"""/proc, generated from kernel state: self; per pid stat, status, statm, cmdline, comm,
-maps, smaps, smaps_rollup, oom_score, oom_score_adj (writable), fd/, exe, cwd, root, ns/,
-for zombies too as Linux shows them; and stat, meminfo, cpuinfo, uptime, loadavg, mounts.
+"""/proc, generated from kernel state: self, thread-self; per pid stat, status, statm,
+cmdline, comm (writable), maps, smaps, smaps_rollup, oom_score, oom_score_adj (writable),
+fd/, fdinfo/, exe, cwd, root, ns/, task/TID/ (each thread's), for zombies too as Linux shows
+them; and stat, meminfo, cpuinfo, uptime, loadavg, mounts; and sys/ (SYSCTL: the limits the
+sandbox enforces, the UTS names, which a write changes, a uuid).
 
 /proc/PID/ns/KIND reads as a link to "KIND:[inode]"; opened, it is the namespace itself
 (NsFile), which setns(2) takes: a magic link, as on Linux (Inode.magic).
@@ -28,19 +30,21 @@ import errno
 import fcntl
 import os
 import stat
+import uuid
 import zlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from snapbox.kernel.creds import CAP_SYS_PTRACE, CAP_SYS_RESOURCE, capable
+from snapbox.kernel.creds import CAP_LAST_CAP, CAP_SYS_PTRACE, CAP_SYS_RESOURCE, NGROUPS_MAX, capable
 from snapbox.kernel.errors import SyscallError, WouldBlock
-from snapbox.kernel.fd import O_ACCMODE, O_APPEND, O_CLOEXEC, O_NONBLOCK, O_RDWR, OpenFile
+from snapbox.kernel.fd import NR_OPEN, O_ACCMODE, O_APPEND, O_CLOEXEC, O_NONBLOCK, O_RDWR, OpenFile
 from snapbox.kernel.host import UTS_RELEASE, UTS_VERSION, HostFile, host_meminfo
-from snapbox.kernel.mm import VVAR
-from snapbox.kernel.namespaces import KINDS, namespace_of
+from snapbox.kernel.ipc import MSGMAX, MSGMNB, MSGMNI, SEMMNI, SEMMNS, SEMMSL, SEMOPM, SHMALL, SHMMAX, SHMMNI
+from snapbox.kernel.mm import MMAP_MIN_ADDR, VVAR
+from snapbox.kernel.namespaces import KINDS, namespace_of, uts
 from snapbox.kernel.pipe import PipeFile
 from snapbox.kernel.signals import SIG_DFL, SIG_IGN
-from snapbox.kernel.socket import SocketFile
+from snapbox.kernel.socket import SOMAXCONN, SocketFile
 from snapbox.kernel.vfs import Dir, Inode, now_ns
 from snapbox.memfile import PAGE_SIZE
 from snapbox.state import savable
@@ -70,8 +74,9 @@ class ProcDir(Dir):
     seek_end = True  # as procfs's generic_file_llseek
     kernel: Kernel | None = None
     pid: int = 0
-    kind: str = "top"  # top, pid, tid, task, fd, fdinfo, ns, snapbox
+    kind: str = "top"  # top, pid, tid, task, fd, fdinfo, ns, snapbox, sys
     tid: int = 0  # the thread a pid or tid directory shows (0: the process's leader)
+    sub: str = ""  # which directory of /proc/sys ("" itself, "kernel", "kernel/random"...)
 
     def child(self, name: str) -> Inode:
         return lookup(self, name)
@@ -207,6 +212,12 @@ class ProcFile(OpenFile):
             return _write_oom_score_adj(t, self.node, data)
         if self.node.name == "comm":
             return _write_comm(t, self.node, data)
+        if self.node.name in ("sys/kernel/hostname", "sys/kernel/domainname"):
+            # As proc_dostring: up to a newline or NUL, at most 64 bytes (the file's mode, 0644
+            # root's, is the only check, as on Linux).
+            value = data.split(b"\n")[0].split(b"\0")[0][:64].decode("utf-8", "replace")
+            setattr(uts(t), self.node.name.rsplit("/", 1)[1], value)
+            return len(data)
         if self.node.name != "snapbox/checkpoint":
             raise SyscallError(errno.EINVAL)
         k = t.kernel
@@ -338,9 +349,17 @@ def lookup(d: ProcDir, name: str) -> Inode:
                            kernel=k, pid=task.tg.tgid, tid=task.tid, kind="pid", ctime=now, mtime=now, atime=now)
         if name in TOP_FILES:
             return ProcNode(ino=_ino(0, name), mode=stat.S_IFREG | 0o444, kernel=k, name=name, ctime=now)
-        if name == "snapbox":
+        if name in ("snapbox", "sys"):
             return ProcDir(ino=_ino(0, name), mode=stat.S_IFDIR | 0o555, nlink=2, name=name, parent=d, kernel=k,
-                           kind="snapbox", ctime=now, mtime=now, atime=now)
+                           kind=name, ctime=now, mtime=now, atime=now)
+    elif d.kind == "sys":
+        path = f"{d.sub}/{name}" if d.sub else name
+        if path in SYSCTL:
+            return ProcNode(ino=_ino(0, "sys/" + path), mode=stat.S_IFREG | SYSCTL[path], kernel=k,
+                            name="sys/" + path, ctime=now)
+        if any(key.startswith(path + "/") for key in SYSCTL):
+            return ProcDir(ino=_ino(0, "sys/" + path), mode=stat.S_IFDIR | 0o555, nlink=2, name=name, parent=d,
+                           kernel=k, kind="sys", sub=path, ctime=now, mtime=now, atime=now)
     elif d.kind == "snapbox":
         if name == "restored":
             return ProcNode(ino=_ino(0, "snapbox/" + name), mode=stat.S_IFREG | 0o444, kernel=k,
@@ -388,7 +407,10 @@ def list_dir(d: ProcDir) -> list[str]:
     groups = d.kernel.tasks.pidns.groups
     if d.kind == "top":
         pids = sorted(groups)
-        return ["self", "thread-self", *TOP_FILES, "snapbox", *(str(p) for p in pids)]
+        return ["self", "thread-self", *TOP_FILES, "snapbox", "sys", *(str(p) for p in pids)]
+    if d.kind == "sys":
+        prefix = f"{d.sub}/" if d.sub else ""
+        return sorted({key[len(prefix):].split("/")[0] for key in SYSCTL if key.startswith(prefix)})
     if d.kind == "snapbox":
         return ["restored", *(["checkpoint"] if d.kernel.snapshot is not None else [])]
     if d.kind in ("pid", "tid"):
@@ -757,6 +779,8 @@ def _map_line(v, end: int | None = None) -> str:
 
 
 def _top(k, name: str) -> str:
+    if name.startswith("sys/"):
+        return _sysctl(k, name[4:])
     if name == "snapbox/restored":
         return f"{k.restores}\n"
     if name == "snapbox/checkpoint":
@@ -787,6 +811,30 @@ def _top(k, name: str) -> str:
                        f"model\t\t: {fs.model}\nflags\t\t: {flags}\n\n")
         return "".join(out)
     raise SyscallError(errno.ENOENT)
+
+
+# /proc/sys: the sysctls a sandbox has, each as the sandbox keeps or enforces it (path ->
+# mode). The host name and domain name are the caller's UTS namespace's, and writable.
+SYSCTL = {
+    "kernel/hostname": 0o644, "kernel/domainname": 0o644, "kernel/ostype": 0o444, "kernel/osrelease": 0o444,
+    "kernel/version": 0o444, "kernel/ngroups_max": 0o444, "kernel/cap_last_cap": 0o444,
+    "kernel/random/uuid": 0o444, "kernel/msgmax": 0o444, "kernel/msgmnb": 0o444, "kernel/msgmni": 0o444,
+    "kernel/sem": 0o444, "kernel/shmmax": 0o444, "kernel/shmall": 0o444, "kernel/shmmni": 0o444,
+    "vm/mmap_min_addr": 0o444, "fs/nr_open": 0o444, "net/core/somaxconn": 0o444,
+}
+
+
+def _sysctl(k, path: str) -> str:
+    names = uts(k.current) if k.current is not None else k
+    values = {
+        "kernel/hostname": names.hostname, "kernel/domainname": names.domainname, "kernel/ostype": "Linux",
+        "kernel/osrelease": UTS_RELEASE, "kernel/version": UTS_VERSION, "kernel/ngroups_max": NGROUPS_MAX,
+        "kernel/cap_last_cap": CAP_LAST_CAP, "kernel/random/uuid": uuid.uuid4(), "kernel/msgmax": MSGMAX,
+        "kernel/msgmnb": MSGMNB, "kernel/msgmni": MSGMNI, "kernel/sem": f"{SEMMSL}\t{SEMMNS}\t{SEMOPM}\t{SEMMNI}",
+        "kernel/shmmax": SHMMAX, "kernel/shmall": SHMALL, "kernel/shmmni": SHMMNI, "vm/mmap_min_addr": MMAP_MIN_ADDR,
+        "fs/nr_open": NR_OPEN, "net/core/somaxconn": SOMAXCONN,
+    }
+    return f"{values[path]}\n"
 
 
 def _cpu_list(mask: int) -> str:

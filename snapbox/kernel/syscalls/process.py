@@ -8,13 +8,13 @@ import stat
 import struct
 
 from snapbox.kernel.creds import (
-    ALL_CAPS, CAP_LAST_CAP, CAP_SETGID, CAP_SETPCAP, CAP_SETUID, SECBIT_KEEP_CAPS, SECBIT_NO_CAP_AMBIENT_RAISE,
-    SECURE_ALL_BITS, SECURE_ALL_LOCKS, capable, ids_changed, may_ptrace,
+    ALL_CAPS, CAP_LAST_CAP, CAP_SETGID, CAP_SETPCAP, CAP_SETUID, NGROUPS_MAX, SECBIT_KEEP_CAPS,
+    SECBIT_NO_CAP_AMBIENT_RAISE, SECURE_ALL_BITS, SECURE_ALL_LOCKS, capable, ids_changed, may_ptrace,
 )
 from snapbox.kernel import namespaces
 from snapbox.kernel.errors import SyscallError, TaskExit, WouldBlock
 from snapbox.kernel.eventfiles import PidFile, pidfd_process
-from snapbox.kernel.fd import O_NONBLOCK, O_RDWR
+from snapbox.kernel.fd import NR_OPEN, O_NONBLOCK, O_RDWR
 from snapbox.kernel.procfs import NsFile
 from snapbox.kernel.seccomp import SECCOMP_MODE_FILTER, SECCOMP_MODE_STRICT
 from snapbox.kernel.syscalls import NR, i32, syscall
@@ -49,7 +49,7 @@ RLIMIT_DEFAULTS = {
     4: (0, RLIM_INFINITY),  # CORE
     5: (RLIM_INFINITY, RLIM_INFINITY),  # RSS
     6: (4096, 4096),  # NPROC
-    7: (1024, 1 << 20),  # NOFILE
+    7: (1024, NR_OPEN),  # NOFILE
     8: (8 << 20, 8 << 20),  # MEMLOCK
     9: (RLIM_INFINITY, RLIM_INFINITY),  # AS
     10: (RLIM_INFINITY, RLIM_INFINITY),  # LOCKS
@@ -178,7 +178,7 @@ def prlimit64(t, pid, resource, new, old):
     if value is not None:
         t.tg.rlimits[resource] = tuple(value)
         if resource == RLIMIT_NOFILE:
-            t.fds.limit = min(value[0], 1 << 20)
+            t.fds.limit = min(value[0], NR_OPEN)
         if resource == RLIMIT_CPU:
             t.tg.xcpu_at = 0
             t.kernel.arm_cpu_limit(t.tg)
@@ -794,7 +794,7 @@ def getgroups(t, size, lst):
 @syscall(NR.setgroups)
 def setgroups(t, size, lst):
     size = i32(size)
-    if size < 0 or size > 65536:
+    if size < 0 or size > NGROUPS_MAX:
         raise SyscallError(errno.EINVAL)
     if not capable(t.tg, CAP_SETGID):
         raise SyscallError(errno.EPERM)
