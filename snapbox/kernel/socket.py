@@ -119,28 +119,37 @@ class StreamBuffer(Pipe):
             self.creds.append([start, creds])
 
     def take(self, count: int, peek: bool, by_creds: bool = False) -> tuple[bytes, list, list | None]:
-        """Up to `count` bytes from the front, the files sent with the first of them, and
-        the credentials they were sent with. Stops short of bytes that came with other
-        files (and, `by_creds`, of bytes sent with other credentials)."""
-        files: list = []
-        limit = count
+        """Up to `count` bytes from the front, the files that came with them, and the
+        credentials they were sent with. As Linux's unix_stream_read_generic, a read goes
+        on through the skb that carries files, takes them, and stops at its end (so no read
+        has two sends' files); with `by_creds`, it stops before bytes sent with other
+        credentials."""
         if self.records is not None:
             return self._take_record(count, peek)
+        files: list = []
         creds = self.creds[0][1] if self.creds else None
+        limit = count
         if by_creds and len(self.creds) > 1:
             limit = min(limit, self.creds[1][0])
-        if self.rights:
-            if self.rights[0][0] == 0:
-                files = self.rights[0][1]
-                limit = min(count, self.rights[1][0] if len(self.rights) > 1 else count)
-            else:
-                limit = min(count, self.rights[0][0])
+        if self.rights and limit > self.rights[0][0]:
+            files = self.rights[0][1]
+            limit = min(limit, self._skb_end(self.rights[0][0]))
         data = bytes(self.buf[:limit])
         if not peek:
             if files:
                 self.rights.pop(0)
             self._consume(len(data))
         return data, files, creds
+
+    def _skb_end(self, offset: int) -> int:
+        """Where the skb holding byte `offset` ends (in an image from before skbs were kept:
+        where the next files are, or the end)."""
+        end = 0
+        for left, _ in self.skbs:
+            end += left
+            if end > offset:
+                return end
+        return self.rights[1][0] if len(self.rights) > 1 else len(self.buf)
 
     def _take_record(self, count: int, peek: bool) -> tuple[bytes, list, list | None]:
         """The first record (its first `count` bytes: the rest of it is dropped, as
