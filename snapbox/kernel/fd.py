@@ -59,6 +59,9 @@ class OpenFile:
     # eventfds and epolls): pread, pwrite and their
     # v-forms fail on it with ESPIPE before its access mode is looked at (Linux's FMODE_PREAD).
     stream: ClassVar[bool] = False
+    # A file of messages, not bytes (datagram and seqpacket sockets): a write of nothing
+    # still sends one, empty; to any other file it writes nothing and returns 0.
+    messages: ClassVar[bool] = False
 
     def readable(self) -> bool:
         return self.flags & O_ACCMODE in (O_RDONLY, O_RDWR) and not self.flags & O_PATH

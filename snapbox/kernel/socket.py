@@ -86,6 +86,10 @@ class StreamBuffer(Pipe):
     skbs: list = field(default_factory=list)
     wmem: int = 0
 
+    def has_unread(self) -> bool:
+        """Whether there is anything to read (a seqpacket record may be empty)."""
+        return bool(self.buf or self.records)
+
     def put_stream(self, data: bytes, nonblock: bool, sndbuf: int) -> int:
         """Append what the writer's send buffer lets through, as Linux's unix_stream_sendmsg
         cuts a write into skbs: one more while what is unread takes less than `sndbuf`."""
@@ -252,6 +256,8 @@ class DatagramSocket(SocketFile):
     """read(2) and write(2) of a socket of datagrams that has recv_from (its next one) and
     send_default (one to where it sends by default)."""
 
+    messages = True
+
     def read(self, t, count: int, offset: int | None = None) -> bytes:
         if offset is not None:
             raise SyscallError(errno.ESPIPE)
@@ -287,6 +293,10 @@ class UnixSocket(SocketFile):
     def connected(self) -> bool:
         return self.incoming is not None
 
+    @property
+    def messages(self) -> bool:
+        return self.kind == SOCK_SEQPACKET
+
     def unread(self) -> int:
         """FIONREAD: the bytes waiting to be read (0 before a connection)."""
         return len(self.incoming.buf) if self.incoming is not None and not self.listening else 0
@@ -301,7 +311,7 @@ class UnixSocket(SocketFile):
         p = self.incoming
         if p is None:
             raise SyscallError(errno.ENOTCONN)
-        if not p.buf:
+        if not p.has_unread():
             if self.shut_rd:
                 return b"", [], None  # (what came before the shutdown is still read, as on Linux)
             if p.reset:
@@ -436,7 +446,7 @@ class UnixSocket(SocketFile):
         # As Linux's unix_poll: reading shut down, here or by the peer's writing (RCV_SHUTDOWN),
         # is POLLIN and POLLRDHUP; both directions shut down, POLLHUP.
         rcv_shutdown = self.incoming.writers == 0 or self.shut_rd
-        if self.incoming.buf or rcv_shutdown:
+        if self.incoming.has_unread() or rcv_shutdown:
             r |= POLLIN
         if rcv_shutdown:
             r |= POLLRDHUP
@@ -465,7 +475,7 @@ class UnixSocket(SocketFile):
 
     def release(self, embryo: bool = False) -> None:
         if self.connected:
-            if self.incoming.buf or embryo:
+            if self.incoming.has_unread() or embryo:
                 self.outgoing.reset = self.outgoing.aborted = True  # unix(7) as Linux: the peer's next read fails
             self.shutdown(SHUT_RDWR)
             self.incoming.discard()
@@ -499,6 +509,7 @@ class UnixDgramSocket(SocketFile):
     """An AF_UNIX datagram socket: a queue of whole datagrams, and perhaps a peer (connect,
     socketpair) that is where sends go by default and the only sender it accepts."""
 
+    messages = True
     ino: int = 0
     address: bytes = b""  # the bound name, as UnixSocket's
     peer_socket: UnixDgramSocket | None = None

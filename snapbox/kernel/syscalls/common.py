@@ -93,6 +93,8 @@ def write_all(t, nr: int, f, data: bytes, offset: int | None = None) -> int:
     EAGAIN if nothing (socket(7)).
     """
     done = written(t, nr)
+    if not data and f.messages:
+        return f.write(t, data, offset)  # an empty datagram or record
     while done < len(data):
         try:
             done += f.write(t, data[done:], offset)
