@@ -50,7 +50,7 @@ class EventLoop:
         self.timer_seq = 0  # tie-breaker: timers of one deadline fire in the order they were set
         self.runq: collections.deque = collections.deque()  # tasks whose handler must (re)run
         self.host_queues: dict[tuple[int, int], WaitQueue] = {}  # (host fd, event) -> its waiters
-        self.watched: dict[int, int] = {}  # host fd -> event mask registered with the epoll
+        self.watched: dict[int, int] = {}  # host fd -> events armed in the epoll (0: disarmed)
         self.wakeup = _signal_wakeup()  # readable when SENTRY_SIGNALS arrive
         self._register(self.wakeup, READ, lambda mask: on_signals(self._pending_signals()))
 
@@ -78,15 +78,13 @@ class EventLoop:
             self._fire_timers()
 
     def _register(self, fd: int, events: int, callback: Callable[[int], None]) -> None:
+        self.watched.pop(fd, None)  # a host fd's number, closed since, is this file's now
         self.epoll.register(fd, _epoll_mask(events))
-        self.callbacks[fd] = [events, callback, fd]
-
-    def _modify(self, fd: int, events: int, callback: Callable[[int], None]) -> None:
-        self.epoll.modify(fd, _epoll_mask(events))
         self.callbacks[fd] = [events, callback, fd]
 
     def _unregister(self, fd: int) -> None:
         self.callbacks.pop(fd, None)
+        self.watched.pop(fd, None)
         with contextlib.suppress(OSError):  # closed already: the epoll let go of it then
             self.epoll.unregister(fd)
 
@@ -126,44 +124,57 @@ class EventLoop:
         return q
 
     def watch(self, fd: int) -> None:
-        """Ask the epoll for exactly the events of `fd` that tasks wait for."""
+        """Arm the epoll for exactly the events of `fd` that tasks wait for.
+
+        A host fd is registered once, one-shot: the epoll reports it once and then holds it
+        disarmed until it is armed again here, so a wait costs one epoll_ctl (not an add and
+        a remove), and an fd nobody waits on any more costs nothing. Level-triggered under
+        the one-shot: what is ready when it is armed is reported at once, so no wake-up is
+        lost between a task's EAGAIN and its wait. It is armed again even when it looks armed
+        already: the fd may have been closed since (the epoll then forgot it) and its number
+        given to another host socket."""
         mask = 0
         for ev in (READ, WRITE):
             q = self.host_queues.get((fd, ev))
             if q is not None and q.waiters:
                 mask |= ev
-        old = self.watched.get(fd, 0)
-        if mask == old:
-            return
         if not mask:
-            self._unregister(fd)
-            del self.watched[fd]
-        elif old:
+            return
+        events = _epoll_mask(mask) | select.EPOLLONESHOT
+        entry = self.callbacks.get(fd)
+        if fd in self.watched and entry is not None:
             try:
-                self._modify(fd, mask, lambda m, fd=fd: self._host_ready(fd, m))
+                self.epoll.modify(fd, events)
+                entry[0] = mask
+                self.watched[fd] = mask
+                return
             except FileNotFoundError:
                 # The fd was closed since (the host forgot it) and its number is another
-                # file's now: a host socket of the sandbox, closed and made again. (The
-                # epoll has let go of the old file.)
-                self._register(fd, mask, lambda m, fd=fd: self._host_ready(fd, m))
-        else:
-            self._register(fd, mask, lambda m, fd=fd: self._host_ready(fd, m))
-        if mask:
-            self.watched[fd] = mask
+                # file's now: a host socket of the sandbox, closed and made again.
+                pass
+        try:
+            self.epoll.register(fd, events)
+        except FileExistsError:  # registered, and this loop's record of it lost
+            self.epoll.modify(fd, events)
+        self.callbacks[fd] = [mask, lambda m, fd=fd: self._host_ready(fd, m), fd]
+        self.watched[fd] = mask
 
     def refresh(self, fd: int) -> None:
         """Host fd `fd` is another file now (a host socket made again under its number):
         ask the epoll anew for what tasks wait for on it."""
-        if self.watched.pop(fd, 0):
+        if self.watched.pop(fd, None) is not None:
             self._unregister(fd)
         self.watch(fd)
 
     def _host_ready(self, fd: int, mask: int) -> None:
+        self.watched[fd] = 0  # the one-shot disarmed it
+        host_queues = self.host_queues
         for ev in (READ, WRITE):
-            q = self.host_queues.get((fd, ev))
-            if q is not None and mask & ev:
-                q.notify()
-        self.watch(fd)
+            if mask & ev:
+                q = host_queues.get((fd, ev))
+                if q is not None:
+                    q.notify()
+        self.watch(fd)  # tasks still waiting for the other event
 
     def add_reader(self, fileobj, callback: Callable[[], None]) -> None:
         """Call `callback()` whenever `fileobj` is readable (the control socket, an eventfd,
