@@ -117,7 +117,8 @@ class _Context:
 @click.option("--network", type=click.Choice(["sandbox", "host", "none"]), default=None,
               help="The sandbox's network. sandbox (the default for bundles): a network namespace of its own "
                    "(the one the bundle's config names, else one snapbox makes, with a veth pair to this host: "
-                   "sbxN here at 10.213.x.(4N+1), eth0 inside; what it sends further leaves from this host, as "
+                   "sbxN here at 10.213.x.(4N+1) and fd0a:d5:213::(4N+1), eth0 inside; what it sends further "
+                   "leaves from this host, as "
                    "masqueraded); host (the default for `do`): this host's "
                    "stack; none: loopback only. Traffic between the sandbox's own sockets stays inside it "
                    "whatever the mode, and is checkpointed whole; restore uses the image's mode.")

@@ -302,6 +302,9 @@ class UdpSocket(DatagramSocket):
     options: dict = field(default_factory=dict)  # (level, option) -> int, as setsockopt left it
     readable_queue: WaitQueue = field(default_factory=WaitQueue)  # readers waiting for a datagram
     host: HostSocket | None = None  # the host socket behind it, where the outside can reach it
+    # Bound in a namespace snapbox made (an explicit bind): the host socket on the host's side
+    # its datagrams beyond this host leave from, and their replies come to (moves_out).
+    nat_host: HostSocket | None = None
     published: list = field(default_factory=list)  # the Publications whose datagrams it receives
     protocol: int = IPPROTO_UDP  # or IPPROTO_UDPLITE
     listening = False  # never (Ports asks)
@@ -339,13 +342,14 @@ class UdpSocket(DatagramSocket):
         self.remote = ()
         if self.local and not self.port_locked:
             ports.unbind(self)
-            if self.host is not None:
-                self.host.close()
-                self.host = None
+            for h in self._hosts():
+                h.close()
+            self.host = self.nat_host = None
             for p in list(self.published):
                 p.aim()
-        elif self.host is not None:
-            self.host.associate(None)
+        else:
+            for h in self._hosts():
+                h.associate(None)
 
     def take_error(self) -> None:
         if self.error:
@@ -439,9 +443,21 @@ class UdpSocket(DatagramSocket):
         self.shut_wr = self.shut_wr or how in (SHUT_WR, SHUT_RDWR)
         self.readable_queue.notify()
 
+    def _hosts(self) -> list[HostSocket]:
+        return [h for h in (self.host, self.nat_host) if h is not None]
+
+    def outward(self, kernel, ip: str) -> HostSocket | None:
+        """The host socket a datagram to `ip` beyond the sandbox leaves from."""
+        if self.nat_host is None and moves_out(kernel, self.host, ip):
+            self.nat_host = masquerade_socket(kernel, self, 2)  # SOCK_DGRAM
+        return self.nat_host if self.nat_host is not None and masquerades(kernel, ip) else self.host
+
     def _take_published(self) -> None:
         for p in self.published:
             p.take_datagrams(self)
+        if self.nat_host is not None:
+            for data, source, marks in self.nat_host.datagrams():
+                self.deliver(source, data, marks)
 
     def ready(self) -> int:
         self._take_published()
@@ -454,14 +470,14 @@ class UdpSocket(DatagramSocket):
         return r
 
     def queues(self, t) -> tuple:
-        hosts = ([self.host] if self.host is not None else []) + [p.sock for p in self.published]
+        hosts = self._hosts() + [p.sock for p in self.published]
         return (self.readable_queue, *(q for h in hosts for q in h.queues(t)[:1]))
 
     def release(self) -> None:
         self.queue.clear()
         self.queued = 0
-        if self.host is not None:
-            self.host.close()
+        for h in self._hosts():
+            h.close()
         for p in list(self.published):
             p.aim()
 
@@ -473,7 +489,7 @@ class UdpSocket(DatagramSocket):
         where = f" {format_address(self.local)}" if self.local else ""
         if self.remote:
             where += f" -> {format_address(self.remote)}"
-        outside = f", {self.host.describe()}" if self.host is not None else ""
+        outside = "".join(f", {h.describe()}" for h in self._hosts())
         outside += "".join(f", published at {format_address(p.sock.local)}" for p in self.published)
         name = "udplite" if self.protocol == IPPROTO_UDPLITE else "udp"
         return f"socket:[{self.ino}] ({name}{'6' if self.family == AF_INET6 else ''}{where}{outside})"
@@ -506,9 +522,10 @@ def send_datagram(t, s: UdpSocket, data: bytes, dest: tuple, sent: dict | None =
         raise SyscallError(errno.ENETUNREACH, "the socket was bound before the sandbox had a network")
     target = ports.receiver(local_destination(ip), port, s.family) if local else None
     if target is None and s.host is not None:
+        h = s.outward(t.kernel, ip)
         nonblock = bool(s.flags & O_NONBLOCK)
-        connected = s.host.remote and (_ip(s.host.remote[0]), s.host.remote[1]) == (_ip(ip), port)
-        return s.host.send(t, bytes(data), 0, nonblock, dest=None if connected else (ip, port), ancillary=ancillary)
+        connected = h.remote and (_ip(h.remote[0]), h.remote[1]) == (_ip(ip), port)
+        return h.send(t, bytes(data), 0, nonblock, dest=None if connected else (ip, port), ancillary=ancillary)
     ip = local_destination(ip)
     if target is None:
         if s.remote:
@@ -530,15 +547,60 @@ def masquerades(kernel, ip: str) -> bool:
     in a namespace snapbox made (its veth pair leads only to this host, which need not
     forward), for every destination but the sandbox's own addresses. The peer then sees
     this host's address, as behind a masquerade; the sandbox sees its own (seen_local)."""
-    return bool(kernel.network.get("interface")) and not is_local(ip) and \
-        _ip(ip) != _ip(kernel.network.get("address") or "0.0.0.0")
+    network = kernel.network
+    if not network.get("interface") or is_local(ip):
+        return False
+    dest = _ip(ip)
+    if isinstance(dest, ipaddress.IPv6Address) and dest.ipv4_mapped is not None:
+        dest = dest.ipv4_mapped
+    return all(dest != _ip(network[key]) for key in ("address", "address6") if network.get(key))
 
 
-def seen_local(kernel, h: HostSocket) -> tuple:
+def seen_local(kernel, h: HostSocket, port: int = 0) -> tuple:
     """The local address of host socket `h` as the sandbox's socket reports it: a
-    masqueraded IPv4 socket's is the sandbox's own address, with the host's port."""
-    own = kernel.network.get("address")
-    return (own, h.local[1]) if h.nat and own and h.family == AF_INET else h.local
+    masqueraded socket's is the sandbox's own address of its family (an IPv4-mapped one for
+    an IPv6 socket that reaches an IPv4 peer), with the host's port, or `port`: the one the
+    sandbox's socket was bound to before its traffic moved to the host's side."""
+    if not h.nat:
+        return h.local
+    own = kernel.network.get("address", "")
+    if h.family == AF_INET6 and ":" in h.local[0] and _ip(h.local[0]).ipv4_mapped is None:
+        own = kernel.network.get("address6", "")
+    elif h.family == AF_INET6 and own:
+        own = f"::ffff:{own}"
+    return (own, port or h.local[1]) if own else h.local
+
+
+def moves_out(kernel, h: HostSocket | None, ip: str) -> bool:
+    """Whether traffic of host socket `h`, bound in a namespace snapbox made (an explicit
+    bind, to the wildcard or the sandbox's own address), to `ip` must leave from the host's
+    side instead: its veth pair leads only to this host."""
+    if h is None or h.nat or h.outer or not masquerades(kernel, ip):
+        return False
+    bound = _ip(h.local[0])
+    return bound.is_unspecified or any(bound == _ip(kernel.network[key]) for key in ("address", "address6")
+                                       if kernel.network.get(key))
+
+
+def masquerade_socket(kernel, s: InetSocket | UdpSocket, kind: int) -> HostSocket:
+    """A host socket on the host's side for `s`, bound in the namespace, whose traffic
+    leaves from there (moves_out): on the socket's port where that is free on this side,
+    else on one the host picks (the peer then sees another port, as behind a NAT that had to
+    map it)."""
+    h = HostSocket.open(s.family, kind, s.options, nat=True, protocol=s.protocol if kind == 2 else 0)
+    wildcard = "0.0.0.0" if s.family == AF_INET else "::"
+    try:
+        try:
+            h.bind((wildcard, s.local[1]))
+        except SyscallError as e:
+            if e.errno != errno.EADDRINUSE:
+                raise
+            h.bind((wildcard, 0))
+    except SyscallError:
+        h.close()
+        raise
+    kernel.host_sockets.add(h)
+    return h
 
 
 def bind_inet(t, s: InetSocket | UdpSocket, ip: str, port: int, toward: str | None = None) -> None:

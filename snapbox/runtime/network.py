@@ -5,8 +5,8 @@ makes any host socket.
   own. A bundle whose config names one (`linux.namespaces: [{"type": "network", "path":
   P}]`, how containerd and CNI hand a network to a runtime) gets that one, as it is. Else
   snapbox makes one with pyroute2: loopback up, and a veth pair to the namespace the
-  command ran in: `sbxN` there with 10.213.x.(4N+1)/30, `eth0` inside with the next
-  address and a default route through the first. The namespace lives as long as the
+  command ran in: `sbxN` there with 10.213.x.(4N+1)/30 and fd0a:d5:213::(4N+1)/126,
+  `eth0` inside with the next addresses and default routes through the first. The namespace lives as long as the
   sandbox process, and takes the pair with it. Nothing is routed beyond this host: what
   the sandbox sends further leaves from this side instead (snapbox.kernel.inet.masquerades). A restored sandbox gets the address it
   had if it is free, so that its connections can come back on it.
@@ -22,6 +22,7 @@ import ctypes
 import errno
 import ipaddress
 import os
+import socket
 from dataclasses import dataclass
 
 from snapbox.state import SnapboxError
@@ -29,6 +30,8 @@ from snapbox.state import SnapboxError
 MODES = ("sandbox", "host", "none")
 SUBNET = ipaddress.IPv4Network("10.213.0.0/16")  # cut in /30s, one per sandbox
 SLOTS = SUBNET.num_addresses // 4
+SUBNET6 = ipaddress.IPv6Network("fd0a:d5:213::/64")  # a unique local prefix: slot N's /126 is its Nth
+IFA_F_NODAD = 0x02  # an address usable at once (no duplicate detection: the pair has two ends only)
 CLONE_NEWNET = 0x40000000
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -41,6 +44,8 @@ class Network:
     mode: str = "none"
     address: str = ""  # the sandbox's own address (a namespace snapbox made)
     gateway: str = ""  # the host side of its veth pair
+    address6: str = ""  # the same two in IPv6 (none if the host has IPv6 turned off)
+    gateway6: str = ""
     interface: str = ""  # the host side's name
     path: str = ""  # the namespace the bundle named
 
@@ -108,8 +113,8 @@ def _join(path: str) -> None:
         os.close(fd)
 
 
-def _slot_addresses(slot: int) -> tuple[str, str]:
-    base = SUBNET.network_address + 4 * slot
+def _slot_addresses(slot: int, subnet=SUBNET) -> tuple[str, str]:
+    base = subnet.network_address + 4 * slot
     return str(base + 1), str(base + 2)
 
 
@@ -136,6 +141,7 @@ def _make(address: str) -> Network:
         else:
             raise SnapboxError(f"cannot make the sandbox's network (all {SLOTS} addresses are taken)")
         gateway, mine = _slot_addresses(slot)
+        gateway6, mine6 = _slot_addresses(slot, SUBNET6)
         try:
             if _libc.unshare(CLONE_NEWNET) != 0:
                 raise SnapboxError(f"cannot make a network namespace ({os.strerror(ctypes.get_errno())})")
@@ -144,6 +150,8 @@ def _make(address: str) -> Network:
             (inner_end,) = outer.link_lookup(ifname=f"sbxp{slot}")
             outer.link("set", index=inner_end, net_ns_pid=os.getpid())
             outer.addr("add", index=host_end, address=gateway, prefixlen=30)
+            if not _add_ipv6(outer, host_end, gateway6):
+                gateway6 = mine6 = ""
             outer.link("set", index=host_end, state="up")
         except BaseException:
             outer.link("del", ifname=name)
@@ -156,4 +164,23 @@ def _make(address: str) -> Network:
         inner.addr("add", index=eth, address=mine, prefixlen=30)
         inner.link("set", index=eth, state="up")
         inner.route("add", dst="0.0.0.0/0", gateway=gateway)
-    return Network(mode="sandbox", address=mine, gateway=gateway, interface=name)
+        if mine6 and _add_ipv6(inner, eth, mine6):
+            inner.route("add", dst="::/0", gateway=gateway6, family=socket.AF_INET6)
+        else:
+            mine6 = gateway6 = ""
+    return Network(mode="sandbox", address=mine, gateway=gateway, address6=mine6, gateway6=gateway6,
+                   interface=name)
+
+
+def _add_ipv6(ipr, index: int, address: str) -> bool:
+    """Give link `index` `address`/126; False where the host has IPv6 turned off (the
+    sandbox then has IPv4 only, as a container on such a host)."""
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    try:
+        ipr.addr("add", index=index, address=address, prefixlen=126, flags=IFA_F_NODAD)
+    except NetlinkError as e:
+        if e.code in (errno.EACCES, errno.EAFNOSUPPORT, errno.EOPNOTSUPP, errno.EPERM):
+            return False
+        raise
+    return True

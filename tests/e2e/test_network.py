@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from snapbox.runtime.network import IFA_F_NODAD
 from tests.conftest import in_background, lines, wait_for
 
 CLONE_NEWNET = 0x40000000
@@ -542,10 +543,10 @@ def test_a_long_interface_dump_comes_in_datagrams_a_small_buffer_reads(snapbox, 
 
 
 def serve_in_own_namespace(snapbox, tmp_path: Path, port: int, cid: str, in_ns) -> dict:
-    """http.server on 0.0.0.0:`port` in a bundle with `--network sandbox`, snapbox itself
+    """http.server on [::]:`port` (IPv4 and IPv6) in a bundle with `--network sandbox`, snapbox itself
     run in the test's namespace (`in_ns`); returns the sandbox's network once its namespace
     is made (when the server binds: `state` shows it from then on)."""
-    bundle = host_bundle(tmp_path, http_server(port, "0.0.0.0"))
+    bundle = host_bundle(tmp_path, http_server(port, "::"))
     with open(tmp_path / "out.txt", "a") as f:
         subprocess.run(snapbox.cmd("run", "--bundle", str(bundle), "--detach", cid), stdout=f, stderr=f,
                        stdin=subprocess.DEVNULL, check=True, timeout=60, env=NO_POOL, preexec_fn=in_ns)
@@ -558,7 +559,7 @@ def serve_in_own_namespace(snapbox, tmp_path: Path, port: int, cid: str, in_ns) 
 def test_snapbox_makes_the_sandbox_its_own_namespace(snapbox, tmp_path, netns):
     """`--network sandbox` with no namespace named: one made by snapbox when the sandbox first
     needs it, its veth pair's host end in the namespace snapbox ran in (here the test's),
-    the server reached at the sandbox's address; and a restore keeps the address."""
+    the server reached at the sandbox's addresses, IPv4 and IPv6; and a restore keeps them."""
     (tmp_path / "page.txt").write_text("own namespace")
     port = free_port()
     in_ns = entering(netns)
@@ -566,11 +567,13 @@ def test_snapbox_makes_the_sandbox_its_own_namespace(snapbox, tmp_path, netns):
     assert network["mode"] == "sandbox" and network["interface"].startswith("sbx")
     address = network["address"]
     assert fetch_in(netns, f"http://{address}:{port}/page.txt") == "own namespace"
+    assert fetch_in(netns, f"http://[{network['address6']}]:{port}/page.txt") == "own namespace"
     image = tmp_path / "own.img"
     snapbox("checkpoint", "--image-path", str(image), "own")
     restore_detached(snapbox, image, "own2", tmp_path / "out.txt", env=NO_POOL, preexec_fn=in_ns)
     assert json.loads(snapbox("state", "own2").stdout)["network"]["address"] == address
     assert fetch_in(netns, f"http://{address}:{port}/page.txt") == "own namespace"
+    assert fetch_in(netns, f"http://[{network['address6']}]:{port}/page.txt") == "own namespace"
     snapbox("delete", "--force", "own2")
 
     def links() -> str:
@@ -599,36 +602,61 @@ def test_a_port_published_from_the_sandboxs_own_namespace(snapbox, tmp_path, net
 FAR_SERVER = textwrap.dedent("""
     import select, socket, sys
     tcp = socket.create_server(("198.51.100.2", int(sys.argv[1])))
+    tcp6 = socket.create_server(("2001:db8::2", int(sys.argv[1])), family=socket.AF_INET6)
     udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     udp.bind(("198.51.100.2", int(sys.argv[2])))
     print("listening", flush=True)
-    conn = None
+    conns = []
     for _ in range(1200):
-        ready, _, _ = select.select([tcp, udp] + ([conn] if conn else []), [], [], 0.1)
-        if tcp in ready:
-            conn, peer = tcp.accept()
-            conn.sendall(peer[0].encode() + b"\\n")
+        ready, _, _ = select.select([tcp, tcp6, udp] + conns, [], [], 0.1)
+        for listener in (tcp, tcp6):
+            if listener in ready:
+                conn, peer = listener.accept()
+                conn.sendall(f"{peer[0]} port {peer[1]}\\n".encode())
+                conns.append(conn)
         if udp in ready:
             _, peer = udp.recvfrom(100)
-            udp.sendto(peer[0].encode(), peer)
-        if conn in ready:
-            data = conn.recv(100)
-            if not data:
-                break
-            conn.sendall(data.upper())
+            udp.sendto(f"{peer[0]} port {peer[1]}".encode(), peer)
+        for conn in conns:
+            if conn in ready:
+                data = conn.recv(100)
+                if not data:
+                    conns.remove(conn)
+                    conn.close()
+                else:
+                    conn.sendall(data.upper())
 """)
 
 NAT_CLIENT = textwrap.dedent("""
     import os, socket, time
+    def said(line):
+        return line.rsplit(" port ", 1)[0]
     t = socket.create_connection(("198.51.100.2", {tcp}), timeout=30)
     f = t.makefile("rw")
-    print("tcp: the server saw", f.readline().strip(), flush=True)
+    print("tcp: the server saw", said(f.readline().strip()), flush=True)
     print("tcp: my address", t.getsockname()[0], flush=True)
     u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     u.settimeout(30)
     u.sendto(b"hello", ("198.51.100.2", {udp}))
     data, source = u.recvfrom(100)
-    print("udp: the server saw", data.decode(), "answering from", source[0], flush=True)
+    print("udp: the server saw", said(data.decode()), "answering from", source[0], flush=True)
+    # Bound first, as musl's resolver binds its socket: the traffic still leaves from the host's side.
+    b = socket.socket()
+    b.bind(("0.0.0.0", 0))
+    port = b.getsockname()[1]
+    b.settimeout(30)
+    b.connect(("198.51.100.2", {tcp}))
+    print("bound tcp: the server saw", said(b.makefile().readline().strip()), flush=True)
+    print("bound tcp: my address", b.getsockname() == (t.getsockname()[0], port), flush=True)
+    bu = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    bu.bind(("0.0.0.0", 0))
+    bu.settimeout(30)
+    bu.sendto(b"hello", ("198.51.100.2", {udp}))
+    data, source = bu.recvfrom(100)
+    print("bound udp: the server saw", said(data.decode()), "answering from", source[0], flush=True)
+    t6 = socket.create_connection(("2001:db8::2", {tcp}), timeout=30)
+    print("tcp6: the server saw", said(t6.makefile().readline().strip()), flush=True)
+    print("tcp6: my address", t6.getsockname()[0], flush=True)
     for _ in range(600):
         if os.path.exists("go"):
             break
@@ -642,8 +670,9 @@ NAT_CLIENT = textwrap.dedent("""
 @pytest.fixture
 def far_side(netns):
     """A second namespace beyond the test's (`netns`): a veth pair between them,
-    198.51.100.1/30 on the test's side and .2/30 on the far one, which has no route back to
-    anything else (so a sandbox reaches it only if its traffic comes from the near side)."""
+    198.51.100.1/30 and 2001:db8::1/126 on the test's side, .2 and ::2 on the far one, which
+    has no route back to anything else (so a sandbox reaches it only if its traffic comes
+    from the near side)."""
     from pyroute2 import NetNS
     from pyroute2 import netns as namespaces
 
@@ -656,12 +685,14 @@ def far_side(netns):
             near.link("set", index=peer, net_ns_fd=name)
             (mine,) = near.link_lookup(ifname="far0")
             near.addr("add", index=mine, address="198.51.100.1", prefixlen=30)
+            near.addr("add", index=mine, address="2001:db8::1", prefixlen=126, flags=IFA_F_NODAD)
             near.link("set", index=mine, state="up")
         with NetNS(name) as far:
             for ifname, address in (("lo", None), ("near0", "198.51.100.2")):
                 (index,) = far.link_lookup(ifname=ifname)
                 if address:
                     far.addr("add", index=index, address=address, prefixlen=30)
+                    far.addr("add", index=index, address="2001:db8::2", prefixlen=126, flags=IFA_F_NODAD)
                 far.link("set", index=index, state="up")
         yield name
     finally:
@@ -685,18 +716,22 @@ def test_outgoing_traffic_of_a_namespace_snapbox_makes_leaves_from_the_hosts_sid
         with open(out, "a") as f:
             subprocess.run(snapbox.cmd("run", "--bundle", str(bundle), "--detach", "nat"), stdout=f, stderr=f,
                            stdin=subprocess.DEVNULL, check=True, timeout=60, env=NO_POOL, preexec_fn=in_ns)
-        wait_for(lambda: len(lines(out)) >= 3, timeout=60, what="the client's exchanges")
-        address = json.loads(snapbox("state", "nat").stdout)["network"]["address"]
-        assert lines(out) == ["tcp: the server saw 198.51.100.1", f"tcp: my address {address}",
-                              "udp: the server saw 198.51.100.1 answering from 198.51.100.2"]
+        wait_for(lambda: len(lines(out)) >= 8, timeout=60, what="the client's exchanges")
+        network = json.loads(snapbox("state", "nat").stdout)["network"]
+        assert network["address6"].startswith("fd0a:d5:213::")
+        assert lines(out) == ["tcp: the server saw 198.51.100.1", f"tcp: my address {network['address']}",
+                              "udp: the server saw 198.51.100.1 answering from 198.51.100.2",
+                              "bound tcp: the server saw 198.51.100.1", "bound tcp: my address True",
+                              "bound udp: the server saw 198.51.100.1 answering from 198.51.100.2",
+                              "tcp6: the server saw 2001:db8::1", f"tcp6: my address {network['address6']}"]
         image = tmp_path / "nat.img"
         p = snapbox("checkpoint", "--image-path", str(image), "nat")
         assert f"<-> 198.51.100.2:{tcp_port}: saved with TCP_REPAIR" in p.stderr
         said = restore_detached(snapbox, image, "nat2", out, env=NO_POOL, preexec_fn=in_ns)
         assert f"<-> 198.51.100.2:{tcp_port}: restored with TCP_REPAIR" in said
         (tmp_path / "go").touch()
-        wait_for(lambda: len(lines(out)) >= 4, timeout=60, what="the echo after the restore")
-        assert lines(out)[3] == "tcp: AFTER THE RESTORE"
+        wait_for(lambda: len(lines(out)) >= 9, timeout=60, what="the echo after the restore")
+        assert lines(out)[8] == "tcp: AFTER THE RESTORE"
     finally:
         server.kill()
         server.wait()

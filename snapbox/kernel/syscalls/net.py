@@ -23,8 +23,8 @@ from snapbox.kernel.hostnet import HostSocket
 from snapbox.kernel.inet import AF_INET, AF_INET6, DEFAULT_TTL, IP_RECVTOS, IP_RECVTTL, IP_TOS, IP_TTL, \
     IPPROTO_TCP, IPPROTO_UDP, IPPROTO_UDPLITE, IPV6_HOPLIMIT, IPV6_RECVHOPLIMIT, IPV6_RECVTCLASS, IPV6_TCLASS, \
     IPV6_UNICAST_HOPS, SOL_IP, SOL_IPV6, UDPLITE_RECV_CSCOV, UDPLITE_SEND_CSCOV, InetSocket, Ports, UdpSocket, \
-    aim_publications, bind_inet, has_outside, is_local, local_destination, masquerades, pack_sockaddr, parse_sockaddr, \
-    seen_local, send_datagram
+    aim_publications, bind_inet, has_outside, is_local, local_destination, masquerade_socket, masquerades, moves_out, \
+    pack_sockaddr, parse_sockaddr, seen_local, send_datagram
 from snapbox.kernel.netlink import AF_NETLINK, NETLINK_ROUTE, SOL_NETLINK, NetlinkSocket
 from snapbox.kernel.syscalls import NR, i32, syscall
 from snapbox.kernel.syscalls.common import AT_FDCWD, MAX_RW, iovecs, on_host, receive_timeout, received, scatter, \
@@ -348,21 +348,30 @@ def _connect_outside(t, s: InetSocket, dest: tuple) -> int:
     """connect(2) to a destination outside the sandbox, through a host socket: started by
     the first call, finished (or failed) as the host says."""
     h = s.host
+    port = 0  # the sandbox's port, where its host socket's differs (it moved out)
     if h is None:
         t.kernel.ensure_network()
         h = s.host = HostSocket.open(s.family, 1, s.options, nat=masquerades(t.kernel, dest[0]))  # SOCK_STREAM
         t.kernel.host_sockets.add(h)
+    elif h.role == "bound" and moves_out(t.kernel, h, dest[0]):
+        s.host = masquerade_socket(t.kernel, s, 1)  # SOCK_STREAM
+        t.kernel.host_sockets.discard(h)
+        h.close()
+        h, port = s.host, s.local[1]
+    elif h.nat and h.role == "connecting":
+        port = s.local[1]
     first = h.role != "connecting"
     err = h.connect(dest)
     if err == 0:
-        s.local, s.remote = seen_local(t.kernel, h), dest
+        s.local, s.remote = seen_local(t.kernel, h, port), dest
         return 0
     if err in (errno.EINPROGRESS, errno.EALREADY):
-        s.local = seen_local(t.kernel, h)  # as on Linux, chosen as the connection begins
+        s.local = seen_local(t.kernel, h, port)  # as on Linux, chosen as the connection begins
         if s.flags & O_NONBLOCK:
             raise SyscallError(errno.EINPROGRESS if first else errno.EALREADY)
         raise WouldBlock(t.kernel.loop.host_queue(h.fd, selectors.EVENT_WRITE))
-    s.local = ()  # a failed connection gives its port back (bind(2) may follow)
+    if not port:
+        s.local = ()  # a failed connection gives its port back (bind(2) may follow)
     raise SyscallError(err)
 
 
@@ -392,7 +401,7 @@ def _connect_udp(t, s: UdpSocket, addr: int, addrlen: int) -> int:
             bind_inet(t, s, "0.0.0.0" if s.family == AF_INET else "::", 0, toward=ip)
         s.remote = (ip, port)
         if s.host is not None:  # none: bound in an image made without a network (sends say ENETUNREACH)
-            s.host.associate(s.remote)
+            s.outward(t.kernel, ip).associate(s.remote)
         return 0
     ip = local_destination(ip)
     if s.family == AF_INET6 and ":" not in ip:
