@@ -58,6 +58,7 @@ TCPOPT_MSS, TCPOPT_WINDOW, TCPOPT_SACK_PERM, TCPOPT_TIMESTAMP = 2, 3, 4, 8
 TCPI_OPT_TIMESTAMPS, TCPI_OPT_SACK, TCPI_OPT_WSCALE = 1, 2, 4
 TCP_ESTABLISHED = 1
 SIOCINQ, SIOCOUTQ = 0x541B, 0x5411
+MSG_ERRQUEUE = 0x2000
 _WINDOW = struct.Struct("<5I")  # struct tcp_repair_window
 _U32 = struct.Struct("<I")
 _I32 = struct.Struct("<i")
@@ -67,6 +68,7 @@ _THREAD_NS = "/proc/thread-self/ns/net"
 _outer_ns = -1  # the network namespace the sandbox process started in (remember_namespace)
 
 # Options the sandbox sets that the host socket must carry: (level, option).
+IP_RECVERR, IPV6_RECVERR = 11, 25  # (the socket module of Python 3.11 lacks them)
 CARRIED = {(socket.SOL_SOCKET, socket.SO_REUSEADDR), (socket.SOL_SOCKET, socket.SO_REUSEPORT),
            (socket.SOL_SOCKET, socket.SO_KEEPALIVE), (socket.SOL_SOCKET, socket.SO_RCVBUF),
            (socket.SOL_SOCKET, socket.SO_SNDBUF), (socket.SOL_SOCKET, socket.SO_BROADCAST),
@@ -74,7 +76,8 @@ CARRIED = {(socket.SOL_SOCKET, socket.SO_REUSEADDR), (socket.SOL_SOCKET, socket.
            (SOL_TCP, socket.TCP_KEEPCNT), (socket.IPPROTO_IPV6, socket.IPV6_V6ONLY),
            (socket.IPPROTO_UDPLITE, socket.UDPLITE_SEND_CSCOV), (socket.IPPROTO_UDPLITE, socket.UDPLITE_RECV_CSCOV),
            (socket.IPPROTO_IP, socket.IP_TTL), (socket.IPPROTO_IP, socket.IP_TOS),
-           (socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS), (socket.IPPROTO_IPV6, socket.IPV6_TCLASS)}
+           (socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS), (socket.IPPROTO_IPV6, socket.IPV6_TCLASS),
+           (socket.IPPROTO_IP, IP_RECVERR), (socket.IPPROTO_IPV6, IPV6_RECVERR)}
 # What a host datagram socket always asks of each datagram's header: its TTL (hop limit)
 # and TOS (traffic class), which the sandbox's socket gives its program if it asks too.
 IP_RECVTTL = 12  # (the socket module of Python 3.11 lacks it)
@@ -361,6 +364,19 @@ class HostSocket:
             raise self._wait(t, selectors.EVENT_WRITE, nonblock) from None
         except OSError as e:
             raise host_error(e) from None
+
+    def queued_error(self) -> tuple[bytes, tuple, list] | None:
+        """recvmsg(MSG_ERRQUEUE) of the host socket, without waiting: (data, address, its
+        control messages as (level, type, data)), or None when its error queue is empty."""
+        if self.sock is None:
+            return None
+        try:
+            data, ancillary, _, address = self.sock.recvmsg(65536, 1024, MSG_ERRQUEUE | socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return None
+        except OSError as e:
+            raise host_error(e) from None
+        return data, tuple(address[:2]) if address else (), list(ancillary)
 
     def datagrams(self):
         """The datagrams the host holds for this socket now, oldest first, without waiting:

@@ -56,6 +56,11 @@ SOL_IP, SOL_IPV6 = 0, 41
 IP_TOS, IP_TTL, IP_RECVTTL, IP_RECVTOS = 1, 2, 12, 13
 IPV6_UNICAST_HOPS, IPV6_RECVHOPLIMIT, IPV6_HOPLIMIT, IPV6_RECVTCLASS, IPV6_TCLASS = 16, 51, 52, 66, 67
 DEFAULT_TTL = 64  # net.ipv4.ip_default_ttl, net.ipv6.conf.all.hop_limit
+# The error queue (ip(7) IP_RECVERR, ipv6(7) IPV6_RECVERR): read with recvmsg(MSG_ERRQUEUE).
+IP_RECVERR, IPV6_RECVERR, MSG_ERRQUEUE = 11, 25, 0x2000
+SO_EE_ORIGIN_ICMP, SO_EE_ORIGIN_ICMP6 = 2, 3
+ICMP_DEST_UNREACH, ICMP_PORT_UNREACH, ICMP6_DST_UNREACH, ICMP6_DST_UNREACH_NOPORT = 3, 3, 1, 4
+_SOCK_EXTENDED_ERR = struct.Struct("<IBBBBII")  # ee_errno, origin, type, code, pad, info, data
 UDP_MAX = 65507  # udp(7): the largest datagram over IPv4 (65535 less the IP and UDP headers)
 RCVBUF = 212992  # net.core.rmem_default: what a socket may hold queued
 MAX_PEERS = 4096  # the clients a published UDP port remembers, to send replies from it
@@ -296,6 +301,9 @@ class UdpSocket(DatagramSocket):
     queue: list = field(default_factory=list)  # [[(ip, port) of the sender, bytes]], oldest first
     queued: int = 0  # bytes in the queue; datagrams past RCVBUF are dropped, as Linux's
     error: int = 0  # a pending ECONNREFUSED (a connected send found no one): reported once
+    # With IP_RECVERR (IPV6_RECVERR): the datagrams that found no one, as [data, destination],
+    # oldest first, each with the ICMP port unreachable Linux's loopback answers it with.
+    errors: list = field(default_factory=list)
     port_locked: bool = False  # bound to a port it named: kept when an association is dissolved
     shut_rd: bool = False
     shut_wr: bool = False
@@ -342,14 +350,50 @@ class UdpSocket(DatagramSocket):
         self.remote = ()
         if self.local and not self.port_locked:
             ports.unbind(self)
-            for h in self._hosts():
+            for h in self.hosts():
                 h.close()
             self.host = self.nat_host = None
             for p in list(self.published):
                 p.aim()
         else:
-            for h in self._hosts():
+            for h in self.hosts():
                 h.associate(None)
+
+    def unreachable(self, dest: tuple, data: bytes) -> None:
+        """A datagram to `dest` found no socket: the ICMP port unreachable it brings back
+        sets the socket's error if it is connected or asked for errors, and queues it to
+        the error queue if it asked (Linux's __udp4_lib_err, __udp6_lib_err)."""
+        recverr = self.option(*self._recverr(dest[0]))
+        if recverr:
+            self.errors.append([bytes(data), tuple(dest)])
+        if recverr or self.remote:
+            self.error = errno.ECONNREFUSED
+            self.readable_queue.notify()
+
+    def _recverr(self, ip: str) -> tuple[int, int]:
+        """The option that governs errors of traffic to `ip`: an IPv4 destination's (an
+        IPv6 socket's mapped one too) is IP_RECVERR, an IPv6 one's IPV6_RECVERR."""
+        return (SOL_IP, IP_RECVERR) if is_v4(ip) or _ip(ip).ipv4_mapped is not None else (SOL_IPV6, IPV6_RECVERR)
+
+    def take_queued_error(self) -> tuple[bytes, tuple, list] | None:
+        """recvmsg(MSG_ERRQUEUE): the oldest queued error as (the datagram, its destination,
+        its control messages [(level, type, data)]), or None; the socket's error is the next
+        one's then, as sock_dequeue_err_skb leaves it."""
+        if not self.errors:
+            return None
+        data, dest = self.errors.pop(0)
+        self.error = errno.ECONNREFUSED if self.errors else 0
+        level, kind = self._recverr(dest[0])
+        if kind == IP_RECVERR:
+            v4 = dest[0] if is_v4(dest[0]) else str(_ip(dest[0]).ipv4_mapped)
+            err = _SOCK_EXTENDED_ERR.pack(errno.ECONNREFUSED, SO_EE_ORIGIN_ICMP, ICMP_DEST_UNREACH,
+                                          ICMP_PORT_UNREACH, 0, 0, 0)
+            offender = pack_sockaddr(AF_INET, (v4, 0))  # the host that answered: the destination
+        else:
+            err = _SOCK_EXTENDED_ERR.pack(errno.ECONNREFUSED, SO_EE_ORIGIN_ICMP6, ICMP6_DST_UNREACH,
+                                          ICMP6_DST_UNREACH_NOPORT, 0, 0, 0)
+            offender = pack_sockaddr(AF_INET6, (dest[0], 0))
+        return data, tuple(dest), [(level, kind, err + offender)]
 
     def take_error(self) -> None:
         if self.error:
@@ -415,6 +459,12 @@ class UdpSocket(DatagramSocket):
             level = SOL_IPV6
         return [(lvl, kind, data) for option, lvl, kind, data in wanted if self.option(level, option)]
 
+    def asked_for(self, level: int, kind: int) -> bool:
+        """Whether the socket asked for control messages of (level, type) with what it reads."""
+        option = {(SOL_IP, IP_TTL): IP_RECVTTL, (SOL_IP, IP_TOS): IP_RECVTOS,
+                  (SOL_IPV6, IPV6_HOPLIMIT): IPV6_RECVHOPLIMIT, (SOL_IPV6, IPV6_TCLASS): IPV6_RECVTCLASS}.get((level, kind))
+        return option is not None and bool(self.option(level, option))
+
     def marks(self, v4: bool, sent: dict) -> tuple[int, int]:
         """The TTL (hop limit) and TOS (traffic class) of a datagram this socket sends over
         IPv4 (`v4`) or IPv6: from the sendmsg's control messages (`sent`, (level, type) ->
@@ -443,7 +493,7 @@ class UdpSocket(DatagramSocket):
         self.shut_wr = self.shut_wr or how in (SHUT_WR, SHUT_RDWR)
         self.readable_queue.notify()
 
-    def _hosts(self) -> list[HostSocket]:
+    def hosts(self) -> list[HostSocket]:
         return [h for h in (self.host, self.nat_host) if h is not None]
 
     def outward(self, kernel, ip: str) -> HostSocket | None:
@@ -470,13 +520,13 @@ class UdpSocket(DatagramSocket):
         return r
 
     def queues(self, t) -> tuple:
-        hosts = self._hosts() + [p.sock for p in self.published]
+        hosts = self.hosts() + [p.sock for p in self.published]
         return (self.readable_queue, *(q for h in hosts for q in h.queues(t)[:1]))
 
     def release(self) -> None:
         self.queue.clear()
         self.queued = 0
-        for h in self._hosts():
+        for h in self.hosts():
             h.close()
         for p in list(self.published):
             p.aim()
@@ -489,7 +539,7 @@ class UdpSocket(DatagramSocket):
         where = f" {format_address(self.local)}" if self.local else ""
         if self.remote:
             where += f" -> {format_address(self.remote)}"
-        outside = "".join(f", {h.describe()}" for h in self._hosts())
+        outside = "".join(f", {h.describe()}" for h in self.hosts())
         outside += "".join(f", published at {format_address(p.sock.local)}" for p in self.published)
         name = "udplite" if self.protocol == IPPROTO_UDPLITE else "udp"
         return f"socket:[{self.ino}] ({name}{'6' if self.family == AF_INET6 else ''}{where}{outside})"
@@ -528,8 +578,7 @@ def send_datagram(t, s: UdpSocket, data: bytes, dest: tuple, sent: dict | None =
         return h.send(t, bytes(data), 0, nonblock, dest=None if connected else (ip, port), ancillary=ancillary)
     ip = local_destination(ip)
     if target is None:
-        if s.remote:
-            s.error = errno.ECONNREFUSED  # the ICMP port-unreachable a connected socket hears
+        s.unreachable((ip, port), data)
         return len(data)
     v4 = isinstance(_ip(ip), ipaddress.IPv4Address)
     if target.accepts(s, len(data)):

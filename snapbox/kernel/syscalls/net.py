@@ -20,10 +20,10 @@ from snapbox.kernel.fd import O_CLOEXEC, O_NONBLOCK
 from snapbox.kernel.socket import AF_UNIX, MSG_DONTWAIT, MSG_PEEK, NOBODY, SOCK_SEQPACKET, SOCK_STREAM, \
     SocketNode, UnixDgramSocket, UnixSocket, autobind, drop_ref, make_pair, new_socket
 from snapbox.kernel.hostnet import HostSocket
-from snapbox.kernel.inet import AF_INET, AF_INET6, DEFAULT_TTL, IP_RECVTOS, IP_RECVTTL, IP_TOS, IP_TTL, \
-    IPPROTO_TCP, IPPROTO_UDP, IPPROTO_UDPLITE, IPV6_HOPLIMIT, IPV6_RECVHOPLIMIT, IPV6_RECVTCLASS, IPV6_TCLASS, \
-    IPV6_UNICAST_HOPS, SOL_IP, SOL_IPV6, UDPLITE_RECV_CSCOV, UDPLITE_SEND_CSCOV, InetSocket, Ports, UdpSocket, \
-    aim_publications, bind_inet, has_outside, is_local, local_destination, masquerade_socket, masquerades, moves_out, \
+from snapbox.kernel.inet import AF_INET, AF_INET6, DEFAULT_TTL, IP_RECVERR, IP_RECVTOS, IP_RECVTTL, IP_TOS, IP_TTL, \
+    IPPROTO_TCP, IPPROTO_UDP, IPPROTO_UDPLITE, IPV6_HOPLIMIT, IPV6_RECVERR, IPV6_RECVHOPLIMIT, IPV6_RECVTCLASS, \
+    IPV6_TCLASS, IPV6_UNICAST_HOPS, MSG_ERRQUEUE, SOL_IP, SOL_IPV6, UDPLITE_RECV_CSCOV, UDPLITE_SEND_CSCOV, \
+    InetSocket, Ports, UdpSocket, aim_publications, bind_inet, has_outside, is_local, local_destination, masquerade_socket, masquerades, moves_out, \
     pack_sockaddr, parse_sockaddr, seen_local, send_datagram
 from snapbox.kernel.netlink import AF_NETLINK, NETLINK_ROUTE, SOL_NETLINK, NetlinkSocket
 from snapbox.kernel.syscalls import NR, i32, syscall
@@ -589,6 +589,12 @@ def recvfrom(t, fd, buf, length, flags, addr, addrlen):
 
 def _recvfrom(t, fd, buf, length, flags, addr, addrlen):
     s = _sock(t, fd)
+    if i32(flags) & MSG_ERRQUEUE and isinstance(s, (InetSocket, UdpSocket)):
+        data, address, _ = _queued_error(s)
+        t.mm.write(buf, data[:min(length, MAX_RW)])
+        if address:
+            _write_sockaddr(t, addr, addrlen, pack_sockaddr(s.family, address))
+        return min(len(data), length)
     if i32(flags) & MSG_WAITALL and not i32(flags) & MSG_PEEK and isinstance(s, UnixSocket) and \
             s.kind == SOCK_STREAM and not (s.flags & O_NONBLOCK or i32(flags) & MSG_DONTWAIT):
         return _recv_all(t, NR.recvfrom, s, [(buf, min(length, MAX_RW))], i32(flags) & ~MSG_WAITALL)
@@ -623,6 +629,39 @@ def _recvfrom(t, fd, buf, length, flags, addr, addrlen):
     else:
         _write_address(t, addr, addrlen, s.peer)
     return len(data)
+
+
+_ERROR_CONTROL = {(SOL_IP, IP_RECVERR), (SOL_IPV6, IPV6_RECVERR)}
+
+
+def _queued_error(s: InetSocket | UdpSocket) -> tuple[bytes, tuple, list]:
+    """MSG_ERRQUEUE: the socket's oldest queued error (ip(7) IP_RECVERR), its own or its
+    host socket's, as (data, address, control messages). It never waits: EAGAIN when none."""
+    udp = isinstance(s, UdpSocket)
+    got = s.take_queued_error() if udp else None
+    for h in s.hosts() if udp else [s.host] if s.host is not None else []:
+        if got is None:
+            got = h.queued_error()
+            if got is not None and udp:  # the header fields its host socket always asks for: if this one did
+                data, address, items = got
+                got = data, address, [i for i in items if i[:2] in _ERROR_CONTROL or s.asked_for(*i[:2])]
+    if got is None:
+        raise SyscallError(errno.EAGAIN)
+    return got
+
+
+def _recv_error(t, s: InetSocket | UdpSocket, msg: int, name: int, namelen: int, iov: int, iovlen: int,
+                vecs: list, control: int, controllen: int) -> int:
+    data, address, items = _queued_error(s)
+    room = sum(n for _, n in vecs)
+    scatter(t, vecs, data[:room])
+    full = pack_sockaddr(s.family, address) if address else b""
+    if name and namelen and full:
+        t.mm.write(name, full[:namelen])
+    used, cut = _put_control(t, control, controllen, items)
+    out = MSG_ERRQUEUE | (MSG_TRUNC if len(data) > room else 0) | (MSG_CTRUNC if cut else 0)
+    t.mm.write(msg, _MSGHDR.pack(name, len(full) if name else 0, iov, iovlen, control, used, out))
+    return min(len(data), room)
 
 
 def _source_sockaddr(s: UdpSocket | NetlinkSocket, source: tuple) -> bytes:
@@ -781,6 +820,8 @@ def _recvmsg(t, fd, msg, flags):
     name, namelen, iov, iovlen, control, controllen, _ = _MSGHDR.unpack(t.mm.read(msg, _MSGHDR.size))
     vecs = iovecs(t, iov, iovlen)
     sender, whole = None, 0
+    if flags & MSG_ERRQUEUE and isinstance(s, (InetSocket, UdpSocket)):
+        return _recv_error(t, s, msg, name, namelen, iov, iovlen, vecs, control, controllen)
     if isinstance(s, UnixDgramSocket):
         data, sender, whole, files, creds = s.recv_dgram(t, min(sum(n for _, n in vecs), MAX_RW), flags)
     elif isinstance(s, (UdpSocket, NetlinkSocket)):
@@ -958,6 +999,7 @@ INET_OPTIONS = {
     (SOL_IP, IP_TOS): 0, (SOL_IP, IP_TTL): DEFAULT_TTL, (SOL_IPV6, IPV6_V6ONLY): 0,
     (SOL_IP, IP_RECVTTL): 0, (SOL_IP, IP_RECVTOS): 0, (SOL_IPV6, IPV6_UNICAST_HOPS): DEFAULT_TTL,
     (SOL_IPV6, IPV6_RECVHOPLIMIT): 0, (SOL_IPV6, IPV6_RECVTCLASS): 0, (SOL_IPV6, IPV6_TCLASS): 0,
+    (SOL_IP, IP_RECVERR): 0, (SOL_IPV6, IPV6_RECVERR): 0,
     # Kept and read back; they govern multicast, which no interface of a sandbox carries.
     (SOL_IP, IP_MULTICAST_TTL): 1, (SOL_IP, IP_MULTICAST_LOOP): 1,
 }
@@ -966,7 +1008,7 @@ INET_FLAGS = {(SOL_SOCKET, SO_REUSEADDR), (SOL_SOCKET, SO_KEEPALIVE), (SOL_SOCKE
               (SOL_SOCKET, SO_BROADCAST), (SOL_SOCKET, SO_OOBINLINE), (IPPROTO_TCP, TCP_NODELAY),
               (IPPROTO_TCP, TCP_CORK), (SOL_SOCKET, SO_NO_CHECK),
               (SOL_IP, IP_RECVTTL), (SOL_IP, IP_RECVTOS), (SOL_IPV6, IPV6_RECVHOPLIMIT), (SOL_IPV6, IPV6_RECVTCLASS),
-              (SOL_IP, IP_MULTICAST_LOOP)}
+              (SOL_IP, IP_MULTICAST_LOOP), (SOL_IP, IP_RECVERR), (SOL_IPV6, IPV6_RECVERR)}
 
 
 def _inet_getsockopt(s: InetSocket | UdpSocket, level: int, opt: int) -> bytes:
@@ -975,6 +1017,8 @@ def _inet_getsockopt(s: InetSocket | UdpSocket, level: int, opt: int) -> bytes:
         raise SyscallError(errno.EOPNOTSUPP)  # only unix and netlink sockets pass credentials
     if level == SOL_SOCKET and opt == SO_ERROR and udp:
         err, s.error = s.error, 0  # getsockopt(SO_ERROR) reads and clears it
+        for h in s.hosts():
+            err = err or h.error()
         return struct.pack("<i", err)
     if level == SOL_SOCKET and opt == SO_ERROR and s.host is not None:
         return struct.pack("<i", s.host.error())
@@ -994,7 +1038,9 @@ def _inet_getsockopt(s: InetSocket | UdpSocket, level: int, opt: int) -> bytes:
         return s.options.get((level, opt), _host_congestion()[0]).ljust(TCP_CA_NAME_MAX, b"\0")
     if (level, opt) == (SOL_SOCKET, SO_RCVLOWAT) and not udp:
         raise SyscallError(errno.ENOPROTOOPT)  # TCP honours it (a read waits for as many): not done here
-    if (level, opt) not in INET_OPTIONS or (level == SOL_IPV6 and s.family != AF_INET6):
+    if level == SOL_IPV6 and s.family != AF_INET6:
+        raise SyscallError(errno.EOPNOTSUPP)  # do_ip_getsockopt: an IPv4 socket knows SOL_IP only
+    if (level, opt) not in INET_OPTIONS:
         raise SyscallError(errno.ENOPROTOOPT)
     value = s.option(level, opt, INET_OPTIONS[(level, opt)])
     if level == IPPROTO_TCP:
@@ -1306,5 +1352,7 @@ def getpeername(t, fd, addr, addrlen):
         return 0
     if not s.connected or (isinstance(s, InetSocket) and s.aborted):
         raise SyscallError(errno.ENOTCONN)
+    if isinstance(s, UdpSocket) and not s.remote[1]:
+        raise SyscallError(errno.ENOTCONN)  # connected to port 0, as inet_getname: no peer to name
     _write_sockaddr(t, addr, addrlen, _peer_sockaddr(s))
     return 0
