@@ -81,8 +81,13 @@ CARRIED = {(socket.SOL_SOCKET, socket.SO_REUSEADDR), (socket.SOL_SOCKET, socket.
 # What a host datagram socket always asks of each datagram's header: its TTL (hop limit)
 # and TOS (traffic class), which the sandbox's socket gives its program if it asks too.
 IP_RECVTTL = 12  # (the socket module of Python 3.11 lacks it)
-HEADER_FIELDS = ((socket.IPPROTO_IP, IP_RECVTTL), (socket.IPPROTO_IP, socket.IP_RECVTOS))
-HEADER_FIELDS6 = ((socket.IPPROTO_IPV6, socket.IPV6_RECVHOPLIMIT), (socket.IPPROTO_IPV6, socket.IPV6_RECVTCLASS))
+# And where it arrived: its destination address and port, and the interface (IP_PKTINFO,
+# IP_RECVORIGDSTADDR and their IPv6 forms).
+IP_PKTINFO, IP_RECVORIGDSTADDR, IPV6_RECVPKTINFO, IPV6_PKTINFO, IPV6_RECVORIGDSTADDR = 8, 20, 49, 50, 74
+HEADER_FIELDS = ((socket.IPPROTO_IP, IP_RECVTTL), (socket.IPPROTO_IP, socket.IP_RECVTOS),
+                 (socket.IPPROTO_IP, IP_PKTINFO), (socket.IPPROTO_IP, IP_RECVORIGDSTADDR))
+HEADER_FIELDS6 = ((socket.IPPROTO_IPV6, socket.IPV6_RECVHOPLIMIT), (socket.IPPROTO_IPV6, socket.IPV6_RECVTCLASS),
+                  (socket.IPPROTO_IPV6, IPV6_RECVPKTINFO), (socket.IPPROTO_IPV6, IPV6_RECVORIGDSTADDR))
 
 
 def host_error(e: OSError) -> SyscallError:
@@ -332,8 +337,8 @@ class HostSocket:
         return data, tuple(source[:2]) if source else ()
 
     def recv_datagram(self, t, count: int, flags: int, nonblock: bool) -> tuple[bytes, tuple, tuple | None]:
-        """A datagram's first `count` bytes, its source, and its TTL (hop limit) and TOS
-        (traffic class) as the host read them from its header (None if it did not)."""
+        """A datagram's first `count` bytes, its source, and its TTL (hop limit), TOS
+        (traffic class) and destination as the host read them (None if it did not)."""
         if self.sock is None:
             return b"", (), None
         try:
@@ -551,8 +556,10 @@ class HostSocket:
 
 
 def _header_fields(ancillary: list) -> tuple | None:
-    """(TTL or hop limit, TOS or traffic class) from a host recvmsg's control messages."""
-    ttl = tos = None
+    """(TTL or hop limit, TOS or traffic class, (destination address, port, interface
+    index) or None) from a host recvmsg's control messages; None without the first two."""
+    ttl = tos = ip = port = None
+    index = 0
     for level, kind, data in ancillary:
         if (level, kind) in ((socket.IPPROTO_IP, socket.IP_TTL), (socket.IPPROTO_IPV6, socket.IPV6_HOPLIMIT)):
             ttl = int.from_bytes(data[:4], "little", signed=True)
@@ -560,7 +567,16 @@ def _header_fields(ancillary: list) -> tuple | None:
             tos = data[0]
         elif (level, kind) == (socket.IPPROTO_IPV6, socket.IPV6_TCLASS):
             tos = int.from_bytes(data[:4], "little", signed=True)
-    return (ttl, tos) if ttl is not None and tos is not None else None
+        elif (level, kind) == (socket.IPPROTO_IP, IP_PKTINFO) and len(data) >= 12:
+            index, ip = int.from_bytes(data[:4], "little"), socket.inet_ntop(socket.AF_INET, data[8:12])
+        elif (level, kind) == (socket.IPPROTO_IPV6, IPV6_PKTINFO) and len(data) >= 20:
+            index, ip = int.from_bytes(data[16:20], "little"), socket.inet_ntop(socket.AF_INET6, data[:16])
+        elif (level, kind) in ((socket.IPPROTO_IP, IP_RECVORIGDSTADDR),  # IP_ORIGDSTADDR: the same number
+                               (socket.IPPROTO_IPV6, IPV6_RECVORIGDSTADDR)) and len(data) >= 4:
+            port = int.from_bytes(data[2:4], "big")
+    if ttl is None or tos is None:
+        return None
+    return ttl, tos, (ip, port, index) if ip is not None and port is not None else None
 
 
 def _dump(s: socket.socket) -> dict:

@@ -55,6 +55,10 @@ UDPLITE_SEND_CSCOV, UDPLITE_RECV_CSCOV = 10, 11  # udplite(7), at level IPPROTO_
 SOL_IP, SOL_IPV6 = 0, 41
 IP_TOS, IP_TTL, IP_RECVTTL, IP_RECVTOS = 1, 2, 12, 13
 IPV6_UNICAST_HOPS, IPV6_RECVHOPLIMIT, IPV6_HOPLIMIT, IPV6_RECVTCLASS, IPV6_TCLASS = 16, 51, 52, 66, 67
+# And where a datagram arrived: IP_PKTINFO (struct in_pktinfo), IP_RECVORIGDSTADDR (its
+# destination's sockaddr_in: IP_ORIGDSTADDR), and the IPv6 forms.
+IP_PKTINFO, IP_RECVORIGDSTADDR, IPV6_RECVPKTINFO, IPV6_PKTINFO, IPV6_RECVORIGDSTADDR = 8, 20, 49, 50, 74
+LOOPBACK_INDEX = 1  # lo's interface index, in every network namespace
 DEFAULT_TTL = 64  # net.ipv4.ip_default_ttl, net.ipv6.conf.all.hop_limit
 # The error queue (ip(7) IP_RECVERR, ipv6(7) IPV6_RECVERR): read with recvmsg(MSG_ERRQUEUE).
 IP_RECVERR, IPV6_RECVERR, MSG_ERRQUEUE = 11, 25, 0x2000
@@ -70,6 +74,8 @@ _SOCKADDR_IN6 = struct.Struct("!HHI16sI")  # family, port, flowinfo, address, sc
 
 
 LINGER = (1, 13)  # (SOL_SOCKET, SO_LINGER): (l_onoff, l_linger) as setsockopt left it
+TCP_LINGER2 = (6, 8)  # (IPPROTO_TCP, TCP_LINGER2): FIN_WAIT2's time in seconds (0: the system's, -1: none)
+TCP_TIMEWAIT_LEN, TCP_FIN_TIMEOUT = 60, 60  # seconds: TIME_WAIT's, and net.ipv4.tcp_fin_timeout
 MSG_OOB = 0x1
 
 
@@ -90,6 +96,11 @@ class InetSocket(UnixSocket):
     # A send found the peer closed and went out all the same, as Linux's first one does
     # (a closed peer's answer to it is a reset: the next send fails with EPIPE).
     wrote_to_closed: bool = False
+    kernel: object = None  # for its clock: a closed connection's end keeps its address a while
+    closed_first: bool = False  # it sent its FIN before the peer's came (the active close)
+    # Closed, it holds its address until then (sandbox monotonic ns), as Linux's TIME_WAIT and
+    # FIN_WAIT2 sockets do: a bind to it fails unless both set SO_REUSEADDR.
+    lingers_until: int = 0
 
     def option(self, level: int, name: int, default: int = 0) -> int:
         return self.options.get((level, name), default)
@@ -169,6 +180,30 @@ class InetSocket(UnixSocket):
                 t.kernel.send_signal(t.tg, SIGPIPE)
             raise
 
+    @property
+    def lingering(self) -> bool:
+        return self.refs == 0 and self.lingers_until > 0 and \
+            self.kernel.timekeeper.monotonic_ns() < self.lingers_until
+
+    def _linger(self, reset: bool) -> None:
+        """A connection inside the sentry closes: the end that closed first keeps its address
+        (TIME_WAIT if the peer has closed too, else FIN_WAIT2 for TCP_LINGER2's time), unless
+        the close is a reset."""
+        if not self.shut_wr:
+            self.closed_first = self.incoming.writers > 0
+        if reset or not self.closed_first or self.kernel is None or not self.local:
+            return
+        if self.incoming.writers == 0:
+            seconds = TCP_TIMEWAIT_LEN
+        else:
+            linger2 = self.option(*TCP_LINGER2)
+            seconds = 0 if linger2 < 0 else linger2 or TCP_FIN_TIMEOUT
+        if seconds:
+            self.lingers_until = self.kernel.timekeeper.monotonic_ns() + seconds * 10**9
+            bound = self.kernel.inet_ports.setdefault(self.local[1], [])
+            if not any(s is self for s in bound):  # an accepted connection: its listener's port
+                bound.append(self)
+
     def shutdown(self, how: int) -> None:
         if self.listening and how in (SHUT_RD, SHUT_RDWR):
             # As Linux's inet_shutdown: a listener shut for reading is disconnected (it
@@ -184,6 +219,8 @@ class InetSocket(UnixSocket):
         if not self.external:
             if not self.connected and how in (SHUT_RD, SHUT_WR, SHUT_RDWR):
                 raise SyscallError(errno.ENOTCONN)  # TCP, unlike a unix socket, must be connected
+            if how in (SHUT_WR, SHUT_RDWR) and not self.shut_wr:
+                self.closed_first = self.incoming.writers > 0
             return super().shutdown(how)
         if how not in (SHUT_RD, SHUT_WR, SHUT_RDWR):
             raise SyscallError(errno.EINVAL)
@@ -237,7 +274,7 @@ class InetSocket(UnixSocket):
             if self.family == AF_INET6:
                 local, remote = (_mapped(local[0]), local[1]), (_mapped(remote[0]), remote[1])
         return InetSocket(flags=2, ino=t.kernel.pipe_ino, family=self.family, local=local, remote=remote,
-                          options=dict(self.options), host=conn)
+                          options=dict(self.options), host=conn, kernel=t.kernel)
 
     def release(self, embryo: bool = False) -> None:
         listening = self.listening
@@ -249,6 +286,8 @@ class InetSocket(UnixSocket):
         on, seconds = self.options.get(LINGER, (0, 0))
         if self.outgoing is not None and on and seconds == 0:
             self.outgoing.reset = self.outgoing.aborted = True  # socket(7): a zero linger resets
+        if self.connected and not embryo:
+            self._linger(self.outgoing.aborted or self.incoming.has_unread() or self.incoming.aborted)
         super().release(embryo)
         if listening:
             for p in list(self.published):
@@ -270,7 +309,8 @@ class InetSocket(UnixSocket):
         up, down = make_buffers(t.kernel)
         server = InetSocket(flags=2, incoming=up, outgoing=down, ino=up.ino, family=listener.family,
                             local=(remote[0], listener.local[1]), remote=self.local,
-                            options=dict(listener.options), cred=[t.tg.tgid, t.tg.creds[1], t.tg.creds[4]])
+                            options=dict(listener.options), cred=[t.tg.tgid, t.tg.creds[1], t.tg.creds[4]],
+                            kernel=t.kernel)
         self.incoming, self.outgoing = down, up
         self.remote = remote
         self.cred = list(listener.cred)
@@ -315,7 +355,7 @@ class UdpSocket(DatagramSocket):
     nat_host: HostSocket | None = None
     published: list = field(default_factory=list)  # the Publications whose datagrams it receives
     protocol: int = IPPROTO_UDP  # or IPPROTO_UDPLITE
-    listening = False  # never (Ports asks)
+    listening = lingering = False  # never (Ports asks)
 
     @property
     def connected(self) -> bool:
@@ -407,7 +447,7 @@ class UdpSocket(DatagramSocket):
             return
         if self.queued + len(data) > self.option(1, 8, RCVBUF):  # SO_RCVBUF
             return
-        self.queue.append([source, data, list(marks)])
+        self.queue.append([source, data, list(marks) if marks is not None else None])
         self.queued += len(data)
         self.readable_queue.notify()
 
@@ -443,21 +483,37 @@ class UdpSocket(DatagramSocket):
 
     def control(self, source: tuple, marks) -> list[tuple[int, int, bytes]]:
         """The control messages (level, type, data) recvmsg gives with a datagram from
-        `source` that came with `marks`, for the options the socket set, in Linux's order:
-        for an IPv4 datagram IP_TTL and IP_TOS (one byte), for an IPv6 one IPV6_HOPLIMIT and
-        IPV6_TCLASS. Unknown marks (a host datagram whose header the host did not give) give none."""
+        `source` that came with `marks` (TTL, TOS, and where it arrived: (address, port,
+        interface index) or None), for the options the socket set, in Linux's order: for an
+        IPv4 datagram IP_PKTINFO, IP_TTL, IP_TOS (one byte), IP_ORIGDSTADDR; for an IPv6 one
+        IPV6_PKTINFO, IPV6_HOPLIMIT, IPV6_TCLASS, IPV6_ORIGDSTADDR. Unknown marks (a host
+        datagram whose header the host did not give) give none."""
         if not source or marks is None:
             return []
-        ttl, tos = marks
-        if is_v4(source[0]):
-            wanted = ((IP_RECVTTL, SOL_IP, IP_TTL, struct.pack("<i", ttl)),
-                      (IP_RECVTOS, SOL_IP, IP_TOS, bytes([tos & 0xFF])))
-            level = SOL_IP
-        else:
-            wanted = ((IPV6_RECVHOPLIMIT, SOL_IPV6, IPV6_HOPLIMIT, struct.pack("<i", ttl)),
-                      (IPV6_RECVTCLASS, SOL_IPV6, IPV6_TCLASS, struct.pack("<i", tos)))
-            level = SOL_IPV6
-        return [(lvl, kind, data) for option, lvl, kind, data in wanted if self.option(level, option)]
+        ttl, tos = marks[0], marks[1]
+        arrival = marks[2] if len(marks) > 2 else None
+        v4 = is_v4(source[0])
+        wanted = []
+        if arrival is not None and self.family == AF_INET6 and self.option(SOL_IPV6, IPV6_RECVPKTINFO):
+            wanted.append((SOL_IPV6, IPV6_PKTINFO, _ip6(arrival[0]).packed + struct.pack("<i", arrival[2])))
+        if v4:  # (on an IPv6 socket too: an IPv4 datagram's are the SOL_IP options', as udpv6_recvmsg)
+            if arrival is not None and self.option(SOL_IP, IP_PKTINFO):
+                addr = _ip(arrival[0]).packed
+                wanted.append((SOL_IP, IP_PKTINFO, struct.pack("<i", arrival[2]) + addr + addr))
+            if self.option(SOL_IP, IP_RECVTTL):
+                wanted.append((SOL_IP, IP_TTL, struct.pack("<i", ttl)))
+            if self.option(SOL_IP, IP_RECVTOS):
+                wanted.append((SOL_IP, IP_TOS, bytes([tos & 0xFF])))
+            if arrival is not None and self.option(SOL_IP, IP_RECVORIGDSTADDR):
+                wanted.append((SOL_IP, IP_RECVORIGDSTADDR, pack_sockaddr(AF_INET, (str(_ip(arrival[0])), arrival[1]))))
+            return wanted
+        if self.option(SOL_IPV6, IPV6_RECVHOPLIMIT):
+            wanted.append((SOL_IPV6, IPV6_HOPLIMIT, struct.pack("<i", ttl)))
+        if self.option(SOL_IPV6, IPV6_RECVTCLASS):
+            wanted.append((SOL_IPV6, IPV6_TCLASS, struct.pack("<i", tos)))
+        if arrival is not None and self.option(SOL_IPV6, IPV6_RECVORIGDSTADDR):
+            wanted.append((SOL_IPV6, IPV6_RECVORIGDSTADDR, pack_sockaddr(AF_INET6, arrival[:2])))
+        return wanted
 
     def asked_for(self, level: int, kind: int) -> bool:
         """Whether the socket asked for control messages of (level, type) with what it reads."""
@@ -507,7 +563,7 @@ class UdpSocket(DatagramSocket):
             p.take_datagrams(self)
         if self.nat_host is not None:
             for data, source, marks in self.nat_host.datagrams():
-                self.deliver(source, data, marks)
+                self.deliver(source, data, _translated(marks))
 
     def ready(self) -> int:
         self._take_published()
@@ -582,8 +638,16 @@ def send_datagram(t, s: UdpSocket, data: bytes, dest: tuple, sent: dict | None =
         return len(data)
     v4 = isinstance(_ip(ip), ipaddress.IPv4Address)
     if target.accepts(s, len(data)):
-        target.deliver(("127.0.0.1" if v4 else "::1", s.local[1]), bytes(data), s.marks(v4, sent))
+        target.deliver(("127.0.0.1" if v4 else "::1", s.local[1]), bytes(data),
+                       (*s.marks(v4, sent), (ip, port, LOOPBACK_INDEX)))
     return len(data)
+
+
+def _translated(marks: tuple | None) -> tuple | None:
+    """The marks of a datagram that came to a host socket on the host's side (a published
+    port's, a masquerade's): where it arrived is an address of the host's, not the
+    sandbox's, so it is left unknown (no IP_PKTINFO or IP_ORIGDSTADDR for it)."""
+    return None if marks is None else (*marks[:2], None)
 
 
 def has_outside(kernel) -> bool:
@@ -731,6 +795,11 @@ def _mapped(ip: str) -> str:
     return f"::ffff:{ip}" if isinstance(_ip(ip), ipaddress.IPv4Address) else ip
 
 
+def _ip6(text: str) -> ipaddress.IPv6Address:
+    """An address as IPv6 has it: IPv4 ones mapped."""
+    return ipaddress.IPv6Address(_mapped(str(_ip(text))))
+
+
 def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     """An address, IPv4-mapped IPv6 ones as the IPv4 address they map."""
     ip = ipaddress.ip_address(text)
@@ -774,7 +843,8 @@ class Ports:
         return [s for s in self._live(port) if s.listening]
 
     def _live(self, port: int) -> list:
-        sockets = [s for s in self.table.get(port, []) if s.refs > 0]
+        """The sockets bound to `port`: open ones, and closed ones that still hold it."""
+        sockets = [s for s in self.table.get(port, []) if s.refs > 0 or s.lingering]
         if sockets:
             self.table[port] = sockets
         else:
@@ -813,6 +883,14 @@ class Ports:
         self.table[port] = [other for other in self.table.get(port, []) if other is not s]
         self._live(port)
         s.local = ()
+
+    def connection(self, local: tuple, remote: tuple) -> InetSocket | None:
+        """The open connection between these two addresses, if there is one."""
+        for s in self._live(local[1]):
+            if s.refs > 0 and s.remote and _ip(s.local[0]) == _ip(local[0]) and \
+                    (_ip(s.remote[0]), s.remote[1]) == (_ip(remote[0]), remote[1]):
+                return s
+        return None
 
     def receiver(self, ip: str, port: int, family: int) -> UdpSocket | None:
         """The UDP socket that receives datagrams sent to (ip, port)."""
@@ -913,7 +991,7 @@ class Publication:
                 del self.peers[next(iter(self.peers))]
             if s.family == AF_INET6:
                 source = (_mapped(source[0]), source[1])
-            s.deliver(source, data, marks)
+            s.deliver(source, data, _translated(marks))
 
     def heard_from(self, ip: str, port: int) -> bool:
         return (str(_ip(ip)), port) in self.peers

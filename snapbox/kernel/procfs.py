@@ -44,7 +44,7 @@ from snapbox.kernel.mm import MMAP_MIN_ADDR, VVAR
 from snapbox.kernel.namespaces import KINDS, namespace_of, uts
 from snapbox.kernel.pipe import PipeFile
 from snapbox.kernel.signals import SIG_DFL, SIG_IGN
-from snapbox.kernel.socket import SOMAXCONN, SocketFile
+from snapbox.kernel.socket import SO_RCVBUF, SO_SNDBUF, SOMAXCONN, SocketFile, buffer_max
 from snapbox.kernel.vfs import Dir, Inode, now_ns
 from snapbox.memfile import PAGE_SIZE
 from snapbox.state import savable
@@ -820,7 +820,8 @@ SYSCTL = {
     "kernel/version": 0o444, "kernel/ngroups_max": 0o444, "kernel/cap_last_cap": 0o444,
     "kernel/random/uuid": 0o444, "kernel/msgmax": 0o444, "kernel/msgmnb": 0o444, "kernel/msgmni": 0o444,
     "kernel/sem": 0o444, "kernel/shmmax": 0o444, "kernel/shmall": 0o444, "kernel/shmmni": 0o444,
-    "vm/mmap_min_addr": 0o444, "fs/nr_open": 0o444, "net/core/somaxconn": 0o444,
+    "vm/mmap_min_addr": 0o444, "fs/nr_open": 0o444, "net/core/somaxconn": 0o444, "net/core/wmem_max": 0o444,
+    "net/core/rmem_max": 0o444,
 }
 
 
@@ -832,7 +833,8 @@ def _sysctl(k, path: str) -> str:
         "kernel/cap_last_cap": CAP_LAST_CAP, "kernel/random/uuid": uuid.uuid4(), "kernel/msgmax": MSGMAX,
         "kernel/msgmnb": MSGMNB, "kernel/msgmni": MSGMNI, "kernel/sem": f"{SEMMSL}\t{SEMMNS}\t{SEMOPM}\t{SEMMNI}",
         "kernel/shmmax": SHMMAX, "kernel/shmall": SHMALL, "kernel/shmmni": SHMMNI, "vm/mmap_min_addr": MMAP_MIN_ADDR,
-        "fs/nr_open": NR_OPEN, "net/core/somaxconn": SOMAXCONN,
+        "fs/nr_open": NR_OPEN, "net/core/somaxconn": SOMAXCONN, "net/core/wmem_max": buffer_max(SO_SNDBUF),
+        "net/core/rmem_max": buffer_max(SO_RCVBUF),
     }
     return f"{values[path]}\n"
 

@@ -17,6 +17,7 @@ them with each read, and a stream read does not join bytes of sends with differe
 from __future__ import annotations
 
 import errno
+import functools
 import stat
 from dataclasses import dataclass, field
 
@@ -37,7 +38,21 @@ SOMAXCONN = 4096
 SOL_SOCKET, SO_PASSCRED = 1, 16
 NOBODY = 65534  # the overflow uid and gid: what credentials no send carried read as
 NO_PEER = (0, 0xFFFFFFFF, 0xFFFFFFFF)  # SO_PEERCRED of a socket with no peer (nor listening)
-SO_SNDBUF, SNDBUF_DEFAULT = 7, 212992  # net.core.wmem_default
+SO_SNDBUF, SNDBUF_DEFAULT = 7, 212992  # net.core.wmem_default (and rmem_default)
+SO_RCVBUF, BUF_MAX_DEFAULT = 8, 212992  # Linux's net.core.wmem_max and rmem_max
+
+
+@functools.cache
+def buffer_max(which: int) -> int:
+    """net.core.wmem_max (for SO_SNDBUF) or rmem_max (SO_RCVBUF): the host's, so that a
+    host whose administrator raised them allows its sandboxes as much; Linux's default where
+    the host does not say."""
+    name = "wmem_max" if which == SO_SNDBUF else "rmem_max"
+    try:
+        with open(f"/proc/sys/net/core/{name}") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return BUF_MAX_DEFAULT
 # The sizes behind an skb's truesize on x86-64: its sk_buff and skb_shared_info (each
 # cache-aligned), and the largest head kmalloc'd in one piece (four pages less the info).
 SKB_OVERHEAD, SKB_SHINFO, SKB_MAX_ALLOC = 576, 320, 16384 - 320

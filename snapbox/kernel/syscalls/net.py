@@ -17,14 +17,15 @@ from snapbox.kernel.creds import CAP_NET_ADMIN, CAP_NET_BIND_SERVICE, CAP_NET_RA
     capable, check
 from snapbox.kernel.errors import SyscallError, WouldBlock
 from snapbox.kernel.fd import O_CLOEXEC, O_NONBLOCK
-from snapbox.kernel.socket import AF_UNIX, MSG_DONTWAIT, MSG_PEEK, NOBODY, SOCK_SEQPACKET, SOCK_STREAM, \
-    SocketNode, UnixDgramSocket, UnixSocket, autobind, drop_ref, make_pair, new_socket
+from snapbox.kernel.socket import AF_UNIX, MSG_DONTWAIT, MSG_PEEK, NOBODY, SNDBUF_DEFAULT, SOCK_SEQPACKET, \
+    SOCK_STREAM, SocketNode, UnixDgramSocket, UnixSocket, autobind, buffer_max, drop_ref, make_pair, new_socket
 from snapbox.kernel.hostnet import HostSocket
-from snapbox.kernel.inet import AF_INET, AF_INET6, DEFAULT_TTL, IP_RECVERR, IP_RECVTOS, IP_RECVTTL, IP_TOS, IP_TTL, \
-    IPPROTO_TCP, IPPROTO_UDP, IPPROTO_UDPLITE, IPV6_HOPLIMIT, IPV6_RECVERR, IPV6_RECVHOPLIMIT, IPV6_RECVTCLASS, \
-    IPV6_TCLASS, IPV6_UNICAST_HOPS, MSG_ERRQUEUE, SOL_IP, SOL_IPV6, UDPLITE_RECV_CSCOV, UDPLITE_SEND_CSCOV, \
-    InetSocket, Ports, UdpSocket, aim_publications, bind_inet, has_outside, is_local, local_destination, masquerade_socket, masquerades, moves_out, \
-    pack_sockaddr, parse_sockaddr, seen_local, send_datagram
+from snapbox.kernel.inet import AF_INET, AF_INET6, DEFAULT_TTL, IPPROTO_TCP, IPPROTO_UDP, IPPROTO_UDPLITE, \
+    IPV6_HOPLIMIT, IPV6_RECVERR, IPV6_RECVHOPLIMIT, IPV6_RECVORIGDSTADDR, IPV6_RECVPKTINFO, IPV6_RECVTCLASS, \
+    IPV6_TCLASS, IPV6_UNICAST_HOPS, IP_PKTINFO, IP_RECVERR, IP_RECVORIGDSTADDR, IP_RECVTOS, IP_RECVTTL, IP_TOS, \
+    IP_TTL, MSG_ERRQUEUE, SOL_IP, SOL_IPV6, UDPLITE_RECV_CSCOV, UDPLITE_SEND_CSCOV, InetSocket, Ports, UdpSocket, \
+    aim_publications, bind_inet, has_outside, is_local, local_destination, masquerade_socket, masquerades, \
+    moves_out, pack_sockaddr, parse_sockaddr, seen_local, send_datagram
 from snapbox.kernel.netlink import AF_NETLINK, NETLINK_ROUTE, SOL_NETLINK, NetlinkSocket
 from snapbox.kernel.syscalls import NR, i32, syscall
 from snapbox.kernel.syscalls.common import AT_FDCWD, MAX_RW, iovecs, on_host, receive_timeout, received, scatter, \
@@ -67,7 +68,7 @@ def socket(t, domain, type_, protocol):
         t.kernel.pipe_ino += 1
         flags = 2 | i32(type_) & SOCK_NONBLOCK
         if kind == SOCK_STREAM:
-            s = InetSocket(flags=flags, ino=t.kernel.pipe_ino, family=domain)
+            s = InetSocket(flags=flags, ino=t.kernel.pipe_ino, family=domain, kernel=t.kernel)
         else:
             s = UdpSocket(flags=flags, ino=t.kernel.pipe_ino, family=domain, protocol=protocol or IPPROTO_UDP)
     elif domain == AF_UNIX:
@@ -337,6 +338,8 @@ def _connect_inet(t, s: InetSocket, addr: int, addrlen: int) -> int:
     if listener is None:
         raise SyscallError(errno.ECONNREFUSED)
     _autobind(t, s, "127.0.0.1" if s.family == AF_INET or mapped else "::1")
+    if Ports(t.kernel.inet_ports).connection(s.local, (target, port)) is not None:
+        raise SyscallError(errno.EADDRNOTAVAIL)  # that pair of addresses is another connection's
     s.connect_inet(t, listener, (target, port))
     if s.flags & O_NONBLOCK:
         s.in_progress = True
@@ -961,7 +964,6 @@ TCP_NODELAY, TCP_MAXSEG, TCP_KEEPIDLE, TCP_KEEPINTVL, TCP_KEEPCNT = 1, 2, 4, 5, 
 TCP_QUICKACK, TCP_USER_TIMEOUT, TCP_FASTOPEN = 12, 18, 23
 IPV6_V6ONLY = 26
 IP_MULTICAST_TTL, IP_MULTICAST_LOOP = 33, 34
-BUF_MAX = 212992  # net.core.wmem_max and rmem_max
 SOCK_MIN_SNDBUF, SOCK_MIN_RCVBUF = 4608, 2304
 SO_SNDBUFFORCE, SO_RCVBUFFORCE = 32, 33
 BUF_OPTIONS = {SO_SNDBUF: SO_SNDBUF, SO_RCVBUF: SO_RCVBUF, SO_SNDBUFFORCE: SO_SNDBUF, SO_RCVBUFFORCE: SO_RCVBUF}
@@ -969,15 +971,15 @@ BUF_OPTIONS = {SO_SNDBUF: SO_SNDBUF, SO_RCVBUF: SO_RCVBUF, SO_SNDBUFFORCE: SO_SN
 
 def _buffer_size(t, opt: int, value: int) -> tuple[int, int]:
     """SO_SNDBUF or SO_RCVBUF (or their FORCE forms) set to `value`: (which, the size kept).
-    As socket(7) says: capped at net.core.[wr]mem_max (the FORCE forms, for CAP_NET_ADMIN,
-    are not), doubled for the kernel's bookkeeping, and never below the least a socket has."""
+    As socket(7) says: capped at net.core.[wr]mem_max (the host's: its administrator's
+    choice holds in its sandboxes; the FORCE forms, for CAP_NET_ADMIN, are not capped), doubled for the kernel's bookkeeping, and never below the least a socket has."""
     which = BUF_OPTIONS[opt]
     if opt != which:
         if not capable(t.tg, CAP_NET_ADMIN):
             raise SyscallError(errno.EPERM)
         value = min(max(value, 0), 0x7FFFFFFF // 2)
     else:
-        value = min(value & 0xFFFFFFFF, BUF_MAX)  # (as u32: -1 is the most)
+        value = min(value & 0xFFFFFFFF, buffer_max(which))  # (as u32: -1 is the most)
     return which, max(value * 2, SOCK_MIN_SNDBUF if which == SO_SNDBUF else SOCK_MIN_RCVBUF)
 
 
@@ -999,7 +1001,8 @@ INET_OPTIONS = {
     (SOL_IP, IP_TOS): 0, (SOL_IP, IP_TTL): DEFAULT_TTL, (SOL_IPV6, IPV6_V6ONLY): 0,
     (SOL_IP, IP_RECVTTL): 0, (SOL_IP, IP_RECVTOS): 0, (SOL_IPV6, IPV6_UNICAST_HOPS): DEFAULT_TTL,
     (SOL_IPV6, IPV6_RECVHOPLIMIT): 0, (SOL_IPV6, IPV6_RECVTCLASS): 0, (SOL_IPV6, IPV6_TCLASS): 0,
-    (SOL_IP, IP_RECVERR): 0, (SOL_IPV6, IPV6_RECVERR): 0,
+    (SOL_IP, IP_RECVERR): 0, (SOL_IPV6, IPV6_RECVERR): 0, (SOL_IP, IP_PKTINFO): 0, (SOL_IP, IP_RECVORIGDSTADDR): 0,
+    (SOL_IPV6, IPV6_RECVPKTINFO): 0, (SOL_IPV6, IPV6_RECVORIGDSTADDR): 0,
     # Kept and read back; they govern multicast, which no interface of a sandbox carries.
     (SOL_IP, IP_MULTICAST_TTL): 1, (SOL_IP, IP_MULTICAST_LOOP): 1,
 }
@@ -1008,7 +1011,8 @@ INET_FLAGS = {(SOL_SOCKET, SO_REUSEADDR), (SOL_SOCKET, SO_KEEPALIVE), (SOL_SOCKE
               (SOL_SOCKET, SO_BROADCAST), (SOL_SOCKET, SO_OOBINLINE), (IPPROTO_TCP, TCP_NODELAY),
               (IPPROTO_TCP, TCP_CORK), (SOL_SOCKET, SO_NO_CHECK),
               (SOL_IP, IP_RECVTTL), (SOL_IP, IP_RECVTOS), (SOL_IPV6, IPV6_RECVHOPLIMIT), (SOL_IPV6, IPV6_RECVTCLASS),
-              (SOL_IP, IP_MULTICAST_LOOP), (SOL_IP, IP_RECVERR), (SOL_IPV6, IPV6_RECVERR)}
+              (SOL_IP, IP_MULTICAST_LOOP), (SOL_IP, IP_RECVERR), (SOL_IPV6, IPV6_RECVERR), (SOL_IP, IP_PKTINFO),
+              (SOL_IP, IP_RECVORIGDSTADDR), (SOL_IPV6, IPV6_RECVPKTINFO), (SOL_IPV6, IPV6_RECVORIGDSTADDR)}
 
 
 def _inet_getsockopt(s: InetSocket | UdpSocket, level: int, opt: int) -> bytes:
@@ -1280,8 +1284,8 @@ def setsockopt(t, fd, level, optname, optval, optlen):
 # setsockopt. Those that only govern IP (SO_BROADCAST, SO_KEEPALIVE...) do nothing here, as
 # in Linux; the buffer sizes are kept and read back, not enforced.
 UNIX_OPTIONS = {SO_DEBUG: 0, SO_REUSEADDR: 0, SO_DONTROUTE: 0, SO_BROADCAST: 0, SO_KEEPALIVE: 0, SO_OOBINLINE: 0,
-                SO_NO_CHECK: 0, SO_PRIORITY: 0, SO_PASSCRED: 0, SO_RCVLOWAT: 1, SO_SNDBUF: BUF_MAX,
-                SO_RCVBUF: BUF_MAX}
+                SO_NO_CHECK: 0, SO_PRIORITY: 0, SO_PASSCRED: 0, SO_RCVLOWAT: 1, SO_SNDBUF: SNDBUF_DEFAULT,
+                SO_RCVBUF: SNDBUF_DEFAULT}
 UNIX_FLAGS = {SO_DEBUG, SO_REUSEADDR, SO_DONTROUTE, SO_BROADCAST, SO_KEEPALIVE, SO_OOBINLINE, SO_NO_CHECK,
               SO_PASSCRED}
 
