@@ -33,6 +33,7 @@ import logging
 import os
 import secrets
 import struct
+import zlib
 from dataclasses import dataclass, field
 
 from snapbox.kernel.errors import SyscallError, WouldBlock
@@ -74,6 +75,7 @@ _SOCKADDR_IN6 = struct.Struct("!HHI16sI")  # family, port, flowinfo, address, sc
 
 
 LINGER = (1, 13)  # (SOL_SOCKET, SO_LINGER): (l_onoff, l_linger) as setsockopt left it
+REUSEPORT = (1, 15)  # (SOL_SOCKET, SO_REUSEPORT): sockets that all set it share a port
 TCP_LINGER2 = (6, 8)  # (IPPROTO_TCP, TCP_LINGER2): FIN_WAIT2's time in seconds (0: the system's, -1: none)
 TCP_TIMEWAIT_LEN, TCP_FIN_TIMEOUT = 60, 60  # seconds: TIME_WAIT's, and net.ipv4.tcp_fin_timeout
 MSG_OOB = 0x1
@@ -626,7 +628,7 @@ def send_datagram(t, s: UdpSocket, data: bytes, dest: tuple, sent: dict | None =
         bind_inet(t, s, "0.0.0.0" if s.family == AF_INET else "::", 0, toward=ip)
     if not local and s.host is None:
         raise SyscallError(errno.ENETUNREACH, "the socket was bound before the sandbox had a network")
-    target = ports.receiver(local_destination(ip), port, s.family) if local else None
+    target = ports.receiver(local_destination(ip), port, s.family, s.local) if local else None
     if target is None and s.host is not None:
         h = s.outward(t.kernel, ip)
         nonblock = bool(s.flags & O_NONBLOCK)
@@ -873,7 +875,8 @@ class Ports:
                 continue
             overlap = _covers(other, ip, s.family) or _receives(s.family, ip, bool(s.option(41, 26)), other.local[0]) \
                 or _ip(ip) == _ip(other.local[0])
-            if overlap and not (reuse and other.option(1, 2) and not other.listening):
+            if overlap and not (reuse and other.option(1, 2) and not other.listening) and \
+                    not (s.option(*REUSEPORT) and other.option(*REUSEPORT)):
                 raise SyscallError(errno.EADDRINUSE)
         s.local = (ip, port)
         self.table.setdefault(port, []).append(s)
@@ -892,14 +895,20 @@ class Ports:
                 return s
         return None
 
-    def receiver(self, ip: str, port: int, family: int) -> UdpSocket | None:
-        """The UDP socket that receives datagrams sent to (ip, port)."""
+    def receiver(self, ip: str, port: int, family: int, source: tuple = ()) -> UdpSocket | None:
+        """The UDP socket that receives datagrams sent to (ip, port) from `source`: the
+        last bound to that address (else to a wildcard that covers it); if it set
+        SO_REUSEPORT, one of the sockets there that did, chosen by the source's address and
+        port, as Linux's reuseport groups spread their senders."""
         bound = self._live(port)
-        exact = [s for s in bound if _ip(s.local[0]) == _ip(ip)]
-        if exact:
-            return exact[-1]
-        wild = [s for s in bound if _covers(s, ip, family)]
-        return wild[-1] if wild else None
+        candidates = [s for s in bound if _ip(s.local[0]) == _ip(ip)] or \
+            [s for s in bound if _covers(s, ip, family)]
+        if not candidates:
+            return None
+        group = [s for s in candidates if s.option(*REUSEPORT)]
+        if not candidates[-1].option(*REUSEPORT) or len(group) < 2 or not source:
+            return candidates[-1]
+        return group[zlib.crc32(f"{_ip(source[0])} {source[1]}".encode()) % len(group)]
 
     def listener(self, ip: str, port: int, family: int) -> InetSocket | None:
         """The listening socket that takes connections to (ip, port)."""

@@ -169,7 +169,9 @@ def build(name: str, kernel: Kernel):
                                          options={(1, 2): 1, (6, 1): 1, (1, 13): (1, 5)},
                                          pending=[InetSocket(flags=2, ino=79, incoming=right.outgoing,
                                                              outgoing=left.outgoing, family=10,
-                                                             local=("::1", 8080), remote=("::1", 40000))]),
+                                                             local=("::1", 8080), remote=("::1", 40000),
+                                                             kernel=kernel, closed_first=True,
+                                                             lingers_until=60 * 10**9)]),
         "HostSocket": lambda: HostSocket(family=2, kind=1, role="listening", local=("127.0.0.1", 8080), backlog=5,
                                          options={(1, 2): 1}),
         "Publication": lambda: _feeding(Publication(
