@@ -44,8 +44,8 @@ from snapbox.kernel.mm import MMAP_MIN_ADDR, VVAR
 from snapbox.kernel.namespaces import KINDS, namespace_of, uts
 from snapbox.kernel.pipe import PipeFile
 from snapbox.kernel.signals import SIG_DFL, SIG_IGN
-from snapbox.kernel.socket import SO_RCVBUF, SO_SNDBUF, SOMAXCONN, SocketFile, buffer_max
-from snapbox.kernel.vfs import Dir, Inode, now_ns
+from snapbox.kernel.socket import NOBODY, SO_RCVBUF, SO_SNDBUF, SOMAXCONN, SocketFile, buffer_max
+from snapbox.kernel.vfs import MOUNTABLE, Dir, Inode, now_ns
 from snapbox.memfile import PAGE_SIZE
 from snapbox.state import savable
 
@@ -59,7 +59,8 @@ PID_FILES = ("stat", "status", "statm", "cmdline", "comm", "maps", "smaps", "sma
 WRITABLE = ("oom_score_adj", "mem", "comm")
 ZOMBIE_GONE = ("environ", "auxv", "mem", "smaps_rollup")  # a zombie's: ESRCH (no memory to show)
 PID_LINKS = ("exe", "cwd", "root")
-TOP_FILES = ("stat", "meminfo", "cpuinfo", "uptime", "loadavg", "mounts", "version")
+TOP_FILES = ("stat", "meminfo", "cpuinfo", "uptime", "loadavg", "version", "cmdline", "devices", "filesystems")
+TOP_LINKS = {"mounts": "self/mounts"}
 USER_HZ = 100
 RLIMIT_SIGPENDING, SIGPENDING_DEFAULT = 11, 4096
 OOM_SCORE_ADJ_MIN, OOM_SCORE_ADJ_MAX = -1000, 1000
@@ -219,7 +220,8 @@ class ProcFile(OpenFile):
             setattr(uts(t), self.node.name.rsplit("/", 1)[1], value)
             return len(data)
         if self.node.name != "snapbox/checkpoint":
-            raise SyscallError(errno.EINVAL)
+            # A file of its own with no write: EIO (proc_reg_write); a process's, EINVAL (vfs_write).
+            raise SyscallError(errno.EINVAL if self.node.pid else errno.EIO)
         k = t.kernel
         if t.snapshot == "taken":  # written since: here, or in the sandbox restored from it
             t.snapshot = ""
@@ -337,7 +339,7 @@ def lookup(d: ProcDir, name: str) -> Inode:
     now = now_ns()
     groups = k.tasks.pidns.groups
     if d.kind == "top":
-        if name in ("self", "thread-self"):
+        if name in ("self", "thread-self", *TOP_LINKS):
             return ProcNode(ino=_ino(0, name), mode=stat.S_IFLNK | 0o777, kernel=k, name=name, ctime=now)
         if name.isdigit() and int(name) in groups:
             pid = int(name)
@@ -407,7 +409,7 @@ def list_dir(d: ProcDir) -> list[str]:
     groups = d.kernel.tasks.pidns.groups
     if d.kind == "top":
         pids = sorted(groups)
-        return ["self", "thread-self", *TOP_FILES, "snapbox", "sys", *(str(p) for p in pids)]
+        return ["self", "thread-self", *TOP_FILES, *TOP_LINKS, "snapbox", "sys", *(str(p) for p in pids)]
     if d.kind == "sys":
         prefix = f"{d.sub}/" if d.sub else ""
         return sorted({key[len(prefix):].split("/")[0] for key in SYSCTL if key.startswith(prefix)})
@@ -431,6 +433,8 @@ def readlink(node: ProcNode) -> bytes:
     if node.name == "thread-self":
         current = k.current
         return (f"{current.tg.tgid}/task/{current.tid}" if current is not None else "1/task/1").encode()
+    if node.name in TOP_LINKS and not node.pid:
+        return TOP_LINKS[node.name].encode()
     tg = k.tasks.pidns.groups.get(node.pid)
     if tg is None or tg.exit_status is not None:
         raise SyscallError(errno.ENOENT)
@@ -495,7 +499,7 @@ def _content(node: ProcNode) -> bytes:
     if name == "auxv":
         return tg.mm.auxv
     if name == "mounts":
-        return _top(k, "mounts").encode()
+        return _mounts(k).encode()
     if name == "comm":
         return _thread(tg, node.tid).comm.encode() + b"\n"
     if name == "stat":
@@ -778,6 +782,38 @@ def _map_line(v, end: int | None = None) -> str:
     return f"{line:<73}{path}\n" if path else line + "\n"
 
 
+def _cpuinfo(fs, cpus: int) -> str:
+    """/proc/cpuinfo as x86's show_cpuinfo writes it: the CPU as CPUID describes it to the
+    sandbox (vendor, family, model, flags) and as the host it was made on did (the rest),
+    `cpus` of it, one package of that many cores."""
+    info = fs.info
+    out = []
+    for cpu in range(cpus):
+        fields = [("processor", cpu), ("vendor_id", fs.vendor), ("cpu family", fs.family), ("model", fs.model),
+                  ("model name", info.get("model name", "")), ("stepping", info.get("stepping", "unknown")),
+                  *[(key, info[key]) for key in ("microcode", "cpu MHz", "cache size") if key in info],
+                  ("physical id", 0), ("siblings", cpus), ("core id", cpu), ("cpu cores", cpus), ("apicid", cpu),
+                  ("initial apicid", cpu),
+                  *[(key, info.get(key, "yes")) for key in ("fpu", "fpu_exception")],
+                  ("cpuid level", info.get("cpuid level", 0)), ("wp", info.get("wp", "yes")),
+                  ("flags", " ".join(sorted(fs.features))),
+                  *[(key, info[key]) for key in ("bugs", "bogomips", "TLB size") if key in info],
+                  ("clflush size", info.get("clflush size", 64)), ("cache_alignment", info.get("cache_alignment", 64)),
+                  ("address sizes", info.get("address sizes", "")), ("power management", "")]
+        out.append("".join(f"{key}{_tabs(key)}:{f' {value}' if value != '' else ''}\n" for key, value in fields) + "\n")
+    return "".join(out)
+
+
+def _tabs(key: str) -> str:
+    """The tabs after a /proc/cpuinfo key that bring its colon to column 16 (none after one that long)."""
+    return "" if len(key) >= 16 else "\t" if len(key) >= 8 else "\t\t"
+
+
+def _mounts(k) -> str:
+    return ("rootfs / overlay ro,relatime 0 0\nproc /proc proc rw,nosuid,nodev,noexec,relatime 0 0\n"
+            "devtmpfs /dev devtmpfs rw,nosuid 0 0\n" + "".join(m.line() for m in k.fs.mounts))
+
+
 def _top(k, name: str) -> str:
     if name.startswith("sys/"):
         return _sysctl(k, name[4:])
@@ -793,9 +829,12 @@ def _top(k, name: str) -> str:
     if name == "loadavg":
         running = len(k.tasks.pidns.tasks)
         return f"0.00 0.00 0.00 1/{running} {k.tasks.pidns.next_id - 1}\n"
-    if name == "mounts":
-        return ("rootfs / overlay ro,relatime 0 0\nproc /proc proc rw,nosuid,nodev,noexec,relatime 0 0\n"
-                "devtmpfs /dev devtmpfs rw,nosuid 0 0\n" + "".join(m.line() for m in k.fs.mounts))
+    if name == "cmdline":
+        return "\n"  # the sentry was booted with no kernel command line
+    if name == "devices":  # the character devices of the sandbox's /dev, by major (and none of blocks)
+        return "Character devices:\n  1 mem\n  4 tty\n  5 /dev/tty\n  5 /dev/ptmx\n136 pts\n\nBlock devices:\n"
+    if name == "filesystems":  # what mount(2) makes here
+        return "".join(f"nodev\t{kind}\n" for kind in MOUNTABLE)
     if name == "version":
         return f"Linux version {UTS_RELEASE} (snapbox) {UTS_VERSION}\n"
     if name == "meminfo":
@@ -803,13 +842,7 @@ def _top(k, name: str) -> str:
         keys = ("MemTotal", "MemFree", "MemAvailable", "Buffers", "Cached", "SwapTotal", "SwapFree")
         return "".join(f"{key + ':':<16}{mem.get(key, 0) // 1024:8d} kB\n" for key in keys)
     if name == "cpuinfo":
-        fs = k.features
-        flags = " ".join(sorted(fs.features))
-        out = []
-        for cpu in range(os.cpu_count() or 1):
-            out.append(f"processor\t: {cpu}\nvendor_id\t: {fs.vendor}\ncpu family\t: {fs.family}\n"
-                       f"model\t\t: {fs.model}\nflags\t\t: {flags}\n\n")
-        return "".join(out)
+        return _cpuinfo(k.features, os.cpu_count() or 1)
     raise SyscallError(errno.ENOENT)
 
 
@@ -821,7 +854,7 @@ SYSCTL = {
     "kernel/random/uuid": 0o444, "kernel/msgmax": 0o444, "kernel/msgmnb": 0o444, "kernel/msgmni": 0o444,
     "kernel/sem": 0o444, "kernel/shmmax": 0o444, "kernel/shmall": 0o444, "kernel/shmmni": 0o444,
     "vm/mmap_min_addr": 0o444, "fs/nr_open": 0o444, "net/core/somaxconn": 0o444, "net/core/wmem_max": 0o444,
-    "net/core/rmem_max": 0o444,
+    "net/core/rmem_max": 0o444, "kernel/overflowuid": 0o444, "kernel/overflowgid": 0o444,
 }
 
 
@@ -834,7 +867,7 @@ def _sysctl(k, path: str) -> str:
         "kernel/msgmnb": MSGMNB, "kernel/msgmni": MSGMNI, "kernel/sem": f"{SEMMSL}\t{SEMMNS}\t{SEMOPM}\t{SEMMNI}",
         "kernel/shmmax": SHMMAX, "kernel/shmall": SHMALL, "kernel/shmmni": SHMMNI, "vm/mmap_min_addr": MMAP_MIN_ADDR,
         "fs/nr_open": NR_OPEN, "net/core/somaxconn": SOMAXCONN, "net/core/wmem_max": buffer_max(SO_SNDBUF),
-        "net/core/rmem_max": buffer_max(SO_RCVBUF),
+        "net/core/rmem_max": buffer_max(SO_RCVBUF), "kernel/overflowuid": NOBODY, "kernel/overflowgid": NOBODY,
     }
     return f"{values[path]}\n"
 

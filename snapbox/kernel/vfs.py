@@ -369,6 +369,7 @@ class Dir(Inode):
 
 
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 0x1, 0x2, 0x4, 0x8
+MOUNTABLE = ("tmpfs", "ramfs", "proc")  # the filesystems mount(2) makes in a sandbox (/proc/filesystems)
 MS_NOATIME, MS_NODIRATIME, MS_RELATIME, MS_STRICTATIME = 0x400, 0x800, 1 << 21, 1 << 24
 
 

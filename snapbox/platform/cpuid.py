@@ -96,6 +96,12 @@ def _cpuid(leaf: int, subleaf: int = 0) -> tuple[int, int, int, int]:
     return out[0], out[1], out[2], out[3]
 
 
+# What /proc/cpuinfo says of a CPU beyond CPUID's vendor, family, model and flags.
+CPUINFO_FIELDS = ("model name", "stepping", "microcode", "cpu MHz", "cache size", "fpu", "fpu_exception",
+                  "cpuid level", "wp", "bugs", "bogomips", "TLB size", "clflush size", "cache_alignment",
+                  "address sizes", "power management")
+
+
 @savable
 @dataclass(eq=False)
 class FeatureSet:
@@ -107,6 +113,9 @@ class FeatureSet:
     features: frozenset = field(default_factory=frozenset)  # names as in /proc/cpuinfo
     xcr0: int = 0  # XSAVE state components the OS enabled; FP state saved covers these
     xsave_size: int = 512  # bytes of XSAVE area for xcr0 (512: legacy FXSAVE only)
+    # The host's description of its first CPU, field by field as its /proc/cpuinfo has them
+    # (model name, stepping, cache size, address sizes...): the same in every image made here.
+    info: dict = field(default_factory=dict)
 
     @classmethod
     def host(cls) -> FeatureSet:
@@ -145,7 +154,7 @@ class FeatureSet:
             xcr0 = lib.snapbox_xgetbv0()
             xsave_size = _cpuid(0xD, 0)[1]
         return cls(vendor=vendor, family=family, model=model, features=frozenset(names),
-                   xcr0=xcr0, xsave_size=xsave_size)
+                   xcr0=xcr0, xsave_size=xsave_size, info=_host_cpuinfo())
 
     def hwcap(self) -> int:
         """AT_HWCAP for x86-64: CPUID.1:EDX, as Linux reports it."""
@@ -170,6 +179,23 @@ class FeatureSet:
 
 
 @functools.cache
+def _host_cpuinfo() -> dict:
+    """The fields of the host's /proc/cpuinfo for its first CPU that describe the CPU
+    itself (not its place among the others, not its features: those are the sandbox's)."""
+    info = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if not line.strip():
+                    break
+                key, _, value = line.partition(":")
+                if key.strip() in CPUINFO_FIELDS:
+                    info[key.strip()] = value.strip()
+    except OSError:
+        pass
+    return info
+
+
 def _detected() -> FeatureSet:
     return FeatureSet.detect()
 

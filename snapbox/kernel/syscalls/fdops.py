@@ -116,8 +116,8 @@ def open_node(t, dirfd: int, path_addr: int, flags: int, mode: int) -> int:
     elif isinstance(node, SocketNode) and not flags & O_PATH:
         raise SyscallError(errno.ENXIO)  # open(2) of a socket
     elif isinstance(node, ProcNode):
-        if accmode != O_RDONLY and not node.mode & st.S_IWUSR:  # only /proc/snapbox/checkpoint
-            raise SyscallError(errno.EACCES)
+        if accmode != O_RDONLY and not node.mode & st.S_IWUSR and node.name.startswith(("sys/", "snapbox/")):
+            raise SyscallError(errno.EACCES)  # a sysctl's mode holds for root too (proc_sys_permission)
         f = node.open(flags & ~O_CLOEXEC)
     else:
         if isinstance(node, LowerNode) and not st.S_ISREG(node.mode) and not flags & O_PATH:

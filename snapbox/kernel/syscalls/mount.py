@@ -20,7 +20,7 @@ from snapbox.kernel.errors import SyscallError
 from snapbox.kernel.procfs import ProcDir
 from snapbox.kernel.syscalls import NR, i32, syscall
 from snapbox.kernel.syscalls.common import AT_FDCWD, lookup
-from snapbox.kernel.vfs import MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_RDONLY, Dir, DirFile, now_ns, within
+from snapbox.kernel.vfs import MOUNTABLE, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_RDONLY, Dir, DirFile, now_ns, within
 
 log = logging.getLogger("snapbox.kernel")
 
@@ -80,7 +80,7 @@ def mount(t, source, target, fstype, flags, data):
     if flags & MS_BIND:
         return _bind(t, source, parent, name, node, flags)
     kind = t.mm.read_cstring(fstype, 256).decode(errors="replace") if fstype else ""
-    if kind not in ("tmpfs", "ramfs", "proc"):
+    if kind not in MOUNTABLE:
         raise SyscallError(errno.ENODEV)
     if not isinstance(node, Dir):
         raise SyscallError(errno.ENOTDIR)

@@ -337,7 +337,10 @@ def _connect_inet(t, s: InetSocket, addr: int, addrlen: int) -> int:
         raise SyscallError(errno.ENETUNREACH, "the sandbox has no network but loopback")
     if listener is None:
         raise SyscallError(errno.ECONNREFUSED)
+    source = "127.0.0.1" if s.family == AF_INET else "::ffff:127.0.0.1" if mapped else "::1"
     _autobind(t, s, "127.0.0.1" if s.family == AF_INET or mapped else "::1")
+    if ipaddress.ip_address(s.local[0]).is_unspecified:
+        s.local = (source, s.local[1])  # bound to the wildcard: its address is the connection's own now
     if Ports(t.kernel.inet_ports).connection(s.local, (target, port)) is not None:
         raise SyscallError(errno.EADDRNOTAVAIL)  # that pair of addresses is another connection's
     s.connect_inet(t, listener, (target, port))
