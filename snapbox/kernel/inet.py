@@ -70,6 +70,7 @@ UDP_MAX = 65507  # udp(7): the largest datagram over IPv4 (65535 less the IP and
 RCVBUF = 212992  # net.core.rmem_default: what a socket may hold queued
 MAX_PEERS = 4096  # the clients a published UDP port remembers, to send replies from it
 EPHEMERAL = range(32768, 61000)
+EPHEMERAL_TRIES = 64  # ports the host may choose for a bind to port 0 before one the sandbox has free
 _SOCKADDR_IN = struct.Struct("!HH4s8x")  # family (host order, fixed below), port, address
 _SOCKADDR_IN6 = struct.Struct("!HHI16sI")  # family, port, flowinfo, address, scope id
 
@@ -184,7 +185,9 @@ class InetSocket(UnixSocket):
 
     @property
     def lingering(self) -> bool:
-        return self.refs == 0 and self.lingers_until > 0 and \
+        """Closed, and still holding its address: not yet timed out, and not reset by the
+        peer since (a reset ends FIN_WAIT2 and TIME_WAIT at once)."""
+        return self.refs == 0 and self.lingers_until > 0 and not self.incoming.aborted and \
             self.kernel.timekeeper.monotonic_ns() < self.lingers_until
 
     def _linger(self, reset: bool) -> None:
@@ -733,14 +736,20 @@ def bind_inet(t, s: InetSocket | UdpSocket, ip: str, port: int, toward: str | No
         return
     t.kernel.ensure_network()
     nat = toward is not None and masquerades(t.kernel, toward)
-    h = HostSocket.open(s.family, 2 if udp else 1, s.options, nat=nat,  # SOCK_DGRAM, SOCK_STREAM
-                        protocol=s.protocol if udp else 0)
-    try:
-        _, port = h.bind((ip, port))
-        ports.bind(s, ip, port, anywhere=True)
-    except SyscallError:
-        h.close()
-        raise
+    for attempt in range(EPHEMERAL_TRIES if port == 0 else 1):
+        h = HostSocket.open(s.family, 2 if udp else 1, s.options, nat=nat,  # SOCK_DGRAM, SOCK_STREAM
+                            protocol=s.protocol if udp else 0)
+        try:
+            _, chosen = h.bind((ip, port))
+            ports.bind(s, ip, chosen, anywhere=True)
+            break
+        except SyscallError as e:
+            h.close()
+            # The host's choice of port is one the sandbox holds (a closed connection's,
+            # lingering): the host chooses again.
+            if port != 0 or e.errno != errno.EADDRINUSE or attempt == EPHEMERAL_TRIES - 1:
+                raise
+    port = chosen
     s.host = h
     t.kernel.host_sockets.add(h)
     if udp and not lite:
@@ -853,9 +862,11 @@ class Ports:
             self.table.pop(port, None)
         return sockets
 
-    def bind(self, s: InetSocket, ip: str, port: int, anywhere: bool = False) -> None:
+    def bind(self, s: InetSocket, ip: str, port: int, anywhere: bool = False, connecting: bool = False) -> None:
         """Give `s` the address (ip, port); port 0 takes a free ephemeral port. Only local
-        addresses, unless `anywhere` (the host has bound it already)."""
+        addresses, unless `anywhere` (the host has bound it already). `connecting`: the
+        port of a connect over loopback, which may be one that closed connections still
+        hold (Linux's tcp_tw_reuse, on for loopback by default)."""
         if not anywhere and not is_local(ip):
             raise SyscallError(errno.EADDRNOTAVAIL)
         if port == 0:
@@ -864,14 +875,14 @@ class Ports:
             start = secrets.randbelow(len(EPHEMERAL))
             for k in range(len(EPHEMERAL)):
                 candidate = EPHEMERAL[(start + k) % len(EPHEMERAL)]
-                if not self._live(candidate):
+                if not any(other.refs > 0 or not connecting for other in self._live(candidate)):
                     port = candidate
                     break
             else:
-                raise SyscallError(errno.EADDRINUSE)
+                raise SyscallError(errno.EADDRNOTAVAIL if connecting else errno.EADDRINUSE)
         reuse = s.option(1, 2)  # SO_REUSEADDR
         for other in self._live(port):
-            if other is s:
+            if other is s or (connecting and other.refs == 0):
                 continue
             overlap = _covers(other, ip, s.family) or _receives(s.family, ip, bool(s.option(41, 26)), other.local[0]) \
                 or _ip(ip) == _ip(other.local[0])
@@ -910,13 +921,20 @@ class Ports:
             return candidates[-1]
         return group[zlib.crc32(f"{_ip(source[0])} {source[1]}".encode()) % len(group)]
 
-    def listener(self, ip: str, port: int, family: int) -> InetSocket | None:
-        """The listening socket that takes connections to (ip, port)."""
-        exact = [s for s in self._live(port) if s.listening and _ip(s.local[0]) == _ip(ip)]
-        if exact:
-            return exact[0]
-        wild = [s for s in self._live(port) if s.listening and _covers(s, ip, family)]
-        return wild[0] if wild else None
+    def listener(self, ip: str, port: int, family: int, source: tuple = ()) -> InetSocket | None:
+        """The listening socket that takes connections to (ip, port) from `source`: the
+        first bound to that address (else to a wildcard that covers it); if it set
+        SO_REUSEPORT, one of the listeners there that did, chosen by the source's address
+        and port, as Linux's reuseport groups spread their connections."""
+        listening = [s for s in self._live(port) if s.listening]
+        candidates = [s for s in listening if _ip(s.local[0]) == _ip(ip)] or \
+            [s for s in listening if _covers(s, ip, family)]
+        if not candidates:
+            return None
+        group = [s for s in candidates if s.option(*REUSEPORT)]
+        if not candidates[0].option(*REUSEPORT) or len(group) < 2 or not source:
+            return candidates[0]
+        return group[zlib.crc32(f"{_ip(source[0])} {source[1]}".encode()) % len(group)]
 
 
 @savable

@@ -227,9 +227,9 @@ def _inet_address(t, s: InetSocket | UdpSocket, addr: int, addrlen: int) -> tupl
 
 
 def _autobind(t, s: InetSocket, ip: str) -> None:
-    """Give an unbound TCP socket an ephemeral port (connect and listen do, as Linux)."""
+    """Give an unbound TCP socket an ephemeral port to connect from (as Linux)."""
     if not s.local:
-        Ports(t.kernel.inet_ports).bind(s, ip, 0)
+        Ports(t.kernel.inet_ports).bind(s, ip, 0, connecting=True)
 
 
 _SOCKADDR_NL = struct.Struct("<HHII")  # family, pad, port id, groups
@@ -341,9 +341,10 @@ def _connect_inet(t, s: InetSocket, addr: int, addrlen: int) -> int:
     _autobind(t, s, "127.0.0.1" if s.family == AF_INET or mapped else "::1")
     if ipaddress.ip_address(s.local[0]).is_unspecified:
         s.local = (source, s.local[1])  # bound to the wildcard: its address is the connection's own now
-    if Ports(t.kernel.inet_ports).connection(s.local, (target, port)) is not None:
+    ports = Ports(t.kernel.inet_ports)
+    if ports.connection(s.local, (target, port)) is not None:
         raise SyscallError(errno.EADDRNOTAVAIL)  # that pair of addresses is another connection's
-    s.connect_inet(t, listener, (target, port))
+    s.connect_inet(t, ports.listener(target, port, s.family, s.local), (target, port))
     if s.flags & O_NONBLOCK:
         s.in_progress = True
         raise SyscallError(errno.EINPROGRESS)  # as on Linux: done already, writable at once
