@@ -150,8 +150,8 @@ class StreamBuffer(Pipe):
         limit = count
         if by_creds and len(self.creds) > 1:
             limit = min(limit, self.creds[1][0])
-        if self.rights and limit > self.rights[0][0]:
-            files = self.rights[0][1]
+        if self.rights and (limit > self.rights[0][0] or self.rights[0][0] == 0):
+            files = self.rights[0][1]  # (a read of no bytes takes the first skb's files too)
             limit = min(limit, self._skb_end(self.rights[0][0]))
         data = bytes(self.buf[:limit])
         if not peek:
