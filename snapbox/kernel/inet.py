@@ -448,8 +448,8 @@ class UdpSocket(DatagramSocket):
     def deliver(self, source: tuple, data: bytes, marks: tuple = (DEFAULT_TTL, 0)) -> None:
         """A datagram arrives from `source` (with `marks`: its TTL or hop limit, its TOS or
         traffic class): queued, unless connected elsewhere or full."""
-        if self.shut_rd or (self.remote and (_ip(self.remote[0]), self.remote[1]) != (_ip(source[0]), source[1])):
-            return
+        if self.remote and (_ip(self.remote[0]), self.remote[1]) != (_ip(source[0]), source[1]):
+            return  # (one shut for reading still queues it, as Linux's)
         if self.queued + len(data) > self.option(1, 8, RCVBUF):  # SO_RCVBUF
             return
         self.queue.append([source, data, list(marks) if marks is not None else None])
@@ -466,16 +466,22 @@ class UdpSocket(DatagramSocket):
         self.take_error()
         self._take_published()
         if not self.queue:
-            if self.shut_rd:
-                return b"", (), 0
+            # Shut for reading, with nothing queued: a blocking read returns 0 (it would wait
+            # for nothing), a non-blocking one says EAGAIN, as __skb_recv_datagram does.
+            nonblock = bool(self.flags & O_NONBLOCK or flags & MSG_DONTWAIT)
             if self.host is not None:
-                nonblock = bool(self.flags & O_NONBLOCK or flags & MSG_DONTWAIT)
                 try:
-                    data, source, marks = self.host.recv_datagram(t, count, flags, nonblock)
+                    data, source, marks = self.host.recv_datagram(t, count, flags, nonblock or self.shut_rd)
                 except WouldBlock:
                     raise WouldBlock(*self.queues(t)) from None
+                except SyscallError as e:
+                    if e.errno == errno.EAGAIN and self.shut_rd and not nonblock:
+                        return b"", (), 0, []
+                    raise
                 return data, source, len(data), self.control(source, marks)
-            if self.flags & O_NONBLOCK or flags & MSG_DONTWAIT:
+            if self.shut_rd and not nonblock:
+                return b"", (), 0, []
+            if nonblock:
                 raise SyscallError(errno.EAGAIN)
             raise WouldBlock(*self.queues(t))
         entry = self.queue[0]
@@ -546,13 +552,15 @@ class UdpSocket(DatagramSocket):
         return send_datagram(t, self, data, self.remote)
 
     def shutdown(self, how: int) -> None:
+        """As Linux's inet_shutdown: an unconnected socket says ENOTCONN, but is shut all
+        the same (a reader waiting on it returns)."""
         if how not in (SHUT_RD, SHUT_WR, SHUT_RDWR):
             raise SyscallError(errno.EINVAL)
-        if not self.remote:
-            raise SyscallError(errno.ENOTCONN)
         self.shut_rd = self.shut_rd or how in (SHUT_RD, SHUT_RDWR)
         self.shut_wr = self.shut_wr or how in (SHUT_WR, SHUT_RDWR)
         self.readable_queue.notify()
+        if not self.remote:
+            raise SyscallError(errno.ENOTCONN)
 
     def hosts(self) -> list[HostSocket]:
         return [h for h in (self.host, self.nat_host) if h is not None]

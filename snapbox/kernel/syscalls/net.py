@@ -610,6 +610,8 @@ def _recvfrom(t, fd, buf, length, flags, addr, addrlen):
         t.mm.write(buf, data)
         if source:
             _write_sockaddr(t, addr, addrlen, _source_sockaddr(s, source))
+        elif addrlen:
+            t.mm.write(addrlen, struct.pack("<I", 0))  # no datagram (a socket shut for reading): no source
         return whole if i32(flags) & MSG_TRUNC else len(data)
     if isinstance(s, UnixDgramSocket):
         data, sender, whole, files, _ = s.recv_dgram(t, min(length, MAX_RW), i32(flags))
