@@ -143,15 +143,13 @@ class EventLoop:
         events = _epoll_mask(mask) | select.EPOLLONESHOT
         entry = self.callbacks.get(fd)
         if fd in self.watched and entry is not None:
-            try:
+            # ENOENT: the fd was closed since (the host forgot it) and its number is another
+            # file's now, a host socket of the sandbox closed and made again: registered anew.
+            with contextlib.suppress(FileNotFoundError):
                 self.epoll.modify(fd, events)
                 entry[0] = mask
                 self.watched[fd] = mask
                 return
-            except FileNotFoundError:
-                # The fd was closed since (the host forgot it) and its number is another
-                # file's now: a host socket of the sandbox, closed and made again.
-                pass
         try:
             self.epoll.register(fd, events)
         except FileExistsError:  # registered, and this loop's record of it lost

@@ -7,6 +7,7 @@ that offers at least the features, and the XSAVE state components, of the one th
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import os
@@ -183,16 +184,13 @@ def _host_cpuinfo() -> dict:
     """The fields of the host's /proc/cpuinfo for its first CPU that describe the CPU
     itself (not its place among the others, not its features: those are the sandbox's)."""
     info = {}
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if not line.strip():
-                    break
-                key, _, value = line.partition(":")
-                if key.strip() in CPUINFO_FIELDS:
-                    info[key.strip()] = value.strip()
-    except OSError:
-        pass
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:  # none: the fields are left out
+        for line in f:
+            if not line.strip():
+                break
+            key, _, value = line.partition(":")
+            if key.strip() in CPUINFO_FIELDS:
+                info[key.strip()] = value.strip()
     return info
 
 
