@@ -343,7 +343,9 @@ class UdpSocket(DatagramSocket):
     ino: int = 0
     local: tuple = ()  # (ip, port) once bound (explicitly, or by the first send or connect)
     remote: tuple = ()  # connect(2): where sends go by default, and the only source received
-    queue: list = field(default_factory=list)  # [[(ip, port) of the sender, bytes]], oldest first
+    # [sender's (ip, port), bytes, marks: [TTL, TOS, where it arrived (ip, port, interface
+    # index) or None] or None (unknown)], oldest first
+    queue: list = field(default_factory=list)
     queued: int = 0  # bytes in the queue; datagrams past RCVBUF are dropped, as Linux's
     error: int = 0  # a pending ECONNREFUSED (a connected send found no one): reported once
     # With IP_RECVERR (IPV6_RECVERR): the datagrams that found no one, as [data, destination],
@@ -445,9 +447,9 @@ class UdpSocket(DatagramSocket):
             err, self.error = self.error, 0
             raise SyscallError(err)
 
-    def deliver(self, source: tuple, data: bytes, marks: tuple = (DEFAULT_TTL, 0)) -> None:
+    def deliver(self, source: tuple, data: bytes, marks: tuple | None = (DEFAULT_TTL, 0)) -> None:
         """A datagram arrives from `source` (with `marks`: its TTL or hop limit, its TOS or
-        traffic class): queued, unless connected elsewhere or full."""
+        traffic class, and where it arrived): queued, unless connected elsewhere or full."""
         if self.remote and (_ip(self.remote[0]), self.remote[1]) != (_ip(source[0]), source[1]):
             return  # (one shut for reading still queues it, as Linux's)
         if self.queued + len(data) > self.option(1, 8, RCVBUF):  # SO_RCVBUF
