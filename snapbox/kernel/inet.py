@@ -60,6 +60,11 @@ IPV6_UNICAST_HOPS, IPV6_RECVHOPLIMIT, IPV6_HOPLIMIT, IPV6_RECVTCLASS, IPV6_TCLAS
 # destination's sockaddr_in: IP_ORIGDSTADDR), and the IPv6 forms.
 IP_PKTINFO, IP_RECVORIGDSTADDR, IPV6_RECVPKTINFO, IPV6_PKTINFO, IPV6_RECVORIGDSTADDR = 8, 20, 49, 50, 74
 LOOPBACK_INDEX = 1  # lo's interface index, in every network namespace
+# The option that asks for each of these control messages (its level is the message's).
+_ASKED_BY = {(SOL_IP, IP_TTL): IP_RECVTTL, (SOL_IP, IP_TOS): IP_RECVTOS, (SOL_IP, IP_PKTINFO): IP_PKTINFO,
+             (SOL_IP, IP_RECVORIGDSTADDR): IP_RECVORIGDSTADDR, (SOL_IPV6, IPV6_HOPLIMIT): IPV6_RECVHOPLIMIT,
+             (SOL_IPV6, IPV6_TCLASS): IPV6_RECVTCLASS, (SOL_IPV6, IPV6_PKTINFO): IPV6_RECVPKTINFO,
+             (SOL_IPV6, IPV6_RECVORIGDSTADDR): IPV6_RECVORIGDSTADDR}
 DEFAULT_TTL = 64  # net.ipv4.ip_default_ttl, net.ipv6.conf.all.hop_limit
 # The error queue (ip(7) IP_RECVERR, ipv6(7) IPV6_RECVERR): read with recvmsg(MSG_ERRQUEUE).
 IP_RECVERR, IPV6_RECVERR, MSG_ERRQUEUE = 11, 25, 0x2000
@@ -530,8 +535,7 @@ class UdpSocket(DatagramSocket):
 
     def asked_for(self, level: int, kind: int) -> bool:
         """Whether the socket asked for control messages of (level, type) with what it reads."""
-        option = {(SOL_IP, IP_TTL): IP_RECVTTL, (SOL_IP, IP_TOS): IP_RECVTOS,
-                  (SOL_IPV6, IPV6_HOPLIMIT): IPV6_RECVHOPLIMIT, (SOL_IPV6, IPV6_TCLASS): IPV6_RECVTCLASS}.get((level, kind))
+        option = _ASKED_BY.get((level, kind))
         return option is not None and bool(self.option(level, option))
 
     def marks(self, v4: bool, sent: dict) -> tuple[int, int]:
