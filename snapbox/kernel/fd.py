@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from snapbox.kernel.errors import SyscallError
-from snapbox.state import savable
+from snapbox.state import nosave, savable
 
 O_ACCMODE = 0o3
 O_RDONLY, O_WRONLY, O_RDWR = 0, 1, 2
@@ -100,6 +100,13 @@ class OpenFile:
         return type(self).__name__
 
 
+def drop_ref(f: OpenFile) -> None:
+    """Let go of a reference to a file description; the last one releases it."""
+    f.refs -= 1
+    if f.refs == 0:
+        f.release()
+
+
 @savable
 @dataclass(eq=False)
 class FDTable:
@@ -108,11 +115,21 @@ class FDTable:
     files: dict = field(default_factory=dict)  # int -> OpenFile
     cloexec: set = field(default_factory=set)  # fds with FD_CLOEXEC
     limit: int = RLIMIT_NOFILE_DEFAULT  # RLIMIT_NOFILE: fds must be below this
+    # While a syscall runs (set by the kernel around it): the files a parked call of the
+    # same task had resolved (Task.held), which it goes on with whatever became of their
+    # fds since, as Linux's call holds a file reference; and the files this run resolves.
+    held: dict = nosave(dict)
+    seen: dict | None = nosave(default=None)
 
     def get(self, fd: int) -> OpenFile:
+        f = self.held.get(fd) if self.held else None
+        if f is not None:
+            return f
         f = self.files.get(fd)
         if f is None:
             raise SyscallError(errno.EBADF)
+        if self.seen is not None:
+            self.seen[fd] = f
         return f
 
     def get_open(self, fd: int) -> OpenFile:
@@ -148,9 +165,7 @@ class FDTable:
         if f is None:
             raise SyscallError(errno.EBADF)
         self.cloexec.discard(fd)
-        f.refs -= 1
-        if f.refs == 0:
-            f.release()
+        drop_ref(f)
 
     def close_all(self) -> None:
         for fd in list(self.files):

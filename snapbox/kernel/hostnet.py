@@ -43,7 +43,7 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 from snapbox.kernel.errors import SyscallError, WouldBlock
-from snapbox.kernel.fd import POLLERR, POLLHUP, POLLIN, POLLOUT
+from snapbox.kernel.fd import POLLERR, POLLHUP, POLLIN, POLLOUT, POLLRDHUP
 from snapbox.state import SnapboxError, nosave, savable
 
 log = logging.getLogger("snapbox.kernel")
@@ -422,7 +422,7 @@ class HostSocket:
         p = select.poll()
         p.register(self.fd, select.POLLIN | select.POLLOUT | select.POLLRDHUP)
         got = p.poll(0)
-        return got[0][1] & (POLLIN | POLLOUT | POLLERR | POLLHUP) if got else 0
+        return got[0][1] & (POLLIN | POLLOUT | POLLERR | POLLHUP | POLLRDHUP) if got else 0
 
     def queues(self, t) -> tuple:
         if self.sock is None:

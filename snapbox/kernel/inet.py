@@ -37,11 +37,11 @@ import zlib
 from dataclasses import dataclass, field
 
 from snapbox.kernel.errors import SyscallError, WouldBlock
-from snapbox.kernel.fd import O_NONBLOCK, POLLERR, POLLIN, POLLOUT
+from snapbox.kernel.fd import O_NONBLOCK, POLLERR, POLLHUP, POLLIN, POLLOUT, POLLRDHUP
 from snapbox.kernel.hostnet import HostSocket, format_address
-from snapbox.kernel.pipe import PIPE_BUF
+from snapbox.kernel.pipe import PIPE_BUF, PIPE_CAPACITY
 from snapbox.kernel.signals import SIGPIPE
-from snapbox.kernel.socket import MSG_DONTWAIT, MSG_NOSIGNAL, MSG_PEEK, SHUT_RD, SHUT_RDWR, SHUT_WR, DatagramSocket, \
+from snapbox.kernel.socket import MSG_DONTWAIT, MSG_NOSIGNAL, MSG_PEEK, SHUT_RD, SHUT_RDWR, SHUT_WR, SO_SNDBUF, DatagramSocket, \
     UnixSocket, make_buffers
 from snapbox.kernel.waiter import WaitQueue
 from snapbox.state import SnapboxError, savable
@@ -80,6 +80,32 @@ _SOCKADDR_IN = struct.Struct("!HH4s8x")  # family (host order, fixed below), por
 _SOCKADDR_IN6 = struct.Struct("!HHI16sI")  # family, port, flowinfo, address, scope id
 
 
+# When data came, for recvmsg (socket(7)): SO_TIMESTAMP gives a timeval, SO_TIMESTAMPNS a
+# timespec, each as a control message of its own type (the options are kept as one:
+# (SOL_SOCKET, SO_TIMESTAMP) -> STAMP_USEC or STAMP_NSEC); SIOCGSTAMP and SIOCGSTAMPNS ask
+# for the last datagram's. TCP_INQ: what is left to read, with each read of TCP.
+SO_TIMESTAMP, SO_TIMESTAMPNS, STAMP_USEC, STAMP_NSEC = 29, 35, 1, 2
+SIOCGSTAMP, SIOCGSTAMPNS = 0x8906, 0x8907
+TCP_INQ = 36
+
+
+def stamp_control(kind: int, ns: int) -> tuple[int, int, bytes]:
+    """The control message of SO_TIMESTAMP (kind STAMP_USEC) or SO_TIMESTAMPNS for `ns`."""
+    if kind == STAMP_NSEC:
+        return 1, SO_TIMESTAMPNS, struct.pack("<qq", ns // 10**9, ns % 10**9)
+    return 1, SO_TIMESTAMP, struct.pack("<qq", ns // 10**9, ns % 10**9 // 1000)
+
+
+def stamp_ioctl(t, stamp: int, request: int, arg: int) -> int:
+    """SIOCGSTAMP (a timeval) or SIOCGSTAMPNS (a timespec): when the last datagram read
+    came; ENOENT before any was read (always, for TCP, whose reads never set it)."""
+    if stamp < 0:
+        raise SyscallError(errno.ENOENT)
+    sub = stamp % 10**9 if request == SIOCGSTAMPNS else stamp % 10**9 // 1000
+    t.mm.write(arg, struct.pack("<qq", stamp // 10**9, sub))
+    return 0
+
+
 LINGER = (1, 13)  # (SOL_SOCKET, SO_LINGER): (l_onoff, l_linger) as setsockopt left it
 REUSEPORT = (1, 15)  # (SOL_SOCKET, SO_REUSEPORT): sockets that all set it share a port
 TCP_LINGER2 = (6, 8)  # (IPPROTO_TCP, TCP_LINGER2): FIN_WAIT2's time in seconds (0: the system's, -1: none)
@@ -99,6 +125,17 @@ class InetSocket(UnixSocket):
     remote: tuple = ()  # (ip, port) of the peer once connected
     options: dict = field(default_factory=dict)  # (level, option) -> int, as setsockopt left it
     in_progress: bool = False  # a nonblocking connect said EINPROGRESS: the next connect says 0
+    # A nonblocking connect to a port no one listens on said EINPROGRESS and then failed, as
+    # Linux's does once the reset comes: `error` (ECONNREFUSED) is pending until SO_ERROR,
+    # a read, a send or another connect takes it; reads then see the end, sends EPIPE, and
+    # the next connect says ECONNABORTED and leaves the socket unconnected.
+    refused: bool = False
+    error: int = 0
+    # A nonblocking connect to a listener whose backlog was full said EINPROGRESS: its SYN
+    # was dropped, to be sent again (the listener's `syn_waiting`). It connects when an
+    # accept makes room, or is refused if the listener stops listening first.
+    syn_to: InetSocket | None = None
+    syn_waiting: list = field(default_factory=list)  # a listener's: [(socket, its process's creds)]
     host: HostSocket | None = None  # the host socket behind it, where the outside can reach it
     published: list = field(default_factory=list)  # the Publications a listener takes connections from
     # A send found the peer closed and went out all the same, as Linux's first one does
@@ -141,15 +178,52 @@ class InetSocket(UnixSocket):
         return bool(self.flags & O_NONBLOCK or flags & MSG_DONTWAIT)
 
     def recv_msg(self, t, count: int, flags: int = 0) -> tuple[bytes, list, list | None]:
+        if self.refused:
+            self._raise_error()
+            return b"", [], None
+        if self.syn_to is not None:
+            self._wait_for_handshake(flags)
         if not self.external:
             if flags & MSG_OOB:
                 raise SyscallError(errno.EINVAL)  # tcp(7): no urgent data is ever kept apart (sent inline)
             return super().recv_msg(t, count, flags)
-        if not self.connected:
-            raise SyscallError(errno.ENOTCONN)
         if self.shut_rd:
             return b"", [], None
+        # Still connecting, the host's socket waits for the handshake, or says how it failed.
         return self.host.recv(t, count, flags, self._nonblock(flags))[0], [], None
+
+    def ioctl(self, t, request: int, arg: int) -> int:
+        if request in (SIOCGSTAMP, SIOCGSTAMPNS):
+            return stamp_ioctl(t, -1, request, arg)
+        return super().ioctl(t, request, arg)
+
+    def tcp_control(self, t, data: bytes) -> list[tuple[int, int, bytes]]:
+        """The control messages a read of TCP gives, in tcp_recvmsg's order: when the data
+        came (SO_TIMESTAMP/SO_TIMESTAMPNS; for a connection beyond the sandbox, when the
+        sentry read it), then TCP_INQ's count of what is left (1 for none once the peer's
+        FIN is in: it counts as one, as tcp_inq_hint's sequence numbers do)."""
+        out = []
+        stamped = self.option(1, SO_TIMESTAMP)
+        if stamped and data:
+            ns = t.kernel.timekeeper.realtime_ns() if self.external else self.incoming.stamp
+            if ns:
+                out.append(stamp_control(stamped, ns))
+        if self.option(6, TCP_INQ):
+            left = self.unread()
+            done = bool(self.host.poll() & POLLRDHUP) if self.external else \
+                self.incoming is not None and self.incoming.writers == 0
+            out.append((6, TCP_INQ, struct.pack("<i", left + int(done))))
+        return out
+
+    def _wait_for_handshake(self, flags: int) -> None:
+        """Reads and sends of a socket still connecting wait for it (tcp(7))."""
+        raise SyscallError(errno.EAGAIN) if self._nonblock(flags) else WouldBlock(self.changed)
+
+    def _raise_error(self) -> None:
+        """A pending error (Linux's sk_err) is what the next call says, once."""
+        if self.error:
+            err, self.error = self.error, 0
+            raise SyscallError(err)
 
     @property
     def aborted(self) -> bool:
@@ -158,7 +232,11 @@ class InetSocket(UnixSocket):
         return not self.external and self.incoming is not None and self.incoming.aborted
 
     def pending_error(self) -> int:
-        """SO_ERROR, which reading clears: ECONNRESET after the peer's reset."""
+        """SO_ERROR, which reading clears: ECONNRESET after the peer's reset, ECONNREFUSED
+        after a refused nonblocking connect."""
+        if self.error:
+            err, self.error = self.error, 0
+            return err
         if self.aborted and self.incoming.reset:
             self.incoming.reset = False
             return errno.ECONNRESET
@@ -166,20 +244,25 @@ class InetSocket(UnixSocket):
 
     def send(self, t, data: bytes, flags: int = 0, files: tuple = (), creds: list | None = None) -> int:
         if not self.external:
-            if self.pending_error():
-                raise SyscallError(errno.ECONNRESET)  # tcp(7): the reset's error first, then EPIPE
+            if err := self.pending_error():  # tcp(7): the reset's (or refusal's) error first, then EPIPE
+                if err == errno.EPIPE and not flags & MSG_NOSIGNAL:
+                    t.kernel.send_signal(t.tg, SIGPIPE)
+                raise SyscallError(err)
+            if self.syn_to is not None:
+                self._wait_for_handshake(flags)
             if self.outgoing is None:  # never connected (or listening): Linux says EPIPE, not ENOTCONN
                 if not flags & MSG_NOSIGNAL:
                     t.kernel.send_signal(t.tg, SIGPIPE)
                 raise SyscallError(errno.EPIPE)
             if self.outgoing.readers == 0 and not (self.shut_wr or self.wrote_to_closed or self.aborted):
-                self.wrote_to_closed = True
+                # It goes, and the closed peer's answer is a reset: EPIPE is pending (SO_ERROR).
+                self.wrote_to_closed, self.error = True, errno.EPIPE
+                self.changed.notify()
                 return len(data)
-            return super().send(t, data, flags, files)
-        if not self.connected:
-            raise SyscallError(errno.EAGAIN) if self._nonblock(flags) else \
-                WouldBlock(*self.host.queues(t)[1:])  # tcp(7): a send waits for the handshake
-        try:
+            sent = super().send(t, data, flags, files)
+            self.outgoing.stamp = t.kernel.timekeeper.realtime_ns()
+            return sent
+        try:  # still connecting, the host's socket waits for the handshake, or says how it failed
             if self.shut_wr:
                 raise SyscallError(errno.EPIPE)
             return self.host.send(t, data, flags, self._nonblock(flags))
@@ -227,7 +310,20 @@ class InetSocket(UnixSocket):
         if self.listening and how == SHUT_WR:
             return
         if not self.external:
-            if not self.connected and how in (SHUT_RD, SHUT_WR, SHUT_RDWR):
+            if how not in (SHUT_RD, SHUT_WR, SHUT_RDWR):
+                raise SyscallError(errno.EINVAL)
+            connecting = self.syn_to is not None
+            if connecting:  # a connect under way is abandoned: reset, as Linux's tcp_disconnect
+                self.syn_to.drop_syn(self)
+                self.refused, self.error = True, errno.ECONNRESET
+            if self.refused:  # closed: shut all the same, as inet_shutdown, but ENOTCONN
+                self.shut_rd = self.shut_rd or how in (SHUT_RD, SHUT_RDWR)
+                self.shut_wr = self.shut_wr or how in (SHUT_WR, SHUT_RDWR)
+                self.changed.notify()
+                if not connecting:
+                    raise SyscallError(errno.ENOTCONN)
+                return
+            if not self.connected or self._closed():
                 raise SyscallError(errno.ENOTCONN)  # TCP, unlike a unix socket, must be connected
             if how in (SHUT_WR, SHUT_RDWR) and not self.shut_wr:
                 self.closed_first = self.incoming.writers > 0
@@ -250,10 +346,28 @@ class InetSocket(UnixSocket):
         if self.external:
             self.connected  # noqa: B018 - settles a connect the host has finished
             return self.host.poll()
-        r = super().ready()
-        if self.connected and self.outgoing.readers == 0 and not self.shut_wr:
-            r = r & ~POLLOUT | POLLERR  # the peer has closed: a write would be reset
+        if self.refused:  # closed, as tcp_poll shows a socket whose connect failed
+            return POLLOUT | POLLHUP | (POLLIN | POLLRDHUP if self.shut_rd else 0) | (POLLERR if self.error else 0)
+        if self.syn_to is not None or not self.connected:
+            return 0 if self.syn_to is not None else POLLOUT | POLLHUP
+        # As tcp_poll: reading shut down (here, or by the peer's FIN) is POLLIN and POLLRDHUP;
+        # both ways, or closed (a reset, either way), POLLHUP; writable by room, or once shut
+        # for writing (a write fails at once); POLLERR while an error is pending.
+        closed = self._closed()
+        rcv_shut = closed or self.shut_rd or self.incoming.writers == 0
+        r = POLLIN | POLLRDHUP if rcv_shut else POLLIN if self.incoming.has_unread() else 0
+        if closed or (rcv_shut and self.shut_wr):
+            r |= POLLHUP
+        if closed or self.shut_wr or self.has_room():
+            r |= POLLOUT
+        if self.error or self.incoming.reset:
+            r |= POLLERR
         return r
+
+    def _closed(self) -> bool:
+        """In Linux's CLOSE state: reset (by the peer, or by the closed peer a send reached),
+        or shut down both ways with the peer's FIN in."""
+        return self.incoming.aborted or self.wrote_to_closed or (self.shut_wr and self.incoming.writers == 0)
 
     def queues(self, t) -> tuple:
         if self.listening:
@@ -266,7 +380,10 @@ class InetSocket(UnixSocket):
         """The next connection: one made inside the sandbox, else one from the outside."""
         outside = self._outside()
         if not self.listening or self.pending or not outside or t is None:
-            return super().accept()
+            conn = super().accept()
+            if self.syn_waiting and t is not None:
+                self.admit_waiting(t.kernel)
+            return conn
         for h in outside:
             conn = h.accept()
             if conn is not None:
@@ -286,8 +403,14 @@ class InetSocket(UnixSocket):
         return InetSocket(flags=2, ino=t.kernel.pipe_ino, family=self.family, local=local, remote=remote,
                           options=dict(self.options), host=conn, kernel=t.kernel)
 
+    def stop_listening(self) -> None:
+        super().stop_listening()
+        self.refuse_waiting()
+
     def release(self, embryo: bool = False) -> None:
         listening = self.listening
+        if self.syn_to is not None:
+            self.syn_to.drop_syn(self)
         if self.host is not None:
             external = self.external
             self.host.close()
@@ -311,22 +434,63 @@ class InetSocket(UnixSocket):
 
     def connect_inet(self, t, listener: InetSocket, remote: tuple) -> None:
         """Connect to `listener` at `remote` (the address the caller named): the new
-        connection waits in the listener's backlog for accept."""
+        connection waits in the listener's backlog for accept. With the backlog full, a
+        blocking connect waits for room; a nonblocking one says EINPROGRESS and goes on
+        trying (its SYN sent again, as Linux's is) until an accept makes room."""
+        cred = [t.tg.tgid, t.tg.creds[1], t.tg.creds[4]]
         if len(listener.pending) > listener.backlog:
-            if self.flags & O_NONBLOCK:
-                raise SyscallError(errno.EAGAIN)
-            raise WouldBlock(listener.changed)
-        up, down = make_buffers(t.kernel)
+            if not self.flags & O_NONBLOCK:
+                raise WouldBlock(listener.changed)
+            self.syn_to, self.remote = listener, remote
+            listener.syn_waiting.append((self, cred))
+            raise SyscallError(errno.EINPROGRESS)
+        self._join(t.kernel, listener, remote, cred)
+
+    def _join(self, kernel, listener: InetSocket, remote: tuple, cred: list) -> None:
+        """The handshake: a new connection in the listener's backlog, this its other end."""
+        up, down = make_buffers(kernel)
         server = InetSocket(flags=2, incoming=up, outgoing=down, ino=up.ino, family=listener.family,
                             local=(remote[0], listener.local[1]), remote=self.local,
-                            options=dict(listener.options), cred=[t.tg.tgid, t.tg.creds[1], t.tg.creds[4]],
-                            kernel=t.kernel)
+                            options=dict(listener.options), cred=cred, kernel=kernel)
         self.incoming, self.outgoing = down, up
         self.remote = remote
         self.cred = list(listener.cred)
+        self.size_outgoing()
+        server.size_outgoing()
         listener.pending.append(server)
         listener.changed.notify()
         self.changed.notify()
+
+    def size_outgoing(self) -> None:
+        """What a connection holds unread before a send waits: with SO_SNDBUF set, the
+        sender's buffer and the receiver's window (64 KiB), as over Linux's loopback; else
+        a pipe's capacity (Linux grows an unset buffer with use). Resizing wakes senders."""
+        if self.outgoing is not None and (1, SO_SNDBUF) in self.options:
+            self.outgoing.capacity = self.options[(1, SO_SNDBUF)] + PIPE_CAPACITY
+            self.outgoing.writable.notify()
+
+    def admit_waiting(self, kernel) -> None:
+        """A listener's backlog has room: connects whose SYN it dropped get in (as their next
+        SYN would), in the order they came."""
+        while self.syn_waiting and len(self.pending) <= self.backlog:
+            s, cred = self.syn_waiting.pop(0)
+            if s.refs > 0 and s.syn_to is self:
+                s.syn_to, s.in_progress = None, True
+                s._join(kernel, self, s.remote, cred)
+
+    def drop_syn(self, s: InetSocket) -> None:
+        """`s` connects to this listener no more."""
+        self.syn_waiting = [(w, cred) for w, cred in self.syn_waiting if w is not s]
+        s.syn_to = None
+
+    def refuse_waiting(self) -> None:
+        """The listener stopped listening: the next SYN of each waiting connect is refused."""
+        waiting, self.syn_waiting = self.syn_waiting, []
+        for s, _ in waiting:
+            if s.syn_to is self:
+                s.syn_to, s.remote = None, ()
+                s.refused, s.error, s.shut_rd, s.shut_wr = True, errno.ECONNREFUSED, True, True
+                s.changed.notify()
 
     def describe(self) -> str:
         state = "listening" if self.listening else "connected" if self.connected else "unconnected"
@@ -349,7 +513,7 @@ class UdpSocket(DatagramSocket):
     local: tuple = ()  # (ip, port) once bound (explicitly, or by the first send or connect)
     remote: tuple = ()  # connect(2): where sends go by default, and the only source received
     # [sender's (ip, port), bytes, marks: [TTL, TOS, where it arrived (ip, port, interface
-    # index) or None] or None (unknown)], oldest first
+    # index) or None] or None (unknown), when it came (sandbox realtime ns)], oldest first
     queue: list = field(default_factory=list)
     queued: int = 0  # bytes in the queue; datagrams past RCVBUF are dropped, as Linux's
     error: int = 0  # a pending ECONNREFUSED (a connected send found no one): reported once
@@ -367,6 +531,8 @@ class UdpSocket(DatagramSocket):
     nat_host: HostSocket | None = None
     published: list = field(default_factory=list)  # the Publications whose datagrams it receives
     protocol: int = IPPROTO_UDP  # or IPPROTO_UDPLITE
+    kernel: object = None  # for its clock: when each datagram came
+    stamp: int = -1  # when the last datagram read came (SIOCGSTAMP); -1: none read yet
     listening = lingering = False  # never (Ports asks)
 
     @property
@@ -459,9 +625,17 @@ class UdpSocket(DatagramSocket):
             return  # (one shut for reading still queues it, as Linux's)
         if self.queued + len(data) > self.option(1, 8, RCVBUF):  # SO_RCVBUF
             return
-        self.queue.append([source, data, list(marks) if marks is not None else None])
+        self.queue.append([source, data, list(marks) if marks is not None else None, self._now()])
         self.queued += len(data)
         self.readable_queue.notify()
+
+    def _now(self) -> int:
+        return self.kernel.timekeeper.realtime_ns() if self.kernel is not None else 0
+
+    def ioctl(self, t, request: int, arg: int) -> int:
+        if request in (SIOCGSTAMP, SIOCGSTAMPNS):
+            return stamp_ioctl(t, self.stamp, request, arg)
+        return super().ioctl(t, request, arg)
 
     def recv_from(self, t, count: int, flags: int) -> tuple[bytes, tuple, int]:
         """The next datagram: (its first `count` bytes, its source, its whole length)."""
@@ -485,6 +659,7 @@ class UdpSocket(DatagramSocket):
                     if e.errno == errno.EAGAIN and self.shut_rd and not nonblock:
                         return b"", (), 0, []
                     raise
+                self.stamp = self._now()  # (taken as it is read from the host)
                 return data, source, len(data), self.control(source, marks)
             if self.shut_rd and not nonblock:
                 return b"", (), 0, []
@@ -494,6 +669,7 @@ class UdpSocket(DatagramSocket):
         entry = self.queue[0]
         source, data = entry[0], entry[1]
         marks = entry[2] if len(entry) > 2 else (DEFAULT_TTL, 0)  # an image from before marks were kept
+        self.stamp = entry[3] if len(entry) > 3 else self._now()
         if not flags & MSG_PEEK:
             self.queue.pop(0)
             self.queued -= len(data)
@@ -502,16 +678,17 @@ class UdpSocket(DatagramSocket):
     def control(self, source: tuple, marks) -> list[tuple[int, int, bytes]]:
         """The control messages (level, type, data) recvmsg gives with a datagram from
         `source` that came with `marks` (TTL, TOS, and where it arrived: (address, port,
-        interface index) or None), for the options the socket set, in Linux's order: for an
-        IPv4 datagram IP_PKTINFO, IP_TTL, IP_TOS (one byte), IP_ORIGDSTADDR; for an IPv6 one
+        interface index) or None), for the options the socket set, in Linux's order: when
+        it came (SO_TIMESTAMP or SO_TIMESTAMPNS), then for an IPv4 datagram IP_PKTINFO, IP_TTL, IP_TOS (one byte), IP_ORIGDSTADDR; for an IPv6 one
         IPV6_PKTINFO, IPV6_HOPLIMIT, IPV6_TCLASS, IPV6_ORIGDSTADDR. Unknown marks (a host
         datagram whose header the host did not give) give none."""
+        stamped = self.option(1, SO_TIMESTAMP)  # before the IP level's, as udp_recvmsg puts them
+        wanted = [stamp_control(stamped, self.stamp)] if stamped and source else []
         if not source or marks is None:
-            return []
+            return wanted
         ttl, tos = marks[0], marks[1]
         arrival = marks[2] if len(marks) > 2 else None
         v4 = is_v4(source[0])
-        wanted = []
         if arrival is not None and self.family == AF_INET6 and self.option(SOL_IPV6, IPV6_RECVPKTINFO):
             wanted.append((SOL_IPV6, IPV6_PKTINFO, _ip6(arrival[0]).packed + struct.pack("<i", arrival[2])))
         if v4:  # (on an IPv6 socket too: an IPv4 datagram's are the SOL_IP options', as udpv6_recvmsg)

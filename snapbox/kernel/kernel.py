@@ -477,15 +477,21 @@ class Kernel(Lifecycle, Signaling, Checkpointing):
                 self.current = task
                 stub = task.tg.mm.stub
                 stub.active = -1 if task.notif else task.host_tid  # no stopped thread to inject into
+                fds = task.tg.fds
+                fds.held, fds.seen = task.held, {}
                 try:
                     result = fn(task, *args[:nargs])
                 finally:
                     self.current = None
                     if task.tg.mm.stub is not None:
                         task.tg.mm.stub.active = None
+                    seen, fds.held, fds.seen = fds.seen, {}, None
         except SyscallError as e:
             result = -e.errno
         except WouldBlock as wb:
+            for fd, f in seen.items():  # held while parked: a close elsewhere leaves the call its file
+                f.refs += 1
+                task.held[fd] = f
             self._park(task, wb)
             return None
         except TaskExit:
@@ -514,6 +520,8 @@ class Kernel(Lifecycle, Signaling, Checkpointing):
         if self.strace is not None:
             self.strace(task, nr, args, result)
         task.restart = None
+        if task.held:
+            task.let_go()
         return result
 
     def collect_orphans(self) -> None:

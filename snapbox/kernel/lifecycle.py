@@ -549,6 +549,7 @@ class Lifecycle:
 
     def _drop(self, task: Task) -> None:
         task.run = Run.DEAD
+        task.let_go()
         for q in task.waiting:
             if task in q.waiters:
                 q.waiters.remove(task)

@@ -333,6 +333,7 @@ class Signaling:
             if nr in SLEEP_SYSCALLS and progress is not None:
                 self._write_remaining(t, nr, progress)
         t.restart = None
+        t.let_go()
         t.run = Run.STOPPED
         t.tg.mm.stub.clobbered.add(t.host_tid)
         self._deliver_and_resume(t)

@@ -22,7 +22,7 @@ import stat
 from dataclasses import dataclass, field
 
 from snapbox.kernel.errors import SyscallError, WouldBlock
-from snapbox.kernel.fd import O_NONBLOCK, POLLERR, POLLHUP, POLLIN, POLLOUT, POLLRDHUP, OpenFile
+from snapbox.kernel.fd import O_NONBLOCK, POLLERR, POLLHUP, POLLIN, POLLOUT, POLLRDHUP, OpenFile, drop_ref
 from snapbox.kernel.pipe import PIPE_BUF, Pipe
 from snapbox.kernel.signals import SIGPIPE
 from snapbox.kernel.vfs import Inode
@@ -77,13 +77,6 @@ def autobind(kernel, s: UnixSocket | UnixDgramSocket) -> None:
         s.partner.peer = name
 
 
-def drop_ref(f: OpenFile) -> None:
-    """Let go of a reference to an open file held outside any fd table."""
-    f.refs -= 1
-    if f.refs == 0:
-        f.release()
-
-
 @savable
 @dataclass(eq=False)
 class StreamBuffer(Pipe):
@@ -100,6 +93,7 @@ class StreamBuffer(Pipe):
     # first; together (wmem) what they take of the writer's SO_SNDBUF until read.
     skbs: list = field(default_factory=list)
     wmem: int = 0
+    stamp: int = 0  # TCP: when (sandbox realtime ns) the last bytes came, for SO_TIMESTAMP
 
     def has_unread(self) -> bool:
         """Whether there is anything to read (a seqpacket record may be empty)."""
@@ -492,7 +486,7 @@ class UnixSocket(SocketFile):
         if self.connected:
             if self.incoming.has_unread() or embryo:
                 self.outgoing.reset = self.outgoing.aborted = True  # unix(7) as Linux: the peer's next read fails
-            self.shutdown(SHUT_RDWR)
+            UnixSocket.shutdown(self, SHUT_RDWR)  # the buffers' ends, not a subclass's checks of the call
             self.incoming.discard()
         self.stop_listening()
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from snapbox.kernel.creds import CapSets, Creds
-from snapbox.kernel.fd import FDTable
+from snapbox.kernel.fd import FDTable, drop_ref
 from snapbox.kernel.mm import MemoryManager
 from snapbox.kernel.seccomp import SeccompFilter
 from snapbox.kernel.vfs import Dir
@@ -193,6 +193,9 @@ class Task:
     # Progress of an interrupted syscall that must survive a block or a checkpoint:
     # (syscall number, value), e.g. a sleep's deadline or bytes already written.
     restart: tuple | None = None
+    # fd -> the file a parked call resolved it to, a reference held until the call ends:
+    # the call goes on with that file though another thread closes the fd (FDTable.held).
+    held: dict = field(default_factory=dict)
     # Registers and XSAVE area, filled in at checkpoint. A task stopped inside a syscall is
     # saved rewound to the syscall instruction, so after restore it simply makes it again.
     saved_regs: tuple = ()
@@ -241,6 +244,12 @@ class Task:
     def set_restart(self, nr: int, value: Any) -> None:
         """Record progress of syscall `nr` that must survive a block or a checkpoint."""
         self.restart = (int(nr), value)
+
+    def let_go(self) -> None:
+        """The call the task was in has ended: drop the files it held (Task.held)."""
+        held, self.held = self.held, {}
+        for f in held.values():
+            drop_ref(f)
 
     def restart_value(self, nr: int) -> Any:
         """The saved progress of syscall `nr`, if this task is re-entering it."""

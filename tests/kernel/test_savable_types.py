@@ -157,7 +157,8 @@ def build(name: str, kernel: Kernel):
         "UnixDgramSocket": lambda: dgram_b,
         "SignalFd": lambda: SignalFd(flags=0, mask=(1 << 9) | (1 << 11), owner=tg),
         "UdpSocket": lambda: UdpSocket(flags=2, ino=80, family=2, local=("127.0.0.1", 5353), remote=("127.0.0.1", 53),
-                                       queue=[[("127.0.0.1", 53), b"answer"]], queued=6, port_locked=True,
+                                       queue=[[("127.0.0.1", 53), b"answer", [64, 0, None], 1_700_000_000 * 10**9]],
+                                       queued=6, port_locked=True, stamp=1_699_999_999 * 10**9,
                                        options={(1, 2): 1, (0, 11): 1}, error=111,
                                        errors=[[b"lost", ("127.0.0.1", 9)]],
                                        nat_host=HostSocket(family=2, kind=2, local=("0.0.0.0", 5353), nat=True,
@@ -165,13 +166,12 @@ def build(name: str, kernel: Kernel):
         "NetlinkSocket": lambda: NetlinkSocket(flags=2, ino=82, kind=2, port=1, groups=1,
                                                queue=[b"\x14\x00\x00\x00\x03\x00\x02\x00" + bytes(12)],
                                                options={(270, 12): 1}),
-        "InetSocket": lambda: InetSocket(flags=2, ino=78, family=10, local=("::", 8080), listening=True, backlog=5,
-                                         options={(1, 2): 1, (6, 1): 1, (1, 13): (1, 5)},
-                                         pending=[InetSocket(flags=2, ino=79, incoming=right.outgoing,
-                                                             outgoing=left.outgoing, family=10,
-                                                             local=("::1", 8080), remote=("::1", 40000),
-                                                             kernel=kernel, closed_first=True,
-                                                             lingers_until=60 * 10**9)]),
+        "InetSocket": lambda: _waited_on(InetSocket(
+            flags=2, ino=78, family=10, local=("::", 8080), listening=True, backlog=5,
+            options={(1, 2): 1, (6, 1): 1, (1, 13): (1, 5), (1, 29): 2, (6, 36): 1},
+            pending=[InetSocket(flags=2, ino=79, incoming=right.outgoing, outgoing=left.outgoing, family=10,
+                                local=("::1", 8080), remote=("::1", 40000), kernel=kernel, closed_first=True,
+                                lingers_until=60 * 10**9, wrote_to_closed=True, error=32)])),
         "HostSocket": lambda: HostSocket(family=2, kind=1, role="listening", local=("127.0.0.1", 8080), backlog=5,
                                          options={(1, 2): 1}),
         "Publication": lambda: _feeding(Publication(
@@ -239,6 +239,15 @@ def _listening(listener: SeccompListener, task) -> SeccompListener:
     n = listener.hand_over(task, 39, 0x401000, (1, 2, 3, 4, 5, 6))
     n.state = "sent"
     task.seccomp_notif = n
+    return listener
+
+
+def _waited_on(listener: InetSocket) -> InetSocket:
+    """A listener with a full backlog that a nonblocking connect waits on (its SYN dropped)."""
+    waiting = InetSocket(flags=0o4002, ino=83, family=10, local=("::1", 40001), remote=("::1", 8080),
+                         syn_to=listener, refs=1)
+    listener.syn_waiting.append((waiting, [7, 1000, 1000]))
+    listener.pending[0].outgoing.stamp = 1_700_000_000 * 10**9
     return listener
 
 

@@ -16,14 +16,15 @@ import struct
 from snapbox.kernel.creds import CAP_NET_ADMIN, CAP_NET_BIND_SERVICE, CAP_NET_RAW, CAP_SETGID, CAP_SETUID, CAP_SYS_ADMIN, MAY_EXEC, MAY_WRITE, \
     capable, check
 from snapbox.kernel.errors import SyscallError, WouldBlock
-from snapbox.kernel.fd import O_CLOEXEC, O_NONBLOCK
+from snapbox.kernel.fd import O_CLOEXEC, O_NONBLOCK, drop_ref
 from snapbox.kernel.socket import AF_UNIX, MSG_DONTWAIT, MSG_PEEK, NOBODY, SNDBUF_DEFAULT, SOCK_SEQPACKET, \
-    SOCK_STREAM, SocketNode, UnixDgramSocket, UnixSocket, autobind, buffer_max, drop_ref, make_pair, new_socket
+    SOCK_STREAM, SocketNode, UnixDgramSocket, UnixSocket, autobind, buffer_max, make_pair, new_socket
 from snapbox.kernel.hostnet import HostSocket
 from snapbox.kernel.inet import AF_INET, AF_INET6, DEFAULT_TTL, IPPROTO_TCP, IPPROTO_UDP, IPPROTO_UDPLITE, \
     IPV6_HOPLIMIT, IPV6_RECVERR, IPV6_RECVHOPLIMIT, IPV6_RECVORIGDSTADDR, IPV6_RECVPKTINFO, IPV6_RECVTCLASS, \
     IPV6_TCLASS, IPV6_UNICAST_HOPS, IP_PKTINFO, IP_RECVERR, IP_RECVORIGDSTADDR, IP_RECVTOS, IP_RECVTTL, IP_TOS, \
-    IP_TTL, MSG_ERRQUEUE, SOL_IP, SOL_IPV6, UDPLITE_RECV_CSCOV, UDPLITE_SEND_CSCOV, InetSocket, Ports, UdpSocket, \
+    IP_TTL, MSG_ERRQUEUE, SOL_IP, SOL_IPV6, SO_TIMESTAMP, SO_TIMESTAMPNS, STAMP_NSEC, STAMP_USEC, TCP_INQ, \
+    UDPLITE_RECV_CSCOV, UDPLITE_SEND_CSCOV, InetSocket, Ports, UdpSocket, \
     aim_publications, bind_inet, has_outside, is_local, local_destination, masquerade_socket, masquerades, \
     moves_out, pack_sockaddr, parse_sockaddr, seen_local, send_datagram
 from snapbox.kernel.netlink import AF_NETLINK, NETLINK_ROUTE, SOL_NETLINK, NetlinkSocket
@@ -70,7 +71,8 @@ def socket(t, domain, type_, protocol):
         if kind == SOCK_STREAM:
             s = InetSocket(flags=flags, ino=t.kernel.pipe_ino, family=domain, kernel=t.kernel)
         else:
-            s = UdpSocket(flags=flags, ino=t.kernel.pipe_ino, family=domain, protocol=protocol or IPPROTO_UDP)
+            s = UdpSocket(flags=flags, ino=t.kernel.pipe_ino, family=domain, protocol=protocol or IPPROTO_UDP,
+                          kernel=t.kernel)
     elif domain == AF_UNIX:
         kind = _unix_kind(kind, protocol)
         s = new_socket(t.kernel, i32(type_) & SOCK_NONBLOCK, kind)
@@ -320,6 +322,12 @@ def _connect_inet(t, s: InetSocket, addr: int, addrlen: int) -> int:
     if s.in_progress:
         s.in_progress = False  # connect(2) again after EINPROGRESS: it has succeeded
         return 0
+    if s.syn_to is not None:
+        raise SyscallError(errno.EALREADY)  # still waiting for a listener's room
+    if s.refused:  # again after EINPROGRESS, which failed: why, else ECONNABORTED; then unconnected
+        err = s.error or errno.ECONNABORTED
+        s.refused, s.error, s.shut_rd, s.shut_wr = False, 0, False, False
+        raise SyscallError(err)
     if s.connected:
         raise SyscallError(errno.EISCONN)
     if s.listening:
@@ -336,6 +344,12 @@ def _connect_inet(t, s: InetSocket, addr: int, addrlen: int) -> int:
     if not local:
         raise SyscallError(errno.ENETUNREACH, "the sandbox has no network but loopback")
     if listener is None:
+        if s.local:  # a refused connection gives its port back, as Linux's (bind(2) may follow)
+            Ports(t.kernel.inet_ports).unbind(s)
+        if s.flags & O_NONBLOCK:  # as on Linux, the reset comes after connect(2) has returned
+            s.refused, s.error, s.shut_rd, s.shut_wr = True, errno.ECONNREFUSED, True, True
+            s.changed.notify()
+            raise SyscallError(errno.EINPROGRESS)
         raise SyscallError(errno.ECONNREFUSED)
     source = "127.0.0.1" if s.family == AF_INET else "::ffff:127.0.0.1" if mapped else "::1"
     _autobind(t, s, "127.0.0.1" if s.family == AF_INET or mapped else "::1")
@@ -377,8 +391,8 @@ def _connect_outside(t, s: InetSocket, dest: tuple) -> int:
         if s.flags & O_NONBLOCK:
             raise SyscallError(errno.EINPROGRESS if first else errno.EALREADY)
         raise WouldBlock(t.kernel.loop.host_queue(h.fd, selectors.EVENT_WRITE))
-    if not port:
-        s.local = ()  # a failed connection gives its port back (bind(2) may follow)
+    if not port and s.local:  # a failed connection gives its port back (bind(2) may follow)
+        Ports(t.kernel.inet_ports).unbind(s)
     raise SyscallError(err)
 
 
@@ -859,6 +873,9 @@ def _recvmsg(t, fd, msg, flags):
     if not (isinstance(s, InetSocket) and flags & MSG_TRUNC):  # tcp(7): MSG_TRUNC discards them
         scatter(t, vecs, data)
     out_flags, used = (MSG_TRUNC if whole > len(data) else 0), 0
+    if isinstance(s, InetSocket) and (items := s.tcp_control(t, data)):
+        used, cut = _put_control(t, control, controllen, items)
+        out_flags |= MSG_CTRUNC if cut else 0
     if s.passcred:  # before the files, as Linux's scm_recv puts them
         ucred = _UCRED.pack(*creds) if creds is not None else _UCRED.pack(0, NOBODY, NOBODY)
         used, cut = _put_control(t, control, controllen, [(SOL_SOCKET, SCM_CREDENTIALS, ucred)])
@@ -1002,7 +1019,7 @@ INET_OPTIONS = {
     (IPPROTO_TCP, TCP_KEEPINTVL): 75, (IPPROTO_TCP, TCP_KEEPCNT): 9, (IPPROTO_TCP, TCP_QUICKACK): 1,
     (IPPROTO_TCP, TCP_USER_TIMEOUT): 0, (IPPROTO_TCP, TCP_FASTOPEN): 0, (IPPROTO_TCP, TCP_CORK): 0,
     (IPPROTO_TCP, TCP_SYNCNT): 6, (IPPROTO_TCP, TCP_LINGER2): 0, (IPPROTO_TCP, TCP_DEFER_ACCEPT): 0,
-    (IPPROTO_TCP, TCP_WINDOW_CLAMP): 0, (SOL_IP, IP_MTU_DISCOVER): PMTUDISC_WANT,
+    (IPPROTO_TCP, TCP_WINDOW_CLAMP): 0, (IPPROTO_TCP, TCP_INQ): 0, (SOL_IP, IP_MTU_DISCOVER): PMTUDISC_WANT,
     (SOL_IPV6, IPV6_MTU_DISCOVER): PMTUDISC_WANT,
     (SOL_IP, IP_TOS): 0, (SOL_IP, IP_TTL): DEFAULT_TTL, (SOL_IPV6, IPV6_V6ONLY): 0,
     (SOL_IP, IP_RECVTTL): 0, (SOL_IP, IP_RECVTOS): 0, (SOL_IPV6, IPV6_UNICAST_HOPS): DEFAULT_TTL,
@@ -1015,7 +1032,7 @@ INET_OPTIONS = {
 # Options that are on or off (any value but 0 is 1).
 INET_FLAGS = {(SOL_SOCKET, SO_REUSEADDR), (SOL_SOCKET, SO_KEEPALIVE), (SOL_SOCKET, SO_DONTROUTE),
               (SOL_SOCKET, SO_BROADCAST), (SOL_SOCKET, SO_OOBINLINE), (IPPROTO_TCP, TCP_NODELAY),
-              (IPPROTO_TCP, TCP_CORK), (SOL_SOCKET, SO_NO_CHECK),
+              (IPPROTO_TCP, TCP_CORK), (IPPROTO_TCP, TCP_INQ), (SOL_SOCKET, SO_NO_CHECK),
               (SOL_IP, IP_RECVTTL), (SOL_IP, IP_RECVTOS), (SOL_IPV6, IPV6_RECVHOPLIMIT), (SOL_IPV6, IPV6_RECVTCLASS),
               (SOL_IP, IP_MULTICAST_LOOP), (SOL_IP, IP_RECVERR), (SOL_IPV6, IPV6_RECVERR), (SOL_IP, IP_PKTINFO),
               (SOL_IP, IP_RECVORIGDSTADDR), (SOL_IPV6, IPV6_RECVPKTINFO), (SOL_IPV6, IPV6_RECVORIGDSTADDR)}
@@ -1042,6 +1059,8 @@ def _inet_getsockopt(s: InetSocket | UdpSocket, level: int, opt: int) -> bytes:
         return struct.pack("<i", s.option(IPPROTO_UDPLITE, opt))  # 0 on a UDP socket, as Linux answers
     if level == SOL_SOCKET and opt in fixed:
         return struct.pack("<i", fixed[opt])
+    if level == SOL_SOCKET and opt in (SO_TIMESTAMP, SO_TIMESTAMPNS):
+        return struct.pack("<i", s.option(level, SO_TIMESTAMP) == (STAMP_USEC if opt == SO_TIMESTAMP else STAMP_NSEC))
     if level == SOL_SOCKET and opt == SO_LINGER:
         return struct.pack("<ii", *s.options.get((level, opt), (0, 0)))
     if (level, opt) == (IPPROTO_TCP, TCP_CONGESTION):
@@ -1070,6 +1089,12 @@ def _inet_setsockopt(t, s: InetSocket | UdpSocket, level: int, opt: int, optval:
             raise SyscallError(errno.EINVAL)
         s.options[(level, opt)] = struct.unpack("<ii", t.mm.read(optval, 8))
         return 0
+    if level == SOL_SOCKET and opt in (SO_TIMESTAMP, SO_TIMESTAMPNS):  # one setting: the last asked for
+        if optlen < 4:
+            raise SyscallError(errno.EINVAL)
+        (value,) = struct.unpack("<i", t.mm.read(optval, 4))
+        s.options[(level, SO_TIMESTAMP)] = (STAMP_USEC if opt == SO_TIMESTAMP else STAMP_NSEC) if value else 0
+        return 0
     if isinstance(s, UdpSocket) and level in (IPPROTO_UDP, IPPROTO_UDPLITE) \
             and opt in (UDPLITE_SEND_CSCOV, UDPLITE_RECV_CSCOV):
         return _udplite_setsockopt(t, s, opt, optval, optlen)
@@ -1081,6 +1106,8 @@ def _inet_setsockopt(t, s: InetSocket | UdpSocket, level: int, opt: int, optval:
         if s.host is not None:
             s.host.set_option(level, opt, value)  # the host's socket doubles it itself
         s.options[(level, kept)] = size
+        if isinstance(s, InetSocket):
+            s.size_outgoing()
         return 0
     if (level, opt) == (IPPROTO_TCP, TCP_CONGESTION):
         name = t.mm.read(optval, min(max(optlen, 0), TCP_CA_NAME_MAX - 1)).split(b"\0")[0]

@@ -56,8 +56,11 @@ def test_signal_driven_io_goes_on_after_a_restore(snapbox, images, tmp_path):
 def test_file_flags_positional_io_and_fdinfo_match_native(snapbox, images, tmp_path, bundle):
     """F_GETFL with O_LARGEFILE and without the open-only flags, ESPIPE before EBADF for
     pread/pwrite on a stream, /proc/self/fdinfo, and a connected unix socket named later
-    (its peer sees the name)."""
+    (its peer sees the name), and a read whose fd another thread closes (it goes on, holding
+    the pipe's reading end until it returns)."""
     want = native_fixture(images, bundle, cwd=tmp_path)
+    assert "the blocked read, its fd closed meanwhile: ok, 1 byte 'z'" in want
+    assert "a write once it returned: Broken pipe" in want
     assert "F_GETFL a directory: 0300000" in want and "pread of a pipe's write end: I" in want  # Illegal/Invalid seek
     assert "recvfrom: 1 from edges.client" in want
     assert same_output(snapbox("run", "--bundle", str(images / bundle), "fe").stdout, want)
