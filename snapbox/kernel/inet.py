@@ -48,7 +48,7 @@ from snapbox.state import SnapboxError, savable
 
 log = logging.getLogger("snapbox.kernel")
 
-AF_INET, AF_INET6 = 2, 10
+AF_UNSPEC, AF_INET, AF_INET6 = 0, 2, 10
 IPPROTO_TCP, IPPROTO_UDP, IPPROTO_UDPLITE = 6, 17, 136
 UDPLITE_SEND_CSCOV, UDPLITE_RECV_CSCOV = 10, 11  # udplite(7), at level IPPROTO_UDPLITE
 # The fields of a datagram's IP header a receiver may ask for (ip(7), ipv6(7)): the TTL or
@@ -94,6 +94,15 @@ def stamp_control(kind: int, ns: int) -> tuple[int, int, bytes]:
     if kind == STAMP_NSEC:
         return 1, SO_TIMESTAMPNS, struct.pack("<qq", ns // 10**9, ns % 10**9)
     return 1, SO_TIMESTAMP, struct.pack("<qq", ns // 10**9, ns % 10**9 // 1000)
+
+
+# TCP_INFO: Linux's TCP states, and the figures of its loopback connections.
+TCP_INFO, TCP_INFO_SIZE = 11, 280  # struct tcp_info as Linux 6.18 has it (copied no further than asked)
+TCP_ESTABLISHED, TCP_SYN_SENT, TCP_FIN_WAIT2, TCP_CLOSE, TCP_CLOSE_WAIT, TCP_LISTEN = 1, 2, 5, 7, 8, 10
+TCPI_OPT_TIMESTAMPS, TCPI_OPT_WSCALE = 1, 4
+TCP_RTO_MIN_US, TCP_TIMEOUT_INIT_US = 200_000, 1_000_000
+LOOPBACK_MSS, TCP_MSS_DEFAULT, LOOPBACK_PMTU = 65483, 536, 65535
+TCP_INFINITE_SSTHRESH, TCP_INIT_CWND, TCP_REORDERING = 0x7FFFFFFF, 10, 3
 
 
 def stamp_ioctl(t, stamp: int, request: int, arg: int) -> int:
@@ -197,6 +206,42 @@ class InetSocket(UnixSocket):
             return stamp_ioctl(t, -1, request, arg)
         return super().ioctl(t, request, arg)
 
+    def state(self) -> int:
+        """Linux's TCP state of this end (tcp_states.h)."""
+        if self.listening:
+            return TCP_LISTEN
+        if self.syn_to is not None:
+            return TCP_SYN_SENT
+        if self.refused or not self.connected:
+            return TCP_CLOSE
+        peer_fin = self.incoming.writers == 0
+        if self._closed():
+            return TCP_CLOSE
+        if self.shut_wr:
+            return TCP_FIN_WAIT2
+        return TCP_CLOSE_WAIT if peer_fin else TCP_ESTABLISHED
+
+    def tcp_info(self) -> bytes:
+        """TCP_INFO (struct tcp_info, as long as the host's): of a connection through the
+        host, the host's own; of one inside the sentry, its state and byte counts, with
+        the figures of a Linux loopback connection that has no losses, no queue in flight
+        and the initial window (the sentry's TCP has no congestion control to report)."""
+        if self.external:
+            return self.host.sock.getsockopt(IPPROTO_TCP, TCP_INFO, TCP_INFO_SIZE)
+        state = self.state()
+        connected = state not in (TCP_LISTEN, TCP_CLOSE, TCP_SYN_SENT)
+        mss = LOOPBACK_MSS if connected else TCP_MSS_DEFAULT
+        sent = self.outgoing.total if connected else 0
+        received = self.incoming.total if connected else 0
+        head = struct.pack("<8B24I", state, 0, 0, 0, 0, TCPI_OPT_TIMESTAMPS | TCPI_OPT_WSCALE if connected else 0,
+                           0x77 if connected else 0, 0, TCP_RTO_MIN_US if connected else TCP_TIMEOUT_INIT_US,
+                           0, mss, mss, len(self.pending) if self.listening else 0,
+                           self.backlog if self.listening else 0, 0, 0, 0, 0, 0, 0, 0,
+                           LOOPBACK_PMTU if connected else 0, 0, 0, 0, TCP_INFINITE_SSTHRESH, TCP_INIT_CWND,
+                           mss if connected else 0, TCP_REORDERING, 0, 0, 0)
+        tail = struct.pack("<QQQQ", 0, 0, sent, received)
+        return (head + tail + bytes(TCP_INFO_SIZE))[:TCP_INFO_SIZE]
+
     def tcp_control(self, t, data: bytes) -> list[tuple[int, int, bytes]]:
         """The control messages a read of TCP gives, in tcp_recvmsg's order: when the data
         came (SO_TIMESTAMP/SO_TIMESTAMPNS; for a connection beyond the sandbox, when the
@@ -261,6 +306,7 @@ class InetSocket(UnixSocket):
                 return len(data)
             sent = super().send(t, data, flags, files)
             self.outgoing.stamp = t.kernel.timekeeper.realtime_ns()
+            self.outgoing.total += sent
             return sent
         try:  # still connecting, the host's socket waits for the handshake, or says how it failed
             if self.shut_wr:
@@ -327,7 +373,12 @@ class InetSocket(UnixSocket):
                 raise SyscallError(errno.ENOTCONN)  # TCP, unlike a unix socket, must be connected
             if how in (SHUT_WR, SHUT_RDWR) and not self.shut_wr:
                 self.closed_first = self.incoming.writers > 0
-            return super().shutdown(how)
+                super().shutdown(SHUT_WR)
+            if how in (SHUT_RD, SHUT_RDWR):  # TCP's is this end's alone: nothing goes to the peer,
+                self.shut_rd = True  # which sends on; reads take what came, then see the end
+                self.incoming.readable.notify()
+                self.changed.notify()
+            return
         if how not in (SHUT_RD, SHUT_WR, SHUT_RDWR):
             raise SyscallError(errno.EINVAL)
         if not self.connected:
@@ -421,6 +472,7 @@ class InetSocket(UnixSocket):
             self.outgoing.reset = self.outgoing.aborted = True  # socket(7): a zero linger resets
         if self.connected and not embryo:
             self._linger(self.outgoing.aborted or self.incoming.has_unread() or self.incoming.aborted)
+        self.shut_rd = False  # (its reading end is counted until now: see shutdown)
         super().release(embryo)
         if listening:
             for p in list(self.published):
@@ -521,6 +573,7 @@ class UdpSocket(DatagramSocket):
     # oldest first, each with the ICMP port unreachable Linux's loopback answers it with.
     errors: list = field(default_factory=list)
     port_locked: bool = False  # bound to a port it named: kept when an association is dissolved
+    addr_locked: bool = False  # bound to an address it named; else a connect chooses its own, undone after
     shut_rd: bool = False
     shut_wr: bool = False
     options: dict = field(default_factory=dict)  # (level, option) -> int, as setsockopt left it
@@ -566,6 +619,8 @@ class UdpSocket(DatagramSocket):
         """connect(AF_UNSPEC): no default destination; a port the socket did not choose
         itself is given back, as Linux's __udp_disconnect does."""
         self.remote = ()
+        if self.local and not self.addr_locked:
+            self.local = ("0.0.0.0" if self.family == AF_INET else "::", self.local[1])
         if self.local and not self.port_locked:
             ports.unbind(self)
             for h in self.hosts():
@@ -623,8 +678,8 @@ class UdpSocket(DatagramSocket):
         traffic class, and where it arrived): queued, unless connected elsewhere or full."""
         if self.remote and (_ip(self.remote[0]), self.remote[1]) != (_ip(source[0]), source[1]):
             return  # (one shut for reading still queues it, as Linux's)
-        if self.queued + len(data) > self.option(1, 8, RCVBUF):  # SO_RCVBUF
-            return
+        if self.queued > self.option(1, 8, RCVBUF):  # SO_RCVBUF, by what is queued already, as
+            return  # __udp_enqueue_schedule_skb checks it: an empty queue takes any datagram
         self.queue.append([source, data, list(marks) if marks is not None else None, self._now()])
         self.queued += len(data)
         self.readable_queue.notify()
@@ -659,8 +714,10 @@ class UdpSocket(DatagramSocket):
                     if e.errno == errno.EAGAIN and self.shut_rd and not nonblock:
                         return b"", (), 0, []
                     raise
-                self.stamp = self._now()  # (taken as it is read from the host)
-                return data, source, len(data), self.control(source, marks)
+                stamp = self._now()  # (taken as it is read from the host)
+                if not self.option(1, SO_TIMESTAMP):
+                    self.stamp = stamp
+                return data, source, len(data), self.control(source, marks, stamp)
             if self.shut_rd and not nonblock:
                 return b"", (), 0, []
             if nonblock:
@@ -669,13 +726,15 @@ class UdpSocket(DatagramSocket):
         entry = self.queue[0]
         source, data = entry[0], entry[1]
         marks = entry[2] if len(entry) > 2 else (DEFAULT_TTL, 0)  # an image from before marks were kept
-        self.stamp = entry[3] if len(entry) > 3 else self._now()
+        stamp = entry[3] if len(entry) > 3 else self._now()
+        if not self.option(1, SO_TIMESTAMP):  # given as a control message, it is not kept (sock_recv_timestamp)
+            self.stamp = stamp
         if not flags & MSG_PEEK:
             self.queue.pop(0)
             self.queued -= len(data)
-        return data[:count], tuple(source), len(data), self.control(source, marks)
+        return data[:count], tuple(source), len(data), self.control(source, marks, stamp)
 
-    def control(self, source: tuple, marks) -> list[tuple[int, int, bytes]]:
+    def control(self, source: tuple, marks, stamp: int) -> list[tuple[int, int, bytes]]:
         """The control messages (level, type, data) recvmsg gives with a datagram from
         `source` that came with `marks` (TTL, TOS, and where it arrived: (address, port,
         interface index) or None), for the options the socket set, in Linux's order: when
@@ -683,7 +742,7 @@ class UdpSocket(DatagramSocket):
         IPV6_PKTINFO, IPV6_HOPLIMIT, IPV6_TCLASS, IPV6_ORIGDSTADDR. Unknown marks (a host
         datagram whose header the host did not give) give none."""
         stamped = self.option(1, SO_TIMESTAMP)  # before the IP level's, as udp_recvmsg puts them
-        wanted = [stamp_control(stamped, self.stamp)] if stamped and source else []
+        wanted = [stamp_control(stamped, stamp)] if stamped and source else []
         if not source or marks is None:
             return wanted
         ttl, tos = marks[0], marks[1]
@@ -956,17 +1015,18 @@ def local_destination(ip: str) -> str:
     return str(addr)
 
 
-def parse_sockaddr(raw: bytes, family: int) -> tuple[str, int]:
-    """(ip, port) from a sockaddr_in or sockaddr_in6 of a socket of `family`."""
+def parse_sockaddr(raw: bytes, family: int, binding: bool = False) -> tuple[str, int]:
+    """(ip, port) from a sockaddr_in or sockaddr_in6 of a socket of `family`. `binding`:
+    an IPv4 bind takes AF_UNSPEC with the wildcard address as AF_INET, as inet_bind does."""
     if len(raw) < 2:
         raise SyscallError(errno.EINVAL)
     got = struct.unpack_from("<H", raw)[0]
     if family == AF_INET:
         if len(raw) < 16:
             raise SyscallError(errno.EINVAL)
-        if got != AF_INET:
-            raise SyscallError(errno.EAFNOSUPPORT)
         _, port, ip = _SOCKADDR_IN.unpack_from(raw)
+        if got != AF_INET and not (binding and got == AF_UNSPEC and ip == bytes(4)):
+            raise SyscallError(errno.EAFNOSUPPORT)
         return str(ipaddress.IPv4Address(ip)), port
     if len(raw) < 24:
         raise SyscallError(errno.EINVAL)

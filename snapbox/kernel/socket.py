@@ -94,6 +94,7 @@ class StreamBuffer(Pipe):
     skbs: list = field(default_factory=list)
     wmem: int = 0
     stamp: int = 0  # TCP: when (sandbox realtime ns) the last bytes came, for SO_TIMESTAMP
+    total: int = 0  # TCP: the bytes ever sent through it, for TCP_INFO
 
     def has_unread(self) -> bool:
         """Whether there is anything to read (a seqpacket record may be empty)."""

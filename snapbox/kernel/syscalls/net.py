@@ -20,11 +20,11 @@ from snapbox.kernel.fd import O_CLOEXEC, O_NONBLOCK, drop_ref
 from snapbox.kernel.socket import AF_UNIX, MSG_DONTWAIT, MSG_PEEK, NOBODY, SNDBUF_DEFAULT, SOCK_SEQPACKET, \
     SOCK_STREAM, SocketNode, UnixDgramSocket, UnixSocket, autobind, buffer_max, make_pair, new_socket
 from snapbox.kernel.hostnet import HostSocket
-from snapbox.kernel.inet import AF_INET, AF_INET6, DEFAULT_TTL, IPPROTO_TCP, IPPROTO_UDP, IPPROTO_UDPLITE, \
+from snapbox.kernel.inet import AF_INET, AF_INET6, AF_UNSPEC, DEFAULT_TTL, IPPROTO_TCP, IPPROTO_UDP, IPPROTO_UDPLITE, \
     IPV6_HOPLIMIT, IPV6_RECVERR, IPV6_RECVHOPLIMIT, IPV6_RECVORIGDSTADDR, IPV6_RECVPKTINFO, IPV6_RECVTCLASS, \
     IPV6_TCLASS, IPV6_UNICAST_HOPS, IP_PKTINFO, IP_RECVERR, IP_RECVORIGDSTADDR, IP_RECVTOS, IP_RECVTTL, IP_TOS, \
-    IP_TTL, MSG_ERRQUEUE, SOL_IP, SOL_IPV6, SO_TIMESTAMP, SO_TIMESTAMPNS, STAMP_NSEC, STAMP_USEC, TCP_INQ, \
-    UDPLITE_RECV_CSCOV, UDPLITE_SEND_CSCOV, InetSocket, Ports, UdpSocket, \
+    IP_TTL, LOOPBACK_MSS, MSG_ERRQUEUE, SOL_IP, SOL_IPV6, SO_TIMESTAMP, SO_TIMESTAMPNS, STAMP_NSEC, STAMP_USEC, \
+    TCP_INFO, TCP_INQ, TCP_MSS_DEFAULT, UDPLITE_RECV_CSCOV, UDPLITE_SEND_CSCOV, InetSocket, Ports, UdpSocket, \
     aim_publications, bind_inet, has_outside, is_local, local_destination, masquerade_socket, masquerades, \
     moves_out, pack_sockaddr, parse_sockaddr, seen_local, send_datagram
 from snapbox.kernel.netlink import AF_NETLINK, NETLINK_ROUTE, SOL_NETLINK, NetlinkSocket
@@ -37,7 +37,7 @@ log = logging.getLogger("snapbox.kernel")
 
 SOCK_NONBLOCK, SOCK_CLOEXEC = O_NONBLOCK, O_CLOEXEC
 SOCK_DGRAM, SOCK_RAW = 2, 3
-AF_UNSPEC, AF_PACKET = 0, 17
+AF_PACKET = 17
 IPPROTO_MAX = 263
 MSG_TRUNC, MSG_WAITALL = 0x20, 0x100
 SOL_SOCKET, SCM_RIGHTS, SCM_CREDENTIALS = 1, 1, 2
@@ -221,11 +221,11 @@ def _bound(t, name: bytes, follow: bool = False) -> UnixSocket | SocketNode | No
     return node
 
 
-def _inet_address(t, s: InetSocket | UdpSocket, addr: int, addrlen: int) -> tuple[str, int]:
+def _inet_address(t, s: InetSocket | UdpSocket, addr: int, addrlen: int, binding: bool = False) -> tuple[str, int]:
     addrlen = i32(addrlen)
     if addrlen < 0 or addrlen > 128:
         raise SyscallError(errno.EINVAL)
-    return parse_sockaddr(t.mm.read(addr, addrlen), s.family)
+    return parse_sockaddr(t.mm.read(addr, addrlen), s.family, binding)
 
 
 def _autobind(t, s: InetSocket, ip: str) -> None:
@@ -254,14 +254,14 @@ def bind(t, fd, addr, addrlen):
         s.bind(t.kernel, t.tg.tgid, *_netlink_address(t, addr, addrlen))
         return 0
     if isinstance(s, (InetSocket, UdpSocket)):
-        ip, port = _inet_address(t, s, addr, addrlen)
+        ip, port = _inet_address(t, s, addr, addrlen, binding=True)
         if s.local or (isinstance(s, InetSocket) and s.connected):
             raise SyscallError(errno.EINVAL)
         if 0 < port < 1024 and not capable(t.tg, CAP_NET_BIND_SERVICE):
             raise SyscallError(errno.EACCES)  # ip(7): ports below ip_unprivileged_port_start
         bind_inet(t, s, ip, port)
         if isinstance(s, UdpSocket):
-            s.port_locked = port != 0
+            s.port_locked, s.addr_locked = port != 0, not ipaddress.ip_address(ip).is_unspecified
         return 0
     name = _read_address(t, addr, addrlen)
     if not name:  # autobind; a named socket keeps its name
@@ -427,8 +427,11 @@ def _connect_udp(t, s: UdpSocket, addr: int, addrlen: int) -> int:
     ip = local_destination(ip)
     if s.family == AF_INET6 and ":" not in ip:
         ip = f"::ffff:{ip}"  # an IPv4 destination of an IPv6 socket stays mapped (its host socket's too)
+    source = "127.0.0.1" if s.family == AF_INET else "::ffff:127.0.0.1" if "." in ip else "::1"
     if not s.local:
-        bind_inet(t, s, "127.0.0.1" if s.family == AF_INET else "::ffff:127.0.0.1" if "." in ip else "::1", 0)
+        bind_inet(t, s, source, 0)
+    elif ipaddress.ip_address(s.local[0]).is_unspecified:
+        s.local = (source, s.local[1])  # the route's source, as ip4_datagram_connect sets it
     s.remote = (ip, port)
     if s.host is not None:
         s.host.associate(s.remote)
@@ -1008,7 +1011,7 @@ def _buffer_size(t, opt: int, value: int) -> tuple[int, int]:
 
 TCP_CORK, TCP_SYNCNT, TCP_LINGER2, TCP_DEFER_ACCEPT, TCP_WINDOW_CLAMP, TCP_CONGESTION = 3, 7, 8, 9, 10, 13
 IP_MTU_DISCOVER, IPV6_MTU_DISCOVER, PMTUDISC_WANT, PMTUDISC_OMIT = 10, 23, 1, 5
-TCP_MSS_DEFAULT, TCP_MIN_MSS, LOOPBACK_MSS, LOOPBACK_WINDOW_CLAMP = 536, 88, 65483, 65536
+TCP_MIN_MSS, LOOPBACK_WINDOW_CLAMP = 88, 65536
 TCP_FIN_TIMEOUT, TCP_FIN_TIMEOUT_MAX, MAX_TCP_SYNCNT, TCP_CA_NAME_MAX = 60, 120, 127, 16
 INET_OPTIONS = {
     (SOL_SOCKET, SO_REUSEADDR): 0, (SOL_SOCKET, SO_KEEPALIVE): 0, (SOL_SOCKET, SO_REUSEPORT): 0,
@@ -1065,6 +1068,8 @@ def _inet_getsockopt(s: InetSocket | UdpSocket, level: int, opt: int) -> bytes:
         return struct.pack("<ii", *s.options.get((level, opt), (0, 0)))
     if (level, opt) == (IPPROTO_TCP, TCP_CONGESTION):
         return s.options.get((level, opt), _host_congestion()[0]).ljust(TCP_CA_NAME_MAX, b"\0")
+    if (level, opt) == (IPPROTO_TCP, TCP_INFO):
+        return s.tcp_info()
     if (level, opt) == (SOL_SOCKET, SO_RCVLOWAT) and not udp:
         raise SyscallError(errno.ENOPROTOOPT)  # TCP honours it (a read waits for as many): not done here
     if level == SOL_IPV6 and s.family != AF_INET6:
