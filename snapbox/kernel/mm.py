@@ -125,6 +125,33 @@ class MemoryManager:
             return top - length
         raise SyscallError(errno.ENOMEM, "no room in the address space")
 
+    def low_gap(self, hint: int, length: int) -> int:
+        """Where a MAP_32BIT mapping goes, as x86-64 Linux places it: in [1 GiB, 2 GiB), the
+        hint if it is free there, else the lowest gap there; ENOMEM if none."""
+        low, high = 1 << 30, 1 << 31
+        if hint and hint % PAGE_SIZE == 0 and low <= hint and hint + length <= high \
+                and not self.overlaps(hint, hint + length):
+            return hint
+        start = low
+        i = max(bisect.bisect_right(self.starts, start) - 1, 0)
+        for vma in self.vmas[i:]:
+            if vma.start >= start + length:
+                break
+            start = max(start, vma.end)
+        if start + length > high:
+            raise SyscallError(errno.ENOMEM, "no room below 2 GiB")
+        return start
+
+    def mapped_between(self, start: int, end: int) -> int:
+        """Bytes of [start, end) that VMAs cover."""
+        i = max(bisect.bisect_right(self.starts, start) - 1, 0)
+        return sum(min(v.end, end) - max(v.start, start) for v in self.vmas[i:] if v.start < end and v.end > start)
+
+    def data_size(self) -> int:
+        """Bytes of private writable mappings other than stacks: what RLIMIT_DATA limits
+        (Linux's data_vm)."""
+        return sum(v.end - v.start for v in self.vmas if v.prot & PROT_WRITE and not v.shared and v.kind != "stack")
+
     # -- mapping ----------------------------------------------------------------------------
 
     def _place(self, addr: int, length: int, fixed: bool) -> int:

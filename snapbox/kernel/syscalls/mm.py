@@ -11,9 +11,9 @@ from snapbox.kernel.devices import DeviceFile
 from snapbox.kernel.errors import SyscallError
 from snapbox.kernel.syscalls import NR, i32, syscall
 from snapbox.kernel.syscalls.common import iovecs
-from snapbox.kernel.syscalls.process import RLIMIT_DEFAULTS
+from snapbox.kernel.syscalls.process import RLIM_INFINITY, RLIMIT_DEFAULTS
 from snapbox.kernel.vfs import F_SEAL_FUTURE_WRITE, F_SEAL_WRITE, LowerNode, MemRegular, RegularFile
-from snapbox.memfile import PAGE_SIZE
+from snapbox.memfile import PAGE_SIZE, page_align
 from snapbox.platform.stub import PROT_WRITE
 
 log = logging.getLogger("snapbox.kernel")
@@ -30,11 +30,34 @@ MAP_LOCKED = 0x2000
 RLIMIT_MEMLOCK = 8
 MAP_STACK = 0x20000
 MAP_POPULATE = 0x8000
+MAP_32BIT = 0x40
+RLIMIT_DATA, RLIMIT_AS = 2, 9
 
 
 @syscall(NR.brk, stopped=True)
 def brk(t, addr):
-    return t.mm.set_brk(addr)
+    mm = t.mm
+    grows = page_align(addr) - page_align(mm.brk) if addr > mm.brk else 0
+    if addr > mm.brk and (addr - mm.brk_start > _limit(t, RLIMIT_DATA) or not _may_grow(t, grows)):
+        return mm.brk  # growing, as check_data_rlimit and may_expand_vm refuse it: the break stays
+    return mm.set_brk(addr)
+
+
+def _limit(t, resource: int) -> int:
+    return t.tg.rlimits.get(resource, RLIMIT_DEFAULTS[resource])[0]
+
+
+def _may_grow(t, length: int, replaced: int = 0, data: bool = False) -> bool:
+    """Whether the address space may take `length` more bytes (`replaced` of them already
+    mapped) under RLIMIT_AS, and, for private writable memory (`data`), RLIMIT_DATA: as
+    Linux's may_expand_vm (whose soft limit of 0 gives way to the hard one, for Valgrind)."""
+    more = length - replaced
+    if t.mm.size() + more > _limit(t, RLIMIT_AS):
+        return False
+    soft, hard = t.tg.rlimits.get(RLIMIT_DATA, RLIMIT_DEFAULTS[RLIMIT_DATA])
+    if not data or soft == RLIM_INFINITY:
+        return True
+    return t.mm.data_size() + more <= (soft or hard)
 
 
 @syscall(NR.mmap, stopped=True)
@@ -65,23 +88,31 @@ def _map(t, addr: int, length: int, prot: int, flags: int, fd: int, offset: int)
     if kind == 0 or length == 0 or offset % PAGE_SIZE:
         raise SyscallError(errno.EINVAL)
     source = None
+    if flags & MAP_ANONYMOUS and kind == MAP_SHARED_VALIDATE:
+        raise SyscallError(errno.EINVAL)  # anonymous memory is shared or private, as do_mmap says
     if not flags & MAP_ANONYMOUS:
         source = t.fds.get_open(i32(fd))
+        if kind != MAP_PRIVATE and prot & PROT_WRITE and not source.writable():
+            raise SyscallError(errno.EACCES)  # do_mmap's order: access first, then whether it maps
+        if not source.readable():
+            raise SyscallError(errno.EACCES)
         if isinstance(source, DeviceFile) and source.node.name == "zero":
             source = None  # a mapping of /dev/zero is anonymous memory
         elif not isinstance(source, RegularFile):
             raise SyscallError(errno.ENODEV)
-        elif not source.readable():
-            raise SyscallError(errno.EACCES)
-        elif kind != MAP_PRIVATE and prot & PROT_WRITE and not source.writable():
-            raise SyscallError(errno.EACCES)
         elif offset + (length + PAGE_SIZE - 1) // PAGE_SIZE * PAGE_SIZE >= 1 << 63:
             raise SyscallError(errno.EOVERFLOW)  # a negative offset, or past the largest file position
     fixed = bool(flags & (MAP_FIXED | MAP_FIXED_NOREPLACE))
-    if flags & MAP_FIXED_NOREPLACE and t.mm.find(addr) is not None:
-        raise SyscallError(errno.EEXIST)
     if length > 1 << 46:
         raise SyscallError(errno.ENOMEM)
+    if flags & MAP_FIXED_NOREPLACE and t.mm.mapped_between(addr, addr + page_align(length)):
+        raise SyscallError(errno.EEXIST)  # any part of the range mapped already
+    if flags & MAP_32BIT and not fixed:
+        addr, fixed = t.mm.low_gap(addr, page_align(length)), True  # free: placed there exactly
+    replaced = t.mm.mapped_between(addr, addr + page_align(length)) if fixed else 0
+    if not _may_grow(t, page_align(length), replaced, kind == MAP_PRIVATE and prot & PROT_WRITE
+                     and not flags & MAP_GROWSDOWN):
+        raise SyscallError(errno.ENOMEM)  # RLIMIT_AS or RLIMIT_DATA
     if source is None:
         addr = t.mm.map_anonymous(addr, length, prot & 7, fixed, "stack" if flags & MAP_GROWSDOWN else "anon")
         if kind != MAP_PRIVATE:
@@ -127,6 +158,10 @@ def mremap(t, old_addr, old_size, new_size, flags, new_addr):
         raise SyscallError(errno.EINVAL)
     if dontunmap and old_size != new_size:
         raise SyscallError(errno.EINVAL)  # mremap(2): MREMAP_DONTUNMAP moves, never resizes
+    vma = t.mm.find(old_addr)
+    grows = page_align(new_size) - page_align(old_size)
+    if vma is not None and grows > 0 and not _may_grow(t, grows, data=bool(vma.prot & PROT_WRITE) and not vma.shared):
+        raise SyscallError(errno.ENOMEM)  # RLIMIT_AS or RLIMIT_DATA
     return t.mm.remap(old_addr, old_size, new_size, bool(may_move), new_addr if fixed else None, bool(dontunmap))
 
 

@@ -14,6 +14,8 @@ def test_memory_mappings_match_native(snapbox, images, tmp_path, bundle):
     assert same_output(got, want)
     assert "after fork: shared=42 private=1 map=kid!" in got
     assert "mmap at offset -4096: EOVERFLOW" in want
+    assert "MAP_32BIT: mapped, in [1 GiB, 2 GiB) 1" in want and "with 64 MiB left under it: " in want
+    assert "RLIMIT_DATA 4096: brk grows 0; a writable private mapping: " in want
 
 
 @pytest.mark.parametrize("bundle", ["memlock", "memlock-glibc"])
