@@ -869,6 +869,13 @@ def send_datagram(t, s: UdpSocket, data: bytes, dest: tuple, sent: dict | None =
     ip, port = dest
     if port == 0:
         raise SyscallError(errno.EINVAL)
+    if s.family == AF_INET6 and s.local and not _ip(s.local[0]).is_unspecified:
+        # An IPv6 socket's source and destination are of one kind: IPv4 (mapped) or IPv6.
+        from_v4, to_v4 = _ip6(s.local[0]).ipv4_mapped is not None, _ip6(ip).ipv4_mapped is not None
+        if to_v4 and not from_v4 and s.addr_locked:
+            raise SyscallError(errno.ENETUNREACH)  # no IPv4 route from an IPv6 address it bound
+        if from_v4 and not to_v4:
+            raise SyscallError(errno.EAFNOSUPPORT)  # udpv6_sendmsg's (EINVAL before commit c8e6ad0829a7)
     for p in s.published:
         if p.heard_from(ip, port):  # a reply to a client of a published port: from that port
             return p.sock.send(t, bytes(data), 0, bool(s.flags & O_NONBLOCK), dest=(str(_ip(ip)), port),

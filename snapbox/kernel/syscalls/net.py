@@ -1126,8 +1126,8 @@ def _inet_setsockopt(t, s: InetSocket | UdpSocket, level: int, opt: int, optval:
     if (level, opt) not in INET_OPTIONS or (level == SOL_IPV6 and s.family != AF_INET6) or \
             (level, opt) == (SOL_SOCKET, SO_RCVLOWAT) and not isinstance(s, UdpSocket):
         raise SyscallError(errno.ENOPROTOOPT)
-    if level == SOL_IP and 1 <= optlen < 4:
-        value = t.mm.read(optval, 1)[0]  # ip(7)'s integer options also take one byte
+    if level == SOL_IP and optlen < 4:  # ip(7)'s integer options also take one byte, or none (0)
+        value = t.mm.read(optval, 1)[0] if optlen >= 1 else 0
     elif optlen < 4:
         raise SyscallError(errno.EINVAL)
     else:
@@ -1297,6 +1297,9 @@ def getsockopt(t, fd, level, optname, optval, optlen):
     room = i32(struct.unpack("<I", t.mm.read(optlen, 4))[0])
     if room < 0:
         raise SyscallError(errno.EINVAL)
+    if i32(level) == SOL_IP and isinstance(s, (InetSocket, UdpSocket)) and len(value) == 4 and 0 < room < 4 and \
+            0 <= struct.unpack("<i", value)[0] <= 255:
+        value = value[:1]  # do_ip_getsockopt: a small value in a short buffer is one byte
     t.mm.write(optval, value[:room])
     t.mm.write(optlen, struct.pack("<I", min(room, len(value))))
     return 0
