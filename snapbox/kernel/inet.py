@@ -41,8 +41,8 @@ from snapbox.kernel.fd import O_NONBLOCK, POLLERR, POLLHUP, POLLIN, POLLOUT, POL
 from snapbox.kernel.hostnet import HostSocket, format_address
 from snapbox.kernel.pipe import PIPE_BUF, PIPE_CAPACITY
 from snapbox.kernel.signals import SIGPIPE
-from snapbox.kernel.socket import MSG_DONTWAIT, MSG_NOSIGNAL, MSG_PEEK, SHUT_RD, SHUT_RDWR, SHUT_WR, SO_SNDBUF, DatagramSocket, \
-    UnixSocket, make_buffers
+from snapbox.kernel.socket import MSG_DONTWAIT, MSG_NOSIGNAL, MSG_PEEK, SHUT_RD, SHUT_RDWR, SHUT_WR, SO_SNDBUF, \
+    DatagramSocket, UnixSocket, make_buffers
 from snapbox.kernel.waiter import WaitQueue
 from snapbox.state import SnapboxError, savable
 
@@ -60,6 +60,8 @@ IPV6_UNICAST_HOPS, IPV6_RECVHOPLIMIT, IPV6_HOPLIMIT, IPV6_RECVTCLASS, IPV6_TCLAS
 # destination's sockaddr_in: IP_ORIGDSTADDR), and the IPv6 forms.
 IP_PKTINFO, IP_RECVORIGDSTADDR, IPV6_RECVPKTINFO, IPV6_PKTINFO, IPV6_RECVORIGDSTADDR = 8, 20, 49, 50, 74
 LOOPBACK_INDEX = 1  # lo's interface index, in every network namespace
+OUTSIDE_INDEX = -1  # a multicast interface beyond the sandbox (its datagrams go through the host)
+IP_MULTICAST_IF, IP_MULTICAST_TTL, IP_ADD_MEMBERSHIP, IP_DROP_MEMBERSHIP, IP_MULTICAST_ALL = 32, 33, 35, 36, 49
 # The option that asks for each of these control messages (its level is the message's).
 _ASKED_BY = {(SOL_IP, IP_TTL): IP_RECVTTL, (SOL_IP, IP_TOS): IP_RECVTOS, (SOL_IP, IP_PKTINFO): IP_PKTINFO,
              (SOL_IP, IP_RECVORIGDSTADDR): IP_RECVORIGDSTADDR, (SOL_IPV6, IPV6_HOPLIMIT): IPV6_RECVHOPLIMIT,
@@ -584,6 +586,11 @@ class UdpSocket(DatagramSocket):
     nat_host: HostSocket | None = None
     published: list = field(default_factory=list)  # the Publications whose datagrams it receives
     protocol: int = IPPROTO_UDP  # or IPPROTO_UDPLITE
+    # IPv4 multicast: the groups it joined, [group, interface index] (LOOPBACK_INDEX, or
+    # OUTSIDE_INDEX for the interface beyond the sandbox), and IP_MULTICAST_IF's interface
+    # [address, index] (empty: the bound address's, else the default route's).
+    groups: list = field(default_factory=list)
+    multicast_if: list = field(default_factory=list)
     kernel: object = None  # for its clock: when each datagram came
     stamp: int = -1  # when the last datagram read came (SIOCGSTAMP); -1: none read yet
     listening = lingering = False  # never (Ports asks)
@@ -737,10 +744,12 @@ class UdpSocket(DatagramSocket):
     def control(self, source: tuple, marks, stamp: int) -> list[tuple[int, int, bytes]]:
         """The control messages (level, type, data) recvmsg gives with a datagram from
         `source` that came with `marks` (TTL, TOS, and where it arrived: (address, port,
-        interface index) or None), for the options the socket set, in Linux's order: when
-        it came (SO_TIMESTAMP or SO_TIMESTAMPNS), then for an IPv4 datagram IP_PKTINFO, IP_TTL, IP_TOS (one byte), IP_ORIGDSTADDR; for an IPv6 one
-        IPV6_PKTINFO, IPV6_HOPLIMIT, IPV6_TCLASS, IPV6_ORIGDSTADDR. Unknown marks (a host
-        datagram whose header the host did not give) give none."""
+        interface index[, the interface's own address, for a group's]) or None) at `stamp`,
+        for the options the socket set, in Linux's order: when it came (SO_TIMESTAMP or
+        SO_TIMESTAMPNS), then for an IPv4 datagram IP_PKTINFO, IP_TTL, IP_TOS (one byte),
+        IP_ORIGDSTADDR; for an IPv6 one IPV6_PKTINFO, IPV6_HOPLIMIT, IPV6_TCLASS,
+        IPV6_ORIGDSTADDR. Unknown marks (a host datagram whose header the host did not
+        give) give none."""
         stamped = self.option(1, SO_TIMESTAMP)  # before the IP level's, as udp_recvmsg puts them
         wanted = [stamp_control(stamped, stamp)] if stamped and source else []
         if not source or marks is None:
@@ -752,8 +761,9 @@ class UdpSocket(DatagramSocket):
             wanted.append((SOL_IPV6, IPV6_PKTINFO, _ip6(arrival[0]).packed + struct.pack("<i", arrival[2])))
         if v4:  # (on an IPv6 socket too: an IPv4 datagram's are the SOL_IP options', as udpv6_recvmsg)
             if arrival is not None and self.option(SOL_IP, IP_PKTINFO):
-                addr = _ip(arrival[0]).packed
-                wanted.append((SOL_IP, IP_PKTINFO, struct.pack("<i", arrival[2]) + addr + addr))
+                addr = _ip(arrival[0]).packed  # (a group's datagram: the interface's own address is spec_dst)
+                spec = _ip(arrival[3]).packed if len(arrival) > 3 else addr
+                wanted.append((SOL_IP, IP_PKTINFO, struct.pack("<i", arrival[2]) + spec + addr))
             if self.option(SOL_IP, IP_RECVTTL):
                 wanted.append((SOL_IP, IP_TTL, struct.pack("<i", ttl)))
             if self.option(SOL_IP, IP_RECVTOS):
@@ -856,6 +866,42 @@ class UdpSocket(DatagramSocket):
         return f"socket:[{self.ino}] ({name}{'6' if self.family == AF_INET6 else ''}{where}{outside})"
 
 
+def multicast_interface(kernel, address: str, index: int) -> int:
+    """The interface a multicast option names, by index or by address (neither: the
+    default route's): LOOPBACK_INDEX, or OUTSIDE_INDEX for the sandbox's way out; ENODEV
+    for one the sandbox lacks."""
+    if index == LOOPBACK_INDEX or (not index and _ip(address).is_loopback):
+        return LOOPBACK_INDEX
+    if has_outside(kernel) and (index or _ip(address).is_unspecified or address == kernel.network.get("address")):
+        return OUTSIDE_INDEX
+    raise SyscallError(errno.ENODEV)
+
+
+def _multicast_out(s: UdpSocket) -> int:
+    """The interface a multicast datagram of `s` leaves by: IP_MULTICAST_IF's, else the
+    bound address's (loopback), else the default route's."""
+    if s.multicast_if:
+        return s.multicast_if[1]
+    return LOOPBACK_INDEX if s.local and _ip(s.local[0]).is_loopback else OUTSIDE_INDEX
+
+
+def _send_multicast(t, s: UdpSocket, data: bytes, group: str, port: int, sent: dict) -> None:
+    """A datagram to an IPv4 group over loopback, to every socket on its port that takes
+    it: bound to the wildcard or the group, and a member, or (IP_MULTICAST_ALL, on by
+    default) any socket of the sandbox is. IP_MULTICAST_LOOP does not matter on loopback:
+    what leaves by it comes back in, as Linux's lo does."""
+    table = s.ports(t.kernel).table
+    joined = any([group, LOOPBACK_INDEX] in r.groups and r.refs > 0 for bound in table.values() for r in bound)
+    source = s.local[0] if s.local and not _ip(s.local[0]).is_unspecified else "127.0.0.1"
+    marks = (s.option(SOL_IP, IP_MULTICAST_TTL, 1), s.marks(True, sent)[1], (group, port, LOOPBACK_INDEX, source))
+    for r in Ports(table)._live(port):
+        if r.family != AF_INET or str(_ip(r.local[0])) not in ("0.0.0.0", group):
+            continue
+        if [group, LOOPBACK_INDEX] in r.groups or (joined and r.option(SOL_IP, IP_MULTICAST_ALL, 1)):
+            if r.accepts(s, len(data)):
+                r.deliver((source, s.local[1]), bytes(data), marks)
+
+
 def send_datagram(t, s: UdpSocket, data: bytes, dest: tuple, sent: dict | None = None) -> int:
     """Send one datagram from `s` to `dest` (ip, port) over loopback, or through the host;
     `sent`: the IP header fields its sendmsg's control messages set (UdpSocket.marks)."""
@@ -876,6 +922,11 @@ def send_datagram(t, s: UdpSocket, data: bytes, dest: tuple, sent: dict | None =
             raise SyscallError(errno.ENETUNREACH)  # no IPv4 route from an IPv6 address it bound
         if from_v4 and not to_v4:
             raise SyscallError(errno.EAFNOSUPPORT)  # udpv6_sendmsg's (EINVAL before commit c8e6ad0829a7)
+    if s.family == AF_INET and _ip(ip).is_multicast and _multicast_out(s) == LOOPBACK_INDEX:
+        if not s.local:
+            bind_inet(t, s, "0.0.0.0", 0)
+        _send_multicast(t, s, data, str(_ip(ip)), port, sent)
+        return len(data)
     for p in s.published:
         if p.heard_from(ip, port):  # a reply to a client of a published port: from that port
             return p.sock.send(t, bytes(data), 0, bool(s.flags & O_NONBLOCK), dest=(str(_ip(ip)), port),

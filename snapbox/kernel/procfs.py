@@ -39,6 +39,7 @@ from snapbox.kernel.creds import CAP_LAST_CAP, CAP_SYS_PTRACE, CAP_SYS_RESOURCE,
 from snapbox.kernel.errors import SyscallError, WouldBlock
 from snapbox.kernel.fd import NR_OPEN, O_ACCMODE, O_APPEND, O_CLOEXEC, O_NONBLOCK, O_RDWR, OpenFile
 from snapbox.kernel.host import UTS_RELEASE, UTS_VERSION, HostFile, host_meminfo
+from snapbox.kernel.inet import EPHEMERAL
 from snapbox.kernel.ipc import MSGMAX, MSGMNB, MSGMNI, SEMMNI, SEMMNS, SEMMSL, SEMOPM, SHMALL, SHMMAX, SHMMNI
 from snapbox.kernel.mm import MMAP_MIN_ADDR, VVAR
 from snapbox.kernel.namespaces import KINDS, namespace_of, uts
@@ -855,6 +856,7 @@ SYSCTL = {
     "kernel/sem": 0o444, "kernel/shmmax": 0o444, "kernel/shmall": 0o444, "kernel/shmmni": 0o444,
     "vm/mmap_min_addr": 0o444, "fs/nr_open": 0o444, "net/core/somaxconn": 0o444, "net/core/wmem_max": 0o444,
     "net/core/rmem_max": 0o444, "kernel/overflowuid": 0o444, "kernel/overflowgid": 0o444,
+    "net/ipv4/ip_local_port_range": 0o444,
 }
 
 
@@ -868,6 +870,7 @@ def _sysctl(k, path: str) -> str:
         "kernel/shmmax": SHMMAX, "kernel/shmall": SHMALL, "kernel/shmmni": SHMMNI, "vm/mmap_min_addr": MMAP_MIN_ADDR,
         "fs/nr_open": NR_OPEN, "net/core/somaxconn": SOMAXCONN, "net/core/wmem_max": buffer_max(SO_SNDBUF),
         "net/core/rmem_max": buffer_max(SO_RCVBUF), "kernel/overflowuid": NOBODY, "kernel/overflowgid": NOBODY,
+        "net/ipv4/ip_local_port_range": f"{EPHEMERAL.start}\t{EPHEMERAL.stop - 1}",
     }
     return f"{values[path]}\n"
 

@@ -159,6 +159,7 @@ def build(name: str, kernel: Kernel):
         "UdpSocket": lambda: UdpSocket(flags=2, ino=80, family=2, local=("127.0.0.1", 5353), remote=("127.0.0.1", 53),
                                        queue=[[("127.0.0.1", 53), b"answer", [64, 0, None], 1_700_000_000 * 10**9]],
                                        queued=6, port_locked=True, stamp=1_699_999_999 * 10**9,
+                                       groups=[["224.0.0.1", 1]], multicast_if=["127.0.0.1", 1],
                                        options={(1, 2): 1, (0, 11): 1}, error=111,
                                        errors=[[b"lost", ("127.0.0.1", 9)]],
                                        nat_host=HostSocket(family=2, kind=2, local=("0.0.0.0", 5353), nat=True,

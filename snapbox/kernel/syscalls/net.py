@@ -24,9 +24,10 @@ from snapbox.kernel.inet import AF_INET, AF_INET6, AF_UNSPEC, DEFAULT_TTL, IPPRO
     IPV6_HOPLIMIT, IPV6_RECVERR, IPV6_RECVHOPLIMIT, IPV6_RECVORIGDSTADDR, IPV6_RECVPKTINFO, IPV6_RECVTCLASS, \
     IPV6_TCLASS, IPV6_UNICAST_HOPS, IP_PKTINFO, IP_RECVERR, IP_RECVORIGDSTADDR, IP_RECVTOS, IP_RECVTTL, IP_TOS, \
     IP_TTL, LOOPBACK_MSS, MSG_ERRQUEUE, SOL_IP, SOL_IPV6, SO_TIMESTAMP, SO_TIMESTAMPNS, STAMP_NSEC, STAMP_USEC, \
-    TCP_INFO, TCP_INQ, TCP_MSS_DEFAULT, UDPLITE_RECV_CSCOV, UDPLITE_SEND_CSCOV, InetSocket, Ports, UdpSocket, \
+    IP_ADD_MEMBERSHIP, IP_DROP_MEMBERSHIP, IP_MULTICAST_ALL, IP_MULTICAST_IF, IP_MULTICAST_TTL, TCP_INFO, TCP_INQ, \
+    TCP_MSS_DEFAULT, UDPLITE_RECV_CSCOV, UDPLITE_SEND_CSCOV, InetSocket, Ports, UdpSocket, \
     aim_publications, bind_inet, has_outside, is_local, local_destination, masquerade_socket, masquerades, \
-    moves_out, pack_sockaddr, parse_sockaddr, seen_local, send_datagram
+    moves_out, multicast_interface, pack_sockaddr, parse_sockaddr, seen_local, send_datagram
 from snapbox.kernel.netlink import AF_NETLINK, NETLINK_ROUTE, SOL_NETLINK, NetlinkSocket
 from snapbox.kernel.syscalls import NR, i32, syscall
 from snapbox.kernel.syscalls.common import AT_FDCWD, MAX_RW, iovecs, on_host, receive_timeout, received, scatter, \
@@ -989,7 +990,7 @@ SO_DEBUG, SO_NO_CHECK, SO_RCVLOWAT, SO_SNDLOWAT = 1, 11, 18, 19
 TCP_NODELAY, TCP_MAXSEG, TCP_KEEPIDLE, TCP_KEEPINTVL, TCP_KEEPCNT = 1, 2, 4, 5, 6
 TCP_QUICKACK, TCP_USER_TIMEOUT, TCP_FASTOPEN = 12, 18, 23
 IPV6_V6ONLY = 26
-IP_MULTICAST_TTL, IP_MULTICAST_LOOP = 33, 34
+IP_MULTICAST_LOOP = 34
 SOCK_MIN_SNDBUF, SOCK_MIN_RCVBUF = 4608, 2304
 SO_SNDBUFFORCE, SO_RCVBUFFORCE = 32, 33
 BUF_OPTIONS = {SO_SNDBUF: SO_SNDBUF, SO_RCVBUF: SO_RCVBUF, SO_SNDBUFFORCE: SO_SNDBUF, SO_RCVBUFFORCE: SO_RCVBUF}
@@ -1029,15 +1030,14 @@ INET_OPTIONS = {
     (SOL_IPV6, IPV6_RECVHOPLIMIT): 0, (SOL_IPV6, IPV6_RECVTCLASS): 0, (SOL_IPV6, IPV6_TCLASS): 0,
     (SOL_IP, IP_RECVERR): 0, (SOL_IPV6, IPV6_RECVERR): 0, (SOL_IP, IP_PKTINFO): 0, (SOL_IP, IP_RECVORIGDSTADDR): 0,
     (SOL_IPV6, IPV6_RECVPKTINFO): 0, (SOL_IPV6, IPV6_RECVORIGDSTADDR): 0,
-    # Kept and read back; they govern multicast, which no interface of a sandbox carries.
-    (SOL_IP, IP_MULTICAST_TTL): 1, (SOL_IP, IP_MULTICAST_LOOP): 1,
+    (SOL_IP, IP_MULTICAST_TTL): 1, (SOL_IP, IP_MULTICAST_LOOP): 1, (SOL_IP, IP_MULTICAST_ALL): 1,
 }
 # Options that are on or off (any value but 0 is 1).
 INET_FLAGS = {(SOL_SOCKET, SO_REUSEADDR), (SOL_SOCKET, SO_KEEPALIVE), (SOL_SOCKET, SO_DONTROUTE),
               (SOL_SOCKET, SO_BROADCAST), (SOL_SOCKET, SO_OOBINLINE), (IPPROTO_TCP, TCP_NODELAY),
               (IPPROTO_TCP, TCP_CORK), (IPPROTO_TCP, TCP_INQ), (SOL_SOCKET, SO_NO_CHECK),
               (SOL_IP, IP_RECVTTL), (SOL_IP, IP_RECVTOS), (SOL_IPV6, IPV6_RECVHOPLIMIT), (SOL_IPV6, IPV6_RECVTCLASS),
-              (SOL_IP, IP_MULTICAST_LOOP), (SOL_IP, IP_RECVERR), (SOL_IPV6, IPV6_RECVERR), (SOL_IP, IP_PKTINFO),
+              (SOL_IP, IP_MULTICAST_LOOP), (SOL_IP, IP_MULTICAST_ALL), (SOL_IP, IP_RECVERR), (SOL_IPV6, IPV6_RECVERR), (SOL_IP, IP_PKTINFO),
               (SOL_IP, IP_RECVORIGDSTADDR), (SOL_IPV6, IPV6_RECVPKTINFO), (SOL_IPV6, IPV6_RECVORIGDSTADDR)}
 
 
@@ -1064,6 +1064,8 @@ def _inet_getsockopt(s: InetSocket | UdpSocket, level: int, opt: int) -> bytes:
         return struct.pack("<i", fixed[opt])
     if level == SOL_SOCKET and opt in (SO_TIMESTAMP, SO_TIMESTAMPNS):
         return struct.pack("<i", s.option(level, SO_TIMESTAMP) == (STAMP_USEC if opt == SO_TIMESTAMP else STAMP_NSEC))
+    if udp and (level, opt) == (SOL_IP, IP_MULTICAST_IF):
+        return ipaddress.IPv4Address(s.multicast_if[0] if s.multicast_if else "0.0.0.0").packed
     if level == SOL_SOCKET and opt == SO_LINGER:
         return struct.pack("<ii", *s.options.get((level, opt), (0, 0)))
     if (level, opt) == (IPPROTO_TCP, TCP_CONGESTION):
@@ -1100,6 +1102,8 @@ def _inet_setsockopt(t, s: InetSocket | UdpSocket, level: int, opt: int, optval:
         (value,) = struct.unpack("<i", t.mm.read(optval, 4))
         s.options[(level, SO_TIMESTAMP)] = (STAMP_USEC if opt == SO_TIMESTAMP else STAMP_NSEC) if value else 0
         return 0
+    if isinstance(s, UdpSocket) and level == SOL_IP and opt in (IP_ADD_MEMBERSHIP, IP_DROP_MEMBERSHIP, IP_MULTICAST_IF):
+        return _multicast_setsockopt(t, s, opt, optval, optlen)
     if isinstance(s, UdpSocket) and level in (IPPROTO_UDP, IPPROTO_UDPLITE) \
             and opt in (UDPLITE_SEND_CSCOV, UDPLITE_RECV_CSCOV):
         return _udplite_setsockopt(t, s, opt, optval, optlen)
@@ -1156,6 +1160,45 @@ def _inet_setsockopt(t, s: InetSocket | UdpSocket, level: int, opt: int, optval:
     s.options[(level, opt)] = int(bool(value)) if (level, opt) in INET_FLAGS else value
     if s.host is not None:
         s.host.set_option(level, opt, s.options[(level, opt)])
+    return 0
+
+
+def _multicast_setsockopt(t, s: UdpSocket, opt: int, optval: int, optlen: int) -> int:
+    """IP_ADD_MEMBERSHIP and IP_DROP_MEMBERSHIP (a struct ip_mreq, or ip_mreqn with an
+    interface index), and IP_MULTICAST_IF (an address, or an ip_mreqn), as ip(7) says."""
+    need = 8 if opt != IP_MULTICAST_IF else 4
+    if optlen < need:
+        raise SyscallError(errno.EINVAL)
+    raw = t.mm.read(optval, min(optlen, 12))
+    if opt == IP_MULTICAST_IF:
+        address = raw[4:8] if len(raw) >= 8 else raw[:4]  # an ip_mreqn's or ip_mreq's imr_address, or an in_addr
+        index = struct.unpack_from("<i", raw, 8)[0] if len(raw) >= 12 else 0
+        text = str(ipaddress.IPv4Address(address))
+        if not index and text == "0.0.0.0":
+            s.multicast_if = []  # the default again
+            return 0
+        try:
+            s.multicast_if = [text, multicast_interface(t.kernel, text, index)]
+        except SyscallError:
+            raise SyscallError(errno.ENODEV if index else errno.EADDRNOTAVAIL) from None
+        return 0
+    group = ipaddress.IPv4Address(raw[:4])
+    if not group.is_multicast:
+        raise SyscallError(errno.EINVAL)
+    address = str(ipaddress.IPv4Address(raw[4:8]))
+    index = struct.unpack_from("<i", raw, 8)[0] if len(raw) >= 12 else 0
+    if opt == IP_DROP_MEMBERSHIP and not index and address == "0.0.0.0":
+        mine = [g for g in s.groups if g[0] == str(group)]  # any interface's
+    else:
+        mine = [[str(group), multicast_interface(t.kernel, address, index)]]
+    if opt == IP_ADD_MEMBERSHIP:
+        if mine[0] in s.groups:
+            raise SyscallError(errno.EADDRINUSE)
+        s.groups.append(mine[0])
+        return 0
+    if not mine or mine[0] not in s.groups:
+        raise SyscallError(errno.EADDRNOTAVAIL)
+    s.groups.remove(mine[0])
     return 0
 
 
