@@ -320,11 +320,14 @@ def _open_mem(node: ProcNode, flags: int) -> ProcMemFile:
     return ProcMemFile(flags=flags, node=node)
 
 
+PROC_ROOT_INO = 1  # as Linux numbers procfs's root
+
+
 def mount_proc(kernel: Kernel) -> None:
     """Put /proc over whatever the rootfs has there."""
     fs = kernel.fs
     now = now_ns()
-    proc = ProcDir(ino=fs.new_ino(), mode=stat.S_IFDIR | 0o555, nlink=2, atime=now, mtime=now, ctime=now,
+    proc = ProcDir(ino=PROC_ROOT_INO, mode=stat.S_IFDIR | 0o555, nlink=2, atime=now, mtime=now, ctime=now,
                    name="proc", parent=fs.root, kernel=kernel)
     fs.root.entries["proc"] = proc
     fs.root.whiteouts.discard("proc")
@@ -562,17 +565,20 @@ def _zombie(k, tg, name: str) -> str:
     return ""  # cmdline, maps, smaps
 
 
-def _state(tg) -> str:
+def _state(k, tg) -> str:
     from snapbox.kernel.task import Run
 
     if tg.exit_status is not None:
         return "Z"
     if tg.job_stopped:
         return "T"
-    return "R" if any(t.run is Run.RUNNING for t in tg.tasks) else "S"
+    running = any(t.run is Run.RUNNING or t.queued or t is k.current for t in tg.tasks)
+    return "R" if running else "S"  # (a process reading its own state is running)
 
 
 def _stat(k, tg) -> str:
+    from snapbox.kernel.syscalls.process import RLIMIT_DEFAULTS, RLIMIT_RSS
+
     zombie = tg.exit_status is not None
     comm = tg.name if zombie else tg.tasks[0].comm
     nice = 0 if zombie else tg.tasks[0].nice
@@ -581,10 +587,11 @@ def _stat(k, tg) -> str:
     vsize = 0 if zombie else tg.mm.size()
     rss = 0 if zombie else tg.mm.usage()["VmRSS"] // PAGE_SIZE
     ppid = tg.parent.tgid if tg.parent is not None else 0
-    fields = [tg.tgid, f"({comm})", _state(tg), ppid, tg.pgid, tg.sid, 0, -1, 0x400000,
+    rsslim = tg.rlimits.get(RLIMIT_RSS, RLIMIT_DEFAULTS[RLIMIT_RSS])[0]
+    fields = [tg.tgid, f"({comm})", _state(k, tg), ppid, tg.pgid, tg.sid, 0, -1, 0x400000,
               0, 0, 0, 0, ticks, 0, tg.children_cpu_ns * USER_HZ // 1_000_000_000, 0, 20 + nice, nice,
-              max(1, len(tg.tasks)), 0, 0, vsize, rss]
-    return " ".join(str(f) for f in fields) + " 0" * 28 + "\n"
+              max(1, len(tg.tasks)), 0, 0, vsize, rss, rsslim]
+    return " ".join(str(f) for f in fields) + " 0" * 27 + "\n"
 
 
 def _status(k, tg) -> str:
@@ -597,7 +604,7 @@ def _status(k, tg) -> str:
     out = [f"Name:\t{tg.name if zombie else leader.comm}\n"]
     if not zombie:
         out.append(f"Umask:\t{tg.fs.umask:04o}\n")
-    out.append(f"State:\t{states[_state(tg)]}\nTgid:\t{tg.tgid}\nNgid:\t0\nPid:\t{tg.tgid}\nPPid:\t{ppid}\n"
+    out.append(f"State:\t{states[_state(k, tg)]}\nTgid:\t{tg.tgid}\nNgid:\t0\nPid:\t{tg.tgid}\nPPid:\t{ppid}\n"
                f"TracerPid:\t0\nUid:\t{creds[0]}\t{creds[1]}\t{creds[2]}\t{cred.fsuid}\n"
                f"Gid:\t{creds[3]}\t{creds[4]}\t{creds[5]}\t{cred.fsgid}\n"
                f"FDSize:\t{0 if zombie else max(64, len(tg.fds.files))}\n"
@@ -856,7 +863,7 @@ SYSCTL = {
     "kernel/sem": 0o444, "kernel/shmmax": 0o444, "kernel/shmall": 0o444, "kernel/shmmni": 0o444,
     "vm/mmap_min_addr": 0o444, "fs/nr_open": 0o444, "net/core/somaxconn": 0o444, "net/core/wmem_max": 0o444,
     "net/core/rmem_max": 0o444, "kernel/overflowuid": 0o444, "kernel/overflowgid": 0o444,
-    "net/ipv4/ip_local_port_range": 0o444,
+    "net/ipv4/ip_local_port_range": 0o444, "kernel/randomize_va_space": 0o444,
 }
 
 
@@ -871,6 +878,7 @@ def _sysctl(k, path: str) -> str:
         "fs/nr_open": NR_OPEN, "net/core/somaxconn": SOMAXCONN, "net/core/wmem_max": buffer_max(SO_SNDBUF),
         "net/core/rmem_max": buffer_max(SO_RCVBUF), "kernel/overflowuid": NOBODY, "kernel/overflowgid": NOBODY,
         "net/ipv4/ip_local_port_range": f"{EPHEMERAL.start}\t{EPHEMERAL.stop - 1}",
+        "kernel/randomize_va_space": 0,  # snapbox places memory the same way each run
     }
     return f"{values[path]}\n"
 

@@ -38,7 +38,7 @@ USER_ADDR_LIMIT = 1 << 47
 log = logging.getLogger("snapbox.kernel")
 
 RLIM_INFINITY = (1 << 64) - 1
-RLIMIT_CPU, RLIMIT_STACK = 0, 3
+RLIMIT_CPU, RLIMIT_STACK, RLIMIT_RSS = 0, 3, 5
 RLIMIT_NOFILE = 7
 # Defaults as a fresh Linux login shell sees them.
 RLIMIT_DEFAULTS = {
