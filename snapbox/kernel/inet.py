@@ -76,7 +76,7 @@ _SOCK_EXTENDED_ERR = struct.Struct("<IBBBBII")  # ee_errno, origin, type, code, 
 UDP_MAX = 65507  # udp(7): the largest datagram over IPv4 (65535 less the IP and UDP headers)
 RCVBUF = 212992  # net.core.rmem_default: what a socket may hold queued
 MAX_PEERS = 4096  # the clients a published UDP port remembers, to send replies from it
-EPHEMERAL = range(32768, 61000)
+EPHEMERAL = (32768, 60999)  # net.ipv4.ip_local_port_range's default (Kernel.local_ports: the sandbox's)
 EPHEMERAL_TRIES = 64  # ports the host may choose for a bind to port 0 before one the sandbox has free
 _SOCKADDR_IN = struct.Struct("!HH4s8x")  # family (host order, fixed below), port, address
 _SOCKADDR_IN6 = struct.Struct("!HHI16sI")  # family, port, flowinfo, address, scope id
@@ -601,7 +601,7 @@ class UdpSocket(DatagramSocket):
 
     def ports(self, kernel) -> Ports:
         """The port table of its protocol: UDP and UDP-Lite ports are apart, as on Linux."""
-        return Ports(kernel.udplite_ports if self.protocol == IPPROTO_UDPLITE else kernel.udp_ports)
+        return Ports(kernel.udplite_ports if self.protocol == IPPROTO_UDPLITE else kernel.udp_ports, kernel.local_ports)
 
     def accepts(self, sender: UdpSocket, length: int) -> bool:
         """Whether a datagram of `length` bytes from `sender` gets past this socket's
@@ -1036,7 +1036,7 @@ def bind_inet(t, s: InetSocket | UdpSocket, ip: str, port: int, toward: str | No
     implicit bind's first send (the host socket is then made where masquerades says)."""
     udp = isinstance(s, UdpSocket)
     lite = udp and s.protocol == IPPROTO_UDPLITE  # no published port reaches it: those are UDP
-    ports = s.ports(t.kernel) if udp else Ports(t.kernel.inet_ports)
+    ports = s.ports(t.kernel) if udp else Ports(t.kernel.inet_ports, t.kernel.local_ports)
     if not has_outside(t.kernel):
         ports.bind(s, ip, port)
         if udp and not lite:
@@ -1044,18 +1044,25 @@ def bind_inet(t, s: InetSocket | UdpSocket, ip: str, port: int, toward: str | No
         return
     t.kernel.ensure_network()
     nat = toward is not None and masquerades(t.kernel, toward)
-    for attempt in range(EPHEMERAL_TRIES if port == 0 else 1):
+    # Port 0: the host chooses, unless the sandbox has a range of its own
+    # (ip_local_port_range written inside): then its free ports are tried in turn.
+    own = port == 0 and tuple(t.kernel.local_ports) != EPHEMERAL
+    tries = [p for p in ports.ephemeral if not ports._live(p)] if own else \
+        [port] * (EPHEMERAL_TRIES if port == 0 else 1)
+    if not tries:
+        raise SyscallError(errno.EADDRINUSE)
+    for attempt, asked in enumerate(tries):
         h = HostSocket.open(s.family, 2 if udp else 1, s.options, nat=nat,  # SOCK_DGRAM, SOCK_STREAM
                             protocol=s.protocol if udp else 0)
         try:
-            _, chosen = h.bind((ip, port))
+            _, chosen = h.bind((ip, asked))
             ports.bind(s, ip, chosen, anywhere=True)
             break
         except SyscallError as e:
             h.close()
             # The host's choice of port is one the sandbox holds (a closed connection's,
             # lingering): the host chooses again.
-            if port != 0 or e.errno != errno.EADDRINUSE or attempt == EPHEMERAL_TRIES - 1:
+            if port != 0 or e.errno != errno.EADDRINUSE or attempt == len(tries) - 1:
                 raise
     port = chosen
     s.host = h
@@ -1156,8 +1163,9 @@ class Ports:
     """The sandbox's TCP port table, over Kernel.inet_ports: port -> the live sockets
     bound to it (sockets are dropped from it lazily, when their last fd is gone)."""
 
-    def __init__(self, table: dict) -> None:
+    def __init__(self, table: dict, ephemeral: tuple = EPHEMERAL) -> None:
         self.table = table
+        self.ephemeral = range(ephemeral[0], ephemeral[1] + 1)  # where port 0 takes one from
 
     def listening(self, port: int) -> list:
         return [s for s in self._live(port) if s.listening]
@@ -1181,9 +1189,10 @@ class Ports:
         if port == 0:
             # From a random place in the range, as Linux picks them (a port just given back is
             # not handed out again at once).
-            start = secrets.randbelow(len(EPHEMERAL))
-            for k in range(len(EPHEMERAL)):
-                candidate = EPHEMERAL[(start + k) % len(EPHEMERAL)]
+            span = self.ephemeral
+            start = secrets.randbelow(len(span))
+            for k in range(len(span)):
+                candidate = span[(start + k) % len(span)]
                 if not any(other.refs > 0 or not connecting for other in self._live(candidate)):
                     port = candidate
                     break

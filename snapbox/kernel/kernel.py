@@ -29,6 +29,7 @@ from snapbox.kernel.eventfiles import TimerFd
 from snapbox.kernel.fasync import rearm_all
 from snapbox.kernel.filepages import FileCache
 from snapbox.kernel.host import HostFile
+from snapbox.kernel.inet import EPHEMERAL
 from snapbox.kernel.ipc import IpcNamespace, address_spaces
 from snapbox.kernel.lifecycle import Lifecycle, host_cpu_ns
 from snapbox.kernel.loop import TERMINAL_SIGNALS, EventLoop
@@ -116,6 +117,7 @@ class Kernel(Lifecycle, Signaling, Checkpointing):
     unix_names: dict = field(default_factory=dict)  # abstract AF_UNIX names (NUL first) -> UnixSocket
     inet_ports: dict = field(default_factory=dict)  # TCP port -> the InetSockets bound to it (inet.Ports)
     udp_ports: dict = field(default_factory=dict)  # UDP port -> the UdpSockets bound to it
+    local_ports: tuple = EPHEMERAL  # net.ipv4.ip_local_port_range: where a port 0 bind takes one from
     udplite_ports: dict = field(default_factory=dict)  # the same for UDP-Lite, whose ports are apart
     netlink_ports: dict = field(default_factory=dict)  # netlink port id -> the NetlinkSocket bound to it
     network: dict = field(default_factory=dict)  # runtime.network.Network.as_dict(): mode, address, ...

@@ -39,7 +39,6 @@ from snapbox.kernel.creds import CAP_LAST_CAP, CAP_SYS_PTRACE, CAP_SYS_RESOURCE,
 from snapbox.kernel.errors import SyscallError, WouldBlock
 from snapbox.kernel.fd import NR_OPEN, O_ACCMODE, O_APPEND, O_CLOEXEC, O_NONBLOCK, O_RDWR, OpenFile
 from snapbox.kernel.host import UTS_RELEASE, UTS_VERSION, HostFile, host_meminfo
-from snapbox.kernel.inet import EPHEMERAL
 from snapbox.kernel.ipc import MSGMAX, MSGMNB, MSGMNI, SEMMNI, SEMMNS, SEMMSL, SEMOPM, SHMALL, SHMMAX, SHMMNI
 from snapbox.kernel.mm import MMAP_MIN_ADDR, VVAR
 from snapbox.kernel.namespaces import KINDS, namespace_of, uts
@@ -220,6 +219,8 @@ class ProcFile(OpenFile):
             value = data.split(b"\n")[0].split(b"\0")[0][:64].decode("utf-8", "replace")
             setattr(uts(t), self.node.name.rsplit("/", 1)[1], value)
             return len(data)
+        if self.node.name == "sys/net/ipv4/ip_local_port_range":
+            return _write_port_range(t, data)
         if self.node.name != "snapbox/checkpoint":
             # A file of its own with no write: EIO (proc_reg_write); a process's, EINVAL (vfs_write).
             raise SyscallError(errno.EINVAL if self.node.pid else errno.EIO)
@@ -863,8 +864,22 @@ SYSCTL = {
     "kernel/sem": 0o444, "kernel/shmmax": 0o444, "kernel/shmall": 0o444, "kernel/shmmni": 0o444,
     "vm/mmap_min_addr": 0o444, "fs/nr_open": 0o444, "net/core/somaxconn": 0o444, "net/core/wmem_max": 0o444,
     "net/core/rmem_max": 0o444, "kernel/overflowuid": 0o444, "kernel/overflowgid": 0o444,
-    "net/ipv4/ip_local_port_range": 0o444, "kernel/randomize_va_space": 0o444,
+    "net/ipv4/ip_local_port_range": 0o644, "kernel/randomize_va_space": 0o444,
 }
+
+
+def _write_port_range(t, data: bytes) -> int:
+    """net.ipv4.ip_local_port_range: two ports, the first not above the second (as
+    ipv4_local_port_range checks them); the sandbox's binds to port 0 take from it (with a
+    network, a host socket's port is its namespace's choice)."""
+    try:
+        low, high = (int(x) for x in data.split(b"\0")[0].split())
+    except ValueError:
+        raise SyscallError(errno.EINVAL) from None
+    if not 1 <= low <= high <= 65535:
+        raise SyscallError(errno.EINVAL)
+    t.kernel.local_ports = (low, high)
+    return len(data)
 
 
 def _sysctl(k, path: str) -> str:
@@ -877,7 +892,7 @@ def _sysctl(k, path: str) -> str:
         "kernel/shmmax": SHMMAX, "kernel/shmall": SHMALL, "kernel/shmmni": SHMMNI, "vm/mmap_min_addr": MMAP_MIN_ADDR,
         "fs/nr_open": NR_OPEN, "net/core/somaxconn": SOMAXCONN, "net/core/wmem_max": buffer_max(SO_SNDBUF),
         "net/core/rmem_max": buffer_max(SO_RCVBUF), "kernel/overflowuid": NOBODY, "kernel/overflowgid": NOBODY,
-        "net/ipv4/ip_local_port_range": f"{EPHEMERAL.start}\t{EPHEMERAL.stop - 1}",
+        "net/ipv4/ip_local_port_range": "{}\t{}".format(*k.local_ports),
         "kernel/randomize_va_space": 0,  # snapbox places memory the same way each run
     }
     return f"{values[path]}\n"

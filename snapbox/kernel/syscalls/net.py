@@ -232,7 +232,7 @@ def _inet_address(t, s: InetSocket | UdpSocket, addr: int, addrlen: int, binding
 def _autobind(t, s: InetSocket, ip: str) -> None:
     """Give an unbound TCP socket an ephemeral port to connect from (as Linux)."""
     if not s.local:
-        Ports(t.kernel.inet_ports).bind(s, ip, 0, connecting=True)
+        Ports(t.kernel.inet_ports, t.kernel.local_ports).bind(s, ip, 0, connecting=True)
 
 
 _SOCKADDR_NL = struct.Struct("<HHII")  # family, pad, port id, groups

@@ -196,3 +196,43 @@ def test_a_netlink_request_that_is_not_a_query_is_refused_and_logged(snapbox, tm
                   "-c", script).stdout
     assert got == "2 7 True -95 36\n"  # NLMSG_ERROR, -EOPNOTSUPP, the request's header
     assert "netlink route message 16: EOPNOTSUPP" in log.read_text()
+
+
+PORT_RANGE = """
+import errno, os, socket
+path = '/proc/sys/net/ipv4/ip_local_port_range'
+print(open(path).read().split())
+fd = os.open(path, os.O_WRONLY)
+for text in (b'5 2', b'x', b'40000 40001'):
+    try:
+        os.write(fd, text)
+        print('wrote', text.decode())
+    except OSError as e:
+        print(text.decode(), errno.errorcode[e.errno])
+print(open(path).read().split())
+for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+    held = []
+    for i in range(3):
+        s = socket.socket(socket.AF_INET, kind)
+        try:
+            s.bind(('127.0.0.1', 0))
+            held.append(s)
+            print(kind, 'bound to a port in the range', 40000 <= s.getsockname()[1] <= 40001)
+        except OSError as e:
+            print(kind, errno.errorcode[e.errno])
+"""
+
+
+@pytest.mark.parametrize("network", ["sandbox", "none"])
+def test_the_sandbox_has_its_own_ephemeral_port_range(snapbox, tmp_path, network):
+    """net.ipv4.ip_local_port_range written inside the sandbox (checked as Linux checks it)
+    is where its binds to port 0 take ports from, with or without a network, until they run
+    out (EADDRINUSE); the host's range is not touched."""
+    host = open("/proc/sys/net/ipv4/ip_local_port_range").read()
+    p = subprocess.run(snapbox.cmd("--network", network, "do", sys.executable, "-c", PORT_RANGE), capture_output=True,
+                       text=True, timeout=60, cwd=tmp_path)
+    assert p.stdout.splitlines() == [
+        "['32768', '60999']", "5 2 EINVAL", "x EINVAL", "wrote 40000 40001", "['40000', '40001']",
+        *[f"{kind} bound to a port in the range True" for kind in (1, 1)], "1 EADDRINUSE",
+        *[f"{kind} bound to a port in the range True" for kind in (2, 2)], "2 EADDRINUSE"], p.stderr
+    assert open("/proc/sys/net/ipv4/ip_local_port_range").read() == host
