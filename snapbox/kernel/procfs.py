@@ -322,6 +322,7 @@ def _open_mem(node: ProcNode, flags: int) -> ProcMemFile:
 
 
 PROC_ROOT_INO = 1  # as Linux numbers procfs's root
+RLIMIT_RSS = 5
 
 
 def mount_proc(kernel: Kernel) -> None:
@@ -578,7 +579,7 @@ def _state(k, tg) -> str:
 
 
 def _stat(k, tg) -> str:
-    from snapbox.kernel.syscalls.process import RLIMIT_DEFAULTS, RLIMIT_RSS
+    from snapbox.kernel.task import RLIMIT_DEFAULTS
 
     zombie = tg.exit_status is not None
     comm = tg.name if zombie else tg.tasks[0].comm
@@ -588,7 +589,7 @@ def _stat(k, tg) -> str:
     vsize = 0 if zombie else tg.mm.size()
     rss = 0 if zombie else tg.mm.usage()["VmRSS"] // PAGE_SIZE
     ppid = tg.parent.tgid if tg.parent is not None else 0
-    rsslim = tg.rlimits.get(RLIMIT_RSS, RLIMIT_DEFAULTS[RLIMIT_RSS])[0]
+    rsslim = tg.rlimits.get(RLIMIT_RSS, RLIMIT_DEFAULTS[RLIMIT_RSS])[0]  # getrlimit(RLIMIT_RSS)
     fields = [tg.tgid, f"({comm})", _state(k, tg), ppid, tg.pgid, tg.sid, 0, -1, 0x400000,
               0, 0, 0, 0, ticks, 0, tg.children_cpu_ns * USER_HZ // 1_000_000_000, 0, 20 + nice, nice,
               max(1, len(tg.tasks)), 0, 0, vsize, rss, rsslim]

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from snapbox.kernel.creds import CapSets, Creds
-from snapbox.kernel.fd import FDTable, drop_ref
+from snapbox.kernel.fd import NR_OPEN, FDTable, drop_ref
 from snapbox.kernel.mm import MemoryManager
 from snapbox.kernel.seccomp import SeccompFilter
 from snapbox.kernel.vfs import Dir
@@ -27,6 +27,28 @@ class Run(enum.Enum):
     SYSCALL = "syscall"  # in a syscall whose handler has not completed: at a ptrace stop, or waiting
     # for the answer to a seccomp notification (Task.notif)
     DEAD = "dead"
+
+
+RLIM_INFINITY = (1 << 64) - 1
+# Resource limits' defaults, by RLIMIT_* number, as a fresh Linux login shell sees them.
+RLIMIT_DEFAULTS = {
+    0: (RLIM_INFINITY, RLIM_INFINITY),  # CPU
+    1: (RLIM_INFINITY, RLIM_INFINITY),  # FSIZE
+    2: (RLIM_INFINITY, RLIM_INFINITY),  # DATA
+    3: (8 << 20, RLIM_INFINITY),  # STACK
+    4: (0, RLIM_INFINITY),  # CORE
+    5: (RLIM_INFINITY, RLIM_INFINITY),  # RSS
+    6: (4096, 4096),  # NPROC
+    7: (1024, NR_OPEN),  # NOFILE
+    8: (8 << 20, 8 << 20),  # MEMLOCK
+    9: (RLIM_INFINITY, RLIM_INFINITY),  # AS
+    10: (RLIM_INFINITY, RLIM_INFINITY),  # LOCKS
+    11: (4096, 4096),  # SIGPENDING
+    12: (819200, 819200),  # MSGQUEUE
+    13: (0, 0),  # NICE
+    14: (0, 0),  # RTPRIO
+    15: (RLIM_INFINITY, RLIM_INFINITY),  # RTTIME
+}
 
 
 @savable

@@ -11,7 +11,7 @@ from snapbox.kernel.devices import DeviceFile
 from snapbox.kernel.errors import SyscallError
 from snapbox.kernel.syscalls import NR, i32, syscall
 from snapbox.kernel.syscalls.common import iovecs
-from snapbox.kernel.syscalls.process import RLIM_INFINITY, RLIMIT_DEFAULTS
+from snapbox.kernel.task import RLIM_INFINITY, RLIMIT_DEFAULTS
 from snapbox.kernel.vfs import F_SEAL_FUTURE_WRITE, F_SEAL_WRITE, LowerNode, MemRegular, RegularFile
 from snapbox.memfile import PAGE_SIZE, page_align
 from snapbox.platform.stub import PROT_WRITE

@@ -21,6 +21,7 @@ from snapbox.kernel.syscalls import NR, i32, syscall
 from snapbox.kernel.syscalls.common import AT_FDCWD, start_dir
 from snapbox.kernel.syscalls.info import pack_rusage
 from snapbox.kernel.syscalls.seccomp import set_filter, set_strict
+from snapbox.kernel.task import RLIMIT_DEFAULTS
 from snapbox.kernel.waiter import WaitQueue
 from snapbox.platform.cpuid import DYNAMIC_XFEATURES, XFEATURE_MAX
 from snapbox.platform.stub import StubError
@@ -37,28 +38,8 @@ ARCH_REQ_XCOMP_PERM = 0x1023
 USER_ADDR_LIMIT = 1 << 47
 log = logging.getLogger("snapbox.kernel")
 
-RLIM_INFINITY = (1 << 64) - 1
-RLIMIT_CPU, RLIMIT_STACK, RLIMIT_RSS = 0, 3, 5
+RLIMIT_CPU, RLIMIT_STACK = 0, 3
 RLIMIT_NOFILE = 7
-# Defaults as a fresh Linux login shell sees them.
-RLIMIT_DEFAULTS = {
-    0: (RLIM_INFINITY, RLIM_INFINITY),  # CPU
-    1: (RLIM_INFINITY, RLIM_INFINITY),  # FSIZE
-    2: (RLIM_INFINITY, RLIM_INFINITY),  # DATA
-    3: (8 << 20, RLIM_INFINITY),  # STACK
-    4: (0, RLIM_INFINITY),  # CORE
-    5: (RLIM_INFINITY, RLIM_INFINITY),  # RSS
-    6: (4096, 4096),  # NPROC
-    7: (1024, NR_OPEN),  # NOFILE
-    8: (8 << 20, 8 << 20),  # MEMLOCK
-    9: (RLIM_INFINITY, RLIM_INFINITY),  # AS
-    10: (RLIM_INFINITY, RLIM_INFINITY),  # LOCKS
-    11: (4096, 4096),  # SIGPENDING
-    12: (819200, 819200),  # MSGQUEUE
-    13: (0, 0),  # NICE
-    14: (0, 0),  # RTPRIO
-    15: (RLIM_INFINITY, RLIM_INFINITY),  # RTTIME
-}
 _RLIMIT = struct.Struct("<QQ")
 
 
