@@ -190,7 +190,8 @@ class InetSocket(UnixSocket):
 
     def recv_msg(self, t, count: int, flags: int = 0) -> tuple[bytes, list, list | None]:
         if self.refused:
-            self._raise_error()
+            if err := self.pending_error():  # the refusal, once; then the end
+                raise SyscallError(err)
             return b"", [], None
         if self.syn_to is not None:
             self._wait_for_handshake(flags)
@@ -265,12 +266,6 @@ class InetSocket(UnixSocket):
     def _wait_for_handshake(self, flags: int) -> None:
         """Reads and sends of a socket still connecting wait for it (tcp(7))."""
         raise SyscallError(errno.EAGAIN) if self._nonblock(flags) else WouldBlock(self.changed)
-
-    def _raise_error(self) -> None:
-        """A pending error (Linux's sk_err) is what the next call says, once."""
-        if self.error:
-            err, self.error = self.error, 0
-            raise SyscallError(err)
 
     @property
     def aborted(self) -> bool:
