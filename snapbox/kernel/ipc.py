@@ -23,7 +23,7 @@ from __future__ import annotations
 import errno
 from dataclasses import dataclass, field
 
-from snapbox.kernel.creds import CAP_IPC_OWNER, CAP_SYS_ADMIN, capable
+from snapbox.kernel.creds import CAP_IPC_OWNER, CAP_SYS_ADMIN, ns_capable
 from snapbox.kernel.errors import SyscallError
 from snapbox.kernel.waiter import WaitQueue
 from snapbox.state import nosave, savable
@@ -55,9 +55,10 @@ class IpcPerm:
 
     def allows(self, tg, want: int) -> bool:
         """ipcperms(): `want` (0o4 read, 0o2 write, or both) granted to process `tg` (one
-        holding CAP_IPC_OWNER is granted everything)."""
+        holding CAP_IPC_OWNER in the user namespace owning its IPC namespace is granted
+        everything)."""
         euid, egid, groups = tg.creds[1], tg.creds[4], tg.groups
-        if capable(tg, CAP_IPC_OWNER):
+        if ns_capable(tg.acting(), getattr(tg.ipc, "owner", None), CAP_IPC_OWNER):
             return True
         if euid in (self.uid, self.cuid):
             granted = self.mode >> 6
@@ -69,7 +70,8 @@ class IpcPerm:
 
     def owned_by(self, tg) -> bool:
         """May process `tg` IPC_SET or IPC_RMID the object (owner, creator, or CAP_SYS_ADMIN)?"""
-        return tg.creds[1] in (self.uid, self.cuid) or capable(tg, CAP_SYS_ADMIN)
+        return tg.creds[1] in (self.uid, self.cuid) or ns_capable(tg.acting(), getattr(tg.ipc, "owner", None),
+                                                                    CAP_SYS_ADMIN)
 
 
 @savable
@@ -133,6 +135,7 @@ class IpcNamespace:
     mqueues: dict = field(default_factory=dict)  # name -> POSIX MessageQueue (snapbox.kernel.mqueue)
     mq_inos: int = 0  # inode numbers given to message queues so far
     inum: int = 0  # its inode number in /proc/PID/ns (0: the sandbox's first; see namespaces)
+    owner: object = None  # the UserNamespace it was made in (None: the sandbox's first)
     # SEM_UNDO adjustments: tgid -> {semid: {semnum: adjustment}}, applied when it exits
     undo: dict = field(default_factory=dict)
     # Tasks blocked in semop -> (SemSet, semaphore, waiting for zero?), for GETNCNT/GETZCNT;

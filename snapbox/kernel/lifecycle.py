@@ -15,9 +15,10 @@ import stat
 from typing import TYPE_CHECKING
 
 from snapbox.kernel import elf, namespaces
-from snapbox.kernel.creds import MAY_EXEC, WITHHELD_CAPS, CapSets, Creds, check, exec_transform
+from snapbox.kernel.creds import MAY_EXEC, WITHHELD_CAPS, CapSets, Creds, check, exec_transform, from_kernel, shown
 from snapbox.kernel.devices import mount_dev
 from snapbox.kernel.tty import session_leader_exited
+from snapbox.kernel.userns import enters
 from snapbox.kernel.errors import SyscallError
 from snapbox.kernel.fd import FDTable
 from snapbox.kernel.filepages import FilePages
@@ -224,9 +225,11 @@ class Lifecycle:
         """The effective uid and gid a program starts with: its file's owner if it is
         set-user-ID, its group if set-group-ID (with group execute: without, the bit marks
         mandatory locking); the caller's where the bits are ignored (no_new_privs, a
-        nosuid mount)."""
+        nosuid mount, a file whose owner or group its user namespace has no name for)."""
         euid, egid = tg.creds[1], tg.creds[4]
         if tg.prctl.get("no_new_privs") or self.fs.mount_flags(node, parent) & MS_NOSUID:
+            return euid, egid
+        if from_kernel(tg.user_ns, node.uid, "uid") is None or from_kernel(tg.user_ns, node.gid, "gid") is None:
             return euid, egid
         if node.mode & stat.S_ISUID:
             euid = node.uid
@@ -275,7 +278,7 @@ class Lifecycle:
         fds, handlers and registers. Returns the child's pid."""
         parent = t.tg
         pidns = self.tasks.pidns
-        uts, ipc = namespaces.for_clone(t, flags)
+        user, uts, ipc = namespaces.for_clone(t, flags)
         mm = parent.mm.share() if flags & CLONE_VM else parent.mm.fork()
         try:
             stub = parent.mm.stub.fork(t.host_tid)
@@ -288,12 +291,15 @@ class Lifecycle:
         for fd, f in parent.fds.files.items():
             f.refs += 1
             fds.files[fd] = f
+        cred = t.cred.copy()
+        if user is not None:
+            enters(cred, user)
         tg = ThreadGroup(
             tgid=tgid, mm=mm, fds=fds, parent=parent,
             fs=FSContext(root=parent.fs.root, cwd=parent.fs.cwd, umask=parent.fs.umask),
             sigactions={n: SigAction(a.handler, a.flags, a.restorer, a.mask) for n, a in parent.sigactions.items()},
             argv=list(parent.argv), exe=parent.exe, rlimits=dict(parent.rlimits),
-            pgid=parent.pgid, sid=parent.sid, cred=t.cred.copy(),
+            pgid=parent.pgid, sid=parent.sid, cred=cred,
             prctl={k: v for k, v in parent.prctl.items() if k != "subreaper"}, personality=parent.personality,
             oom_score_adj=parent.oom_score_adj, oom_score_adj_min=parent.oom_score_adj_min,
             xfeatures_granted=parent.xfeatures_granted, uts=uts, ipc=ipc)
@@ -371,7 +377,9 @@ class Lifecycle:
         euid, egid = self._set_ids(t.tg, node, parent)
         tg = t.tg
         setid = euid != tg.creds[1] or (egid != tg.creds[4] and egid not in tg.groups)
-        ids = (tg.creds[0], euid, tg.creds[3], egid, int(setid))
+        ns = tg.user_ns  # the auxiliary vector's ids, as the program's namespace names them
+        ids = (shown(ns, tg.creds[0], "uid"), shown(ns, euid, "uid"), shown(ns, tg.creds[3], "gid"),
+               shown(ns, egid, "gid"), int(setid))
         mm = MemoryManager(memfile=self.memfile, cache=self.file_cache)
         try:
             exe = _resolved(parent, name)

@@ -1,8 +1,12 @@
 """The namespaces a process can have of its own (unshare(2), and clone(2)'s CLONE_NEW*
-flags): UTS (hostname and domain name) and IPC (System V objects and POSIX message
-queues). A process whose namespace is None shares the sandbox's first one, whose
-names and objects the Kernel holds. The others (mount, pid, network, user, cgroup,
-time) are refused with EINVAL, as by a Linux built without them, and logged.
+flags): user (snapbox.kernel.userns), UTS (hostname and domain name) and IPC (System V
+objects and POSIX message queues). A process whose namespace is None shares the sandbox's
+first one, whose names and objects the Kernel holds. The others (mount, pid, network,
+cgroup, time) are refused with EINVAL, as by a Linux built without them, and logged.
+
+A new user namespace is made first, so that the caller's capabilities in it (all of them)
+let it make the others in the same call; each is owned by the user namespace it was made
+in, where changing it (sethostname(2), setns(2)) takes CAP_SYS_ADMIN.
 
 Namespaces belong to processes here, where Linux gives them to threads: a thread
 (CLONE_THREAD) cannot be made with new ones, and only a process of one thread may
@@ -15,9 +19,10 @@ import errno
 import logging
 from dataclasses import dataclass
 
-from snapbox.kernel.creds import CAP_SYS_ADMIN, capable
+from snapbox.kernel.creds import CAP_SYS_ADMIN, ns_capable
 from snapbox.kernel.errors import SyscallError
 from snapbox.kernel.ipc import IpcNamespace
+from snapbox.kernel.userns import enters, make
 from snapbox.state import savable
 
 log = logging.getLogger("snapbox.kernel")
@@ -25,12 +30,12 @@ log = logging.getLogger("snapbox.kernel")
 CLONE_NEWTIME, CLONE_NEWNS, CLONE_NEWCGROUP = 0x80, 0x20000, 0x02000000
 CLONE_NEWUTS, CLONE_NEWIPC, CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = \
     0x04000000, 0x08000000, 0x10000000, 0x20000000, 0x40000000
-UNSUPPORTED = CLONE_NEWTIME | CLONE_NEWNS | CLONE_NEWCGROUP | CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNET
-ALL = UNSUPPORTED | CLONE_NEWUTS | CLONE_NEWIPC
+UNSUPPORTED = CLONE_NEWTIME | CLONE_NEWNS | CLONE_NEWCGROUP | CLONE_NEWPID | CLONE_NEWNET
+ALL = UNSUPPORTED | CLONE_NEWUSER | CLONE_NEWUTS | CLONE_NEWIPC
 CLONE_VM, CLONE_FS, CLONE_FILES, CLONE_SIGHAND = 0x100, 0x200, 0x400, 0x800
 CLONE_THREAD, CLONE_SYSVSEM = 0x10000, 0x40000
-NAMES = {CLONE_NEWTIME: "time", CLONE_NEWNS: "mount", CLONE_NEWCGROUP: "cgroup", CLONE_NEWUSER: "user",
-         CLONE_NEWPID: "pid", CLONE_NEWNET: "network"}
+NAMES = {CLONE_NEWTIME: "time", CLONE_NEWNS: "mount", CLONE_NEWCGROUP: "cgroup", CLONE_NEWPID: "pid",
+         CLONE_NEWNET: "network"}
 _logged: set = set()
 
 
@@ -52,13 +57,14 @@ class UtsNamespace:
     hostname: str = ""
     domainname: str = ""
     inum: int = 0  # its inode number in /proc/PID/ns
+    owner: object = None  # the UserNamespace it was made in (None: the sandbox's first)
 
 
 def namespace_of(tg, kind: str) -> tuple[object, int]:
     """A process's namespace of `kind` (one of KINDS) and its inode number; None for the
     sandbox's first one."""
     kind = kind.removesuffix("_for_children")
-    ns = tg.uts if kind == "uts" else tg.ipc if kind == "ipc" else None
+    ns = {"uts": tg.uts, "ipc": tg.ipc, "user": tg.user_ns}.get(kind)
     return ns, ns.inum if ns is not None else FIRST_INUM[kind]
 
 
@@ -71,10 +77,21 @@ def ipc(t) -> IpcNamespace:
     return t.tg.ipc if t.tg.ipc is not None else t.kernel.ipc
 
 
+def owner(ns) -> object:
+    """The user namespace owning a UTS or IPC namespace (the Kernel's or None: the first)."""
+    return getattr(ns, "owner", None)
+
+
 def made(t, flags: int) -> tuple:
-    """The (UTS, IPC) namespaces of a process made, or unshared, by `t` with `flags`;
-    EPERM without CAP_SYS_ADMIN, EINVAL for a kind snapbox does not have."""
-    if flags & (UNSUPPORTED | CLONE_NEWUTS | CLONE_NEWIPC) & ~CLONE_NEWUSER and not capable(t.tg, CAP_SYS_ADMIN):
+    """The (user, UTS, IPC) namespaces of a process made, or unshared, by `t` with `flags`
+    (the user namespace only if a new one, else None); EPERM without CAP_SYS_ADMIN in the
+    user namespace the others are made in, EINVAL for a kind snapbox does not have."""
+    new_user = None
+    if flags & CLONE_NEWUSER:
+        t.kernel.ns_inum += 1
+        new_user = make(t.cred, t.fs.root is not t.kernel.fs.root, t.kernel.ns_inum)
+    user = new_user if new_user is not None else t.cred.user_ns
+    if flags & (UNSUPPORTED | CLONE_NEWUTS | CLONE_NEWIPC) and not ns_capable(t.cred, user, CAP_SYS_ADMIN):
         raise SyscallError(errno.EPERM)
     missing = flags & UNSUPPORTED
     if missing:
@@ -84,16 +101,19 @@ def made(t, flags: int) -> tuple:
     if flags & CLONE_NEWUTS:
         now = uts(t)
         t.kernel.ns_inum += 1
-        new_uts = UtsNamespace(hostname=now.hostname, domainname=now.domainname, inum=t.kernel.ns_inum)
+        new_uts = UtsNamespace(hostname=now.hostname, domainname=now.domainname, inum=t.kernel.ns_inum, owner=user)
     if flags & CLONE_NEWIPC:
         t.kernel.ns_inum += 1
-        new_ipc = IpcNamespace(inum=t.kernel.ns_inum)
-    return new_uts, new_ipc
+        new_ipc = IpcNamespace(inum=t.kernel.ns_inum, owner=user)
+    return new_user, new_uts, new_ipc
 
 
 def for_clone(t, flags: int) -> tuple:
     """made() for clone(2), whose new process cannot both share the caller's semaphore
-    undo list (CLONE_SYSVSEM) and have IPC objects of its own; and a thread none."""
+    undo list (CLONE_SYSVSEM) and have IPC objects of its own, nor share its fs context
+    (CLONE_FS) and have a user namespace of its own; and a thread none."""
+    if flags & CLONE_NEWUSER and flags & (CLONE_THREAD | CLONE_FS):
+        raise SyscallError(errno.EINVAL)
     if flags & ALL and flags & CLONE_THREAD:
         made(t, flags)
         _refuse("a thread with namespaces of its own")
@@ -120,29 +140,38 @@ def unshare(t, flags: int) -> None:
     alone = len(t.tg.tasks) == 1
     if flags & (CLONE_THREAD | CLONE_SIGHAND | CLONE_VM) and not alone:
         raise SyscallError(errno.EINVAL)  # a thread cannot leave its process
-    new_uts, new_ipc = made(t, flags)
+    new_user, new_uts, new_ipc = made(t, flags)
     if flags & (CLONE_FILES | CLONE_FS) and not alone:
         _refuse("a thread's own fd table or cwd (unshare CLONE_FILES or CLONE_FS)")
     if flags & CLONE_SYSVSEM:
         ipc(t).exited(t.tg.tgid)  # its semaphore adjustments are applied, as at exit
+    if new_user is not None:
+        enters(t.cred, new_user)
     t.tg.uts, t.tg.ipc = new_uts, new_ipc
 
 
 def setns(t, f, nstype: int) -> None:
-    """setns(2) with `f`, an open /proc/PID/ns file (procfs.NsFile): join its namespace.
-    Of the kinds snapbox has one of only, that one is joined already."""
+    """setns(2) with `f`, an open /proc/PID/ns file (procfs.NsFile): join its namespace,
+    with CAP_SYS_ADMIN in the user namespace owning it (a user namespace: in it) and in
+    the caller's own. Of the kinds snapbox has one of only, that one is joined already."""
     kind = f.node.kind.removesuffix("_for_children")
     if nstype and nstype != FLAGS[kind]:
         raise SyscallError(errno.EINVAL)
+    ns = f.node.ns
     if kind == "user":
-        raise SyscallError(errno.EINVAL)  # a process's own user namespace, as Linux answers
-    if not capable(t.tg, CAP_SYS_ADMIN):
+        if ns is t.cred.user_ns or len(t.tg.tasks) > 1:
+            raise SyscallError(errno.EINVAL)  # its own already; a thread cannot leave its process
+        if not ns_capable(t.cred, ns, CAP_SYS_ADMIN):
+            raise SyscallError(errno.EPERM)
+        enters(t.cred, ns)
+        return
+    if not ns_capable(t.cred, owner(ns), CAP_SYS_ADMIN) or not ns_capable(t.cred, t.cred.user_ns, CAP_SYS_ADMIN):
         raise SyscallError(errno.EPERM)
     if kind == "uts":
-        t.tg.uts = f.node.ns
-    elif kind == "ipc" and f.node.ns is not t.tg.ipc:
+        t.tg.uts = ns
+    elif kind == "ipc" and ns is not t.tg.ipc:
         ipc(t).exited(t.tg.tgid)  # its semaphore adjustments are applied, as on leaving
-        t.tg.ipc = f.node.ns
+        t.tg.ipc = ns
 
 
 def _refuse(what: str) -> None:

@@ -1,7 +1,7 @@
 """/proc, generated from kernel state: self, thread-self; per pid stat, status, statm,
 cmdline, comm (writable), maps, smaps, smaps_rollup, oom_score, oom_score_adj (writable),
-fd/, fdinfo/, exe, cwd, root, ns/, task/TID/ (each thread's), for zombies too as Linux shows
-them; and stat, meminfo, cpuinfo, uptime, loadavg, mounts; and sys/ (SYSCTL: the limits the
+uid_map, gid_map and setgroups (writable: snapbox.kernel.userns), fd/, fdinfo/, exe, cwd,
+root, ns/, task/TID/ (each thread's), for zombies too as Linux shows them; and stat, meminfo, cpuinfo, uptime, loadavg, mounts; and sys/ (SYSCTL: the limits the
 sandbox enforces, the UTS names, which a write changes, a uuid).
 
 /proc/PID/ns/KIND reads as a link to "KIND:[inode]"; opened, it is the namespace itself
@@ -35,7 +35,8 @@ import zlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from snapbox.kernel.creds import CAP_LAST_CAP, CAP_SYS_PTRACE, CAP_SYS_RESOURCE, NGROUPS_MAX, capable
+from snapbox.kernel.creds import (CAP_LAST_CAP, CAP_SYS_ADMIN, CAP_SYS_PTRACE, CAP_SYS_RESOURCE, NGROUPS_MAX, Creds,
+                                  capable, ns_capable, shown)
 from snapbox.kernel.errors import SyscallError, WouldBlock
 from snapbox.kernel.fd import NR_OPEN, O_ACCMODE, O_APPEND, O_CLOEXEC, O_NONBLOCK, O_RDWR, OpenFile
 from snapbox.kernel.host import UTS_RELEASE, UTS_VERSION, HostFile, host_meminfo
@@ -44,6 +45,7 @@ from snapbox.kernel.mm import MMAP_MIN_ADDR, VVAR
 from snapbox.kernel.namespaces import KINDS, namespace_of, uts
 from snapbox.kernel.pipe import PipeFile
 from snapbox.kernel.signals import SIG_DFL, SIG_IGN
+from snapbox.kernel.userns import show_map, write_map, write_setgroups
 from snapbox.kernel.socket import NOBODY, SO_RCVBUF, SO_SNDBUF, SOMAXCONN, SocketFile, buffer_max
 from snapbox.kernel.vfs import MOUNTABLE, Dir, Inode, now_ns
 from snapbox.memfile import PAGE_SIZE
@@ -55,8 +57,8 @@ if TYPE_CHECKING:
 PROC_DEV = 0x4
 NSFS_DEV = 0x3
 PID_FILES = ("stat", "status", "statm", "cmdline", "comm", "maps", "smaps", "smaps_rollup", "environ", "auxv",
-             "mounts", "mem", "oom_score", "oom_score_adj")
-WRITABLE = ("oom_score_adj", "mem", "comm")
+             "mounts", "mem", "oom_score", "oom_score_adj", "uid_map", "gid_map", "setgroups")
+WRITABLE = ("oom_score_adj", "mem", "comm", "uid_map", "gid_map", "setgroups")
 ZOMBIE_GONE = ("environ", "auxv", "mem", "smaps_rollup")  # a zombie's: ESRCH (no memory to show)
 PID_LINKS = ("exe", "cwd", "root")
 TOP_FILES = ("stat", "meminfo", "cpuinfo", "uptime", "loadavg", "version", "cmdline", "devices", "filesystems")
@@ -126,7 +128,12 @@ class ProcNode(Inode):
     def open(self, flags: int) -> OpenFile:
         if self.name == "mem":
             return _open_mem(self, flags)
-        return ProcFile(flags=flags, node=self, content=_content(self))
+        opener = self.kernel.current.cred.copy() if self.kernel.current is not None else None
+        if self.name == "setgroups" and flags & O_ACCMODE and opener is not None:
+            tg = self.kernel.tasks.pidns.groups.get(self.pid)
+            if tg is not None and not ns_capable(opener, tg.user_ns, CAP_SYS_ADMIN):
+                raise SyscallError(errno.EPERM)  # changing it takes CAP_SYS_ADMIN in its namespace
+        return ProcFile(flags=flags, node=self, content=_content(self), opener=opener)
 
 
 @savable
@@ -166,7 +173,7 @@ class NsNode(ProcNode):
     namespace's."""
 
     kind: str = "uts"
-    ns: object = None  # the UtsNamespace or IpcNamespace; None: the sandbox's first
+    ns: object = None  # the UtsNamespace, IpcNamespace or UserNamespace; None: the sandbox's first
 
     def stat(self) -> dict:
         return {**super().stat(), "dev": NSFS_DEV, "nlink": 1}
@@ -199,6 +206,7 @@ class ProcFile(OpenFile):
 
     node: ProcNode | None = None
     content: bytes = b""
+    opener: Creds | None = None  # the credentials it was opened with (Linux's f_cred)
 
     def read(self, t, count: int, offset: int | None = None) -> bytes:
         pos = self.offset if offset is None else offset
@@ -213,6 +221,8 @@ class ProcFile(OpenFile):
             return _write_oom_score_adj(t, self.node, data)
         if self.node.name == "comm":
             return _write_comm(t, self.node, data)
+        if self.node.name in ("uid_map", "gid_map", "setgroups"):
+            return self._write_userns(t, data, offset)
         if self.node.name in ("sys/kernel/hostname", "sys/kernel/domainname"):
             # As proc_dostring: up to a newline or NUL, at most 64 bytes (the file's mode, 0644
             # root's, is the only check, as on Linux).
@@ -237,6 +247,20 @@ class ProcFile(OpenFile):
             t.snapshot = "wanted"
             k.loop.call_at(0, lambda: k.snapshot(t))
         raise WouldBlock(k.snapshot_done)
+
+    def _write_userns(self, t, data: bytes, offset: int | None) -> int:
+        """A write to uid_map, gid_map or setgroups of the process's user namespace."""
+        tg = self.node.kernel.tasks.pidns.groups.get(self.node.pid)
+        if tg is None or tg.exit_status is not None:
+            raise SyscallError(errno.ESRCH)
+        pos = self.offset if offset is None else offset
+        if self.node.name == "setgroups":
+            n = write_setgroups(tg.user_ns, data, pos)
+        else:
+            n = write_map(t.cred, self.opener or t.cred, tg.user_ns, self.node.name[:3], data, pos)
+        if offset is None:
+            self.offset += n
+        return n
 
     def seek(self, offset: int, whence: int) -> int:
         pos = {os.SEEK_SET: 0, os.SEEK_CUR: self.offset}.get(whence)  # no SEEK_END, as seq_file
@@ -314,7 +338,7 @@ def _open_mem(node: ProcNode, flags: int) -> ProcMemFile:
     opener = k.current.tg if k.current is not None else None
     if tg is None or tg.exit_status is not None:
         raise SyscallError(errno.ESRCH)
-    if opener is not None and opener is not tg and not capable(opener, CAP_SYS_PTRACE):
+    if opener is not None and opener is not tg and not ns_capable(opener.acting(), tg.user_ns, CAP_SYS_PTRACE):
         uid, gid = opener.creds[0], opener.creds[3]
         if tg.creds[0:3] != [uid] * 3 or tg.creds[3:6] != [gid] * 3:
             raise SyscallError(errno.EACCES)
@@ -527,6 +551,10 @@ def _content(node: ProcNode) -> bytes:
         return f"{_oom_score(tg)}\n".encode()
     if name == "oom_score_adj":
         return f"{tg.oom_score_adj}\n".encode()
+    if name in ("uid_map", "gid_map"):
+        return show_map(tg.user_ns, _reader_ns(k), name[:3]).encode()
+    if name == "setgroups":
+        return b"allow\n" if tg.user_ns is None or tg.user_ns.setgroups else b"deny\n"
     if name.startswith("fdinfo/"):
         return _fdinfo(tg, int(name[7:])).encode()
     raise SyscallError(errno.ENOENT)
@@ -602,15 +630,16 @@ def _status(k, tg) -> str:
     ppid = tg.parent.tgid if tg.parent is not None else 0
     states = {"R": "R (running)", "S": "S (sleeping)", "T": "T (stopped)", "Z": "Z (zombie)"}
     cred = tg.cred  # the leader's, whichever thread reads
-    creds, c = cred.ids, cred.caps
+    c, reader = cred.caps, _reader_ns(k)
+    creds = [shown(reader, x, "uid" if i < 3 else "gid") for i, x in enumerate(cred.ids)]
     out = [f"Name:\t{tg.name if zombie else leader.comm}\n"]
     if not zombie:
         out.append(f"Umask:\t{tg.fs.umask:04o}\n")
     out.append(f"State:\t{states[_state(k, tg)]}\nTgid:\t{tg.tgid}\nNgid:\t0\nPid:\t{tg.tgid}\nPPid:\t{ppid}\n"
-               f"TracerPid:\t0\nUid:\t{creds[0]}\t{creds[1]}\t{creds[2]}\t{cred.fsuid}\n"
-               f"Gid:\t{creds[3]}\t{creds[4]}\t{creds[5]}\t{cred.fsgid}\n"
+               f"TracerPid:\t0\nUid:\t{creds[0]}\t{creds[1]}\t{creds[2]}\t{shown(reader, cred.fsuid, 'uid')}\n"
+               f"Gid:\t{creds[3]}\t{creds[4]}\t{creds[5]}\t{shown(reader, cred.fsgid, 'gid')}\n"
                f"FDSize:\t{0 if zombie else max(64, len(tg.fds.files))}\n"
-               f"Groups:\t{' '.join(map(str, cred.groups))} \n"
+               f"Groups:\t{' '.join(str(shown(reader, g, 'gid')) for g in cred.groups)} \n"
                f"NStgid:\t{tg.tgid}\nNSpid:\t{tg.tgid}\nNSpgid:\t{tg.pgid}\nNSsid:\t{tg.sid}\nKthread:\t0\n")
     if not zombie:
         u = tg.mm.usage()
@@ -640,6 +669,11 @@ def _status(k, tg) -> str:
                f"Cpus_allowed:\t{allowed:x}\nCpus_allowed_list:\t{_cpu_list(allowed)}\n"
                "Mems_allowed_list:\t0\n")
     return "".join(out)
+
+
+def _reader_ns(k):
+    """The user namespace of the process reading /proc now (None: the sandbox's first)."""
+    return k.current.cred.user_ns if k.current is not None else None
 
 
 def _page_tables(mm) -> int:

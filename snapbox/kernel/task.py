@@ -184,6 +184,11 @@ class ThreadGroup:
     def caps(self, caps: CapSets) -> None:
         self.acting().caps = caps
 
+    @property
+    def user_ns(self):
+        """The user namespace of acting() (None: the sandbox's first)."""
+        return self.acting().user_ns
+
 
 @savable
 @dataclass(eq=False)

@@ -24,7 +24,7 @@ from snapbox.kernel.namespaces import UtsNamespace
 from snapbox.kernel.netlink import NetlinkSocket
 from snapbox.kernel.ipc import IpcNamespace, IpcPerm, MsgQueue, SemSet, ShmSegment
 from snapbox.kernel.mqueue import MessageQueue, MqueueFile
-from snapbox.kernel.creds import CapSets, Creds
+from snapbox.kernel.creds import CapSets, Creds, UserNamespace
 from snapbox.kernel.seccomp import INSN, SeccompFilter, SeccompListener, check
 from snapbox.kernel.socket import SocketNode, UnixSocket, make_pair
 from snapbox.kernel.procfs import FdNode, NsFile, NsNode, ProcFile, ProcMemFile, ProcNode, mount_proc
@@ -96,6 +96,7 @@ def build(name: str, kernel: Kernel):
     dgram_b.queue.append([b"\0sender", b"a datagram with a file", [pipe_w]])
     pages = kernel.file_cache.get(motd)
     kernel.file_cache.fill(pages, 0, 4096)
+    userns = UserNamespace(owner=0, level=1, inum=0xF0000102, uid_map=[[0, 0, 1]], gid_map=[[0, 0, 1]])
     perm = IpcPerm(key=0x5b0c, uid=1000, gid=100, cuid=0, cgid=0, mode=0o640, seq=3)
     ipc = IpcNamespace(msgs={0: MsgQueue(perm=perm, messages=[[2, b"queued"], [1, b""]], qbytes=99, stime=5,
                                          lspid=7)},
@@ -103,7 +104,7 @@ def build(name: str, kernel: Kernel):
                                        otime=9)},
                        shms={0: ShmSegment(perm=IpcPerm(0, 0, 0, 0, 0, 0o1600, 5), size=10000,
                                            offset=memfile.alloc(12288), cpid=1, atime=4)},
-                       seq=6, undo={7: {32769 * 4 + 1: {0: -1, 2: 3}}})
+                       seq=6, undo={7: {32769 * 4 + 1: {0: -1, 2: 3}}}, owner=userns)
     mq = MessageQueue(name="jobs", ino=1, uid=0, gid=0, mode=0o640, maxmsg=4, msgsize=64, notify_tgid=3,
                       notify_kind=0, notify_signo=10, notify_value=77)
     mq.put(1, b"low")
@@ -179,7 +180,10 @@ def build(name: str, kernel: Kernel):
             kernel=kernel, port=80, sock=HostSocket(family=2, kind=1, role="listening", local=("127.0.0.1", 8080),
                                                     backlog=5, options={(1, 2): 1}, outer=True)),
             InetSocket(flags=2, ino=81, family=2, local=("0.0.0.0", 80), listening=True, backlog=5)),
-        "UtsNamespace": lambda: UtsNamespace(hostname="inner", domainname="example"),
+        "UtsNamespace": lambda: UtsNamespace(hostname="inner", domainname="example", owner=userns),
+        "UserNamespace": lambda: UserNamespace(parent=userns, owner=1000, group=100, level=2, inum=0xF0000103,
+                                               uid_map=[[0, 1000, 1], [1, 200000, 65536]], gid_map=[[0, 100, 1]],
+                                               setgroups=False),
         "Mount": lambda: Mount(parent=fs.root, name="mnt", node=fs.new_tmpfs(fs.root, "mnt", 0o700),
                                covered=fs.root.entries.get("etc"), fstype="tmpfs", source="tmpfs", flags=0x8,
                                expiring=True),
@@ -195,7 +199,7 @@ def build(name: str, kernel: Kernel):
                                  kind="uts", ns=UtsNamespace(hostname="inner", inum=0xF0000101)),
         "NsFile": lambda: NsFile(flags=0, node=NsNode(ino=0xEFFFFFFF, kernel=kernel, pid=1, name="ns/ipc", kind="ipc")),
         "ProcFile": lambda: ProcFile(flags=0, offset=3, node=ProcNode(kernel=kernel, name="loadavg"),
-                                     content=b"0.00 0.00 0.00 1/1 1\n"),
+                                     content=b"0.00 0.00 0.00 1/1 1\n", opener=Creds(user_ns=userns)),
         "ProcMemFile": lambda: ProcMemFile(flags=2, offset=0x401000, node=ProcNode(kernel=kernel, pid=1, name="mem")),
         "IpcPerm": lambda: perm,
         "MsgQueue": lambda: ipc.msgs[0],
@@ -222,7 +226,7 @@ def build(name: str, kernel: Kernel):
         "CapSets": lambda: CapSets(effective=0b101, permitted=0b111, inheritable=0b10, bounding=(1 << 41) - 1 - 4,
                                    ambient=0b10, securebits=0x30),
         "Creds": lambda: Creds(ids=[0, 1000, 0, 0, 100, 0], groups=[4, 27], fsuid=1000, fsgid=100,
-                               caps=CapSets(effective=0, permitted=0b111)),
+                               caps=CapSets(effective=0, permitted=0b111), user_ns=userns),
     }
     return factories[name]()
 

@@ -9,7 +9,7 @@ import os
 import stat
 import struct
 
-from snapbox.kernel.creds import CAP_CHOWN, CAP_FSETID, MAY_WRITE, capable, check, in_group, owns
+from snapbox.kernel.creds import CAP_CHOWN, CAP_FSETID, MAY_WRITE, capable_wrt, check, in_group, named, owns
 from snapbox.kernel.errors import SyscallError
 from snapbox.kernel.pipe import PipeFile
 from snapbox.kernel.syscalls import NR, i32, i64, syscall
@@ -118,7 +118,7 @@ def _chmod(t, target: tuple, mode: int) -> int:
     node = target[0]
     if not owns(t.tg, node):
         raise SyscallError(errno.EPERM)
-    if not in_group(t.tg, node.gid) and not capable(t.tg, CAP_FSETID):
+    if not in_group(t.tg, node.gid) and not capable_wrt(t.tg, node, CAP_FSETID):
         mode &= ~stat.S_ISGID  # chmod(2): not kept by a caller outside the file's group
     host = on_host(t, node)
     if host is not None:
@@ -147,8 +147,11 @@ def fchmod(t, fd, mode):
 
 def _chown(t, target: tuple, uid: int, gid: int) -> int:
     node = target[0]
-    uid, gid, tg = i32(uid), i32(gid), t.tg
-    if not capable(tg, CAP_CHOWN):
+    tg = t.tg
+    # The ids as kernel ids (EINVAL for one the caller's user namespace has no name for).
+    uid = -1 if i32(uid) == -1 else named(tg.user_ns, uid, "uid")
+    gid = -1 if i32(gid) == -1 else named(tg.user_ns, gid, "gid")
+    if not capable_wrt(tg, node, CAP_CHOWN):
         # chown(2): only the owner, and only to give the file to one of its own groups.
         if uid != -1 and (uid & 0xFFFFFFFF != node.uid or tg.fsuid != node.uid):
             raise SyscallError(errno.EPERM)

@@ -6,10 +6,10 @@ import errno
 import os
 import struct
 
-from snapbox.kernel.creds import CAP_SYS_ADMIN, CAP_SYS_NICE, capable
+from snapbox.kernel.creds import CAP_SYS_ADMIN, CAP_SYS_NICE, capable, ns_capable
 from snapbox.kernel.errors import SyscallError
 from snapbox.kernel.host import UTS_RELEASE, UTS_VERSION, host_meminfo
-from snapbox.kernel.namespaces import uts
+from snapbox.kernel.namespaces import owner, uts
 from snapbox.kernel.syscalls import NR, i32, syscall
 
 GRND_NONBLOCK, GRND_RANDOM, GRND_INSECURE = 1, 2, 4
@@ -333,8 +333,9 @@ def times(t, buf):
 
 
 def _uts_name(t, name: int, length: int) -> str:
-    """The new name of sethostname or setdomainname: CAP_SYS_ADMIN, at most 64 bytes."""
-    if not capable(t.tg, CAP_SYS_ADMIN):
+    """The new name of sethostname or setdomainname: CAP_SYS_ADMIN in the user namespace
+    owning the UTS namespace, at most 64 bytes."""
+    if not ns_capable(t.cred, owner(t.tg.uts), CAP_SYS_ADMIN):
         raise SyscallError(errno.EPERM)
     if length > 64:
         raise SyscallError(errno.EINVAL)

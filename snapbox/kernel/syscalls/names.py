@@ -8,7 +8,7 @@ import os
 import stat as st
 import struct
 
-from snapbox.kernel.creds import CAP_MKNOD, CAP_SYS_CHROOT, MAY_EXEC, MAY_WRITE, capable, check, may_delete, owner_ids
+from snapbox.kernel.creds import CAP_MKNOD, CAP_SYS_CHROOT, MAY_EXEC, MAY_WRITE, capable, check, may_delete, own_capable, owner_ids
 from snapbox.kernel.errors import SyscallError
 from snapbox.kernel.inotify import (
     IN_ACCESS, IN_ATTRIB, IN_CREATE, IN_DELETE, IN_MOVE_SELF, IN_MOVED_FROM, IN_MOVED_TO, deleted, notify, notify_dir,
@@ -73,7 +73,7 @@ def chroot(t, path):
     """chroot(2): paths of this process start from the directory; its working directory
     stays where it is (and may be outside)."""
     node = _directory(t, path)
-    if not capable(t.tg, CAP_SYS_CHROOT):
+    if not own_capable(t.tg, CAP_SYS_CHROOT):
         raise SyscallError(errno.EPERM)
     t.fs.root = node
     return 0

@@ -9,8 +9,10 @@ import struct
 
 from snapbox.kernel.creds import (
     ALL_CAPS, CAP_LAST_CAP, CAP_SETGID, CAP_SETPCAP, CAP_SETUID, NGROUPS_MAX, SECBIT_KEEP_CAPS,
-    SECBIT_NO_CAP_AMBIENT_RAISE, SECURE_ALL_BITS, SECURE_ALL_LOCKS, capable, ids_changed, may_ptrace,
+    SECBIT_NO_CAP_AMBIENT_RAISE, SECURE_ALL_BITS, SECURE_ALL_LOCKS, ids_changed, may_ptrace, named,
+    own_capable, shown, to_kernel,
 )
+from snapbox.kernel.userns import may_setgroups
 from snapbox.kernel import namespaces
 from snapbox.kernel.errors import SyscallError, TaskExit, WouldBlock
 from snapbox.kernel.eventfiles import PidFile, pidfd_process
@@ -589,7 +591,7 @@ def _prctl_caps(t, option: int, arg2: int, arg3: int, arg4: int, arg5: int) -> i
             raise SyscallError(errno.EINVAL)
         locked = (c.securebits & SECURE_ALL_LOCKS) >> 1
         if (locked & (c.securebits ^ new)) or c.securebits & SECURE_ALL_LOCKS & ~new \
-                or not capable(t.tg, CAP_SETPCAP):
+                or not own_capable(t.tg, CAP_SETPCAP):
             raise SyscallError(errno.EPERM)
         c.securebits = new
         return 0
@@ -604,7 +606,7 @@ def _prctl_caps(t, option: int, arg2: int, arg3: int, arg4: int, arg5: int) -> i
     if option == PR_CAPBSET_READ:
         return c.bounding >> cap & 1
     if option == PR_CAPBSET_DROP:
-        if not capable(t.tg, CAP_SETPCAP):
+        if not own_capable(t.tg, CAP_SETPCAP):
             raise SyscallError(errno.EPERM)
         c.bounding &= ~(1 << cap)
         return 0
@@ -622,38 +624,51 @@ def _prctl_caps(t, option: int, arg2: int, arg3: int, arg4: int, arg5: int) -> i
 
 
 # Identity. The sandbox starts as root; a process may drop to other ids as Linux allows.
+# Ids cross the boundary as the caller's user namespace names them (snapbox.kernel.userns).
 def _creds(t) -> list[int]:
     return t.tg.creds
 
 
+def _shown(t, index: int) -> int:
+    """creds[index] as the caller's user namespace names it."""
+    return shown(t.tg.user_ns, _creds(t)[index], "uid" if index < 3 else "gid")
+
+
 @syscall(NR.getuid)
 def getuid(t):
-    return _creds(t)[0]
+    return _shown(t, 0)
 
 
 @syscall(NR.geteuid)
 def geteuid(t):
-    return _creds(t)[1]
+    return _shown(t, 1)
 
 
 @syscall(NR.getgid)
 def getgid(t):
-    return _creds(t)[3]
+    return _shown(t, 3)
 
 
 @syscall(NR.getegid)
 def getegid(t):
-    return _creds(t)[4]
+    return _shown(t, 4)
+
+
+def _named(t, ident: int, kind: str) -> int:
+    """An id argument as a kernel id: -1 stays -1 (leave it), one the caller's user
+    namespace has no name for is EINVAL."""
+    return -1 if i32(ident) == -1 else named(t.tg.user_ns, ident, kind)
 
 
 def _set_ids(t, base: int, real: int, eff: int, saved: int) -> int:
-    """Set creds[base:base+3] (the uids, or the gids at 3); -1 leaves an id as it is. The
-    fs id follows the effective one, and a change of uids adjusts the capabilities."""
+    """Set creds[base:base+3] (the uids, or the gids at 3) to kernel ids; -1 leaves an id
+    as it is. The fs id follows the effective one, and a change of uids adjusts the
+    capabilities."""
     tg = t.tg
     old, old_fsuid = list(tg.creds), tg.fsuid
     for i, want in enumerate((real, eff, saved)):
-        if i32(want) != -1:
-            tg.creds[base + i] = want & 0xFFFFFFFF
+        if want != -1:
+            tg.creds[base + i] = want
     if base == 0:
         tg.fsuid = tg.creds[1]
         ids_changed(tg, old, old_fsuid)
@@ -663,17 +678,18 @@ def _set_ids(t, base: int, real: int, eff: int, saved: int) -> int:
 
 
 def _require(t, cap: int, *wants: tuple[int, tuple]) -> None:
-    """EPERM unless the caller holds `cap` or each wanted id (-1: none) is among those
-    allowed it."""
-    if capable(t.tg, cap):
+    """EPERM unless the caller holds `cap` in its user namespace or each wanted kernel id
+    (-1: none) is among those allowed it."""
+    if own_capable(t.tg, cap):
         return
     for want, allowed in wants:
-        if i32(want) != -1 and i32(want) & 0xFFFFFFFF not in allowed:
+        if want != -1 and want not in allowed:
             raise SyscallError(errno.EPERM)
 
 
 @syscall(NR.setresuid)
 def setresuid(t, ruid, euid, suid):
+    ruid, euid, suid = (_named(t, x, "uid") for x in (ruid, euid, suid))
     ids = tuple(_creds(t)[0:3])
     _require(t, CAP_SETUID, (ruid, ids), (euid, ids), (suid, ids))
     return _set_ids(t, 0, ruid, euid, suid)
@@ -681,6 +697,7 @@ def setresuid(t, ruid, euid, suid):
 
 @syscall(NR.setresgid)
 def setresgid(t, rgid, egid, sgid):
+    rgid, egid, sgid = (_named(t, x, "gid") for x in (rgid, egid, sgid))
     ids = tuple(_creds(t)[3:6])
     _require(t, CAP_SETGID, (rgid, ids), (egid, ids), (sgid, ids))
     return _set_ids(t, 3, rgid, egid, sgid)
@@ -688,7 +705,8 @@ def setresgid(t, rgid, egid, sgid):
 
 @syscall(NR.setuid)
 def setuid(t, uid):
-    if capable(t.tg, CAP_SETUID):
+    uid = named(t.tg.user_ns, uid, "uid")
+    if own_capable(t.tg, CAP_SETUID):
         return _set_ids(t, 0, uid, uid, uid)
     _require(t, CAP_SETUID, (uid, (_creds(t)[0], _creds(t)[2])))  # setuid(2): the real or saved uid
     return _set_ids(t, 0, -1, uid, -1)
@@ -696,7 +714,8 @@ def setuid(t, uid):
 
 @syscall(NR.setgid)
 def setgid(t, gid):
-    if capable(t.tg, CAP_SETGID):
+    gid = named(t.tg.user_ns, gid, "gid")
+    if own_capable(t.tg, CAP_SETGID):
         return _set_ids(t, 3, gid, gid, gid)
     _require(t, CAP_SETGID, (gid, (_creds(t)[3], _creds(t)[5])))
     return _set_ids(t, 3, -1, gid, -1)
@@ -706,10 +725,12 @@ def _set_re(t, base: int, real: int, eff: int, cap: int) -> int:
     """setre[ug]id(2): unprivileged, the real id may become the effective one, the
     effective one the real or saved one; the saved id becomes the new effective one when
     the real one is set, or the effective one to other than the old real one."""
+    kind = "uid" if base == 0 else "gid"
+    real, eff = _named(t, real, kind), _named(t, eff, kind)
     r, e, saved_id = _creds(t)[base : base + 3]
     _require(t, cap, (real, (r, e)), (eff, (r, e, saved_id)))
-    new_eff = e if i32(eff) == -1 else eff & 0xFFFFFFFF
-    saved = new_eff if i32(real) != -1 or (i32(eff) != -1 and new_eff != r) else -1
+    new_eff = e if eff == -1 else eff
+    saved = new_eff if real != -1 or (eff != -1 and new_eff != r) else -1
     return _set_ids(t, base, real, eff, saved)
 
 
@@ -729,34 +750,34 @@ def setfsuid(t, fsuid):
     or one of the real, effective, saved or fs uids)."""
     tg = t.tg
     old = tg.fsuid
-    want = i32(fsuid)
-    if want != -1 and (capable(tg, CAP_SETUID) or want in (*tg.creds[0:3], old)):
-        tg.fsuid = want & 0xFFFFFFFF
+    want = to_kernel(tg.user_ns, fsuid, "uid") if i32(fsuid) != -1 else None
+    if want is not None and (own_capable(tg, CAP_SETUID) or want in (*tg.creds[0:3], old)):
+        tg.fsuid = want
         ids_changed(tg, list(tg.creds), old)
-    return old
+    return shown(tg.user_ns, old, "uid")
 
 
 @syscall(NR.setfsgid)
 def setfsgid(t, fsgid):
     tg = t.tg
     old = tg.fsgid
-    want = i32(fsgid)
-    if want != -1 and (capable(tg, CAP_SETGID) or want in (*tg.creds[3:6], old)):
-        tg.fsgid = want & 0xFFFFFFFF
-    return old
+    want = to_kernel(tg.user_ns, fsgid, "gid") if i32(fsgid) != -1 else None
+    if want is not None and (own_capable(tg, CAP_SETGID) or want in (*tg.creds[3:6], old)):
+        tg.fsgid = want
+    return shown(tg.user_ns, old, "gid")
 
 
 @syscall(NR.getresuid)
 def getresuid(t, ruid, euid, suid):
-    for addr, value in zip((ruid, euid, suid), _creds(t)[0:3]):
-        t.mm.write(addr, struct.pack("<I", value))
+    for addr, index in zip((ruid, euid, suid), range(3)):
+        t.mm.write(addr, struct.pack("<I", _shown(t, index)))
     return 0
 
 
 @syscall(NR.getresgid)
 def getresgid(t, rgid, egid, sgid):
-    for addr, value in zip((rgid, egid, sgid), _creds(t)[3:6]):
-        t.mm.write(addr, struct.pack("<I", value))
+    for addr, index in zip((rgid, egid, sgid), range(3, 6)):
+        t.mm.write(addr, struct.pack("<I", _shown(t, index)))
     return 0
 
 
@@ -768,18 +789,23 @@ def getgroups(t, size, lst):
         return len(groups)
     if size < len(groups):
         raise SyscallError(errno.EINVAL)
-    t.mm.write(lst, struct.pack(f"<{len(groups)}I", *groups))
+    ns = t.tg.user_ns
+    t.mm.write(lst, struct.pack(f"<{len(groups)}I", *(shown(ns, g, "gid") for g in groups)))
     return len(groups)
 
 
 @syscall(NR.setgroups)
 def setgroups(t, size, lst):
+    """setgroups(2): CAP_SETGID in the caller's user namespace, which must allow it
+    (/proc/PID/setgroups, and its gid_map written: EPERM), and name every group (EINVAL)."""
+    ns = t.tg.user_ns
+    if not own_capable(t.tg, CAP_SETGID) or not may_setgroups(ns):
+        raise SyscallError(errno.EPERM)
     size = i32(size)
     if size < 0 or size > NGROUPS_MAX:
         raise SyscallError(errno.EINVAL)
-    if not capable(t.tg, CAP_SETGID):
-        raise SyscallError(errno.EPERM)
-    t.tg.groups = list(struct.unpack(f"<{size}I", t.mm.read(lst, 4 * size))) if size else []
+    groups = struct.unpack(f"<{size}I", t.mm.read(lst, 4 * size)) if size else ()
+    t.tg.groups = sorted(named(ns, g, "gid") for g in groups)  # Linux keeps them sorted
     return 0
 
 
@@ -838,7 +864,7 @@ def capset(t, header, data):
             sets[j] |= value << (32 * i)
     effective, permitted, inheritable = (x & ALL_CAPS for x in sets)
     c = t.tg.caps
-    if not capable(t.tg, CAP_SETPCAP) and inheritable & ~(c.inheritable | c.permitted):
+    if not own_capable(t.tg, CAP_SETPCAP) and inheritable & ~(c.inheritable | c.permitted):
         raise SyscallError(errno.EPERM)
     if inheritable & ~(c.inheritable | c.bounding) or permitted & ~c.permitted or effective & ~permitted:
         raise SyscallError(errno.EPERM)

@@ -6,7 +6,7 @@ import errno
 import struct
 
 from snapbox.kernel import seccomp as sc
-from snapbox.kernel.creds import CAP_SYS_ADMIN, capable
+from snapbox.kernel.creds import CAP_SYS_ADMIN, own_capable
 from snapbox.kernel.errors import SyscallError
 from snapbox.kernel.syscalls import NR, syscall
 
@@ -62,7 +62,7 @@ def set_filter(t, flags: int, uargs: int) -> int:
     length, code = _FPROG.unpack(t.mm.read(uargs, _FPROG.size))
     if not 0 < length <= sc.BPF_MAXINSNS:
         raise SyscallError(errno.EINVAL)
-    if not t.tg.prctl.get("no_new_privs") and not capable(t.tg, CAP_SYS_ADMIN):
+    if not t.tg.prctl.get("no_new_privs") and not own_capable(t.tg, CAP_SYS_ADMIN):
         raise SyscallError(errno.EACCES)
     if not code:
         raise SyscallError(errno.EINVAL)
