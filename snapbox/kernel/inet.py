@@ -41,8 +41,8 @@ from snapbox.kernel.fd import O_NONBLOCK, POLLERR, POLLHUP, POLLIN, POLLOUT, POL
 from snapbox.kernel.hostnet import HostSocket, format_address
 from snapbox.kernel.pipe import PIPE_BUF, PIPE_CAPACITY
 from snapbox.kernel.signals import SIGPIPE
-from snapbox.kernel.socket import MSG_DONTWAIT, MSG_NOSIGNAL, MSG_PEEK, SHUT_RD, SHUT_RDWR, SHUT_WR, SO_SNDBUF, \
-    DatagramSocket, UnixSocket, make_buffers
+from snapbox.kernel.socket import MSG_DONTWAIT, MSG_NOSIGNAL, MSG_PEEK, SHUT_RD, SHUT_RDWR, SHUT_WR, SO_RCVLOWAT, \
+    SO_SNDBUF, SOL_SOCKET, DatagramSocket, UnixSocket, make_buffers
 from snapbox.kernel.waiter import WaitQueue
 from snapbox.state import SnapboxError, savable
 
@@ -403,7 +403,8 @@ class InetSocket(UnixSocket):
         # for writing (a write fails at once); POLLERR while an error is pending.
         closed = self._closed()
         rcv_shut = closed or self.shut_rd or self.incoming.writers == 0
-        r = POLLIN | POLLRDHUP if rcv_shut else POLLIN if self.incoming.has_unread() else 0
+        lowat = self.options.get((SOL_SOCKET, SO_RCVLOWAT), 1)
+        r = POLLIN | POLLRDHUP if rcv_shut else POLLIN if self.incoming.has_unread() and self.unread() >= lowat else 0
         if closed or (rcv_shut and self.shut_wr):
             r |= POLLHUP
         if closed or self.shut_wr or self.has_room():

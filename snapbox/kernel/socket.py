@@ -40,6 +40,7 @@ NOBODY = 65534  # the overflow uid and gid: what credentials no send carried rea
 NO_PEER = (0, 0xFFFFFFFF, 0xFFFFFFFF)  # SO_PEERCRED of a socket with no peer (nor listening)
 SO_SNDBUF, SNDBUF_DEFAULT = 7, 212992  # net.core.wmem_default (and rmem_default)
 SO_RCVBUF, BUF_MAX_DEFAULT = 8, 212992  # Linux's net.core.wmem_max and rmem_max
+SO_RCVLOWAT = 18  # the bytes a stream read waits for (and TCP's poll, before POLLIN)
 
 
 @functools.cache

@@ -14,7 +14,7 @@ import stat as st
 import struct
 
 from snapbox.kernel.creds import CAP_NET_ADMIN, CAP_NET_BIND_SERVICE, CAP_NET_RAW, CAP_SETGID, CAP_SETUID, CAP_SYS_ADMIN, MAY_EXEC, MAY_WRITE, \
-    capable, check
+    capable, check, named, own_capable, shown
 from snapbox.kernel.errors import SyscallError, WouldBlock
 from snapbox.kernel.fd import O_CLOEXEC, O_NONBLOCK, drop_ref
 from snapbox.kernel.socket import AF_UNIX, MSG_DONTWAIT, MSG_PEEK, NOBODY, SNDBUF_DEFAULT, SOCK_SEQPACKET, \
@@ -620,9 +620,9 @@ def _recvfrom(t, fd, buf, length, flags, addr, addrlen):
         if address:
             _write_sockaddr(t, addr, addrlen, pack_sockaddr(s.family, address))
         return min(len(data), length)
-    if i32(flags) & MSG_WAITALL and not i32(flags) & MSG_PEEK and isinstance(s, UnixSocket) and \
-            s.kind == SOCK_STREAM and not (s.flags & O_NONBLOCK or i32(flags) & MSG_DONTWAIT):
-        return _recv_all(t, NR.recvfrom, s, [(buf, min(length, MAX_RW))], i32(flags) & ~MSG_WAITALL)
+    target = recv_target(s, i32(flags), min(length, MAX_RW))
+    if target > 1:
+        return recv_all(t, NR.recvfrom, s, [(buf, min(length, MAX_RW))], i32(flags) & ~MSG_WAITALL, target)
     if isinstance(s, (UdpSocket, NetlinkSocket)):
         data, source, whole = s.recv_from(t, min(length, MAX_RW), i32(flags))
         t.mm.write(buf, data)
@@ -698,14 +698,25 @@ def _source_sockaddr(s: UdpSocket | NetlinkSocket, source: tuple) -> bytes:
     return pack_sockaddr(s.family, source)
 
 
-def _recv_all(t, nr: int, s: UnixSocket, vecs: list, flags: int) -> int:
-    """A blocking stream receive with MSG_WAITALL: until the buffers are full, the peer
-    stops sending, or an error comes after some bytes (those are returned, as tcp(7) and
-    unix(7) do). What it has taken when it blocks is in the restart state (for a retry or
-    a restore), the bytes themselves already in the caller's memory."""
+def recv_target(s, flags: int, length: int) -> int:
+    """How many bytes a blocking stream receive of `length` waits for (sock_rcvlowat()):
+    all with MSG_WAITALL, else SO_RCVLOWAT's count (1 by default), never more than asked;
+    a receive that peeks or does not block waits for none beyond the first."""
+    if not isinstance(s, UnixSocket) or s.kind != SOCK_STREAM or flags & MSG_PEEK or \
+            s.flags & O_NONBLOCK or flags & MSG_DONTWAIT:
+        return 1
+    return length if flags & MSG_WAITALL else min(s.options.get((SOL_SOCKET, SO_RCVLOWAT), 1), length)
+
+
+def recv_all(t, nr: int, s: UnixSocket, vecs: list, flags: int, target: int) -> int:
+    """A blocking stream receive that waits for `target` bytes (MSG_WAITALL: the buffers
+    full; SO_RCVLOWAT): until it has them, the peer stops sending, or an error comes after
+    some bytes (those are returned, as tcp(7) and unix(7) do). What it has taken when it
+    blocks is in the restart state (for a retry or a restore), the bytes themselves already
+    in the caller's memory."""
     done = received(t, nr)
     total = sum(n for _, n in vecs)
-    while done < total:
+    while done < target:
         try:
             data = s.recv(t, total - done, flags)
         except WouldBlock as wb:
@@ -772,12 +783,14 @@ def _unix_control(t, control: int, controllen: int) -> tuple[list, list | None]:
 
 
 def _checked_creds(t, pid: int, uid: int, gid: int) -> list:
-    if uid == 0xFFFFFFFF or gid == 0xFFFFFFFF:
-        raise SyscallError(errno.EINVAL)
+    """SCM_CREDENTIALS a sender gives: its own pid and ids (as its user namespace names
+    them: EINVAL for others), or, with CAP_SYS_ADMIN, CAP_SETUID, CAP_SETGID, others."""
+    ns = t.tg.user_ns
+    uid, gid = named(ns, uid, "uid"), named(ns, gid, "gid")
     ids = t.tg.creds  # ruid euid suid rgid egid sgid
     if pid != t.tg.tgid and not capable(t.tg, CAP_SYS_ADMIN) or \
-            uid not in ids[:3] and not capable(t.tg, CAP_SETUID) or \
-            gid not in ids[3:] and not capable(t.tg, CAP_SETGID):
+            uid not in ids[:3] and not own_capable(t.tg, CAP_SETUID) or \
+            gid not in ids[3:] and not own_capable(t.tg, CAP_SETGID):
         raise SyscallError(errno.EPERM)
     if pid != t.tg.tgid and pid not in t.kernel.tasks.pidns.tasks:
         raise SyscallError(errno.ESRCH)
@@ -865,9 +878,8 @@ def _recvmsg(t, fd, msg, flags):
         out = (MSG_TRUNC if whole > len(data) else 0) | (MSG_CTRUNC if cut else 0)
         t.mm.write(msg, _MSGHDR.pack(name, len(full) if name else 0, iov, iovlen, control, used, out))
         return whole if flags & MSG_TRUNC else len(data)
-    elif flags & MSG_WAITALL and not flags & MSG_PEEK and s.kind == SOCK_STREAM and \
-            not (s.flags & O_NONBLOCK or flags & MSG_DONTWAIT):
-        got = _recv_all(t, NR.recvmsg, s, vecs, flags & ~MSG_WAITALL)  # files are not taken: see recv
+    elif (target := recv_target(s, flags, min(sum(n for _, n in vecs), MAX_RW))) > 1:
+        got = recv_all(t, NR.recvmsg, s, vecs, flags & ~MSG_WAITALL, target)  # files are not taken: see recv
         t.mm.write(msg, _MSGHDR.pack(name, 0, iov, iovlen, control, 0, 0))
         return got
     else:
@@ -881,7 +893,7 @@ def _recvmsg(t, fd, msg, flags):
         used, cut = _put_control(t, control, controllen, items)
         out_flags |= MSG_CTRUNC if cut else 0
     if s.passcred:  # before the files, as Linux's scm_recv puts them
-        ucred = _UCRED.pack(*creds) if creds is not None else _UCRED.pack(0, NOBODY, NOBODY)
+        ucred = _ucred(t, creds) if creds is not None else _UCRED.pack(0, NOBODY, NOBODY)
         used, cut = _put_control(t, control, controllen, [(SOL_SOCKET, SCM_CREDENTIALS, ucred)])
         out_flags |= MSG_CTRUNC if cut else 0
     if files:
@@ -987,6 +999,7 @@ def shutdown(t, fd, how):
 SO_REUSEADDR, SO_KEEPALIVE, SO_LINGER, SO_REUSEPORT = 2, 9, 13, 15
 SO_DONTROUTE, SO_BROADCAST, SO_OOBINLINE, SO_PRIORITY = 5, 6, 10, 12
 SO_DEBUG, SO_NO_CHECK, SO_RCVLOWAT, SO_SNDLOWAT = 1, 11, 18, 19
+TCP_RMEM_MAX = 6291456  # net.ipv4.tcp_rmem's third figure, Linux's default: how far TCP's receive buffer grows
 TCP_NODELAY, TCP_MAXSEG, TCP_KEEPIDLE, TCP_KEEPINTVL, TCP_KEEPCNT = 1, 2, 4, 5, 6
 TCP_QUICKACK, TCP_USER_TIMEOUT, TCP_FASTOPEN = 12, 18, 23
 IPV6_V6ONLY = 26
@@ -1072,8 +1085,6 @@ def _inet_getsockopt(s: InetSocket | UdpSocket, level: int, opt: int) -> bytes:
         return s.options.get((level, opt), _host_congestion()[0]).ljust(TCP_CA_NAME_MAX, b"\0")
     if (level, opt) == (IPPROTO_TCP, TCP_INFO):
         return s.tcp_info()
-    if (level, opt) == (SOL_SOCKET, SO_RCVLOWAT) and not udp:
-        raise SyscallError(errno.ENOPROTOOPT)  # TCP honours it (a read waits for as many): not done here
     if level == SOL_IPV6 and s.family != AF_INET6:
         raise SyscallError(errno.EOPNOTSUPP)  # do_ip_getsockopt: an IPv4 socket knows SOL_IP only
     if (level, opt) not in INET_OPTIONS:
@@ -1127,8 +1138,7 @@ def _inet_setsockopt(t, s: InetSocket | UdpSocket, level: int, opt: int, optval:
         if s.host is not None:
             s.host.set_option(level, opt, name)
         return 0
-    if (level, opt) not in INET_OPTIONS or (level == SOL_IPV6 and s.family != AF_INET6) or \
-            (level, opt) == (SOL_SOCKET, SO_RCVLOWAT) and not isinstance(s, UdpSocket):
+    if (level, opt) not in INET_OPTIONS or (level == SOL_IPV6 and s.family != AF_INET6):
         raise SyscallError(errno.ENOPROTOOPT)
     if level == SOL_IP and optlen < 4:  # ip(7)'s integer options also take one byte, or none (0)
         value = t.mm.read(optval, 1)[0] if optlen >= 1 else 0
@@ -1147,7 +1157,10 @@ def _inet_setsockopt(t, s: InetSocket | UdpSocket, level: int, opt: int, optval:
     if level == IPPROTO_TCP:
         value = _tcp_kept(s, opt, value)
     if (level, opt) == (SOL_SOCKET, SO_RCVLOWAT):
-        value = 0x7FFFFFFF if value < 0 else value or 1  # (a datagram socket keeps it, to no effect, as Linux)
+        value = 0x7FFFFFFF if value < 0 else value
+        if isinstance(s, InetSocket):  # tcp_set_rcvlowat: at most half the most the receive buffer may grow to
+            value = min(value, s.options.get((SOL_SOCKET, SO_RCVBUF), TCP_RMEM_MAX) >> 1)
+        value = value or 1  # (a datagram socket keeps it, to no effect, as Linux)
     if opt in (IP_MTU_DISCOVER, IPV6_MTU_DISCOVER) and level in (SOL_IP, SOL_IPV6) and \
             not 0 <= value <= PMTUDISC_OMIT:
         raise SyscallError(errno.EINVAL)
@@ -1336,7 +1349,7 @@ def getsockopt(t, fd, level, optname, optval, optlen):
     elif isinstance(s, NetlinkSocket):
         value = _netlink_getsockopt(s, i32(level), opt)
     else:
-        value = _unix_getsockopt(s, i32(level), opt)
+        value = _unix_getsockopt(t, s, i32(level), opt)
     room = i32(struct.unpack("<I", t.mm.read(optlen, 4))[0])
     if room < 0:
         raise SyscallError(errno.EINVAL)
@@ -1374,11 +1387,17 @@ UNIX_FLAGS = {SO_DEBUG, SO_REUSEADDR, SO_DONTROUTE, SO_BROADCAST, SO_KEEPALIVE, 
               SO_PASSCRED}
 
 
-def _unix_getsockopt(s: UnixSocket | UnixDgramSocket, level: int, opt: int) -> bytes:
+def _ucred(t, cred: list) -> bytes:
+    """struct ucred of [pid, kernel uid, kernel gid], as the reader's user namespace names them."""
+    ns = t.tg.user_ns
+    return _UCRED.pack(cred[0], shown(ns, cred[1], "uid"), shown(ns, cred[2], "gid"))
+
+
+def _unix_getsockopt(t, s: UnixSocket | UnixDgramSocket, level: int, opt: int) -> bytes:
     if level != SOL_SOCKET:
         raise SyscallError(errno.EOPNOTSUPP)  # a unix socket has options at no other level
     if opt == SO_PEERCRED:
-        return _UCRED.pack(*s.cred)
+        return _ucred(t, s.cred)
     kind = SOCK_DGRAM if isinstance(s, UnixDgramSocket) else s.kind
     fixed = {SO_TYPE: kind, SO_ERROR: 0, SO_DOMAIN: AF_UNIX, SO_ACCEPTCONN: int(getattr(s, "listening", 0)),
              SO_PROTOCOL: 0, SO_SNDLOWAT: 1, SO_REUSEPORT: 0}

@@ -11,6 +11,7 @@ from snapbox.kernel.errors import SyscallError, WouldBlock
 from snapbox.kernel.fd import O_APPEND
 from snapbox.kernel.vfs import RegularFile
 from snapbox.kernel.syscalls import NR, i32, i64, syscall
+from snapbox.kernel.syscalls.net import recv_all, recv_target
 from snapbox.kernel.syscalls.common import MAX_RW, iovecs, readable, receive_timeout, scatter, writable, write_all
 
 
@@ -18,6 +19,8 @@ from snapbox.kernel.syscalls.common import MAX_RW, iovecs, readable, receive_tim
 @syscall(NR.read)
 def read(t, fd, buf, count):
     f = readable(t, i32(fd))
+    if (target := recv_target(f, 0, min(count, MAX_RW))) > 1:  # a stream socket's SO_RCVLOWAT
+        return recv_all(t, NR.read, f, [(buf, min(count, MAX_RW))], 0, target)
     try:
         data = f.read(t, min(count, MAX_RW))
     except WouldBlock as wb:
