@@ -20,23 +20,23 @@ from snapbox.kernel.syscalls.common import AT_EMPTY_PATH, AT_FDCWD, AT_SYMLINK_N
 _STAT = struct.Struct("<QQQIIIiQqqqqqqqqq24x")
 
 
-def _owner(t, s: dict) -> tuple[int, int]:
-    """A file's owner and group as the caller's user namespace names them."""
+def _seen(t, s: dict) -> dict:
+    """A file's status with its owner and group as the caller's user namespace names them."""
     ns = t.tg.user_ns
-    return shown(ns, s["uid"], "uid"), shown(ns, s["gid"], "gid")
+    return s if ns is None else {**s, "uid": shown(ns, s["uid"], "uid"), "gid": shown(ns, s["gid"], "gid")}
 
 
-def pack_stat(t, s: dict) -> bytes:
-    """struct stat for x86-64, as `t` sees it."""
+def pack_stat(s: dict) -> bytes:
+    """struct stat for x86-64."""
     a, m, c = s["atime"], s["mtime"], s["ctime"]
-    return _STAT.pack(s["dev"], s["ino"], s["nlink"], s["mode"], *_owner(t, s), 0, s["rdev"],
+    return _STAT.pack(s["dev"], s["ino"], s["nlink"], s["mode"], s["uid"], s["gid"], 0, s["rdev"],
                       s["size"], s["blksize"], s["blocks"], a // 10**9, a % 10**9,
                       m // 10**9, m % 10**9, c // 10**9, c % 10**9)
 
 
 @syscall(NR.fstat)
 def fstat(t, fd, buf):
-    t.mm.write(buf, pack_stat(t, t.fds.get(i32(fd)).stat()))
+    t.mm.write(buf, pack_stat(_seen(t, t.fds.get(i32(fd)).stat())))
     return 0
 
 
@@ -51,7 +51,7 @@ def _stat_at(t, dirfd: int, path: int, buf: int, flags: int) -> int:
         raise SyscallError(errno.ENOENT)
     else:
         s = node.stat()
-    t.mm.write(buf, pack_stat(t, s))
+    t.mm.write(buf, pack_stat(_seen(t, s)))
     return 0
 
 
@@ -140,7 +140,8 @@ def statx(t, dirfd, path, flags, mask, buf):
     def ts(ns: int) -> bytes:
         return _STATX_TS.pack(ns // 10**9, ns % 10**9)
 
-    out = struct.pack("<IIQIIIHxxQQQQ", STATX_BASIC_STATS, s["blksize"], 0, s["nlink"], *_owner(t, s),
+    s = _seen(t, s)
+    out = struct.pack("<IIQIIIHxxQQQQ", STATX_BASIC_STATS, s["blksize"], 0, s["nlink"], s["uid"], s["gid"],
                       s["mode"], s["ino"], s["size"], s["blocks"], 0)
     out += ts(s["atime"]) + ts(0) + ts(s["ctime"]) + ts(s["mtime"])
     out += struct.pack("<IIII", (s["rdev"] >> 8) & 0xFFF, s["rdev"] & 0xFF, (s["dev"] >> 8) & 0xFFF, s["dev"] & 0xFF)
