@@ -479,6 +479,8 @@ class Kernel(Lifecycle, Signaling, Checkpointing):
                 self.current = task
                 stub = task.tg.mm.stub
                 stub.active = -1 if task.notif else task.host_tid  # no stopped thread to inject into
+                if task.tg.mm.stale and not task.notif:
+                    task.tg.mm.resync()  # a file it maps was truncated while it could not be told
                 fds = task.tg.fds
                 fds.held, fds.seen = task.held, {}
                 try:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 from snapbox.kernel.errors import SyscallError
 from snapbox.kernel.filepages import FileCache, FilePages
+from snapbox.kernel.vfs import MemRegular
 from snapbox.memfile import PAGE_SIZE, MemoryFile, page_align
 from snapbox.memfile.memfile import OutOfMemory
 from snapbox.platform.atomic import cmpxchg32
@@ -60,12 +61,24 @@ class Vma:
     # mlock(2)ed (VM_LOCKED): shown in /proc, refused by msync(MS_INVALIDATE) and
     # madvise(MADV_DONTNEED); not kept by fork. (The pages are not pinned on the host.)
     locked: bool = False
+    # The file an mmap(2) of a file maps (an Inode): its pages past the file's last one are
+    # not there (SIGBUS; EFAULT for the sentry's accesses), as Linux has it.
+    node: object = None
+    # Of a private copy of a file's pages: the file offset up to which it holds the file's
+    # content (what lies past was past the file's end, and is read when the file grows).
+    copied: int = 0
+    # Where the stub's protection of such a mapping turns to none, the file's end when it
+    # was last looked at (0: nowhere). A touch there faults, and the sentry looks again.
+    guard: int = nosave(default=0)
 
     def split(self, at: int) -> Vma:
         """Cut this VMA at `at`; it keeps [start, at) and returns [at, end)."""
         tail = Vma(at, self.end, self.prot, self.offset + (at - self.start), self.kind,
                    self.file_offset + (at - self.start) if self.kind.startswith("/") else 0, self.shared,
-                   self.charged, self.pages, self.based, self.locked)
+                   self.charged, self.pages, self.based, self.locked, self.node, self.copied)
+        if self.guard:
+            tail.guard = max(self.guard, at)
+            self.guard = self.guard if self.guard < at else 0
         if self.pages is not None:
             self.pages.users += 1
         self.end = at
@@ -89,6 +102,7 @@ class MemoryManager:
     env_area: tuple = (0, 0)  # where execve put the environment strings (/proc/PID/environ)
     auxv: bytes = b""  # the auxiliary vector execve gave the program (/proc/PID/auxv)
     stub: Stub | None = nosave(default=None)  # host process running this address space
+    stale: bool = nosave(default=False)  # a file mapping's end is to be guarded again (resync)
     starts: list = nosave(list)  # vma.start of each Vma, for bisect; kept in step with vmas
     mapped: int = nosave(default=0)  # bytes the VMAs cover (VmSize); kept in step with vmas
 
@@ -322,9 +336,13 @@ class MemoryManager:
             self.unmap(old, old_size, host=target != old)
         if target != old:
             self.unmap(target, new_size, host=False)
+        node, copied = vma.node, min(vma.copied, file_offset + old_size)
         moved = self.map_range(target, new_size, prot, offset, kind)
         moved.file_offset = file_offset
         moved.charged = prot != 0
+        if node is not None:  # a file's mapping grown: its file's pages there, then none
+            moved.node, moved.copied = node, copied
+            self.sync_guard(moved)
         return target
 
     def overlaps(self, start: int, end: int) -> bool:
@@ -389,6 +407,7 @@ class MemoryManager:
         self.cache.unref(pages)
         if self.stub is not None:
             self.stub.map(vma.start, length, prot, offset)
+            self._resync(vma.start, vma.end)
 
     def protect(self, addr: int, length: int, prot: int) -> None:
         length = page_align(length)
@@ -423,6 +442,7 @@ class MemoryManager:
         self._merge(addr, end)
         if self.stub is not None and length:
             self.stub.protect(addr, length, prot)
+            self._resync(addr, end)
 
     def lock(self, addr: int, length: int, on: bool) -> None:
         """mlock or munlock [addr, addr+length), widened to whole pages: ENOMEM if part of
@@ -467,8 +487,10 @@ class MemoryManager:
             if (a.end == b.start and b.offset == a.offset + (a.end - a.start) and a.prot == b.prot
                     and a.kind == b.kind and a.shared == b.shared and a.charged == b.charged
                     and a.based == b.based and a.locked == b.locked and a.pages is None and b.pages is None
+                    and a.node is b.node and a.copied == b.copied
                     and (not a.kind.startswith("/") or b.file_offset == a.file_offset + (a.end - a.start))):
                 a.end = b.end
+                a.guard = a.guard or b.guard
                 del self.vmas[i + 1]
                 del self.starts[i + 1]
             else:
@@ -505,6 +527,7 @@ class MemoryManager:
             self.memfile.punch(vma.offset, vma.end - vma.start)
         vma.based = False
         self.stub.map(vma.start, vma.end - vma.start, vma.prot, vma.offset)
+        self._resync(vma.start, vma.end)
 
     def unshare(self) -> None:
         """No VMA mapped from the base any more: every page is the MemoryFile's."""
@@ -547,7 +570,7 @@ class MemoryManager:
         for v in self.vmas:
             if v.shared or v.pages is not None:
                 vmas.append(Vma(v.start, v.end, v.prot, v.offset, v.kind, v.file_offset, v.shared, v.charged,
-                                v.pages, v.based))  # a clone's fork maps the file's pages from the base too
+                                v.pages, v.based, node=v.node, copied=v.copied))  # a clone's fork maps the file's pages from the base too
                 if v.pages is not None:
                     v.pages.users += 1
                 continue
@@ -558,7 +581,8 @@ class MemoryManager:
                     self._release(done)
                 raise SyscallError(errno.ENOMEM, "sandbox memory limit") from None
             self._copy(v, v.start, v.end - v.start, offset)
-            vmas.append(Vma(v.start, v.end, v.prot, offset, v.kind, v.file_offset, charged=v.charged))
+            vmas.append(Vma(v.start, v.end, v.prot, offset, v.kind, v.file_offset, charged=v.charged, node=v.node,
+                            copied=v.copied))
         return MemoryManager(memfile=self.memfile, cache=self.cache, vmas=vmas, brk_start=self.brk_start,
                              brk=self.brk, exe=self.exe)
 
@@ -592,6 +616,106 @@ class MemoryManager:
             if not lazy:
                 self.memfile.ensure_loaded(vma.offset, vma.end - vma.start)
             stub.map(vma.start, vma.end - vma.start, vma.prot, vma.offset)
+        self.stale = False
+        self._resync(0, APP_TOP)
+
+    # -- file mappings past their file's end ----------------------------------------------
+    #
+    # The stub's protection is none past a mapped file's last page, so that a touch there
+    # faults (file_fault: SIGBUS, or the file has grown since). Only a stopped thread of the
+    # stub can change it: a truncation that the call cannot guard at once (another
+    # process's mappings, or a call on the fast path) leaves the address space `stale`, to
+    # be guarded again at its next stop (resync).
+
+    def backs(self, addr: int, length: int, node) -> None:
+        """The VMAs of [addr, addr+length), just mapped by mmap(2), map file `node`: what
+        lies past its last page is not there."""
+        for vma in self._isolate(addr, addr + page_align(length)):
+            vma.node = node
+            vma.copied = page_align(node.size())
+            self.sync_guard(vma)
+
+    def _eof(self, vma: Vma) -> int:
+        """The address in a file mapping from which its file has no pages (within it)."""
+        return min(max(vma.start + page_align(vma.node.size()) - vma.file_offset, vma.start), vma.end)
+
+    def sync_guard(self, vma: Vma) -> None:
+        """Make the stub's protection of file mapping `vma` agree with its file's size now:
+        none for the pages past its end, the mapping's own for the rest."""
+        self._take(vma)
+        if self.stub is None:
+            return
+        eof, now = self._eof(vma), vma.guard or vma.end
+        if eof < now:
+            self.stub.protect(eof, now - eof, 0)
+        elif eof > now:
+            self.stub.protect(now, eof - now, vma.prot)
+        vma.guard = eof if eof < vma.end else 0
+
+    def _take(self, vma: Vma) -> None:
+        """A private copy of a file's pages takes the content of the pages the file has
+        grown into since it was made (only a file of the writable layer changes size here)."""
+        if vma.shared or vma.pages is not None or not isinstance(vma.node, MemRegular):
+            return
+        have = page_align(vma.node.size())
+        if have > vma.copied:
+            start = max(vma.start + vma.copied - vma.file_offset, vma.start)
+            end = min(vma.start + have - vma.file_offset, vma.end)
+            if start < end:
+                data = vma.node.read(vma.file_offset + (start - vma.start), end - start)
+                self._put(vma, start, data.ljust(end - start, b"\0"))
+        vma.copied = have
+
+    def truncated(self, node, size: int, now: bool) -> None:
+        """File `node` is `size` bytes now, shorter: this address space's mappings of it
+        end there. `now`: a thread of its stub is stopped, to guard them at once."""
+        for vma in self.vmas:
+            if vma.node is node:
+                vma.copied = min(vma.copied, page_align(size))  # the copy's pages past it are gone
+                if now:
+                    self.sync_guard(vma)
+                else:
+                    self.stale = True
+
+    def resync(self) -> None:
+        """Guard every file mapping's end where its file ends now (a thread of the stub is
+        stopped)."""
+        self.stale = False
+        for vma in self.vmas:
+            if vma.node is not None:
+                self.sync_guard(vma)
+
+    def _resync(self, start: int, end: int) -> None:
+        """The stub has mapped or protected [start, end) afresh: guard its files' ends again."""
+        i = max(bisect.bisect_right(self.starts, start) - 1, 0)
+        while i < len(self.vmas) and self.vmas[i].start < end:
+            vma = self.vmas[i]
+            if vma.node is not None and vma.end > start:
+                vma.guard = 0
+                self.sync_guard(vma)
+            i += 1
+
+    def file_fault(self, addr: int) -> bool | None:
+        """A touch of `addr` the stub refused (a thread of it is stopped): None if not at a
+        file mapping's guarded end; True if the page is past its file's end (SIGBUS); False
+        if the file has grown to it since (the stub may touch it now)."""
+        vma = self.find(addr)
+        guarded = vma is not None and vma.node is not None and vma.guard and addr >= vma.guard
+        if self.stale:
+            self.resync()
+        elif guarded:
+            self.sync_guard(vma)
+        if not guarded:
+            return None
+        return vma.guard != 0 and addr >= vma.guard
+
+    def past_eof(self, vma: Vma, addr: int, length: int) -> bool:
+        """Whether [addr, addr+length) of file mapping `vma` reaches past its file's pages
+        (a private copy first takes what the file has grown into)."""
+        if addr + length > self._eof(vma):
+            return True
+        self._take(vma)
+        return False
 
     # -- access ------------------------------------------------------------------------------
 
@@ -604,6 +728,8 @@ class MemoryManager:
             if vma is None or vma.prot & need != need:
                 raise SyscallError(errno.EFAULT)
             n = min(end, vma.end) - addr
+            if vma.node is not None and self.past_eof(vma, addr, n):
+                raise SyscallError(errno.EFAULT)
             yield vma, addr, n
             addr += n
 
@@ -618,11 +744,19 @@ class MemoryManager:
         else:
             self.memfile.write(vma.offset + (addr - vma.start), data)
 
+    def can_put(self, addr: int, length: int) -> None:
+        """EFAULT unless the first byte of [addr, addr+length) may be written (if any is to
+        be): what a read checks before it takes data from a pipe or socket, so that a read
+        into memory it cannot write leaves the data for the next one, as Linux's copy does."""
+        if length:
+            for _ in self._spans(addr, 1, PROT_WRITE):
+                pass
+
     def read(self, addr: int, length: int) -> bytes:
         if length == 0:
             return b""
         vma = self.find(addr)
-        if vma is not None and addr + length <= vma.end and vma.prot & PROT_READ:
+        if vma is not None and addr + length <= vma.end and vma.prot & PROT_READ and vma.node is None:
             return self._get(vma, addr, length)
         return b"".join(self._get(v, a, n) for v, a, n in self._spans(addr, length, PROT_READ))
 
@@ -631,7 +765,7 @@ class MemoryManager:
         if length == 0:
             return
         vma = self.find(addr)
-        if vma is not None and addr + length <= vma.end and vma.prot & PROT_WRITE:
+        if vma is not None and addr + length <= vma.end and vma.prot & PROT_WRITE and vma.node is None:
             self._put(vma, addr, data)
             return
         spans = list(self._spans(addr, length, PROT_WRITE))  # check all before writing any

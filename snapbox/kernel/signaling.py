@@ -15,6 +15,7 @@ import struct
 
 from snapbox.kernel.errors import SyscallError, TaskExit
 from snapbox.kernel.signals import (
+    BUS_ADRERR,
     CLD_CONTINUED,
     CLD_STOPPED,
     CORE_DUMPED,
@@ -25,6 +26,7 @@ from snapbox.kernel.signals import (
     SA_ONSTACK,
     SA_RESETHAND,
     SA_RESTART,
+    SEGV_ACCERR,
     SI_USER,
     SIG_DFL,
     SIG_IGN,
@@ -87,6 +89,19 @@ class Signaling:
         if code <= 0:
             self._resume(task)
             return
+        if sig == signal.SIGSEGV and code == SEGV_ACCERR:
+            addr = struct.unpack_from("<Q", info, 16)[0]
+            mm = task.tg.mm
+            mm.stub.active = task.host_tid
+            try:
+                past = mm.file_fault(addr)
+            finally:
+                mm.stub.active = None
+            if past is False:  # a file mapping's page its file has grown to since
+                self._resume(task)
+                return
+            if past:  # past its file's end: SIGBUS, as Linux's filemap_fault says
+                sig, info = signal.SIGBUS, siginfo(signal.SIGBUS, BUS_ADRERR, addr=addr)
         self._force_signal(task, sig, info)
 
     def _force_signal(self, task: Task, sig: int, info: bytes) -> None:

@@ -59,6 +59,7 @@ def sigbit(sig: int) -> int:
 # -- signal frames (arch/x86/kernel/signal.c, the x86-64 rt_sigframe) ---------------------
 
 SI_USER, SI_TKILL, SI_KERNEL = 0, -6, 0x80
+SEGV_ACCERR, BUS_ADRERR = 2, 2  # a fault's si_code: a page it may not touch; an address with nothing behind it
 CLD_EXITED, CLD_KILLED, CLD_DUMPED, CLD_TRAPPED, CLD_STOPPED, CLD_CONTINUED = 1, 2, 3, 4, 5, 6
 SS_ONSTACK, SS_DISABLE, SS_AUTODISARM = 1, 2, 1 << 31
 MINSIGSTKSZ = 2048

@@ -269,13 +269,19 @@ class MemRegular(Inode):
                 raise SyscallError(errno.ENOSPC, "sandbox memory limit") from None
         return off
 
-    def truncate(self, length: int) -> None:
+    def truncate(self, length: int, mapped: bool = False) -> None:
+        """Make the file `length` bytes long. The pages past a shorter end are given back,
+        or, while a shared mapping holds them (`mapped`), emptied and kept for it: its
+        pages there are not there until the file grows back over them."""
         if (length < self.length and self.seals & F_SEAL_SHRINK) or (length > self.length and self.seals & F_SEAL_GROW):
             raise SyscallError(errno.EPERM)
         if length < self.length:
             last = (length + PAGE_SIZE - 1) // PAGE_SIZE
             for index in [i for i in self.pages if i >= last]:
-                self.memfile.release(self.pages.pop(index), PAGE_SIZE)
+                if mapped:
+                    self.memfile.punch(self.pages[index], PAGE_SIZE)
+                else:
+                    self.memfile.release(self.pages.pop(index), PAGE_SIZE)
             within = length % PAGE_SIZE
             if within and (length // PAGE_SIZE) in self.pages:
                 off = self.pages[length // PAGE_SIZE]

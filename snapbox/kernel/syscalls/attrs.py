@@ -14,6 +14,7 @@ from snapbox.kernel.errors import SyscallError
 from snapbox.kernel.pipe import PipeFile
 from snapbox.kernel.syscalls import NR, i32, i64, syscall
 from snapbox.kernel.syscalls.common import AT_EMPTY_PATH, AT_FDCWD, AT_SYMLINK_NOFOLLOW, host_path, lookup, on_host
+from snapbox.kernel.syscalls import common
 from snapbox.kernel.inotify import IN_ACCESS, IN_ATTRIB, IN_MODIFY, notify
 from snapbox.kernel.vfs import DirFile, LowerNode, MemRegular, RegularFile, now_ns
 
@@ -64,7 +65,7 @@ def umask(t, mask):
     return old
 
 
-@syscall(NR.ftruncate)
+@syscall(NR.ftruncate, stopped=True)  # stopped: the caller's mappings of the file may end sooner
 def ftruncate(t, fd, length):
     f = t.fds.get_open(i32(fd))
     if i64(length) < 0 or not isinstance(f, RegularFile):
@@ -73,10 +74,11 @@ def ftruncate(t, fd, length):
         raise SyscallError(errno.EINVAL)
     if f._on_host():
         os.ftruncate(f._host(), i64(length))
+        common.resized(t, f.node)
     elif not isinstance(f.node, MemRegular):
         raise SyscallError(errno.EBADF)
     else:
-        f.node.truncate(i64(length))
+        common.truncate(t, f.node, i64(length))
     f.notify(IN_MODIFY)
     return 0
 
@@ -240,7 +242,7 @@ def _times_event(stamps: list) -> int:
     return IN_ACCESS if atime else IN_MODIFY if mtime else IN_ATTRIB
 
 
-@syscall(NR.truncate)
+@syscall(NR.truncate, stopped=True)
 def truncate(t, path, length):
     if i64(length) < 0:
         raise SyscallError(errno.EINVAL)
@@ -257,11 +259,12 @@ def truncate(t, path, length):
             os.ftruncate(fd, i64(length))
         finally:
             os.close(fd)
+        common.resized(t, node)
     else:
         if isinstance(node, LowerNode):
             node = t.kernel.fs.copy_up(parent, name, node)
         if not isinstance(node, MemRegular):
             raise SyscallError(errno.EINVAL)
-        node.truncate(i64(length))
+        common.truncate(t, node, i64(length))
     notify(node, IN_MODIFY, parent, name)
     return 0

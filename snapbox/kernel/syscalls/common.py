@@ -8,7 +8,7 @@ import struct
 
 from snapbox.kernel.errors import SyscallError, WouldBlock
 from snapbox.kernel.syscalls import i32
-from snapbox.kernel.vfs import Dir, DirFile
+from snapbox.kernel.vfs import Dir, DirFile, MemRegular
 
 
 AT_FDCWD = -100
@@ -148,6 +148,15 @@ def iovecs(t, iov: int, iovcnt: int) -> list[tuple[int, int]]:
     return [_IOVEC.unpack_from(raw, i * _IOVEC.size) for i in range(iovcnt)]
 
 
+def can_fill(t, vecs: list[tuple[int, int]]) -> None:
+    """EFAULT unless the first byte of an iovec array's buffers may be written (see
+    MemoryManager.can_put)."""
+    for base, n in vecs:
+        if n:
+            t.mm.can_put(base, n)
+            return
+
+
 def scatter(t, vecs: list[tuple[int, int]], data: bytes) -> None:
     """Spread `data` over the (address, length) buffers of an iovec array, in order."""
     pos = 0
@@ -186,3 +195,25 @@ def receive_timeout(t, f, nr: int, wb: WouldBlock, done: int = 0) -> WouldBlock:
     if now >= deadline:
         raise SyscallError(errno.EAGAIN)
     return WouldBlock(*wb.waitables, deadline=deadline if wb.deadline is None else min(deadline, wb.deadline))
+
+
+def truncate(t, node: MemRegular, length: int) -> None:
+    """Truncate a file of the writable layer: what every process maps of it past its new
+    end is no longer there (SIGBUS), as Linux's truncate_pagecache unmaps it."""
+    mms = _mapping(t, node)
+    node.truncate(length, mapped=any(v.node is node and v.shared for mm in mms for v in mm.vmas))
+    resized(t, node, mms)
+
+
+def resized(t, node, mms: list | None = None) -> None:
+    """File `node` has been truncated: every mapping of it ends where it does now; at once
+    in the caller's address space if it is stopped, else at each one's next stop."""
+    size = node.size()
+    for mm in _mapping(t, node) if mms is None else mms:
+        mm.truncated(node, size, now=mm is t.tg.mm and mm.stub is not None and mm.stub.active not in (None, -1))
+
+
+def _mapping(t, node) -> list:
+    """The address spaces of the sandbox that map `node`."""
+    mms = {id(tg.mm): tg.mm for tg in t.kernel.tasks.pidns.groups.values() if tg.mm is not None}
+    return [mm for mm in mms.values() if any(vma.node is node for vma in mm.vmas)]

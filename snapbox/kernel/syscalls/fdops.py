@@ -39,7 +39,7 @@ from snapbox.kernel.procfs import ProcDir, ProcNode
 from snapbox.kernel.inotify import IN_CREATE, IN_MODIFY, IN_OPEN, dir_notify, notify_dir
 from snapbox.kernel.syscalls import NR, i32, syscall
 from snapbox.kernel.tty import PtsNode, open_ptmx, open_slave, open_tty
-from snapbox.kernel.syscalls.common import AT_FDCWD, host_path, lookup, on_host
+from snapbox.kernel.syscalls.common import AT_FDCWD, host_path, lookup, on_host, truncate
 from snapbox.kernel.vfs import F_SEAL_FUTURE_WRITE, F_SEAL_GROW, F_SEAL_SEAL, F_SEAL_SHRINK, F_SEAL_WRITE, Dir, DirFile, \
     LowerNode, MemRegular, RegularFile, now_ns
 
@@ -135,7 +135,7 @@ def open_node(t, dirfd: int, path_addr: int, flags: int, mode: int) -> int:
         if isinstance(node, MemRegular):
             node.opens += 1
         if accmode != O_RDONLY and isinstance(node, MemRegular) and flags & O_TRUNC:
-            node.truncate(0)
+            truncate(t, node, 0)
             if not created:
                 f.notify(IN_MODIFY)
     if created:

@@ -129,22 +129,30 @@ def _map(t, addr: int, length: int, prot: int, flags: int, fd: int, offset: int)
             # other mapping of it, as with a shared mapping on Linux.
             first = offset // PAGE_SIZE
             pages = [node.page(first + i) for i in range((length + PAGE_SIZE - 1) // PAGE_SIZE)]
-            return t.mm.map_shared_pages(addr, length, prot & 7, fixed, pages, source.name, offset)
+            addr = t.mm.map_shared_pages(addr, length, prot & 7, fixed, pages, source.name, offset)
+            t.mm.backs(addr, length, node)
+            return addr
     node = source.node
     if kind == MAP_PRIVATE and not prot & PROT_WRITE and isinstance(node, LowerNode) and t.mm.cache is not None:
         # Read-only and private: the file's cached pages, shared with every such mapping.
         pages = t.mm.cache.get(node)
         if pages is not None:
             try:
-                return t.mm.map_file(addr, length, prot & 7, fixed, pages, offset, source.name or "anon")
+                addr = t.mm.map_file(addr, length, prot & 7, fixed, pages, offset, source.name or "anon")
             finally:
                 t.mm.cache.forget_unused(pages)
+            t.mm.backs(addr, length, node)
+            return addr
     # A private (or read-only shared) file mapping: the file's pages copied into fresh
-    # memory; bytes past the end of the file read as zeros.
+    # memory; the bytes of its last page past the end of the file read as zeros, the pages
+    # after it are not there (SIGBUS), until the file grows to them (but for a file of a
+    # read-write bind mount, whose pages past its end read as zeros).
     data = source.read(t, min(length, max(0, source.node.size() - offset)), offset)
     addr = t.mm.map_anonymous(addr, length, prot & 7, fixed, source.name or "anon")
     t.mm.poke(addr, data)
     t.mm.find(addr).file_offset = offset
+    if not source._on_host():  # (a host file's size is the host's to change: not followed)
+        t.mm.backs(addr, length, node)
     return addr
 
 

@@ -30,7 +30,7 @@ from snapbox.kernel.inet import AF_INET, AF_INET6, AF_UNSPEC, DEFAULT_TTL, IPPRO
     moves_out, multicast_interface, pack_sockaddr, parse_sockaddr, seen_local, send_datagram
 from snapbox.kernel.netlink import AF_NETLINK, NETLINK_ROUTE, SOL_NETLINK, NetlinkSocket
 from snapbox.kernel.syscalls import NR, i32, syscall
-from snapbox.kernel.syscalls.common import AT_FDCWD, MAX_RW, iovecs, on_host, receive_timeout, received, scatter, \
+from snapbox.kernel.syscalls.common import AT_FDCWD, MAX_RW, can_fill, iovecs, on_host, receive_timeout, received, scatter, \
     send_timeout, start_dir, write_all, written
 from snapbox.kernel.vfs import now_ns
 
@@ -614,6 +614,8 @@ def recvfrom(t, fd, buf, length, flags, addr, addrlen):
 
 def _recvfrom(t, fd, buf, length, flags, addr, addrlen):
     s = _sock(t, fd)
+    if not i32(flags) & MSG_TRUNC:
+        t.mm.can_put(buf, length)
     if i32(flags) & MSG_ERRQUEUE and isinstance(s, (InetSocket, UdpSocket)):
         data, address, _ = _queued_error(s)
         t.mm.write(buf, data[:min(length, MAX_RW)])
@@ -859,6 +861,8 @@ def _recvmsg(t, fd, msg, flags):
     flags = i32(flags)
     name, namelen, iov, iovlen, control, controllen, _ = _MSGHDR.unpack(t.mm.read(msg, _MSGHDR.size))
     vecs = iovecs(t, iov, iovlen)
+    if not flags & MSG_TRUNC:
+        can_fill(t, vecs)
     sender, whole = None, 0
     if flags & MSG_ERRQUEUE and isinstance(s, (InetSocket, UdpSocket)):
         return _recv_error(t, s, msg, name, namelen, iov, iovlen, vecs, control, controllen)

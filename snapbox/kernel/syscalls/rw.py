@@ -12,13 +12,14 @@ from snapbox.kernel.fd import O_APPEND
 from snapbox.kernel.vfs import RegularFile
 from snapbox.kernel.syscalls import NR, i32, i64, syscall
 from snapbox.kernel.syscalls.net import recv_all, recv_target
-from snapbox.kernel.syscalls.common import MAX_RW, iovecs, readable, receive_timeout, scatter, writable, write_all
+from snapbox.kernel.syscalls.common import MAX_RW, can_fill, iovecs, readable, receive_timeout, scatter, writable, write_all
 
 
 
 @syscall(NR.read)
 def read(t, fd, buf, count):
     f = readable(t, i32(fd))
+    t.mm.can_put(buf, count)
     if (target := recv_target(f, 0, min(count, MAX_RW))) > 1:  # a stream socket's SO_RCVLOWAT
         return recv_all(t, NR.read, f, [(buf, min(count, MAX_RW))], 0, target)
     try:
@@ -59,6 +60,7 @@ def pwrite64(t, fd, buf, count, offset):
 def readv(t, fd, iov, iovcnt):
     f = readable(t, i32(fd))
     vecs = iovecs(t, iov, iovcnt)
+    can_fill(t, vecs)
     try:
         data = f.read(t, min(sum(n for _, n in vecs), MAX_RW))
     except WouldBlock as wb:
