@@ -74,15 +74,39 @@ class Vma:
     def split(self, at: int) -> Vma:
         """Cut this VMA at `at`; it keeps [start, at) and returns [at, end)."""
         tail = Vma(at, self.end, self.prot, self.offset + (at - self.start), self.kind,
-                   self.file_offset + (at - self.start) if self.kind.startswith("/") else 0, self.shared,
+                   self.file_offset + (at - self.start) if self.kind.startswith("/") or self.node is not None else 0,
+                   self.shared,
                    self.charged, self.pages, self.based, self.locked, self.node, self.copied)
         if self.guard:
             tail.guard = max(self.guard, at)
             self.guard = self.guard if self.guard < at else 0
-        if self.pages is not None:
-            self.pages.users += 1
+        hold(self)
         self.end = at
         return tail
+
+
+@savable
+@dataclass(eq=False)
+class SharedMemory:
+    """What a MAP_SHARED|MAP_ANONYMOUS mapping maps, as Linux's shmem file of the mapping's
+    length: MemoryFile range [offset, offset+length), which mremap may map again elsewhere
+    (never past its end: that is SIGBUS), given back when the last VMA of it goes."""
+
+    offset: int
+    length: int
+    charged: bool = True  # counted against the memory limit (not a PROT_NONE reservation)
+    users: int = 0  # VMAs mapping it, in every address space
+
+    def size(self) -> int:
+        return self.length
+
+
+def hold(vma: Vma) -> None:
+    """One more VMA maps what `vma` maps (a split, a fork's copy)."""
+    if vma.pages is not None:
+        vma.pages.users += 1
+    if isinstance(vma.node, SharedMemory):
+        vma.node.users += 1
 
 
 @savable
@@ -217,6 +241,19 @@ class MemoryManager:
             self.map_range(addr, length, prot, offset, kind).charged = prot != 0
         return addr
 
+    def map_shared_anonymous(self, addr: int, length: int, prot: int, fixed: bool) -> int:
+        """MAP_SHARED|MAP_ANONYMOUS: zeroed memory of its own (a SharedMemory) that fork
+        shares rather than copies. Returns the address."""
+        length = page_align(length)
+        if length == 0:
+            raise SyscallError(errno.EINVAL)
+        addr = self._place(addr, length, fixed)
+        with self._replacing(addr, length, fixed):
+            shm = SharedMemory(self._alloc(length, prot), length, charged=prot != 0, users=1)
+            vma = self.map_range(addr, length, prot, shm.offset, "anon", shared=True)
+            vma.node, vma.charged = shm, prot != 0
+        return addr
+
     def map_file(self, addr: int, length: int, prot: int, fixed: bool, pages: FilePages, file_offset: int,
                  kind: str) -> int:
         """A read-only private mapping of a cached file from `file_offset` (page-aligned):
@@ -306,7 +343,9 @@ class MemoryManager:
                 raise SyscallError(errno.EINVAL)  # the ranges may not overlap
         if self.find(old) is None:
             raise SyscallError(errno.EFAULT)
-        if fixed_to is None and new_size <= old_size and not keep_old:
+        if old_size == 0 and not self.find(old).shared:
+            raise SyscallError(errno.EINVAL)  # only a shared mapping is mapped again by an old size of 0
+        if fixed_to is None and new_size <= old_size and not keep_old and old_size:
             if new_size < old_size:  # the tail is unmapped, whatever it holds, as Linux
                 self.unmap(old + new_size, old_size - new_size)
             return old
@@ -316,11 +355,13 @@ class MemoryManager:
             raise SyscallError(errno.EFAULT)
         if fixed_to is not None:
             self.check_fixed(fixed_to, new_size)
-        if vma.shared:
-            raise SyscallError(errno.EINVAL, "mremap that grows or moves a shared mapping is not supported yet")
+        if vma.shared and (keep_old or vma.node is None):
+            # A System V segment's attachment, or a vfork child's view of its parent's memory.
+            raise SyscallError(errno.EINVAL, "mremap that grows or moves this shared mapping is not supported")
         if fixed_to is not None:
             target = fixed_to
-        elif not keep_old and not self.overlaps(old + old_size, old + new_size) and old + new_size <= MMAP_TOP:
+        elif not keep_old and old_size and not self.overlaps(old + old_size, old + new_size) \
+                and old + new_size <= MMAP_TOP:
             target = old  # grows in place
         elif may_move:
             target = self._free_gap(new_size)
@@ -328,6 +369,8 @@ class MemoryManager:
             raise SyscallError(errno.ENOMEM)
         prot, kind = vma.prot, vma.kind
         file_offset = vma.file_offset + (old - vma.start)
+        if vma.shared:
+            return self._remap_shared(vma, old, old_size, new_size, target, file_offset)
         offset = self._alloc(new_size, prot)  # the last check: ENOMEM at the memory limit
         self._copy(vma, old, min(old_size, new_size), offset)
         if keep_old:
@@ -343,6 +386,40 @@ class MemoryManager:
         if node is not None:  # a file's mapping grown: its file's pages there, then none
             moved.node, moved.copied = node, copied
             self.sync_guard(moved)
+        return target
+
+    def _remap_shared(self, vma: Vma, old: int, old_size: int, new_size: int, target: int, file_offset: int) -> int:
+        """mremap of a shared mapping (of a file, or of SharedMemory): the same pages at
+        `target`, as many as the object has from `file_offset` on; past its end (which a
+        SharedMemory never moves), none (SIGBUS). An old size of 0 leaves the old mapping
+        where it is: two mappings of the same pages."""
+        node, prot, kind = vma.node, vma.prot, vma.kind
+        offsets = []
+        for i in range(new_size // PAGE_SIZE):
+            at = file_offset + i * PAGE_SIZE
+            if isinstance(node, SharedMemory):
+                # Past the end: the stub's protection there is none; the range mapped is any.
+                offsets.append(node.offset + at if at < node.length else node.offset + at - node.length)
+            else:
+                offsets.append(node.page(at // PAGE_SIZE))
+        if isinstance(node, SharedMemory):
+            node.users += 1  # kept while the old mapping goes
+        if old_size:
+            self.unmap(old, old_size, host=target != old)
+        if target != old:
+            self.unmap(target, new_size, host=False)
+        start = 0
+        for i in range(1, len(offsets) + 1):
+            if i < len(offsets) and offsets[i] == offsets[i - 1] + PAGE_SIZE:
+                continue
+            piece = self.map_range(target + start * PAGE_SIZE, (i - start) * PAGE_SIZE, prot, offsets[start], kind,
+                                   shared=True)
+            piece.file_offset, piece.node, piece.charged = file_offset + start * PAGE_SIZE, node, False
+            hold(piece)
+            self.sync_guard(piece)
+            start = i
+        if isinstance(node, SharedMemory):
+            node.users -= 1
         return target
 
     def overlaps(self, start: int, end: int) -> bool:
@@ -395,6 +472,10 @@ class MemoryManager:
         """Give back what a VMA being unmapped holds of the MemoryFile."""
         if vma.pages is not None:
             self.cache.unref(vma.pages)
+        elif isinstance(vma.node, SharedMemory):
+            vma.node.users -= 1
+            if vma.node.users == 0:
+                self.memfile.release(vma.node.offset, vma.node.length, vma.node.charged)
         elif not vma.shared:
             self.memfile.release(vma.offset, vma.end - vma.start, vma.charged)
 
@@ -488,9 +569,12 @@ class MemoryManager:
                     and a.kind == b.kind and a.shared == b.shared and a.charged == b.charged
                     and a.based == b.based and a.locked == b.locked and a.pages is None and b.pages is None
                     and a.node is b.node and a.copied == b.copied
-                    and (not a.kind.startswith("/") or b.file_offset == a.file_offset + (a.end - a.start))):
+                    and (not a.kind.startswith("/") and a.node is None
+                         or b.file_offset == a.file_offset + (a.end - a.start))):
                 a.end = b.end
                 a.guard = a.guard or b.guard
+                if isinstance(b.node, SharedMemory):
+                    b.node.users -= 1  # one VMA of it fewer
                 del self.vmas[i + 1]
                 del self.starts[i + 1]
             else:
@@ -571,8 +655,7 @@ class MemoryManager:
             if v.shared or v.pages is not None:
                 vmas.append(Vma(v.start, v.end, v.prot, v.offset, v.kind, v.file_offset, v.shared, v.charged,
                                 v.pages, v.based, node=v.node, copied=v.copied))  # a clone's fork maps the file's pages from the base too
-                if v.pages is not None:
-                    v.pages.users += 1
+                hold(v)
                 continue
             try:
                 offset = self.memfile.alloc(v.end - v.start, charge=v.charged)
@@ -596,9 +679,8 @@ class MemoryManager:
         vmas = []
         for v in self.vmas:
             vmas.append(Vma(v.start, v.end, v.prot, v.offset, v.kind, v.file_offset, v.shared or v.pages is None,
-                            v.charged, v.pages))
-            if v.pages is not None:
-                v.pages.users += 1
+                            v.charged, v.pages, node=v.node, copied=v.copied))
+            hold(v)
         return MemoryManager(memfile=self.memfile, cache=self.cache, vmas=vmas, brk_start=self.brk_start,
                              brk=self.brk, exe=self.exe)
 

@@ -31,7 +31,7 @@ from snapbox.kernel.procfs import FdNode, NsFile, NsNode, ProcFile, ProcMemFile,
 from snapbox.kernel.host import HostFile
 from snapbox.kernel.checkpoint import LoadContext
 from snapbox.kernel.kernel import Kernel
-from snapbox.kernel.mm import MemoryManager, Vma
+from snapbox.kernel.mm import MemoryManager, SharedMemory, Vma
 from snapbox.kernel.task import FSContext, PIDNamespace, SigAction, Task, TaskSet, ThreadGroup
 from snapbox.kernel.time import Timekeeper
 from snapbox.kernel.vdso import Vdso
@@ -69,7 +69,11 @@ def build(name: str, kernel: Kernel):
     motd = fs.lookup(etc, "motd")
     mem = fs.create_regular(etc, "new", 0o644, 0, 0)
     mem.write(5000, b"data")
-    mm = MemoryManager(memfile=memfile, vmas=[Vma(0x400000, 0x402000, 5, memfile.alloc(8192), "/bin/x", locked=True)],
+    shm = SharedMemory(memfile.alloc(8192), 8192, users=2)
+    mm = MemoryManager(memfile=memfile, vmas=[Vma(0x400000, 0x402000, 5, memfile.alloc(8192), "/bin/x", locked=True),
+                                              Vma(0x500000, 0x502000, 3, shm.offset, "anon", shared=True, node=shm),
+                                              Vma(0x600000, 0x604000, 3, mem.page(1), "/etc/new", 4096, shared=True,
+                                                  node=mem, copied=8192)],
                        lock_future=True, env_area=(0x7FF000, 0x7FF100), auxv=bytes(16))
     tg = ThreadGroup(tgid=1, mm=mm, fds=FDTable(), fs=FSContext(root=root, cwd=etc),
                      sigactions={2: SigAction(0x401000, 0x4000000, 0x401100, 1 << 14)}, argv=[b"/bin/x"])
@@ -134,7 +138,8 @@ def build(name: str, kernel: Kernel):
         "SigAction": lambda: SigAction(1, 2, 3, 4),
         "FSContext": lambda: tg.fs,
         "MemoryManager": lambda: mm,
-        "Vma": lambda: mm.vmas[0],
+        "Vma": lambda: mm.vmas[2],
+        "SharedMemory": lambda: shm,
         "FileCache": lambda: kernel.file_cache,
         "FilePages": lambda: pages,
         "FDTable": lambda: tg.fds,

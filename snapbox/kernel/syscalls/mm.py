@@ -114,10 +114,9 @@ def _map(t, addr: int, length: int, prot: int, flags: int, fd: int, offset: int)
                      and not flags & MAP_GROWSDOWN):
         raise SyscallError(errno.ENOMEM)  # RLIMIT_AS or RLIMIT_DATA
     if source is None:
-        addr = t.mm.map_anonymous(addr, length, prot & 7, fixed, "stack" if flags & MAP_GROWSDOWN else "anon")
         if kind != MAP_PRIVATE:
-            t.mm.find(addr).shared = True  # fork shares it instead of copying
-        return addr
+            return t.mm.map_shared_anonymous(addr, length, prot & 7, fixed)
+        return t.mm.map_anonymous(addr, length, prot & 7, fixed, "stack" if flags & MAP_GROWSDOWN else "anon")
     if kind != MAP_PRIVATE:
         node = source.node
         if isinstance(node, LowerNode):
