@@ -124,6 +124,7 @@ class Kernel(Lifecycle, Signaling, Checkpointing):
     published: list = field(default_factory=list)  # inet.Publication: the ports published on the host
     ns_inum: int = 0xF0000100  # the last inode number given to a namespace (snapbox.kernel.namespaces)
     restores: int = 0  # times this sandbox was restored from an image (/proc/snapbox/restored)
+    switches: int = 0  # times a task has blocked, giving up its CPU (/proc/stat's ctxt)
     ipc: IpcNamespace = field(default_factory=IpcNamespace)  # System V message queues, semaphores, shm
     ptys: dict = field(default_factory=dict)  # pseudo-terminal index -> tty.Pty
     inotify_cookie: int = 0  # the last cookie tying a rename's two inotify events
@@ -649,6 +650,7 @@ class Kernel(Lifecycle, Signaling, Checkpointing):
     # -- blocking and waking -------------------------------------------------------------------
 
     def _park(self, task: Task, wb: WouldBlock) -> None:
+        self.switches += 1
         task.waiting = wb.waitables
         for q in wb.waitables:
             q.waiters.append(task)

@@ -299,7 +299,7 @@ class Lifecycle:
             fs=FSContext(root=parent.fs.root, cwd=parent.fs.cwd, umask=parent.fs.umask),
             sigactions={n: SigAction(a.handler, a.flags, a.restorer, a.mask) for n, a in parent.sigactions.items()},
             argv=list(parent.argv), exe=parent.exe, rlimits=dict(parent.rlimits),
-            pgid=parent.pgid, sid=parent.sid, cred=cred,
+            pgid=parent.pgid, sid=parent.sid, cred=cred, parent_tid=t.tid,
             prctl={k: v for k, v in parent.prctl.items() if k != "subreaper"}, personality=parent.personality,
             oom_score_adj=parent.oom_score_adj, oom_score_adj_min=parent.oom_score_adj_min,
             xfeatures_granted=parent.xfeatures_granted, uts=uts, ipc=ipc)
@@ -557,6 +557,8 @@ class Lifecycle:
 
     def _drop(self, task: Task) -> None:
         task.run = Run.DEAD
+        task.tg.io_done = [a + b for a, b in zip(task.tg.io_done, task.io)]
+        task.io = [0, 0, 0, 0]
         task.let_go()
         for q in task.waiting:
             if task in q.waiters:

@@ -31,6 +31,7 @@ from snapbox.state import nosave, savable
 
 MMAP_MIN_ADDR = 0x10000
 STACK_SIZE = 8 << 20  # the main thread's stack (RLIMIT_STACK's usual 8 MiB), mapped whole
+MAX_MAP_COUNT = 65530  # vm.max_map_count: the most mappings an address space may have (ENOMEM past it)
 STACK_TOP = APP_TOP - PAGE_SIZE  # a guard page between the stack and the stub
 MMAP_TOP = STACK_TOP - STACK_SIZE - (1 << 30)  # mmap grows down from here, below a stack gap
 VVAR = "[vvar]"  # the kind of the vDSO's data page (kernel/vdso.py): never made writable, never dropped
@@ -667,7 +668,7 @@ class MemoryManager:
             vmas.append(Vma(v.start, v.end, v.prot, offset, v.kind, v.file_offset, charged=v.charged, node=v.node,
                             copied=v.copied))
         return MemoryManager(memfile=self.memfile, cache=self.cache, vmas=vmas, brk_start=self.brk_start,
-                             brk=self.brk, exe=self.exe)
+                             brk=self.brk, exe=self.exe, env_area=self.env_area, auxv=self.auxv)
 
     def share(self) -> MemoryManager:
         """The address space of a vfork child (vfork(2), clone(2) with CLONE_VM and
@@ -682,7 +683,7 @@ class MemoryManager:
                             v.charged, v.pages, node=v.node, copied=v.copied))
             hold(v)
         return MemoryManager(memfile=self.memfile, cache=self.cache, vmas=vmas, brk_start=self.brk_start,
-                             brk=self.brk, exe=self.exe)
+                             brk=self.brk, exe=self.exe, env_area=self.env_area, auxv=self.auxv)
 
     def attach(self, stub: Stub, lazy: bool = False) -> None:
         """Give this address space a (fresh) stub and map every VMA into it. A stub only
@@ -841,6 +842,31 @@ class MemoryManager:
         if vma is not None and addr + length <= vma.end and vma.prot & PROT_READ and vma.node is None:
             return self._get(vma, addr, length)
         return b"".join(self._get(v, a, n) for v, a, n in self._spans(addr, length, PROT_READ))
+
+    def read_some(self, addr: int, length: int) -> bytes:
+        """The bytes of [addr, addr+length) up to the first that cannot be read: what a
+        write(2) from a buffer that faults part-way writes, as Linux's copy stops there.
+        EFAULT if not even the first can be read."""
+        try:
+            return self.read(addr, length)
+        except SyscallError:
+            pass
+        out, pos, end = [], addr, addr + length
+        while pos < end:
+            vma = self.find(pos)
+            if vma is None or not vma.prot & PROT_READ:
+                break
+            n = min(end, vma.end) - pos
+            if vma.node is not None:
+                n = min(n, self._eof(vma) - pos)
+                if n <= 0:
+                    break
+                self._take(vma)
+            out.append(self._get(vma, pos, n))
+            pos += n
+        if not out:
+            raise SyscallError(errno.EFAULT)
+        return b"".join(out)
 
     def write(self, addr: int, data: bytes | bytearray | memoryview) -> None:
         length = len(data)

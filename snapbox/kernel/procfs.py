@@ -21,7 +21,8 @@ reseeds, reconnects, reads the clock again). It fails with EIO if the image coul
 written.
 
 Nothing of the host's /proc is ever shown: every byte is made from the sandbox's own
-objects, at open time (as Linux's seq files are read at open, roughly).
+objects, at an open file's first read (as Linux's seq files make theirs), so a file
+opened while its process ran and read once it is a zombie, or gone, reads as Linux's does.
 """
 
 from __future__ import annotations
@@ -36,18 +37,18 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from snapbox.kernel.creds import (CAP_LAST_CAP, CAP_SYS_ADMIN, CAP_SYS_PTRACE, CAP_SYS_RESOURCE, NGROUPS_MAX, Creds,
-                                  capable, ns_capable, shown)
+                                  capable, may_ptrace, ns_capable, shown)
 from snapbox.kernel.errors import SyscallError, WouldBlock
 from snapbox.kernel.fd import NR_OPEN, O_ACCMODE, O_APPEND, O_CLOEXEC, O_NONBLOCK, O_RDWR, OpenFile
 from snapbox.kernel.host import UTS_RELEASE, UTS_VERSION, HostFile, host_meminfo
 from snapbox.kernel.ipc import MSGMAX, MSGMNB, MSGMNI, SEMMNI, SEMMNS, SEMMSL, SEMOPM, SHMALL, SHMMAX, SHMMNI
-from snapbox.kernel.mm import MMAP_MIN_ADDR, VVAR
+from snapbox.kernel.mm import MAX_MAP_COUNT, MMAP_MIN_ADDR, VVAR
 from snapbox.kernel.namespaces import KINDS, namespace_of, uts
 from snapbox.kernel.pipe import PipeFile
 from snapbox.kernel.signals import SIG_DFL, SIG_IGN
 from snapbox.kernel.userns import show_map, write_map, write_setgroups
 from snapbox.kernel.socket import NOBODY, SO_RCVBUF, SO_SNDBUF, SOMAXCONN, SocketFile, buffer_max
-from snapbox.kernel.vfs import MOUNTABLE, Dir, Inode, now_ns
+from snapbox.kernel.vfs import MOUNTABLE, OVERLAY_DEV, Dir, Inode, now_ns
 from snapbox.memfile import PAGE_SIZE
 from snapbox.state import savable
 
@@ -57,7 +58,10 @@ if TYPE_CHECKING:
 PROC_DEV = 0x4
 NSFS_DEV = 0x3
 PID_FILES = ("stat", "status", "statm", "cmdline", "comm", "maps", "smaps", "smaps_rollup", "environ", "auxv",
-             "mounts", "mem", "oom_score", "oom_score_adj", "uid_map", "gid_map", "setgroups")
+             "mounts", "mountinfo", "mem", "oom_score", "oom_score_adj", "uid_map", "gid_map", "setgroups", "io")
+TASK_FILES = ("children",)  # a thread's directory's alone (task/TID/)
+PEEKING = ("maps", "smaps", "smaps_rollup", "environ", "auxv", "io")  # opened only by who may ptrace the process
+MODES = {"io": 0o400, "mem": 0o600, "environ": 0o400, "auxv": 0o400}
 WRITABLE = ("oom_score_adj", "mem", "comm", "uid_map", "gid_map", "setgroups")
 ZOMBIE_GONE = ("environ", "auxv", "mem", "smaps_rollup")  # a zombie's: ESRCH (no memory to show)
 PID_LINKS = ("exe", "cwd", "root")
@@ -129,11 +133,19 @@ class ProcNode(Inode):
         if self.name == "mem":
             return _open_mem(self, flags)
         opener = self.kernel.current.cred.copy() if self.kernel.current is not None else None
+        if self.pid:
+            owner = self.kernel.tasks.pidns.groups.get(self.pid)
+            if owner is None or owner.exit_status is not None and self.name in ZOMBIE_GONE:
+                raise SyscallError(errno.ESRCH)  # gone; or a zombie, whose memory is gone
+        if self.name in PEEKING and self.kernel.current is not None:
+            tg = self.kernel.tasks.pidns.groups.get(self.pid)
+            if tg is not None and not may_ptrace(self.kernel.current.tg, tg):
+                raise SyscallError(errno.EACCES)  # what shows its memory: for those who could trace it
         if self.name == "setgroups" and flags & O_ACCMODE and opener is not None:
             tg = self.kernel.tasks.pidns.groups.get(self.pid)
             if tg is not None and not ns_capable(opener, tg.user_ns, CAP_SYS_ADMIN):
                 raise SyscallError(errno.EPERM)  # changing it takes CAP_SYS_ADMIN in its namespace
-        return ProcFile(flags=flags, node=self, content=_content(self), opener=opener)
+        return ProcFile(flags=flags, node=self, opener=opener)
 
 
 @savable
@@ -202,13 +214,16 @@ class NsFile(OpenFile):
 @savable
 @dataclass(eq=False)
 class ProcFile(OpenFile):
-    """An open /proc file: a snapshot of its content taken at open."""
+    """An open /proc file: a snapshot of its content taken at its first read (as Linux's
+    seq files make theirs), what later reads go on reading."""
 
     node: ProcNode | None = None
-    content: bytes = b""
+    content: bytes | None = None
     opener: Creds | None = None  # the credentials it was opened with (Linux's f_cred)
 
     def read(self, t, count: int, offset: int | None = None) -> bytes:
+        if self.content is None:
+            self.content = _content(self.node)
         pos = self.offset if offset is None else offset
         data = self.content[pos : pos + count]
         if offset is None:
@@ -373,12 +388,15 @@ def lookup(d: ProcDir, name: str) -> Inode:
             return ProcNode(ino=_ino(0, name), mode=stat.S_IFLNK | 0o777, kernel=k, name=name, ctime=now)
         if name.isdigit() and int(name) in groups:
             pid = int(name)
+            ids = groups[pid].cred.ids
             return ProcDir(ino=_ino(pid, ""), mode=stat.S_IFDIR | 0o555, nlink=2, name=name, parent=d,
-                           kernel=k, pid=pid, kind="pid", ctime=now, mtime=now, atime=now)
+                           kernel=k, pid=pid, kind="pid", ctime=now, mtime=now, atime=now, uid=ids[1], gid=ids[4])
         task = k.tasks.pidns.tasks.get(int(name)) if name.isdigit() else None
         if task is not None:  # a thread's id: its own directory, not listed (as Linux)
+            ids = task.tg.cred.ids
             return ProcDir(ino=_ino(task.tid, ""), mode=stat.S_IFDIR | 0o555, nlink=2, name=name, parent=d,
-                           kernel=k, pid=task.tg.tgid, tid=task.tid, kind="pid", ctime=now, mtime=now, atime=now)
+                           kernel=k, pid=task.tg.tgid, tid=task.tid, kind="pid", ctime=now, mtime=now, atime=now,
+                           uid=ids[1], gid=ids[4])
         if name in TOP_FILES:
             return ProcNode(ino=_ino(0, name), mode=stat.S_IFREG | 0o444, kernel=k, name=name, ctime=now)
         if name in ("snapbox", "sys"):
@@ -403,21 +421,26 @@ def lookup(d: ProcDir, name: str) -> Inode:
         if d.pid not in groups:
             raise SyscallError(errno.ESRCH)
         at = d.tid or d.pid
-        if name in PID_FILES:
-            return ProcNode(ino=_ino(at, name), mode=stat.S_IFREG | (0o644 if name in WRITABLE else 0o444),
-                            kernel=k, pid=d.pid, tid=d.tid, name=name, ctime=now)
+        owner = groups[d.pid].cred.ids  # a process's files are its euid's and egid's (task_dump_owner)
+        if name in PID_FILES or name in TASK_FILES and d.kind == "tid":
+            mode = MODES.get(name, 0o644 if name in WRITABLE else 0o444)
+            return ProcNode(ino=_ino(at, name), mode=stat.S_IFREG | mode, kernel=k, pid=d.pid, tid=d.tid, name=name,
+                            ctime=now, uid=owner[1], gid=owner[4])
         if name in PID_LINKS:
             return ProcNode(ino=_ino(at, name), mode=stat.S_IFLNK | 0o777, kernel=k, pid=d.pid, name=name,
                             ctime=now)
         if name in ("fd", "fdinfo", "ns") or name == "task" and d.kind == "pid":
+            threads = len(groups[d.pid].tasks) if name == "task" else 0  # each one's directory links back
             return ProcDir(ino=_ino(at, name), mode=stat.S_IFDIR | (0o511 if name == "ns" else 0o555 if name == "task"
-                                                                      else 0o500), nlink=2,
-                           name=name, parent=d, kernel=k, pid=d.pid, kind=name, ctime=now)
+                                                                      else 0o500), nlink=2 + threads,
+                           name=name, parent=d, kernel=k, pid=d.pid, kind=name, ctime=now, uid=owner[1],
+                           gid=owner[4])
     elif d.kind == "task":
         tg = groups.get(d.pid)
         if tg is not None and name.isdigit() and any(task.tid == int(name) for task in tg.tasks):
             return ProcDir(ino=_ino(int(name), ""), mode=stat.S_IFDIR | 0o555, nlink=2, name=name, parent=d,
-                           kernel=k, pid=d.pid, tid=int(name), kind="tid", ctime=now, mtime=now, atime=now)
+                           kernel=k, pid=d.pid, tid=int(name), kind="tid", ctime=now, mtime=now, atime=now,
+                           uid=tg.cred.ids[1], gid=tg.cred.ids[4])
     elif d.kind == "ns":
         if name in KINDS:
             return ProcNode(ino=_ino(d.pid, "ns" + name), mode=stat.S_IFLNK | 0o777, kernel=k, pid=d.pid,
@@ -445,8 +468,10 @@ def list_dir(d: ProcDir) -> list[str]:
         return sorted({key[len(prefix):].split("/")[0] for key in SYSCTL if key.startswith(prefix)})
     if d.kind == "snapbox":
         return ["restored", *(["checkpoint"] if d.kernel.snapshot is not None else [])]
+    if d.pid not in groups:
+        raise SyscallError(errno.ENOENT)  # a directory of a process gone (and reaped) since it was opened
     if d.kind in ("pid", "tid"):
-        return [*PID_FILES, *PID_LINKS, "fd", "fdinfo", "ns", *(["task"] if d.kind == "pid" else [])]
+        return [*PID_FILES, *PID_LINKS, "fd", "fdinfo", "ns", *(["task"] if d.kind == "pid" else TASK_FILES)]
     if d.kind == "ns":
         return list(KINDS)
     tg = groups.get(d.pid)
@@ -500,6 +525,10 @@ def _fd_target(f) -> str:
         return f"host:[{('stdin', 'stdout', 'stderr')[f.stdio]}]"
     if isinstance(f, SocketFile):
         return f"socket:[{f.stat()['ino']}]"
+    if isinstance(f, (ProcFile, ProcMemFile)):
+        node = f.node
+        where = f"/proc/{node.pid}/task/{node.tid}" if node.tid else f"/proc/{node.pid}" if node.pid else "/proc"
+        return f"{where}/{node.name}"
     return f"anon_inode:[{ANON_NAMES.get(name, name)}]"
 
 
@@ -530,12 +559,18 @@ def _content(node: ProcNode) -> bytes:
         return tg.mm.auxv
     if name == "mounts":
         return _mounts(k).encode()
+    if name == "mountinfo":
+        return _mountinfo(k).encode()
     if name == "comm":
         return _thread(tg, node.tid).comm.encode() + b"\n"
     if name == "stat":
         return _stat(k, tg).encode()
     if name == "status":
-        return _status(k, tg).encode()
+        return _status(k, tg, node.tid).encode()
+    if name == "io":
+        return _io(tg, node.tid).encode()
+    if name == "children":
+        return "".join(f"{c.tgid} " for c in tg.children if c.parent_tid == node.tid and not c.reaped).encode()
     if name == "statm":
         u = tg.mm.usage()
         fields = (u["VmSize"], u["VmRSS"], u["RssFile"] + u["RssShmem"], u["VmExe"], 0, u["VmData"] + u["VmStk"], 0)
@@ -586,6 +621,8 @@ def _zombie(k, tg, name: str) -> str:
         return _stat(k, tg)
     if name == "status":
         return _status(k, tg)
+    if name == "io":
+        return _io(tg, 0)
     if name == "statm":
         return "0 0 0 0 0 0 0\n"
     if name == "oom_score":
@@ -624,18 +661,22 @@ def _stat(k, tg) -> str:
     return " ".join(str(f) for f in fields) + " 0" * 27 + "\n"
 
 
-def _status(k, tg) -> str:
+def _status(k, tg, tid: int = 0) -> str:
+    """/proc/PID/status, or of thread `tid` (/proc/TID/status, task/TID/status): its name,
+    id and credentials, the rest its process's."""
     zombie = tg.exit_status is not None
     leader = None if zombie else tg.tasks[0]
+    thread = _thread(tg, tid) if tid and not zombie else leader
     ppid = tg.parent.tgid if tg.parent is not None else 0
     states = {"R": "R (running)", "S": "S (sleeping)", "T": "T (stopped)", "Z": "Z (zombie)"}
-    cred = tg.cred  # the leader's, whichever thread reads
+    cred = thread.cred if thread is not None and thread.cred is not None else tg.cred
     c, reader = cred.caps, _reader_ns(k)
     creds = [shown(reader, x, "uid" if i < 3 else "gid") for i, x in enumerate(cred.ids)]
-    out = [f"Name:\t{tg.name if zombie else leader.comm}\n"]
+    out = [f"Name:\t{tg.name if zombie else thread.comm}\n"]
     if not zombie:
         out.append(f"Umask:\t{tg.fs.umask:04o}\n")
-    out.append(f"State:\t{states[_state(k, tg)]}\nTgid:\t{tg.tgid}\nNgid:\t0\nPid:\t{tg.tgid}\nPPid:\t{ppid}\n"
+    pid = thread.tid if thread is not None else tg.tgid
+    out.append(f"State:\t{states[_state(k, tg)]}\nTgid:\t{tg.tgid}\nNgid:\t0\nPid:\t{pid}\nPPid:\t{ppid}\n"
                f"TracerPid:\t0\nUid:\t{creds[0]}\t{creds[1]}\t{creds[2]}\t{shown(reader, cred.fsuid, 'uid')}\n"
                f"Gid:\t{creds[3]}\t{creds[4]}\t{creds[5]}\t{shown(reader, cred.fsgid, 'gid')}\n"
                f"FDSize:\t{0 if zombie else max(64, len(tg.fds.files))}\n"
@@ -669,6 +710,18 @@ def _status(k, tg) -> str:
                f"Cpus_allowed:\t{allowed:x}\nCpus_allowed_list:\t{_cpu_list(allowed)}\n"
                "Mems_allowed_list:\t0\n")
     return "".join(out)
+
+
+def _io(tg, tid: int) -> str:
+    """/proc/PID/io (its threads', those ended too) or a thread's: the bytes and calls of
+    the read and write families; none reach a block device here (read_bytes, write_bytes)."""
+    if tid:
+        counts = _thread(tg, tid).io
+    else:
+        counts = [sum(x) for x in zip(tg.io_done, *(t.io for t in tg.tasks))]
+    rchar, wchar, syscr, syscw = counts
+    return (f"rchar: {rchar}\nwchar: {wchar}\nsyscr: {syscr}\nsyscw: {syscw}\nread_bytes: 0\nwrite_bytes: 0\n"
+            "cancelled_write_bytes: 0\n")
 
 
 def _reader_ns(k):
@@ -822,8 +875,8 @@ def _map_line(v, end: int | None = None) -> str:
         ("s" if v.shared and v.kind != VVAR else "p")
     path = {"stack": "[stack]", "heap": "[heap]", "anon": ""}.get(v.kind, v.kind)
     offset = v.file_offset if v.kind.startswith("/") else 0
-    line = f"{v.start:08x}-{end or v.end:08x} {perms} {offset:08x} 00:00 0"
-    return f"{line:<73}{path}\n" if path else line + "\n"
+    line = f"{v.start:08x}-{end or v.end:08x} {perms} {offset:08x} 00:00 0 "
+    return f"{line:<73}{path}\n" if path else line + "\n"  # (show_map_vma pads to 73 only for a name)
 
 
 def _cpuinfo(fs, cpus: int) -> str:
@@ -856,6 +909,23 @@ def _tabs(key: str) -> str:
 def _mounts(k) -> str:
     return ("rootfs / overlay ro,relatime 0 0\nproc /proc proc rw,nosuid,nodev,noexec,relatime 0 0\n"
             "devtmpfs /dev devtmpfs rw,nosuid 0 0\n" + "".join(m.line() for m in k.fs.mounts))
+
+
+def _mountinfo(k) -> str:
+    """/proc/PID/mountinfo: /proc/mounts's mounts with an id each, their parent's (the
+    mount their mount point lies in; the root's own), a device number, the root of the
+    mount within its filesystem ("/": bind mounts show theirs as "/" too) and the rest."""
+    out, points = [], []
+    for n, line in enumerate(_mounts(k).splitlines(), 1):
+        source, point, fstype, opts = line.split()[:4]
+        parents = [(len(p), i) for p, i in points if point == p or point.startswith(p.rstrip("/") + "/")]
+        parent = max(parents)[1] if parents else n
+        points.append((point, n))
+        dev = {"overlay": OVERLAY_DEV, "proc": PROC_DEV}.get(fstype, 0x100 + n)
+        mount_opts = ",".join(o for o in opts.split(",") if o in ("ro", "rw", "nosuid", "nodev", "noexec", "relatime",
+                                                                   "noatime", "nodiratime"))
+        out.append(f"{n} {parent} 0:{dev} / {point} {mount_opts} - {fstype} {source} {opts.split(',')[0]}\n")
+    return "".join(out)
 
 
 def _top(k, name: str) -> str:
@@ -899,7 +969,7 @@ SYSCTL = {
     "kernel/sem": 0o444, "kernel/shmmax": 0o444, "kernel/shmall": 0o444, "kernel/shmmni": 0o444,
     "vm/mmap_min_addr": 0o444, "fs/nr_open": 0o444, "net/core/somaxconn": 0o444, "net/core/wmem_max": 0o444,
     "net/core/rmem_max": 0o444, "kernel/overflowuid": 0o444, "kernel/overflowgid": 0o444,
-    "net/ipv4/ip_local_port_range": 0o644, "kernel/randomize_va_space": 0o444,
+    "net/ipv4/ip_local_port_range": 0o644, "kernel/randomize_va_space": 0o444, "vm/max_map_count": 0o444,
 }
 
 
@@ -929,6 +999,7 @@ def _sysctl(k, path: str) -> str:
         "net/core/rmem_max": buffer_max(SO_RCVBUF), "kernel/overflowuid": NOBODY, "kernel/overflowgid": NOBODY,
         "net/ipv4/ip_local_port_range": "{}\t{}".format(*k.local_ports),
         "kernel/randomize_va_space": 0,  # snapbox places memory the same way each run
+        "vm/max_map_count": MAX_MAP_COUNT,
     }
     return f"{values[path]}\n"
 
@@ -948,7 +1019,8 @@ def _cpu_list(mask: int) -> str:
 
 def _proc_stat(k) -> str:
     """/proc/stat of the sandbox: the CPU time its processes used (user time; the rest of
-    the CPUs' time since it started is idle), its boot time, processes and states."""
+    the CPUs' time since it started is idle), no interrupts (it has no devices), its
+    context switches (the times its tasks blocked), its boot time, processes and states."""
     from snapbox.kernel.task import Run
 
     cpus = os.cpu_count() or 1
@@ -961,7 +1033,7 @@ def _proc_stat(k) -> str:
     lines += [f"cpu{n} {used // cpus} 0 0 {idle // cpus} 0 0 0 0 0 0\n" for n in range(cpus)]
     tasks = [t for tg in groups for t in tg.tasks]
     boot = (k.timekeeper.realtime_ns() - k.timekeeper.monotonic_ns()) // 1_000_000_000
-    lines.append(f"btime {boot}\nprocesses {k.tasks.pidns.next_id - 1}\n"
+    lines.append(f"intr 0\nctxt {k.switches}\nbtime {boot}\nprocesses {k.tasks.pidns.next_id - 1}\n"
                  f"procs_running {max(1, sum(t.run is Run.RUNNING for t in tasks))}\n"
-                 f"procs_blocked 0\n")
+                 f"procs_blocked 0\nsoftirq 0 0 0 0 0 0 0 0 0 0 0\n")
     return "".join(lines)

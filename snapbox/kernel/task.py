@@ -95,6 +95,8 @@ class ThreadGroup:
     cpu_ns: int = 0  # CPU time its threads used, counted when the group exits
     children_cpu_ns: int = 0  # that of its children waited for, and of theirs (RUSAGE_CHILDREN)
     maxrss: int = 0  # the highest resident size (bytes) of the address spaces it has left (exec, exit)
+    io_done: list = field(default_factory=lambda: [0, 0, 0, 0])  # Task.io of its threads that have ended
+    parent_tid: int = 0  # the thread of its parent that made it (/proc/PID/task/TID/children)
     children_maxrss: int = 0  # the highest maxrss of its children waited for, and of theirs
     child_exit: WaitQueue = field(default_factory=WaitQueue)  # wait4 callers; fired when a child exits
     pgid: int = 0  # process group id
@@ -202,6 +204,9 @@ class Task:
     nice: int = 0  # its nice value, -20..19 (setpriority; inherited by its forks and threads)
     ioprio: int = 0  # ioprio_set(2): class << 13 | level (0: none set, the CPU's nice decides)
     affinity: int = 0  # sched_setaffinity(2)'s CPU mask (0: every CPU); inherited by forks and threads
+    # /proc/PID/io's rchar, wchar, syscr, syscw: bytes read and written by the read and write
+    # families of calls, and how many such calls.
+    io: list = field(default_factory=lambda: [0, 0, 0, 0])
     cred: Creds | None = None  # its credentials (None: its group's, as for a process's first thread)
     mempolicy: tuple = (0, 0)  # set_mempolicy(2): (mode, node mask); one node here, so advisory
     signal_mask: int = 0  # blocked signals, bit (n-1) for signal n

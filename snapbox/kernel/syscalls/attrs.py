@@ -72,6 +72,7 @@ def ftruncate(t, fd, length):
         raise SyscallError(errno.EINVAL)
     if not f.writable():
         raise SyscallError(errno.EINVAL)
+    common.may_grow_to(t, f.stat()["size"], i64(length))
     if f._on_host():
         os.ftruncate(f._host(), i64(length))
         common.resized(t, f.node)
@@ -256,6 +257,7 @@ def truncate(t, path, length):
     if host is not None:
         fd = host.open(node.path, os.O_WRONLY)
         try:
+            common.may_grow_to(t, os.fstat(fd).st_size, i64(length))
             os.ftruncate(fd, i64(length))
         finally:
             os.close(fd)
@@ -265,6 +267,7 @@ def truncate(t, path, length):
             node = t.kernel.fs.copy_up(parent, name, node)
         if not isinstance(node, MemRegular):
             raise SyscallError(errno.EINVAL)
+        common.may_grow_to(t, node.size(), i64(length))
         common.truncate(t, node, i64(length))
     notify(node, IN_MODIFY, parent, name)
     return 0

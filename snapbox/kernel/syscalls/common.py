@@ -6,9 +6,13 @@ from __future__ import annotations
 import errno
 import struct
 
+from snapbox.kernel.creds import shown
 from snapbox.kernel.errors import SyscallError, WouldBlock
+from snapbox.kernel.fd import O_APPEND
+from snapbox.kernel.signals import SI_USER, SIGXFSZ, siginfo
 from snapbox.kernel.syscalls import i32
-from snapbox.kernel.vfs import Dir, DirFile, MemRegular
+from snapbox.kernel.task import RLIM_INFINITY, RLIMIT_DEFAULTS
+from snapbox.kernel.vfs import Dir, DirFile, MemRegular, RegularFile
 
 
 AT_FDCWD = -100
@@ -17,6 +21,7 @@ AT_EMPTY_PATH = 0x1000
 IOV_MAX = 1024
 MAX_RW = 0x7FFFF000  # Linux caps one read/write at this many bytes
 _IOVEC = struct.Struct("<QQ")
+RLIMIT_FSIZE = 1
 
 
 def start_dir(t, dirfd: int, path: bytes):
@@ -146,6 +151,56 @@ def iovecs(t, iov: int, iovcnt: int) -> list[tuple[int, int]]:
         raise SyscallError(errno.EINVAL)
     raw = t.mm.read(iov, iovcnt * _IOVEC.size)
     return [_IOVEC.unpack_from(raw, i * _IOVEC.size) for i in range(iovcnt)]
+
+
+def gather(t, vecs: list[tuple[int, int]], limit: int = MAX_RW) -> bytes:
+    """The bytes of an iovec array's buffers, at most `limit`, up to the first that cannot
+    be read (EFAULT if that is the very first)."""
+    out, total = [], 0
+    for base, n in vecs:
+        n = min(n, limit - total)
+        if n <= 0:
+            continue
+        try:
+            part = t.mm.read_some(base, n)
+        except SyscallError:
+            if total:
+                break
+            raise
+        out.append(part)
+        total += len(part)
+        if len(part) < n:
+            break
+    return b"".join(out)
+
+
+def file_size_limited(t, f, data: bytes, offset: int | None) -> bytes:
+    """What a write of `data` to regular file `f` at `offset` (None: its position) may
+    write under RLIMIT_FSIZE: the part below the limit; past it, nothing: EFBIG, and
+    SIGXFSZ to the thread (as Linux's generic_write_check_limits)."""
+    limit = t.tg.rlimits.get(RLIMIT_FSIZE, RLIMIT_DEFAULTS[RLIMIT_FSIZE])[0]
+    if limit >= RLIM_INFINITY or not data or not isinstance(f, RegularFile):
+        return data
+    pos = offset if offset is not None else (f.node.size() if f.flags & O_APPEND else f.offset)
+    if pos >= limit:
+        exceeded(t)
+    return data[:limit - pos]
+
+
+def may_grow_to(t, size: int, length: int) -> None:
+    """A file of `size` bytes made `length` long (truncate, fallocate): past RLIMIT_FSIZE,
+    EFBIG and SIGXFSZ (inode_newsize_ok)."""
+    limit = t.tg.rlimits.get(RLIMIT_FSIZE, RLIMIT_DEFAULTS[RLIMIT_FSIZE])[0]
+    if length > size and length > limit:
+        exceeded(t)
+
+
+def exceeded(t) -> None:
+    """SIGXFSZ to the calling thread, and EFBIG: a file would grow past RLIMIT_FSIZE."""
+    ns = t.tg.user_ns
+    info = siginfo(SIGXFSZ, SI_USER, pid=t.tg.tgid, uid=shown(ns, t.tg.creds[0], "uid"))
+    t.kernel.send_signal(t.tg, SIGXFSZ, info, task=t)
+    raise SyscallError(errno.EFBIG)
 
 
 def can_fill(t, vecs: list[tuple[int, int]]) -> None:

@@ -9,6 +9,7 @@ import logging
 from snapbox.kernel.creds import CAP_IPC_LOCK, capable
 from snapbox.kernel.devices import DeviceFile
 from snapbox.kernel.errors import SyscallError
+from snapbox.kernel.mm import MAX_MAP_COUNT
 from snapbox.kernel.syscalls import NR, i32, syscall
 from snapbox.kernel.syscalls.common import iovecs
 from snapbox.kernel.task import RLIM_INFINITY, RLIMIT_DEFAULTS
@@ -103,8 +104,8 @@ def _map(t, addr: int, length: int, prot: int, flags: int, fd: int, offset: int)
         elif offset + (length + PAGE_SIZE - 1) // PAGE_SIZE * PAGE_SIZE >= 1 << 63:
             raise SyscallError(errno.EOVERFLOW)  # a negative offset, or past the largest file position
     fixed = bool(flags & (MAP_FIXED | MAP_FIXED_NOREPLACE))
-    if length > 1 << 46:
-        raise SyscallError(errno.ENOMEM)
+    if length > 1 << 46 or len(t.mm.vmas) > MAX_MAP_COUNT:
+        raise SyscallError(errno.ENOMEM)  # (do_mmap: past vm.max_map_count mappings)
     if flags & MAP_FIXED_NOREPLACE and t.mm.mapped_between(addr, addr + page_align(length)):
         raise SyscallError(errno.EEXIST)  # any part of the range mapped already
     if flags & MAP_32BIT and not fixed:

@@ -12,8 +12,22 @@ from snapbox.kernel.fd import O_APPEND
 from snapbox.kernel.vfs import RegularFile
 from snapbox.kernel.syscalls import NR, i32, i64, syscall
 from snapbox.kernel.syscalls.net import recv_all, recv_target
-from snapbox.kernel.syscalls.common import MAX_RW, can_fill, iovecs, readable, receive_timeout, scatter, writable, write_all
+from snapbox.kernel.syscalls.common import MAX_RW, can_fill, file_size_limited, gather, iovecs, readable, receive_timeout, scatter, writable, write_all
 
+
+
+def _read(t, n: int) -> int:
+    """A read-family call has read `n` bytes: counted in /proc/PID/io (rchar, syscr)."""
+    t.io[0] += n
+    t.io[2] += 1
+    return n
+
+
+def _wrote(t, n: int) -> int:
+    """A write-family call has written `n` bytes (wchar, syscw)."""
+    t.io[1] += n
+    t.io[3] += 1
+    return n
 
 
 @syscall(NR.read)
@@ -21,13 +35,13 @@ def read(t, fd, buf, count):
     f = readable(t, i32(fd))
     t.mm.can_put(buf, count)
     if (target := recv_target(f, 0, min(count, MAX_RW))) > 1:  # a stream socket's SO_RCVLOWAT
-        return recv_all(t, NR.read, f, [(buf, min(count, MAX_RW))], 0, target)
+        return _read(t, recv_all(t, NR.read, f, [(buf, min(count, MAX_RW))], 0, target))
     try:
         data = f.read(t, min(count, MAX_RW))
     except WouldBlock as wb:
         raise receive_timeout(t, f, NR.read, wb) from None
     t.mm.write(buf, data)
-    return len(data)
+    return _read(t, len(data))
 
 
 @syscall(NR.pread64)
@@ -37,14 +51,14 @@ def pread64(t, fd, buf, count, offset):
         raise SyscallError(errno.EINVAL)
     data = f.read(t, min(count, MAX_RW), i64(offset))
     t.mm.write(buf, data)
-    return len(data)
+    return _read(t, len(data))
 
 
 @syscall(NR.write)
 def write(t, fd, buf, count):
     f = writable(t, i32(fd))
-    data = t.mm.read(buf, min(count, MAX_RW))
-    return write_all(t, NR.write, f, data)
+    data = file_size_limited(t, f, t.mm.read_some(buf, min(count, MAX_RW)) if count else b"", None)
+    return _wrote(t, write_all(t, NR.write, f, data))
 
 
 @syscall(NR.pwrite64)
@@ -52,8 +66,8 @@ def pwrite64(t, fd, buf, count, offset):
     f = writable(t, i32(fd), positioned=True)
     if i64(offset) < 0:
         raise SyscallError(errno.EINVAL)
-    data = t.mm.read(buf, min(count, MAX_RW))
-    return f.write(t, data, i64(offset))
+    data = file_size_limited(t, f, t.mm.read_some(buf, min(count, MAX_RW)) if count else b"", i64(offset))
+    return _wrote(t, f.write(t, data, i64(offset)))
 
 
 @syscall(NR.readv)
@@ -66,14 +80,14 @@ def readv(t, fd, iov, iovcnt):
     except WouldBlock as wb:
         raise receive_timeout(t, f, NR.readv, wb) from None
     scatter(t, vecs, data)
-    return len(data)
+    return _read(t, len(data))
 
 
 @syscall(NR.writev)
 def writev(t, fd, iov, iovcnt):
     f = writable(t, i32(fd))
-    data = b"".join(t.mm.read(base, n) for base, n in iovecs(t, iov, iovcnt))
-    return write_all(t, NR.writev, f, data[:MAX_RW])
+    data = file_size_limited(t, f, gather(t, iovecs(t, iov, iovcnt)), None)
+    return _wrote(t, write_all(t, NR.writev, f, data))
 
 
 RWF_HIPRI, RWF_DSYNC, RWF_SYNC, RWF_NOWAIT, RWF_APPEND = 1, 2, 4, 8, 0x10
@@ -106,7 +120,7 @@ def preadv2(t, fd, iov, iovcnt, pos_l, pos_h, flags):
     vecs = iovecs(t, iov, iovcnt)
     data = f.read(t, min(sum(n for _, n in vecs), MAX_RW), offset)
     scatter(t, vecs, data)
-    return len(data)
+    return _read(t, len(data))
 
 
 @syscall(NR.pwritev)
@@ -122,10 +136,10 @@ def pwritev2(t, fd, iov, iovcnt, pos_l, pos_h, flags):
     offset = _at(f, i64(pos_l), i32(flags))
     if i32(flags) & RWF_APPEND and isinstance(f, RegularFile):
         offset = f.node.size()
-    data = b"".join(t.mm.read(base, n) for base, n in iovecs(t, iov, iovcnt))[:MAX_RW]
+    data = file_size_limited(t, f, gather(t, iovecs(t, iov, iovcnt)), offset)
     if offset is None:
-        return write_all(t, NR.pwritev2, f, data)
-    return f.write(t, data, offset)
+        return _wrote(t, write_all(t, NR.pwritev2, f, data))
+    return _wrote(t, f.write(t, data, offset))
 
 
 @syscall(NR.lseek)

@@ -1,5 +1,6 @@
-"""File descriptors: record locks and flock, /dev's files, owners and signal-driven I/O, and
-what a file description shows of itself (F_GETFL, /proc/self/fdinfo, ESPIPE)."""
+"""File descriptors: record locks and flock, /dev's files, owners and signal-driven I/O,
+what a file description shows of itself (F_GETFL, /proc/self/fdinfo, ESPIPE), and how much
+of a write is written (RLIMIT_FSIZE, a buffer that faults part-way)."""
 
 from __future__ import annotations
 
@@ -64,3 +65,11 @@ def test_file_flags_positional_io_and_fdinfo_match_native(snapbox, images, tmp_p
     assert "F_GETFL a directory: 0300000" in want and "pread of a pipe's write end: I" in want  # Illegal/Invalid seek
     assert "recvfrom: 1 from edges.client" in want
     assert same_output(snapbox("run", "--bundle", str(images / bundle), "fe").stdout, want)
+
+
+@pytest.mark.parametrize("bundle", ["writelimits", "writelimits-glibc"])
+def test_rlimit_fsize_and_partial_writes_match_native(snapbox, images, bundle):
+    want = native_fixture(images, bundle)
+    assert "write 1025 under a limit of 1024: 1024" in want and "SIGXFSZ pending: 1, code 0, pid ours 1" in want
+    assert "write running into an unmapped page: 2048" in want
+    assert same_output(snapbox("run", "--bundle", str(images / bundle), "wl").stdout, want)
