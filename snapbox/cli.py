@@ -1022,6 +1022,22 @@ def _exec_behind(c, pid_file: str, args: list[str], env: list[str], cwd: str, us
     write_pid_file(pid_file, child)
 
 
+def _caller_rlimits() -> list[dict]:
+    """The resource limits of the process the user ran (OCI process.rlimits), which the
+    command of `do` runs with, as it would run on the host."""
+    import resource
+
+    from snapbox.runtime.bundle import RLIMIT_NAMES
+    from snapbox.runtime.warm import caller
+
+    out = []
+    for name, number in RLIMIT_NAMES.items():
+        soft, hard = resource.prlimit(caller(), number)
+        out.append({"type": name, "soft": soft if soft >= 0 else (1 << 64) - 1,
+                    "hard": hard if hard >= 0 else (1 << 64) - 1})
+    return out
+
+
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
 @click.option("--id", "cid", default=None, help="Name the sandbox (default: a fresh do-NNNN).")
 @click.option("--detach", "-d", is_flag=True,
@@ -1046,7 +1062,8 @@ def do(obj: _Context, cid: str | None, detach: bool, snapshot_to: str | None, pu
     if os.path.exists(os.path.join(obj.root, cid)):
         raise SnapboxError(f'container "{cid}" already exists')
     config = default_spec()
-    config["process"].update(args=list(command), cwd=os.getcwd(), env=[f"{k}={v}" for k, v in os.environ.items()])
+    config["process"].update(args=list(command), cwd=os.getcwd(), env=[f"{k}={v}" for k, v in os.environ.items()],
+                             rlimits=_caller_rlimits())
     config["root"] = {"path": "/"}  # the host's files are only ever read: writes stay in memory
     config["hostname"] = socket.gethostname()  # as `runsc do`: the name the host's /etc/hosts knows
     config["mounts"] = [{"destination": "/sys", "type": "tmpfs", "source": "none"}]  # not the host's /sys

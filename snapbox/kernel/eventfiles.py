@@ -269,7 +269,7 @@ class EpollFile(OpenFile):
                 continue
             if not events & ~(EPOLLONESHOT | EPOLLET | EPOLLEXCLUSIVE | EPOLLWAKEUP):
                 continue  # a fired one-shot waits for EPOLL_CTL_MOD
-            r = f.ready() & (events | POLLERR | POLLHUP)
+            r = f.ready() & events
             if not r:
                 continue
             if events & EPOLLET:
@@ -287,8 +287,9 @@ class EpollFile(OpenFile):
 
     def set_interest(self, fd: int, f: OpenFile, events: int, data: int) -> None:
         """EPOLL_CTL_ADD or MOD: a file ready now is reported by the next wait, whatever
-        its trigger."""
-        self.interest[fd] = [f, events, data]
+        its trigger. EPOLLERR and EPOLLHUP are always asked for, as ep_insert adds them (a
+        fired one-shot drops them with the rest)."""
+        self.interest[fd] = [f, events | POLLERR | POLLHUP, data]
         self.edges.pop(fd, None)
         if isinstance(f, EpollFile) and self not in f.within:
             f.within.append(self)

@@ -110,6 +110,8 @@ class Kernel(Lifecycle, Signaling, Checkpointing):
     tasks: TaskSet = field(default_factory=TaskSet)
     hostname: str = "snapbox"
     domainname: str = "(none)"  # the NIS domain name (setdomainname, uname)
+    renames: list = field(default_factory=lambda: [0, 0])  # changes of each name (namespaces.rename)
+    renamed: WaitQueue = field(default_factory=WaitQueue)  # pollers of /proc/sys/kernel/{hostname,domainname}
     exit_status: int | None = None  # wait(2) status of init once it has exited
     pipe_ino: int = 0x10000  # inode numbers handed to pipes
     foreground: dict = field(default_factory=dict)  # session id -> its terminal's foreground group

@@ -380,7 +380,7 @@ class Lifecycle:
         ns = tg.user_ns  # the auxiliary vector's ids, as the program's namespace names them
         ids = (shown(ns, tg.creds[0], "uid"), shown(ns, euid, "uid"), shown(ns, tg.creds[3], "gid"),
                shown(ns, egid, "gid"), int(setid))
-        mm = MemoryManager(memfile=self.memfile, cache=self.file_cache)
+        mm = MemoryManager(memfile=self.memfile, cache=self.file_cache, coredump_filter=tg.mm.coredump_filter)
         try:
             exe = _resolved(parent, name)
             image, entry, sp = self._load_program(mm, data, pages, exe, argv, envp, path, t.fs.cwd, t.fs.root, ids)

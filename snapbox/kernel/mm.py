@@ -126,6 +126,9 @@ class MemoryManager:
     lock_future: bool = False  # mlockall(MCL_FUTURE): mappings made from now on are locked
     env_area: tuple = (0, 0)  # where execve put the environment strings (/proc/PID/environ)
     auxv: bytes = b""  # the auxiliary vector execve gave the program (/proc/PID/auxv)
+    # /proc/PID/coredump_filter: which mappings a core dump would hold (Linux's default; the
+    # sandbox writes no core files, so it is only kept, inherited by fork and execve).
+    coredump_filter: int = 0x33
     stub: Stub | None = nosave(default=None)  # host process running this address space
     stale: bool = nosave(default=False)  # a file mapping's end is to be guarded again (resync)
     starts: list = nosave(list)  # vma.start of each Vma, for bisect; kept in step with vmas
@@ -668,7 +671,8 @@ class MemoryManager:
             vmas.append(Vma(v.start, v.end, v.prot, offset, v.kind, v.file_offset, charged=v.charged, node=v.node,
                             copied=v.copied))
         return MemoryManager(memfile=self.memfile, cache=self.cache, vmas=vmas, brk_start=self.brk_start,
-                             brk=self.brk, exe=self.exe, env_area=self.env_area, auxv=self.auxv)
+                             brk=self.brk, exe=self.exe, env_area=self.env_area, auxv=self.auxv,
+                             coredump_filter=self.coredump_filter)
 
     def share(self) -> MemoryManager:
         """The address space of a vfork child (vfork(2), clone(2) with CLONE_VM and
@@ -683,7 +687,8 @@ class MemoryManager:
                             v.charged, v.pages, node=v.node, copied=v.copied))
             hold(v)
         return MemoryManager(memfile=self.memfile, cache=self.cache, vmas=vmas, brk_start=self.brk_start,
-                             brk=self.brk, exe=self.exe, env_area=self.env_area, auxv=self.auxv)
+                             brk=self.brk, exe=self.exe, env_area=self.env_area, auxv=self.auxv,
+                             coredump_filter=self.coredump_filter)
 
     def attach(self, stub: Stub, lazy: bool = False) -> None:
         """Give this address space a (fresh) stub and map every VMA into it. A stub only

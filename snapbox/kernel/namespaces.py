@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import errno
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from snapbox.kernel.creds import CAP_SYS_ADMIN, ns_capable
 from snapbox.kernel.errors import SyscallError
 from snapbox.kernel.ipc import IpcNamespace
 from snapbox.kernel.userns import enters, make
+from snapbox.kernel.waiter import WaitQueue
 from snapbox.state import savable
 
 log = logging.getLogger("snapbox.kernel")
@@ -56,6 +57,8 @@ class UtsNamespace:
 
     hostname: str = ""
     domainname: str = ""
+    renames: list = field(default_factory=lambda: [0, 0])  # changes of each name (rename)
+    renamed: WaitQueue = field(default_factory=WaitQueue)  # pollers of /proc/sys/kernel/{hostname,domainname}
     inum: int = 0  # its inode number in /proc/PID/ns
     owner: object = None  # the UserNamespace it was made in (None: the sandbox's first)
 
@@ -71,6 +74,17 @@ def namespace_of(tg, kind: str) -> tuple[object, int]:
 def uts(t) -> UtsNamespace:
     """The UTS namespace of `t`'s process (the Kernel, for the first one: same fields)."""
     return t.tg.uts if t.tg.uts is not None else t.kernel
+
+
+UTS_NAMES = ("hostname", "domainname")
+
+
+def rename(names, which: str, value: str) -> None:
+    """Set `names`'s (a UtsNamespace's, or the Kernel's) host or domain name (`which`), and
+    tell who polls its /proc/sys/kernel file (each such file reports the change once)."""
+    setattr(names, which, value)
+    names.renames[UTS_NAMES.index(which)] += 1
+    names.renamed.notify()
 
 
 def ipc(t) -> IpcNamespace:

@@ -39,11 +39,12 @@ from typing import TYPE_CHECKING
 from snapbox.kernel.creds import (CAP_LAST_CAP, CAP_SYS_ADMIN, CAP_SYS_PTRACE, CAP_SYS_RESOURCE, NGROUPS_MAX, Creds,
                                   capable, may_ptrace, ns_capable, shown)
 from snapbox.kernel.errors import SyscallError, WouldBlock
-from snapbox.kernel.fd import NR_OPEN, O_ACCMODE, O_APPEND, O_CLOEXEC, O_NONBLOCK, O_RDWR, OpenFile
+from snapbox.kernel.fd import (NR_OPEN, O_ACCMODE, O_APPEND, O_CLOEXEC, O_NONBLOCK, O_RDWR, POLLERR, POLLIN, POLLOUT,
+                               POLLPRI, POLLRDNORM, POLLWRNORM, OpenFile)
 from snapbox.kernel.host import UTS_RELEASE, UTS_VERSION, HostFile, host_meminfo
 from snapbox.kernel.ipc import MSGMAX, MSGMNB, MSGMNI, SEMMNI, SEMMNS, SEMMSL, SEMOPM, SHMALL, SHMMAX, SHMMNI
 from snapbox.kernel.mm import MAX_MAP_COUNT, MMAP_MIN_ADDR, VVAR
-from snapbox.kernel.namespaces import KINDS, namespace_of, uts
+from snapbox.kernel.namespaces import KINDS, UTS_NAMES, namespace_of, rename, uts
 from snapbox.kernel.pipe import PipeFile
 from snapbox.kernel.signals import SIG_DFL, SIG_IGN
 from snapbox.kernel.userns import show_map, write_map, write_setgroups
@@ -58,12 +59,13 @@ if TYPE_CHECKING:
 PROC_DEV = 0x4
 NSFS_DEV = 0x3
 PID_FILES = ("stat", "status", "statm", "cmdline", "comm", "maps", "smaps", "smaps_rollup", "environ", "auxv",
-             "mounts", "mountinfo", "mem", "oom_score", "oom_score_adj", "uid_map", "gid_map", "setgroups", "io")
+             "mounts", "mountinfo", "mem", "oom_score", "oom_score_adj", "uid_map", "gid_map", "setgroups", "io",
+             "coredump_filter")
 TASK_FILES = ("children",)  # a thread's directory's alone (task/TID/)
 PEEKING = ("maps", "smaps", "smaps_rollup", "environ", "auxv", "io")  # opened only by who may ptrace the process
 MODES = {"io": 0o400, "mem": 0o600, "environ": 0o400, "auxv": 0o400}
-WRITABLE = ("oom_score_adj", "mem", "comm", "uid_map", "gid_map", "setgroups")
-ZOMBIE_GONE = ("environ", "auxv", "mem", "smaps_rollup")  # a zombie's: ESRCH (no memory to show)
+WRITABLE = ("oom_score_adj", "mem", "comm", "uid_map", "gid_map", "setgroups", "coredump_filter")
+ZOMBIE_GONE = ("environ", "mem", "smaps_rollup")  # a zombie's: ESRCH (no memory to show)
 PID_LINKS = ("exe", "cwd", "root")
 TOP_FILES = ("stat", "meminfo", "cpuinfo", "uptime", "loadavg", "version", "cmdline", "devices", "filesystems")
 TOP_LINKS = {"mounts": "self/mounts"}
@@ -145,7 +147,13 @@ class ProcNode(Inode):
             tg = self.kernel.tasks.pidns.groups.get(self.pid)
             if tg is not None and not ns_capable(opener, tg.user_ns, CAP_SYS_ADMIN):
                 raise SyscallError(errno.EPERM)  # changing it takes CAP_SYS_ADMIN in its namespace
-        return ProcFile(flags=flags, node=self, opener=opener)
+        # An id map is its namespace's, taken at open: still there once the process is gone.
+        content = _content(self) if self.name in ("uid_map", "gid_map") else None
+        f = ProcFile(flags=flags, node=self, opener=opener, content=content)
+        if self.name.removeprefix("sys/kernel/") in UTS_NAMES:
+            f.names = uts(self.kernel.current) if self.kernel.current is not None else self.kernel
+            f.seen = f.names.renames[UTS_NAMES.index(self.name.removeprefix("sys/kernel/"))]
+        return f
 
 
 @savable
@@ -220,6 +228,25 @@ class ProcFile(OpenFile):
     node: ProcNode | None = None
     content: bytes | None = None
     opener: Creds | None = None  # the credentials it was opened with (Linux's f_cred)
+    # Of /proc/sys/kernel/hostname or domainname: the opener's UTS names (a UtsNamespace or
+    # the Kernel), and how many changes of the name it has reported (proc_sys_poll).
+    names: object = None
+    seen: int = 0
+
+    def ready(self) -> int:
+        """As proc_sys_poll: always readable and writable; a name's file adds POLLERR and
+        POLLPRI once after each change of the name."""
+        which = self.node.name.removeprefix("sys/kernel/")
+        if self.names is None or which not in UTS_NAMES:
+            return POLLIN | POLLOUT
+        now = self.names.renames[UTS_NAMES.index(which)]
+        if now != self.seen:
+            self.seen = now
+            return POLLIN | POLLRDNORM | POLLERR | POLLPRI
+        return POLLIN | POLLOUT | POLLRDNORM | POLLWRNORM
+
+    def queues(self, t) -> tuple:
+        return (self.names.renamed,) if self.names is not None else ()
 
     def read(self, t, count: int, offset: int | None = None) -> bytes:
         if self.content is None:
@@ -238,11 +265,13 @@ class ProcFile(OpenFile):
             return _write_comm(t, self.node, data)
         if self.node.name in ("uid_map", "gid_map", "setgroups"):
             return self._write_userns(t, data, offset)
+        if self.node.name == "coredump_filter":
+            return _write_coredump_filter(self.node, data)
         if self.node.name in ("sys/kernel/hostname", "sys/kernel/domainname"):
             # As proc_dostring: up to a newline or NUL, at most 64 bytes (the file's mode, 0644
             # root's, is the only check, as on Linux).
             value = data.split(b"\n")[0].split(b"\0")[0][:64].decode("utf-8", "replace")
-            setattr(uts(t), self.node.name.rsplit("/", 1)[1], value)
+            rename(uts(t), self.node.name.rsplit("/", 1)[1], value)
             return len(data)
         if self.node.name == "sys/net/ipv4/ip_local_port_range":
             return _write_port_range(t, data)
@@ -545,6 +574,8 @@ def _content(node: ProcNode) -> bytes:
     tg = k.tasks.pidns.groups.get(node.pid)
     if tg is None:
         raise SyscallError(errno.ESRCH)
+    if name in ("uid_map", "gid_map"):
+        return show_map(tg.user_ns, _reader_ns(k), name[:3]).encode()
     if tg.exit_status is not None:
         return _zombie(k, tg, name).encode()
     if name == "cmdline":
@@ -586,8 +617,8 @@ def _content(node: ProcNode) -> bytes:
         return f"{_oom_score(tg)}\n".encode()
     if name == "oom_score_adj":
         return f"{tg.oom_score_adj}\n".encode()
-    if name in ("uid_map", "gid_map"):
-        return show_map(tg.user_ns, _reader_ns(k), name[:3]).encode()
+    if name == "coredump_filter":
+        return f"{tg.mm.coredump_filter:08x}\n".encode()
     if name == "setgroups":
         return b"allow\n" if tg.user_ns is None or tg.user_ns.setgroups else b"deny\n"
     if name.startswith("fdinfo/"):
@@ -819,6 +850,24 @@ def _write_oom_score_adj(t, node: ProcNode, data: bytes) -> int:
     tg.oom_score_adj = value
     if privileged:
         tg.oom_score_adj_min = value
+    return len(data)
+
+
+def _write_coredump_filter(node: ProcNode, data: bytes) -> int:
+    """coredump_filter: a number (decimal, 0x hex or 0 octal, as kstrtouint's base 0) whose
+    low 9 bits are kept."""
+    tg = node.kernel.tasks.pidns.groups.get(node.pid)
+    if tg is None or tg.exit_status is not None:
+        raise SyscallError(errno.ESRCH)
+    text = data.split(b"\0")[0].decode("latin-1").removesuffix("\n").removeprefix("+")
+    base = 16 if text[:2].lower() == "0x" else 8 if text[:1] == "0" and len(text) > 1 else 10
+    digits = text[2:] if base == 16 else text
+    if not digits or not all(c in "0123456789abcdefABCDEF"[:base + (6 if base == 16 else 0)] for c in digits):
+        raise SyscallError(errno.EINVAL)
+    value = int(digits, base)
+    if not 0 <= value <= 0xFFFFFFFF:
+        raise SyscallError(errno.ERANGE)
+    tg.mm.coredump_filter = value & 0x1FF
     return len(data)
 
 

@@ -15,7 +15,7 @@ log = logging.getLogger("snapbox.bundle")
 
 # Top-level and process fields snapbox reads; any other field gets a warning.
 _KNOWN = {"ociVersion", "process", "root", "hostname", "annotations", "linux", "mounts", "hooks"}
-_RLIMITS = {"RLIMIT_CPU": 0, "RLIMIT_FSIZE": 1, "RLIMIT_DATA": 2, "RLIMIT_STACK": 3, "RLIMIT_CORE": 4,
+RLIMIT_NAMES = {"RLIMIT_CPU": 0, "RLIMIT_FSIZE": 1, "RLIMIT_DATA": 2, "RLIMIT_STACK": 3, "RLIMIT_CORE": 4,
             "RLIMIT_RSS": 5, "RLIMIT_NPROC": 6, "RLIMIT_NOFILE": 7, "RLIMIT_MEMLOCK": 8, "RLIMIT_AS": 9,
             "RLIMIT_LOCKS": 10, "RLIMIT_SIGPENDING": 11, "RLIMIT_MSGQUEUE": 12, "RLIMIT_NICE": 13,
             "RLIMIT_RTPRIO": 14, "RLIMIT_RTTIME": 15}
@@ -111,10 +111,10 @@ class Bundle:
                 capabilities[kind] = parse_caps(known)
         rlimits = {}
         for r in process.get("rlimits") or []:
-            if not isinstance(r, dict) or r.get("type") not in _RLIMITS or \
+            if not isinstance(r, dict) or r.get("type") not in RLIMIT_NAMES or \
                     not all(isinstance(r.get(k), int) for k in ("soft", "hard")) or r["soft"] > r["hard"]:
                 raise BundleError(f"{config_path}: bad process.rlimits entry {r!r}")
-            rlimits[_RLIMITS[r["type"]]] = (r["soft"], r["hard"])
+            rlimits[RLIMIT_NAMES[r["type"]]] = (r["soft"], r["hard"])
         hooks = config.get("hooks") or {}
         if not isinstance(hooks, dict):
             raise BundleError(f"{config_path}: hooks must be an object")

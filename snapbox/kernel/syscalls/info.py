@@ -9,7 +9,7 @@ import struct
 from snapbox.kernel.creds import CAP_SYS_ADMIN, CAP_SYS_NICE, capable, ns_capable
 from snapbox.kernel.errors import SyscallError
 from snapbox.kernel.host import UTS_RELEASE, UTS_VERSION, host_meminfo
-from snapbox.kernel.namespaces import owner, uts
+from snapbox.kernel.namespaces import owner, rename, uts
 from snapbox.kernel.syscalls import NR, i32, syscall
 
 GRND_NONBLOCK, GRND_RANDOM, GRND_INSECURE = 1, 2, 4
@@ -344,11 +344,11 @@ def _uts_name(t, name: int, length: int) -> str:
 
 @syscall(NR.sethostname)
 def sethostname(t, name, length):
-    uts(t).hostname = _uts_name(t, name, length)
+    rename(uts(t), "hostname", _uts_name(t, name, length))
     return 0
 
 
 @syscall(NR.setdomainname)
 def setdomainname(t, name, length):
-    uts(t).domainname = _uts_name(t, name, length)
+    rename(uts(t), "domainname", _uts_name(t, name, length))
     return 0
