@@ -295,15 +295,22 @@ class MemoryManager:
         length = page_align(length)
         addr = self._place(addr, length, fixed)
         with self._replacing(addr, length, fixed):
-            start = 0
-            for i in range(1, len(offsets) + 1):
-                if i < len(offsets) and offsets[i] == offsets[i - 1] + PAGE_SIZE:
-                    continue
-                vma = self.map_range(addr + start * PAGE_SIZE, (i - start) * PAGE_SIZE, prot, offsets[start], kind,
-                                     shared=True)
-                vma.file_offset = file_offset + start * PAGE_SIZE
-                start = i
+            self._map_runs(addr, prot, offsets, kind, file_offset)
         return addr
+
+    def _map_runs(self, addr: int, prot: int, offsets: list[int], kind: str, file_offset: int) -> list[Vma]:
+        """Shared VMAs at `addr` (free) for pages at MemoryFile `offsets`, one per run of
+        them that lie one after another, the first at `file_offset` of what they map."""
+        out, start = [], 0
+        for i in range(1, len(offsets) + 1):
+            if i < len(offsets) and offsets[i] == offsets[i - 1] + PAGE_SIZE:
+                continue
+            vma = self.map_range(addr + start * PAGE_SIZE, (i - start) * PAGE_SIZE, prot, offsets[start], kind,
+                                 shared=True)
+            vma.file_offset = file_offset + start * PAGE_SIZE
+            out.append(vma)
+            start = i
+        return out
 
     def map_shm(self, addr: int, length: int, prot: int, offset: int, kind: str) -> int:
         """Attach a System V shared memory segment, MemoryFile range [offset, offset+length),
@@ -412,16 +419,10 @@ class MemoryManager:
             self.unmap(old, old_size, host=target != old)
         if target != old:
             self.unmap(target, new_size, host=False)
-        start = 0
-        for i in range(1, len(offsets) + 1):
-            if i < len(offsets) and offsets[i] == offsets[i - 1] + PAGE_SIZE:
-                continue
-            piece = self.map_range(target + start * PAGE_SIZE, (i - start) * PAGE_SIZE, prot, offsets[start], kind,
-                                   shared=True)
-            piece.file_offset, piece.node, piece.charged = file_offset + start * PAGE_SIZE, node, False
+        for piece in self._map_runs(target, prot, offsets, kind, file_offset):
+            piece.node, piece.charged = node, False
             hold(piece)
             self.sync_guard(piece)
-            start = i
         if isinstance(node, SharedMemory):
             node.users -= 1
         return target
