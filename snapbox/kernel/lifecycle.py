@@ -15,7 +15,8 @@ import stat
 from typing import TYPE_CHECKING
 
 from snapbox.kernel import elf, namespaces
-from snapbox.kernel.creds import MAY_EXEC, WITHHELD_CAPS, CapSets, Creds, check, exec_transform, from_kernel, shown
+from snapbox.kernel.creds import (MAY_EXEC, MAY_READ, WITHHELD_CAPS, CapSets, Creds, check, exec_transform,
+                                  from_kernel, may_access, shown)
 from snapbox.kernel.devices import mount_dev
 from snapbox.kernel.tty import session_leader_exited
 from snapbox.kernel.userns import enters
@@ -413,6 +414,9 @@ class Lifecycle:
         tg.argv = list(argv)
         tg.exe = exe
         tg.creds[1], tg.creds[4], tg.fsuid, tg.fsgid = euid, egid, euid, egid
+        # begin_new_exec: dumpable again, unless its ids differ or it may not read the program.
+        same = euid == tg.creds[0] and egid == tg.creds[3]
+        tg.prctl["dumpable"] = int(same and may_access(tg, node, MAY_READ))
         if setid:
             tg.caps.ambient = 0
             tg.pdeath_signal = 0

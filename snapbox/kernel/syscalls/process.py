@@ -665,16 +665,24 @@ def _set_ids(t, base: int, real: int, eff: int, saved: int) -> int:
     as it is. The fs id follows the effective one, and a change of uids adjusts the
     capabilities."""
     tg = t.tg
-    old, old_fsuid = list(tg.creds), tg.fsuid
+    old, old_fs = list(tg.creds), (tg.fsuid, tg.fsgid)
     for i, want in enumerate((real, eff, saved)):
         if want != -1:
             tg.creds[base + i] = want
     if base == 0:
         tg.fsuid = tg.creds[1]
-        ids_changed(tg, old, old_fsuid)
+        ids_changed(tg, old, old_fs[0])
     else:
         tg.fsgid = tg.creds[4]
+    _undumpable_if_changed(tg, old, old_fs)
     return 0
+
+
+def _undumpable_if_changed(tg, old: list, old_fs: tuple) -> None:
+    """commit_creds(): a process whose effective or fs ids change is no longer dumpable
+    (fs.suid_dumpable, 0), so that what it held as the old ids is not open to the new."""
+    if old[1] != tg.creds[1] or old[4] != tg.creds[4] or old_fs != (tg.fsuid, tg.fsgid):
+        tg.prctl["dumpable"] = 0
 
 
 def _require(t, cap: int, *wants: tuple[int, tuple]) -> None:
@@ -754,6 +762,7 @@ def setfsuid(t, fsuid):
     if want is not None and (own_capable(tg, CAP_SETUID) or want in (*tg.creds[0:3], old)):
         tg.fsuid = want
         ids_changed(tg, list(tg.creds), old)
+        _undumpable_if_changed(tg, list(tg.creds), (old, tg.fsgid))
     return shown(tg.user_ns, old, "uid")
 
 
@@ -764,6 +773,7 @@ def setfsgid(t, fsgid):
     want = to_kernel(tg.user_ns, fsgid, "gid") if i32(fsgid) != -1 else None
     if want is not None and (own_capable(tg, CAP_SETGID) or want in (*tg.creds[3:6], old)):
         tg.fsgid = want
+        _undumpable_if_changed(tg, list(tg.creds), (tg.fsuid, old))
     return shown(tg.user_ns, old, "gid")
 
 
