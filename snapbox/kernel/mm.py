@@ -837,9 +837,11 @@ class MemoryManager:
         """EFAULT unless the first byte of [addr, addr+length) may be written (if any is to
         be): what a read checks before it takes data from a pipe or socket, so that a read
         into memory it cannot write leaves the data for the next one, as Linux's copy does."""
-        if length:
-            for _ in self._spans(addr, 1, PROT_WRITE):
-                pass
+        if not length:
+            return
+        vma = self.find(addr)
+        if vma is None or not vma.prot & PROT_WRITE or vma.node is not None and self.past_eof(vma, addr, 1):
+            raise SyscallError(errno.EFAULT)
 
     def read(self, addr: int, length: int) -> bytes:
         if length == 0:

@@ -178,8 +178,10 @@ def file_size_limited(t, f, data: bytes, offset: int | None) -> bytes:
     """What a write of `data` to regular file `f` at `offset` (None: its position) may
     write under RLIMIT_FSIZE: the part below the limit; past it, nothing: EFBIG, and
     SIGXFSZ to the thread (as Linux's generic_write_check_limits)."""
+    if not data or not isinstance(f, RegularFile):
+        return data
     limit = t.tg.rlimits.get(RLIMIT_FSIZE, RLIMIT_DEFAULTS[RLIMIT_FSIZE])[0]
-    if limit >= RLIM_INFINITY or not data or not isinstance(f, RegularFile):
+    if limit >= RLIM_INFINITY:
         return data
     pos = offset if offset is not None else (f.node.size() if f.flags & O_APPEND else f.offset)
     if pos >= limit:
