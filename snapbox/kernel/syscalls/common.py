@@ -174,19 +174,27 @@ def gather(t, vecs: list[tuple[int, int]], limit: int = MAX_RW) -> bytes:
     return b"".join(out)
 
 
-def file_size_limited(t, f, data: bytes, offset: int | None) -> bytes:
-    """What a write of `data` to regular file `f` at `offset` (None: its position) may
-    write under RLIMIT_FSIZE: the part below the limit; past it, nothing: EFBIG, and
-    SIGXFSZ to the thread (as Linux's generic_write_check_limits)."""
-    if not data or not isinstance(f, RegularFile):
-        return data
+def file_size_room(t, f, offset: int | None) -> int | None:
+    """How many bytes a write to regular file `f` at `offset` (None: its position) may
+    write under RLIMIT_FSIZE (None: any number); none at all: EFBIG, and SIGXFSZ to the
+    thread (as Linux's generic_write_check_limits)."""
+    if not isinstance(f, RegularFile):
+        return None
     limit = t.tg.rlimits.get(RLIMIT_FSIZE, RLIMIT_DEFAULTS[RLIMIT_FSIZE])[0]
     if limit >= RLIM_INFINITY:
-        return data
+        return None
     pos = offset if offset is not None else (f.node.size() if f.flags & O_APPEND else f.offset)
     if pos >= limit:
         exceeded(t)
-    return data[:limit - pos]
+    return limit - pos
+
+
+def file_size_limited(t, f, data: bytes, offset: int | None) -> bytes:
+    """What a write of `data` may write of it under RLIMIT_FSIZE (file_size_room)."""
+    if not data or not isinstance(f, RegularFile):
+        return data
+    room = file_size_room(t, f, offset)
+    return data if room is None else data[:room]
 
 
 def may_grow_to(t, size: int, length: int) -> None:

@@ -12,7 +12,7 @@ from snapbox.kernel.fd import O_APPEND
 from snapbox.kernel.vfs import RegularFile
 from snapbox.kernel.syscalls import NR, i32, i64, syscall
 from snapbox.kernel.syscalls.net import recv_all, recv_target
-from snapbox.kernel.syscalls.common import MAX_RW, can_fill, file_size_limited, gather, iovecs, readable, receive_timeout, scatter, writable, write_all
+from snapbox.kernel.syscalls.common import MAX_RW, can_fill, file_size_limited, file_size_room, gather, iovecs, readable, receive_timeout, scatter, writable, write_all
 
 
 
@@ -181,6 +181,8 @@ def _transfer(t, nr: int, out_fd: int, in_fd: int, offset_addr: int, count: int)
     src = readable(t, in_fd)
     dst = writable(t, out_fd)
     count = min(count, MAX_RW)
+    if count:
+        count = min(count, file_size_room(t, dst, None) or count)  # RLIMIT_FSIZE
     if offset_addr:
         (offset,) = struct.unpack("<q", t.mm.read(offset_addr, 8))
         if offset < 0:
@@ -222,6 +224,8 @@ def copy_file_range(t, fd_in, off_in, fd_out, off_out, length, flags):
     same = getattr(src, "node", None) is not None and getattr(src, "node", None) is getattr(dst, "node", None)
     if same and pos_in < pos_out + count and pos_out < pos_in + count:
         raise SyscallError(errno.EINVAL)  # overlapping ranges of one file
+    if count:
+        count = min(count, file_size_room(t, dst, pos_out) or count)
     data = src.read(t, count, pos_in) if count else b""
     n = write_all(t, NR.copy_file_range, dst, data, pos_out) if data else 0
     for addr, f, pos in ((off_in, src, pos_in), (off_out, dst, pos_out)):

@@ -15,7 +15,7 @@ from snapbox.kernel.fd import O_APPEND, O_NONBLOCK
 from snapbox.kernel.pipe import PipeFile
 from snapbox.kernel.signals import SIGPIPE
 from snapbox.kernel.syscalls import NR, i32, syscall
-from snapbox.kernel.syscalls.common import MAX_RW, iovecs, readable, scatter, writable
+from snapbox.kernel.syscalls.common import MAX_RW, file_size_room, iovecs, readable, scatter, writable
 
 SPLICE_F_MOVE, SPLICE_F_NONBLOCK, SPLICE_F_MORE, SPLICE_F_GIFT = 1, 2, 4, 8
 SPLICE_F_ALL = SPLICE_F_MOVE | SPLICE_F_NONBLOCK | SPLICE_F_MORE | SPLICE_F_GIFT
@@ -85,6 +85,8 @@ def splice(t, fd_in, off_in, fd_out, off_out, length, flags):
         return 0
     nonblock = bool(flags & SPLICE_F_NONBLOCK)
     if in_pipe:
+        if not out_pipe:
+            count = min(count, file_size_room(t, dst, offset_out) or count)  # RLIMIT_FSIZE
         data = _take(t, src, count, nonblock)
         if not data:
             return 0
