@@ -44,6 +44,8 @@ def fallocate(t, fd, mode, offset, length):
         raise SyscallError(errno.ESPIPE)
     if not isinstance(f, RegularFile):
         raise SyscallError(errno.ENODEV)
+    if not mode & FALLOC_FL_KEEP_SIZE:
+        common.may_grow_to(t, f.stat()["size"], offset + length)  # RLIMIT_FSIZE
     if f._on_host():
         if _libc.fallocate(f._host(), mode, offset, length) < 0:
             raise SyscallError(ctypes.get_errno())

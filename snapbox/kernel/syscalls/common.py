@@ -150,7 +150,13 @@ def iovecs(t, iov: int, iovcnt: int) -> list[tuple[int, int]]:
     if iovcnt < 0 or iovcnt > IOV_MAX:
         raise SyscallError(errno.EINVAL)
     raw = t.mm.read(iov, iovcnt * _IOVEC.size)
-    return [_IOVEC.unpack_from(raw, i * _IOVEC.size) for i in range(iovcnt)]
+    vecs = [_IOVEC.unpack_from(raw, i * _IOVEC.size) for i in range(iovcnt)]
+    for base, n in vecs:
+        if n >= 1 << 63:
+            raise SyscallError(errno.EINVAL)  # a negative length
+        if base + n >= 1 << 63:
+            raise SyscallError(errno.EFAULT)  # import_iovec's access_ok: no user address, before any is used
+    return vecs
 
 
 def gather(t, vecs: list[tuple[int, int]], limit: int = MAX_RW) -> bytes:

@@ -9,7 +9,7 @@ import struct
 
 from snapbox.kernel.errors import SyscallError, WouldBlock
 from snapbox.kernel.fd import O_APPEND
-from snapbox.kernel.vfs import RegularFile
+from snapbox.kernel.vfs import DirFile, RegularFile
 from snapbox.kernel.syscalls import NR, i32, i64, syscall
 from snapbox.kernel.syscalls.net import recv_all, recv_target
 from snapbox.kernel.syscalls.common import MAX_RW, can_fill, file_size_limited, file_size_room, gather, iovecs, readable, receive_timeout, scatter, writable, write_all
@@ -44,11 +44,17 @@ def read(t, fd, buf, count):
     return _read(t, len(data))
 
 
+def _span_ok(offset: int, count: int) -> None:
+    """rw_verify_area(): EINVAL for a count that is negative as a signed size, or a range
+    that runs past the largest file position."""
+    if offset < 0 or count >= 1 << 63 or offset + count >= 1 << 63:
+        raise SyscallError(errno.EINVAL)
+
+
 @syscall(NR.pread64)
 def pread64(t, fd, buf, count, offset):
     f = readable(t, i32(fd), positioned=True)
-    if i64(offset) < 0:
-        raise SyscallError(errno.EINVAL)
+    _span_ok(i64(offset), count)
     data = f.read(t, min(count, MAX_RW), i64(offset))
     t.mm.write(buf, data)
     return _read(t, len(data))
@@ -64,8 +70,7 @@ def write(t, fd, buf, count):
 @syscall(NR.pwrite64)
 def pwrite64(t, fd, buf, count, offset):
     f = writable(t, i32(fd), positioned=True)
-    if i64(offset) < 0:
-        raise SyscallError(errno.EINVAL)
+    _span_ok(i64(offset), count)
     data = file_size_limited(t, f, t.mm.read_some(buf, min(count, MAX_RW)) if count else b"", i64(offset))
     return _wrote(t, f.write(t, data, i64(offset)))
 
@@ -178,15 +183,20 @@ def sync_file_range(t, fd, offset, nbytes, flags):
 
 
 def _transfer(t, nr: int, out_fd: int, in_fd: int, offset_addr: int, count: int) -> int:
+    """sendfile(2): EINVAL for a negative count, an append-only output, an input that is
+    not a file's data (a directory), or a range past the largest file position."""
     src = readable(t, in_fd)
     dst = writable(t, out_fd)
+    if count >= 1 << 63 or dst.flags & O_APPEND or isinstance(src, DirFile):
+        raise SyscallError(errno.EINVAL)
+    if isinstance(dst, RegularFile):
+        _span_ok(dst.offset, count)
     count = min(count, MAX_RW)
     if count:
         count = min(count, file_size_room(t, dst, None) or count)  # RLIMIT_FSIZE
     if offset_addr:
         (offset,) = struct.unpack("<q", t.mm.read(offset_addr, 8))
-        if offset < 0:
-            raise SyscallError(errno.EINVAL)
+        _span_ok(offset, count)
         data = src.read(t, count, offset)
     else:
         data = src.read(t, count)
