@@ -855,10 +855,8 @@ class MemoryManager:
         """The bytes of [addr, addr+length) up to the first that cannot be read: what a
         write(2) from a buffer that faults part-way writes, as Linux's copy stops there.
         EFAULT if not even the first can be read."""
-        try:
+        with contextlib.suppress(SyscallError):
             return self.read(addr, length)
-        except SyscallError:
-            pass
         out, pos, end = [], addr, addr + length
         while pos < end:
             vma = self.find(pos)

@@ -80,6 +80,9 @@ def splice(t, fd_in, off_in, fd_out, off_out, length, flags):
     if not out_pipe and dst.flags & O_APPEND:
         raise SyscallError(errno.EINVAL)
     offset_in, offset_out = _offset(t, off_in), _offset(t, off_out)
+    for offset in (offset_in, offset_out):
+        if offset is not None and offset + length >= 1 << 63:
+            raise SyscallError(errno.EINVAL)  # rw_verify_area: past the largest file position
     count = min(length, MAX_RW)
     if count == 0:
         return 0
