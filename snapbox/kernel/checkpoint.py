@@ -46,7 +46,7 @@ from snapbox.memfile.memfile import (
 )
 from snapbox.platform import ptrace, uffd
 from snapbox.platform.cpuid import XFEATURE_MAX, FeatureSet
-from snapbox.platform.stub import ARCH_REQ_XCOMP_PERM, ARCH_SET_CPUID, StubError
+from snapbox.platform.stub import ARCH_REQ_XCOMP_PERM, ARCH_SET_CPUID, Stub, StubError
 from snapbox.state import (
     ImageError,
     SnapboxError,
@@ -647,20 +647,24 @@ class Checkpointing:
         registers set; the clock stays stopped until start()."""
         self.timekeeper.stopped = True
         host = FeatureSet.host()
+        stubs: dict[int, Stub] = {}  # id(mm) -> its stub: processes sharing memory share one
         for tg in self.tasks.pidns.groups.values():
             if tg.exit_status is not None or not tg.tasks:
                 continue
-            stub = self.spawn_stub()
-            tg.mm.attach(stub, lazy=self.memfile.lazy is not None)
-            if self.memfile.lazy is not None:
-                self._catch_first_touches(tg.mm)
+            stub = stubs.get(id(tg.mm))
+            first = stub is None
+            if first:
+                stub = stubs[id(tg.mm)] = self.spawn_stub()
+                tg.mm.attach(stub, lazy=self.memfile.lazy is not None)
+                if self.memfile.lazy is not None:
+                    self._catch_first_touches(tg.mm)
             for nr in range(XFEATURE_MAX):
                 if tg.xfeatures_granted >> nr & 1:
                     stub.arch_prctl(stub.pid, ARCH_REQ_XCOMP_PERM, nr)
             for i, t in enumerate(tg.tasks):
                 if not t.saved_regs:
                     raise ImageError(f"image holds task {t.tid} without registers")
-                host_tid = stub.pid if i == 0 else stub.clone_thread(stub.pid)
+                host_tid = stub.pid if first and i == 0 else stub.clone_thread(stub.pid)
                 if t.cpuid_faulting:
                     stub.arch_prctl(host_tid, ARCH_SET_CPUID, 0)
                 if int.from_bytes(t.saved_fpstate[512:520], "little") & tg.xfeatures_granted:

@@ -167,6 +167,12 @@ class FDTable:
         self.cloexec.discard(fd)
         drop_ref(f)
 
+    def copy(self) -> FDTable:
+        """A table of its own with the same descriptions (dup_fd: fork, unshare(CLONE_FILES))."""
+        for f in self.files.values():
+            f.refs += 1
+        return FDTable(files=dict(self.files), cloexec=set(self.cloexec), limit=self.limit)
+
     def close_all(self) -> None:
         for fd in list(self.files):
             self.close(fd)

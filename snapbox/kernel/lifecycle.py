@@ -67,6 +67,7 @@ WALL = 0x40000000
 CLONE_VM, CLONE_FS, CLONE_FILES, CLONE_SIGHAND = 0x100, 0x200, 0x400, 0x800
 CLONE_VFORK, CLONE_PARENT, CLONE_THREAD = 0x4000, 0x8000, 0x10000
 CLONE_SETTLS, CLONE_PARENT_SETTID, CLONE_CHILD_CLEARTID, CLONE_CHILD_SETTID = 0x80000, 0x100000, 0x200000, 0x1000000
+CLONE_CLEAR_SIGHAND = 0x100000000
 
 
 class Lifecycle:
@@ -274,33 +275,44 @@ class Lifecycle:
         self.by_host[host_tid] = task
 
     def fork(self, t: Task, flags: int, stack: int = 0, ptid: int = 0, ctid: int = 0, tls: int = 0) -> int:
-        """fork(2), or clone(2) of a process: a new process holding a copy of the caller's
-        address space (with CLONE_VM, for a vfork child, the caller's memory itself), its
-        fds, handlers and registers. Returns the child's pid."""
+        """fork(2), or clone(2) of a process: a new process with a copy of the caller's
+        address space, fds, filesystem context and handlers, or, for each of CLONE_VM,
+        CLONE_FILES, CLONE_FS and CLONE_SIGHAND, the caller's own. One sharing the
+        caller's memory is run by a new host thread of the caller's stub (an address
+        space is one stub); the others by a fork of it. `flags`' low byte is the signal
+        its exit sends its parent. Returns the child's pid."""
         parent = t.tg
         pidns = self.tasks.pidns
         user, uts, ipc = namespaces.for_clone(t, flags)
-        mm = parent.mm.share() if flags & CLONE_VM else parent.mm.fork()
-        try:
-            stub = parent.mm.stub.fork(t.host_tid)
-        except (OSError, SnapboxError) as e:
-            mm.release_all()
-            log.warning("fork: no stub for the child: %s", e)
-            raise SyscallError(errno.EAGAIN) from None
+        if flags & CLONE_VM:
+            mm, host_tid = parent.mm, parent.mm.stub.clone_thread(t.host_tid)
+        else:
+            mm = parent.mm.fork()
+            try:
+                stub = parent.mm.stub.fork(t.host_tid)
+            except (OSError, SnapboxError) as e:
+                mm.release_all()
+                log.warning("fork: no stub for the child: %s", e)
+                raise SyscallError(errno.EAGAIN) from None
+            host_tid = stub.pid
         tgid = pidns.allocate()
-        fds = FDTable(cloexec=set(parent.fds.cloexec), limit=parent.fds.limit)
-        for fd, f in parent.fds.files.items():
-            f.refs += 1
-            fds.files[fd] = f
+        fds = parent.fds if flags & CLONE_FILES else parent.fds.copy()
+        fs = parent.fs if flags & CLONE_FS else parent.fs.copy()
+        if flags & CLONE_SIGHAND:
+            sigactions = parent.sigactions
+        else:
+            clear = flags & CLONE_CLEAR_SIGHAND
+            sigactions = {n: SigAction(a.handler, a.flags, a.restorer, a.mask) for n, a in parent.sigactions.items()
+                          if not clear or a.handler == SIG_IGN}
         cred = t.cred.copy()
         if user is not None:
             enters(cred, user)
+        above = parent.parent if flags & CLONE_PARENT else parent
         tg = ThreadGroup(
-            tgid=tgid, mm=mm, fds=fds, parent=parent,
-            fs=FSContext(root=parent.fs.root, cwd=parent.fs.cwd, umask=parent.fs.umask),
-            sigactions={n: SigAction(a.handler, a.flags, a.restorer, a.mask) for n, a in parent.sigactions.items()},
+            tgid=tgid, mm=mm, fds=fds, parent=above, fs=fs, sigactions=sigactions,
             argv=list(parent.argv), exe=parent.exe, rlimits=dict(parent.rlimits),
-            pgid=parent.pgid, sid=parent.sid, cred=cred, parent_tid=t.tid,
+            pgid=parent.pgid, sid=parent.sid, cred=cred, parent_tid=parent.parent_tid if flags & CLONE_PARENT else t.tid,
+            exit_signal=parent.exit_signal if flags & CLONE_PARENT else flags & 0xFF,
             prctl={k: v for k, v in parent.prctl.items() if k != "subreaper"}, personality=parent.personality,
             oom_score_adj=parent.oom_score_adj, oom_score_adj_min=parent.oom_score_adj_min,
             xfeatures_granted=parent.xfeatures_granted, uts=uts, ipc=ipc)
@@ -310,9 +322,10 @@ class Lifecycle:
         tg.tasks.append(child)
         pidns.tasks[tgid] = child
         pidns.groups[tgid] = tg
-        parent.children.append(tg)
-        mm.attach(stub)
-        self._start_child(t, child, stub.pid, flags, stack, ptid, ctid, tls)
+        above.children.append(tg)
+        if not flags & CLONE_VM:
+            mm.attach(stub)
+        self._start_child(t, child, host_tid, flags, stack, ptid, ctid, tls)
         self.arm_cpu_limit(tg)
         return tgid
 
@@ -388,29 +401,53 @@ class Lifecycle:
         except BaseException:
             mm.release_all()
             raise
+        shared_mm = self.shared(tg, "mm")
+        stub = tg.mm.stub
+        if shared_mm:
+            # Its memory stays with the processes sharing it: the new program gets a stub of its own.
+            try:
+                own = stub.fork(t.host_tid)
+            except (OSError, SnapboxError) as e:
+                mm.release_all()
+                log.warning("execve: no stub for the new program: %s", e)
+                raise SyscallError(errno.ENOMEM) from None
         # The point of no return: the old program is gone from here on.
         release_vfork_parent(tg)
-        stub = tg.mm.stub
         leader = tg.tasks[0]
         for other in [x for x in tg.tasks if x is not t]:
             self._stop_thread(other)
             self._drop(other)
             tg.tasks.remove(other)
-            if other is not leader:
+            if shared_mm:
+                stub.release_thread(other.host_tid)
+            elif other is not leader:
                 stub.exit_thread(other.host_tid)
-        if leader is not t:
-            self._take_leaders_place(t, leader.host_tid)
-        tg.cred = t.cred  # the caller is the leader now
-        if self.memfile.written is not None:
-            self.memfile.written.forget(tg.mm)
-        stub.unmap(0, APP_TOP)
         tg.maxrss = max(tg.maxrss, tg.mm.usage()["VmHWM"])  # getrusage's ru_maxrss outlives the exec
-        tg.mm.release_all()
+        if shared_mm:
+            self.by_host.pop(t.host_tid, None)
+            stub.release_thread(t.host_tid)
+            stub.active = None
+            stub = own
+            self._become_leader(t)
+            self._bind(t, stub.pid, t.regs)
+        else:
+            if leader is not t:
+                self._take_leaders_place(t, leader.host_tid)
+            if self.memfile.written is not None:
+                self.memfile.written.forget(tg.mm)
+            stub.unmap(0, APP_TOP)
+            tg.mm.release_all()
+        tg.cred = t.cred  # the caller is the leader now
+        for child in tg.children:
+            child.parent_tid = t.tid
         tg.mm = mm
         mm.attach(stub)
+        if self.shared(tg, "fds"):
+            tg.fds = tg.fds.copy()  # unshare_files: the close-on-exec fds close in its own table only
         for fd in sorted(tg.fds.cloexec):
             tg.fds.close(fd)
-        tg.sigactions = {n: a for n, a in tg.sigactions.items() if a.handler == SIG_IGN}
+        # flush_signal_handlers, in a table of its own: an ignored signal stays ignored.
+        tg.sigactions = {n: SigAction(SIG_IGN) for n, a in tg.sigactions.items() if a.handler == SIG_IGN}
         tg.argv = list(argv)
         tg.exe = exe
         tg.creds[1], tg.creds[4], tg.fsuid, tg.fsgid = euid, egid, euid, egid
@@ -446,6 +483,10 @@ class Lifecycle:
         self.by_host.pop(old, None)
         stub.active = leader_host_tid
         self._bind(t, leader_host_tid, t.regs)
+        self._become_leader(t)
+
+    def _become_leader(self, t: Task) -> None:
+        """Task `t`, execve(2)'s caller, takes the process's id as its thread id."""
         pidns = self.tasks.pidns
         pidns.tasks.pop(t.tid, None)
         t.tid = t.tg.tgid
@@ -459,8 +500,12 @@ class Lifecycle:
         exit_robust_list(task)
         self._clear_child_tid(task)
         self._drop(task)
-        task.tg.tasks.remove(task)
-        task.tg.mm.stub.exit_thread(task.host_tid)
+        tg = task.tg
+        tg.tasks.remove(task)
+        for child in tg.children:
+            if child.parent_tid == task.tid:
+                child.parent_tid = tg.tasks[0].tid  # forget_original_parent: a live thread adopts them
+        tg.mm.stub.release_thread(task.host_tid)
 
     def _clear_child_tid(self, task: Task) -> None:
         """set_tid_address(2): at thread exit, zero the word and wake one futex waiter
@@ -494,27 +539,27 @@ class Lifecycle:
         if tg.tasks:
             tg.name = tg.tasks[0].comm
         tg.cpu_ns += sum(self.cpu_time_ns(task) for task in tg.tasks)
+        stub = tg.mm.stub
+        shared_mm = self.shared(tg, "mm")
         for task in list(tg.tasks):
+            if shared_mm:
+                self._stop_thread(task)
             exit_robust_list(task)
             self._drop(task)
+            if shared_mm:
+                stub.release_thread(task.host_tid)
+                if stub.active == task.host_tid:
+                    stub.active = None
         tg.tasks.clear()
-        stub = tg.mm.stub
-        if stub is not None:
-            if self.memfile.written is not None:
-                self.memfile.written.retire(tg.mm)
-            stub.kill()
-            tg.mm.stub = None
-        fd = self.faults.pop(tg.mm, None)
-        if fd is not None:
-            self.loop.remove_reader(fd)
-            os.close(fd)
         tg.maxrss = max(tg.maxrss, tg.mm.usage()["VmHWM"])
-        tg.mm.release_all()
+        if not shared_mm:
+            self._end_address_space(tg.mm)
         for f in tg.fds.files.values():
             node = getattr(f, "node", None)
             if node is not None and getattr(node, "locks", None):
                 release_owner(self.fs, node, tg.tgid)
-        tg.fds.close_all()
+        if not self.shared(tg, "fds"):
+            tg.fds.close_all()
         (tg.ipc or self.ipc).exited(tg.tgid)
         if tg.tgid == tg.sid:
             session_leader_exited(self, tg)
@@ -525,19 +570,16 @@ class Lifecycle:
                 self.send_signal(child, child.pdeath_signal)
             if tg is not init:
                 child.parent = init
+                child.exit_signal = SIGCHLD  # reparent_leader: nobody kills init with another
+                child.parent_tid = init.tasks[0].tid if init.tasks else init.tgid
                 init.children.append(child)
+                if child.exit_status is not None:
+                    self._notify_exit(child, init, child.exit_status)  # a zombie: init hears of it
         if tg is not init:
             tg.children = []
         parent = tg.parent
         if parent is not None and parent.exit_status is None:
-            act = parent.sigaction(SIGCHLD)
-            if act.handler == SIG_IGN or act.flags & SA_NOCLDWAIT:
-                self.reap(tg, waited=False)  # sigaction(2): the child does not become a zombie
-            else:
-                code = (CLD_DUMPED if status & CORE_DUMPED else CLD_KILLED) if status & 0x7F else CLD_EXITED
-                value = status & 0x7F if status & 0x7F else (status >> 8) & 0xFF
-                self.send_signal(parent, SIGCHLD, siginfo(SIGCHLD, code, tg.tgid, 0, value))
-            parent.child_exit.notify()
+            self._notify_exit(tg, parent, status)
         tg.exited.notify()
         if self.on_exit is not None:
             self.on_exit(tg)
@@ -546,6 +588,43 @@ class Lifecycle:
             for other in list(self.tasks.pidns.groups.values()):
                 if other.exit_status is None:
                     self.exit_group(other, SIGKILL)
+
+    def _notify_exit(self, tg: ThreadGroup, parent: ThreadGroup, status: int) -> None:
+        """do_notify_parent: send `tg`'s exit signal (if any) to its parent, with its wait
+        status; a child exiting with SIGCHLD to a parent that ignores SIGCHLD or asked for
+        SA_NOCLDWAIT is reaped at once (the ignored signal is not sent)."""
+        sig = tg.exit_signal
+        act = parent.sigaction(SIGCHLD)
+        if sig == SIGCHLD and (act.handler == SIG_IGN or act.flags & SA_NOCLDWAIT):
+            self.reap(tg, waited=False)  # sigaction(2): the child does not become a zombie
+            if act.handler == SIG_IGN:
+                sig = 0
+        if 0 < sig <= 64:  # valid_signal: a legacy clone(2)'s exit signal may be none
+            code = (CLD_DUMPED if status & CORE_DUMPED else CLD_KILLED) if status & 0x7F else CLD_EXITED
+            value = status & 0x7F if status & 0x7F else (status >> 8) & 0xFF
+            self.send_signal(parent, sig, siginfo(sig, code, tg.tgid, 0, value, chld=True))
+        parent.child_exit.notify()
+
+    def _end_address_space(self, mm: MemoryManager) -> None:
+        """Its last process is gone: kill its stub and free its memory."""
+        if mm.stub is not None:
+            if self.memfile.written is not None:
+                self.memfile.written.retire(mm)
+            mm.stub.kill()
+            mm.stub = None
+        fd = self.faults.pop(mm, None)
+        if fd is not None:
+            self.loop.remove_reader(fd)
+            os.close(fd)
+        mm.release_all()
+
+    def shared(self, tg: ThreadGroup, what: str) -> bool:
+        """Whether another live process holds `tg`'s `what` ("mm", "fds", "fs" or
+        "sigactions"): one made by clone(2) with CLONE_VM, CLONE_FILES, CLONE_FS or
+        CLONE_SIGHAND, or the maker of `tg`."""
+        mine = getattr(tg, what)
+        return any(g is not tg and g.exit_status is None and getattr(g, what) is mine
+                   for g in self.tasks.pidns.groups.values())
 
     def reap(self, tg: ThreadGroup, waited: bool = True) -> None:
         """Forget an exited child: its pid is free again. One `waited` for adds its CPU

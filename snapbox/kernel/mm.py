@@ -675,22 +675,6 @@ class MemoryManager:
                              brk=self.brk, exe=self.exe, env_area=self.env_area, auxv=self.auxv,
                              coredump_filter=self.coredump_filter)
 
-    def share(self) -> MemoryManager:
-        """The address space of a vfork child (vfork(2), clone(2) with CLONE_VM and
-        CLONE_VFORK): the parent's memory itself, not a copy, in VMAs of its own that are
-        marked shared, so that the child's execve or exit frees none of it. The parent
-        waits meanwhile, as Linux has it; a clone's based ranges become the MemoryFile's
-        first, so that both see the one copy. Not yet attached to a stub."""
-        self.unshare()
-        vmas = []
-        for v in self.vmas:
-            vmas.append(Vma(v.start, v.end, v.prot, v.offset, v.kind, v.file_offset, v.shared or v.pages is None,
-                            v.charged, v.pages, node=v.node, copied=v.copied))
-            hold(v)
-        return MemoryManager(memfile=self.memfile, cache=self.cache, vmas=vmas, brk_start=self.brk_start,
-                             brk=self.brk, exe=self.exe, env_area=self.env_area, auxv=self.auxv,
-                             coredump_filter=self.coredump_filter)
-
     def attach(self, stub: Stub, lazy: bool = False) -> None:
         """Give this address space a (fresh) stub and map every VMA into it. A stub only
         maps loaded memory (a lazy restore may not have loaded all yet), unless `lazy`: the

@@ -151,17 +151,25 @@ def unshare(t, flags: int) -> None:
         flags |= CLONE_FS
     if flags & CLONE_NEWIPC:
         flags |= CLONE_SYSVSEM
-    alone = len(t.tg.tasks) == 1
+    tg = t.tg
+    alone = len(tg.tasks) == 1
     if flags & (CLONE_THREAD | CLONE_SIGHAND | CLONE_VM) and not alone:
         raise SyscallError(errno.EINVAL)  # a thread cannot leave its process
+    if (flags & (CLONE_SIGHAND | CLONE_VM) and t.kernel.shared(tg, "sigactions")
+            or flags & CLONE_VM and t.kernel.shared(tg, "mm")):
+        raise SyscallError(errno.EINVAL)  # nor a process the handlers or memory it shares
     new_user, new_uts, new_ipc = made(t, flags)
     if flags & (CLONE_FILES | CLONE_FS) and not alone:
         _refuse("a thread's own fd table or cwd (unshare CLONE_FILES or CLONE_FS)")
+    if flags & CLONE_FILES and t.kernel.shared(tg, "fds"):
+        tg.fds = tg.fds.copy()
+    if flags & CLONE_FS and t.kernel.shared(tg, "fs"):
+        tg.fs = tg.fs.copy()
     if flags & CLONE_SYSVSEM:
         ipc(t).exited(t.tg.tgid)  # its semaphore adjustments are applied, as at exit
     if new_user is not None:
         enters(t.cred, new_user)
-    t.tg.uts, t.tg.ipc = new_uts, new_ipc
+    tg.uts, tg.ipc = new_uts, new_ipc
 
 
 def setns(t, f, nstype: int) -> None:

@@ -91,12 +91,14 @@ FRAME_SIZE = 8 + _UCONTEXT.size + SIGINFO_SIZE
 EFLAGS_USER = 0x254DD5  # the flags rt_sigreturn lets user space set (FIX_EFLAGS)
 
 
-def siginfo(sig: int, code: int, pid: int = 0, uid: int = 0, status: int = 0, addr: int | None = None) -> bytes:
-    """A siginfo_t: kill-style (pid, uid), SIGCHLD-style (pid, uid, status) or fault (addr)."""
+def siginfo(sig: int, code: int, pid: int = 0, uid: int = 0, status: int = 0, addr: int | None = None,
+            chld: bool = False) -> bytes:
+    """A siginfo_t: kill-style (pid, uid), SIGCHLD-style (pid, uid, status; `chld`: a
+    child's exit signal other than SIGCHLD) or fault (addr)."""
     head = struct.pack("<iii4x", sig, 0, code)
     if addr is not None:
         body = struct.pack("<Q", addr)
-    elif sig == SIGCHLD:
+    elif sig == SIGCHLD or chld:
         body = struct.pack("<iIi", pid, uid, status)
     else:
         body = struct.pack("<iI", pid, uid)

@@ -71,6 +71,9 @@ class FSContext:
     cwd: Dir
     umask: int = 0o022
 
+    def copy(self) -> FSContext:
+        return FSContext(root=self.root, cwd=self.cwd, umask=self.umask)
+
 
 @savable
 @dataclass(eq=False)
@@ -97,6 +100,7 @@ class ThreadGroup:
     maxrss: int = 0  # the highest resident size (bytes) of the address spaces it has left (exec, exit)
     io_done: list = field(default_factory=lambda: [0, 0, 0, 0])  # Task.io of its threads that have ended
     parent_tid: int = 0  # the thread of its parent that made it (/proc/PID/task/TID/children)
+    exit_signal: int = 17  # what its exit sends its parent (SIGCHLD; a "clone" child's other, or none)
     children_maxrss: int = 0  # the highest maxrss of its children waited for, and of theirs
     child_exit: WaitQueue = field(default_factory=WaitQueue)  # wait4 callers; fired when a child exits
     pgid: int = 0  # process group id

@@ -469,6 +469,15 @@ class Stub:
         if r < 0:
             raise StubError(f"stub {self.pid}: arch_prctl {code:#x} failed: {os.strerror(-r)}")
 
+    def release_thread(self, tid: int) -> None:
+        """Host thread `tid` (stopped) runs no task any more: end it, unless it is the
+        stub's main thread, which stays stopped for good (the host keeps a process's
+        memory reachable through /proc/PID/mem only while its main thread lives)."""
+        if tid == self.pid:
+            self.clobbered.discard(tid)
+            return
+        self.exit_thread(tid)
+
     def exit_thread(self, tid: int) -> None:
         """End host thread `tid` (stopped) of this stub; the others go on."""
         self._enter(tid, SYS_EXIT, (0,))

@@ -66,11 +66,15 @@ def test_processes_of_a_dynamic_shell_share_one_copy_of_libc():
     k = Kernel.boot("/", [b"/bin/sh", b"-c", b"/bin/sleep 5 & /bin/sleep 5"], [b"PATH=/bin"])
     k.start()
 
+    def address_spaces() -> list:
+        """Those of the processes (a vfork child shares its parent's until it execs)."""
+        return list({id(tg.mm): tg.mm for tg in k.tasks.pidns.groups.values()}.values())
+
     def libc_text() -> dict[int, set[int]]:
-        """pid -> MemoryFile offsets of the libc text each process maps."""
-        return {tg.tgid: {v.offset for v in tg.mm.vmas
-                          if v.pages is not None and v.pages.path.endswith("libc.so.6") and v.prot & PROT_EXEC}
-                for tg in k.tasks.pidns.groups.values()}
+        """address space -> MemoryFile offsets of the libc text it maps."""
+        return {id(mm): {v.offset for v in mm.vmas
+                         if v.pages is not None and v.pages.path.endswith("libc.so.6") and v.prot & PROT_EXEC}
+                for mm in address_spaces()}
 
     deadline = time.monotonic() + 30
     try:
@@ -80,8 +84,7 @@ def test_processes_of_a_dynamic_shell_share_one_copy_of_libc():
         libc = [p for p in k.file_cache.files if p.path.endswith("libc.so.6")]
         assert len(libc) == 1
         assert len(set.union(*text.values())) == len(next(iter(text.values())))  # the same pages everywhere
-        groups = k.tasks.pidns.groups.values()
-        assert libc[0].users == sum(v.pages is libc[0] for tg in groups for v in tg.mm.vmas)
+        assert libc[0].users == sum(v.pages is libc[0] for mm in address_spaces() for v in mm.vmas)
         assert os.path.samefile(os.path.join("/", libc[0].path), "/lib/x86_64-linux-gnu/libc.so.6")
     finally:
         k.shutdown()

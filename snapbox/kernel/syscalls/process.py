@@ -180,12 +180,12 @@ def setrlimit(t, resource, new):
 
 SIGCHLD = 17
 CLONE_VM, CLONE_SIGHAND, CLONE_PIDFD, CLONE_VFORK, CLONE_THREAD = 0x100, 0x800, 0x1000, 0x4000, 0x10000
-CLONE_DETACHED, CLONE_PARENT_SETTID = 0x400000, 0x100000
+CLONE_DETACHED, CLONE_PARENT_SETTID, CLONE_PARENT, CLONE_FS, CLONE_NEWNS = 0x400000, 0x100000, 0x8000, 0x200, 0x20000
+CLONE_SETTLS = 0x80000
 WNOHANG, WUNTRACED, WEXITED, WCONTINUED, WNOWAIT = 1, 2, 4, 8, 0x01000000
 __WNOTHREAD, __WALL, __WCLONE = 0x20000000, 0x40000000, 0x80000000
 P_ALL, P_PID, P_PGID, P_PIDFD = 0, 1, 2, 3
 CLD_EXITED, CLD_KILLED, CLD_DUMPED, CLD_STOPPED, CLD_CONTINUED = 1, 2, 3, 5, 6
-_shared_vm_logged = [False]
 
 
 @syscall(NR.unshare)
@@ -233,20 +233,23 @@ def _vforked(t, nr: int, start) -> int:
 def clone(t, flags, stack, ptid, ctid, tls, *, nr=NR.clone, pidfd=None):
     """clone(2); clone3 comes here too, with its `pidfd` address (clone's CLONE_PIDFD
     writes the pidfd where CLONE_PARENT_SETTID writes the tid, so not both)."""
+    if nr == NR.clone:
+        flags &= CLONE_LEGACY_FLAGS
     if flags & CLONE_PIDFD:
         if flags & (CLONE_THREAD | CLONE_DETACHED) or (pidfd is None and flags & CLONE_PARENT_SETTID):
             raise SyscallError(errno.EINVAL)
         pidfd = ptid if pidfd is None else pidfd
+    # clone(2)'s EINVALs: a thread shares handlers, handlers are shared with memory, init
+    # has no parent to share, and CLONE_NEWNS cannot share a filesystem context.
+    if flags & CLONE_THREAD and not flags & CLONE_SIGHAND or flags & CLONE_SIGHAND and not flags & CLONE_VM:
+        raise SyscallError(errno.EINVAL)
+    if flags & CLONE_PARENT and t.tg is t.kernel.tasks.init or flags & CLONE_NEWNS and flags & CLONE_FS:
+        raise SyscallError(errno.EINVAL)
+    if flags & CLONE_SETTLS and tls >= USER_ADDR_LIMIT:
+        raise SyscallError(errno.EPERM)  # as arch_prctl(ARCH_SET_FS) refuses it
     if flags & CLONE_THREAD:
-        if flags & (CLONE_VM | CLONE_SIGHAND) != CLONE_VM | CLONE_SIGHAND:
-            raise SyscallError(errno.EINVAL)  # clone(2): a thread shares memory and handlers
         namespaces.for_clone(t, flags)
         return t.kernel.clone_thread(t, flags, stack, ptid, ctid, tls)
-    if flags & CLONE_VM and not flags & CLONE_VFORK:
-        if not _shared_vm_logged[0]:
-            _shared_vm_logged[0] = True
-            log.warning("clone of a process sharing its parent's memory: not supported yet (ENOSYS)")
-        raise SyscallError(errno.ENOSYS)
 
     def start() -> int:
         pid = t.kernel.fork(t, flags, stack, ptid, ctid, tls)
@@ -263,14 +266,35 @@ def clone(t, flags, stack, ptid, ctid, tls, *, nr=NR.clone, pidfd=None):
 _CLONE_ARGS = struct.Struct("<QQQQQQQQ")  # flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size, tls
 
 
+CLONE_ARGS_SIZE_VER0, CLONE_ARGS_SIZE_VER2 = 64, 88
+CLONE_LEGACY_FLAGS, CLONE_CLEAR_SIGHAND, CLONE_INTO_CGROUP = 0xFFFFFFFF, 0x100000000, 0x200000000
+CSIGNAL = 0xFF
+
+
 @syscall(NR.clone3, stopped=True)
 def clone3(t, args, size):
-    if size < 64:
+    """clone3(2): the arguments of clone(2) in a struct clone_args of `size` bytes (a
+    larger struct than this kernel knows is fine if its extra bytes are zero); set_tid
+    and cgroups are not supported (EINVAL, logged)."""
+    if size < CLONE_ARGS_SIZE_VER0:
         raise SyscallError(errno.EINVAL)
-    flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size, tls = \
-        _CLONE_ARGS.unpack(t.mm.read(args, 64))
-    top = stack + stack_size if stack else 0
-    return clone(t, flags | (exit_signal & 0xFF), top, parent_tid, child_tid, tls, nr=NR.clone3, pidfd=pidfd)
+    if size > 4096:
+        raise SyscallError(errno.E2BIG)
+    raw = t.mm.read(args, size)
+    if any(raw[CLONE_ARGS_SIZE_VER2:]):
+        raise SyscallError(errno.E2BIG)
+    raw = raw.ljust(CLONE_ARGS_SIZE_VER2, b"\0")
+    flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size, tls = _CLONE_ARGS.unpack(raw[:64])
+    set_tid, set_tid_size, cgroup = struct.unpack("<QQQ", raw[64:88])
+    if (flags & ~(CLONE_LEGACY_FLAGS | CLONE_CLEAR_SIGHAND | CLONE_INTO_CGROUP) or flags & CSIGNAL
+            or flags & CLONE_CLEAR_SIGHAND and flags & CLONE_SIGHAND or exit_signal > 64
+            or flags & (CLONE_THREAD | CLONE_PARENT) and exit_signal or bool(stack) != bool(stack_size)
+            or set_tid_size > 32 or set_tid_size and not set_tid or set_tid and not set_tid_size):
+        raise SyscallError(errno.EINVAL)
+    if set_tid_size or flags & CLONE_INTO_CGROUP:
+        log.warning("clone3 with set_tid or CLONE_INTO_CGROUP: not supported (EINVAL)")
+        raise SyscallError(errno.EINVAL)
+    return clone(t, flags | exit_signal, stack + stack_size, parent_tid, child_tid, tls, nr=NR.clone3, pidfd=pidfd)
 
 
 PIDFD_NONBLOCK = O_NONBLOCK
@@ -357,7 +381,15 @@ def execveat(t, dirfd, path, argv, envp, flags):
     return 0
 
 
-def _matches(t, child, pid: int) -> bool:
+def _matches(t, child, pid: int, options: int) -> bool:
+    """eligible_child: `child` is one the wait asks about by `pid` (wait4's: one process,
+    any, this process group or another) and by kind: a "clone" child (whose exit signal
+    is not SIGCHLD) only with __WCLONE, the others only without, both with __WALL; with
+    __WNOTHREAD, only one the calling thread made."""
+    if options & __WNOTHREAD and child.parent_tid != t.tid:
+        return False
+    if not options & __WALL and (child.exit_signal != SIGCHLD) != bool(options & __WCLONE):
+        return False
     if pid > 0:
         return child.tgid == pid
     if pid == -1:
@@ -375,10 +407,10 @@ def _rusage(t, addr: int, child) -> None:
 
 @syscall(NR.wait4)
 def wait4(t, pid, status, options, rusage):
-    pid, options = i32(pid), i32(options)
+    pid, options = i32(pid), options & 0xFFFFFFFF
     if options & ~(WNOHANG | WUNTRACED | WCONTINUED | __WNOTHREAD | __WALL | __WCLONE):
         raise SyscallError(errno.EINVAL)
-    children = [c for c in t.tg.children if _matches(t, c, pid)]
+    children = [c for c in t.tg.children if _matches(t, c, pid, options)]
     if not children:
         raise SyscallError(errno.ECHILD)
     for child in children:
@@ -405,7 +437,7 @@ def wait4(t, pid, status, options, rusage):
 
 @syscall(NR.waitid)
 def waitid(t, idtype, id_, infop, options, rusage):
-    idtype, id_, options = i32(idtype), i32(id_), i32(options)
+    idtype, id_, options = i32(idtype), i32(id_), options & 0xFFFFFFFF
     pidfd = None
     if idtype == P_ALL:
         pid = -1
@@ -420,9 +452,10 @@ def waitid(t, idtype, id_, infop, options, rusage):
         pid, pidfd = f.group.tgid, f
     else:
         raise SyscallError(errno.EINVAL)
-    if not options & (WEXITED | WUNTRACED | WCONTINUED):
+    if (options & ~(WNOHANG | WNOWAIT | WEXITED | WUNTRACED | WCONTINUED | __WNOTHREAD | __WCLONE | __WALL)
+            or not options & (WEXITED | WUNTRACED | WCONTINUED)):
         raise SyscallError(errno.EINVAL)
-    children = [c for c in t.tg.children if (c is pidfd.group if pidfd else _matches(t, c, pid))]
+    children = [c for c in t.tg.children if _matches(t, c, pid, options)]
     if not children:
         raise SyscallError(errno.ECHILD)
     for child in children:

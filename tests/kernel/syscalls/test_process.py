@@ -79,3 +79,21 @@ def test_a_pidfd_polled_through_a_checkpoint_wakes_at_the_exit(snapbox, images, 
     got = held_through_a_restore(snapbox, images, tmp_path, "pidfd", "done", lazy=False)
     assert "poll after the exit: 1, readable 1" in got
     assert "waitid: status 4" in got
+
+
+@pytest.mark.parametrize("bundle", ["sharing", "sharing-glibc"])
+def test_processes_sharing_memory_files_and_handlers_match_native(snapbox, images, bundle):
+    """clone(2) of processes that share the maker's memory, fd table, cwd and handlers;
+    exit signals other than SIGCHLD and the waits that see them; CLONE_PARENT; a sharer
+    outliving its maker, and one that execs; unshare of what is shared; clone3's checks."""
+    want = native_fixture(images, bundle)
+    assert "CLONE_VM child: exited 7, word 41, its mapping 'made by the child'" in want
+    assert "after its maker: word 101" in want
+    assert same_output(snapbox("run", "--bundle", str(images / bundle), "sh").stdout, want)
+
+
+def test_processes_sharing_memory_go_on_together_after_a_restore(snapbox, images, tmp_path):
+    """A maker and a CLONE_VM child, checkpointed while they pass a counter back and forth
+    in the memory they share, keep sharing it when restored (one address space, one stub)."""
+    got = held_through_a_restore(snapbox, images, tmp_path, "sharing", "done", lazy=False)
+    assert got == ["holding", "after: 40 rounds answered, child exited 0", "done"]
