@@ -340,6 +340,8 @@ class Lifecycle:
             t.mm.write(ptid, tid_bytes)
         if flags & CLONE_CHILD_CLEARTID:
             child.clear_child_tid = ctid
+        if flags & (CLONE_VM | CLONE_VFORK) != CLONE_VM:
+            child.altstack = t.altstack  # kept, unless the child runs beside the caller in its memory
         regs = ptrace.copy_regs(t.regs)
         regs.rax = 0
         regs.orig_rax = MASK64

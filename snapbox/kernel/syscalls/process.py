@@ -455,11 +455,13 @@ def waitid(t, idtype, id_, infop, options, rusage):
     if (options & ~(WNOHANG | WNOWAIT | WEXITED | WUNTRACED | WCONTINUED | __WNOTHREAD | __WCLONE | __WALL)
             or not options & (WEXITED | WUNTRACED | WCONTINUED)):
         raise SyscallError(errno.EINVAL)
-    children = [c for c in t.tg.children if _matches(t, c, pid, options)]
+    # A zombie is no child to a wait that does not ask for exits (wait_task_zombie).
+    children = [c for c in t.tg.children
+                if _matches(t, c, pid, options) and (options & WEXITED or c.exit_status is None)]
     if not children:
         raise SyscallError(errno.ECHILD)
     for child in children:
-        if child.exit_status is not None and options & WEXITED:
+        if child.exit_status is not None:
             st = child.exit_status
             if st & 0x7F:
                 code, value = (CLD_DUMPED if st & 0x80 else CLD_KILLED), st & 0x7F
