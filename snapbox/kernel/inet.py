@@ -452,6 +452,15 @@ class InetSocket(UnixSocket):
         return InetSocket(flags=2, ino=t.kernel.pipe_ino, family=self.family, local=local, remote=remote,
                           options=dict(self.options), host=conn, kernel=t.kernel)
 
+    def _count_reset(self) -> None:
+        """This end closes with a reset (RST): an established end here, and the peer's if it
+        was established, go to CLOSE (EstabResets, as tcp_set_state counts them)."""
+        mib(self.kernel, "Tcp.OutRsts")
+        if self.state() in (TCP_ESTABLISHED, TCP_CLOSE_WAIT):
+            mib(self.kernel, "Tcp.EstabResets")
+        if self.outgoing.readers > 0 and self.incoming.writers > 0:  # the peer is open, not shut for writing
+            mib(self.kernel, "Tcp.EstabResets")
+
     def stop_listening(self) -> None:
         super().stop_listening()
         self.refuse_waiting()
@@ -469,7 +478,10 @@ class InetSocket(UnixSocket):
         if self.outgoing is not None and on and seconds == 0:
             self.outgoing.reset = self.outgoing.aborted = True  # socket(7): a zero linger resets
         if self.connected and not embryo:
-            self._linger(self.outgoing.aborted or self.incoming.has_unread() or self.incoming.aborted)
+            reset = self.outgoing.aborted or self.incoming.has_unread()
+            if reset and self.kernel is not None:
+                self._count_reset()
+            self._linger(reset or self.incoming.aborted)
         self.shut_rd = False  # (its reading end is counted until now: see shutdown)
         super().release(embryo)
         if listening:
@@ -505,6 +517,8 @@ class InetSocket(UnixSocket):
         self.incoming, self.outgoing = down, up
         self.remote = remote
         self.cred = list(listener.cred)
+        mib(kernel, "Tcp.ActiveOpens")
+        mib(kernel, "Tcp.PassiveOpens")
         self.size_outgoing()
         server.size_outgoing()
         listener.pending.append(server)
@@ -538,6 +552,7 @@ class InetSocket(UnixSocket):
         waiting, self.syn_waiting = self.syn_waiting, []
         for s, _ in waiting:
             if s.syn_to is self:
+                refused(self.kernel)
                 s.syn_to, s.remote = None, ()
                 s.refused, s.error, s.shut_rd, s.shut_wr = True, errno.ECONNREFUSED, True, True
                 s.changed.notify()
@@ -735,7 +750,12 @@ class UdpSocket(DatagramSocket):
         if not flags & MSG_PEEK:
             self.queue.pop(0)
             self.queued -= len(data)
+            mib(t.kernel, f"{self.mib_name}.InDatagrams")  # as udp_recvmsg counts it: when read
         return data[:count], tuple(source), len(data), self.control(source, marks, stamp)
+
+    @property
+    def mib_name(self) -> str:
+        return "UdpLite" if self.protocol == IPPROTO_UDPLITE else "Udp"
 
     def control(self, source: tuple, marks, stamp: int) -> list[tuple[int, int, bytes]]:
         """The control messages (level, type, data) recvmsg gives with a datagram from
@@ -849,7 +869,7 @@ class UdpSocket(DatagramSocket):
             p.aim()
 
     def stat(self) -> dict:
-        return dict(dev=0x8, ino=self.ino, mode=0o140777, nlink=1, uid=0, gid=0, rdev=0, size=0, blksize=4096,
+        return dict(dev=0x8, ino=self.ino, mode=0o140777, nlink=1, uid=self.owner[0], gid=self.owner[1], rdev=0, size=0, blksize=4096,
                     blocks=0, atime=0, mtime=0, ctime=0)
 
     def describe(self) -> str:
@@ -942,13 +962,18 @@ def send_datagram(t, s: UdpSocket, data: bytes, dest: tuple, sent: dict | None =
         connected = h.remote and (_ip(h.remote[0]), h.remote[1]) == (_ip(ip), port)
         return h.send(t, bytes(data), 0, nonblock, dest=None if connected else (ip, port), ancillary=ancillary)
     ip = local_destination(ip)
+    mib(t.kernel, f"{s.mib_name}.OutDatagrams")
     if target is None:
+        mib(t.kernel, f"{s.mib_name}.NoPorts")
         s.unreachable((ip, port), data)
         return len(data)
     v4 = isinstance(_ip(ip), ipaddress.IPv4Address)
     if target.accepts(s, len(data)):
         target.deliver(("127.0.0.1" if v4 else "::1", s.local[1]), bytes(data),
                        (*s.marks(v4, sent), (ip, port, LOOPBACK_INDEX)))
+    else:  # its receive buffer is full: dropped, as __udp_queue_rcv_skb counts it
+        mib(t.kernel, f"{s.mib_name}.RcvbufErrors")
+        mib(t.kernel, f"{s.mib_name}.InErrors")
     return len(data)
 
 
@@ -957,6 +982,18 @@ def _translated(marks: tuple | None) -> tuple | None:
     port's, a masquerade's): where it arrived is an address of the host's, not the
     sandbox's, so it is left unknown (no IP_PKTINFO or IP_ORIGDSTADDR for it)."""
     return None if marks is None else (*marks[:2], None)
+
+
+def refused(kernel) -> None:
+    """A connect over loopback found no listener: its SYN was answered by a reset."""
+    for name in ("Tcp.ActiveOpens", "Tcp.AttemptFails", "Tcp.OutRsts"):
+        mib(kernel, name)
+
+
+def mib(kernel, name: str, n: int = 1) -> None:
+    """Count `n` of SNMP counter `name` ("Tcp.ActiveOpens"): what /proc/net/snmp shows of
+    the sandbox's own loopback traffic."""
+    kernel.snmp[name] = kernel.snmp.get(name, 0) + n
 
 
 def has_outside(kernel) -> bool:

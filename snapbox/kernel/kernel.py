@@ -127,6 +127,8 @@ class Kernel(Lifecycle, Signaling, Checkpointing):
     ns_inum: int = 0xF0000100  # the last inode number given to a namespace (snapbox.kernel.namespaces)
     restores: int = 0  # times this sandbox was restored from an image (/proc/snapbox/restored)
     switches: int = 0  # times a task has blocked, giving up its CPU (/proc/stat's ctxt)
+    snmp: dict = field(default_factory=dict)  # "Tcp.ActiveOpens"... -> count (/proc/net/snmp, inet.mib)
+    net_sysctls: dict = field(default_factory=dict)  # net.* settings written inside (/proc/sys/net)
     ipc: IpcNamespace = field(default_factory=IpcNamespace)  # System V message queues, semaphores, shm
     ptys: dict = field(default_factory=dict)  # pseudo-terminal index -> tty.Pty
     inotify_cookie: int = 0  # the last cookie tying a rename's two inotify events

@@ -159,7 +159,7 @@ class NetlinkSocket(DatagramSocket):
         self.queue.clear()
 
     def stat(self) -> dict:
-        return dict(dev=0x8, ino=self.ino, mode=0o140777, nlink=1, uid=0, gid=0, rdev=0, size=0, blksize=4096,
+        return dict(dev=0x8, ino=self.ino, mode=0o140777, nlink=1, uid=self.owner[0], gid=self.owner[1], rdev=0, size=0, blksize=4096,
                     blocks=0, atime=0, mtime=0, ctime=0)
 
     def describe(self) -> str:

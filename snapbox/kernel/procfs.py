@@ -45,6 +45,7 @@ from snapbox.kernel.host import UTS_RELEASE, UTS_VERSION, HostFile, host_meminfo
 from snapbox.kernel.ipc import MSGMAX, MSGMNB, MSGMNI, SEMMNI, SEMMNS, SEMMSL, SEMOPM, SHMALL, SHMMAX, SHMMNI
 from snapbox.kernel.mm import MAX_MAP_COUNT, MMAP_MIN_ADDR, VVAR
 from snapbox.kernel.namespaces import KINDS, UTS_NAMES, namespace_of, rename, uts
+from snapbox.kernel import procnet
 from snapbox.kernel.pipe import PipeFile
 from snapbox.kernel.signals import SIG_DFL, SIG_IGN
 from snapbox.kernel.userns import show_map, write_map, write_setgroups
@@ -68,7 +69,7 @@ WRITABLE = ("oom_score_adj", "mem", "comm", "uid_map", "gid_map", "setgroups", "
 ZOMBIE_GONE = ("environ", "mem", "smaps_rollup")  # a zombie's: ESRCH (no memory to show)
 PID_LINKS = ("exe", "cwd", "root")
 TOP_FILES = ("stat", "meminfo", "cpuinfo", "uptime", "loadavg", "version", "cmdline", "devices", "filesystems")
-TOP_LINKS = {"mounts": "self/mounts"}
+TOP_LINKS = {"mounts": "self/mounts", "net": "self/net"}
 USER_HZ = 100
 RLIMIT_SIGPENDING, SIGPENDING_DEFAULT = 11, 4096
 OOM_SCORE_ADJ_MIN, OOM_SCORE_ADJ_MAX = -1000, 1000
@@ -275,6 +276,8 @@ class ProcFile(OpenFile):
             return len(data)
         if self.node.name == "sys/net/ipv4/ip_local_port_range":
             return _write_port_range(t, data)
+        if self.node.name[4:] in NET_SETTINGS:
+            return _write_setting(t, self.node.name[4:], data)
         if self.node.name != "snapbox/checkpoint":
             # A file of its own with no write: EIO (proc_reg_write); a process's, EINVAL (vfs_write).
             raise SyscallError(errno.EINVAL if self.node.pid else errno.EIO)
@@ -458,6 +461,9 @@ def lookup(d: ProcDir, name: str) -> Inode:
         if name in PID_LINKS:
             return ProcNode(ino=_ino(at, name), mode=stat.S_IFLNK | 0o777, kernel=k, pid=d.pid, name=name,
                             ctime=now)
+        if name == "net":
+            return ProcDir(ino=_ino(at, name), mode=stat.S_IFDIR | 0o555, nlink=2, name=name, parent=d, kernel=k,
+                           pid=d.pid, kind="net", ctime=now, mtime=now, atime=now)
         if name in ("fd", "fdinfo", "ns") or name == "task" and d.kind == "pid":
             threads = len(groups[d.pid].tasks) if name == "task" else 0  # each one's directory links back
             return ProcDir(ino=_ino(at, name), mode=stat.S_IFDIR | (0o511 if name == "ns" else 0o555 if name == "task"
@@ -470,6 +476,10 @@ def lookup(d: ProcDir, name: str) -> Inode:
             return ProcDir(ino=_ino(int(name), ""), mode=stat.S_IFDIR | 0o555, nlink=2, name=name, parent=d,
                            kernel=k, pid=d.pid, tid=int(name), kind="tid", ctime=now, mtime=now, atime=now,
                            uid=tg.cred.ids[1], gid=tg.cred.ids[4])
+    elif d.kind == "net":
+        if name in procnet.FILES:
+            return ProcNode(ino=_ino(d.pid, "net" + name), mode=stat.S_IFREG | 0o444, kernel=k, pid=d.pid,
+                            name="net/" + name, ctime=now)
     elif d.kind == "ns":
         if name in KINDS:
             return ProcNode(ino=_ino(d.pid, "ns" + name), mode=stat.S_IFLNK | 0o777, kernel=k, pid=d.pid,
@@ -500,7 +510,9 @@ def list_dir(d: ProcDir) -> list[str]:
     if d.pid not in groups:
         raise SyscallError(errno.ENOENT)  # a directory of a process gone (and reaped) since it was opened
     if d.kind in ("pid", "tid"):
-        return [*PID_FILES, *PID_LINKS, "fd", "fdinfo", "ns", *(["task"] if d.kind == "pid" else TASK_FILES)]
+        return [*PID_FILES, *PID_LINKS, "fd", "fdinfo", "net", "ns", *(["task"] if d.kind == "pid" else TASK_FILES)]
+    if d.kind == "net":
+        return list(procnet.FILES)
     if d.kind == "ns":
         return list(KINDS)
     tg = groups.get(d.pid)
@@ -576,6 +588,8 @@ def _content(node: ProcNode) -> bytes:
         raise SyscallError(errno.ESRCH)
     if name in ("uid_map", "gid_map"):
         return show_map(tg.user_ns, _reader_ns(k), name[:3]).encode()
+    if name.startswith("net/"):
+        return procnet.content(k, name[4:]).encode()  # the one network namespace's
     if tg.exit_status is not None:
         return _zombie(k, tg, name).encode()
     if name == "cmdline":
@@ -1019,7 +1033,25 @@ SYSCTL = {
     "vm/mmap_min_addr": 0o444, "fs/nr_open": 0o444, "net/core/somaxconn": 0o444, "net/core/wmem_max": 0o444,
     "net/core/rmem_max": 0o444, "kernel/overflowuid": 0o444, "kernel/overflowgid": 0o444,
     "net/ipv4/ip_local_port_range": 0o644, "kernel/randomize_va_space": 0o444, "vm/max_map_count": 0o444,
+    "net/ipv6/auto_flowlabels": 0o444, "net/ipv6/bindv6only": 0o444, "net/ipv6/ip6frag_time": 0o444,
+    "net/ipv6/ip_nonlocal_bind": 0o444, "net/ipv4/tcp_sack": 0o644, "net/ipv4/tcp_recovery": 0o644,
+    "net/ipv4/ip_forward": 0o644,
 }
+# Those of them a sandbox keeps as written (Kernel.net_sysctls), with their defaults: the
+# sentry's loopback neither forwards nor loses segments, so none changes what it does.
+NET_SETTINGS = {"net/ipv4/tcp_sack": 1, "net/ipv4/tcp_recovery": 1, "net/ipv4/ip_forward": 0}
+
+
+def _write_setting(t, path: str, data: bytes) -> int:
+    """A write of one integer (proc_dointvec: blanks around it, a sign) to a kept net setting."""
+    try:
+        value = int(data.split(b"\0")[0].strip() or b"x")
+    except ValueError:
+        raise SyscallError(errno.EINVAL) from None
+    if not -(1 << 31) <= value < 1 << 31:
+        raise SyscallError(errno.EINVAL)
+    t.kernel.net_sysctls[path] = value
+    return len(data)
 
 
 def _write_port_range(t, data: bytes) -> int:
@@ -1049,6 +1081,9 @@ def _sysctl(k, path: str) -> str:
         "net/ipv4/ip_local_port_range": "{}\t{}".format(*k.local_ports),
         "kernel/randomize_va_space": 0,  # snapbox places memory the same way each run
         "vm/max_map_count": MAX_MAP_COUNT,
+        "net/ipv6/auto_flowlabels": 1, "net/ipv6/bindv6only": 0, "net/ipv6/ip6frag_time": 60,
+        "net/ipv6/ip_nonlocal_bind": 0,
+        **{key: k.net_sysctls.get(key, default) for key, default in NET_SETTINGS.items()},
     }
     return f"{values[path]}\n"
 

@@ -240,6 +240,7 @@ class SocketFile(OpenFile):
     rcvtimeo: int = 0
     sndtimeo: int = 0  # SO_SNDTIMEO, as rcvtimeo: a send that blocks longer ends (see write_all)
     options: dict = field(default_factory=dict)  # (level, option) -> value, as setsockopt left it
+    owner: tuple = (0, 0)  # its inode's uid and gid: the fsuid and fsgid of who made (or accepted) it
 
     @property
     def passcred(self) -> bool:
@@ -501,7 +502,7 @@ class UnixSocket(SocketFile):
         self.changed.notify()
 
     def stat(self) -> dict:
-        return dict(dev=0x8, ino=self.ino, mode=stat.S_IFSOCK | 0o777, nlink=1, uid=0, gid=0, rdev=0,
+        return dict(dev=0x8, ino=self.ino, mode=stat.S_IFSOCK | 0o777, nlink=1, uid=self.owner[0], gid=self.owner[1], rdev=0,
                     size=0, blksize=PIPE_BUF, blocks=0, atime=0, mtime=0, ctime=0)
 
     def describe(self) -> str:
@@ -642,7 +643,7 @@ class UnixDgramSocket(SocketFile):
         self.room.notify()
 
     def stat(self) -> dict:
-        return dict(dev=0x8, ino=self.ino, mode=stat.S_IFSOCK | 0o777, nlink=1, uid=0, gid=0, rdev=0,
+        return dict(dev=0x8, ino=self.ino, mode=stat.S_IFSOCK | 0o777, nlink=1, uid=self.owner[0], gid=self.owner[1], rdev=0,
                     size=0, blksize=PIPE_BUF, blocks=0, atime=0, mtime=0, ctime=0)
 
     def describe(self) -> str:

@@ -26,7 +26,7 @@ from snapbox.kernel.inet import AF_INET, AF_INET6, AF_UNSPEC, DEFAULT_TTL, IPPRO
     IP_TTL, LOOPBACK_MSS, MSG_ERRQUEUE, SOL_IP, SOL_IPV6, SO_TIMESTAMP, SO_TIMESTAMPNS, STAMP_NSEC, STAMP_USEC, \
     IP_ADD_MEMBERSHIP, IP_DROP_MEMBERSHIP, IP_MULTICAST_ALL, IP_MULTICAST_IF, IP_MULTICAST_TTL, TCP_INFO, TCP_INQ, \
     TCP_MSS_DEFAULT, UDPLITE_RECV_CSCOV, UDPLITE_SEND_CSCOV, InetSocket, Ports, UdpSocket, \
-    aim_publications, bind_inet, has_outside, is_local, local_destination, masquerade_socket, masquerades, \
+    aim_publications, bind_inet, has_outside, refused, is_local, local_destination, masquerade_socket, masquerades, \
     moves_out, multicast_interface, pack_sockaddr, parse_sockaddr, seen_local, send_datagram
 from snapbox.kernel.netlink import AF_NETLINK, NETLINK_ROUTE, SOL_NETLINK, NetlinkSocket
 from snapbox.kernel.syscalls import NR, i32, syscall
@@ -88,6 +88,7 @@ def socket(t, domain, type_, protocol):
         if domain == AF_PACKET and not capable(t.tg, CAP_NET_RAW):
             raise SyscallError(errno.EPERM)  # as Linux's packet_create, before anything else
         raise SyscallError(errno.EAFNOSUPPORT, "only AF_UNIX, TCP, UDP and route netlink sockets exist in the sandbox")
+    s.owner = (t.tg.fsuid, t.tg.fsgid)
     return t.fds.install(s, cloexec=bool(i32(type_) & SOCK_CLOEXEC))
 
 
@@ -123,6 +124,7 @@ def socketpair(t, domain, type_, protocol, sv):
         raise SyscallError(errno.EAFNOSUPPORT)
     kind = _unix_kind(kind, protocol)
     a, b = make_pair(t.kernel, i32(type_) & SOCK_NONBLOCK, kind)
+    a.owner = b.owner = (t.tg.fsuid, t.tg.fsgid)
     a.cred = [t.tg.tgid, t.tg.creds[1], t.tg.creds[4]]
     b.cred = list(a.cred)
     cloexec = bool(i32(type_) & SOCK_CLOEXEC)
@@ -345,6 +347,7 @@ def _connect_inet(t, s: InetSocket, addr: int, addrlen: int) -> int:
     if not local:
         raise SyscallError(errno.ENETUNREACH, "the sandbox has no network but loopback")
     if listener is None:
+        refused(t.kernel)
         if s.local:  # a refused connection gives its port back, as Linux's (bind(2) may follow)
             Ports(t.kernel.inet_ports).unbind(s)
         if s.flags & O_NONBLOCK:  # as on Linux, the reset comes after connect(2) has returned
@@ -489,6 +492,7 @@ def _accept4(t, fd, addr, addrlen, flags):
         raise SyscallError(errno.EINVAL)
     s = _stream(t, fd)
     conn = s.accept(t) if isinstance(s, InetSocket) else s.accept()
+    conn.owner = (t.tg.fsuid, t.tg.fsgid)
     conn.flags |= flags & SOCK_NONBLOCK
     try:
         new = t.fds.install(conn, cloexec=bool(flags & SOCK_CLOEXEC))

@@ -13,7 +13,7 @@ import textwrap
 
 import pytest
 
-from tests.conftest import held_through_a_restore, lines, native_fixture, same_output, wait_for
+from tests.conftest import busybox_bundle, held_through_a_restore, lines, native_fixture, same_output, wait_for
 
 
 @pytest.mark.parametrize("bundle", ["sockets", "sockets-glibc"])
@@ -236,3 +236,36 @@ def test_the_sandbox_has_its_own_ephemeral_port_range(snapbox, tmp_path, network
         *[f"{kind} bound to a port in the range True" for kind in (1, 1)], "1 EADDRINUSE",
         *[f"{kind} bound to a port in the range True" for kind in (2, 2)], "2 EADDRINUSE"], p.stderr
     assert open("/proc/sys/net/ipv4/ip_local_port_range").read() == host
+
+
+@pytest.mark.parametrize("bundle", ["procnet", "procnet-glibc"])
+def test_proc_net_shows_the_sandboxs_sockets_and_counts_like_linux(snapbox, images, bundle):
+    """/proc/net: the link to self/net, a process's TCP, UDP and unix sockets in tcp, udp
+    and unix with their states, owners and inodes, and the snmp counters they move."""
+    want = native_fixture(images, bundle)
+    assert "tcp listener: state 0A, address ours, port ours, uid ours" in want
+    assert same_output(snapbox("run", "--bundle", str(images / bundle), "pn").stdout, want)
+
+
+def test_net_settings_written_inside_are_kept_through_a_checkpoint(snapbox, images, tmp_path):
+    """net.ipv4.tcp_recovery, ip_forward and tcp_sack take integers (anything else EINVAL)
+    and read back as written, here and after a restore; ip_forward is snmp's Forwarding."""
+    script = ("cd /proc/sys/net/ipv4; echo 2 > tcp_recovery; echo 1 > ip_forward; "
+              "echo yes > tcp_sack || echo refused; cat tcp_recovery ip_forward tcp_sack; "
+              "grep '^Ip: [0-9]' /proc/net/snmp | cut -d' ' -f2; echo holding; sleep 1; "
+              "cat tcp_recovery ip_forward; echo done")
+    bundle = busybox_bundle(images, tmp_path, script)
+    out = tmp_path / "out.txt"
+    with open(out, "a") as f:
+        subprocess.run(snapbox.cmd("run", "--bundle", str(bundle), "--detach", "n0"), stdout=f, stderr=f,
+                       check=True, timeout=60, stdin=subprocess.DEVNULL)
+    wait_for(lambda: "holding" in lines(out), timeout=30, what="the settings")
+    image = tmp_path / "n.img"
+    snapbox("checkpoint", "--image-path", str(image), "n0")
+    snapbox("delete", "n0")
+    with open(out, "a") as f:
+        subprocess.run(snapbox.cmd("restore", "--bundle", str(bundle), "--image-path", str(image), "--detach", "n1"),
+                       stdout=f, stderr=f, check=True, timeout=60, stdin=subprocess.DEVNULL)
+    wait_for(lambda: "done" in lines(out), timeout=30, what="the restored sandbox")
+    got = [line for line in lines(out) if "Invalid argument" not in line]
+    assert got == ["refused", "2", "1", "1", "1", "holding", "2", "1", "done"]
