@@ -47,6 +47,18 @@ def host_meminfo() -> dict[str, int]:
     return out
 
 
+_memory_and_swap: list[int] = []
+
+
+def memory_and_swap() -> int:
+    """The host's memory and swap in bytes (read once): what vm.overcommit_memory 0's
+    heuristic lets no single allocation exceed."""
+    if not _memory_and_swap:
+        mem = host_meminfo()
+        _memory_and_swap.append(mem.get("MemTotal", 0) + mem.get("SwapTotal", 0) or 1 << 62)
+    return _memory_and_swap[0]
+
+
 def _dup_stdio(n: int) -> int:
     """Our stdio stream n for the sandbox; /dev/null if this process has none there."""
     try:

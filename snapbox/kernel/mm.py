@@ -24,6 +24,7 @@ from snapbox.kernel.errors import SyscallError
 from snapbox.kernel.filepages import FileCache, FilePages
 from snapbox.kernel.vfs import MemRegular
 from snapbox.memfile import PAGE_SIZE, MemoryFile, page_align
+from snapbox.kernel.host import memory_and_swap
 from snapbox.memfile.memfile import OutOfMemory
 from snapbox.platform.atomic import cmpxchg32
 from snapbox.platform.stub import APP_TOP, PROT_EXEC, PROT_READ, PROT_WRITE, Stub
@@ -282,6 +283,10 @@ class MemoryManager:
         return addr
 
     def _alloc(self, length: int, prot: int) -> int:
+        if prot and length > memory_and_swap():
+            # vm.overcommit_memory 0 (__vm_enough_memory's heuristic): more than memory and
+            # swap together could ever hold is refused at once.
+            raise SyscallError(errno.ENOMEM, "more than the host's memory and swap")
         try:
             return self.memfile.alloc(length, charge=prot != 0)
         except OutOfMemory:

@@ -223,8 +223,8 @@ class NsFile(OpenFile):
 @savable
 @dataclass(eq=False)
 class ProcFile(OpenFile):
-    """An open /proc file: a snapshot of its content taken at its first read (as Linux's
-    seq files make theirs), what later reads go on reading."""
+    """An open /proc file: a snapshot of its content taken by a read from its start (as
+    Linux's seq files and sysctl handlers make theirs), what later reads go on reading."""
 
     node: ProcNode | None = None
     content: bytes | None = None
@@ -250,13 +250,18 @@ class ProcFile(OpenFile):
         return (self.names.renamed,) if self.names is not None else ()
 
     def read(self, t, count: int, offset: int | None = None) -> bytes:
-        if self.content is None:
-            self.content = _content(self.node)
         pos = self.offset if offset is None else offset
+        if self.content is None or pos == 0 and not self._held_map():
+            self.content = _content(self.node)
         data = self.content[pos : pos + count]
         if offset is None:
             self.offset += len(data)
         return data
+
+    def _held_map(self) -> bool:
+        """An id map whose process is gone: the one taken at open is all there is to read."""
+        node = self.node
+        return node.name in ("uid_map", "gid_map") and node.pid not in node.kernel.tasks.pidns.groups
 
     def write(self, t, data: bytes, offset: int | None = None) -> int:
         """Only oom_score_adj and /proc/snapbox/checkpoint take writes (see the module's doc)."""
@@ -1035,7 +1040,7 @@ SYSCTL = {
     "net/ipv4/ip_local_port_range": 0o644, "kernel/randomize_va_space": 0o444, "vm/max_map_count": 0o444,
     "net/ipv6/auto_flowlabels": 0o444, "net/ipv6/bindv6only": 0o444, "net/ipv6/ip6frag_time": 0o444,
     "net/ipv6/ip_nonlocal_bind": 0o444, "net/ipv4/tcp_sack": 0o644, "net/ipv4/tcp_recovery": 0o644,
-    "net/ipv4/ip_forward": 0o644,
+    "net/ipv4/ip_forward": 0o644, "vm/overcommit_memory": 0o444,
 }
 # Those of them a sandbox keeps as written (Kernel.net_sysctls), with their defaults: the
 # sentry's loopback neither forwards nor loses segments, so none changes what it does.
@@ -1082,7 +1087,7 @@ def _sysctl(k, path: str) -> str:
         "kernel/randomize_va_space": 0,  # snapbox places memory the same way each run
         "vm/max_map_count": MAX_MAP_COUNT,
         "net/ipv6/auto_flowlabels": 1, "net/ipv6/bindv6only": 0, "net/ipv6/ip6frag_time": 60,
-        "net/ipv6/ip_nonlocal_bind": 0,
+        "net/ipv6/ip_nonlocal_bind": 0, "vm/overcommit_memory": 0,  # its heuristic: MemoryManager._alloc
         **{key: k.net_sysctls.get(key, default) for key, default in NET_SETTINGS.items()},
     }
     return f"{values[path]}\n"
