@@ -27,7 +27,7 @@ BUNDLES = ("counter", "counter-glibc", "sockets", "sockets-glibc", "inet", "inet
            "aio-glibc", "futex", "futex-glibc", "procfs", "procfs-glibc",
            "spawn", "spawn-glibc", "seccomp", "seccomp-glibc", "epolls", "epolls-glibc", "unshare", "unshare-glibc", "mounts", "mounts-glibc", "setid", "setid-glibc", "ptypkt", "ptypkt-glibc", "setns", "setns-glibc", "seccompnotify", "seccompnotify-glibc", "requeuepi", "requeuepi-glibc", "fowner", "fowner-glibc", "clocks", "clocks-glibc", "affinity", "affinity-glibc", "bigmap", "bigmap-glibc", "dirents", "dirents-glibc", "pidfd", "pidfd-glibc", "netif", "netif-glibc", "vdso", "vdso-glibc", "udplite", "udplite-glibc", "ipheader", "ipheader-glibc", "sigio", "sigio-glibc", "threadcreds", "unixcreds", "unixcreds-glibc",
            "threadcreds-glibc", "fileedges", "fileedges-glibc", "memlock",
-           "memlock-glibc", "execat", "execat-glibc", "userns", "userns-glibc", "pastend", "pastend-glibc", "writelimits", "sharing", "sharing-glibc", "procnet", "procnet-glibc",
+           "memlock-glibc", "execat", "execat-glibc", "userns", "userns-glibc", "pastend", "pastend-glibc", "writelimits", "sharing", "sharing-glibc", "procnet", "procnet-glibc", "keys", "keys-glibc",
            "writelimits-glibc")
 
 

@@ -187,10 +187,12 @@ class Creds:
     fsgid: int = 0
     caps: CapSets = field(default_factory=CapSets)
     user_ns: UserNamespace | None = None  # the user namespace it is in (None: the sandbox's first)
+    session_keyring: object = None  # its keys.Key, once it joined one (else its user's is used)
 
     def copy(self) -> Creds:
         """A thread's own copy, for a new thread or process (clone(2) copies credentials)."""
-        return Creds(list(self.ids), list(self.groups), self.fsuid, self.fsgid, self.caps.copy(), self.user_ns)
+        return Creds(list(self.ids), list(self.groups), self.fsuid, self.fsgid, self.caps.copy(), self.user_ns,
+                     self.session_keyring)
 
 
 def capable(tg, cap: int) -> bool:

@@ -31,6 +31,7 @@ from snapbox.kernel.filepages import FileCache
 from snapbox.kernel.host import HostFile
 from snapbox.kernel.inet import EPHEMERAL
 from snapbox.kernel.ipc import IpcNamespace, address_spaces
+from snapbox.kernel.keys import Keys
 from snapbox.kernel.lifecycle import Lifecycle, host_cpu_ns
 from snapbox.kernel.loop import TERMINAL_SIGNALS, EventLoop
 from snapbox.kernel.signaling import Signaling
@@ -129,6 +130,7 @@ class Kernel(Lifecycle, Signaling, Checkpointing):
     switches: int = 0  # times a task has blocked, giving up its CPU (/proc/stat's ctxt)
     snmp: dict = field(default_factory=dict)  # "Tcp.ActiveOpens"... -> count (/proc/net/snmp, inet.mib)
     net_sysctls: dict = field(default_factory=dict)  # net.* settings written inside (/proc/sys/net)
+    keys: Keys = field(default_factory=Keys)  # keyrings (snapbox.kernel.keys)
     ipc: IpcNamespace = field(default_factory=IpcNamespace)  # System V message queues, semaphores, shm
     ptys: dict = field(default_factory=dict)  # pseudo-terminal index -> tty.Pty
     inotify_cookie: int = 0  # the last cookie tying a rename's two inotify events

@@ -283,6 +283,12 @@ class ProcFile(OpenFile):
             return _write_port_range(t, data)
         if self.node.name[4:] in NET_SETTINGS:
             return _write_setting(t, self.node.name[4:], data)
+        if self.node.name in ("sys/kernel/keys/maxkeys", "sys/kernel/keys/root_maxkeys"):
+            value = _integer(data)
+            if value < 0:
+                raise SyscallError(errno.EINVAL)  # proc_dointvec_minmax's floor
+            setattr(t.kernel.keys, self.node.name.rsplit("/", 1)[1], value)
+            return len(data)
         if self.node.name != "snapbox/checkpoint":
             # A file of its own with no write: EIO (proc_reg_write); a process's, EINVAL (vfs_write).
             raise SyscallError(errno.EINVAL if self.node.pid else errno.EIO)
@@ -1040,22 +1046,28 @@ SYSCTL = {
     "net/ipv4/ip_local_port_range": 0o644, "kernel/randomize_va_space": 0o444, "vm/max_map_count": 0o444,
     "net/ipv6/auto_flowlabels": 0o444, "net/ipv6/bindv6only": 0o444, "net/ipv6/ip6frag_time": 0o444,
     "net/ipv6/ip_nonlocal_bind": 0o444, "net/ipv4/tcp_sack": 0o644, "net/ipv4/tcp_recovery": 0o644,
-    "net/ipv4/ip_forward": 0o644, "vm/overcommit_memory": 0o444,
+    "net/ipv4/ip_forward": 0o644, "vm/overcommit_memory": 0o444, "kernel/keys/maxkeys": 0o644,
+    "kernel/keys/root_maxkeys": 0o644,
 }
 # Those of them a sandbox keeps as written (Kernel.net_sysctls), with their defaults: the
 # sentry's loopback neither forwards nor loses segments, so none changes what it does.
 NET_SETTINGS = {"net/ipv4/tcp_sack": 1, "net/ipv4/tcp_recovery": 1, "net/ipv4/ip_forward": 0}
 
 
-def _write_setting(t, path: str, data: bytes) -> int:
-    """A write of one integer (proc_dointvec: blanks around it, a sign) to a kept net setting."""
+def _integer(data: bytes) -> int:
+    """The one integer of a sysctl write (proc_dointvec: blanks around it, a sign)."""
     try:
         value = int(data.split(b"\0")[0].strip() or b"x")
     except ValueError:
         raise SyscallError(errno.EINVAL) from None
     if not -(1 << 31) <= value < 1 << 31:
         raise SyscallError(errno.EINVAL)
-    t.kernel.net_sysctls[path] = value
+    return value
+
+
+def _write_setting(t, path: str, data: bytes) -> int:
+    """A write to a kept net setting."""
+    t.kernel.net_sysctls[path] = _integer(data)
     return len(data)
 
 
@@ -1088,6 +1100,7 @@ def _sysctl(k, path: str) -> str:
         "vm/max_map_count": MAX_MAP_COUNT,
         "net/ipv6/auto_flowlabels": 1, "net/ipv6/bindv6only": 0, "net/ipv6/ip6frag_time": 60,
         "net/ipv6/ip_nonlocal_bind": 0, "vm/overcommit_memory": 0,  # its heuristic: MemoryManager._alloc
+        "kernel/keys/maxkeys": k.keys.maxkeys, "kernel/keys/root_maxkeys": k.keys.root_maxkeys,
         **{key: k.net_sysctls.get(key, default) for key, default in NET_SETTINGS.items()},
     }
     return f"{values[path]}\n"

@@ -25,6 +25,7 @@ from snapbox.kernel.netlink import NetlinkSocket
 from snapbox.kernel.ipc import IpcNamespace, IpcPerm, MsgQueue, SemSet, ShmSegment
 from snapbox.kernel.mqueue import MessageQueue, MqueueFile
 from snapbox.kernel.creds import CapSets, Creds, UserNamespace
+from snapbox.kernel.keys import Key, Keys
 from snapbox.kernel.seccomp import INSN, SeccompFilter, SeccompListener, check
 from snapbox.kernel.socket import SocketNode, UnixSocket, make_pair
 from snapbox.kernel.procfs import FdNode, NsFile, NsNode, ProcFile, ProcMemFile, ProcNode, mount_proc
@@ -101,6 +102,7 @@ def build(name: str, kernel: Kernel):
     pages = kernel.file_cache.get(motd)
     kernel.file_cache.fill(pages, 0, 4096)
     userns = UserNamespace(owner=0, level=1, inum=0xF0000102, uid_map=[[0, 0, 1]], gid_map=[[0, 0, 1]])
+    ring = Key(0x1234567, "named", 1000, 100, 0x3F1B0000)
     perm = IpcPerm(key=0x5b0c, uid=1000, gid=100, cuid=0, cgid=0, mode=0o640, seq=3)
     ipc = IpcNamespace(msgs={0: MsgQueue(perm=perm, messages=[[2, b"queued"], [1, b""]], qbytes=99, stime=5,
                                          lspid=7)},
@@ -231,7 +233,10 @@ def build(name: str, kernel: Kernel):
         "CapSets": lambda: CapSets(effective=0b101, permitted=0b111, inheritable=0b10, bounding=(1 << 41) - 1 - 4,
                                    ambient=0b10, securebits=0x30),
         "Creds": lambda: Creds(ids=[0, 1000, 0, 0, 100, 0], groups=[4, 27], fsuid=1000, fsgid=100,
-                               caps=CapSets(effective=0, permitted=0b111), user_ns=userns),
+                               caps=CapSets(effective=0, permitted=0b111), user_ns=userns, session_keyring=ring),
+        "Key": lambda: ring,
+        "Keys": lambda: Keys(by_serial={ring.serial: ring, 99: Key(99, "_uid_ses.1000", 1000, -1, 0x1F3F0000)},
+                             maxkeys=50),
     }
     return factories[name]()
 

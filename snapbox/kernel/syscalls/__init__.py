@@ -85,7 +85,7 @@ def i64(x: int) -> int:
 def load_all() -> None:
     """Import every family so its handlers are registered."""
     from snapbox.kernel.syscalls import (  # noqa: F401
-        aio, attrs, events, fdops, futex, info, inotify, ipc, mm, mount, mqueue, names, net, poll, process,
+        aio, attrs, events, fdops, futex, info, inotify, ipc, keys, mm, mount, mqueue, names, net, poll, process,
         rw, seccomp, signal, splice, stats, time, xattr)
 
 
