@@ -220,11 +220,17 @@ def held_through_a_restore(snapbox, images, tmp_path, program: str, done: str, l
     config["process"]["args"] = [f"/{program}", "hold"]
     config["root"]["path"] = str(images / program / "rootfs")
     (bundle / "config.json").write_text(json.dumps(config))
+    return bundle_held_through_a_restore(snapbox, bundle, tmp_path, done, lazy)
+
+
+def bundle_held_through_a_restore(snapbox, bundle: Path, tmp_path: Path, done: str, lazy: bool) -> list[str]:
+    """Run `bundle`, checkpoint it once it says "holding", restore it (perhaps lazily),
+    and return its lines once `done` is among them."""
     out = tmp_path / "out.txt"
     with open(out, "a") as f:
         subprocess.run(snapbox.cmd("run", "--bundle", str(bundle), "--detach", "h0"), stdout=f, stderr=f,
                        check=True, timeout=60, stdin=subprocess.DEVNULL)
-    wait_for(lambda: "holding" in lines(out), timeout=30, what="the connection")
+    wait_for(lambda: "holding" in lines(out), timeout=30, what="the program to hold")
     image = tmp_path / "h.img"
     snapbox("checkpoint", "--image-path", str(image), "h0")
     snapbox("delete", "h0")

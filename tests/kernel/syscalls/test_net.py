@@ -13,7 +13,8 @@ import textwrap
 
 import pytest
 
-from tests.conftest import busybox_bundle, held_through_a_restore, lines, native_fixture, same_output, wait_for
+from tests.conftest import (busybox_bundle, bundle_held_through_a_restore, held_through_a_restore, lines,
+                            native_fixture, same_output, wait_for)
 
 
 @pytest.mark.parametrize("bundle", ["sockets", "sockets-glibc"])
@@ -254,18 +255,7 @@ def test_net_settings_written_inside_are_kept_through_a_checkpoint(snapbox, imag
               "echo yes > tcp_sack || echo refused; cat tcp_recovery ip_forward tcp_sack; "
               "grep '^Ip: [0-9]' /proc/net/snmp | cut -d' ' -f2; echo holding; sleep 1; "
               "cat tcp_recovery ip_forward; echo done")
-    bundle = busybox_bundle(images, tmp_path, script)
-    out = tmp_path / "out.txt"
-    with open(out, "a") as f:
-        subprocess.run(snapbox.cmd("run", "--bundle", str(bundle), "--detach", "n0"), stdout=f, stderr=f,
-                       check=True, timeout=60, stdin=subprocess.DEVNULL)
-    wait_for(lambda: "holding" in lines(out), timeout=30, what="the settings")
-    image = tmp_path / "n.img"
-    snapbox("checkpoint", "--image-path", str(image), "n0")
-    snapbox("delete", "n0")
-    with open(out, "a") as f:
-        subprocess.run(snapbox.cmd("restore", "--bundle", str(bundle), "--image-path", str(image), "--detach", "n1"),
-                       stdout=f, stderr=f, check=True, timeout=60, stdin=subprocess.DEVNULL)
-    wait_for(lambda: "done" in lines(out), timeout=30, what="the restored sandbox")
-    got = [line for line in lines(out) if "Invalid argument" not in line]
+    got = bundle_held_through_a_restore(snapbox, busybox_bundle(images, tmp_path, script), tmp_path, "done",
+                                        lazy=False)
+    got = [line for line in got if "Invalid argument" not in line]
     assert got == ["refused", "2", "1", "1", "1", "holding", "2", "1", "done"]
