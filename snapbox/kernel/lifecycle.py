@@ -284,17 +284,18 @@ class Lifecycle:
         parent = t.tg
         pidns = self.tasks.pidns
         user, uts, ipc = namespaces.for_clone(t, flags)
-        if flags & CLONE_VM:
-            mm, host_tid = parent.mm, parent.mm.stub.clone_thread(t.host_tid)
-        else:
-            mm = parent.mm.fork()
-            try:
+        mm = parent.mm if flags & CLONE_VM else parent.mm.fork()
+        try:
+            if flags & CLONE_VM:
+                host_tid = parent.mm.stub.clone_thread(t.host_tid)
+            else:
                 stub = parent.mm.stub.fork(t.host_tid)
-            except (OSError, SnapboxError) as e:
+                host_tid = stub.pid
+        except (OSError, SnapboxError) as e:
+            if mm is not parent.mm:
                 mm.release_all()
-                log.warning("fork: no stub for the child: %s", e)
-                raise SyscallError(errno.EAGAIN) from None
-            host_tid = stub.pid
+            log.warning("fork: no host thread or stub for the child: %s", e)
+            raise SyscallError(errno.EAGAIN) from None
         tgid = pidns.allocate()
         fds = parent.fds if flags & CLONE_FILES else parent.fds.copy()
         fs = parent.fs if flags & CLONE_FS else parent.fs.copy()
